@@ -1,0 +1,42 @@
+"""The CLI's global behaviour: version, help, unknown commands, data-dir derived paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from zlayer.cli.main import cli
+from zlayer.paths import Paths
+
+
+def test_version_prints_package_version() -> None:
+    out = subprocess.run([sys.executable, "-m", "zlayer", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("zlayer ")
+
+
+def test_help_lists_commands_without_importing_them() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    assert "validate" in result.output
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    out = subprocess.run([sys.executable, "-m", "zlayer", "no-such-command"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "No such command" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_custom_data_dir_derives_run_log_and_socket(tmp_path: object) -> None:
+    paths = Paths.resolve(str(tmp_path))
+    assert paths.run_dir == paths.data_dir / "run"
+    assert paths.log_dir == paths.data_dir / "logs"
+    assert paths.socket == paths.data_dir / "run" / "zlayer.sock"
+
+
+def test_long_data_dir_gets_short_socket_path() -> None:
+    paths = Paths.resolve("/tmp/" + "x" * 120)
+    assert str(paths.socket).startswith("/tmp/zlayer-daemon-")
+    assert len(str(paths.socket)) <= 103

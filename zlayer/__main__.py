@@ -1,0 +1,3 @@
+from zlayer.cli.main import main
+
+main()

@@ -1,0 +1,3 @@
+"""The package version, kept in one place so `zlayer --version` never imports anything else."""
+
+__version__ = "0.1.0"
