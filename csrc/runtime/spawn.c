@@ -119,6 +119,8 @@ static void container_init(struct ctx *x, int sync)
     char go;
     if (read(sync, &go, 1) != 1 || go != 'G')
         _exit(1);
+    if (!(c->clone_flags & CLONE_NEWUSER) && cgroups_enter_self(&x->cg, &e))
+        init_fail(sync, &e);
     if (c->clone_flags & CLONE_NEWUSER) {
         if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0) {
             zl_fail_errno(&e, "cannot become root in the new user namespace");
@@ -323,8 +325,8 @@ static int create_container(struct ctx *x, struct zl_err *e)
     close(sp[1]);
     x->sync = sp[0];
     close_child_stdio(x);
-    if (cgroups_enter(&x->cg, pid, e))
-        return -1;
+    if ((c->clone_flags & CLONE_NEWUSER) && cgroups_enter(&x->cg, pid, e))
+        return -1; /* from inside a user namespace the init may not write host cgroup files */
     if ((c->clone_flags & CLONE_NEWUSER) && ns_write_idmaps(c, pid, e))
         return -1;
     if (send(x->sync, "G", 1, MSG_NOSIGNAL) != 1)

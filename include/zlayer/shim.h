@@ -149,6 +149,7 @@ struct zl_cgroups {
 };
 int cgroups_create(struct zl_cgroups *cg, const struct zl_config *c, const char *id, struct zl_err *e);
 int cgroups_enter(const struct zl_cgroups *cg, pid_t pid, struct zl_err *e);
+int cgroups_enter_self(const struct zl_cgroups *cg, struct zl_err *e);
 int cgroups_oom_killed(const struct zl_cgroups *cg);
 void cgroups_destroy(const struct zl_cgroups *cg);
 const char *cgroups_path_of(const struct zl_cgroups *cg, const char *controller);
