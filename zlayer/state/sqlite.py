@@ -234,8 +234,8 @@ class SqliteStore:
         record.created_at = record.created_at or ts
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO containers (id, deployment, service, replica, image, state, revision, spec_hash,"
-                " exit_code, restarts, pid, ip, health, last_error, created_at, updated_at)"
+                "INSERT OR REPLACE INTO containers (id, deployment, service, replica, image, state, revision,"
+                " spec_hash, exit_code, restarts, pid, ip, health, last_error, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
