@@ -1,0 +1,241 @@
+"""The Runtime protocol: what the agent may ask of any way of running a workload (linux, wasm, docker, ...).
+
+It follows ZLayer's ``Runtime`` trait (agent-runtime.md §1) in Python naming, the way Nomad task drivers share one
+interface: every backend implements all of it, and the agent never asks which one it has. Everything here is plain
+data: ids, states, stats, exec results and log lines.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from zlayer.errors import UsageError
+
+Status = Literal["pending", "initializing", "running", "paused", "stopping", "exited", "failed"]
+Stream = Literal["stdout", "stderr"]
+WaitReason = Literal["exited", "signal", "oom_killed", "runtime_error"]
+
+_REPLICA_TAIL = re.compile(r"^(?P<service>.+)-(?P<role>[^-]+)-(?P<replica>\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class ContainerId:
+    """One replica of one service, named as ZLayer names it.
+
+    ``str()`` gives ZLayer's display form: ``{service}-rep-{replica}`` for the default role on node 0 (``web-rep-1``),
+    else ``{service}-{role}-{replica}-on-{node_id}``. That string is also the container's hostname, cgroup leaf and
+    on-disk id (ZLayer's youki backend used ``{service}-{replica}`` on disk, which collides between roles; we do not).
+    """
+
+    service: str
+    replica: int
+    role: str = "default"
+    node_id: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.service:
+            raise UsageError("container id: service name is empty")
+        if self.replica < 0:
+            raise UsageError(f"container id: replica {self.replica} is negative")
+
+    def __str__(self) -> str:
+        if self.role == "default" and self.node_id == 0:
+            return f"{self.service}-rep-{self.replica}"
+        return f"{self.service}-{self.role}-{self.replica}-on-{self.node_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> ContainerId:
+        """Invert ``str()``: anchor on the rightmost ``-on-``, else the rightmost ``-rep-``."""
+        head, sep, node = text.rpartition("-on-")
+        if sep and node.isdigit():
+            m = _REPLICA_TAIL.match(head)
+            if m:
+                return cls(m["service"], int(m["replica"]), m["role"], int(node))
+        head, sep, rep = text.rpartition("-rep-")
+        if sep and head and rep.isdigit():
+            return cls(head, int(rep))
+        raise UsageError(f"invalid container id {text!r}: expected SERVICE-rep-N or SERVICE-ROLE-N-on-NODE")
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """Where a container is in its life. ``status`` strings are ZLayer's (plus ``paused``, which ZLayer folds into
+    ``stopping``). ``exit_code`` is set once exited (``128 + n`` after signal n); ``reason`` says why it ended
+    (a :data:`WaitReason`) or why it failed."""
+
+    status: Status
+    exit_code: int | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+    reason: str = ""
+    pid: int = 0
+    started_at: str = ""
+    finished_at: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "paused")
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    """One sample of a container's resource use, from its cgroups. Absent figures are ``None``."""
+
+    cpu_usage_ns: int
+    memory_usage_bytes: int
+    memory_limit_bytes: int | None = None
+    memory_max_usage_bytes: int | None = None
+    pids_current: int = 0
+    pids_limit: int | None = None
+    io_read_bytes: int = 0
+    io_write_bytes: int = 0
+    oom_kills: int = 0
+    timestamp: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """A finished exec: exit code (``128 + n`` after signal n) and its whole output."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line a container wrote. ``timestamp`` is RFC 3339 with nanoseconds, UTC, as the shim recorded it."""
+
+    timestamp: str
+    stream: Stream
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.stream}] {self.message}"
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One row of ``top``: host pid, parent, user id, start time (RFC 3339) and command line."""
+
+    uid: int
+    pid: int
+    ppid: int
+    stime: str
+    cmd: str
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What ``inspect``/``list`` report about one container."""
+
+    id: str
+    state: ContainerState
+    image: str = ""
+    created_at: str = ""
+    bundle: str = ""
+    log_path: str = ""
+    cgroup_paths: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """Every way zlayer runs a workload. All methods are coroutines; errors are :mod:`zlayer.errors` classes
+    (``NotFoundError`` for an unknown container, ``ConflictError`` for a wrong state, ``RuntimeFailure`` for the
+    rest), each naming the container and the cause."""
+
+    async def pull(self, image: str, *, policy: str = "if_not_present") -> None:
+        """Make ``image`` available locally (``always`` | ``newer`` | ``if_not_present`` | ``never``)."""
+        ...
+
+    async def create(self, cid: ContainerId, spec: Any) -> None:
+        """Build the container from a service spec; it exists but has not started. Half-made state is rolled back
+        on failure."""
+        ...
+
+    async def start(self, cid: ContainerId) -> None:
+        """Run the created container's process. A process that exits at once is reported with its exit code and
+        its last log lines."""
+        ...
+
+    async def stop(self, cid: ContainerId, timeout: float | None = None) -> ContainerState:
+        """Send the stop signal, then SIGKILL after ``timeout`` (default: the spec's ``stop_grace_period``, 10 s)."""
+        ...
+
+    async def kill(self, cid: ContainerId, signal: int | str = "KILL") -> None:
+        """Send a signal to the container's init (``KILL``, ``TERM``, ``SIGHUP``, ``9`` ...)."""
+        ...
+
+    async def wait(self, cid: ContainerId) -> ContainerState:
+        """Wait until the container has exited; returns its final state (exit code, signal, OOM)."""
+        ...
+
+    async def remove(self, cid: ContainerId, *, force: bool = False) -> None:
+        """Delete the container and everything it owns (not its logs or named volumes). Idempotent."""
+        ...
+
+    async def exec(
+        self,
+        cid: ContainerId,
+        argv: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` inside the running container and collect its output."""
+        ...
+
+    def logs(
+        self, cid: ContainerId, *, tail: int | None = None, follow: bool = False, since: str | None = None
+    ) -> AsyncIterator[LogLine]:
+        """The container's output lines, oldest first; ``follow`` keeps streaming until the container is gone."""
+        ...
+
+    async def stats(self, cid: ContainerId) -> ContainerStats:
+        """Resource use now (CPU time, memory, pids, I/O)."""
+        ...
+
+    async def state(self, cid: ContainerId) -> ContainerState:
+        """The container's current state."""
+        ...
+
+    async def list(self) -> list[ContainerInfo]:
+        """Every container this runtime knows, including ones created by an earlier daemon process."""
+        ...
+
+    async def inspect(self, cid: ContainerId) -> ContainerInfo:
+        """Details of one container."""
+        ...
+
+    async def pause(self, cid: ContainerId) -> None:
+        """Freeze every process of the container."""
+        ...
+
+    async def unpause(self, cid: ContainerId) -> None:
+        """Thaw a paused container."""
+        ...
+
+    async def top(self, cid: ContainerId) -> builtins.list[ProcessInfo]:
+        """The processes running in the container."""
+        ...
+
+
+__all__ = [
+    "ContainerId",
+    "ContainerInfo",
+    "ContainerState",
+    "ContainerStats",
+    "ExecResult",
+    "LogLine",
+    "ProcessInfo",
+    "Runtime",
+    "Status",
+    "Stream",
+    "WaitReason",
+]
