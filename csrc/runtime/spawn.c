@@ -59,6 +59,7 @@ struct ctx {
     int waiters[64];
     int n_waiters;
     int started;
+    int result_fd; /* create: the pipe to the waiting caller; the init must not keep it open */
 };
 
 static volatile pid_t g_forward_pid;
@@ -117,6 +118,9 @@ static void container_init(struct ctx *x, int sync)
     struct zl_config *c = &x->c;
     struct zl_err e = {{0}};
     char go;
+    if (x->result_fd >= 0)
+        close(x->result_fd);
+    close(x->ctl);
     if (read(sync, &go, 1) != 1 || go != 'G')
         _exit(1);
     if (!(c->clone_flags & CLONE_NEWUSER) && cgroups_enter_self(&x->cg, &e))
@@ -565,7 +569,7 @@ int cmd_create(struct zl_opts *o, int foreground_run)
     static struct ctx x; /* one per process; static keeps the monitor's stack small */
     memset(&x, 0, sizeof(x));
     x.o = o;
-    x.dirfd = x.ctl = x.sync = x.pidfd = -1;
+    x.dirfd = x.ctl = x.sync = x.pidfd = x.result_fd = -1;
     x.pty_master = -1;
     struct zl_err e = {{0}};
     char cache[4200];
@@ -635,6 +639,7 @@ int cmd_create(struct zl_opts *o, int foreground_run)
     }
     /* the monitor: its own session, away from the caller's terminal and signals */
     close(res[0]);
+    x.result_fd = res[1];
     setsid();
     if (chdir("/") < 0) {
         /* not fatal */
