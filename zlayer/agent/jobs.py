@@ -1,0 +1,237 @@
+"""Jobs (``rtype: job``) and cron jobs (``rtype: cron``): triggered runs to completion, each recorded as an execution.
+
+An execution runs in its own container ``job-{name}-rep-{n}``, goes ``pending → initializing → running →
+completed|failed`` (or ``cancelled``), keeps its output, and the container is removed afterwards. Cron jobs fire on
+their schedule (UTC, checked every second); a cron run that is still going when the next one is due makes the next
+one skip, so runs never overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from zlayer.agent.cron import CronSchedule
+from zlayer.agent.specview import ServiceView, service_view
+from zlayer.errors import ConflictError, NotFoundError, ZLayerError
+from zlayer.runtime.protocol import ContainerId, Runtime
+from zlayer.state import CronRecord, JobExecutionRecord, Store, now_rfc3339
+
+log = logging.getLogger("zlayer.agent.jobs")
+
+ACTIVE = ("pending", "initializing", "running")
+CANCEL_STOP_TIMEOUT = 10.0
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse_iso(text: str) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class JobManager:
+    """Runs job executions and the cron loop against a :class:`Runtime`, recording everything in the Store."""
+
+    def __init__(self, store: Store, runtime: Runtime) -> None:
+        self.store = store
+        self.runtime = runtime
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cids: dict[str, ContainerId] = {}
+        self._cron_task: asyncio.Task[None] | None = None
+
+    # ----------------------------------------------------------------------------------------- registration
+
+    async def register(self, deployment: str, view: ServiceView) -> None:
+        """Called when a deployment with a job or cron service converges."""
+        if view.rtype != "cron":
+            return
+        sched = CronSchedule.parse(view.schedule)
+        prev = {c.name: c for c in await self.store.list_cron(deployment)}.get(view.name)
+        enabled = prev.enabled if prev else True
+        nxt = sched.next_after(datetime.now(UTC))
+        await self.store.put_cron(
+            CronRecord(
+                deployment,
+                view.name,
+                view.schedule,
+                enabled,
+                prev.last_run if prev else "",
+                _iso(nxt) if nxt and enabled else "",
+            )
+        )
+
+    async def _find(self, name: str, deployment: str | None) -> tuple[str, ServiceView]:
+        hits = []
+        for dep in await self.store.list_deployments():
+            if deployment and dep.name != deployment:
+                continue
+            svc = await self.store.get_service(dep.name, name)
+            if svc is not None:
+                view = service_view(name, svc.spec)
+                if view.rtype in ("job", "cron"):
+                    hits.append((dep.name, view))
+        if not hits:
+            raise NotFoundError(f"job {name!r} not found" + (f" in deployment {deployment!r}" if deployment else ""))
+        if len(hits) > 1:
+            raise ConflictError(f"job {name!r} exists in several deployments; pass --deployment")
+        return hits[0]
+
+    # ----------------------------------------------------------------------------------------- executions
+
+    async def trigger(self, name: str, deployment: str | None = None, trigger: str = "cli") -> str:
+        """Start an execution of job ``name`` and return its id at once."""
+        dep, view = await self._find(name, deployment)
+        exec_id = str(uuid.uuid4())
+        rec = JobExecutionRecord(exec_id, dep, name, status="pending", trigger=trigger, started_at=now_rfc3339())
+        await self.store.put_job_execution(rec)
+        self._tasks[exec_id] = asyncio.create_task(self._run(rec, view), name=f"job {name} {exec_id}")
+        return exec_id
+
+    async def _run(self, rec: JobExecutionRecord, view: ServiceView) -> None:
+        cid = ContainerId(f"job-{view.name}", int(rec.id.replace("-", "")[:8], 16) % 10000)
+        self._cids[rec.id] = cid
+        started = time.monotonic()
+        try:
+            rec.status = "initializing"
+            await self.store.put_job_execution(rec)
+            await self.runtime.pull(view.image, policy=view.pull_policy)
+            with contextlib.suppress(ZLayerError):
+                await self.runtime.remove(cid, force=True)
+            await self.runtime.create(cid, view.raw)
+            await self.runtime.start(cid)
+            rec.status = "running"
+            await self.store.put_job_execution(rec)
+            final = await self.runtime.wait(cid)
+            rec.exit_code = final.exit_code
+            rec.logs = await self._logs(cid)
+            if final.exit_code == 0:
+                rec.status = "completed"
+            else:
+                rec.status = "failed"
+                rec.error = f"exited with code {final.exit_code}" + (f" ({final.reason})" if final.reason else "")
+        except asyncio.CancelledError:
+            rec.status = "cancelled"
+            rec.logs = await self._logs(cid)
+            raise
+        except ZLayerError as e:
+            rec.status, rec.error = "failed", str(e)
+        finally:
+            rec.completed_at = now_rfc3339()
+            rec.duration_ms = int((time.monotonic() - started) * 1000)
+            with contextlib.suppress(ZLayerError):
+                await self.runtime.stop(cid, timeout=CANCEL_STOP_TIMEOUT)
+            with contextlib.suppress(ZLayerError):
+                await self.runtime.remove(cid, force=True)
+            await self.store.put_job_execution(rec)
+            self._tasks.pop(rec.id, None)
+            self._cids.pop(rec.id, None)
+
+    async def _logs(self, cid: ContainerId) -> str:
+        lines: list[str] = []
+        with contextlib.suppress(ZLayerError):
+            async for line in self.runtime.logs(cid):
+                lines.append(f"[{line.stream}] {line.message}")
+        text = "\n".join(lines)
+        return text[-1024 * 1024 :]
+
+    async def cancel(self, execution_id: str) -> JobExecutionRecord:
+        rec = await self.store.get_job_execution(execution_id)
+        if rec is None:
+            raise NotFoundError(f"job execution {execution_id!r} not found")
+        if rec.status not in ACTIVE:
+            raise ConflictError(f"job execution {execution_id} is already {rec.status}")
+        task = self._tasks.get(execution_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        else:  # left over from an earlier daemon
+            rec.status, rec.completed_at = "cancelled", now_rfc3339()
+            await self.store.put_job_execution(rec)
+        got = await self.store.get_job_execution(execution_id)
+        assert got is not None
+        return got
+
+    async def wait(self, execution_id: str) -> None:
+        task = self._tasks.get(execution_id)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+    # ----------------------------------------------------------------------------------------- cron
+
+    async def set_cron_enabled(self, name: str, enabled: bool, deployment: str | None = None) -> CronRecord:
+        rec = await self.get_cron(name, deployment)
+        rec.enabled = enabled
+        if enabled:
+            nxt = CronSchedule.parse(rec.schedule).next_after(datetime.now(UTC))
+            rec.next_run = _iso(nxt) if nxt else ""
+        else:
+            rec.next_run = ""
+        await self.store.put_cron(rec)
+        return rec
+
+    async def get_cron(self, name: str, deployment: str | None = None) -> CronRecord:
+        hits = [c for c in await self.store.list_cron(deployment) if c.name == name]
+        if not hits:
+            raise NotFoundError(f"cron job {name!r} not found")
+        if len(hits) > 1:
+            raise ConflictError(f"cron job {name!r} exists in several deployments; pass --deployment")
+        return hits[0]
+
+    def _running(self, deployment: str, name: str) -> bool:
+        return any(t.get_name().startswith(f"job {name} ") for t in self._tasks.values() if not t.done())
+
+    async def tick(self, now: datetime | None = None) -> list[str]:
+        """Fire every enabled cron job that is due; returns the execution ids started."""
+        now = now or datetime.now(UTC)
+        started: list[str] = []
+        for rec in await self.store.list_cron():
+            due = _parse_iso(rec.next_run)
+            if not rec.enabled or due is None or due > now:
+                continue
+            nxt = CronSchedule.parse(rec.schedule).next_after(now)
+            rec.next_run = _iso(nxt) if nxt else ""
+            if self._running(rec.deployment, rec.name):
+                log.info("cron %s: previous run still going, skipping %s", rec.name, _iso(due))
+                await self.store.put_cron(rec)
+                continue
+            rec.last_run = _iso(now)
+            await self.store.put_cron(rec)
+            try:
+                started.append(await self.trigger(rec.name, rec.deployment, trigger="scheduler"))
+            except ZLayerError as e:
+                log.warning("cron %s: %s", rec.name, e)
+        return started
+
+    def start(self) -> None:
+        if self._cron_task is None:
+            self._cron_task = asyncio.create_task(self._cron_loop(), name="cron")
+
+    async def _cron_loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # the loop must survive one bad record
+                log.exception("cron tick failed")
+            await asyncio.sleep(1.0 - (time.time() % 1.0) + 0.01)
+
+    async def close(self) -> None:
+        tasks: list[asyncio.Task[Any]] = list(self._tasks.values())
+        if self._cron_task is not None:
+            tasks.append(self._cron_task)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = ["JobManager"]

@@ -1,0 +1,605 @@
+"""The service manager: converge what runs to what the deployments ask for, and keep it running.
+
+For every service it creates and removes replicas to reach the desired count, replaces replicas whose spec or image
+changed one at a time (the new one healthy before the old one stops), waits for ``depends`` conditions, runs init
+actions, watches health and restarts crashed replicas with exponential backoff. Everything it decides is written to
+the :class:`zlayer.state.Store` before or as it happens, so a restarted daemon re-adopts what is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook
+from zlayer.agent.probes import run_health_check, run_init_step
+from zlayer.agent.specload import ParsedDeployment, parse_deployment
+from zlayer.agent.specview import ServiceView, service_view
+from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, UsageError, ZLayerError
+from zlayer.runtime.protocol import ContainerId, Runtime
+from zlayer.state import ContainerRecord, DeploymentRecord, ServiceRecord, Store
+
+log = logging.getLogger("zlayer.agent")
+
+CRASH_WINDOW = 300.0
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+SCALE_DOWN_STOP_TIMEOUT = 30.0
+LOG_TAIL_ON_EXIT = 40
+
+
+@dataclass
+class Replica:
+    """A running replica and the tasks that watch it."""
+
+    deployment: str
+    service: ServiceView
+    cid: ContainerId
+    record: ContainerRecord
+    model: Any = None
+    healthy: bool = False
+    health_detail: str = ""
+    failing_streak: int = 0
+    stopping: bool = False
+    crashes: list[float] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    health_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> str:
+        return self.record.id
+
+
+class ServiceManager:
+    """Deploy, scale, tear down and supervise services against one :class:`Runtime`."""
+
+    def __init__(
+        self,
+        store: Store,
+        runtime: Runtime,
+        *,
+        network: NetworkHook | None = None,
+        proxy: ProxyHook | None = None,
+        metrics: Any = None,
+        health_scale: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.network = network
+        self.proxy = proxy
+        self.metrics = metrics
+        self.health_scale = health_scale  # tests shrink intervals; production keeps ZLayer's numbers
+        self.replicas: dict[str, Replica] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._deploy_tasks: dict[str, asyncio.Task[None]] = {}
+        self._event_waiters = asyncio.Condition()
+        self._closing = False
+
+    # ---------------------------------------------------------------------------------------------- deployments
+
+    async def deploy(self, text: str) -> DeploymentRecord:
+        """Validate and store a spec, then converge in the background. Invalid specs change nothing."""
+        parsed = parse_deployment(text)
+        services = [
+            ServiceRecord(parsed.name, s.name, s.raw, s.replicas if s.rtype == "service" else 0)
+            for s in parsed.services.values()
+        ]
+        old = await self.store.get_deployment(parsed.name)
+        if old is not None:
+            # A scale set through the API survives a redeploy of an unchanged manual service.
+            for rec in services:
+                prev = await self.store.get_service(parsed.name, rec.name)
+                if prev is not None and parsed.services[rec.name].scale_mode == "manual":
+                    rec.desired_replicas = prev.desired_replicas
+        record = await self.store.put_deployment(parsed.name, text, parsed.spec, services, status="deploying")
+        await self._event(parsed.name, "deploy", f"revision {record.revision} submitted")
+        self._spawn_converge(parsed)
+        return record
+
+    def _spawn_converge(self, parsed: ParsedDeployment) -> None:
+        prev = self._deploy_tasks.get(parsed.name)
+        if prev is not None and not prev.done():
+            prev.cancel()
+        self._deploy_tasks[parsed.name] = asyncio.create_task(self._converge_deployment(parsed))
+
+    async def wait_deployed(self, name: str) -> None:
+        task = self._deploy_tasks.get(name)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+    async def _converge_deployment(self, parsed: ParsedDeployment) -> None:
+        name = parsed.name
+        started = time.monotonic()
+        record = await self.store.get_deployment(name)
+        revision = record.revision if record else 1
+        failures: list[str] = []
+        try:
+            await self._remove_dropped_services(name, set(parsed.services))
+            for svc_name in parsed.order:
+                view = parsed.services[svc_name]
+                try:
+                    await self._wait_depends(name, view)
+                    await self._converge_service(name, view, parsed.models.get(svc_name), revision)
+                except ZLayerError as e:
+                    failures.append(f"{svc_name}: {e}")
+                    await self.store.set_service_status(name, svc_name, "failed", str(e))
+                    await self._event(name, "service_failed", f"{svc_name}: {e}")
+            if failures:
+                await self.store.set_deployment_status(name, "failed", "; ".join(failures))
+                await self._event(name, "deploy_failed", "; ".join(failures))
+            else:
+                await self.store.set_deployment_status(name, "running")
+                await self._event(name, "deploy_done", f"revision {revision} running")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the deploy task must always leave a status behind
+            log.exception("deploy of %s failed", name)
+            await self.store.set_deployment_status(name, "failed", f"internal error: {e}")
+        finally:
+            if self.metrics is not None:
+                self.metrics.deploy_finished(time.monotonic() - started, not failures)
+
+    async def delete(self, name: str) -> None:
+        """Stop and remove every replica of the deployment, close its listeners, forget it."""
+        record = await self.store.get_deployment(name)
+        if record is None:
+            raise NotFoundError(f"deployment {name!r} not found")
+        task = self._deploy_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.store.set_deployment_status(name, "stopped")
+        for svc in await self.store.list_services(name):
+            await self._remove_service(name, svc.name)
+        await self.store.delete_deployment(name)
+        await self._event(name, "deleted", "deployment removed")
+
+    async def _remove_dropped_services(self, name: str, keep: set[str]) -> None:
+        running = {c.service for c in await self.store.list_containers(name)}
+        for svc in running - keep:
+            await self._remove_service(name, svc)
+
+    async def _remove_service(self, name: str, service: str) -> None:
+        async with self._lock(name, service):
+            for rec in await self.store.list_containers(name, service):
+                await self._stop_replica(rec, timeout=SCALE_DOWN_STOP_TIMEOUT)
+            if self.proxy is not None:
+                await self.proxy.remove_service(name, service)
+
+    # ---------------------------------------------------------------------------------------------- services
+
+    def _lock(self, deployment: str, service: str) -> asyncio.Lock:
+        return self._locks.setdefault((deployment, service), asyncio.Lock())
+
+    async def scale(self, deployment: str, service: str, replicas: int) -> ServiceRecord:
+        """Set a service's desired replica count and converge to it."""
+        if replicas < 0:
+            raise UsageError("replicas must be >= 0", where="replicas")
+        svc = await self.store.get_service(deployment, service)
+        if svc is None:
+            raise NotFoundError(f"service {service!r} not found in deployment {deployment!r}")
+        view = service_view(service, svc.spec)
+        if view.rtype != "service":
+            raise ConflictError(f"{service!r} is a {view.rtype}, it has no replicas to scale")
+        await self.store.set_service_desired(deployment, service, replicas)
+        dep = await self.store.get_deployment(deployment)
+        await self._event(deployment, "scale", f"{service} -> {replicas} replicas")
+        await self._converge_service(deployment, view, None, dep.revision if dep else 1, desired=replicas)
+        got = await self.store.get_service(deployment, service)
+        assert got is not None
+        return got
+
+    async def _converge_service(
+        self, deployment: str, view: ServiceView, model: Any, revision: int, desired: int | None = None
+    ) -> None:
+        if view.rtype != "service":
+            await self.store.set_service_status(deployment, view.name, "registered")
+            if self.on_job_registered is not None:
+                await self.on_job_registered(deployment, view)
+            return
+        async with self._lock(deployment, view.name):
+            if desired is None:
+                rec = await self.store.get_service(deployment, view.name)
+                desired = rec.desired_replicas if rec else view.replicas
+            await self.store.set_service_status(deployment, view.name, "deploying")
+            current = [c for c in await self.store.list_containers(deployment, view.name)]
+            current_ok = [c for c in current if c.state not in ("failed",)]
+            for bad in [c for c in current if c.state == "failed"]:
+                await self._stop_replica(bad, timeout=1.0)
+            outdated = [c for c in current_ok if c.spec_hash != view.spec_hash]
+            fresh = [c for c in current_ok if c.spec_hash == view.spec_hash]
+            used = {c.replica for c in current_ok}
+
+            def next_index() -> int:
+                i = 1
+                while i in used:
+                    i += 1
+                used.add(i)
+                return i
+
+            # Rolling replacement: one new replica healthy, then one old replica stops.
+            while outdated and len(fresh) < desired:
+                old = outdated.pop(0)
+                new = await self._start_replica(deployment, view, model, next_index(), revision)
+                await self._await_healthy(new)
+                fresh.append(new.record)
+                await self._stop_replica(old, timeout=SCALE_DOWN_STOP_TIMEOUT)
+                used.discard(old.replica)
+            for old in outdated:
+                await self._stop_replica(old, timeout=SCALE_DOWN_STOP_TIMEOUT)
+                used.discard(old.replica)
+            # Scale up in parallel, scale down from the highest replica number.
+            if len(fresh) < desired:
+                idxs = [next_index() for _ in range(desired - len(fresh))]
+                results = await asyncio.gather(
+                    *(self._start_replica(deployment, view, model, i, revision) for i in idxs), return_exceptions=True
+                )
+                errors = [r for r in results if isinstance(r, BaseException)]
+                started = [r for r in results if isinstance(r, Replica)]
+                if errors:
+                    await self._publish(deployment, view)
+                    raise errors[0] if isinstance(errors[0], ZLayerError) else RuntimeFailure(str(errors[0]))
+                await asyncio.gather(*(self._await_healthy(r) for r in started))
+            elif len(fresh) > desired:
+                for extra in sorted(fresh, key=lambda c: c.replica, reverse=True)[: len(fresh) - desired]:
+                    await self._stop_replica(extra, timeout=SCALE_DOWN_STOP_TIMEOUT)
+            await self._publish(deployment, view)
+            await self.store.set_service_status(deployment, view.name, "running")
+
+    on_job_registered: Any = None  # set by the JobManager: async (deployment, view) -> None
+
+    async def _wait_depends(self, deployment: str, view: ServiceView) -> None:
+        for dep in view.depends:
+            deadline = time.monotonic() + dep.timeout
+            while not await self._condition_met(deployment, dep.service, dep.condition):
+                if time.monotonic() >= deadline:
+                    msg = f"dependency {dep.service!r} not {dep.condition} after {dep.timeout:g}s"
+                    if dep.on_timeout == "fail":
+                        raise RuntimeFailure(msg, where=f"services.{view.name}.depends")
+                    if dep.on_timeout == "warn":
+                        await self._event(deployment, "depends_timeout", f"{view.name}: {msg} (continuing)")
+                    break
+                await asyncio.sleep(min(1.0, self.health_scale))
+
+    async def _condition_met(self, deployment: str, service: str, condition: str) -> bool:
+        reps = [r for r in self.replicas.values() if r.deployment == deployment and r.service.name == service]
+        if condition == "started":
+            return any(r.record.state == "running" for r in reps)
+        return any(r.healthy for r in reps)  # healthy, and ready (= a healthy backend behind the proxy)
+
+    # ---------------------------------------------------------------------------------------------- replicas
+
+    async def _start_replica(
+        self, deployment: str, view: ServiceView, model: Any, index: int, revision: int
+    ) -> Replica:
+        cid = ContainerId(view.name, index)
+        rec = ContainerRecord(
+            str(cid), deployment, view.name, index, image=view.image, revision=revision, spec_hash=view.spec_hash
+        )
+        rep = Replica(deployment, view, cid, rec, model)
+        self.replicas[rec.id] = rep
+        await self.store.put_container(rec)
+        try:
+            await self._run_init(rep, phase="before")
+            await self.runtime.pull(view.image, policy=view.pull_policy)
+            await self._create_and_start(rep)
+            await self._run_init(rep, phase="after")
+        except ZLayerError as e:
+            rec.state, rec.last_error = "failed", str(e)
+            await self.store.put_container(rec)
+            await self._event(deployment, "replica_failed", f"{rec.id}: {e}")
+            self.replicas.pop(rec.id, None)
+            with contextlib.suppress(ZLayerError):
+                await self.runtime.remove(cid, force=True)
+            raise
+        self._watch(rep)
+        await self._event(deployment, "replica_started", f"{rec.id} running")
+        return rep
+
+    async def _create_and_start(self, rep: Replica) -> None:
+        with contextlib.suppress(ZLayerError):
+            await self.runtime.remove(rep.cid, force=True)  # a stale container with the same id
+        await self.runtime.create(rep.cid, rep.model if rep.model is not None else rep.service.raw)
+        await self.runtime.start(rep.cid)
+        state = await self.runtime.state(rep.cid)
+        rep.record.pid = state.pid
+        rep.record.state = "running"
+        rep.record.exit_code = None
+        if self.network is not None and not rep.service.host_network:
+            rep.record.ip = await self.network.attach(rep.deployment, rep.service.name, rep.record.id, state.pid)
+        await self.store.put_container(rep.record)
+        if self.metrics is not None:
+            self.metrics.container_state(rep.record.id, "running")
+
+    async def _run_init(self, rep: Replica, phase: str) -> None:
+        steps = [s for s in rep.service.init_steps if (s.uses == "init.run") == (phase == "after")]
+        if not steps:
+            return
+        policy = rep.service.on_init_failure
+        delays = [0.1] * 3 if policy == "restart" else [1.0, 2.0, 4.0] if policy == "backoff" else []
+        for attempt in range(len(delays) + 1):
+            try:
+                for step in steps:
+                    try:
+                        await asyncio.wait_for(run_init_step(step, self._exec_fn(rep)), step.timeout)
+                    except (ZLayerError, TimeoutError) as e:
+                        if step.on_failure == "fail":
+                            raise RuntimeFailure(str(e) or f"init step {step.id!r} timed out") from e
+                        if step.on_failure == "warn":
+                            await self._event(rep.deployment, "init_warning", f"{rep.record.id}: {e}")
+                return
+            except RuntimeFailure:
+                if attempt >= len(delays):
+                    raise
+                await asyncio.sleep(delays[attempt])
+
+    def _exec_fn(self, rep: Replica) -> Any:
+        async def run(argv: list[str]) -> tuple[int, str]:
+            res = await self.runtime.exec(rep.cid, argv)
+            return res.exit_code, (res.stdout + res.stderr).decode(errors="replace")
+
+        return run
+
+    def _watch(self, rep: Replica) -> None:
+        rep.tasks = [
+            asyncio.create_task(self._supervise(rep), name=f"supervise {rep.key}"),
+            asyncio.create_task(self._health_loop(rep), name=f"health {rep.key}"),
+        ]
+
+    async def _stop_replica(self, rec: ContainerRecord, timeout: float) -> None:
+        rep = self.replicas.pop(rec.id, None)
+        cid = ContainerId.parse(rec.id)
+        if rep is not None:
+            rep.stopping = True
+            for t in rep.tasks:
+                t.cancel()
+            if rep.healthy and self.proxy is not None:
+                rep.healthy = False
+                await self._publish(rep.deployment, rep.service)
+        if self.network is not None and rec.ip:
+            with contextlib.suppress(ZLayerError, OSError):
+                await self.network.detach(rec.deployment, rec.service, rec.id)
+        with contextlib.suppress(NotFoundError, ConflictError):
+            await self.runtime.stop(cid, timeout=timeout)
+        with contextlib.suppress(NotFoundError):
+            await self.runtime.remove(cid, force=True)
+        await self.store.delete_container(rec.id)
+        if self.metrics is not None:
+            self.metrics.container_gone(rec.id)
+        await self._event(rec.deployment, "replica_stopped", f"{rec.id} stopped")
+
+    async def _await_healthy(self, rep: Replica) -> None:
+        """Wait until the replica passed a health check; a replica that keeps failing fails the rollout."""
+        h = rep.service.health
+        limit = (h.start_grace + (h.interval + h.timeout) * (h.retries + 1)) * self.health_scale + 30.0
+        deadline = time.monotonic() + limit
+        while not rep.healthy:
+            if rep.record.state == "failed" or rep.stopping:
+                raise RuntimeFailure(f"replica {rep.key} failed: {rep.record.last_error}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeFailure(
+                    f"replica {rep.key} not healthy after {limit:.0f}s: {rep.health_detail or 'no check result yet'}"
+                )
+            rep.health_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rep.health_changed.wait(), min(remaining, 1.0))
+
+    # ---------------------------------------------------------------------------------------------- watching
+
+    async def _health_loop(self, rep: Replica) -> None:
+        h = rep.service.health
+        await asyncio.sleep(h.start_grace * self.health_scale)
+        interval = h.interval * self.health_scale
+        port = rep.service.backend_port
+        while not rep.stopping:
+            if rep.record.state != "running":
+                await asyncio.sleep(min(interval, 1.0))
+                continue
+            res = await run_health_check(h, rep.record.ip, port, self._exec_fn(rep))
+            if self.metrics is not None:
+                self.metrics.health_result(rep.service.name, res.ok)
+            rep.health_detail = res.detail
+            was = rep.healthy
+            if res.ok:
+                rep.failing_streak = 0
+                interval = h.interval * self.health_scale
+            else:
+                rep.failing_streak += 1
+                if rep.failing_streak >= h.retries:
+                    interval = min(interval * 2, 60.0)
+            rep.healthy = res.ok
+            if rep.healthy != was:
+                rep.record.health = "healthy" if res.ok else "unhealthy"
+                await self.store.put_container(rep.record)
+                await self._publish(rep.deployment, rep.service)
+                await self._event(rep.deployment, "health", f"{rep.key}: {rep.record.health} ({res.detail})")
+            rep.health_changed.set()
+            await asyncio.sleep(interval if rep.healthy else min(interval, max(h.timeout, 1.0) * self.health_scale))
+
+    def _should_restart(self, rep: Replica, exit_code: int) -> bool:
+        kind = rep.service.restart_kind
+        if kind == "no":
+            return False
+        if kind == "always" or kind == "unless_stopped":
+            return True
+        if kind == "on_failure":
+            limit = rep.service.restart_max_attempts
+            return exit_code != 0 and (limit is None or rep.record.restarts < limit)
+        return exit_code != 0 and rep.service.on_panic == "restart"
+
+    async def _supervise(self, rep: Replica) -> None:
+        while not rep.stopping:
+            try:
+                final = await self.runtime.wait(rep.cid)
+            except NotFoundError:
+                final = None
+            if rep.stopping:
+                return
+            code = final.exit_code if final and final.exit_code is not None else -1
+            lines = await self._tail(rep.cid, LOG_TAIL_ON_EXIT)
+            rep.healthy = False
+            await self._publish(rep.deployment, rep.service)
+            rep.record.exit_code = code
+            rep.record.health = "unknown"
+            tail = "\n".join(lines[-10:])
+            if not self._should_restart(rep, code):
+                rep.record.state = "exited" if code == 0 else "failed"
+                rep.record.last_error = f"exited with code {code}" + (f"; last lines:\n{tail}" if tail else "")
+                await self.store.put_container(rep.record)
+                await self._event(rep.deployment, "replica_exited", f"{rep.key} exited with code {code}")
+                return
+            now = time.monotonic()
+            rep.crashes = [t for t in rep.crashes if now - t < CRASH_WINDOW] + [now]
+            delay = min(BACKOFF_BASE * 2 ** (len(rep.crashes) - 1), BACKOFF_CAP) * min(self.health_scale * 10, 1.0)
+            rep.record.state = "backoff"
+            rep.record.last_error = f"exited with code {code}; restart {rep.record.restarts + 1} in {delay:.1f}s" + (
+                f"; last lines:\n{tail}" if tail else ""
+            )
+            await self.store.put_container(rep.record)
+            await self._event(
+                rep.deployment, "replica_crashed", f"{rep.key} exited with code {code}; backoff {delay:.1f}s"
+            )
+            if self.metrics is not None:
+                self.metrics.container_state(rep.key, "backoff")
+            await asyncio.sleep(delay)
+            if rep.stopping:
+                return
+            try:
+                await self._create_and_start(rep)
+                await self._run_init(rep, phase="after")
+                rep.record.restarts += 1
+                await self.store.put_container(rep.record)
+                if self.metrics is not None:
+                    self.metrics.restart(rep.service.name)
+                await self._event(rep.deployment, "replica_restarted", f"{rep.key} restarted")
+            except ZLayerError as e:
+                rep.record.restarts += 1
+                rep.record.last_error = f"restart failed: {e}"
+                await self.store.put_container(rep.record)
+                # wait() on a container that never started returns at once; the backoff above paces retries
+
+    async def _tail(self, cid: ContainerId, n: int) -> list[str]:
+        out: list[str] = []
+        try:
+            async for line in self.runtime.logs(cid, tail=n):
+                out.append(f"[{line.stream}] {line.message}")
+        except ZLayerError:
+            pass
+        return out
+
+    async def _publish(self, deployment: str, view: ServiceView) -> None:
+        if self.proxy is None:
+            return
+        port = view.backend_port
+        backends = [
+            Backend(r.key, r.record.ip or "127.0.0.1", port)
+            for r in self.replicas.values()
+            if r.deployment == deployment and r.service.name == view.name and r.healthy and not r.stopping
+        ]
+        try:
+            await self.proxy.update_service(deployment, view, backends)
+        except ZLayerError as e:
+            await self._event(deployment, "proxy_error", f"{view.name}: {e}")
+
+    # ---------------------------------------------------------------------------------------------- restart
+
+    async def restore(self) -> None:
+        """Re-adopt running containers after a daemon restart, remove orphans, then converge every deployment."""
+        known = {c.id: c for c in await self.store.list_containers()}
+        try:
+            infos = await self.runtime.list()
+        except ZLayerError as e:
+            log.warning("cannot list containers: %s", e)
+            infos = []
+        live = {i.id: i for i in infos}
+        deployments = {d.name: d for d in await self.store.list_deployments()}
+        for cid_text, info in live.items():
+            rec = known.get(cid_text)
+            if rec is None or rec.deployment not in deployments or rec.state in ("failed", "exited"):
+                with contextlib.suppress(ZLayerError):
+                    await self.runtime.remove(ContainerId.parse(cid_text), force=True)
+                if rec is not None:
+                    await self.store.delete_container(rec.id)
+                continue
+            if not info.state.running:
+                continue
+            svc = await self.store.get_service(rec.deployment, rec.service)
+            if svc is None:
+                continue
+            view = service_view(rec.service, svc.spec)
+            rec.pid = info.state.pid
+            rep = Replica(rec.deployment, view, ContainerId.parse(rec.id), rec)
+            self.replicas[rec.id] = rep
+            self._watch(rep)
+        for rec in known.values():
+            if rec.id not in self.replicas:
+                await self.store.delete_container(rec.id)
+        for dep in deployments.values():
+            if dep.status == "stopped":
+                continue
+            try:
+                parsed = parse_deployment(dep.spec_yaml)
+            except ZLayerError as e:
+                await self.store.set_deployment_status(dep.name, "failed", f"stored spec no longer parses: {e}")
+                continue
+            self._spawn_converge(parsed)
+
+    async def close(self) -> None:
+        """Stop watching (containers keep running, the next daemon re-adopts them)."""
+        self._closing = True
+        tasks = [t for t in self._deploy_tasks.values() if not t.done()]
+        for rep in self.replicas.values():
+            tasks.extend(rep.tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---------------------------------------------------------------------------------------------- views
+
+    async def _event(self, deployment: str, kind: str, message: str) -> None:
+        await self.store.add_event(deployment, kind, message)
+        async with self._event_waiters:
+            self._event_waiters.notify_all()
+
+    async def follow_events(self, deployment: str, after: int = 0) -> AsyncIterator[Any]:
+        """Events of a deployment from ``after`` on, waiting for new ones (ends when the deployment is deleted)."""
+        while True:
+            events = await self.store.list_events(deployment, after)
+            for ev in events:
+                after = ev.seq
+                yield ev
+            if await self.store.get_deployment(deployment) is None:
+                return
+            async with self._event_waiters:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._event_waiters.wait(), 15.0)
+
+    def replica_health(self, container_id: str) -> tuple[str, int, str]:
+        rep = self.replicas.get(container_id)
+        if rep is None:
+            return "unknown", 0, ""
+        return (
+            ("healthy" if rep.healthy else "unhealthy" if rep.failing_streak else "starting"),
+            (rep.failing_streak),
+            rep.health_detail,
+        )
+
+    async def service_logs(self, deployment: str, service: str, lines: int, instance: str | None) -> list[str]:
+        recs = await self.store.list_containers(deployment, service)
+        out: list[str] = []
+        for rec in recs:
+            if instance and not (instance == str(rec.replica) or instance in rec.id):
+                continue
+            out.extend(await self._tail(ContainerId.parse(rec.id), lines))
+        return out
+
+
+__all__ = ["Replica", "ServiceManager"]

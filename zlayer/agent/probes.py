@@ -1,0 +1,144 @@
+"""Health checks and init actions: TCP connect, HTTP GET, and commands run inside the container.
+
+HTTP is spoken directly over asyncio streams (one GET, read the status line) so a probe costs one connection and no
+client library; ``localhost``/``127.0.0.1`` in a URL are rewritten to the replica's address as ZLayer does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from zlayer.agent.specview import HealthView, InitStepView
+from zlayer.errors import RuntimeFailure
+
+ExecFn = Callable[[list[str]], Awaitable[tuple[int, str]]]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    detail: str = ""
+
+
+async def tcp_probe(host: str, port: int, timeout: float) -> ProbeResult:
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as e:
+        return ProbeResult(False, f"tcp {host}:{port}: {e or 'timed out'}")
+    w.close()
+    try:
+        await w.wait_closed()
+    except OSError:
+        pass
+    return ProbeResult(True, f"tcp {host}:{port} open")
+
+
+def rewrite_url(url: str, ip: str) -> str:
+    if not ip:
+        return url
+    parts = urlsplit(url)
+    if parts.hostname in ("localhost", "127.0.0.1"):
+        netloc = ip + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+async def http_status(url: str, timeout: float) -> int:
+    """GET ``url`` and return the status code; raises OSError/TimeoutError/ValueError on failure."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", ""):
+        raise ValueError(f"only http:// URLs can be probed, got {url!r}")
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+
+    async def go() -> int:
+        r, w = await asyncio.open_connection(host, port)
+        try:
+            w.write(f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\nUser-Agent: zlayer-health\r\n\r\n".encode())
+            await w.drain()
+            line = await r.readline()
+            fields = line.split()
+            if len(fields) < 2 or not fields[1].isdigit():
+                raise ValueError(f"not an HTTP response: {line[:60]!r}")
+            return int(fields[1])
+        finally:
+            w.close()
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+async def http_probe(url: str, expect: int | None, timeout: float) -> ProbeResult:
+    try:
+        status = await http_status(url, timeout)
+    except (OSError, TimeoutError, ValueError) as e:
+        return ProbeResult(False, f"GET {url}: {e or 'timed out'}")
+    ok = status == expect if expect is not None else 200 <= status < 300
+    return ProbeResult(ok, f"GET {url}: {status}")
+
+
+async def run_health_check(check: HealthView, ip: str, port: int, exec_fn: ExecFn) -> ProbeResult:
+    """One check of a replica: tcp/http against its address, command inside it (exit 0 = healthy)."""
+    if check.kind == "http":
+        return await http_probe(rewrite_url(check.url, ip), check.expect_status, check.timeout)
+    if check.kind == "command":
+        try:
+            code, out = await asyncio.wait_for(exec_fn(["/bin/sh", "-c", check.command]), check.timeout)
+        except TimeoutError:
+            return ProbeResult(False, f"command timed out after {check.timeout:g}s")
+        except Exception as e:
+            return ProbeResult(False, f"command could not run: {e}")
+        return ProbeResult(code == 0, f"exit {code}: {out.strip()[-200:]}")
+    return await tcp_probe(ip or "127.0.0.1", check.port or port, check.timeout)
+
+
+async def _wait_loop(fn: Callable[[], Awaitable[ProbeResult]], limit: float, what: str) -> None:
+    deadline = time.monotonic() + limit
+    last = ProbeResult(False, "not tried")
+    while True:
+        last = await fn()
+        if last.ok:
+            return
+        if time.monotonic() + 2.0 > deadline:
+            raise RuntimeFailure(f"{what} not ready after {limit:g}s: {last.detail}")
+        await asyncio.sleep(2.0)
+
+
+async def run_init_step(step: InitStepView, exec_fn: ExecFn | None) -> None:
+    """Run one init step; raises RuntimeFailure saying which step and why."""
+    p = step.params
+    where = f"init step {step.id!r} ({step.uses})"
+    if step.uses == "init.wait_tcp":
+        if "host" not in p or not isinstance(p.get("port"), int):
+            raise RuntimeFailure(f"{where}: missing 'host' or invalid 'port' parameter")
+        limit = float(p.get("timeout", 30))
+        await _wait_loop(lambda: tcp_probe(str(p["host"]), int(p["port"]), 5.0), limit, f"{p['host']}:{p['port']}")
+    elif step.uses == "init.wait_http":
+        if "url" not in p:
+            raise RuntimeFailure(f"{where}: missing 'url' parameter")
+        expect = p.get("expect_status")
+        limit = float(p.get("timeout", 30))
+        await _wait_loop(lambda: http_probe(str(p["url"]), expect, 5.0), limit, str(p["url"]))
+    elif step.uses == "init.run":
+        if "command" not in p:
+            raise RuntimeFailure(f"{where}: missing 'command' parameter")
+        if exec_fn is None:
+            raise RuntimeFailure(f"{where}: the container is not running")
+        limit = float(p.get("timeout", 300))
+        try:
+            code, out = await asyncio.wait_for(exec_fn(["/bin/sh", "-c", str(p["command"])]), limit)
+        except TimeoutError:
+            raise RuntimeFailure(f"{where}: timed out after {limit:g}s") from None
+        if code != 0:
+            raise RuntimeFailure(f"{where}: exited {code}: {out.strip()[-400:]}")
+    else:
+        raise RuntimeFailure(f"{where}: unknown action {step.uses!r}")
+
+
+__all__ = ["ProbeResult", "http_probe", "http_status", "run_health_check", "run_init_step", "tcp_probe"]

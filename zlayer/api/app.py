@@ -1,0 +1,113 @@
+"""The daemon's FastAPI application, its error format, and bearer-token authentication for TCP listeners."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from zlayer._version import __version__
+from zlayer.api.context import ApiContext
+from zlayer.errors import ZLayerError
+
+PUBLIC_PATHS = ("/health/live", "/health/ready", "/api-docs/openapi.json")
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    body = {"code": code, "message": message, **{k: v for k, v in extra.items() if v is not None}}
+    return JSONResponse(body, status_code=status)
+
+
+def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
+    """The REST API of one daemon. Route modules are imported here, at daemon start, not at CLI start."""
+    from zlayer.api import containers, deployments, health, images, jobs, services
+
+    app = FastAPI(
+        title="ZLayer API",
+        version=__version__,
+        openapi_url="/api-docs/openapi.json",
+        docs_url="/swagger-ui" if swagger else None,
+        redoc_url=None,
+    )
+    app.state.ctx = context
+    for mod in (health, deployments, services, containers, images, jobs):
+        app.include_router(mod.router)
+
+    @app.exception_handler(ZLayerError)
+    async def zlayer_error(_: Request, exc: ZLayerError) -> JSONResponse:
+        return JSONResponse(exc.to_json(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"path": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in exc.errors()
+        ]
+        where = problems[0]["path"] if problems else None
+        return _error(400, "invalid_request", "the request body or parameters are invalid", where=where,
+                      problems=problems)  # fmt: skip
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal", f"{type(exc).__name__}: {exc}")
+
+    if context.metrics is not None:
+
+        @app.middleware("http")
+        async def timing(request: Request, call_next: Any) -> Any:
+            t0 = time.perf_counter()
+            response = await call_next(request)
+            route = request.scope.get("route")
+            context.metrics.api_request(
+                request.method, getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - t0
+            )
+            return response
+
+    return app
+
+
+class TokenAuth:
+    """ASGI wrapper for a TCP listener: every request but the health probes and the OpenAPI document needs
+    ``Authorization: Bearer <token>``; a missing or wrong token gets 401 ``{"code": "unauthorized"}``.
+    The unix socket is served without this wrapper: its file mode already limits it to root (admin)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, value = header.partition(b" ")
+        if scheme.lower() == b"bearer" and self.token and hmac.compare_digest(value.strip(), self.token):
+            await self.app(scope, receive, send)
+            return
+        message = "missing bearer token" if not header else "invalid bearer token"
+        body = json.dumps(
+            {"code": "unauthorized", "message": message, "hint": "pass the token from DATA_DIR/admin_bearer.token"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b"Bearer"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,107 @@
+"""/api/v1/containers: every container the node runs for its deployments: list, inspect, logs, stats, exec, remove."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import PlainTextResponse
+
+from zlayer.api.context import ApiContext, ctx
+from zlayer.api.models import (
+    ContainerExecRequest,
+    ContainerExecResponse,
+    ContainerHealthInfo,
+    ContainerInfo,
+    ContainerStatsResponse,
+)
+from zlayer.errors import NotFoundError
+from zlayer.runtime.protocol import ContainerId
+from zlayer.state import ContainerRecord
+
+router = APIRouter(prefix="/api/v1/containers", tags=["Containers"])
+
+
+def container_info(c: ApiContext, rec: ContainerRecord) -> ContainerInfo:
+    status, streak, detail = c.manager.replica_health(rec.id)
+    return ContainerInfo(
+        id=rec.id,
+        name=rec.id,
+        image=rec.image,
+        state=rec.state,
+        labels={"zlayer.deployment": rec.deployment, "zlayer.service": rec.service, "zlayer.replica": str(rec.replica)},
+        created_at=rec.created_at,
+        exit_code=rec.exit_code,
+        pid=rec.pid or None,
+        ipv4=rec.ip or None,
+        health=ContainerHealthInfo(
+            status=rec.health if status == "unknown" else status, failing_streak=streak, last_output=detail or None
+        ),
+        restarts=rec.restarts,
+        last_error=rec.last_error or None,
+        deployment=rec.deployment,
+        service=rec.service,
+        replica=rec.replica,
+    )
+
+
+async def _record(c: ApiContext, container_id: str) -> ContainerRecord:
+    rec = await c.store.get_container(container_id)
+    if rec is None:
+        raise NotFoundError(f"container {container_id!r} not found", where=f"containers/{container_id}")
+    return rec
+
+
+@router.get("", response_model=list[ContainerInfo], summary="List containers.")
+async def list_containers(label: str | None = None, c: ApiContext = Depends(ctx)) -> list[ContainerInfo]:
+    out = [container_info(c, r) for r in await c.store.list_containers()]
+    if label:
+        key, _, value = label.partition("=")
+        out = [i for i in out if key in i.labels and (not value or i.labels[key] == value)]
+    return out
+
+
+@router.get("/{id}", response_model=ContainerInfo, summary="Inspect a container.")
+async def get_container(id: str, c: ApiContext = Depends(ctx)) -> ContainerInfo:
+    return container_info(c, await _record(c, id))
+
+
+@router.get("/{id}/logs", response_class=PlainTextResponse, summary="A container's output.")
+async def container_logs(id: str, tail: int | None = None, c: ApiContext = Depends(ctx)) -> PlainTextResponse:
+    await _record(c, id)
+    lines = [f"[{ln.stream}] {ln.message}\n" async for ln in c.runtime.logs(ContainerId.parse(id), tail=tail)]
+    return PlainTextResponse("".join(lines))
+
+
+@router.get("/{id}/stats", response_model=ContainerStatsResponse, summary="A container's resource use now.")
+async def container_stats(id: str, c: ApiContext = Depends(ctx)) -> ContainerStatsResponse:
+    await _record(c, id)
+    st = await c.runtime.stats(ContainerId.parse(id))
+    limit = st.memory_limit_bytes or 0
+    pct = (100.0 * st.memory_usage_bytes / limit) if limit else 0.0
+    return ContainerStatsResponse(id=id, cpu_usage_usec=st.cpu_usage_ns // 1000, memory_bytes=st.memory_usage_bytes,
+                                  memory_limit=limit, memory_percent=round(pct, 2))  # fmt: skip
+
+
+@router.post("/{id}/exec", response_model=ContainerExecResponse, summary="Run a command in a container.")
+async def container_exec(id: str, body: ContainerExecRequest, c: ApiContext = Depends(ctx)) -> ContainerExecResponse:
+    await _record(c, id)
+    res = await c.runtime.exec(ContainerId.parse(id), body.command)
+    return ContainerExecResponse(
+        exit_code=res.exit_code, stdout=res.stdout.decode(errors="replace"), stderr=res.stderr.decode(errors="replace")
+    )
+
+
+@router.delete("/{id}", status_code=204, summary="Stop and remove a container (its service will replace it).")
+async def remove_container(id: str, force: bool = False, c: ApiContext = Depends(ctx)) -> Response:
+    rec = await _record(c, id)
+    cid = ContainerId.parse(id)
+    rep = c.manager.replicas.get(id)
+    if rep is not None:
+        rep.stopping = True
+        for t in rep.tasks:
+            t.cancel()
+        c.manager.replicas.pop(id, None)
+    if not force:
+        await c.runtime.stop(cid, timeout=10.0)
+    await c.runtime.remove(cid, force=True)
+    await c.store.delete_container(rec.id)
+    return Response(status_code=204)

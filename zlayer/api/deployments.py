@@ -1,0 +1,112 @@
+"""/api/v1/deployments: create (from YAML), list, inspect, raw spec, events, delete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import StreamingResponse
+
+from zlayer.agent.specview import service_view
+from zlayer.api.context import ApiContext, ctx
+from zlayer.api.models import (
+    CreateDeploymentRequest,
+    DeploymentDetails,
+    DeploymentSummary,
+    ServiceHealthInfo,
+    StoredDeployment,
+)
+from zlayer.errors import NotFoundError
+from zlayer.state import DeploymentRecord
+
+router = APIRouter(prefix="/api/v1/deployments", tags=["Deployments"])
+
+
+async def _get(c: ApiContext, name: str) -> DeploymentRecord:
+    rec = await c.store.get_deployment(name)
+    if rec is None:
+        raise NotFoundError(f"deployment {name!r} not found", where=f"deployments/{name}")
+    return rec
+
+
+async def details(c: ApiContext, rec: DeploymentRecord) -> DeploymentDetails:
+    health = []
+    for svc in await c.store.list_services(rec.name):
+        view = service_view(svc.name, svc.spec)
+        reps = await c.store.list_containers(rec.name, svc.name)
+        running = [r for r in reps if r.state == "running"]
+        healthy = [r for r in running if r.health == "healthy"]
+        if view.rtype != "service":
+            state = svc.status
+        elif svc.status == "failed":
+            state = "failed"
+        elif svc.desired_replicas == 0:
+            state = "stopped"
+        elif len(healthy) >= svc.desired_replicas:
+            state = "healthy"
+        elif healthy:
+            state = "degraded"
+        else:
+            state = "unhealthy" if running else "pending"
+        eps = [f"{e.protocol}://{e.name}:{e.port}" for e in view.endpoints]
+        health.append(ServiceHealthInfo(name=svc.name, health=state, replicas_running=len(running),
+                                        replicas_desired=svc.desired_replicas, endpoints=eps))  # fmt: skip
+    return DeploymentDetails(
+        name=rec.name,
+        status=rec.status,
+        services=[h.name for h in health],
+        service_health=health,
+        created_at=rec.created_at,
+        updated_at=rec.updated_at,
+        status_message=rec.status_message or None,
+    )
+
+
+@router.get("", response_model=list[DeploymentSummary], summary="List all deployments.")
+async def list_deployments(c: ApiContext = Depends(ctx)) -> list[DeploymentSummary]:
+    out = []
+    for d in await c.store.list_deployments():
+        n = len(await c.store.list_services(d.name))
+        out.append(DeploymentSummary(name=d.name, status=d.status, service_count=n, created_at=d.created_at))
+    return out
+
+
+@router.post("", status_code=201, response_model=DeploymentDetails, summary="Create a new deployment.")
+async def create_deployment(body: CreateDeploymentRequest, c: ApiContext = Depends(ctx)) -> DeploymentDetails:
+    rec = await c.manager.deploy(body.spec)
+    return await details(c, rec)
+
+
+@router.get("/{name}", response_model=DeploymentDetails, summary="Get deployment details.")
+async def get_deployment(name: str, c: ApiContext = Depends(ctx)) -> DeploymentDetails:
+    return await details(c, await _get(c, name))
+
+
+@router.get("/{name}/spec", response_model=StoredDeployment, summary="Get the stored deployment with its spec.")
+async def get_deployment_spec(name: str, c: ApiContext = Depends(ctx)) -> StoredDeployment:
+    rec = await _get(c, name)
+    status: dict[str, str] = {"state": rec.status}
+    if rec.status == "failed":
+        status["message"] = rec.status_message
+    return StoredDeployment(
+        name=rec.name, spec=rec.spec, status=status, created_at=rec.created_at, updated_at=rec.updated_at
+    )
+
+
+@router.get("/{name}/events", summary="Deployment events as Server-Sent Events.")
+async def deployment_events(name: str, after: int = 0, c: ApiContext = Depends(ctx)) -> StreamingResponse:
+    await _get(c, name)
+
+    async def stream() -> AsyncIterator[bytes]:
+        async for ev in c.manager.follow_events(name, after):
+            body = {"seq": ev.seq, "kind": ev.kind, "message": ev.message, "timestamp": ev.timestamp}
+            yield f"id: {ev.seq}\nevent: {ev.kind}\ndata: {json.dumps(body)}\n\n".encode()
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+@router.delete("/{name}", status_code=204, summary="Delete a deployment.")
+async def delete_deployment(name: str, c: ApiContext = Depends(ctx)) -> Response:
+    await c.manager.delete(name)
+    return Response(status_code=204)

@@ -1,0 +1,184 @@
+"""Request and response bodies, named and shaped as in ZLayer's OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable error code")
+    message: str
+    where: str | None = Field(None, description="Field path, file:line, container or resource the error is about")
+    hint: str | None = None
+    problems: list[Any] | None = Field(None, description="Every problem found (invalid spec), each with its path")
+
+
+class HealthResponse(BaseModel):
+    status: str
+    version: str
+    runtime_name: str | None = None
+    uptime_secs: int | None = None
+
+
+class CreateDeploymentRequest(BaseModel):
+    spec: str = Field(description="Deployment specification (YAML content)")
+
+
+class DeploymentSummary(BaseModel):
+    name: str
+    status: str
+    service_count: int
+    created_at: str
+
+
+class ServiceHealthInfo(BaseModel):
+    name: str
+    health: str
+    replicas_running: int
+    replicas_desired: int
+    endpoints: list[str]
+
+
+class DeploymentDetails(BaseModel):
+    name: str
+    status: str
+    services: list[str]
+    service_health: list[ServiceHealthInfo]
+    created_at: str
+    updated_at: str
+    status_message: str | None = None
+
+
+class StoredDeployment(BaseModel):
+    name: str
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+
+class ServiceEndpoint(BaseModel):
+    name: str
+    protocol: str
+    port: int
+    url: str | None = None
+
+
+class ServiceMetrics(BaseModel):
+    cpu_percent: float
+    memory_percent: float
+    rps: float | None = None
+
+
+class ServiceSummary(BaseModel):
+    name: str
+    deployment: str
+    status: str
+    replicas: int
+    desired_replicas: int
+    endpoints: list[ServiceEndpoint]
+
+
+class ServiceDetails(ServiceSummary):
+    metrics: ServiceMetrics
+    status_message: str | None = None
+
+
+class ScaleRequest(BaseModel):
+    replicas: int = Field(ge=0)
+
+
+class ContainerHealthInfo(BaseModel):
+    status: str
+    failing_streak: int | None = None
+    last_output: str | None = None
+
+
+class ContainerInfo(BaseModel):
+    id: str
+    name: str | None = None
+    image: str
+    state: str
+    labels: dict[str, str]
+    created_at: str
+    exit_code: int | None = None
+    pid: int | None = None
+    ipv4: str | None = None
+    health: ContainerHealthInfo | None = None
+    restarts: int | None = None
+    last_error: str | None = None
+    deployment: str | None = None
+    service: str | None = None
+    replica: int | None = None
+
+
+class ContainerExecRequest(BaseModel):
+    command: list[str] = Field(min_length=1)
+    replica: int | None = None
+
+
+class ContainerExecResponse(BaseModel):
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class ContainerStatsResponse(BaseModel):
+    id: str
+    cpu_usage_usec: int
+    memory_bytes: int
+    memory_limit: int
+    memory_percent: float
+
+
+class ImageInfoDto(BaseModel):
+    reference: str
+    digest: str | None = None
+    size_bytes: int | None = None
+
+
+class PullImageRequest(BaseModel):
+    reference: str
+
+
+class PullImageResponse(BaseModel):
+    reference: str
+    digest: str | None = None
+
+
+class TriggerJobResponse(BaseModel):
+    execution_id: str
+    message: str
+
+
+class TriggerCronResponse(TriggerJobResponse):
+    pass
+
+
+class JobExecutionResponse(BaseModel):
+    id: str
+    job_name: str
+    status: str
+    trigger: str
+    started_at: str | None = None
+    completed_at: str | None = None
+    duration_ms: int | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    logs: str | None = None
+
+
+class CronJobResponse(BaseModel):
+    name: str
+    schedule: str
+    enabled: bool
+    last_run: str | None = None
+    next_run: str | None = None
+
+
+class CronStatusResponse(BaseModel):
+    name: str
+    enabled: bool
+    message: str

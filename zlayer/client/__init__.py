@@ -1,0 +1,354 @@
+"""The Python SDK: ``zlayer.Client``, async HTTP to a zlayer daemon over its unix socket (or TCP with a token).
+
+The method names and shapes follow ZLayer's Python package (``deploy``, ``ps``, ``logs``, ``exec``, ``status``,
+``scale``, ``stop``) and return the daemon's JSON as plain dicts and lists. Errors from the daemon come back as the
+matching :mod:`zlayer.errors` class, carrying the daemon's stable ``code``, its message and the field path.
+
+>>> async with zlayer.Client() as client:          # doctest: +SKIP
+...     await client.deploy(open("app.zlayer.yml").read())
+...     print(await client.status("app"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from zlayer.errors import (
+    AuthError,
+    ConflictError,
+    DaemonError,
+    NotFoundError,
+    SpecError,
+    UsageError,
+    ZLayerError,
+)
+from zlayer.paths import Paths
+
+AUTO_START_DELAYS = (0.1, 0.2, 0.4, 0.8) + (1.0,) * 16  # ZLayer's: 20 tries, about 10 s
+
+_BY_STATUS: dict[int, type[ZLayerError]] = {
+    400: UsageError,
+    401: AuthError,
+    404: NotFoundError,
+    409: ConflictError,
+}
+
+
+def _error_from(status: int, body: bytes, what: str) -> ZLayerError:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        text = body.decode(errors="replace").strip()[:300]
+        return _BY_STATUS.get(status, DaemonError)(f"{what}: HTTP {status}" + (f": {text}" if text else ""))
+    message = str(data.get("message") or data.get("error") or f"HTTP {status}")
+    where, hint = data.get("where"), data.get("hint")
+    err: ZLayerError
+    if data.get("code") == "invalid_spec" or (status == 400 and data.get("problems")):
+        err = SpecError(message, problems=[_Problem(p) for p in data.get("problems") or []], where=where, hint=hint)
+    else:
+        err = _BY_STATUS.get(status, DaemonError)(message, where=where, hint=hint)
+    err.code = str(data.get("code") or err.code)
+    err.http_status = status
+    return err
+
+
+class _Problem:
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def to_json(self) -> Any:
+        return self.raw
+
+    def __str__(self) -> str:
+        if isinstance(self.raw, dict):
+            path, msg = self.raw.get("path", ""), self.raw.get("message", "")
+            return f"{path}: {msg}" if path else str(msg)
+        return str(self.raw)
+
+
+class Client:
+    """An async client of one daemon.
+
+    ``socket`` (default: the data dir's socket, ``/var/run/zlayer.sock`` for root) or ``host`` (``http://node:3669``,
+    with ``token``). Over the socket a missing daemon is started as ``zlayer serve --daemon`` unless
+    ``auto_start=False``.
+    """
+
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        host: str | None = None,
+        token: str | None = None,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        auto_start: bool = True,
+        timeout: float = 300.0,
+    ) -> None:
+        self.paths = Paths.resolve(data_dir, str(socket) if socket else None)
+        self.socket_path = self.paths.socket
+        self.host = host.rstrip("/") if host else None
+        self.token = token or os.environ.get("ZLAYER_API_TOKEN") if host else token
+        self.auto_start = auto_start and host is None
+        self.timeout = timeout
+        self._session: Any = None
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"Client(host={self.host!r})" if self.host else f"Client(socket={str(self.socket_path)!r})"
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------------------------------------ transport
+
+    async def _ensure(self) -> Any:
+        import aiohttp
+
+        if self._session is None:
+            if self.host is None:
+                if not self._started:
+                    await ensure_daemon(self.paths, auto_start=self.auto_start)
+                    self._started = True
+                connector: Any = aiohttp.UnixConnector(path=str(self.socket_path))
+            else:
+                connector = aiohttp.TCPConnector()
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
+            )
+        return self._session
+
+    def _url(self, path: str) -> str:
+        return f"{self.host or 'http://localhost'}{path}"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        raw: bool = False,
+    ) -> Any:
+        """One API call; returns the decoded JSON (or text when ``raw``), raises ZLayerError on any error status."""
+        import aiohttp
+
+        session = await self._ensure()
+        clean = {
+            k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (params or {}).items() if v is not None
+        }
+        try:
+            async with session.request(
+                method, self._url(path), json=json_body, params=clean, timeout=aiohttp.ClientTimeout(total=self.timeout)
+            ) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise _error_from(resp.status, body, f"{method} {path}")
+                if raw:
+                    return body.decode(errors="replace")
+                if resp.status == 204 or not body:
+                    return None
+                return json.loads(body)
+        except aiohttp.ClientConnectorError as e:
+            raise DaemonError(f"cannot reach the zlayer daemon at {self._where()}: {e.strerror or e}",
+                              hint="is `zlayer serve` running?") from e  # fmt: skip
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise DaemonError(f"request {method} {path} to {self._where()} failed: {e or type(e).__name__}") from e
+
+    async def stream(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[str]:
+        """Lines of a streaming (SSE) response; ``data:`` payloads are yielded without the prefix."""
+        session = await self._ensure()
+        clean = {
+            k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (params or {}).items() if v is not None
+        }
+        async with session.get(self._url(path), params=clean) as resp:
+            if resp.status >= 400:
+                raise _error_from(resp.status, await resp.read(), f"GET {path}")
+            async for raw_line in resp.content:
+                line = raw_line.decode(errors="replace").rstrip("\n")
+                if line.startswith("data: "):
+                    yield line[6:]
+                elif line.startswith("data:"):
+                    yield line[5:]
+
+    def _where(self) -> str:
+        return self.host or str(self.socket_path)
+
+    # ------------------------------------------------------------------------------------------ ZLayer's SDK
+
+    async def ps(self) -> list[dict[str, Any]]:
+        """Every container the daemon runs (``GET /api/v1/containers``)."""
+        result: list[dict[str, Any]] = await self.request("GET", "/api/v1/containers")
+        return result
+
+    async def deploy(self, spec_yaml: str) -> dict[str, Any]:
+        """Create or update a deployment from YAML text; returns the deployment's details."""
+        result: dict[str, Any] = await self.request("POST", "/api/v1/deployments", json_body={"spec": spec_yaml})
+        return result
+
+    async def logs(self, container_id: str, follow: bool = False, tail: int | None = None) -> str:
+        """One container's output as text, ``[stdout] line`` per line (``follow`` is accepted, as ZLayer's is)."""
+        text: str = await self.request(
+            "GET", f"/api/v1/containers/{container_id}/logs", params={"tail": tail}, raw=True
+        )
+        return text
+
+    async def exec(self, deployment: str, service: str, cmd: list[str], replica: int | None = None) -> dict[str, Any]:
+        """Run ``cmd`` in a replica (the first healthy one by default); ``{exit_code, stdout, stderr}``."""
+        body: dict[str, Any] = {"command": list(cmd)}
+        if replica is not None:
+            body["replica"] = replica
+        path = f"/api/v1/deployments/{deployment}/services/{service}/exec"
+        result: dict[str, Any] = await self.request("POST", path, json_body=body)
+        return result
+
+    async def stop(self, deployment: str) -> None:
+        """Delete a deployment: stop and remove all its replicas."""
+        await self.request("DELETE", f"/api/v1/deployments/{deployment}")
+
+    async def status(self, deployment: str) -> dict[str, Any]:
+        """A deployment's details: status, services, per-service health and replicas."""
+        result: dict[str, Any] = await self.request("GET", f"/api/v1/deployments/{deployment}")
+        return result
+
+    async def scale(self, deployment: str, service: str, replicas: int) -> dict[str, Any]:
+        """Set a service's replica count; returns the service's details once converged."""
+        path = f"/api/v1/deployments/{deployment}/services/{service}/scale"
+        result: dict[str, Any] = await self.request("POST", path, json_body={"replicas": replicas})
+        return result
+
+    # ------------------------------------------------------------------------------------------ the rest
+
+    async def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", "/health/ready")
+        return result
+
+    async def deployments(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.request("GET", "/api/v1/deployments")
+        return result
+
+    async def services(self, deployment: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.request("GET", f"/api/v1/deployments/{deployment}/services")
+        return result
+
+    async def service_containers(self, deployment: str, service: str) -> list[dict[str, Any]]:
+        path = f"/api/v1/deployments/{deployment}/services/{service}/containers"
+        result: list[dict[str, Any]] = await self.request("GET", path)
+        return result
+
+    async def service_logs(
+        self, deployment: str, service: str, lines: int = 100, follow: bool = False, instance: str | None = None
+    ) -> AsyncIterator[str]:
+        path = f"/api/v1/deployments/{deployment}/services/{service}/logs"
+        params = {"lines": lines, "follow": follow, "instance": instance}
+        if follow:
+            async for line in self.stream(path, params):
+                yield line
+            return
+        text = await self.request("GET", path, params=params, raw=True)
+        for line in text.splitlines():
+            yield line
+
+    async def events(self, deployment: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        async for data in self.stream(f"/api/v1/deployments/{deployment}/events", {"after": after}):
+            yield json.loads(data)
+
+    async def container(self, container_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/api/v1/containers/{container_id}")
+        return result
+
+    async def container_stats(self, container_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/api/v1/containers/{container_id}/stats")
+        return result
+
+    async def remove_container(self, container_id: str, force: bool = False) -> None:
+        await self.request("DELETE", f"/api/v1/containers/{container_id}", params={"force": force})
+
+    async def trigger_job(self, name: str, deployment: str | None = None) -> dict[str, Any]:
+        path = f"/api/v1/jobs/{name}/trigger"
+        result: dict[str, Any] = await self.request("POST", path, params={"deployment": deployment})
+        return result
+
+    async def job_executions(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.request(
+            "GET", f"/api/v1/jobs/{name}/executions", params={"limit": limit}
+        )
+        return result
+
+    async def job_execution(self, execution_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/api/v1/jobs/{execution_id}/status")
+        return result
+
+    async def cancel_job(self, execution_id: str) -> None:
+        await self.request("POST", f"/api/v1/jobs/{execution_id}/cancel")
+
+    async def cron_jobs(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.request("GET", "/api/v1/cron")
+        return result
+
+    async def cron_job(self, name: str, deployment: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/api/v1/cron/{name}", params={"deployment": deployment})
+        return result
+
+
+async def ensure_daemon(paths: Paths, *, auto_start: bool = True) -> None:
+    """Make sure a daemon answers on ``paths.socket``; start ``zlayer serve --daemon`` if allowed (as ZLayer's
+    client does: poll with backoff 0.1, 0.2, 0.4, 0.8 s then 1 s, 20 tries)."""
+    from zlayer.daemon.server import probe_socket
+
+    if probe_socket(paths.socket):
+        return
+    if not auto_start:
+        raise DaemonError(f"no zlayer daemon is listening on {paths.socket}", hint="start one with `zlayer serve`")
+    if paths.socket.exists() and not os.access(paths.socket, os.W_OK):
+        raise DaemonError(f"permission denied on {paths.socket}", hint="the daemon socket is root-only; use sudo")
+    argv = [sys.executable, "-m", "zlayer", "--data-dir", str(paths.data_dir), "serve", "--daemon",
+            "--socket", str(paths.socket)]  # fmt: skip
+    env = {**os.environ, "ZLAYER_SPAWNER_PID": str(os.getpid())}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise DaemonError(
+            f"could not start the zlayer daemon: {err.decode(errors='replace').strip()[-400:]}",
+            hint=f"see {paths.log_dir / 'daemon.log'}",
+        )
+    for delay in AUTO_START_DELAYS:
+        if probe_socket(paths.socket):
+            return
+        await asyncio.sleep(delay)
+    raise DaemonError(
+        f"the zlayer daemon did not come up on {paths.socket}", hint=f"see {paths.log_dir / 'daemon.log'}"
+    )
+
+
+def read_daemon_info(paths: Paths) -> dict[str, Any] | None:
+    """``{data}/daemon.json`` as the running daemon wrote it, or None."""
+    try:
+        data: dict[str, Any] = json.loads(Path(paths.data_dir / "daemon.json").read_text())
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["Client", "ensure_daemon", "read_daemon_info"]

@@ -1,0 +1,78 @@
+"""How one daemon is configured: paths, listeners, token. Every path is overridable so daemons run side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from zlayer.errors import UsageError
+from zlayer.paths import API_PORT, Paths
+
+
+@dataclass
+class DaemonConfig:
+    paths: Paths
+    bind: str | None = f"0.0.0.0:{API_PORT}"
+    metrics_bind: str | None = None
+    token: str | None = None
+    swagger: bool = True
+    runtime: str = "auto"
+    deployment_name: str = "zlayer"
+    host_network: bool = False
+    node_subnet: str = "10.240.0.0/16"
+    dns_port: int = 15353
+
+    @property
+    def state_db(self) -> Path:
+        return self.paths.data_dir / "state.db"
+
+    @property
+    def token_file(self) -> Path:
+        return self.paths.data_dir / "admin_bearer.token"
+
+    @property
+    def daemon_json(self) -> Path:
+        return self.paths.data_dir / "daemon.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.paths.log_dir / "daemon.log"
+
+
+def split_bind(text: str, what: str = "--bind") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) → (host, port); a clear usage error otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"{what} {text!r}: expected HOST:PORT, e.g. 0.0.0.0:{API_PORT}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load_or_create_token(path: Path) -> str:
+    """The admin bearer token for TCP clients, created once (32 random bytes, hex) with mode 0600."""
+    try:
+        text = path.read_text().strip()
+        if text:
+            return text
+    except FileNotFoundError:
+        pass
+    token = secrets.token_hex(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return token
+
+
+def write_json_atomic(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

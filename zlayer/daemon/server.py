@@ -1,0 +1,298 @@
+"""``zlayer serve``: wire store, runtime, agent, proxy and API into one uvloop process, and shut it down cleanly.
+
+Start-up order: lock the data dir → open the store → runtime → agent (re-adopts running containers) → listeners.
+Shutdown (SIGTERM/SIGINT): stop accepting requests → stop watching containers (they keep running; the next daemon
+adopts them) → close the store → remove the socket and daemon.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from zlayer.daemon.config import DaemonConfig, load_or_create_token, split_bind, write_json_atomic
+from zlayer.errors import DaemonError
+
+log = logging.getLogger("zlayer.daemon")
+
+
+def _lock_data_dir(cfg: DaemonConfig) -> int:
+    cfg.paths.run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cfg.paths.run_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DaemonError(
+            f"another zlayer daemon already uses {cfg.paths.data_dir}",
+            hint="stop it first, or pass --data-dir for a second daemon",
+        ) from None
+    return fd
+
+
+def unix_listener(path: Path) -> socket.socket:
+    """Bind the API socket with mode 0660 (root and group only) before anyone can connect."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o117)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o660)
+    with contextlib.suppress(KeyError, PermissionError):
+        import grp
+
+        os.chown(path, 0, grp.getgrnam("zlayer").gr_gid)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def tcp_listener(bind: str, what: str = "--bind") -> socket.socket:
+    host, port = split_bind(bind, what)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise DaemonError(f"cannot listen on {bind}: {e.strerror}", where=what) from e
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def make_runtime(cfg: DaemonConfig) -> tuple[Any, str]:
+    """The container runtime for this node. ``ZLAYER_RUNTIME_FACTORY=module:callable`` substitutes another
+    implementation of the Runtime protocol (called with the DaemonConfig)."""
+    spec = os.environ.get("ZLAYER_RUNTIME_FACTORY")
+    if spec:
+        mod, _, attr = spec.partition(":")
+        factory = getattr(importlib.import_module(mod), attr)
+        rt = factory(cfg)
+        return rt, getattr(rt, "name", type(rt).__name__)
+    try:
+        from zlayer.runtime.linux.backend import LinuxRuntime
+    except ImportError as e:
+        raise DaemonError(f"the Linux runtime is not available: {e}") from e
+    return _construct(LinuxRuntime, cfg), "linux"
+
+
+def _construct(cls: Any, cfg: DaemonConfig) -> Any:
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {}
+    if "paths" in params:
+        kwargs["paths"] = cfg.paths
+    elif "data_dir" in params:
+        kwargs["data_dir"] = cfg.paths.data_dir
+    if "images" in params or "image_store" in params:
+        store = make_image_store(cfg)
+        if store is not None:
+            kwargs["images" if "images" in params else "image_store"] = store
+    return cls(**kwargs)
+
+
+def make_image_store(cfg: DaemonConfig) -> Any:
+    try:
+        from zlayer.images import ImageStore
+    except ImportError:
+        return None
+    import inspect
+
+    params = inspect.signature(ImageStore).parameters
+    if "paths" in params:
+        return ImageStore(paths=cfg.paths)
+    if "root" in params:
+        return ImageStore(root=cfg.paths.sub("images"))
+    return ImageStore(cfg.paths.data_dir)
+
+
+class Daemon:
+    """One running daemon; ``await Daemon(cfg).run()`` returns after SIGTERM/SIGINT or :meth:`stop`."""
+
+    def __init__(self, cfg: DaemonConfig, runtime: Any = None) -> None:
+        self.cfg = cfg
+        self._runtime = runtime
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.context: Any = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        import uvicorn
+
+        from zlayer.agent import JobManager, ServiceManager
+        from zlayer.api import ApiContext, TokenAuth, create_app
+        from zlayer.state import SqliteStore
+
+        cfg = self.cfg
+        for d in (cfg.paths.data_dir, cfg.paths.run_dir, cfg.paths.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock_data_dir(cfg)
+        sockets: list[socket.socket] = []
+        store = SqliteStore(cfg.state_db)
+        try:
+            runtime, runtime_name = (self._runtime, "injected") if self._runtime is not None else make_runtime(cfg)
+            metrics = None
+            if cfg.metrics_bind:
+                from zlayer.observability import Metrics
+
+                metrics = Metrics()
+                metrics.serve(cfg.metrics_bind)
+            proxy = network = None
+            with contextlib.suppress(ImportError):
+                from zlayer.daemon.wiring import make_network, make_proxy
+
+                proxy = make_proxy(cfg)
+                network = make_network(cfg)
+            manager = ServiceManager(store, runtime, proxy=proxy, network=network, metrics=metrics)
+            jobs = JobManager(store, runtime)
+            manager.on_job_registered = jobs.register
+            token = cfg.token or load_or_create_token(cfg.token_file)
+            self.context = ApiContext(
+                store=store,
+                runtime=runtime,
+                manager=manager,
+                jobs=jobs,
+                runtime_name=runtime_name,
+                images=make_image_store(cfg),
+                metrics=metrics,
+                token=token,
+            )
+            app = create_app(self.context, swagger=cfg.swagger)
+            servers = []
+            sockets.append(unix_listener(cfg.paths.socket))
+            servers.append(uvicorn.Server(self._uv_config(app)))
+            if cfg.bind:
+                sockets.append(tcp_listener(cfg.bind))
+                servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, token))))
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            serving = [
+                asyncio.create_task(srv.serve(sockets=[sock])) for srv, sock in zip(servers, sockets, strict=True)
+            ]
+            for srv in servers:
+                while not srv.started and not any(t.done() for t in serving):
+                    await asyncio.sleep(0.01)
+            for t in serving:
+                if t.done() and t.exception():
+                    raise DaemonError(f"API listener failed: {t.exception()}")
+            write_json_atomic(cfg.daemon_json, self._info())
+            await manager.restore()
+            jobs.start()
+            self.context.ready = True
+            self.ready.set()
+            log.info("zlayer daemon ready on %s%s", cfg.paths.socket, f" and {cfg.bind}" if cfg.bind else "")
+            await self._stop.wait()
+            for srv in servers:
+                srv.should_exit = True
+            await asyncio.wait(serving, timeout=5.0)
+            await manager.close()
+            await jobs.close()
+            if proxy is not None and hasattr(proxy, "close"):
+                await proxy.close()
+            if network is not None and hasattr(network, "close"):
+                await network.close()
+        finally:
+            for sock in sockets:
+                sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                if sockets:
+                    cfg.paths.socket.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                cfg.daemon_json.unlink()
+            await store.close()
+            os.close(lock_fd)
+
+    def _uv_config(self, app: Any) -> Any:
+        import uvicorn
+
+        return uvicorn.Config(
+            app, lifespan="off", log_level="warning", access_log=False, loop="none", http="h11", ws="none"
+        )
+
+    def _info(self) -> dict[str, object]:
+        from datetime import UTC, datetime
+
+        return {
+            "pid": os.getpid(),
+            "started_at": datetime.now(UTC).isoformat(),
+            "api_bind": self.cfg.bind,
+            "socket_path": str(self.cfg.paths.socket),
+            "host_network": self.cfg.host_network,
+            "metrics_bind": self.cfg.metrics_bind,
+            "data_dir": str(self.cfg.paths.data_dir),
+        }
+
+
+def serve_foreground(cfg: DaemonConfig) -> None:
+    """Run the daemon in this process until SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(Daemon(cfg).run())
+
+
+def serve_background(argv: list[str], cfg: DaemonConfig, timeout: float = 15.0) -> int:
+    """Start the daemon detached (new session, output to daemon.log) and return its pid once the socket answers."""
+    import subprocess
+
+    cfg.paths.log_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.log_file, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zlayer", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DaemonError(f"the daemon exited with code {proc.returncode}", where=str(cfg.log_file),
+                              hint=f"see {cfg.log_file}")  # fmt: skip
+        if probe_socket(cfg.paths.socket):
+            return proc.pid
+        time.sleep(0.05)
+    raise DaemonError(f"the daemon did not answer on {cfg.paths.socket} within {timeout:g}s",
+                      hint=f"see {cfg.log_file}")  # fmt: skip
+
+
+def probe_socket(path: Path) -> bool:
+    """True when something accepts connections on the unix socket."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(0.5)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+__all__ = ["Daemon", "DaemonConfig", "probe_socket", "serve_background", "serve_foreground"]
