@@ -25,7 +25,9 @@ async def live(c: ApiContext = Depends(ctx)) -> HealthResponse:
     return _body(c, "ok")
 
 
-@router.get("/health/ready", response_model=None, responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse}})
+@router.get(
+    "/health/ready", response_model=None, responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse}}
+)
 async def ready(c: ApiContext = Depends(ctx)) -> HealthResponse | JSONResponse:
     if not c.ready:
         return JSONResponse(_body(c, "starting").model_dump(), status_code=503)
