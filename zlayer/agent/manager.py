@@ -178,7 +178,9 @@ class ServiceManager:
     def _lock(self, deployment: str, service: str) -> asyncio.Lock:
         return self._locks.setdefault((deployment, service), asyncio.Lock())
 
-    async def scale(self, deployment: str, service: str, replicas: int) -> ServiceRecord:
+    async def scale(
+        self, deployment: str, service: str, replicas: int, stop_timeout: float | None = None
+    ) -> ServiceRecord:
         """Set a service's desired replica count and converge to it."""
         if replicas < 0:
             raise UsageError("replicas must be >= 0", where="replicas")
@@ -191,13 +193,21 @@ class ServiceManager:
         await self.store.set_service_desired(deployment, service, replicas)
         dep = await self.store.get_deployment(deployment)
         await self._event(deployment, "scale", f"{service} -> {replicas} replicas")
-        await self._converge_service(deployment, view, None, dep.revision if dep else 1, desired=replicas)
+        await self._converge_service(
+            deployment, view, None, dep.revision if dep else 1, desired=replicas, stop_timeout=stop_timeout
+        )
         got = await self.store.get_service(deployment, service)
         assert got is not None
         return got
 
     async def _converge_service(
-        self, deployment: str, view: ServiceView, model: Any, revision: int, desired: int | None = None
+        self,
+        deployment: str,
+        view: ServiceView,
+        model: Any,
+        revision: int,
+        desired: int | None = None,
+        stop_timeout: float | None = None,
     ) -> None:
         if view.rtype != "service":
             await self.store.set_service_status(deployment, view.name, "registered")
@@ -248,8 +258,9 @@ class ServiceManager:
                     raise errors[0] if isinstance(errors[0], ZLayerError) else RuntimeFailure(str(errors[0]))
                 await asyncio.gather(*(self._await_healthy(r) for r in started))
             elif len(fresh) > desired:
-                for extra in sorted(fresh, key=lambda c: c.replica, reverse=True)[: len(fresh) - desired]:
-                    await self._stop_replica(extra, timeout=SCALE_DOWN_STOP_TIMEOUT)
+                extras = sorted(fresh, key=lambda c: c.replica, reverse=True)[: len(fresh) - desired]
+                grace = SCALE_DOWN_STOP_TIMEOUT if stop_timeout is None else stop_timeout
+                await asyncio.gather(*(self._stop_replica(extra, timeout=grace) for extra in extras))
             await self._publish(deployment, view)
             await self.store.set_service_status(deployment, view.name, "running")
 

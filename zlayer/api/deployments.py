@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from zlayer.agent.specview import service_view
 from zlayer.api.context import ApiContext, ctx
@@ -94,9 +94,19 @@ async def get_deployment_spec(name: str, c: ApiContext = Depends(ctx)) -> Stored
     )
 
 
-@router.get("/{name}/events", summary="Deployment events as Server-Sent Events.")
-async def deployment_events(name: str, after: int = 0, c: ApiContext = Depends(ctx)) -> StreamingResponse:
+@router.get(
+    "/{name}/events",
+    response_model=None,
+    summary="Deployment events: Server-Sent Events, or a JSON list with follow=false.",
+)
+async def deployment_events(
+    name: str, after: int = 0, follow: bool = True, c: ApiContext = Depends(ctx)
+) -> StreamingResponse | JSONResponse:
     await _get(c, name)
+    if not follow:
+        events = await c.store.list_events(name, after)
+        return JSONResponse([{"seq": e.seq, "kind": e.kind, "message": e.message, "timestamp": e.timestamp}
+                             for e in events])  # fmt: skip
 
     async def stream() -> AsyncIterator[bytes]:
         async for ev in c.manager.follow_events(name, after):

@@ -81,10 +81,14 @@ async def get_service(deployment: str, service: str, c: ApiContext = Depends(ctx
 
 @router.post("/{service}/scale", response_model=ServiceDetails, summary="Scale a service.")
 async def scale_service(
-    deployment: str, service: str, body: ScaleRequest, c: ApiContext = Depends(ctx)
+    deployment: str,
+    service: str,
+    body: ScaleRequest,
+    stop_timeout: float | None = None,
+    c: ApiContext = Depends(ctx),
 ) -> ServiceDetails:
     await _service(c, deployment, service)
-    return await _details(c, await c.manager.scale(deployment, service, body.replicas))
+    return await _details(c, await c.manager.scale(deployment, service, body.replicas, stop_timeout=stop_timeout))
 
 
 @router.get("/{service}/logs", summary="Get service logs.", response_class=PlainTextResponse, response_model=None)

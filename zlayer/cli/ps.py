@@ -1,0 +1,47 @@
+"""``zlayer ps``: services (or containers) the daemon runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from zlayer.client._cli import age, print_data, print_table, run
+
+
+@click.command("ps")
+@click.option("--deployment", help="Only this deployment.")
+@click.option("-c", "--containers", "show_containers", is_flag=True, help="List containers instead of services.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+def ps(deployment: str | None, show_containers: bool, fmt: str) -> None:
+    """List services with their replicas, status and ports; -c lists containers."""
+
+    async def go(client: Any) -> dict[str, Any]:
+        deps = [d for d in await client.deployments() if deployment in (None, d["name"])]
+        services, containers = [], []
+        for d in deps:
+            for s in await client.services(d["name"]):
+                services.append({**s, "created_at": d["created_at"]})
+        for ct in await client.ps():
+            if deployment in (None, ct.get("deployment")):
+                containers.append(ct)
+        return {"services": services, "containers": containers}
+
+    data = run(go)
+    if fmt != "table":
+        print_data(data, fmt)
+        return
+    if show_containers:
+        rows: list[tuple[Any, ...]] = [
+            (c.get("deployment"), c.get("service"), c["id"], c.get("replica"), c["image"], c["state"],
+             (c.get("health") or {}).get("status", ""))
+            for c in data["containers"]
+        ]  # fmt: skip
+        print_table(["DEPLOYMENT", "SERVICE", "CONTAINER", "REPLICA", "IMAGE", "STATE", "HEALTH"], rows)
+        return
+    srows: list[tuple[Any, ...]] = [
+        (s["deployment"], s["name"], f"{s['replicas']}/{s['desired_replicas']}", s["status"],
+         ",".join(f"{e['port']}/{e['protocol']}" for e in s["endpoints"]), age(s["created_at"]))
+        for s in data["services"]
+    ]  # fmt: skip
+    print_table(["DEPLOYMENT", "SERVICE", "REPLICAS", "STATUS", "PORTS", "AGE"], srows)

@@ -1,0 +1,75 @@
+"""``zlayer serve``: run the node daemon (API on the unix socket and TCP, agent, proxy)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from zlayer.paths import API_PORT
+
+
+@click.command("serve")
+@click.option("--bind", envvar="ZLAYER_API_BIND", default=f"0.0.0.0:{API_PORT}", show_default=True,
+              help="TCP address of the API (token-authenticated); 'none' disables TCP.")  # fmt: skip
+@click.option("--socket", "socket_path", help="Unix socket of the API [default: from the data dir].")
+@click.option("--daemon", "background", is_flag=True, help="Detach: run in the background, log to daemon.log.")
+@click.option("--jwt-secret", envvar="ZLAYER_JWT_SECRET", help="Bearer token for TCP clients [default: generated, "
+              "kept in DATA/admin_bearer.token].")  # fmt: skip
+@click.option("--no-swagger", is_flag=True, help="Do not serve the Swagger UI.")
+@click.option("--metrics-bind", envvar="ZLAYER_METRICS_BIND", help="Serve Prometheus metrics on HOST:PORT.")
+@click.option("--deployment-name", envvar="ZLAYER_DEPLOYMENT_NAME", default="zlayer", show_default=True)
+@click.option("--dns-port", envvar="ZLAYER_DNS_PORT", type=int, default=15353, show_default=True,
+              help="Port of the service-name DNS server.")  # fmt: skip
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    bind: str,
+    socket_path: str | None,
+    background: bool,
+    jwt_secret: str | None,
+    no_swagger: bool,
+    metrics_bind: str | None,
+    deployment_name: str,
+    dns_port: int,
+) -> None:
+    """Run the zlayer daemon on this node (foreground unless --daemon)."""
+    from dataclasses import replace
+
+    from zlayer.daemon import DaemonConfig
+    from zlayer.daemon.config import split_bind
+
+    root = ctx.find_root().obj
+    paths = replace(root.paths, socket=__import__("pathlib").Path(socket_path)) if socket_path else root.paths
+    tcp = None if bind.lower() in ("", "none", "off") else bind
+    if tcp:
+        split_bind(tcp)
+    if metrics_bind:
+        split_bind(metrics_bind, "--metrics-bind")
+    cfg = DaemonConfig(
+        paths=paths,
+        bind=tcp,
+        metrics_bind=metrics_bind,
+        token=jwt_secret,
+        swagger=not no_swagger,
+        runtime=root.runtime,
+        deployment_name=deployment_name,
+        host_network=root.host_network,
+        dns_port=dns_port,
+    )
+    if background:
+        from zlayer.daemon import serve_background
+
+        argv = ["--data-dir", str(paths.data_dir), "serve", "--bind", tcp or "none", "--socket", str(paths.socket),
+                "--dns-port", str(dns_port), "--deployment-name", deployment_name]  # fmt: skip
+        if metrics_bind:
+            argv += ["--metrics-bind", metrics_bind]
+        if no_swagger:
+            argv.append("--no-swagger")
+        pid = serve_background(argv, cfg)
+        click.echo(f"zlayer daemon started (pid {pid}), socket {paths.socket}")
+        return
+    from zlayer.daemon import serve_foreground
+
+    serve_foreground(cfg)
+    sys.exit(0)

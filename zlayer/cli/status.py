@@ -1,0 +1,53 @@
+"""``zlayer status``: is the daemon running, and what does it run (never starts a daemon)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from zlayer.client._cli import cli_ctx, print_table, run
+
+
+@click.command("status")
+@click.argument("deployment", required=False)
+def status(deployment: str | None) -> None:
+    """Show the daemon (pid, socket, API address) and its deployments with per-service health."""
+    from zlayer.client import read_daemon_info
+    from zlayer.daemon.server import probe_socket
+
+    c = cli_ctx()
+    sock = c.paths.socket
+    if c.host is None and not probe_socket(sock):
+        reason = "no socket" if not sock.exists() else "socket exists but nothing answers"
+        click.echo(f"Daemon: not running ({reason} at {sock})")
+        sys.exit(1)
+    info = read_daemon_info(c.paths) or {}
+    click.echo(f"Daemon: running (pid {info.get('pid', '?')}, since {info.get('started_at', '?')})")
+    click.echo(f"  socket: {info.get('socket_path', sock)}   api: {info.get('api_bind') or 'unix socket only'}")
+
+    async def go(client: Any) -> list[dict[str, Any]]:
+        names = [deployment] if deployment else [d["name"] for d in await client.deployments()]
+        out = [await client.status(n) for n in names]
+        for d in out:
+            d["containers"] = [x for x in await client.ps() if x.get("deployment") == d["name"]]
+        return out
+
+    deps = run(go, auto_start=False)
+    if not deps:
+        click.echo("No deployments")
+        return
+    for d in deps:
+        msg = f" — {d['status_message']}" if d.get("status_message") else ""
+        click.echo(f"\nDeployment {d['name']}: {d['status']}{msg}")
+        print_table(
+            ["SERVICE", "HEALTH", "REPLICAS"],
+            [(h["name"], h["health"], f"{h['replicas_running']}/{h['replicas_desired']}") for h in d["service_health"]],
+        )
+        for ct in d["containers"]:
+            if ct["state"] in ("backoff", "failed", "exited") or ct.get("restarts"):
+                click.echo(f"  {ct['id']}: {ct['state']}, restarts {ct.get('restarts', 0)}, "
+                           f"last exit code {ct.get('exit_code')}")  # fmt: skip
+                for line in (ct.get("last_error") or "").splitlines():
+                    click.echo(f"    {line}")

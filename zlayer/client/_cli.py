@@ -1,0 +1,152 @@
+"""Helpers shared by the CLI commands that talk to the daemon: the client, spec discovery, names and output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from zlayer.errors import NotFoundError, UsageError
+
+T = TypeVar("T")
+
+EXACT_NAMES = (".zlayer.yml", ".zlayer.yaml", "zlayer.yml", "zlayer.yaml")
+
+
+def cli_ctx() -> Any:
+    return click.get_current_context().find_root().obj
+
+
+def make_client(auto_start: bool = True) -> Any:
+    from zlayer.client import Client
+
+    c = cli_ctx()
+    return Client(socket=c.paths.socket, host=c.host, token=c.token, data_dir=c.paths.data_dir, auto_start=auto_start)
+
+
+def run(fn: Callable[[Any], Awaitable[T]], auto_start: bool = True) -> T:
+    """Run ``fn(client)`` on a fresh event loop and close the client afterwards."""
+
+    async def go() -> T:
+        client = make_client(auto_start)
+        try:
+            return await fn(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def discover_spec(explicit: str | None, cwd: Path | None = None) -> Path:
+    """ZLayer's rule (spec-and-cli.md §11): an explicit path wins; then the exact names in order; then exactly one
+    ``*.zlayer.yml|yaml`` or ``zlayer.*.yml|yaml`` in the current directory."""
+    try:
+        import importlib
+
+        discovery = importlib.import_module("zlayer.cli.discovery")  # written with the spec package
+        fn = getattr(discovery, "discover_spec_path", None) or getattr(discovery, "discover_spec", None)
+        if fn is not None:
+            found: Path = Path(fn(explicit))
+            return found
+    except ImportError:
+        pass
+    if explicit:
+        p = Path(explicit)
+        if not p.exists():
+            raise NotFoundError(f"spec file {explicit} does not exist")
+        return p
+    here = cwd or Path.cwd()
+    for name in EXACT_NAMES:
+        if (here / name).is_file():
+            return here / name
+    found_all = sorted(
+        p
+        for p in here.iterdir()
+        if p.is_file()
+        and p.name not in ("zlayer.yml", "zlayer.yaml")
+        and (
+            p.name.endswith((".zlayer.yml", ".zlayer.yaml"))
+            or (p.name.startswith("zlayer.") and p.suffix in (".yml", ".yaml"))
+        )
+    )
+    if not found_all:
+        raise NotFoundError(
+            "No deployment spec found. Create a <name>.zlayer.yml in this directory or pass its path",
+            where=str(here),
+        )
+    if len(found_all) > 1:
+        raise UsageError(
+            "several deployment specs found: " + ", ".join(p.name for p in found_all), hint="pass the one to use"
+        )
+    return found_all[0]
+
+
+def deployment_from_spec(path: Path) -> str:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from e
+    name = doc.get("deployment") if isinstance(doc, dict) else None
+    if not name:
+        raise UsageError("the spec has no `deployment` name", where=str(path))
+    return str(name)
+
+
+async def resolve_deployment(client: Any, explicit: str | None) -> str:
+    """``--deployment``, else the discovered spec's name, else the only deployment the daemon has."""
+    if explicit:
+        return explicit
+    try:
+        return deployment_from_spec(discover_spec(None))
+    except (NotFoundError, UsageError):
+        pass
+    deps = await client.deployments()
+    if len(deps) == 1:
+        return str(deps[0]["name"])
+    if not deps:
+        raise NotFoundError("the daemon has no deployments")
+    raise UsageError("several deployments exist: " + ", ".join(d["name"] for d in deps), hint="pass --deployment")
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def print_data(data: Any, fmt: str) -> None:
+    if fmt == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+    else:
+        click.echo(json.dumps(data, indent=2))
+
+
+def age(ts: str) -> str:
+    from datetime import UTC, datetime
+
+    if not ts:
+        return ""
+    try:
+        then = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return ts
+    secs = int((datetime.now(UTC) - then).total_seconds())
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= n:
+            return f"{secs // n}{unit}"
+    return f"{max(secs, 0)}s"
