@@ -79,15 +79,21 @@ def _extensions() -> list[Extension]:
 class BuildNative(build_ext):
     """build_ext that also links the helper executables into zlayer/_bin/."""
 
-    def run(self) -> None:
-        if self.extensions:
+    def finalize_options(self) -> None:
+        # Cythonize before setuptools finalizes the extension list: it annotates each Extension object
+        # (_needs_stub, _full_name), and objects swapped in later lack those attributes.
+        if self.distribution.ext_modules:
             from Cython.Build import cythonize
 
-            self.extensions = cythonize(
-                self.extensions,
+            self.distribution.ext_modules = cythonize(
+                self.distribution.ext_modules,
                 compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
                 quiet=True,
             )
+        super().finalize_options()
+
+    def run(self) -> None:
+        if self.extensions:
             super().run()
         self._build_executables()
 
