@@ -154,9 +154,10 @@ class JobManager:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        else:  # left over from an earlier daemon
-            rec.status, rec.completed_at = "cancelled", now_rfc3339()
-            await self.store.put_job_execution(rec)
+        latest = await self.store.get_job_execution(execution_id)
+        if latest is not None and latest.status in ACTIVE:  # cancelled before it started, or an earlier daemon's
+            latest.status, latest.completed_at = "cancelled", now_rfc3339()
+            await self.store.put_job_execution(latest)
         got = await self.store.get_job_execution(execution_id)
         assert got is not None
         return got

@@ -389,7 +389,7 @@ class ServiceManager:
     async def _await_healthy(self, rep: Replica) -> None:
         """Wait until the replica passed a health check; a replica that keeps failing fails the rollout."""
         h = rep.service.health
-        limit = (h.start_grace + (h.interval + h.timeout) * (h.retries + 1)) * self.health_scale + 30.0
+        limit = (h.start_grace + (h.interval + h.timeout) * (h.retries + 1) + 10.0) * self.health_scale
         deadline = time.monotonic() + limit
         while not rep.healthy:
             if rep.record.state == "failed" or rep.stopping:
