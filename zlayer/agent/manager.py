@@ -465,6 +465,8 @@ class ServiceManager:
                 rep.record.state = "exited" if code == 0 else "failed"
                 rep.record.last_error = f"exited with code {code}" + (f"; last lines:\n{tail}" if tail else "")
                 await self.store.put_container(rep.record)
+                if self.metrics is not None:
+                    self.metrics.container_state(rep.key, rep.record.state)
                 await self._event(rep.deployment, "replica_exited", f"{rep.key} exited with code {code}")
                 return
             now = time.monotonic()

@@ -114,3 +114,24 @@ def test_invalid_spec_from_the_cli_lists_every_problem_and_changes_nothing(daemo
     r = zl(a, "-b", "deploy", str(bad))
     assert r.returncode != 0 and "invalid spec" in r.stderr and "Traceback" not in r.stderr
     assert json.loads(zl(a, "ps", "--format", "json").stdout) == {"services": [], "containers": []}
+
+
+def test_metrics_endpoint_reports_containers_health_deploys_and_api_latency(
+    daemon_process: Any, tmp_path: Path
+) -> None:
+    mport = free_port()
+    a = daemon_process("a", start=False)
+    a.extra = ["--metrics-bind", f"127.0.0.1:{mport}"]
+    a.start()
+    spec = tmp_path / "m.zlayer.yml"
+    spec.write_text("version: v1\ndeployment: metered\nservices:\n  web:\n" + httpd_service(free_port(), 1))
+    assert zl(a, "-b", "deploy", str(spec)).returncode == 0
+    time.sleep(1.5)
+    with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'zlayer_containers{state="running"} 1.0' in text
+    assert 'zlayer_health_checks_total{result="healthy",service="web"}' in text
+    assert 'zlayer_deploy_duration_seconds_count{result="success"} 1.0' in text
+    assert (
+        'zlayer_api_request_duration_seconds_count{method="POST",route="/api/v1/deployments",status="201"} 1.0' in text
+    )
