@@ -9,6 +9,7 @@ from __future__ import annotations
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("zlayer.cli.validate", "validate", "Check a deployment spec and report every problem"),
     "spec": ("zlayer.cli.spec", "spec", "Inspect deployment specs (dump, schema)"),
+    "runtime": ("zlayer.cli.runtime", "runtime", "Run OCI bundles: create, start, state, kill, delete, run"),
     "completions": ("zlayer.cli.completions", "completions", "Print a shell completion script"),
     "serve": ("zlayer.cli.serve", "serve", "Run the zlayer daemon on this node"),
     "deploy": ("zlayer.cli.deploy", "deploy", "Deploy a spec to the daemon (--dry-run prints the plan)"),

@@ -256,10 +256,15 @@ async def create(
         args += ["--pid-file", str(pid_file)]
     pass_fds: tuple[int, ...] = ()
     if stdio is not None:
-        args += ["--stdio-fds", ",".join(str(fd) for fd in stdio)]
-        pass_fds = tuple(stdio)
+        # fds 0-2 of the shim process are its own pipes: hand the container's stdio over as fresh descriptors
+        pass_fds = tuple(os.dup(fd) for fd in stdio)
+        args += ["--stdio-fds", ",".join(str(fd) for fd in pass_fds)]
     args.append(container_id)
-    await _run_shim(args, container_id, pass_fds)
+    try:
+        await _run_shim(args, container_id, pass_fds)
+    finally:
+        for fd in pass_fds:
+            os.close(fd)
     return read_state(container_id, state_root)
 
 
@@ -480,6 +485,45 @@ async def unpause(container_id: str, state_root: Path) -> None:
     _thaw(st.cgroup_paths)
 
 
+def run_argv(container_id: str, bundle: Path, state_root: Path, log_path: Path | None = None) -> list[str]:
+    """The ``zlayer-shim run`` command line: create, start and wait in the foreground, stdio passed through (or
+    logged to ``log_path``), cgroups and state removed at the end; its exit code is the container's."""
+    _check_id(container_id)
+    args = [str(shim_path()), "run", "--root", str(state_root), "--bundle", str(Path(bundle).absolute())]
+    if log_path is not None:
+        args += ["--log", str(log_path)]
+    return [*args, container_id]
+
+
+def exec_argv(
+    container_id: str,
+    state_root: Path,
+    argv: Sequence[str],
+    *,
+    env: Sequence[str] | None = None,
+    cwd: str | None = None,
+    user: str | None = None,
+    tty: bool = False,
+    console_socket: Path | None = None,
+) -> list[str]:
+    """The ``zlayer-shim exec`` command line (see :func:`exec`), for callers that exec or spawn it themselves."""
+    _check_id(container_id)
+    if not argv:
+        raise UsageError("exec needs a command")
+    args = [str(shim_path()), "exec", "--root", str(state_root)]
+    for e in env or ():
+        args += ["--env", e]
+    if cwd:
+        args += ["--cwd", cwd]
+    if user:
+        args += ["--user", user]
+    if tty:
+        if console_socket is None:
+            raise UsageError("exec with a tty needs a console socket to receive the pty master")
+        args += ["--tty", "--console-socket", str(console_socket)]
+    return [*args, container_id, "--", *argv]
+
+
 async def exec(
     container_id: str,
     state_root: Path,
@@ -507,23 +551,11 @@ async def exec(
     st = read_state(container_id, state_root)
     if st.status != "running":
         raise ConflictError(f"container {container_id} is {st.status}: exec needs a running container")
-    if not argv:
-        raise UsageError("exec needs a command")
-    args = ["exec", "--root", str(state_root)]
-    for e in env or ():
-        args += ["--env", e]
-    if cwd:
-        args += ["--cwd", cwd]
-    if user:
-        args += ["--user", user]
-    if tty:
-        if console_socket is None:
-            raise UsageError("exec with a tty needs a console socket to receive the pty master")
-        args += ["--tty", "--console-socket", str(console_socket)]
-    args += [container_id, "--", *argv]
+    args = exec_argv(
+        container_id, state_root, argv, env=env, cwd=cwd, user=user, tty=tty, console_socket=console_socket
+    )
     pipe = asyncio.subprocess.PIPE
     return await asyncio.create_subprocess_exec(
-        str(shim_path()),
         *args,
         stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=stdout if stdout is not None else pipe,
