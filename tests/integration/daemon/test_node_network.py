@@ -1,0 +1,142 @@
+"""Node networking for real: a node built inside a network namespace this test creates, "containers" that are
+processes in their own network namespaces, veth pairs, addresses, service DNS and a port mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from zlayer.net import DnsServer, NodeNetwork, PortMapping, service_records
+
+pytestmark = [pytest.mark.root]
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+
+
+@pytest.fixture
+def node_netns() -> Iterator[str]:
+    name = f"zlt-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def fetch(url: str) -> list[str]:
+    """A one-shot HTTP GET printing the body (busybox wget crashes on this host, so Python does it)."""
+    code = f"import sys,urllib.request;sys.stdout.write(urllib.request.urlopen({url!r},timeout=3).read().decode())"
+    return [sys.executable, "-c", code]
+
+
+class Box:
+    """A process in a fresh network namespace, standing in for a container's init."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(["unshare", "-n", *argv], start_new_session=True)
+        time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def run(self, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["nsenter", "-t", str(self.pid), "-n", *argv], capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def test_containers_reach_each_other_by_service_name_and_through_a_port_mapping(
+    node_netns: str, tmp_path: Path
+) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hello from web\n")
+    web = Box([BUSYBOX, "httpd", "-f", "-p", "8080", "-h", str(www)])
+    client = Box(["sleep", "60"])
+    net = NodeNetwork(tmp_path / "data", "10.241.7.0/24", node_netns=node_netns)
+
+    async def go() -> None:
+        await net.setup()
+        ip_web = await net.attach("shop", "web", "web-rep-1", web.pid)
+        ip_cli = await net.attach("shop", "cli", "cli-rep-1", client.pid)
+        assert (ip_web, ip_cli) == ("10.241.7.2", "10.241.7.3")
+        dns = DnsServer(service_records(net.members, net.ipam.leases))
+        await dns.start(net.gateway, 53, netns=node_netns)
+        try:
+
+            def wget(url: str) -> subprocess.CompletedProcess[str]:
+                return client.run(*fetch(url))
+
+            got = await asyncio.to_thread(wget, f"http://{ip_web}:8080/")
+            assert got.stdout == "hello from web\n", got.stderr
+            look = await asyncio.to_thread(client.run, BUSYBOX, "nslookup", "web.service.local", net.gateway)
+            assert "10.241.7.2" in look.stdout, look.stdout + look.stderr
+            look = await asyncio.to_thread(client.run, BUSYBOX, "nslookup", "web", net.gateway)
+            assert "10.241.7.2" in look.stdout
+            miss = await asyncio.to_thread(client.run, BUSYBOX, "nslookup", "nosuch", net.gateway)
+            assert miss.returncode != 0 and "10.241.7" not in miss.stdout.split("nosuch")[-1]
+            # A mapped port on the node's gateway address reaches the web replica.
+            await net.publish("web-rep-1", [PortMapping(18080, 8080)])
+            r = subprocess.run(
+                ["ip", "netns", "exec", node_netns, *fetch(f"http://{net.gateway}:18080/")],
+                capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            assert r.stdout == "hello from web\n", r.stderr
+            rules = subprocess.run(["ip", "netns", "exec", node_netns, "nft", "list", "table", "ip", net.table],
+                                   capture_output=True, text=True).stdout  # fmt: skip
+            assert "masquerade" in rules and "dnat to 10.241.7.2:8080" in rules
+            # Detach removes the host side and frees the address for the next replica.
+            await net.detach("shop", "web", "web-rep-1")
+            assert "web-rep-1" not in net.ipam.leases
+            gone = await asyncio.to_thread(wget, f"http://{ip_web}:8080/")
+            assert gone.returncode != 0
+            assert (
+                "dnat"
+                not in subprocess.run(
+                    ["ip", "netns", "exec", node_netns, "nft", "list", "table", "ip", net.table],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
+        finally:
+            dns.close()
+            await net.teardown()
+
+    try:
+        asyncio.run(go())
+    finally:
+        web.kill()
+        client.kill()
+
+
+def test_addresses_survive_a_restart_of_the_network_manager(node_netns: str, tmp_path: Path) -> None:
+    one, two = Box(["sleep", "60"]), Box(["sleep", "60"])
+    try:
+
+        async def go() -> None:
+            net = NodeNetwork(tmp_path / "data", "10.241.8.0/24", node_netns=node_netns)
+            ip1 = await net.attach("d", "s", "s-rep-1", one.pid)
+            again = NodeNetwork(tmp_path / "data", "10.241.8.0/24", node_netns=node_netns)
+            assert again.address_of("s-rep-1") == ip1
+            ip2 = await again.attach("d", "s", "s-rep-2", two.pid)
+            assert (ip1, ip2) == ("10.241.8.2", "10.241.8.3")
+            await again.teardown()
+
+        asyncio.run(go())
+    finally:
+        one.kill()
+        two.kill()

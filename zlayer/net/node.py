@@ -1,0 +1,280 @@
+"""Networking on one node: a bridge, a veth per container, addresses from the node subnet, NAT and port mappings.
+
+Layout (per daemon, names derived from the data dir so several daemons coexist):
+
+- bridge ``zl<8 hex>`` holding the gateway address (first host of the subnet, e.g. ``10.240.0.1/24``);
+- per container a veth pair: ``zv<10 hex>`` on the bridge, the peer moved into the container's network namespace
+  as ``eth0`` with the next free address and a default route via the gateway (``lo`` up too);
+- nftables table ``ip zlayer_<8 hex>``: masquerade for traffic leaving the subnet (egress), and DNAT for each
+  ``port_mappings`` entry (``host_ip:host_port`` → ``container_ip:container_port``), also for connections made from
+  the node itself;
+- addresses are persisted in ``{data}/agent_ipam.json`` (write-temp + fsync + rename) so a restarted daemon keeps
+  the addresses of the containers it re-adopts.
+
+Everything can be placed in a named network namespace (``node_netns``) instead of the host's: tests use that to
+build a whole node inside a namespace they own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zlayer.errors import ZLayerError
+
+
+class NetworkError(ZLayerError):
+    """Setting up the node network or a container's interface failed."""
+
+    code = "network"
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = "0.0.0.0"
+
+
+def _hash(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+class Ipam:
+    """Addresses of one subnet: the gateway takes the first host address, containers the next free ones."""
+
+    def __init__(self, path: Path, subnet: ipaddress.IPv4Network) -> None:
+        self.path = path
+        self.subnet = subnet
+        self.gateway = next(subnet.hosts())
+        self.leases: dict[str, str] = {}
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            data = json.loads(path.read_text())
+            if data.get("subnet") == str(subnet):
+                self.leases = dict(data.get("leases", {}))
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"subnet": str(self.subnet), "leases": self.leases}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def allocate(self, container: str) -> ipaddress.IPv4Address:
+        if container in self.leases:
+            return ipaddress.IPv4Address(self.leases[container])
+        used = {ipaddress.IPv4Address(v) for v in self.leases.values()} | {self.gateway}
+        for host in self.subnet.hosts():
+            if host not in used:
+                self.leases[container] = str(host)
+                self._save()
+                return host
+        raise NetworkError(f"node subnet {self.subnet} has no free address left", where=container)
+
+    def release(self, container: str) -> None:
+        if self.leases.pop(container, None) is not None:
+            self._save()
+
+    def owner(self, ip: str) -> str | None:
+        for k, v in self.leases.items():
+            if v == ip:
+                return k
+        return None
+
+
+class NodeNetwork:
+    """The node's container network; implements the agent's NetworkHook (attach/detach)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        subnet: str = "10.240.0.0/24",
+        *,
+        node_netns: str | None = None,
+        nat: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.subnet = ipaddress.IPv4Network(subnet)
+        self.node_netns = node_netns
+        self.nat = nat
+        tag = _hash(str(self.data_dir.absolute()), 8)
+        self.bridge = f"zl{tag}"
+        self.table = f"zlayer_{tag}"
+        self._tag = tag
+        self.ipam = Ipam(self.data_dir / "agent_ipam.json", self.subnet)
+        self.gateway = str(self.ipam.gateway)
+        self.ports: dict[str, list[tuple[str, PortMapping]]] = {}
+        self.members: dict[str, tuple[str, str]] = {}  # container -> (deployment, service)
+        self._lock = asyncio.Lock()
+        self._ready = False
+
+    # ------------------------------------------------------------------------------------------- plumbing
+
+    def _ipr(self) -> Any:
+        from pyroute2 import IPRoute, NetNS
+
+        return NetNS(self.node_netns) if self.node_netns else IPRoute()
+
+    def _run(self, argv: list[str], stdin: str | None = None) -> None:
+        if self.node_netns:
+            argv = ["ip", "netns", "exec", self.node_netns, *argv]
+        r = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise NetworkError(f"{' '.join(argv[:6])} failed: {r.stderr.strip()[:300]}")
+
+    def _sysctl(self, key: str, value: str) -> None:
+        self._run(["sysctl", "-qw", f"{key}={value}"])
+
+    def veth_name(self, container: str) -> str:
+        return f"zv{_hash(self._tag + container, 10)}"
+
+    # ------------------------------------------------------------------------------------------- setup
+
+    async def setup(self) -> None:
+        async with self._lock:
+            if not self._ready:
+                await asyncio.to_thread(self._setup)
+                self._ready = True
+
+    def _setup(self) -> None:
+        with self._ipr() as ipr:
+            if not ipr.link_lookup(ifname=self.bridge):
+                ipr.link("add", ifname=self.bridge, kind="bridge")
+            idx = ipr.link_lookup(ifname=self.bridge)[0]
+            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
+            if self.gateway not in have:
+                ipr.addr("add", index=idx, address=self.gateway, prefixlen=self.subnet.prefixlen)
+            ipr.link("set", index=idx, state="up")
+        self._sysctl("net.ipv4.ip_forward", "1")
+        self._write_rules()
+
+    def _write_rules(self) -> None:
+        lines = [
+            f"table ip {self.table} {{}}",
+            f"delete table ip {self.table}",
+            f"table ip {self.table} {{",
+            "  chain prerouting { type nat hook prerouting priority -100; policy accept;",
+        ]
+        dnat = []
+        for ip, pm in (p for v in self.ports.values() for p in v):
+            match = f"ip daddr {pm.host_ip} " if pm.host_ip not in ("", "0.0.0.0") else ""
+            dnat.append(f"    {match}{pm.protocol} dport {pm.host_port} dnat to {ip}:{pm.container_port}")
+        lines += dnat
+        lines += ["  }", "  chain output { type nat hook output priority -100; policy accept;"]
+        lines += [f"    fib daddr type local {d.strip()}" for d in dnat]
+        lines += ["  }", "  chain postrouting { type nat hook postrouting priority 100; policy accept;"]
+        if self.nat:
+            lines.append(f'    ip saddr {self.subnet} oifname != "{self.bridge}" masquerade')
+        if dnat:  # hairpin: a container reaching a mapped port of its own node comes back through the bridge
+            lines.append(
+                f'    ip saddr {self.subnet} ip daddr {self.subnet} oifname "{self.bridge}" ct status dnat masquerade'
+            )
+        lines += ["  }", "}"]
+        self._run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n")
+
+    # ------------------------------------------------------------------------------------------- containers
+
+    async def attach(self, deployment: str, service: str, container: str, pid: int) -> str:
+        """Give the container whose init is ``pid`` an ``eth0`` on the node bridge; returns its address."""
+        await self.setup()
+        async with self._lock:
+            ip = self.ipam.allocate(container)
+            try:
+                await asyncio.to_thread(self._attach, container, pid, str(ip))
+            except Exception as e:
+                self.ipam.release(container)
+                if isinstance(e, ZLayerError):
+                    raise
+                raise NetworkError(f"cannot attach {container} (pid {pid}): {e}", where=container) from e
+            self.members[container] = (deployment, service)
+        return str(ip)
+
+    def _attach(self, container: str, pid: int, ip: str) -> None:
+        from pyroute2 import NetNS
+
+        host, peer = self.veth_name(container), f"zp{_hash(container + str(pid), 10)}"
+        with self._ipr() as ipr:
+            for stale in ipr.link_lookup(ifname=host):
+                ipr.link("del", index=stale)
+            ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer})
+            hidx = ipr.link_lookup(ifname=host)[0]
+            pidx = ipr.link_lookup(ifname=peer)[0]
+            bidx = ipr.link_lookup(ifname=self.bridge)[0]
+            ipr.link("set", index=hidx, master=bidx, state="up")
+            ipr.link("set", index=pidx, net_ns_pid=pid)
+        with NetNS(f"/proc/{pid}/ns/net") as ns:
+            idx = ns.link_lookup(ifname=peer)[0]
+            ns.link("set", index=idx, ifname="eth0")
+            ns.addr("add", index=idx, address=ip, prefixlen=self.subnet.prefixlen)
+            ns.link("set", index=idx, state="up")
+            lo = ns.link_lookup(ifname="lo")
+            if lo:
+                ns.link("set", index=lo[0], state="up")
+            ns.route("add", dst="default", gateway=self.gateway)
+
+    async def detach(self, deployment: str, service: str, container: str) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._detach, container)
+            self.ipam.release(container)
+            self.members.pop(container, None)
+            if self.ports.pop(container, None):
+                await asyncio.to_thread(self._write_rules)
+
+    def _detach(self, container: str) -> None:
+        with self._ipr() as ipr:
+            for idx in ipr.link_lookup(ifname=self.veth_name(container)):
+                ipr.link("del", index=idx)
+
+    async def publish(self, container: str, mappings: list[PortMapping]) -> None:
+        """DNAT ``host_port`` on the node to the container's address."""
+        ip = self.ipam.leases.get(container)
+        if ip is None:
+            raise NetworkError(f"{container} has no address; port mappings need the node network", where=container)
+        async with self._lock:
+            self.ports[container] = [(ip, m) for m in mappings]
+            await asyncio.to_thread(self._write_rules)
+
+    def address_of(self, container: str) -> str | None:
+        return self.ipam.leases.get(container)
+
+    async def close(self) -> None:
+        """Leave everything in place: running containers keep their network; the next daemon reuses it."""
+
+    async def teardown(self) -> None:
+        """Remove the bridge, every veth and the nftables table (used when the node is reset and by tests)."""
+
+        def go() -> None:
+            with self._ipr() as ipr:
+                for c in list(self.ipam.leases):
+                    for idx in ipr.link_lookup(ifname=self.veth_name(c)):
+                        ipr.link("del", index=idx)
+                for idx in ipr.link_lookup(ifname=self.bridge):
+                    ipr.link("del", index=idx)
+            with contextlib.suppress(NetworkError):
+                self._run(["nft", "delete", "table", "ip", self.table])
+
+        await asyncio.to_thread(go)
+        self._ready = False
+
+
+def port_mappings(raw: list[dict[str, Any]] | None) -> list[PortMapping]:
+    """The spec's ``port_mappings`` entries (``host_port`` none/0 is not supported yet: it needs a free-port pick)."""
+    out = []
+    for i, m in enumerate(raw or []):
+        host = int(m.get("host_port") or 0)
+        if host == 0:
+            raise NetworkError("an ephemeral host_port (0 or unset) is not supported", where=f"port_mappings[{i}]")
+        out.append(PortMapping(host, int(m["container_port"]), str(m.get("protocol") or "tcp"),
+                               str(m.get("host_ip") or "0.0.0.0")))  # fmt: skip
+    return out
