@@ -156,7 +156,7 @@ def test_port_in_use_is_a_clear_error(proxy_l4_tcp_echo) -> None:
 
 def test_bad_backend_address_is_a_clear_error(proxy_l4_listener) -> None:
     lst = proxy_l4_listener("tcp", [])
-    with pytest.raises(ProxyError, match="backend 0: db.internal:5432 is not a numeric IP"):
+    with pytest.raises(ProxyError, match=r"backend 0: db\.internal:5432 is not a numeric IP"):
         lst.set_backends([("db.internal", 5432)])
 
 

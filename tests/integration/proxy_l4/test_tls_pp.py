@@ -56,13 +56,15 @@ def test_tls_bulk_data_round_trips(proxy_l4_tcp_echo, proxy_l4_listener, proxy_l
     lst.set_tls(*proxy_l4_cert)
     ctx = ssl.create_default_context(cafile=str(proxy_l4_cert[0]))
     payload = bytes(range(256)) * 8000
-    with socket.create_connection(("127.0.0.1", lst.port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="l4.zlayer.test") as tls:
-            got = bytearray()
-            for i in range(0, len(payload), 65536):
-                tls.sendall(payload[i : i + 65536])
-                while len(got) < min(len(payload), i + 65536):
-                    got += tls.recv(1 << 16)
+    with (
+        socket.create_connection(("127.0.0.1", lst.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="l4.zlayer.test") as tls,
+    ):
+        got = bytearray()
+        for i in range(0, len(payload), 65536):
+            tls.sendall(payload[i : i + 65536])
+            while len(got) < min(len(payload), i + 65536):
+                got += tls.recv(1 << 16)
     assert bytes(got) == payload
     assert lst.stats()["bytes_spliced"] == 0
 
@@ -102,10 +104,12 @@ def test_certificate_swap_applies_to_new_connections(proxy_l4_tcp_echo, proxy_l4
     for name, (crt, key) in names.items():
         lst.set_tls(crt, key)
         ctx = ssl.create_default_context(cafile=str(crt))
-        with socket.create_connection(("127.0.0.1", lst.port), timeout=5) as raw:
-            with ctx.wrap_socket(raw, server_hostname=name) as tls:
-                tls.sendall(b"ping")
-                assert tls.recv(10) == b"ping"
+        with (
+            socket.create_connection(("127.0.0.1", lst.port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            tls.sendall(b"ping")
+            assert tls.recv(10) == b"ping"
 
 
 def test_mismatched_key_is_refused_with_the_file_named(proxy_l4_listener, proxy_l4_cert, tmp_path: Path) -> None:
@@ -114,7 +118,7 @@ def test_mismatched_key_is_refused_with_the_file_named(proxy_l4_listener, proxy_
     _, other_key = self_signed(["other.test"])
     (tmp_path / "other.key").write_bytes(other_key)
     lst = proxy_l4_listener("tcp", [])
-    with pytest.raises(ProxyError, match="other.key: cannot load private key or it does not match"):
+    with pytest.raises(ProxyError, match=r"other\.key: cannot load private key or it does not match"):
         lst.set_tls(proxy_l4_cert[0], tmp_path / "other.key")
 
 
