@@ -317,7 +317,7 @@ class ServiceManager:
     async def _create_and_start(self, rep: Replica) -> None:
         with contextlib.suppress(ZLayerError):
             await self.runtime.remove(rep.cid, force=True)  # a stale container with the same id
-        await self.runtime.create(rep.cid, rep.model if rep.model is not None else rep.service.raw)
+        await self.runtime.create(rep.cid, self._container_spec(rep))
         await self.runtime.start(rep.cid)
         state = await self.runtime.state(rep.cid)
         rep.record.pid = state.pid
@@ -325,9 +325,27 @@ class ServiceManager:
         rep.record.exit_code = None
         if self.network is not None and not rep.service.host_network:
             rep.record.ip = await self.network.attach(rep.deployment, rep.service.name, rep.record.id, state.pid)
+            mappings = rep.service.raw.get("port_mappings")
+            if mappings and rep.record.ip and hasattr(self.network, "publish"):
+                from zlayer.net import port_mappings
+
+                await self.network.publish(rep.record.id, port_mappings(mappings))
         await self.store.put_container(rep.record)
         if self.metrics is not None:
             self.metrics.container_state(rep.record.id, "running")
+
+    def _container_spec(self, rep: Replica) -> Any:
+        """The spec handed to the runtime: the service's, with the node DNS server first when there is one."""
+        dns = (
+            list(self.network.dns_servers())
+            if self.network is not None and hasattr(self.network, "dns_servers")
+            else []
+        )
+        if rep.service.host_network or not dns:
+            return rep.model if rep.model is not None else rep.service.raw
+        if rep.model is not None and hasattr(rep.model, "model_copy"):
+            return rep.model.model_copy(update={"dns": dns + list(getattr(rep.model, "dns", None) or [])})
+        return {**rep.service.raw, "dns": dns + list(rep.service.raw.get("dns") or [])}
 
     async def _run_init(self, rep: Replica, phase: str) -> None:
         steps = [s for s in rep.service.init_steps if (s.uses == "init.run") == (phase == "after")]

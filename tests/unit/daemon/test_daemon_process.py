@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.fixtures.daemon import free_port, httpd_service
 
 
@@ -135,3 +137,23 @@ def test_metrics_endpoint_reports_containers_health_deploys_and_api_latency(
     assert (
         'zlayer_api_request_duration_seconds_count{method="POST",route="/api/v1/deployments",status="201"} 1.0' in text
     )
+
+
+def test_endpoint_port_reaches_the_service_through_the_proxy(daemon_process: Any, tmp_path: Path) -> None:
+    a = daemon_process("a")
+    target, front = free_port(), free_port()
+    endpoint = (
+        f"    endpoints: [{{name: http, protocol: http, port: {front}, target_port: {target}, expose: internal}}]\n"
+    )
+    spec = tmp_path / "p.zlayer.yml"
+    spec.write_text("version: v1\ndeployment: proxied\nservices:\n  web:\n" + httpd_service(target, 1, extra=endpoint))
+    assert zl(a, "-b", "deploy", str(spec)).returncode == 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{front}/", timeout=5) as r:
+        assert r.read() == b"web-rep-1"
+    svc = http(f"http://127.0.0.1:{a.port}/api/v1/deployments/proxied/services/web", token=a.token)[1]
+    assert svc["endpoints"] == [
+        {"name": "http", "protocol": "http", "port": front, "url": f"http://127.0.0.1:{front}/"}
+    ]
+    assert zl(a, "down", "proxied").returncode == 0
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{front}/", timeout=2)

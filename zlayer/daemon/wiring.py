@@ -1,0 +1,179 @@
+"""What the daemon plugs into the agent: the node network (with its DNS server) and the endpoint proxy.
+
+The proxy is :class:`zlayer.proxy.ProxyManager` when that package provides it. Until then the daemon runs a small
+asyncio TCP forwarder per endpoint port (``expose: public`` on 0.0.0.0, ``internal`` on 127.0.0.1), round-robin over
+healthy replicas, so endpoints are reachable from the first deploy; it moves bytes in Python and is the slow path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from typing import Any
+
+from zlayer.agent.hooks import Backend
+from zlayer.agent.specview import ServiceView
+from zlayer.daemon.config import DaemonConfig
+from zlayer.errors import ProxyError
+
+log = logging.getLogger("zlayer.daemon")
+
+
+class _Listener:
+    def __init__(self, port: int, host: str) -> None:
+        self.port = port
+        self.host = host
+        self.backends: list[Backend] = []
+        self._rr = itertools.count()
+        self.server: asyncio.base_events.Server | None = None
+        self.conns: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        try:
+            self.server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
+        except OSError as e:
+            raise ProxyError(f"cannot listen on {self.host}:{self.port}: {e.strerror}") from e
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.conns.add(task)
+        try:
+            for _ in range(max(len(self.backends), 1)):
+                if not self.backends:
+                    break
+                b = self.backends[next(self._rr) % len(self.backends)]
+                try:
+                    up_r, up_w = await asyncio.wait_for(asyncio.open_connection(b.address, b.port), 5.0)
+                except (OSError, TimeoutError):
+                    continue
+                await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer), return_exceptions=True)
+                return
+        finally:
+            writer.close()
+            if task is not None:
+                self.conns.discard(task)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for t in list(self.conns):
+            t.cancel()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            if dst.can_write_eof():
+                dst.write_eof()
+
+
+class ForwardingProxy:
+    """The agent's ProxyHook over asyncio listeners, one per endpoint port."""
+
+    def __init__(self, internal_host: str = "127.0.0.1") -> None:
+        self.internal_host = internal_host
+        self.listeners: dict[int, _Listener] = {}
+        self.owners: dict[int, tuple[str, str]] = {}
+
+    async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
+        for ep in service.endpoints:
+            if ep.protocol == "udp":
+                continue
+            owner = self.owners.get(ep.port)
+            if owner is not None and owner != (deployment, service.name):
+                raise ProxyError(f"port {ep.port} is already used by {owner[0]}/{owner[1]}",
+                                 where=f"services.{service.name}.endpoints.{ep.name}")  # fmt: skip
+            lst = self.listeners.get(ep.port)
+            if lst is None:
+                host = "0.0.0.0" if ep.expose == "public" else self.internal_host
+                lst = _Listener(ep.port, host)
+                await lst.start()
+                self.listeners[ep.port] = lst
+                self.owners[ep.port] = (deployment, service.name)
+            lst.backends = [Backend(b.container, b.address, ep.target_port) for b in backends]
+
+    async def remove_service(self, deployment: str, service: str) -> None:
+        for port, owner in list(self.owners.items()):
+            if owner == (deployment, service):
+                await self.listeners.pop(port).close()
+                del self.owners[port]
+
+    async def close(self) -> None:
+        for lst in self.listeners.values():
+            await lst.close()
+
+
+def make_proxy(cfg: DaemonConfig) -> Any:
+    return ForwardingProxy()
+
+
+class DaemonNetwork:
+    """NodeNetwork plus the DNS server answering on the bridge gateway."""
+
+    def __init__(self, cfg: DaemonConfig) -> None:
+        from zlayer.net import NodeNetwork
+
+        self.net = NodeNetwork(cfg.paths.data_dir, cfg.node_subnet)
+        self.dns: Any = None
+
+    async def _ensure(self) -> None:
+        if self.dns is None:
+            from zlayer.net import DnsServer, service_records
+
+            await self.net.setup()
+            upstreams = _resolvers()
+            self.dns = DnsServer(service_records(self.net.members, self.net.ipam.leases), upstreams)
+            try:
+                await self.dns.start(self.net.gateway, 53)
+            except OSError as e:
+                log.warning("service DNS not available on %s:53: %s", self.net.gateway, e)
+
+    async def attach(self, deployment: str, service: str, container: str, pid: int) -> str:
+        if _same_netns(pid):
+            return ""  # the container shares the host network: nothing to plumb
+        await self._ensure()
+        return await self.net.attach(deployment, service, container, pid)
+
+    async def detach(self, deployment: str, service: str, container: str) -> None:
+        await self.net.detach(deployment, service, container)
+
+    async def publish(self, container: str, mappings: list[Any]) -> None:
+        await self.net.publish(container, mappings)
+
+    def dns_servers(self) -> list[str]:
+        return [self.net.gateway]
+
+    async def close(self) -> None:
+        if self.dns is not None:
+            self.dns.close()
+
+
+def _same_netns(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
+
+
+def _resolvers() -> list[str]:
+    out = []
+    with contextlib.suppress(OSError), open("/etc/resolv.conf") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver" and not parts[1].startswith("127."):
+                out.append(parts[1])
+    return out
+
+
+def make_network(cfg: DaemonConfig) -> Any:
+    if os.geteuid() != 0 or cfg.host_network or os.environ.get("ZLAYER_NODE_NETWORK", "on") == "off":
+        return None
+    return DaemonNetwork(cfg)
