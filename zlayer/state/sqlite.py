@@ -7,6 +7,7 @@ transaction durable, and a process killed mid-transaction leaves the previous co
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,7 +78,10 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            fresh = not self.path.exists()
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            if fresh:
+                os.chmod(self.path, 0o600)  # specs may carry secrets in env values
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")

@@ -157,3 +157,27 @@ def test_endpoint_port_reaches_the_service_through_the_proxy(daemon_process: Any
     assert zl(a, "down", "proxied").returncode == 0
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{front}/", timeout=2)
+
+
+def test_up_runs_in_the_foreground_and_ctrl_c_tears_it_down(daemon_process: Any, tmp_path: Path) -> None:
+    a = daemon_process("a")
+    (tmp_path / "fg.zlayer.yml").write_text(
+        "version: v1\ndeployment: fground\nservices:\n  web:\n" + httpd_service(free_port(), 1)
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "zlayer", "--data-dir", str(a.data_dir), "up"],
+        cwd=tmp_path, env=a.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert up.stdout is not None
+    seen = []
+    for line in up.stdout:
+        seen.append(line)
+        if "Ctrl+C" in line:
+            break
+    assert any("Deployment fground is running" in s for s in seen), seen
+    assert json.loads(zl(a, "ps", "--format", "json").stdout)["containers"][0]["state"] == "running"
+    up.send_signal(signal.SIGINT)
+    rest = up.communicate(timeout=30)[0]
+    assert up.returncode == 0, rest
+    assert "Stopping fground" in rest
+    assert json.loads(zl(a, "ps", "--format", "json").stdout) == {"services": [], "containers": []}
