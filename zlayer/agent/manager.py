@@ -219,9 +219,11 @@ class ServiceManager:
                 rec = await self.store.get_service(deployment, view.name)
                 desired = rec.desired_replicas if rec else view.replicas
             await self.store.set_service_status(deployment, view.name, "deploying")
-            current = [c for c in await self.store.list_containers(deployment, view.name)]
-            current_ok = [c for c in current if c.state not in ("failed",)]
-            for bad in [c for c in current if c.state == "failed"]:
+            current = await self.store.list_containers(deployment, view.name)
+            # Watched replicas are the live ones; a record nobody watches was left half-made (a cancelled rollout)
+            # or has failed, and is replaced.
+            current_ok = [c for c in current if c.state != "failed" and c.id in self.replicas]
+            for bad in [c for c in current if c not in current_ok]:
                 await self._stop_replica(bad, timeout=1.0)
             outdated = [c for c in current_ok if c.spec_hash != view.spec_hash]
             fresh = [c for c in current_ok if c.spec_hash == view.spec_hash]
