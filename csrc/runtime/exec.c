@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -137,20 +136,15 @@ int cmd_exec(struct zl_opts *o)
     if (pidns < 0 || setns(pidns, CLONE_NEWPID) < 0)
         return die(o->id, "cannot join the container's pid namespace");
     close(pidns);
-    int master = -1;
-    char slave[128] = "";
+    int console = -1;
     if (o->tty) {
-        master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0 || ptsname_r(master, slave, sizeof(slave)))
-            return die(o->id, "cannot allocate a pseudo-terminal");
-        if (o->console_socket) {
-            int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            struct sockaddr_un sa = {.sun_family = AF_UNIX};
-            snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", o->console_socket);
-            if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 || send_fd(s, master) < 0)
-                return die(o->id, "cannot send the terminal to the console socket");
-            close(s);
-        }
+        if (!o->console_socket)
+            return die(o->id, "--tty needs --console-socket to hand over the terminal");
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", o->console_socket);
+        console = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (console < 0 || connect(console, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+            return die(o->id, "cannot connect to the console socket");
     }
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
@@ -171,16 +165,14 @@ int cmd_exec(struct zl_opts *o)
             if (nsfd[i] >= 0 && setns(nsfd[i], NS_ORDER[i].flag) < 0)
                 fail = zl_fail_errno(&e, "cannot join the %s namespace", NS_ORDER[i].name);
         char exe[4096];
-        if (!fail && master >= 0) {
-            setsid();
-            int fd = open(slave, O_RDWR | O_NOCTTY);
-            if (fd < 0 || ioctl(fd, TIOCSCTTY, 0) < 0)
-                fail = zl_fail_errno(&e, "cannot open the terminal");
-            else
-                for (int i = 0; i < 3; i++)
-                    dup2(fd, i);
-            if (fd > 2)
-                close(fd);
+        if (!fail && console >= 0) {
+            /* after joining the mount namespace: the pty comes from the container's own devpts */
+            int master = pty_become_console(0, &e);
+            if (master < 0 || send_fd(console, master) < 0)
+                fail = master < 0 ? -1 : zl_fail_errno(&e, "cannot send the terminal to the console socket");
+            if (master >= 0)
+                close(master);
+            close(console);
         }
         if (!fail)
             fail = caps_find_executable(p, exe, sizeof(exe), &e);
@@ -199,8 +191,8 @@ int cmd_exec(struct zl_opts *o)
         _exit(127);
     }
     close(sp[1]);
-    if (master >= 0)
-        close(master);
+    if (console >= 0)
+        close(console);
     g_child = child;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));

@@ -51,7 +51,7 @@ struct ctx {
     int sync; /* monitor end of the SEQPACKET pair */
     int stdio[3];
     int pty_master;
-    char console[128];
+    int tty;
     struct zl_log log;
     struct zl_stream so, se;
     struct zl_state st;
@@ -138,21 +138,11 @@ static void container_init(struct ctx *x, int sync)
         init_fail(sync, &e);
     }
     setsid();
-    if (x->console[0]) {
-        int fd = open(x->console, O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (fd < 0 || ioctl(fd, TIOCSCTTY, 0) < 0) {
-            zl_fail_errno(&e, "cannot open the terminal %s", x->console);
+    for (int i = 0; i < 3; i++)
+        if (x->stdio[i] >= 0 && dup2(x->stdio[i], i) < 0) {
+            zl_fail_errno(&e, "cannot set up stdio");
             init_fail(sync, &e);
         }
-        for (int i = 0; i < 3; i++)
-            dup2(fd, i);
-    } else {
-        for (int i = 0; i < 3; i++)
-            if (x->stdio[i] >= 0 && dup2(x->stdio[i], i) < 0) {
-                zl_fail_errno(&e, "cannot set up stdio");
-                init_fail(sync, &e);
-            }
-    }
     if (c->hostname && c->hostname[0] && sethostname(c->hostname, strlen(c->hostname)) < 0) {
         zl_fail_errno(&e, "cannot set the hostname %s", c->hostname);
         init_fail(sync, &e);
@@ -169,8 +159,19 @@ static void container_init(struct ctx *x, int sync)
             zl_fail(&e, "config.json: linux.namespaces: a mount namespace is required");
             init_fail(sync, &e);
         }
-    } else if (mounts_setup_rootfs(c, &x->cg, x->console[0] ? x->console : NULL, &e)) {
+    } else if (mounts_setup_rootfs(c, &x->cg, NULL, &e)) {
         init_fail(sync, &e);
+    }
+    if (x->tty) {
+        /* the terminal comes from the container's own devpts; its master goes to the monitor */
+        int master = pty_become_console(1, &e);
+        if (master < 0)
+            init_fail(sync, &e);
+        if (send_fd(sync, master) < 0) {
+            zl_fail_errno(&e, "cannot hand the terminal to the monitor");
+            init_fail(sync, &e);
+        }
+        close(master);
     }
     if (set_sysctls(c, &e) || mounts_finalize(c, &e) || caps_apply_rlimits(&c->proc, &e))
         init_fail(sync, &e);
@@ -242,26 +243,7 @@ static int setup_stdio(struct ctx *x, struct zl_err *e)
     x->se = (struct zl_stream){.name = "stderr", .fd = -1};
     x->pty_master = -1;
     if (x->o->tty || x->c.proc.terminal) {
-        x->pty_master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (x->pty_master < 0 || grantpt(x->pty_master) < 0 || unlockpt(x->pty_master) < 0 ||
-            ptsname_r(x->pty_master, x->console, sizeof(x->console)) != 0)
-            return zl_fail_errno(e, "cannot allocate a pseudo-terminal");
-        if (x->o->console_socket) {
-            int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            struct sockaddr_un sa = {.sun_family = AF_UNIX};
-            snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", x->o->console_socket);
-            if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 || send_fd(s, x->pty_master) < 0) {
-                if (s >= 0)
-                    close(s);
-                return zl_fail_errno(e, "cannot send the terminal to the console socket %s", x->o->console_socket);
-            }
-            close(s);
-            close(x->pty_master);
-            x->pty_master = -1;
-        } else {
-            fcntl(x->pty_master, F_SETFL, O_NONBLOCK);
-            x->so.fd = x->pty_master;
-        }
+        x->tty = 1; /* the init allocates it inside the container and sends the master over the sync socket */
         return 0;
     }
     if (x->o->have_stdio) {
@@ -295,6 +277,36 @@ static void close_child_stdio(struct ctx *x)
         close(fd);
         x->stdio[i] = -1;
     }
+}
+
+/* The init's pty master: to the console socket (OCI CLI), else logged by us as stdout. */
+static int take_terminal(struct ctx *x, struct zl_err *e)
+{
+    char msg[1200];
+    int master = recv_fd(x->sync, msg, sizeof(msg));
+    if (master < 0) {
+        if (msg[0] == 'E')
+            return zl_fail(e, "%s", msg + 1);
+        return zl_fail(e, "the container init failed while setting up its terminal");
+    }
+    if (x->o->console_socket) {
+        int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", x->o->console_socket);
+        int ok = s >= 0 && connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0 && send_fd(s, master) == 0;
+        int err = errno;
+        if (s >= 0)
+            close(s);
+        close(master);
+        errno = err;
+        if (!ok)
+            return zl_fail_errno(e, "cannot send the terminal to the console socket %s", x->o->console_socket);
+        return 0;
+    }
+    fcntl(master, F_SETFL, O_NONBLOCK);
+    x->pty_master = master;
+    x->so.fd = master;
+    return 0;
 }
 
 /* Build everything and leave the init blocked before its exec. */
@@ -335,6 +347,8 @@ static int create_container(struct ctx *x, struct zl_err *e)
         return -1;
     if (send(x->sync, "G", 1, MSG_NOSIGNAL) != 1)
         return zl_fail(e, "the container init died before its set-up");
+    if (x->tty && take_terminal(x, e))
+        return -1;
     char msg[1200];
     ssize_t n = recv(x->sync, msg, sizeof(msg) - 1, 0);
     if (n <= 0)

@@ -3,7 +3,10 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -122,4 +125,63 @@ int send_fd(int sock, int fd)
     cm->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(cm), &fd, sizeof(int));
     return sendmsg(sock, &msg, MSG_NOSIGNAL) < 0 ? -1 : 0;
+}
+
+int recv_fd(int sock, char *buf, size_t len)
+{
+    struct iovec iov = {.iov_base = buf, .iov_len = len - 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    buf[n > 0 ? n : 0] = '\0';
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    if (n <= 0 || !cm || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len != CMSG_LEN(sizeof(int)))
+        return -1;
+    int fd;
+    memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+    return fd;
+}
+
+/* A pty from the devpts of the current mount namespace (the container's own /dev/pts, as runc does), made the
+ * controlling terminal and stdio of the caller. Returns the master (close-on-exec) or -1. */
+int pty_become_console(int bind_console, struct zl_err *e)
+{
+    char name[128];
+    int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0)
+        return zl_fail_errno(e, "cannot open /dev/ptmx");
+    int unlock = 0;
+    if (ioctl(master, TIOCSPTLCK, &unlock) < 0 || ptsname_r(master, name, sizeof(name)) != 0) {
+        close(master);
+        return zl_fail_errno(e, "cannot set up the pseudo-terminal");
+    }
+    int slave = open(name, O_RDWR | O_NOCTTY);
+    if (slave < 0) {
+        close(master);
+        return zl_fail_errno(e, "cannot open %s", name);
+    }
+    if (bind_console) {
+        int f = open("/dev/console", O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (f >= 0)
+            close(f);
+        if (mount(name, "/dev/console", NULL, MS_BIND, NULL) < 0) {
+            close(slave);
+            close(master);
+            return zl_fail_errno(e, "cannot bind %s on /dev/console", name);
+        }
+    }
+    setsid();
+    if (ioctl(slave, TIOCSCTTY, 0) < 0) {
+        close(slave);
+        close(master);
+        return zl_fail_errno(e, "cannot make %s the controlling terminal", name);
+    }
+    for (int i = 0; i < 3; i++)
+        dup2(slave, i);
+    if (slave > 2)
+        close(slave);
+    return master;
 }

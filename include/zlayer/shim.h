@@ -222,6 +222,8 @@ int write_all(int fd, const void *buf, size_t len);
 int mkdir_p(const char *path, mode_t mode);
 size_t json_escape(char *out, size_t outlen, const char *s);
 int send_fd(int sock, int fd);
+int recv_fd(int sock, char *buf, size_t len);
+int pty_become_console(int bind_console, struct zl_err *e);
 
 /* ---- spawn.c / exec.c ---- */
 struct zl_opts {

@@ -181,16 +181,27 @@ def read_state(container_id: str, state_root: Path) -> ShimState:
     st = _parse_state(container_id, raw)
     if st.status in ("created", "running"):
         if not _alive(st.pid, raw.get("pid_start_time")):
-            # The init is gone. A live monitor is about to record how; a dead one (killed with -9) never will.
-            if not _alive(st.shim_pid, raw.get("shim_start_time")):
-                return _replace(st, status="stopped", pid=0)
-            time.sleep(0.002)
-            return _parse_state(container_id, _read_raw(cdir, container_id))
+            return _after_init_exit(cdir, container_id, raw)
         if st.status == "running":
             fz = _freezer_state(st.cgroup_paths)
             if fz in ("FROZEN", "FREEZING", "1"):
                 return _replace(st, status="paused")
     return st
+
+
+def _after_init_exit(cdir: Path, container_id: str, raw: dict[str, Any]) -> ShimState:
+    # The init is gone: a live monitor records how within moments; a dead one (killed with -9) never will.
+    for _ in range(250):
+        raw = _read_raw(cdir, container_id)
+        if raw.get("status") == "stopped":
+            break
+        if not _alive(int(raw.get("shim_pid") or 0), raw.get("shim_start_time")):
+            raw = _read_raw(cdir, container_id)
+            if raw.get("status") != "stopped":
+                return _replace(_parse_state(container_id, raw), status="stopped", pid=0)
+            break
+        time.sleep(0.002)
+    return _parse_state(container_id, raw)
 
 
 def _replace(st: ShimState, **kw: Any) -> ShimState:
