@@ -183,7 +183,7 @@ class CertStore:
         return self.save(domain, cert, key, "self-signed")
 
     def all(self) -> list[CertificateInfo]:
-        out = []
+        out: list[CertificateInfo] = []
         if not self.directory.is_dir():
             return out
         for crt in sorted(self.directory.glob("*.crt")):

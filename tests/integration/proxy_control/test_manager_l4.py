@@ -1,0 +1,212 @@
+"""ProxyManager driving the L4 data plane from service specs, with real echo servers as replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from tests.fixtures.proxy_l4 import free_port
+from zlayer.errors import ProxyError, SpecError
+from zlayer.proxy import ProxyManager
+from zlayer.proxy.api_models import backends_response, routes_response, streams_response, tls_response
+
+pytestmark = pytest.mark.peer
+
+
+def tcp_roundtrip(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := c.recv(65536):
+            out += chunk
+        return out
+
+
+def spec(*endpoints: dict[str, Any]) -> dict[str, Any]:
+    return {"image": {"name": "busybox"}, "endpoints": list(endpoints)}
+
+
+async def wait_for(pred: Any, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if pred():
+            return
+        await asyncio.sleep(0.05)
+    assert pred()
+
+
+def test_tcp_endpoint_forwards_to_replicas_and_follows_backend_updates(proxy_l4_tcp_echo, tmp_path) -> None:
+    a, b = proxy_l4_tcp_echo(), proxy_l4_tcp_echo()
+    port = free_port()
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path, health_interval=0.2, health_timeout=0.5)
+        await m.start()
+        try:
+            await m.add_service("demo", "db", spec({"name": "pg", "protocol": "tcp", "port": port}))
+            await m.update_backends("db", [("127.0.0.1", a.port)])
+            assert await asyncio.to_thread(tcp_roundtrip, port, b"one") == b"one"
+            await m.update_backends("db", [("127.0.0.1", b.port)])
+            assert await asyncio.to_thread(tcp_roundtrip, port, b"two") == b"two"
+            assert (a.accepted, b.accepted) == (1, 1)
+            streams = streams_response(m)
+            assert streams.total == 1 and streams.tcp_count == 1
+            assert streams.streams[0].backends[0].address == f"127.0.0.1:{b.port}"
+            assert streams.streams[0].port == port
+            await m.remove_service("db")
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        finally:
+            await m.close()
+
+    asyncio.run(main())
+
+
+def test_dead_replica_is_marked_unhealthy_by_the_checker(proxy_l4_tcp_echo, tmp_path) -> None:
+    live, dead = proxy_l4_tcp_echo(), proxy_l4_tcp_echo()
+    dead.close()
+    port = free_port()
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path, health_interval=0.1, health_timeout=0.5)
+        await m.start()
+        try:
+            await m.add_service("demo", "db", spec({"name": "pg", "protocol": "tcp", "port": port}))
+            await m.update_backends("db", [("127.0.0.1", live.port), ("127.0.0.1", dead.port)])
+
+            def unhealthy() -> bool:
+                groups = backends_response(m).groups
+                return groups[0].healthy_count == 1
+
+            await wait_for(unhealthy)
+            group = backends_response(m).groups[0]
+            bad = next(x for x in group.backends if x.address.endswith(f":{dead.port}"))
+            assert not bad.healthy and bad.consecutive_failures >= 3
+            for i in range(6):  # every connection goes to the live replica
+                assert await asyncio.to_thread(tcp_roundtrip, port, b"%d" % i) == b"%d" % i
+            assert live.accepted >= 6
+        finally:
+            await m.close()
+
+    asyncio.run(main())
+
+
+def test_udp_probe_health_check_uses_request_and_expect(proxy_l4_udp_echo, tmp_path) -> None:
+    good = proxy_l4_udp_echo(b"pong")
+    wrong = proxy_l4_udp_echo(b"nope")
+    port = free_port(socket.SOCK_DGRAM)
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path, health_interval=0.1, health_timeout=0.5)
+        await m.start()
+        try:
+            ep = {
+                "name": "dns",
+                "protocol": "udp",
+                "port": port,
+                "stream": {
+                    "session_timeout": "2s",
+                    "health_check": {"type": "udp_probe", "request": "ping", "expect": "^pong:"},
+                },
+            }
+            await m.add_service("demo", "dns", spec(ep))
+            await m.update_backends("dns", [("127.0.0.1", good.port), ("127.0.0.1", wrong.port)])
+            await wait_for(lambda: backends_response(m).groups[0].healthy_count == 1)
+            healthy = [x.address for x in backends_response(m).groups[0].backends if x.healthy]
+            assert healthy == [f"127.0.0.1:{good.port}"]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+                c.settimeout(5)
+                for _ in range(3):
+                    c.sendto(b"q", ("127.0.0.1", port))
+                    assert (await asyncio.to_thread(c.recvfrom, 100))[0] == b"pong:q"
+        finally:
+            await m.close()
+
+    asyncio.run(main())
+
+
+def test_tls_stream_gets_a_self_signed_certificate_listed_by_the_api(proxy_l4_tcp_echo, tmp_path) -> None:
+    import ssl
+
+    echo = proxy_l4_tcp_echo()
+    port = free_port()
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path)
+        try:
+            ep = {"name": "s", "protocol": "tcp", "port": port, "host": "db.zlayer.test", "stream": {"tls": True}}
+            await m.add_service("demo", "db", spec(ep))
+            await m.update_backends("db", [("127.0.0.1", echo.port)])
+            tls = tls_response(m)
+            assert [c.domain for c in tls.certificates] == ["db.zlayer.test"]
+            assert tls.certificates[0].needs_renewal is False and tls.acme_available is False
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "certs" / "db.zlayer.test.crt"))
+
+            def talk() -> bytes:
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                    ctx.wrap_socket(raw, server_hostname="db.zlayer.test") as s,
+                ):
+                    s.sendall(b"secret")
+                    return s.recv(10)
+
+            assert await asyncio.to_thread(talk) == b"secret"
+        finally:
+            await m.close()
+
+    asyncio.run(main())
+
+
+def test_port_taken_by_another_service_is_refused_and_nothing_changes(tmp_path) -> None:
+    port = free_port()
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path)
+        try:
+            await m.add_service("demo", "a", spec({"name": "x", "protocol": "tcp", "port": port}))
+            with pytest.raises(ProxyError, match=f"tcp port {port} on 127.0.0.1 is already used by service 'a'"):
+                await m.add_service("demo", "b", spec({"name": "y", "protocol": "tcp", "port": port}))
+            assert m.services() == ["a"]
+            with pytest.raises(SpecError) as err:
+                await m.add_service("demo", "c", spec({"name": "z", "protocol": "sctp", "port": 1}))
+            assert err.value.where == "services.c.endpoints[0].protocol"
+        finally:
+            await m.close()
+
+    asyncio.run(main())
+
+
+def test_http_endpoints_become_routes_keyed_service_and_endpoint(tmp_path) -> None:
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path)
+        try:
+            await m.add_service(
+                "demo",
+                "web",
+                spec(
+                    {"name": "site", "protocol": "http", "port": free_port(), "path": "/app", "expose": "public"},
+                    {
+                        "name": "api",
+                        "protocol": "https",
+                        "port": free_port(),
+                        "host": "api.zlayer.test",
+                        "target_port": 9000,
+                    },
+                ),
+            )
+            await m.update_backends("web", ["10.200.0.7", "10.200.0.8"])
+            routes = routes_response(m)
+            assert routes.total == 2
+            site, api = routes.routes
+            assert (site.path_prefix, site.expose, site.host) == ("/app", "public", None)
+            assert api.backends == ["10.200.0.7:9000", "10.200.0.8:9000"]
+            groups = {g.service for g in backends_response(m).groups}
+            assert groups == {"web#site", "web#api"}
+            assert [c.domain for c in tls_response(m).certificates] == ["api.zlayer.test"]
+        finally:
+            await m.close()
+
+    asyncio.run(main())

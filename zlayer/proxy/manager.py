@@ -1,0 +1,347 @@
+"""ProxyManager: turns services and their replicas into data-plane tables, and keeps them current.
+
+The daemon calls, from its event loop::
+
+    manager = ProxyManager(internal_address=None, data_dir=paths.data / "proxy")
+    await manager.start()
+    await manager.add_service(deployment, "web", service_spec)      # opens/updates the endpoint listeners
+    await manager.update_backends("web", [("10.200.0.5", 8080)])     # replicas; swapped in atomically
+    await manager.remove_service("web")                              # closes its listeners and routes
+    await manager.close()
+
+It also implements the agent's ``ProxyHook`` (``update_service`` / ``remove_service``). Listeners of L4 endpoints
+are C data-plane listeners (``zlayer.proxy._l4``); L7 routes go to the L7 plane as one table per change. Backend
+health from the active checker is pushed into both planes; nothing in Python runs per connection or request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zlayer.errors import ProxyError
+from zlayer.proxy import health as health_mod
+from zlayer.proxy.certs import CertificateInfo, CertStore
+from zlayer.proxy.l7 import BackendState, L7Plane, open_plane
+from zlayer.proxy.models import RouteSpec, StreamSpec, build
+
+log = logging.getLogger("zlayer.proxy")
+
+RPS_WINDOW = 10.0
+
+
+@dataclass
+class _Stream:
+    spec: StreamSpec
+    listener: Any  # zlayer.proxy._l4.Listener
+
+
+@dataclass
+class _Service:
+    deployment: str
+    name: str
+    routes: list[RouteSpec]
+    streams: list[StreamSpec]
+    addresses: list[tuple[str, int]] = field(default_factory=list)
+
+
+class ProxyManager:
+    """Owns every listener, route and backend group of this node's proxy. Methods are called from one event loop."""
+
+    def __init__(
+        self,
+        *,
+        internal_address: str | None = None,
+        data_dir: Path | None = None,
+        workers: int = 1,
+        health_interval: float = health_mod.DEFAULT_INTERVAL,
+        health_timeout: float = health_mod.DEFAULT_TIMEOUT,
+        l7: L7Plane | None = None,
+        sample_interval: float = 1.0,
+    ) -> None:
+        self.internal_address = internal_address
+        self.workers = workers
+        self.certs = CertStore((data_dir or Path("/var/lib/zlayer")) / "certs")
+        self.l7: L7Plane = l7 if l7 is not None else open_plane(workers)
+        self.health = health_mod.HealthChecker(self._on_health, health_interval, health_timeout)
+        self.acme: Any = None  # zlayer.proxy.acme.CertManager when ACME is configured
+        self._services: dict[str, _Service] = {}
+        self._streams: dict[tuple[str, int, str], _Stream] = {}
+        self._sample_interval = sample_interval
+        self._samples: dict[str, deque[tuple[float, int]]] = {}
+        self._sampler: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # ---- life cycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Starts the health checker and the requests-per-second sampler."""
+        self.health.start()
+        if self._sampler is None:
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_loop(), name="zlayer-proxy-rps")
+
+    async def close(self) -> None:
+        """Stops every listener and background task."""
+        await self.health.stop()
+        if self._sampler is not None:
+            self._sampler.cancel()
+            try:
+                await self._sampler
+            except asyncio.CancelledError:
+                pass
+            self._sampler = None
+        for entry in self._streams.values():
+            await asyncio.to_thread(entry.listener.stop)
+        self._streams.clear()
+        self._services.clear()
+        self.l7.close()
+
+    # ---- the daemon's API -------------------------------------------------------------------------------------
+
+    async def add_service(self, deployment: str, service_name: str, service_spec: Any) -> None:
+        """Opens or updates the listeners and routes of a service's endpoints (idempotent).
+
+        Raises SpecError for a bad endpoint and ProxyError when a port is taken by another service or cannot be
+        bound; on error nothing changes.
+        """
+        routes, streams = build(deployment, service_name, service_spec, self.internal_address)
+        async with self._lock:
+            self._check_conflicts(service_name, routes, streams)
+            old = self._services.get(service_name)
+            svc = _Service(deployment, service_name, routes, streams, old.addresses if old else [])
+            await self._apply_streams(svc, old)
+            self._services[service_name] = svc
+            self._apply_backends(svc)
+            self._apply_l7()
+
+    async def update_backends(self, service_name: str, backends: Iterable[tuple[str, int] | str]) -> None:
+        """Replaces the replicas of a service. Each backend is an IP or ``(ip, port)``; every endpoint sends to
+        ``ip:<its target_port>`` (with a single endpoint, an explicit port different from it is used as given)."""
+        async with self._lock:
+            svc = self._services.get(service_name)
+            if svc is None:
+                raise ProxyError(f"service {service_name!r} has no proxy configuration; add_service it first")
+            svc.addresses = [(b, 0) if isinstance(b, str) else (str(b[0]), int(b[1])) for b in backends]
+            self._apply_backends(svc)
+            self._apply_l7()
+
+    async def remove_service(self, service_name: str, deployment: str | None = None) -> None:
+        """Closes the service's listeners and drops its routes; unknown services are ignored."""
+        async with self._lock:
+            svc = self._services.get(service_name)
+            if svc is None or (deployment is not None and svc.deployment != deployment):
+                return
+            del self._services[service_name]
+            for spec in svc.streams:
+                entry = self._streams.pop((spec.bind, spec.port, spec.protocol), None)
+                if entry is not None:
+                    await asyncio.to_thread(entry.listener.stop)
+            for key in {r.key for r in svc.routes} | {s.key for s in svc.streams}:
+                self.health.remove_group(key)
+            self._samples.pop(service_name, None)
+            self._apply_l7()
+
+    # ---- the agent's ProxyHook --------------------------------------------------------------------------------
+
+    async def update_service(self, deployment: str, service: Any, backends: Sequence[Any]) -> None:
+        """ProxyHook: (re)configure ``service`` (a ServiceView) and balance over ``backends`` (agent Backends)."""
+        await self.add_service(deployment, service.name, service)
+        await self.update_backends(service.name, [(b.address, b.port) for b in backends])
+
+    # ---- figures ----------------------------------------------------------------------------------------------
+
+    def service_requests_total(self, service_name: str) -> int:
+        """Requests (L7) plus connections/sessions (L4) the service has taken since its listeners opened."""
+        svc = self._services.get(service_name)
+        if svc is None:
+            return 0
+        total = 0
+        stats = self.l7.route_stats()
+        for r in svc.routes:
+            total += stats[r.key].requests if r.key in stats else 0
+        for s in svc.streams:
+            entry = self._streams.get((s.bind, s.port, s.protocol))
+            if entry is not None:
+                total += int(entry.listener.stats()["connections_total"])
+        return total
+
+    def requests_per_second(self, service_name: str) -> float:
+        """The service's request rate over the last ~10 s, from the data planes' counters (for the autoscaler)."""
+        samples = self._samples.get(service_name)
+        if not samples or len(samples) < 2:
+            return 0.0
+        (t0, c0), (t1, c1) = samples[0], samples[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def sample(self, now: float | None = None) -> None:
+        """Records each service's counter (the sampler task calls this every ``sample_interval``)."""
+        now = time.monotonic() if now is None else now
+        for name in self._services:
+            q = self._samples.setdefault(name, deque())
+            q.append((now, self.service_requests_total(name)))
+            while len(q) > 2 and now - q[0][0] > RPS_WINDOW:
+                q.popleft()
+
+    async def _sample_loop(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self._sample_interval)
+
+    # ---- state for the API ------------------------------------------------------------------------------------
+
+    def services(self) -> list[str]:
+        return sorted(self._services)
+
+    def routes(self) -> list[RouteSpec]:
+        return [r for svc in self._services.values() for r in svc.routes]
+
+    def streams(self) -> list[tuple[StreamSpec, Any]]:
+        """Every L4 stream with its data-plane listener."""
+        return [(e.spec, e.listener) for e in self._streams.values()]
+
+    def route_backends(self, route: RouteSpec) -> list[tuple[str, int]]:
+        svc = self._services.get(route.service)
+        return self._targets(svc, route.target_port, route) if svc else []
+
+    def stream_backends(self, spec: StreamSpec) -> list[tuple[str, int]]:
+        svc = self._services.get(spec.service)
+        return self._targets(svc, spec.target_port, spec) if svc else []
+
+    def certificates(self) -> list[CertificateInfo]:
+        return self.certs.all()
+
+    # ---- internals --------------------------------------------------------------------------------------------
+
+    def _check_conflicts(self, service: str, routes: list[RouteSpec], streams: list[StreamSpec]) -> None:
+        mine = {(s.bind, s.port, s.protocol) for s in streams}
+        for other in self._services.values():
+            if other.name == service:
+                continue
+            for s in other.streams:
+                if (s.bind, s.port, s.protocol) in mine:
+                    raise ProxyError(
+                        f"{s.protocol} port {s.port} on {s.bind} is already used by service {other.name!r}",
+                        where=f"services.{service}.endpoints",
+                    )
+            for r in other.routes:
+                for s in streams:
+                    if s.protocol == "tcp" and (r.bind, r.port) == (s.bind, s.port):
+                        raise ProxyError(
+                            f"tcp port {s.port} on {s.bind} is already an HTTP listener of service {other.name!r}",
+                            where=f"services.{service}.endpoints",
+                        )
+
+    async def _apply_streams(self, svc: _Service, old: _Service | None) -> None:
+        from zlayer.proxy._l4 import Listener
+
+        wanted = {(s.bind, s.port, s.protocol): s for s in svc.streams}
+        started: list[tuple[tuple[str, int, str], _Stream]] = []
+        try:
+            for key, spec in wanted.items():
+                entry = self._streams.get(key)
+                if entry is not None and _same_listener(entry.spec, spec):
+                    continue
+                listener = Listener(
+                    spec.protocol,  # type: ignore[arg-type]
+                    spec.bind,
+                    spec.port,
+                    workers=self.workers,
+                    proxy_protocol=spec.proxy_protocol if spec.protocol == "tcp" else 0,
+                    session_timeout=spec.session_timeout,
+                )
+                if spec.tls and spec.protocol == "tcp":
+                    cert = self._certificate_for(spec.host or f"{spec.service}.{spec.deployment}")
+                    listener.set_tls(cert.cert_file, cert.key_file)
+                listener.set_backends(self._targets(svc, spec.target_port, spec))
+                # SO_REUSEPORT: the new listener binds beside a replaced one, so no connection attempt is refused.
+                await asyncio.to_thread(listener.start)
+                started.append((key, _Stream(spec, listener)))
+        except BaseException:
+            for _, e in started:
+                await asyncio.to_thread(e.listener.stop)
+            raise
+        for key, new in started:
+            replaced = self._streams.get(key)
+            self._streams[key] = new
+            if replaced is not None:
+                await asyncio.to_thread(replaced.listener.stop)
+        if old is not None:
+            for spec in old.streams:
+                key = (spec.bind, spec.port, spec.protocol)
+                if key not in wanted and key in self._streams:
+                    await asyncio.to_thread(self._streams.pop(key).listener.stop)
+            gone = {r.key for r in old.routes} | {s.key for s in old.streams}
+            for group in gone - ({r.key for r in svc.routes} | {s.key for s in svc.streams}):
+                self.health.remove_group(group)
+
+    def _certificate_for(self, domain: str) -> CertificateInfo:
+        if self.acme is not None:
+            found = self.certs.load(domain)
+            if found is not None:
+                return found
+        return self.certs.ensure_self_signed(domain)
+
+    def _targets(self, svc: _Service, target_port: int, ep: RouteSpec | StreamSpec) -> list[tuple[str, int]]:
+        single = len(svc.routes) + len(svc.streams) == 1
+        out = []
+        for host, port in svc.addresses:
+            out.append((host, port if (single and port) else target_port))
+        return out
+
+    def _apply_backends(self, svc: _Service) -> None:
+        for spec in svc.streams:
+            targets = self._targets(svc, spec.target_port, spec)
+            self.health.set_group(spec.key, spec.health, targets)
+            entry = self._streams.get((spec.bind, spec.port, spec.protocol))
+            if entry is not None:
+                entry.listener.set_backends(targets)
+                for host, port in targets:
+                    entry.listener.set_health(host, port, self.health.health(spec.key, host, port).healthy)
+        for route in svc.routes:
+            self.health.set_group(route.key, route.health, self._targets(svc, route.target_port, route))
+
+    def _apply_l7(self) -> None:
+        routes = self.routes()
+        groups = {
+            r.key: [BackendState(h, p, self.health.health(r.key, h, p).healthy) for h, p in self.route_backends(r)]
+            for r in routes
+        }
+        certificates: dict[str, tuple[Path, Path]] = {}
+        for r in routes:
+            if r.protocol == "https":
+                domain = r.host or f"{r.service}.{r.deployment}"
+                cert = self._certificate_for(domain)
+                certificates[domain] = (cert.cert_file, cert.key_file)
+        self.l7.apply(routes, groups, certificates)
+
+    def _on_health(self, group: str, host: str, port: int, healthy: bool) -> None:
+        service = group.split("#", 1)[0]
+        svc = self._services.get(service)
+        if svc is None:
+            return
+        for spec in svc.streams:
+            if spec.key == group:
+                entry = self._streams.get((spec.bind, spec.port, spec.protocol))
+                if entry is not None:
+                    entry.listener.set_health(host, port, healthy)
+        if any(r.key == group for r in svc.routes):
+            self.l7.set_health(group, host, port, healthy)
+
+
+def _same_listener(a: StreamSpec, b: StreamSpec) -> bool:
+    return (a.tls, a.proxy_protocol, a.session_timeout, a.host, a.service) == (
+        b.tls,
+        b.proxy_protocol,
+        b.session_timeout,
+        b.host,
+        b.service,
+    )
+
+
+__all__ = ["ProxyManager"]
