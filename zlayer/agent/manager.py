@@ -414,6 +414,8 @@ class ServiceManager:
         while not rep.healthy:
             if rep.record.state == "failed" or rep.stopping:
                 raise RuntimeFailure(f"replica {rep.key} failed: {rep.record.last_error}")
+            if len(rep.crashes) >= 3:  # crash-looping: say so now rather than at the health deadline
+                raise RuntimeFailure(f"replica {rep.key} is crash-looping: {rep.record.last_error}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RuntimeFailure(

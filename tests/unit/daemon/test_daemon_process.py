@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -181,3 +182,21 @@ def test_up_runs_in_the_foreground_and_ctrl_c_tears_it_down(daemon_process: Any,
     assert up.returncode == 0, rest
     assert "Stopping fground" in rest
     assert json.loads(zl(a, "ps", "--format", "json").stdout) == {"services": [], "containers": []}
+
+
+def test_status_shows_a_crash_loop_with_backoff_exit_code_and_last_lines(daemon_process: Any, tmp_path: Path) -> None:
+    a = daemon_process("a")
+    spec = tmp_path / "crash.zlayer.yml"
+    spec.write_text(
+        "version: v1\ndeployment: crashy\nservices:\n  bad:\n    image: {name: busybox}\n"
+        "    command: {entrypoint: [sh, -c, 'echo about to fail; exit 3']}\n"
+        "    scale: {mode: fixed, replicas: 1}\n"
+        "    health: {start_grace: 0s, interval: 1s, check: {type: command, command: 'true'}}\n"
+    )
+    r = zl(a, "-b", "deploy", str(spec))
+    assert r.returncode != 0 and "bad-rep-1 is crash-looping: exited with code 3" in r.stderr, r.stderr
+    out = zl(a, "status").stdout
+    assert re.search(r"bad-rep-1: backoff, restarts \d+, last exit code 3", out), out
+    assert "[stdout] about to fail" in out
+    events = http(f"http://127.0.0.1:{a.port}/api/v1/deployments/crashy/events?follow=false", token=a.token)[1]
+    assert any(e["kind"] == "replica_crashed" and "exited with code 3" in e["message"] for e in events)
