@@ -77,6 +77,8 @@ class ProxyManager:
         self._samples: dict[str, deque[tuple[float, int]]] = {}
         self._sampler: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._acme_pending: set[str] = set()
+        self._acme_tasks: set[asyncio.Task[None]] = set()
 
     # ---- life cycle -------------------------------------------------------------------------------------------
 
@@ -89,6 +91,10 @@ class ProxyManager:
     async def close(self) -> None:
         """Stops every listener and background task."""
         await self.health.stop()
+        if self.acme is not None:
+            await self.acme.stop()
+        for task in list(self._acme_tasks):
+            task.cancel()
         if self._sampler is not None:
             self._sampler.cancel()
             try:
@@ -119,6 +125,7 @@ class ProxyManager:
             self._services[service_name] = svc
             self._apply_backends(svc)
             self._apply_l7()
+        self._request_certificates()
 
     async def update_backends(self, service_name: str, backends: Iterable[tuple[str, int] | str]) -> None:
         """Replaces the replicas of a service. Each backend is an IP or ``(ip, port)``; every endpoint sends to
@@ -145,6 +152,75 @@ class ProxyManager:
             for key in {r.key for r in svc.routes} | {s.key for s in svc.streams}:
                 self.health.remove_group(key)
             self._samples.pop(service_name, None)
+            self._apply_l7()
+
+    # ---- ACME ---------------------------------------------------------------------------------------------------
+
+    def enable_acme(
+        self,
+        *,
+        directory_url: str | None = None,
+        email: str | None = None,
+        responder: Any = None,
+        ssl_context: Any = None,
+        renew_every: float | None = None,
+    ) -> None:
+        """Issue certificates of https routes with a host name (and TLS streams) by ACME HTTP-01, and renew them.
+
+        Challenges are answered by the L7 proxy when it serves traffic, else by ``responder`` (for example a
+        :class:`~zlayer.proxy.acme.ChallengeServer` on port 80). Until a certificate is issued, a self-signed one
+        is served. Call after :meth:`start`, from the event loop.
+        """
+        from zlayer.proxy import acme
+
+        if responder is None:
+            if not self.l7.serving:
+                raise ProxyError("ACME needs an HTTP-01 responder: the L7 data plane is not running here")
+            responder = self.l7
+        self.acme = acme.CertManager(
+            self.certs,
+            responder,
+            directory_url=directory_url or acme.LETSENCRYPT,
+            email=email,
+            ssl_context=ssl_context,
+            on_issued=self._on_certificate,
+        )
+        self.acme.start(renew_every or acme.RENEW_EVERY)
+        self._request_certificates()
+
+    def _acme_domains(self) -> set[str]:
+        domains = {r.host for r in self.routes() if r.protocol == "https" and r.host}
+        domains |= {s.host for s, _ in self.streams() if s.tls and s.host}
+        return {d for d in domains if "*" not in d}  # HTTP-01 cannot prove wildcard names
+
+    def _request_certificates(self) -> None:
+        if self.acme is None:
+            return
+        for domain in self._acme_domains():
+            found = self.certs.load(domain)
+            if found is not None and found.source == "acme" and not found.needs_renewal():
+                continue
+            if domain in self._acme_pending:
+                continue
+            self._acme_pending.add(domain)
+            task = asyncio.get_running_loop().create_task(self._issue(domain), name=f"zlayer-acme-{domain}")
+            self._acme_tasks.add(task)
+            task.add_done_callback(self._acme_tasks.discard)
+
+    async def _issue(self, domain: str) -> None:
+        try:
+            await self.acme.ensure(domain)
+        except Exception as exc:  # reported, retried by the renewal round; never kills the proxy
+            log.warning("ACME certificate for %s failed: %s", domain, exc)
+        finally:
+            self._acme_pending.discard(domain)
+
+    async def _on_certificate(self, cert: CertificateInfo) -> None:
+        """Swaps a new certificate into every listener that serves its domain."""
+        async with self._lock:
+            for entry in self._streams.values():
+                if entry.spec.tls and entry.spec.host == cert.domain:
+                    entry.listener.set_tls(cert.cert_file, cert.key_file)
             self._apply_l7()
 
     # ---- the agent's ProxyHook --------------------------------------------------------------------------------

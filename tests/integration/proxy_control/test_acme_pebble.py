@@ -86,3 +86,54 @@ def test_failed_validation_is_a_clear_error(proxy_pebble, tmp_path) -> None:
         assert not (tmp_path / "certs" / "nobody.zlayer.test.crt").exists()
 
     asyncio.run(main())
+
+
+def test_manager_swaps_the_acme_certificate_into_a_live_tls_stream(proxy_pebble, proxy_l4_tcp_echo, tmp_path) -> None:
+    import socket
+
+    from tests.fixtures.proxy_l4 import free_port
+    from zlayer.proxy import ProxyManager
+
+    echo = proxy_l4_tcp_echo()
+    port = free_port()
+    ctx = ssl.create_default_context(cafile=str(proxy_pebble.ca_file))
+    insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+
+    def served_issuer() -> x509.Name:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            insecure.wrap_socket(raw, server_hostname="db.zlayer.test") as s,
+        ):
+            der = s.getpeercert(binary_form=True)
+            assert der is not None
+            return x509.load_der_x509_certificate(der).issuer
+
+    async def main() -> None:
+        responder = ChallengeServer("127.0.0.1", proxy_pebble.http_port)
+        await responder.start()
+        m = ProxyManager(data_dir=tmp_path)
+        await m.start()
+        try:
+            ep = {"name": "pg", "protocol": "tcp", "port": port, "host": "db.zlayer.test", "stream": {"tls": True}}
+            await m.add_service("demo", "db", {"endpoints": [ep]})
+            await m.update_backends("db", [("127.0.0.1", echo.port)])
+            first = await asyncio.to_thread(served_issuer)
+            assert first.rfc4514_string() == "CN=db.zlayer.test"  # self-signed until ACME delivers
+            m.enable_acme(directory_url=proxy_pebble.directory, responder=responder, ssl_context=ctx)
+            intermediate = pebble_intermediate(proxy_pebble).subject
+            for _ in range(200):
+                if await asyncio.to_thread(served_issuer) == intermediate:
+                    break
+                await asyncio.sleep(0.1)
+            assert await asyncio.to_thread(served_issuer) == intermediate
+            from zlayer.proxy.api_models import tls_response
+
+            tls = tls_response(m)
+            assert tls.acme_available and [c.domain for c in tls.certificates] == ["db.zlayer.test"]
+        finally:
+            await m.close()
+            await responder.stop()
+
+    asyncio.run(main())
