@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -111,8 +112,66 @@ class ForwardingProxy:
             await lst.close()
 
 
+L7 = ("http", "https", "websocket")
+
+
+def _only(view: ServiceView, l7: bool) -> ServiceView:
+    """The service with only its L7 (or only its L4) endpoints."""
+    keep = [e for e in view.endpoints if (e.protocol in L7) == l7]
+    raw_eps = [e for e in view.raw.get("endpoints") or [] if (str(e.get("protocol", "")).lower() in L7) == l7]
+    return dataclasses.replace(view, endpoints=tuple(keep), raw={**view.raw, "endpoints": raw_eps})
+
+
+class ManagedProxy:
+    """The agent's ProxyHook over :class:`zlayer.proxy.ProxyManager` (C data planes). When the C L7 plane is not
+    built, HTTP endpoints go through the asyncio forwarder instead, so they still answer."""
+
+    def __init__(self, manager: Any, l7_fallback: ForwardingProxy | None) -> None:
+        self.pm = manager
+        self.fallback = l7_fallback
+        self._started = False
+
+    async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
+        if not self._started:
+            await self.pm.start()
+            self._started = True
+        if self.fallback is None:
+            await self._managed(deployment, service, backends)
+            return
+        l4, l7 = _only(service, l7=False), _only(service, l7=True)
+        if l4.endpoints:
+            await self._managed(deployment, l4, backends)
+        if l7.endpoints:
+            await self.fallback.update_service(deployment, l7, backends)
+
+    async def _managed(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
+        # Bare addresses: each endpoint then sends to the replica's address at that endpoint's target_port.
+        await self.pm.add_service(deployment, service.name, service)
+        await self.pm.update_backends(service.name, [b.address for b in backends])
+
+    async def remove_service(self, deployment: str, service: str) -> None:
+        await self.pm.remove_service(service, deployment=deployment)
+        if self.fallback is not None:
+            await self.fallback.remove_service(deployment, service)
+
+    async def close(self) -> None:
+        if self._started:
+            await self.pm.close()
+        if self.fallback is not None:
+            await self.fallback.close()
+
+
 def make_proxy(cfg: DaemonConfig) -> Any:
-    return ForwardingProxy()
+    try:
+        from zlayer.proxy import ProxyManager
+        from zlayer.proxy.l7 import RecordingL7Plane
+    except ImportError:
+        return ForwardingProxy()
+    pm = ProxyManager(data_dir=cfg.paths.sub("proxy"))
+    if isinstance(pm.l7, RecordingL7Plane):
+        log.warning("the C L7 proxy plane is not built; HTTP endpoints use the asyncio forwarder")
+        return ManagedProxy(pm, ForwardingProxy())
+    return ManagedProxy(pm, None)
 
 
 class DaemonNetwork:

@@ -200,3 +200,21 @@ def test_status_shows_a_crash_loop_with_backoff_exit_code_and_last_lines(daemon_
     assert "[stdout] about to fail" in out
     events = http(f"http://127.0.0.1:{a.port}/api/v1/deployments/crashy/events?follow=false", token=a.token)[1]
     assert any(e["kind"] == "replica_crashed" and "exited with code 3" in e["message"] for e in events)
+
+
+def test_tcp_endpoint_goes_through_the_proxy_data_plane(daemon_process: Any, tmp_path: Path) -> None:
+    a = daemon_process("a")
+    target, front = free_port(), free_port()
+    endpoint = f"    endpoints: [{{name: raw, protocol: tcp, port: {front}, target_port: {target}}}]\n"
+    spec = tmp_path / "t.zlayer.yml"
+    spec.write_text("version: v1\ndeployment: tcpsvc\nservices:\n  web:\n" + httpd_service(target, 1, extra=endpoint))
+    assert zl(a, "-b", "deploy", str(spec)).returncode == 0
+    deadline = time.monotonic() + 10
+    body = b""
+    while time.monotonic() < deadline and body != b"web-rep-1":
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{front}/", timeout=2) as r:
+                body = r.read()
+        except OSError:
+            time.sleep(0.2)
+    assert body == b"web-rep-1"
