@@ -62,7 +62,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     async def internal(_: Request, exc: Exception) -> JSONResponse:
         return _error(500, "internal", f"{type(exc).__name__}: {exc}")
 
-    if context.metrics is not None:
+    if context is not None and context.metrics is not None:
 
         @app.middleware("http")
         async def timing(request: Request, call_next: Any) -> Any:

@@ -12,6 +12,7 @@ from zlayer.api.models import (
     ContainerHealthInfo,
     ContainerInfo,
     ContainerStatsResponse,
+    NetworkAttachmentInfo,
 )
 from zlayer.errors import NotFoundError
 from zlayer.runtime.protocol import ContainerId
@@ -32,6 +33,9 @@ def container_info(c: ApiContext, rec: ContainerRecord) -> ContainerInfo:
         exit_code=rec.exit_code,
         pid=rec.pid or None,
         ipv4=rec.ip or None,
+        networks=[NetworkAttachmentInfo(network="zlayer", ipv4=rec.ip, aliases=[rec.service, rec.id])]
+        if rec.ip
+        else [],
         health=ContainerHealthInfo(
             status=rec.health if status == "unknown" else status, failing_streak=streak, last_output=detail or None
         ),

@@ -96,6 +96,19 @@ class ContainerHealthInfo(BaseModel):
     last_output: str | None = None
 
 
+class PortMapping(BaseModel):
+    container_port: int
+    host_port: int | None = None
+    protocol: str = "tcp"
+    host_ip: str = "0.0.0.0"
+
+
+class NetworkAttachmentInfo(BaseModel):
+    network: str
+    ipv4: str | None = None
+    aliases: list[str] = []
+
+
 class ContainerInfo(BaseModel):
     id: str
     name: str | None = None
@@ -106,6 +119,8 @@ class ContainerInfo(BaseModel):
     exit_code: int | None = None
     pid: int | None = None
     ipv4: str | None = None
+    ports: list[PortMapping] = []
+    networks: list[NetworkAttachmentInfo] = []
     health: ContainerHealthInfo | None = None
     restarts: int | None = None
     last_error: str | None = None
