@@ -214,6 +214,20 @@ class JobManager:
                 log.warning("cron %s: %s", rec.name, e)
         return started
 
+    async def restore(self) -> None:
+        """Executions an earlier daemon left running cannot be followed any more: record them as failed and remove
+        their containers (job containers are not re-adopted)."""
+        for rec in await self.store.list_job_executions(limit=10_000):
+            if rec.status in ACTIVE and rec.id not in self._tasks:
+                rec.status, rec.completed_at = "failed", now_rfc3339()
+                rec.error = "the daemon restarted while this execution was running"
+                await self.store.put_job_execution(rec)
+        with contextlib.suppress(ZLayerError):
+            for info in await self.runtime.list():
+                if info.id.startswith("job-"):
+                    with contextlib.suppress(ZLayerError):
+                        await self.runtime.remove(ContainerId.parse(info.id), force=True)
+
     def start(self) -> None:
         if self._cron_task is None:
             self._cron_task = asyncio.create_task(self._cron_loop(), name="cron")

@@ -557,6 +557,8 @@ class ServiceManager:
         live = {i.id: i for i in infos}
         deployments = {d.name: d for d in await self.store.list_deployments()}
         for cid_text, info in live.items():
+            if cid_text.startswith("job-"):
+                continue  # job containers belong to the JobManager
             rec = known.get(cid_text)
             if rec is None or rec.deployment not in deployments or rec.state in ("failed", "exited"):
                 with contextlib.suppress(ZLayerError):

@@ -197,6 +197,7 @@ class Daemon:
                 if t.done() and t.exception():
                     raise DaemonError(f"API listener failed: {t.exception()}")
             write_json_atomic(cfg.daemon_json, self._info())
+            await jobs.restore()
             await manager.restore()
             jobs.start()
             self.context.ready = True

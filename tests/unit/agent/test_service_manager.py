@@ -238,3 +238,20 @@ def test_cron_expressions_follow_the_six_and_seven_field_rules() -> None:
                      ("0 0 0 * * Funday", "not a valid day of week")]:  # fmt: skip
         with pytest.raises(SpecError, match=msg):
             CronSchedule.parse(bad)
+
+
+def test_executions_left_running_by_an_earlier_daemon_are_recorded_failed(tmp_path: Path) -> None:
+    async def go() -> None:
+        from zlayer.state import JobExecutionRecord
+
+        store = SqliteStore(tmp_path / "state.db")
+        await store.put_job_execution(JobExecutionRecord("e1", "d", "backup", status="running"))
+        await store.put_job_execution(JobExecutionRecord("e2", "d", "backup", status="completed", exit_code=0))
+        jobs = JobManager(store, HostProcessRuntime(tmp_path / "containers"))
+        await jobs.restore()
+        e1, e2 = await store.get_job_execution("e1"), await store.get_job_execution("e2")
+        assert e1 is not None and e1.status == "failed" and "daemon restarted" in e1.error
+        assert e2 is not None and e2.status == "completed"
+        await store.close()
+
+    asyncio.run(go())
