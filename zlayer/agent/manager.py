@@ -236,6 +236,8 @@ class ServiceManager:
                 used.add(i)
                 return i
 
+            if outdated and len(fresh) < desired:
+                await self._pull(deployment, view)
             # Rolling replacement: one new replica healthy, then one old replica stops.
             while outdated and len(fresh) < desired:
                 old = outdated.pop(0)
@@ -249,6 +251,7 @@ class ServiceManager:
                 used.discard(old.replica)
             # Scale up in parallel, scale down from the highest replica number.
             if len(fresh) < desired:
+                await self._pull(deployment, view)
                 idxs = [next_index() for _ in range(desired - len(fresh))]
                 results = await asyncio.gather(
                     *(self._start_replica(deployment, view, model, i, revision) for i in idxs), return_exceptions=True
@@ -301,7 +304,6 @@ class ServiceManager:
         await self.store.put_container(rec)
         try:
             await self._run_init(rep, phase="before")
-            await self.runtime.pull(view.image, policy=view.pull_policy)
             await self._create_and_start(rep)
             await self._run_init(rep, phase="after")
         except ZLayerError as e:
@@ -315,6 +317,14 @@ class ServiceManager:
         self._watch(rep)
         await self._event(deployment, "replica_started", f"{rec.id} running")
         return rep
+
+    async def _pull(self, deployment: str, view: ServiceView) -> None:
+        """Once per rollout, not per replica; a failure names the image and fails the service."""
+        try:
+            await self.runtime.pull(view.image, policy=view.pull_policy)
+        except ZLayerError as e:
+            await self._event(deployment, "pull_failed", f"{view.name}: {e}")
+            raise
 
     async def _create_and_start(self, rep: Replica) -> None:
         with contextlib.suppress(ZLayerError):

@@ -1,7 +1,8 @@
 """The single-node Store: one SQLite file in WAL mode, every multi-row change in one transaction.
 
-Calls are short and local, so they run on the event loop thread; WAL with ``synchronous=FULL`` makes every committed
-transaction durable, and a process killed mid-transaction leaves the previous committed state.
+Calls are short and local, so they run on the event loop thread. WAL with ``synchronous=NORMAL``: a process killed at
+any point (the daemon's failure mode) loses no committed transaction and never sees a half one; after a power loss the
+database is still consistent but the last transactions may be missing (the agent converges from what it finds).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class SqliteStore:
                 os.chmod(self.path, 0o600)  # specs may carry secrets in env values
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._tx():
                 for stmt in _SCHEMA.split(";"):
