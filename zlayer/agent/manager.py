@@ -442,6 +442,7 @@ class ServiceManager:
         await asyncio.sleep(h.start_grace * self.health_scale)
         interval = h.interval * self.health_scale
         port = rep.service.backend_port
+        ever_healthy, startup_delay = False, 0.05
         while not rep.stopping:
             if rep.record.state != "running":
                 await asyncio.sleep(min(interval, 1.0))
@@ -465,6 +466,13 @@ class ServiceManager:
                 await self._publish(rep.deployment, rep.service)
                 await self._event(rep.deployment, "health", f"{rep.key}: {rep.record.health} ({res.detail})")
             rep.health_changed.set()
+            if res.ok:
+                ever_healthy = True
+            if not ever_healthy:
+                # Starting up: look again soon (50 ms, doubling) so a replica is in service as soon as it answers.
+                await asyncio.sleep(min(startup_delay, interval))
+                startup_delay *= 2
+                continue
             await asyncio.sleep(interval if rep.healthy else min(interval, max(h.timeout, 1.0) * self.health_scale))
 
     def _should_restart(self, rep: Replica, exit_code: int) -> bool:
