@@ -304,8 +304,17 @@ static void *worker_main(void *arg)
         for (int i = 0; i < n; i++) {
             l4_ref_t *ref = evs[i].data.ptr;
             switch (ref->kind) {
-            case REF_EVENT:
-                return NULL;
+            case REF_EVENT: {
+                uint64_t v;
+                if (read(w->evfd, &v, sizeof(v)) < 0 || !atomic_load(&w->l->draining))
+                    return NULL;
+                if (w->lfd >= 0) { /* drain: take no new connection, let the open ones finish */
+                    epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->lfd, NULL);
+                    close(w->lfd);
+                    w->lfd = -1;
+                }
+                break;
+            }
             case REF_LISTEN:
                 if (w->l->cfg.protocol == L4_TCP)
                     l4_tcp_accept(w);
@@ -322,6 +331,8 @@ static void *worker_main(void *arg)
         if (w->l->cfg.protocol == L4_TCP)
             l4_tcp_reap(w);
         double now = l4_now();
+        if (w->lfd < 0 && (!w->conns || now >= atomic_load(&w->l->drain_deadline)))
+            return NULL;
         if (now >= next_sweep) {
             next_sweep = now + 0.25;
             if (w->l->cfg.protocol == L4_TCP)
@@ -417,6 +428,23 @@ fail:
     l->workers = NULL;
     l->nworkers = 0;
     return -1;
+}
+
+void l4_drain(l4_listener_t *l, double grace)
+{
+    if (!l->workers)
+        return;
+    if (l->cfg.protocol == L4_TCP) {
+        atomic_store(&l->drain_deadline, l4_now() + grace);
+        atomic_store(&l->draining, 1);
+    }
+    l4_stop(l);
+    atomic_store(&l->draining, 0);
+}
+
+void l4_hurry(l4_listener_t *l)
+{
+    atomic_store(&l->drain_deadline, 0.0);
 }
 
 void l4_stop(l4_listener_t *l)

@@ -50,6 +50,11 @@ int l4_set_backends(l4_listener_t *l, const char *const *hosts, const int *ports
 int l4_set_health(l4_listener_t *l, const char *host, int port, int healthy);
 int l4_start(l4_listener_t *l, char *err, size_t errlen);
 void l4_stop(l4_listener_t *l);
+/* Stops taking connections, lets the open ones finish for up to grace seconds, then stops (TCP; UDP just stops).
+ * Blocks until the workers are gone. */
+void l4_drain(l4_listener_t *l, double grace);
+/* Ends a running l4_drain (from another thread) within a quarter second, closing what is still open. */
+void l4_hurry(l4_listener_t *l);
 void l4_destroy(l4_listener_t *l);
 int l4_port(const l4_listener_t *l);
 void l4_get_stats(l4_listener_t *l, l4_stats_t *out);

@@ -78,6 +78,14 @@ cdef class Listener:
             l4_stop(self._l)
         self._running = False
 
+    def drain(self, double grace=30.0):
+        with nogil:
+            l4_drain(self._l, grace)
+        self._running = False
+
+    def hurry(self):
+        l4_hurry(self._l)
+
     def set_backends(self, backends):
         cdef list items = [(str(h).encode(), int(p)) for h, p in backends]
         cdef size_t n = len(items)

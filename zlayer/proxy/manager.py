@@ -34,6 +34,7 @@ from zlayer.proxy.models import RouteSpec, StreamSpec, build
 log = logging.getLogger("zlayer.proxy")
 
 RPS_WINDOW = 10.0
+DRAIN_GRACE = 30.0  # ZLayer's stop waits up to 30 s for connections to finish
 
 
 @dataclass
@@ -77,6 +78,8 @@ class ProxyManager:
         self._samples: dict[str, deque[tuple[float, int]]] = {}
         self._sampler: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.drain_grace = DRAIN_GRACE
+        self._draining: dict[asyncio.Task[None], Any] = {}
         self._acme_pending: set[str] = set()
         self._acme_tasks: set[asyncio.Task[None]] = set()
 
@@ -105,6 +108,9 @@ class ProxyManager:
         for entry in self._streams.values():
             await asyncio.to_thread(entry.listener.stop)
         self._streams.clear()
+        for task, listener in list(self._draining.items()):
+            listener.hurry()  # the whole proxy is going away: cut drains short
+            await task
         self._services.clear()
         self.l7.close()
 
@@ -148,7 +154,7 @@ class ProxyManager:
             for spec in svc.streams:
                 entry = self._streams.pop((spec.bind, spec.port, spec.protocol), None)
                 if entry is not None:
-                    await asyncio.to_thread(entry.listener.stop)
+                    self._drain(entry.listener)
             for key in {r.key for r in svc.routes} | {s.key for s in svc.streams}:
                 self.health.remove_group(key)
             self._samples.pop(service_name, None)
@@ -346,15 +352,23 @@ class ProxyManager:
             replaced = self._streams.get(key)
             self._streams[key] = new
             if replaced is not None:
-                await asyncio.to_thread(replaced.listener.stop)
+                self._drain(replaced.listener)
         if old is not None:
             for spec in old.streams:
                 key = (spec.bind, spec.port, spec.protocol)
                 if key not in wanted and key in self._streams:
-                    await asyncio.to_thread(self._streams.pop(key).listener.stop)
+                    self._drain(self._streams.pop(key).listener)
             gone = {r.key for r in old.routes} | {s.key for s in old.streams}
             for group in gone - ({r.key for r in svc.routes} | {s.key for s in svc.streams}):
                 self.health.remove_group(group)
+
+    def _drain(self, listener: Any) -> None:
+        """Stops a listener in the background: no new connections at once, open ones get DRAIN_GRACE seconds."""
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(listener.drain, self.drain_grace), name="zlayer-proxy-drain"
+        )
+        self._draining[task] = listener
+        task.add_done_callback(lambda t: self._draining.pop(t, None))
 
     def _certificate_for(self, domain: str) -> CertificateInfo:
         if self.acme is not None:

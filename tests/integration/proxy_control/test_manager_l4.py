@@ -57,8 +57,13 @@ def test_tcp_endpoint_forwards_to_replicas_and_follows_backend_updates(proxy_l4_
             assert streams.streams[0].backends[0].address == f"127.0.0.1:{b.port}"
             assert streams.streams[0].port == port
             await m.remove_service("db")
-            with pytest.raises(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+            def refused() -> bool:
+                with socket.socket() as s:
+                    return s.connect_ex(("127.0.0.1", port)) != 0
+
+            await wait_for(refused)  # the listener drains: no new connection once its workers see the change
+            assert m.services() == [] and streams_response(m).total == 0
         finally:
             await m.close()
 
@@ -206,6 +211,33 @@ def test_http_endpoints_become_routes_keyed_service_and_endpoint(tmp_path) -> No
             groups = {g.service for g in backends_response(m).groups}
             assert groups == {"web#site", "web#api"}
             assert [c.domain for c in tls_response(m).certificates] == ["api.zlayer.test"]
+        finally:
+            await m.close()
+
+    asyncio.run(main())
+
+
+def test_changed_stream_options_replace_the_listener_without_cutting_open_connections(
+    proxy_l4_tcp_echo, tmp_path
+) -> None:
+    echo = proxy_l4_tcp_echo()
+    port = free_port()
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path)
+        try:
+            ep = {"name": "pg", "protocol": "tcp", "port": port}
+            await m.add_service("demo", "db", spec(ep))
+            await m.update_backends("db", [("127.0.0.1", echo.port)])
+            old = socket.create_connection(("127.0.0.1", port), timeout=5)
+            old.sendall(b"a")
+            assert await asyncio.to_thread(old.recv, 10) == b"a"
+            await m.add_service("demo", "db", spec({**ep, "stream": {"proxy_protocol": True}}))
+            reply = await asyncio.to_thread(tcp_roundtrip, port, b"new")
+            assert reply.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ") and reply.endswith(b"\r\nnew")
+            old.sendall(b"b")  # the connection opened before the change still works
+            assert await asyncio.to_thread(old.recv, 10) == b"b"
+            old.close()
         finally:
             await m.close()
 

@@ -237,3 +237,25 @@ def test_udp_backend_swap_moves_new_sessions(proxy_l4_udp_echo, proxy_l4_listene
         assert c2.recvfrom(10)[0] == b"b:y"
         c1.sendto(b"z", ("127.0.0.1", lst.port))  # an existing session keeps its backend
         assert c1.recvfrom(10)[0] == b"a:z"
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_drain_refuses_new_connections_and_lets_open_ones_finish(proxy_l4_tcp_echo, proxy_l4_listener) -> None:
+    echo = proxy_l4_tcp_echo()
+    lst = proxy_l4_listener("tcp", [("127.0.0.1", echo.port)])
+    port = lst.port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.sendall(b"before")
+        assert c.recv(10) == b"before"
+        drainer = threading.Thread(target=lst.drain, args=(10.0,))
+        started = time.monotonic()
+        drainer.start()
+        assert wait_until(lambda: refused(port))
+        c.sendall(b"during")  # the open connection still works while the listener drains
+        assert c.recv(10) == b"during"
+    drainer.join(timeout=10)
+    assert not drainer.is_alive() and time.monotonic() - started < 5  # returned once the last connection ended
