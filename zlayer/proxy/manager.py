@@ -123,6 +123,8 @@ class ProxyManager:
         bound; on error nothing changes.
         """
         routes, streams = build(deployment, service_name, service_spec, self.internal_address)
+        if self.internal_address is None and any(e.expose == "internal" for e in [*routes, *streams]):
+            log.warning("service %s: no overlay address on this node, internal endpoints bind 127.0.0.1", service_name)
         async with self._lock:
             self._check_conflicts(service_name, routes, streams)
             old = self._services.get(service_name)

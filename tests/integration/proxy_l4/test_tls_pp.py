@@ -148,3 +148,23 @@ def test_proxy_protocol_header_bytes() -> None:
     v6 = proxy_header(2, ("2001:db8::1", 1), ("2001:db8::2", 2))
     assert v6[13:16] == b"\x21\x00\x24" and len(v6) == 16 + 36
     assert proxy_header(1, ("2001:db8::1", 1), ("2001:db8::2", 2)) == b"PROXY TCP6 2001:db8::1 2001:db8::2 1 2\r\n"
+
+
+def test_ipv6_client_gets_a_tcp6_proxy_header(proxy_l4_tcp_echo) -> None:
+    from zlayer.proxy._l4 import Listener
+
+    echo = proxy_l4_tcp_echo()
+    lst = Listener("tcp", "::1", 0, proxy_protocol=1)
+    lst.set_backends([("127.0.0.1", echo.port)])
+    lst.start()
+    try:
+        with socket.create_connection(("::1", lst.port), timeout=5) as c:
+            me = c.getsockname()
+            c.sendall(b"v6")
+            c.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := c.recv(1024):
+                got += chunk
+        assert got == f"PROXY TCP6 ::1 ::1 {me[1]} {lst.port}\r\nv6".encode()
+    finally:
+        lst.stop()
