@@ -123,7 +123,7 @@ class ProxyManager:
         bound; on error nothing changes.
         """
         routes, streams = build(deployment, service_name, service_spec, self.internal_address)
-        if self.internal_address is None and any(e.expose == "internal" for e in [*routes, *streams]):
+        if self.internal_address is None and "internal" in {e.expose for e in routes} | {e.expose for e in streams}:
             log.warning("service %s: no overlay address on this node, internal endpoints bind 127.0.0.1", service_name)
         async with self._lock:
             self._check_conflicts(service_name, routes, streams)
