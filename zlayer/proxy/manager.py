@@ -162,6 +162,18 @@ class ProxyManager:
             self._samples.pop(service_name, None)
             self._apply_l7()
 
+    # ---- certificates -------------------------------------------------------------------------------------------
+
+    async def add_certificate(self, domain: str, cert_file: Path, key_file: Path) -> CertificateInfo:
+        """Imports a PEM certificate chain and key for ``domain`` (checked to match) and swaps it into every listener
+        serving that domain. Raises ProxyError naming the bad file."""
+        from zlayer.proxy.certs import inspect
+
+        inspect(domain, cert_file, key_file, "file")  # validate before anything on disk changes
+        info = self.certs.save(domain, cert_file.read_bytes(), key_file.read_bytes(), "file")
+        await self._on_certificate(info)
+        return info
+
     # ---- ACME ---------------------------------------------------------------------------------------------------
 
     def enable_acme(

@@ -242,3 +242,43 @@ def test_changed_stream_options_replace_the_listener_without_cutting_open_connec
             await m.close()
 
     asyncio.run(main())
+
+
+def test_imported_certificate_file_replaces_the_self_signed_one_live(proxy_l4_tcp_echo, tmp_path) -> None:
+    import ssl
+
+    from zlayer.proxy.certs import self_signed
+
+    echo = proxy_l4_tcp_echo()
+    port = free_port()
+    cert, key = self_signed(["db.zlayer.test", "alt.zlayer.test"])
+    (tmp_path / "mine.crt").write_bytes(cert)
+    (tmp_path / "mine.key").write_bytes(key)
+
+    def talk(cafile) -> bytes:
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="db.zlayer.test") as s,
+        ):
+            s.sendall(b"ok")
+            return s.recv(10)
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path / "data")
+        try:
+            ep = {"name": "s", "protocol": "tcp", "port": port, "host": "db.zlayer.test", "stream": {"tls": True}}
+            await m.add_service("demo", "db", spec(ep))
+            await m.update_backends("db", [("127.0.0.1", echo.port)])
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await asyncio.to_thread(talk, tmp_path / "mine.crt")  # still the generated certificate
+            with pytest.raises(ProxyError, match="does not match"):
+                await m.add_certificate(
+                    "db.zlayer.test", tmp_path / "mine.crt", tmp_path / "data/certs/db.zlayer.test.key"
+                )
+            await m.add_certificate("db.zlayer.test", tmp_path / "mine.crt", tmp_path / "mine.key")
+            assert await asyncio.to_thread(talk, tmp_path / "mine.crt") == b"ok"
+        finally:
+            await m.close()
+
+    asyncio.run(main())
