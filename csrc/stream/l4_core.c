@@ -309,7 +309,8 @@ static void *worker_main(void *arg)
                 if (read(w->evfd, &v, sizeof(v)) < 0 || !atomic_load(&w->l->draining))
                     return NULL;
                 if (w->lfd >= 0) { /* drain: take no new connection, let the open ones finish */
-                    epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->lfd, NULL);
+                    if (w->accept_paused_until == 0)
+                        epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->lfd, NULL);
                     close(w->lfd);
                     w->lfd = -1;
                 }

@@ -67,6 +67,7 @@ typedef struct l4_worker {
     int epfd, lfd, evfd;
     l4_ref_t lref, evref;
     l4_conn_t *conns;            /* TCP: every open connection (for timeouts and shutdown) */
+    double accept_paused_until;  /* TCP: >0 while accepting is paused for lack of descriptors */
     l4_conn_t *dead;             /* TCP: closed during the current epoll batch, freed after it */
     l4_usess_t **buckets;        /* UDP: sessions by client address */
     l4_usess_t *sessions;        /* UDP: every session */

@@ -341,8 +341,15 @@ void l4_tcp_accept(l4_worker_t *w)
         struct sockaddr_storage peer, local;
         socklen_t pl = sizeof(peer), ll = sizeof(local);
         int fd = accept4(w->lfd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: the pending connection stays readable, so level-triggered epoll would spin.
+                 * Stop listening for a moment; the sweep resumes it. */
+                epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->lfd, NULL);
+                w->accept_paused_until = l4_now() + 0.1;
+            }
             return;
+        }
         l4_conn_t *c = calloc(1, sizeof(*c));
         char *b1 = malloc(L4_BUFSZ), *b2 = malloc(L4_BUFSZ);
         if (!c || !b1 || !b2) {
@@ -407,6 +414,11 @@ void l4_tcp_event(l4_worker_t *w, l4_ref_t *ref, uint32_t events)
 
 void l4_tcp_sweep(l4_worker_t *w, double now)
 {
+    if (w->accept_paused_until > 0 && now >= w->accept_paused_until && w->lfd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->lref};
+        epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->lfd, &ev);
+        w->accept_paused_until = 0;
+    }
     double idle = w->l->cfg.idle_timeout;
     for (l4_conn_t *c = w->conns, *next; c; c = next) {
         next = c->next;
