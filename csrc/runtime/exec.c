@@ -157,8 +157,11 @@ int cmd_exec(struct zl_opts *o)
         int fail = 0;
         /* cgroups first: their paths are host paths, gone once we are in the container's mounts */
         for (const struct jnode *cg = json_first(&st, cgs); cg && !fail; cg = json_next(&st, cg)) {
+            /* v1: "tasks" moves just this thread and skips the global threadgroup lock (see cgroups.c) */
             char f[700];
-            snprintf(f, sizeof(f), "%s/cgroup.procs", cg->type == J_STR ? cg->str : "/nonexistent");
+            snprintf(f, sizeof(f), "%s/tasks", cg->type == J_STR ? cg->str : "/nonexistent");
+            if (access(f, F_OK) < 0)
+                snprintf(f, sizeof(f), "%s/cgroup.procs", cg->type == J_STR ? cg->str : "/nonexistent");
             fail = write_file(f, "0", &e);
         }
         for (size_t i = 0; i < 6 && !fail; i++)

@@ -150,6 +150,10 @@ def test_exec_joins_the_container_with_its_seccomp_caps_and_exit_code(
         assert lines[4] == "bar"
         code, _, _ = await shim.exec_output(name, runtime_shim_root, ["sh", "-c", "exit 9"])
         assert code == 9
+        cgroups_path = json.loads((bundle / "config.json").read_text())["linux"]["cgroupsPath"]
+        _, out, _ = await shim.exec_output(name, runtime_shim_root, ["cat", "/proc/self/cgroup"])
+        joined = [line for line in out.decode().splitlines() if line.split(":")[1] in ("memory", "pids", "freezer")]
+        assert len(joined) == 3 and all(line.endswith(cgroups_path) for line in joined)
         code, out, _ = await shim.exec_output(name, runtime_shim_root, ["id", "-u"], user="65534:65534")
         assert (code, out.strip()) == (0, b"65534")
         with pytest.raises(RuntimeFailure, match="executable file not found in \\$PATH: nosuchcmd"):
