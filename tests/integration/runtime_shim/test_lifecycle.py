@@ -302,3 +302,20 @@ def test_delete_of_a_created_container(runtime_shim_root: Path, runtime_shim_bun
         assert not Path(f"/proc/{st.pid}").exists()
 
     asyncio.run(go())
+
+
+def test_a_tty_container_gets_a_pty_of_its_own_and_its_output_is_logged(
+    runtime_shim_binary: Path, runtime_shim_root: Path, runtime_shim_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    log = tmp_path / "tty.log"
+    bundle = runtime_shim_bundle(["sh", "-c", "tty; test -c /dev/console && echo console-ok"])
+
+    async def go() -> None:
+        name = cid()
+        await shim.create(name, bundle, runtime_shim_root, log, tty=True)
+        await shim.start(name, runtime_shim_root)
+        assert await shim.wait(name, runtime_shim_root) == shim.ExitStatus(0)
+
+    asyncio.run(go())
+    texts = [m.group(4) for m in map(CRI_LINE.match, log.read_text().splitlines()) if m and m.group(2) == "stdout"]
+    assert texts == ["/dev/pts/0", "console-ok"]
