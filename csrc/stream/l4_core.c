@@ -309,10 +309,13 @@ static void *worker_main(void *arg)
                 if (read(w->evfd, &v, sizeof(v)) < 0 || !atomic_load(&w->l->draining))
                     return NULL;
                 if (w->lfd >= 0) { /* drain: take no new connection, let the open ones finish */
-                    if (w->accept_paused_until == 0)
+                    if (w->accept_paused_until == 0) {
+                        l4_tcp_accept(w); /* what already waits in the backlog would be reset by close() */
                         epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->lfd, NULL);
+                    }
                     close(w->lfd);
                     w->lfd = -1;
+                    atomic_fetch_sub(&w->l->accepting, 1);
                 }
                 break;
             }
@@ -412,6 +415,7 @@ int l4_start(l4_listener_t *l, char *err, size_t errlen)
         epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->evfd, &ev);
     }
     l->port = port;
+    atomic_store(&l->accepting, l->nworkers);
     atomic_store(&l->running, 1);
     for (int i = 0; i < l->nworkers; i++) {
         if (pthread_create(&l->workers[i].thread, NULL, worker_main, &l->workers[i]) != 0) {
@@ -431,13 +435,30 @@ fail:
     return -1;
 }
 
+void l4_stop_accepting(l4_listener_t *l)
+{
+    if (!l->workers || l->cfg.protocol != L4_TCP || atomic_load(&l->draining))
+        return;
+    atomic_store(&l->drain_deadline, 1e300);
+    atomic_store(&l->draining, 1);
+    for (int i = 0; i < l->nworkers; i++) {
+        uint64_t one = 1;
+        if (write(l->workers[i].evfd, &one, sizeof(one)) < 0)
+            continue;
+    }
+    /* Bounded wait (2 s) for every worker to close its socket; new connections then go to the other listeners
+     * bound to the port (SO_REUSEPORT), never to this one. */
+    for (int i = 0; i < 4000 && atomic_load(&l->accepting) > 0; i++)
+        usleep(500);
+}
+
 void l4_drain(l4_listener_t *l, double grace)
 {
     if (!l->workers)
         return;
     if (l->cfg.protocol == L4_TCP) {
+        l4_stop_accepting(l);
         atomic_store(&l->drain_deadline, l4_now() + grace);
-        atomic_store(&l->draining, 1);
     }
     l4_stop(l);
     atomic_store(&l->draining, 0);

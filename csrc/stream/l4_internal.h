@@ -46,7 +46,8 @@ struct l4_listener {
     SSL_CTX *ssl;
     atomic_uint_fast64_t rr;
     atomic_int running;
-    atomic_int draining;    /* set by l4_drain before it wakes the workers */
+    atomic_int draining;    /* set by l4_stop_accepting before it wakes the workers */
+    atomic_int accepting;   /* workers whose listening socket is still open */
     _Atomic double drain_deadline; /* monotonic seconds; l4_hurry pulls it to 0 */
     struct l4_worker *workers;
     int nworkers;

@@ -50,6 +50,9 @@ int l4_set_backends(l4_listener_t *l, const char *const *hosts, const int *ports
 int l4_set_health(l4_listener_t *l, const char *host, int port, int healthy);
 int l4_start(l4_listener_t *l, char *err, size_t errlen);
 void l4_stop(l4_listener_t *l);
+/* TCP: every worker accepts what waits in its backlog and closes its listening socket; returns when all have (at
+ * most 2 s). Open connections go on. Then call l4_drain (or l4_stop). */
+void l4_stop_accepting(l4_listener_t *l);
 /* Stops taking connections, lets the open ones finish for up to grace seconds, then stops (TCP; UDP just stops).
  * Blocks until the workers are gone. */
 void l4_drain(l4_listener_t *l, double grace);

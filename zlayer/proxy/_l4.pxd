@@ -44,6 +44,7 @@ cdef extern from "zlayer/l4.h" nogil:
     int l4_start(l4_listener_t *l, char *err, size_t errlen)
     void l4_stop(l4_listener_t *l)
     void l4_drain(l4_listener_t *l, double grace)
+    void l4_stop_accepting(l4_listener_t *l)
     void l4_hurry(l4_listener_t *l)
     void l4_destroy(l4_listener_t *l)
     int l4_port(const l4_listener_t *l)

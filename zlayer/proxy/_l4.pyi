@@ -61,6 +61,9 @@ class Listener:
     def stop(self) -> None: ...
     def drain(self, grace: float = 30.0) -> None:
         """Closes the listening sockets, lets open connections finish (up to ``grace`` s), then stops (blocks)."""
+    def stop_accepting(self) -> None:
+        """TCP: takes what waits in the backlog, closes the listening sockets (returns once closed, at most 2 s);
+        open connections go on. Follow with ``drain`` or ``stop``."""
     def hurry(self) -> None:
         """Ends a ``drain`` running in another thread within 0.25 s (what is still open is closed)."""
     def set_backends(self, backends: Iterable[tuple[str, int]]) -> None: ...

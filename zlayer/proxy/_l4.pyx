@@ -83,6 +83,10 @@ cdef class Listener:
             l4_drain(self._l, grace)
         self._running = False
 
+    def stop_accepting(self):
+        with nogil:
+            l4_stop_accepting(self._l)
+
     def hurry(self):
         l4_hurry(self._l)
 

@@ -149,6 +149,8 @@ class HealthChecker:
     async def run_once(self) -> None:
         jobs = []
         for group, (spec, backends) in list(self._groups.items()):
+            if spec.kind == "none":
+                continue
             for host, port in backends:
                 jobs.append(self._one(group, spec, host, port))
         await asyncio.gather(*jobs)

@@ -156,7 +156,7 @@ class ProxyManager:
             for spec in svc.streams:
                 entry = self._streams.pop((spec.bind, spec.port, spec.protocol), None)
                 if entry is not None:
-                    self._drain(entry.listener)
+                    await self._drain(entry.listener)
             for key in {r.key for r in svc.routes} | {s.key for s in svc.streams}:
                 self.health.remove_group(key)
             self._samples.pop(service_name, None)
@@ -366,18 +366,19 @@ class ProxyManager:
             replaced = self._streams.get(key)
             self._streams[key] = new
             if replaced is not None:
-                self._drain(replaced.listener)
+                await self._drain(replaced.listener)
         if old is not None:
             for spec in old.streams:
                 key = (spec.bind, spec.port, spec.protocol)
                 if key not in wanted and key in self._streams:
-                    self._drain(self._streams.pop(key).listener)
+                    await self._drain(self._streams.pop(key).listener)
             gone = {r.key for r in old.routes} | {s.key for s in old.streams}
             for group in gone - ({r.key for r in svc.routes} | {s.key for s in svc.streams}):
                 self.health.remove_group(group)
 
-    def _drain(self, listener: Any) -> None:
-        """Stops a listener in the background: no new connections at once, open ones get DRAIN_GRACE seconds."""
+    async def _drain(self, listener: Any) -> None:
+        """Stops a listener: no new connection once this returns; open ones get DRAIN_GRACE seconds (background)."""
+        await asyncio.to_thread(listener.stop_accepting)
         task = asyncio.get_running_loop().create_task(
             asyncio.to_thread(listener.drain, self.drain_grace), name="zlayer-proxy-drain"
         )

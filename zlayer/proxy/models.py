@@ -20,7 +20,8 @@ DEFAULT_SESSION_TIMEOUT = 60.0
 
 @dataclass(frozen=True)
 class HealthCheckSpec:
-    """An active backend check: ``tcp_connect``, ``udp_probe`` (request, expect regex) or ``http`` (path, status)."""
+    """An active backend check: ``tcp_connect``, ``udp_probe`` (request, expect regex), ``http`` (path, status) or
+    ``none`` (UDP streams without a health_check: backends count as healthy)."""
 
     kind: str = "tcp_connect"
     request: str = ""
@@ -114,9 +115,10 @@ def _proxy_protocol(value: Any, where: str) -> int:
     raise SpecError(f"proxy_protocol must be true/false, v1 or v2, got {value!r}", where=where)
 
 
-def _stream_health(raw: Any, where: str) -> HealthCheckSpec:
+def _stream_health(raw: Any, where: str, protocol: str) -> HealthCheckSpec:
     if not raw:
-        return HealthCheckSpec()
+        # A UDP backend cannot be probed without knowing what it answers: no active check unless one is given.
+        return HealthCheckSpec(kind="none") if protocol == "udp" else HealthCheckSpec()
     kind = _text(raw.get("type", ""))
     if kind == "tcp_connect":
         return HealthCheckSpec()
@@ -213,7 +215,7 @@ def build(
                     proxy_protocol=_proxy_protocol(stream.get("proxy_protocol"), f"{where}.stream.proxy_protocol"),
                     session_timeout=_duration(stream.get("session_timeout"), f"{where}.stream.session_timeout"),
                     host=ep.get("host"),
-                    health=_stream_health(stream.get("health_check"), f"{where}.stream.health_check"),
+                    health=_stream_health(stream.get("health_check"), f"{where}.stream.health_check", protocol),
                 )
             )
         else:

@@ -282,3 +282,66 @@ def test_imported_certificate_file_replaces_the_self_signed_one_live(proxy_l4_tc
             await m.close()
 
     asyncio.run(main())
+
+
+def test_udp_stream_without_a_health_check_keeps_its_backends_healthy(proxy_l4_udp_echo, tmp_path) -> None:
+    echo = proxy_l4_udp_echo()
+    port = free_port(socket.SOCK_DGRAM)
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path, health_interval=0.05, health_timeout=0.2)
+        await m.start()
+        try:
+            await m.add_service("demo", "dns", spec({"name": "d", "protocol": "udp", "port": port}))
+            await m.update_backends("dns", [("127.0.0.1", echo.port)])
+            await asyncio.sleep(0.5)  # ten check rounds: a TCP probe of a UDP port would have ejected it
+            assert backends_response(m).groups[0].healthy_count == 1
+        finally:
+            await m.close()
+
+    asyncio.run(main())
+
+
+def test_listener_replacement_under_load_drops_no_connection(proxy_l4_tcp_echo, tmp_path) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    echo = proxy_l4_tcp_echo()
+    port = free_port()
+    ep = {"name": "pg", "protocol": "tcp", "port": port}
+    stop = threading.Event()
+
+    def client(i: int) -> tuple[int, int]:
+        ok = bad = 0
+        while not stop.is_set():
+            payload = b"%d-" % i * 50
+            try:
+                reply = tcp_roundtrip(port, payload)
+            except OSError:
+                reply = b""
+            if reply.endswith(payload):
+                ok += 1
+            else:
+                bad += 1
+        return ok, bad
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path)
+        try:
+            await m.add_service("demo", "db", spec(ep))
+            await m.update_backends("db", [("127.0.0.1", echo.port)])
+            with ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(client, i) for i in range(8)]
+                for n in range(10):  # each change of proxy_protocol replaces the listener
+                    await asyncio.sleep(0.05)
+                    await m.add_service("demo", "db", spec({**ep, "stream": {"proxy_protocol": n % 2 == 0}}))
+                await asyncio.sleep(0.05)
+                stop.set()
+                results = [f.result() for f in futures]
+            ok, bad = sum(r[0] for r in results), sum(r[1] for r in results)
+            assert bad == 0, f"{bad} of {ok + bad} connections failed across 10 listener replacements"
+            assert ok > 50
+        finally:
+            await m.close()
+
+    asyncio.run(main())

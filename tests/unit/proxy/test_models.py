@@ -52,7 +52,8 @@ def test_stream_options_and_defaults() -> None:
         ),
     )
     u, t, v2 = streams
-    assert (u.session_timeout, u.tls, u.proxy_protocol, u.health.kind) == (60.0, False, 0, "tcp_connect")
+    assert (u.session_timeout, u.tls, u.proxy_protocol, u.health.kind) == (60.0, False, 0, "none")
+    assert t.health.kind == "tcp_connect"
     assert (t.tls, t.proxy_protocol) == (True, 1)
     assert (v2.proxy_protocol, v2.session_timeout) == (2, 300.0)
 
