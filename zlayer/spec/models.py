@@ -1,0 +1,943 @@
+"""pydantic v2 models of ZLayer's deployment spec (``*.zlayer.yml``): every block, field, default and enum spelling.
+
+Field names, defaults and enum values follow ZLayer's ``crates/zlayer-types/src/spec/types.rs``. Unknown keys are
+rejected (``extra="forbid"``) everywhere ZLayer rejects them; ``api``, ``platform``, ``logs``, ``port_mappings[]``,
+the service-level ``overlay`` and the tagged health-check payloads ignore unknown keys as ZLayer does.
+
+Scalars come from the loader as raw YAML text (``Plain`` for plain scalars, ``str`` for quoted ones), so string fields
+keep the text as written (``PORT: 8080`` is ``"8080"``) and the typed fields below convert it with serde_yaml's rules.
+Cross-field rules (version, names, ranges, dependencies, cron, tunnels, wasm) live in :mod:`zlayer.spec.rules`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    model_validator,
+)
+
+from zlayer.spec.scalars import format_duration, parse_duration
+
+
+class Plain(str):
+    """A plain (unquoted) YAML scalar's raw text."""
+
+    __slots__ = ()
+
+
+# --- scalar coercion with serde_yaml's rules -------------------------------------------------------------------------
+
+_INT = re.compile(r"^[-+]?(?:[0-9]+|0x[0-9a-fA-F]+|0o[0-7]+|0b[01]+)$")
+_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+_TRUE = ("true", "True", "TRUE")
+_FALSE = ("false", "False", "FALSE")
+
+
+def _describe(v: Any) -> str:
+    """serde's 'invalid type' wording for a value."""
+    if v is None:
+        return "unit value"
+    if isinstance(v, Plain):
+        if _INT.match(v):
+            return f"integer `{v}`"
+        if _FLOAT.match(v):
+            return f"floating point `{v}`"
+        if v in _TRUE or v in _FALSE:
+            return f"boolean `{v.lower()}`"
+        return f'string "{v}"'
+    if isinstance(v, bool):
+        return f"boolean `{str(v).lower()}`"
+    if isinstance(v, int):
+        return f"integer `{v}`"
+    if isinstance(v, float):
+        return f"floating point `{v}`"
+    if isinstance(v, str):
+        return f'string "{v}"'
+    if isinstance(v, list):
+        return "sequence"
+    if isinstance(v, dict):
+        return "map"
+    return type(v).__name__
+
+
+def _to_str(v: Any) -> Any:
+    if isinstance(v, str):
+        return str(v)
+    if v is None or isinstance(v, (list, dict, bool, int, float)):
+        raise ValueError(f"invalid type: {_describe(v)}, expected a string")
+    return v
+
+
+def _to_tag_str(v: Any) -> Any:
+    # Inside internally tagged enums serde_yaml buffers values first: a number or bool is no longer a string.
+    if isinstance(v, Plain) and (_INT.match(v) or _FLOAT.match(v) or v in _TRUE or v in _FALSE):
+        raise ValueError(f"invalid type: {_describe(v)}, expected a string")
+    return _to_str(v)
+
+
+def _to_bool(v: Any) -> Any:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, Plain):
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+    raise ValueError(f"invalid type: {_describe(v)}, expected a boolean")
+
+
+def _int_of(v: Any, what: str) -> int:
+    if isinstance(v, bool):
+        raise ValueError(f"invalid type: {_describe(v)}, expected {what}")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, Plain) and _INT.match(v):
+        t = v.replace("_", "")
+        sign = -1 if t.startswith("-") else 1
+        t = t.lstrip("+-")
+        base = 16 if t.startswith("0x") else 8 if t.startswith("0o") else 2 if t.startswith("0b") else 10
+        return sign * int(t[2:] if base != 10 else t, base)
+    raise ValueError(f"invalid type: {_describe(v)}, expected {what}")
+
+
+def _int_type(lo: int, hi: int, what: str) -> Any:
+    def conv(v: Any) -> int:
+        n = _int_of(v, what)
+        if not lo <= n <= hi:
+            raise ValueError(f"invalid value: integer `{n}`, expected {what}")
+        return n
+
+    return Annotated[int, BeforeValidator(conv)]
+
+
+def _to_float(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError(f"invalid type: {_describe(v)}, expected f64")
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, Plain) and (_FLOAT.match(v) or _INT.match(v)):
+        t = str(v).lower()
+        if t.endswith("inf"):
+            return float("-inf") if t.startswith("-") else float("inf")
+        if t.endswith("nan"):
+            return float("nan")
+        return float(_int_of(v, "f64")) if _INT.match(v) else float(v)
+    raise ValueError(f"invalid type: {_describe(v)}, expected f64")
+
+
+def _to_duration(v: Any) -> Any:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if v < 0:
+            raise ValueError("duration cannot be negative")
+        return float(v)  # already seconds (models built in Python)
+    if isinstance(v, str):
+        try:
+            return parse_duration(v)
+        except ValueError as e:
+            raise ValueError(f"invalid duration '{v}': {e}") from None
+    raise ValueError(f"invalid type: {_describe(v)}, expected a duration string such as \"30s\"")
+
+
+Str = Annotated[str, BeforeValidator(_to_str)]
+TStr = Annotated[str, BeforeValidator(_to_tag_str)]
+Bool = Annotated[bool, BeforeValidator(_to_bool)]
+U8 = _int_type(0, 255, "u8")
+U16 = _int_type(0, 65535, "u16")
+U32 = _int_type(0, 2**32 - 1, "u32")
+U64 = _int_type(0, 2**64 - 1, "u64")
+I32 = _int_type(-(2**31), 2**31 - 1, "i32")
+I64 = _int_type(-(2**63), 2**63 - 1, "i64")
+F64 = Annotated[float, BeforeValidator(_to_float)]
+Duration = Annotated[float, BeforeValidator(_to_duration), PlainSerializer(format_duration, return_type=str)]
+"""A humantime duration held as seconds; serialised back as humantime text (``5m``)."""
+
+
+def _enum(*values: str) -> Any:
+    return Annotated[Literal[values], BeforeValidator(_to_str)]  # type: ignore[valid-type]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True, frozen=False)
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
+
+
+# --- image / command ---------------------------------------------------------------------------------------------------
+
+
+def _image_name(v: Any) -> Any:
+    v = _to_str(v)
+    from zlayer.spec.scalars import parse_image_ref
+
+    parse_image_ref(v)
+    return v
+
+
+PullPolicy = _enum("always", "newer", "if_not_present", "never")
+SourcePolicy = _enum("local_first", "s3_first", "remote_only", "local_only")
+
+
+class ImageSpec(_Strict):
+    name: Annotated[str, BeforeValidator(_image_name)]
+    pull_policy: PullPolicy = "if_not_present"
+    source_policy: SourcePolicy | None = None
+
+
+class CommandSpec(_Strict):
+    entrypoint: list[Str] | None = None
+    args: list[Str] | None = None
+    workdir: Str | None = None
+
+
+# --- resources ---------------------------------------------------------------------------------------------------------
+
+
+class DistributedConfig(_Strict):
+    backend: Str = "nccl"
+    master_port: U16 = 29500
+
+
+class GpuSpec(_Strict):
+    count: U32 = 1
+    vendor: Str = "nvidia"
+    mode: Str | None = None
+    model: Str | None = None
+    scheduling: _enum("best-effort", "gang", "spread") | None = None  # type: ignore[valid-type]
+    distributed: DistributedConfig | None = None
+    sharing: _enum("exclusive", "mps", "time-slice") | None = None  # type: ignore[valid-type]
+    mps_pipe_dir: Str | None = None
+    mps_log_dir: Str | None = None
+    time_slice_index: U32 | None = None
+    time_slicing_config_path: Str | None = None
+
+
+class ResourcesSpec(_Strict):
+    cpu: F64 | None = None
+    memory: Str | None = None
+    gpu: GpuSpec | None = None
+    pids_limit: I64 | None = None
+    cpuset: Str | None = None
+    cpu_shares: U32 | None = None
+    memory_swap: Str | None = None
+    memory_reservation: Str | None = None
+    memory_swappiness: U8 | None = None
+    oom_score_adj: I32 | None = None
+    oom_kill_disable: Bool | None = None
+    blkio_weight: U16 | None = None
+
+    def memory_bytes(self) -> int | None:
+        """``memory`` in bytes (None when unset)."""
+        from zlayer.spec.scalars import parse_memory
+
+        return None if self.memory is None else parse_memory(self.memory)
+
+
+# --- networking --------------------------------------------------------------------------------------------------------
+
+
+class OverlaySettings(_Strict):
+    enabled: Bool = True
+    encrypted: Bool = True
+    isolated: Bool = False
+
+
+def _all_off() -> OverlaySettings:
+    return OverlaySettings(enabled=False, encrypted=False, isolated=False)
+
+
+class OverlayConfig(_Strict):
+    # A sub-block left out of a present `overlays:` block takes the all-false derived default (ZLayer's trap).
+    service: OverlaySettings = Field(default_factory=_all_off)
+    global_: OverlaySettings = Field(default_factory=_all_off, alias="global")
+
+
+def _default_overlays() -> OverlayConfig:
+    return OverlayConfig(
+        service=OverlaySettings(enabled=True, encrypted=True, isolated=True),
+        global_=OverlaySettings(enabled=True, encrypted=True, isolated=False),
+    )
+
+
+class JoinPolicy(_Strict):
+    mode: _enum("open", "token", "closed") = "token"  # type: ignore[valid-type]
+    scope: _enum("service", "global") = "service"  # type: ignore[valid-type]
+
+
+class ServiceNetworkSpec(_Strict):
+    overlays: OverlayConfig = Field(default_factory=_default_overlays)
+    join: JoinPolicy = Field(default_factory=JoinPolicy)
+
+
+def _network_mode(v: Any) -> Any:
+    """String (``host``, ``bridge:net``, ``container:id``) or tagged map → canonical string form."""
+    if isinstance(v, dict):
+        if len(v) != 1:
+            raise ValueError("invalid network_mode: expected a single key (bridge or container)")
+        ((key, body),) = v.items()
+        key = str(key)
+        if key in ("default", "host", "none") and body is None:
+            return key
+        if key == "bridge":
+            if body is None:
+                return "bridge"
+            if not isinstance(body, dict) or set(body) - {"name"}:
+                raise ValueError("invalid network_mode: bridge takes {name: <network>}")
+            name = body.get("name")
+            return "bridge" if name is None else f"bridge:{_to_str(name)}"
+        if key == "container":
+            if not isinstance(body, dict) or set(body) - {"id"}:
+                raise ValueError("invalid network_mode: container takes {id: <container>}")
+            if "id" not in body:
+                raise ValueError("missing field `id`")
+            return f"container:{_to_str(body['id'])}"
+        raise ValueError(
+            f"unknown variant `{key}`, expected one of `default`, `host`, `none`, `bridge`, `container`"
+        )
+    s = _to_str(v)
+    if s in ("default", "host", "none", "bridge"):
+        return s
+    if s.startswith("bridge:"):
+        return s if s[7:] else "bridge"
+    if s.startswith("container:"):
+        if not s[10:]:
+            raise ValueError("container network mode requires a container id (container:<id>)")
+        return s
+    raise ValueError(
+        f"unknown network mode '{s}' (expected default, host, none, bridge, bridge:<name> or container:<id>)"
+    )
+
+
+NetworkMode = Annotated[str, BeforeValidator(_network_mode)]
+
+
+# --- endpoints -----------------------------------------------------------------------------------------------------------
+
+Protocol = _enum("http", "https", "tcp", "udp", "websocket")
+ExposeType = _enum("public", "internal")
+
+
+class TcpConnectCheck(_Lenient):
+    type: Literal["tcp_connect"]
+
+
+class UdpProbeCheck(_Lenient):
+    type: Literal["udp_probe"]
+    request: TStr
+    expect: TStr | None = None
+
+
+def _tag_of(field: str) -> Any:
+    def get(v: Any) -> Any:
+        if isinstance(v, dict):
+            t = v.get(field)
+            return str(t) if isinstance(t, str) else t
+        return getattr(v, field, None)
+
+    return get
+
+
+StreamHealthCheck = Annotated[
+    Union[Annotated[TcpConnectCheck, Tag("tcp_connect")], Annotated[UdpProbeCheck, Tag("udp_probe")]],
+    Discriminator(_tag_of("type")),
+]
+
+
+class StreamEndpointConfig(_Strict):
+    tls: Bool = False
+    proxy_protocol: Bool = False
+    session_timeout: Str | None = None
+    health_check: StreamHealthCheck | None = None
+
+
+class TunnelAccessConfig(_Strict):
+    enabled: Bool = False
+    max_ttl: Str | None = None
+    audit: Bool = False
+
+
+class EndpointTunnelConfig(_Strict):
+    enabled: Bool = False
+    from_: Str | None = Field(default=None, alias="from")
+    to: Str | None = None
+    remote_port: U16 = 0
+    expose: ExposeType | None = None
+    access: TunnelAccessConfig | None = None
+
+
+class EndpointSpec(_Strict):
+    name: Str
+    protocol: Protocol
+    port: U16
+    target_port: U16 | None = None
+    path: Str | None = None
+    host: Str | None = None
+    expose: ExposeType = "internal"
+    stream: StreamEndpointConfig | None = None
+    target_role: Str | None = None
+    tunnel: EndpointTunnelConfig | None = None
+
+    @property
+    def container_port(self) -> int:
+        """The port inside the container (``target_port``, else ``port``)."""
+        return self.target_port if self.target_port is not None else self.port
+
+
+# --- scale -----------------------------------------------------------------------------------------------------------------
+
+
+class ScaleTargets(_Strict):
+    cpu: U8 | None = None
+    memory: U8 | None = None
+    rps: U32 | None = None
+
+
+class AdaptiveScale(_Strict):
+    mode: Literal["adaptive"]
+    min: U32
+    max: U32
+    cooldown: Duration | None = None
+    targets: ScaleTargets = Field(default_factory=ScaleTargets)
+
+
+class FixedScale(_Strict):
+    mode: Literal["fixed"]
+    replicas: U32
+
+
+class ManualScale(_Strict):
+    mode: Literal["manual"]
+
+
+ScaleSpec = Annotated[
+    Union[
+        Annotated[AdaptiveScale, Tag("adaptive")],
+        Annotated[FixedScale, Tag("fixed")],
+        Annotated[ManualScale, Tag("manual")],
+    ],
+    Discriminator(_tag_of("mode")),
+]
+
+
+def _default_scale() -> AdaptiveScale:
+    return AdaptiveScale(mode="adaptive", min=1, max=10, cooldown=30.0)
+
+
+# --- health ----------------------------------------------------------------------------------------------------------------
+
+
+class TcpCheck(_Lenient):
+    type: Literal["tcp"]
+    port: U16
+
+
+class HttpCheck(_Lenient):
+    type: Literal["http"]
+    url: TStr
+    expect_status: U16 = 200
+
+
+class CommandCheck(_Lenient):
+    type: Literal["command"]
+    command: TStr
+
+
+HealthCheck = Annotated[
+    Union[Annotated[TcpCheck, Tag("tcp")], Annotated[HttpCheck, Tag("http")], Annotated[CommandCheck, Tag("command")]],
+    Discriminator(_tag_of("type")),
+]
+
+
+class HealthSpec(_Strict):
+    start_grace: Duration | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    retries: U32 = 3
+    check: HealthCheck
+
+
+def _default_health() -> HealthSpec:
+    return HealthSpec(start_grace=5.0, check=TcpCheck(type="tcp", port=0))
+
+
+# --- depends / init / errors -------------------------------------------------------------------------------------------
+
+
+class DependsSpec(_Strict):
+    service: Str
+    condition: _enum("started", "healthy", "ready") = "healthy"  # type: ignore[valid-type]
+    timeout: Duration = 300.0
+    on_timeout: _enum("fail", "warn", "continue") = "fail"  # type: ignore[valid-type]
+
+
+def _json_value(v: Any) -> Any:
+    """``with:`` params are free JSON: plain scalars get YAML's types (int, float, bool, null), quoted stay strings."""
+    if isinstance(v, Plain):
+        if _INT.match(v):
+            return _int_of(v, "integer")
+        if _FLOAT.match(v):
+            return _to_float(v)
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        return str(v)
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
+    return v
+
+
+class InitStep(_Strict):
+    id: Str
+    uses: Str
+    with_: Annotated[dict[str, Any], BeforeValidator(lambda v: _json_value(v) if v is not None else {})] = Field(
+        default_factory=dict, alias="with"
+    )
+    retry: U32 | None = None
+    timeout: Duration | None = None
+    on_failure: _enum("fail", "warn", "continue") = "fail"  # type: ignore[valid-type]
+
+
+def _init_list(v: Any) -> Any:
+    """README form ``init: [{action: init.wait_tcp, host: db, ...}]`` → ``{steps: [{id, uses, with}]}``."""
+    if isinstance(v, list):
+        steps: list[Any] = []
+        for i, item in enumerate(v):
+            if isinstance(item, dict) and "action" in item and "uses" not in item:
+                rest = {k: x for k, x in item.items() if k not in ("action", "id", "timeout", "on_failure", "retry")}
+                step: dict[str, Any] = {"id": item.get("id", f"step-{i + 1}"), "uses": item["action"], "with": rest}
+                for k in ("timeout", "on_failure", "retry"):
+                    if k in item:
+                        step[k] = item[k]
+                steps.append(step)
+            else:
+                steps.append(item)
+        return {"steps": steps}
+    return v
+
+
+class InitSpec(_Strict):
+    steps: list[InitStep] = Field(default_factory=list)
+
+
+class InitFailurePolicy(_Strict):
+    action: _enum("fail", "restart", "backoff") = "fail"  # type: ignore[valid-type]
+
+
+class PanicPolicy(_Strict):
+    action: _enum("restart", "shutdown", "isolate") = "restart"  # type: ignore[valid-type]
+
+
+class ErrorsSpec(_Strict):
+    on_init_failure: InitFailurePolicy = Field(default_factory=InitFailurePolicy)
+    on_panic: PanicPolicy = Field(default_factory=PanicPolicy)
+
+
+class LifecycleSpec(_Strict):
+    delete_on_exit: Bool = False
+
+
+# --- devices / storage / ports -------------------------------------------------------------------------------------------
+
+
+class DeviceSpec(_Strict):
+    path: Str
+    read: Bool = True
+    write: Bool = True
+    mknod: Bool = False
+
+
+StorageTier = _enum("local", "cached", "network")
+
+
+class BindStorage(_Strict):
+    type: Literal["bind"]
+    source: TStr
+    target: TStr
+    readonly: Bool = False
+
+
+class NamedStorage(_Strict):
+    type: Literal["named"]
+    name: TStr
+    target: TStr
+    readonly: Bool = False
+    tier: StorageTier = "local"
+    size: TStr | None = None
+
+
+class AnonymousStorage(_Strict):
+    type: Literal["anonymous"]
+    target: TStr
+    tier: StorageTier = "local"
+
+
+class TmpfsStorage(_Strict):
+    type: Literal["tmpfs"]
+    target: TStr
+    size: TStr | None = None
+    mode: U32 | None = None
+
+
+class S3Storage(_Strict):
+    type: Literal["s3"]
+    bucket: TStr
+    prefix: TStr | None = None
+    target: TStr
+    readonly: Bool = False
+    endpoint: TStr | None = None
+    credentials: TStr | None = None
+
+
+StorageSpec = Annotated[
+    Union[
+        Annotated[BindStorage, Tag("bind")],
+        Annotated[NamedStorage, Tag("named")],
+        Annotated[AnonymousStorage, Tag("anonymous")],
+        Annotated[TmpfsStorage, Tag("tmpfs")],
+        Annotated[S3Storage, Tag("s3")],
+    ],
+    Discriminator(_tag_of("type")),
+]
+
+
+class PortMapping(_Lenient):
+    host_port: U16 | None = None
+    container_port: U16
+    protocol: _enum("tcp", "udp") = "tcp"  # type: ignore[valid-type]
+    host_ip: Str = "0.0.0.0"
+
+
+# --- placement ---------------------------------------------------------------------------------------------------------------
+
+
+class NodeSelector(_Strict):
+    labels: dict[Str, Str] = Field(default_factory=dict)
+    prefer_labels: dict[Str, Str] = Field(default_factory=dict)
+
+
+class AffinityPin(_Strict):
+    pin: Str
+
+
+def _affinity(v: Any) -> Any:
+    if isinstance(v, str):
+        s = str(v)
+        if s not in ("spread", "pack"):
+            raise ValueError(f"unknown variant `{s}`, expected one of `spread`, `pack`, `pin`")
+        return s
+    return v
+
+
+GroupAffinity = Annotated[Union[Literal["spread", "pack"], AffinityPin], BeforeValidator(_affinity)]
+
+
+class TargetPlatform(_Lenient):
+    os: _enum("linux", "windows", "macos")  # type: ignore[valid-type]
+    arch: _enum("amd64", "arm64")  # type: ignore[valid-type]
+    os_version: Str | None = Field(default=None, alias="osVersion")
+
+
+class ReplicaGroup(_Strict):
+    role: Str
+    count: U32
+    image: ImageSpec | None = None
+    env: dict[Str, Str] = Field(default_factory=dict)
+    command: CommandSpec | None = None
+    resources: ResourcesSpec | None = None
+    affinity: GroupAffinity = "spread"
+
+
+# --- wasm --------------------------------------------------------------------------------------------------------------------
+
+
+class WasmCapabilities(_Strict):
+    config: Bool = True
+    keyvalue: Bool = True
+    logging: Bool = True
+    secrets: Bool = False
+    metrics: Bool = True
+    http_client: Bool = False
+    cli: Bool = False
+    filesystem: Bool = False
+    sockets: Bool = False
+
+
+class WasmPreopen(_Strict):
+    source: Str
+    target: Str
+    readonly: Bool = False
+
+
+class WasmConfig(_Strict):
+    min_instances: U32 = 0
+    max_instances: U32 = 10
+    idle_timeout: Duration = 300.0
+    request_timeout: Duration = 30.0
+    max_memory: Str | None = None
+    max_fuel: U64 = 0
+    epoch_interval: Duration | None = None
+    capabilities: WasmCapabilities | None = None
+    allow_http_outgoing: Bool = True
+    allowed_hosts: list[Str] = Field(default_factory=list)
+    allow_tcp: Bool = False
+    allow_udp: Bool = False
+    preopens: list[WasmPreopen] = Field(default_factory=list)
+    kv_enabled: Bool = True
+    kv_namespace: Str | None = None
+    kv_max_value_size: U64 = 1_048_576
+    secrets: list[Str] = Field(default_factory=list)
+    precompile: Bool = True
+
+
+# --- misc service blocks -----------------------------------------------------------------------------------------------------
+
+
+class LogsConfig(_Lenient):
+    destination: Str = "disk"
+    max_size_bytes: U64 = 104_857_600
+    retention_secs: U64 = 604_800
+
+
+class RestartPolicy(_Strict):
+    kind: _enum("no", "always", "unless_stopped", "on_failure")  # type: ignore[valid-type]
+    max_attempts: U32 | None = None
+    delay: Str | None = None
+
+
+class UlimitSpec(_Strict):
+    soft: I64 | None = None
+    hard: I64 | None = None
+
+    @model_validator(mode="after")
+    def _fill(self) -> UlimitSpec:
+        if self.soft is None and self.hard is None:
+            self.soft = self.hard = 0
+        elif self.hard is None:
+            self.hard = self.soft
+        elif self.soft is None:
+            self.soft = self.hard
+        return self
+
+
+class ServiceOverlay(_Lenient):
+    mode: _enum("auto", "shared", "dedicated") = "auto"  # type: ignore[valid-type]
+    parent: Str | None = None
+
+
+def _env(v: Any) -> Any:
+    """README form ``env: [{name: X, value: Y}]`` → ``{X: Y}``."""
+    if isinstance(v, list):
+        out: dict[Any, Any] = {}
+        for i, item in enumerate(v):
+            if not isinstance(item, dict) or "name" not in item or set(item) - {"name", "value"}:
+                raise ValueError(f"env[{i}]: expected {{name: ..., value: ...}} (or write env as a mapping)")
+            out[item["name"]] = item.get("value", Plain(""))
+        return out
+    return v
+
+
+ResourceType = _enum("service", "job", "cron")
+ServiceType = _enum(
+    "standard",
+    "wasm_http",
+    "wasm_plugin",
+    "wasm_transformer",
+    "wasm_authenticator",
+    "wasm_rate_limiter",
+    "wasm_middleware",
+    "wasm_router",
+    "job",
+)
+
+
+class ServiceSpec(_Strict):
+    rtype: ResourceType = "service"
+    schedule: Str | None = None
+    image: ImageSpec
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    env: Annotated[dict[Str, Str], BeforeValidator(_env)] = Field(default_factory=dict)
+    command: CommandSpec = Field(default_factory=CommandSpec)
+    network: ServiceNetworkSpec = Field(default_factory=ServiceNetworkSpec)
+    endpoints: list[EndpointSpec] = Field(default_factory=list)
+    scale: ScaleSpec = Field(default_factory=_default_scale)
+    replica_groups: list[ReplicaGroup] | None = None
+    depends: list[DependsSpec] = Field(default_factory=list)
+    health: HealthSpec = Field(default_factory=_default_health)
+    init: Annotated[InitSpec, BeforeValidator(_init_list)] = Field(default_factory=InitSpec)
+    errors: ErrorsSpec = Field(default_factory=ErrorsSpec)
+    lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec)
+    isolation: _enum("auto", "process", "hyperv") | None = None  # type: ignore[valid-type]
+    devices: list[DeviceSpec] = Field(default_factory=list)
+    storage: list[StorageSpec] = Field(default_factory=list)
+    port_mappings: list[PortMapping] = Field(default_factory=list)
+    capabilities: list[Str] = Field(
+        default_factory=list, validation_alias=AliasChoices("capabilities", "cap_add"), serialization_alias="capabilities"
+    )
+    cap_drop: list[Str] = Field(default_factory=list)
+    privileged: Bool = False
+    node_mode: _enum("shared", "dedicated", "exclusive") = "shared"  # type: ignore[valid-type]
+    node_selector: NodeSelector | None = None
+    affinity: GroupAffinity | None = None
+    platform: TargetPlatform | None = None
+    service_type: ServiceType = "standard"
+    wasm: WasmConfig | None = Field(
+        default=None, validation_alias=AliasChoices("wasm", "wasm_http"), serialization_alias="wasm"
+    )
+    logs: LogsConfig | None = None
+    host_network: Bool | None = Field(default=None, exclude=True)
+    hostname: Str | None = None
+    dns: list[Str] = Field(default_factory=list)
+    extra_hosts: list[Str] = Field(default_factory=list)
+    restart_policy: RestartPolicy | None = None
+    labels: dict[Str, Str] = Field(default_factory=dict)
+    user: Str | None = None
+    stop_signal: Str | None = None
+    stop_grace_period: Duration | None = None
+    sysctls: dict[Str, Str] = Field(default_factory=dict)
+    ulimits: dict[Str, UlimitSpec] = Field(default_factory=dict)
+    security_opt: list[Str] = Field(default_factory=list)
+    pid_mode: Str | None = None
+    ipc_mode: Str | None = None
+    network_mode: NetworkMode = "default"
+    extra_groups: list[Str] = Field(default_factory=list)
+    read_only_root_fs: Bool = False
+    init_container: Bool | None = None
+    tty: Bool = False
+    stdin_open: Bool = False
+    userns_mode: Str | None = None
+    cgroup_parent: Str | None = None
+    expose: list[Str] = Field(default_factory=list)
+    overlay: ServiceOverlay | None = None
+    localhost_reachability: _enum("auto", "always", "never") = "auto"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _legacy_host_network(self) -> ServiceSpec:
+        # Legacy `host_network: true` becomes network_mode host unless another mode was chosen.
+        if self.host_network and self.network_mode == "default":
+            self.network_mode = "host"
+        self.host_network = None
+        return self
+
+    @property
+    def uses_host_network(self) -> bool:
+        return self.network_mode == "host"
+
+    def replicas_hint(self) -> tuple[str, int, int]:
+        """(mode, min, max) of the scale block: fixed → (fixed, n, n); manual → (manual, 0, 0)."""
+        s = self.scale
+        if isinstance(s, FixedScale):
+            return ("fixed", s.replicas, s.replicas)
+        if isinstance(s, AdaptiveScale):
+            return ("adaptive", s.min, s.max)
+        return ("manual", 0, 0)
+
+
+# --- top level ---------------------------------------------------------------------------------------------------------------
+
+
+class ExternalSpec(_Strict):
+    backends: list[Str]
+    endpoints: list[EndpointSpec] = Field(default_factory=list)
+    health: HealthSpec | None = None
+
+
+class TunnelDefinition(_Strict):
+    from_: Str = Field(alias="from")
+    to: Str
+    local_port: U16
+    remote_port: U16
+    protocol: _enum("tcp", "udp") = "tcp"  # type: ignore[valid-type]
+    expose: ExposeType = "internal"
+
+
+class ApiSpec(_Lenient):
+    enabled: Bool = True
+    bind: Str = "0.0.0.0:3669"
+    jwt_secret: Str | None = None
+    swagger: Bool = True
+
+
+class DeploymentSpec(_Strict):
+    version: Str
+    deployment: Str
+    services: dict[Str, ServiceSpec] = Field(default_factory=dict)
+    externals: dict[Str, ExternalSpec] = Field(default_factory=dict)
+    tunnels: dict[Str, TunnelDefinition] = Field(default_factory=dict)
+    api: ApiSpec = Field(default_factory=ApiSpec)
+
+
+__all__ = [
+    "AdaptiveScale",
+    "AffinityPin",
+    "AnonymousStorage",
+    "ApiSpec",
+    "BindStorage",
+    "CommandCheck",
+    "CommandSpec",
+    "DependsSpec",
+    "DeploymentSpec",
+    "DeviceSpec",
+    "DistributedConfig",
+    "EndpointSpec",
+    "EndpointTunnelConfig",
+    "ErrorsSpec",
+    "ExternalSpec",
+    "FixedScale",
+    "GpuSpec",
+    "HealthCheck",
+    "HealthSpec",
+    "HttpCheck",
+    "ImageSpec",
+    "InitFailurePolicy",
+    "InitSpec",
+    "InitStep",
+    "JoinPolicy",
+    "LifecycleSpec",
+    "LogsConfig",
+    "ManualScale",
+    "NamedStorage",
+    "NodeSelector",
+    "OverlayConfig",
+    "OverlaySettings",
+    "PanicPolicy",
+    "Plain",
+    "PortMapping",
+    "ReplicaGroup",
+    "ResourcesSpec",
+    "RestartPolicy",
+    "S3Storage",
+    "ScaleSpec",
+    "ScaleTargets",
+    "ServiceNetworkSpec",
+    "ServiceOverlay",
+    "ServiceSpec",
+    "StorageSpec",
+    "StreamEndpointConfig",
+    "TargetPlatform",
+    "TcpCheck",
+    "TcpConnectCheck",
+    "TmpfsStorage",
+    "TunnelAccessConfig",
+    "TunnelDefinition",
+    "UdpProbeCheck",
+    "UlimitSpec",
+    "WasmCapabilities",
+    "WasmConfig",
+    "WasmPreopen",
+]
