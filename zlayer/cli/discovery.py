@@ -1,11 +1,9 @@
-"""Find the deployment spec a command works on, with ZLayer's rule (spec-and-cli.md §11).
+"""Spec auto-discovery as ZLayer does it (spec-and-cli.md §11), shared by validate, deploy, up, down, stop, pull.
 
-1. An explicit path wins and is used as given (a missing file is reported here, clearly).
-2. Else the exact names ``.zlayer.yml``, ``.zlayer.yaml``, ``zlayer.yml``, ``zlayer.yaml`` in the directory, in order.
-3. Else the regular files named ``*.zlayer.yml|yaml`` or ``zlayer.*.yml|yaml`` (the bare names excluded), sorted:
-   exactly one is used; none or several is an error naming what to do.
-
-Only the given directory is searched (the current one by default), never its subdirectories.
+1. An explicit path wins (a directory is searched like the current directory).
+2. Exact names, in order: ``.zlayer.yml``, ``.zlayer.yaml``, ``zlayer.yml``, ``zlayer.yaml``.
+3. Otherwise exactly one regular file named ``*.zlayer.yml``, ``*.zlayer.yaml``, ``zlayer.*.yml`` or
+   ``zlayer.*.yaml`` (bare ``zlayer.yml``/``zlayer.yaml`` excluded); none or several is an error.
 """
 
 from __future__ import annotations
@@ -13,59 +11,57 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from zlayer.errors import NotFoundError, UsageError
+from zlayer.errors import NotFoundError, SpecError
 
 EXACT_NAMES = (".zlayer.yml", ".zlayer.yaml", "zlayer.yml", "zlayer.yaml")
 
-__all__ = ["EXACT_NAMES", "discover_spec", "discover_spec_path", "find_zlayer_specs"]
+
+def _is_candidate(name: str) -> bool:
+    if name in ("zlayer.yml", "zlayer.yaml"):
+        return False
+    if name.endswith((".zlayer.yml", ".zlayer.yaml")):
+        return True
+    return name.startswith("zlayer.") and name.endswith((".yml", ".yaml"))
 
 
-def _is_spec_name(name: str) -> bool:
-    dot_form = name.endswith((".zlayer.yml", ".zlayer.yaml"))
-    prefix_form = name.startswith("zlayer.") and name.endswith((".yml", ".yaml")) and name not in EXACT_NAMES[2:]
-    return dot_form or prefix_form
-
-
-def find_zlayer_specs(directory: Path) -> list[Path]:
-    """The candidate spec files of ``directory`` by name pattern, sorted (bare ``zlayer.yml|yaml`` excluded)."""
+def spec_candidates(directory: Path) -> list[Path]:
+    """Files in ``directory`` that look like deployment specs (pattern rule 3), sorted."""
     try:
-        entries = list(os.scandir(directory))
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError as e:
-        raise NotFoundError(f"cannot read directory {directory}: {e.strerror or e}") from e
-    found = [Path(directory, e.name) for e in entries if _is_spec_name(e.name) and e.is_file()]
-    return sorted(found)
+        raise NotFoundError(f"{directory}: cannot list directory: {e.strerror or e}") from None
+    return [Path(e.path) for e in entries if _is_candidate(e.name) and e.is_file()]
 
 
-def discover_spec_path(
-    explicit: str | os.PathLike[str] | None = None, cwd: str | os.PathLike[str] | None = None
-) -> Path:
-    """The spec file to use; raises :class:`NotFoundError` / :class:`UsageError` with a message a person can act on."""
-    if explicit is not None and str(explicit) != "":
-        path = Path(explicit)
-        if path.is_dir():
-            return discover_spec_path(None, path)
-        if not path.exists():
-            raise NotFoundError(f"spec file {path} does not exist", hint="check the path, or omit it to auto-discover")
-        return path
-    directory = Path(cwd) if cwd is not None else Path(".")
+def discover_spec_path(explicit: str | os.PathLike[str] | None = None, cwd: str | os.PathLike[str] | None = None) -> Path:
+    """The spec file to use: ``explicit`` if given, else the one found in ``cwd`` (default: the current directory)."""
+    if explicit is not None:
+        p = Path(explicit)
+        if p.is_dir():
+            return discover_spec_path(None, cwd=p)
+        if not p.exists():
+            raise NotFoundError(f"{p}: spec file not found")
+        return p
+    here = Path(cwd) if cwd is not None else Path.cwd()
     for name in EXACT_NAMES:
-        candidate = directory / name
-        if candidate.exists():
-            return candidate
-    matches = find_zlayer_specs(directory)
-    if len(matches) == 1:
-        return matches[0]
-    where = "the current directory" if cwd is None else str(directory)
-    if not matches:
+        if (here / name).is_file():
+            return here / name
+    found = spec_candidates(here)
+    shown = "the current directory" if cwd is None else str(here)
+    if not found:
         raise NotFoundError(
-            f"no deployment spec found in {where}",
-            hint="create a <name>.zlayer.yml file (e.g. myapp.zlayer.yml), or give the spec's path",
+            f"No deployment spec found in {shown}. Create a <name>.zlayer.yml (or zlayer.yml) there, "
+            "or pass the spec file as an argument."
         )
-    listing = "\n".join(f"  - {p}" for p in matches)
-    raise UsageError(
-        f"several deployment specs found in {where}; give the one to use:\n{listing}",
-        hint="pass the spec file as an argument",
-    )
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise SpecError(
+            f"Multiple deployment specs found in {shown}: {names}. Pass the one to use as an argument.",
+            hint=f"e.g. zlayer validate {found[0]}",
+        )
+    return found[0]
 
 
 discover_spec = discover_spec_path
+
+__all__ = ["EXACT_NAMES", "discover_spec", "discover_spec_path", "spec_candidates"]

@@ -1,8 +1,4 @@
-"""``zlayer spec``: ``dump SPEC [-f yaml|json]`` (the normalised spec, defaults filled in) and ``schema`` (JSON Schema).
-
-``zlayer spec schema > zlayer.schema.json`` gives editors' YAML language servers the spec's shape; for example with
-the Red Hat YAML extension: ``# yaml-language-server: $schema=./zlayer.schema.json`` at the top of a spec.
-"""
+"""``zlayer spec dump SPEC [-f yaml|json]`` and ``zlayer spec schema``."""
 
 from __future__ import annotations
 
@@ -13,31 +9,35 @@ import click
 
 @click.group("spec")
 def spec() -> None:
-    """Inspect deployment specs (dump, schema)."""
+    """Inspect deployment specs: the normalised form (dump) and the JSON Schema (schema)."""
 
 
 @spec.command("dump")
-@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=True))
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=True))
 @click.option(
-    "-f",
-    "--format",
-    "fmt",
-    type=click.Choice(["yaml", "json"], case_sensitive=False),
-    default="yaml",
-    show_default=True,
+    "-f", "--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
     help="Output format.",
 )
-def dump(spec_file: str, fmt: str) -> None:
+def dump(spec_path: str, fmt: str) -> None:
     """Parse SPEC and print it normalised, with every default filled in."""
-    from zlayer.spec import dump_spec, load_spec
+    from zlayer.spec.api import dump_spec
+    from zlayer.spec.loader import load_spec
 
-    click.echo(dump_spec(load_spec(spec_file), fmt.lower()).rstrip("\n"))
+    click.echo(dump_spec(load_spec(spec_path), fmt), nl=False)
 
 
 @spec.command("schema")
-@click.option("--indent", type=int, default=2, show_default=True, help="JSON indentation.")
-def schema(indent: int) -> None:
-    """Print the JSON Schema of a deployment spec (for editors and validators)."""
-    from zlayer.spec import spec_json_schema
+@click.option("-o", "--out", type=click.Path(dir_okay=False, writable=True), help="Write to a file instead of stdout.")
+def schema(out: str | None) -> None:
+    """Print the JSON Schema of *.zlayer.yml (for editors' YAML language servers)."""
+    from zlayer.spec.api import spec_json_schema
 
-    click.echo(json.dumps(spec_json_schema(), indent=indent))
+    text = json.dumps(spec_json_schema(), indent=2) + "\n"
+    if out:
+        from pathlib import Path
+
+        tmp = Path(out + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+    else:
+        click.echo(text, nl=False)

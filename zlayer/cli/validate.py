@@ -1,144 +1,108 @@
-"""``zlayer validate [SPEC]``: parse a deployment spec locally and report every problem, or print the plan.
-
-The spec is auto-discovered in the current directory when no path is given (:mod:`zlayer.cli.discovery`). On success
-it prints ``Spec validation: PASSED`` and the deployment plan as ZLayer does; on failure ``Spec validation: FAILED``
-and one ``FILE:LINE:COL: field.path: problem`` line per problem, and exits non-zero. ``--output json`` prints one
-JSON object instead (``{"valid": ..., ...}``).
-"""
+"""``zlayer validate [SPEC]``: parse and check a deployment spec locally, reporting every problem at once."""
 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
 
-from zlayer.errors import SpecError
+from zlayer.errors import ZLayerError
 
 
-def _problem_line(p: Any) -> str:
-    return str(p)
+def _summary(spec: Any) -> list[str]:
+    from zlayer.spec.models import AdaptiveScale, FixedScale
 
-
-def _problem_json(p: Any) -> Any:
-    return p.to_json() if hasattr(p, "to_json") else {"message": str(p)}
-
-
-def _cap(word: str) -> str:
-    """Rust's Debug spelling of a unit enum variant (``if_not_present`` → ``IfNotPresent``)."""
-    return "".join(part[:1].upper() + part[1:] for part in str(word).split("_"))
-
-
-def _scale_text(scale: Any) -> str:
-    mode = getattr(scale, "mode", "adaptive")
-    if mode == "fixed":
-        return f"fixed ({scale.replicas} replicas)"
-    if mode == "adaptive":
-        return f"adaptive ({scale.min}-{scale.max} replicas)"
-    return "manual"
-
-
-def _fmt_cpu(cpu: float) -> str:
-    return str(int(cpu)) if float(cpu).is_integer() else repr(cpu)
-
-
-def plan_lines(spec: Any) -> list[str]:
-    """The deployment plan ZLayer prints after a successful validation."""
     lines = [
-        "",
-        "=== Deployment Plan ===",
         f"Deployment: {spec.deployment}",
-        f"Version: {spec.version}",
-        f"Services: {len(spec.services)}",
-        "",
+        f"Version:    {spec.version}",
+        f"Services:   {len(spec.services)}",
     ]
     for name, svc in spec.services.items():
-        lines += [f"  Service: {name}", f"    Image: {svc.image.name}", f"    Type: {_cap(svc.rtype)}"]
-        if svc.rtype == "cron" and svc.schedule:
-            lines.append(f"    Schedule: {svc.schedule}")
-        lines.append(f"    Scale: {_scale_text(svc.scale)}")
-        res = svc.resources
-        if res.cpu is not None or res.memory is not None:
-            parts = ([f"cpu={_fmt_cpu(res.cpu)}"] if res.cpu is not None else []) + (
-                [f"memory={res.memory}"] if res.memory is not None else []
-            )
-            lines.append("    Resources: " + " ".join(parts))
+        lines.append(f"  {name}")
+        lines.append(f"    Image:     {svc.image.name}")
+        lines.append(f"    Type:      {svc.rtype}" + (f" ({svc.schedule})" if svc.schedule else ""))
+        s = svc.scale
+        if isinstance(s, FixedScale):
+            scale = f"fixed ({s.replicas} replicas)"
+        elif isinstance(s, AdaptiveScale):
+            scale = f"adaptive ({s.min}-{s.max} replicas)"
+        else:
+            scale = "manual"
+        lines.append(f"    Scale:     {scale}")
+        r = svc.resources
+        if r.cpu is not None or r.memory is not None:
+            parts = [f"cpu={r.cpu:g}" if r.cpu is not None else "", f"memory={r.memory}" if r.memory else ""]
+            lines.append("    Resources: " + " ".join(p for p in parts if p))
         if svc.endpoints:
             lines.append("    Endpoints:")
-            lines += [f"      - {e.name} ({_cap(e.protocol)}:{e.port}, {_cap(e.expose)})" for e in svc.endpoints]
+            for ep in svc.endpoints:
+                lines.append(f"      - {ep.name} ({ep.protocol.upper()}:{ep.port}, {ep.expose})")
         if svc.depends:
-            lines.append("    Dependencies:")
-            lines += [f"      - {d.service} ({_cap(d.condition)})" for d in svc.depends]
-        lines.append("")
+            lines.append("    Dependencies: " + ", ".join(f"{d.service} ({d.condition})" for d in svc.depends))
+    if spec.externals:
+        lines.append(f"Externals:  {', '.join(spec.externals)}")
+    if spec.tunnels:
+        lines.append(f"Tunnels:    {', '.join(spec.tunnels)}")
     return lines
 
 
-def summary_json(spec: Any, path: str) -> dict[str, Any]:
-    services = []
-    for name, svc in spec.services.items():
-        services.append(
-            {
-                "name": name,
-                "image": svc.image.name,
-                "rtype": svc.rtype,
-                "schedule": svc.schedule,
-                "scale": _scale_text(svc.scale),
-                "endpoints": [
-                    {"name": e.name, "protocol": e.protocol, "port": e.port, "expose": e.expose} for e in svc.endpoints
-                ],
-                "depends": [{"service": d.service, "condition": d.condition} for d in svc.depends],
-            }
-        )
+def _as_json(spec: Any, path: str) -> dict[str, Any]:
     return {
         "valid": True,
         "file": path,
         "deployment": spec.deployment,
         "version": spec.version,
-        "services": services,
-        "externals": sorted(getattr(spec, "externals", {}) or {}),
-        "tunnels": sorted(getattr(spec, "tunnels", {}) or {}),
+        "services": {
+            name: {
+                "image": svc.image.name,
+                "rtype": svc.rtype,
+                "scale": svc.scale.model_dump(mode="json", exclude_none=True),
+                "endpoints": [
+                    {"name": e.name, "protocol": e.protocol, "port": e.port, "expose": e.expose}
+                    for e in svc.endpoints
+                ],
+                "depends": [d.service for d in svc.depends],
+            }
+            for name, svc in spec.services.items()
+        },
     }
 
 
 @click.command("validate")
-@click.argument("spec", required=False, type=click.Path(dir_okay=True))
+@click.argument("spec_path", metavar="[SPEC]", required=False, type=click.Path(dir_okay=True))
 @click.option(
-    "--output",
-    "-o",
-    "output",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
+    "--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
 )
-def validate(spec: str | None, output: str) -> None:
-    """Validate SPEC (default: the *.zlayer.yml of the current directory) without deploying it."""
+def validate(spec_path: str | None, output: str) -> None:
+    """Validate a deployment spec (auto-discovers a *.zlayer.yml in the current directory)."""
     from zlayer.cli.discovery import discover_spec_path
-    from zlayer.spec import load_spec
+    from zlayer.spec.loader import load_spec
 
-    path = discover_spec_path(spec)
     try:
-        parsed = load_spec(path)
-    except SpecError as err:
-        problems = list(err.problems)
+        path = discover_spec_path(spec_path)
+        spec = load_spec(path)
+    except ZLayerError as err:
+        problems = list(getattr(err, "problems", []) or [])
         if output == "json":
-            body = {"valid": False, "file": str(path), "error": err.message, "problems": []}
-            body["problems"] = [_problem_json(p) for p in problems]
+            body = {"valid": False, **err.to_json()}
+            if not problems:
+                body["problems"] = []
             click.echo(json.dumps(body, indent=2))
         else:
-            click.echo("Spec validation: FAILED")
+            click.secho("Spec validation: FAILED", fg="red", bold=True, err=True)
             if problems:
-                click.echo(f"Error: {err.message.splitlines()[0]}", err=True)
                 for p in problems:
-                    click.secho(_problem_line(p), fg="red", err=True)
+                    click.echo(str(p), err=True)
             else:
-                click.secho(f"Error: {err}", fg="red", err=True)
+                click.echo(f"Error: {err}", err=True)
                 if err.hint:
                     click.echo(f"  hint: {err.hint}", err=True)
-        sys.exit(err.exit_code)
+        raise SystemExit(err.exit_code) from None
     if output == "json":
-        click.echo(json.dumps(summary_json(parsed, str(path)), indent=2))
+        click.echo(json.dumps(_as_json(spec, str(path)), indent=2))
         return
-    click.echo("Spec validation: PASSED")
-    click.echo("\n".join(plan_lines(parsed)))
+    click.secho("Spec validation: PASSED", fg="green", bold=True)
+    click.echo(f"File:       {path}")
+    for line in _summary(spec):
+        click.echo(line)

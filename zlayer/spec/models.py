@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     Tag,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -150,7 +151,13 @@ def _to_duration(v: Any) -> Any:
     raise ValueError(f"invalid type: {_describe(v)}, expected a duration string such as \"30s\"")
 
 
-Str = Annotated[str, BeforeValidator(_to_str)]
+_SCALAR_TEXT = {"type": ["string", "number", "boolean"]}  # YAML writes 8080 or true; ZLayer keeps the raw text
+_DURATION_SCHEMA = {
+    "type": "string",
+    "pattern": "^\\s*([0-9]+\\s*[A-Za-z\u00b5]+\\s*)+$",
+    "description": "humantime duration: 30s, 5m, 1h30m, 500ms",
+}
+Str = Annotated[str, BeforeValidator(_to_str), WithJsonSchema(_SCALAR_TEXT)]
 TStr = Annotated[str, BeforeValidator(_to_tag_str)]
 Bool = Annotated[bool, BeforeValidator(_to_bool)]
 U8 = _int_type(0, 255, "u8")
@@ -160,7 +167,12 @@ U64 = _int_type(0, 2**64 - 1, "u64")
 I32 = _int_type(-(2**31), 2**31 - 1, "i32")
 I64 = _int_type(-(2**63), 2**63 - 1, "i64")
 F64 = Annotated[float, BeforeValidator(_to_float)]
-Duration = Annotated[float, BeforeValidator(_to_duration), PlainSerializer(format_duration, return_type=str)]
+Duration = Annotated[
+    float,
+    BeforeValidator(_to_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(_DURATION_SCHEMA),
+]
 """A humantime duration held as seconds; serialised back as humantime text (``5m``)."""
 
 
@@ -192,7 +204,7 @@ SourcePolicy = _enum("local_first", "s3_first", "remote_only", "local_only")
 
 
 class ImageSpec(_Strict):
-    name: Annotated[str, BeforeValidator(_image_name)]
+    name: Annotated[str, BeforeValidator(_image_name), WithJsonSchema({"type": "string", "minLength": 1})]
     pull_policy: PullPolicy = "if_not_present"
     source_policy: SourcePolicy | None = None
 
@@ -321,7 +333,31 @@ def _network_mode(v: Any) -> Any:
     )
 
 
-NetworkMode = Annotated[str, BeforeValidator(_network_mode)]
+NetworkMode = Annotated[
+    str,
+    BeforeValidator(_network_mode),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": "^(default|host|none|bridge|bridge:.*|container:.+)$"},
+                {
+                    "type": "object",
+                    "properties": {
+                        "bridge": {"type": ["object", "null"], "properties": {"name": {"type": "string"}}},
+                        "container": {
+                            "type": "object",
+                            "properties": {"id": {"type": "string"}},
+                            "required": ["id"],
+                        },
+                    },
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    ),
+]
 
 
 # --- endpoints -----------------------------------------------------------------------------------------------------------
