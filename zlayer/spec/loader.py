@@ -306,7 +306,7 @@ def _pydantic_problems(doc: _Doc, data: dict[str, Any], exc: Any) -> None:
             name = str(loc[-1]) if t == "missing" else "type/mode"
             if t == "union_tag_not_found":
                 name = str((err.get("ctx") or {}).get("discriminator", "")).strip("'")
-                if name.startswith("_tag_of") or not name or "function" in name:
+                if not name.isidentifier():
                     name = _tag_name(kept)
                 path = (*path, name)
             doc.problems.append(Problem(doc.source, line, col, format_path(path), f"missing field `{name}`"))
