@@ -74,6 +74,8 @@ int l4_create(const l4_config_t *cfg, l4_listener_t **out, char *err, size_t err
         l->cfg.session_timeout = 60.0;
     if (l->cfg.connect_timeout <= 0)
         l->cfg.connect_timeout = 5.0;
+    if (l->cfg.handshake_timeout <= 0)
+        l->cfg.handshake_timeout = 10.0;
     l->port = cfg->port;
     pthread_mutex_init(&l->lock, NULL);
     l->table = calloc(1, sizeof(l4_table_t));

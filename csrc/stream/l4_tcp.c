@@ -44,7 +44,7 @@ struct l4_conn {
     l4_backend_t *backend;
     uint64_t tried;
     int attempts;
-    double deadline, last;
+    double deadline, last, created;
     int closed;
     l4_conn_t *prev, *next;
 };
@@ -363,6 +363,7 @@ void l4_tcp_accept(l4_worker_t *w)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         c->cfd = fd;
         c->bfd = -1;
+        c->created = l4_now();
         c->c2b.buf = b1;
         c->b2c.buf = b2;
         c->cref = (l4_ref_t){REF_CLIENT, c};
@@ -426,6 +427,8 @@ void l4_tcp_sweep(l4_worker_t *w, double now)
             connect_failed(w, c);
         else if (idle > 0 && now - c->last >= idle)
             conn_close(w, c);
+        else if (c->ssl && now - c->created >= w->l->cfg.handshake_timeout && !SSL_is_init_finished(c->ssl))
+            conn_close(w, c); /* a client holding a TLS listener's connection open without ever finishing */
     }
 }
 

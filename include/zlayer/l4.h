@@ -27,6 +27,7 @@ typedef struct {
     double session_timeout;   /* UDP: seconds a client session may stay idle */
     double connect_timeout;   /* TCP: seconds to connect to a backend before trying the next one */
     double idle_timeout;      /* TCP: close a connection idle this long; 0 = never */
+    double handshake_timeout; /* TCP with TLS: close a client that has not finished its handshake by then (10 s) */
 } l4_config_t;
 
 typedef struct {

@@ -23,6 +23,7 @@ cdef extern from "zlayer/l4.h" nogil:
         double session_timeout
         double connect_timeout
         double idle_timeout
+        double handshake_timeout
 
     ctypedef struct l4_stats_t:
         uint64_t connections_total, connections_active, bytes_in, bytes_out, bytes_spliced

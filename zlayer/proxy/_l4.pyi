@@ -52,6 +52,7 @@ class Listener:
         session_timeout: float = 60.0,
         connect_timeout: float = 5.0,
         idle_timeout: float = 0.0,
+        handshake_timeout: float = 10.0,
     ) -> None: ...
     @property
     def port(self) -> int: ...

@@ -24,7 +24,7 @@ cdef class Listener:
 
     def __cinit__(self, str protocol, str host, int port, *, int workers=1, int proxy_protocol=0,
                   str strategy="round_robin", long splice_threshold=65536, double session_timeout=60.0,
-                  double connect_timeout=5.0, double idle_timeout=0.0):
+                  double connect_timeout=5.0, double idle_timeout=0.0, double handshake_timeout=10.0):
         cdef l4_config_t cfg
         cdef char err[256]
         memset(&cfg, 0, sizeof(cfg))
@@ -45,6 +45,7 @@ cdef class Listener:
         cfg.session_timeout = session_timeout
         cfg.connect_timeout = connect_timeout
         cfg.idle_timeout = idle_timeout
+        cfg.handshake_timeout = handshake_timeout
         if l4_create(&cfg, &self._l, err, sizeof(err)) != 0:
             raise ProxyError(err.decode(errors="replace"), where=f"{protocol} {host}:{port}")
         self.protocol = protocol

@@ -168,3 +168,13 @@ def test_ipv6_client_gets_a_tcp6_proxy_header(proxy_l4_tcp_echo) -> None:
         assert got == f"PROXY TCP6 ::1 ::1 {me[1]} {lst.port}\r\nv6".encode()
     finally:
         lst.stop()
+
+
+def test_client_that_never_finishes_the_tls_handshake_is_closed(proxy_l4_tcp_echo, proxy_l4_listener, proxy_l4_cert):
+    echo = proxy_l4_tcp_echo()
+    lst = proxy_l4_listener("tcp", [("127.0.0.1", echo.port)], handshake_timeout=0.5)
+    lst.set_tls(*proxy_l4_cert)
+    with socket.create_connection(("127.0.0.1", lst.port), timeout=5) as c:
+        c.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then silence
+        assert c.recv(100) == b""  # closed by the proxy, well before the client's 5 s timeout
+    assert lst.stats()["tls_errors"] == 1
