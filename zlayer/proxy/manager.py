@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zlayer.errors import ProxyError
+from zlayer.errors import ProxyError, SpecError
 from zlayer.proxy import health as health_mod
 from zlayer.proxy.certs import CertificateInfo, CertStore
 from zlayer.proxy.l7 import BackendState, L7Plane, open_plane
@@ -50,6 +50,7 @@ class _Service:
     routes: list[RouteSpec]
     streams: list[StreamSpec]
     addresses: list[tuple[str, int]] = field(default_factory=list)
+    external: bool = False  # an `externals.<name>` block: backends carry their own ports
 
 
 class ProxyManager:
@@ -128,7 +129,9 @@ class ProxyManager:
         async with self._lock:
             self._check_conflicts(service_name, routes, streams)
             old = self._services.get(service_name)
-            svc = _Service(deployment, service_name, routes, streams, old.addresses if old else [])
+            svc = _Service(
+                deployment, service_name, routes, streams, old.addresses if old else [], old.external if old else False
+            )
             await self._apply_streams(svc, old)
             self._services[service_name] = svc
             self._apply_backends(svc)
@@ -241,6 +244,23 @@ class ProxyManager:
             for entry in self._streams.values():
                 if entry.spec.tls and entry.spec.host == cert.domain:
                     entry.listener.set_tls(cert.cert_file, cert.key_file)
+            self._apply_l7()
+
+    # ---- externals ----------------------------------------------------------------------------------------------
+
+    async def add_external(self, deployment: str, name: str, external_spec: Any) -> None:
+        """An ``externals.<name>`` block: its endpoints proxied to its fixed ``backends: ["ip:port", ...]``."""
+        raw = dict(external_spec)
+        where = f"externals.{name}.backends"
+        backends = [_parse_backend(b, f"{where}[{i}]") for i, b in enumerate(raw.get("backends") or [])]
+        if not backends:
+            raise SpecError("an external needs at least one backend", where=where)
+        await self.add_service(deployment, name, raw)
+        async with self._lock:
+            svc = self._services[name]
+            svc.external = True
+            svc.addresses = backends
+            self._apply_backends(svc)
             self._apply_l7()
 
     # ---- the agent's ProxyHook --------------------------------------------------------------------------------
@@ -393,7 +413,7 @@ class ProxyManager:
         return self.certs.ensure_self_signed(domain)
 
     def _targets(self, svc: _Service, target_port: int, ep: RouteSpec | StreamSpec) -> list[tuple[str, int]]:
-        single = len(svc.routes) + len(svc.streams) == 1
+        single = svc.external or len(svc.routes) + len(svc.streams) == 1
         out = []
         for host, port in svc.addresses:
             out.append((host, port if (single and port) else target_port))
@@ -437,6 +457,23 @@ class ProxyManager:
                     entry.listener.set_health(host, port, healthy)
         if any(r.key == group for r in svc.routes):
             self.l7.set_health(group, host, port, healthy)
+
+
+def _parse_backend(text: Any, where: str) -> tuple[str, int]:
+    """``ip:port`` or ``[ipv6]:port``."""
+    import ipaddress
+
+    value = str(text)
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not sep or not 1 <= number <= 65535:
+        raise SpecError(f"backend {value!r} is not ip:port", where=where)
+    return host, number
 
 
 def _same_listener(a: StreamSpec, b: StreamSpec) -> bool:

@@ -345,3 +345,31 @@ def test_listener_replacement_under_load_drops_no_connection(proxy_l4_tcp_echo, 
             await m.close()
 
     asyncio.run(main())
+
+
+def test_external_block_proxies_to_its_fixed_backends(proxy_l4_tcp_echo, tmp_path) -> None:
+    a, b = proxy_l4_tcp_echo(), proxy_l4_tcp_echo()
+    port = free_port()
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path)
+        try:
+            ext = {
+                "backends": [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"],
+                "endpoints": [
+                    {"name": "db", "protocol": "tcp", "port": port},
+                    {"name": "w", "protocol": "http", "port": free_port()},
+                ],
+            }
+            await m.add_external("demo", "legacy-db", ext)
+            for i in range(4):
+                assert await asyncio.to_thread(tcp_roundtrip, port, b"%d" % i) == b"%d" % i
+            assert (a.accepted, b.accepted) == (2, 2)
+            assert routes_response(m).routes[0].backends == [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+            with pytest.raises(SpecError) as err:
+                await m.add_external("demo", "bad", {"backends": ["db.local:5432"], "endpoints": []})
+            assert err.value.where == "externals.bad.backends[0]"
+        finally:
+            await m.close()
+
+    asyncio.run(main())
