@@ -33,7 +33,9 @@ def spec_candidates(directory: Path) -> list[Path]:
     return [Path(e.path) for e in entries if _is_candidate(e.name) and e.is_file()]
 
 
-def discover_spec_path(explicit: str | os.PathLike[str] | None = None, cwd: str | os.PathLike[str] | None = None) -> Path:
+def discover_spec_path(
+    explicit: str | os.PathLike[str] | None = None, cwd: str | os.PathLike[str] | None = None
+) -> Path:
     """The spec file to use: ``explicit`` if given, else the one found in ``cwd`` (default: the current directory)."""
     if explicit is not None:
         p = Path(explicit)

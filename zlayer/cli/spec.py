@@ -15,7 +15,12 @@ def spec() -> None:
 @spec.command("dump")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=True))
 @click.option(
-    "-f", "--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
     help="Output format.",
 )
 def dump(spec_path: str, fmt: str) -> None:

@@ -59,8 +59,7 @@ def _as_json(spec: Any, path: str) -> dict[str, Any]:
                 "rtype": svc.rtype,
                 "scale": svc.scale.model_dump(mode="json", exclude_none=True),
                 "endpoints": [
-                    {"name": e.name, "protocol": e.protocol, "port": e.port, "expose": e.expose}
-                    for e in svc.endpoints
+                    {"name": e.name, "protocol": e.protocol, "port": e.port, "expose": e.expose} for e in svc.endpoints
                 ],
                 "depends": [d.service for d in svc.depends],
             }

@@ -1,3 +1,4 @@
+# ruff: noqa: F401, F403, F405
 """The deployment spec (``*.zlayer.yml``): models, loading with positions, validation, dumping and JSON Schema.
 
 Everything is imported lazily so ``import zlayer.spec`` is cheap; the first use of a model or of
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from zlayer.spec.api import dump_spec, spec_json_schema, spec_to_dict
     from zlayer.spec.loader import Problem, load_spec, parse_spec, read_spec_text
-    from zlayer.spec.models import *  # noqa: F403
+    from zlayer.spec.models import *
     from zlayer.spec.scalars import format_duration, memory_to_bytes, parse_duration, parse_memory
 
 _WHERE = {

@@ -14,7 +14,7 @@ def spec_to_dict(spec: DeploymentSpec) -> dict[str, Any]:
     return data
 
 
-def dump_spec(spec: DeploymentSpec, format: str = "yaml") -> str:  # noqa: A002 - the CLI flag's name
+def dump_spec(spec: DeploymentSpec, format: str = "yaml") -> str:
     """Serialise ``spec`` as ``yaml`` or ``json``; loading the output gives an equal spec."""
     data = spec_to_dict(spec)
     if format == "json":

@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 """Load a spec with positions and report every problem at once, each as ``FILE:LINE:COL: path: message``.
 
 The YAML is composed with libyaml (``yaml.CSafeLoader``) so every node keeps its start mark; scalars are handed to
@@ -96,7 +97,7 @@ class _Doc:
                 kpath = (*path, key)
                 self.key_marks[kpath] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
                 if key in out:
-                    self.problem(kpath, f"duplicate entry with key \"{key}\"", key=True)
+                    self.problem(kpath, f'duplicate entry with key "{key}"', key=True)
                     continue
                 out[key] = self.convert(vnode, kpath)
             return out

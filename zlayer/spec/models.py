@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 """pydantic v2 models of ZLayer's deployment spec (``*.zlayer.yml``): every block, field, default and enum spelling.
 
 Field names, defaults and enum values follow ZLayer's ``crates/zlayer-types/src/spec/types.rs``. Unknown keys are
@@ -12,7 +13,7 @@ Cross-field rules (version, names, ranges, dependencies, cron, tunnels, wasm) li
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     AliasChoices,
@@ -39,7 +40,9 @@ class Plain(str):
 # --- scalar coercion with serde_yaml's rules -------------------------------------------------------------------------
 
 _INT = re.compile(r"^[-+]?(?:[0-9]+|0x[0-9a-fA-F]+|0o[0-7]+|0b[01]+)$")
-_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+_FLOAT = re.compile(
+    r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+)
 _TRUE = ("true", "True", "TRUE")
 _FALSE = ("false", "False", "FALSE")
 
@@ -148,7 +151,7 @@ def _to_duration(v: Any) -> Any:
             return parse_duration(v)
         except ValueError as e:
             raise ValueError(f"invalid duration '{v}': {e}") from None
-    raise ValueError(f"invalid type: {_describe(v)}, expected a duration string such as \"30s\"")
+    raise ValueError(f'invalid type: {_describe(v)}, expected a duration string such as "30s"')
 
 
 _SCALAR_TEXT = {"type": ["string", "number", "boolean"]}  # YAML writes 8080 or true; ZLayer keeps the raw text
@@ -160,12 +163,20 @@ _DURATION_SCHEMA = {
 Str = Annotated[str, BeforeValidator(_to_str), WithJsonSchema(_SCALAR_TEXT)]
 TStr = Annotated[str, BeforeValidator(_to_tag_str)]
 Bool = Annotated[bool, BeforeValidator(_to_bool)]
-U8 = _int_type(0, 255, "u8")
-U16 = _int_type(0, 65535, "u16")
-U32 = _int_type(0, 2**32 - 1, "u32")
-U64 = _int_type(0, 2**64 - 1, "u64")
-I32 = _int_type(-(2**31), 2**31 - 1, "i32")
-I64 = _int_type(-(2**63), 2**63 - 1, "i64")
+if TYPE_CHECKING:
+    U8: TypeAlias = int
+    U16: TypeAlias = int
+    U32: TypeAlias = int
+    U64: TypeAlias = int
+    I32: TypeAlias = int
+    I64: TypeAlias = int
+else:
+    U8 = _int_type(0, 255, "u8")
+    U16 = _int_type(0, 65535, "u16")
+    U32 = _int_type(0, 2**32 - 1, "u32")
+    U64 = _int_type(0, 2**64 - 1, "u64")
+    I32 = _int_type(-(2**31), 2**31 - 1, "i32")
+    I64 = _int_type(-(2**63), 2**63 - 1, "i64")
 F64 = Annotated[float, BeforeValidator(_to_float)]
 Duration = Annotated[
     float,
@@ -177,11 +188,11 @@ Duration = Annotated[
 
 
 def _enum(*values: str) -> Any:
-    return Annotated[Literal[values], BeforeValidator(_to_str)]  # type: ignore[valid-type]
+    return Annotated[Literal[values], BeforeValidator(_to_str)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
 class _Lenient(BaseModel):
@@ -199,8 +210,14 @@ def _image_name(v: Any) -> Any:
     return v
 
 
-PullPolicy = _enum("always", "newer", "if_not_present", "never")
-SourcePolicy = _enum("local_first", "s3_first", "remote_only", "local_only")
+if TYPE_CHECKING:
+    PullPolicy: TypeAlias = str
+else:
+    PullPolicy = _enum("always", "newer", "if_not_present", "never")
+if TYPE_CHECKING:
+    SourcePolicy: TypeAlias = str
+else:
+    SourcePolicy = _enum("local_first", "s3_first", "remote_only", "local_only")
 
 
 class ImageSpec(_Strict):
@@ -278,7 +295,7 @@ class OverlayConfig(_Strict):
 
 
 def _default_overlays() -> OverlayConfig:
-    return OverlayConfig(
+    return OverlayConfig(  # type: ignore[call-arg]
         service=OverlaySettings(enabled=True, encrypted=True, isolated=True),
         global_=OverlaySettings(enabled=True, encrypted=True, isolated=False),
     )
@@ -316,9 +333,7 @@ def _network_mode(v: Any) -> Any:
             if "id" not in body:
                 raise ValueError("missing field `id`")
             return f"container:{_to_str(body['id'])}"
-        raise ValueError(
-            f"unknown variant `{key}`, expected one of `default`, `host`, `none`, `bridge`, `container`"
-        )
+        raise ValueError(f"unknown variant `{key}`, expected one of `default`, `host`, `none`, `bridge`, `container`")
     s = _to_str(v)
     if s in ("default", "host", "none", "bridge"):
         return s
@@ -362,8 +377,14 @@ NetworkMode = Annotated[
 
 # --- endpoints -----------------------------------------------------------------------------------------------------------
 
-Protocol = _enum("http", "https", "tcp", "udp", "websocket")
-ExposeType = _enum("public", "internal")
+if TYPE_CHECKING:
+    Protocol: TypeAlias = str
+else:
+    Protocol = _enum("http", "https", "tcp", "udp", "websocket")
+if TYPE_CHECKING:
+    ExposeType: TypeAlias = str
+else:
+    ExposeType = _enum("public", "internal")
 
 
 class TcpConnectCheck(_Lenient):
@@ -387,7 +408,7 @@ def _tag_of(field: str) -> Any:
 
 
 StreamHealthCheck = Annotated[
-    Union[Annotated[TcpConnectCheck, Tag("tcp_connect")], Annotated[UdpProbeCheck, Tag("udp_probe")]],
+    Annotated[TcpConnectCheck, Tag("tcp_connect")] | Annotated[UdpProbeCheck, Tag("udp_probe")],
     Discriminator(_tag_of("type")),
 ]
 
@@ -459,11 +480,9 @@ class ManualScale(_Strict):
 
 
 ScaleSpec = Annotated[
-    Union[
-        Annotated[AdaptiveScale, Tag("adaptive")],
-        Annotated[FixedScale, Tag("fixed")],
-        Annotated[ManualScale, Tag("manual")],
-    ],
+    Annotated[AdaptiveScale, Tag("adaptive")]
+    | Annotated[FixedScale, Tag("fixed")]
+    | Annotated[ManualScale, Tag("manual")],
     Discriminator(_tag_of("mode")),
 ]
 
@@ -492,7 +511,7 @@ class CommandCheck(_Lenient):
 
 
 HealthCheck = Annotated[
-    Union[Annotated[TcpCheck, Tag("tcp")], Annotated[HttpCheck, Tag("http")], Annotated[CommandCheck, Tag("command")]],
+    Annotated[TcpCheck, Tag("tcp")] | Annotated[HttpCheck, Tag("http")] | Annotated[CommandCheck, Tag("command")],
     Discriminator(_tag_of("type")),
 ]
 
@@ -598,7 +617,10 @@ class DeviceSpec(_Strict):
     mknod: Bool = False
 
 
-StorageTier = _enum("local", "cached", "network")
+if TYPE_CHECKING:
+    StorageTier: TypeAlias = str
+else:
+    StorageTier = _enum("local", "cached", "network")
 
 
 class BindStorage(_Strict):
@@ -641,13 +663,11 @@ class S3Storage(_Strict):
 
 
 StorageSpec = Annotated[
-    Union[
-        Annotated[BindStorage, Tag("bind")],
-        Annotated[NamedStorage, Tag("named")],
-        Annotated[AnonymousStorage, Tag("anonymous")],
-        Annotated[TmpfsStorage, Tag("tmpfs")],
-        Annotated[S3Storage, Tag("s3")],
-    ],
+    Annotated[BindStorage, Tag("bind")]
+    | Annotated[NamedStorage, Tag("named")]
+    | Annotated[AnonymousStorage, Tag("anonymous")]
+    | Annotated[TmpfsStorage, Tag("tmpfs")]
+    | Annotated[S3Storage, Tag("s3")],
     Discriminator(_tag_of("type")),
 ]
 
@@ -680,7 +700,7 @@ def _affinity(v: Any) -> Any:
     return v
 
 
-GroupAffinity = Annotated[Union[Literal["spread", "pack"], AffinityPin], BeforeValidator(_affinity)]
+GroupAffinity = Annotated[Literal["spread", "pack"] | AffinityPin, BeforeValidator(_affinity)]
 
 
 class TargetPlatform(_Lenient):
@@ -788,18 +808,24 @@ def _env(v: Any) -> Any:
     return v
 
 
-ResourceType = _enum("service", "job", "cron")
-ServiceType = _enum(
-    "standard",
-    "wasm_http",
-    "wasm_plugin",
-    "wasm_transformer",
-    "wasm_authenticator",
-    "wasm_rate_limiter",
-    "wasm_middleware",
-    "wasm_router",
-    "job",
-)
+if TYPE_CHECKING:
+    ResourceType: TypeAlias = str
+else:
+    ResourceType = _enum("service", "job", "cron")
+if TYPE_CHECKING:
+    ServiceType: TypeAlias = str
+else:
+    ServiceType = _enum(
+        "standard",
+        "wasm_http",
+        "wasm_plugin",
+        "wasm_transformer",
+        "wasm_authenticator",
+        "wasm_rate_limiter",
+        "wasm_middleware",
+        "wasm_router",
+        "job",
+    )
 
 
 class ServiceSpec(_Strict):
@@ -823,7 +849,9 @@ class ServiceSpec(_Strict):
     storage: list[StorageSpec] = Field(default_factory=list)
     port_mappings: list[PortMapping] = Field(default_factory=list)
     capabilities: list[Str] = Field(
-        default_factory=list, validation_alias=AliasChoices("capabilities", "cap_add"), serialization_alias="capabilities"
+        default_factory=list,
+        validation_alias=AliasChoices("capabilities", "cap_add"),
+        serialization_alias="capabilities",
     )
     cap_drop: list[Str] = Field(default_factory=list)
     privileged: Bool = False

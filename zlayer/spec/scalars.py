@@ -62,8 +62,10 @@ def parse_duration_ns(text: str) -> int:
             raise ValueError(f"expected number at {pos}")
         unit = m.group(2)
         if unit not in _UNITS:
-            raise ValueError(f"unknown time unit {unit!r}, supported units: ns, us, ms, sec, min, hours, days, "
-                             "weeks, months, years (and few variations)")
+            raise ValueError(
+                f"unknown time unit {unit!r}, supported units: ns, us, ms, sec, min, hours, days, "
+                "weeks, months, years (and few variations)"
+            )
         total += int(m.group(1)) * _UNITS[unit]
         pos = m.end()
     if total >= 2**64 * _NS:
@@ -132,8 +134,10 @@ def memory_to_bytes(text: str) -> int:
 
 # --- cron (Rust `cron` crate: sec min hour dom month dow [year]) ---------------------------------------------------
 
-_MONTHS = {m: i + 1 for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())}
-_DAYS = {d: i + 1 for i, d in enumerate("SUN MON TUE WED THU FRI SAT".split())}
+_MONTHS = {
+    m: i + 1 for i, m in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"])
+}
+_DAYS = {d: i + 1 for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
 _CRON_FIELDS = (
     ("seconds", 0, 59, None),
     ("minutes", 0, 59, None),
@@ -165,8 +169,24 @@ def _cron_value(tok: str, name: str, lo: int, hi: int, names: dict[str, int] | N
 
 
 _FULL_NAMES = {
-    "JANUARY", "FEBRUARY", "MARCH", "APRIL", "JUNE", "JULY", "AUGUST", "SEPTEMBER", "OCTOBER", "NOVEMBER",
-    "DECEMBER", "SUNDAY", "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY",
+    "JANUARY",
+    "FEBRUARY",
+    "MARCH",
+    "APRIL",
+    "JUNE",
+    "JULY",
+    "AUGUST",
+    "SEPTEMBER",
+    "OCTOBER",
+    "NOVEMBER",
+    "DECEMBER",
+    "SUNDAY",
+    "MONDAY",
+    "TUESDAY",
+    "WEDNESDAY",
+    "THURSDAY",
+    "FRIDAY",
+    "SATURDAY",
 }
 
 
@@ -179,9 +199,8 @@ def _cron_field(text: str, name: str, lo: int, hi: int, names: dict[str, int] | 
         if not part:
             raise ValueError(f"empty item in {name} field '{text}'")
         base, slash, step = part.partition("/")
-        if slash:
-            if not step.isdigit() or int(step) == 0:
-                raise ValueError(f"invalid step '{step}' in {name} field")
+        if slash and (not step.isdigit() or int(step) == 0):
+            raise ValueError(f"invalid step '{step}' in {name} field")
         if base in ("*", "?"):
             continue
         a, dash, b = base.partition("-")
@@ -234,5 +253,9 @@ def parse_image_ref(text: str) -> dict[str, str | None]:
         if _COMPONENT_RE.match(first) is None:
             raise ValueError(f"invalid image reference '{text}': repository name must be lowercase")
         domain = None
-    return {"registry": domain, "repository": name if domain is None else name[len(domain) + 1 :],
-            "tag": m.group("tag"), "digest": m.group("digest")}
+    return {
+        "registry": domain,
+        "repository": name if domain is None else name[len(domain) + 1 :],
+        "tag": m.group("tag"),
+        "digest": m.group("digest"),
+    }

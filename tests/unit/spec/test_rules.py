@@ -27,89 +27,327 @@ CASES = [
     ("missing-version", HEAD.replace("version: v1\n", ""), "version", "missing field `version`", 1, 1),
     ("top-unknown", HEAD + "volumes: {}\n", "volumes", "unknown field `volumes`", 7, 1),
     ("svc-typo", svc("endpoint: []"), "services.web.endpoint", "did you mean 'endpoints'?", 7, 5),
-    ("image-string", HEAD.replace("    image:\n      name: nginx:latest\n", "    image: nginx\n"),
-     "services.web.image", "expected a mapping", 5, 12),
-    ("image-ref", HEAD.replace("nginx:latest", "Nginx:latest"), "services.web.image.name", "invalid image reference", 6, 13),
-    ("image-missing", HEAD.replace("    image:\n      name: nginx:latest\n", "    rtype: job\n"),
-     "services.web.image", "missing field `image`", 5, 5),
-    ("pull-policy", svc("") .replace("nginx:latest\n", "nginx:latest\n      pull_policy: sometimes\n"),
-     "services.web.image.pull_policy", "unknown variant `sometimes`", 7, 20),
+    (
+        "image-string",
+        HEAD.replace("    image:\n      name: nginx:latest\n", "    image: nginx\n"),
+        "services.web.image",
+        "expected a mapping",
+        5,
+        12,
+    ),
+    (
+        "image-ref",
+        HEAD.replace("nginx:latest", "Nginx:latest"),
+        "services.web.image.name",
+        "invalid image reference",
+        6,
+        13,
+    ),
+    (
+        "image-missing",
+        HEAD.replace("    image:\n      name: nginx:latest\n", "    rtype: job\n"),
+        "services.web.image",
+        "missing field `image`",
+        5,
+        5,
+    ),
+    (
+        "pull-policy",
+        svc("").replace("nginx:latest\n", "nginx:latest\n      pull_policy: sometimes\n"),
+        "services.web.image.pull_policy",
+        "unknown variant `sometimes`",
+        7,
+        20,
+    ),
     ("cpu", svc("resources: {cpu: 0}"), "services.web.resources.cpu", "CPU limit must be > 0, found 0", 7, 22),
-    ("memory-suffix", svc("resources: {memory: 512}"), "services.web.resources.memory",
-     "invalid memory format: '512' (use Ki, Mi, Gi, or Ti suffix)", 7, 25),
-    ("memory-number", svc("resources: {memory: 0Mi}"), "services.web.resources.memory", "invalid memory format: '0Mi'", 7, 25),
-    ("port-zero", svc("endpoints:\n  - {name: http, protocol: http, port: 0}"), "services.web.endpoints[0].port",
-     "port must be between 1-65535", 8, 44),
-    ("port-range", svc("endpoints:\n  - {name: http, protocol: http, port: 70000}"), "services.web.endpoints[0].port",
-     "expected u16", 8, 44),
-    ("endpoint-name", svc("endpoints:\n  - {name: '', protocol: http, port: 80}"), "services.web.endpoints[0].name",
-     "endpoint name cannot be empty", 8, 16),
-    ("protocol", svc("endpoints:\n  - {name: a, protocol: ftp, port: 80}"), "services.web.endpoints[0].protocol",
-     "unknown variant `ftp`", 8, 29),
-    ("dup-endpoint", svc("endpoints:\n  - {name: a, protocol: http, port: 80}\n  - {name: a, protocol: tcp, port: 81}"),
-     "services.web.endpoints[1].name", "duplicate endpoint 'a'", 9, 16),
-    ("scale-range", svc("scale: {mode: adaptive, min: 5, max: 3}"), "services.web.scale.min",
-     "scale min (5) cannot be greater than max (3)", 7, 34),
+    (
+        "memory-suffix",
+        svc("resources: {memory: 512}"),
+        "services.web.resources.memory",
+        "invalid memory format: '512' (use Ki, Mi, Gi, or Ti suffix)",
+        7,
+        25,
+    ),
+    (
+        "memory-number",
+        svc("resources: {memory: 0Mi}"),
+        "services.web.resources.memory",
+        "invalid memory format: '0Mi'",
+        7,
+        25,
+    ),
+    (
+        "port-zero",
+        svc("endpoints:\n  - {name: http, protocol: http, port: 0}"),
+        "services.web.endpoints[0].port",
+        "port must be between 1-65535",
+        8,
+        44,
+    ),
+    (
+        "port-range",
+        svc("endpoints:\n  - {name: http, protocol: http, port: 70000}"),
+        "services.web.endpoints[0].port",
+        "expected u16",
+        8,
+        44,
+    ),
+    (
+        "endpoint-name",
+        svc("endpoints:\n  - {name: '', protocol: http, port: 80}"),
+        "services.web.endpoints[0].name",
+        "endpoint name cannot be empty",
+        8,
+        16,
+    ),
+    (
+        "protocol",
+        svc("endpoints:\n  - {name: a, protocol: ftp, port: 80}"),
+        "services.web.endpoints[0].protocol",
+        "unknown variant `ftp`",
+        8,
+        29,
+    ),
+    (
+        "dup-endpoint",
+        svc("endpoints:\n  - {name: a, protocol: http, port: 80}\n  - {name: a, protocol: tcp, port: 81}"),
+        "services.web.endpoints[1].name",
+        "duplicate endpoint 'a'",
+        9,
+        16,
+    ),
+    (
+        "scale-range",
+        svc("scale: {mode: adaptive, min: 5, max: 3}"),
+        "services.web.scale.min",
+        "scale min (5) cannot be greater than max (3)",
+        7,
+        34,
+    ),
     ("scale-mode", svc("scale: {mode: elastic}"), "services.web.scale.mode", "unknown variant `elastic`", 7, 19),
     ("scale-no-mode", svc("scale: {replicas: 2}"), "services.web.scale.mode", "missing field `mode`", 7, 12),
-    ("scale-extra", svc("scale: {mode: fixed, replicas: 2, min: 1}"), "services.web.scale.min", "unknown field `min`", 7, 39),
-    ("role", svc("replica_groups:\n  - {role: Primary, count: 1}"), "services.web.replica_groups[0].role",
-     "role 'Primary'", 8, 16),
-    ("count", svc("replica_groups:\n  - {role: primary, count: 0}"), "services.web.replica_groups[0].count",
-     "count must be at least 1", 8, 32),
-    ("depends", svc("depends:\n  - service: db"), "services.web.depends[0].service",
-     "dependency references unknown service 'db'", 8, 18),
-    ("depends-timeout", svc("depends:\n  - {service: web, timeout: 30}"), "services.web.depends[0].timeout",
-     "time unit needed", 8, 33),
-    ("cron-5", svc("rtype: cron\nschedule: '0 3 * * *'"), "services.web.schedule", "invalid cron schedule '0 3 * * *'", 8, 15),
+    (
+        "scale-extra",
+        svc("scale: {mode: fixed, replicas: 2, min: 1}"),
+        "services.web.scale.min",
+        "unknown field `min`",
+        7,
+        39,
+    ),
+    (
+        "role",
+        svc("replica_groups:\n  - {role: Primary, count: 1}"),
+        "services.web.replica_groups[0].role",
+        "role 'Primary'",
+        8,
+        16,
+    ),
+    (
+        "count",
+        svc("replica_groups:\n  - {role: primary, count: 0}"),
+        "services.web.replica_groups[0].count",
+        "count must be at least 1",
+        8,
+        32,
+    ),
+    (
+        "depends",
+        svc("depends:\n  - service: db"),
+        "services.web.depends[0].service",
+        "dependency references unknown service 'db'",
+        8,
+        18,
+    ),
+    (
+        "depends-timeout",
+        svc("depends:\n  - {service: web, timeout: 30}"),
+        "services.web.depends[0].timeout",
+        "time unit needed",
+        8,
+        33,
+    ),
+    (
+        "cron-5",
+        svc("rtype: cron\nschedule: '0 3 * * *'"),
+        "services.web.schedule",
+        "invalid cron schedule '0 3 * * *'",
+        8,
+        15,
+    ),
     ("cron-no-sched", svc("rtype: cron"), "services.web.rtype", "rtype: cron requires a schedule field", 7, 12),
-    ("sched-not-cron", svc("schedule: '0 0 * * * *'"), "services.web.schedule",
-     "schedule field is only valid for rtype: cron", 7, 15),
-    ("tunnel-port", HEAD + "tunnels:\n  t:\n    {from: a, to: b, local_port: 0, remote_port: 80}\n",
-     "tunnels.t.local_port", "invalid tunnel local_port port: 0", 9, 34),
-    ("tunnel-proto", HEAD + "tunnels:\n  t: {from: a, to: b, local_port: 1, remote_port: 2, protocol: sctp}\n",
-     "tunnels.t.protocol", "unknown variant `sctp`", 8, 64),
-    ("tunnel-ttl", svc("endpoints:\n  - name: a\n    protocol: http\n    port: 80\n    tunnel: {access: {max_ttl: '30'}}"),
-     "services.web.endpoints[0].tunnel.access.max_ttl", "invalid tunnel max_ttl '30'", 11, 36),
+    (
+        "sched-not-cron",
+        svc("schedule: '0 0 * * * *'"),
+        "services.web.schedule",
+        "schedule field is only valid for rtype: cron",
+        7,
+        15,
+    ),
+    (
+        "tunnel-port",
+        HEAD + "tunnels:\n  t:\n    {from: a, to: b, local_port: 0, remote_port: 80}\n",
+        "tunnels.t.local_port",
+        "invalid tunnel local_port port: 0",
+        9,
+        34,
+    ),
+    (
+        "tunnel-proto",
+        HEAD + "tunnels:\n  t: {from: a, to: b, local_port: 1, remote_port: 2, protocol: sctp}\n",
+        "tunnels.t.protocol",
+        "unknown variant `sctp`",
+        8,
+        64,
+    ),
+    (
+        "tunnel-ttl",
+        svc("endpoints:\n  - name: a\n    protocol: http\n    port: 80\n    tunnel: {access: {max_ttl: '30'}}"),
+        "services.web.endpoints[0].tunnel.access.max_ttl",
+        "invalid tunnel max_ttl '30'",
+        11,
+        36,
+    ),
     ("wasm-nonwasm", svc("wasm: {}"), "services.web.wasm", "service_type is not a WASM type", 7, 11),
-    ("wasm-memory", svc("service_type: wasm_http\nwasm: {max_memory: 64MB}"), "services.web.wasm.max_memory",
-     "invalid memory format: '64MB'", 8, 24),
-    ("wasm-instances", svc("service_type: wasm_http\nwasm: {min_instances: 5, max_instances: 2}"),
-     "services.web.wasm.min_instances", "wasm min_instances (5) > max_instances (2)", 8, 27),
-    ("wasm-cap", svc("service_type: wasm_http\nwasm:\n  capabilities: {metrics: false, sockets: true}"),
-     "services.web.wasm.capabilities.sockets",
-     "capability 'sockets' is not available for WASM service type 'WasmHttp'", 9, 47),
-    ("wasm-http-ep", svc("service_type: wasm_http\nwasm: {}\nendpoints:\n  - {name: a, protocol: tcp, port: 9}"),
-     "services.web.endpoints", "wasm_http service type should have at least one HTTP endpoint", 10, 7),
-    ("wasm-preopen", svc("service_type: wasm_plugin\nwasm:\n  preopens: [{source: '', target: /d}]"),
-     "services.web.wasm.preopens[0].source", "wasm preopen[0].source cannot be empty", 9, 27),
-    ("externals", HEAD + "externals:\n  legacy:\n    backends: []\n", "externals.legacy.backends",
-     "at least one backend address is required", 9, 15),
+    (
+        "wasm-memory",
+        svc("service_type: wasm_http\nwasm: {max_memory: 64MB}"),
+        "services.web.wasm.max_memory",
+        "invalid memory format: '64MB'",
+        8,
+        24,
+    ),
+    (
+        "wasm-instances",
+        svc("service_type: wasm_http\nwasm: {min_instances: 5, max_instances: 2}"),
+        "services.web.wasm.min_instances",
+        "wasm min_instances (5) > max_instances (2)",
+        8,
+        27,
+    ),
+    (
+        "wasm-cap",
+        svc("service_type: wasm_http\nwasm:\n  capabilities: {metrics: false, sockets: true}"),
+        "services.web.wasm.capabilities.sockets",
+        "capability 'sockets' is not available for WASM service type 'WasmHttp'",
+        9,
+        47,
+    ),
+    (
+        "wasm-http-ep",
+        svc("service_type: wasm_http\nwasm: {}\nendpoints:\n  - {name: a, protocol: tcp, port: 9}"),
+        "services.web.endpoints",
+        "wasm_http service type should have at least one HTTP endpoint",
+        10,
+        7,
+    ),
+    (
+        "wasm-preopen",
+        svc("service_type: wasm_plugin\nwasm:\n  preopens: [{source: '', target: /d}]"),
+        "services.web.wasm.preopens[0].source",
+        "wasm preopen[0].source cannot be empty",
+        9,
+        27,
+    ),
+    (
+        "externals",
+        HEAD + "externals:\n  legacy:\n    backends: []\n",
+        "externals.legacy.backends",
+        "at least one backend address is required",
+        9,
+        15,
+    ),
     ("bool-yes", svc("privileged: yes"), "services.web.privileged", "expected a boolean", 7, 17),
-    ("storage-int", svc("storage:\n  - {type: named, name: data, target: /d, size: 10}"), "services.web.storage[0].size",
-     "invalid type: integer `10`, expected a string", 8, 53),
-    ("storage-readonly", svc("storage:\n  - {type: bind, source: /a, target: /b, read_only: true}"),
-     "services.web.storage[0].read_only", "did you mean 'readonly'?", 8, 46),
-    ("storage-type", svc("storage:\n  - {type: nfs, target: /b}"), "services.web.storage[0].type", "unknown variant `nfs`", 8, 16),
-    ("health-exec", svc("health:\n  check: {type: exec, command: x}"), "services.web.health.check.type",
-     "unknown variant `exec`", 8, 21),
+    (
+        "storage-int",
+        svc("storage:\n  - {type: named, name: data, target: /d, size: 10}"),
+        "services.web.storage[0].size",
+        "invalid type: integer `10`, expected a string",
+        8,
+        53,
+    ),
+    (
+        "storage-readonly",
+        svc("storage:\n  - {type: bind, source: /a, target: /b, read_only: true}"),
+        "services.web.storage[0].read_only",
+        "did you mean 'readonly'?",
+        8,
+        46,
+    ),
+    (
+        "storage-type",
+        svc("storage:\n  - {type: nfs, target: /b}"),
+        "services.web.storage[0].type",
+        "unknown variant `nfs`",
+        8,
+        16,
+    ),
+    (
+        "health-exec",
+        svc("health:\n  check: {type: exec, command: x}"),
+        "services.web.health.check.type",
+        "unknown variant `exec`",
+        8,
+        21,
+    ),
     ("health-no-check", svc("health: {retries: 2}"), "services.web.health.check", "missing field `check`", 7, 13),
-    ("health-dur", svc("health:\n  interval: 1.5h\n  check: {type: tcp, port: 80}"), "services.web.health.interval",
-     "invalid duration '1.5h'", 8, 17),
-    ("network-mode", svc("network_mode: overlay"), "services.web.network_mode", "unknown network mode 'overlay'", 7, 19),
-    ("network-mode-container", svc("network_mode: 'container:'"), "services.web.network_mode", "requires a container id", 7, 19),
-    ("platform-os", svc("platform: {os: darwin, arch: arm64}"), "services.web.platform.os", "unknown variant `darwin`", 7, 20),
-    ("restart-kind", svc("restart_policy: {kind: on-failure}"), "services.web.restart_policy.kind",
-     "unknown variant `on-failure`", 7, 28),
+    (
+        "health-dur",
+        svc("health:\n  interval: 1.5h\n  check: {type: tcp, port: 80}"),
+        "services.web.health.interval",
+        "invalid duration '1.5h'",
+        8,
+        17,
+    ),
+    (
+        "network-mode",
+        svc("network_mode: overlay"),
+        "services.web.network_mode",
+        "unknown network mode 'overlay'",
+        7,
+        19,
+    ),
+    (
+        "network-mode-container",
+        svc("network_mode: 'container:'"),
+        "services.web.network_mode",
+        "requires a container id",
+        7,
+        19,
+    ),
+    (
+        "platform-os",
+        svc("platform: {os: darwin, arch: arm64}"),
+        "services.web.platform.os",
+        "unknown variant `darwin`",
+        7,
+        20,
+    ),
+    (
+        "restart-kind",
+        svc("restart_policy: {kind: on-failure}"),
+        "services.web.restart_policy.kind",
+        "unknown variant `on-failure`",
+        7,
+        28,
+    ),
     ("node-mode", svc("node_mode: spread"), "services.web.node_mode", "unknown variant `spread`", 7, 16),
     ("command-list", svc("command: [sh, -c, x]"), "services.web.command", "expected a mapping", 7, 14),
-    ("ulimit-unknown", svc("ulimits:\n  nofile: {soft: 1, max: 2}"), "services.web.ulimits.nofile.max", "unknown field `max`", 8, 25),
+    (
+        "ulimit-unknown",
+        svc("ulimits:\n  nofile: {soft: 1, max: 2}"),
+        "services.web.ulimits.nofile.max",
+        "unknown field `max`",
+        8,
+        25,
+    ),
     ("env-map-value", svc("env:\n  A: [1, 2]"), "services.web.env.A", "expected a string", 8, 10),
     ("dup-key", svc("rtype: job\nrtype: service"), "services.web.rtype", "duplicate entry", 8, 5),
 ]
 
 
-@pytest.mark.parametrize(("yaml_text", "path", "fragment", "line", "col"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("yaml_text", "path", "fragment", "line", "col"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_rule(yaml_text: str, path: str, fragment: str, line: int, col: int) -> None:
     with pytest.raises(SpecError) as info:
         parse_spec(yaml_text, "t.zlayer.yml")
@@ -143,7 +381,10 @@ def test_all_problems_reported_at_once() -> None:
     body = info.value.to_json()
     assert body["code"] == "invalid_spec" and len(body["problems"]) == 6
     assert body["problems"][0] == {
-        "file": "multi.zlayer.yml", "line": 1, "col": 10, "path": "version",
+        "file": "multi.zlayer.yml",
+        "line": 1,
+        "col": 10,
+        "path": "version",
         "message": "version must be 'v1', found 'v9'",
     }
 
@@ -215,7 +456,9 @@ def test_network_mode_forms() -> None:
 
 
 def test_default_traps() -> None:
-    s = parse_spec(svc("network: {overlays: {}}\nhealth: {check: {type: tcp, port: 0}}\nscale: {mode: adaptive, min: 1, max: 2}"))
+    s = parse_spec(
+        svc("network: {overlays: {}}\nhealth: {check: {type: tcp, port: 0}}\nscale: {mode: adaptive, min: 1, max: 2}")
+    )
     web = s.services["web"]
     assert not web.network.overlays.service.enabled and not web.network.overlays.global_.enabled
     assert web.health.start_grace is None
@@ -226,8 +469,10 @@ def test_default_traps() -> None:
 
 def test_lenient_blocks_ignore_unknown_keys() -> None:
     spec = parse_spec(
-        svc("platform: {os: linux, arch: amd64, osVersion: '10', extra: 1}\nlogs: {foo: bar}\n"
-            "port_mappings: [{container_port: 80, zzz: 1}]\noverlay: {mode: shared, x: 1}")
+        svc(
+            "platform: {os: linux, arch: amd64, osVersion: '10', extra: 1}\nlogs: {foo: bar}\n"
+            "port_mappings: [{container_port: 80, zzz: 1}]\noverlay: {mode: shared, x: 1}"
+        )
         + "api: {enabled: false, whatever: 1}\n"
     )
     web = spec.services["web"]
@@ -236,7 +481,11 @@ def test_lenient_blocks_ignore_unknown_keys() -> None:
 
 
 def test_ulimit_fill_rules() -> None:
-    u = parse_spec(svc("ulimits:\n  a: {soft: 5}\n  b: {hard: 7}\n  c: {}\n  d: {soft: 1, hard: 0}")).services["web"].ulimits
+    u = (
+        parse_spec(svc("ulimits:\n  a: {soft: 5}\n  b: {hard: 7}\n  c: {}\n  d: {soft: 1, hard: 0}"))
+        .services["web"]
+        .ulimits
+    )
     assert (u["a"].soft, u["a"].hard, u["b"].soft, u["c"].hard, u["d"].hard) == (5, 5, 7, 0, 0)
 
 
@@ -263,8 +512,15 @@ def test_memory() -> None:
 
 
 def test_cron() -> None:
-    for ok in ["0 0 0 * * * *", "0 */5 * * * * *", "0 0 12 * * MON-FRI *", "0 30 2 1 * * *", "*/10 * * * * * *",
-               "0 0 3 * * *", "0 0 0 1 JAN-MAR ? 2030"]:
+    for ok in [
+        "0 0 0 * * * *",
+        "0 */5 * * * * *",
+        "0 0 12 * * MON-FRI *",
+        "0 30 2 1 * * *",
+        "*/10 * * * * * *",
+        "0 0 3 * * *",
+        "0 0 0 1 JAN-MAR ? 2030",
+    ]:
         parse_cron(ok)
     for bad in ["", "not a cron", "0 0 * * *", "60 0 0 * * * *", "0 0 25 * * *", "0 0 0 * * FOO"]:
         with pytest.raises(ValueError):
@@ -272,8 +528,14 @@ def test_cron() -> None:
 
 
 def test_image_refs() -> None:
-    for ok in ["nginx", "nginx:1.25", "docker.io/library/nginx:latest", "localhost:5000/a/b:c",
-               "ghcr.io/org/app@sha256:" + "a" * 64, "zlayer-demo/httpd:latest"]:
+    for ok in [
+        "nginx",
+        "nginx:1.25",
+        "docker.io/library/nginx:latest",
+        "localhost:5000/a/b:c",
+        "ghcr.io/org/app@sha256:" + "a" * 64,
+        "zlayer-demo/httpd:latest",
+    ]:
         parse_image_ref(ok)
     assert parse_image_ref("localhost:5000/a:b")["registry"] == "localhost:5000"
     for bad in ["", "Nginx", "nginx:", "a//b", "nginx:bad tag", "MyOrg/app"]:
