@@ -403,7 +403,7 @@ int l4_start(l4_listener_t *l, char *err, size_t errlen)
         w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (l->cfg.protocol == L4_UDP) {
             w->buckets = calloc(L4_UDP_BUCKETS, sizeof(l4_usess_t *));
-            w->udpbuf = malloc(65536);
+            w->udpbuf = malloc((size_t)L4_UDP_BATCH * 65536);
         }
         if (w->epfd < 0 || w->evfd < 0 || (l->cfg.protocol == L4_UDP && (!w->buckets || !w->udpbuf))) {
             snprintf(err, errlen, "worker set-up failed: %s", strerror(errno));

@@ -11,6 +11,7 @@
 
 #define L4_BUFSZ (16 * 1024)
 #define L4_UDP_BUCKETS 4096
+#define L4_UDP_BATCH 16 /* datagrams per recvmmsg/sendmmsg; the worker's buffer holds this many 64 KiB slots */
 
 enum { REF_LISTEN = 1, REF_EVENT, REF_CLIENT, REF_BACKEND, REF_UDP_SESSION };
 

@@ -100,6 +100,10 @@ static l4_usess_t *sess_open(l4_worker_t *w, const struct sockaddr_storage *clie
         l4_table_put(t);
         return NULL;
     }
+    /* Replies can arrive in bursts faster than one epoll round drains them; the default buffer (~200 KiB, a few
+     * hundred small datagrams) drops them. The limit costs nothing until used. */
+    int sz = 2 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
     s->ref = (l4_ref_t){REF_UDP_SESSION, s};
     s->fd = fd;
     s->client = *client;
@@ -122,44 +126,92 @@ static l4_usess_t *sess_open(l4_worker_t *w, const struct sockaddr_storage *clie
     return s;
 }
 
+/* Datagrams move in batches of L4_UDP_BATCH with recvmmsg/sendmmsg: one system call per batch, not per packet. */
+typedef struct {
+    struct mmsghdr m[L4_UDP_BATCH];
+    struct iovec iov[L4_UDP_BATCH];
+    struct sockaddr_storage addr[L4_UDP_BATCH];
+} l4_batch_t;
+
+static void batch_init(l4_worker_t *w, l4_batch_t *b, int with_addr)
+{
+    memset(b->m, 0, sizeof(b->m));
+    for (int i = 0; i < L4_UDP_BATCH; i++) {
+        b->iov[i].iov_base = w->udpbuf + (size_t)i * 65536;
+        b->iov[i].iov_len = 65536;
+        b->m[i].msg_hdr.msg_iov = &b->iov[i];
+        b->m[i].msg_hdr.msg_iovlen = 1;
+        if (with_addr) {
+            b->m[i].msg_hdr.msg_name = &b->addr[i];
+            b->m[i].msg_hdr.msg_namelen = sizeof(b->addr[i]);
+        }
+    }
+}
+
 void l4_udp_listen_event(l4_worker_t *w)
 {
     l4_listener_t *l = w->l;
     double now = l4_now();
-    for (int k = 0; k < 64; k++) {
-        struct sockaddr_storage from, key;
-        socklen_t fl = sizeof(from);
-        ssize_t n = recvfrom(w->lfd, w->udpbuf, 65536, 0, (struct sockaddr *)&from, &fl);
-        if (n < 0)
+    l4_batch_t b;
+    for (int round = 0; round < 4; round++) {
+        batch_init(w, &b, 1);
+        int got = recvmmsg(w->lfd, b.m, L4_UDP_BATCH, MSG_DONTWAIT, NULL);
+        if (got <= 0)
             return;
-        atomic_fetch_add(&l->st.udp_datagrams_in, 1);
-        atomic_fetch_add(&l->st.bytes_in, (uint64_t)n);
-        key_of(&from, &key);
-        unsigned h = addr_hash(&key, fl);
-        l4_usess_t *s = w->buckets[h];
-        while (s && !addr_eq(&s->client, s->clen, &from, fl))
-            s = s->hnext;
-        if (!s && !(s = sess_open(w, &from, fl, h)))
-            continue;
-        s->last = now;
-        if (send(s->fd, w->udpbuf, (size_t)n, 0) >= 0)
-            atomic_fetch_add(&s->backend->bytes_out, (uint64_t)n);
+        for (int i = 0; i < got; i++) {
+            struct sockaddr_storage *from = &b.addr[i], key;
+            socklen_t fl = b.m[i].msg_hdr.msg_namelen;
+            size_t n = b.m[i].msg_len;
+            atomic_fetch_add(&l->st.udp_datagrams_in, 1);
+            atomic_fetch_add(&l->st.bytes_in, (uint64_t)n);
+            key_of(from, &key);
+            unsigned h = addr_hash(&key, fl);
+            l4_usess_t *s = w->buckets[h];
+            while (s && !addr_eq(&s->client, s->clen, from, fl))
+                s = s->hnext;
+            if (!s && !(s = sess_open(w, from, fl, h)))
+                continue;
+            s->last = now;
+            if (send(s->fd, b.iov[i].iov_base, n, 0) >= 0)
+                atomic_fetch_add(&s->backend->bytes_out, (uint64_t)n);
+        }
+        if (got < L4_UDP_BATCH)
+            return;
     }
 }
 
 void l4_udp_session_event(l4_worker_t *w, l4_usess_t *s)
 {
     l4_listener_t *l = w->l;
-    for (int k = 0; k < 64; k++) {
-        ssize_t n = recv(s->fd, w->udpbuf, 65536, 0);
-        if (n < 0)
-            return; /* EAGAIN, or ECONNREFUSED from an ICMP error: the session stays until it times out */
+    l4_batch_t b;
+    for (int round = 0; round < 4; round++) {
+        batch_init(w, &b, 0);
+        /* EAGAIN, or ECONNREFUSED from an ICMP error: the session stays until it times out */
+        int got = recvmmsg(s->fd, b.m, L4_UDP_BATCH, MSG_DONTWAIT, NULL);
+        if (got <= 0)
+            return;
         s->last = l4_now();
-        atomic_fetch_add(&s->backend->bytes_in, (uint64_t)n);
-        if (sendto(w->lfd, w->udpbuf, (size_t)n, 0, (struct sockaddr *)&s->client, s->clen) >= 0) {
-            atomic_fetch_add(&l->st.udp_datagrams_out, 1);
-            atomic_fetch_add(&l->st.bytes_out, (uint64_t)n);
+        uint64_t bytes = 0;
+        for (int i = 0; i < got; i++) {
+            b.iov[i].iov_len = b.m[i].msg_len; /* send back exactly what came */
+            b.m[i].msg_hdr.msg_name = &s->client;
+            b.m[i].msg_hdr.msg_namelen = s->clen;
+            bytes += b.m[i].msg_len;
         }
+        atomic_fetch_add(&s->backend->bytes_in, bytes);
+        int sent = 0;
+        while (sent < got) {
+            int r = sendmmsg(w->lfd, b.m + sent, (unsigned)(got - sent), MSG_DONTWAIT);
+            if (r <= 0)
+                break; /* the client's socket buffer is full: UDP may drop, as a router would */
+            for (int i = sent; i < sent + r; i++) {
+                atomic_fetch_add(&l->st.udp_datagrams_out, 1);
+                atomic_fetch_add(&l->st.bytes_out, (uint64_t)b.m[i].msg_len);
+            }
+            sent += r;
+        }
+        if (got < L4_UDP_BATCH)
+            return;
     }
 }
 

@@ -259,3 +259,18 @@ def test_drain_refuses_new_connections_and_lets_open_ones_finish(proxy_l4_tcp_ec
         assert c.recv(10) == b"during"
     drainer.join(timeout=10)
     assert not drainer.is_alive() and time.monotonic() - started < 5  # returned once the last connection ended
+
+
+def test_udp_burst_is_relayed_whole(proxy_l4_udp_echo, proxy_l4_listener) -> None:
+    echo = proxy_l4_udp_echo()
+    echo.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    lst = proxy_l4_listener("udp", [("127.0.0.1", echo.port)])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        c.settimeout(3)
+        for i in range(2000):  # far more than one recvmmsg batch or a default socket buffer holds
+            c.sendto(b"%d" % i, ("127.0.0.1", lst.port))
+        got = set()
+        while len(got) < 2000:
+            got.add(c.recv(100))
+    assert got == {b"echo:%d" % i for i in range(2000)}
