@@ -210,3 +210,22 @@ def test_health_start_grace_trap() -> None:
     assert parse_spec(HEAD).services["web"].health.start_grace == 5.0
     given = parse_spec(svc("health:\n  check:\n    type: tcp\n    port: 80")).services["web"].health
     assert given.start_grace is None and given.retries == 3
+
+
+# serde_yaml 0.9.34 (ZLayer's Cargo.lock): a String field takes any scalar's raw text, `~` and `null` included, and
+# an empty plain value where a map, struct or sequence is expected is an empty one (de.rs deserialize_str /
+# deserialize_map / deserialize_seq); Option fields take `~`, `null` and empty as None.
+def test_null_and_empty_scalars_follow_serde_yaml() -> None:
+    spec = parse_spec("version: v1\ndeployment: demo\nservices:\n", source="t")
+    assert spec.services == {}
+    web = parse_spec(HEAD + "    env:\n    endpoints:\n    hostname:\n").services["web"]
+    assert (web.env, web.endpoints, web.hostname) == ({}, [], None)
+    env = parse_spec(svc("env:\n  A: ~\n  B:\n  C: null")).services["web"].env
+    assert env == {"A": "~", "B": "", "C": "null"}
+
+
+def test_empty_struct_value_reports_its_missing_field() -> None:
+    found = problems("version: v1\ndeployment: demo\nservices:\n  web:\n    image:\n")
+    assert any(p.path.startswith("services.web.image") and "missing field `name`" in p.message for p in found), (  # type: ignore[attr-defined]
+        "\n".join(map(str, found))
+    )
