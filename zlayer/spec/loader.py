@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from zlayer.errors import SpecError
-from zlayer.spec.models import Plain
+from zlayer.spec.coerce import Plain
 
 if TYPE_CHECKING:
     from zlayer.spec.models import DeploymentSpec
@@ -276,7 +276,7 @@ def _serde_message(err: dict[str, Any], value_present: bool) -> str:
 
 
 def _describe_input(v: Any) -> str:
-    from zlayer.spec.models import _describe
+    from zlayer.spec.coerce import _describe
 
     return _describe(v)
 

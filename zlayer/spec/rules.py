@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from zlayer.spec.models import Plain, _int_of, _to_float
+from zlayer.spec.coerce import Plain, _int_of, _to_float
 from zlayer.spec.scalars import parse_cron, parse_duration, parse_memory
 
 if TYPE_CHECKING:
