@@ -38,6 +38,12 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def iperf(port: int) -> float:
     out = subprocess.run(
         ["taskset", "-c", "0", "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(SECONDS), "-J"],
@@ -85,14 +91,25 @@ def main() -> None:
         wait_port(zport)
         wait_port(hport)
         direct = max(iperf(backend) for _ in range(1))
-        zl, hp = [], []
+        zpid, hpid = procs[1].pid, procs[2].pid
+        zl, hp, zcpu, hcpu = [], [], 0.0, 0.0
         for _ in range(ROUNDS):  # interleaved so drifting load on the shared machine hits both alike
+            c0 = cpu_seconds(zpid)
             zl.append(iperf(zport))
+            zcpu += cpu_seconds(zpid) - c0
+            c0 = cpu_seconds(hpid)
             hp.append(iperf(hport))
+            hcpu += cpu_seconds(hpid) - c0
+        # Bytes moved per CPU-second: steadier than raw throughput when other work shares the cores.
+        zeff = sum(zl) * SECONDS / max(zcpu, 1e-9)
+        heff = sum(hp) * SECONDS / max(hcpu, 1e-9)
         result = {
             "gbps_direct": round(direct, 2),
             "gbps_zlayer": round(max(zl), 2),
             "gbps_haproxy": round(max(hp), 2),
+            "cpu_seconds_zlayer": round(zcpu, 2),
+            "cpu_seconds_haproxy": round(hcpu, 2),
+            "gbit_per_cpu_second_vs_haproxy": round(zeff / heff, 3),
             "gbps_vs_haproxy": round(max(zl) / max(hp), 3),
             "seconds": SECONDS,
             "rounds": ROUNDS,
