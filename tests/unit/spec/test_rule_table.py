@@ -229,3 +229,16 @@ def test_empty_struct_value_reports_its_missing_field() -> None:
     assert any(p.path.startswith("services.web.image") and "missing field `name`" in p.message for p in found), (  # type: ignore[attr-defined]
         "\n".join(map(str, found))
     )
+
+
+# cron 0.15 (ZLayer's Cargo.lock) parses the shorthands @yearly, @monthly, @weekly, @daily and @hourly (surrounding
+# blanks allowed) before the 6/7-field form; @annually is not one of them.
+@pytest.mark.parametrize("expr", ["@yearly", "@monthly", "@weekly", "@daily", " @hourly "])
+def test_cron_shorthands_are_accepted(expr: str) -> None:
+    spec = parse_spec(svc(f"rtype: cron\nschedule: '{expr}'"), source="t")
+    assert spec.services["web"].schedule == expr
+
+
+def test_cron_annually_is_rejected() -> None:
+    found = problems(svc("rtype: cron\nschedule: '@annually'"))
+    assert any(p.path == "services.web.schedule" and "invalid cron schedule '@annually'" in p.message for p in found)  # type: ignore[attr-defined]
