@@ -46,7 +46,7 @@ def test_sdk_deploy_status_scale_exec_logs_stop(daemon_process: Any) -> None:
             with pytest.raises(SpecError) as err:
                 await client.deploy("version: v1\ndeployment: x1x\nservices:\n  a: {image: {}}\n")
             assert err.value.code == "invalid_spec"
-            assert [str(p) for p in err.value.problems] == ["services.a.image.name: required"]
+            assert [p.to_json()["path"] for p in err.value.problems] == ["services.a.image.name"]
 
     asyncio.run(go())
 
