@@ -21,6 +21,13 @@ class Plain(str):
     __slots__ = ()
 
 
+class Null(Plain):
+    """A plain scalar serde_yaml reads as null (``~``, ``null``, empty): None for an Option, the raw text for a
+    String, an empty map or sequence where one is expected."""
+
+    __slots__ = ()
+
+
 _INT = re.compile(r"^[-+]?(?:[0-9]+|0x[0-9a-fA-F]+|0o[0-7]+|0b[01]+)$")
 
 
@@ -37,7 +44,7 @@ _FALSE = ("false", "False", "FALSE")
 
 def _describe(v: Any) -> str:
     """serde's 'invalid type' wording for a value."""
-    if v is None:
+    if v is None or isinstance(v, Null):
         return "unit value"
     if isinstance(v, Plain):
         if _INT.match(v):
@@ -71,6 +78,8 @@ def _to_str(v: Any) -> Any:
 
 
 def _to_tag_str(v: Any) -> Any:
+    if isinstance(v, Null):
+        raise ValueError("invalid type: unit value, expected a string")
     # Inside internally tagged enums serde_yaml buffers values first: a number or bool is no longer a string.
     if isinstance(v, Plain) and (_INT.match(v) or _FLOAT.match(v) or v in _TRUE or v in _FALSE):
         raise ValueError(f"invalid type: {_describe(v)}, expected a string")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from zlayer.errors import SpecError
-from zlayer.spec.coerce import Plain
+from zlayer.spec.coerce import Null, Plain
 
 if TYPE_CHECKING:
     from zlayer.spec.models import DeploymentSpec
@@ -85,7 +85,7 @@ class _Doc:
         if isinstance(node, yaml.ScalarNode):
             if not node.style:
                 if node.tag == "tag:yaml.org,2002:null" or _NULL.match(node.value):
-                    return None
+                    return Null(node.value)
                 return Plain(node.value)
             return str(node.value)
         if isinstance(node, yaml.SequenceNode):

@@ -12,7 +12,8 @@ Cross-field rules (version, names, ranges, dependencies, cron, tunnels, wasm) li
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 from pydantic import (
     AliasChoices,
@@ -28,6 +29,7 @@ from pydantic import (
 )
 
 from zlayer.spec.coerce import (
+    Null,
     Plain,
     _affinity,
     _env,
@@ -89,11 +91,71 @@ def _enum(*values: str) -> Any:
     return Annotated[Literal[values], BeforeValidator(_to_str)]
 
 
-class _Strict(BaseModel):
+def _null_actions(cls: type[BaseModel]) -> dict[str, str]:
+    """Per input key: what a null (``~``/empty) value becomes — None, an empty map or an empty sequence."""
+    import typing
+
+    actions: dict[str, str] = {}
+    for name, f in cls.model_fields.items():
+        tp = f.annotation
+        args = (
+            [a for a in typing.get_args(tp) if a is not type(None)]
+            if typing.get_origin(tp) in (Union, UnionType)
+            else [tp]
+        )
+        optional = typing.get_origin(tp) in (Union, UnionType) and type(None) in typing.get_args(tp)
+        base = args[0] if len(args) == 1 else None
+        while typing.get_origin(base) is Annotated:
+            base = typing.get_args(base)[0]
+        if optional:
+            act = "none"
+        elif typing.get_origin(base) is list:
+            act = "list"
+        elif (
+            typing.get_origin(base) is dict
+            or (isinstance(base, type) and issubclass(base, BaseModel))
+            or len(args) > 1
+            or typing.get_origin(base) in (Union, UnionType)
+        ):
+            act = "dict"
+        else:
+            continue
+        keys = {name, f.alias or name}
+        va = f.validation_alias
+        keys.update(c for c in getattr(va, "choices", []) if isinstance(c, str))
+        for k in keys:
+            actions[k] = act
+    return actions
+
+
+_EMPTY: dict[str, Any] = {"none": None}
+
+
+class _NullAware(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        if isinstance(data, Null):
+            return {}
+        if isinstance(data, dict) and any(isinstance(v, Null) for v in data.values()):
+            acts = cls.__dict__.get("_null_acts")
+            if acts is None:
+                acts = _null_actions(cls)
+                type.__setattr__(cls, "_null_acts", acts)
+            out = dict(data)
+            for k, v in data.items():
+                if isinstance(v, Null) and k in acts:
+                    a = acts[k]
+                    out[k] = None if a == "none" else [] if a == "list" else {}
+            return out
+        return data
+
+
+class _Strict(_NullAware):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
-class _Lenient(BaseModel):
+class _Lenient(_NullAware):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from zlayer.spec.coerce import Plain, _int_of, _to_float
+from zlayer.spec.coerce import Null, Plain, _int_of, _to_float
 from zlayer.spec.scalars import parse_cron, parse_duration, parse_memory
 
 if TYPE_CHECKING:
@@ -60,6 +60,11 @@ def _bool(v: Any) -> bool | None:
 
 def _s(v: Any) -> str | None:
     return str(v) if isinstance(v, str) else None
+
+
+def _opt(v: Any) -> Any:
+    """An Option field's value: a null scalar is None."""
+    return None if isinstance(v, Null) else v
 
 
 def _map(v: Any) -> dict[str, Any]:
@@ -113,18 +118,18 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
         if not isinstance(body, dict):
             continue
         at: tuple[str | int, ...] = ("services", svc)
-        sched = _s(body.get("schedule"))
+        sched = _s(_opt(body.get("schedule")))
         if sched is not None:
             try:
                 parse_cron(sched)
             except ValueError as e:
                 doc.problem((*at, "schedule"), f"invalid cron schedule '{sched}': {e}")
         res = _map(body.get("resources"))
-        if "cpu" in res:
+        if _opt(res.get("cpu")) is not None:
             cpu = _float(res.get("cpu"))
             if cpu is not None and not cpu > 0:
                 doc.problem((*at, "resources", "cpu"), f"CPU limit must be > 0, found {res.get('cpu')}")
-        if "memory" in res:
+        if _opt(res.get("memory")) is not None:
             _check_memory(doc, res.get("memory"), (*at, "resources", "memory"))
         for i, ep in enumerate(_list(body.get("endpoints"))):
             _endpoint_rules(doc, ep, (*at, "endpoints", i))
@@ -183,7 +188,7 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
         if not isinstance(body, dict):
             continue
         rtype = _s(body.get("rtype")) or "service"
-        has_sched = body.get("schedule") is not None
+        has_sched = _opt(body.get("schedule")) is not None
         if has_sched and rtype != "cron":
             doc.problem(("services", svc, "schedule"), "schedule field is only valid for rtype: cron")
         elif rtype == "cron" and not has_sched:
@@ -196,7 +201,7 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
                 doc.problem(("tunnels", tname, fld), f"invalid tunnel {fld} port: 0 (must be 0 or 1-65535)")
     for svc, body in services.items():
         for i, ep in enumerate(_list(_map(body).get("endpoints"))):
-            ttl = _map(_map(_map(ep).get("tunnel")).get("access")).get("max_ttl")
+            ttl = _opt(_map(_map(_map(ep).get("tunnel")).get("access")).get("max_ttl"))
             s = _s(ttl)
             if s is not None:
                 try:
@@ -215,7 +220,7 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
 
 def _wasm_rules(doc: _Doc, svc: str, body: dict[str, Any]) -> None:
     key = "wasm" if "wasm" in body else "wasm_http" if "wasm_http" in body else None
-    if key is None or body.get(key) is None:
+    if key is None or _opt(body.get(key)) is None:
         return
     at: tuple[str | int, ...] = ("services", svc, key)
     stype = _s(body.get("service_type")) or "standard"
@@ -223,7 +228,7 @@ def _wasm_rules(doc: _Doc, svc: str, body: dict[str, Any]) -> None:
         doc.problem(at, f"wasm config provided but service_type is not a WASM type (service_type: {stype})")
         return
     wasm = _map(body.get(key))
-    if "max_memory" in wasm:
+    if _opt(wasm.get("max_memory")) is not None:
         _check_memory(doc, wasm.get("max_memory"), (*at, "max_memory"))
     lo = _int(wasm.get("min_instances", 0))
     hi = _int(wasm.get("max_instances", 10))

@@ -213,6 +213,8 @@ def _cron_field(text: str, name: str, lo: int, hi: int, names: dict[str, int] | 
 
 def parse_cron(text: str) -> None:
     """Check a cron schedule the way the Rust ``cron`` crate does: 6 or 7 fields, seconds first, names allowed."""
+    if text.strip() in ("@yearly", "@monthly", "@weekly", "@daily", "@hourly"):
+        return
     fields = text.split()
     if len(fields) not in (6, 7):
         raise ValueError(
