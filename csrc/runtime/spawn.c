@@ -606,6 +606,29 @@ static void trim_resident(void)
     fclose(f);
 }
 
+/* The monitor outlives its caller: it must not keep any descriptor the caller gave it by accident (an event loop's
+ * socketpairs, a job runner's pipes), or whoever waits for them to close waits forever. */
+static void close_all_but(const int *keep, int n)
+{
+    int sorted[8], m = 0;
+    for (int i = 0; i < n && m < 8; i++)
+        if (keep[i] >= 3)
+            sorted[m++] = keep[i];
+    for (int i = 1; i < m; i++)
+        for (int k = i; k > 0 && sorted[k - 1] > sorted[k]; k--) {
+            int t = sorted[k];
+            sorted[k] = sorted[k - 1];
+            sorted[k - 1] = t;
+        }
+    unsigned lo = 3;
+    for (int i = 0; i < m; i++) {
+        if ((unsigned)sorted[i] > lo)
+            syscall(SYS_close_range, lo, (unsigned)sorted[i] - 1, 0);
+        lo = (unsigned)sorted[i] + 1;
+    }
+    syscall(SYS_close_range, lo, ~0U, 0);
+}
+
 int cmd_create(struct zl_opts *o, int foreground_run)
 {
     static struct ctx x; /* one per process; static keeps the monitor's stack small */
@@ -682,6 +705,11 @@ int cmd_create(struct zl_opts *o, int foreground_run)
     /* the monitor: its own session, away from the caller's terminal and signals */
     close(res[0]);
     x.result_fd = res[1];
+    int keep[4] = {res[1], -1, -1, -1};
+    if (o->have_stdio)
+        for (int i = 0; i < 3; i++)
+            keep[i + 1] = o->stdio_fds[i];
+    close_all_but(keep, 4);
     setsid();
     if (chdir("/") < 0) {
         /* not fatal */

@@ -319,3 +319,21 @@ def test_a_tty_container_gets_a_pty_of_its_own_and_its_output_is_logged(
     asyncio.run(go())
     texts = [m.group(4) for m in map(CRI_LINE.match, log.read_text().splitlines()) if m and m.group(2) == "stdout"]
     assert texts == ["/dev/pts/0", "console-ok"]
+
+
+def test_create_returns_under_uvloop_whose_pipes_leak_into_children(
+    runtime_shim_root: Path, runtime_shim_bundle: BundleFactory
+) -> None:
+    import uvloop
+
+    bundle = runtime_shim_bundle(["sh", "-c", "exit 4"])
+
+    async def go() -> shim.ExitStatus:
+        name = cid()
+        await asyncio.wait_for(shim.create(name, bundle, runtime_shim_root, None), 10)
+        await shim.start(name, runtime_shim_root)
+        status = await asyncio.wait_for(shim.wait(name, runtime_shim_root), 10)
+        await shim.delete(name, runtime_shim_root)
+        return status
+
+    assert uvloop.run(go()) == shim.ExitStatus(4)
