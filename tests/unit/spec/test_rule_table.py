@@ -242,3 +242,22 @@ def test_cron_shorthands_are_accepted(expr: str) -> None:
 def test_cron_annually_is_rejected() -> None:
     found = problems(svc("rtype: cron\nschedule: '@annually'"))
     assert any(p.path == "services.web.schedule" and "invalid cron schedule '@annually'" in p.message for p in found)  # type: ignore[attr-defined]
+
+
+# serde_yaml::from_str deserializes straight into the structs (no serde_yaml::Value in between, so no "duplicate
+# entry" check): a repeated struct key is serde's `duplicate field`, an alias next to its field too, and a repeated
+# key of a map field (env, labels, services) silently keeps the last value.
+def test_repeated_struct_key_is_a_duplicate_field() -> None:
+    found = problems(svc("privileged: true\nprivileged: false"))
+    assert any("duplicate field `privileged`" in p.message for p in found), "\n".join(map(str, found))  # type: ignore[attr-defined]
+
+
+def test_alias_next_to_its_field_is_a_duplicate_field() -> None:
+    found = problems(svc("capabilities: [A]\ncap_add: [B]"))
+    assert any("duplicate field `capabilities`" in p.message for p in found), "\n".join(map(str, found))  # type: ignore[attr-defined]
+    assert not any("did you mean 'cap_add'" in p.message for p in found)  # type: ignore[attr-defined]
+
+
+def test_repeated_map_key_keeps_the_last_value() -> None:
+    web = parse_spec(svc("env:\n  A: '1'\n  A: '2'"), source="t").services["web"]
+    assert web.env == {"A": "2"}
