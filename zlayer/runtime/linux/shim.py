@@ -210,20 +210,71 @@ def _replace(st: ShimState, **kw: Any) -> ShimState:
     return replace(st, **kw)
 
 
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
 async def _run_shim(args: list[str], container_id: str, pass_fds: Sequence[int] = ()) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        str(shim_path()),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        pass_fds=tuple(pass_fds),
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        msg = err.decode(errors="replace").strip() or f"zlayer-shim exited with {proc.returncode}"
-        raise RuntimeFailure(msg, where=f"container {container_id}")
-    return out.decode()
+    # posix_spawn + a pidfd instead of asyncio's subprocess machinery: no child-watcher thread, no transports;
+    # this is on every container's start path.
+    exe = str(shim_path())
+    r, w = os.pipe()
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    try:
+        pid = os.posix_spawn(
+            exe,
+            [exe, *args],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, devnull, 0),
+                (os.POSIX_SPAWN_DUP2, w, 1),
+                (os.POSIX_SPAWN_DUP2, w, 2),
+            ],
+        )
+    finally:
+        os.close(w)
+        os.close(devnull)
+    out = b""
+    try:
+        os.set_blocking(r, False)
+        while True:
+            try:
+                chunk = os.read(r, 65536)
+            except BlockingIOError:
+                await _readable(r)
+                continue
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(r)
+    pidfd = os.pidfd_open(pid)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            await _readable(pidfd)
+    finally:
+        os.close(pidfd)
+    code = os.waitstatus_to_exitcode(status)
+    text = out.decode(errors="replace").strip()
+    if code != 0:
+        raise RuntimeFailure(text or f"zlayer-shim exited with {code}", where=f"container {container_id}")
+    return text
 
 
 async def create(
