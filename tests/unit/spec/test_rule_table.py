@@ -261,3 +261,17 @@ def test_alias_next_to_its_field_is_a_duplicate_field() -> None:
 def test_repeated_map_key_keeps_the_last_value() -> None:
     web = parse_spec(svc("env:\n  A: '1'\n  A: '2'"), source="t").services["web"]
     assert web.env == {"A": "2"}
+
+
+# serde_yaml's integer rule (de.rs parse_unsigned_int / digits_but_not_number): 0x/0o/0b prefixes and a leading +
+# are numbers, but leading zeros followed by digits are a string (YAML 1.2), so `port: 080` is not a port.
+def test_leading_zero_digits_are_not_an_integer() -> None:
+    text = svc("endpoints:\n  - {name: h, protocol: http, port: 080}")
+    found = problems(text)
+    p = next(p for p in found if p.path == "services.web.endpoints[0].port")  # type: ignore[attr-defined]
+    assert 'invalid type: string "080", expected u16' in p.message  # type: ignore[attr-defined]
+    assert (p.line, p.col) == pos(text, "080")  # type: ignore[attr-defined]
+    ok = parse_spec(
+        svc("endpoints:\n  - {name: h, protocol: http, port: 0x50}\n  - {name: i, protocol: tcp, port: +81}")
+    )
+    assert [e.port for e in ok.services["web"].endpoints] == [80, 81]
