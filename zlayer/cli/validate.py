@@ -10,61 +10,97 @@ import click
 from zlayer.errors import ZLayerError
 
 
-def _summary(spec: Any) -> list[str]:
-    from zlayer.spec.models import AdaptiveScale, FixedScale
+def _txt(v: Any, default: str = "") -> str:
+    return default if v is None or (isinstance(v, str) and type(v).__name__ == "Null") else str(v)
 
+
+def _n(v: Any) -> int:
+    from zlayer.spec.coerce import _int_of
+
+    return _int_of(v, "integer")
+
+
+def _services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per service the facts the summary shows, from the checked raw document with ZLayer's defaults."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, body in (data.get("services") or {}).items():
+        body = body if isinstance(body, dict) else {}
+        scale = body.get("scale") if isinstance(body.get("scale"), dict) else None
+        if scale is None:
+            sc: dict[str, Any] = {"mode": "adaptive", "min": 1, "max": 10}
+        elif str(scale.get("mode")) == "fixed":
+            sc = {"mode": "fixed", "replicas": _n(scale["replicas"])}
+        elif str(scale.get("mode")) == "adaptive":
+            sc = {"mode": "adaptive", "min": _n(scale["min"]), "max": _n(scale["max"])}
+        else:
+            sc = {"mode": "manual"}
+        res: dict[str, Any] = body["resources"] if isinstance(body.get("resources"), dict) else {}
+        out[str(name)] = {
+            "image": _txt((body.get("image") or {}).get("name")),
+            "rtype": _txt(body.get("rtype"), "service"),
+            "schedule": _txt(body.get("schedule")) or None,
+            "scale": sc,
+            "cpu": _txt(res.get("cpu")) or None,
+            "memory": _txt(res.get("memory")) or None,
+            "endpoints": [
+                {
+                    "name": _txt(e.get("name")),
+                    "protocol": _txt(e.get("protocol")),
+                    "port": _n(e.get("port")),
+                    "expose": _txt(e.get("expose"), "internal"),
+                }
+                for e in (body.get("endpoints") or [])
+            ],
+            "depends": [
+                {"service": _txt(d.get("service")), "condition": _txt(d.get("condition"), "healthy")}
+                for d in (body.get("depends") or [])
+            ],
+        }
+    return out
+
+
+def _summary(data: dict[str, Any]) -> list[str]:
+    services = _services(data)
     lines = [
-        f"Deployment: {spec.deployment}",
-        f"Version:    {spec.version}",
-        f"Services:   {len(spec.services)}",
+        f"Deployment: {_txt(data.get('deployment'))}",
+        f"Version:    {_txt(data.get('version'))}",
+        f"Services:   {len(services)}",
     ]
-    for name, svc in spec.services.items():
+    for name, svc in services.items():
         lines.append(f"  {name}")
-        lines.append(f"    Image:     {svc.image.name}")
-        lines.append(f"    Type:      {svc.rtype}" + (f" ({svc.schedule})" if svc.schedule else ""))
-        s = svc.scale
-        if isinstance(s, FixedScale):
-            scale = f"fixed ({s.replicas} replicas)"
-        elif isinstance(s, AdaptiveScale):
-            scale = f"adaptive ({s.min}-{s.max} replicas)"
+        lines.append(f"    Image:     {svc['image']}")
+        lines.append(f"    Type:      {svc['rtype']}" + (f" ({svc['schedule']})" if svc["schedule"] else ""))
+        sc = svc["scale"]
+        if sc["mode"] == "fixed":
+            scale = f"fixed ({sc['replicas']} replicas)"
+        elif sc["mode"] == "adaptive":
+            scale = f"adaptive ({sc['min']}-{sc['max']} replicas)"
         else:
             scale = "manual"
         lines.append(f"    Scale:     {scale}")
-        r = svc.resources
-        if r.cpu is not None or r.memory is not None:
-            parts = [f"cpu={r.cpu:g}" if r.cpu is not None else "", f"memory={r.memory}" if r.memory else ""]
+        if svc["cpu"] or svc["memory"]:
+            parts = [f"cpu={svc['cpu']}" if svc["cpu"] else "", f"memory={svc['memory']}" if svc["memory"] else ""]
             lines.append("    Resources: " + " ".join(p for p in parts if p))
-        if svc.endpoints:
+        if svc["endpoints"]:
             lines.append("    Endpoints:")
-            for ep in svc.endpoints:
-                lines.append(f"      - {ep.name} ({ep.protocol.upper()}:{ep.port}, {ep.expose})")
-        if svc.depends:
-            lines.append("    Dependencies: " + ", ".join(f"{d.service} ({d.condition})" for d in svc.depends))
-    if spec.externals:
-        lines.append(f"Externals:  {', '.join(spec.externals)}")
-    if spec.tunnels:
-        lines.append(f"Tunnels:    {', '.join(spec.tunnels)}")
+            for ep in svc["endpoints"]:
+                lines.append(f"      - {ep['name']} ({ep['protocol'].upper()}:{ep['port']}, {ep['expose']})")
+        if svc["depends"]:
+            deps = ", ".join(f"{d['service']} ({d['condition']})" for d in svc["depends"])
+            lines.append(f"    Dependencies: {deps}")
+    for key, label in (("externals", "Externals: "), ("tunnels", "Tunnels:   ")):
+        if isinstance(data.get(key), dict) and data[key]:
+            lines.append(f"{label} {', '.join(map(str, data[key]))}")
     return lines
 
 
-def _as_json(spec: Any, path: str) -> dict[str, Any]:
+def _as_json(data: dict[str, Any], path: str) -> dict[str, Any]:
     return {
         "valid": True,
         "file": path,
-        "deployment": spec.deployment,
-        "version": spec.version,
-        "services": {
-            name: {
-                "image": svc.image.name,
-                "rtype": svc.rtype,
-                "scale": svc.scale.model_dump(mode="json", exclude_none=True),
-                "endpoints": [
-                    {"name": e.name, "protocol": e.protocol, "port": e.port, "expose": e.expose} for e in svc.endpoints
-                ],
-                "depends": [d.service for d in svc.depends],
-            }
-            for name, svc in spec.services.items()
-        },
+        "deployment": _txt(data.get("deployment")),
+        "version": _txt(data.get("version")),
+        "services": _services(data),
     }
 
 
@@ -76,11 +112,11 @@ def _as_json(spec: Any, path: str) -> dict[str, Any]:
 def validate(spec_path: str | None, output: str) -> None:
     """Validate a deployment spec (auto-discovers a *.zlayer.yml in the current directory)."""
     from zlayer.cli.discovery import discover_spec_path
-    from zlayer.spec.loader import load_spec
+    from zlayer.spec.loader import check_spec
 
     try:
         path = discover_spec_path(spec_path)
-        spec = load_spec(path)
+        _, data = check_spec(path)
     except ZLayerError as err:
         problems = list(getattr(err, "problems", []) or [])
         if output == "json":
@@ -99,9 +135,9 @@ def validate(spec_path: str | None, output: str) -> None:
                     click.echo(f"  hint: {err.hint}", err=True)
         raise SystemExit(err.exit_code) from None
     if output == "json":
-        click.echo(json.dumps(_as_json(spec, str(path)), indent=2))
+        click.echo(json.dumps(_as_json(data, str(path)), indent=2))
         return
     click.secho("Spec validation: PASSED", fg="green", bold=True)
     click.echo(f"File:       {path}")
-    for line in _summary(spec):
+    for line in _summary(data):
         click.echo(line)

@@ -204,6 +204,7 @@ def _tag_of(field: str) -> Any:
             return str(t) if isinstance(t, str) else t
         return getattr(v, field, None)
 
+    KINDS[get] = ("tag", field)
     return get
 
 

@@ -332,30 +332,46 @@ def _tag_name(kept: tuple[Any, ...]) -> str:
 # --- public entry points ---------------------------------------------------------------------------------------------------
 
 
-def parse_spec(text: str, source: str = "<string>") -> DeploymentSpec:
-    """Parse and validate spec text; raises :class:`SpecError` listing every problem with its position."""
-    from pydantic import ValidationError
+def _raise(doc: _Doc, source: str) -> None:
+    problems = sorted(set(doc.problems), key=lambda p: (p.line, p.col, p.path, p.message))
+    n = len(problems)
+    head = f"{source}: invalid spec ({n} problem{'s' if n != 1 else ''})"
+    raise SpecError(head + "\n" + "\n".join(str(p) for p in problems), problems=problems)
 
-    from zlayer.spec.models import DeploymentSpec
+
+def check_spec_text(text: str, source: str = "<string>") -> dict[str, Any]:
+    """Every check ZLayer makes (stages 1-7), without building models: returns the raw document (scalars as text).
+
+    Raises :class:`SpecError` listing every problem. ``zlayer validate`` uses this: no pydantic import.
+    """
+    from zlayer.spec.check import check_document
     from zlayer.spec.rules import check_rules
 
     if not text.strip():
         p = Problem(source, 1, 1, "", "spec is empty (expected a mapping with version, deployment and services)")
         raise SpecError(str(p), problems=[p])
     doc, data = _compose(text, source)
-    spec: DeploymentSpec | None = None
-    try:
-        spec = DeploymentSpec.model_validate(data)
-    except ValidationError as e:
-        _pydantic_problems(doc, data, e)
+    check_document(data, doc)
     check_rules(data, doc)
     if doc.problems:
-        problems = sorted(set(doc.problems), key=lambda p: (p.line, p.col, p.path, p.message))
-        n = len(problems)
-        head = f"{source}: invalid spec ({n} problem{'s' if n != 1 else ''})"
-        raise SpecError(head + "\n" + "\n".join(str(p) for p in problems), problems=problems)
-    assert spec is not None
-    return spec
+        _raise(doc, source)
+    return data
+
+
+def parse_spec(text: str, source: str = "<string>") -> DeploymentSpec:
+    """Parse and validate spec text; raises :class:`SpecError` listing every problem with its position."""
+    from pydantic import ValidationError
+
+    from zlayer.spec.models import DeploymentSpec
+
+    data = check_spec_text(text, source)
+    try:
+        return DeploymentSpec.model_validate(data)
+    except ValidationError as e:  # the fast checker and the models disagree: still report, with positions
+        doc, data = _compose(text, source)
+        _pydantic_problems(doc, data, e)
+        _raise(doc, source)
+        raise
 
 
 def read_spec_text(path: str | os.PathLike[str]) -> tuple[str, str]:
@@ -386,10 +402,16 @@ def read_spec_text(path: str | os.PathLike[str]) -> tuple[str, str]:
     return source, text
 
 
+def check_spec(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    """Read and check a spec file without building models: (source name, raw document)."""
+    source, text = read_spec_text(path)
+    return source, check_spec_text(text, source)
+
+
 def load_spec(path: str | os.PathLike[str]) -> DeploymentSpec:
     """Read and validate a spec file (or the single spec in a directory)."""
     source, text = read_spec_text(path)
     return parse_spec(text, source)
 
 
-__all__ = ["Problem", "format_path", "load_spec", "parse_spec", "read_spec_text"]
+__all__ = ["Problem", "check_spec", "check_spec_text", "format_path", "load_spec", "parse_spec", "read_spec_text"]

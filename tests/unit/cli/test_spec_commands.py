@@ -37,6 +37,7 @@ def test_validate_json() -> None:
     body = json.loads(r.stdout)
     assert r.returncode == 0 and body["valid"] is True and body["deployment"] == "hello"
     assert body["services"]["web"]["endpoints"][0]["port"] == 8080
+    assert body["services"]["web"]["scale"] == {"mode": "fixed", "replicas": 2}
 
 
 def test_validate_reports_every_problem(tmp_path: Path) -> None:
