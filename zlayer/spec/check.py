@@ -118,10 +118,13 @@ class _Checker:
                 if m["extra"] == "forbid":
                     self.unknown(key, m["names"], (*path, key))
                 continue
-            if fname in seen:
-                continue  # an alias and its field both given: pydantic takes one, serde reports a duplicate
-            seen.add(fname)
             spec = fields[fname]
+            if fname in seen or (*path, key) in self.doc.dups:
+                # serde: a field given twice (or under its alias as well) is a duplicate field.
+                self.doc.problem((*path, key), f"duplicate field `{spec['keys'][0]}`", key=True)
+                if fname in seen:
+                    continue
+            seen.add(fname)
             if isinstance(item, coerce.Null) and spec["null"] is not None:
                 item = None if spec["null"] == "none" else [] if spec["null"] == "list" else {}
             self.value(item, spec["kind"], (*path, key))

@@ -28,7 +28,9 @@ class Null(Plain):
     __slots__ = ()
 
 
-_INT = re.compile(r"^[-+]?(?:[0-9]+|0x[0-9a-fA-F]+|0o[0-7]+|0b[01]+)$")
+# serde_yaml: 0x/0o/0b and a sign are numbers; digits with a leading zero (`080`) are a string (YAML 1.2).
+_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9]*|0x[0-9a-fA-F]+|0o[0-7]+|0b[01]+)$")
+_LEADING_ZERO = re.compile(r"^[-+]?0[0-9]+$")
 
 
 _FLOAT = re.compile(
@@ -49,7 +51,7 @@ def _describe(v: Any) -> str:
     if isinstance(v, Plain):
         if _INT.match(v):
             return f"integer `{v}`"
-        if _FLOAT.match(v):
+        if _FLOAT.match(v) and not _LEADING_ZERO.match(v):
             return f"floating point `{v}`"
         if v in _TRUE or v in _FALSE:
             return f"boolean `{v.lower()}`"
@@ -129,7 +131,7 @@ def _to_float(v: Any) -> Any:
         raise ValueError(f"invalid type: {_describe(v)}, expected f64")
     if isinstance(v, (int, float)):
         return float(v)
-    if isinstance(v, Plain) and (_FLOAT.match(v) or _INT.match(v)):
+    if isinstance(v, Plain) and not _LEADING_ZERO.match(v) and (_FLOAT.match(v) or _INT.match(v)):
         t = str(v).lower()
         if t.endswith("inf"):
             return float("-inf") if t.startswith("-") else float("inf")

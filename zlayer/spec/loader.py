@@ -67,6 +67,7 @@ class _Doc:
         self.marks: dict[PathT, tuple[int, int]] = {}
         self.key_marks: dict[PathT, tuple[int, int]] = {}
         self.problems: list[Problem] = []
+        self.dups: set[PathT] = set()
 
     def at(self, path: PathT, *, key: bool = False) -> tuple[int, int]:
         if key and path in self.key_marks:
@@ -97,8 +98,9 @@ class _Doc:
                 kpath = (*path, key)
                 self.key_marks[kpath] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
                 if key in out:
-                    self.problem(kpath, f'duplicate entry with key "{key}"', key=True)
-                    continue
+                    # serde: a repeated field of a struct is an error (the checker reports it); a map keeps the last.
+                    self.dups.add(kpath)
+                    del out[key]
                 out[key] = self.convert(vnode, kpath)
             return out
         return None

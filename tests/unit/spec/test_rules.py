@@ -341,7 +341,7 @@ CASES = [
         25,
     ),
     ("env-map-value", svc("env:\n  A: [1, 2]"), "services.web.env.A", "expected a string", 8, 10),
-    ("dup-key", svc("rtype: job\nrtype: service"), "services.web.rtype", "duplicate entry", 8, 5),
+    ("dup-key", svc("rtype: job\nrtype: service"), "services.web.rtype", "duplicate field `rtype`", 8, 5),
 ]
 
 
