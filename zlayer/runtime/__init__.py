@@ -1,1 +1,23 @@
-"""Container runtimes (see ARCHITECTURE.md)."""
+"""Container runtimes (see ARCHITECTURE.md): the Runtime protocol every backend implements, and its data types."""
+
+from zlayer.runtime.protocol import (
+    ContainerId,
+    ContainerInfo,
+    ContainerState,
+    ContainerStats,
+    ExecResult,
+    LogLine,
+    ProcessInfo,
+    Runtime,
+)
+
+__all__ = [
+    "ContainerId",
+    "ContainerInfo",
+    "ContainerState",
+    "ContainerStats",
+    "ExecResult",
+    "LogLine",
+    "ProcessInfo",
+    "Runtime",
+]

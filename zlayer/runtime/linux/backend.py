@@ -1,0 +1,501 @@
+"""LinuxRuntime: the Runtime protocol over an image source, overlayfs, OCI bundles and ``zlayer-shim``.
+
+Layout under ``data_dir``: ``containers/<id>/`` is the shim's state (the truth about a container),
+``bundles/<id>/`` holds ``config.json``, the overlay ``rootfs`` mount point with its ``upper``/``work`` dirs, the
+generated ``etc/`` files and ``zlayer.json`` (what this backend needs to stop, remove and describe the container);
+logs are ``<log_dir>/<id>.log`` in the CRI format and outlive the container. Nothing lives only in memory, so a new
+``LinuxRuntime`` on the same ``data_dir`` adopts every container an earlier process made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal as _signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, SpecError, ZLayerError
+from zlayer.runtime.linux import cgroups, shim
+from zlayer.runtime.linux.bundle import BundleOptions, _get, build_config, image_settings, stop_signal
+from zlayer.runtime.linux.etcfiles import write_etc_files
+from zlayer.runtime.linux.volumes import prepare_volumes
+from zlayer.runtime.protocol import (
+    ContainerId,
+    ContainerInfo,
+    ContainerState,
+    ContainerStats,
+    ExecResult,
+    LogLine,
+    ProcessInfo,
+)
+
+DEFAULT_GRACE = 10.0
+EARLY_EXIT_WINDOW = 0.05  # seconds start() watches for a process that dies at once
+EARLY_EXIT_LINES = 40  # ZLayer's log tail on early exit
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class ImageSource(Protocol):
+    """Where LinuxRuntime gets images: the image config and the unpacked layer directories, bottom first."""
+
+    async def pull(self, image: str, policy: str = "if_not_present") -> None: ...
+
+    async def resolve(self, image: str) -> tuple[dict[str, Any], list[Path]]: ...
+
+
+@dataclass
+class DirectoryImages:
+    """An ImageSource over already-unpacked root filesystems (``name → (config, [layer dirs])``); used by tests
+    and by the OCI CLI until the image store is wired in."""
+
+    images: dict[str, tuple[dict[str, Any], list[Path]]]
+
+    async def pull(self, image: str, policy: str = "if_not_present") -> None:
+        if image not in self.images:
+            raise NotFoundError(f"image {image} is not present locally")
+
+    async def resolve(self, image: str) -> tuple[dict[str, Any], list[Path]]:
+        await self.pull(image)
+        return self.images[image]
+
+
+def _mount_overlay(target: Path, lower: Sequence[Path], upper: Path, work: Path, cid: str, image: str) -> None:
+    # overlayfs lists lower dirs top first.
+    opts = f"lowerdir={':'.join(str(p) for p in reversed(lower))},upperdir={upper},workdir={work}"
+    if _libc.mount(b"overlay", str(target).encode(), b"overlay", 0, opts.encode()) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeFailure(
+            f"container {cid}: cannot mount the rootfs of image {image} (overlay): {os.strerror(err)}",
+            where=str(target),
+        )
+
+
+def _unmount(target: Path) -> None:
+    if os.path.ismount(target):
+        _libc.umount2(str(target).encode(), MNT_DETACH)
+
+
+def _in_rootfs(rootfs: Path, path: str) -> Path | None:
+    """Resolve ``path`` inside ``rootfs`` as the container sees it (absolute symlinks stay inside); None if absent."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    cur = rootfs
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            cur = cur.parent if cur != rootfs else rootfs
+            continue
+        nxt = cur / part
+        if nxt.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            link = os.readlink(nxt)
+            parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+            if link.startswith("/"):
+                cur = rootfs
+            continue
+        if not nxt.exists():
+            return None
+        cur = nxt
+    return cur
+
+
+def find_executable(rootfs: Path, argv0: str, env: Sequence[str], cwd: str) -> Path | None:
+    """Where the container's exec would find ``argv0``: a path as is, a bare name along ``PATH``."""
+    if "/" in argv0:
+        p = _in_rootfs(rootfs, argv0 if argv0.startswith("/") else f"{cwd}/{argv0}")
+        return p if p is not None and p.is_file() else None
+    path = next((e[5:] for e in env if e.startswith("PATH=")), "")
+    for d in path.split(":"):
+        p = _in_rootfs(rootfs, f"{d or '.'}/{argv0}")
+        if p is not None and p.is_file() and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _parse_cri(line: str) -> LogLine | None:
+    parts = line.rstrip("\n").split(" ", 3)
+    if len(parts) < 3 or parts[1] not in ("stdout", "stderr"):
+        return None
+    msg = parts[3] if len(parts) == 4 else ""
+    return LogLine(timestamp=parts[0], stream=parts[1], message=msg)  # type: ignore[arg-type]
+
+
+def _to_state(st: shim.ShimState) -> ContainerState:
+    if st.status == "stopped":
+        if st.oom_killed:
+            reason = "oom_killed"
+        elif st.exit_signal:
+            reason = "signal"
+        elif st.exit_code is None:
+            reason = "runtime_error"
+        else:
+            reason = "exited"
+        return ContainerState(
+            "exited" if st.exit_code is not None else "failed",
+            exit_code=st.exit_code if st.exit_code is not None else 255,
+            signal=st.exit_signal,
+            oom_killed=st.oom_killed,
+            reason=reason,
+            started_at=st.started_at,
+            finished_at=st.finished_at,
+        )
+    status = {"creating": "pending", "created": "pending", "running": "running", "paused": "paused"}[st.status]
+    return ContainerState(status, pid=st.pid, started_at=st.started_at)  # type: ignore[arg-type]
+
+
+class LinuxRuntime:
+    """Containers on this Linux host: namespaces, cgroups, overlayfs, seccomp, through one zlayer-shim each."""
+
+    def __init__(self, data_dir: Path, images: ImageSource, *, log_dir: Path | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.images = images
+        self.state_root = self.data_dir / "containers"
+        self.bundles = self.data_dir / "bundles"
+        self.log_dir = Path(log_dir) if log_dir else self.data_dir / "logs"
+        for d in (self.state_root, self.bundles, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ helpers
+
+    def _meta(self, cid: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.bundles / cid / "zlayer.json").read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def log_path(self, cid: ContainerId | str) -> Path:
+        return self.log_dir / f"{cid}.log"
+
+    async def _shim_state(self, cid: str) -> shim.ShimState:
+        return await shim.state(cid, self.state_root)
+
+    def _join_namespace(self, target: str, kind: str) -> str:
+        st = shim.read_state(target, self.state_root)
+        if st.status not in ("created", "running", "paused") or st.pid <= 0:
+            raise SpecError(f"cannot join the {kind} namespace of container {target}: it is {st.status}")
+        return f"/proc/{st.pid}/ns/{kind}"
+
+    # ------------------------------------------------------------ protocol
+
+    async def pull(self, image: str, *, policy: str = "if_not_present") -> None:
+        await self.images.pull(image, policy)
+
+    async def create(self, cid: ContainerId, spec: Any) -> None:
+        name = str(cid)
+        image = str(_get(_get(spec, "image"), "name", "") or "")
+        if not image:
+            raise SpecError(f"container {name}: image.name is required")
+        with contextlib.suppress(NotFoundError):
+            st = await self._shim_state(name)
+            if st.status != "stopped":
+                raise ConflictError(f"container {name} already exists and is {st.status}")
+            await self.remove(cid)
+        bundle = self.bundles / name
+        if bundle.exists():  # leftovers of a crash between mkdir and shim create
+            _unmount(bundle / "rootfs")
+            shutil.rmtree(bundle, ignore_errors=True)
+        undo: list[Any] = []
+        try:
+            config, layers = await self.images.resolve(image)
+            bundle.mkdir(parents=True)
+            undo.append(lambda: shutil.rmtree(bundle, ignore_errors=True))
+            rootfs, upper, work = bundle / "rootfs", bundle / "upper", bundle / "work"
+            for d in (rootfs, upper, work):
+                d.mkdir()
+            if not layers:
+                raise RuntimeFailure(f"container {name}: image {image} has no layers")
+            _mount_overlay(rootfs, layers, upper, work, name, image)
+            undo.append(lambda: _unmount(rootfs))
+            vols = prepare_volumes(
+                list(_get(spec, "storage", []) or []), data_dir=self.data_dir, container=name, rootfs=rootfs
+            )
+            for anon in vols.anonymous:
+                undo.append(lambda a=anon: shutil.rmtree(a, ignore_errors=True))
+            host_net = str(getattr(_get(spec, "network_mode"), "value", _get(spec, "network_mode")) or "") == "host"
+            host_net = host_net or bool(_get(spec, "host_network", False))
+            hostname = str(_get(spec, "hostname") or name)
+            etc = write_etc_files(
+                bundle,
+                hostname=hostname,
+                extra_hosts=[str(h) for h in _get(spec, "extra_hosts", []) or []],
+                dns=[str(d) for d in _get(spec, "dns", []) or []],
+                host_network=host_net,
+            )
+            doc = build_config(
+                spec,
+                config,
+                BundleOptions(
+                    container_id=name,
+                    image=image,
+                    rootfs=rootfs,
+                    hostname=hostname,
+                    cgroups_path=f"{_get(spec, 'cgroup_parent') or '/zlayer'}/{name}",
+                    extra_mounts=[*vols.mounts, *etc],
+                    join_namespace=self._join_namespace,
+                    annotations={
+                        "zlayer.image": image,
+                        "zlayer.service": cid.service,
+                        "zlayer.replica": str(cid.replica),
+                    },
+                ),
+            )
+            proc = doc["process"]
+            if find_executable(rootfs, proc["args"][0], proc["env"], proc["cwd"]) is None:
+                raise RuntimeFailure(f"container {name}: executable file not found: {proc['args'][0]} in image {image}")
+            _atomic_json(bundle / "config.json", doc)
+            grace = _get(spec, "stop_grace_period")
+            logs = _get(spec, "logs")
+            _atomic_json(
+                bundle / "zlayer.json",
+                {
+                    "id": name,
+                    "image": image,
+                    "stop_signal": stop_signal(spec, image_settings(config)),
+                    "stop_grace_period": _seconds(grace) if grace is not None else DEFAULT_GRACE,
+                    "anonymous_volumes": [str(p) for p in vols.anonymous],
+                    "labels": {str(k): str(v) for k, v in (_get(spec, "labels", {}) or {}).items()},
+                },
+            )
+            await shim.create(
+                name,
+                bundle,
+                self.state_root,
+                self.log_path(name),
+                log_max_size=int(_get(logs, "max_size_bytes", 0) or 0) or None,
+                log_max_files=2 if _get(logs, "max_size_bytes") else None,
+            )
+        except ZLayerError as exc:
+            for step in reversed(undo):
+                with contextlib.suppress(Exception):
+                    step()
+            if isinstance(exc, RuntimeFailure) and name not in exc.message:
+                exc.message = f"container {name}: {exc.message}"
+            raise
+        except BaseException:
+            for step in reversed(undo):
+                with contextlib.suppress(Exception):
+                    step()
+            raise
+
+    async def start(self, cid: ContainerId) -> None:
+        name = str(cid)
+        try:
+            await shim.start(name, self.state_root)
+        except RuntimeFailure as exc:
+            raise RuntimeFailure(exc.message + self._tail_text(name), where=exc.where) from None
+        deadline = time.monotonic() + EARLY_EXIT_WINDOW
+        while time.monotonic() < deadline:
+            st = shim.read_state(name, self.state_root)
+            if st.status == "stopped":
+                raise RuntimeFailure(
+                    f"container {name} exited at once with code {st.exit_code}" + self._tail_text(name)
+                )
+            await asyncio.sleep(0.01)
+
+    def _tail_text(self, name: str) -> str:
+        lines = self._read_log_lines(name)[-EARLY_EXIT_LINES:]
+        return "; last output:\n" + "\n".join(str(line) for line in lines) if lines else ""
+
+    async def stop(self, cid: ContainerId, timeout: float | None = None) -> ContainerState:
+        name = str(cid)
+        st = await self._shim_state(name)
+        meta = self._meta(name)
+        grace = float(timeout if timeout is not None else meta.get("stop_grace_period", DEFAULT_GRACE))
+        if st.status in ("created", "running", "paused"):
+            if st.status == "paused":
+                await shim.unpause(name, self.state_root)
+            with contextlib.suppress(ConflictError):
+                await shim.kill(name, self.state_root, meta.get("stop_signal", "SIGTERM"))
+            try:
+                await asyncio.wait_for(shim.wait(name, self.state_root), grace)
+            except TimeoutError:
+                with contextlib.suppress(ConflictError):
+                    await shim.kill(name, self.state_root, _signal.SIGKILL, all=True)
+                await shim.wait(name, self.state_root)
+        return await self.state(cid)
+
+    async def kill(self, cid: ContainerId, signal: int | str = "KILL") -> None:
+        await shim.kill(str(cid), self.state_root, signal)
+
+    async def wait(self, cid: ContainerId) -> ContainerState:
+        await shim.wait(str(cid), self.state_root)
+        return await self.state(cid)
+
+    async def remove(self, cid: ContainerId, *, force: bool = False) -> None:
+        name = str(cid)
+        meta = self._meta(name)
+        with contextlib.suppress(NotFoundError):
+            st = await self._shim_state(name)
+            if st.status != "stopped" and not force:
+                raise ConflictError(f"container {name} is {st.status}: stop it first or remove with force")
+            await shim.delete(name, self.state_root, force=True)
+        bundle = self.bundles / name
+        _unmount(bundle / "rootfs")
+        shutil.rmtree(bundle, ignore_errors=True)
+        for p in meta.get("anonymous_volumes", []):
+            shutil.rmtree(p, ignore_errors=True)
+
+    async def exec(
+        self,
+        cid: ContainerId,
+        argv: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+    ) -> ExecResult:
+        code, out, err = await shim.exec_output(str(cid), self.state_root, argv, env=env, cwd=workdir, user=user)
+        return ExecResult(code, out, err)
+
+    def _log_files(self, name: str) -> list[Path]:
+        base = self.log_path(name)
+        rotated = sorted(
+            (p for p in base.parent.glob(base.name + ".*") if p.suffix[1:].isdigit()),
+            key=lambda p: -int(p.suffix[1:]),
+        )
+        return [*rotated, base]
+
+    def _read_log_lines(self, name: str) -> list[LogLine]:
+        out: list[LogLine] = []
+        for f in self._log_files(name):
+            with contextlib.suppress(OSError), open(f, errors="replace") as fh:
+                out.extend(x for x in map(_parse_cri, fh) if x is not None)
+        return out
+
+    async def logs(
+        self, cid: ContainerId, *, tail: int | None = None, follow: bool = False, since: str | None = None
+    ) -> AsyncIterator[LogLine]:
+        name = str(cid)
+        base = self.log_path(name)
+        if not base.exists() and not (self.state_root / name).exists():
+            raise NotFoundError(f"container {name} has no logs", where=str(base))
+        lines = self._read_log_lines(name)
+        if since:
+            lines = [x for x in lines if x.timestamp >= since]
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+        for line in lines:
+            yield line
+        if not follow:
+            return
+        pos = base.stat().st_size if base.exists() else 0
+        ino = base.stat().st_ino if base.exists() else 0
+        buf = ""
+        while True:
+            try:
+                stt = base.stat()
+                if stt.st_ino != ino:  # rotated: read the new file from its start
+                    ino, pos = stt.st_ino, 0
+                with open(base, errors="replace") as fh:
+                    fh.seek(pos)
+                    chunk = fh.read()
+                    pos = fh.tell()
+            except OSError:
+                chunk = ""
+            buf += chunk
+            *done, buf = buf.split("\n")
+            for text in done:
+                if (x := _parse_cri(text)) is not None:
+                    yield x
+            if not chunk:
+                try:
+                    if shim.read_state(name, self.state_root).status == "stopped":
+                        return
+                except NotFoundError:
+                    return
+                await asyncio.sleep(0.1)
+
+    async def stats(self, cid: ContainerId) -> ContainerStats:
+        st = await self._shim_state(str(cid))
+        return cgroups.read_stats(st.cgroup_paths)
+
+    async def state(self, cid: ContainerId) -> ContainerState:
+        return _to_state(await self._shim_state(str(cid)))
+
+    def _info(self, st: shim.ShimState) -> ContainerInfo:
+        meta = self._meta(st.id)
+        return ContainerInfo(
+            id=st.id,
+            state=_to_state(st),
+            image=meta.get("image", ""),
+            created_at=st.created_at,
+            bundle=str(st.bundle),
+            log_path=str(st.log_path or ""),
+            cgroup_paths=tuple(str(p) for p in st.cgroup_paths),
+            labels=dict(meta.get("labels", {})),
+        )
+
+    async def list(self) -> list[ContainerInfo]:
+        return [self._info(st) for st in await shim.list_containers(self.state_root)]
+
+    async def inspect(self, cid: ContainerId) -> ContainerInfo:
+        return self._info(await self._shim_state(str(cid)))
+
+    async def pause(self, cid: ContainerId) -> None:
+        await shim.pause(str(cid), self.state_root)
+
+    async def unpause(self, cid: ContainerId) -> None:
+        await shim.unpause(str(cid), self.state_root)
+
+    async def top(self, cid: ContainerId) -> builtins.list[ProcessInfo]:
+        st = await self._shim_state(str(cid))
+        boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
+        hz = os.sysconf("SC_CLK_TCK")
+        out = []
+        for pid in cgroups.procs(st.cgroup_paths):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                status = Path(f"/proc/{pid}/status").read_text()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            uid = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("Uid:")), 0)
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(boot + int(fields[19]) / hz))
+            out.append(ProcessInfo(uid=uid, pid=pid, ppid=int(fields[1]), stime=started, cmd=cmd))
+        return out
+
+
+def _seconds(value: Any) -> float:
+    """A duration from the spec: a number of seconds, a timedelta, or a humantime string (``30s``, ``1m30s``)."""
+    if hasattr(value, "total_seconds"):
+        return float(value.total_seconds())
+    if isinstance(value, int | float):
+        return float(value)
+    import re
+
+    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+    total = 0.0
+    text = str(value).replace(" ", "")
+    pos = 0
+    for m in re.finditer(r"(\d+)(ms|sec|min|s|m|h)", text):
+        if m.start() != pos:
+            break
+        total += int(m.group(1)) * units[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise SpecError(f"stop_grace_period {value!r}: expected a duration such as 10s or 1m30s")
+    return total
