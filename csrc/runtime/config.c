@@ -625,6 +625,29 @@ int config_load(struct zl_config *c, const char *bundle, struct zl_err *e)
     }
     if (parse_linux(c, GET(root, "linux"), e))
         return -1;
+    const struct jnode *hooks = GET(root, "hooks");
+    if (hooks && hooks->type != J_NULL) {
+        if (want(hooks, J_OBJ, "hooks", e))
+            return -1;
+        for (const struct jnode *k = json_first(&c->doc, hooks); k; k = json_next(&c->doc, k)) {
+            int i = 0;
+            if (k->type != J_ARR)
+                return zl_fail(e, "config.json: hooks.%s: expected an array", k->key);
+            for (const struct jnode *h = json_first(&c->doc, k); h; h = json_next(&c->doc, h), i++) {
+                const struct jnode *path = json_get(&c->doc, h, "path");
+                if (h->type != J_OBJ || !path || path->type != J_STR || path->str[0] != '/')
+                    return zl_fail(e, "config.json: hooks.%s[%d].path: must be an absolute path", k->key, i);
+                const struct jnode *args = json_get(&c->doc, h, "args"), *env = json_get(&c->doc, h, "env");
+                for (const struct jnode *a = json_first(&c->doc, args); a; a = json_next(&c->doc, a))
+                    if (a->type != J_STR)
+                        return zl_fail(e, "config.json: hooks.%s[%d].args: expected strings", k->key, i);
+                for (const struct jnode *a = json_first(&c->doc, env); a; a = json_next(&c->doc, a))
+                    if (a->type != J_STR)
+                        return zl_fail(e, "config.json: hooks.%s[%d].env: expected strings", k->key, i);
+            }
+        }
+        c->hooks = hooks;
+    }
     if (c->hostname && c->hostname[0] && !(c->clone_flags & CLONE_NEWUTS))
         return zl_fail(e, "config.json: hostname: setting it needs a new uts namespace");
     return 0;

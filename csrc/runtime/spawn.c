@@ -61,6 +61,7 @@ struct ctx {
     int n_waiters;
     int started;
     int result_fd; /* create: the pipe to the waiting caller; the init must not keep it open */
+    int keep_config; /* poststart/poststop hooks still need config.json */
 };
 
 static volatile pid_t g_forward_pid;
@@ -346,6 +347,8 @@ static int create_container(struct ctx *x, struct zl_err *e)
         return -1; /* from inside a user namespace the init may not write host cgroup files */
     if ((c->clone_flags & CLONE_NEWUSER) && ns_write_idmaps(c, pid, e))
         return -1;
+    if (hooks_run(c, "createRuntime", x->o->id, "creating", pid, e))
+        return -1;
     if (send(x->sync, "G", 1, MSG_NOSIGNAL) != 1)
         return zl_fail(e, "the container init died before its set-up");
     if (x->tty && take_terminal(x, e))
@@ -387,6 +390,8 @@ static int do_start(struct ctx *x, struct zl_err *e)
     now(x->st.started, sizeof(x->st.started));
     struct zl_err we;
     state_write(x->dirfd, &x->st, &we);
+    if (x->keep_config && hooks_run(&x->c, "poststart", x->o->id, "running", x->pid, &we))
+        log_line(&x->log, "stderr", "F", we.msg, strlen(we.msg)); /* the spec makes this a warning */
     return 0;
 }
 
@@ -505,6 +510,11 @@ static int monitor_loop(struct ctx *x, int auto_start)
         x->st.exit_code = WEXITSTATUS(status);
     }
     x->st.oom_killed = cgroups_oom_killed(&x->cg);
+    if (x->keep_config) {
+        struct zl_err he;
+        if (hooks_run(&x->c, "poststop", x->o->id, "stopped", 0, &he))
+            log_line(&x->log, "stderr", "F", he.msg, strlen(he.msg));
+    }
     x->st.status = "stopped";
     x->st.pid = 0;
     now(x->st.finished, sizeof(x->st.finished));
@@ -661,7 +671,9 @@ int cmd_create(struct zl_opts *o, int foreground_run)
             return 1;
         }
         g_forward_pid = x.pid;
-        config_free(&x.c);
+        x.keep_config = x.c.hooks != NULL;
+        if (!x.keep_config)
+            config_free(&x.c);
         int code = monitor_loop(&x, 1);
         cgroups_destroy(&x.cg);
         unlinkat(x.dirfd, "state.json", 0);
@@ -738,7 +750,9 @@ int cmd_create(struct zl_opts *o, int foreground_run)
     if (o->have_stdio)
         for (int i = 0; i < 3; i++)
             close(o->stdio_fds[i]);
-    config_free(&x.c);
+    x.keep_config = x.c.hooks != NULL;
+    if (!x.keep_config)
+        config_free(&x.c);
     free(x.bpf.filter);
     x.bpf.filter = NULL;
     malloc_trim(0);

@@ -131,6 +131,7 @@ struct zl_config {
     const char **readonly; int n_readonly;
     struct zl_device *devices; int n_devices;
     const struct jnode *seccomp;
+    const struct jnode *hooks; /* OCI hooks object (run by hooks.c) */
 };
 int config_load(struct zl_config *c, const char *bundle, struct zl_err *e);
 /* Parse a process object (config.json's process, or an exec override) into p. */
@@ -224,6 +225,12 @@ size_t json_escape(char *out, size_t outlen, const char *s);
 int send_fd(int sock, int fd);
 int recv_fd(int sock, char *buf, size_t len);
 int pty_become_console(int bind_console, struct zl_err *e);
+
+/* ---- hooks.c ---- */
+/* Run config.json's hooks of `kind` (createRuntime also runs the deprecated prestart) with the OCI state on stdin.
+ * Returns -1 with e set when one fails or times out. */
+int hooks_run(const struct zl_config *c, const char *kind, const char *id, const char *status, pid_t pid,
+              struct zl_err *e);
 
 /* ---- spawn.c / exec.c ---- */
 struct zl_opts {

@@ -141,3 +141,36 @@ def test_oci_cli_runs_a_runc_spec_bundle(runtime_shim_bundle: BundleFactory, tmp
     gone = subprocess.run([*zl, "state", "cli2"], capture_output=True, text=True, timeout=60)
     assert gone.returncode != 0 and "container cli2 does not exist" in gone.stderr
     assert "Traceback" not in gone.stderr
+
+
+def test_oci_hooks_run_with_the_state_on_stdin_and_a_failing_one_rolls_back(
+    runtime_shim_root: Path, runtime_shim_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    out = tmp_path / "hooks.out"
+    record = tmp_path / "record.sh"
+    record.write_text(f'#!/bin/sh\nread -r state\necho "$1 $state" >> {out}\n')
+    record.chmod(0o755)
+    hooks = {
+        kind: [{"path": str(record), "args": ["record.sh", kind]}]
+        for kind in ("createRuntime", "poststart", "poststop")
+    }
+    bundle = runtime_shim_bundle(["true"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["hooks"] = hooks
+    (bundle / "config.json").write_text(json.dumps(cfg))
+
+    async def go() -> None:
+        st = await shim.create("hooked", bundle, runtime_shim_root, None)
+        await shim.start("hooked", runtime_shim_root)
+        await shim.wait("hooked", runtime_shim_root)
+        await shim.delete("hooked", runtime_shim_root)
+        lines = out.read_text().splitlines()
+        assert [line.split()[0] for line in lines] == ["createRuntime", "poststart", "poststop"]
+        first = json.loads(lines[0].split(" ", 1)[1])
+        assert first["id"] == "hooked" and first["pid"] == st.pid and first["bundle"] == str(bundle)
+
+    asyncio.run(go())
+    cfg["hooks"] = {"createRuntime": [{"path": "/bin/false"}]}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    msg = _create_fails(runtime_shim_root, bundle)
+    assert "hooks.createRuntime[0] (/bin/false) failed with exit code 1" in msg
