@@ -85,11 +85,11 @@ def test_stop_semantics_term_then_kill(runtime_shim_root: Path, runtime_shim_bun
         await asyncio.sleep(0.2)
         await shim.kill(a, runtime_shim_root, "TERM")
         await shim.kill(b, runtime_shim_root, "SIGTERM")
-        assert await asyncio.wait_for(shim.wait(a, runtime_shim_root), 5) == shim.ExitStatus(3)
+        assert await asyncio.wait_for(shim.wait(a, runtime_shim_root), 20) == shim.ExitStatus(3)
         await asyncio.sleep(0.3)
         assert (await shim.state(b, runtime_shim_root)).status == "running"
         await shim.kill(b, runtime_shim_root, signal.SIGKILL)
-        assert await asyncio.wait_for(shim.wait(b, runtime_shim_root), 5) == shim.ExitStatus(137, 9, False)
+        assert await asyncio.wait_for(shim.wait(b, runtime_shim_root), 20) == shim.ExitStatus(137, 9, False)
         with pytest.raises(ConflictError):
             await shim.kill(b, runtime_shim_root, "KILL")
 
@@ -183,7 +183,7 @@ def test_exec_with_a_tty_sends_the_pty_to_the_console_socket(
         _, fds, _, _ = socket.recv_fds(conn, 16, 1)
         conn.close()
         master = fds[0]
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
         out = b""
         os.set_blocking(master, False)
         try:
@@ -230,7 +230,7 @@ def test_shim_survives_its_parent_and_a_new_process_adopts_it(
         listed = [s.id for s in await shim.list_containers(runtime_shim_root)]
         assert name in listed
         await shim.kill(name, runtime_shim_root, "TERM")
-        assert await asyncio.wait_for(shim.wait(name, runtime_shim_root), 5) == shim.ExitStatus(5)
+        assert await asyncio.wait_for(shim.wait(name, runtime_shim_root), 20) == shim.ExitStatus(5)
 
     asyncio.run(adopt())
 
