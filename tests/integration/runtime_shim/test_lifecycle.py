@@ -30,6 +30,16 @@ def cid() -> str:
     return f"c-{uuid.uuid4().hex[:10]}"
 
 
+async def until_logged(log: Path, text: str) -> None:
+    """Wait until the container wrote ``text`` (e.g. after installing a signal trap: pid 1 drops signals it has
+    no handler for, so signalling before the trap exists would be lost)."""
+    for _ in range(2000):
+        if log.exists() and text in log.read_text():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{log} never showed {text!r}")
+
+
 async def run_to_end(root: Path, bundle: Path, log: Path | None = None) -> tuple[str, shim.ExitStatus]:
     name = cid()
     await shim.create(name, bundle, root, log)
@@ -72,17 +82,19 @@ def test_logs_rotate_by_size_and_count(
     assert log.read_text().splitlines()[-1].endswith("stdout F line-399")
 
 
-def test_stop_semantics_term_then_kill(runtime_shim_root: Path, runtime_shim_bundle: BundleFactory) -> None:
-    trap = runtime_shim_bundle(["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.05; done"])
+def test_stop_semantics_term_then_kill(
+    runtime_shim_root: Path, runtime_shim_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    trap = runtime_shim_bundle(["sh", "-c", "trap 'exit 3' TERM; echo ready; while true; do sleep 0.05; done"])
     stubborn = runtime_shim_bundle(["sleep", "1000"])  # pid 1 without a TERM handler ignores TERM
 
     async def go() -> None:
         a, b = cid(), cid()
-        await shim.create(a, trap, runtime_shim_root, None)
+        await shim.create(a, trap, runtime_shim_root, tmp_path / "a.log")
         await shim.create(b, stubborn, runtime_shim_root, None)
         await shim.start(a, runtime_shim_root)
         await shim.start(b, runtime_shim_root)
-        await asyncio.sleep(0.2)
+        await until_logged(tmp_path / "a.log", "stdout F ready")
         await shim.kill(a, runtime_shim_root, "TERM")
         await shim.kill(b, runtime_shim_root, "SIGTERM")
         assert await asyncio.wait_for(shim.wait(a, runtime_shim_root), 20) == shim.ExitStatus(3)
@@ -203,15 +215,17 @@ def test_exec_with_a_tty_sends_the_pty_to_the_console_socket(
 def test_shim_survives_its_parent_and_a_new_process_adopts_it(
     runtime_shim_root: Path, runtime_shim_bundle: BundleFactory, tmp_path: Path
 ) -> None:
-    bundle = runtime_shim_bundle(["sh", "-c", "trap 'exit 5' TERM; while true; do sleep 0.05; done"])
+    bundle = runtime_shim_bundle(["sh", "-c", "trap 'exit 5' TERM; echo ready; while true; do sleep 0.05; done"])
     name = cid()
+    log = tmp_path / "adopted.log"
     parent = tmp_path / "parent.py"
     parent.write_text(
         "import asyncio, sys, time\n"
         "from pathlib import Path\n"
         "from zlayer.runtime.linux import shim\n"
         "async def main():\n"
-        f"    await shim.create({name!r}, Path({str(bundle)!r}), Path({str(runtime_shim_root)!r}), None)\n"
+        f"    root, log = Path({str(runtime_shim_root)!r}), Path({str(log)!r})\n"
+        f"    await shim.create({name!r}, Path({str(bundle)!r}), root, log)\n"
         f"    await shim.start({name!r}, Path({str(runtime_shim_root)!r}))\n"
         "    print('started', flush=True)\n"
         "    time.sleep(1000)\n"
@@ -229,6 +243,7 @@ def test_shim_survives_its_parent_and_a_new_process_adopts_it(
         assert os.path.exists(f"/proc/{st.shim_pid}") and os.path.exists(f"/proc/{st.pid}")
         listed = [s.id for s in await shim.list_containers(runtime_shim_root)]
         assert name in listed
+        await until_logged(log, "stdout F ready")
         await shim.kill(name, runtime_shim_root, "TERM")
         assert await asyncio.wait_for(shim.wait(name, runtime_shim_root), 20) == shim.ExitStatus(5)
 
