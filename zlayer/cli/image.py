@@ -1,0 +1,193 @@
+"""`zlayer image ...`, `zlayer import`, `zlayer export`, `zlayer system prune`: the local image store, in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from zlayer.cli.context import CliContext
+
+
+def _store(ctx: click.Context) -> Any:
+    from zlayer.images import ImageStore
+
+    obj: CliContext = ctx.obj
+    return ImageStore(obj.paths.sub("images"))
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1000
+    return f"{n}B"
+
+
+def _image_json(image: Any) -> dict[str, Any]:
+    return {
+        "reference": image.reference,
+        "digest": image.digest,
+        "id": image.manifest["config"]["digest"],
+        "size": image.size,
+        "platform": image.platform,
+        "created": image.image_config.get("created"),
+        "wasm": image.is_wasm,
+    }
+
+
+@click.group("image")
+def image() -> None:
+    """Manage images in the local store."""
+
+
+@image.command("ls")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def image_ls(ctx: click.Context, output: str) -> None:
+    """List local images."""
+    images = [_image_json(i) for i in _store(ctx).list()]
+    if output == "json":
+        click.echo(json.dumps(images, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("REFERENCE", "IMAGE ID", "PLATFORM", "SIZE", "CREATED"):
+        table.add_column(col)
+    for i in images:
+        table.add_row(i["reference"], i["id"][7:19], i["platform"], _size(i["size"]), i["created"] or "")
+    Console().print(table)
+
+
+image.add_command(image_ls, "list")
+
+
+@image.command("inspect")
+@click.argument("reference")
+@click.pass_context
+def image_inspect(ctx: click.Context, reference: str) -> None:
+    """Show an image's manifest and config as JSON."""
+    img = _store(ctx).get(reference)
+    out = {**_image_json(img), "manifest": img.manifest, "config": img.image_config}
+    out["layers"] = [str(d) for d in img.layer_dirs]
+    click.echo(json.dumps(out, indent=2))
+
+
+@image.command("rm")
+@click.argument("references", nargs=-1, required=True)
+@click.option("--force", "-f", is_flag=True, help="Remove even if a container uses it.")
+@click.pass_context
+def image_rm(ctx: click.Context, references: tuple[str, ...], force: bool) -> None:
+    """Remove images from the local store (their data goes at the next `zlayer system prune`)."""
+    store = _store(ctx)
+    for ref in references:
+        for name in store.remove(ref, force=force):
+            click.echo(f"Untagged: {name}")
+
+
+image.add_command(image_rm, "remove")
+
+
+@image.command("tag")
+@click.argument("source")
+@click.argument("target")
+@click.pass_context
+def image_tag(ctx: click.Context, source: str, target: str) -> None:
+    """Give a local image another name."""
+    click.echo(_store(ctx).tag(source, target))
+
+
+def _fetch_url(url: str, username: str | None, password: str | None, dest: Path) -> None:
+    from zlayer.errors import ImageError
+
+    request = urllib.request.Request(url)
+    if username:
+        import base64
+
+        token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp, open(dest, "wb") as out:
+            shutil.copyfileobj(resp, out, 1 << 20)
+    except urllib.error.HTTPError as e:
+        raise ImageError(f"import {url}: the server answered {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise ImageError(f"import {url}: cannot download: {getattr(e, 'reason', e)}") from e
+
+
+@click.command("import")
+@click.argument("source")
+@click.option("-t", "--tag", help="Name for the imported image.")
+@click.option("-c", "--change", "changes", multiple=True, help="Dockerfile instruction to apply (CMD, ENV, ...).")
+@click.option("-u", "--username", envvar="ZLAYER_REGISTRY_USERNAME", help="User for a URL import (basic auth).")
+@click.option("-p", "--password", envvar="ZLAYER_REGISTRY_PASSWORD", help="Password for a URL import.")
+@click.pass_context
+def import_(
+    ctx: click.Context,
+    source: str,
+    tag: str | None,
+    changes: tuple[str, ...],
+    username: str | None,
+    password: str | None,
+) -> None:
+    """Import an image from an OCI archive, a `docker save` archive or a root filesystem tarball.
+
+    SOURCE is a file, an http(s) URL, or - for standard input.
+    """
+    from zlayer.errors import NotFoundError
+    from zlayer.images import import_archive
+
+    store = _store(ctx)
+    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
+        if source == "-":
+            path = Path(tmp) / "stdin.tar"
+            with open(path, "wb") as out:
+                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        elif source.startswith(("http://", "https://")):
+            path = Path(tmp) / "download.tar"
+            _fetch_url(source, username, password, path)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise NotFoundError(f"import: {source}: no such file")
+        img = import_archive(store, path, tag=tag, changes=list(changes))
+    click.echo(f"Imported {img.reference} ({img.digest})")
+
+
+@click.command("export")
+@click.argument("reference")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="Archive to write.")
+@click.option("--gzip", "compress", is_flag=True, help="Compress the archive with gzip.")
+@click.pass_context
+def export(ctx: click.Context, reference: str, output: str, compress: bool) -> None:
+    """Write a local image as an OCI archive."""
+    from zlayer.images import export_archive
+
+    export_archive(_store(ctx), reference, Path(output), compress=compress)
+    click.echo(f"Exported {reference} to {output} ({_size(os.path.getsize(output))})")
+
+
+@click.group("system")
+def system() -> None:
+    """Housekeeping of the local node."""
+
+
+@system.command("prune")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def prune(ctx: click.Context, yes: bool) -> None:
+    """Delete image data that no image refers to, and leftovers of interrupted pulls."""
+    if not yes and sys.stdin.isatty():
+        click.confirm("Remove all unreferenced image data?", abort=True)
+    items, freed = _store(ctx).prune()
+    click.echo(f"Removed {items} unreferenced items, freed {_size(freed)}")

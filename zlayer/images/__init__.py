@@ -1,0 +1,28 @@
+"""OCI images: references, the local content store, layer unpacking, archives, and rootfs mounting.
+
+Public names other components rely on:
+
+- :class:`ImageStore` (``ImageStore(root)`` under ``<data_dir>/images``): ``get(ref) -> LocalImage``, ``list()``,
+  ``tag()``, ``remove()``, ``prune()``.
+- :class:`LocalImage`: ``reference``, ``digest``, ``config`` (Entrypoint, Cmd, Env, ...), ``layer_dirs`` (lowest
+  first, overlayfs form), ``is_wasm``, ``platform``.
+- :func:`mount_rootfs` / :func:`unmount_rootfs`: an overlayfs of the layers plus an upper/work dir.
+- :func:`import_archive` / :func:`export_archive`: OCI archives, ``docker save`` archives, rootfs tarballs.
+- :func:`parse_reference`: Docker Hub defaults (``nginx`` is ``docker.io/library/nginx:latest``).
+"""
+
+from zlayer.images.archive import export_archive, import_archive
+from zlayer.images.mount import mount_rootfs, unmount_rootfs
+from zlayer.images.reference import Reference, parse_reference
+from zlayer.images.store import ImageStore, LocalImage
+
+__all__ = [
+    "ImageStore",
+    "LocalImage",
+    "Reference",
+    "export_archive",
+    "import_archive",
+    "mount_rootfs",
+    "parse_reference",
+    "unmount_rootfs",
+]

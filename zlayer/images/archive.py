@@ -1,0 +1,303 @@
+"""Moving images in and out as files: OCI archives, ``docker save`` archives, plain root-filesystem tarballs."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import platform as _platform
+import shlex
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from zlayer.errors import ImageError
+from zlayer.images.store import ImageStore, LocalImage
+from zlayer.images.unpack import _HashingReader, open_decompressed
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+
+
+def host_arch() -> str:
+    machine = _platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+
+
+def _layer_media_type(head: bytes) -> str:
+    if head[:2] == b"\x1f\x8b":
+        return OCI_LAYER_GZIP
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return OCI_LAYER_ZSTD
+    return OCI_LAYER_TAR
+
+
+def _member_json(tar: tarfile.TarFile, name: str, source: str) -> Any:
+    try:
+        f = tar.extractfile(name)
+    except KeyError as e:
+        raise ImageError(f"{source}: archive has no {name}") from e
+    if f is None:
+        raise ImageError(f"{source}: {name} is not a file")
+    try:
+        return json.load(f)
+    except ValueError as e:
+        raise ImageError(f"{source}: {name} is not valid JSON: {e}") from e
+
+
+def detect_kind(path: Path) -> str:
+    """'oci', 'docker' or 'rootfs', from the archive's top-level entries."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            names = {n.lstrip("./") for n in tar.getnames()[:4096]}
+    except tarfile.TarError as e:
+        raise ImageError(f"{path}: not a tar archive ({e})") from e
+    if "oci-layout" in names and "index.json" in names:
+        return "oci"
+    if "manifest.json" in names:
+        return "docker"
+    return "rootfs"
+
+
+def _select_manifest(tar: tarfile.TarFile, index: dict[str, Any], source: str) -> tuple[dict[str, Any], str | None]:
+    arch = host_arch()
+    candidates = index.get("manifests") or []
+    if not candidates:
+        raise ImageError(f"{source}: index.json lists no image")
+    for desc in candidates:
+        if desc.get("mediaType") in INDEX_TYPES:
+            nested = _member_json(tar, "blobs/sha256/" + desc["digest"].split(":", 1)[1], source)
+            return _select_manifest(tar, nested, source)
+    plat = [d for d in candidates if (d.get("platform") or {}).get("architecture") in (None, arch)]
+    if not plat:
+        found = ", ".join(f"{d['platform'].get('os')}/{d['platform'].get('architecture')}" for d in candidates)
+        raise ImageError(f"{source}: no image for linux/{arch}; the archive has {found}")
+    desc = plat[0]
+    ref = (desc.get("annotations") or {}).get(REF_ANNOTATION)
+    manifest = _member_json(tar, "blobs/sha256/" + desc["digest"].split(":", 1)[1], source)
+    return manifest, ref
+
+
+def _copy_blob(store: ImageStore, tar: tarfile.TarFile, name: str, digest: str | None, source: str) -> str:
+    try:
+        f = tar.extractfile(name)
+    except KeyError as e:
+        raise ImageError(f"{source}: archive has no blob {name}") from e
+    if f is None:
+        raise ImageError(f"{source}: {name} is not a file")
+    return store.put_blob_stream(f, expected=digest)  # type: ignore[arg-type]
+
+
+def import_oci(store: ImageStore, path: Path, tag: str | None) -> LocalImage:
+    source = str(path)
+    with tarfile.open(path, "r:*") as tar:
+        index = _member_json(tar, "index.json", source)
+        manifest, ref = _select_manifest(tar, index, source)
+        for desc in [manifest["config"], *manifest.get("layers", [])]:
+            _copy_blob(store, tar, "blobs/sha256/" + desc["digest"].split(":", 1)[1], desc["digest"], source)
+    name = tag or (ref if ref and (":" in ref or "/" in ref) else None)
+    return store.add_image(name, manifest)
+
+
+def import_docker(store: ImageStore, path: Path, tag: str | None) -> LocalImage:
+    source = str(path)
+    with tarfile.open(path, "r:*") as tar:
+        entries = _member_json(tar, "manifest.json", source)
+        if not isinstance(entries, list) or not entries:
+            raise ImageError(f"{source}: manifest.json lists no image")
+        entry = entries[0]
+        config_digest = _copy_blob(store, tar, entry["Config"], None, source)
+        layers = []
+        for layer_name in entry.get("Layers", []):
+            member = tar.extractfile(layer_name)
+            if member is None:
+                raise ImageError(f"{source}: layer {layer_name} is not a file")
+            head = member.read(4)
+            member.seek(0)
+            digest = store.put_blob_stream(member)  # type: ignore[arg-type]
+            size = store.blob_path(digest).stat().st_size
+            layers.append({"mediaType": _layer_media_type(head), "digest": digest, "size": size})
+    config_size = store.blob_path(config_digest).stat().st_size
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_size},
+        "layers": layers,
+    }
+    repo_tags = entry.get("RepoTags") or []
+    return store.add_image(tag or (repo_tags[0] if repo_tags else None), manifest)
+
+
+def _words(text: str, change: str) -> list[str]:
+    """CMD/ENTRYPOINT value: the JSON array form as given, the shell form wrapped in /bin/sh -c."""
+    if not text.startswith("["):
+        return ["/bin/sh", "-c", text]
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ImageError(f"--change {change!r}: not a JSON array: {e}") from e
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ImageError(f"--change {change!r}: the JSON form must be an array of strings")
+    return value
+
+
+def apply_changes(config: dict[str, Any], changes: list[str]) -> None:
+    """Apply ``docker import --change`` instructions (CMD, ENTRYPOINT, ENV, WORKDIR, EXPOSE, USER, LABEL)."""
+    for change in changes:
+        keyword, _, rest = change.strip().partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if not rest:
+            raise ImageError(f"--change {change!r}: {keyword or 'instruction'} needs a value")
+
+        if keyword == "CMD":
+            config["Cmd"] = _words(rest, change)
+        elif keyword == "ENTRYPOINT":
+            config["Entrypoint"] = _words(rest, change)
+        elif keyword == "ENV":
+            pairs = [p.split("=", 1) for p in shlex.split(rest)] if "=" in rest else [rest.split(None, 1)]
+            env = [e for e in config.get("Env", [])]
+            for pair in pairs:
+                if len(pair) != 2:
+                    raise ImageError(f"--change {change!r}: ENV needs NAME=value")
+                env = [e for e in env if not e.startswith(pair[0] + "=")] + [f"{pair[0]}={pair[1]}"]
+            config["Env"] = env
+        elif keyword == "WORKDIR":
+            config["WorkingDir"] = rest
+        elif keyword == "USER":
+            config["User"] = rest
+        elif keyword == "EXPOSE":
+            ports = config.setdefault("ExposedPorts", {})
+            for port in rest.split():
+                ports[port if "/" in port else f"{port}/tcp"] = {}
+        elif keyword == "LABEL":
+            labels = config.setdefault("Labels", {})
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                labels[key] = value
+        else:
+            raise ImageError(
+                f"--change {change!r}: unsupported instruction {keyword}",
+                hint="use CMD, ENTRYPOINT, ENV, WORKDIR, USER, EXPOSE or LABEL",
+            )
+
+
+def import_rootfs(store: ImageStore, path: Path, tag: str | None, changes: list[str]) -> LocalImage:
+    """A plain root filesystem tarball becomes a one-layer image, as ``docker import`` makes it."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(0)
+        layer_digest = store.put_blob_stream(f)
+        f.seek(0)
+        reader = _HashingReader(open_decompressed(f))
+        reader.drain()
+    diff_id = "sha256:" + reader.hash.hexdigest()
+    runtime: dict[str, Any] = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
+    apply_changes(runtime, changes)
+    config = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": runtime,
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": f"zlayer import {path.name}", "comment": "imported from a rootfs tarball"}],
+    }
+    config_digest = store.put_blob(json.dumps(config, separators=(",", ":")).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": OCI_CONFIG,
+            "digest": config_digest,
+            "size": store.blob_path(config_digest).stat().st_size,
+        },
+        "layers": [
+            {
+                "mediaType": _layer_media_type(head),
+                "digest": layer_digest,
+                "size": store.blob_path(layer_digest).stat().st_size,
+            }
+        ],
+    }
+    return store.add_image(tag, manifest)
+
+
+def import_archive(
+    store: ImageStore, path: Path, *, tag: str | None = None, changes: list[str] | None = None
+) -> LocalImage:
+    """Import any of the three archive kinds; ``changes`` apply to rootfs tarballs and, for the others, on top."""
+    kind = detect_kind(path)
+    if kind == "oci":
+        image = import_oci(store, path, tag)
+    elif kind == "docker":
+        image = import_docker(store, path, tag)
+    else:
+        return import_rootfs(store, path, tag, changes or [])
+    if changes:
+        cfg = dict(image.image_config)
+        runtime = dict(cfg.get("config") or {})
+        apply_changes(runtime, changes)
+        cfg["config"] = runtime
+        config_digest = store.put_blob(json.dumps(cfg, separators=(",", ":")).encode())
+        manifest = dict(image.manifest)
+        manifest["config"] = {
+            **manifest["config"],
+            "digest": config_digest,
+            "size": store.blob_path(config_digest).stat().st_size,
+        }
+        image = store.add_image(tag or image.reference, manifest)
+    return image
+
+
+def export_archive(store: ImageStore, reference: str, out: Path, *, compress: bool = False) -> None:
+    """Write an OCI archive (oci-layout, index.json, blobs) of a local image, optionally gzip-compressed."""
+    image = store.get(reference)
+    manifest_bytes = store.blob_path(image.digest).read_bytes()
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": image.manifest.get("mediaType", OCI_MANIFEST),
+                "digest": image.digest,
+                "size": len(manifest_bytes),
+                "annotations": {
+                    REF_ANNOTATION: image.reference.rsplit(":", 1)[-1] if ":" in image.reference else "latest",
+                    "io.containerd.image.name": image.reference,
+                },
+                "platform": {
+                    "os": image.image_config.get("os", "linux"),
+                    "architecture": image.image_config.get("architecture", host_arch()),
+                },
+            }
+        ],
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    raw = gzip.open(tmp, "wb", compresslevel=6) if compress else open(tmp, "wb")  # noqa: SIM115
+    with raw, tarfile.open(fileobj=raw, mode="w|") as tar:
+
+        def add_bytes(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+        add_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add_bytes("index.json", json.dumps(index).encode())
+        seen = set()
+        for digest in [
+            image.digest,
+            image.manifest["config"]["digest"],
+            *[d["digest"] for d in image.manifest["layers"]],
+        ]:
+            if digest in seen:
+                continue
+            seen.add(digest)
+            tar.add(store.blob_path(digest), arcname="blobs/sha256/" + digest.split(":", 1)[1], recursive=False)
+    tmp.rename(out)

@@ -1,0 +1,346 @@
+"""The local content store: blobs by digest, unpacked layers by chain ID, names → manifests.
+
+Layout under ``root`` (``<data_dir>/images``)::
+
+    blobs/sha256/<hex>        manifests, configs and layer blobs, each verified before it is renamed into place
+    layers/<chain-hex>/fs     one unpacked layer in overlayfs form; ``layers/<chain-hex>/diffid`` marks it complete
+    repositories.json         reference → manifest digest, rewritten atomically
+    tmp/                      work in progress; anything found here at start-up is leftover from a crash
+
+Every write is write-temp + fsync + rename, so a crash at any point leaves either the old state or the new one.
+An exclusive ``flock`` on ``lock`` serialises writers (two pulls of the same image, a pull and a prune).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from zlayer.errors import ConflictError, ImageError, NotFoundError
+from zlayer.images.reference import Reference, parse_reference
+from zlayer.images.unpack import chain_ids, unpack_layer
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+WASM_CONFIG_TYPE = "application/vnd.wasm.config.v0+json"
+TMP_GRACE_SECONDS = 600
+
+
+@dataclass
+class LocalImage:
+    """An image that is in the store, ready to run."""
+
+    reference: str
+    digest: str
+    manifest: dict[str, Any]
+    image_config: dict[str, Any]
+    layer_dirs: list[Path] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The runtime part of the image config (Entrypoint, Cmd, Env, WorkingDir, User, ExposedPorts, ...)."""
+        cfg = self.image_config.get("config") or {}
+        return dict(cfg)
+
+    @property
+    def platform(self) -> str:
+        os_ = self.image_config.get("os", "linux")
+        arch = self.image_config.get("architecture", "amd64")
+        variant = self.image_config.get("variant")
+        return f"{os_}/{arch}" + (f"/{variant}" if variant else "")
+
+    @property
+    def is_wasm(self) -> bool:
+        if self.manifest.get("artifactType") == "application/wasm":
+            return True
+        if (self.manifest.get("config") or {}).get("mediaType") == WASM_CONFIG_TYPE:
+            return True
+        return any(
+            layer.get("mediaType", "").startswith("application/wasm") for layer in self.manifest.get("layers", [])
+        )
+
+    @property
+    def size(self) -> int:
+        return sum(int(d.get("size", 0)) for d in self.manifest.get("layers", []))
+
+
+def _hex(digest: str) -> str:
+    algo, _, value = digest.partition(":")
+    if algo != "sha256" or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ImageError(f"unsupported or malformed digest {digest!r}")
+    return value
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ImageStore:
+    """Content-addressed image store; safe against crashes and concurrent writers."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        for sub in ("blobs/sha256", "layers", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- locking and atomic files -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+            _fsync_dir(path.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    # -- blobs --------------------------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / _hex(digest)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def put_blob(self, data: bytes, expected: str | None = None) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if expected is not None and digest != expected:
+            raise ImageError(f"blob {expected}: content does not match its digest (got {digest}); discarded")
+        path = self.blob_path(digest)
+        if not path.exists():
+            self._write_atomic(path, data)
+        return digest
+
+    def put_blob_stream(self, src: BinaryIO, expected: str | None = None) -> str:
+        """Copy a stream into the store, verifying its digest; a mismatch leaves nothing behind."""
+        h = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = "sha256:" + h.hexdigest()
+            if expected is not None and digest != expected:
+                raise ImageError(f"blob {expected}: content does not match its digest (got {digest}); discarded")
+            os.rename(tmp, self.blob_path(digest))
+            return digest
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def read_json(self, digest: str) -> dict[str, Any]:
+        try:
+            data = self.blob_path(digest).read_bytes()
+        except FileNotFoundError as e:
+            raise ImageError(f"blob {digest} is missing from the store", hint="pull or import the image again") from e
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise ImageError(f"blob {digest} is corrupt in the store", hint="remove the image and pull it again")
+        result: dict[str, Any] = json.loads(data)
+        return result
+
+    # -- names --------------------------------------------------------------------------------------------------
+
+    def _names(self) -> dict[str, str]:
+        try:
+            names: dict[str, str] = json.loads((self.root / "repositories.json").read_text())
+            return names
+        except FileNotFoundError:
+            return {}
+
+    def _save_names(self, names: dict[str, str]) -> None:
+        self._write_atomic(self.root / "repositories.json", json.dumps(names, indent=1, sort_keys=True).encode())
+
+    def set_name(self, reference: str, manifest_digest: str) -> None:
+        ref = str(parse_reference(reference))
+        with self.lock():
+            names = self._names()
+            names[ref] = manifest_digest
+            self._save_names(names)
+
+    def resolve(self, reference: str) -> tuple[str, str]:
+        """(normalised reference, manifest digest) of a local image, by name or by manifest digest (prefix)."""
+        names = self._names()
+        short_id = len(reference) >= 12 and all(c in "0123456789abcdef" for c in reference)
+        if reference.startswith("sha256:") or short_id:
+            want = reference if reference.startswith("sha256:") else "sha256:" + reference
+            for name, digest in names.items():
+                if digest.startswith(want):
+                    return name, digest
+        ref = parse_reference(reference)
+        key = str(ref)
+        if key in names:
+            return key, names[key]
+        if ref.digest and self.has_blob(ref.digest):
+            return key, ref.digest
+        raise NotFoundError(f"image {reference} is not in the local store", hint=f"pull it: zlayer pull {reference}")
+
+    # -- layers -------------------------------------------------------------------------------------------------
+
+    def layer_dir(self, chain_id: str) -> Path:
+        return self.root / "layers" / _hex(chain_id) / "fs"
+
+    def layer_complete(self, chain_id: str) -> bool:
+        return (self.root / "layers" / _hex(chain_id) / "diffid").is_file()
+
+    def unpack_layers(self, manifest: dict[str, Any], image_config: dict[str, Any]) -> list[Path]:
+        """Unpack every layer not already unpacked; returns the layer directories, lowest first."""
+        layers = manifest.get("layers", [])
+        diff_ids = list((image_config.get("rootfs") or {}).get("diff_ids") or [])
+        if len(diff_ids) != len(layers):
+            raise ImageError(
+                f"image config lists {len(diff_ids)} diff_ids but the manifest has {len(layers)} layers",
+                hint="the image is malformed; rebuild or re-push it",
+            )
+        chains = chain_ids(diff_ids)
+        dirs = []
+        for desc, diff, chain in zip(layers, diff_ids, chains, strict=True):
+            if not self.layer_complete(chain):
+                self._unpack_one(desc["digest"], diff, chain)
+            dirs.append(self.layer_dir(chain))
+        return dirs
+
+    def _unpack_one(self, blob_digest: str, diff_id: str, chain: str) -> None:
+        work = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="layer-"))
+        try:
+            (work / "fs").mkdir()
+            os.chmod(work / "fs", 0o755)
+            with open(self.blob_path(blob_digest), "rb") as src:
+                got = unpack_layer(src, work / "fs", layer=blob_digest)
+            if got != diff_id:
+                raise ImageError(f"layer {blob_digest}: uncompressed content is {got}, the image config says {diff_id}")
+            (work / "diffid").write_text(diff_id)
+            final = self.root / "layers" / _hex(chain)
+            with self.lock():
+                if (final / "diffid").is_file():
+                    return  # someone else unpacked the same layer meanwhile
+                if final.exists():
+                    shutil.rmtree(final)  # a crash left a partial one
+                os.rename(work, final)
+                _fsync_dir(final.parent)
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+
+    # -- images -------------------------------------------------------------------------------------------------
+
+    def get(self, reference: str) -> LocalImage:
+        """The local image for a reference; unpacks any layer a crash left unpacked."""
+        name, digest = self.resolve(reference)
+        manifest = self.read_json(digest)
+        config = self.read_json(manifest["config"]["digest"])
+        is_wasm = (manifest.get("config") or {}).get("mediaType") == WASM_CONFIG_TYPE
+        dirs = [] if is_wasm else self.unpack_layers(manifest, config)
+        return LocalImage(reference=name, digest=digest, manifest=manifest, image_config=config, layer_dirs=dirs)
+
+    def add_image(self, reference: str | None, manifest: dict[str, Any]) -> LocalImage:
+        """Record a manifest whose blobs are all in the store (unpacking its layers) and name it."""
+        for desc in [manifest["config"], *manifest.get("layers", [])]:
+            if not self.has_blob(desc["digest"]):
+                raise ImageError(f"blob {desc['digest']} is missing; the image is incomplete")
+        data = json.dumps(manifest, separators=(",", ":")).encode()
+        digest = self.put_blob(data)
+        config = self.read_json(manifest["config"]["digest"])
+        if manifest["config"].get("mediaType") != WASM_CONFIG_TYPE:
+            self.unpack_layers(manifest, config)
+        if reference:
+            self.set_name(reference, digest)
+        return self.get(reference or digest)
+
+    def list(self) -> list[LocalImage]:
+        out = []
+        for name in sorted(self._names()):
+            with contextlib.suppress(ImageError, NotFoundError):
+                name_, digest = self.resolve(name)
+                manifest = self.read_json(digest)
+                cfg = self.read_json(manifest["config"]["digest"])
+                out.append(LocalImage(reference=name_, digest=digest, manifest=manifest, image_config=cfg))
+        return out
+
+    def tag(self, source: str, target: str) -> str:
+        _, digest = self.resolve(source)
+        self.set_name(target, digest)
+        return str(parse_reference(target))
+
+    def remove(self, reference: str, *, force: bool = False, in_use: set[str] | None = None) -> builtins.list[str]:
+        """Untag a reference; returns the names removed. ``in_use`` holds manifest digests of running containers."""
+        name, digest = self.resolve(reference)
+        if in_use and digest in in_use and not force:
+            raise ConflictError(f"image {name} is used by a container", hint="stop the container first or use --force")
+        with self.lock():
+            names = self._names()
+            names.pop(name, None)
+            self._save_names(names)
+        return [name]
+
+    def prune(self) -> tuple[int, int]:
+        """Delete blobs and layers no named image refers to, and crash leftovers; returns (items, bytes) freed."""
+        with self.lock():
+            keep_blobs: set[str] = set()
+            keep_layers: set[str] = set()
+            for digest in set(self._names().values()):
+                with contextlib.suppress(ImageError):
+                    manifest = self.read_json(digest)
+                    cfg = self.read_json(manifest["config"]["digest"])
+                    keep_blobs |= {digest, manifest["config"]["digest"]}
+                    keep_blobs |= {d["digest"] for d in manifest.get("layers", [])}
+                    keep_layers |= {_hex(c) for c in chain_ids((cfg.get("rootfs") or {}).get("diff_ids") or [])}
+            freed, count = 0, 0
+            for blob in (self.root / "blobs" / "sha256").iterdir():
+                if "sha256:" + blob.name not in keep_blobs:
+                    freed += blob.stat().st_size
+                    blob.unlink()
+                    count += 1
+            for layer in (self.root / "layers").iterdir():
+                if layer.name not in keep_layers:
+                    shutil.rmtree(layer, ignore_errors=True)
+                    count += 1
+            # Work in progress of a running pull is young; anything older is a crash leftover.
+            cutoff = time.time() - TMP_GRACE_SECONDS
+            for tmp in (self.root / "tmp").iterdir():
+                if tmp.lstat().st_mtime > cutoff:
+                    continue
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    freed += tmp.lstat().st_size
+                    tmp.unlink()
+                count += 1
+            return count, freed
+
+
+def parse(reference: str) -> Reference:
+    return parse_reference(reference)
