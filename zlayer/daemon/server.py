@@ -93,19 +93,12 @@ def make_runtime(cfg: DaemonConfig) -> tuple[Any, str]:
 
 
 def _construct(cls: Any, cfg: DaemonConfig) -> Any:
-    import inspect
+    from zlayer.daemon.images import StoreImages
 
-    params = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = {}
-    if "paths" in params:
-        kwargs["paths"] = cfg.paths
-    elif "data_dir" in params:
-        kwargs["data_dir"] = cfg.paths.data_dir
-    if "images" in params or "image_store" in params:
-        store = make_image_store(cfg)
-        if store is not None:
-            kwargs["images" if "images" in params else "image_store"] = store
-    return cls(**kwargs)
+    store = make_image_store(cfg)
+    if store is None:
+        raise DaemonError("the image store (zlayer.images) is not available; containers cannot be created")
+    return cls(cfg.paths.data_dir, StoreImages(store), log_dir=cfg.paths.log_dir)
 
 
 def make_image_store(cfg: DaemonConfig) -> Any:
@@ -113,14 +106,7 @@ def make_image_store(cfg: DaemonConfig) -> Any:
         from zlayer.images import ImageStore
     except ImportError:
         return None
-    import inspect
-
-    params = inspect.signature(ImageStore).parameters
-    if "paths" in params:
-        return ImageStore(paths=cfg.paths)
-    if "root" in params:
-        return ImageStore(root=cfg.paths.sub("images"))
-    return ImageStore(cfg.paths.data_dir)
+    return ImageStore(cfg.paths.sub("images"))
 
 
 class Daemon:
