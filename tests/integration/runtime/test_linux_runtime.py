@@ -162,3 +162,15 @@ def test_pause_unpause_and_readoption_by_a_new_runtime(runtime_linux: LinuxRunti
         assert await rt.list() == []
 
     asyncio.run(go())
+
+
+def test_rootfs_that_fails_to_mount_is_a_clear_error(runtime_linux: LinuxRuntimeHarness, tmp_path: Path) -> None:
+    rt, cid = runtime_linux.runtime, runtime_linux.new_id()
+    runtime_linux.images.images["broken"] = ({"config": {"Cmd": ["sh"]}}, [tmp_path / "no-such-layer"])
+
+    async def go() -> None:
+        with pytest.raises(RuntimeFailure, match=f"container {cid}: cannot mount the rootfs of image broken"):
+            await rt.create(cid, {"image": {"name": "broken"}})
+        assert not (runtime_linux.data_dir / "bundles" / str(cid)).exists()
+
+    asyncio.run(go())

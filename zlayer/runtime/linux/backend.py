@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -23,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, SpecError, ZLayerError
+from zlayer.errors import ConflictError, ImageError, NotFoundError, RuntimeFailure, SpecError, ZLayerError
+from zlayer.images.mount import mount_rootfs, unmount_rootfs
 from zlayer.runtime.linux import cgroups, shim
 from zlayer.runtime.linux.bundle import BundleOptions, _get, build_config, image_settings, stop_signal
 from zlayer.runtime.linux.etcfiles import write_etc_files
@@ -41,9 +41,6 @@ from zlayer.runtime.protocol import (
 DEFAULT_GRACE = 10.0
 EARLY_EXIT_WINDOW = 0.05  # seconds start() watches for a process that dies at once
 EARLY_EXIT_LINES = 40  # ZLayer's log tail on early exit
-MNT_DETACH = 2
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class ImageSource(Protocol):
@@ -71,19 +68,17 @@ class DirectoryImages:
 
 
 def _mount_overlay(target: Path, lower: Sequence[Path], upper: Path, work: Path, cid: str, image: str) -> None:
-    # overlayfs lists lower dirs top first.
-    opts = f"lowerdir={':'.join(str(p) for p in reversed(lower))},upperdir={upper},workdir={work}"
-    if _libc.mount(b"overlay", str(target).encode(), b"overlay", 0, opts.encode()) != 0:
-        err = ctypes.get_errno()
+    try:
+        mount_rootfs(list(lower), upper, work, target)
+    except ImageError as exc:
         raise RuntimeFailure(
-            f"container {cid}: cannot mount the rootfs of image {image} (overlay): {os.strerror(err)}",
-            where=str(target),
-        )
+            f"container {cid}: cannot mount the rootfs of image {image}: {exc.message}", where=str(target)
+        ) from None
 
 
 def _unmount(target: Path) -> None:
     if os.path.ismount(target):
-        _libc.umount2(str(target).encode(), MNT_DETACH)
+        unmount_rootfs(target)
 
 
 def _in_rootfs(rootfs: Path, path: str) -> Path | None:
