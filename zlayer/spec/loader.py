@@ -82,6 +82,20 @@ class _Doc:
         self.problems.append(Problem(self.source, line, col, format_path(path), message))
 
     def convert(self, node: yaml.Node, path: PathT) -> Any:
+        """Node tree → values; serde_yaml's limits apply: nesting deeper than 128 levels and more alias expansions
+        than 100 × the document's events are errors (this also stops recursive aliases and alias bombs)."""
+        self._limit = 100 * _count_events(node)
+        self._jumps = 0
+        self._seen: set[int] = set()
+        return self._convert(node, path, 0)
+
+    def _convert(self, node: yaml.Node, path: PathT, depth: int) -> Any:
+        if id(node) in self._seen:
+            self._jumps += 1
+            if self._jumps > self._limit:
+                raise _LimitError(node, "repetition limit exceeded (too many alias expansions)")
+        else:
+            self._seen.add(id(node))
         self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.ScalarNode):
             if not node.style:
@@ -89,8 +103,10 @@ class _Doc:
                     return Null(node.value)
                 return Plain(node.value)
             return str(node.value)
+        if depth >= _MAX_DEPTH:
+            raise _LimitError(node, f"recursion limit exceeded (nesting deeper than {_MAX_DEPTH} levels)")
         if isinstance(node, yaml.SequenceNode):
-            return [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
+            return [self._convert(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for knode, vnode in node.value:
@@ -101,9 +117,43 @@ class _Doc:
                     # serde: a repeated field of a struct is an error (the checker reports it); a map keeps the last.
                     self.dups.add(kpath)
                     del out[key]
-                out[key] = self.convert(vnode, kpath)
+                out[key] = self._convert(vnode, kpath, depth + 1)
             return out
         return None
+
+
+_MAX_DEPTH = 128
+
+
+class _LimitError(Exception):
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
+
+
+def _count_events(root: yaml.Node) -> int:
+    """How many parser events the document has (what serde_yaml's repetition limit is relative to)."""
+    events = 4  # stream and document start/end
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            events += 1  # an alias event
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            events += 1
+        elif isinstance(node, yaml.SequenceNode):
+            events += 2
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            events += 2
+            for k, v in node.value:
+                stack.append(k)
+                stack.append(v)
+    return events
 
 
 def _yaml_error(source: str, err: yaml.YAMLError) -> SpecError:
@@ -123,12 +173,20 @@ def _compose(text: str, source: str) -> tuple[_Doc, Any]:
         node = loader.get_single_node()
     except yaml.YAMLError as e:
         raise _yaml_error(source, e) from None
+    except RecursionError:
+        p = Problem(source, 1, 1, "", f"recursion limit exceeded (nesting deeper than {_MAX_DEPTH} levels)")
+        raise SpecError(str(p), problems=[p]) from None
     finally:
         loader.dispose()
     if node is None:
         p = Problem(source, 1, 1, "", "spec is empty (expected a mapping with version, deployment and services)")
         raise SpecError(str(p), problems=[p])
-    data = doc.convert(node, ())
+    try:
+        data = doc.convert(node, ())
+    except _LimitError as e:
+        m = e.node.start_mark
+        p = Problem(source, m.line + 1, m.column + 1, "", e.message)
+        raise SpecError(str(p), problems=[p]) from None
     if not isinstance(data, dict):
         doc.problem((), "a deployment spec must be a YAML mapping (version, deployment, services, ...)")
         raise SpecError(str(doc.problems[0]), problems=doc.problems)
