@@ -205,3 +205,45 @@ def test_container_id_display_and_parse() -> None:
         assert ContainerId.parse(str(cid)) == cid
     with pytest.raises(UsageError):
         ContainerId.parse("nonsense")
+
+
+def test_config_from_a_parsed_zlayer_yml(tmp_path: Path) -> None:
+    from zlayer.spec import parse_spec
+
+    dep = parse_spec(
+        """
+version: v1
+deployment: demo
+services:
+  api:
+    image: {name: "busybox:latest"}
+    command: {args: ["-c", "echo hi"], workdir: /srv}
+    env: {MODE: prod}
+    user: app
+    cap_drop: [NET_RAW]
+    network_mode: host
+    stop_signal: SIGINT
+    stop_grace_period: 3s
+    read_only_root_fs: true
+    ulimits: {nofile: {soft: 1024, hard: 2048}}
+    resources: {cpu: 1.5, memory: 128Mi, pids_limit: 64}
+    storage:
+      - {type: tmpfs, target: /scratch, size: "8Mi"}
+"""
+    )
+    svc = dep.services["api"]
+    doc = b.build_config(
+        svc,
+        {"config": {"Entrypoint": ["/bin/sh"], "Cmd": ["-l"], "Env": ["PATH=/bin"]}},
+        b.BundleOptions(container_id="api-rep-1", image="busybox:latest", rootfs=_rootfs(tmp_path)),
+    )
+    proc = doc["process"]
+    assert proc["args"] == ["/bin/sh", "-c", "echo hi"] and proc["cwd"] == "/srv"
+    assert "MODE=prod" in proc["env"] and proc["user"] == {"uid": 1000, "gid": 1001, "additionalGids": [50]}
+    assert "CAP_NET_RAW" not in proc["capabilities"]["effective"]
+    assert proc["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1024}]
+    assert "network" not in [n["type"] for n in doc["linux"]["namespaces"]]
+    assert doc["root"]["readonly"] is True
+    assert doc["linux"]["resources"]["cpu"]["quota"] == 150000
+    assert doc["linux"]["resources"]["memory"]["limit"] == 128 << 20
+    assert doc["annotations"]["org.opencontainers.image.stopSignal"] == "SIGINT"

@@ -482,7 +482,7 @@ def resolve_namespaces(spec: Any, join: NamespaceResolver | None) -> list[dict[s
             if join is None:
                 raise SpecError(f"{field_name} {mode!r}: joining another container needs a runtime")
             out.append({"type": ns, "path": join(target, kinds[ns])})
-        elif mode in ("", "default", "private", "bridge", "none", "shareable"):
+        elif mode in ("", "default", "private", "bridge", "none", "shareable") or mode.startswith("bridge:"):
             out.append({"type": ns})
         else:
             raise SpecError(f"{field_name} {mode!r}: expected host, private or container:<id>")
