@@ -174,3 +174,39 @@ def test_rootfs_that_fails_to_mount_is_a_clear_error(runtime_linux: LinuxRuntime
         assert not (runtime_linux.data_dir / "bundles" / str(cid)).exists()
 
     asyncio.run(go())
+
+
+def test_security_defaults_seen_inside_a_shim_container(runtime_linux: LinuxRuntimeHarness) -> None:
+    rt, cid = runtime_linux.runtime, runtime_linux.new_id()
+
+    async def go() -> None:
+        await rt.create(cid, spec("exec sleep 300", user="app", read_only_root_fs=True))
+        await rt.start(cid)
+        script = (
+            "grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/1/status; id -u; echo pid1=$(cat /proc/1/cmdline); "
+            "echo kcore=$(head -c 64 /proc/kcore 2>/dev/null | wc -c); mount -t tmpfs none /tmp 2>/dev/null; "
+            "echo mount=$?; touch /x 2>/dev/null; echo rootwrite=$?; ps -o pid | wc -l; cat /etc/hostname"
+        )
+        out = (await rt.exec(cid, ["sh", "-c", script], user="0:0")).stdout.decode()
+        assert "CapEff:\t0000000000000000" in out  # uid 1000 holds no effective caps, as under Docker
+        assert "Seccomp:\t2" in out and "NoNewPrivs:\t1" in out
+        lines = out.splitlines()
+        assert "pid1=sleep300" in out.replace(" ", "").replace("\0", "")
+        assert "kcore=0" in lines and "mount=1" in lines and "rootwrite=1" in lines
+        assert int(lines[-2]) <= 5  # header + sleep + sh + ps + wc: host processes are invisible
+        assert lines[-1] == str(cid)
+
+    asyncio.run(go())
+
+
+def test_logs_follow_streams_until_the_container_exits(runtime_linux: LinuxRuntimeHarness) -> None:
+    rt, cid = runtime_linux.runtime, runtime_linux.new_id()
+
+    async def go() -> None:
+        await rt.create(cid, spec("for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done"))
+        await rt.start(cid)
+        got = [x async for x in rt.logs(cid, follow=True)]
+        assert [x.message for x in got] == [f"line{i}" for i in range(1, 6)]
+        assert all(x.stream == "stdout" and x.timestamp.endswith("Z") for x in got)
+
+    asyncio.run(go())
