@@ -104,8 +104,10 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
         doc.problem(("version",), f"version must be 'v1', found '{version}'")
     name = _s(data.get("deployment"))
     if name is not None:
-        if not 3 <= len(name) <= 63:
-            doc.problem(("deployment",), f"deployment name must be 3-63 characters (got {len(name)}: '{name}')")
+        if not 3 <= len(name.encode()) <= 63:  # bytes, as Rust's str::len
+            doc.problem(
+                ("deployment",), f"deployment name must be 3-63 characters (got {len(name.encode())}: '{name}')"
+            )
         elif not name[0].isascii() or not name[0].isalnum():
             doc.problem(("deployment",), f"deployment name must start with alphanumeric character (got '{name}')")
         elif not _DEPLOYMENT_CHARS.match(name):
@@ -127,8 +129,9 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
         res = _map(body.get("resources"))
         if _opt(res.get("cpu")) is not None:
             cpu = _float(res.get("cpu"))
-            if cpu is not None and not cpu > 0:
-                doc.problem((*at, "resources", "cpu"), f"CPU limit must be > 0, found {res.get('cpu')}")
+            if cpu is not None and cpu <= 0:  # NaN passes, as in ZLayer
+                shown = int(cpu) if cpu.is_integer() else cpu
+                doc.problem((*at, "resources", "cpu"), f"CPU limit must be > 0, found {shown}")
         if _opt(res.get("memory")) is not None:
             _check_memory(doc, res.get("memory"), (*at, "resources", "memory"))
         for i, ep in enumerate(_list(body.get("endpoints"))):

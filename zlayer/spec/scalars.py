@@ -110,7 +110,7 @@ def format_duration(seconds: float) -> str:
 
 # --- memory ----------------------------------------------------------------------------------------------------------
 
-_MEM = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti)$")
+_MEM = re.compile(r"^\+?([0-9]+)(Ki|Mi|Gi|Ti)$")  # Rust u64::from_str takes a leading +
 _MEM_MULT = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
 
 
