@@ -8,15 +8,20 @@ Public names other components rely on:
   first, overlayfs form), ``is_wasm``, ``platform``.
 - :func:`mount_rootfs` / :func:`unmount_rootfs`: an overlayfs of the layers plus an upper/work dir.
 - :func:`import_archive` / :func:`export_archive`: OCI archives, ``docker save`` archives, rootfs tarballs.
+- :func:`pull` / :func:`push` (async): registries, with pull policies always, newer, if_not_present, never.
 - :func:`parse_reference`: Docker Hub defaults (``nginx`` is ``docker.io/library/nginx:latest``).
 """
 
 from zlayer.images.archive import export_archive, import_archive
 from zlayer.images.mount import mount_rootfs, unmount_rootfs
+from zlayer.images.pull import POLICIES, pull, push
 from zlayer.images.reference import Reference, parse_reference
+from zlayer.images.registry import Credentials
 from zlayer.images.store import ImageStore, LocalImage
 
 __all__ = [
+    "POLICIES",
+    "Credentials",
     "ImageStore",
     "LocalImage",
     "Reference",
@@ -24,5 +29,7 @@ __all__ = [
     "import_archive",
     "mount_rootfs",
     "parse_reference",
+    "pull",
+    "push",
     "unmount_rootfs",
 ]

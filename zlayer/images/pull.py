@@ -1,0 +1,183 @@
+"""Pulling an image into the store (and pushing one out), with pull policies, platform selection and resume."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from zlayer.errors import ImageError, NotFoundError
+from zlayer.images.archive import host_arch
+from zlayer.images.reference import parse_reference
+from zlayer.images.registry import (
+    INDEX_TYPES,
+    Credentials,
+    Progress,
+    RegistryClient,
+    _RangeIgnored,
+    gather_bounded,
+)
+from zlayer.images.store import ImageStore, LocalImage
+
+POLICIES = ("always", "newer", "if_not_present", "never")
+
+
+def _platform_tuple(platform: str | None) -> tuple[str, str, str | None]:
+    if not platform:
+        return "linux", host_arch(), None
+    parts = platform.split("/")
+    if len(parts) < 2:
+        raise ImageError(f"invalid platform {platform!r}: use os/arch[/variant], e.g. linux/arm64")
+    return parts[0], parts[1], parts[2] if len(parts) > 2 else None
+
+
+def select_platform(index: dict[str, Any], platform: str | None, what: str) -> str:
+    """The manifest digest for the wanted platform in an index; the error lists the platforms that exist."""
+    os_, arch, variant = _platform_tuple(platform)
+    found = []
+    for desc in index.get("manifests", []):
+        plat = desc.get("platform") or {}
+        found.append("/".join(p for p in (plat.get("os"), plat.get("architecture"), plat.get("variant")) if p))
+        if (
+            plat.get("os") == os_
+            and plat.get("architecture") == arch
+            and (variant is None or plat.get("variant") == variant)
+        ):
+            return str(desc["digest"])
+    want = "/".join(p for p in (os_, arch, variant) if p)
+    listed = ", ".join(f for f in found if f and f != "unknown/unknown") or "none"
+    raise ImageError(f"{what}: no image for {want}; the registry has {listed}")
+
+
+async def _lock_file(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            await asyncio.sleep(0.05)
+
+
+async def fetch_blob(
+    store: ImageStore, client: RegistryClient, ref: Any, desc: dict[str, Any], progress: Progress | None
+) -> None:
+    """Download one blob into the store, resuming a partial download, verifying the digest while streaming."""
+    digest = desc["digest"]
+    if store.has_blob(digest):
+        if progress:
+            progress(digest, int(desc.get("size", 0)), int(desc.get("size", 0)))
+        return
+    hex_ = digest.split(":", 1)[1]
+    partial = store.root / "tmp" / f"partial-{hex_}"
+    lock_fd = await _lock_file(store.root / "tmp" / f"partial-{hex_}.lock")
+    try:
+        if store.has_blob(digest):  # another pull finished it while we waited
+            return
+        for _ in range(2):
+            h = hashlib.sha256()
+            offset = partial.stat().st_size if partial.exists() else 0
+            if offset:
+                with open(partial, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+            try:
+                with open(partial, "ab") as out:
+                    done = offset
+                    async for chunk, total in client.blob_chunks(ref, digest, offset):
+                        out.write(chunk)
+                        h.update(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(digest, done, total or int(desc.get("size", 0)))
+                    out.flush()
+                    os.fsync(out.fileno())
+            except _RangeIgnored:
+                partial.unlink()
+                continue
+            break
+        got = "sha256:" + h.hexdigest()
+        if got != digest:
+            partial.unlink(missing_ok=True)
+            raise ImageError(f"layer {digest}: downloaded content has digest {got}; discarded", hint="pull again")
+        os.rename(partial, store.blob_path(digest))
+    finally:
+        os.close(lock_fd)
+        with contextlib.suppress(FileNotFoundError):
+            (store.root / "tmp" / f"partial-{hex_}.lock").unlink()
+
+
+async def pull(
+    store: ImageStore,
+    reference: str,
+    *,
+    policy: str = "if_not_present",
+    platform: str | None = None,
+    credentials: Credentials | None = None,
+    insecure: tuple[str, ...] = (),
+    progress: Progress | None = None,
+    concurrency: int = 3,
+) -> LocalImage:
+    """Make ``reference`` available locally according to ``policy`` (always, newer, if_not_present, never)."""
+    if policy not in POLICIES:
+        raise ImageError(f"unknown pull policy {policy!r}; use one of {', '.join(POLICIES)}")
+    ref = parse_reference(reference)
+    local: LocalImage | None = None
+    with contextlib.suppress(NotFoundError):
+        local = store.get(str(ref))
+    if policy == "never":
+        if local is None:
+            raise NotFoundError(f"image {reference} is not in the local store and pull_policy is never")
+        return local
+    if policy == "if_not_present" and local is not None:
+        return local
+    async with RegistryClient(
+        ref.registry if ref.registry != "docker.io" else ref.api_registry, credentials=credentials, insecure=insecure
+    ) as client:
+        if policy == "newer" and local is not None:
+            remote = await client.head_manifest_digest(ref)
+            if remote == local.digest:
+                return local
+        body, media, digest = await client.manifest(ref)
+        manifest = json.loads(body)
+        if media in INDEX_TYPES or manifest.get("mediaType") in INDEX_TYPES:
+            chosen = select_platform(manifest, platform, f"image {reference}")
+            body, media, digest = await client.manifest(ref, chosen)
+            manifest = json.loads(body)
+        if "config" not in manifest:
+            raise ImageError(f"image {reference}: manifest type {media or 'unknown'} is not supported")
+        descs = [manifest["config"], *manifest.get("layers", [])]
+        unique = list({d["digest"]: d for d in descs}.values())
+        await gather_bounded(concurrency, [fetch_blob(store, client, ref, d, progress) for d in unique])
+    store.put_blob(body, expected=digest)
+    return await asyncio.to_thread(store.add_image, str(ref), manifest)
+
+
+async def push(
+    store: ImageStore,
+    reference: str,
+    *,
+    target: str | None = None,
+    credentials: Credentials | None = None,
+    insecure: tuple[str, ...] = (),
+    concurrency: int = 3,
+) -> str:
+    """Push a local image (to ``target`` when given); returns the manifest digest."""
+    image = store.get(reference)
+    ref = parse_reference(target or reference)
+    body = store.blob_path(image.digest).read_bytes()
+    media = image.manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json")
+    async with RegistryClient(ref.api_registry, credentials=credentials, insecure=insecure) as client:
+
+        async def send(desc: dict[str, Any]) -> None:
+            if not await client.blob_exists(ref, desc["digest"]):
+                await client.upload_blob(ref, desc["digest"], store.blob_path(desc["digest"]))
+
+        await gather_bounded(concurrency, [send(d) for d in [image.manifest["config"], *image.manifest["layers"]]])
+        await client.put_manifest(ref, body, media)
+    return image.digest

@@ -1,0 +1,308 @@
+"""OCI distribution client (aiohttp): pulls and pushes with anonymous, basic and bearer-token auth.
+
+Auth follows the registry's ``WWW-Authenticate`` challenge: ``Basic`` gets the credentials, ``Bearer`` sends us to
+the token realm with the scope of the request (``repository:NAME:pull[,push]``) and the token is reused for that
+scope until the registry refuses it. Credentials come from flags or ``~/.docker/config.json``. Registries on
+loopback and ones named in ``insecure`` are spoken to over plain HTTP; all others over HTTPS with the system CAs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from zlayer.errors import AuthError, ImageError, NotFoundError, RegistryError
+from zlayer.images.reference import Reference
+
+MANIFEST_ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+_CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+Progress = Callable[[str, int, int], None]  # (digest, bytes done, total)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def docker_config_credentials(registry: str, config_path: Path | None = None) -> Credentials | None:
+    """Credentials for a registry from ``~/.docker/config.json`` (``auths.<host>.auth``), if any."""
+    path = config_path or Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+    try:
+        auths = json.loads(path.read_text()).get("auths", {})
+    except (OSError, ValueError):
+        return None
+    keys = [registry, f"https://{registry}", f"http://{registry}"]
+    if registry in ("docker.io", "registry-1.docker.io"):
+        keys.append("https://index.docker.io/v1/")
+    for key in keys:
+        entry = auths.get(key)
+        if entry and entry.get("auth"):
+            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            return Credentials(user, password)
+        if entry and entry.get("username"):
+            return Credentials(entry["username"], entry.get("password", ""))
+    return None
+
+
+def is_insecure(host: str, insecure: tuple[str, ...] = ()) -> bool:
+    bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    env = tuple(h for h in os.environ.get("ZLAYER_INSECURE_REGISTRIES", "").split(",") if h)
+    return bare in ("localhost", "[::1]") or bare.startswith("127.") or host in insecure + env
+
+
+def _describe_status(status: int, what: str, host: str) -> str:
+    reason = {
+        401: "authentication required or credentials refused",
+        403: "access denied",
+        404: "not found",
+        429: "rate limited by the registry; try again later",
+    }.get(status, "registry error" if status >= 500 else "unexpected answer")
+    return f"{what}: {host} answered {status} ({reason})"
+
+
+class RegistryClient:
+    """One registry, one repository scope at a time; reuse it for all requests of a pull or push."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        credentials: Credentials | None = None,
+        insecure: tuple[str, ...] = (),
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.host = host
+        self.scheme = "http" if is_insecure(host, insecure) else "https"
+        self.credentials = credentials or docker_config_credentials(host)
+        self._session = session
+        self._own_session = session is None
+        self._tokens: dict[str, str] = {}
+        self._basic = False
+
+    async def __aenter__(self) -> RegistryClient:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=120)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "use RegistryClient as an async context manager"
+        return self._session
+
+    def url(self, path: str) -> str:
+        return f"{self.scheme}://{self.host}/v2/{path}"
+
+    # -- auth ---------------------------------------------------------------------------------------------------
+
+    def _auth_header(self, scope: str) -> dict[str, str]:
+        if scope in self._tokens:
+            return {"Authorization": f"Bearer {self._tokens[scope]}"}
+        if self._basic and self.credentials:
+            raw = f"{self.credentials.username}:{self.credentials.password}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+        return {}
+
+    async def _answer_challenge(self, challenge: str, scope: str, what: str) -> None:
+        kind, _, params = challenge.partition(" ")
+        if kind.lower() == "basic":
+            if not self.credentials or self._basic:
+                raise AuthError(f"{what}: {self.host} needs a username and password", hint="pass -u/-p or docker login")
+            self._basic = True
+            return
+        if kind.lower() != "bearer":
+            raise AuthError(f"{what}: {self.host} asks for unsupported authentication {kind!r}")
+        fields = dict(_CHALLENGE_RE.findall(params))
+        realm = fields.get("realm")
+        if not realm:
+            raise AuthError(f"{what}: {self.host} sent a bearer challenge without a realm")
+        query = {"service": fields["service"]} if "service" in fields else {}
+        query["scope"] = fields.get("scope", scope)
+        headers = {}
+        if self.credentials:
+            raw = f"{self.credentials.username}:{self.credentials.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        try:
+            async with self.session.get(realm, params=query, headers=headers) as resp:
+                if resp.status != 200:
+                    raise AuthError(_describe_status(resp.status, f"{what}: token from {realm}", self.host))
+                body = await resp.json(content_type=None)
+        except aiohttp.ClientError as e:
+            raise RegistryError(f"{what}: cannot reach the token service {realm}: {e}") from e
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            raise AuthError(f"{what}: the token service {realm} returned no token")
+        self._tokens[scope] = token
+
+    async def request(
+        self, method: str, url: str, *, scope: str, what: str, headers: dict[str, str] | None = None, **kw: Any
+    ) -> aiohttp.ClientResponse:
+        """Send a request, answering at most one auth challenge; the caller closes the response."""
+        for attempt in range(3):
+            hdrs = {**(headers or {}), **self._auth_header(scope)}
+            try:
+                resp = await self.session.request(method, url, headers=hdrs, **kw)
+            except aiohttp.ClientError as e:
+                raise RegistryError(f"{what}: cannot reach {self.host}: {e}") from e
+            if resp.status == 401 and attempt < 2:
+                challenge = resp.headers.get("WWW-Authenticate", "")
+                resp.release()
+                self._tokens.pop(scope, None)
+                await self._answer_challenge(challenge, scope, what)
+                continue
+            return resp
+        raise AuthError(f"{what}: {self.host} refused the credentials")
+
+    @staticmethod
+    def check(resp: aiohttp.ClientResponse, what: str, host: str, ok: tuple[int, ...] = (200,)) -> None:
+        if resp.status in ok:
+            return
+        resp.release()
+        message = _describe_status(resp.status, what, host)
+        if resp.status in (401, 403):
+            raise AuthError(message)
+        if resp.status == 404:
+            raise NotFoundError(message)
+        raise RegistryError(message)
+
+    # -- pull ---------------------------------------------------------------------------------------------------
+
+    async def manifest(self, ref: Reference, selector: str | None = None) -> tuple[bytes, str, str]:
+        """(body, media type, digest) of a manifest or index by tag or digest."""
+        sel = selector or ref.selector
+        scope = f"repository:{ref.repository}:pull"
+        what = (
+            f"manifest {ref.repository}:{sel}" if not sel.startswith("sha256:") else f"manifest {ref.repository}@{sel}"
+        )
+        resp = await self.request(
+            "GET",
+            self.url(f"{ref.repository}/manifests/{sel}"),
+            scope=scope,
+            what=what,
+            headers={"Accept": MANIFEST_ACCEPT},
+        )
+        self.check(resp, what, self.host)
+        async with resp:
+            body = await resp.read()
+            media = resp.headers.get("Content-Type", "").split(";")[0]
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if sel.startswith("sha256:") and digest != sel:
+            raise ImageError(f"{what}: content does not match its digest (got {digest})")
+        if not media or media == "application/json":
+            media = json.loads(body).get("mediaType", media)
+        return body, media, digest
+
+    async def head_manifest_digest(self, ref: Reference) -> str | None:
+        scope = f"repository:{ref.repository}:pull"
+        what = f"manifest {ref.repository}:{ref.selector}"
+        resp = await self.request(
+            "HEAD",
+            self.url(f"{ref.repository}/manifests/{ref.selector}"),
+            scope=scope,
+            what=what,
+            headers={"Accept": MANIFEST_ACCEPT},
+        )
+        async with resp:
+            return resp.headers.get("Docker-Content-Digest") if resp.status == 200 else None
+
+    async def blob_chunks(self, ref: Reference, digest: str, offset: int = 0) -> AsyncIterator[tuple[bytes, int]]:
+        """Yield (chunk, total size) of a blob from ``offset`` (a Range request when resuming)."""
+        scope = f"repository:{ref.repository}:pull"
+        what = f"blob {digest}"
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        resp = await self.request(
+            "GET", self.url(f"{ref.repository}/blobs/{digest}"), scope=scope, what=what, headers=headers
+        )
+        self.check(resp, what, self.host, ok=(200, 206))
+        async with resp:
+            if offset and resp.status == 200:
+                raise _RangeIgnored()
+            total = offset + int(resp.headers.get("Content-Length", "0") or 0)
+            async for chunk in resp.content.iter_chunked(1 << 20):
+                yield chunk, total
+
+    # -- push ---------------------------------------------------------------------------------------------------
+
+    async def blob_exists(self, ref: Reference, digest: str) -> bool:
+        scope = f"repository:{ref.repository}:pull,push"
+        resp = await self.request(
+            "HEAD", self.url(f"{ref.repository}/blobs/{digest}"), scope=scope, what=f"blob {digest}"
+        )
+        async with resp:
+            return resp.status == 200
+
+    async def upload_blob(self, ref: Reference, digest: str, path: Path) -> None:
+        scope = f"repository:{ref.repository}:pull,push"
+        what = f"upload of blob {digest}"
+        resp = await self.request("POST", self.url(f"{ref.repository}/blobs/uploads/"), scope=scope, what=what)
+        self.check(resp, what, self.host, ok=(202,))
+        async with resp:
+            location = resp.headers.get("Location", "")
+        if not location:
+            raise RegistryError(f"{what}: {self.host} gave no upload location")
+        if location.startswith("/"):
+            location = f"{self.scheme}://{self.host}{location}"
+        sep = "&" if "?" in location else "?"
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            resp = await self.request(
+                "PUT",
+                f"{location}{sep}digest={digest}",
+                scope=scope,
+                what=what,
+                data=f,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            )
+        self.check(resp, what, self.host, ok=(201, 204))
+        resp.release()
+
+    async def put_manifest(self, ref: Reference, body: bytes, media_type: str) -> None:
+        scope = f"repository:{ref.repository}:pull,push"
+        what = f"manifest {ref.repository}:{ref.selector}"
+        resp = await self.request(
+            "PUT",
+            self.url(f"{ref.repository}/manifests/{ref.selector}"),
+            scope=scope,
+            what=what,
+            data=body,
+            headers={"Content-Type": media_type},
+        )
+        self.check(resp, what, self.host, ok=(201, 202, 204))
+        resp.release()
+
+
+class _RangeIgnored(Exception):
+    """The registry answered a Range request with the whole blob; start over from byte 0."""
+
+
+async def gather_bounded(limit: int, coros: list[Any]) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def run(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(run(c) for c in coros))
