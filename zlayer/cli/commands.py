@@ -22,8 +22,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "stop": ("zlayer.cli.stop", "stop", "Stop a deployment's replicas (or one service's)"),
     "container": ("zlayer.cli.container", "container", "Inspect containers (ls, inspect, logs, stats, rm)"),
     "job": ("zlayer.cli.job", "job", "Trigger jobs and inspect executions; cron jobs"),
-    "image": ("zlayer.cli.image", "image", "Manage local images (ls, inspect, rm, tag)"),
+    "image": ("zlayer.cli.image", "image", "Manage local images (ls, inspect, rm, tag, push)"),
     "import": ("zlayer.cli.image", "import_", "Import an image from an OCI/docker archive or a rootfs tarball"),
     "export": ("zlayer.cli.image", "export", "Write a local image as an OCI archive"),
     "system": ("zlayer.cli.image", "system", "Node housekeeping (prune)"),
+    "pull": ("zlayer.cli.image", "pull_cmd", "Pull an image (or every image of the spec) into the local store"),
 }

@@ -191,3 +191,122 @@ def prune(ctx: click.Context, yes: bool) -> None:
         click.confirm("Remove all unreferenced image data?", abort=True)
     items, freed = _store(ctx).prune()
     click.echo(f"Removed {items} unreferenced items, freed {_size(freed)}")
+
+
+class _LayerProgress:
+    """A rich progress bar per layer; silent when not on a terminal or with --quiet."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress: Any = None
+        self.tasks: dict[str, Any] = {}
+        if enabled:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=False
+            )
+
+    def __enter__(self) -> _LayerProgress:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def __call__(self, digest: str, done: int, total: int) -> None:
+        if not self.progress:
+            return
+        task = self.tasks.get(digest)
+        if task is None:
+            task = self.tasks[digest] = self.progress.add_task(digest[7:19], total=total or None)
+        self.progress.update(task, completed=done, total=total or None)
+
+
+def _credentials(username: str | None, password: str | None) -> Any:
+    from zlayer.images import Credentials
+
+    return Credentials(username, password or "") if username else None
+
+
+def _spec_images() -> list[tuple[str, str]]:
+    from zlayer.cli.discovery import discover_spec_path
+    from zlayer.spec import load_spec
+
+    spec = load_spec(discover_spec_path(None))
+    return [(svc.image.name, str(svc.image.pull_policy)) for svc in spec.services.values()]
+
+
+@click.command("pull")
+@click.argument("reference", required=False)
+@click.option(
+    "-u", "--username", envvar="ZLAYER_REGISTRY_USERNAME", help="Registry user [env ZLAYER_REGISTRY_USERNAME]."
+)
+@click.option(
+    "-p", "--password", envvar="ZLAYER_REGISTRY_PASSWORD", help="Registry password [env ZLAYER_REGISTRY_PASSWORD]."
+)
+@click.option("--platform", help="os/arch[/variant] to pull from a multi-platform image [default: this host].")
+@click.option(
+    "--policy",
+    type=click.Choice(["always", "newer", "if_not_present", "never"]),
+    default="always",
+    show_default=True,
+    help="When to contact the registry.",
+)
+@click.option("--insecure", multiple=True, help="Registry host to reach over plain HTTP (loopback always is).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.pass_context
+def pull_cmd(
+    ctx: click.Context,
+    reference: str | None,
+    username: str | None,
+    password: str | None,
+    platform: str | None,
+    policy: str,
+    insecure: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Pull an image from a registry into the local store.
+
+    With no REFERENCE, pulls every image of the deployment spec in the current directory.
+    """
+    import asyncio
+
+    from zlayer.images import pull
+
+    store = _store(ctx)
+    wanted = [(reference, policy)] if reference else _spec_images()
+    creds = _credentials(username, password)
+    for ref, pol in wanted:
+        with _LayerProgress(enabled=not quiet and sys.stderr.isatty()) as progress:
+            image = asyncio.run(
+                pull(store, ref, policy=pol, platform=platform, credentials=creds, insecure=insecure, progress=progress)
+            )
+        click.echo(f"{image.reference}: {image.digest}")
+
+
+@image.command("push")
+@click.argument("reference")
+@click.argument("target", required=False)
+@click.option("-u", "--username", envvar="ZLAYER_REGISTRY_USERNAME", help="Registry user.")
+@click.option("-p", "--password", envvar="ZLAYER_REGISTRY_PASSWORD", help="Registry password.")
+@click.option("--insecure", multiple=True, help="Registry host to reach over plain HTTP (loopback always is).")
+@click.pass_context
+def image_push(
+    ctx: click.Context,
+    reference: str,
+    target: str | None,
+    username: str | None,
+    password: str | None,
+    insecure: tuple[str, ...],
+) -> None:
+    """Push a local image to its registry (or to TARGET)."""
+    import asyncio
+
+    from zlayer.images import push
+
+    digest = asyncio.run(
+        push(_store(ctx), reference, target=target, credentials=_credentials(username, password), insecure=insecure)
+    )
+    click.echo(f"Pushed {target or reference}: {digest}")
