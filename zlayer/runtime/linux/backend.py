@@ -121,11 +121,10 @@ def find_executable(rootfs: Path, argv0: str, env: Sequence[str], cwd: str) -> P
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    # Temp + rename so no reader sees half a file. No fsync: bundle files live no longer than the container, which
+    # a power loss ends anyway, and create() discards a bundle left by a crash.
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
     os.replace(tmp, path)
 
 

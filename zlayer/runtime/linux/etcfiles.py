@@ -18,11 +18,10 @@ HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    # No fsync: these files live in the bundle, as long as the container (see backend._atomic_json).
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
