@@ -32,7 +32,10 @@ def test_lifecycle_exec_logs_stats_stop_remove_leaves_nothing(runtime_linux: Lin
     rt, cid = runtime_linux.runtime, runtime_linux.new_id()
 
     async def go() -> None:
-        await rt.create(cid, spec("echo started; echo oops >&2; exec sleep 300", resources={"memory": "64Mi"}))
+        storage = [{"type": "anonymous", "target": "/anon"}]
+        await rt.create(cid, spec("echo started; echo oops >&2; exec sleep 300", resources={"memory": "64Mi"},
+                                  storage=storage))  # fmt: skip
+        [anon] = list((runtime_linux.data_dir / "volumes" / "_anon").iterdir())
         assert (await rt.state(cid)).status == "pending"
         await rt.start(cid)
         st = await rt.state(cid)
@@ -57,7 +60,7 @@ def test_lifecycle_exec_logs_stats_stop_remove_leaves_nothing(runtime_linux: Lin
         assert (final.status, final.exit_code, final.signal) == ("exited", 137, 9)
         await rt.remove(cid)
         bundle = runtime_linux.data_dir / "bundles" / str(cid)
-        assert not bundle.exists() and not mounted(bundle)
+        assert not bundle.exists() and not mounted(bundle) and not anon.exists()
         assert not any(Path(p).exists() for p in info.cgroup_paths)
         assert not os.path.exists(f"/proc/{st.pid}")
         assert await rt.list() == []
