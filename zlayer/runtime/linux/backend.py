@@ -162,8 +162,16 @@ def _to_state(st: shim.ShimState) -> ContainerState:
 class LinuxRuntime:
     """Containers on this Linux host: namespaces, cgroups, overlayfs, seccomp, through one zlayer-shim each."""
 
-    def __init__(self, data_dir: Path, images: ImageSource, *, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        images: ImageSource,
+        *,
+        log_dir: Path | None = None,
+        early_exit_window: float = EARLY_EXIT_WINDOW,
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self.early_exit_window = early_exit_window
         self.images = images
         self.state_root = self.data_dir / "containers"
         self.bundles = self.data_dir / "bundles"
@@ -300,14 +308,12 @@ class LinuxRuntime:
             await shim.start(name, self.state_root)
         except RuntimeFailure as exc:
             raise RuntimeFailure(exc.message + self._tail_text(name), where=exc.where) from None
-        deadline = time.monotonic() + EARLY_EXIT_WINDOW
-        while time.monotonic() < deadline:
-            st = shim.read_state(name, self.state_root)
-            if st.status == "stopped":
-                raise RuntimeFailure(
-                    f"container {name} exited at once with code {st.exit_code}" + self._tail_text(name)
-                )
-            await asyncio.sleep(0.01)
+        # Watch briefly for a process that dies at once (bad flags, missing config): report it with its output.
+        try:
+            ended = await asyncio.wait_for(shim.wait(name, self.state_root), self.early_exit_window)
+        except TimeoutError:
+            return
+        raise RuntimeFailure(f"container {name} exited at once with code {ended.code}" + self._tail_text(name))
 
     def _tail_text(self, name: str) -> str:
         lines = self._read_log_lines(name)[-EARLY_EXIT_LINES:]
