@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,22 @@ INVALID_WHY = {
     "containers__multi-service__deployment.yaml": ("services.cleanup.schedule", "invalid cron schedule '0 3 * * *'"),
     "wasm__deployment.yaml": ("services.rust-hello.runtime", "unknown field `runtime`"),
 }
+
+
+RUST_TESTS = HERE / "rust-tests"
+VERDICTS = json.loads((RUST_TESTS / "verdicts.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(VERDICTS))
+def test_specs_from_zlayer_rust_tests(name: str) -> None:
+    """Inline specs of ZLayer's own Rust tests (types.rs, API and agent tests) get the verdict those tests assert."""
+    path = RUST_TESTS / name
+    if VERDICTS[name]["verdict"] == "ok":
+        spec = load_spec(path)
+        assert parse_spec(dump_spec(spec)) == spec
+    else:
+        with pytest.raises(SpecError):
+            load_spec(path)
 
 
 @pytest.mark.parametrize("path", [*VALID, REPO_HELLO], ids=lambda p: p.name)

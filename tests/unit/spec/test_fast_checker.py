@@ -14,7 +14,7 @@ from zlayer.spec.table import build_table
 
 from .test_rules import CASES
 
-EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*/*"))
+EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*/*.y*ml"))
 
 
 def test_table_matches_models() -> None:
