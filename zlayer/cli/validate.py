@@ -59,17 +59,34 @@ def _services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _debug(word: str) -> str:
+    """Rust's Debug spelling of a unit enum variant (``if_not_present`` → ``IfNotPresent``)."""
+    return "".join(part[:1].upper() + part[1:] for part in word.split("_"))
+
+
+def _rust_f64(text: str) -> str:
+    try:
+        v = float(text)
+    except ValueError:
+        return text
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
 def _summary(data: dict[str, Any]) -> list[str]:
+    """ZLayer's deployment plan (``print_deployment_plan``), line for line."""
     services = _services(data)
     lines = [
+        "",
+        "=== Deployment Plan ===",
         f"Deployment: {_txt(data.get('deployment'))}",
-        f"Version:    {_txt(data.get('version'))}",
-        f"Services:   {len(services)}",
+        f"Version: {_txt(data.get('version'))}",
+        f"Services: {len(services)}",
+        "",
     ]
     for name, svc in services.items():
-        lines.append(f"  {name}")
-        lines.append(f"    Image:     {svc['image']}")
-        lines.append(f"    Type:      {svc['rtype']}" + (f" ({svc['schedule']})" if svc["schedule"] else ""))
+        lines.append(f"  Service: {name}")
+        lines.append(f"    Image: {svc['image']}")
+        lines.append(f"    Type: {_debug(svc['rtype'])}")
         sc = svc["scale"]
         if sc["mode"] == "fixed":
             scale = f"fixed ({sc['replicas']} replicas)"
@@ -77,20 +94,23 @@ def _summary(data: dict[str, Any]) -> list[str]:
             scale = f"adaptive ({sc['min']}-{sc['max']} replicas)"
         else:
             scale = "manual"
-        lines.append(f"    Scale:     {scale}")
-        if svc["cpu"] or svc["memory"]:
-            parts = [f"cpu={svc['cpu']}" if svc["cpu"] else "", f"memory={svc['memory']}" if svc["memory"] else ""]
-            lines.append("    Resources: " + " ".join(p for p in parts if p))
+        lines.append(f"    Scale: {scale}")
+        if svc["cpu"] is not None or svc["memory"] is not None:
+            res = "    Resources:"
+            if svc["cpu"] is not None:
+                res += f" cpu={_rust_f64(svc['cpu'])}"
+            if svc["memory"] is not None:
+                res += f" memory={svc['memory']}"
+            lines.append(res)
         if svc["endpoints"]:
             lines.append("    Endpoints:")
             for ep in svc["endpoints"]:
-                lines.append(f"      - {ep['name']} ({ep['protocol'].upper()}:{ep['port']}, {ep['expose']})")
+                lines.append(f"      - {ep['name']} ({_debug(ep['protocol'])}:{ep['port']}, {_debug(ep['expose'])})")
         if svc["depends"]:
-            deps = ", ".join(f"{d['service']} ({d['condition']})" for d in svc["depends"])
-            lines.append(f"    Dependencies: {deps}")
-    for key, label in (("externals", "Externals: "), ("tunnels", "Tunnels:   ")):
-        if isinstance(data.get(key), dict) and data[key]:
-            lines.append(f"{label} {', '.join(map(str, data[key]))}")
+            lines.append("    Dependencies:")
+            for d in svc["depends"]:
+                lines.append(f"      - {d['service']} ({_debug(d['condition'])})")
+        lines.append("")
     return lines
 
 
@@ -125,7 +145,7 @@ def validate(spec_path: str | None, output: str) -> None:
                 body["problems"] = []
             click.echo(json.dumps(body, indent=2))
         else:
-            click.secho("Spec validation: FAILED", fg="red", bold=True, err=True)
+            click.echo("Spec validation: FAILED")
             if problems:
                 for p in problems:
                     click.echo(str(p), err=True)
@@ -137,7 +157,5 @@ def validate(spec_path: str | None, output: str) -> None:
     if output == "json":
         click.echo(json.dumps(_as_json(data, str(path)), indent=2))
         return
-    click.secho("Spec validation: PASSED", fg="green", bold=True)
-    click.echo(f"File:       {path}")
-    for line in _summary(data):
-        click.echo(line)
+    click.echo("Spec validation: PASSED")
+    click.echo("\n".join(_summary(data)))

@@ -28,8 +28,23 @@ def no_traceback(r: subprocess.CompletedProcess[str]) -> None:
 def test_validate_ok() -> None:
     r = zlayer("validate", str(HELLO))
     assert r.returncode == 0, r.stderr
-    assert "Spec validation: PASSED" in r.stdout and "Deployment: hello" in r.stdout
-    assert "fixed (2 replicas)" in r.stdout and "- http (HTTP:8080, public)" in r.stdout
+    # ZLayer's print_deployment_plan, line for line
+    assert r.stdout.splitlines() == [
+        "Spec validation: PASSED",
+        "",
+        "=== Deployment Plan ===",
+        "Deployment: hello",
+        "Version: v1",
+        "Services: 1",
+        "",
+        "  Service: web",
+        "    Image: zlayer-demo/httpd:latest",
+        "    Type: Service",
+        "    Scale: fixed (2 replicas)",
+        "    Endpoints:",
+        "      - http (Http:8080, Public)",
+        "",
+    ]
 
 
 def test_validate_json() -> None:
@@ -88,7 +103,7 @@ def test_discovery(tmp_path: Path) -> None:
     assert r.returncode != 0 and "No deployment spec found" in r.stderr
     shutil.copy(HELLO, tmp_path / "hello.zlayer.yml")
     r = zlayer("validate", cwd=tmp_path)
-    assert r.returncode == 0 and "hello.zlayer.yml" in r.stdout
+    assert r.returncode == 0 and "Deployment: hello" in r.stdout
     shutil.copy(HELLO, tmp_path / "other.zlayer.yaml")
     r = zlayer("validate", cwd=tmp_path)
     no_traceback(r)
@@ -97,7 +112,7 @@ def test_discovery(tmp_path: Path) -> None:
     assert r.returncode != 0 and "Multiple deployment specs" in r.stderr
     shutil.copy(HELLO, tmp_path / "zlayer.yml")  # an exact name wins over the patterns
     r = zlayer("validate", cwd=tmp_path)
-    assert r.returncode == 0 and "zlayer.yml" in r.stdout
+    assert r.returncode == 0 and "Deployment: hello" in r.stdout
 
 
 @pytest.mark.parametrize("path", sorted((EXAMPLES / "valid").iterdir()), ids=lambda p: p.name)
@@ -109,7 +124,7 @@ def test_validate_zlayer_valid_examples(path: Path) -> None:
 def test_validate_zlayer_invalid_examples(path: Path) -> None:
     r = zlayer("validate", str(path))
     no_traceback(r)
-    assert r.returncode == 1 and "Spec validation: FAILED" in r.stderr and f"{path}:" in r.stderr
+    assert r.returncode == 1 and "Spec validation: FAILED" in r.stdout and f"{path}:" in r.stderr
 
 
 @pytest.mark.parametrize("fmt", ["yaml", "json"])
