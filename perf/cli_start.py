@@ -24,14 +24,17 @@ def zlayer_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "zlayer"]
 
 
-def median_ms(cmd: list[str], runs: int) -> float:
-    subprocess.run(cmd, capture_output=True, check=True)  # warm the page cache
-    times = []
+def medians_ms(cmds: dict[str, list[str]], runs: int) -> dict[str, float]:
+    """Median wall time per command; the commands are interleaved round by round so load spikes hit all alike."""
+    for cmd in cmds.values():
+        subprocess.run(cmd, capture_output=True, check=True)  # warm the page cache
+    times: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=True)
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+        for name, cmd in cmds.items():
+            t = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            times[name].append((time.perf_counter() - t) * 1000)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def main() -> None:
@@ -39,9 +42,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=25)
     args = ap.parse_args()
     z = zlayer_cmd()
-    py = median_ms([sys.executable, "-c", "pass"], args.runs)
-    ver = median_ms([*z, "--version"], args.runs)
-    val = median_ms([*z, "validate", str(EXAMPLE)], args.runs)
+    m = medians_ms(
+        {
+            "python": [sys.executable, "-c", "pass"],
+            "version": [*z, "--version"],
+            "validate": [*z, "validate", str(EXAMPLE)],
+        },
+        args.runs,
+    )
+    py, ver, val = m["python"], m["version"], m["validate"]
     print(f"python3 -c pass      {py:8.1f} ms", file=sys.stderr)
     print(f"zlayer --version     {ver:8.1f} ms", file=sys.stderr)
     print(f"zlayer validate      {val:8.1f} ms", file=sys.stderr)
