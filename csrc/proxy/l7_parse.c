@@ -1,0 +1,346 @@
+/* A strict, small HTTP/1.x head parser (requests from clients, responses from backends) and a chunked-body framer.
+ * Only CRLF line ends, no obsolete line folding, token-only header names, no control bytes in values; a request with
+ * both Content-Length and Transfer-Encoding, two Content-Lengths, or a coding other than "chunked" is rejected. */
+#include <string.h>
+#include <strings.h>
+
+#include "l7.h"
+
+static const unsigned char TCHAR[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1,
+    ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1,
+    ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1,
+    ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1,
+    ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1,
+    ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
+
+static int name_is(const char *b, const l7_hdr_t *h, const char *name, size_t n)
+{
+    return h->name_len == n && strncasecmp(b + h->name_off, name, n) == 0;
+}
+
+static int parse_digits(const char *s, size_t n, int64_t *out)
+{
+    int64_t v = 0;
+    if (n == 0 || n > 18)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+/* Connection: comma-separated tokens. */
+static void conn_tokens(const char *v, size_t n, int *close, int *keep, int *upgrade)
+{
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        size_t s = i;
+        while (i < n && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
+            i++;
+        size_t l = i - s;
+        if (l == 5 && strncasecmp(v + s, "close", 5) == 0)
+            *close = 1;
+        else if (l == 10 && strncasecmp(v + s, "keep-alive", 10) == 0)
+            *keep = 1;
+        else if (upgrade && l == 7 && strncasecmp(v + s, "upgrade", 7) == 0)
+            *upgrade = 1;
+    }
+}
+
+/* Finds the end of the head ("\r\n\r\n") checking every line ends with CRLF. Returns head length, 0, or error. */
+static int find_head(const char *buf, size_t len)
+{
+    size_t i = 0;
+    size_t lim = len < L7_MAX_HEAD ? len : L7_MAX_HEAD;
+    for (;;) {
+        const char *nl = memchr(buf + i, '\n', lim - i);
+        if (nl == NULL)
+            return len >= L7_MAX_HEAD ? L7_TOO_BIG : L7_NEED_MORE;
+        size_t at = (size_t)(nl - buf);
+        if (at == 0 || buf[at - 1] != '\r')
+            return L7_BAD;
+        if (at == i + 1) /* empty line */
+            return i == 0 ? L7_BAD : (int)(at + 1);
+        i = at + 1;
+        if (i >= lim)
+            return len >= L7_MAX_HEAD ? L7_TOO_BIG : L7_NEED_MORE;
+    }
+}
+
+/* Parses header lines from `pos` to the blank line. Returns 0 or an error. */
+static int parse_headers(const char *buf, size_t pos, size_t head, l7_hdr_t *hdr, int *nhdr)
+{
+    int n = 0;
+    while (pos + 2 < head) {
+        const char *line = buf + pos;
+        const char *eol = memchr(line, '\r', head - pos);
+        size_t ll = (size_t)(eol - line);
+        size_t k = 0;
+        while (k < ll && TCHAR[(unsigned char)line[k]])
+            k++;
+        if (k == 0 || k == ll || line[k] != ':')
+            return L7_BAD; /* includes obs-fold (line starts with SP/HT) and space before ':' */
+        if (n == L7_MAX_HEADERS)
+            return L7_TOO_BIG;
+        size_t vs = k + 1;
+        while (vs < ll && (line[vs] == ' ' || line[vs] == '\t'))
+            vs++;
+        size_t ve = ll;
+        while (ve > vs && (line[ve - 1] == ' ' || line[ve - 1] == '\t'))
+            ve--;
+        for (size_t j = vs; j < ve; j++) {
+            unsigned char c = (unsigned char)line[j];
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                return L7_BAD;
+        }
+        hdr[n].name_off = (uint16_t)pos;
+        hdr[n].name_len = (uint16_t)k;
+        hdr[n].val_off = (uint16_t)(pos + vs);
+        hdr[n].val_len = (uint16_t)(ve - vs);
+        hdr[n].line_off = (uint16_t)pos;
+        hdr[n].line_len = (uint16_t)(ll + 2);
+        n++;
+        pos += ll + 2;
+    }
+    *nhdr = n;
+    return 0;
+}
+
+static int parse_version(const char *v, size_t n, int *minor)
+{
+    if (n != 8 || memcmp(v, "HTTP/1.", 7) != 0 || (v[7] != '0' && v[7] != '1'))
+        return -1;
+    *minor = v[7] - '0';
+    return 0;
+}
+
+int l7_parse_request(const char *buf, size_t len, l7_req_t *r)
+{
+    int head = find_head(buf, len);
+    if (head <= 0)
+        return head;
+    const char *eol = memchr(buf, '\r', (size_t)head);
+    size_t ll = (size_t)(eol - buf);
+    size_t m = 0;
+    while (m < ll && TCHAR[(unsigned char)buf[m]])
+        m++;
+    if (m == 0 || m >= ll || buf[m] != ' ')
+        return L7_BAD;
+    size_t ts = m + 1, te = ts;
+    while (te < ll && (unsigned char)buf[te] > 0x20 && (unsigned char)buf[te] < 0x7f)
+        te++;
+    if (te == ts || te >= ll || buf[te] != ' ')
+        return L7_BAD;
+    if (buf[ts] != '/' && !(te - ts == 1 && buf[ts] == '*'))
+        return L7_BAD;
+    if (parse_version(buf + te + 1, ll - te - 1, &r->minor) < 0)
+        return L7_BAD;
+    r->method_len = (uint16_t)m;
+    r->target_off = (uint16_t)ts;
+    r->target_len = (uint16_t)(te - ts);
+    r->is_head = m == 4 && memcmp(buf, "HEAD", 4) == 0;
+    int rc = parse_headers(buf, ll + 2, (size_t)head, r->hdr, &r->nhdr);
+    if (rc < 0)
+        return rc;
+    r->content_length = -1;
+    r->chunked = r->conn_close = r->conn_keepalive = r->conn_upgrade = 0;
+    r->host_idx = r->xff_idx = -1;
+    int te_seen = 0;
+    for (int i = 0; i < r->nhdr; i++) {
+        const l7_hdr_t *h = &r->hdr[i];
+        const char *v = buf + h->val_off;
+        if (name_is(buf, h, "content-length", 14)) {
+            if (r->content_length >= 0 || parse_digits(v, h->val_len, &r->content_length) < 0)
+                return L7_BAD;
+        } else if (name_is(buf, h, "transfer-encoding", 17)) {
+            if (te_seen || h->val_len != 7 || strncasecmp(v, "chunked", 7) != 0)
+                return L7_BAD;
+            te_seen = 1;
+        } else if (name_is(buf, h, "host", 4)) {
+            if (r->host_idx >= 0)
+                return L7_BAD;
+            r->host_idx = i;
+        } else if (name_is(buf, h, "connection", 10)) {
+            conn_tokens(v, h->val_len, &r->conn_close, &r->conn_keepalive, &r->conn_upgrade);
+        } else if (name_is(buf, h, "x-forwarded-for", 15)) {
+            if (r->xff_idx < 0)
+                r->xff_idx = i;
+        }
+    }
+    if (te_seen && (r->content_length >= 0 || r->minor == 0))
+        return L7_BAD;
+    if (r->minor == 1 && r->host_idx < 0)
+        return L7_BAD;
+    r->chunked = te_seen;
+    r->head_len = (size_t)head;
+    return head;
+}
+
+int l7_parse_response(const char *buf, size_t len, l7_resp_t *r)
+{
+    int head = find_head(buf, len);
+    if (head <= 0)
+        return head;
+    const char *eol = memchr(buf, '\r', (size_t)head);
+    size_t ll = (size_t)(eol - buf);
+    if (ll < 12 || parse_version(buf, 8, &r->minor) < 0 || buf[8] != ' ')
+        return L7_BAD;
+    if (buf[9] < '1' || buf[9] > '5' || buf[10] < '0' || buf[10] > '9' || buf[11] < '0' || buf[11] > '9')
+        return L7_BAD;
+    if (ll > 12 && buf[12] != ' ')
+        return L7_BAD;
+    r->status = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
+    int rc = parse_headers(buf, ll + 2, (size_t)head, r->hdr, &r->nhdr);
+    if (rc < 0)
+        return L7_BAD;
+    r->content_length = -1;
+    r->chunked = r->conn_close = r->conn_keepalive = 0;
+    for (int i = 0; i < r->nhdr; i++) {
+        const l7_hdr_t *h = &r->hdr[i];
+        const char *v = buf + h->val_off;
+        if (name_is(buf, h, "content-length", 14)) {
+            int64_t cl;
+            if (parse_digits(v, h->val_len, &cl) < 0 || (r->content_length >= 0 && r->content_length != cl))
+                return L7_BAD;
+            r->content_length = cl;
+        } else if (name_is(buf, h, "transfer-encoding", 17)) {
+            if (h->val_len != 7 || strncasecmp(v, "chunked", 7) != 0)
+                return L7_BAD;
+            r->chunked = 1;
+        } else if (name_is(buf, h, "connection", 10)) {
+            conn_tokens(v, h->val_len, &r->conn_close, &r->conn_keepalive, NULL);
+        }
+    }
+    if (r->chunked)
+        r->content_length = -1;
+    r->head_len = (size_t)head;
+    return head;
+}
+
+enum { CK_SIZE, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF, CK_TR_START, CK_TR_LINE, CK_TR_LF, CK_END_LF,
+       CK_DONE };
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+ssize_t l7_chunk_feed(l7_chunk_t *c, const char *buf, size_t len, int *done)
+{
+    size_t i = 0;
+    *done = 0;
+    while (i < len) {
+        char ch = buf[i];
+        switch (c->state) {
+        case CK_SIZE: {
+            int h = hexval(ch);
+            if (h >= 0) {
+                if (c->digits >= 15)
+                    return -1;
+                c->remaining = c->remaining * 16 + (uint64_t)h;
+                c->digits++;
+                i++;
+                break;
+            }
+            if (c->digits == 0)
+                return -1;
+            if (ch == '\r') {
+                c->state = CK_SIZE_LF;
+            } else if (ch == ';' || ch == ' ' || ch == '\t') {
+                c->state = CK_EXT;
+            } else {
+                return -1;
+            }
+            i++;
+            break;
+        }
+        case CK_EXT:
+            if (ch == '\r')
+                c->state = CK_SIZE_LF;
+            else if (ch == '\n' || ((unsigned char)ch < 0x20 && ch != '\t'))
+                return -1;
+            i++;
+            break;
+        case CK_SIZE_LF:
+            if (ch != '\n')
+                return -1;
+            i++;
+            c->state = c->remaining ? CK_DATA : CK_TR_START;
+            break;
+        case CK_DATA: {
+            size_t n = len - i;
+            if (n > c->remaining)
+                n = (size_t)c->remaining;
+            c->remaining -= n;
+            i += n;
+            if (c->remaining == 0)
+                c->state = CK_DATA_CR;
+            break;
+        }
+        case CK_DATA_CR:
+            if (ch != '\r')
+                return -1;
+            c->state = CK_DATA_LF;
+            i++;
+            break;
+        case CK_DATA_LF:
+            if (ch != '\n')
+                return -1;
+            c->state = CK_SIZE;
+            c->digits = 0;
+            c->remaining = 0;
+            i++;
+            break;
+        case CK_TR_START:
+            if (ch == '\r') {
+                c->state = CK_END_LF;
+            } else {
+                if (c->digits++ > 64) /* at most 64 trailer lines */
+                    return -1;
+                c->state = CK_TR_LINE;
+            }
+            i++;
+            break;
+        case CK_TR_LINE:
+            if (ch == '\r')
+                c->state = CK_TR_LF;
+            else if (ch == '\n')
+                return -1;
+            i++;
+            break;
+        case CK_TR_LF:
+            if (ch != '\n')
+                return -1;
+            c->state = CK_TR_START;
+            i++;
+            break;
+        case CK_END_LF:
+            if (ch != '\n')
+                return -1;
+            c->state = CK_DONE;
+            i++;
+            *done = 1;
+            return (ssize_t)i;
+        default:
+            *done = 1;
+            return (ssize_t)i;
+        }
+    }
+    return (ssize_t)i;
+}
