@@ -237,10 +237,13 @@ def serve_foreground(cfg: DaemonConfig) -> None:
     try:
         import uvloop
 
-        uvloop.install()
+        factory: Any = uvloop.new_event_loop
     except ImportError:
-        pass
-    asyncio.run(Daemon(cfg).run())
+        factory = None
+    # uvloop for the daemon's own loop only, not as the global policy: pyroute2 runs its netlink sockets on
+    # loops of its own in worker threads, and uvloop cannot open AF_NETLINK datagram endpoints.
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(Daemon(cfg).run())
 
 
 def serve_background(argv: list[str], cfg: DaemonConfig, timeout: float = 15.0) -> int:
