@@ -1,0 +1,97 @@
+"""Run the C L7 proxy alone from a static JSON route table (no daemon): ``python -m zlayer.proxy.standalone FILE``.
+
+The file::
+
+    {"workers": 1,
+     "header_timeout": 30, "idle_timeout": 60, "connect_timeout": 5, "response_timeout": 60,
+     "routes": [{"key": "web#http", "listen": "127.0.0.1:8080", "host": null, "path": "/", "strip_prefix": false,
+                 "backends": ["127.0.0.1:9000", "127.0.0.1:9001"]}]}
+
+Serves until SIGTERM or SIGINT. Used by perf/proxy_http.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from zlayer.errors import SpecError, ZLayerError
+
+
+def _addr(text: Any, where: str) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SpecError(f"expected HOST:PORT, got {text!r}", where=where)
+    return host.strip("[]"), int(port)
+
+
+def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Reads and checks the table; errors name the file and the field."""
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", where=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"not JSON: {exc.msg}", where=f"{path}:{exc.lineno}:{exc.colno}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("routes"), list):
+        raise SpecError("expected an object with a routes list", where=str(path))
+    opts = {
+        k: float(raw[k]) for k in ("header_timeout", "idle_timeout", "connect_timeout", "response_timeout") if k in raw
+    }
+    opts["workers"] = int(raw.get("workers", 1))
+    routes = []
+    for i, r in enumerate(raw["routes"]):
+        where = f"{path}: routes[{i}]"
+        if not isinstance(r, dict) or "key" not in r or "listen" not in r:
+            raise SpecError("a route needs key and listen", where=where)
+        routes.append(
+            {
+                "key": str(r["key"]),
+                "listen": _addr(r["listen"], f"{where}.listen"),
+                "host": r.get("host"),
+                "path": str(r.get("path") or "/"),
+                "strip_prefix": bool(r.get("strip_prefix", False)),
+                "backends": [_addr(b, f"{where}.backends[{j}]") for j, b in enumerate(r.get("backends") or [])],
+            }
+        )
+    return opts, routes
+
+
+def serve(path: Path) -> None:
+    from zlayer.proxy._l7 import Proxy
+
+    opts, routes = load(path)
+    workers = int(opts.pop("workers"))
+    proxy = Proxy(workers, **opts)
+    table = []
+    groups = []
+    for i, r in enumerate(routes):
+        host, port = r["listen"]
+        bound = proxy.listen(host, port)
+        table.append((r["key"], bound, r["host"], r["path"], r["strip_prefix"], i))
+        groups.append((r["key"], [(h, p, True) for h, p in r["backends"]]))
+    proxy.apply(table, groups)
+    proxy.start()
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    proxy.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m zlayer.proxy.standalone ROUTES.json", file=sys.stderr)
+        return 2
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        serve(Path(args[0]))
+    except ZLayerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
