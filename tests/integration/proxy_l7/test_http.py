@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.proxy_l4 import free_port
+from tests.fixtures.proxy_l4 import free_port, peer_env
 
 pytestmark = pytest.mark.peer
 
@@ -45,7 +45,9 @@ def read_responses(sock: socket.socket, n: int) -> list[tuple[int, dict[str, str
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["curl", "-s", "--max-time", "10", *args], capture_output=True, text=True, timeout=20)
+    return subprocess.run(
+        ["curl", "-s", "--max-time", "10", *args], capture_output=True, text=True, timeout=20, env=peer_env()
+    )
 
 
 def one_group(ports: list[int]) -> dict[str, list[tuple[str, int, bool]]]:
@@ -187,7 +189,9 @@ def test_request_and_response_bodies_length_and_chunked(proxy_l7_echo, proxy_l7_
     assert [r[2] for r in proxy_l7_echo.requests] == [payload, payload]
     assert proxy_l7_echo.requests[1][1]["transfer-encoding"] == "chunked"
     big = (proxy_l7_nginx.root / "www" / "files" / "big").read_bytes()
-    res = subprocess.run(["curl", "-s", "--max-time", "10", f"{url}/files/big"], capture_output=True, timeout=20)
+    res = subprocess.run(
+        ["curl", "-s", "--max-time", "10", f"{url}/files/big"], capture_output=True, timeout=20, env=peer_env()
+    )
     assert hashlib.sha256(res.stdout).digest() == hashlib.sha256(big).digest()
 
 
@@ -240,6 +244,7 @@ def test_route_swap_under_load_drops_nothing(proxy_l7_nginx, proxy_l7_plane) -> 
             capture_output=True,
             text=True,
             timeout=30,
+            env=peer_env(),
         )
     finally:
         stop.set()

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.fixtures.proxy_l4 import free_port
+from tests.fixtures.proxy_l4 import free_port, peer_env
 from zlayer.proxy import ProxyManager
 from zlayer.proxy._l7_adapter import CL7Plane
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.peer
 
 def curl(url: str, *args: str) -> str:
     return subprocess.run(
-        ["curl", "-s", "--max-time", "5", *args, url], capture_output=True, text=True, timeout=10
+        ["curl", "-s", "--max-time", "5", *args, url], capture_output=True, text=True, timeout=10, env=peer_env()
     ).stdout
 
 
