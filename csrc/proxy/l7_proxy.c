@@ -137,7 +137,7 @@ typedef struct conn {
     l7_chunk_t resp_ck;
     l7_resp_t resp;
     outq_t oq_up, oq_cl;
-    char xbuf[L7_MAX_HEAD + 512];
+    char xbuf[2 * L7_MAX_HEAD + 512]; /* XFF value + Host twice + fixed text: at most 2 heads */
     char rbuf[1024];
     char cbuf[CBUF];
     char ubuf[UBUF];
@@ -864,20 +864,33 @@ static void start_request(conn_t *c)
         if (!is_hop(base, &q->hdr[i]))
             oq_add(o, base + q->hdr[i].line_off, q->hdr[i].line_len);
     char *x = c->xbuf;
-    size_t xl = 0, xc = sizeof(c->xbuf);
-    int six = strchr(c->ip, ':') != NULL;
-    if (q->xff_idx >= 0)
-        xl += (size_t)snprintf(x + xl, xc - xl, "X-Forwarded-For: %.*s, %s\r\n", (int)q->hdr[q->xff_idx].val_len,
-                               base + q->hdr[q->xff_idx].val_off, c->ip);
-    else
-        xl += (size_t)snprintf(x + xl, xc - xl, "X-Forwarded-For: %s\r\n", c->ip);
-    xl += (size_t)snprintf(x + xl, xc - xl,
-                           "X-Forwarded-Proto: http\r\nX-Forwarded-Host: %.*s\r\nForwarded: for=%s%s%s;host=\"%.*s\";"
-                           "proto=http\r\n%s\r\n",
-                           (int)hl, host, six ? "\"[" : "", c->ip, six ? "]\"" : "", (int)hl, host,
-                           q->minor == 0 ? "Connection: keep-alive\r\n" : "");
-    if (xl > xc)
-        xl = xc;
+    size_t xl = 0;
+    size_t il = strlen(c->ip);
+    int six = memchr(c->ip, ':', il) != NULL;
+#define PUT(p, n) (memcpy(x + xl, (p), (n)), xl += (n))
+#define PUTS(lit) PUT(lit, sizeof(lit) - 1)
+    PUTS("X-Forwarded-For: ");
+    if (q->xff_idx >= 0) {
+        PUT(base + q->hdr[q->xff_idx].val_off, q->hdr[q->xff_idx].val_len);
+        PUTS(", ");
+    }
+    PUT(c->ip, il);
+    PUTS("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+    PUT(host, hl);
+    PUTS("\r\nForwarded: for=");
+    if (six)
+        PUTS("\"[");
+    PUT(c->ip, il);
+    if (six)
+        PUTS("]\"");
+    PUTS(";host=\"");
+    PUT(host, hl);
+    PUTS("\";proto=http\r\n");
+    if (q->minor == 0)
+        PUTS("Connection: keep-alive\r\n");
+    PUTS("\r\n");
+#undef PUT
+#undef PUTS
     oq_add(o, x, xl);
     c->cs += q->head_len;
     c->phase = P_PROXY;
@@ -1016,6 +1029,8 @@ static ssize_t rd(int fd, char *b, size_t n, int *flag)
             continue;
         if (r < 0 && errno == EAGAIN)
             *flag = 0;
+        else if (r > 0 && (size_t)r < n)
+            *flag = 0; /* drained: edge-triggered epoll reports the next arrival (saves a read per request) */
         return r;
     }
 }
@@ -1320,6 +1335,9 @@ static void *worker_main(void *arg)
     w->now = mono();
     w->last_scan = w->now;
     while (!atomic_load(&p->stop)) {
+        int n = epoll_wait(w->epfd, evs, 256, 250);
+        w->now = mono();
+        /* Checked after the wait: a table swapped while this worker slept applies to the events it woke for. */
         uint64_t gen = atomic_load(&p->gen);
         if (gen != w->gen) {
             table_t *old = w->t;
@@ -1327,8 +1345,6 @@ static void *worker_main(void *arg)
             w->gen = gen;
             table_unref(old);
         }
-        int n = epoll_wait(w->epfd, evs, 256, 250);
-        w->now = mono();
         for (int i = 0; i < n; i++) {
             int type = *(int *)evs[i].data.ptr;
             if (type == T_LISTEN)

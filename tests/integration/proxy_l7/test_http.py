@@ -83,6 +83,16 @@ def test_forwarded_headers(proxy_l7_nginx, proxy_l7_plane) -> None:
     assert "xff=10.1.2.3, 127.0.0.1 " in out
 
 
+def test_large_host_and_forwarded_for_fit(proxy_l7_nginx, proxy_l7_plane) -> None:
+    plane = proxy_l7_plane(ANY, one_group(proxy_l7_nginx.ports[:1]))
+    host = b"h" * 7000
+    xff = b"1" * 7000
+    out = raw(
+        plane.port, b"GET /echo HTTP/1.1\r\nHost: %s\r\nX-Forwarded-For: %s\r\nConnection: close\r\n\r\n" % (host, xff)
+    )
+    assert out.split(b" ", 2)[1] in (b"200", b"400")  # nginx may refuse the size; the proxy must not break
+
+
 def test_routing_by_host_and_longest_prefix_with_strip(proxy_l7_nginx, proxy_l7_plane) -> None:
     a, b, c = proxy_l7_nginx.ports
     routes = [
