@@ -104,7 +104,7 @@ typedef struct {
     int n, i;
 } outq_t;
 
-enum { P_HEAD, P_PROXY, P_CLOSING };
+enum { P_HEAD, P_PROXY, P_CLOSING, P_TUNNEL };
 
 typedef struct conn {
     int type;
@@ -126,7 +126,7 @@ typedef struct conn {
     route_t *rt;
     group_t *g;
     backend_t *be;
-    int tries;
+    int tries, upgrade, tunnel;
     upstream_t *up;
     int up_keep;
     /* response */
@@ -804,6 +804,7 @@ static void start_request(conn_t *c)
     c->resp_head = c->resp_done = 0;
     c->status = 0;
     c->tries = 0;
+    c->tunnel = 0;
     c->us = c->ue = 0;
     const char *host = "";
     size_t hl = 0;
@@ -860,9 +861,16 @@ static void start_request(conn_t *c)
     } else {
         oq_add(o, base, line_end);
     }
-    for (int i = 0; i < q->nhdr; i++)
-        if (!is_hop(base, &q->hdr[i]))
-            oq_add(o, base + q->hdr[i].line_off, q->hdr[i].line_len);
+    c->upgrade = 0;
+    for (int i = 0; i < q->nhdr; i++) {
+        const l7_hdr_t *hd = &q->hdr[i];
+        if (!is_hop(base, hd))
+            oq_add(o, base + hd->line_off, hd->line_len);
+        else if (q->conn_upgrade && c->req_done && hd->name_len == 7 && strncasecmp(base + hd->name_off, "upgrade", 7) == 0) {
+            oq_add(o, base + hd->line_off, hd->line_len); /* WebSocket: Upgrade goes through */
+            c->upgrade = 1;
+        }
+    }
     char *x = c->xbuf;
     size_t xl = 0;
     size_t il = strlen(c->ip);
@@ -886,7 +894,9 @@ static void start_request(conn_t *c)
     PUTS(";host=\"");
     PUT(host, hl);
     PUTS("\";proto=http\r\n");
-    if (q->minor == 0)
+    if (c->upgrade)
+        PUTS("Connection: Upgrade\r\n");
+    else if (q->minor == 0)
         PUTS("Connection: keep-alive\r\n");
     PUTS("\r\n");
 #undef PUT
@@ -935,8 +945,17 @@ static int pump_response(conn_t *c)
         const char *b = c->ubuf + c->us;
         l7_resp_t *r = &c->resp;
         if (r->status >= 100 && r->status < 200) {
-            if (r->status == 101)
-                return -1; /* upgrades are not relayed */
+            if (r->status == 101) {
+                if (!c->upgrade)
+                    return -1; /* an upgrade nobody asked for */
+                oq_add(&c->oq_cl, b, (size_t)h);
+                c->us += (size_t)h;
+                c->status = 101;
+                c->resp_head = c->resp_done = 1;
+                c->tunnel = 1;
+                c->up_keep = 0;
+                return 1;
+            }
             oq_add(&c->oq_cl, b, (size_t)h);
             c->us += (size_t)h;
             continue;
@@ -1086,6 +1105,62 @@ static void drive(conn_t *c)
             }
             continue;
         }
+        if (c->phase == P_TUNNEL) { /* WebSocket after 101: bytes both ways until either side closes */
+            upstream_t *u = c->up;
+            int progress = 0;
+            if (!oq_empty(&c->oq_up) && u->wr) {
+                if (oq_flush(&c->oq_up, u->fd, &u->wr, NULL) < 0) {
+                    conn_close(c);
+                    return;
+                }
+            }
+            if (!oq_empty(&c->oq_cl) && c->wr) {
+                if (oq_flush(&c->oq_cl, c->fd, &c->wr, NULL) < 0) {
+                    conn_close(c);
+                    return;
+                }
+            }
+            if (oq_empty(&c->oq_up)) {
+                if (c->cs < c->ce) {
+                    oq_add(&c->oq_up, c->cbuf + c->cs, c->ce - c->cs);
+                    c->cs = c->ce;
+                    progress = 1;
+                } else if (c->rd) {
+                    c->cs = c->ce = 0;
+                    ssize_t r = rd(c->fd, c->cbuf, CBUF, &c->rd);
+                    if (r == 0 || (r < 0 && errno != EAGAIN)) {
+                        conn_close(c);
+                        return;
+                    }
+                    if (r > 0) {
+                        c->ce = (size_t)r;
+                        progress = 1;
+                    }
+                }
+            }
+            if (oq_empty(&c->oq_cl)) {
+                if (c->us < c->ue) {
+                    oq_add(&c->oq_cl, c->ubuf + c->us, c->ue - c->us);
+                    c->us = c->ue;
+                    progress = 1;
+                } else if (u->rd) {
+                    c->us = c->ue = 0;
+                    ssize_t r = rd(u->fd, c->ubuf, UBUF, &u->rd);
+                    if (r == 0 || (r < 0 && errno != EAGAIN)) {
+                        conn_close(c);
+                        return;
+                    }
+                    if (r > 0) {
+                        c->ue = (size_t)r;
+                        progress = 1;
+                    }
+                }
+            }
+            if (!progress)
+                return;
+            c->deadline = w->now + cfg->idle_timeout;
+            continue;
+        }
         /* P_PROXY */
         int progress = 0;
         upstream_t *u = c->up;
@@ -1175,6 +1250,13 @@ static void drive(conn_t *c)
                     }
                 }
             }
+        }
+        if (c->resp_done && oq_empty(&c->oq_cl) && c->tunnel) {
+            if (c->t)
+                request_end(c, 1);
+            c->phase = P_TUNNEL;
+            c->deadline = w->now + cfg->idle_timeout;
+            continue;
         }
         if (c->resp_done && oq_empty(&c->oq_cl)) {
             if (!c->req_done) {
