@@ -173,6 +173,8 @@ class Daemon:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
+            # A detached daemon leads its own session: a hang-up must not end it (it has no terminal to lose).
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             serving = [
                 asyncio.create_task(srv.serve(sockets=[sock])) for srv, sock in zip(servers, sockets, strict=True)
             ]
