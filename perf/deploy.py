@@ -46,7 +46,7 @@ def build_image(work: Path) -> Path:
     (bundle / "rootfs/www/index.html").write_text("perf\n")
     sh("umoci", "repack", "--image", f"{oci}:latest", str(bundle))
     tar = work / "image.tar"
-    sh("tar", "-C", str(oci), "-cf", str(tar), ".")
+    sh("tar", "-C", str(oci), "-cf", str(tar), "oci-layout", "index.json", "blobs")
     return tar
 
 
