@@ -77,7 +77,10 @@ typedef struct {
 
 int l7_create(const l7_config_t *cfg, l7_proxy_t **out, char *err, size_t errlen);
 /* Opens (idempotent) a listener on host:port for every worker; returns the bound port or -1. */
-int l7_listen(l7_proxy_t *p, const char *host, int port, char *err, size_t errlen);
+int l7_listen(l7_proxy_t *p, const char *host, int port, int tls, char *err, size_t errlen);
+/* Replaces the certificate table (TLS listeners pick one by SNI: exact name, then *.suffix, else the first). */
+int l7_set_certificates(l7_proxy_t *p, const char *const *domains, const char *const *certs, const char *const *keys,
+                        size_t n, char *err, size_t errlen);
 int l7_start(l7_proxy_t *p, char *err, size_t errlen);
 /* Builds and swaps in a new table; groups[i] has ngroup_backends[i] backends, group_names[i] its name. */
 int l7_apply(l7_proxy_t *p, const l7_route_def_t *routes, size_t nroutes, const char *const *group_names,

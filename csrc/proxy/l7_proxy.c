@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -81,9 +83,14 @@ typedef struct chal {
 struct worker;
 struct conn;
 
+typedef struct {
+    char name[256];
+    SSL_CTX *ctx;
+} cert_t;
+
 typedef struct lsock {
     int type;
-    int fd, port;
+    int fd, port, tls;
     struct lsock *next;
 } lsock_t;
 
@@ -109,6 +116,9 @@ enum { P_HEAD, P_PROXY, P_CLOSING, P_TUNNEL };
 typedef struct conn {
     int type;
     int fd, port, closed;
+    SSL *ssl;
+    int rd_wants_write, wr_wants_read;
+    size_t tls_pending; /* bytes of tls_out handed to SSL_write and not yet accepted */
     struct worker *w;
     char ip[INET6_ADDRSTRLEN];
     int phase, rd, wr, keep;
@@ -139,6 +149,7 @@ typedef struct conn {
     outq_t oq_up, oq_cl;
     char xbuf[2 * L7_MAX_HEAD + 512]; /* XFF value + Host twice + fixed text: at most 2 heads */
     char rbuf[1024];
+    char tls_out[16384];
     char cbuf[CBUF];
     char ubuf[UBUF];
 } conn_t;
@@ -170,6 +181,9 @@ struct l7_proxy {
     rstats_t *stats;
     chal_t *chal;
     _Atomic int nchal;
+    cert_t *certs;
+    size_t ncerts;
+    SSL_CTX *base_ctx;
 };
 
 /* ---------------------------------------------------------------- tables */
@@ -434,6 +448,134 @@ void l7_remove_challenge(l7_proxy_t *p, const char *token)
 
 /* ---------------------------------------------------------------- connections */
 
+static SSL_CTX *cert_lookup(l7_proxy_t *p, const char *name)
+{
+    SSL_CTX *found = NULL;
+    if (p->ncerts == 0)
+        return NULL;
+    size_t nl = name ? strlen(name) : 0;
+    for (size_t i = 0; i < p->ncerts && name && !found; i++)
+        if (strcasecmp(p->certs[i].name, name) == 0)
+            found = p->certs[i].ctx;
+    for (size_t i = 0; i < p->ncerts && name && !found; i++) {
+        const char *cn = p->certs[i].name;
+        size_t cl = strlen(cn);
+        if (cn[0] == '*' && cn[1] == '.' && nl > cl - 1 && strcasecmp(name + nl - (cl - 1), cn + 1) == 0)
+            found = p->certs[i].ctx;
+    }
+    return found ? found : p->certs[0].ctx;
+}
+
+static int on_sni(SSL *ssl, int *alert, void *arg)
+{
+    (void)alert;
+    l7_proxy_t *p = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    pthread_mutex_lock(&p->mu);
+    SSL_CTX *ctx = cert_lookup(p, name);
+    if (ctx)
+        SSL_set_SSL_CTX(ssl, ctx);
+    pthread_mutex_unlock(&p->mu);
+    return ctx ? SSL_TLSEXT_ERR_OK : SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                   unsigned int inlen, void *arg)
+{
+    (void)ssl;
+    (void)arg;
+    static const unsigned char H1[] = "\x08http/1.1";
+    if (SSL_select_next_proto((unsigned char **)out, outlen, H1, sizeof(H1) - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static SSL_CTX *new_ctx(l7_proxy_t *p)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_tlsext_servername_callback(ctx, on_sni);
+    SSL_CTX_set_tlsext_servername_arg(ctx, p);
+    SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+    return ctx;
+}
+
+int l7_set_certificates(l7_proxy_t *p, const char *const *domains, const char *const *certs, const char *const *keys,
+                        size_t n, char *err, size_t errlen)
+{
+    cert_t *t = calloc(n + 1, sizeof(cert_t));
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        snprintf(t[i].name, sizeof(t[i].name), "%s", domains[i]);
+        t[i].ctx = new_ctx(p);
+        if (!t[i].ctx || SSL_CTX_use_certificate_chain_file(t[i].ctx, certs[i]) != 1 ||
+            SSL_CTX_use_PrivateKey_file(t[i].ctx, keys[i], SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(t[i].ctx) != 1) {
+            char e[160];
+            ERR_error_string_n(ERR_get_error(), e, sizeof(e));
+            snprintf(err, errlen, "certificate %.200s / key %.200s for %.128s: %s", certs[i], keys[i], domains[i], e);
+            ERR_clear_error();
+            for (size_t j = 0; j <= i; j++)
+                SSL_CTX_free(t[j].ctx);
+            free(t);
+            return -1;
+        }
+    }
+    pthread_mutex_lock(&p->mu);
+    cert_t *old = p->certs;
+    size_t oldn = p->ncerts;
+    p->certs = t;
+    p->ncerts = n;
+    pthread_mutex_unlock(&p->mu);
+    for (size_t j = 0; j < oldn; j++)
+        SSL_CTX_free(old[j].ctx); /* connections hold their own reference */
+    free(old);
+    return 0;
+}
+
+/* Reads from the client (TLS or plain) with the same contract as rd(). */
+static ssize_t c_read(conn_t *c, char *b, size_t n)
+{
+    if (!c->ssl) {
+        for (;;) {
+            ssize_t r = read(c->fd, b, n);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0 && errno == EAGAIN)
+                c->rd = 0;
+            else if (r > 0 && (size_t)r < n)
+                c->rd = 0;
+            return r;
+        }
+    }
+    ERR_clear_error();
+    int r = SSL_read(c->ssl, b, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (r > 0)
+        return r;
+    switch (SSL_get_error(c->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        c->rd = 0;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        c->rd = 0;
+        c->rd_wants_write = 1;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    default:
+        errno = EIO;
+        return -1;
+    }
+}
+
 static void oq_reset(outq_t *q) { q->n = q->i = 0; }
 
 static void oq_add(outq_t *q, const void *b, size_t n)
@@ -483,6 +625,60 @@ static int oq_flush(outq_t *q, int fd, int *wr, uint64_t *count)
     }
     oq_reset(q);
     return 1;
+}
+
+/* oq_flush for a TLS client: records of up to 16 KiB gathered from the queue. */
+static int oq_flush_tls(conn_t *c, outq_t *q, uint64_t *count)
+{
+    while (q->i < q->n || c->tls_pending) {
+        if (!c->tls_pending) {
+            size_t len = 0;
+            int i = q->i;
+            while (i < q->n && len < sizeof(c->tls_out)) {
+                size_t take = q->v[i].iov_len;
+                if (take > sizeof(c->tls_out) - len)
+                    take = sizeof(c->tls_out) - len;
+                memcpy(c->tls_out + len, q->v[i].iov_base, take);
+                len += take;
+                if (take == q->v[i].iov_len) {
+                    i++;
+                } else {
+                    q->v[i].iov_base = (char *)q->v[i].iov_base + take;
+                    q->v[i].iov_len -= take;
+                }
+            }
+            q->i = i;
+            c->tls_pending = len;
+        }
+        ERR_clear_error();
+        int r = SSL_write(c->ssl, c->tls_out, (int)c->tls_pending);
+        if (r > 0) {
+            if (count)
+                *count += (uint64_t)r;
+            c->tls_pending = 0;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_WRITE) {
+            c->wr = 0;
+            return 0;
+        }
+        if (e == SSL_ERROR_WANT_READ) {
+            c->wr = 0;
+            c->wr_wants_read = 1;
+            return 0;
+        }
+        return -1;
+    }
+    oq_reset(q);
+    return 1;
+}
+
+static int cl_empty(const conn_t *c) { return oq_empty(&c->oq_cl) && !c->tls_pending; }
+
+static int c_flush(conn_t *c, uint64_t *count)
+{
+    return c->ssl ? oq_flush_tls(c, &c->oq_cl, count) : oq_flush(&c->oq_cl, c->fd, &c->wr, count);
 }
 
 static void up_close(upstream_t *u)
@@ -565,6 +761,10 @@ static void conn_close(conn_t *c)
     if (c->up)
         up_close(c->up);
     c->up = NULL;
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
     close(c->fd);
     c->closed = 1;
     worker_t *w = c->w;
@@ -883,7 +1083,10 @@ static void start_request(conn_t *c)
         PUTS(", ");
     }
     PUT(c->ip, il);
-    PUTS("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+    if (c->ssl)
+        PUTS("\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ");
+    else
+        PUTS("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
     PUT(host, hl);
     PUTS("\r\nForwarded: for=");
     if (six)
@@ -893,7 +1096,10 @@ static void start_request(conn_t *c)
         PUTS("]\"");
     PUTS(";host=\"");
     PUT(host, hl);
-    PUTS("\";proto=http\r\n");
+    if (c->ssl)
+        PUTS("\";proto=https\r\n");
+    else
+        PUTS("\";proto=http\r\n");
     if (c->upgrade)
         PUTS("Connection: Upgrade\r\n");
     else if (q->minor == 0)
@@ -1061,7 +1267,7 @@ static void drive(conn_t *c)
     for (int guard = 0; guard < 10000 && !c->closed; guard++) {
         if (c->phase == P_CLOSING) {
             uint64_t n = 0;
-            int f = oq_flush(&c->oq_cl, c->fd, &c->wr, &n);
+            int f = c_flush(c, &n);
             if (f != 0) {
                 shutdown(c->fd, SHUT_WR);
                 conn_close(c);
@@ -1093,7 +1299,7 @@ static void drive(conn_t *c)
                 c->ce -= c->cs;
                 c->cs = 0;
             }
-            ssize_t r = rd(c->fd, c->cbuf + c->ce, CBUF - c->ce, &c->rd);
+            ssize_t r = c_read(c, c->cbuf + c->ce, CBUF - c->ce);
             if (r == 0 || (r < 0 && errno != EAGAIN)) {
                 conn_close(c);
                 return;
@@ -1114,8 +1320,8 @@ static void drive(conn_t *c)
                     return;
                 }
             }
-            if (!oq_empty(&c->oq_cl) && c->wr) {
-                if (oq_flush(&c->oq_cl, c->fd, &c->wr, NULL) < 0) {
+            if (!cl_empty(c) && c->wr) {
+                if (c_flush(c, NULL) < 0) {
                     conn_close(c);
                     return;
                 }
@@ -1127,7 +1333,7 @@ static void drive(conn_t *c)
                     progress = 1;
                 } else if (c->rd) {
                     c->cs = c->ce = 0;
-                    ssize_t r = rd(c->fd, c->cbuf, CBUF, &c->rd);
+                    ssize_t r = c_read(c, c->cbuf, CBUF);
                     if (r == 0 || (r < 0 && errno != EAGAIN)) {
                         conn_close(c);
                         return;
@@ -1138,7 +1344,7 @@ static void drive(conn_t *c)
                     }
                 }
             }
-            if (oq_empty(&c->oq_cl)) {
+            if (cl_empty(c)) {
                 if (c->us < c->ue) {
                     oq_add(&c->oq_cl, c->ubuf + c->us, c->ue - c->us);
                     c->us = c->ue;
@@ -1186,7 +1392,7 @@ static void drive(conn_t *c)
                 progress |= pr;
             } else if (c->rd) {
                 c->cs = c->ce = 0;
-                ssize_t r = rd(c->fd, c->cbuf, CBUF, &c->rd);
+                ssize_t r = c_read(c, c->cbuf, CBUF);
                 if (r == 0 || (r < 0 && errno != EAGAIN)) {
                     conn_close(c);
                     return;
@@ -1197,15 +1403,15 @@ static void drive(conn_t *c)
                 }
             }
         }
-        if (!oq_empty(&c->oq_cl) && c->wr) {
-            int f = oq_flush(&c->oq_cl, c->fd, &c->wr, &c->resp_bytes);
+        if (!cl_empty(c) && c->wr) {
+            int f = c_flush(c, &c->resp_bytes);
             if (f < 0) {
                 conn_close(c);
                 return;
             }
             progress |= f;
         }
-        if (oq_empty(&c->oq_cl) && !c->resp_done && u) {
+        if (cl_empty(c) && !c->resp_done && u) {
             int pr = c->us < c->ue ? pump_response(c) : 0;
             if (pr < 0) {
                 if (!c->resp_head) {
@@ -1215,7 +1421,7 @@ static void drive(conn_t *c)
                 conn_close(c);
                 return;
             }
-            if (pr > 0 || (c->resp_head && !oq_empty(&c->oq_cl))) {
+            if (pr > 0 || (c->resp_head && !cl_empty(c))) {
                 progress = 1;
             } else if (u->rd && !u->connecting) {
                 if (c->us == c->ue)
@@ -1234,7 +1440,7 @@ static void drive(conn_t *c)
                         c->resp_done = 1;
                         c->up_keep = 0;
                         progress = 1;
-                    } else if (!c->resp_head && !oq_empty(&c->oq_cl)) {
+                    } else if (!c->resp_head && !cl_empty(c)) {
                         conn_close(c);
                         return;
                     } else if (!c->resp_head) {
@@ -1251,14 +1457,14 @@ static void drive(conn_t *c)
                 }
             }
         }
-        if (c->resp_done && oq_empty(&c->oq_cl) && c->tunnel) {
+        if (c->resp_done && cl_empty(c) && c->tunnel) {
             if (c->t)
                 request_end(c, 1);
             c->phase = P_TUNNEL;
             c->deadline = w->now + cfg->idle_timeout;
             continue;
         }
-        if (c->resp_done && oq_empty(&c->oq_cl)) {
+        if (c->resp_done && cl_empty(c)) {
             if (!c->req_done) {
                 c->keep = 0;
                 c->up_keep = 0;
@@ -1340,6 +1546,16 @@ static void on_accept(worker_t *w, lsock_t *l)
         c->w = w;
         c->port = l->port;
         c->rd = c->wr = 1;
+        if (l->tls) {
+            c->ssl = SSL_new(w->p->base_ctx);
+            if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
+                SSL_free(c->ssl);
+                close(fd);
+                free(c);
+                continue;
+            }
+            SSL_set_accept_state(c->ssl);
+        }
         c->phase = P_HEAD;
         c->deadline = w->now + w->p->cfg.header_timeout;
         if (ss.ss_family == AF_INET6) {
@@ -1435,10 +1651,20 @@ static void *worker_main(void *arg)
                 conn_t *c = evs[i].data.ptr;
                 if (c->closed)
                     continue;
-                if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
                     c->rd = 1;
-                if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                    if (c->wr_wants_read) {
+                        c->wr_wants_read = 0;
+                        c->wr = 1;
+                    }
+                }
+                if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
                     c->wr = 1;
+                    if (c->rd_wants_write) {
+                        c->rd_wants_write = 0;
+                        c->rd = 1;
+                    }
+                }
                 drive(c);
             } else if (type == T_UP) {
                 up_event(evs[i].data.ptr, evs[i].events);
@@ -1478,6 +1704,12 @@ int l7_create(const l7_config_t *cfg, l7_proxy_t **out, char *err, size_t errlen
     }
     p->cfg = *cfg;
     pthread_mutex_init(&p->mu, NULL);
+    p->base_ctx = new_ctx(p);
+    if (!p->base_ctx) {
+        free(p);
+        snprintf(err, errlen, "cannot create a TLS context");
+        return -1;
+    }
     p->nw = cfg->workers;
     p->w = calloc((size_t)p->nw, sizeof(worker_t));
     if (!p->w) {
@@ -1503,7 +1735,7 @@ int l7_create(const l7_config_t *cfg, l7_proxy_t **out, char *err, size_t errlen
     return 0;
 }
 
-int l7_listen(l7_proxy_t *p, const char *host, int port, char *err, size_t errlen)
+int l7_listen(l7_proxy_t *p, const char *host, int port, int tls, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
@@ -1543,6 +1775,7 @@ int l7_listen(l7_proxy_t *p, const char *host, int port, char *err, size_t errle
         l->type = T_LISTEN;
         l->fd = fd;
         l->port = bound;
+        l->tls = tls;
         l->next = p->ls;
         p->ls = l;
         struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = l};
@@ -1608,6 +1841,10 @@ void l7_destroy(l7_proxy_t *p)
         free(c);
     }
     table_unref(p->t);
+    for (size_t j = 0; j < p->ncerts; j++)
+        SSL_CTX_free(p->certs[j].ctx);
+    free(p->certs);
+    SSL_CTX_free(p->base_ctx);
     free(p->w);
     pthread_mutex_destroy(&p->mu);
     free(p);

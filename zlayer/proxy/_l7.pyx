@@ -41,7 +41,35 @@ cdef class Proxy:
         if self._p is NULL:
             raise ProxyError("the L7 proxy is closed")
 
-    def listen(self, str host, int port):
+    def set_certificates(self, certificates):
+        """certificates: (domain, cert_file, key_file) rows; TLS listeners choose one by SNI."""
+        cdef char err[768]
+        cdef size_t n = len(certificates)
+        cdef const char **d = <const char **>calloc(n + 1, sizeof(char *))
+        cdef const char **c = <const char **>calloc(n + 1, sizeof(char *))
+        cdef const char **k = <const char **>calloc(n + 1, sizeof(char *))
+        cdef int r
+        self._check()
+        keep = []
+        try:
+            if d is NULL or c is NULL or k is NULL:
+                raise MemoryError()
+            for i, (domain, cert, key) in enumerate(certificates):
+                row = (str(domain).encode(), str(cert).encode(), str(key).encode())
+                keep.append(row)
+                d[i] = row[0]
+                c[i] = row[1]
+                k[i] = row[2]
+            with nogil:
+                r = l7_set_certificates(self._p, d, c, k, n, err, sizeof(err))
+            if r != 0:
+                raise ProxyError(err.decode(errors="replace"))
+        finally:
+            free(<void *>d)
+            free(<void *>c)
+            free(<void *>k)
+
+    def listen(self, str host, int port, bint tls=False):
         cdef char err[256]
         cdef int r
         self._check()
@@ -49,7 +77,7 @@ cdef class Proxy:
         if port and key in self._ports:
             return self._ports[key]
         hb = host.encode()
-        r = l7_listen(self._p, hb, port, err, sizeof(err))
+        r = l7_listen(self._p, hb, port, 1 if tls else 0, err, sizeof(err))
         if r < 0:
             raise ProxyError(err.decode(errors="replace"), where=f"http {host}:{port}")
         self._ports[(host, r)] = r

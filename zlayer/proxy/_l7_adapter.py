@@ -52,15 +52,14 @@ class CL7Plane:
         self._listening: dict[tuple[str, int], int] = {}
         self._started = False
         self._closed = False
-        self._warned_tls = False
 
     @property
     def serving(self) -> bool:
         return not self._closed
 
-    def listen(self, host: str, port: int) -> int:
-        """Opens a listener (port 0 picks a free one) and returns its port."""
-        bound = self.proxy.listen(host, port)
+    def listen(self, host: str, port: int, tls: bool = False) -> int:
+        """Opens a listener (port 0 picks a free one; TLS ones terminate with the certificates) and returns its port."""
+        bound = self.proxy.listen(host, port, tls)
         self._listening[(host, bound)] = bound
         if not self._started:
             self.proxy.start()
@@ -73,13 +72,11 @@ class CL7Plane:
         groups: Mapping[str, list[BackendState]],
         certificates: Mapping[str, tuple[Path, Path]],
     ) -> None:
-        served = [r for r in routes if r.protocol != "https"]
-        if len(served) != len(routes) and not self._warned_tls:
-            log.warning("https routes are not served yet: the L7 data plane has no TLS termination")
-            self._warned_tls = True
+        self.proxy.set_certificates([(d, str(c), str(k)) for d, (c, k) in sorted(certificates.items())])
+        served = list(routes)
         for r in served:
             if (r.bind, r.port) not in self._listening:
-                self.listen(r.bind, r.port)
+                self.listen(r.bind, r.port, tls=r.protocol == "https")
         names = sorted({r.key for r in served})
         index = {n: i for i, n in enumerate(names)}
         table = [(r.key, r.port, r.host, r.path_prefix or "/", r.strip_prefix, index[r.key]) for r in served]

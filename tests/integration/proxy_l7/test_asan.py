@@ -64,6 +64,7 @@ def test_l7_tests_pass_under_address_sanitizer(tmp_path: Path) -> None:
             str(here / "test_http.py"),
             str(here / "test_manager_l7.py"),
             str(here / "test_websocket.py"),
+            str(here / "test_tls.py"),
         ],
         cwd=ROOT,
         env=run_env,
