@@ -63,3 +63,31 @@ def test_add_service_with_http_endpoint_serves_through_the_c_plane(proxy_l7_ngin
             await m.close()
 
     asyncio.run(main())
+
+
+def test_https_endpoint_is_terminated_with_a_generated_certificate(proxy_l7_nginx, tmp_path) -> None:
+    port = free_port()
+
+    async def main() -> None:
+        m = ProxyManager(data_dir=tmp_path)
+        try:
+            spec = {
+                "image": {"name": "busybox"},
+                "endpoints": [{"name": "secure", "protocol": "https", "port": port, "host": "secure.zlayer.test"}],
+            }
+            await m.add_service("demo", "web", spec)
+            await m.update_backends("web", [("127.0.0.1", proxy_l7_nginx.ports[2])])
+            [cert] = [c for c in m.certificates() if c.domain == "secure.zlayer.test"]
+            out = await asyncio.to_thread(
+                curl,
+                f"https://secure.zlayer.test:{port}/echo",
+                "--cacert",
+                str(cert.cert_file),
+                "--resolve",
+                f"secure.zlayer.test:{port}:127.0.0.1",
+            )
+            assert out.startswith("C ") and "proto=https " in out
+        finally:
+            await m.close()
+
+    asyncio.run(main())
