@@ -244,8 +244,17 @@ def serve_foreground(cfg: DaemonConfig) -> None:
         factory = None
     # uvloop for the daemon's own loop only, not as the global policy: pyroute2 runs its netlink sockets on
     # loops of its own in worker threads, and uvloop cannot open AF_NETLINK datagram endpoints.
+    # The loop learns of SIGTERM through a wakeup fd that a forked child inherits (pyroute2 forks to work in other
+    # network namespaces): when such a child is sent SIGTERM, its handler would write into our wakeup fd and the
+    # daemon would shut down as if it had been told to. A forked child therefore drops the wakeup fd at once.
+    os.register_at_fork(after_in_child=_drop_signal_wakeup_fd)
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(Daemon(cfg).run())
+
+
+def _drop_signal_wakeup_fd() -> None:
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
 
 
 def serve_background(argv: list[str], cfg: DaemonConfig, timeout: float = 15.0) -> int:
