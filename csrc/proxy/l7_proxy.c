@@ -146,7 +146,8 @@ typedef struct conn {
     int64_t resp_left;
     l7_chunk_t resp_ck;
     l7_resp_t resp;
-    outq_t oq_up, oq_cl;
+    outq_t oq_up, oq_cl, oq_saved; /* oq_saved: the request as first queued, to resend on a fresh connection */
+    int can_retry;
     char xbuf[2 * L7_MAX_HEAD + 512]; /* XFF value + Host twice + fixed text: at most 2 heads */
     char rbuf[1024];
     char tls_out[16384];
@@ -857,11 +858,11 @@ static backend_t *pick(conn_t *c, backend_t *avoid)
     return fallback;
 }
 
-static int up_connect(conn_t *c)
+static int up_connect(conn_t *c, int fresh)
 {
     worker_t *w = c->w;
     backend_t *b = c->be;
-    for (upstream_t *u = w->pool; u; u = u->next) {
+    for (upstream_t *u = fresh ? NULL : w->pool; u; u = u->next) {
         if (u->alen == b->alen && memcmp(&u->addr, &b->addr, b->alen) == 0) {
             pool_remove(w, u);
             u->c = c;
@@ -916,7 +917,7 @@ static int attach_backend(conn_t *c, backend_t *avoid)
             atomic_fetch_sub_explicit(&c->be->active, 1, memory_order_relaxed);
         c->be = b;
         atomic_fetch_add_explicit(&b->active, 1, memory_order_relaxed);
-        if (up_connect(c) == 0)
+        if (up_connect(c, 0) == 0)
             return 0;
         atomic_store(&b->ejected_until_ms, (uint64_t)((c->w->now + EJECT_SECONDS) * 1000.0));
         avoid = b;
@@ -1108,6 +1109,12 @@ static void start_request(conn_t *c)
 #undef PUT
 #undef PUTS
     oq_add(o, x, xl);
+    c->can_retry = c->req_done;
+    if (c->can_retry) {
+        memcpy(c->oq_saved.v, o->v, (size_t)o->n * sizeof(struct iovec));
+        c->oq_saved.n = o->n;
+        c->oq_saved.i = 0;
+    }
     c->cs += q->head_len;
     c->phase = P_PROXY;
 }
@@ -1260,6 +1267,19 @@ static ssize_t rd(int fd, char *b, size_t n, int *flag)
     }
 }
 
+/* A pooled upstream the backend had already closed: send the (bodiless) request again on a new connection. */
+static int retry_fresh(conn_t *c)
+{
+    upstream_t *u = c->up;
+    if (!u || !u->reused || !c->can_retry || c->resp_head || c->ue != c->us || !cl_empty(c))
+        return -1;
+    up_close(u);
+    c->up = NULL;
+    c->can_retry = 0;
+    c->oq_up = c->oq_saved;
+    return up_connect(c, 1);
+}
+
 static void drive(conn_t *c)
 {
     worker_t *w = c->w;
@@ -1372,6 +1392,8 @@ static void drive(conn_t *c)
         upstream_t *u = c->up;
         if (u && !u->connecting && u->wr && !oq_empty(&c->oq_up)) {
             int f = oq_flush(&c->oq_up, u->fd, &u->wr, NULL);
+            if (f < 0 && retry_fresh(c) == 0)
+                continue;
             if (f < 0) {
                 if (!c->resp_head && c->status == 0) {
                     FAIL(c, R502, 502);
@@ -1443,6 +1465,8 @@ static void drive(conn_t *c)
                     } else if (!c->resp_head && !cl_empty(c)) {
                         conn_close(c);
                         return;
+                    } else if (!c->resp_head && retry_fresh(c) == 0) {
+                        continue;
                     } else if (!c->resp_head) {
                         if (c->be && !u->reused)
                             atomic_store(&c->be->ejected_until_ms, (uint64_t)((w->now + EJECT_SECONDS) * 1000.0));

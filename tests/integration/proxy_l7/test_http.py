@@ -307,3 +307,37 @@ def test_backend_dying_mid_response_closes_the_client(proxy_l7_plane) -> None:
     out = raw(plane.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
     assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"partial") and time.monotonic() - t0 < 3
     srv.close()
+
+
+def test_pooled_connection_closed_by_the_backend_is_retried_fresh(proxy_l7_plane) -> None:
+    """The backend drops each keep-alive connection when its second request arrives (an idle-timeout race)."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    accepted = []
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            conn.recv(65536)  # the next request: closed unanswered
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    plane = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", srv.getsockname()[1], True)]})
+    with socket.create_connection(("127.0.0.1", plane.port), timeout=5) as s:
+        for _ in range(4):
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            [(status, _, body)] = read_responses(s, 1)
+            assert (status, body) == (200, b"ok\n")
+    assert len(accepted) >= 4
+    srv.close()
