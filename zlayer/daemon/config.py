@@ -22,7 +22,7 @@ class DaemonConfig:
     runtime: str = "auto"
     deployment_name: str = "zlayer"
     host_network: bool = False
-    node_subnet: str = "10.240.0.0/16"
+    node_subnet: str | None = None  # None: a free /24 of 10.240.0.0/16, kept across restarts
     dns_port: int = 15353
 
     @property

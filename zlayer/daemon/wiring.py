@@ -179,8 +179,10 @@ class DaemonNetwork:
 
     def __init__(self, cfg: DaemonConfig) -> None:
         from zlayer.net import NodeNetwork
+        from zlayer.net.node import choose_subnet
 
-        self.net = NodeNetwork(cfg.paths.data_dir, cfg.node_subnet)
+        subnet = cfg.node_subnet or choose_subnet(cfg.paths.data_dir)
+        self.net = NodeNetwork(cfg.paths.data_dir, subnet)
         self.dns: Any = None
 
     async def _ensure(self) -> None:

@@ -93,6 +93,48 @@ class Ipam:
         return None
 
 
+SUBNET_POOL = "10.240.0.0/16"
+
+
+def _routed_networks() -> list[ipaddress.IPv4Network]:
+    """Networks this network namespace already routes (from /proc/net/route)."""
+    nets: list[ipaddress.IPv4Network] = []
+    try:
+        lines = Path("/proc/net/route").read_text().splitlines()[1:]
+    except OSError:
+        return nets
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or fields[1] == "00000000":
+            continue
+        dest = ipaddress.IPv4Address(int(fields[1], 16).to_bytes(4, "little"))
+        mask = bin(int(fields[7], 16)).count("1")
+        nets.append(ipaddress.IPv4Network(f"{dest}/{mask}", strict=False))
+    return nets
+
+
+def choose_subnet(data_dir: Path, pool: str = SUBNET_POOL) -> str:
+    """The node's container subnet: the one it used before, else a /24 of ``pool`` no other network here uses.
+
+    Several daemons on one host (tests, side-by-side nodes) each get their own /24, picked from a hash of the
+    data dir so that a daemon keeps the same one across restarts.
+    """
+    try:
+        saved = json.loads((data_dir / "agent_ipam.json").read_text()).get("subnet")
+        if saved:
+            return str(saved)
+    except (OSError, ValueError):
+        pass
+    candidates = list(ipaddress.IPv4Network(pool).subnets(new_prefix=24))
+    start = int(_hash(str(data_dir.absolute()), 8), 16) % len(candidates)
+    taken = _routed_networks()
+    for i in range(len(candidates)):
+        net = candidates[(start + i) % len(candidates)]
+        if not any(net.overlaps(t) for t in taken):
+            return str(net)
+    raise NetworkError(f"every /24 of {pool} is already in use on this host", hint="set a node subnet explicitly")
+
+
 class NodeNetwork:
     """The node's container network; implements the agent's NetworkHook (attach/detach)."""
 
