@@ -53,7 +53,7 @@ def served() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def reference() -> dict[str, Any]:
     if not REFERENCE.exists():
-        pytest.skip("ZLayer's OpenAPI document is not on this machine")
+        pytest.fail(f"ZLayer's OpenAPI document (the API contract) is missing: {REFERENCE}")
     doc: dict[str, Any] = yaml.safe_load(REFERENCE.read_text())
     return doc
 
