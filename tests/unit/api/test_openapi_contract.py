@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-REFERENCE = Path("/work/shared/reference/zlayer-openapi.yaml")
+# The project's shared/ folder stands beside the repository (in CI too).
+REFERENCE = Path(__file__).resolve().parents[3].parent / "shared" / "reference" / "zlayer-openapi.yaml"
 ROUTES = [
     ("/health/live", "get"),
     ("/health/ready", "get"),
