@@ -129,8 +129,12 @@ class RegistryClient:
     async def _answer_challenge(self, challenge: str, scope: str, what: str) -> None:
         kind, _, params = challenge.partition(" ")
         if kind.lower() == "basic":
-            if not self.credentials or self._basic:
+            if not self.credentials:
                 raise AuthError(f"{what}: {self.host} needs a username and password", hint="pass -u/-p or docker login")
+            if self._basic:
+                raise AuthError(
+                    f"{what}: {self.host} answered 401: it refused the credentials of {self.credentials.username}"
+                )
             self._basic = True
             return
         if kind.lower() != "bearer":
@@ -170,6 +174,8 @@ class RegistryClient:
             if resp.status == 401 and attempt < 2:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
+                if self._auth_header(scope).get("Authorization") != hdrs.get("Authorization"):
+                    continue  # a concurrent request answered the challenge meanwhile: use its answer
                 self._tokens.pop(scope, None)
                 await self._answer_challenge(challenge, scope, what)
                 continue
