@@ -33,6 +33,12 @@ SCALE_DOWN_STOP_TIMEOUT = 30.0
 LOG_TAIL_ON_EXIT = 40
 
 
+def _stop_grace(view: ServiceView) -> float:
+    """How long a replica being removed gets between SIGTERM and SIGKILL: the spec's ``stop_grace_period`` when
+    it sets one, else ZLayer's 30 s scale-down stop."""
+    return view.stop_grace if view.raw.get("stop_grace_period") is not None else SCALE_DOWN_STOP_TIMEOUT
+
+
 @dataclass
 class Replica:
     """A running replica and the tasks that watch it."""
@@ -168,8 +174,10 @@ class ServiceManager:
 
     async def _remove_service(self, name: str, service: str) -> None:
         async with self._lock(name, service):
-            for rec in await self.store.list_containers(name, service):
-                await self._stop_replica(rec, timeout=SCALE_DOWN_STOP_TIMEOUT)
+            svc = await self.store.get_service(name, service)
+            grace = _stop_grace(service_view(service, svc.spec)) if svc is not None else SCALE_DOWN_STOP_TIMEOUT
+            recs = await self.store.list_containers(name, service)
+            await asyncio.gather(*(self._stop_replica(rec, timeout=grace) for rec in recs))
             if self.proxy is not None:
                 await self.proxy.remove_service(name, service)
 
@@ -244,10 +252,10 @@ class ServiceManager:
                 new = await self._start_replica(deployment, view, model, next_index(), revision)
                 await self._await_healthy(new)
                 fresh.append(new.record)
-                await self._stop_replica(old, timeout=SCALE_DOWN_STOP_TIMEOUT)
+                await self._stop_replica(old, timeout=_stop_grace(view))
                 used.discard(old.replica)
             for old in outdated:
-                await self._stop_replica(old, timeout=SCALE_DOWN_STOP_TIMEOUT)
+                await self._stop_replica(old, timeout=_stop_grace(view))
                 used.discard(old.replica)
             # Scale up in parallel, scale down from the highest replica number.
             if len(fresh) < desired:
@@ -264,7 +272,7 @@ class ServiceManager:
                 await asyncio.gather(*(self._await_healthy(r) for r in started))
             elif len(fresh) > desired:
                 extras = sorted(fresh, key=lambda c: c.replica, reverse=True)[: len(fresh) - desired]
-                grace = SCALE_DOWN_STOP_TIMEOUT if stop_timeout is None else stop_timeout
+                grace = _stop_grace(view) if stop_timeout is None else stop_timeout
                 await asyncio.gather(*(self._stop_replica(extra, timeout=grace) for extra in extras))
             await self._publish(deployment, view)
             await self.store.set_service_status(deployment, view.name, "running")
@@ -404,11 +412,13 @@ class ServiceManager:
             if rep.healthy and self.proxy is not None:
                 rep.healthy = False
                 await self._publish(rep.deployment, rep.service)
+        # Out of the proxy first, then stopped while still on the network (requests it is serving finish, its
+        # clients see it close), and only then detached: a veth removed under a live process leaves them hanging.
+        with contextlib.suppress(NotFoundError, ConflictError):
+            await self.runtime.stop(cid, timeout=timeout)
         if self.network is not None and rec.ip:
             with contextlib.suppress(ZLayerError, OSError):
                 await self.network.detach(rec.deployment, rec.service, rec.id)
-        with contextlib.suppress(NotFoundError, ConflictError):
-            await self.runtime.stop(cid, timeout=timeout)
         with contextlib.suppress(NotFoundError):
             await self.runtime.remove(cid, force=True)
         await self.store.delete_container(rec.id)

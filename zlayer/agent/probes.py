@@ -24,11 +24,18 @@ class ProbeResult:
     detail: str = ""
 
 
+def _why(e: BaseException) -> str:
+    """An exception as a reason: its text, else its kind (TimeoutError() and the like have no text)."""
+    if isinstance(e, TimeoutError):
+        return str(e) or "timed out"
+    return str(e) or type(e).__name__
+
+
 async def tcp_probe(host: str, port: int, timeout: float) -> ProbeResult:
     try:
         _, w = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError) as e:
-        return ProbeResult(False, f"tcp {host}:{port}: {e or 'timed out'}")
+        return ProbeResult(False, f"tcp {host}:{port}: {_why(e)}")
     w.close()
     try:
         await w.wait_closed()
@@ -78,7 +85,7 @@ async def http_probe(url: str, expect: int | None, timeout: float) -> ProbeResul
     try:
         status = await http_status(url, timeout)
     except (OSError, TimeoutError, ValueError) as e:
-        return ProbeResult(False, f"GET {url}: {e or 'timed out'}")
+        return ProbeResult(False, f"GET {url}: {_why(e)}")
     ok = status == expect if expect is not None else 200 <= status < 300
     return ProbeResult(ok, f"GET {url}: {status}")
 

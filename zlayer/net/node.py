@@ -253,6 +253,10 @@ class NodeNetwork:
             hidx = ipr.link_lookup(ifname=host)[0]
             pidx = ipr.link_lookup(ifname=peer)[0]
             bidx = ipr.link_lookup(ifname=self.bridge)[0]
+            # The address may have belonged to a container just removed: forget its MAC, or the node keeps
+            # sending to it (for up to a minute) and the new container is unreachable.
+            with contextlib.suppress(Exception):
+                ipr.neigh("del", dst=ip, ifindex=bidx)
             ipr.link("set", index=hidx, master=bidx, state="up")
             ipr.link("set", index=pidx, net_ns_pid=pid)
         with NetNS(f"/proc/{pid}/ns/net") as ns:
