@@ -127,15 +127,23 @@ class ServiceManager:
         failures: list[str] = []
         try:
             await self._remove_dropped_services(name, set(parsed.services))
-            for svc_name in parsed.order:
+
+            # Every service converges at once; one with `depends` first waits for its own dependencies' conditions
+            # (not for services that merely come earlier in the order).
+            async def one(svc_name: str) -> None:
                 view = parsed.services[svc_name]
                 try:
                     await self._wait_depends(name, view)
                     await self._converge_service(name, view, parsed.models.get(svc_name), revision)
-                except ZLayerError as e:
+                except Exception as e:
+                    if not isinstance(e, ZLayerError):
+                        log.exception("converging %s/%s failed", name, svc_name)
                     failures.append(f"{svc_name}: {e}")
                     await self.store.set_service_status(name, svc_name, "failed", str(e))
                     await self._event(name, "service_failed", f"{svc_name}: {e}")
+
+            await asyncio.gather(*(one(s) for s in parsed.order))
+            failures.sort()
             if failures:
                 await self.store.set_deployment_status(name, "failed", "; ".join(failures))
                 await self._event(name, "deploy_failed", "; ".join(failures))
@@ -312,19 +320,47 @@ class ServiceManager:
         await self.store.put_container(rec)
         try:
             await self._run_init(rep, phase="before")
-            await self._create_and_start(rep)
+            try:
+                await self._create_and_start(rep)
+            except ZLayerError as e:
+                if await self._exited_at_start(rep, e):
+                    # It ran and died at once: a crash like any other, restarted with backoff by the supervisor
+                    # (a dependency it needs may come up later); the rollout sees it crash-loop.
+                    self._watch(rep)
+                    return rep
+                raise
             await self._run_init(rep, phase="after")
         except ZLayerError as e:
             rec.state, rec.last_error = "failed", str(e)
             await self.store.put_container(rec)
             await self._event(deployment, "replica_failed", f"{rec.id}: {e}")
             self.replicas.pop(rec.id, None)
+            if self.network is not None and rec.ip:
+                with contextlib.suppress(ZLayerError, OSError):
+                    await self.network.detach(deployment, view.name, rec.id)
+            with contextlib.suppress(ZLayerError):
+                await self.runtime.stop(cid, timeout=1.0)
             with contextlib.suppress(ZLayerError):
                 await self.runtime.remove(cid, force=True)
             raise
         self._watch(rep)
         await self._event(deployment, "replica_started", f"{rec.id} running")
         return rep
+
+    async def _exited_at_start(self, rep: Replica, err: ZLayerError) -> bool:
+        """After a failed start: did the process run and exit (rather than never start), and does the restart
+        policy restart it? Then the replica is left to the supervisor."""
+        try:
+            state = await self.runtime.state(rep.cid)
+        except ZLayerError:
+            return False
+        if state.status not in ("exited", "failed") or state.exit_code is None:
+            return False
+        if not self._should_restart(rep, state.exit_code):
+            return False
+        rep.record.state, rep.record.exit_code, rep.record.last_error = "exited", state.exit_code, str(err)
+        await self.store.put_container(rep.record)
+        return True
 
     async def _pull(self, deployment: str, view: ServiceView) -> None:
         """Once per rollout, not per replica; a failure names the image and fails the service."""
@@ -379,10 +415,15 @@ class ServiceManager:
                     try:
                         await asyncio.wait_for(run_init_step(step, self._exec_fn(rep)), step.timeout)
                     except (ZLayerError, TimeoutError) as e:
+                        why = (
+                            f"init step {step.id!r} ({step.uses}) timed out after {step.timeout:g}s"
+                            if isinstance(e, TimeoutError)
+                            else str(e)
+                        )
                         if step.on_failure == "fail":
-                            raise RuntimeFailure(str(e) or f"init step {step.id!r} timed out") from e
+                            raise RuntimeFailure(why, where=f"services.{rep.service.name}.init") from e
                         if step.on_failure == "warn":
-                            await self._event(rep.deployment, "init_warning", f"{rep.record.id}: {e}")
+                            await self._event(rep.deployment, "init_warning", f"{rep.record.id}: {why}")
                 return
             except RuntimeFailure:
                 if attempt >= len(delays):

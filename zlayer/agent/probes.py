@@ -112,9 +112,10 @@ async def _wait_loop(fn: Callable[[], Awaitable[ProbeResult]], limit: float, wha
         last = await fn()
         if last.ok:
             return
-        if time.monotonic() + 2.0 > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise RuntimeFailure(f"{what} not ready after {limit:g}s: {last.detail}")
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(min(2.0, remaining))  # ZLayer retries every 2 s; the last try lands on the deadline
 
 
 async def run_init_step(step: InitStepView, exec_fn: ExecFn | None) -> None:
@@ -125,13 +126,15 @@ async def run_init_step(step: InitStepView, exec_fn: ExecFn | None) -> None:
         if "host" not in p or not isinstance(p.get("port"), int):
             raise RuntimeFailure(f"{where}: missing 'host' or invalid 'port' parameter")
         limit = float(p.get("timeout", 30))
-        await _wait_loop(lambda: tcp_probe(str(p["host"]), int(p["port"]), 5.0), limit, f"{p['host']}:{p['port']}")
+        await _wait_loop(
+            lambda: tcp_probe(str(p["host"]), int(p["port"]), 5.0), limit, f"{where}: {p['host']}:{p['port']}"
+        )
     elif step.uses == "init.wait_http":
         if "url" not in p:
             raise RuntimeFailure(f"{where}: missing 'url' parameter")
         expect = p.get("expect_status")
         limit = float(p.get("timeout", 30))
-        await _wait_loop(lambda: http_probe(str(p["url"]), expect, 5.0), limit, str(p["url"]))
+        await _wait_loop(lambda: http_probe(str(p["url"]), expect, 5.0), limit, f"{where}: {p['url']}")
     elif step.uses == "init.run":
         if "command" not in p:
             raise RuntimeFailure(f"{where}: missing 'command' parameter")
