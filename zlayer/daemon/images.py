@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
-from zlayer.errors import ImageError, NotFoundError
+from zlayer.errors import ImageError, NotFoundError, ZLayerError
 
 
 class StoreImages:
@@ -28,18 +29,49 @@ class StoreImages:
             have = False
         if have and policy in ("if_not_present", "never"):
             return
-        remote = getattr(self.store, "pull", None)
-        if policy == "never" or remote is None:
+        if policy == "never":
             if have:
                 return
             raise ImageError(
-                f"image {image} is not in the local store" + (" and pull_policy is never" if policy == "never" else ""),
+                f"image {image} is not in the local store and pull_policy is never",
                 where=image,
                 hint="import it with `zlayer import FILE -t NAME` or `zlayer pull`",
             )
-        result = remote(image)
-        if asyncio.iscoroutine(result):
-            await result
+        remote = getattr(self.store, "pull", None)
+        if remote is not None:
+            result = remote(image)
+            if asyncio.iscoroutine(result):
+                await result
+            return
+        # The store is a plain ImageStore: fetch from the image's registry into it (the error names the image and
+        # what the registry said, e.g. manifest unknown / connection refused).
+        from zlayer.images.pull import pull
+
+        source = image
+        if have and not _names_registry(image):
+            return  # an imported name without a registry: the local store is where it comes from
+        if not _names_registry(image):
+            # ZLayer's rule: an unqualified name is pulled only from ZLAYER_DEFAULT_REGISTRY, never implicitly
+            # from Docker Hub.
+            default = os.environ.get("ZLAYER_DEFAULT_REGISTRY", "").rstrip("/")
+            if not default:
+                raise ImageError(
+                    f"image {image} is not in the local store, and its name has no registry to pull it from",
+                    where=image,
+                    hint="import it (`zlayer import FILE -t NAME`), name its registry (registry.example.com/"
+                    f"{image}), or set ZLAYER_DEFAULT_REGISTRY",
+                )
+            source = f"{default}/{image}"
+        try:
+            await pull(self.store, source, policy=policy)
+            if source != image:
+                await asyncio.to_thread(self.store.tag, source, image)
+        except ZLayerError as e:
+            if have and policy == "newer":
+                return  # as ZLayer: a registry that cannot answer leaves the cached image in use
+            raise ImageError(f"pull {image}: {e.message}", where=image, hint=e.hint) from e
+        except OSError as e:
+            raise ImageError(f"pull {image}: {e}", where=image) from e
 
     async def resolve(self, image: str) -> tuple[dict[str, Any], list[Path]]:
         try:
@@ -47,6 +79,12 @@ class StoreImages:
         except NotFoundError as e:
             raise ImageError(f"image {image} is not in the local store", where=image) from e
         return dict(local.config), list(local.layer_dirs)
+
+
+def _names_registry(image: str) -> bool:
+    """Whether a reference starts with a registry host (``host.tld/``, ``host:port/``, ``localhost/``)."""
+    first, sep, _ = image.partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")
 
 
 __all__ = ["StoreImages"]
