@@ -1253,6 +1253,9 @@ static void finish(conn_t *c)
     c->deadline = c->w->now + c->w->p->cfg.idle_timeout;
 }
 
+/* A readable flag that a short read must not clear: the peer's FIN came with the data (one edge for both). */
+#define RD_HUP 2
+
 static ssize_t rd(int fd, char *b, size_t n, int *flag)
 {
     for (;;) {
@@ -1261,7 +1264,7 @@ static ssize_t rd(int fd, char *b, size_t n, int *flag)
             continue;
         if (r < 0 && errno == EAGAIN)
             *flag = 0;
-        else if (r > 0 && (size_t)r < n)
+        else if (r > 0 && (size_t)r < n && *flag != RD_HUP)
             *flag = 0; /* drained: edge-triggered epoll reports the next arrival (saves a read per request) */
         return r;
     }
@@ -1520,7 +1523,9 @@ static void up_event(upstream_t *u, uint32_t ev)
         return;
     }
     conn_t *c = u->c;
-    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        u->rd = RD_HUP;
+    else if ((ev & EPOLLIN) && !u->rd)
         u->rd = 1;
     if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))
         u->wr = 1;
@@ -1676,7 +1681,10 @@ static void *worker_main(void *arg)
                 if (c->closed)
                     continue;
                 if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-                    c->rd = 1;
+                    if (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                        c->rd = RD_HUP;
+                    else if (!c->rd)
+                        c->rd = 1;
                     if (c->wr_wants_read) {
                         c->wr_wants_read = 0;
                         c->wr = 1;

@@ -309,6 +309,40 @@ def test_backend_dying_mid_response_closes_the_client(proxy_l7_plane) -> None:
     srv.close()
 
 
+def test_close_delimited_responses_end_when_the_backend_closes(proxy_l7_plane) -> None:
+    """An HTTP/1.0 backend writes head and body and closes at once (data and FIN reach the proxy together, as
+    Python's http.server does): every client gets its whole body and then the close, none waits for a timeout."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\nbody-until-close")
+
+    threading.Thread(target=serve, daemon=True).start()
+    plane = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", srv.getsockname()[1], True)]})
+    hung = 0
+    for _ in range(60):
+        with socket.create_connection(("127.0.0.1", plane.port), timeout=2) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            out = b""
+            try:
+                while chunk := c.recv(65536):
+                    out += chunk
+            except TimeoutError:
+                hung += 1
+            assert out.startswith(b"HTTP/1.0 200") and out.endswith(b"body-until-close")
+    srv.close()
+    assert hung == 0, f"{hung} of 60 responses were not closed after the body"
+
+
 def test_pooled_connection_closed_by_the_backend_is_retried_fresh(proxy_l7_plane) -> None:
     """The backend drops each keep-alive connection when its second request arrives (an idle-timeout race)."""
     srv = socket.socket()
