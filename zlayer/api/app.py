@@ -27,7 +27,7 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 
 def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     """The REST API of one daemon. Route modules are imported here, at daemon start, not at CLI start."""
-    from zlayer.api import containers, deployments, health, images, jobs, services
+    from zlayer.api import containers, deployments, health, images, jobs, proxy, services
 
     app = FastAPI(
         title="ZLayer API",
@@ -37,7 +37,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = context
-    for mod in (health, deployments, services, containers, images, jobs):
+    for mod in (health, deployments, services, containers, images, jobs, proxy):
         app.include_router(mod.router)
 
     @app.exception_handler(ZLayerError)
