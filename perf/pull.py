@@ -136,7 +136,9 @@ def build_image(layout: Path) -> tuple[int, int]:
     for raw, blob in built:
         (blobs / _digest(blob)[7:]).write_bytes(blob)
         diff_ids.append(_digest(raw))
-        descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _digest(blob), "size": len(blob)})
+        descs.append(
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _digest(blob), "size": len(blob)}
+        )
     cfg = json.dumps(
         {
             "architecture": "amd64",
@@ -150,7 +152,11 @@ def build_image(layout: Path) -> tuple[int, int]:
         {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _digest(cfg), "size": len(cfg)},
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": _digest(cfg),
+                "size": len(cfg),
+            },
             "layers": descs,
         }
     ).encode()

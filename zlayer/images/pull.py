@@ -22,9 +22,12 @@ from zlayer.images.registry import (
     _RangeIgnored,
     gather_bounded,
 )
-from zlayer.images.store import ImageStore, LocalImage
+from zlayer.images.store import WASM_CONFIG_TYPE, ImageStore, LocalImage
+from zlayer.images.unpack import chain_ids
 
 POLICIES = ("always", "newer", "if_not_present", "never")
+# Layers unpacked at once: unpacking waits on the file system (creating inodes) as much as on the CPU.
+UNPACK_THREADS = 4
 
 
 def _platform_tuple(platform: str | None) -> tuple[str, str, str | None]:
@@ -112,6 +115,59 @@ async def fetch_blob(
             (store.root / "tmp" / f"partial-{hex_}.lock").unlink()
 
 
+async def _fetch_and_unpack_layers(
+    store: ImageStore,
+    client: RegistryClient,
+    ref: Any,
+    manifest: dict[str, Any],
+    progress: Progress | None,
+    concurrency: int,
+) -> None:
+    """Download the layers (``concurrency`` at a time) and unpack each one as soon as it is in the store.
+
+    Layers unpack into independent directories keyed by chain ID, so they unpack in parallel with each other and
+    with the downloads still running. A layer whose blob or DiffID does not match leaves nothing behind.
+    """
+    layers = manifest.get("layers", [])
+    is_wasm = (manifest.get("config") or {}).get("mediaType") == WASM_CONFIG_TYPE
+    diff_ids: list[str] = []
+    if not is_wasm:
+        config = store.read_json(manifest["config"]["digest"])
+        diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+    if is_wasm or len(diff_ids) != len(layers):
+        # Nothing to unpack (or a malformed image that add_image reports): download only.
+        unique = list({d["digest"]: d for d in layers}.values())
+        await gather_bounded(concurrency, [fetch_blob(store, client, ref, d, progress) for d in unique])
+        return
+    downloads = asyncio.Semaphore(concurrency)
+    unpacks = asyncio.Semaphore(UNPACK_THREADS)
+    fetched: dict[str, asyncio.Task[None]] = {}
+
+    async def fetch(desc: dict[str, Any]) -> None:
+        async with downloads:
+            await fetch_blob(store, client, ref, desc, progress)
+
+    async def one(desc: dict[str, Any], diff: str, chain: str) -> None:
+        if desc["digest"] not in fetched:  # a blob listed twice is fetched once
+            fetched[desc["digest"]] = asyncio.ensure_future(fetch(desc))
+        await fetched[desc["digest"]]
+        if store.layer_complete(chain):
+            return
+        async with unpacks:
+            await asyncio.to_thread(store.unpack_one_layer, desc["digest"], diff, chain)
+
+    tasks = [
+        asyncio.ensure_future(one(desc, diff, chain))
+        for desc, diff, chain in zip(layers, diff_ids, chain_ids(diff_ids), strict=True)
+    ]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in [*tasks, *fetched.values()]:
+            t.cancel()
+        await asyncio.gather(*tasks, *fetched.values(), return_exceptions=True)
+
+
 async def pull(
     store: ImageStore,
     reference: str,
@@ -121,7 +177,7 @@ async def pull(
     credentials: Credentials | None = None,
     insecure: tuple[str, ...] = (),
     progress: Progress | None = None,
-    concurrency: int = 3,
+    concurrency: int = 4,
 ) -> LocalImage:
     """Make ``reference`` available locally according to ``policy`` (always, newer, if_not_present, never)."""
     if policy not in POLICIES:
@@ -151,9 +207,8 @@ async def pull(
             manifest = json.loads(body)
         if "config" not in manifest:
             raise ImageError(f"image {reference}: manifest type {media or 'unknown'} is not supported")
-        descs = [manifest["config"], *manifest.get("layers", [])]
-        unique = list({d["digest"]: d for d in descs}.values())
-        await gather_bounded(concurrency, [fetch_blob(store, client, ref, d, progress) for d in unique])
+        await fetch_blob(store, client, ref, manifest["config"], progress)
+        await _fetch_and_unpack_layers(store, client, ref, manifest, progress, concurrency)
     store.put_blob(body, expected=digest)
     return await asyncio.to_thread(store.add_image, str(ref), manifest)
 

@@ -229,11 +229,12 @@ class ImageStore:
         dirs = []
         for desc, diff, chain in zip(layers, diff_ids, chains, strict=True):
             if not self.layer_complete(chain):
-                self._unpack_one(desc["digest"], diff, chain)
+                self.unpack_one_layer(desc["digest"], diff, chain)
             dirs.append(self.layer_dir(chain))
         return dirs
 
-    def _unpack_one(self, blob_digest: str, diff_id: str, chain: str) -> None:
+    def unpack_one_layer(self, blob_digest: str, diff_id: str, chain: str) -> None:
+        """Unpack one layer blob of the store into its chain-ID directory (a no-op when another got there first)."""
         work = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="layer-"))
         try:
             (work / "fs").mkdir()
