@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import json
@@ -278,9 +279,15 @@ class NodeNetwork:
                 await asyncio.to_thread(self._write_rules)
 
     def _detach(self, container: str) -> None:
+        from pyroute2 import NetlinkError
+
         with self._ipr() as ipr:
             for idx in ipr.link_lookup(ifname=self.veth_name(container)):
-                ipr.link("del", index=idx)
+                try:
+                    ipr.link("del", index=idx)
+                except NetlinkError as e:
+                    if e.code != errno.ENODEV:  # the kernel removes the pair itself when the container's netns goes
+                        raise NetworkError(f"cannot remove its veth: {e.args[-1]}", where=container) from None
 
     async def publish(self, container: str, mappings: list[PortMapping]) -> None:
         """DNAT ``host_port`` on the node to the container's address."""
