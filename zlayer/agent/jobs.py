@@ -41,9 +41,10 @@ def _parse_iso(text: str) -> datetime | None:
 class JobManager:
     """Runs job executions and the cron loop against a :class:`Runtime`, recording everything in the Store."""
 
-    def __init__(self, store: Store, runtime: Runtime) -> None:
+    def __init__(self, store: Store, runtime: Runtime, network: Any = None) -> None:
         self.store = store
         self.runtime = runtime
+        self.network = network  # the node network (NetworkHook): job containers get an eth0 and the service DNS
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cids: dict[str, ContainerId] = {}
         self._cron_task: asyncio.Task[None] | None = None
@@ -100,14 +101,27 @@ class JobManager:
         cid = ContainerId(f"job-{view.name}", int(rec.id.replace("-", "")[:8], 16) % 10000)
         self._cids[rec.id] = cid
         started = time.monotonic()
+        attached = False
         try:
             rec.status = "initializing"
             await self.store.put_job_execution(rec)
             await self.runtime.pull(view.image, policy=view.pull_policy)
             with contextlib.suppress(ZLayerError):
                 await self.runtime.remove(cid, force=True)
-            await self.runtime.create(cid, view.raw)
-            await self.runtime.start(cid)
+            await self.runtime.create(cid, self._spec(view))
+            if self.network is not None and not view.host_network:
+                created = await self.runtime.state(cid)
+                if created.pid > 0:  # before its process runs, so it has its network from the start
+                    await self.network.attach(rec.deployment, view.name, str(cid), created.pid)
+                    attached = True
+            try:
+                await self.runtime.start(cid)
+            except ZLayerError:
+                # A job quick enough to end inside the runtime's start window has run, not failed to start:
+                # its exit code decides.
+                ended = await self.runtime.state(cid)
+                if ended.status not in ("exited", "failed") or ended.exit_code is None:
+                    raise
             rec.status = "running"
             await self.store.put_job_execution(rec)
             final = await self.runtime.wait(cid)
@@ -117,7 +131,9 @@ class JobManager:
                 rec.status = "completed"
             else:
                 rec.status = "failed"
-                rec.error = f"exited with code {final.exit_code}" + (f" ({final.reason})" if final.reason else "")
+                rec.error = f"exited with code {final.exit_code}" + (
+                    f" ({final.reason})" if final.reason and final.reason != "exited" else ""
+                )
         except asyncio.CancelledError:
             rec.status = "cancelled"
             rec.logs = await self._logs(cid)
@@ -127,13 +143,25 @@ class JobManager:
         finally:
             rec.completed_at = now_rfc3339()
             rec.duration_ms = int((time.monotonic() - started) * 1000)
+            grace = view.stop_grace if view.raw.get("stop_grace_period") is not None else CANCEL_STOP_TIMEOUT
             with contextlib.suppress(ZLayerError):
-                await self.runtime.stop(cid, timeout=CANCEL_STOP_TIMEOUT)
+                await self.runtime.stop(cid, timeout=grace)
+            if attached and self.network is not None:
+                with contextlib.suppress(ZLayerError, OSError):
+                    await self.network.detach(rec.deployment, view.name, str(cid))
             with contextlib.suppress(ZLayerError):
                 await self.runtime.remove(cid, force=True)
             await self.store.put_job_execution(rec)
             self._tasks.pop(rec.id, None)
             self._cids.pop(rec.id, None)
+
+    def _spec(self, view: ServiceView) -> Any:
+        """The job's spec with the node DNS server first, so service names resolve inside it."""
+        has_dns = self.network is not None and hasattr(self.network, "dns_servers")
+        dns = list(self.network.dns_servers()) if has_dns else []
+        if view.host_network or not dns:
+            return view.raw
+        return {**view.raw, "dns": dns + list(view.raw.get("dns") or [])}
 
     async def _logs(self, cid: ContainerId) -> str:
         lines: list[str] = []

@@ -374,13 +374,22 @@ class ServiceManager:
         with contextlib.suppress(ZLayerError):
             await self.runtime.remove(rep.cid, force=True)  # a stale container with the same id
         await self.runtime.create(rep.cid, self._container_spec(rep))
+        wired = False
+        if self.network is not None and not rep.service.host_network:
+            # A created container already has its namespaces (its init waits before exec): plumb eth0 now, so
+            # the process finds its network from its first instruction.
+            created = await self.runtime.state(rep.cid)
+            if created.pid > 0:
+                rep.record.ip = await self.network.attach(rep.deployment, rep.service.name, rep.record.id, created.pid)
+                wired = True
         await self.runtime.start(rep.cid)
         state = await self.runtime.state(rep.cid)
         rep.record.pid = state.pid
         rep.record.state = "running"
         rep.record.exit_code = None
         if self.network is not None and not rep.service.host_network:
-            rep.record.ip = await self.network.attach(rep.deployment, rep.service.name, rep.record.id, state.pid)
+            if not wired:
+                rep.record.ip = await self.network.attach(rep.deployment, rep.service.name, rep.record.id, state.pid)
             mappings = rep.service.raw.get("port_mappings")
             if mappings and rep.record.ip and hasattr(self.network, "publish"):
                 from zlayer.net import port_mappings

@@ -150,7 +150,7 @@ class Daemon:
                 proxy = make_proxy(cfg)
                 network = make_network(cfg)
             manager = ServiceManager(store, runtime, proxy=proxy, network=network, metrics=metrics)
-            jobs = JobManager(store, runtime)
+            jobs = JobManager(store, runtime, network=network)
             manager.on_job_registered = jobs.register
             token = cfg.token or load_or_create_token(cfg.token_file)
             self.context = ApiContext(
