@@ -149,6 +149,10 @@ class Daemon:
 
                 proxy = make_proxy(cfg)
                 network = make_network(cfg)
+            if metrics is not None and getattr(proxy, "pm", None) is not None:
+                from zlayer.proxy.metrics import ProxyCollector
+
+                metrics.registry.register(ProxyCollector(proxy.pm))  # per-route series and zlayer_service_rps
             manager = ServiceManager(store, runtime, proxy=proxy, network=network, metrics=metrics)
             jobs = JobManager(store, runtime, network=network)
             manager.on_job_registered = jobs.register

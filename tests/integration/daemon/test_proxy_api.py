@@ -1,6 +1,6 @@
-"""The proxy's live state through the daemon's API (``/api/v1/proxy/routes|backends|streams``), as ZLayer serves it:
-a deployed HTTP endpoint and a TCP endpoint show up with their replicas as backends, and go away with the
-deployment."""
+"""The proxy's live state through the daemon's API (``/api/v1/proxy/routes|backends|streams``), as ZLayer serves it,
+and its per-route series on the daemon's ``--metrics-bind``: a deployed HTTP endpoint and a TCP endpoint show up
+with their replicas as backends, and go away with the deployment."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ services:
     scale: {{mode: fixed, replicas: 2}}
     health: {{start_grace: 0s, interval: 1s, timeout: 1s, retries: 2, check: {{type: tcp, port: 8080}}}}
 """
+
+
+def metric(text: str, name: str, *labels: str) -> float:
+    """The value of the first ``name{...}`` sample whose labels contain all of ``labels``."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(lb in line for lb in labels):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} sample with {labels}")
 
 
 def test_routes_backends_and_streams_show_the_live_deployment(daemon_node: Node, daemon_deployments: list[str]) -> None:
@@ -56,6 +64,21 @@ def test_routes_backends_and_streams_show_the_live_deployment(daemon_node: Node,
     assert [(s["protocol"], s["port"], s["backend_count"]) for s in raw] == [("tcp", tcp_port, 2)], streams
     assert streams["tcp_count"] >= 1 and streams["total"] == len(streams["streams"])
     assert node.connect_ok("127.0.0.1", tcp_port)
+    for _ in range(5):
+        assert node.get(http_port)[0] == 200
+    # a request is counted once the proxy has finished it, a moment after the client has its answer
+    metrics = node.wait_for(
+        lambda: (
+            (m := node.get(node.metrics_port, "/metrics")[1])
+            and metric(m, "zlayer_proxy_requests_total", 'route="web#http"') >= 6
+            and m
+        ),
+        5,
+        "six requests counted",
+    )
+    assert metric(metrics, "zlayer_proxy_responses_total", 'route="web#http"', 'class="2xx"') >= 6
+    assert 'zlayer_service_rps{service="web"}' in metrics
+    assert "zlayer_proxy_request_duration_seconds_bucket{" in metrics
     tls = node.api("GET", "/api/v1/proxy/tls")
     assert tls["total"] == len(tls["certificates"]) and isinstance(tls["acme_available"], bool)
 
