@@ -149,10 +149,11 @@ class Daemon:
 
                 proxy = make_proxy(cfg)
                 network = make_network(cfg)
-            if metrics is not None and getattr(proxy, "pm", None) is not None:
+            proxy_manager = getattr(proxy, "pm", None)
+            if metrics is not None and proxy_manager is not None:
                 from zlayer.proxy.metrics import ProxyCollector
 
-                metrics.registry.register(ProxyCollector(proxy.pm))  # per-route series and zlayer_service_rps
+                metrics.registry.register(ProxyCollector(proxy_manager))  # per-route series and zlayer_service_rps
             manager = ServiceManager(store, runtime, proxy=proxy, network=network, metrics=metrics)
             jobs = JobManager(store, runtime, network=network)
             manager.on_job_registered = jobs.register
