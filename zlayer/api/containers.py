@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import PlainTextResponse
 
@@ -13,12 +15,24 @@ from zlayer.api.models import (
     ContainerInfo,
     ContainerStatsResponse,
     NetworkAttachmentInfo,
+    PortMapping,
 )
 from zlayer.errors import NotFoundError
 from zlayer.runtime.protocol import ContainerId
 from zlayer.state import ContainerRecord
 
 router = APIRouter(prefix="/api/v1/containers", tags=["Containers"])
+
+
+def _published(c: ApiContext, container: str) -> list[PortMapping]:
+    """The container's published port mappings, ephemeral host ports as the node picked them."""
+    published = getattr(getattr(c.manager, "network", None), "published", None)
+    if published is None:
+        return []
+    return [
+        PortMapping(container_port=m.container_port, host_port=m.host_port, protocol=m.protocol, host_ip=m.host_ip)
+        for m in published(container)
+    ]
 
 
 def container_info(c: ApiContext, rec: ContainerRecord) -> ContainerInfo:
@@ -33,6 +47,7 @@ def container_info(c: ApiContext, rec: ContainerRecord) -> ContainerInfo:
         exit_code=rec.exit_code,
         pid=rec.pid or None,
         ipv4=rec.ip or None,
+        ports=_published(c, rec.id),
         networks=[NetworkAttachmentInfo(network="zlayer", ipv4=rec.ip, aliases=[rec.service, rec.id])]
         if rec.ip
         else [],
@@ -66,6 +81,18 @@ async def list_containers(label: str | None = None, c: ApiContext = Depends(ctx)
 @router.get("/{id}", response_model=ContainerInfo, summary="Inspect a container.")
 async def get_container(id: str, c: ApiContext = Depends(ctx)) -> ContainerInfo:
     return container_info(c, await _record(c, id))
+
+
+@router.get("/{id}/port", summary="Report the published port mappings for a container.")
+async def port_container(id: str, c: ApiContext = Depends(ctx)) -> dict[str, Any]:
+    """Docker's ``GET /containers/{id}/port`` shape: ``{"Ports": {"80/tcp": [{"HostIp": .., "HostPort": ".."}]}}``."""
+    rec = await _record(c, id)
+    ports: dict[str, list[dict[str, str]]] = {}
+    for m in _published(c, rec.id):
+        ports.setdefault(f"{m.container_port}/{m.protocol}", []).append(
+            {"HostIp": m.host_ip, "HostPort": str(m.host_port)}
+        )
+    return {"Ports": ports}
 
 
 @router.get("/{id}/logs", response_class=PlainTextResponse, summary="A container's output.")

@@ -209,6 +209,9 @@ class DaemonNetwork:
     async def publish(self, container: str, mappings: list[Any]) -> None:
         await self.net.publish(container, mappings)
 
+    def published(self, container: str) -> list[Any]:
+        return list(self.net.published(container))
+
     def dns_servers(self) -> list[str]:
         return [self.net.gateway]
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,8 +297,13 @@ class NodeNetwork:
         if ip is None:
             raise NetworkError(f"{container} has no address; port mappings need the node network", where=container)
         async with self._lock:
-            self.ports[container] = [(ip, m) for m in mappings]
+            taken = {(m.protocol, m.host_port) for v in self.ports.values() for _, m in v}
+            self.ports[container] = [(ip, _with_host_port(m, taken)) for m in mappings]
             await asyncio.to_thread(self._write_rules)
+
+    def published(self, container: str) -> list[PortMapping]:
+        """The container's port mappings as published (ephemeral host ports resolved)."""
+        return [m for _, m in self.ports.get(container, [])]
 
     def address_of(self, container: str) -> str | None:
         return self.ipam.leases.get(container)
@@ -321,13 +328,27 @@ class NodeNetwork:
         self._ready = False
 
 
+def _with_host_port(m: PortMapping, taken: set[tuple[str, int]]) -> PortMapping:
+    """``m`` itself, or with a free ephemeral host port when its ``host_port`` is 0 (as Docker's ``-p 80``): one the
+    kernel hands out for ``host_ip`` now and no other mapping of this node holds."""
+    if m.host_port:
+        return m
+    kind = socket.SOCK_DGRAM if m.protocol == "udp" else socket.SOCK_STREAM
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((m.host_ip or "0.0.0.0", 0))
+            port = int(s.getsockname()[1])
+        if (m.protocol, port) not in taken:
+            taken.add((m.protocol, port))
+            return dataclasses.replace(m, host_port=port)
+    raise NetworkError(f"no free {m.protocol} port on {m.host_ip}", where=f"port_mappings {m.container_port}")
+
+
 def port_mappings(raw: list[dict[str, Any]] | None) -> list[PortMapping]:
-    """The spec's ``port_mappings`` entries (``host_port`` none/0 is not supported yet: it needs a free-port pick)."""
+    """The spec's ``port_mappings`` entries; ``host_port`` none/0 asks for an ephemeral port, picked at publish."""
     out = []
-    for i, m in enumerate(raw or []):
+    for m in raw or []:
         host = int(m.get("host_port") or 0)
-        if host == 0:
-            raise NetworkError("an ephemeral host_port (0 or unset) is not supported", where=f"port_mappings[{i}]")
         out.append(PortMapping(host, int(m["container_port"]), str(m.get("protocol") or "tcp"),
                                str(m.get("host_ip") or "0.0.0.0")))  # fmt: skip
     return out
