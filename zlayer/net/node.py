@@ -161,8 +161,35 @@ class NodeNetwork:
         self.gateway = str(self.ipam.gateway)
         self.ports: dict[str, list[tuple[str, PortMapping]]] = {}
         self.members: dict[str, tuple[str, str]] = {}  # container -> (deployment, service)
+        self._state = self.data_dir / "agent_net.json"  # members and port mappings, kept across daemon restarts
+        self._load_state()
         self._lock = asyncio.Lock()
         self._ready = False
+
+    def _load_state(self) -> None:
+        with contextlib.suppress(FileNotFoundError, ValueError, TypeError, KeyError):
+            data = json.loads(self._state.read_text())
+            leased = self.ipam.leases
+            self.members = {c: (d, s) for c, (d, s) in data["members"].items() if c in leased}
+            self.ports = {
+                c: [(ip, PortMapping(*m)) for ip, m in maps] for c, maps in data["ports"].items() if c in leased
+            }
+
+    def _save_state(self) -> None:
+        data = {
+            "members": {c: list(v) for c, v in self.members.items()},
+            "ports": {
+                c: [(ip, [m.host_port, m.container_port, m.protocol, m.host_ip]) for ip, m in v]
+                for c, v in self.ports.items()
+            },
+        }
+        self._state.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state.with_name(f".{self._state.name}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state)
 
     # ------------------------------------------------------------------------------------------- plumbing
 
@@ -243,6 +270,7 @@ class NodeNetwork:
                     raise
                 raise NetworkError(f"cannot attach {container} (pid {pid}): {e}", where=container) from e
             self.members[container] = (deployment, service)
+            self._save_state()
         return str(ip)
 
     def _attach(self, container: str, pid: int, ip: str) -> None:
@@ -279,6 +307,7 @@ class NodeNetwork:
             self.members.pop(container, None)
             if self.ports.pop(container, None):
                 await asyncio.to_thread(self._write_rules)
+            self._save_state()
 
     def _detach(self, container: str) -> None:
         from pyroute2 import NetlinkError
@@ -299,6 +328,7 @@ class NodeNetwork:
         async with self._lock:
             taken = {(m.protocol, m.host_port) for v in self.ports.values() for _, m in v}
             self.ports[container] = [(ip, _with_host_port(m, taken)) for m in mappings]
+            self._save_state()
             await asyncio.to_thread(self._write_rules)
 
     def published(self, container: str) -> list[PortMapping]:

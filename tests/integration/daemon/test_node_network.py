@@ -130,10 +130,24 @@ def test_addresses_survive_a_restart_of_the_network_manager(node_netns: str, tmp
         async def go() -> None:
             net = NodeNetwork(tmp_path / "data", "10.241.8.0/24", node_netns=node_netns)
             ip1 = await net.attach("d", "s", "s-rep-1", one.pid)
+            await net.publish("s-rep-1", [PortMapping(18081, 8080), PortMapping(0, 9090, "udp")])
+            picked = net.published("s-rep-1")[1].host_port
+            assert picked > 0
+            # a restarted daemon: same address, same service membership (DNS), same mappings and DNAT rules
             again = NodeNetwork(tmp_path / "data", "10.241.8.0/24", node_netns=node_netns)
             assert again.address_of("s-rep-1") == ip1
+            assert again.members == {"s-rep-1": ("d", "s")}
+            assert [m.host_port for m in again.published("s-rep-1")] == [18081, picked]
             ip2 = await again.attach("d", "s", "s-rep-2", two.pid)
             assert (ip1, ip2) == ("10.241.8.2", "10.241.8.3")
+            rules = subprocess.run(["ip", "netns", "exec", node_netns, "nft", "list", "table", "ip", again.table],
+                                   capture_output=True, text=True).stdout  # fmt: skip
+            assert "tcp dport 18081 dnat to 10.241.8.2:8080" in rules, rules
+            assert f"udp dport {picked} dnat to 10.241.8.2:9090" in rules, rules
+            await again.detach("d", "s", "s-rep-1")
+            assert NodeNetwork(tmp_path / "data", "10.241.8.0/24", node_netns=node_netns).members == {
+                "s-rep-2": ("d", "s")
+            }
             await again.teardown()
 
         asyncio.run(go())
