@@ -125,8 +125,10 @@ class ServiceView:
 
     @property
     def spec_hash(self) -> str:
-        """Changes whenever anything a running replica was built from changes (spec or image reference)."""
-        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Changes whenever anything a running replica was built from changes (spec or image reference). The
+        replica count is not part of it: scaling adds or removes replicas, it does not replace the running ones."""
+        built_from = {k: v for k, v in self.raw.items() if k != "scale"}
+        return hashlib.sha256(json.dumps(built_from, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def backend_port(self) -> int:
