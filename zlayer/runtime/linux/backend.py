@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -176,6 +177,10 @@ class LinuxRuntime:
         self.state_root = self.data_dir / "containers"
         self.bundles = self.data_dir / "bundles"
         self.log_dir = Path(log_dir) if log_dir else self.data_dir / "logs"
+        # Container names (web-rep-1 ...) repeat from node to node; cgroups are host-wide. Without a per-node part
+        # two daemons on one host would share a container's cgroup, and one's stop (SIGKILL to every process of
+        # the cgroup) would kill the other's replica.
+        self.node_tag = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:8]
         for d in (self.state_root, self.bundles, self.log_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -254,7 +259,7 @@ class LinuxRuntime:
                     image=image,
                     rootfs=rootfs,
                     hostname=hostname,
-                    cgroups_path=f"{_get(spec, 'cgroup_parent') or '/zlayer'}/{name}",
+                    cgroups_path=f"{_get(spec, 'cgroup_parent') or '/zlayer'}/{name}-{self.node_tag}",
                     extra_mounts=[*vols.mounts, *etc],
                     join_namespace=self._join_namespace,
                     annotations={
@@ -281,14 +286,26 @@ class LinuxRuntime:
                     "labels": {str(k): str(v) for k, v in (_get(spec, "labels", {}) or {}).items()},
                 },
             )
-            await shim.create(
-                name,
-                bundle,
-                self.state_root,
-                self.log_path(name),
-                log_max_size=int(_get(logs, "max_size_bytes", 0) or 0) or None,
-                log_max_files=2 if _get(logs, "max_size_bytes") else None,
+            made = asyncio.ensure_future(
+                shim.create(
+                    name,
+                    bundle,
+                    self.state_root,
+                    self.log_path(name),
+                    log_max_size=int(_get(logs, "max_size_bytes", 0) or 0) or None,
+                    log_max_files=2 if _get(logs, "max_size_bytes") else None,
+                )
             )
+            try:
+                await asyncio.shield(made)
+            except asyncio.CancelledError:
+                # The shim runs on without us: let it finish, then delete what it made, or a cancelled deploy
+                # leaves a blocked container (cgroups, monitor) behind with its rootfs unmounted under it.
+                with contextlib.suppress(BaseException):
+                    await made
+                with contextlib.suppress(ZLayerError):
+                    await shim.delete(name, self.state_root, force=True)
+                raise
         except ZLayerError as exc:
             for step in reversed(undo):
                 with contextlib.suppress(Exception):
@@ -347,16 +364,24 @@ class LinuxRuntime:
     async def remove(self, cid: ContainerId, *, force: bool = False) -> None:
         name = str(cid)
         meta = self._meta(name)
-        with contextlib.suppress(NotFoundError):
-            st = await self._shim_state(name)
-            if st.status != "stopped" and not force:
-                raise ConflictError(f"container {name} is {st.status}: stop it first or remove with force")
-            await shim.delete(name, self.state_root, force=True)
-        bundle = self.bundles / name
-        _unmount(bundle / "rootfs")
-        shutil.rmtree(bundle, ignore_errors=True)
-        for p in meta.get("anonymous_volumes", []):
-            shutil.rmtree(p, ignore_errors=True)
+        if not force:
+            with contextlib.suppress(NotFoundError, RuntimeFailure):
+                st = await self._shim_state(name)
+                if st.status != "stopped":
+                    raise ConflictError(f"container {name} is {st.status}: stop it first or remove with force")
+        try:
+            with contextlib.suppress(NotFoundError):
+                await shim.delete(name, self.state_root, force=True)
+        finally:
+            # Whatever the shim said (a cgroup still busy, a monitor that died), the rootfs mount and the bundle go:
+            # a mount left behind outlives the daemon and pins the image's layers.
+            bundle = self.bundles / name
+            try:
+                _unmount(bundle / "rootfs")
+            finally:
+                shutil.rmtree(bundle, ignore_errors=True)
+                for p in meta.get("anonymous_volumes", []):
+                    shutil.rmtree(p, ignore_errors=True)
 
     async def exec(
         self,
