@@ -170,8 +170,20 @@ class ServiceManager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.store.set_deployment_status(name, "stopped")
-        for svc in await self.store.list_services(name):
-            await self._remove_service(name, svc.name)
+        # Services go down side by side (each one's replicas in parallel too): a down costs one grace period, not
+        # one per replica. A service that fails to go keeps the deployment (status failed) so a retry finds it.
+        services = {s.name for s in await self.store.list_services(name)}
+        services |= {c.service for c in await self.store.list_containers(name)}
+        results = await asyncio.gather(
+            *(self._remove_service(name, s) for s in sorted(services)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            msg = "; ".join(str(e) for e in errors)
+            await self.store.set_deployment_status(name, "failed", f"teardown incomplete: {msg}")
+            await self._event(name, "delete_failed", msg)
+            err = errors[0]
+            raise err if isinstance(err, ZLayerError) else RuntimeFailure(f"removing {name}: {err}")
         await self.store.delete_deployment(name)
         await self._event(name, "deleted", "deployment removed")
 
@@ -185,9 +197,14 @@ class ServiceManager:
             svc = await self.store.get_service(name, service)
             grace = _stop_grace(service_view(service, svc.spec)) if svc is not None else SCALE_DOWN_STOP_TIMEOUT
             recs = await self.store.list_containers(name, service)
-            await asyncio.gather(*(self._stop_replica(rec, timeout=grace) for rec in recs))
+            results = await asyncio.gather(
+                *(self._stop_replica(rec, timeout=grace) for rec in recs), return_exceptions=True
+            )
             if self.proxy is not None:
                 await self.proxy.remove_service(name, service)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
 
     # ---------------------------------------------------------------------------------------------- services
 
@@ -335,7 +352,7 @@ class ServiceManager:
             await self.store.put_container(rec)
             await self._event(deployment, "replica_failed", f"{rec.id}: {e}")
             self.replicas.pop(rec.id, None)
-            if self.network is not None and rec.ip:
+            if self.network is not None:  # also when attach failed half-way (its veth may exist without an address)
                 with contextlib.suppress(ZLayerError, OSError):
                     await self.network.detach(deployment, view.name, rec.id)
             with contextlib.suppress(ZLayerError):
@@ -453,27 +470,52 @@ class ServiceManager:
         ]
 
     async def _stop_replica(self, rec: ContainerRecord, timeout: float) -> None:
+        """Stop and remove one replica. Every step runs even when an earlier one failed (a container that will not
+        stop is still removed by force, its veth and its record still go); the first failure is raised at the end
+        and the record is kept, so a later ``down`` retries."""
         rep = self.replicas.pop(rec.id, None)
         cid = ContainerId.parse(rec.id)
         if rep is not None:
             rep.stopping = True
             for t in rep.tasks:
                 t.cancel()
+            # A supervisor cancelled inside a restart must finish unwinding (the runtime removes what it had half
+            # made) before this stop looks at the container, or the two race and a container outlives its record.
+            await asyncio.gather(*(t for t in rep.tasks if t is not asyncio.current_task()), return_exceptions=True)
             if rep.healthy and self.proxy is not None:
                 rep.healthy = False
                 await self._publish(rep.deployment, rep.service)
+        errors: list[BaseException] = []
         # Out of the proxy first, then stopped while still on the network (requests it is serving finish, its
         # clients see it close), and only then detached: a veth removed under a live process leaves them hanging.
-        with contextlib.suppress(NotFoundError, ConflictError):
+        try:
             await self.runtime.stop(cid, timeout=timeout)
-        if self.network is not None and rec.ip:
-            with contextlib.suppress(ZLayerError, OSError):
+        except (NotFoundError, ConflictError):
+            pass
+        except Exception as e:
+            errors.append(e)
+        if self.network is not None:
+            try:
                 await self.network.detach(rec.deployment, rec.service, rec.id)
-        with contextlib.suppress(NotFoundError):
+            except Exception as e:
+                errors.append(e)
+        try:
             await self.runtime.remove(cid, force=True)
-        await self.store.delete_container(rec.id)
+        except NotFoundError:
+            pass
+        except Exception as e:
+            errors.append(e)
         if self.metrics is not None:
             self.metrics.container_gone(rec.id)
+        if errors:
+            log.warning("removing %s: %s", rec.id, "; ".join(map(str, errors)))
+            rec.state, rec.last_error = "failed", f"could not be removed: {errors[0]}"
+            with contextlib.suppress(ZLayerError):
+                await self.store.put_container(rec)
+            await self._event(rec.deployment, "replica_remove_failed", f"{rec.id}: {errors[0]}")
+            err = errors[0]
+            raise err if isinstance(err, ZLayerError) else RuntimeFailure(f"removing {rec.id}: {err}")
+        await self.store.delete_container(rec.id)
         await self._event(rec.deployment, "replica_stopped", f"{rec.id} stopped")
 
     async def _await_healthy(self, rep: Replica) -> None:
