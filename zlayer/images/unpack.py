@@ -12,9 +12,9 @@ import gzip
 import hashlib
 import os
 import stat
-import tarfile
+import zlib
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 from zlayer.errors import ImageError
 
@@ -62,9 +62,266 @@ def _clean_name(name: str, layer: str) -> str:
     return "/".join(parts)
 
 
+class _Decompressed:
+    """The tar stream of a layer in large chunks (gzip, possibly multi-member; zstd; or none), hashed as it goes.
+
+    Decompression and hashing run on megabyte-sized buffers, so they spend their time outside the GIL; no chunk is
+    larger than a few megabytes whatever the compression ratio.
+    """
+
+    def __init__(self, src: BinaryIO) -> None:
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self._src = src
+        self._zlib: Any = None
+        self._zlib_full = False
+        self._zstd: Any = None
+        self._pending = src.read(4)
+        if self._pending[:2] == b"\x1f\x8b":
+            self._zlib = zlib.decompressobj(wbits=31)
+        elif self._pending == b"\x28\xb5\x2f\xfd":
+            import zstandard
+
+            reader = cast(IO[bytes], _Prefixed(self._pending, src))
+            self._pending = b""
+            self._zstd = zstandard.ZstdDecompressor().stream_reader(reader, read_size=_CHUNK, read_across_frames=True)
+
+    def _raw(self) -> bytes:
+        raw = self._pending or self._src.read(_CHUNK)
+        self._pending = b""
+        return raw
+
+    def _gunzip(self) -> bytes | None:
+        """Output of the gzip stream; None at its end."""
+        z = self._zlib
+        if z.unconsumed_tail or self._zlib_full:
+            data: bytes = z.decompress(z.unconsumed_tail, _OUT_CHUNK)
+        else:
+            raw = self._raw()
+            if not raw:
+                if not z.eof:
+                    raise ImageError("the gzip stream ends early (truncated blob)")
+                return None
+            if z.eof:  # another gzip member follows, or zero padding after the last one
+                if not raw.strip(b"\0"):
+                    return b""
+                z = self._zlib = zlib.decompressobj(wbits=31)
+            data = z.decompress(raw, _OUT_CHUNK)
+            if z.eof and z.unused_data:
+                self._pending = z.unused_data
+        self._zlib_full = len(data) == _OUT_CHUNK
+        return data
+
+    def chunk(self) -> bytes:
+        """The next piece of the tar stream; b"" at its end."""
+        while True:
+            if self._zlib is not None:
+                data = self._gunzip()
+                if data is None:
+                    return b""
+            elif self._zstd is not None:
+                data = self._zstd.read(_OUT_CHUNK)
+                if not data:
+                    return b""
+            else:
+                data = self._raw()
+                if not data:
+                    return b""
+            if data:
+                self.hash.update(data)
+                self.size += len(data)
+                return data
+
+
+class _Prefixed:
+    """A reader that yields ``head`` and then the rest of ``src``."""
+
+    def __init__(self, head: bytes, src: BinaryIO) -> None:
+        self._head = head
+        self._src = src
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            out, self._head = self._head, b""
+            return out
+        return self._src.read(n)
+
+
+class _TarReader:
+    """A minimal, strict reader of ustar / GNU / pax tar headers over a :class:`_Decompressed` stream."""
+
+    def __init__(self, stream: _Decompressed) -> None:
+        self._stream = stream
+        self._buf = b""
+        self._pos = 0
+        self.global_pax: dict[str, str] = {}
+
+    def _fill(self, n: int) -> bool:
+        while len(self._buf) - self._pos < n:
+            more = self._stream.chunk()
+            if not more:
+                return False
+            self._buf = self._buf[self._pos :] + more
+            self._pos = 0
+        return True
+
+    def read(self, n: int) -> bytes:
+        if not self._fill(n):
+            raise ImageError("the tar stream ends in the middle of an entry")
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+    def skip(self, n: int) -> None:
+        while n:
+            if self._pos >= len(self._buf) and not self._fill(1):
+                raise ImageError("the tar stream ends in the middle of an entry")
+            step = min(n, len(self._buf) - self._pos)
+            self._pos += step
+            n -= step
+
+    def copy_to(self, fd: int, n: int) -> None:
+        """Write the next ``n`` bytes of the stream to ``fd``."""
+        while n:
+            if self._pos >= len(self._buf) and not self._fill(1):
+                raise ImageError("the tar stream ends in the middle of a file")
+            step = min(n, len(self._buf) - self._pos)
+            view = memoryview(self._buf)[self._pos : self._pos + step]
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            self._pos += step
+            n -= step
+
+    def drain(self) -> None:
+        while self._stream.chunk():
+            pass
+        self._buf, self._pos = b"", 0
+
+    def next(self) -> _Member | None:
+        """The next entry's header (pax and GNU long names applied); None at the end of the archive."""
+        pax: dict[str, str] = {}
+        long_name: str | None = None
+        long_link: str | None = None
+        while True:
+            if not self._fill(BLOCK):
+                return None  # no end-of-archive blocks: tolerated, like tar does
+            block = self.read(BLOCK)
+            if block == _ZERO_BLOCK:
+                return None
+            _check_sum(block)
+            kind = block[156:157]
+            size = _number(block[124:136], "size")
+            if kind in (b"x", b"g"):
+                records = _pax_records(self.read(size))
+                self.skip(_padding(size))
+                (pax if kind == b"x" else self.global_pax).update(records)
+                continue
+            if kind in (b"L", b"K"):
+                value = self.read(size).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                self.skip(_padding(size))
+                if kind == b"L":
+                    long_name = value
+                else:
+                    long_link = value
+                continue
+            fields = {**self.global_pax, **pax}
+            name = _string(block[0:100])
+            if block[257:263] == b"ustar\x00" and block[345] != 0:
+                name = _string(block[345:500]) + "/" + name
+            m = _Member()
+            m.name = fields.get("path", long_name if long_name is not None else name)
+            m.linkname = fields.get("linkpath", long_link if long_link is not None else _string(block[157:257]))
+            m.type = kind if kind != b"\0" else b"0"
+            m.mode = _number(block[100:108], "mode") & 0o7777
+            m.uid = int(fields["uid"]) if "uid" in fields else _number(block[108:116], "uid")
+            m.gid = int(fields["gid"]) if "gid" in fields else _number(block[116:124], "gid")
+            m.size = int(fields["size"]) if "size" in fields else size
+            m.mtime = int(float(fields["mtime"])) if "mtime" in fields else _number(block[136:148], "mtime")
+            if m.type in (b"3", b"4"):
+                m.devmajor = _number(block[329:337], "devmajor")
+                m.devminor = _number(block[337:345], "devminor")
+            m.xattrs = {k[13:]: v for k, v in fields.items() if k.startswith("SCHILY.xattr.")}
+            if m.size < 0 or m.uid < 0 or m.gid < 0:
+                raise ImageError(f"entry {m.name!r} has a negative size or owner")
+            return m
+
+
+BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+_OUT_CHUNK = 4 << 20
+
+
+class _Member:
+    __slots__ = ("devmajor", "devminor", "gid", "linkname", "mode", "mtime", "name", "size", "type", "uid", "xattrs")
+
+    def __init__(self) -> None:
+        self.devmajor = self.devminor = 0
+        self.xattrs: dict[str, str] = {}
+        self.name = self.linkname = ""
+        self.type = b"0"
+        self.mode = self.uid = self.gid = self.size = self.mtime = 0
+
+
+def _padding(size: int) -> int:
+    return -size % BLOCK
+
+
+def _string(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _number(field: bytes, what: str) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256
+        value = int.from_bytes(field[1:], "big")
+        return -value if field[0] & 0x40 else value
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ImageError(f"bad tar header: {what} field {field!r} is not a number") from None
+
+
+def _check_sum(block: bytes) -> None:
+    want = _number(block[148:156], "checksum")
+    got = sum(block) - sum(block[148:156]) + 8 * 0x20
+    if want != got:
+        raise ImageError("bad tar header checksum (not a tar archive, or a corrupt one)")
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos)
+        if space < 0:
+            raise ImageError("bad pax header record")
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise ImageError("bad pax header record length") from None
+        if length <= space - pos + 1 or pos + length > len(data):
+            raise ImageError("bad pax header record length")
+        record = data[space + 1 : pos + length - 1]
+        key, eq, value = record.partition(b"=")
+        if not eq:
+            raise ImageError("bad pax header record")
+        k = key.decode("utf-8", "surrogateescape")
+        # xattr values are raw bytes; everything else is UTF-8 text
+        out[k] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+_NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class _Unpacker:
     def __init__(self, dest: Path, layer: str) -> None:
-        self.dest = dest
+        self.dest = str(dest)
         self.layer = layer
         self.safe_dirs: set[str] = {""}
         self.dir_times: list[tuple[str, int]] = []
@@ -78,7 +335,7 @@ class _Unpacker:
             walked = f"{walked}/{part}" if walked else part
             if walked in self.safe_dirs:
                 continue
-            full = self.dest / walked
+            full = f"{self.dest}/{walked}"
             try:
                 st = os.lstat(full)
             except FileNotFoundError:
@@ -92,123 +349,161 @@ class _Unpacker:
                     raise ImageError(f"layer {self.layer}: entry {entry!r} has a non-directory parent {walked!r}")
             self.safe_dirs.add(walked)
 
-    def _remove_existing(self, full: Path, keep_dir: bool) -> None:
+    def _forget(self, rel: str) -> None:
+        """``rel`` is being replaced: it and everything below stop being known-safe directories."""
+        if rel in self.safe_dirs:
+            prefix = rel + "/"
+            self.safe_dirs = {d for d in self.safe_dirs if d != rel and not d.startswith(prefix)}
+
+    def _remove(self, full: str, rel: str, keep_dir: bool = False) -> bool:
+        """Remove what is at ``full`` (an entry replacing an earlier one); True when a directory was kept."""
         try:
             st = os.lstat(full)
         except FileNotFoundError:
-            return
+            return False
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
-                return
+                return True
             import shutil
 
             shutil.rmtree(full)
         else:
             os.unlink(full)
+        self._forget(rel)
+        return False
 
-    def entry(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+    def entry(self, tar: _TarReader, m: _Member) -> None:
         rel = _clean_name(m.name, self.layer)
+        kind = m.type
+        # Like tar(1) and Python's tarfile: links, directories, devices and fifos carry no data whatever their size.
+        data_left = 0 if kind in _NO_DATA else m.size
+        padding = 0 if kind in _NO_DATA else _padding(m.size)
         if not rel:
+            tar.skip(data_left + padding)
             return  # the root itself
         self._ensure_parent(rel, m.name)
-        base = rel.rpartition("/")[2]
-        parent = self.dest / rel.rpartition("/")[0] if "/" in rel else self.dest
+        parent_rel, _, base = rel.rpartition("/")
+        parent = f"{self.dest}/{parent_rel}" if parent_rel else self.dest
+        full = f"{self.dest}/{rel}"
         if base == OPAQUE:
             os.setxattr(parent, "trusted.overlay.opaque", b"y")
-            return
-        if base.startswith(WHITEOUT):
-            target = parent / base[len(WHITEOUT) :]
-            self._remove_existing(target, keep_dir=False)
+        elif base.startswith(WHITEOUT):
+            if base[len(WHITEOUT) :] in ("", ".", ".."):
+                raise ImageError(f"layer {self.layer}: whiteout {m.name!r} names no entry it could hide")
+            target_rel = f"{parent_rel}/{base[len(WHITEOUT) :]}" if parent_rel else base[len(WHITEOUT) :]
+            target = f"{self.dest}/{target_rel}"
+            self._remove(target, target_rel)
             os.mknod(target, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
-            return
-        full = self.dest / rel
-        self._remove_existing(full, keep_dir=m.isdir())
-        if m.isdir():
-            if not full.exists():
+        elif kind in (b"0", b"7"):
+            try:
+                fd = os.open(full, _FILE_FLAGS, 0o600)
+            except FileExistsError:
+                self._remove(full, rel)
+                fd = os.open(full, _FILE_FLAGS, 0o600)
+            try:
+                tar.copy_to(fd, m.size)
+                data_left = 0
+                self._metadata(fd, m, follow=True)
+            finally:
+                os.close(fd)
+        elif kind == b"5":
+            try:
                 os.mkdir(full, 0o700)
+            except FileExistsError:
+                if not self._remove(full, rel, keep_dir=True):
+                    os.mkdir(full, 0o700)
             self.safe_dirs.add(rel)
-            self.dir_times.append((rel, int(m.mtime)))
-        elif m.isreg():
-            src = tar.extractfile(m)
-            assert src is not None
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
-        elif m.issym():
+            self.dir_times.append((full, m.mtime))
+            self._metadata(full, m, follow=True, times=False)
+        elif kind == b"2":
             link = m.linkname
             if not link.startswith("/"):
-                depth = rel.count("/")
-                climbed = [p for p in link.split("/") if p not in ("", ".")]
-                level = depth
-                for p in climbed:
+                level = rel.count("/")
+                for p in link.split("/"):
+                    if p in ("", "."):
+                        continue
                     level = level - 1 if p == ".." else level + 1
                     if level < 0:
                         raise ImageError(f"layer {self.layer}: symlink {m.name!r} -> {link!r} points out of the layer")
-            os.symlink(link, full)
-        elif m.islnk():
+            try:
+                os.symlink(link, full)
+            except FileExistsError:
+                self._remove(full, rel)
+                os.symlink(link, full)
+            self._metadata(full, m, follow=False)
+        elif kind == b"1":
             target_rel = _clean_name(m.linkname, self.layer)
-            target = self.dest / target_rel
+            target = f"{self.dest}/{target_rel}"
             if not target_rel or not os.path.lexists(target):
                 raise ImageError(
                     f"layer {self.layer}: hardlink {m.name!r} -> {m.linkname!r} has no target in the layer"
                 )
-            if os.path.realpath(target).startswith(str(self.dest) + os.sep) is False:
+            if not os.path.realpath(target).startswith(self.dest + os.sep):
                 raise ImageError(f"layer {self.layer}: hardlink {m.name!r} -> {m.linkname!r} points out of the layer")
-            os.link(target, full, follow_symlinks=False)
-            return  # a hardlink shares the target's metadata
-        elif m.ischr() or m.isblk():
-            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
-            os.mknod(full, m.mode | kind, os.makedev(m.devmajor, m.devminor))
-        elif m.isfifo():
+            try:
+                os.link(target, full, follow_symlinks=False)
+            except FileExistsError:
+                self._remove(full, rel)
+                os.link(target, full, follow_symlinks=False)
+            # a hardlink shares the target's metadata
+        elif kind in (b"3", b"4"):
+            self._remove(full, rel)
+            mode = m.mode | (stat.S_IFCHR if kind == b"3" else stat.S_IFBLK)
+            os.mknod(full, mode, os.makedev(m.devmajor, m.devminor))
+            self._metadata(full, m, follow=True)
+        elif kind == b"6":
+            self._remove(full, rel)
             os.mkfifo(full, m.mode)
-        else:
-            return
-        self._metadata(full, m)
+            self._metadata(full, m, follow=True)
+        elif kind == b"S":
+            raise ImageError(f"layer {self.layer}: entry {m.name!r} is a GNU sparse file, which is not supported")
+        # other entry types (e.g. vendor extensions) carry nothing to unpack
+        tar.skip(data_left + padding)
 
-    def _metadata(self, full: Path, m: tarfile.TarInfo) -> None:
-        for key, value in m.pax_headers.items():
-            if key.startswith("SCHILY.xattr."):
-                try:
-                    os.setxattr(
-                        full,
-                        key[len("SCHILY.xattr.") :],
-                        value.encode("utf-8", "surrogateescape"),
-                        follow_symlinks=False,
-                    )
-                except OSError as e:
-                    raise ImageError(
-                        f"layer {self.layer}: cannot set xattr {key[13:]} on {m.name!r}: {e.strerror}"
-                    ) from e
-        os.lchown(full, m.uid, m.gid)
-        if not m.issym():
-            os.chmod(full, m.mode)
-            if not m.isdir():
-                os.utime(full, (m.mtime, m.mtime))
-        else:
-            os.utime(full, (m.mtime, m.mtime), follow_symlinks=False)
+    def _metadata(self, target: int | str, m: _Member, *, follow: bool, times: bool = True) -> None:
+        for key, value in m.xattrs.items():
+            try:
+                os.setxattr(target, key, value.encode("utf-8", "surrogateescape"), follow_symlinks=follow)
+            except OSError as e:
+                raise ImageError(f"layer {self.layer}: cannot set xattr {key} on {m.name!r}: {e.strerror}") from e
+        if isinstance(target, int):
+            os.fchown(target, m.uid, m.gid)
+            os.fchmod(target, m.mode)
+            os.utime(target, (m.mtime, m.mtime))
+            return
+        os.chown(target, m.uid, m.gid, follow_symlinks=False)
+        if follow:
+            os.chmod(target, m.mode)
+        if times:
+            os.utime(target, (m.mtime, m.mtime), follow_symlinks=False)
 
     def finish(self) -> None:
         # Directory mtimes last: creating their children changed them.
-        for rel, mtime in reversed(self.dir_times):
-            os.utime(self.dest / rel, (mtime, mtime), follow_symlinks=False)
+        for full, mtime in reversed(self.dir_times):
+            os.utime(full, (mtime, mtime), follow_symlinks=False)
 
 
 def unpack_layer(fileobj: BinaryIO, dest: Path, *, layer: str) -> str:
     """Unpack one (possibly compressed) layer into the existing empty directory ``dest``; returns its DiffID."""
-    reader = _HashingReader(open_decompressed(fileobj))
+    stream = _Decompressed(fileobj)
+    tar = _TarReader(stream)
     unpacker = _Unpacker(dest, layer)
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-            for member in tar:
-                unpacker.entry(tar, member)
-        reader.drain()
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        if isinstance(e, ImageError):
+        while (member := tar.next()) is not None:
+            unpacker.entry(tar, member)
+        tar.drain()
+    except ImageError as e:
+        if str(e).startswith(f"layer {layer}:"):
             raise
         raise ImageError(f"layer {layer}: not a valid layer tarball: {e}") from e
+    except (OSError, ValueError, EOFError, zlib.error) as e:
+        raise ImageError(f"layer {layer}: not a valid layer tarball: {e}") from e
+    except Exception as e:
+        if type(e).__name__ == "ZstdError":
+            raise ImageError(f"layer {layer}: not a valid layer tarball: {e}") from e
+        raise
     unpacker.finish()
-    return "sha256:" + reader.hash.hexdigest()
+    return "sha256:" + stream.hash.hexdigest()
 
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
