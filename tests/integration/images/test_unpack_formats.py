@@ -22,12 +22,13 @@ pytestmark = pytest.mark.root
 
 def _compressions(raw: bytes) -> dict[str, bytes]:
     half = len(raw) // 2
+    zstd = zstandard.ZstdCompressor()
     return {
         "plain": raw,
         "gzip": gzip.compress(raw, 6),
         "gzip-members": gzip.compress(raw[:half], 1) + gzip.compress(raw[half:], 9),
-        "zstd": zstandard.ZstdCompressor().compress(raw),
-        "zstd-frames": zstandard.ZstdCompressor().compress(raw[:half]) + zstandard.ZstdCompressor().compress(raw[half:]),
+        "zstd": zstd.compress(raw),
+        "zstd-frames": zstd.compress(raw[:half]) + zstd.compress(raw[half:]),
     }
 
 
