@@ -85,6 +85,7 @@ class ServiceManager:
         self._deploy_tasks: dict[str, asyncio.Task[None]] = {}
         self._event_waiters = asyncio.Condition()
         self._closing = False
+        self._claimed: set[str] = set()  # replica ids chosen by a converge whose replica is not yet registered
 
     # ---------------------------------------------------------------------------------------------- deployments
 
@@ -261,12 +262,16 @@ class ServiceManager:
             outdated = [c for c in current_ok if c.spec_hash != view.spec_hash]
             fresh = [c for c in current_ok if c.spec_hash == view.spec_hash]
             used = {c.replica for c in current_ok}
+            # Replica ids are ZLayer's `{service}-rep-{n}`, unique on the node: numbers another deployment's service
+            # of the same name holds (running, starting or recorded) are skipped, never taken over.
+            elsewhere = {c.id for c in await self.store.list_containers() if c.deployment != deployment}
 
             def next_index() -> int:
                 i = 1
-                while i in used:
+                while i in used or self._id_taken(str(ContainerId(view.name, i)), deployment, elsewhere):
                     i += 1
                 used.add(i)
+                self._claimed.add(str(ContainerId(view.name, i)))
                 return i
 
             if outdated and len(fresh) < desired:
@@ -302,6 +307,10 @@ class ServiceManager:
             await self._publish(deployment, view)
             await self.store.set_service_status(deployment, view.name, "running")
 
+    def _id_taken(self, cid: str, deployment: str, elsewhere: set[str]) -> bool:
+        rep = self.replicas.get(cid)
+        return cid in elsewhere or cid in self._claimed or (rep is not None and rep.deployment != deployment)
+
     on_job_registered: Any = None  # set by the JobManager: async (deployment, view) -> None
 
     async def _wait_depends(self, deployment: str, view: ServiceView) -> None:
@@ -334,6 +343,7 @@ class ServiceManager:
         )
         rep = Replica(deployment, view, cid, rec, model)
         self.replicas[rec.id] = rep
+        self._claimed.discard(rec.id)
         await self.store.put_container(rec)
         try:
             await self._run_init(rep, phase="before")

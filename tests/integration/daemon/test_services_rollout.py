@@ -204,3 +204,26 @@ def test_fixed_and_manual_scale_through_api_sdk_and_cli(daemon_node: Node, daemo
     node.expect(manual)
     assert len(running(node, manual)) == 2
     assert node.get(mport) == (200, "v1\n")
+
+
+def test_same_service_name_in_two_deployments_keeps_each_ones_replicas(
+    daemon_node: Node, daemon_deployments: list[str]
+) -> None:
+    node = daemon_node
+    (a, pa), (b, pb) = (unique("twa"), node.free_port()), (unique("twb"), node.free_port())
+    daemon_deployments += [a, b]
+    node.deploy(web_spec(a, pa, msg="from-a"))
+    node.expect(a)
+    before = {(c["id"], c["pid"]) for c in running(node, a)}
+    node.deploy(web_spec(b, pb, msg="from-b"))
+    node.expect(b)
+    # b's replicas got their own ids; a's replicas were not touched
+    assert {(c["id"], c["pid"]) for c in running(node, a)} == before
+    ids_b = {c["id"] for c in running(node, b)}
+    assert len(ids_b) == 2 and not ids_b & {i for i, _ in before}, ids_b
+    for dep, msg in ((a, "from-a"), (b, "from-b")):
+        for c in running(node, dep):
+            r = node.api("POST", f"/api/v1/containers/{c['id']}/exec", {"command": ["cat", "/www/who.txt"]})
+            assert r["stdout"] == f"{c['id']} {msg}\n", (dep, c["id"], r)
+    node.delete(b)
+    assert {(c["id"], c["pid"]) for c in running(node, a)} == before
