@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "zlayer/netaddr.h"
 #include "l7.h"
 
 #define CBUF (L7_MAX_HEAD + 8192)
@@ -221,28 +222,6 @@ static double mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int parse_addr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len)
-{
-    memset(ss, 0, sizeof(*ss));
-    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
-    if (port < 0 || port > 65535)
-        return -1;
-    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)port);
-        *len = sizeof(*v4);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)port);
-        *len = sizeof(*v6);
-        return 0;
-    }
-    return -1;
-}
-
 static rstats_t *stats_for(l7_proxy_t *p, const char *key)
 {
     for (rstats_t *s = p->stats; s; s = s->next)
@@ -278,7 +257,7 @@ int l7_apply(l7_proxy_t *p, const l7_route_def_t *routes, size_t nroutes, const 
         g->n = ngb[i];
         for (size_t j = 0; j < ngb[i]; j++) {
             backend_t *b = &g->b[j];
-            if (parse_addr(groups[i][j].host, groups[i][j].port, &b->addr, &b->alen) < 0) {
+            if (zl_parse_addr(groups[i][j].host, groups[i][j].port, &b->addr, &b->alen) < 0) {
                 snprintf(err, errlen, "backend %.64s:%d of %.128s is not a numeric IP address and port",
                          groups[i][j].host, groups[i][j].port, group_names[i]);
                 goto fail;
@@ -346,7 +325,7 @@ int l7_set_health(l7_proxy_t *p, const char *group, const char *host, int port, 
     struct sockaddr_storage ss;
     socklen_t sl;
     int found = -1;
-    if (parse_addr(host, port, &ss, &sl) < 0)
+    if (zl_parse_addr(host, port, &ss, &sl) < 0)
         return -1;
     table_t *t = table_get(p);
     if (!t)
@@ -1771,7 +1750,7 @@ int l7_listen(l7_proxy_t *p, const char *host, int port, int tls, char *err, siz
 {
     struct sockaddr_storage ss;
     socklen_t sl;
-    if (parse_addr(host, port, &ss, &sl) < 0) {
+    if (zl_parse_addr(host, port, &ss, &sl) < 0) {
         snprintf(err, errlen, "listen address %.64s:%d is not a numeric IP address and port", host, port);
         return -1;
     }

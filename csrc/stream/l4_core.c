@@ -14,34 +14,13 @@
 #include <unistd.h>
 
 #include "l4_internal.h"
+#include "zlayer/netaddr.h"
 
 double l4_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int parse_addr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len)
-{
-    memset(ss, 0, sizeof(*ss));
-    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
-    if (port < 0 || port > 65535)
-        return -1;
-    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)port);
-        *len = sizeof(*v4);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)port);
-        *len = sizeof(*v6);
-        return 0;
-    }
-    return -1;
 }
 
 int l4_create(const l4_config_t *cfg, l4_listener_t **out, char *err, size_t errlen)
@@ -52,7 +31,7 @@ int l4_create(const l4_config_t *cfg, l4_listener_t **out, char *err, size_t err
         snprintf(err, errlen, "protocol must be tcp or udp");
         return -1;
     }
-    if (memchr(cfg->host, 0, sizeof(cfg->host)) == NULL || parse_addr(cfg->host, cfg->port, &ss, &sl) < 0) {
+    if (memchr(cfg->host, 0, sizeof(cfg->host)) == NULL || zl_parse_addr(cfg->host, cfg->port, &ss, &sl) < 0) {
         snprintf(err, errlen, "listen address %.64s:%d is not a numeric IP address and port", cfg->host, cfg->port);
         return -1;
     }
@@ -135,7 +114,7 @@ int l4_set_backends(l4_listener_t *l, const char *const *hosts, const int *ports
     for (size_t i = 0; i < n; i++) {
         struct sockaddr_storage ss;
         socklen_t sl;
-        if (strlen(hosts[i]) >= 64 || parse_addr(hosts[i], ports[i], &ss, &sl) < 0 || ports[i] == 0) {
+        if (strlen(hosts[i]) >= 64 || zl_parse_addr(hosts[i], ports[i], &ss, &sl) < 0 || ports[i] == 0) {
             snprintf(err, errlen, "backend %zu: %.64s:%d is not a numeric IP address and port 1-65535", i, hosts[i],
                      ports[i]);
             l4_table_put(old);
@@ -263,7 +242,10 @@ static int open_socket(l4_listener_t *l, int port, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
-    parse_addr(l->cfg.host, port, &ss, &sl);
+    if (zl_parse_addr(l->cfg.host, port, &ss, &sl) < 0) {
+        snprintf(err, errlen, "bad listen address %s:%d", l->cfg.host, port);
+        return -1;
+    }
     int type = l->cfg.protocol == L4_TCP ? SOCK_STREAM : SOCK_DGRAM;
     int fd = socket(ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
