@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -249,6 +250,8 @@ class ServiceManager:
                 await self.on_job_registered(deployment, view)
             return
         async with self._lock(deployment, view.name):
+            if desired is None and view.pull_policy in ("always", "newer"):
+                await self._pull(deployment, view)  # a deploy looks for a newer image under the same name first
             if desired is None:
                 rec = await self.store.get_service(deployment, view.name)
                 desired = rec.desired_replicas if rec else view.replicas
@@ -259,8 +262,9 @@ class ServiceManager:
             current_ok = [c for c in current if c.state != "failed" and c.id in self.replicas]
             for bad in [c for c in current if c not in current_ok]:
                 await self._stop_replica(bad, timeout=1.0)
-            outdated = [c for c in current_ok if c.spec_hash != view.spec_hash]
-            fresh = [c for c in current_ok if c.spec_hash == view.spec_hash]
+            want = await self._build_hash(view)
+            outdated = [c for c in current_ok if c.spec_hash != want]
+            fresh = [c for c in current_ok if c.spec_hash == want]
             used = {c.replica for c in current_ok}
             # Replica ids are ZLayer's `{service}-rep-{n}`, unique on the node: numbers another deployment's service
             # of the same name holds (running, starting or recorded) are skipped, never taken over.
@@ -307,6 +311,18 @@ class ServiceManager:
             await self._publish(deployment, view)
             await self.store.set_service_status(deployment, view.name, "running")
 
+    async def _build_hash(self, view: ServiceView) -> str:
+        """What a replica is built from: the spec, and the content of its image when the node can tell (so a new
+        image under the same name — re-imported, or pulled with ``always``/``newer`` — rolls the replicas too)."""
+        store = getattr(getattr(self.runtime, "images", None), "store", None)
+        if store is None or not hasattr(store, "get"):
+            return view.spec_hash
+        try:
+            digest = str((await asyncio.to_thread(store.get, view.image)).digest)
+        except (ZLayerError, OSError, AttributeError):
+            return view.spec_hash
+        return hashlib.sha256(f"{view.spec_hash} {digest}".encode()).hexdigest()[:16]
+
     def _id_taken(self, cid: str, deployment: str, elsewhere: set[str]) -> bool:
         rep = self.replicas.get(cid)
         return cid in elsewhere or cid in self._claimed or (rep is not None and rep.deployment != deployment)
@@ -338,8 +354,9 @@ class ServiceManager:
         self, deployment: str, view: ServiceView, model: Any, index: int, revision: int
     ) -> Replica:
         cid = ContainerId(view.name, index)
+        built = await self._build_hash(view)
         rec = ContainerRecord(
-            str(cid), deployment, view.name, index, image=view.image, revision=revision, spec_hash=view.spec_hash
+            str(cid), deployment, view.name, index, image=view.image, revision=revision, spec_hash=built
         )
         rep = Replica(deployment, view, cid, rec, model)
         self.replicas[rec.id] = rep

@@ -227,3 +227,40 @@ def test_same_service_name_in_two_deployments_keeps_each_ones_replicas(
             assert r["stdout"] == f"{c['id']} {msg}\n", (dep, c["id"], r)
     node.delete(b)
     assert {(c["id"], c["pid"]) for c in running(node, a)} == before
+
+
+def test_new_image_content_under_the_same_name_rolls_on_redeploy(
+    daemon_node: Node, daemon_deployments: list[str]
+) -> None:
+    node = daemon_node
+    reg, tag = node.registry(), unique("moving")
+    local, remote = f"zlayer-svc/{tag}:1", f"{reg}/svc/{tag}:1"
+    r = node.zl("import", str(node.root / "svc-v1.tar"), "-t", local)
+    assert r.returncode == 0, r.stderr
+    node.push("zlayer-svc/httpd:v1", remote)
+    cases = [
+        # re-imported under the same name (pull_policy never: the local store is the source)
+        (local, "never", lambda: node.zl("import", str(node.root / "svc-v2.tar"), "-t", local).check_returncode()),
+        # pushed again under the same tag, pulled by a deploy with pull_policy always
+        (remote, "always", lambda: node.push("zlayer-svc/httpd:v2", remote)),
+    ]
+    for image, policy, renew in cases:
+        name, port = unique("same"), node.free_port()
+        daemon_deployments.append(name)
+        old_image = '"zlayer-svc/httpd:v1", pull_policy: never'
+        text = web_spec(name, port).replace(old_image, f'"{image}", pull_policy: {policy}')
+        node.deploy(text)
+        node.expect(name)
+        assert node.get(port) == (200, "v1\n")
+        before = {(c["id"], c["pid"]) for c in running(node, name)}
+        node.deploy(text)  # nothing new: nothing replaced
+        node.expect(name)
+        assert {(c["id"], c["pid"]) for c in running(node, name)} == before
+        renew()
+        with node.probing(port) as probe:
+            node.deploy(text)
+            node.expect(name)
+            node.wait_for(lambda: probe.bodies()[-1:] == ["v2\n"], 10, f"{image} answering with the new content")
+        assert probe.results and not probe.failures, (image, probe.failures[:5])
+        after = {(c["id"], c["pid"]) for c in running(node, name)}
+        assert len(after) == 2 and not after & before, (image, before, after)
