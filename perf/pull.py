@@ -262,7 +262,8 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-            zl, peer = [], []
+            zl: list[float] = []
+            peer: list[float] = []
             for r in range(ROUNDS):
                 order = (run_zlayer, run_peer) if r % 2 == 0 else (run_peer, run_zlayer)
                 for fn in order:

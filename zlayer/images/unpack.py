@@ -18,6 +18,13 @@ from typing import IO, Any, BinaryIO, cast
 
 from zlayer.errors import ImageError
 
+_inflate: Any
+try:  # ISA-L inflates gzip layers in about half the CPU time of zlib, with the same API
+    from isal import isal_zlib as _inflate
+except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+    _inflate = zlib
+_BAD_STREAM: tuple[type[Exception], ...] = (OSError, ValueError, EOFError, zlib.error, _inflate.error)
+
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _CHUNK = 1 << 20
@@ -78,7 +85,7 @@ class _Decompressed:
         self._zstd: Any = None
         self._pending = src.read(4)
         if self._pending[:2] == b"\x1f\x8b":
-            self._zlib = zlib.decompressobj(wbits=31)
+            self._zlib = _inflate.decompressobj(wbits=31)
         elif self._pending == b"\x28\xb5\x2f\xfd":
             import zstandard
 
@@ -105,7 +112,7 @@ class _Decompressed:
             if z.eof:  # another gzip member follows, or zero padding after the last one
                 if not raw.strip(b"\0"):
                     return b""
-                z = self._zlib = zlib.decompressobj(wbits=31)
+                z = self._zlib = _inflate.decompressobj(wbits=31)
             data = z.decompress(raw, _OUT_CHUNK)
             if z.eof and z.unused_data:
                 self._pending = z.unused_data
@@ -496,7 +503,7 @@ def unpack_layer(fileobj: BinaryIO, dest: Path, *, layer: str) -> str:
         if str(e).startswith(f"layer {layer}:"):
             raise
         raise ImageError(f"layer {layer}: not a valid layer tarball: {e}") from e
-    except (OSError, ValueError, EOFError, zlib.error) as e:
+    except _BAD_STREAM as e:
         raise ImageError(f"layer {layer}: not a valid layer tarball: {e}") from e
     except Exception as e:
         if type(e).__name__ == "ZstdError":
