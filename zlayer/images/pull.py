@@ -103,6 +103,11 @@ async def fetch_blob(
             except _RangeIgnored:
                 partial.unlink()
                 continue
+            except OSError as e:  # the data dir, not the network (registry errors are RegistryError)
+                raise ImageError(
+                    f"layer {digest}: cannot write {partial}: {e.strerror or e}",
+                    hint="free space in the data dir, then pull again: the download resumes where it stopped",
+                ) from e
             break
         got = "sha256:" + h.hexdigest()
         if got != digest:
@@ -210,7 +215,7 @@ async def pull(
         await fetch_blob(store, client, ref, manifest["config"], progress)
         await _fetch_and_unpack_layers(store, client, ref, manifest, progress, concurrency)
     store.put_blob(body, expected=digest)
-    return await asyncio.to_thread(store.add_image, str(ref), manifest)
+    return await asyncio.to_thread(store.add_image, str(ref), manifest, body)
 
 
 async def push(

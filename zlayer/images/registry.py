@@ -247,8 +247,17 @@ class RegistryClient:
             if offset and resp.status == 200:
                 raise _RangeIgnored()
             total = offset + int(resp.headers.get("Content-Length", "0") or 0)
-            async for chunk in resp.content.iter_chunked(1 << 20):
-                yield chunk, total
+            done = offset
+            try:
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    done += len(chunk)
+                    yield chunk, total
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise RegistryError(
+                    f"{what}: the download from {self.host} broke off after {done} of {total or '?'} bytes: "
+                    f"{e or type(e).__name__}",
+                    hint="pull again: the download resumes where it stopped",
+                ) from e
 
     # -- push ---------------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -37,6 +38,7 @@ MANIFEST_TYPES = (
 )
 WASM_CONFIG_TYPE = "application/vnd.wasm.config.v0+json"
 TMP_GRACE_SECONDS = 600
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 @dataclass
@@ -112,7 +114,10 @@ class ImageStore:
             os.close(fd)
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        except OSError as e:
+            raise ImageError(f"cannot write {path}: {e.strerror or e}") from e
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -120,6 +125,10 @@ class ImageStore:
                 os.fsync(f.fileno())
             os.rename(tmp, path)
             _fsync_dir(path.parent)
+        except OSError as e:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise ImageError(f"cannot write {path}: {e.strerror or e}") from e
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -235,7 +244,10 @@ class ImageStore:
 
     def unpack_one_layer(self, blob_digest: str, diff_id: str, chain: str) -> None:
         """Unpack one layer blob of the store into its chain-ID directory (a no-op when another got there first)."""
-        work = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="layer-"))
+        try:
+            work = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="layer-"))
+        except OSError as e:
+            raise ImageError(f"layer {blob_digest}: cannot unpack under {self.root / 'tmp'}: {e.strerror or e}") from e
         try:
             (work / "fs").mkdir()
             os.chmod(work / "fs", 0o755)
@@ -252,6 +264,17 @@ class ImageStore:
                     shutil.rmtree(final)  # a crash left a partial one
                 os.rename(work, final)
                 _fsync_dir(final.parent)
+        except ImageError as e:
+            # The unpacker reports every OSError as a bad tarball; a full or broken disk is not the layer's fault.
+            cause = e.__cause__
+            if isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS:
+                raise ImageError(
+                    f"layer {blob_digest}: cannot unpack into {work}: {cause.strerror}",
+                    hint="free space in the data dir, then pull again",
+                ) from cause
+            raise
+        except OSError as e:
+            raise ImageError(f"layer {blob_digest}: cannot unpack into {work}: {e.strerror or e}") from e
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
@@ -267,12 +290,16 @@ class ImageStore:
         dirs = [] if is_wasm else self.unpack_layers(manifest, config)
         return LocalImage(reference=name, digest=digest, manifest=manifest, image_config=config, layer_dirs=dirs)
 
-    def add_image(self, reference: str | None, manifest: dict[str, Any]) -> LocalImage:
-        """Record a manifest whose blobs are all in the store (unpacking its layers) and name it."""
+    def add_image(self, reference: str | None, manifest: dict[str, Any], raw: bytes | None = None) -> LocalImage:
+        """Record a manifest whose blobs are all in the store (unpacking its layers) and name it.
+
+        ``raw`` is the manifest exactly as the registry served it: its digest is the image's digest, so it must be
+        stored byte for byte (re-serialising it would give the image another identity than the registry's).
+        """
         for desc in [manifest["config"], *manifest.get("layers", [])]:
             if not self.has_blob(desc["digest"]):
                 raise ImageError(f"blob {desc['digest']} is missing; the image is incomplete")
-        data = json.dumps(manifest, separators=(",", ":")).encode()
+        data = raw if raw is not None else json.dumps(manifest, separators=(",", ":")).encode()
         digest = self.put_blob(data)
         config = self.read_json(manifest["config"]["digest"])
         if manifest["config"].get("mediaType") != WASM_CONFIG_TYPE:

@@ -1,0 +1,157 @@
+"""Bearer-token auth against Debian's docker-registry (``auth: token``) and a JWT issuer the test runs.
+
+The registry answers 401 with a ``WWW-Authenticate: Bearer realm=…,service=…,scope=…`` challenge; zlayer asks the
+issuer for a token scoped to the repository and action, retries, and asks again when the token expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.images_peers import TokenRegistry, multi_layer_image
+from zlayer.errors import AuthError
+from zlayer.images import Credentials, ImageStore, import_archive, pull, push
+
+pytestmark = [pytest.mark.root, pytest.mark.peer]
+
+
+def zl(data: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zlayer", "--data-dir", str(data), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def _local(tmp_path: Path, ref: str) -> ImageStore:
+    from tests.fixtures.images import oci_archive
+
+    store = ImageStore(tmp_path / "src")
+    import_archive(store, oci_archive(tmp_path / "img.tar", multi_layer_image()), tag=ref)
+    return store
+
+
+def _granted(reg: TokenRegistry) -> list[tuple[str | None, str]]:
+    return [
+        (t["user"], f"{a['name']}:{','.join(a['actions'])}")
+        for t in reg.issuer.issued
+        if not t.get("refused")
+        for a in t["access"]
+    ]
+
+
+def test_push_and_pull_through_the_bearer_challenge_with_scoped_tokens(
+    tmp_path: Path, images_token_registry: TokenRegistry
+) -> None:
+    reg = images_token_registry
+    ref = f"{reg.host}/team/app:1"
+    alice = Credentials("alice", "secret")
+    src = _local(tmp_path, ref)
+    with pytest.raises(AuthError) as err:
+        asyncio.run(push(src, ref))  # no credentials: the issuer refuses
+    assert "\n" not in str(err.value) and "401" in str(err.value)
+    digest = asyncio.run(push(src, ref, credentials=alice))
+    assert ("alice", "team/app:pull,push") in _granted(reg)
+
+    # a user the issuer grants only pull: pulling works, pushing is refused by the registry (insufficient scope)
+    reader = Credentials("reader", "readonly")
+    image = asyncio.run(pull(ImageStore(tmp_path / "r"), ref, policy="always", credentials=reader))
+    assert image.digest == digest
+    assert (image.layer_dirs[-1] / "etc" / "motd").read_bytes() == b"top layer\n"
+    assert ("reader", "team/app:pull") in _granted(reg)
+    with pytest.raises(AuthError) as err:
+        asyncio.run(push(src, ref, target=f"{reg.host}/team/app:2", credentials=reader))
+    assert "team/app" in str(err.value) and "401" in str(err.value)
+    # tokens are scoped: nothing the reader got lets it push
+    assert all(not acts.endswith("push") for user, acts in _granted(reg) if user == "reader")
+
+
+def test_token_expiring_mid_pull_is_refreshed(
+    tmp_path: Path, images_token_registry: TokenRegistry, images_proxy_factory: object
+) -> None:
+    reg = images_token_registry
+    pushed = push_image_with_token(reg, "slow/app", "1")
+    # Tokens live ~2 s and every blob/manifest request waits 1.1 s in the proxy, so the token the manifest was
+    # fetched with has expired before the later layers are asked for: the registry answers 401 mid-pull.
+    reg.issuer.lifetime = 2
+    proxy = images_proxy_factory(reg.host)  # type: ignore[operator]
+    proxy.delay = 1.1
+    before = len(reg.issuer.issued)
+    image = asyncio.run(
+        pull(
+            ImageStore(tmp_path / "s"),
+            f"{proxy.host}/slow/app:1",
+            policy="always",
+            credentials=Credentials("alice", "secret"),
+            concurrency=1,
+        )
+    )
+    assert image.digest == pushed
+    assert len(image.layer_dirs) == 3
+    refreshed = len(reg.issuer.issued) - before
+    assert refreshed >= 2, f"only {refreshed} token(s) issued: the expired token was not refreshed"
+    # the registry really did refuse the expired token mid-pull, and the retry with the fresh one succeeded
+    statuses = [s.status for s in proxy.seen if "/blobs/" in s.path]
+    assert 401 in statuses and statuses[-1] == 200
+
+
+def push_image_with_token(reg: TokenRegistry, repo: str, tag: str) -> str:
+    """Push the three-layer busybox image through zlayer itself (alice may push)."""
+    import tempfile
+
+    from tests.fixtures.images import oci_archive
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ImageStore(Path(tmp) / "s")
+        ref = f"{reg.host}/{repo}:{tag}"
+        import_archive(store, oci_archive(Path(tmp) / "i.tar", multi_layer_image()), tag=ref)
+        return asyncio.run(push(store, ref, credentials=Credentials("alice", "secret")))
+
+
+@pytest.mark.parametrize("form", ["auth", "username"])
+def test_credentials_from_flags_and_docker_config(
+    tmp_path: Path, images_token_registry: TokenRegistry, form: str
+) -> None:
+    reg = images_token_registry
+    pushed = push_image_with_token(reg, "cfg/app", "1")
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_CONFIG", "ZLAYER_REGISTRY_USERNAME")}
+    env.pop("ZLAYER_REGISTRY_PASSWORD", None)
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    env["HOME"] = str(home)
+    ref = f"{reg.host}/cfg/app:1"
+
+    refused = zl(tmp_path / "d0", "pull", "-q", ref, env=env)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "401" in refused.stderr and "cfg/app" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) <= 2, refused.stderr
+
+    flags = zl(tmp_path / "d1", "pull", "-q", "-u", "alice", "-p", "secret", ref, env=env)
+    assert flags.returncode == 0, flags.stderr
+    assert pushed in flags.stdout
+
+    entry = (
+        {"auth": base64.b64encode(b"reader:readonly").decode()}
+        if form == "auth"
+        else {"username": "reader", "password": "readonly"}
+    )
+    (home / ".docker" / "config.json").write_text(json.dumps({"auths": {reg.host: entry}}))
+    before = len(reg.issuer.issued)
+    from_file = zl(tmp_path / "d2", "pull", "-q", ref, env=env)
+    assert from_file.returncode == 0, from_file.stderr
+    assert pushed in from_file.stdout
+    assert any(t["user"] == "reader" for t in reg.issuer.issued[before:]), "config.json credentials were not used"
+    # flags win over the config file
+    before = len(reg.issuer.issued)
+    assert zl(tmp_path / "d3", "pull", "-q", "-u", "alice", "-p", "secret", ref, env=env).returncode == 0
+    assert {t["user"] for t in reg.issuer.issued[before:]} == {"alice"}
