@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.images.test_registry import _start_registry  # noqa: E402
+from tests.fixtures.images_peers import start_registry, stop_registry  # noqa: E402
 
 ROUNDS = int(os.environ.get("PERF_ROUNDS", "3"))
 MB = 1_000_000
@@ -254,9 +254,9 @@ def main() -> None:
             f"(built in {time.perf_counter() - t0:.1f}s)",
             file=sys.stderr,
         )
-        proc, host = _start_registry(work / "registry")
+        registry = start_registry(work / "registry")
         try:
-            ref = f"{host}/perf/pull:1"
+            ref = f"{registry.host}/perf/pull:1"
             subprocess.run(
                 ["skopeo", "copy", "--dest-tls-verify=false", f"oci:{work / 'layout'}:bench", f"docker://{ref}"],
                 check=True,
@@ -271,8 +271,7 @@ def main() -> None:
                     (zl if fn is run_zlayer else peer).append(took)
                 print(f"round {r + 1}: zlayer {zl[-1]:.2f}s, skopeo+umoci {peer[-1]:.2f}s", file=sys.stderr)
         finally:
-            proc.kill()
-            proc.wait()
+            stop_registry(registry)
         unpack_mb_s, tar_mb_s = unpack_rates(work / "layout", work, uncompressed)
     z, p = statistics.median(zl), statistics.median(peer)
     result = {
