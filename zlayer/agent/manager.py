@@ -602,7 +602,9 @@ class ServiceManager:
                 await asyncio.sleep(min(startup_delay, interval))
                 startup_delay *= 2
                 continue
-            await asyncio.sleep(interval if rep.healthy else min(interval, max(h.timeout, 1.0) * self.health_scale))
+            # ZLayer's pacing: every `interval`; after `retries` failures in a row the interval doubles with each
+            # further failure (at most 60 s), and the first success brings it back.
+            await asyncio.sleep(interval)
 
     def _should_restart(self, rep: Replica, exit_code: int) -> bool:
         kind = rep.service.restart_kind

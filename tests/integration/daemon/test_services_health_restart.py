@@ -74,7 +74,7 @@ def test_health_checks_tcp_http_command_with_grace_interval_timeout(
             good,
             svc("tcpok", "{type: tcp, port: 8080}"),
             svc("httpexp", '{type: http, url: "http://localhost:8080/missing.html", expect_status: 404}'),
-            svc("cmd", '{type: command, command: "test ! -f /tmp/down"}', ep),
+            svc("cmd", '{type: command, command: "echo x >> /tmp/checks; test ! -f /tmp/down"}', ep),
             svc("grace", "{type: tcp, port: 0}", timing="start_grace: 3s, interval: 1s"),
             svc("counted", '{type: command, command: "echo x >> /tmp/checks"}', timing="start_grace: 0s, interval: 1s"),
         )
@@ -105,9 +105,15 @@ def test_health_checks_tcp_http_command_with_grace_interval_timeout(
     assert node.get(port)[0] == 200
     exec_in(node, good, "cmd", "touch /tmp/down")
     node.wait_for(lambda: one(node, good, "cmd")["health"]["status"] == "unhealthy", 10, "cmd unhealthy")
+    c0 = int(exec_in(node, good, "cmd", "wc -l < /tmp/checks")["stdout"])
     node.wait_for(lambda: one(node, good, "cmd")["health"]["failing_streak"] >= 2, 10, "two failed checks")
     h = one(node, good, "cmd")["health"]
     assert h["last_output"].startswith("exit 1"), h
+    # retries: 2 — after two failures in a row the 500ms interval doubles with each further failure
+    # (checks ~0.5, 1.5, 3.5, 7.5 s after the first failure instead of every 0.5 s)
+    time.sleep(5.0)
+    c1 = int(exec_in(node, good, "cmd", "wc -l < /tmp/checks")["stdout"])
+    assert 2 <= c1 - c0 <= 5, (c0, c1)
     node.wait_for(lambda: node.get(port, timeout=2)[0] != 200, 5, "the proxy drops the unhealthy replica")
     d = node.deployment(good)
     assert {x["name"]: x["health"] for x in d["service_health"]}["cmd"] == "unhealthy"
