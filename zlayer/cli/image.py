@@ -80,6 +80,9 @@ def image_inspect(ctx: click.Context, reference: str) -> None:
     img = _store(ctx).get(reference)
     out = {**_image_json(img), "manifest": img.manifest, "config": img.image_config}
     out["layers"] = [str(d) for d in img.layer_dirs]
+    if img.is_wasm:
+        out["wasi_version"] = img.wasi_version
+        out["wasm_modules"] = [str(p) for p in img.wasm_modules]
     click.echo(json.dumps(out, indent=2))
 
 

@@ -8,8 +8,9 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from zlayer.errors import ImageError, NotFoundError
 from zlayer.images.archive import host_arch
@@ -22,7 +23,7 @@ from zlayer.images.registry import (
     _RangeIgnored,
     gather_bounded,
 )
-from zlayer.images.store import WASM_CONFIG_TYPE, ImageStore, LocalImage
+from zlayer.images.store import ImageStore, LocalImage, is_wasm_manifest
 from zlayer.images.unpack import chain_ids
 
 POLICIES = ("always", "newer", "if_not_present", "never")
@@ -67,10 +68,86 @@ async def _lock_file(path: Path) -> int:
             await asyncio.sleep(0.05)
 
 
+class _Aborted(Exception):
+    """The download feeding a streaming unpack failed or did not start from byte 0."""
+
+
+_EOF = object()
+_ABORT = object()
+
+
+class BlobPipe:
+    """A blob's bytes from the event loop to one reader thread while it downloads, with back-pressure.
+
+    The reader (the layer unpacker) sees the end of the stream only after :meth:`finish`, which the download calls
+    once the blob's digest is verified, so nothing unpacked from an unverified blob is ever committed. After
+    :meth:`abort` the reader raises; after the reader stops (an error of its own) further chunks are dropped.
+    """
+
+    def __init__(self, depth: int = 16) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._credits = asyncio.Semaphore(depth)
+        self._depth = depth
+        self._gone = False
+        self._rest = b""
+        self.complete = False
+
+    # -- event loop side
+    async def put(self, chunk: bytes) -> None:
+        if self._gone:
+            return
+        await self._credits.acquire()
+        if not self._gone:
+            self._queue.put(chunk)
+
+    def finish(self) -> None:
+        self.complete = True
+        self._queue.put(_EOF)
+
+    def abort(self) -> None:
+        self._queue.put(_ABORT)
+
+    def _reader_gone(self) -> None:
+        self._gone = True
+        for _ in range(self._depth):
+            self._credits.release()
+
+    # -- reader thread side
+    def read(self, n: int = -1) -> bytes:
+        if not self._rest:
+            item = self._queue.get()
+            if item is _EOF:
+                self._queue.put(_EOF)
+                return b""
+            if item is _ABORT:
+                self._queue.put(_ABORT)
+                raise _Aborted()
+            assert isinstance(item, bytes)
+            self._loop.call_soon_threadsafe(self._credits.release)
+            self._rest = item
+        if n < 0 or n >= len(self._rest):
+            out, self._rest = self._rest, b""
+        else:
+            out, self._rest = self._rest[:n], self._rest[n:]
+        return out
+
+    def reader_done(self) -> None:
+        self._loop.call_soon_threadsafe(self._reader_gone)
+
+
 async def fetch_blob(
-    store: ImageStore, client: RegistryClient, ref: Any, desc: dict[str, Any], progress: Progress | None
+    store: ImageStore,
+    client: RegistryClient,
+    ref: Any,
+    desc: dict[str, Any],
+    progress: Progress | None,
+    sink: BlobPipe | None = None,
 ) -> None:
-    """Download one blob into the store, resuming a partial download, verifying the digest while streaming."""
+    """Download one blob into the store, resuming a partial download, verifying the digest while streaming.
+
+    A download from byte 0 also feeds ``sink`` (finished once the digest matched); a resumed one leaves it unfed.
+    """
     digest = desc["digest"]
     if store.has_blob(digest):
         if progress:
@@ -89,12 +166,15 @@ async def fetch_blob(
                 with open(partial, "rb") as f:
                     while chunk := f.read(1 << 20):
                         h.update(chunk)
+            feed = sink if offset == 0 else None
             try:
                 with open(partial, "ab") as out:
                     done = offset
                     async for chunk, total in client.blob_chunks(ref, digest, offset):
                         out.write(chunk)
                         h.update(chunk)
+                        if feed is not None:
+                            await feed.put(chunk)
                         done += len(chunk)
                         if progress:
                             progress(digest, done, total or int(desc.get("size", 0)))
@@ -114,6 +194,8 @@ async def fetch_blob(
             partial.unlink(missing_ok=True)
             raise ImageError(f"layer {digest}: downloaded content has digest {got}; discarded", hint="pull again")
         os.rename(partial, store.blob_path(digest))
+        if feed is not None:
+            feed.finish()
     finally:
         os.close(lock_fd)
         with contextlib.suppress(FileNotFoundError):
@@ -134,7 +216,7 @@ async def _fetch_and_unpack_layers(
     with the downloads still running. A layer whose blob or DiffID does not match leaves nothing behind.
     """
     layers = manifest.get("layers", [])
-    is_wasm = (manifest.get("config") or {}).get("mediaType") == WASM_CONFIG_TYPE
+    is_wasm = is_wasm_manifest(manifest)
     diff_ids: list[str] = []
     if not is_wasm:
         config = store.read_json(manifest["config"]["digest"])
@@ -148,13 +230,43 @@ async def _fetch_and_unpack_layers(
     unpacks = asyncio.Semaphore(UNPACK_THREADS)
     fetched: dict[str, asyncio.Task[None]] = {}
 
-    async def fetch(desc: dict[str, Any]) -> None:
+    async def fetch(desc: dict[str, Any], diff: str, chain: str) -> None:
         async with downloads:
-            await fetch_blob(store, client, ref, desc, progress)
+            digest = desc["digest"]
+            hex_ = digest.split(":", 1)[1]
+            fresh = not store.has_blob(digest) and not (store.root / "tmp" / f"partial-{hex_}").exists()
+            if not fresh or store.layer_complete(chain):
+                await fetch_blob(store, client, ref, desc, progress)
+                return
+            # Unpack while downloading: the layer is extracted into a temporary directory as its bytes arrive
+            # and committed only after both the blob digest and the DiffID matched.
+            pipe = BlobPipe()
+
+            def unpack() -> None:
+                try:
+                    store.unpack_one_layer(digest, diff, chain, source=cast(BinaryIO, pipe))
+                finally:
+                    pipe.reader_done()
+
+            unpacking = asyncio.ensure_future(asyncio.to_thread(unpack))
+            try:
+                await fetch_blob(store, client, ref, desc, progress, sink=pipe)
+            except BaseException:
+                pipe.abort()  # the unpacker stops and removes its work; the download's error is what we report
+                await asyncio.wait([unpacking])
+                if not unpacking.cancelled():
+                    unpacking.exception()
+                raise
+            if not pipe.complete:  # a concurrent pull stored it, or a partial download was resumed
+                pipe.abort()
+            try:
+                await unpacking
+            except _Aborted:
+                pass
 
     async def one(desc: dict[str, Any], diff: str, chain: str) -> None:
         if desc["digest"] not in fetched:  # a blob listed twice is fetched once
-            fetched[desc["digest"]] = asyncio.ensure_future(fetch(desc))
+            fetched[desc["digest"]] = asyncio.ensure_future(fetch(desc, diff, chain))
         await fetched[desc["digest"]]
         if store.layer_complete(chain):
             return

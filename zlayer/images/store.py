@@ -50,6 +50,7 @@ class LocalImage:
     manifest: dict[str, Any]
     image_config: dict[str, Any]
     layer_dirs: list[Path] = field(default_factory=list)
+    store_root: Path | None = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -66,17 +67,56 @@ class LocalImage:
 
     @property
     def is_wasm(self) -> bool:
-        if self.manifest.get("artifactType") == "application/wasm":
-            return True
-        if (self.manifest.get("config") or {}).get("mediaType") == WASM_CONFIG_TYPE:
-            return True
-        return any(
-            layer.get("mediaType", "").startswith("application/wasm") for layer in self.manifest.get("layers", [])
-        )
+        return is_wasm_manifest(self.manifest)
+
+    @property
+    def wasm_modules(self) -> list[Path]:
+        """The WASM binaries of a WASM artifact, as blob paths in the store (what the WASM runtime loads)."""
+        if not self.is_wasm or self.store_root is None:
+            return []
+        return [
+            self.store_root / "blobs" / "sha256" / _hex(d["digest"])
+            for d in self.manifest.get("layers", [])
+            if _is_wasm_layer(d.get("mediaType", ""))
+        ]
+
+    @property
+    def wasi_version(self) -> str | None:
+        """'preview1' (a core module), 'preview2' (a component) or 'unknown'; None when not a WASM artifact."""
+        if not self.is_wasm:
+            return None
+        kind = str(self.manifest.get("artifactType") or "")
+        if "component" in kind:
+            return "preview2"
+        if "module" in kind:
+            return "preview1"
+        for path in self.wasm_modules:
+            with open(path, "rb") as f:
+                head = f.read(8)
+            if head[:4] == b"\0asm":
+                return "preview1" if head[4:8] == b"\x01\0\0\0" else "preview2"
+        return "unknown"
 
     @property
     def size(self) -> int:
         return sum(int(d.get("size", 0)) for d in self.manifest.get("layers", []))
+
+
+def _is_wasm_layer(media_type: str) -> bool:
+    return (
+        media_type.startswith("application/wasm")
+        or media_type.startswith("application/vnd.wasm.content.layer.")
+        or media_type.endswith("+wasm")
+    )
+
+
+def is_wasm_manifest(manifest: dict[str, Any]) -> bool:
+    """A WASM artifact, by artifactType, config media type (``application/vnd.wasm.config.*``) or wasm layers."""
+    if "wasm" in str(manifest.get("artifactType") or ""):
+        return True
+    if str((manifest.get("config") or {}).get("mediaType") or "").startswith("application/vnd.wasm.config."):
+        return True
+    return any(_is_wasm_layer(str(layer.get("mediaType") or "")) for layer in manifest.get("layers", []))
 
 
 def _hex(digest: str) -> str:
@@ -242,8 +282,11 @@ class ImageStore:
             dirs.append(self.layer_dir(chain))
         return dirs
 
-    def unpack_one_layer(self, blob_digest: str, diff_id: str, chain: str) -> None:
-        """Unpack one layer blob of the store into its chain-ID directory (a no-op when another got there first)."""
+    def unpack_one_layer(self, blob_digest: str, diff_id: str, chain: str, source: BinaryIO | None = None) -> None:
+        """Unpack one layer blob of the store into its chain-ID directory (a no-op when another got there first).
+
+        ``source`` streams the blob while it downloads; it must end only once the blob's digest is verified.
+        """
         try:
             work = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="layer-"))
         except OSError as e:
@@ -251,8 +294,11 @@ class ImageStore:
         try:
             (work / "fs").mkdir()
             os.chmod(work / "fs", 0o755)
-            with open(self.blob_path(blob_digest), "rb") as src:
-                got = unpack_layer(src, work / "fs", layer=blob_digest)
+            if source is not None:
+                got = unpack_layer(source, work / "fs", layer=blob_digest)
+            else:
+                with open(self.blob_path(blob_digest), "rb") as src:
+                    got = unpack_layer(src, work / "fs", layer=blob_digest)
             if got != diff_id:
                 raise ImageError(f"layer {blob_digest}: uncompressed content is {got}, the image config says {diff_id}")
             (work / "diffid").write_text(diff_id)
@@ -286,9 +332,10 @@ class ImageStore:
         name, digest = self.resolve(reference)
         manifest = self.read_json(digest)
         config = self.read_json(manifest["config"]["digest"])
-        is_wasm = (manifest.get("config") or {}).get("mediaType") == WASM_CONFIG_TYPE
-        dirs = [] if is_wasm else self.unpack_layers(manifest, config)
-        return LocalImage(reference=name, digest=digest, manifest=manifest, image_config=config, layer_dirs=dirs)
+        dirs = [] if is_wasm_manifest(manifest) else self.unpack_layers(manifest, config)
+        return LocalImage(
+            reference=name, digest=digest, manifest=manifest, image_config=config, layer_dirs=dirs, store_root=self.root
+        )
 
     def add_image(self, reference: str | None, manifest: dict[str, Any], raw: bytes | None = None) -> LocalImage:
         """Record a manifest whose blobs are all in the store (unpacking its layers) and name it.
@@ -302,7 +349,7 @@ class ImageStore:
         data = raw if raw is not None else json.dumps(manifest, separators=(",", ":")).encode()
         digest = self.put_blob(data)
         config = self.read_json(manifest["config"]["digest"])
-        if manifest["config"].get("mediaType") != WASM_CONFIG_TYPE:
+        if not is_wasm_manifest(manifest):
             self.unpack_layers(manifest, config)
         if reference:
             self.set_name(reference, digest)
@@ -315,7 +362,11 @@ class ImageStore:
                 name_, digest = self.resolve(name)
                 manifest = self.read_json(digest)
                 cfg = self.read_json(manifest["config"]["digest"])
-                out.append(LocalImage(reference=name_, digest=digest, manifest=manifest, image_config=cfg))
+                out.append(
+                    LocalImage(
+                        reference=name_, digest=digest, manifest=manifest, image_config=cfg, store_root=self.root
+                    )
+                )
         return out
 
     def tag(self, source: str, target: str) -> str:
