@@ -87,6 +87,7 @@ class ServiceManager:
         self._event_waiters = asyncio.Condition()
         self._closing = False
         self._claimed: set[str] = set()  # replica ids chosen by a converge whose replica is not yet registered
+        self._in_proxy: dict[tuple[str, str], int] = {}  # backends the proxy last accepted, per service
 
     # ---------------------------------------------------------------------------------------------- deployments
 
@@ -346,7 +347,11 @@ class ServiceManager:
         reps = [r for r in self.replicas.values() if r.deployment == deployment and r.service.name == service]
         if condition == "started":
             return any(r.record.state == "running" for r in reps)
-        return any(r.healthy for r in reps)  # healthy, and ready (= a healthy backend behind the proxy)
+        healthy = any(r.healthy for r in reps)
+        if condition == "ready" and healthy and self.proxy is not None and reps and reps[0].service.endpoints:
+            # ready: the proxy already sends to it (as ZLayer: its route resolves to at least one backend)
+            return self._in_proxy.get((deployment, service), 0) > 0
+        return healthy  # healthy, and ready for a service the proxy does not front
 
     # ---------------------------------------------------------------------------------------------- replicas
 
@@ -690,6 +695,7 @@ class ServiceManager:
         ]
         try:
             await self.proxy.update_service(deployment, view, backends)
+            self._in_proxy[(deployment, view.name)] = len(backends)
         except ZLayerError as e:
             await self._event(deployment, "proxy_error", f"{view.name}: {e}")
 
