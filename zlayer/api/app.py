@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from typing import Any
@@ -14,8 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zlayer._version import __version__
+from zlayer.api.auth import verify_token
 from zlayer.api.context import ApiContext
-from zlayer.errors import ZLayerError
+from zlayer.errors import AuthError, ZLayerError
 
 PUBLIC_PATHS = ("/health/live", "/health/ready", "/api-docs/openapi.json")
 
@@ -79,12 +79,13 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
 
 class TokenAuth:
     """ASGI wrapper for a TCP listener: every request but the health probes and the OpenAPI document needs
-    ``Authorization: Bearer <token>``; a missing or wrong token gets 401 ``{"code": "unauthorized"}``.
-    The unix socket is served without this wrapper: its file mode already limits it to root (admin)."""
+    ``Authorization: Bearer <JWT>``, an HS256 token signed with the daemon's secret (as ZLayer's); a missing, forged,
+    expired or foreign token gets 401 ``{"code": "unauthorized"}``. The unix socket is served without this wrapper:
+    its file mode already limits it to root and the ``zlayer`` group (admin)."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, secret: str) -> None:
         self.app = app
-        self.token = token.encode()
+        self.secret = secret
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
@@ -92,12 +93,24 @@ class TokenAuth:
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, value = header.partition(b" ")
-        if scheme.lower() == b"bearer" and self.token and hmac.compare_digest(value.strip(), self.token):
-            await self.app(scope, receive, send)
-            return
-        message = "missing bearer token" if not header else "invalid bearer token"
+        if not header:
+            message = "missing bearer token"
+        elif scheme.lower() != b"bearer":
+            message = "the Authorization header must be 'Bearer <token>'"
+        else:
+            try:
+                verify_token(self.secret, value.decode("latin-1"))
+            except AuthError as e:
+                message = e.message
+            else:
+                await self.app(scope, receive, send)
+                return
         body = json.dumps(
-            {"code": "unauthorized", "message": message, "hint": "pass the token from DATA_DIR/admin_bearer.token"}
+            {
+                "code": "unauthorized",
+                "message": message,
+                "hint": "pass the token from DATA_DIR/admin_bearer.token, or one from `zlayer token create`",
+            }
         ).encode()
         await send(
             {

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "stop": ("zlayer.cli.stop", "stop", "Stop a deployment's replicas (or one service's)"),
     "container": ("zlayer.cli.container", "container", "Inspect containers (ls, inspect, logs, stats, rm)"),
     "job": ("zlayer.cli.job", "job", "Trigger jobs and inspect executions; cron jobs"),
+    "token": ("zlayer.cli.token", "token", "Create and inspect API bearer tokens (create, decode, show)"),
     "image": ("zlayer.cli.image", "image", "Manage local images (ls, inspect, rm, tag, push)"),
     "import": ("zlayer.cli.image", "import_", "Import an image from an OCI/docker archive or a rootfs tarball"),
     "export": ("zlayer.cli.image", "export", "Write a local image as an OCI archive"),

@@ -14,8 +14,9 @@ from zlayer.paths import API_PORT
               help="TCP address of the API (token-authenticated); 'none' disables TCP.")  # fmt: skip
 @click.option("--socket", "socket_path", help="Unix socket of the API [default: from the data dir].")
 @click.option("--daemon", "background", is_flag=True, help="Detach: run in the background, log to daemon.log.")
-@click.option("--jwt-secret", envvar="ZLAYER_JWT_SECRET", help="Bearer token for TCP clients [default: generated, "
-              "kept in DATA/admin_bearer.token].")  # fmt: skip
+@click.option("--jwt-secret", envvar="ZLAYER_JWT_SECRET", help="Secret signing the TCP clients' bearer tokens "
+              "[default: generated once, kept in DATA/jwt_secret]; a 24 h admin token is kept in "
+              "DATA/admin_bearer.token.")  # fmt: skip
 @click.option("--no-swagger", is_flag=True, help="Do not serve the Swagger UI.")
 @click.option("--metrics-bind", envvar="ZLAYER_METRICS_BIND", help="Serve Prometheus metrics on HOST:PORT.")
 @click.option("--deployment-name", envvar="ZLAYER_DEPLOYMENT_NAME", default="zlayer", show_default=True)
@@ -66,7 +67,8 @@ def serve(
             argv += ["--metrics-bind", metrics_bind]
         if no_swagger:
             argv.append("--no-swagger")
-        pid = serve_background(argv, cfg)
+        # the secret goes to the child through its environment, not its argv (ps would show it), as ZLayer does
+        pid = serve_background(argv, cfg, env={"ZLAYER_JWT_SECRET": jwt_secret} if jwt_secret else None)
         click.echo(f"zlayer daemon started (pid {pid}), socket {paths.socket}")
         return
     from zlayer.daemon import serve_foreground

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,25 +47,6 @@ def split_bind(text: str, what: str = "--bind") -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise UsageError(f"{what} {text!r}: expected HOST:PORT, e.g. 0.0.0.0:{API_PORT}")
     return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def load_or_create_token(path: Path) -> str:
-    """The admin bearer token for TCP clients, created once (32 random bytes, hex) with mode 0600."""
-    try:
-        text = path.read_text().strip()
-        if text:
-            return text
-    except FileNotFoundError:
-        pass
-    token = secrets.token_hex(32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return token
 
 
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zlayer.daemon.config import DaemonConfig, load_or_create_token, split_bind, write_json_atomic
+from zlayer.daemon.config import DaemonConfig, split_bind, write_json_atomic
 from zlayer.errors import DaemonError
 
 log = logging.getLogger("zlayer.daemon")
@@ -157,7 +157,12 @@ class Daemon:
             manager = ServiceManager(store, runtime, proxy=proxy, network=network, metrics=metrics)
             jobs = JobManager(store, runtime, network=network)
             manager.on_job_registered = jobs.register
-            token = cfg.token or load_or_create_token(cfg.token_file)
+            from zlayer.api.auth import load_or_create_secret, write_admin_bearer
+
+            if cfg.token is not None and not cfg.token.strip():
+                raise DaemonError("--jwt-secret was given but is empty", where="--jwt-secret")
+            secret = cfg.token or load_or_create_secret(cfg.paths.data_dir)
+            token = write_admin_bearer(cfg.paths.data_dir, secret)
             self.context = ApiContext(
                 store=store,
                 runtime=runtime,
@@ -174,7 +179,7 @@ class Daemon:
             servers.append(uvicorn.Server(self._uv_config(app)))
             if cfg.bind:
                 sockets.append(tcp_listener(cfg.bind))
-                servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, token))))
+                servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, secret))))
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -196,7 +201,9 @@ class Daemon:
             self.context.ready = True
             self.ready.set()
             log.info("zlayer daemon ready on %s%s", cfg.paths.socket, f" and {cfg.bind}" if cfg.bind else "")
+            renew = asyncio.create_task(self._renew_bearer(secret))
             await self._stop.wait()
+            renew.cancel()
             for srv in servers:
                 srv.should_exit = True
             await asyncio.wait(serving, timeout=5.0)
@@ -223,6 +230,20 @@ class Daemon:
         return uvicorn.Config(
             app, lifespan="off", log_level="warning", access_log=False, loop="none", http="h11", ws="none"
         )
+
+    async def _renew_bearer(self, secret: str) -> None:
+        """The local admin token lives 24 h (as ZLayer's); mint a fresh one every 12 h so the file stays usable."""
+        from zlayer.api.auth import write_admin_bearer
+
+        while True:
+            await asyncio.sleep(12 * 3600)
+            try:
+                token = await asyncio.to_thread(write_admin_bearer, self.cfg.paths.data_dir, secret)
+            except OSError as e:
+                log.warning("cannot renew %s: %s", self.cfg.token_file, e)
+                continue
+            if self.context is not None:
+                self.context.token = token
 
     def _info(self) -> dict[str, object]:
         from datetime import UTC, datetime
@@ -262,7 +283,9 @@ def _drop_signal_wakeup_fd() -> None:
         signal.set_wakeup_fd(-1)
 
 
-def serve_background(argv: list[str], cfg: DaemonConfig, timeout: float = 15.0) -> int:
+def serve_background(
+    argv: list[str], cfg: DaemonConfig, timeout: float = 15.0, env: dict[str, str] | None = None
+) -> int:
     """Start the daemon detached (new session, output to daemon.log) and return its pid once the socket answers."""
     import subprocess
 
@@ -275,6 +298,7 @@ def serve_background(argv: list[str], cfg: DaemonConfig, timeout: float = 15.0) 
             stderr=logf,
             start_new_session=True,
             close_fds=True,
+            env={**os.environ, **(env or {})},
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

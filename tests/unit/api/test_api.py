@@ -17,6 +17,7 @@ import httpx
 from tests.fixtures.daemon import HostProcessRuntime, free_port, httpd_service
 from zlayer.agent import JobManager, ServiceManager
 from zlayer.api import ApiContext, TokenAuth, create_app
+from zlayer.api.auth import create_token
 from zlayer.state import SqliteStore
 
 Body = Callable[[httpx.AsyncClient, ApiContext], Awaitable[None]]
@@ -224,4 +225,6 @@ def test_tcp_listener_needs_the_bearer_token(tmp_path: Path) -> None:
         assert (await c.get("/api/v1/deployments")).status_code == 200
 
     run_api(tmp_path / "a", wrong, token="wrong")
-    run_api(tmp_path / "b", right, token="t0k")
+    run_api(tmp_path / "b", right, token=create_token("t0k", "ci", 60, ["admin"]))
+    run_api(tmp_path / "c", wrong, token="t0k")  # the secret itself is not a token
+    run_api(tmp_path / "d", wrong, token=create_token("t0k", "ci", -60, ["admin"]))  # expired
