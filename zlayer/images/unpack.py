@@ -439,7 +439,12 @@ class _Unpacker:
                 os.symlink(link, full)
             self._metadata(full, m, follow=False)
         elif kind == b"1":
-            target_rel = _clean_name(m.linkname, self.layer)
+            try:
+                target_rel = _clean_name(m.linkname, self.layer)
+            except ImageError:  # name the entry, not only where it points
+                raise ImageError(
+                    f"layer {self.layer}: hardlink {m.name!r} -> {m.linkname!r} points out of the layer"
+                ) from None
             target = f"{self.dest}/{target_rel}"
             if not target_rel or not os.path.lexists(target):
                 raise ImageError(
