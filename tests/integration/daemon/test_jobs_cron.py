@@ -14,12 +14,11 @@ import os
 import re
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.daemon_node import Node, unique
+from tests.fixtures.daemon_node import Node, processes_with, unique
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -61,18 +60,6 @@ def finished(node: Node, exec_id: str, timeout: float = 30) -> dict[str, Any]:
     )
 
 
-def pids_running(marker: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if marker in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    out.append(int(d.name))
-            except OSError:
-                pass
-    return out
-
-
 def test_jobs_trigger_status_executions_cancel(daemon_node: Node, daemon_deployments: list[str]) -> None:
     node = daemon_node
     name = unique("jobs")
@@ -112,11 +99,11 @@ def test_jobs_trigger_status_executions_cancel(daemon_node: Node, daemon_deploym
     # cancel: the running process is killed and its container removed
     long_id = node.api("POST", f"/api/v1/jobs/long/trigger?deployment={name}")["execution_id"]
     node.wait_for(lambda: execution(node, long_id)["status"] == "running", 20, "long running")
-    node.wait_for(lambda: pids_running(f"sleep {sleep_for}"), 10, "the job's process")
+    node.wait_for(lambda: processes_with(f"sleep {sleep_for}"), 10, "the job's process")
     assert node.request("POST", f"/api/v1/jobs/{long_id}/cancel")[0] == 200
     cancelled = execution(node, long_id)
     assert cancelled["status"] == "cancelled" and cancelled["completed_at"], cancelled
-    node.wait_for(lambda: not pids_running(f"sleep {sleep_for}"), 10, "the job's process killed")
+    node.wait_for(lambda: not processes_with(f"sleep {sleep_for}"), 10, "the job's process killed")
     assert not [d for d in (node.data / "containers").iterdir() if d.name.startswith("job-long-")]
     status, err = node.request("POST", f"/api/v1/jobs/{long_id}/cancel")
     assert status == 409 and "already cancelled" in json.dumps(err), (status, err)

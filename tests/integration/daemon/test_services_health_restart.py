@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.daemon_node import Node, unique
+from tests.fixtures.daemon_node import Node, processes_with, unique
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -63,7 +63,7 @@ def test_health_checks_tcp_http_command_with_grace_interval_timeout(
         spec(
             bad,
             svc("wrongport", "{type: tcp, port: 9999}"),
-            svc("hang", '{type: command, command: "sleep 5"}'),
+            svc("hang", '{type: command, command: "sleep 29"}'),  # always outlives its 1s timeout
             svc("wrongstatus", '{type: http, url: "http://localhost:8080/"}'),
         ).replace('url: "http://localhost:8080/"}', 'url: "http://localhost:8080/", expect_status: 204}')
     )
@@ -122,6 +122,8 @@ def test_health_checks_tcp_http_command_with_grace_interval_timeout(
     assert one(node, good, "cmd")["health"]["status"] == "healthy"
 
     d = node.expect(bad, "failed")
+    # a check that timed out is ended, not left running inside the replica (one in flight: its shim + itself)
+    assert len(processes_with("sleep 29")) <= 2, processes_with("sleep 29")
     msg = d["status_message"]
     assert re.search(r"wrongport: replica wrongport-rep-1 not healthy after \d+s: tcp [\d.]+:9999: .*refused", msg), msg
     assert re.search(r"hang: replica hang-rep-1 not healthy after \d+s: command timed out after 1s", msg), msg

@@ -636,7 +636,19 @@ async def exec_output(
 ) -> tuple[int, bytes, bytes]:
     """Buffered :func:`exec`: ``(exit_code, stdout, stderr)``; set-up failures raise :class:`RuntimeFailure`."""
     proc = await exec(container_id, state_root, argv, env=env, cwd=cwd, user=user)
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except asyncio.CancelledError:
+        # The caller gave up (a health check or init step timed out): end the process, or every timed-out check
+        # leaves one behind in the container. SIGTERM goes through the shim to the process; KILL if it stays.
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(_signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 2.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        raise
     code = proc.returncode if proc.returncode is not None else 255
     if code == 255 and err.startswith(b"zlayer-shim: "):
         raise RuntimeFailure(err.decode(errors="replace").strip().removeprefix("zlayer-shim: "))
