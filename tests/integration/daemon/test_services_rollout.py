@@ -264,3 +264,29 @@ def test_new_image_content_under_the_same_name_rolls_on_redeploy(
         assert probe.results and not probe.failures, (image, probe.failures[:5])
         after = {(c["id"], c["pid"]) for c in running(node, name)}
         assert len(after) == 2 and not after & before, (image, before, after)
+
+
+def test_a_broken_new_spec_stops_the_roll_and_the_old_replicas_keep_serving(
+    daemon_node: Node, daemon_deployments: list[str]
+) -> None:
+    node = daemon_node
+    name, port = unique("badroll"), node.free_port()
+    daemon_deployments.append(name)
+    node.deploy(web_spec(name, port))
+    node.expect(name)
+    old = {(c["id"], c["pid"]) for c in running(node, name)}
+    broken = web_spec(name, port, msg="three").replace(repr(HTTPD), repr("echo 'no config' >&2; exit 2"))
+    with node.probing(port) as probe:
+        node.deploy(broken)
+        d = node.expect(name, "failed")
+        time.sleep(0.5)
+    assert "is crash-looping: exited with code 2" in d["status_message"], d
+    assert probe.results and not probe.failures, probe.failures[:5]
+    assert old <= {(c["id"], c["pid"]) for c in running(node, name)}  # both old replicas still run
+    crashing = [c for c in node.containers(name, "web") if (c["id"], c["pid"]) not in old]
+    assert len(crashing) == 1 and crashing[0]["exit_code"] == 2 and "no config" in crashing[0]["last_error"]
+    # the fixed spec rolls on from there
+    node.deploy(web_spec(name, port, msg="four"))
+    node.expect(name)
+    assert {c["state"] for c in node.containers(name, "web")} == {"running"} and len(running(node, name)) == 2
+    assert node.get(port, "/who.txt")[1].split()[1] == "four"
