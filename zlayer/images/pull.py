@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -114,6 +115,16 @@ class BlobPipe:
             self._credits.release()
 
     # -- reader thread side
+    def wait_data(self) -> bool:
+        """Block until the first bytes arrive; False when the download ends without feeding this pipe."""
+        item = self._queue.get()
+        if not isinstance(item, bytes):
+            self._queue.put(item)  # later reads see the same end
+            return False
+        self._loop.call_soon_threadsafe(self._credits.release)
+        self._rest = item
+        return True
+
     def read(self, n: int = -1) -> bytes:
         if not self._rest:
             item = self._queue.get()
@@ -196,6 +207,8 @@ async def fetch_blob(
         os.rename(partial, store.blob_path(digest))
         if feed is not None:
             feed.finish()
+        else:  # a streaming unpack a crash interrupted: the blob is whole now and unpacks from the store
+            shutil.rmtree(partial.with_name(partial.name + ".unpack"), ignore_errors=True)
     finally:
         os.close(lock_fd)
         with contextlib.suppress(FileNotFoundError):
@@ -244,7 +257,11 @@ async def _fetch_and_unpack_layers(
 
             def unpack() -> None:
                 try:
-                    store.unpack_one_layer(digest, diff, chain, source=cast(BinaryIO, pipe))
+                    # Only the download holding the blob's lock feeds a pipe, so the work dir named after the
+                    # partial download is ours once the first bytes arrive (a crash's leftover is replaced).
+                    if pipe.wait_data():
+                        work = store.root / "tmp" / f"partial-{hex_}.unpack"
+                        store.unpack_one_layer(digest, diff, chain, source=cast(BinaryIO, pipe), work=work)
                 finally:
                     pipe.reader_done()
 

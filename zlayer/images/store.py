@@ -282,13 +282,20 @@ class ImageStore:
             dirs.append(self.layer_dir(chain))
         return dirs
 
-    def unpack_one_layer(self, blob_digest: str, diff_id: str, chain: str, source: BinaryIO | None = None) -> None:
+    def unpack_one_layer(
+        self, blob_digest: str, diff_id: str, chain: str, source: BinaryIO | None = None, work: Path | None = None
+    ) -> None:
         """Unpack one layer blob of the store into its chain-ID directory (a no-op when another got there first).
 
         ``source`` streams the blob while it downloads; it must end only once the blob's digest is verified.
+        ``work`` names the temporary directory (one a crash left there is replaced); by default a fresh one.
         """
         try:
-            work = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="layer-"))
+            if work is None:
+                work = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="layer-"))
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir(0o700)
         except OSError as e:
             raise ImageError(f"layer {blob_digest}: cannot unpack under {self.root / 'tmp'}: {e.strerror or e}") from e
         try:
