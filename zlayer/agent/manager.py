@@ -144,14 +144,17 @@ class ServiceManager:
 
             # Every service converges at once; one with `depends` first waits for its own dependencies' conditions
             # (not for services that merely come earlier in the order).
+            failed_now: dict[str, str] = {}  # services whose converge failed in this deploy, and why
+
             async def one(svc_name: str) -> None:
                 view = parsed.services[svc_name]
                 try:
-                    await self._wait_depends(name, view)
+                    await self._wait_depends(name, view, failed_now)
                     await self._converge_service(name, view, parsed.models.get(svc_name), revision)
                 except Exception as e:
                     if not isinstance(e, ZLayerError):
                         log.exception("converging %s/%s failed", name, svc_name)
+                    failed_now[svc_name] = str(e)
                     failures.append(f"{svc_name}: {e}")
                     await self.store.set_service_status(name, svc_name, "failed", str(e))
                     await self._event(name, "service_failed", f"{svc_name}: {e}")
@@ -341,12 +344,19 @@ class ServiceManager:
 
     on_job_registered: Any = None  # set by the JobManager: async (deployment, view) -> None
 
-    async def _wait_depends(self, deployment: str, view: ServiceView) -> None:
+    async def _wait_depends(self, deployment: str, view: ServiceView, failed: dict[str, str] | None = None) -> None:
+        """Wait for each dependency's condition in turn; at its timeout (or at once when the dependency's own
+        converge failed in this deploy) fail, warn or continue as ``on_timeout`` says."""
+        failed = failed if failed is not None else {}
         for dep in view.depends:
             deadline = time.monotonic() + dep.timeout
             while not await self._condition_met(deployment, dep.service, dep.condition):
-                if time.monotonic() >= deadline:
-                    msg = f"dependency {dep.service!r} not {dep.condition} after {dep.timeout:g}s"
+                if time.monotonic() >= deadline or dep.service in failed:
+                    msg = (
+                        f"dependency {dep.service!r} failed: {failed[dep.service]}"
+                        if dep.service in failed
+                        else f"dependency {dep.service!r} not {dep.condition} after {dep.timeout:g}s"
+                    )
                     if dep.on_timeout == "fail":
                         raise RuntimeFailure(msg, where=f"services.{view.name}.depends")
                     if dep.on_timeout == "warn":

@@ -95,12 +95,18 @@ def test_depends_timeouts_fail_warn_or_continue(daemon_node: Node, daemon_deploy
             svc("strict", "    depends: [{service: gone, condition: healthy, timeout: 2s}]\n"),
             svc("loose", "    depends: [{service: gone, condition: started, timeout: 2s, on_timeout: warn}]\n"),
             svc("quiet", "    depends: [{service: gone, condition: ready, timeout: 2s, on_timeout: continue}]\n"),
+            # a dependency whose own deploy failed (its image is missing) fails its dependents at once
+            svc("broken").replace('"zlayer-svc/httpd:v1"', '"zlayer-svc/absent:v9"'),
+            svc("needy", "    depends: [{service: broken, condition: healthy, timeout: 120s}]\n"),
+            svc("tolerant", "    depends: [{service: broken, timeout: 120s, on_timeout: continue}]\n"),
         )
     )
     d = node.expect(name, "failed")
-    assert time.monotonic() - t0 >= 2.0
+    assert 2.0 <= time.monotonic() - t0 < 60
+    assert "needy: services.needy.depends: dependency 'broken' failed: " in d["status_message"], d
+    assert "tolerant" not in d["status_message"] and len(node.containers(name, "tolerant")) == 1
     assert "strict: services.strict.depends: dependency 'gone' not healthy after 2s" in d["status_message"], d
-    assert "loose" not in d["status_message"] and "quiet" not in d["status_message"]
+    assert "loose:" not in d["status_message"] and "quiet:" not in d["status_message"]
     health = {h["name"]: h for h in d["service_health"]}
     assert health["strict"]["health"] == "failed" and health["strict"]["replicas_running"] == 0
     assert containers(node, name, "strict") == []
