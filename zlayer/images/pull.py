@@ -60,13 +60,25 @@ def select_platform(index: dict[str, Any], platform: str | None, what: str) -> s
 
 
 async def _lock_file(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """flock ``path``; its holder unlinks it when done, so a lock won on an unlinked file is retried on the new one
+    (else a waiter on the old file and a newcomer on a new one would both download into the same partial file)."""
     while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+            except BaseException:
+                os.close(fd)
+                raise
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            await asyncio.sleep(0.05)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 class _Aborted(Exception):

@@ -152,7 +152,12 @@ class RegistryClient:
         try:
             async with self.session.get(realm, params=query, headers=headers) as resp:
                 if resp.status != 200:
-                    raise AuthError(_describe_status(resp.status, f"{what}: token from {realm}", self.host))
+                    # the token service answered, not the registry: say so, and whose credentials it refused
+                    who = f" for user {self.credentials.username}" if self.credentials else " without credentials"
+                    raise AuthError(
+                        _describe_status(resp.status, f"{what}: token{who}", f"the token service {realm}"),
+                        hint=None if self.credentials else "pass -u/-p or docker login",
+                    )
                 body = await resp.json(content_type=None)
         except aiohttp.ClientError as e:
             raise RegistryError(f"{what}: cannot reach the token service {realm}: {e}") from e

@@ -237,11 +237,11 @@ def test_two_pulls_of_one_image_at_once_fetch_each_blob_once(
     assert_store_consistent(root)
 
 
-@pytest.fixture
-def small_mount(tmp_path: Path) -> Iterator[Path]:
+@pytest.fixture(params=["24m", "64m"], ids=["full-while-downloading", "full-while-unpacking"])
+def small_mount(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     mnt = tmp_path / "small"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "zlayer-test-small", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "zlayer-test-small", str(mnt)], check=True)
     try:
         yield mnt
     finally:
@@ -255,6 +255,12 @@ def test_disk_full_is_a_clear_error_and_the_pull_completes_once_space_is_freed(
     line = error_line(zl(data, "pull", "-q", big_image.reference))
     assert "No space left on device" in line, line
     assert big_image.layers[1] in line and str(small_mount) in line, line
+    # 24 MB cannot hold the 40 MB blob; 64 MB holds the blob but not the blob and its unpacked copy
+    big_blob = data / "images" / "blobs" / "sha256" / big_image.layers[1].split(":", 1)[1]
+    if big_blob.exists():
+        assert "cannot unpack into" in line and "not a valid layer" not in line, line
+    else:
+        assert "cannot write" in line, line
     assert json.loads(zl(data, "image", "ls", "-o", "json").stdout) == []
     assert_store_consistent(data / "images")
 

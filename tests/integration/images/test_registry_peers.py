@@ -107,11 +107,29 @@ def test_image_zlayer_pushes_is_read_by_skopeo_and_umoci_with_the_same_rootfs(
     assert ours["data/new.txt"][1:4] == (0o600, 1000, 1000)
 
 
-def test_wasm_artifact_is_pulled_and_reported_as_wasm(tmp_path: Path, images_registry: Registry) -> None:
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        ("application/wasm", "application/vnd.wasm.config.v0+json", "application/wasm"),
+        (None, "application/vnd.wasm.config.v1+json", "application/vnd.wasm.content.layer.v1.wasm"),
+    ],
+    ids=["artifactType-v0-config", "v1-config-content-layer"],
+)
+def test_wasm_artifact_is_pulled_and_reported_as_wasm(
+    tmp_path: Path, images_registry: Registry, kinds: tuple[str | None, str, str]
+) -> None:
     import wasmtime
 
     ref = f"{images_registry.host}/wasm/add:1"
-    digest, module = push_wasm_artifact(images_registry.host, "wasm/add", "1")
+    artifact_type, config_type, layer_type = kinds
+    digest, module = push_wasm_artifact(
+        images_registry.host,
+        "wasm/add",
+        "1",
+        artifact_type=artifact_type,
+        config_type=config_type,
+        layer_type=layer_type,
+    )
     data = tmp_path / "data"
     out = zl(data, "pull", "-q", ref)
     assert out.returncode == 0, out.stderr

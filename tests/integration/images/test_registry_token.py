@@ -133,7 +133,8 @@ def test_credentials_from_flags_and_docker_config(
 
     refused = zl(tmp_path / "d0", "pull", "-q", ref, env=env)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert "401" in refused.stderr and "cfg/app" in refused.stderr
+    assert "401" in refused.stderr and "cfg/app" in refused.stderr and "token service" in refused.stderr
+    assert "without credentials" in refused.stderr and "docker login" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) <= 2, refused.stderr
 
     flags = zl(tmp_path / "d1", "pull", "-q", "-u", "alice", "-p", "secret", ref, env=env)
