@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import PlainTextResponse
 
+from zlayer.agent.specview import service_view
 from zlayer.api.context import ApiContext, ctx
 from zlayer.api.models import (
     ContainerExecRequest,
@@ -124,6 +126,18 @@ async def container_exec(id: str, body: ContainerExecRequest, c: ApiContext = De
 @router.delete("/{id}", status_code=204, summary="Stop and remove a container (its service will replace it).")
 async def remove_container(id: str, force: bool = False, c: ApiContext = Depends(ctx)) -> Response:
     rec = await _record(c, id)
+    svc = await c.store.get_service(rec.deployment, rec.service)
+    view = service_view(rec.service, svc.spec) if svc is not None else None
+    if view is not None and view.rtype == "service":
+        # As the service manager removes a replica (out of the proxy, stopped, veth and address released), then the
+        # service converges back to its desired count in the background: a new replica replaces this one.
+        await c.manager._stop_replica(rec, timeout=0.0 if force else view.stop_grace)
+        dep = await c.store.get_deployment(rec.deployment)
+        if dep is not None and dep.status != "stopped":
+            task = asyncio.create_task(_replace(c, rec.deployment, view, dep.revision))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        return Response(status_code=204)
     cid = ContainerId.parse(id)
     rep = c.manager.replicas.get(id)
     if rep is not None:
@@ -136,3 +150,13 @@ async def remove_container(id: str, force: bool = False, c: ApiContext = Depends
     await c.runtime.remove(cid, force=True)
     await c.store.delete_container(rec.id)
     return Response(status_code=204)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _replace(c: ApiContext, deployment: str, view: Any, revision: int) -> None:
+    try:
+        await c.manager._converge_service(deployment, view, None, revision)
+    except Exception as e:  # reported as the deployment's event; the supervisor's next converge retries
+        await c.store.add_event(deployment, "replica_replace_failed", f"{view.name}: {e}")
