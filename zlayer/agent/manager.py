@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -48,6 +49,25 @@ def _warm_up() -> None:
     for mod in ("zlayer.spec",):
         with contextlib.suppress(ImportError):
             importlib.import_module(mod)
+
+
+HEALTH_GRID = 0.1  # seconds: periodic health checks wake on multiples of this, so replicas share loop wake-ups
+
+
+async def _sleep_on_grid(due: float, interval: float) -> float:
+    """Sleep until the next check of a replica checked every ``interval``: ``due + interval`` on the event loop's
+    clock, placed on the HEALTH_GRID so that replicas with the same interval wake together (fifty replicas checked
+    every second wake the daemon a few times a second, not fifty). Returns that time, the base of the next call;
+    no drift accumulates, and a check that overran starts the schedule again from now."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    target = due + interval
+    if target <= now or due == 0.0:
+        target = now + interval
+    grid = min(HEALTH_GRID, interval / 10)  # short intervals (tests) keep their precision
+    target = math.ceil(target / grid) * grid
+    await asyncio.sleep(target - now)
+    return target
 
 
 @dataclass
@@ -598,6 +618,7 @@ class ServiceManager:
         interval = h.interval * self.health_scale
         port = rep.service.backend_port
         ever_healthy, startup_delay = False, 0.05
+        due = 0.0
         while not rep.stopping:
             if rep.record.state != "running":
                 await asyncio.sleep(min(interval, 1.0))
@@ -630,7 +651,7 @@ class ServiceManager:
                 continue
             # ZLayer's pacing: every `interval`; after `retries` failures in a row the interval doubles with each
             # further failure (at most 60 s), and the first success brings it back.
-            await asyncio.sleep(interval)
+            due = await _sleep_on_grid(due, interval)
 
     def _should_restart(self, rep: Replica, exit_code: int) -> bool:
         kind = rep.service.restart_kind
