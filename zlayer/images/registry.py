@@ -69,6 +69,22 @@ def is_insecure(host: str, insecure: tuple[str, ...] = ()) -> bool:
     return bare in ("localhost", "[::1]") or bare.startswith("127.") or host in insecure + env
 
 
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+RETRY_DELAYS = (0.2, 0.8)  # pauses before the second and third try of a GET/HEAD answered 429/5xx
+MAX_RETRY_AFTER = 5.0
+
+
+def _retry_wait(retry_after: str | None, default: float) -> float | None:
+    """Seconds to wait before trying again: the registry's Retry-After when short enough, None when too long."""
+    if not retry_after:
+        return default
+    try:
+        wait = float(retry_after)
+    except ValueError:
+        return default  # an HTTP date: not worth parsing for a pause we cap anyway
+    return None if wait > MAX_RETRY_AFTER else max(wait, 0.0)
+
+
 def _describe_status(status: int, what: str, host: str) -> str:
     reason = {
         401: "authentication required or credentials refused",
@@ -169,7 +185,26 @@ class RegistryClient:
     async def request(
         self, method: str, url: str, *, scope: str, what: str, headers: dict[str, str] | None = None, **kw: Any
     ) -> aiohttp.ClientResponse:
-        """Send a request, answering at most one auth challenge; the caller closes the response."""
+        """Send a request, answering at most one auth challenge; the caller closes the response.
+
+        A GET or HEAD answered 429 or 5xx is tried again after a short pause (or the ``Retry-After`` the registry
+        asks for, up to a few seconds), as a registry briefly overloaded should not fail a deploy; the last answer
+        is returned either way, and :meth:`check` turns it into a one-line error.
+        """
+        for delay in (*RETRY_DELAYS, None):
+            resp = await self._request_with_auth(method, url, scope=scope, what=what, headers=headers, **kw)
+            if resp.status not in RETRY_STATUSES or method not in ("GET", "HEAD") or delay is None:
+                return resp
+            wait = _retry_wait(resp.headers.get("Retry-After"), delay)
+            if wait is None:
+                return resp  # the registry asks for a longer pause than a pull should sit through
+            resp.release()
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    async def _request_with_auth(
+        self, method: str, url: str, *, scope: str, what: str, headers: dict[str, str] | None = None, **kw: Any
+    ) -> aiohttp.ClientResponse:
         for attempt in range(3):
             hdrs = {**(headers or {}), **self._auth_header(scope)}
             try:
@@ -193,6 +228,8 @@ class RegistryClient:
             return
         resp.release()
         message = _describe_status(resp.status, what, host)
+        if resp.status == 429 and resp.headers.get("Retry-After"):
+            message += f"; it asks to wait {resp.headers['Retry-After']} s"
         if resp.status in (401, 403):
             raise AuthError(message)
         if resp.status == 404:

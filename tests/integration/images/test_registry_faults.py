@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,7 +113,7 @@ def test_corrupt_blob_in_the_registry_is_named_discarded_and_a_repaired_pull_suc
         (Fault("GET", r"/manifests/1$", 403), ["manifest bad/app:1", "403", "access denied"]),
         (
             Fault("GET", r"/manifests/1$", 429, headers={"Retry-After": "30"}),
-            ["manifest bad/app:1", "429", "rate limited"],
+            ["manifest bad/app:1", "429", "rate limited", "asks to wait 30 s"],
         ),
         (Fault("GET", r"/manifests/1$", 502), ["manifest bad/app:1", "502", "registry error"]),
         (Fault("GET", r"/blobs/sha256:", 503), ["blob sha256:", "503", "registry error"]),
@@ -135,8 +136,38 @@ def test_error_answers_are_one_line_saying_which_and_for_what(
     for word in expect:
         assert word in line, line
     assert proxy.host in line
+    # 5xx is tried three times before giving up; 403, and 429 asking for a longer pause than a pull waits, once
+    tries = [s for s in proxy.seen if s.status == fault.status]
+    assert len(tries) == (3 if fault.status >= 500 else 1), [(s.method, s.path, s.status) for s in proxy.seen]
     assert_store_consistent(data / "images")
     assert json.loads(zl(data, "image", "ls", "-o", "json").stdout) == []
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("GET", r"/blobs/sha256:", 503, times=2),
+        Fault("GET", r"/manifests/1$", 429, times=1, headers={"Retry-After": "1"}),
+        Fault("HEAD", r"/manifests/1$", 502, times=1),
+    ],
+    ids=["503-blob-twice", "429-retry-after-1s", "502-head"],
+)
+def test_brief_registry_trouble_is_retried(
+    tmp_path: Path, images_registry: Registry, images_proxy_factory: Callable[[str], Proxy], fault: Fault
+) -> None:
+    pushed = push_image(images_registry.host, "flaky/app", "1", [busybox_entries()])
+    proxy = images_proxy_factory(images_registry.host)
+    data = tmp_path / "data"
+    if fault.method == "HEAD":  # `newer` asks with HEAD once the image is local
+        assert zl(data, "pull", "-q", f"{proxy.host}/flaky/app:1").returncode == 0
+    proxy.faults.append(fault)
+    out = zl(data, "pull", "-q", "--policy", "newer", f"{proxy.host}/flaky/app:1")
+    assert out.returncode == 0, out.stderr
+    assert pushed.digest in out.stdout
+    assert fault.times == 0, "the fault was never hit"
+    statuses = [s.status for s in proxy.seen if s.method == fault.method and re.search(fault.path, s.path)]
+    assert fault.status in statuses and statuses[-1] == 200, statuses
+    assert_store_consistent(data / "images")
 
 
 def test_real_404s_name_the_tag_and_the_blob(tmp_path: Path, images_registry: Registry) -> None:
