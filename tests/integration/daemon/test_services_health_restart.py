@@ -79,9 +79,10 @@ def test_health_checks_tcp_http_command_with_grace_interval_timeout(
             svc("counted", '{type: command, command: "echo x >> /tmp/checks"}', timing="start_grace: 0s, interval: 1s"),
         )
     )
-    time.sleep(1.2)
-    g = one(node, good, "grace")
-    assert g["state"] == "running" and g["health"]["status"] == "starting", g  # inside its start_grace
+    g = node.wait_for(lambda: [c for c in node.containers(good, "grace") if c["state"] == "running"], 20, "grace up")[0]
+    assert g["health"]["status"] == "starting", g  # inside its start_grace: not checked yet
+    time.sleep(1.0)
+    assert one(node, good, "grace")["health"]["status"] == "starting"
     assert not [e for e in node.events(good) if e["kind"] == "health" and e["message"].startswith("grace-")]
     node.expect(good)
     assert time.monotonic() - t0 >= 3.0
