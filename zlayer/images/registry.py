@@ -159,8 +159,13 @@ class RegistryClient:
         realm = fields.get("realm")
         if not realm:
             raise AuthError(f"{what}: {self.host} sent a bearer challenge without a realm")
-        query = {"service": fields["service"]} if "service" in fields else {}
-        query["scope"] = fields.get("scope", scope)
+        # Ask for the scope every request sharing this token needs, plus what the challenge names if it differs:
+        # a HEAD of a blob during a push is challenged for 'pull' only, and a token cached for 'pull,push' that
+        # only allows pull would get the upload refused.
+        query = [("service", fields["service"])] if "service" in fields else []
+        query.append(("scope", scope))
+        if fields.get("scope") and fields["scope"] != scope:
+            query.append(("scope", fields["scope"]))
         headers = {}
         if self.credentials:
             raw = f"{self.credentials.username}:{self.credentials.password}".encode()
@@ -205,8 +210,11 @@ class RegistryClient:
     async def _request_with_auth(
         self, method: str, url: str, *, scope: str, what: str, headers: dict[str, str] | None = None, **kw: Any
     ) -> aiohttp.ClientResponse:
+        body: Callable[[], Any] | None = kw.pop("body", None)
         for attempt in range(3):
             hdrs = {**(headers or {}), **self._auth_header(scope)}
+            if body is not None:
+                kw["data"] = body()
             try:
                 resp = await self.session.request(method, url, headers=hdrs, **kw)
             except aiohttp.ClientError as e:
@@ -324,15 +332,16 @@ class RegistryClient:
             location = f"{self.scheme}://{self.host}{location}"
         sep = "&" if "?" in location else "?"
         size = path.stat().st_size
-        with open(path, "rb") as f:
-            resp = await self.request(
-                "PUT",
-                f"{location}{sep}digest={digest}",
-                scope=scope,
-                what=what,
-                data=f,
-                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-            )
+        # a fresh body per try: a token that expired since the POST gets the PUT a 401, and the retry with the new
+        # token must send the blob again from its first byte (a shared file object would be spent or closed)
+        resp = await self.request(
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            scope=scope,
+            what=what,
+            body=lambda: _file_chunks(path),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
         self.check(resp, what, self.host, ok=(201, 204))
         resp.release()
 
@@ -349,6 +358,12 @@ class RegistryClient:
         )
         self.check(resp, what, self.host, ok=(201, 202, 204))
         resp.release()
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := await asyncio.to_thread(f.read, 1 << 20):
+            yield chunk
 
 
 class _RangeIgnored(Exception):

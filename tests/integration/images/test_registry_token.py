@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.images import busybox_entries, oci_archive
 from tests.fixtures.images_peers import TokenRegistry, multi_layer_image
 from zlayer.errors import AuthError
 from zlayer.images import Credentials, ImageStore, import_archive, pull, push
@@ -34,8 +35,6 @@ def zl(data: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.
 
 
 def _local(tmp_path: Path, ref: str) -> ImageStore:
-    from tests.fixtures.images import oci_archive
-
     store = ImageStore(tmp_path / "src")
     import_archive(store, oci_archive(tmp_path / "img.tar", multi_layer_image()), tag=ref)
     return store
@@ -60,8 +59,11 @@ def test_push_and_pull_through_the_bearer_challenge_with_scoped_tokens(
     with pytest.raises(AuthError) as err:
         asyncio.run(push(src, ref))  # no credentials: the issuer refuses
     assert "\n" not in str(err.value) and "401" in str(err.value)
+    before = len(reg.issuer.issued)
     digest = asyncio.run(push(src, ref, credentials=alice))
     assert ("alice", "team/app:pull,push") in _granted(reg)
+    # every token of the push may push: blob HEADs are challenged for pull only, yet share the push's token
+    assert all("repository:team/app:pull,push" in t["scopes"] for t in reg.issuer.issued[before:])
 
     # a user the issuer grants only pull: pulling works, pushing is refused by the registry (insufficient scope)
     reader = Credentials("reader", "readonly")
@@ -105,11 +107,34 @@ def test_token_expiring_mid_pull_is_refreshed(
     assert 401 in statuses and statuses[-1] == 200
 
 
+def test_token_expiring_mid_push_is_refreshed(
+    tmp_path: Path, images_token_registry: TokenRegistry, images_proxy_factory: object
+) -> None:
+    reg = images_token_registry
+    reg.issuer.lifetime = 2
+    proxy = images_proxy_factory(reg.host)  # type: ignore[operator]
+    # the upload's POST and PUT each wait 1.1 s: the token got for the HEAD has expired when the PUT arrives,
+    # so the registry refuses the upload of the blob's bytes and the retry (new token, whole blob again) succeeds
+    proxy.delay, proxy.delay_path = 1.1, r"/blobs/uploads/"
+    ref = f"{proxy.host}/slowpush/app:1"
+    src = ImageStore(tmp_path / "src")
+    import_archive(src, oci_archive(tmp_path / "img.tar", [busybox_entries()]), tag=ref)
+    before = len(reg.issuer.issued)
+    digest = asyncio.run(push(src, ref, credentials=Credentials("alice", "secret"), concurrency=1))
+    assert len(reg.issuer.issued) - before >= 2
+    puts = [s.status for s in proxy.seen if s.method == "PUT" and "/blobs/uploads/" in s.path]
+    assert 401 in puts and puts[-1] == 201, puts
+    # what the registry holds is complete and right: a fresh pull (direct, no delay) gets the same image
+    image = asyncio.run(
+        pull(ImageStore(tmp_path / "check"), f"{reg.host}/slowpush/app:1", credentials=Credentials("alice", "secret"))
+    )
+    assert image.digest == digest
+    assert (image.layer_dirs[0] / "bin" / "busybox").read_bytes() == Path("/bin/busybox").read_bytes()
+
+
 def push_image_with_token(reg: TokenRegistry, repo: str, tag: str) -> str:
     """Push the three-layer busybox image through zlayer itself (alice may push)."""
     import tempfile
-
-    from tests.fixtures.images import oci_archive
 
     with tempfile.TemporaryDirectory() as tmp:
         store = ImageStore(Path(tmp) / "s")
