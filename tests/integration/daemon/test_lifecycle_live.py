@@ -114,8 +114,10 @@ def test_serve_daemon_detaches_and_sigterm_shuts_down_cleanly(tmp_path: Path) ->
     pid = 0
     try:
         t0 = time.monotonic()
+        secret = uuid.uuid4().hex
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
         r = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "zlayer", "--data-dir",
-                            str(data), "serve", "--daemon", "--bind", "none"],
+                            str(data), "serve", "--daemon", "--bind", "127.0.0.1:3669", "--jwt-secret", secret],
                            env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
         assert "started (pid" in r.stdout and time.monotonic() - t0 < 60
@@ -125,6 +127,15 @@ def test_serve_daemon_detaches_and_sigterm_shuts_down_cleanly(tmp_path: Path) ->
         assert os.getsid(pid) == pid and os.getsid(pid) != os.getsid(0)
         info = json.loads((data / "daemon.json").read_text())
         assert info["pid"] == pid and info["socket_path"] == str(data / "run" / "zlayer.sock")
+        # the detached daemon signs with the --jwt-secret it was given (passed on through its environment)
+        assert secret not in Path(f"/proc/{pid}/cmdline").read_text()
+        tcp = [sys.executable, "-m", "zlayer", "--host", "http://127.0.0.1:3669", "ps", "--format", "json"]
+        r = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *tcp[:3], "--token", _jwt(secret), *tcp[3:]],
+                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 0 and json.loads(r.stdout)["services"] == [], r.stdout + r.stderr
+        r = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *tcp[:3], "--token", _jwt("other"), *tcp[3:]],
+                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert r.returncode != 0 and "bad signature" in r.stderr, r.stderr
         st = subprocess.run([sys.executable, "-m", "zlayer", "--data-dir", str(data), "status"], env=env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
         assert st.returncode == 0 and f"running (pid {pid}" in st.stdout, st.stdout + st.stderr
@@ -185,7 +196,7 @@ def test_two_daemons_side_by_side_and_sigterm_then_restart_readopts(tmp_path: Pa
         assert not any("created" in m and "web-rep-3" in m for m in ev), ev
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [int(s) for s in os.environ.get("ZLAYER_TEST_SEEDS", "1,2").split(",")])
 def test_sigkill_during_a_deploy_then_restart_converges(tmp_path: Path, seed: int) -> None:
     rnd = random.Random(seed)
     with live_node(tmp_path / "k") as node:
@@ -213,3 +224,48 @@ def test_sigkill_during_a_deploy_then_restart_converges(tmp_path: Path, seed: in
             db.close()
         node.delete(name)
         assert node.runtime_containers() == []
+
+
+def test_sigkill_during_a_rollout_and_during_a_delete_then_restart_is_consistent(tmp_path: Path) -> None:
+    rnd = random.Random()
+    with live_node(tmp_path / "r") as node:
+        port, name = node.free_port(), unique("roll")
+        node.deploy(web_spec(name, 3, port))
+        node.expect(name)
+        # a rollout to v2 killed half-way
+        status, body = node.request(
+            "POST", "/api/v1/deployments", {"spec": web_spec(name, 3, port).replace(":v1", ":v2")}
+        )
+        assert status == 201, body
+        delay = rnd.uniform(0.2, 2.5)
+        time.sleep(delay)
+        assert node.signal_and_wait(signal.SIGKILL) == -signal.SIGKILL
+        node.start()
+        node.expect(name, timeout=90)
+        node.wait_for(
+            lambda: (
+                sorted((c["image"], c["state"]) for c in node.containers(name, "web"))
+                == [("zlayer-svc/httpd:v2", "running")] * 3
+            ),
+            60,
+            f"3 replicas of v2 after a kill {delay:.2f}s into the rollout",
+        )
+        ids = sorted(c["id"] for c in node.containers(name, "web"))
+        assert node.runtime_containers() == ids, (delay, node.runtime_containers(), ids)
+        node.wait_for(lambda: node.get(port) == (200, "v2\n"), 20, "v2 served")
+        # a delete killed half-way: after the restart, down finishes it and nothing is left
+        pids = [c["pid"] for c in node.containers(name, "web")]
+        import threading
+
+        t = threading.Thread(target=lambda: node.request("DELETE", f"/api/v1/deployments/{name}"), daemon=True)
+        t.start()
+        time.sleep(rnd.uniform(0.0, 0.8))
+        assert node.signal_and_wait(signal.SIGKILL) == -signal.SIGKILL
+        node.start()
+        status, _ = node.request("DELETE", f"/api/v1/deployments/{name}")
+        assert status in (204, 404)
+        assert node.request("GET", f"/api/v1/deployments/{name}")[0] == 404
+        assert node.runtime_containers() == []
+        assert not any(_alive(p) for p in pids)
+        leases = json.loads((node.data / "agent_ipam.json").read_text())["leases"]
+        assert leases == {}, leases
