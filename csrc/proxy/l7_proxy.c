@@ -23,6 +23,7 @@
 
 #include "zlayer/netaddr.h"
 #include "l7.h"
+#include "l7_h2.h"
 
 #define CBUF (L7_MAX_HEAD + 8192)
 #define UBUF 32768
@@ -464,7 +465,7 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, c
 {
     (void)ssl;
     (void)arg;
-    static const unsigned char H1[] = "\x08http/1.1";
+    static const unsigned char H1[] = "\x02h2\x08http/1.1"; /* h2 is served by l7_h2.c */
     if (SSL_select_next_proto((unsigned char **)out, outlen, H1, sizeof(H1) - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     return SSL_TLSEXT_ERR_OK;
@@ -700,29 +701,33 @@ static void pool_put(worker_t *w, upstream_t *u)
     w->npool++;
 }
 
+/* Ends one request in its route's stats (HTTP/1.1 and h2 streams alike). */
+static void route_account(rstats_t *s, int ok, int status, const struct timespec *t0, uint64_t in, uint64_t out)
+{
+    atomic_fetch_sub_explicit(&s->active, 1, memory_order_relaxed);
+    if (ok) {
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        uint64_t ns =
+            (uint64_t)(t1.tv_sec - t0->tv_sec) * 1000000000ull + (uint64_t)t1.tv_nsec - (uint64_t)t0->tv_nsec;
+        double sec = (double)ns / 1e9;
+        int b = 0;
+        while (b < L7_NBUCKETS && sec > BUCKETS[b])
+            b++;
+        atomic_fetch_add_explicit(&s->requests, 1, memory_order_relaxed);
+        if (status >= 100 && status < 600)
+            atomic_fetch_add_explicit(&s->status[status / 100 - 1], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->buckets[b], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->latency_ns, ns, memory_order_relaxed);
+    }
+    atomic_fetch_add_explicit(&s->bytes_in, in, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->bytes_out, out, memory_order_relaxed);
+}
+
 static void request_end(conn_t *c, int ok)
 {
-    if (c->rt) {
-        rstats_t *s = c->rt->st;
-        atomic_fetch_sub_explicit(&s->active, 1, memory_order_relaxed);
-        if (ok) {
-            struct timespec t1;
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            uint64_t ns = (uint64_t)(t1.tv_sec - c->t0.tv_sec) * 1000000000ull + (uint64_t)t1.tv_nsec -
-                          (uint64_t)c->t0.tv_nsec;
-            double sec = (double)ns / 1e9;
-            int b = 0;
-            while (b < L7_NBUCKETS && sec > BUCKETS[b])
-                b++;
-            atomic_fetch_add_explicit(&s->requests, 1, memory_order_relaxed);
-            if (c->status >= 100 && c->status < 600)
-                atomic_fetch_add_explicit(&s->status[c->status / 100 - 1], 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&s->buckets[b], 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&s->latency_ns, ns, memory_order_relaxed);
-        }
-        atomic_fetch_add_explicit(&s->bytes_in, c->req_bytes, memory_order_relaxed);
-        atomic_fetch_add_explicit(&s->bytes_out, c->resp_bytes, memory_order_relaxed);
-    }
+    if (c->rt)
+        route_account(c->rt->st, ok, c->status, &c->t0, c->req_bytes, c->resp_bytes);
     if (c->be)
         atomic_fetch_sub_explicit(&c->be->active, 1, memory_order_relaxed);
     c->be = NULL;
@@ -815,12 +820,11 @@ static void answer(conn_t *c, int status, const char *reason, const char *body)
     }
 }
 
-static backend_t *pick(conn_t *c, backend_t *avoid)
+static backend_t *pick_g(group_t *g, double now, backend_t *avoid)
 {
-    group_t *g = c->g;
     if (!g || g->n == 0)
         return NULL;
-    uint64_t now_ms = (uint64_t)(c->w->now * 1000.0);
+    uint64_t now_ms = (uint64_t)(now * 1000.0);
     uint64_t start = atomic_fetch_add_explicit(&g->rr, 1, memory_order_relaxed);
     backend_t *fallback = NULL;
     for (size_t k = 0; k < g->n; k++) {
@@ -836,6 +840,8 @@ static backend_t *pick(conn_t *c, backend_t *avoid)
     }
     return fallback;
 }
+
+static backend_t *pick(conn_t *c, backend_t *avoid) { return pick_g(c->g, c->w->now, avoid); }
 
 static int up_connect(conn_t *c, int fresh)
 {
@@ -1262,6 +1268,25 @@ static int retry_fresh(conn_t *c)
     return up_connect(c, 1);
 }
 
+/* The TLS handshake chose h2: l7_h2.c takes the socket and TLS state (with any bytes read already); c goes. */
+static void h2_handoff(conn_t *c, size_t got)
+{
+    worker_t *w = c->w;
+    c->ce += got;
+    l7_h2_adopt(w, w->p, c->fd, c->ssl, c->ip, c->port, c->cbuf + c->cs, c->ce - c->cs);
+    c->ssl = NULL;
+    c->closed = 1;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->next = w->dead_conns;
+    c->prev = NULL;
+    w->dead_conns = c;
+}
+
 static void drive(conn_t *c)
 {
     worker_t *w = c->w;
@@ -1302,6 +1327,10 @@ static void drive(conn_t *c)
                 c->cs = 0;
             }
             ssize_t r = c_read(c, c->cbuf + c->ce, CBUF - c->ce);
+            if (r != 0 && c->ssl && c->t == NULL && l7_h2_selected(c->ssl)) {
+                h2_handoff(c, r > 0 ? (size_t)r : 0);
+                return;
+            }
             if (r == 0 || (r < 0 && errno != EAGAIN)) {
                 conn_close(c);
                 return;
@@ -1621,6 +1650,7 @@ static void scan_timeouts(worker_t *w)
 
 static void reap(worker_t *w)
 {
+    l7_h2_reap();
     while (w->dead_conns) {
         conn_t *c = w->dead_conns;
         w->dead_conns = c->next;
@@ -1679,14 +1709,18 @@ static void *worker_main(void *arg)
                 drive(c);
             } else if (type == T_UP) {
                 up_event(evs[i].data.ptr, evs[i].events);
+            } else if (type == L7_T_H2 || type == L7_T_H2UP) {
+                l7_h2_event(evs[i].data.ptr, evs[i].events);
             }
         }
         if (w->now - w->last_scan >= 0.25) {
             w->last_scan = w->now;
             scan_timeouts(w);
+            l7_h2_scan(w);
         }
         reap(w);
     }
+    l7_h2_shutdown(w);
     while (w->conns)
         conn_close(w->conns);
     while (w->pool) {
@@ -1698,6 +1732,104 @@ static void *worker_main(void *arg)
     table_unref(w->t);
     w->t = NULL;
     return NULL;
+}
+
+/* ---------------------------------------------------------------- glue for l7_h2.c */
+
+double l7x_now(struct worker *w) { return w->now; }
+int l7x_epfd(struct worker *w) { return w->epfd; }
+const l7_config_t *l7x_cfg(l7_proxy_t *p) { return &p->cfg; }
+
+void *l7x_table(struct worker *w, l7_proxy_t *p)
+{
+    if (!w)
+        return table_get(p);
+    if (w->t)
+        atomic_fetch_add(&w->t->ref, 1);
+    return w->t;
+}
+
+void l7x_table_unref(void *t) { table_unref(t); }
+
+void *l7x_route(void *t, int port, const char *host, size_t hl, const char *path, size_t pl, const char **prefix,
+                size_t *plen, int *strip)
+{
+    const route_t *r = t ? route_match(t, port, host, hl, path, pl) : NULL;
+    if (r) {
+        *prefix = r->prefix;
+        *plen = r->plen;
+        *strip = r->strip;
+    }
+    return (void *)r;
+}
+
+size_t l7x_group_size(void *route) { return ((route_t *)route)->g->n; }
+
+void *l7x_pick(double now, void *route, void *avoid)
+{
+    backend_t *b = pick_g(((route_t *)route)->g, now, avoid);
+    if (b)
+        atomic_fetch_add_explicit(&b->active, 1, memory_order_relaxed);
+    return b;
+}
+
+void l7x_backend_release(void *be) { atomic_fetch_sub_explicit(&((backend_t *)be)->active, 1, memory_order_relaxed); }
+
+void l7x_eject(double now, void *be)
+{
+    atomic_store(&((backend_t *)be)->ejected_until_ms, (uint64_t)((now + EJECT_SECONDS) * 1000.0));
+}
+
+const struct sockaddr_storage *l7x_backend_addr(void *be, socklen_t *alen)
+{
+    *alen = ((backend_t *)be)->alen;
+    return &((backend_t *)be)->addr;
+}
+
+void l7x_route_begin(void *route)
+{
+    atomic_fetch_add_explicit(&((route_t *)route)->st->active, 1, memory_order_relaxed);
+}
+
+void l7x_route_end(void *route, int ok, int status, const struct timespec *t0, uint64_t in, uint64_t out)
+{
+    route_account(((route_t *)route)->st, ok, status, t0, in, out);
+}
+
+int l7x_pool_take(struct worker *w, const struct sockaddr_storage *a, socklen_t al)
+{
+    for (upstream_t *u = w->pool; u; u = u->next) {
+        if (u->alen == al && memcmp(&u->addr, a, al) == 0) {
+            pool_remove(w, u);
+            int fd = u->fd;
+            u->fd = -1;
+            u->next = w->dead_ups;
+            w->dead_ups = u;
+            return fd;
+        }
+    }
+    return -1;
+}
+
+void l7x_pool_give(struct worker *w, int fd, const struct sockaddr_storage *a, socklen_t al)
+{
+    upstream_t *u = calloc(1, sizeof(*u));
+    if (!u) {
+        close(fd);
+        return;
+    }
+    u->type = T_UP;
+    u->fd = fd;
+    u->w = w;
+    u->addr = *a;
+    u->alen = al;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = u};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, fd, &ev) < 0) {
+        close(fd);
+        free(u);
+        return;
+    }
+    pool_put(w, u); /* closes it when the pool is full */
 }
 
 /* ---------------------------------------------------------------- life cycle */
