@@ -20,9 +20,20 @@ from zlayer.errors import AuthError, ZLayerError
 PUBLIC_PATHS = ("/health/live", "/health/ready", "/api-docs/openapi.json")
 
 
+# ZLayer's ErrorResponse names the kind of error in ``error`` (by HTTP status); ours keeps that field for ZLayer's
+# clients and adds the finer, stable ``code`` and, where one applies, the field path (``where``/``problems``).
+ZLAYER_ERROR = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
+                422: "validation_error", 429: "rate_limited", 500: "internal_error", 501: "not_implemented",
+                503: "service_unavailable", 405: "method_not_allowed"}  # fmt: skip
+
+
+def error_body(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {"error": ZLAYER_ERROR.get(status, "error"), **body}
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     body = {"code": code, "message": message, **{k: v for k, v in extra.items() if v is not None}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(error_body(status, body), status_code=status)
 
 
 def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
@@ -42,7 +53,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
 
     @app.exception_handler(ZLayerError)
     async def zlayer_error(_: Request, exc: ZLayerError) -> JSONResponse:
-        return JSONResponse(exc.to_json(), status_code=exc.http_status)
+        return JSONResponse(error_body(exc.http_status, exc.to_json()), status_code=exc.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -107,6 +118,7 @@ class TokenAuth:
                 return
         body = json.dumps(
             {
+                "error": "unauthorized",
                 "code": "unauthorized",
                 "message": message,
                 "hint": "pass the token from DATA_DIR/admin_bearer.token, or one from `zlayer token create`",

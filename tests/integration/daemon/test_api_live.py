@@ -154,7 +154,7 @@ def test_errors_are_json_with_code_and_field_path_and_an_invalid_spec_changes_no
         "  'Bad Name!':\n    image: {name: 'x:1'}\n"
     )
     status, err = node.request("POST", "/api/v1/deployments", {"spec": bad})
-    assert status == 400 and err["code"] == "invalid_spec", err
+    assert status == 400 and err["code"] == "invalid_spec" and err["error"] == "bad_request", err  # ZLayer's `error`
     paths = [p["path"] for p in err["problems"]]
     assert len(err["problems"]) >= 4, err
     for want in ("services.web.image", "services.web.scale", "services.web.endpoints[0]"):
@@ -178,7 +178,7 @@ def test_errors_are_json_with_code_and_field_path_and_an_invalid_spec_changes_no
     for path in ("/api/v1/deployments/nosuch", "/api/v1/containers/nosuch-rep-1",
                  f"/api/v1/deployments/{name}/services/nosuch"):  # fmt: skip
         status, err = node.request("GET", path)
-        assert status == 404 and err["code"] == "not_found" and err["message"], (path, err)
+        assert status == 404 and err["code"] == err["error"] == "not_found" and err["message"], (path, err)
     status, err = node.request("PUT", "/api/v1/deployments")
     assert status == 405 and err["code"] == "method_not_allowed"
 

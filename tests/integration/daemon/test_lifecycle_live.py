@@ -86,7 +86,7 @@ def test_socket_is_root_only_and_tcp_wants_a_valid_token(tmp_path: Path) -> None
             assert status == 200 and "/api/v1/deployments" in doc["paths"]
             status, hdrs, body = node.tcp("GET", "/api/v1/deployments")
             assert status == 401 and hdrs["content-type"].startswith("application/json"), (status, body)
-            assert body["code"] == "unauthorized" and "missing" in body["message"]
+            assert body["code"] == body["error"] == "unauthorized" and "missing" in body["message"]
             for wrong in ("nope", _jwt("another-secret"), _jwt(secret, exp_in=-60), _jwt(secret, iss="other")):
                 status, _, body = node.tcp("GET", "/api/v1/deployments", token=wrong)
                 assert status == 401 and body["code"] == "unauthorized", (wrong, status, body)
