@@ -758,10 +758,7 @@ class ServiceManager:
                 continue  # job containers belong to the JobManager
             rec = known.get(cid_text)
             if rec is None or rec.deployment not in deployments or rec.state in ("failed", "exited"):
-                with contextlib.suppress(ZLayerError):
-                    await self.runtime.remove(ContainerId.parse(cid_text), force=True)
-                if rec is not None:
-                    await self.store.delete_container(rec.id)
+                await self._forget(cid_text, live=True)
                 continue
             if not info.state.running:
                 continue
@@ -774,8 +771,8 @@ class ServiceManager:
             self.replicas[rec.id] = rep
             self._watch(rep)
         for rec in known.values():
-            if rec.id not in self.replicas:
-                await self.store.delete_container(rec.id)
+            if rec.id not in self.replicas:  # died while no daemon watched, or never started
+                await self._forget(rec.id, live=rec.id in live)
         for dep in deployments.values():
             if dep.status == "stopped":
                 continue
@@ -787,6 +784,17 @@ class ServiceManager:
             self._spawn_converge(parsed)
         if self._warm is None:
             self._warm = asyncio.create_task(asyncio.to_thread(_warm_up), name="warm up")
+
+    async def _forget(self, container: str, live: bool) -> None:
+        """A container the restarted daemon does not adopt: removed from the runtime, its address, veth, service
+        DNS entry and port mappings released (they would leak one lease per restart), its record dropped."""
+        if live:
+            with contextlib.suppress(ZLayerError):
+                await self.runtime.remove(ContainerId.parse(container), force=True)
+        if self.network is not None:
+            with contextlib.suppress(ZLayerError, OSError):
+                await self.network.detach("", "", container)
+        await self.store.delete_container(container)
 
     async def close(self) -> None:
         """Stop watching (containers keep running, the next daemon re-adopts them)."""
