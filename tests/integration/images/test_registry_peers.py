@@ -45,12 +45,35 @@ def tree(root: Path) -> dict[str, tuple[object, ...]]:
     return out
 
 
-def test_image_pushed_by_skopeo_is_pulled_and_runs(tmp_path: Path, images_registry: Registry) -> None:
+@pytest.mark.parametrize("fmt", ["oci", "v2s2"])
+def test_image_pushed_by_skopeo_is_pulled_and_runs(tmp_path: Path, images_registry: Registry, fmt: str) -> None:
     ref = f"{images_registry.host}/peer/skopeo:1"
     archive = oci_archive(tmp_path / "img.tar", multi_layer_image())
     subprocess.run(
-        ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci-archive:{archive}", f"docker://{ref}"], check=True
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--format",
+            fmt,
+            "--dest-tls-verify=false",
+            f"oci-archive:{archive}",
+            f"docker://{ref}",
+        ],
+        check=True,
     )
+    raw = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    want = {"oci": "application/vnd.oci.image.manifest.v1+json"}.get(
+        fmt, "application/vnd.docker.distribution.manifest.v2+json"
+    )
+    assert raw["mediaType"] == want
     remote = json.loads(
         subprocess.run(
             ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], capture_output=True, text=True, check=True
