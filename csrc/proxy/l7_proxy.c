@@ -454,8 +454,8 @@ static int on_sni(SSL *ssl, int *alert, void *arg)
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     pthread_mutex_lock(&p->mu);
     SSL_CTX *ctx = cert_lookup(p, name);
-    if (ctx)
-        SSL_set_SSL_CTX(ssl, ctx);
+    if (ctx && ctx != SSL_get_SSL_CTX(ssl))
+        SSL_set_SSL_CTX(ssl, ctx); /* copies the certificate state: only when SNI picks another one */
     pthread_mutex_unlock(&p->mu);
     return ctx ? SSL_TLSEXT_ERR_OK : SSL_TLSEXT_ERR_ALERT_FATAL;
 }
@@ -478,6 +478,10 @@ static SSL_CTX *new_ctx(l7_proxy_t *p)
         return NULL;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    /* Resumption by stateless tickets only: no per-handshake insert into (and periodic flush of) a locked cache. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
+    SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"zlayer-l7", 9);
+    SSL_CTX_set_read_ahead(ctx, 1); /* one read() per burst of records, not a header read then a body read */
     SSL_CTX_set_tlsext_servername_callback(ctx, on_sni);
     SSL_CTX_set_tlsext_servername_arg(ctx, p);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
@@ -1218,8 +1222,8 @@ static int pump_response(conn_t *c)
     return 1;
 }
 
-/* The exchange is over: pool the upstream, account, and go back to reading the next request. */
-static void finish(conn_t *c)
+/* Gives the upstream back to the pool when its exchange ended cleanly (else closes it). */
+static void release_up(conn_t *c)
 {
     upstream_t *u = c->up;
     c->up = NULL;
@@ -1229,6 +1233,12 @@ static void finish(conn_t *c)
         else
             up_close(u);
     }
+}
+
+/* The exchange is over: pool the upstream, account, and go back to reading the next request. */
+static void finish(conn_t *c)
+{
+    release_up(c);
     if (c->t)
         request_end(c, 1);
     c->phase = P_HEAD;
@@ -1505,6 +1515,9 @@ static void drive(conn_t *c)
                 c->up_keep = 0;
             }
             if (!c->keep) {
+                /* The client's "Connection: close" says nothing about the backend: keep that one pooled (a new
+                 * backend connection per client connection cost TLS handshakes/s about half of nginx's). */
+                release_up(c);
                 if (c->t)
                     request_end(c, 1);
                 shutdown(c->fd, SHUT_WR);
@@ -1584,7 +1597,10 @@ static void on_accept(worker_t *w, lsock_t *l)
         c->port = l->port;
         c->rd = c->wr = 1;
         if (l->tls) {
-            c->ssl = SSL_new(w->p->base_ctx);
+            /* Starts on the first certificate's context, so the common one-certificate case never switches. */
+            pthread_mutex_lock(&w->p->mu);
+            c->ssl = SSL_new(w->p->ncerts ? w->p->certs[0].ctx : w->p->base_ctx);
+            pthread_mutex_unlock(&w->p->mu);
             if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
                 SSL_free(c->ssl);
                 close(fd);

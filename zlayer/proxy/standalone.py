@@ -5,9 +5,13 @@ The file::
     {"workers": 1,
      "header_timeout": 30, "idle_timeout": 60, "connect_timeout": 5, "response_timeout": 60,
      "routes": [{"key": "web#http", "listen": "127.0.0.1:8080", "host": null, "path": "/", "strip_prefix": false,
-                 "backends": ["127.0.0.1:9000", "127.0.0.1:9001"]}]}
+                 "backends": ["127.0.0.1:9000", "127.0.0.1:9001"], "tls": false, "strategy": "round_robin"}],
+     "certificates": [{"domain": "example.test", "cert": "cert.pem", "key": "key.pem"}]}
 
-Serves until SIGTERM or SIGINT. Used by perf/proxy_http.py.
+``tls: true`` terminates TLS on that listener with the certificates (chosen by SNI, else the first); ``strategy`` is
+``round_robin`` (default) or ``least_connections``.
+
+Serves until SIGTERM or SIGINT. Used by perf/proxy_http.py and perf/proxy_tls.py.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ def _addr(text: Any, where: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SpecError(f"expected HOST:PORT, got {text!r}", where=where)
     return host.strip("[]"), int(port)
+
+
+STRATEGIES = ("round_robin", "least_connections")
 
 
 def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -47,6 +54,11 @@ def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         where = f"{path}: routes[{i}]"
         if not isinstance(r, dict) or "key" not in r or "listen" not in r:
             raise SpecError("a route needs key and listen", where=where)
+        strategy = str(r.get("strategy") or "round_robin")
+        if strategy not in STRATEGIES:
+            raise SpecError(
+                f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}", where=f"{where}.strategy"
+            )
         routes.append(
             {
                 "key": str(r["key"]),
@@ -55,8 +67,19 @@ def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 "path": str(r.get("path") or "/"),
                 "strip_prefix": bool(r.get("strip_prefix", False)),
                 "backends": [_addr(b, f"{where}.backends[{j}]") for j, b in enumerate(r.get("backends") or [])],
+                "tls": bool(r.get("tls", False)),
+                "strategy": strategy,
             }
         )
+    certs = []
+    for i, c in enumerate(raw.get("certificates") or []):
+        if not isinstance(c, dict) or not all(isinstance(c.get(k), str) for k in ("domain", "cert", "key")):
+            raise SpecError("a certificate needs domain, cert and key strings", where=f"{path}: certificates[{i}]")
+        base = path.parent
+        certs.append((c["domain"], str(base / c["cert"]), str(base / c["key"])))
+    if any(r["tls"] for r in routes) and not certs:
+        raise SpecError("a tls route needs at least one entry in certificates", where=str(path))
+    opts["certificates"] = certs
     return opts, routes
 
 
@@ -65,12 +88,15 @@ def serve(path: Path) -> None:
 
     opts, routes = load(path)
     workers = int(opts.pop("workers"))
+    certs = opts.pop("certificates")
     proxy = Proxy(workers, **opts)
+    if certs:
+        proxy.set_certificates(certs)
     table = []
     groups = []
     for i, r in enumerate(routes):
         host, port = r["listen"]
-        bound = proxy.listen(host, port)
+        bound = proxy.listen(host, port, r["tls"])
         table.append((r["key"], bound, r["host"], r["path"], r["strip_prefix"], i))
         groups.append((r["key"], [(h, p, True) for h, p in r["backends"]]))
     proxy.apply(table, groups)
