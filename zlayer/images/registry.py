@@ -292,6 +292,11 @@ class RegistryClient:
         resp = await self.request(
             "GET", self.url(f"{ref.repository}/blobs/{digest}"), scope=scope, what=what, headers=headers
         )
+        if offset and resp.status == 416:
+            # the partial download is as long as the blob or longer (killed between the last byte and the rename,
+            # or junk): nothing is left to fetch from there, so start over rather than fail every later pull
+            resp.release()
+            raise _RangeIgnored()
         self.check(resp, what, self.host, ok=(200, 206))
         async with resp:
             if offset and resp.status == 200:

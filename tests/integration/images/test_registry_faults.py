@@ -245,6 +245,25 @@ def test_pull_killed_mid_layer_resumes_with_a_range_request(
     assert hashlib.sha256((image.layer_dirs[1] / "big" / "random.bin").read_bytes()).hexdigest() == want
 
 
+@pytest.mark.parametrize("extra", [b"", b"junk after the last byte"], ids=["complete", "too-long"])
+def test_partial_download_as_long_as_the_blob_or_longer_does_not_wedge_later_pulls(
+    tmp_path: Path, images_registry: Registry, big_image: PushedImage, extra: bytes
+) -> None:
+    # killed after the last byte was written but before the rename (or left with junk): the Range request for
+    # what is missing is answered 416 by the registry; the pull must recover, not fail now and every time after
+    data = tmp_path / "data"
+    ImageStore(data / "images")
+    big = big_image.layers[1]
+    partial = data / "images" / "tmp" / f"partial-{big.split(':', 1)[1]}"
+    partial.write_bytes(images_registry.blob_file(big).read_bytes() + extra)
+    ok = zl(data, "pull", "-q", big_image.reference)
+    assert ok.returncode == 0, ok.stderr
+    assert_store_consistent(data / "images")
+    assert not partial.exists()
+    image = ImageStore(data / "images").get(big_image.reference)
+    assert (image.layer_dirs[1] / "big" / "random.bin").stat().st_size == BIG
+
+
 def test_two_pulls_of_one_image_at_once_fetch_each_blob_once(
     tmp_path: Path, images_registry: Registry, images_proxy_factory: Callable[[str], Proxy], big_image: PushedImage
 ) -> None:
