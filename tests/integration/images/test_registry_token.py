@@ -78,6 +78,20 @@ def test_push_and_pull_through_the_bearer_challenge_with_scoped_tokens(
     assert all(not acts.endswith("push") for user, acts in _granted(reg) if user == "reader")
 
 
+def test_anonymous_pull_of_a_public_repository_gets_an_anonymous_token(
+    tmp_path: Path, images_token_registry: TokenRegistry
+) -> None:
+    reg = images_token_registry
+    digest = push_image_with_token(reg, "public/app", "1")
+    before = len(reg.issuer.issued)
+    image = asyncio.run(pull(ImageStore(tmp_path / "anon"), f"{reg.host}/public/app:1", policy="always"))
+    assert image.digest == digest
+    assert [(t["user"], t.get("refused", False)) for t in reg.issuer.issued[before:]] == [(None, False)]
+    with pytest.raises(AuthError) as err:  # but nobody anonymous may push there
+        asyncio.run(push(ImageStore(tmp_path / "anon"), f"{reg.host}/public/app:1", target=f"{reg.host}/public/app:2"))
+    assert "public/app" in str(err.value) and "401" in str(err.value)
+
+
 def test_token_expiring_mid_pull_is_refreshed(
     tmp_path: Path, images_token_registry: TokenRegistry, images_proxy_factory: object
 ) -> None:
