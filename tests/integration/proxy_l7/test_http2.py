@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.proxy_l4 import free_port, peer_env
+from tests.fixtures.proxy_l7 import EchoBackend, NginxBackend
 from zlayer.proxy.certs import self_signed
 
 pytestmark = pytest.mark.peer
@@ -26,6 +27,8 @@ Routes = list[tuple[str, str | None, str, bool, str]]  # key, host, prefix, stri
 
 
 class TlsPlane:
+    """A started proxy with one TLS listener."""
+
     def __init__(self, proxy: Any, port: int, cert: Path) -> None:
         self.proxy = proxy
         self.port = port
@@ -40,6 +43,9 @@ class TlsPlane:
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"https://{host}:{self.port}{path}"
+
+
+MakePlane = Callable[[Routes, Groups], TlsPlane]
 
 
 @pytest.fixture
@@ -85,13 +91,13 @@ def one_group(port: int) -> tuple[Routes, Groups]:
     return [("web#h2", None, "/", False, "G")], {"G": [("127.0.0.1", port, True)]}
 
 
-def test_curl_http2_through_the_proxy_to_nginx(proxy_l7_nginx, h2_plane) -> None:
+def test_curl_http2_through_the_proxy_to_nginx(proxy_l7_nginx: NginxBackend, h2_plane: MakePlane) -> None:
     plane = h2_plane(*one_group(proxy_l7_nginx.ports[0]))
     status, body = curl("--http2", plane.url("/echo"))
     assert status == "2 200"
     text = body.decode()
-    assert text.startswith("A xff=127.0.0.1 proto=https host=127.0.0.1:%d " % plane.port)
-    assert 'fwd=for=127.0.0.1;host="127.0.0.1:%d";proto=https' % plane.port in text
+    assert text.startswith(f"A xff=127.0.0.1 proto=https host=127.0.0.1:{plane.port} ")
+    assert f'fwd=for=127.0.0.1;host="127.0.0.1:{plane.port}";proto=https' in text
     assert "uri=/echo" in text
     # a 1 MiB static file over DATA frames under curl's flow control, byte for byte
     status, big = curl("--http2", plane.url("/files/big"))
@@ -113,7 +119,7 @@ def test_curl_http2_through_the_proxy_to_nginx(proxy_l7_nginx, h2_plane) -> None
     assert stats["bytes_out"] > len(want)
 
 
-def test_streams_are_routed_by_authority_and_path_prefix(proxy_l7_nginx, h2_plane) -> None:
+def test_streams_are_routed_by_authority_and_path_prefix(proxy_l7_nginx: NginxBackend, h2_plane: MakePlane) -> None:
     a, b = proxy_l7_nginx.ports[0], proxy_l7_nginx.ports[1]
     plane = h2_plane(
         [
@@ -128,7 +134,7 @@ def test_streams_are_routed_by_authority_and_path_prefix(proxy_l7_nginx, h2_plan
     assert curl("--http2", *resolve, plane.url("/y?q=1", "b.test")) == ("2 200", b"B /y?q=1\n")
     assert curl("--http2", *resolve, plane.url("/api/v1", "b.test")) == ("2 200", b"A /v1\n")
     # several streams of one connection, each to its own route
-    status, body = curl(
+    _, body = curl(
         "--http2", *resolve, plane.url("/1", "b.test"), plane.url("/api/2", "b.test"), plane.url("/3", "b.test")
     )
     assert body == b"B /1\nA /2\nB /3\n"
@@ -137,7 +143,7 @@ def test_streams_are_routed_by_authority_and_path_prefix(proxy_l7_nginx, h2_plan
     assert plane.proxy.stats()["b#api"]["requests"] == 2
 
 
-def test_request_bodies_reach_the_backend(proxy_l7_echo, h2_plane, tmp_path: Path) -> None:
+def test_request_bodies_reach_the_backend(proxy_l7_echo: EchoBackend, h2_plane: MakePlane, tmp_path: Path) -> None:
     plane = h2_plane(*one_group(proxy_l7_echo.port))
     payload = os.urandom(300_000)
     (tmp_path / "body").write_bytes(payload)
@@ -156,7 +162,7 @@ def test_request_bodies_reach_the_backend(proxy_l7_echo, h2_plane, tmp_path: Pat
     assert plane.proxy.stats()["web#h2"]["bytes_in"] >= len(payload) + 70_000
 
 
-def test_h2load_many_streams_without_a_failure(proxy_l7_nginx, h2_plane) -> None:
+def test_h2load_many_streams_without_a_failure(proxy_l7_nginx: NginxBackend, h2_plane: MakePlane) -> None:
     plane = h2_plane(*one_group(proxy_l7_nginx.ports[0]))
     res = subprocess.run(
         ["h2load", "-n", "20000", "-c", "10", "-m", "10", plane.url("/")],
@@ -193,7 +199,7 @@ def _alpn_request(port: int, protocols: list[str] | None) -> tuple[str | None, b
         return chosen, data
 
 
-def test_clients_without_h2_keep_http1(proxy_l7_nginx, h2_plane) -> None:
+def test_clients_without_h2_keep_http1(proxy_l7_nginx: NginxBackend, h2_plane: MakePlane) -> None:
     plane = h2_plane(*one_group(proxy_l7_nginx.ports[0]))
     assert _alpn_request(plane.port, ["h2", "http/1.1"])[0] == "h2"
     chosen, data = _alpn_request(plane.port, ["http/1.1"])
@@ -203,7 +209,7 @@ def test_clients_without_h2_keep_http1(proxy_l7_nginx, h2_plane) -> None:
     assert curl("--http1.1", plane.url("/x")) == ("1.1 200", b"A /x\n")
 
 
-def test_no_healthy_backend_is_503_and_a_dead_backend_502(h2_plane) -> None:
+def test_no_healthy_backend_is_503_and_a_dead_backend_502(h2_plane: MakePlane) -> None:
     # a backend that accepts and hangs up without answering
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
@@ -289,7 +295,7 @@ class RawH2:
         return ftype, flags, stream, payload
 
 
-def test_streams_reset_by_the_client_leave_the_others_whole(proxy_l7_nginx, h2_plane) -> None:
+def test_streams_reset_by_the_client_leave_the_others_whole(proxy_l7_nginx: NginxBackend, h2_plane: MakePlane) -> None:
     plane = h2_plane(*one_group(proxy_l7_nginx.ports[0]))
     want = (proxy_l7_nginx.root / "www" / "files" / "big").read_bytes()
     c = RawH2(plane.port)
@@ -330,7 +336,7 @@ def test_streams_reset_by_the_client_leave_the_others_whole(proxy_l7_nginx, h2_p
     assert all(v == 0 for v in plane.proxy.backend_active().values())
 
 
-def test_shutdown_sends_goaway(proxy_l7_nginx, h2_plane) -> None:
+def test_shutdown_sends_goaway(proxy_l7_nginx: NginxBackend, h2_plane: MakePlane) -> None:
     plane = h2_plane(*one_group(proxy_l7_nginx.ports[0]))
     c = RawH2(plane.port)
     c.get(1, "/x")
