@@ -8,8 +8,8 @@ import fcntl
 import hashlib
 import json
 import os
-import queue
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -85,78 +85,71 @@ class _Aborted(Exception):
     """The download feeding a streaming unpack failed or did not start from byte 0."""
 
 
-_EOF = object()
-_ABORT = object()
-
-
 class BlobPipe:
-    """A blob's bytes from the event loop to one reader thread while it downloads, with back-pressure.
+    """Lets one reader thread (the layer unpacker) follow a blob's partial file while the download appends to it.
 
-    The reader (the layer unpacker) sees the end of the stream only after :meth:`finish`, which the download calls
-    once the blob's digest is verified, so nothing unpacked from an unverified blob is ever committed. After
-    :meth:`abort` the reader raises; after the reader stops (an error of its own) further chunks are dropped.
+    The download never waits for the reader: it reports what it wrote and the reader catches up from the page
+    cache. The reader sees the end of the stream only after :meth:`finish`, which the download calls once the
+    blob's digest is verified, so nothing unpacked from an unverified blob is ever committed; after :meth:`abort`
+    the reader raises.
     """
 
-    def __init__(self, depth: int = 16) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._credits = asyncio.Semaphore(depth)
-        self._depth = depth
-        self._gone = False
-        self._rest = b""
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._fd = -1
+        self._written = 0
+        self._pos = 0
+        self._state = ""  # "", "done" or "abort"
         self.complete = False
 
-    # -- event loop side
-    async def put(self, chunk: bytes) -> None:
-        if self._gone:
-            return
-        await self._credits.acquire()
-        if not self._gone:
-            self._queue.put(chunk)
+    # -- download side (never blocks)
+    def start(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with self._cond:
+            self._fd = fd
+            self._cond.notify_all()
+
+    def wrote(self, n: int) -> None:
+        with self._cond:
+            self._written += n
+            self._cond.notify_all()
 
     def finish(self) -> None:
-        self.complete = True
-        self._queue.put(_EOF)
+        with self._cond:
+            self.complete = True
+            self._state = "done"
+            self._cond.notify_all()
 
     def abort(self) -> None:
-        self._queue.put(_ABORT)
-
-    def _reader_gone(self) -> None:
-        self._gone = True
-        for _ in range(self._depth):
-            self._credits.release()
+        with self._cond:
+            if self._state != "done":
+                self._state = "abort"
+            self._cond.notify_all()
 
     # -- reader thread side
     def wait_data(self) -> bool:
-        """Block until the first bytes arrive; False when the download ends without feeding this pipe."""
-        item = self._queue.get()
-        if not isinstance(item, bytes):
-            self._queue.put(item)  # later reads see the same end
-            return False
-        self._loop.call_soon_threadsafe(self._credits.release)
-        self._rest = item
-        return True
+        """Block until the first bytes are in the file; False when the download ends without feeding this pipe."""
+        with self._cond:
+            self._cond.wait_for(lambda: (self._written > 0 and self._fd >= 0) or self._state != "")
+            return self._written > 0 and self._fd >= 0 and self._state != "abort"
 
     def read(self, n: int = -1) -> bytes:
-        if not self._rest:
-            item = self._queue.get()
-            if item is _EOF:
-                self._queue.put(_EOF)
-                return b""
-            if item is _ABORT:
-                self._queue.put(_ABORT)
+        with self._cond:
+            self._cond.wait_for(lambda: self._pos < self._written or self._state != "")
+            if self._state == "abort":
                 raise _Aborted()
-            assert isinstance(item, bytes)
-            self._loop.call_soon_threadsafe(self._credits.release)
-            self._rest = item
-        if n < 0 or n >= len(self._rest):
-            out, self._rest = self._rest, b""
-        else:
-            out, self._rest = self._rest[:n], self._rest[n:]
-        return out
+            avail = self._written - self._pos
+        if avail == 0:
+            return b""
+        data = os.pread(self._fd, avail if n < 0 else min(n, avail), self._pos)
+        self._pos += len(data)
+        return data
 
-    def reader_done(self) -> None:
-        self._loop.call_soon_threadsafe(self._reader_gone)
+    def close(self) -> None:
+        with self._cond:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 async def fetch_blob(
@@ -192,12 +185,15 @@ async def fetch_blob(
             feed = sink if offset == 0 else None
             try:
                 with open(partial, "ab") as out:
+                    if feed is not None:
+                        feed.start(partial)
                     done = offset
                     async for chunk, total in client.blob_chunks(ref, digest, offset):
                         out.write(chunk)
                         h.update(chunk)
                         if feed is not None:
-                            await feed.put(chunk)
+                            out.flush()
+                            feed.wrote(len(chunk))
                         done += len(chunk)
                         if progress:
                             progress(digest, done, total or int(desc.get("size", 0)))
@@ -256,15 +252,16 @@ async def _fetch_and_unpack_layers(
     fetched: dict[str, asyncio.Task[None]] = {}
 
     async def fetch(desc: dict[str, Any], diff: str, chain: str) -> None:
-        async with downloads:
-            digest = desc["digest"]
-            hex_ = digest.split(":", 1)[1]
-            fresh = not store.has_blob(digest) and not (store.root / "tmp" / f"partial-{hex_}").exists()
-            if not fresh or store.layer_complete(chain):
+        digest = desc["digest"]
+        hex_ = digest.split(":", 1)[1]
+        fresh = not store.has_blob(digest) and not (store.root / "tmp" / f"partial-{hex_}").exists()
+        if not fresh or store.layer_complete(chain) or unpacks.locked():
+            async with downloads:
                 await fetch_blob(store, client, ref, desc, progress)
-                return
-            # Unpack while downloading: the layer is extracted into a temporary directory as its bytes arrive
-            # and committed only after both the blob digest and the DiffID matched.
+            return
+        # Unpack while downloading: the layer is extracted into a temporary directory as its bytes arrive and
+        # committed only after both the blob digest and the DiffID matched.
+        async with unpacks:
             pipe = BlobPipe()
 
             def unpack() -> None:
@@ -275,11 +272,12 @@ async def _fetch_and_unpack_layers(
                         work = store.root / "tmp" / f"partial-{hex_}.unpack"
                         store.unpack_one_layer(digest, diff, chain, source=cast(BinaryIO, pipe), work=work)
                 finally:
-                    pipe.reader_done()
+                    pipe.close()
 
             unpacking = asyncio.ensure_future(asyncio.to_thread(unpack))
             try:
-                await fetch_blob(store, client, ref, desc, progress, sink=pipe)
+                async with downloads:
+                    await fetch_blob(store, client, ref, desc, progress, sink=pipe)
             except BaseException:
                 pipe.abort()  # the unpacker stops and removes its work; the download's error is what we report
                 await asyncio.wait([unpacking])
