@@ -63,7 +63,10 @@ typedef struct {
     const char *prefix; /* path prefix */
     int strip_prefix;
     int group;          /* index into groups */
+    int strategy;       /* L7_ROUND_ROBIN or L7_LEAST_CONNECTIONS: how the group's backend is chosen */
 } l7_route_def_t;
+
+enum { L7_ROUND_ROBIN = 0, L7_LEAST_CONNECTIONS = 1 };
 
 typedef struct {
     const char *host; /* numeric IP */
@@ -78,6 +81,9 @@ typedef struct {
 int l7_create(const l7_config_t *cfg, l7_proxy_t **out, char *err, size_t errlen);
 /* Opens (idempotent) a listener on host:port for every worker; returns the bound port or -1. */
 int l7_listen(l7_proxy_t *p, const char *host, int port, int tls, char *err, size_t errlen);
+/* Closes the listener on host:port in every worker (each drains its accept queue first; accepted connections stay)
+ * and returns once they are closed: the number of sockets closed, 0 when none listened there. */
+int l7_unlisten(l7_proxy_t *p, const char *host, int port);
 /* Replaces the certificate table (TLS listeners pick one by SNI: exact name, then *.suffix, else the first). */
 int l7_set_certificates(l7_proxy_t *p, const char *const *domains, const char *const *certs, const char *const *keys,
                         size_t n, char *err, size_t errlen);

@@ -49,6 +49,7 @@ typedef struct {
     backend_t *b;
     size_t n;
     _Atomic uint64_t rr;
+    int least; /* least-connections: the healthy backend with the fewest in-flight requests (rr breaks ties) */
 } group_t;
 
 typedef struct rstats {
@@ -93,6 +94,9 @@ typedef struct {
 typedef struct lsock {
     int type;
     int fd, port, tls;
+    int wi;        /* the worker whose epoll set holds it */
+    int closing;   /* under p->mu: l7_unlisten asked its worker to close it */
+    char host[64]; /* as given to l7_listen */
     struct lsock *next;
 } lsock_t;
 
@@ -169,6 +173,7 @@ typedef struct worker {
     conn_t *dead_conns;
     upstream_t *pool, *dead_ups;
     int npool;
+    uint64_t ls_gen;
     int wake_tag;
 } worker_t;
 
@@ -181,6 +186,8 @@ struct l7_proxy {
     table_t *t;
     _Atomic uint64_t gen;
     lsock_t *ls;
+    _Atomic uint64_t ls_gen;  /* bumped when listeners are to be closed */
+    _Atomic int ls_pending;   /* listeners marked closing and not closed yet */
     rstats_t *stats;
     chal_t *chal;
     _Atomic int nchal;
@@ -299,6 +306,8 @@ int l7_apply(l7_proxy_t *p, const l7_route_def_t *routes, size_t nroutes, const 
         r->plen = strlen(r->prefix);
         r->strip = d->strip_prefix;
         r->g = &t->g[d->group];
+        if (d->strategy == L7_LEAST_CONNECTIONS)
+            r->g->least = 1;
     }
     table_t *old = p->t;
     p->t = t;
@@ -830,7 +839,8 @@ static backend_t *pick_g(group_t *g, double now, backend_t *avoid)
         return NULL;
     uint64_t now_ms = (uint64_t)(now * 1000.0);
     uint64_t start = atomic_fetch_add_explicit(&g->rr, 1, memory_order_relaxed);
-    backend_t *fallback = NULL;
+    backend_t *fallback = NULL, *best = NULL;
+    uint64_t best_active = UINT64_MAX;
     for (size_t k = 0; k < g->n; k++) {
         backend_t *b = &g->b[(start + k) % g->n];
         if (b == avoid || !atomic_load_explicit(&b->healthy, memory_order_relaxed))
@@ -840,9 +850,15 @@ static backend_t *pick_g(group_t *g, double now, backend_t *avoid)
                 fallback = b;
             continue;
         }
-        return b;
+        if (!g->least)
+            return b;
+        uint64_t a = atomic_load_explicit(&b->active, memory_order_relaxed);
+        if (a < best_active) {
+            best = b;
+            best_active = a;
+        }
     }
-    return fallback;
+    return best ? best : fallback;
 }
 
 static backend_t *pick(conn_t *c, backend_t *avoid) { return pick_g(c->g, c->w->now, avoid); }
@@ -1679,6 +1695,35 @@ static void reap(worker_t *w)
     }
 }
 
+/* Closes this worker's listeners that l7_unlisten marked, between event batches (no event of this batch can still
+ * point at them), after accepting what already waits in their queues. */
+static void close_listeners(worker_t *w)
+{
+    l7_proxy_t *p = w->p;
+    lsock_t *mine = NULL;
+    pthread_mutex_lock(&p->mu);
+    for (lsock_t **pp = &p->ls; *pp;) {
+        lsock_t *l = *pp;
+        if (l->closing && l->wi == (int)(w - p->w)) {
+            *pp = l->next;
+            l->next = mine;
+            mine = l;
+        } else {
+            pp = &l->next;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    while (mine) { /* outside the lock: a TLS handshake driven from on_accept takes it for SNI */
+        lsock_t *l = mine;
+        mine = l->next;
+        on_accept(w, l);
+        epoll_ctl(w->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+        close(l->fd);
+        free(l);
+        atomic_fetch_sub(&p->ls_pending, 1);
+    }
+}
+
 static void *worker_main(void *arg)
 {
     worker_t *w = arg;
@@ -1699,7 +1744,11 @@ static void *worker_main(void *arg)
         }
         for (int i = 0; i < n; i++) {
             int type = *(int *)evs[i].data.ptr;
-            if (type == T_LISTEN)
+            if (type == T_WAKE) {
+                uint64_t v;
+                if (read(w->wakefd, &v, sizeof(v)) < 0) { /* level-triggered: empty it or spin */
+                }
+            } else if (type == T_LISTEN)
                 on_accept(w, evs[i].data.ptr);
             else if (type == T_CLIENT) {
                 conn_t *c = evs[i].data.ptr;
@@ -1728,6 +1777,11 @@ static void *worker_main(void *arg)
             } else if (type == L7_T_H2 || type == L7_T_H2UP) {
                 l7_h2_event(evs[i].data.ptr, evs[i].events);
             }
+        }
+        uint64_t lg = atomic_load(&p->ls_gen); /* after the batch: none of its events still points at one */
+        if (lg != w->ls_gen) {
+            w->ls_gen = lg;
+            close_listeners(w);
         }
         if (w->now - w->last_scan >= 0.25) {
             w->last_scan = w->now;
@@ -1935,6 +1989,8 @@ int l7_listen(l7_proxy_t *p, const char *host, int port, int tls, char *err, siz
         l->fd = fd;
         l->port = bound;
         l->tls = tls;
+        l->wi = i;
+        snprintf(l->host, sizeof(l->host), "%s", host);
         l->next = p->ls;
         p->ls = l;
         struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = l};
@@ -1947,6 +2003,42 @@ fail:
     snprintf(err, errlen, "cannot listen on %.64s:%d: %s", host, bound, strerror(errno));
     pthread_mutex_unlock(&p->mu);
     return -1;
+}
+
+int l7_unlisten(l7_proxy_t *p, const char *host, int port)
+{
+    int n = 0;
+    pthread_mutex_lock(&p->mu);
+    for (lsock_t **pp = &p->ls; *pp;) {
+        lsock_t *l = *pp;
+        if (l->port != port || strcmp(l->host, host) != 0 || l->closing) {
+            pp = &l->next;
+            continue;
+        }
+        n++;
+        if (p->w[l->wi].started) {
+            l->closing = 1;
+            atomic_fetch_add(&p->ls_pending, 1);
+            pp = &l->next;
+        } else { /* no worker loop polls it yet */
+            *pp = l->next;
+            epoll_ctl(p->w[l->wi].epfd, EPOLL_CTL_DEL, l->fd, NULL);
+            close(l->fd);
+            free(l);
+        }
+    }
+    atomic_fetch_add(&p->ls_gen, 1);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->nw; i++) {
+        uint64_t one = 1;
+        if (p->w[i].started && write(p->w[i].wakefd, &one, sizeof(one)) < 0) {
+        }
+    }
+    for (int spins = 0; atomic_load(&p->ls_pending) > 0 && !atomic_load(&p->stop) && spins < 5000; spins++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return n;
 }
 
 int l7_start(l7_proxy_t *p, char *err, size_t errlen)

@@ -20,6 +20,7 @@ cdef extern from "l7.h" nogil:
         const char *prefix
         int strip_prefix
         int group
+        int strategy
 
     ctypedef struct l7_backend_def_t:
         const char *host
@@ -37,6 +38,7 @@ cdef extern from "l7.h" nogil:
     int l7_listen(l7_proxy_t *p, const char *host, int port, int tls, char *err, size_t errlen)
     int l7_set_certificates(l7_proxy_t *p, const char *const *domains, const char *const *certs,
                             const char *const *keys, size_t n, char *err, size_t errlen)
+    int l7_unlisten(l7_proxy_t *p, const char *host, int port)
     int l7_start(l7_proxy_t *p, char *err, size_t errlen)
     int l7_apply(l7_proxy_t *p, const l7_route_def_t *routes, size_t nroutes, const char *const *group_names,
                  const l7_backend_def_t *const *groups, const size_t *ngroup_backends, size_t ngroups, char *err,

@@ -85,6 +85,18 @@ cdef class Proxy:
             self._ports[key] = r
         return r
 
+    def unlisten(self, str host, int port):
+        """Closes the listener on host:port (every worker's socket; accepted connections stay); False if none."""
+        cdef int r
+        cdef const char *h
+        self._check()
+        hb = host.encode()
+        h = hb
+        with nogil:
+            r = l7_unlisten(self._p, h, port)
+        self._ports.pop((host, port), None)
+        return r > 0
+
     def start(self):
         cdef char err[256]
         self._check()
@@ -93,7 +105,8 @@ cdef class Proxy:
         self._started = True
 
     def apply(self, routes, groups):
-        """routes: (key, port, host|None, prefix, strip_prefix, group_index); groups: (name, [(ip, port, healthy)])."""
+        """routes: (key, port, host|None, prefix, strip_prefix, group_index[, strategy]); groups: (name, [(ip, port,
+        healthy)]). strategy is "round_robin" (default) or "least_connections"."""
         cdef char err[512]
         cdef size_t nr = len(routes)
         cdef size_t ng = len(groups)
@@ -111,7 +124,11 @@ cdef class Proxy:
             gn = <size_t *>calloc(ng + 1, sizeof(size_t))
             if rd is NULL or gnames is NULL or gb is NULL or gn is NULL:
                 raise MemoryError()
-            for i, (key, port, host, prefix, strip, group) in enumerate(routes):
+            for i, row in enumerate(routes):
+                key, port, host, prefix, strip, group = row[:6]
+                strategy = row[6] if len(row) > 6 else "round_robin"
+                if strategy not in ("round_robin", "least_connections"):
+                    raise ProxyError(f"unknown load-balancing strategy {strategy!r}", where=str(key))
                 kb = str(key).encode()
                 pb = str(prefix or "/").encode()
                 hb = str(host).encode() if host else b""
@@ -124,6 +141,7 @@ cdef class Proxy:
                 rd[i].prefix = pb
                 rd[i].strip_prefix = 1 if strip else 0
                 rd[i].group = int(group)
+                rd[i].strategy = 1 if strategy == "least_connections" else 0
             for i, (name, backends) in enumerate(groups):
                 nb = str(name).encode()
                 keep.append(nb)

@@ -16,6 +16,10 @@ from zlayer.errors import SpecError
 L7_PROTOCOLS = ("http", "https", "websocket")
 L4_PROTOCOLS = ("tcp", "udp")
 DEFAULT_SESSION_TIMEOUT = 60.0
+# ZLayer's load-balancer strategies (LbStrategy, named as its API shows them). Its spec has no field for them, so a
+# service picks one with a label: STRATEGY_LABEL for all its HTTP endpoints, STRATEGY_LABEL + ".<endpoint>" for one.
+STRATEGIES = ("round_robin", "least_connections")
+STRATEGY_LABEL = "zlayer.proxy.strategy"
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class RouteSpec:
     path_prefix: str = "/"
     strip_prefix: bool = False
     health: HealthCheckSpec = field(default_factory=HealthCheckSpec)
+    strategy: str = "round_robin"  # one of STRATEGIES
 
     @property
     def key(self) -> str:
@@ -150,6 +155,23 @@ def _http_health(service: Mapping[str, Any]) -> HealthCheckSpec:
     return HealthCheckSpec(kind="http")
 
 
+def _strategy(raw: Mapping[str, Any], service: str, endpoint: str) -> str:
+    """The balancing strategy the service's labels choose for one endpoint (round_robin when none does)."""
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        return "round_robin"
+    for key in (f"{STRATEGY_LABEL}.{endpoint}", STRATEGY_LABEL):
+        if key in labels:
+            value = str(labels[key]).strip().lower().replace("-", "_")
+            if value not in STRATEGIES:
+                raise SpecError(
+                    f"load-balancing strategy must be one of {', '.join(STRATEGIES)}, got {labels[key]!r}",
+                    where=f"services.{service}.labels.{key}",
+                )
+            return value
+    return "round_robin"
+
+
 def build(
     deployment: str, service: str, spec: Any, internal_address: str | None = None
 ) -> tuple[list[RouteSpec], list[StreamSpec]]:
@@ -194,6 +216,7 @@ def build(
                     host=ep.get("host"),
                     path_prefix=str(ep.get("path") or "/"),
                     health=_http_health(raw),
+                    strategy=_strategy(raw, service, name),
                 )
             )
         elif protocol in L4_PROTOCOLS:

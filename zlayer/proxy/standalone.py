@@ -45,7 +45,7 @@ def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         raise SpecError(f"not JSON: {exc.msg}", where=f"{path}:{exc.lineno}:{exc.colno}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("routes"), list):
         raise SpecError("expected an object with a routes list", where=str(path))
-    opts = {
+    opts: dict[str, Any] = {
         k: float(raw[k]) for k in ("header_timeout", "idle_timeout", "connect_timeout", "response_timeout") if k in raw
     }
     opts["workers"] = int(raw.get("workers", 1))
@@ -97,7 +97,7 @@ def serve(path: Path) -> None:
     for i, r in enumerate(routes):
         host, port = r["listen"]
         bound = proxy.listen(host, port, r["tls"])
-        table.append((r["key"], bound, r["host"], r["path"], r["strip_prefix"], i))
+        table.append((r["key"], bound, r["host"], r["path"], r["strip_prefix"], i, r["strategy"]))
         groups.append((r["key"], [(h, p, True) for h, p in r["backends"]]))
     proxy.apply(table, groups)
     proxy.start()
