@@ -79,9 +79,17 @@ class CL7Plane:
                 self.listen(r.bind, r.port, tls=r.protocol == "https")
         names = sorted({r.key for r in served})
         index = {n: i for i, n in enumerate(names)}
-        table = [(r.key, r.port, r.host, r.path_prefix or "/", r.strip_prefix, index[r.key]) for r in served]
+        table = [
+            (r.key, r.port, r.host, r.path_prefix or "/", r.strip_prefix, index[r.key], r.strategy) for r in served
+        ]
         group_rows = [(n, [(_numeric(b.host), b.port, b.healthy) for b in groups.get(n, [])]) for n in names]
         self.proxy.apply(table, group_rows)
+        # A port no route uses any more stops listening (after the swap, so its last routes went with the old table;
+        # connections it already accepted keep being served; adding a route on it again reopens it).
+        wanted = {(r.bind, r.port) for r in served}
+        for host, port in [k for k in self._listening if k not in wanted]:
+            self.proxy.unlisten(host, port)
+            del self._listening[(host, port)]
 
     def set_health(self, group: str, host: str, port: int, healthy: bool) -> None:
         self.proxy.set_health(group, _numeric(host), port, healthy)
