@@ -231,10 +231,11 @@ async def _fetch_and_unpack_layers(
     progress: Progress | None,
     concurrency: int,
 ) -> None:
-    """Download the layers (``concurrency`` at a time) and unpack each one as soon as it is in the store.
+    """Download the layers (``concurrency`` at a time) and unpack them while they download.
 
-    Layers unpack into independent directories keyed by chain ID, so they unpack in parallel with each other and
-    with the downloads still running. A layer whose blob or DiffID does not match leaves nothing behind.
+    Up to ``UNPACK_THREADS`` layers are unpacked as their bytes arrive (a :class:`BlobPipe` follows the partial
+    file); the others unpack from the store once downloaded. Layers go into independent directories keyed by chain
+    ID, so they unpack in parallel. A layer whose blob or DiffID does not match leaves nothing behind.
     """
     layers = manifest.get("layers", [])
     is_wasm = is_wasm_manifest(manifest)
