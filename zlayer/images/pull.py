@@ -59,6 +59,25 @@ def select_platform(index: dict[str, Any], platform: str | None, what: str) -> s
     raise ImageError(f"{what}: no image for {want}; the registry has {listed}")
 
 
+def check_image_platform(config: dict[str, Any], platform: str | None, what: str) -> None:
+    """A single-platform image must be for the wanted platform (the host's by default); the error says which it is.
+
+    An image config that names no os/architecture is taken as it is: some tools leave them out.
+    """
+    os_, arch, variant = _platform_tuple(platform)
+    have_os, have_arch, have_variant = config.get("os"), config.get("architecture"), config.get("variant")
+    if not have_os or not have_arch:
+        return
+    if have_os == os_ and have_arch == arch and (variant is None or have_variant in (None, variant)):
+        return
+    have = "/".join(p for p in (have_os, have_arch, have_variant) if p)
+    want = "/".join(p for p in (os_, arch, variant) if p)
+    raise ImageError(
+        f"{what}: no image for {want}; the registry has {have} only",
+        hint=f"to pull it anyway (to run under emulation): --platform {have}",
+    )
+
+
 async def _lock_file(path: Path) -> int:
     """flock ``path``; its holder unlinks it when done, so a lock won on an unlinked file is retried on the new one
     (else a waiter on the old file and a newcomer on a new one would both download into the same partial file)."""
@@ -353,6 +372,8 @@ async def pull(
         if "config" not in manifest:
             raise ImageError(f"image {reference}: manifest type {media or 'unknown'} is not supported")
         await fetch_blob(store, client, ref, manifest["config"], progress)
+        if not is_wasm_manifest(manifest):
+            check_image_platform(store.read_json(manifest["config"]["digest"]), platform, f"image {reference}")
         await _fetch_and_unpack_layers(store, client, ref, manifest, progress, concurrency)
     store.put_blob(body, expected=digest)
     return await asyncio.to_thread(store.add_image, str(ref), manifest, body)

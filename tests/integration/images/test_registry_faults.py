@@ -198,6 +198,18 @@ def test_only_other_platforms_lists_which_exist(tmp_path: Path, images_registry:
     assert (image.layer_dirs[0] / "etc" / "platform").read_text() == "linux/arm/v7\n"
 
 
+def test_single_manifest_for_another_platform_says_which_it_is(tmp_path: Path, images_registry: Registry) -> None:
+    host = images_registry.host
+    push_image(host, "arm/only", "1", [busybox_entries()], arch="arm64", variant="v8")
+    data = tmp_path / "data"
+    line = error_line(zl(data, "pull", "-q", f"{host}/arm/only:1"))
+    assert "arm/only:1" in line and "no image for linux/amd64" in line and "linux/arm64/v8 only" in line, line
+    assert not list((data / "images" / "layers").iterdir()), "layers of the wrong platform were unpacked"
+    ok = zl(data, "pull", "-q", "--platform", "linux/arm64", f"{host}/arm/only:1")
+    assert ok.returncode == 0, ok.stderr
+    assert ImageStore(data / "images").get(f"{host}/arm/only:1").platform == "linux/arm64/v8"
+
+
 def _wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
