@@ -31,9 +31,14 @@ typedef struct h2up {
     int type;
     int fd;
     h2stream_t *st;
-    int connecting, rd, wr, reused;
-    struct h2up *next;
+    int connecting, rd, wr, reused, idle;
+    struct sockaddr_storage addr;
+    socklen_t alen;
+    double idle_since;
+    struct h2up *next, *inext, *iprev;
 } h2up_t;
+
+#define IDLE_MAX 256 /* idle upstream connections an h2 worker keeps registered to itself (no epoll_ctl to reuse) */
 
 struct h2stream {
     h2conn_t *hc;
@@ -72,7 +77,8 @@ struct h2conn {
     int port;
     char ip[64];
     nghttp2_session *s;
-    int rd, wr, rd_wants_write, wr_wants_read, closed, fuzz;
+    int rd, wr, rd_wants_write, wr_wants_read, closed, fuzz, dirty;
+    h2conn_t *dnext; /* tl_dirty: upstream bytes moved, frames to send after this epoll batch */
     char *ob;
     size_t olen, ooff, ocap, wpending;
     h2stream_t *streams;
@@ -83,8 +89,22 @@ struct h2conn {
     h2conn_t *next, *prev;
 };
 
-static __thread h2conn_t *tl_conns, *tl_dead;
-static __thread h2up_t *tl_dead_ups;
+static __thread h2conn_t *tl_conns, *tl_dead, *tl_dirty;
+static __thread h2up_t *tl_dead_ups, *tl_idle;
+static __thread int tl_nidle;
+
+static void idle_remove(h2up_t *u)
+{
+    if (u->iprev)
+        u->iprev->inext = u->inext;
+    else
+        tl_idle = u->inext;
+    if (u->inext)
+        u->inext->iprev = u->iprev;
+    u->inext = u->iprev = NULL;
+    u->idle = 0;
+    tl_nidle--;
+}
 
 static double now_of(h2conn_t *hc) { return hc->w ? l7x_now(hc->w) : 0.0; }
 
@@ -292,6 +312,21 @@ static void st_up_release(h2stream_t *st)
         return;
     h2conn_t *hc = st->hc;
     if (u->fd >= 0 && hc->w && st->up_keep && st->req_end && st->ooff == st->olen && st->is == st->ie &&
+        !u->connecting && tl_nidle < IDLE_MAX) {
+        u->st = NULL;
+        u->idle = 1;
+        u->rd = 0;
+        u->idle_since = l7x_now(hc->w);
+        u->iprev = NULL;
+        u->inext = tl_idle;
+        if (tl_idle)
+            tl_idle->iprev = u;
+        tl_idle = u;
+        tl_nidle++;
+        st->up = NULL;
+        return;
+    }
+    if (u->fd >= 0 && hc->w && st->up_keep && st->req_end && st->ooff == st->olen && st->is == st->ie &&
         !u->connecting) {
         socklen_t al;
         const struct sockaddr_storage *a = l7x_backend_addr(st->be, &al);
@@ -367,6 +402,19 @@ static void respond(h2stream_t *st, int status, const char *body)
 static int up_open(h2stream_t *st, int fresh)
 {
     h2conn_t *hc = st->hc;
+    if (!fresh && !hc->fuzz) {
+        socklen_t al;
+        const struct sockaddr_storage *a = l7x_backend_addr(st->be, &al);
+        for (h2up_t *u = tl_idle; u; u = u->inext) {
+            if (u->alen == al && memcmp(&u->addr, a, al) == 0) {
+                idle_remove(u);
+                u->st = st;
+                u->reused = 1;
+                st->up = u;
+                return 0;
+            }
+        }
+    }
     h2up_t *u = calloc(1, sizeof(*u));
     if (!u)
         return -1;
@@ -403,6 +451,8 @@ static int up_open(h2stream_t *st, int fresh)
         op = EPOLL_CTL_ADD;
     }
     u->fd = fd;
+    u->addr = *a;
+    u->alen = al;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = u};
     if (epoll_ctl(l7x_epfd(hc->w), op, fd, &ev) < 0) {
         close(fd);
@@ -1180,6 +1230,13 @@ void l7_h2_event(void *obj, uint32_t ev)
         return;
     }
     h2up_t *u = obj;
+    if (u->fd >= 0 && u->idle) { /* idle: the backend closed it or sent garbage */
+        if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+            idle_remove(u);
+            up_free(u);
+        }
+        return;
+    }
     if (u->fd < 0 || !u->st)
         return;
     h2stream_t *st = u->st;
@@ -1203,12 +1260,27 @@ void l7_h2_event(void *obj, uint32_t ev)
             u->connecting = 0;
         }
     }
-    hc_drive(st->hc);
+    /* responses of many streams that arrive in one epoll batch leave in one TLS write (l7_h2_reap) */
+    h2conn_t *hc = st->hc;
+    if (st->up)
+        st_pump(st);
+    if (!hc->dirty) {
+        hc->dirty = 1;
+        hc->dnext = tl_dirty;
+        tl_dirty = hc;
+    }
 }
 
 void l7_h2_scan(struct worker *w)
 {
     double now = l7x_now(w);
+    for (h2up_t *u = tl_idle, *n; u; u = n) {
+        n = u->inext;
+        if (now - u->idle_since > 30.0) {
+            idle_remove(u);
+            up_free(u);
+        }
+    }
     for (h2conn_t *hc = tl_conns, *n; hc; hc = n) {
         n = hc->next;
         if (hc->nstreams == 0 && hc->deadline > 0 && hc->deadline <= now) {
@@ -1231,6 +1303,13 @@ void l7_h2_scan(struct worker *w)
 
 void l7_h2_reap(void)
 {
+    while (tl_dirty) {
+        h2conn_t *hc = tl_dirty;
+        tl_dirty = hc->dnext;
+        hc->dirty = 0;
+        if (!hc->closed)
+            hc_drive(hc);
+    }
     while (tl_dead) {
         h2conn_t *hc = tl_dead;
         tl_dead = hc->next;
@@ -1253,6 +1332,11 @@ void l7_h2_shutdown(struct worker *w)
         hc->wr = 1;
         hc_flush(hc);
         hc_close(hc);
+    }
+    while (tl_idle) {
+        h2up_t *u = tl_idle;
+        idle_remove(u);
+        up_free(u);
     }
     l7_h2_reap();
 }

@@ -29,7 +29,7 @@ void l7_h2_adopt(struct worker *w, l7_proxy_t *p, int fd, SSL *ssl, const char *
 void l7_h2_event(void *obj, uint32_t events);
 /* Timeouts of this worker's h2 connections and streams (worker thread). */
 void l7_h2_scan(struct worker *w);
-/* Frees this worker thread's closed h2 objects (after its epoll batch). */
+/* After each epoll batch: sends what upstream events queued on h2 connections, frees closed h2 objects. */
 void l7_h2_reap(void);
 /* Worker exit: GOAWAY to every h2 client of this worker, then close them. */
 void l7_h2_shutdown(struct worker *w);

@@ -1555,6 +1555,8 @@ static void up_event(upstream_t *u, uint32_t ev)
     if (u->fd < 0)
         return;
     if (u->c == NULL) { /* idle in the pool: the backend closed it or sent garbage */
+        if (!(ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+            return; /* only writable: re-armed by l7x_pool_give */
         pool_remove(u->w, u);
         up_close(u);
         return;
@@ -1893,6 +1895,7 @@ void l7x_pool_give(struct worker *w, int fd, const struct sockaddr_storage *a, s
     u->w = w;
     u->addr = *a;
     u->alen = al;
+    u->wr = 1;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = u};
     if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, fd, &ev) < 0) {
         close(fd);
