@@ -97,11 +97,11 @@ def test_token_expiring_mid_pull_is_refreshed(
 ) -> None:
     reg = images_token_registry
     pushed = push_image_with_token(reg, "slow/app", "1")
-    # Tokens live ~2 s and every blob/manifest request waits 1.1 s in the proxy, so the token the manifest was
-    # fetched with has expired before the later layers are asked for: the registry answers 401 mid-pull.
+    # Tokens live 2 s (±0.5: the registry counts whole seconds) and the first blob request waits 3 s in the proxy,
+    # so the token the manifest was fetched with has expired when it reaches the registry: a 401 mid-pull.
     reg.issuer.lifetime = 2
     proxy = images_proxy_factory(reg.host)  # type: ignore[operator]
-    proxy.delay = 1.1
+    proxy.delay, proxy.delay_path, proxy.delay_times = 3.0, r"/blobs/sha256:", 1
     before = len(reg.issuer.issued)
     image = asyncio.run(
         pull(
@@ -127,9 +127,9 @@ def test_token_expiring_mid_push_is_refreshed(
     reg = images_token_registry
     reg.issuer.lifetime = 2
     proxy = images_proxy_factory(reg.host)  # type: ignore[operator]
-    # the upload's POST and PUT each wait 1.1 s: the token got for the HEAD has expired when the PUT arrives,
-    # so the registry refuses the upload of the blob's bytes and the retry (new token, whole blob again) succeeds
-    proxy.delay, proxy.delay_path = 1.1, r"/blobs/uploads/"
+    # the first upload PUT waits 3 s: the token got for the HEAD and POST has expired when it arrives, so the
+    # registry refuses the blob's bytes, and the retry (a new token, the whole blob again) must succeed
+    proxy.delay, proxy.delay_path, proxy.delay_times = 3.0, r"/blobs/uploads/[^/]+$", 1
     ref = f"{proxy.host}/slowpush/app:1"
     src = ImageStore(tmp_path / "src")
     import_archive(src, oci_archive(tmp_path / "img.tar", [busybox_entries()]), tag=ref)
