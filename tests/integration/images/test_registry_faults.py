@@ -323,10 +323,11 @@ def test_disk_full_is_a_clear_error_and_the_pull_completes_once_space_is_freed(
     data = small_mount / "data"
     line = error_line(zl(data, "pull", "-q", pushed.reference))
     assert "No space left on device" in line and pushed.layers[1] in line and str(small_mount) in line, line
-    if kind == "blob-too-big":
-        assert "cannot write" in line and "partial-" in line, line
+    assert "not a valid layer" not in line, line  # the disk is full, the layer is fine
+    if kind == "blob-too-big":  # the download or the unpack streaming beside it hits the full disk first
+        assert "cannot write" in line or "cannot unpack into" in line, line
     else:
-        assert "cannot unpack into" in line and "not a valid layer" not in line, line
+        assert "cannot unpack into" in line, line
     assert json.loads(zl(data, "image", "ls", "-o", "json").stdout) == []
     assert_store_consistent(data / "images")
 
