@@ -757,7 +757,9 @@ class ServiceManager:
             if cid_text.startswith("job-"):
                 continue  # job containers belong to the JobManager
             rec = known.get(cid_text)
-            if rec is None or rec.deployment not in deployments or rec.state in ("failed", "exited"):
+            # "pending": the old daemon stopped between starting it and recording it running (its after-start init,
+            # address and port mappings unrecorded): it is replaced, not adopted half-known.
+            if rec is None or rec.deployment not in deployments or rec.state in ("failed", "exited", "pending"):
                 await self._forget(cid_text, live=True)
                 continue
             if not info.state.running:
