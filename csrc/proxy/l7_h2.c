@@ -1025,7 +1025,11 @@ static int session_new(h2conn_t *hc)
         return -1;
     nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, L7_H2_MAX_STREAMS},
                                    {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, MAX_REQ_HEAD}};
-    return nghttp2_submit_settings(hc->s, NGHTTP2_FLAG_NONE, iv, 2) == 0 ? 0 : -1;
+    if (nghttp2_submit_settings(hc->s, NGHTTP2_FLAG_NONE, iv, 2) != 0)
+        return -1;
+    /* streams keep the default 64 KiB window (request bytes are consumed once written upstream); the connection's
+     * is larger than all of them together, so one stream whose backend reads slowly never stalls the others */
+    return nghttp2_session_set_local_window_size(hc->s, NGHTTP2_FLAG_NONE, 0, 16 << 20) == 0 ? 0 : -1;
 }
 
 static void hc_close(h2conn_t *hc)

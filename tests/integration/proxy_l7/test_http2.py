@@ -353,3 +353,16 @@ def test_shutdown_sends_goaway(proxy_l7_nginx: NginxBackend, h2_plane: MakePlane
     assert goaway, frames
     last_stream, code = struct.unpack(">II", goaway[0][3][:8])
     assert last_stream == 1 and code == 0  # NO_ERROR, stream 1 was processed
+
+
+def test_server_settings_limit_concurrent_streams(proxy_l7_nginx: NginxBackend, h2_plane: MakePlane) -> None:
+    plane = h2_plane(*one_group(proxy_l7_nginx.ports[0]))
+    c = RawH2(plane.port)
+    f = c.frame()
+    assert f is not None and f[0] == 4 and not f[1] & 1  # the server's SETTINGS come first
+    settings = {
+        struct.unpack(">H", f[3][i : i + 2])[0]: struct.unpack(">I", f[3][i + 2 : i + 6])[0]
+        for i in range(0, len(f[3]), 6)
+    }
+    assert settings[3] == 128  # SETTINGS_MAX_CONCURRENT_STREAMS
+    c.sock.close()
