@@ -374,14 +374,18 @@ class LinuxRuntime:
                 await shim.delete(name, self.state_root, force=True)
         finally:
             # Whatever the shim said (a cgroup still busy, a monitor that died), the rootfs mount and the bundle go:
-            # a mount left behind outlives the daemon and pins the image's layers.
-            bundle = self.bundles / name
-            try:
-                _unmount(bundle / "rootfs")
-            finally:
-                shutil.rmtree(bundle, ignore_errors=True)
-                for p in meta.get("anonymous_volumes", []):
-                    shutil.rmtree(p, ignore_errors=True)
+            # a mount left behind outlives the daemon and pins the image's layers. In a worker thread: unmounting
+            # and deleting trees are blocking syscalls, and a down of 50 replicas would stall the loop for seconds.
+            await asyncio.to_thread(self._discard_bundle, self.bundles / name, meta.get("anonymous_volumes", []))
+
+    @staticmethod
+    def _discard_bundle(bundle: Path, anonymous_volumes: builtins.list[str]) -> None:
+        try:
+            _unmount(bundle / "rootfs")
+        finally:
+            shutil.rmtree(bundle, ignore_errors=True)
+            for p in anonymous_volumes:
+                shutil.rmtree(p, ignore_errors=True)
 
     async def exec(
         self,
