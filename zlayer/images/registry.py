@@ -287,7 +287,7 @@ class RegistryClient:
     async def blob_chunks(self, ref: Reference, digest: str, offset: int = 0) -> AsyncIterator[tuple[bytes, int]]:
         """Yield (chunk, total size) of a blob from ``offset`` (a Range request when resuming)."""
         scope = f"repository:{ref.repository}:pull"
-        what = f"blob {digest}"
+        what = f"blob {digest} of {ref.repository}"
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         resp = await self.request(
             "GET", self.url(f"{ref.repository}/blobs/{digest}"), scope=scope, what=what, headers=headers
@@ -319,14 +319,14 @@ class RegistryClient:
     async def blob_exists(self, ref: Reference, digest: str) -> bool:
         scope = f"repository:{ref.repository}:pull,push"
         resp = await self.request(
-            "HEAD", self.url(f"{ref.repository}/blobs/{digest}"), scope=scope, what=f"blob {digest}"
+            "HEAD", self.url(f"{ref.repository}/blobs/{digest}"), scope=scope, what=f"blob {digest} in {ref.repository}"
         )
         async with resp:
             return resp.status == 200
 
     async def upload_blob(self, ref: Reference, digest: str, path: Path) -> None:
         scope = f"repository:{ref.repository}:pull,push"
-        what = f"upload of blob {digest}"
+        what = f"upload of blob {digest} to {ref.repository}"
         resp = await self.request("POST", self.url(f"{ref.repository}/blobs/uploads/"), scope=scope, what=what)
         self.check(resp, what, self.host, ok=(202,))
         async with resp:

@@ -116,8 +116,8 @@ def test_corrupt_blob_in_the_registry_is_named_discarded_and_a_repaired_pull_suc
             ["manifest bad/app:1", "429", "rate limited", "asks to wait 30 s"],
         ),
         (Fault("GET", r"/manifests/1$", 502), ["manifest bad/app:1", "502", "registry error"]),
-        (Fault("GET", r"/blobs/sha256:", 503), ["blob sha256:", "503", "registry error"]),
-        (Fault("GET", r"/blobs/sha256:", 500), ["blob sha256:", "500"]),
+        (Fault("GET", r"/blobs/sha256:", 503), ["blob sha256:", "of bad/app", "503", "registry error"]),
+        (Fault("GET", r"/blobs/sha256:", 500), ["blob sha256:", "of bad/app", "500"]),
     ],
     ids=["403-manifest", "429-manifest", "502-manifest", "503-blob", "500-blob"],
 )
@@ -180,7 +180,7 @@ def test_real_404s_name_the_tag_and_the_blob(tmp_path: Path, images_registry: Re
     # the layer blob vanishes from the registry's storage: a real 404 for the blob itself
     images_registry.blob_file(pushed.layers[0]).unlink()
     line = error_line(zl(data, "pull", "-q", pushed.reference))
-    assert f"blob {pushed.layers[0]}" in line and "404" in line
+    assert f"blob {pushed.layers[0]} of gone/app" in line and "404" in line
     assert_store_consistent(data / "images")
 
 

@@ -195,3 +195,12 @@ def test_credentials_from_flags_and_docker_config(
     before = len(reg.issuer.issued)
     assert zl(tmp_path / "d3", "pull", "-q", "-u", "alice", "-p", "secret", ref, env=env).returncode == 0
     assert {t["user"] for t in reg.issuer.issued[before:]} == {"alice"}
+
+    # push: the reader of config.json may not, alice by flags may
+    target = f"{reg.host}/cfg/copy:1"
+    refused = zl(tmp_path / "d2", "image", "push", ref, target, env=env)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "cfg/copy" in refused.stderr and "401" in refused.stderr
+    pushed_copy = zl(tmp_path / "d2", "image", "push", "-u", "alice", "-p", "secret", ref, target, env=env)
+    assert pushed_copy.returncode == 0, pushed_copy.stderr
+    assert pushed in pushed_copy.stdout
