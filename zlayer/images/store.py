@@ -126,6 +126,18 @@ def _hex(digest: str) -> str:
     return value
 
 
+def _write_all(fd: int, data: bytes, path: str, *, sync: bool = False) -> None:
+    """Write all of ``data`` to ``fd`` (and fsync it); a full or failing disk is an ImageError naming ``path``."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    except OSError as e:
+        raise ImageError(f"cannot write {path}: {e.strerror or e}", hint="free space in the data dir") from e
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -194,20 +206,23 @@ class ImageStore:
     def put_blob_stream(self, src: BinaryIO, expected: str | None = None) -> str:
         """Copy a stream into the store, verifying its digest; a mismatch leaves nothing behind."""
         h = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         try:
-            with os.fdopen(fd, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    h.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        except OSError as e:
+            raise ImageError(f"cannot write a blob under {self.root / 'tmp'}: {e.strerror or e}") from e
+        try:
+            # Errors reading ``src`` (a corrupt archive) pass through as they are; errors writing say where.
+            while chunk := src.read(1 << 20):
+                h.update(chunk)
+                _write_all(fd, chunk, tmp)
+            _write_all(fd, b"", tmp, sync=True)
             digest = "sha256:" + h.hexdigest()
             if expected is not None and digest != expected:
                 raise ImageError(f"blob {expected}: content does not match its digest (got {digest}); discarded")
             os.rename(tmp, self.blob_path(digest))
             return digest
         finally:
+            os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 

@@ -174,3 +174,26 @@ def test_every_archive_kind_from_file_stdin_and_url(tmp_path: Path, basic_auth_u
         finally:
             unmount_rootfs(target)
         assert run.stdout.strip() == want, (ref, run.stderr)
+
+
+def test_import_onto_a_full_disk_is_one_clear_line_and_leaves_nothing(tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "zlayer-test-import", str(mnt)], check=True)
+    try:
+        tarball = tmp_path / "big-rootfs.tar"
+        tarball.write_bytes(tar_bytes(busybox_entries([Entry("big.bin", data=os.urandom(24 << 20))])))
+        data = mnt / "data"
+        out = zl(data, "import", str(tarball), "-t", "big/rootfs")
+        err = out.stderr.decode()
+        assert out.returncode != 0 and "Traceback" not in err and "internal error" not in err, err
+        assert "No space left on device" in err and str(mnt) in err, err
+        assert [p.name for p in (data / "images" / "tmp").iterdir()] == []
+        assert list((data / "images" / "blobs" / "sha256").iterdir()) == []
+        subprocess.run(["mount", "-o", "remount,size=96m", str(mnt)], check=True)
+        ok = zl(data, "import", str(tarball), "-t", "big/rootfs")
+        assert ok.returncode == 0, ok.stderr
+        image = ImageStore(data / "images").get("big/rootfs")
+        assert (image.layer_dirs[0] / "big.bin").stat().st_size == 24 << 20
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
