@@ -32,6 +32,8 @@ CRASH_WINDOW = 300.0
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
 SCALE_DOWN_STOP_TIMEOUT = 30.0
+START_CONCURRENCY = 16  # replicas created/started at once
+STOP_CONCURRENCY = 64  # replicas stopped at once (a stop mostly waits out its grace period)
 LOG_TAIL_ON_EXIT = 40
 
 
@@ -117,6 +119,8 @@ class ServiceManager:
         self._event_waiters = asyncio.Condition()
         self._closing = False
         self._warm: asyncio.Task[None] | None = None
+        self._start_slots = asyncio.Semaphore(START_CONCURRENCY)
+        self._stop_slots = asyncio.Semaphore(STOP_CONCURRENCY)
         self._claimed: set[str] = set()  # replica ids chosen by a converge whose replica is not yet registered
         self._in_proxy: dict[tuple[str, str], int] = {}  # backends the proxy last accepted, per service
 
@@ -461,6 +465,12 @@ class ServiceManager:
             raise
 
     async def _create_and_start(self, rep: Replica) -> None:
+        # Bounded: a deploy of hundreds of replicas starts them side by side, but not all at once (each start is
+        # a shim process, a mount and netlink work; beyond a few dozen they only queue up in the kernel).
+        async with self._start_slots:
+            await self._create_and_start_now(rep)
+
+    async def _create_and_start_now(self, rep: Replica) -> None:
         with contextlib.suppress(ZLayerError):
             await self.runtime.remove(rep.cid, force=True)  # a stale container with the same id
         await self.runtime.create(rep.cid, self._container_spec(rep))
@@ -558,6 +568,22 @@ class ServiceManager:
             if rep.healthy and self.proxy is not None:
                 rep.healthy = False
                 await self._publish(rep.deployment, rep.service)
+        async with self._stop_slots:
+            errors = await self._teardown(rec, cid, timeout)
+        if self.metrics is not None:
+            self.metrics.container_gone(rec.id)
+        if errors:
+            log.warning("removing %s: %s", rec.id, "; ".join(map(str, errors)))
+            rec.state, rec.last_error = "failed", f"could not be removed: {errors[0]}"
+            with contextlib.suppress(ZLayerError):
+                await self.store.put_container(rec)
+            await self._event(rec.deployment, "replica_remove_failed", f"{rec.id}: {errors[0]}")
+            err = errors[0]
+            raise err if isinstance(err, ZLayerError) else RuntimeFailure(f"removing {rec.id}: {err}")
+        await self.store.delete_container(rec.id)
+        await self._event(rec.deployment, "replica_stopped", f"{rec.id} stopped")
+
+    async def _teardown(self, rec: ContainerRecord, cid: ContainerId, timeout: float) -> list[BaseException]:
         errors: list[BaseException] = []
         # Out of the proxy first, then stopped while still on the network (requests it is serving finish, its
         # clients see it close), and only then detached: a veth removed under a live process leaves them hanging.
@@ -578,18 +604,7 @@ class ServiceManager:
             pass
         except Exception as e:
             errors.append(e)
-        if self.metrics is not None:
-            self.metrics.container_gone(rec.id)
-        if errors:
-            log.warning("removing %s: %s", rec.id, "; ".join(map(str, errors)))
-            rec.state, rec.last_error = "failed", f"could not be removed: {errors[0]}"
-            with contextlib.suppress(ZLayerError):
-                await self.store.put_container(rec)
-            await self._event(rec.deployment, "replica_remove_failed", f"{rec.id}: {errors[0]}")
-            err = errors[0]
-            raise err if isinstance(err, ZLayerError) else RuntimeFailure(f"removing {rec.id}: {err}")
-        await self.store.delete_container(rec.id)
-        await self._event(rec.deployment, "replica_stopped", f"{rec.id} stopped")
+        return errors
 
     async def _await_healthy(self, rep: Replica) -> None:
         """Wait until the replica passed a health check; a replica that keeps failing fails the rollout."""
