@@ -285,12 +285,23 @@ static int name_is(const uint8_t *n, size_t nl, const char *lit)
     return nl == l && memcmp(n, lit, l) == 0;
 }
 
+/* Set by the first h2 connection of a worker thread: closed sockets leave its epoll set explicitly (a process
+ * forked meanwhile may hold the socket open, and epoll would keep reporting it with a freed pointer). */
+static __thread int tl_epfd = -1;
+
+static void fd_close(int fd)
+{
+    if (tl_epfd >= 0)
+        epoll_ctl(tl_epfd, EPOLL_CTL_DEL, fd, NULL);
+    close(fd);
+}
+
 static void up_free(h2up_t *u)
 {
     if (!u)
         return;
     if (u->fd >= 0)
-        close(u->fd);
+        fd_close(u->fd);
     u->fd = -1;
     u->st = NULL;
     u->next = tl_dead_ups;
@@ -1045,7 +1056,7 @@ static void hc_close(h2conn_t *hc)
         SSL_free(hc->ssl);
     hc->ssl = NULL;
     if (hc->fd >= 0)
-        close(hc->fd);
+        fd_close(hc->fd);
     hc->fd = -1;
     free(hc->ob);
     hc->ob = NULL;
@@ -1180,19 +1191,21 @@ int l7_h2_selected(SSL *ssl)
 void l7_h2_adopt(struct worker *w, l7_proxy_t *p, int fd, SSL *ssl, const char *ip, int port, const char *pre,
                  size_t n)
 {
+    tl_epfd = l7x_epfd(w);
     h2conn_t *hc = calloc(1, sizeof(*hc));
     if (!hc || session_new(hc) < 0) {
         if (hc)
             nghttp2_session_del(hc->s);
         free(hc);
         SSL_free(ssl);
-        close(fd);
+        fd_close(fd);
         return;
     }
     hc->type = L7_T_H2;
     hc->fd = fd;
     hc->ssl = ssl;
     hc->w = w;
+    tl_epfd = l7x_epfd(w);
     hc->p = p;
     hc->port = port;
     snprintf(hc->ip, sizeof(hc->ip), "%s", ip);
