@@ -126,21 +126,27 @@ def test_deploy_dry_run_ps_status_logs_exec_stop_down(
 
 
 def _readline_within(proc: subprocess.Popen[str], want: str, timeout: float) -> str:
-    import selectors
+    """Read ``proc``'s stdout lines (in a thread: a select() on a buffered pipe misses lines already read ahead)
+    until one contains ``want``."""
+    import queue
+    import threading
 
     assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    stream = proc.stdout
+    lines: queue.Queue[str] = getattr(proc, "_lines", None) or queue.Queue()
+    if not hasattr(proc, "_lines"):
+        proc._lines = lines  # type: ignore[attr-defined]
+        threading.Thread(target=lambda: [lines.put(ln) for ln in iter(stream.readline, "")], daemon=True).start()
     deadline = time.monotonic() + timeout
     seen = []
     while time.monotonic() < deadline:
-        if sel.select(max(0.0, deadline - time.monotonic())):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if want in line:
-                return line
+        try:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        seen.append(line)
+        if want in line:
+            return line
     raise AssertionError(f"{want!r} not printed within {timeout}s; got {seen!r}")
 
 
@@ -157,15 +163,29 @@ def test_up_in_the_foreground_tears_down_on_ctrl_c_and_b_detaches(
         [rep] = node.containers(name, "web")
         assert rep["state"] == "running"
         up.send_signal(signal.SIGINT)  # Ctrl+C
-        out, err = up.communicate(timeout=60)
-        assert up.returncode == 0 and "Traceback" not in err, err
-        assert f"Stopping {name}" in out
+        _readline_within(up, f"Stopping {name}", 30)
+        assert up.wait(60) == 0
+        assert up.stderr is not None and "Traceback" not in up.stderr.read()
     finally:
         if up.poll() is None:
             up.kill()
     assert node.request("GET", f"/api/v1/deployments/{name}")[0] == 404
     assert not Path(f"/proc/{rep['pid']}").exists()
     assert "web-rep-1" not in node.runtime_containers()
+
+    # `deploy` in the foreground: Ctrl+C detaches, the deployment keeps running
+    dep = subprocess.Popen([sys.executable, "-m", "zlayer", "--data-dir", str(node.data), "deploy"], cwd=tmp_path,
+                           env=node.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _readline_within(dep, "Ctrl+C detaches", 90)
+        dep.send_signal(signal.SIGINT)
+        assert dep.wait(30) == 0
+        assert dep.stderr is not None and "Traceback" not in dep.stderr.read()
+    finally:
+        if dep.poll() is None:
+            dep.kill()
+    assert node.deployment(name)["status"] == "running"
+    ok(zl(node, "down", name))
 
     t0 = time.monotonic()
     out = ok(zl(node, "-b", "up", cwd=tmp_path))  # returns once it runs, leaves it running
