@@ -610,7 +610,11 @@ static int st_head(h2stream_t *st)
         if (r->status >= 100 && r->status < 200) {
             if (r->status == 101)
                 return -1;
-            st->is += (size_t)h; /* interim responses are not relayed */
+            st->is += (size_t)h;
+            if (r->status == 100 && !st->req_end) { /* a client holding its body for "100-continue" gets it */
+                nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)"100", 7, 3, NGHTTP2_NV_FLAG_NONE};
+                nghttp2_submit_headers(hc->s, NGHTTP2_FLAG_NONE, st->id, NULL, &nv, 1, NULL);
+            }
             continue;
         }
         const char *b = st->ib + st->is;
