@@ -208,3 +208,19 @@ def test_down_stops_replicas_side_by_side_each_asked_with_sigterm_first(
     # side by side: every replica got its SIGTERM before the first one's grace period was over
     assert max(terms) - min(terms) < 3.0, terms
     assert leftovers(node, ids) == []
+
+
+def test_down_in_the_middle_of_a_deploy_leaves_nothing(daemon_node: Node, daemon_deployments: list[str]) -> None:
+    node = daemon_node
+    name = unique("midway")
+    daemon_deployments.append(name)
+    node.deploy(web_spec(name, 8))
+    # as soon as the first replica exists, while the others are still being created and plumbed
+    node.wait_for(lambda: node.containers(name, "web"), 30, "a first replica", every=0.01)
+    r = node.zl("down", name)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert node.request("GET", f"/api/v1/deployments/{name}")[0] == 404
+    ids = [f"web-rep-{i}" for i in range(1, 9)]
+    assert leftovers(node, ids) == []
+    # and no container of it is left running in the runtime either
+    assert not [d for d in (node.data / "containers").glob("web-rep-*") if d.name in ids]
