@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 
@@ -26,6 +28,36 @@ class ApiContext:
     token: str = ""
     ready: bool = False
     started: float = field(default_factory=time.monotonic)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown: open streams end
+
+
+T = TypeVar("T")
+
+
+async def until_closing(items: AsyncIterator[T], closing: asyncio.Event) -> AsyncIterator[T]:
+    """``items`` until they end or the daemon shuts down: a follow stream (logs -f, events) then ends cleanly (its
+    chunked response completes) instead of being cancelled under the client."""
+    stop = asyncio.ensure_future(closing.wait())
+    nxt: asyncio.Future[T] | None = None
+    try:
+        while True:
+            nxt = asyncio.ensure_future(anext(items))
+            await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not nxt.done():
+                return
+            try:
+                item = nxt.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        stop.cancel()
+        if nxt is not None and not nxt.done():  # shutdown, or the client went away: unwind the generator first
+            nxt.cancel()
+            await asyncio.wait({nxt})
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def ctx(request: Request) -> ApiContext:

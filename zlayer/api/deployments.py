@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from zlayer.agent.specview import service_view
-from zlayer.api.context import ApiContext, ctx
+from zlayer.api.context import ApiContext, ctx, until_closing
 from zlayer.api.models import (
     CreateDeploymentRequest,
     DeploymentDetails,
@@ -109,7 +109,7 @@ async def deployment_events(
                              for e in events])  # fmt: skip
 
     async def stream() -> AsyncIterator[bytes]:
-        async for ev in c.manager.follow_events(name, after):
+        async for ev in until_closing(c.manager.follow_events(name, after), c.closing):
             body = {"seq": ev.seq, "kind": ev.kind, "message": ev.message, "timestamp": ev.timestamp}
             yield f"id: {ev.seq}\nevent: {ev.kind}\ndata: {json.dumps(body)}\n\n".encode()
 

@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from zlayer.agent.specview import service_view
 from zlayer.api.containers import container_info
-from zlayer.api.context import ApiContext, ctx
+from zlayer.api.context import ApiContext, ctx, until_closing
 from zlayer.api.models import (
     ContainerExecRequest,
     ContainerExecResponse,
@@ -106,6 +106,10 @@ async def get_service_logs(
         return PlainTextResponse("".join(f"{line}\n" for line in first))
 
     async def stream() -> AsyncIterator[bytes]:
+        async for chunk in until_closing(following(), c.closing):
+            yield chunk
+
+    async def following() -> AsyncIterator[bytes]:
         for line in first:
             yield f"data: {line}\n\n".encode()
         seen = {rec.id: 0 for rec in await c.store.list_containers(deployment, service)}

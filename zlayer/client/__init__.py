@@ -180,15 +180,24 @@ class Client:
         clean = {
             k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (params or {}).items() if v is not None
         }
-        async with session.get(self._url(path), params=clean) as resp:
-            if resp.status >= 400:
-                raise _error_from(resp.status, await resp.read(), f"GET {path}")
-            async for raw_line in resp.content:
-                line = raw_line.decode(errors="replace").rstrip("\n")
-                if line.startswith("data: "):
-                    yield line[6:]
-                elif line.startswith("data:"):
-                    yield line[5:]
+        import aiohttp
+
+        try:
+            async with session.get(self._url(path), params=clean) as resp:
+                if resp.status >= 400:
+                    raise _error_from(resp.status, await resp.read(), f"GET {path}")
+                async for raw_line in resp.content:
+                    line = raw_line.decode(errors="replace").rstrip("\n")
+                    if line.startswith("data: "):
+                        yield line[6:]
+                    elif line.startswith("data:"):
+                        yield line[5:]
+        except aiohttp.ClientConnectorError as e:
+            raise DaemonError(f"cannot reach the zlayer daemon at {self._where()}: {e.strerror or e}",
+                              hint="is `zlayer serve` running?") from e  # fmt: skip
+        except aiohttp.ClientError as e:
+            raise DaemonError(f"the stream GET {path} from {self._where()} broke off: {e or type(e).__name__}",
+                              hint="the daemon stopped or restarted; run the command again") from e  # fmt: skip
 
     def _where(self) -> str:
         return self.host or str(self.socket_path)

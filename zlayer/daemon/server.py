@@ -204,6 +204,8 @@ class Daemon:
             renew = asyncio.create_task(self._renew_bearer(secret))
             await self._stop.wait()
             renew.cancel()
+            self.context.closing.set()  # follow streams (logs -f, events) end their responses now
+            await asyncio.sleep(0.05)
             for srv in servers:
                 srv.should_exit = True
             await asyncio.wait(serving, timeout=5.0)

@@ -181,8 +181,20 @@ def test_two_daemons_side_by_side_and_sigterm_then_restart_readopts(tmp_path: Pa
 
         # SIGTERM: the daemon exits 0, its replicas keep running and keep serving (not its proxy though)
         before = {r["id"]: r["pid"] for r in reps_a}
+        # open follow streams (logs -f, events) end cleanly with the daemon, they do not hold its shutdown up
+        follow = subprocess.Popen([sys.executable, "-m", "zlayer", "--data-dir", str(a.data), "logs", "-s", "web",
+                                   "--deployment", na, "-f"], env=a.env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+        sse = f"http://localhost/api/v1/deployments/{na}/events"
+        events = subprocess.Popen(["curl", "-sN", "--unix-socket", str(a.data / "run" / "zlayer.sock"), sse],
+                                  stdout=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(1.5)
+        t0 = time.monotonic()
         assert a.signal_and_wait(signal.SIGTERM) == 0
-        assert "Traceback" not in a.log_tail(20000)
+        assert time.monotonic() - t0 < 4.5, time.monotonic() - t0
+        assert follow.wait(10) == 0 and events.wait(10) == 0
+        assert follow.stderr is not None and "Traceback" not in follow.stderr.read()
+        assert "Traceback" not in a.log_tail(20000), a.log_tail(20000)
         assert all(_alive(p) for p in before.values()), before
         assert b.get(pb)[0] == 200  # the neighbour is untouched
         # restart: the same containers are adopted (same pids), nothing duplicated, nothing left over
