@@ -253,7 +253,7 @@ def _literal(name: str, value: str) -> bytes:
 
 
 class RawH2:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, window: int = 2**31 - 1) -> None:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -262,12 +262,10 @@ class RawH2:
         self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20), server_hostname="a.test")
         assert self.sock.selected_alpn_protocol() == "h2"
         self.buf = b""
-        settings = struct.pack(">HI", 4, 2**31 - 1)  # INITIAL_WINDOW_SIZE: no stream-level flow control to manage
-        self.sock.sendall(
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-            + _frame(4, 0, 0, settings)
-            + _frame(8, 0, 0, struct.pack(">I", 2**31 - 1 - 65535))
-        )
+        # INITIAL_WINDOW_SIZE: by default no flow control to manage; a small window makes the proxy wait for updates
+        settings = struct.pack(">HI", 4, window)
+        grow = _frame(8, 0, 0, struct.pack(">I", 2**31 - 1 - 65535)) if window > 65535 else b""
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings) + grow)
 
     def get(self, stream: int, path: str) -> None:
         block = (
@@ -365,4 +363,28 @@ def test_server_settings_limit_concurrent_streams(proxy_l7_nginx: NginxBackend, 
         for i in range(0, len(f[3]), 6)
     }
     assert settings[3] == 128  # SETTINGS_MAX_CONCURRENT_STREAMS
+    c.sock.close()
+
+
+def test_a_client_with_a_small_window_paces_the_backend(proxy_l7_nginx: NginxBackend, h2_plane: MakePlane) -> None:
+    """4 KiB stream and 64 KiB connection windows: the proxy sends only what the client grants, and waits for more."""
+    plane = h2_plane(*one_group(proxy_l7_nginx.ports[0]))
+    want = (proxy_l7_nginx.root / "www" / "files" / "big").read_bytes()
+    c = RawH2(plane.port, window=4096)
+    c.get(1, "/files/big")
+    body = b""
+    granted = 4096
+    while True:
+        f = c.frame()
+        assert f is not None
+        if f[0] == 0 and f[2] == 1:
+            body += f[3]
+            assert len(body) <= granted, "DATA beyond the stream window"
+            if f[1] & 1:
+                break
+            if f[3]:
+                n = struct.pack(">I", len(f[3]))
+                c.sock.sendall(_frame(8, 0, 1, n) + _frame(8, 0, 0, n))
+                granted += len(f[3])
+    assert len(body) == len(want) and body == want
     c.sock.close()
