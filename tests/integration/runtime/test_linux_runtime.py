@@ -88,7 +88,11 @@ def test_stop_signal_then_exit_code_and_wait(runtime_linux: LinuxRuntimeHarness)
 
 
 def test_container_that_exits_at_once_reports_code_and_output(runtime_linux: LinuxRuntimeHarness) -> None:
-    rt, cid = runtime_linux.runtime, runtime_linux.new_id()
+    from zlayer.runtime.linux.backend import LinuxRuntime
+
+    # the default watch is 50 ms; a loaded machine may take longer than that just to run `echo`
+    rt = LinuxRuntime(runtime_linux.data_dir, runtime_linux.images, early_exit_window=5.0)
+    cid = runtime_linux.new_id()
 
     async def go() -> None:
         await rt.create(cid, spec("echo cannot-connect-to-db; exit 7"))
