@@ -39,6 +39,20 @@ def print_plan(path: Path, text: str) -> None:
         click.echo(f"    Plan: {'register job' if s.rtype != 'service' else f'run {s.replicas} replica(s)'}")
 
 
+def in_file(err: SpecError, path: Path) -> SpecError:
+    """Name the user's file where the parser (local or the daemon's) only knew ``<string>``."""
+    err.message = err.message.replace("<string>", str(path))
+    for p in err.problems:
+        raw = getattr(p, "raw", None)
+        if isinstance(raw, dict) and raw.get("file") == "<string>":
+            raw["file"] = str(path)
+    if err.where in (None, "<string>", str(path)) and str(path) in err.message:
+        err.where = None
+    elif err.where is None:
+        err.where = str(path)
+    return err
+
+
 def _with_pull_policy(text: str, policy: str) -> str:
     import yaml
 
@@ -86,7 +100,10 @@ def deploy_and_follow(spec: str | None, pull: str | None, foreground_action: str
     async def go() -> None:
         client = make_client()
         try:
-            created = await client.deploy(text)
+            try:
+                created = await client.deploy(text)
+            except SpecError as e:
+                raise in_file(e, path) from None
             name = created["name"]
             click.echo(f"Deploying {name} from {path}")
             details = await follow_until_settled(client, name)
@@ -119,8 +136,8 @@ def deploy(spec: str | None, dry_run: bool) -> None:
         try:
             print_plan(path, path.read_text())
         except SpecError as e:
-            e.where = e.where or str(path)
-            if e.problems:
+            in_file(e, path)
+            if e.problems and "\n" not in e.message:  # (a message of several lines already lists them)
                 for p in e.problems:
                     click.echo(f"  {p}", err=True)
             raise

@@ -58,6 +58,22 @@ def test_deploy_dry_run_ps_status_logs_exec_stop_down(
     daemon_live_names.append(name)
     (tmp_path / f"{name}.zlayer.yml").write_text(chatty_spec(name))  # found by auto-discovery
 
+    # an invalid spec: every problem with the user's file:line:col and field path, locally and from the daemon
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    bad = bad_dir / "broken.zlayer.yml"
+    bad.write_text(chatty_spec(name).replace("replicas: 2", "replicas: -2").replace("zlayer-svc/httpd:v1", ""))
+    for args in (("deploy", "--dry-run"), ("-b", "deploy")):
+        err = fails(zl(node, *args, cwd=bad_dir))
+        assert f"{bad}: invalid spec (2 problems)" in err and "<string>" not in err, err
+        assert (
+            f"{bad}:5:19:" in err
+            and f"{bad}:8:36:" in err
+            and "services.web.image" in err
+            and "services.web.scale.replicas" in err
+        ), err
+    assert node.request("GET", f"/api/v1/deployments/{name}")[0] == 404
+
     plan = ok(zl(node, "deploy", "--dry-run", cwd=tmp_path))
     assert f"Deployment: {name}" in plan and "fixed (2 replicas)" in plan and "zlayer-svc/httpd:v1" in plan
     assert node.request("GET", f"/api/v1/deployments/{name}")[0] == 404  # a dry run changes nothing
