@@ -12,7 +12,7 @@
   this is one stop_grace_period, 2 s here, plus the teardown).
 
 Run as root: ``python perf/deploy.py``. The last line is one JSON object; ``time_vs_peer`` < 1 means zlayer is faster
-(target ≤ 0.5); targets at rest: idle RSS ≤ 80 MB, CPU ≤ 2 % of a core.
+(target ≤ 0.5); targets at rest: idle RSS ≤ 80 MB (reported in MiB), CPU ≤ 2 % of a core.
 """
 
 from __future__ import annotations
@@ -216,8 +216,8 @@ def main() -> None:
         "zlayer_deploy_to_healthy_s": round(z["deploy_s"], 3),
         "peer_run_d_s": round(peer_s, 3),
         "time_vs_peer": round(z["deploy_s"] / peer_s, 3),
-        "idle_daemon_rss_mb": round(z["idle_rss_mb"], 1),
-        "daemon_rss_with_50_mb": round(z["rss_50_mb"], 1),
+        "idle_daemon_rss_mib": round(z["idle_rss_mb"], 1),
+        "daemon_rss_with_50_mib": round(z["rss_50_mb"], 1),
         "daemon_cpu_at_rest_50_containers_pct": round(z["cpu_pct_50"], 2),
         "rest_seconds": REST_SECONDS,
         "down_50_s": round(z["down_s"], 3),
