@@ -679,6 +679,9 @@ static void up_close(upstream_t *u)
 {
     if (u->fd < 0)
         return;
+    /* Out of epoll before close: a child forked meanwhile may hold the fd open, and epoll would keep reporting it
+     * with a pointer the reaper has freed. */
+    epoll_ctl(u->w->epfd, EPOLL_CTL_DEL, u->fd, NULL);
     close(u->fd);
     u->fd = -1;
     u->c = NULL;
@@ -763,6 +766,7 @@ static void conn_close(conn_t *c)
         SSL_free(c->ssl);
         c->ssl = NULL;
     }
+    epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, c->fd, NULL); /* see up_close */
     close(c->fd);
     c->closed = 1;
     worker_t *w = c->w;
