@@ -43,6 +43,9 @@ def _lock_data_dir(cfg: DaemonConfig) -> int:
 def unix_listener(path: Path) -> socket.socket:
     """Bind the API socket with mode 0660 (root and group only) before anyone can connect."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if probe_socket(path):  # a live daemon (another data dir, same --socket): never take its socket over
+        raise DaemonError(f"another zlayer daemon already answers on {path}",
+                          hint="stop it first, or pass --socket for a second daemon")  # fmt: skip
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -305,13 +308,35 @@ def serve_background(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DaemonError(f"the daemon exited with code {proc.returncode}", where=str(cfg.log_file),
-                              hint=f"see {cfg.log_file}")  # fmt: skip
-        if probe_socket(cfg.paths.socket):
+            last = _last_line(cfg.log_file)
+            raise DaemonError(f"the daemon exited with code {proc.returncode}" + (f": {last}" if last else ""),
+                              where=str(cfg.log_file), hint=f"see {cfg.log_file}")  # fmt: skip
+        if probe_socket(cfg.paths.socket) and _info_pid(cfg) == proc.pid:  # this child, not a daemon already there
             return proc.pid
         time.sleep(0.05)
     raise DaemonError(f"the daemon did not answer on {cfg.paths.socket} within {timeout:g}s",
                       hint=f"see {cfg.log_file}")  # fmt: skip
+
+
+def _info_pid(cfg: DaemonConfig) -> int:
+    import json
+
+    try:
+        return int(json.loads(cfg.daemon_json.read_text()).get("pid") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def _last_line(path: Path) -> str:
+    """The last line the daemon logged (its error), without the ``error:`` prefix."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    return (errors or lines or [""])[-1].removeprefix("error: ")
 
 
 def probe_socket(path: Path) -> bool:

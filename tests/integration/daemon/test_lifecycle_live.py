@@ -78,6 +78,12 @@ def test_socket_is_root_only_and_tcp_wants_a_valid_token(tmp_path: Path) -> None
             # root can talk to it; nobody (not in the socket's group) is refused by the kernel
             r = node.zl("--socket", str(sock), "ps", "--format", "json")
             assert r.returncode == 0 and json.loads(r.stdout) == {"services": [], "containers": []}, r.stderr
+            # a second daemon (own data dir) told to use the same socket refuses to take it over
+            other = subprocess.run([sys.executable, "-m", "zlayer", "--data-dir", str(tmp_path / "other"), "serve",
+                                    "--bind", "none", "--socket", str(sock)], env={**node.env, "ZLAYER_NODE_NETWORK":
+                                   "off"}, capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert other.returncode != 0 and f"another zlayer daemon already answers on {sock}" in other.stderr
+            assert node.zl("--socket", str(sock), "ps").returncode == 0
             nobody = _connect_as_nobody(sock)
             assert nobody.stdout.strip() == "13 Permission denied", nobody.stdout + nobody.stderr
 
@@ -146,6 +152,12 @@ def test_serve_daemon_detaches_and_sigterm_shuts_down_cleanly(tmp_path: Path) ->
                                 str(data), "serve", "--bind", "none"],
                                env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert again.returncode != 0 and "already uses" in again.stderr and "Traceback" not in again.stderr
+        again = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "zlayer", "--data-dir",
+                                str(data), "serve", "--daemon", "--bind", "none"],
+                               env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert again.returncode != 0 and "exited with code 1: another zlayer daemon already uses" in again.stderr, (
+            again.stderr
+        )
         assert _alive(pid) and (data / "run" / "zlayer.sock").exists()
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
