@@ -12,12 +12,33 @@ Public names other components rely on:
 - :func:`parse_reference`: Docker Hub defaults (``nginx`` is ``docker.io/library/nginx:latest``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from zlayer.images.archive import export_archive, import_archive
 from zlayer.images.mount import mount_rootfs, unmount_rootfs
-from zlayer.images.pull import POLICIES, pull, push
 from zlayer.images.reference import Reference, parse_reference
-from zlayer.images.registry import Credentials
 from zlayer.images.store import ImageStore, LocalImage
+
+if TYPE_CHECKING:
+    from zlayer.images.pull import POLICIES, pull, push
+    from zlayer.images.registry import Credentials
+
+# The registry client brings aiohttp (~10 MiB, and the CA bundle read at import): loaded on first use, so a daemon
+# that only runs local images stays small.
+_LAZY = {"POLICIES": "zlayer.images.pull", "pull": "zlayer.images.pull", "push": "zlayer.images.pull",
+         "Credentials": "zlayer.images.registry"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zlayer.images' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "POLICIES",
