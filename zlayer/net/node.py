@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -120,15 +121,41 @@ def _routed_networks() -> list[ipaddress.IPv4Network]:
     return nets
 
 
-def choose_subnet(data_dir: Path, pool: str = SUBNET_POOL) -> str:
+SUBNET_LOCKS = Path("/run/zlayer/subnets")
+_reserved: dict[tuple[str, str], int] = {}  # (subnet, data dir) -> the open lock file held for this process's life
+
+
+def _reserve(net: str, lock_dir: Path, owner: str) -> bool:
+    """Take the host-wide lock of ``net`` for the node at data dir ``owner``; False when another node holds it (a
+    flock is per open file, so this holds between nodes of one process too). Without a writable lock dir, nothing
+    can be reserved and every subnet counts as free."""
+    if (net, owner) in _reserved:
+        return True
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_dir / f"{net.replace('/', '-')}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _reserved[(net, owner)] = fd
+    return True
+
+
+def choose_subnet(data_dir: Path, pool: str = SUBNET_POOL, lock_dir: Path = SUBNET_LOCKS) -> str:
     """The node's container subnet: the one it used before, else a /24 of ``pool`` no other network here uses.
 
     Several daemons on one host (tests, side-by-side nodes) each get their own /24, picked from a hash of the
-    data dir so that a daemon keeps the same one across restarts.
+    data dir so that a daemon keeps the same one across restarts. A daemon holds a lock on its /24 while it runs
+    (under ``lock_dir``), so two starting at once never take the same one before either has made its bridge.
     """
     try:
         saved = json.loads((data_dir / "agent_ipam.json").read_text()).get("subnet")
         if saved:
+            _reserve(str(saved), lock_dir, str(data_dir.absolute()))
             return str(saved)
     except (OSError, ValueError):
         pass
@@ -137,7 +164,7 @@ def choose_subnet(data_dir: Path, pool: str = SUBNET_POOL) -> str:
     taken = _routed_networks()
     for i in range(len(candidates)):
         net = candidates[(start + i) % len(candidates)]
-        if not any(net.overlaps(t) for t in taken):
+        if not any(net.overlaps(t) for t in taken) and _reserve(str(net), lock_dir, str(data_dir.absolute())):
             return str(net)
     raise NetworkError(f"every /24 of {pool} is already in use on this host", hint="set a node subnet explicitly")
 
