@@ -126,7 +126,7 @@ def backends_response(manager: ProxyManager) -> BackendsResponse:
                     consecutive_failures=state.consecutive_failures,
                 )
             )
-        groups.append(_group(r.key, "round_robin", backends))
+        groups.append(_group(r.key, r.strategy, backends))
     for spec, listener in manager.streams():
         backends = []
         for b in listener.backends():

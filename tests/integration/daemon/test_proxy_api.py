@@ -24,6 +24,7 @@ services:
     endpoints:
       - {{name: http, protocol: http, port: {http_port}, target_port: 8080, expose: public, path: /}}
       - {{name: raw, protocol: tcp, port: {tcp_port}, target_port: 8080, expose: public}}
+    labels: {{zlayer.proxy.strategy.http: least_connections}}
     scale: {{mode: fixed, replicas: 2}}
     health: {{start_grace: 0s, interval: 1s, timeout: 1s, retries: 2, check: {{type: tcp, port: 8080}}}}
 """
@@ -56,7 +57,9 @@ def test_routes_backends_and_streams_show_the_live_deployment(daemon_node: Node,
     web = [g for g in groups["groups"] if g["service"] == "web#http"]  # one group per endpoint: service#endpoint
     assert web and groups["total_groups"] == len(groups["groups"]), groups
     assert web[0]["healthy_count"] == web[0]["total_count"] == 2, web
-    assert web[0]["strategy"] in ("round_robin", "least_connections")
+    assert web[0]["strategy"] == "least_connections"  # the label chose it for this endpoint
+    raw_group = [g for g in groups["groups"] if g["service"] == "web#raw"]
+    assert raw_group and raw_group[0]["strategy"] == "round_robin"
     assert sorted(b["address"] for b in web[0]["backends"]) == sorted(route["backends"])
 
     streams = node.api("GET", "/api/v1/proxy/streams")
