@@ -130,6 +130,18 @@ class ManagedProxy:
         self.pm = manager
         self.fallback = l7_fallback
         self._started = False
+        self._names: dict[tuple[str, str], str] = {}  # (deployment, service) -> the name the proxy knows it by
+
+    def _name(self, deployment: str, service: str) -> str:
+        """The proxy keys services by name alone: the first deployment to use a name gets it plain (as ZLayer shows
+        it), another deployment's service of the same name is ``service.deployment``, so neither replaces the
+        other's routes."""
+        name = self._names.get((deployment, service))
+        if name is None:
+            taken = set(self._names.values())
+            name = service if service not in taken else f"{service}.{deployment}"
+            self._names[(deployment, service)] = name
+        return name
 
     async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
         if not self._started:
@@ -146,11 +158,13 @@ class ManagedProxy:
 
     async def _managed(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
         # Bare addresses: each endpoint then sends to the replica's address at that endpoint's target_port.
-        await self.pm.add_service(deployment, service.name, service)
-        await self.pm.update_backends(service.name, [b.address for b in backends])
+        name = self._name(deployment, service.name)
+        await self.pm.add_service(deployment, name, service)
+        await self.pm.update_backends(name, [b.address for b in backends])
 
     async def remove_service(self, deployment: str, service: str) -> None:
-        await self.pm.remove_service(service, deployment=deployment)
+        name = self._names.pop((deployment, service), service)
+        await self.pm.remove_service(name, deployment=deployment)
         if self.fallback is not None:
             await self.fallback.remove_service(deployment, service)
 

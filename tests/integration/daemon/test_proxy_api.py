@@ -91,3 +91,32 @@ def test_routes_backends_and_streams_show_the_live_deployment(daemon_node: Node,
     assert not [r for r in routes["routes"] if r["service"] == "web" and r["endpoint"] == "http"], routes
     streams = node.api("GET", "/api/v1/proxy/streams")
     assert not [s for s in streams["streams"] if s["service"] == "web"], streams
+
+
+def test_same_service_name_in_two_deployments_keeps_two_endpoints(
+    daemon_node: Node, daemon_deployments: list[str]
+) -> None:
+    node = daemon_node
+    one, two = unique("pxone"), unique("pxtwo")
+    p1, p2 = node.free_port(), node.free_port()
+    daemon_deployments.extend([one, two])
+    for name, port, tag in ((one, p1, "v1"), (two, p2, "v2")):
+        node.deploy(f"""version: v1
+deployment: {name}
+services:
+  web:
+    image: {{name: "zlayer-svc/httpd:{tag}", pull_policy: never}}
+    command: {{entrypoint: ["/bin/sh", "-c"], args: [{HTTPD!r}]}}
+    stop_grace_period: 1s
+    endpoints: [{{name: http, protocol: http, port: {port}, target_port: 8080, expose: public}}]
+    scale: {{mode: fixed, replicas: 1}}
+    health: {{start_grace: 0s, interval: 1s, timeout: 1s, retries: 2, check: {{type: tcp, port: 8080}}}}
+""")
+        node.expect(name)
+    assert node.get(p1) == (200, "v1\n") and node.get(p2) == (200, "v2\n")
+    services = sorted(r["service"] for r in node.api("GET", "/api/v1/proxy/routes")["routes"])
+    assert "web" in services and f"web.{two}" in services, services
+    node.delete(one)
+    daemon_deployments.remove(one)
+    assert node.get(p2) == (200, "v2\n")
+    assert node.get(p1)[0] != 200
