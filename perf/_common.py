@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -34,3 +35,35 @@ def cpu_seconds(pid: int) -> float:
     """User+system CPU of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def nginx_conf(tmp: Path, name: str, body: str) -> str:
+    """A one-worker, foreground nginx configuration whose ``http`` block holds ``body`` (servers, upstreams)."""
+    return f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+{body}
+}}
+"""
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]] | list[subprocess.Popen[str]]) -> None:
+    """SIGTERM every process, then SIGKILL whichever has not gone within 5 s."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import free_port, wait_port
+from _common import free_port, nginx_conf, stop_all, wait_port
 
 SECONDS = int(os.environ.get("PERF_SECONDS", "8"))
 ROUNDS = int(os.environ.get("PERF_ROUNDS", "1"))
@@ -40,27 +40,6 @@ def h2load(port: int) -> tuple[float, float]:
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\b", out)
     assert mean, out
     return rps, float(mean.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)]
-
-
-def nginx_conf(tmp: Path, name: str, body: str) -> str:
-    return f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/{name}.pid;
-error_log {tmp}/{name}.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  http2_max_requests 1000000;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-{body}
-}}
-"""
 
 
 def main() -> None:
@@ -91,7 +70,7 @@ def main() -> None:
                 f"""  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
   server {{ listen 127.0.0.1:{nport} ssl http2; server_name bench.test;
     ssl_certificate {tmp}/cert.pem; ssl_certificate_key {tmp}/key.pem;
-    http2_max_concurrent_streams 128;
+    http2_max_concurrent_streams 128; http2_max_requests 1000000;
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
             )
         )
@@ -140,13 +119,7 @@ def main() -> None:
             )
         )
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

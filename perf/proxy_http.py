@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import free_port, wait_port
+from _common import free_port, nginx_conf, stop_all, wait_port
 
 SECONDS = int(os.environ.get("PERF_SECONDS", "8"))
 ROUNDS = int(os.environ.get("PERF_ROUNDS", "1"))
@@ -42,26 +42,6 @@ def wrk(port: int) -> tuple[float, float]:
     return rps, p99
 
 
-def nginx_conf(tmp: Path, body: str) -> str:
-    return f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/{{name}}.pid;
-error_log {tmp}/{{name}}.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-{body}
-}}
-"""
-
-
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="zlayer-perf-http-"))
     backend, zport, nport, hport = free_port(), free_port(), free_port(), free_port()
@@ -75,16 +55,17 @@ def main() -> None:
     try:
         (tmp / "backend.conf").write_text(
             nginx_conf(
-                tmp, f'  server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "hello\\n"; }} }}'
-            ).replace("{name}", "backend")
+                tmp, "backend", f'  server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "hello\\n"; }} }}'
+            )
         )
         (tmp / "proxy.conf").write_text(
             nginx_conf(
                 tmp,
+                "proxy",
                 f"""  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
   server {{ listen 127.0.0.1:{nport};
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
-            ).replace("{name}", "proxy")
+            )
         )
         (tmp / "haproxy.cfg").write_text(
             "global\n  nbthread 1\n  maxconn 4000\n"
@@ -138,13 +119,7 @@ def main() -> None:
             )
         )
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

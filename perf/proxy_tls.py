@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import cpu_seconds, free_port, wait_port
+from _common import cpu_seconds, free_port, nginx_conf, stop_all, wait_port
 
 SECONDS = int(os.environ.get("PERF_SECONDS", "6"))
 ROUNDS = int(os.environ.get("PERF_ROUNDS", "3"))
@@ -147,25 +147,6 @@ def handshakes(client: Path, port: int, pids: tuple[int, int]) -> tuple[float, f
     return float(res["ok"]) / SECONDS, cpu * 1e6 / max(1, res["ok"] + res["failed"])
 
 
-def nginx_conf(tmp: Path, name: str, body: str) -> str:
-    return f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/{name}.pid;
-error_log {tmp}/{name}.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-{body}
-}}
-"""
-
-
 def main() -> None:
     from zlayer.proxy.certs import self_signed
 
@@ -188,8 +169,7 @@ def main() -> None:
             nginx_conf(
                 tmp,
                 "backend",
-                f"""  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "hello\\n"; }} }}""",
+                f'  server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "hello\\n"; }} }}',
             )
         )
         (tmp / "proxy.conf").write_text(
@@ -250,13 +230,7 @@ def main() -> None:
             )
         )
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":
