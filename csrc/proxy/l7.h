@@ -11,7 +11,7 @@
 
 /* ---- parser (l7_parse.c) ---- */
 typedef struct {
-    uint16_t name_off, name_len, val_off, val_len, line_off, line_len; /* line includes CRLF */
+    uint16_t name_off, name_len, val_off, val_len, line_off, line_len; /* line includes its CRLF (or LF) */
 } l7_hdr_t;
 
 typedef struct {
@@ -30,6 +30,8 @@ typedef struct {
     l7_hdr_t hdr[L7_MAX_HEADERS];
     int64_t content_length;
     int chunked, conn_close, conn_keepalive;
+    int bare_lf;         /* some line of the head ended in LF alone: re-emit it with CRLF */
+    uint16_t status_len; /* status line without its line end */
     size_t head_len;
 } l7_resp_t;
 

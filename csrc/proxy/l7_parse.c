@@ -1,6 +1,7 @@
 /* A strict, small HTTP/1.x head parser (requests from clients, responses from backends) and a chunked-body framer.
- * Only CRLF line ends, no obsolete line folding, token-only header names, no control bytes in values; a request with
- * both Content-Length and Transfer-Encoding, two Content-Lengths, or a coding other than "chunked" is rejected. */
+ * Requests end every line with CRLF (responses may use a bare LF, as some upstreams do); no obsolete line folding,
+ * token-only header names, no control bytes in values; a request with both Content-Length and Transfer-Encoding,
+ * two Content-Lengths, or a coding other than "chunked" is rejected. */
 #include <string.h>
 #include <strings.h>
 
@@ -57,19 +58,26 @@ static void conn_tokens(const char *v, size_t n, int *close, int *keep, int *upg
     }
 }
 
-/* Finds the end of the head ("\r\n\r\n") checking every line ends with CRLF. Returns head length, 0, or error. */
-static int find_head(const char *buf, size_t len)
+/* Finds the end of the head (the first empty line). Requests must end every line with CRLF; a response (lf_ok) may
+ * end lines with a bare LF, as nginx and curl accept from upstreams, and *bare_lf says one did.
+ * Returns head length, 0, or error. */
+static int find_head(const char *buf, size_t len, int lf_ok, int *bare_lf)
 {
     size_t i = 0;
     size_t lim = len < L7_MAX_HEAD ? len : L7_MAX_HEAD;
+    *bare_lf = 0;
     for (;;) {
         const char *nl = memchr(buf + i, '\n', lim - i);
         if (nl == NULL)
             return len >= L7_MAX_HEAD ? L7_TOO_BIG : L7_NEED_MORE;
         size_t at = (size_t)(nl - buf);
-        if (at == 0 || buf[at - 1] != '\r')
-            return L7_BAD;
-        if (at == i + 1) /* empty line */
+        int cr = at > i && buf[at - 1] == '\r';
+        if (!cr) {
+            if (!lf_ok)
+                return L7_BAD;
+            *bare_lf = 1;
+        }
+        if (at - i == (size_t)cr) /* empty line */
             return i == 0 ? L7_BAD : (int)(at + 1);
         i = at + 1;
         if (i >= lim)
@@ -77,14 +85,25 @@ static int find_head(const char *buf, size_t len)
     }
 }
 
-/* Parses header lines from `pos` to the blank line. Returns 0 or an error. */
+/* Length of the line at `pos` without its end (CRLF or LF) and, in *next, where the next line starts. */
+static size_t line_at(const char *buf, size_t pos, size_t head, size_t *next)
+{
+    const char *nl = memchr(buf + pos, '\n', head - pos);
+    size_t end = (size_t)(nl - buf);
+    *next = end + 1;
+    return end - pos - (end > pos && buf[end - 1] == '\r');
+}
+
+/* Parses header lines from `pos` to the empty line. Returns 0 or an error. */
 static int parse_headers(const char *buf, size_t pos, size_t head, l7_hdr_t *hdr, int *nhdr)
 {
     int n = 0;
-    while (pos + 2 < head) {
+    for (;;) {
         const char *line = buf + pos;
-        const char *eol = memchr(line, '\r', head - pos);
-        size_t ll = (size_t)(eol - line);
+        size_t next;
+        size_t ll = line_at(buf, pos, head, &next);
+        if (ll == 0)
+            break;
         size_t k = 0;
         while (k < ll && TCHAR[(unsigned char)line[k]])
             k++;
@@ -108,9 +127,9 @@ static int parse_headers(const char *buf, size_t pos, size_t head, l7_hdr_t *hdr
         hdr[n].val_off = (uint16_t)(pos + vs);
         hdr[n].val_len = (uint16_t)(ve - vs);
         hdr[n].line_off = (uint16_t)pos;
-        hdr[n].line_len = (uint16_t)(ll + 2);
+        hdr[n].line_len = (uint16_t)(next - pos);
         n++;
-        pos += ll + 2;
+        pos = next;
     }
     *nhdr = n;
     return 0;
@@ -126,11 +145,12 @@ static int parse_version(const char *v, size_t n, int *minor)
 
 int l7_parse_request(const char *buf, size_t len, l7_req_t *r)
 {
-    int head = find_head(buf, len);
+    int bare_lf;
+    int head = find_head(buf, len, 0, &bare_lf);
     if (head <= 0)
         return head;
-    const char *eol = memchr(buf, '\r', (size_t)head);
-    size_t ll = (size_t)(eol - buf);
+    size_t first;
+    size_t ll = line_at(buf, 0, (size_t)head, &first);
     size_t m = 0;
     while (m < ll && TCHAR[(unsigned char)buf[m]])
         m++;
@@ -149,7 +169,7 @@ int l7_parse_request(const char *buf, size_t len, l7_req_t *r)
     r->target_off = (uint16_t)ts;
     r->target_len = (uint16_t)(te - ts);
     r->is_head = m == 4 && memcmp(buf, "HEAD", 4) == 0;
-    int rc = parse_headers(buf, ll + 2, (size_t)head, r->hdr, &r->nhdr);
+    int rc = parse_headers(buf, first, (size_t)head, r->hdr, &r->nhdr);
     if (rc < 0)
         return rc;
     r->content_length = -1;
@@ -188,19 +208,25 @@ int l7_parse_request(const char *buf, size_t len, l7_req_t *r)
 
 int l7_parse_response(const char *buf, size_t len, l7_resp_t *r)
 {
-    int head = find_head(buf, len);
+    int head = find_head(buf, len, 1, &r->bare_lf);
     if (head <= 0)
         return head;
-    const char *eol = memchr(buf, '\r', (size_t)head);
-    size_t ll = (size_t)(eol - buf);
+    size_t first;
+    size_t ll = line_at(buf, 0, (size_t)head, &first);
+    r->status_len = (uint16_t)ll;
     if (ll < 12 || parse_version(buf, 8, &r->minor) < 0 || buf[8] != ' ')
         return L7_BAD;
     if (buf[9] < '1' || buf[9] > '5' || buf[10] < '0' || buf[10] > '9' || buf[11] < '0' || buf[11] > '9')
         return L7_BAD;
     if (ll > 12 && buf[12] != ' ')
         return L7_BAD;
+    for (size_t j = 13; j < ll; j++) { /* the reason phrase goes to the client as it is: no control bytes */
+        unsigned char c = (unsigned char)buf[j];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return L7_BAD;
+    }
     r->status = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
-    int rc = parse_headers(buf, ll + 2, (size_t)head, r->hdr, &r->nhdr);
+    int rc = parse_headers(buf, first, (size_t)head, r->hdr, &r->nhdr);
     if (rc < 0)
         return L7_BAD;
     r->content_length = -1;

@@ -1155,6 +1155,32 @@ static int pump_request_body(conn_t *c)
     return 1;
 }
 
+/* Queues a header line toward the client; a line that came with a bare LF goes out with CRLF. */
+static void oq_add_line(outq_t *q, const char *b, const l7_hdr_t *hd)
+{
+    size_t n = hd->line_len;
+    if (b[hd->line_off + n - 2] == '\r') {
+        oq_add(q, b + hd->line_off, n);
+        return;
+    }
+    oq_add(q, b + hd->line_off, n - 1);
+    oq_add(q, "\r\n", 2);
+}
+
+/* Queues a whole 1xx head toward the client as it came, or re-ended with CRLF if it used bare LFs. */
+static void oq_add_head(outq_t *q, const char *b, const l7_resp_t *r, size_t h)
+{
+    if (!r->bare_lf) {
+        oq_add(q, b, h);
+        return;
+    }
+    oq_add(q, b, r->status_len);
+    oq_add(q, "\r\n", 2);
+    for (int i = 0; i < r->nhdr; i++)
+        oq_add_line(q, b, &r->hdr[i]);
+    oq_add(q, "\r\n", 2);
+}
+
 /* Queues response bytes from ubuf toward the client. -1: bad response. */
 static int pump_response(conn_t *c)
 {
@@ -1170,7 +1196,7 @@ static int pump_response(conn_t *c)
             if (r->status == 101) {
                 if (!c->upgrade)
                     return -1; /* an upgrade nobody asked for */
-                oq_add(&c->oq_cl, b, (size_t)h);
+                oq_add_head(&c->oq_cl, b, r, (size_t)h);
                 c->us += (size_t)h;
                 c->status = 101;
                 c->resp_head = c->resp_done = 1;
@@ -1178,7 +1204,7 @@ static int pump_response(conn_t *c)
                 c->up_keep = 0;
                 return 1;
             }
-            oq_add(&c->oq_cl, b, (size_t)h);
+            oq_add_head(&c->oq_cl, b, r, (size_t)h);
             c->us += (size_t)h;
             continue;
         }
@@ -1198,14 +1224,16 @@ static int pump_response(conn_t *c)
         }
         c->resp_left = r->content_length > 0 ? r->content_length : 0;
         memset(&c->resp_ck, 0, sizeof(c->resp_ck));
-        size_t line_end = r->nhdr ? r->hdr[0].line_off : (size_t)h - 2;
-        oq_add(&c->oq_cl, b, line_end);
+        int status_cr = b[r->status_len] == '\r';
+        oq_add(&c->oq_cl, b, r->status_len + (status_cr ? 2u : 0u));
+        if (!status_cr)
+            oq_add(&c->oq_cl, "\r\n", 2);
         for (int i = 0; i < r->nhdr; i++) {
             const l7_hdr_t *hd = &r->hdr[i];
             if ((hd->name_len == 10 && (strncasecmp(b + hd->name_off, "connection", 10) == 0 ||
                                         strncasecmp(b + hd->name_off, "keep-alive", 10) == 0)))
                 continue;
-            oq_add(&c->oq_cl, b + hd->line_off, hd->line_len);
+            oq_add_line(&c->oq_cl, b, hd);
         }
         if (!c->keep)
             oq_add(&c->oq_cl, "Connection: close\r\n\r\n", 21);

@@ -41,8 +41,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (mode == 1) {
         static l7_resp_t r;
         int h = l7_parse_response(buf, size, &r);
-        if (h > 0 && (size_t)h > size)
-            abort();
+        if (h > 0) {
+            if ((size_t)h > size || r.status_len >= (size_t)h)
+                abort();
+            if (buf[r.status_len] != '\r' && buf[r.status_len] != '\n')
+                abort();
+            for (int i = 0; i < r.nhdr; i++) {
+                const l7_hdr_t *hd = &r.hdr[i];
+                if ((size_t)hd->line_off + hd->line_len > (size_t)h ||
+                    (size_t)hd->val_off + hd->val_len > (size_t)h || hd->line_len < 3 || buf[hd->line_off + hd->line_len - 1] != '\n')
+                    abort(); /* the proxy re-ends each line from these offsets */
+                if (!r.bare_lf && buf[hd->line_off + hd->line_len - 2] != '\r')
+                    abort();
+            }
+        }
     } else {
         l7_chunk_t ck;
         memset(&ck, 0, sizeof(ck));

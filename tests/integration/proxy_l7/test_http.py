@@ -375,3 +375,58 @@ def test_pooled_connection_closed_by_the_backend_is_retried_fresh(proxy_l7_plane
             assert (status, body) == (200, b"ok\n")
     assert len(accepted) >= 4
     srv.close()
+
+
+def test_backend_heads_with_bare_lf_reach_the_client_with_crlf(proxy_l7_plane) -> None:
+    """Some backends end header lines with a bare LF; nginx and curl accept that, and so does the proxy, which
+    re-ends every line with CRLF toward the client. A reason phrase with a control byte is a bad response (502)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            f = conn.makefile("rb")
+            while line := f.readline():
+                if line != b"\r\n":
+                    continue
+                conn.sendall(b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\nX-Old: yes\r\nContent-Length: 5\n\nhello")
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    plane = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", srv.getsockname()[1], True)]})
+    with socket.create_connection(("127.0.0.1", plane.port), timeout=5) as s:
+        got = b""
+        for _ in range(2):  # the same client connection, keep-alive on both sides
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            while not got.endswith(b"hello"):
+                chunk = s.recv(65536)
+                assert chunk, f"the proxy closed after {got!r}"
+                got += chunk
+            head = got[: got.index(b"\r\n\r\nhello")]
+            assert head.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), got
+            assert b"x-old: yes" in head.lower() and b"\n" not in head.replace(b"\r\n", b""), got
+            got = b""
+    srv.close()
+
+    bad = socket.socket()
+    bad.bind(("127.0.0.1", 0))
+    bad.listen(8)
+
+    def serve_bad() -> None:
+        conn, _ = bad.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve_bad, daemon=True).start()
+    plane2 = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", bad.getsockname()[1], True)]})
+    assert raw(plane2.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 502")
+    bad.close()
