@@ -2,8 +2,9 @@
 
 Auth follows the registry's ``WWW-Authenticate`` challenge: ``Basic`` gets the credentials, ``Bearer`` sends us to
 the token realm with the scope of the request (``repository:NAME:pull[,push]``) and the token is reused for that
-scope until the registry refuses it. Credentials come from flags or ``~/.docker/config.json``. Registries on
-loopback and ones named in ``insecure`` are spoken to over plain HTTP; all others over HTTPS with the system CAs.
+scope until the registry refuses it. Credentials come from flags or ``~/.docker/config.json``, its credential
+helpers included. Registries on loopback and ones named in ``insecure`` are spoken to over plain HTTP; all others
+over HTTPS with the system CAs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +45,30 @@ class Credentials:
     password: str
 
 
+HUB_SERVER = "https://index.docker.io/v1/"
+HELPER_TIMEOUT = 30.0
+
+
 def docker_config_credentials(registry: str, config_path: Path | None = None) -> Credentials | None:
-    """Credentials for a registry from ``~/.docker/config.json`` (``auths.<host>.auth``), if any."""
+    """Credentials for a registry from ``~/.docker/config.json``, as Docker finds them: a ``credHelpers`` entry for
+    the registry, else the ``credsStore`` helper, else ``auths.<host>`` (``auth`` or ``username``/``password``)."""
     path = config_path or Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
     try:
-        auths = json.loads(path.read_text()).get("auths", {})
+        doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(doc, dict):
+        return None
+    hub = registry in ("docker.io", "registry-1.docker.io", "index.docker.io")
+    server = HUB_SERVER if hub else registry
+    helpers = doc.get("credHelpers") or {}
+    helper = helpers.get(registry) or (helpers.get("index.docker.io") if hub else None) or doc.get("credsStore")
+    if isinstance(helper, str) and helper:
+        return helper_credentials(helper, server, path)
+    auths = doc.get("auths") or {}
     keys = [registry, f"https://{registry}", f"http://{registry}"]
-    if registry in ("docker.io", "registry-1.docker.io"):
-        keys.append("https://index.docker.io/v1/")
+    if hub:
+        keys.append(HUB_SERVER)
     for key in keys:
         entry = auths.get(key)
         if entry and entry.get("auth"):
@@ -61,6 +77,34 @@ def docker_config_credentials(registry: str, config_path: Path | None = None) ->
         if entry and entry.get("username"):
             return Credentials(entry["username"], entry.get("password", ""))
     return None
+
+
+def helper_credentials(helper: str, server: str, config_path: Path) -> Credentials | None:
+    """Asks ``docker-credential-HELPER get`` for a server's credentials (the docker-credential-helpers protocol:
+    the server on stdin, ``{"Username", "Secret"}`` on stdout). None when the helper has none for it."""
+    exe = f"docker-credential-{helper}"
+    where = f"{config_path} names credential helper {helper!r} for {server}"
+    try:
+        res = subprocess.run(
+            [exe, "get"], input=server, capture_output=True, text=True, timeout=HELPER_TIMEOUT, check=False
+        )
+    except FileNotFoundError:
+        raise AuthError(f"{where}, but {exe} is not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise AuthError(f"{where}, but {exe} gave no answer within {HELPER_TIMEOUT:.0f}s") from None
+    if res.returncode != 0:
+        said = (res.stdout.strip() or res.stderr.strip()).splitlines()
+        if said and "credentials not found" in said[0].lower():
+            return None
+        raise AuthError(f"{exe} get {server} failed (exit {res.returncode}): {said[0] if said else 'no message'}")
+    try:
+        answer = json.loads(res.stdout)
+        user, secret = str(answer["Username"]), str(answer["Secret"])
+    except (ValueError, KeyError, TypeError):
+        raise AuthError(f"{exe} get {server} did not answer with JSON holding Username and Secret") from None
+    if user == "<token>":
+        raise AuthError(f"{exe} gave an identity token for {server}; zlayer takes a username and password only")
+    return Credentials(user, secret)
 
 
 def is_insecure(host: str, insecure: tuple[str, ...] = ()) -> bool:

@@ -204,3 +204,62 @@ def test_credentials_from_flags_and_docker_config(
     pushed_copy = zl(tmp_path / "d2", "image", "push", "-u", "alice", "-p", "secret", ref, target, env=env)
     assert pushed_copy.returncode == 0, pushed_copy.stderr
     assert pushed in pushed_copy.stdout
+
+
+HELPER = """#!/bin/sh
+# a docker-credential-helpers program: the server on stdin, its credentials as JSON on stdout
+read -r server
+echo "$server" >> "$0.asked"
+case "$server" in
+  {host}) echo '{{"ServerURL": "{host}", "Username": "reader", "Secret": "readonly"}}' ;;
+  *) echo "credentials not found in native keychain"; exit 1 ;;
+esac
+"""
+
+
+def test_credentials_from_docker_credential_helpers(tmp_path: Path, images_token_registry: TokenRegistry) -> None:
+    """``credHelpers`` and ``credsStore`` in config.json run ``docker-credential-NAME get`` as Docker does."""
+    reg = images_token_registry
+    pushed = push_image_with_token(reg, "helper/app", "1")
+    bindir, home = tmp_path / "bin", tmp_path / "home"
+    bindir.mkdir()
+    (home / ".docker").mkdir(parents=True)
+    helper = bindir / "docker-credential-zltest"
+    helper.write_text(HELPER.format(host=reg.host))
+    helper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_CONFIG", "ZLAYER_REGISTRY_"))}
+    env.update(HOME=str(home), PATH=f"{bindir}:{env['PATH']}")
+    config = home / ".docker" / "config.json"
+    ref = f"{reg.host}/helper/app:1"
+
+    for n, doc in enumerate(
+        [
+            {"credHelpers": {reg.host: "zltest"}, "auths": {reg.host: {"username": "nobody", "password": "x"}}},
+            {"credsStore": "zltest"},
+        ]
+    ):
+        config.write_text(json.dumps(doc))
+        before = len(reg.issuer.issued)
+        got = zl(tmp_path / f"d{n}", "pull", "-q", ref, env=env)
+        assert got.returncode == 0, got.stderr
+        assert pushed in got.stdout
+        assert {t["user"] for t in reg.issuer.issued[before:]} == {"reader"}, "the helper's credentials were not used"
+    assert Path(f"{helper}.asked").read_text().split() == [reg.host, reg.host]
+
+    # a helper that knows nothing of this registry: anonymous, so the registry's 401 is what the user reads
+    config.write_text(json.dumps({"credHelpers": {reg.host: "zltest"}}))
+    helper.write_text(HELPER.format(host="elsewhere.example"))
+    refused = zl(tmp_path / "d2", "pull", "-q", ref, env=env)
+    assert refused.returncode != 0 and "401" in refused.stderr and "Traceback" not in refused.stderr
+
+    # a helper that is not installed, or answers garbage: one line naming it
+    config.write_text(json.dumps({"credsStore": "absent"}))
+    missing = zl(tmp_path / "d3", "pull", "-q", ref, env=env)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "docker-credential-absent" in missing.stderr and "not on PATH" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    helper.write_text("#!/bin/sh\necho 'not json'\n")
+    config.write_text(json.dumps({"credsStore": "zltest"}))
+    garbled = zl(tmp_path / "d4", "pull", "-q", ref, env=env)
+    assert garbled.returncode != 0 and "Traceback" not in garbled.stderr
+    assert "docker-credential-zltest" in garbled.stderr and "Username and Secret" in garbled.stderr
