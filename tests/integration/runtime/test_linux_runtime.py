@@ -75,8 +75,15 @@ def test_stop_signal_then_exit_code_and_wait(runtime_linux: LinuxRuntimeHarness)
     a, b = runtime_linux.new_id(1), runtime_linux.new_id(2)
 
     async def go() -> None:
-        await rt.create(a, spec("trap 'exit 42' HUP; while true; do sleep 0.05; done", stop_signal="SIGHUP"))
+        await rt.create(
+            a, spec("trap 'exit 42' HUP; echo trapped; while true; do sleep 0.05; done", stop_signal="SIGHUP")
+        )
         await rt.start(a)
+        # PID 1 of a PID namespace ignores a signal it has no handler for yet: stop once the trap is set
+        for _ in range(200):
+            if [str(x) async for x in rt.logs(a)] == ["[stdout] trapped"]:
+                break
+            await asyncio.sleep(0.025)
         final = await rt.stop(a, timeout=10)
         assert (final.exit_code, final.reason) == (42, "exited")
         await rt.create(b, spec("sleep 0.3; exit 3"))

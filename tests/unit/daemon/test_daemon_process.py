@@ -191,7 +191,9 @@ def test_status_shows_a_crash_loop_with_backoff_exit_code_and_last_lines(daemon_
         "version: v1\ndeployment: crashy\nservices:\n  bad:\n    image: {name: busybox}\n"
         "    command: {entrypoint: [sh, -c, 'echo about to fail; exit 3']}\n"
         "    scale: {mode: fixed, replicas: 1}\n"
-        "    health: {start_grace: 0s, interval: 1s, check: {type: command, command: 'true'}}\n"
+        # a check that never passes: the replica can only end its rollout by crash-looping (a passing check
+        # that raced the first exit would let the deploy count it as up)
+        "    health: {start_grace: 0s, interval: 1s, check: {type: command, command: 'false'}}\n"
     )
     r = zl(a, "-b", "deploy", str(spec))
     assert r.returncode != 0 and "bad-rep-1 is crash-looping: exited with code 3" in r.stderr, r.stderr
