@@ -35,6 +35,7 @@ typedef struct h2up {
     struct sockaddr_storage addr;
     socklen_t alen;
     double idle_since;
+    double connect_deadline; /* while connecting: past it, the backend counts as failed */
     struct h2up *next, *inext, *iprev;
 } h2up_t;
 
@@ -459,6 +460,7 @@ static int up_open(h2stream_t *st, int fresh)
         }
         u->connecting = r < 0;
         u->wr = !u->connecting;
+        u->connect_deadline = now_of(hc) + l7x_cfg(hc->p)->connect_timeout;
         op = EPOLL_CTL_ADD;
     }
     u->fd = fd;
@@ -1312,11 +1314,21 @@ void l7_h2_scan(struct worker *w)
             continue;
         }
         int any = 0;
-        for (h2stream_t *st = hc->streams; st; st = st->next)
-            if (st->started && !st->resp_head && st->deadline > 0 && st->deadline <= now) {
+        for (h2stream_t *st = hc->streams; st; st = st->next) {
+            if (st->started && !st->resp_head && st->up && st->up->connecting && st->up->connect_deadline <= now) {
+                void *bad = st->be; /* as a refused connect: another backend, or 504 when none is left */
+                l7x_eject(now, bad);
+                st_up_close(st);
+                if (attach(st, bad) < 0)
+                    respond(st, 504, "upstream connect timed out\n");
+                else
+                    st_pump(st);
+                any = 1;
+            } else if (st->started && !st->resp_head && st->deadline > 0 && st->deadline <= now) {
                 respond(st, 504, "gateway timeout\n");
                 any = 1;
             }
+        }
         if (any)
             hc_drive(hc);
     }

@@ -109,6 +109,7 @@ typedef struct upstream {
     socklen_t alen;
     int connecting, rd, wr, reused;
     double idle_since;
+    double connect_deadline; /* while connecting: past it, the backend counts as failed */
     struct upstream *next, *prev; /* pool or graveyard */
 } upstream_t;
 
@@ -904,6 +905,7 @@ static int up_connect(conn_t *c, int fresh)
     }
     u->connecting = r < 0;
     u->wr = !u->connecting;
+    u->connect_deadline = w->now + w->p->cfg.connect_timeout;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = u};
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         free(u);
@@ -1582,6 +1584,26 @@ static void drive(conn_t *c)
     }
 }
 
+/* The connect to c's backend failed (refused, unreachable) or timed out: the backend is ejected and the request
+ * goes to another one; with none left the client gets 503 (refused) or 504 (timed out) and the close. */
+static void connect_failed(conn_t *c, int timed_out)
+{
+    backend_t *bad = c->be;
+    atomic_store(&bad->ejected_until_ms, (uint64_t)((c->w->now + EJECT_SECONDS) * 1000.0));
+    up_close(c->up);
+    c->up = NULL;
+    if (attach_backend(c, bad) < 0) {
+        if (c->rt && timed_out)
+            answer(c, 504, "Gateway Timeout", "upstream connect timed out\n");
+        else if (c->rt)
+            answer(c, 503, "Service Unavailable", "no healthy backend\n");
+        c->phase = P_CLOSING;
+        c->keep = 0;
+    }
+    /* the queued request head still points into cbuf and xbuf: it goes to the new backend */
+    drive(c);
+}
+
 static void up_event(upstream_t *u, uint32_t ev)
 {
     if (u->fd < 0)
@@ -1605,18 +1627,7 @@ static void up_event(upstream_t *u, uint32_t ev)
         socklen_t el = sizeof(e);
         getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &e, &el);
         if (e != 0) {
-            backend_t *bad = c->be;
-            atomic_store(&bad->ejected_until_ms, (uint64_t)((c->w->now + EJECT_SECONDS) * 1000.0));
-            up_close(u);
-            c->up = NULL;
-            if (attach_backend(c, bad) < 0) {
-                if (c->rt)
-                    answer(c, 503, "Service Unavailable", "no healthy backend\n");
-                c->phase = P_CLOSING;
-                c->keep = 0;
-            }
-            /* the queued request head still points into cbuf and xbuf: it goes to the new backend */
-            drive(c);
+            connect_failed(c, 0);
             return;
         }
         u->connecting = 0;
@@ -1689,6 +1700,10 @@ static void scan_timeouts(worker_t *w)
 {
     for (conn_t *c = w->conns, *n; c; c = n) {
         n = c->next;
+        if (c->phase == P_PROXY && c->up && c->up->connecting && c->up->connect_deadline <= w->now) {
+            connect_failed(c, 1);
+            continue;
+        }
         if (c->deadline <= 0 || c->deadline > w->now)
             continue;
         if (c->phase == P_HEAD) {

@@ -430,3 +430,35 @@ def test_backend_heads_with_bare_lf_reach_the_client_with_crlf(proxy_l7_plane) -
     plane2 = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", bad.getsockname()[1], True)]})
     assert raw(plane2.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 502")
     bad.close()
+
+
+def test_connect_timeout_moves_on_to_another_backend_then_504(
+    proxy_l7_nginx, proxy_l7_blackhole, proxy_l7_plane
+) -> None:
+    """A backend whose connect hangs is given up after the connect timeout: the request goes to the next backend
+    (and the hanging one is ejected), or, with none left, the client gets 504 long before the response timeout."""
+    hole = ("127.0.0.1", proxy_l7_blackhole.port, True)
+    plane = proxy_l7_plane(
+        ANY, {"web#http": [hole, ("127.0.0.1", proxy_l7_nginx.ports[0], True)]}, connect_timeout=0.5,
+        response_timeout=30.0,
+    )  # fmt: skip
+    for _ in range(4):  # round robin: one of the first two requests meets the black hole
+        with socket.create_connection(("127.0.0.1", plane.port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_responses(s, 1)[0][0] == 200
+    assert plane.proxy.stats()["web#http"]["status"][1] == 4
+
+    alone = proxy_l7_plane(ANY, {"web#http": [hole]}, connect_timeout=0.5, response_timeout=30.0)
+    t0 = time.monotonic()
+    out = raw(alone.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=20)
+    assert out.startswith(b"HTTP/1.1 504") and b"connect timed out" in out, out
+    assert time.monotonic() - t0 < 10, "the connect timeout did not apply"
+
+
+def test_response_timeout_is_504_and_close(proxy_l7_silent, proxy_l7_plane) -> None:
+    plane = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", proxy_l7_silent.port, True)]}, response_timeout=1.0)
+    t0 = time.monotonic()
+    out = raw(plane.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=20)
+    assert out.startswith(b"HTTP/1.1 504"), out
+    assert 0.9 < time.monotonic() - t0 < 10
+    assert plane.proxy.stats()["web#http"]["status"][4] == 1

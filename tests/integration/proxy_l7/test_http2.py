@@ -45,21 +45,21 @@ class TlsPlane:
         return f"https://{host}:{self.port}{path}"
 
 
-MakePlane = Callable[[Routes, Groups], TlsPlane]
+MakePlane = Callable[..., TlsPlane]
 
 
 @pytest.fixture
-def h2_plane(tmp_path: Path) -> Iterator[Callable[[Routes, Groups], TlsPlane]]:
+def h2_plane(tmp_path: Path) -> Iterator[MakePlane]:
     """Factory of started C L7 proxies with one TLS listener (self-signed a.test certificate)."""
     from zlayer.proxy._l7 import Proxy
 
     made: list[Any] = []
 
-    def make(routes: Routes, groups: Groups) -> TlsPlane:
+    def make(routes: Routes, groups: Groups, **timeouts: float) -> TlsPlane:
         cert, key = self_signed(["a.test"])
         (tmp_path / "a.crt").write_bytes(cert)
         (tmp_path / "a.key").write_bytes(key)
-        proxy = Proxy(1)
+        proxy = Proxy(1, **timeouts)
         made.append(proxy)
         proxy.set_certificates([("a.test", str(tmp_path / "a.crt"), str(tmp_path / "a.key"))])
         plane = TlsPlane(proxy, proxy.listen("127.0.0.1", 0, True), tmp_path / "a.crt")
@@ -388,3 +388,20 @@ def test_a_client_with_a_small_window_paces_the_backend(proxy_l7_nginx: NginxBac
                 granted += len(f[3])
     assert len(body) == len(want) and body == want
     c.sock.close()
+
+
+def test_stream_connect_timeout_then_504_and_response_timeout(
+    proxy_l7_nginx: NginxBackend, proxy_l7_blackhole: Any, proxy_l7_silent: Any, h2_plane: MakePlane
+) -> None:
+    """Per stream: a hanging connect moves on to the next backend, or gives 504 with none left; a backend that never
+    answers gives 504 after the response timeout."""
+    hole = ("127.0.0.1", proxy_l7_blackhole.port, True)
+    routes: Routes = [("web#h2", None, "/", False, "G")]
+    plane = h2_plane(routes, {"G": [hole, ("127.0.0.1", proxy_l7_nginx.ports[0], True)]}, connect_timeout=0.5)
+    for _ in range(3):
+        assert curl("--http2", plane.url("/"))[0] == "2 200"
+    alone = h2_plane(routes, {"G": [hole]}, connect_timeout=0.5, response_timeout=30.0)
+    status, body = curl("--http2", alone.url("/"))
+    assert status == "2 504" and b"connect timed out" in body
+    silent = h2_plane(routes, {"G": [("127.0.0.1", proxy_l7_silent.port, True)]}, response_timeout=1.0)
+    assert curl("--http2", silent.url("/"))[0] == "2 504"
