@@ -462,3 +462,34 @@ def test_response_timeout_is_504_and_close(proxy_l7_silent, proxy_l7_plane) -> N
     assert out.startswith(b"HTTP/1.1 504"), out
     assert 0.9 < time.monotonic() - t0 < 10
     assert plane.proxy.stats()["web#http"]["status"][4] == 1
+
+
+def test_backend_dying_mid_response_is_ejected(proxy_l7_nginx, proxy_l7_plane) -> None:
+    """Passive ejection: once a backend has died in the middle of a response, the next requests go to the others
+    (round robin alone would send every second one back to it)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    hits: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                if conn.recv(65536):
+                    hits.append(1)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\npartial")
+
+    threading.Thread(target=serve, daemon=True).start()
+    dying = ("127.0.0.1", srv.getsockname()[1], True)
+    plane = proxy_l7_plane(ANY, {"web#http": [dying, ("127.0.0.1", proxy_l7_nginx.ports[0], True)]})
+    outcomes = []
+    for _ in range(8):
+        out = raw(plane.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=5)
+        outcomes.append("cut" if out.endswith(b"partial") else out.split(b" ", 2)[1].decode())
+    srv.close()
+    assert outcomes.count("cut") == 1 and len(hits) == 1, outcomes
+    assert outcomes.count("200") == 7, outcomes
