@@ -1186,10 +1186,11 @@ static void oq_add_head(outq_t *q, const char *b, const l7_resp_t *r, size_t h)
 /* Queues response bytes from ubuf toward the client. -1: bad response. */
 static int pump_response(conn_t *c)
 {
+    int interim = 0; /* a 1xx head queued: the client must get it now (a "100 Continue" is what it waits for) */
     while (!c->resp_head) {
         int h = l7_parse_response(c->ubuf + c->us, c->ue - c->us, &c->resp);
         if (h == 0)
-            return c->ue - c->us >= L7_MAX_HEAD ? -1 : 0;
+            return c->ue - c->us >= L7_MAX_HEAD ? -1 : interim;
         if (h < 0)
             return -1;
         const char *b = c->ubuf + c->us;
@@ -1208,6 +1209,7 @@ static int pump_response(conn_t *c)
             }
             oq_add_head(&c->oq_cl, b, r, (size_t)h);
             c->us += (size_t)h;
+            interim = 1;
             continue;
         }
         c->status = r->status;

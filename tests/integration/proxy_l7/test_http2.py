@@ -405,3 +405,16 @@ def test_stream_connect_timeout_then_504_and_response_timeout(
     assert status == "2 504" and b"connect timed out" in body
     silent = h2_plane(routes, {"G": [("127.0.0.1", proxy_l7_silent.port, True)]}, response_timeout=1.0)
     assert curl("--http2", silent.url("/"))[0] == "2 504"
+
+
+def test_expect_100_continue_reaches_an_h2_client(proxy_l7_continue: Any, h2_plane: MakePlane, tmp_path: Path) -> None:
+    plane = h2_plane([("web#h2", None, "/", False, "G")], {"G": [("127.0.0.1", proxy_l7_continue.port, True)]})
+    body = tmp_path / "body"
+    body.write_bytes(b"y" * 100_000)
+    res = subprocess.run(
+        ["curl", "-sk", "-v", "--http2", "--expect100-timeout", "20", "-H", "Expect: 100-continue",
+         "--data-binary", f"@{body}", plane.url("/up")],
+        capture_output=True, timeout=60, env=peer_env(),
+    )  # fmt: skip
+    assert b"< HTTP/2 100" in res.stderr, res.stderr[-2000:]
+    assert res.stdout == b"expected=1 " + b"y" * 100_000
