@@ -129,3 +129,45 @@ def test_basic_auth_registry_needs_the_right_credentials(tmp_path: Path, auth_re
         pull(ImageStore(tmp_path / "r"), ref, policy="always", credentials=Credentials("alice", "secret"))
     )
     assert (image.layer_dirs[0] / "bin" / "busybox").is_file()
+
+
+def _pull_cli(data: Path, ref: str, *flags: str, tty: bool) -> str:
+    """``zlayer pull`` with its stderr (and stdout) on a pseudo-terminal or on a pipe; returns everything printed."""
+    import os
+    import pty
+    import sys
+
+    cmd = [sys.executable, "-m", "zlayer", "--data-dir", str(data), "pull", *flags, ref]
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
+    if not tty:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert res.returncode == 0, res.stderr
+        return res.stdout + res.stderr
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, env=env)
+    os.close(secondary)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(primary)
+    assert proc.wait(timeout=120) == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")
+
+
+def test_pull_shows_a_progress_bar_per_layer_only_on_a_terminal(tmp_path: Path, registry: str) -> None:
+    ref = f"{registry}/demo/progress:1"
+    asyncio.run(push(_local_image(tmp_path, ref), ref))
+    layer = ImageStore(tmp_path / "src-store").get(ref).manifest["layers"][0]["digest"]
+    short = layer[7:19]
+    on_tty = _pull_cli(tmp_path / "d1", ref, tty=True)
+    assert short in on_tty and "\x1b[" in on_tty, on_tty  # the layer's own bar, drawn with terminal codes
+    piped = _pull_cli(tmp_path / "d2", ref, tty=False)
+    assert short not in piped and "\x1b[" not in piped, piped
+    quiet = _pull_cli(tmp_path / "d3", ref, "--quiet", tty=True)
+    assert short not in quiet, quiet
