@@ -103,6 +103,16 @@ static int set_sysctls(const struct zl_config *c, struct zl_err *e)
 int process_finish(const struct zl_process *p, const struct zl_bpf *bpf, struct zl_err *e);
 int process_finish(const struct zl_process *p, const struct zl_bpf *bpf, struct zl_err *e)
 {
+    /* Ignored signals and the blocked mask survive execve: a daemon started under nohup (or one that ignores
+     * SIGHUP itself) would hand that on, and a container's `trap ... HUP` or nginx's reload on SIGHUP would do
+     * nothing. The process starts as a fresh one would: every signal at its default, none blocked. */
+    /* Raw syscalls: the C library refuses to touch its own real-time signals (32, 33), which a parent may also
+     * have left ignored. An all-zero kernel sigaction is SIG_DFL with no flags and an empty mask. */
+    unsigned long dfl[4] = {0, 0, 0, 0}, none = 0;
+    for (int sig = 1; sig <= 64; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            syscall(SYS_rt_sigaction, sig, dfl, NULL, sizeof(none));
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(none));
     /* without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we still have it */
     if (!p->no_new_privs && seccomp_apply(bpf, e))
         return -1;

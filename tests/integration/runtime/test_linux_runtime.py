@@ -70,6 +70,43 @@ def test_lifecycle_exec_logs_stats_stop_remove_leaves_nothing(runtime_linux: Lin
     asyncio.run(go())
 
 
+def test_containers_start_with_default_signals_whatever_the_caller_ignores(runtime_linux: LinuxRuntimeHarness) -> None:
+    """A daemon under nohup ignores SIGHUP (zlayer serve does too) and may block signals; none of it reaches the
+    container: its processes start with no signal ignored or blocked, so a HUP trap (or nginx's reload) works."""
+    import signal
+
+    rt = runtime_linux.runtime
+    a, b = runtime_linux.new_id(1), runtime_linux.new_id(2)
+
+    async def go() -> None:
+        # (a compound command: busybox sh exec'ing a lone command leaves SIGQUIT ignored in it by itself)
+        await rt.create(a, spec("grep -E '^Sig(Ign|Blk)' /proc/self/status; sleep 0.3"))
+        await rt.start(a)
+        await rt.wait(a)
+        assert sorted(str(x) for x in [y async for y in rt.logs(a)]) == [
+            "[stdout] SigBlk:\t0000000000000000",
+            "[stdout] SigIgn:\t0000000000000000",
+        ]
+        await rt.create(
+            b, spec("trap 'exit 42' HUP; echo trapped; while true; do sleep 0.05; done", stop_signal="SIGHUP")
+        )
+        await rt.start(b)
+        for _ in range(200):
+            if [str(x) async for x in rt.logs(b)] == ["[stdout] trapped"]:
+                break
+            await asyncio.sleep(0.025)
+        final = await rt.stop(b, timeout=10)
+        assert (final.exit_code, final.reason) == (42, "exited")
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    try:
+        asyncio.run(go())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        signal.signal(signal.SIGHUP, old)
+
+
 def test_stop_signal_then_exit_code_and_wait(runtime_linux: LinuxRuntimeHarness) -> None:
     rt = runtime_linux.runtime
     a, b = runtime_linux.new_id(1), runtime_linux.new_id(2)
