@@ -85,3 +85,52 @@ def test_bad_certificate_files_are_refused_with_the_path(proxy_l7_plane, tmp_pat
     (tmp_path / "bad.crt").write_text("not a certificate")
     with pytest.raises(ProxyError, match=r"bad\.crt"):
         plane.proxy.set_certificates([("x.test", str(tmp_path / "bad.crt"), str(tmp_path / "bad.key"))])
+
+
+def test_certificate_swap_keeps_open_connections_and_serves_the_new_one(
+    proxy_l7_nginx, proxy_l7_plane, tmp_path: Path
+) -> None:
+    """A renewed certificate goes in while a client holds a keep-alive TLS connection: that connection goes on
+    serving requests, and new handshakes present the new certificate."""
+    plane = proxy_l7_plane([], {})
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    plane.proxy.set_certificates(certs(old_dir, "a.test"))
+    port = plane.proxy.listen("127.0.0.1", 0, True)
+    plane.proxy.apply([("t#https", port, None, "/", False, 0)], [("G", [("127.0.0.1", proxy_l7_nginx.ports[0], True)])])
+
+    def fingerprint(s: ssl.SSLSocket) -> bytes:
+        der = s.getpeercert(binary_form=True)
+        assert der
+        return hashlib.sha256(der).digest()
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="a.test") as held,
+    ):
+        first = fingerprint(held)
+        f = held.makefile("rb")
+
+        def get() -> int:
+            held.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            status = int(f.readline().split()[1])
+            length = 0
+            while (line := f.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            f.read(length)
+            return status
+
+        assert get() == 200
+        plane.proxy.set_certificates(certs(new_dir, "a.test"))
+        for _ in range(3):
+            assert get() == 200  # the open connection was not cut
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw2,
+            ctx.wrap_socket(raw2, server_hostname="a.test") as fresh,
+        ):
+            assert fingerprint(fresh) != first
