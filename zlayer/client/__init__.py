@@ -19,7 +19,9 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
+from zlayer.client.unix_http import TransportError, UnixHTTP
 from zlayer.errors import (
     AuthError,
     ConflictError,
@@ -99,7 +101,8 @@ class Client:
         self.token = token or os.environ.get("ZLAYER_API_TOKEN") if host else token
         self.auto_start = auto_start and host is None
         self.timeout = timeout
-        self._session: Any = None
+        self._session: Any = None  # aiohttp, for a daemon over TCP
+        self._unix: UnixHTTP | None = None  # for the unix socket: no aiohttp to import (about 300 ms per command)
         self._started = False
 
     def __repr__(self) -> str:
@@ -112,33 +115,54 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        if self._unix is not None:
+            await self._unix.close()
+            self._unix = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     # ------------------------------------------------------------------------------------------ transport
 
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def _unix_http(self) -> UnixHTTP:
+        if self._unix is None:
+            if not self._started:
+                await ensure_daemon(self.paths, auto_start=self.auto_start)
+                self._started = True
+            self._unix = UnixHTTP(self.socket_path, self._headers())
+        return self._unix
+
     async def _ensure(self) -> Any:
         import aiohttp
 
         if self._session is None:
-            if self.host is None:
-                if not self._started:
-                    await ensure_daemon(self.paths, auto_start=self.auto_start)
-                    self._started = True
-                connector: Any = aiohttp.UnixConnector(path=str(self.socket_path))
-            else:
-                connector = aiohttp.TCPConnector()
-            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=headers,
+                connector=aiohttp.TCPConnector(),
+                headers=self._headers(),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
             )
         return self._session
 
     def _url(self, path: str) -> str:
         return f"{self.host or 'http://localhost'}{path}"
+
+    @staticmethod
+    def _target(path: str, params: dict[str, str]) -> str:
+        return quote(path, safe="/:@!$&'()*+,;=-._~") + (f"?{urlencode(params)}" if params else "")
+
+    def _unreachable(self, e: BaseException) -> DaemonError:
+        return DaemonError(f"cannot reach the zlayer daemon at {self._where()}: {e}", hint="is `zlayer serve` running?")
+
+    @staticmethod
+    def _decode(status: int, body: bytes, raw: bool) -> Any:
+        if raw:
+            return body.decode(errors="replace")
+        if status == 204 or not body:
+            return None
+        return json.loads(body)
 
     async def request(
         self,
@@ -150,24 +174,35 @@ class Client:
         raw: bool = False,
     ) -> Any:
         """One API call; returns the decoded JSON (or text when ``raw``), raises ZLayerError on any error status."""
-        import aiohttp
-
-        session = await self._ensure()
         clean = {
             k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (params or {}).items() if v is not None
         }
+        if self.host is None:
+            http = await self._unix_http()
+            body = None if json_body is None else json.dumps(json_body).encode()
+            try:
+                target = self._target(path, clean)
+                status, got = await asyncio.wait_for(http.request(method, target, body), self.timeout)
+            except TransportError as e:
+                if e.connect:
+                    raise self._unreachable(e) from e
+                raise DaemonError(f"request {method} {path} to {self._where()} failed: {e}") from e
+            except TimeoutError as e:
+                raise DaemonError(f"{method} {path} to {self._where()}: no answer in {self.timeout:g}s") from e
+            if status >= 400:
+                raise _error_from(status, got, f"{method} {path}")
+            return self._decode(status, got, raw)
+        import aiohttp
+
+        session = await self._ensure()
         try:
             async with session.request(
                 method, self._url(path), json=json_body, params=clean, timeout=aiohttp.ClientTimeout(total=self.timeout)
             ) as resp:
-                body = await resp.read()
+                got = await resp.read()
                 if resp.status >= 400:
-                    raise _error_from(resp.status, body, f"{method} {path}")
-                if raw:
-                    return body.decode(errors="replace")
-                if resp.status == 204 or not body:
-                    return None
-                return json.loads(body)
+                    raise _error_from(resp.status, got, f"{method} {path}")
+                return self._decode(resp.status, got, raw)
         except aiohttp.ClientConnectorError as e:
             raise DaemonError(f"cannot reach the zlayer daemon at {self._where()}: {e.strerror or e}",
                               hint="is `zlayer serve` running?") from e  # fmt: skip
@@ -176,10 +211,31 @@ class Client:
 
     async def stream(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[str]:
         """Lines of a streaming (SSE) response; ``data:`` payloads are yielded without the prefix."""
-        session = await self._ensure()
         clean = {
             k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (params or {}).items() if v is not None
         }
+        if self.host is None:
+            http = await self._unix_http()
+            try:
+                resp, writer = await http.send("GET", self._target(path, clean))
+            except TransportError as e:
+                raise (self._unreachable(e) if e.connect else DaemonError(f"GET {path}: {e}")) from e
+            try:
+                if resp.status >= 400:
+                    raise _error_from(resp.status, await resp.read(), f"GET {path}")
+                async for raw_line in resp.lines():
+                    line = raw_line.decode(errors="replace").rstrip("\r")
+                    if line.startswith("data: "):
+                        yield line[6:]
+                    elif line.startswith("data:"):
+                        yield line[5:]
+            except TransportError as e:
+                raise DaemonError(f"the stream GET {path} from {self._where()} broke off: {e}",
+                                  hint="the daemon stopped or restarted; run the command again") from e  # fmt: skip
+            finally:
+                writer.close()
+            return
+        session = await self._ensure()
         import aiohttp
 
         try:
