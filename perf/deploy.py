@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import cpu_seconds
+from benchlib import cpu_seconds
 
 REPLICAS = 20
 AT_REST = 50

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import free_port, nginx_conf, stop_all, wait_port
+from benchlib import free_port, nginx_conf, stop_all, wait_port
 
 SECONDS = int(os.environ.get("PERF_SECONDS", "8"))
 ROUNDS = int(os.environ.get("PERF_ROUNDS", "1"))

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import cpu_seconds, free_port, stop_all, wait_port
+from benchlib import cpu_seconds, free_port, stop_all, wait_port
 
 SECONDS = int(os.environ.get("PERF_SECONDS", "8"))
 ROUNDS = int(os.environ.get("PERF_ROUNDS", "2"))

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import cpu_seconds, free_port, nginx_conf, stop_all, wait_port
+from benchlib import cpu_seconds, free_port, nginx_conf, stop_all, wait_port
 
 SECONDS = int(os.environ.get("PERF_SECONDS", "6"))
 ROUNDS = int(os.environ.get("PERF_ROUNDS", "3"))

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.proxy_l4 import free_port, peer_env
+from tests.fixtures.proxy_l7 import RawBackend
 
 pytestmark = pytest.mark.peer
 
@@ -380,9 +381,6 @@ def test_pooled_connection_closed_by_the_backend_is_retried_fresh(proxy_l7_plane
 def test_backend_heads_with_bare_lf_reach_the_client_with_crlf(proxy_l7_plane) -> None:
     """Some backends end header lines with a bare LF; nginx and curl accept that, and so does the proxy, which
     re-ends every line with CRLF toward the client. A reason phrase with a control byte is a bad response (502)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
 
     def handle(conn: socket.socket) -> None:
         with conn:
@@ -392,16 +390,8 @@ def test_backend_heads_with_bare_lf_reach_the_client_with_crlf(proxy_l7_plane) -
                     continue
                 conn.sendall(b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\nX-Old: yes\r\nContent-Length: 5\n\nhello")
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    plane = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", srv.getsockname()[1], True)]})
+    srv = RawBackend(handle)
+    plane = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", srv.port, True)]})
     with socket.create_connection(("127.0.0.1", plane.port), timeout=5) as s:
         got = b""
         for _ in range(2):  # the same client connection, keep-alive on both sides
@@ -416,18 +406,13 @@ def test_backend_heads_with_bare_lf_reach_the_client_with_crlf(proxy_l7_plane) -
             got = b""
     srv.close()
 
-    bad = socket.socket()
-    bad.bind(("127.0.0.1", 0))
-    bad.listen(8)
-
-    def serve_bad() -> None:
-        conn, _ = bad.accept()
+    def answer_bad(conn: socket.socket) -> None:
         with conn:
             conn.recv(65536)
             conn.sendall(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n")
 
-    threading.Thread(target=serve_bad, daemon=True).start()
-    plane2 = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", bad.getsockname()[1], True)]})
+    bad = RawBackend(answer_bad)
+    plane2 = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", bad.port, True)]})
     assert raw(plane2.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 502")
     bad.close()
 
@@ -466,24 +451,16 @@ def test_response_timeout_is_504_and_close(proxy_l7_silent, proxy_l7_plane) -> N
 def test_backend_dying_mid_response_is_ejected(proxy_l7_nginx, proxy_l7_plane) -> None:
     """Passive ejection: once a backend has died in the middle of a response, the next requests go to the others
     (round robin alone would send every second one back to it)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
     hits: list[int] = []
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                if conn.recv(65536):
-                    hits.append(1)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\npartial")
+    def die_mid_response(conn: socket.socket) -> None:
+        with conn:
+            if conn.recv(65536):
+                hits.append(1)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\npartial")
 
-    threading.Thread(target=serve, daemon=True).start()
-    dying = ("127.0.0.1", srv.getsockname()[1], True)
+    srv = RawBackend(die_mid_response)
+    dying = ("127.0.0.1", srv.port, True)
     plane = proxy_l7_plane(ANY, {"web#http": [dying, ("127.0.0.1", proxy_l7_nginx.ports[0], True)]})
     outcomes = []
     for _ in range(8):

@@ -1,6 +1,7 @@
 """Small helpers every benchmark under perf/ uses: free ports, waiting for a listener, CPU time of a process.
 
-Benchmarks run standalone (``python perf/NAME.py``), so this module is imported as ``_common`` from perf/.
+Benchmarks run standalone (``python perf/NAME.py``), so this package is imported as ``benchlib`` from perf/; it
+is a package and not ``perf/NAME.py`` so that every ``perf/*.py`` is a benchmark.
 """
 
 from __future__ import annotations
