@@ -1229,6 +1229,17 @@ void l7_h2_adopt(struct worker *w, l7_proxy_t *p, int fd, SSL *ssl, const char *
     hc_drive(hc);
 }
 
+/* The stream's backend refused the connect or let it time out: it is ejected and the stream tries another one;
+ * with none left it gets 503 (refused) or 504 (timed out). */
+static void connect_failed(h2stream_t *st, int timed_out)
+{
+    void *bad = st->be;
+    l7x_eject(now_of(st->hc), bad);
+    st_up_close(st);
+    if (attach(st, bad) < 0)
+        respond(st, timed_out ? 504 : 503, timed_out ? "upstream connect timed out\n" : "no healthy backend\n");
+}
+
 void l7_h2_event(void *obj, uint32_t ev)
 {
     if (*(int *)obj == L7_T_H2) {
@@ -1273,15 +1284,10 @@ void l7_h2_event(void *obj, uint32_t ev)
         int e = 0;
         socklen_t el = sizeof(e);
         getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &e, &el);
-        if (e != 0) {
-            void *bad = st->be;
-            l7x_eject(now_of(st->hc), bad);
-            st_up_close(st);
-            if (attach(st, bad) < 0)
-                respond(st, 503, "no healthy backend\n");
-        } else {
+        if (e != 0)
+            connect_failed(st, 0);
+        else
             u->connecting = 0;
-        }
     }
     /* responses of many streams that arrive in one epoll batch leave in one TLS write (l7_h2_reap) */
     h2conn_t *hc = st->hc;
@@ -1316,12 +1322,8 @@ void l7_h2_scan(struct worker *w)
         int any = 0;
         for (h2stream_t *st = hc->streams; st; st = st->next) {
             if (st->started && !st->resp_head && st->up && st->up->connecting && st->up->connect_deadline <= now) {
-                void *bad = st->be; /* as a refused connect: another backend, or 504 when none is left */
-                l7x_eject(now, bad);
-                st_up_close(st);
-                if (attach(st, bad) < 0)
-                    respond(st, 504, "upstream connect timed out\n");
-                else
+                connect_failed(st, 1);
+                if (st->up)
                     st_pump(st);
                 any = 1;
             } else if (st->started && !st->resp_head && st->deadline > 0 && st->deadline <= now) {

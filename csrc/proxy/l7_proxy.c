@@ -754,6 +754,22 @@ static void request_end(conn_t *c, int ok)
     c->t = NULL;
 }
 
+/* Takes a finished connection off the worker's list; it is freed at the end of the event batch (reap). */
+static void conn_retire(conn_t *c)
+{
+    worker_t *w = c->w;
+    c->closed = 1;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->next = w->dead_conns;
+    c->prev = NULL;
+    w->dead_conns = c;
+}
+
 static void conn_close(conn_t *c)
 {
     if (c->closed)
@@ -769,17 +785,7 @@ static void conn_close(conn_t *c)
     }
     epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, c->fd, NULL); /* see up_close */
     close(c->fd);
-    c->closed = 1;
-    worker_t *w = c->w;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->next = w->dead_conns;
-    c->prev = NULL;
-    w->dead_conns = c;
+    conn_retire(c);
 }
 
 static const char R400[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n"
@@ -1337,16 +1343,7 @@ static void h2_handoff(conn_t *c, size_t got)
     c->ce += got;
     l7_h2_adopt(w, w->p, c->fd, c->ssl, c->ip, c->port, c->cbuf + c->cs, c->ce - c->cs);
     c->ssl = NULL;
-    c->closed = 1;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->next = w->dead_conns;
-    c->prev = NULL;
-    w->dead_conns = c;
+    conn_retire(c);
 }
 
 static void drive(conn_t *c)
