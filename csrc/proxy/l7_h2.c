@@ -1079,30 +1079,6 @@ static void hc_close(h2conn_t *hc)
     tl_dead = hc;
 }
 
-static ssize_t tls_read(h2conn_t *hc, char *b, size_t n)
-{
-    ERR_clear_error();
-    int r = SSL_read(hc->ssl, b, (int)n);
-    if (r > 0)
-        return r;
-    switch (SSL_get_error(hc->ssl, r)) {
-    case SSL_ERROR_WANT_READ:
-        hc->rd = 0;
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_WANT_WRITE:
-        hc->rd = 0;
-        hc->rd_wants_write = 1;
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    default:
-        errno = EIO;
-        return -1;
-    }
-}
-
 /* Serializes frames nghttp2 has ready and writes them to the client. 1 wrote something, 0 nothing, -1 error. */
 static int hc_flush(h2conn_t *hc)
 {
@@ -1154,7 +1130,7 @@ static void hc_drive(h2conn_t *hc)
         int progress = 0;
         if (hc->rd && !hc->fuzz) {
             char buf[16384];
-            ssize_t r = tls_read(hc, buf, sizeof(buf));
+            ssize_t r = l7x_ssl_read(hc->ssl, buf, sizeof(buf), &hc->rd, &hc->rd_wants_write);
             if (r > 0) {
                 if (nghttp2_session_mem_recv(hc->s, (const uint8_t *)buf, (size_t)r) < 0) {
                     hc_flush(hc); /* the GOAWAY nghttp2 queued, best effort */

@@ -47,6 +47,7 @@ typedef struct {
 ssize_t l7_dechunk(l7_dechunk_t *st, const char *in, size_t n, char *out, size_t outcap, size_t *used, int *done);
 
 /* ---- glue exported by l7_proxy.c ---- */
+ssize_t l7x_ssl_read(SSL *ssl, char *b, size_t n, int *rd, int *rd_wants_write);
 double l7x_now(struct worker *w);
 int l7x_epfd(struct worker *w);
 const l7_config_t *l7x_cfg(l7_proxy_t *p);

@@ -534,6 +534,32 @@ int l7_set_certificates(l7_proxy_t *p, const char *const *domains, const char *c
     return 0;
 }
 
+/* SSL_read with rd()'s contract: >0 bytes, 0 at the peer's close_notify, -1 with errno EAGAIN (and *rd cleared,
+ * *rd_wants_write set when the TLS layer must write first) or EIO. Shared with the HTTP/2 connections. */
+ssize_t l7x_ssl_read(SSL *ssl, char *b, size_t n, int *rd, int *rd_wants_write)
+{
+    ERR_clear_error();
+    int r = SSL_read(ssl, b, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (r > 0)
+        return r;
+    switch (SSL_get_error(ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        *rd = 0;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        *rd = 0;
+        *rd_wants_write = 1;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    default:
+        errno = EIO;
+        return -1;
+    }
+}
+
 /* Reads from the client (TLS or plain) with the same contract as rd(). */
 static ssize_t c_read(conn_t *c, char *b, size_t n)
 {
@@ -549,26 +575,7 @@ static ssize_t c_read(conn_t *c, char *b, size_t n)
             return r;
         }
     }
-    ERR_clear_error();
-    int r = SSL_read(c->ssl, b, n > INT32_MAX ? INT32_MAX : (int)n);
-    if (r > 0)
-        return r;
-    switch (SSL_get_error(c->ssl, r)) {
-    case SSL_ERROR_WANT_READ:
-        c->rd = 0;
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_WANT_WRITE:
-        c->rd = 0;
-        c->rd_wants_write = 1;
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    default:
-        errno = EIO;
-        return -1;
-    }
+    return l7x_ssl_read(c->ssl, b, n, &c->rd, &c->rd_wants_write);
 }
 
 static void oq_reset(outq_t *q) { q->n = q->i = 0; }
