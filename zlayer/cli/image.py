@@ -58,15 +58,12 @@ def image_ls(ctx: click.Context, output: str) -> None:
     if output == "json":
         click.echo(json.dumps(images, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from zlayer.client._cli import print_table
 
-    table = Table(box=None, header_style="bold")
-    for col in ("REFERENCE", "IMAGE ID", "PLATFORM", "SIZE", "CREATED"):
-        table.add_column(col)
-    for i in images:
-        table.add_row(i["reference"], i["id"][7:19], i["platform"], _size(i["size"]), i["created"] or "")
-    Console().print(table)
+    print_table(
+        ("REFERENCE", "IMAGE ID", "PLATFORM", "SIZE", "CREATED"),
+        [(i["reference"], i["id"][7:19], i["platform"], _size(i["size"]), i["created"] or "") for i in images],
+    )
 
 
 image.add_command(image_ls, "list")

@@ -116,15 +116,23 @@ async def resolve_deployment(client: Any, explicit: str | None) -> str:
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Every listing's table. On a terminal it may fit the width (rich); on a pipe every value is printed whole, in
+    columns two spaces apart, so ``zlayer image ls | grep NAME`` finds what it looks for (as docker and kubectl)."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    if not sys.stdout.isatty():
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+        for line in [list(columns), *cells]:
+            click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+        return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
     for col in columns:
         table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    for row in cells:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def print_data(data: Any, fmt: str) -> None:

@@ -48,6 +48,20 @@ def test_import_ls_inspect_tag_export_rm_prune(tmp_path: Path, images_busybox_oc
     assert not list((data / "images" / "layers").iterdir())
 
 
+def test_image_ls_on_a_pipe_prints_whole_references(tmp_path: Path, images_busybox_oci: Path) -> None:
+    # a listing piped into grep must find the name (docker and kubectl never cut one); the table used to print
+    # `127.0.0.1:15123/acme/…` once the columns did not fit 80 characters
+    data = tmp_path / "data"
+    ref = "127.0.0.1:15123/acme/app-with-a-name-long-enough-to-be-cut:2026.12.04-build.1234"
+    assert zl(data, "import", str(images_busybox_oci), "-t", ref).returncode == 0
+    cmd = f"{sys.executable} -m zlayer --data-dir {data} image ls | grep 127.0.0.1:15123/acme/app"
+    grep = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60, env={"COLUMNS": "80"})
+    assert grep.returncode == 0, grep.stderr
+    assert grep.stdout.split()[0] == ref
+    header = zl(data, "image", "ls").stdout.splitlines()[0]
+    assert header.split() == ["REFERENCE", "IMAGE", "ID", "PLATFORM", "SIZE", "CREATED"]
+
+
 def test_import_from_stdin_with_changes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     out = zl(data, "import", "-", "-t", "stdin/img", "-c", 'CMD ["httpd"]', stdin=tar_bytes(busybox_entries()))
