@@ -45,7 +45,7 @@ class StoreImages:
             return
         # The store is a plain ImageStore: fetch from the image's registry into it (the error names the image and
         # what the registry said, e.g. manifest unknown / connection refused).
-        from zlayer.images.pull import pull
+        from zlayer.images.distribution import pull
 
         source = image
         if have and not _names_registry(image):

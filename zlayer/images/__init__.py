@@ -20,13 +20,13 @@ from zlayer.images.reference import Reference, parse_reference
 from zlayer.images.store import ImageStore, LocalImage
 
 if TYPE_CHECKING:
-    from zlayer.images.pull import POLICIES, pull, push
+    from zlayer.images.distribution import POLICIES, pull, push
     from zlayer.images.registry import Credentials
 
 # The registry client brings aiohttp (~10 MiB, and the CA bundle read at import): loaded on first use, so a daemon
 # that only runs local images stays small.
-_LAZY = {"POLICIES": "zlayer.images.pull", "pull": "zlayer.images.pull", "push": "zlayer.images.pull",
-         "Credentials": "zlayer.images.registry"}  # fmt: skip
+_DIST = "zlayer.images.distribution"
+_LAZY = {"POLICIES": _DIST, "pull": _DIST, "push": _DIST, "Credentials": "zlayer.images.registry"}
 
 
 def __getattr__(name: str) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from zlayer.errors import ImageError
-from zlayer.images.pull import check_image_platform, select_platform
+from zlayer.images.distribution import check_image_platform, select_platform
 from zlayer.images.registry import MAX_RETRY_AFTER, _retry_wait
 from zlayer.images.store import is_wasm_manifest
 

@@ -1,4 +1,7 @@
-"""Pulling an image into the store (and pushing one out), with pull policies, platform selection and resume."""
+"""Pulling an image into the store and pushing one out: pull policies, platform selection, resume.
+
+The module is not named `pull`: importing it would make `zlayer.images.pull` the module instead of the function.
+"""
 
 from __future__ import annotations
 
