@@ -15,7 +15,11 @@ typedef struct {
 } l7_hdr_t;
 
 typedef struct {
-    uint16_t method_len, target_off, target_len;
+    uint16_t method_len, target_off, target_len; /* the request-target as sent */
+    uint16_t path_off, path_len; /* its origin-form part: the target itself, or what follows an absolute-form's
+                                  * authority (empty, or "?query", for "http://host" and "http://host?query") */
+    uint16_t auth_off, auth_len; /* absolute-form ("http://host:port/path"): the authority, which overrides Host;
+                                  * auth_len 0 for origin-form and "*" */
     int minor;
     int nhdr;
     l7_hdr_t hdr[L7_MAX_HEADERS];

@@ -143,6 +143,49 @@ static int parse_version(const char *v, size_t n, int *minor)
     return 0;
 }
 
+/* host [":" port] of an http(s) URI (RFC 3986 reg-name, IPv4, [IPv6]); no userinfo, which RFC 9110 §4.2.4 says to
+ * treat as an error. */
+static int valid_authority(const char *a, size_t n)
+{
+    if (n == 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)a[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch && strchr("-._~:[]%!$&'()*+,;=", ch))))
+            return -1;
+    }
+    return 0;
+}
+
+/* The request-target buf[ts..te): origin-form ("/path?q"), asterisk-form ("*") or absolute-form
+ * ("http://authority/path?q", RFC 9112 §3.2.2, which a server must accept). Authority-form (CONNECT) is refused. */
+static int parse_target(const char *buf, size_t ts, size_t te, l7_req_t *r)
+{
+    r->auth_off = r->auth_len = 0;
+    r->path_off = (uint16_t)ts;
+    r->path_len = (uint16_t)(te - ts);
+    if (buf[ts] == '/' || (te - ts == 1 && buf[ts] == '*'))
+        return 0;
+    size_t s = ts;
+    if (te - s > 7 && strncasecmp(buf + s, "http://", 7) == 0)
+        s += 7;
+    else if (te - s > 8 && strncasecmp(buf + s, "https://", 8) == 0)
+        s += 8;
+    else
+        return -1;
+    size_t e = s;
+    while (e < te && buf[e] != '/' && buf[e] != '?')
+        e++;
+    if (valid_authority(buf + s, e - s) < 0)
+        return -1;
+    r->auth_off = (uint16_t)s;
+    r->auth_len = (uint16_t)(e - s);
+    r->path_off = (uint16_t)e;
+    r->path_len = (uint16_t)(te - e);
+    return 0;
+}
+
 int l7_parse_request(const char *buf, size_t len, l7_req_t *r)
 {
     int bare_lf;
@@ -161,7 +204,7 @@ int l7_parse_request(const char *buf, size_t len, l7_req_t *r)
         te++;
     if (te == ts || te >= ll || buf[te] != ' ')
         return L7_BAD;
-    if (buf[ts] != '/' && !(te - ts == 1 && buf[ts] == '*'))
+    if (parse_target(buf, ts, te, r) < 0)
         return L7_BAD;
     if (parse_version(buf + te + 1, ll - te - 1, &r->minor) < 0)
         return L7_BAD;

@@ -1033,7 +1033,10 @@ static void start_request(conn_t *c)
     c->us = c->ue = 0;
     const char *host = "";
     size_t hl = 0;
-    if (q->host_idx >= 0) {
+    if (q->auth_len) { /* absolute-form: its authority is the host (RFC 9112 §3.2.2) */
+        host = base + q->auth_off;
+        hl = q->auth_len;
+    } else if (q->host_idx >= 0) {
         host = base + q->hdr[q->host_idx].val_off;
         hl = q->hdr[q->host_idx].val_len;
     }
@@ -1047,15 +1050,17 @@ static void start_request(conn_t *c)
         if (rb)
             mhl = (size_t)(rb - host + 1);
     }
-    const char *path = base + q->target_off;
-    size_t pl = q->target_len;
+    const char *path = base + q->path_off;
+    size_t pl = q->path_len;
+    int root = pl == 0 || path[0] == '?'; /* "http://host" or "http://host?q": the path is "/" */
     if (challenge(c, path, pl))
         return;
     if (c->w->t == NULL) {
         answer(c, 404, "Not Found", "no route\n");
         return;
     }
-    const route_t *r = route_match(c->w->t, c->port, host, mhl, path, pl);
+    const route_t *r = root ? route_match(c->w->t, c->port, host, mhl, "/", 1)
+                            : route_match(c->w->t, c->port, host, mhl, path, pl);
     if (!r) {
         answer(c, 404, "Not Found", "no route\n");
         return;
@@ -1069,26 +1074,36 @@ static void start_request(conn_t *c)
         answer(c, 503, "Service Unavailable", "no healthy backend\n");
         return;
     }
-    /* request line, possibly without the route's prefix */
+    /* request line in origin-form, possibly without the route's prefix */
     outq_t *o = &c->oq_up;
     oq_reset(o);
     size_t line_end = q->hdr[0].line_off;
     if (q->nhdr == 0)
         line_end = q->head_len - 2;
+    size_t target_end = (size_t)q->target_off + q->target_len;
+    oq_add(o, base, (size_t)q->target_off);
     if (r->strip && r->plen > 1) {
-        oq_add(o, base, (size_t)q->target_off);
         const char *rest = path + r->plen;
         size_t rl = pl - r->plen;
         if (r->prefix[r->plen - 1] == '/' || rl == 0 || rest[0] != '/')
             oq_add(o, "/", 1);
         oq_add(o, rest, rl);
-        oq_add(o, base + q->target_off + pl, line_end - q->target_off - pl);
     } else {
-        oq_add(o, base, line_end);
+        if (root)
+            oq_add(o, "/", 1);
+        oq_add(o, path, pl);
+    }
+    oq_add(o, base + target_end, line_end - target_end);
+    if (q->auth_len) { /* the backend gets the authority as Host, in place of the client's */
+        oq_add(o, "Host: ", 6);
+        oq_add(o, host, hl);
+        oq_add(o, "\r\n", 2);
     }
     c->upgrade = 0;
     for (int i = 0; i < q->nhdr; i++) {
         const l7_hdr_t *hd = &q->hdr[i];
+        if (q->auth_len && i == q->host_idx)
+            continue;
         if (!is_hop(base, hd))
             oq_add(o, base + hd->line_off, hd->line_len);
         else if (q->conn_upgrade && c->req_done && hd->name_len == 7 && strncasecmp(base + hd->name_off, "upgrade", 7) == 0) {

@@ -27,6 +27,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (h > 0) {
                 if ((size_t)h > n || r.head_len != (size_t)h || r.target_off + r.target_len > (size_t)h)
                     abort();
+                size_t te = (size_t)r.target_off + r.target_len;
+                if (r.path_off < r.target_off || (size_t)r.path_off + r.path_len != te)
+                    abort(); /* the origin-form part ends the target */
+                if (r.auth_len && (r.auth_off < r.target_off || (size_t)r.auth_off + r.auth_len != r.path_off ||
+                                   memchr(buf + r.auth_off, '@', r.auth_len)))
+                    abort(); /* the authority precedes it, without userinfo */
+                if (!r.auth_len && r.path_off != r.target_off)
+                    abort();
+                if (r.path_len && buf[r.path_off] != '/' && buf[r.path_off] != '?' && buf[r.path_off] != '*')
+                    abort();
                 for (int i = 0; i < r.nhdr; i++)
                     if ((size_t)r.hdr[i].line_off + r.hdr[i].line_len > (size_t)h ||
                         (size_t)r.hdr[i].val_off + r.hdr[i].val_len > (size_t)h)

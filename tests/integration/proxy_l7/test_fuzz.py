@@ -42,6 +42,8 @@ def test_http_parser_survives_fuzzed_input(tmp_path: Path) -> None:
         "get": b"\x00\x07GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
         "post": b"\x00\x40POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nX-Forwarded-For: 1.2.3.4\r\n\r\nabc",
         "te": b"\x00\x01PUT / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "absolute": b"\x00\x05GET http://shop.example:8080/a/b?c HTTP/1.1\r\nHost: other\r\n\r\n",
+        "absolute-bare": b"\x00\x09OPTIONS HTTPS://[::1]?q HTTP/1.1\r\nHost: x\r\n\r\n",
         "resp": b"\x01\x00HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
         "resp-lf": b"\x01\x00HTTP/1.1 101 Switching\nUpgrade: ws\r\nX: y\n\n",
         "chunk": b"\x02\x03" + b"5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n",

@@ -115,6 +115,70 @@ def test_routing_by_host_and_longest_prefix_with_strip(proxy_l7_nginx, proxy_l7_
     assert curl("-H", "Host: wild.test", f"{url}/z").stdout == "A /z\n"
 
 
+def test_absolute_form_targets_route_on_their_authority(proxy_l7_nginx, proxy_l7_plane) -> None:
+    """RFC 9112 §3.2.2: a server accepts ``GET http://host/path HTTP/1.1``; the target's authority overrides Host, and
+    the backend gets the request in origin-form."""
+    a, b, c = proxy_l7_nginx.ports
+    routes = [("site#any", None, "/", False, "A"), ("shop#exact", "shop.test", "/", False, "C")]
+    routes.append(("shop#api", "shop.test", "/api", True, "B"))
+    groups = {"A": [("127.0.0.1", a, True)], "B": [("127.0.0.1", b, True)], "C": [("127.0.0.1", c, True)]}
+    plane = proxy_l7_plane(routes, groups)
+    with socket.create_connection(("127.0.0.1", plane.port), timeout=5) as s:
+        s.sendall(
+            b"GET http://shop.test/x?y=1 HTTP/1.1\r\nHost: other.test\r\n\r\n"
+            b"GET HTTP://SHOP.test:8080/api/users HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+            b"GET http://shop.test HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+            b"GET http://shop.test?q HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+            b"GET https://elsewhere.test/z HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+            b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+        )
+        got = [(status, body) for status, _, body in read_responses(s, 6)]
+    assert got == [
+        (200, b"C /x?y=1\n"),
+        (200, b"B /users\n"),
+        (200, b"C /\n"),
+        (200, b"C /?q\n"),
+        (200, b"A /z\n"),
+        (200, b"C /plain\n"),
+    ]
+
+
+def test_absolute_form_reaches_the_backend_in_origin_form_with_its_host() -> None:
+    """What the backend reads: the origin-form request line and the authority as the one Host header."""
+    from zlayer.proxy._l7 import Proxy
+
+    heads: list[bytes] = []
+
+    def record(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as f:
+            while True:
+                head = b""
+                while (line := f.readline()) not in (b"\r\n", b""):
+                    head += line
+                if not head:
+                    return
+                heads.append(head)
+                conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    srv = RawBackend(record)
+    proxy = Proxy(1)
+    try:
+        port = proxy.listen("127.0.0.1", 0)
+        proxy.apply([("web#http", port, None, "/", False, 0)], [("web#http", [("127.0.0.1", srv.port, True)])])
+        proxy.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET http://app.test:81/a/b?c=d HTTP/1.1\r\nHost: wrong.test\r\nX-Id: 1\r\n\r\n")
+            assert read_responses(s, 1)[0][0] == 204
+    finally:
+        proxy.close()
+        srv.close()
+    lines = heads[0].decode().split("\r\n")
+    assert lines[0] == "GET /a/b?c=d HTTP/1.1"
+    hosts = [line for line in lines if line.lower().startswith("host:")]
+    assert hosts == ["Host: app.test:81"]
+    assert "X-Id: 1" in lines and "X-Forwarded-Host: app.test:81" in lines
+
+
 BAD = [
     (b"GET /\r\nHost: x\r\n\r\n", 400),  # no version
     (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 400),
@@ -126,6 +190,11 @@ BAD = [
     (b"GET / HTTP/1.1\r\nHost: x\x00y\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 needs Host
     (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+    (b"GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # absolute-form of a scheme that is not HTTP
+    (b"GET http:///x HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # no authority
+    (b"GET http://user@x/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # userinfo (RFC 9110 §4.2.4)
+    (b"GET http://x/ HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 still needs Host with an absolute-form target
+    (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 400),  # authority-form: no tunnels
     (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
     (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
