@@ -120,6 +120,11 @@ typedef struct {
 
 enum { P_HEAD, P_PROXY, P_CLOSING, P_TUNNEL };
 
+/* How a response body is framed: none, Content-Length, chunked, or ended by the backend's close. An HTTP/1.1 client
+ * that keeps its connection gets a close-delimited body re-framed in chunks (RS_RECHUNK), as nginx does: closing
+ * the client instead would leave its pipelined requests unanswered. */
+enum resp_mode { RS_NONE, RS_LENGTH, RS_CHUNKED, RS_CLOSE, RS_RECHUNK };
+
 typedef struct conn {
     int type;
     int fd, port, closed;
@@ -148,7 +153,7 @@ typedef struct conn {
     int up_keep;
     /* response */
     size_t us, ue;
-    int resp_head, resp_done, resp_mode; /* mode 0 none, 1 length, 2 chunked, 3 until close */
+    int resp_head, resp_done, resp_mode; /* enum resp_mode */
     int status;
     int64_t resp_left;
     l7_chunk_t resp_ck;
@@ -157,6 +162,7 @@ typedef struct conn {
     int can_retry;
     char xbuf[2 * L7_MAX_HEAD + 512]; /* XFF value + Host twice + fixed text: at most 2 heads */
     char rbuf[1024];
+    char ckbuf[24]; /* RS_RECHUNK: the size line of the chunk in flight */
     char tls_out[16384];
     char cbuf[CBUF];
     char ubuf[UBUF];
@@ -1243,21 +1249,28 @@ static int pump_response(conn_t *c)
         c->status = r->status;
         c->up_keep = (r->minor == 1 ? !r->conn_close : r->conn_keepalive && !r->conn_close);
         if (c->req.is_head || r->status == 204 || r->status == 304)
-            c->resp_mode = 0;
+            c->resp_mode = RS_NONE;
         else if (r->chunked)
-            c->resp_mode = 2;
+            c->resp_mode = RS_CHUNKED;
         else if (r->content_length >= 0)
-            c->resp_mode = 1;
+            c->resp_mode = RS_LENGTH;
+        else if (c->keep && c->req.minor == 1)
+            c->resp_mode = RS_RECHUNK;
         else
-            c->resp_mode = 3;
-        if (c->resp_mode == 3) {
+            c->resp_mode = RS_CLOSE;
+        if (c->resp_mode == RS_CLOSE)
             c->keep = 0;
+        if (c->resp_mode >= RS_CLOSE)
             c->up_keep = 0;
-        }
         c->resp_left = r->content_length > 0 ? r->content_length : 0;
         memset(&c->resp_ck, 0, sizeof(c->resp_ck));
         int status_cr = b[r->status_len] == '\r';
-        oq_add(&c->oq_cl, b, r->status_len + (status_cr ? 2u : 0u));
+        size_t skip = 0;
+        if (c->resp_mode == RS_RECHUNK && r->minor == 0) { /* chunks need a 1.1 status line (RFC 9112 §6.1) */
+            oq_add(&c->oq_cl, "HTTP/1.1", 8);
+            skip = 8;
+        }
+        oq_add(&c->oq_cl, b + skip, r->status_len - skip + (status_cr ? 2u : 0u));
         if (!status_cr)
             oq_add(&c->oq_cl, "\r\n", 2);
         for (int i = 0; i < r->nhdr; i++) {
@@ -1267,6 +1280,8 @@ static int pump_response(conn_t *c)
                 continue;
             oq_add_line(&c->oq_cl, b, hd);
         }
+        if (c->resp_mode == RS_RECHUNK)
+            oq_add(&c->oq_cl, "Transfer-Encoding: chunked\r\n", 28);
         if (!c->keep)
             oq_add(&c->oq_cl, "Connection: close\r\n\r\n", 21);
         else if (c->req.minor == 0)
@@ -1275,20 +1290,28 @@ static int pump_response(conn_t *c)
             oq_add(&c->oq_cl, "\r\n", 2);
         c->us += (size_t)h;
         c->resp_head = 1;
-        if (c->resp_mode == 0 || (c->resp_mode == 1 && c->resp_left == 0))
+        if (c->resp_mode == RS_NONE || (c->resp_mode == RS_LENGTH && c->resp_left == 0))
             c->resp_done = 1;
     }
     size_t avail = c->ue - c->us;
     if (c->resp_done || avail == 0)
         return 0;
     size_t take = avail;
-    if (c->resp_mode == 1) {
+    if (c->resp_mode == RS_RECHUNK) {
+        int n = snprintf(c->ckbuf, sizeof(c->ckbuf), "%zx\r\n", take);
+        oq_add(&c->oq_cl, c->ckbuf, (size_t)n);
+        oq_add(&c->oq_cl, c->ubuf + c->us, take);
+        oq_add(&c->oq_cl, "\r\n", 2);
+        c->us += take;
+        return 1;
+    }
+    if (c->resp_mode == RS_LENGTH) {
         if ((uint64_t)take > (uint64_t)c->resp_left)
             take = (size_t)c->resp_left;
         c->resp_left -= (int64_t)take;
         if (c->resp_left == 0)
             c->resp_done = 1;
-    } else if (c->resp_mode == 2) {
+    } else if (c->resp_mode == RS_CHUNKED) {
         int done;
         ssize_t n = l7_chunk_feed(&c->resp_ck, c->ubuf + c->us, avail, &done);
         if (n < 0)
@@ -1386,7 +1409,7 @@ static void drive(conn_t *c)
             if (c->ce > c->cs) {
                 int h = l7_parse_request(c->cbuf + c->cs, c->ce - c->cs, &c->req);
                 if (h > 0) {
-                    c->resp_mode = 0;
+                    c->resp_mode = RS_NONE;
                     start_request(c);
                     c->deadline = w->now + cfg->response_timeout;
                     continue;
@@ -1550,7 +1573,9 @@ static void drive(conn_t *c)
                     c->ue += (size_t)r;
                     progress = 1;
                 } else if (r == 0 || (r < 0 && errno != EAGAIN)) {
-                    if (c->resp_head && c->resp_mode == 3) {
+                    if (c->resp_head && c->resp_mode >= RS_CLOSE) {
+                        if (c->resp_mode == RS_RECHUNK)
+                            oq_add(&c->oq_cl, "0\r\n\r\n", 5);
                         c->resp_done = 1;
                         c->up_keep = 0;
                         progress = 1;

@@ -40,7 +40,14 @@ def read_responses(sock: socket.socket, n: int) -> list[tuple[int, dict[str, str
         while (line := f.readline()) not in (b"\r\n", b""):
             k, _, v = line.decode().partition(":")
             headers[k.strip().lower()] = v.strip()
-        body = f.read(int(headers.get("content-length", "0")))
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while size := int(f.readline().split(b";")[0], 16):
+                body += f.read(size)
+                f.readline()
+            assert f.readline() == b"\r\n"  # no trailers
+        else:
+            body = f.read(int(headers.get("content-length", "0")))
         out.append((int(status.split()[1]), headers, body))
     return out
 
@@ -381,7 +388,8 @@ def test_backend_dying_mid_response_closes_the_client(proxy_l7_plane) -> None:
 
 def test_close_delimited_responses_end_when_the_backend_closes(proxy_l7_plane) -> None:
     """An HTTP/1.0 backend writes head and body and closes at once (data and FIN reach the proxy together, as
-    Python's http.server does): every client gets its whole body and then the close, none waits for a timeout."""
+    Python's http.server does): every client gets its whole body and then its end (the close it asked for, or the
+    last chunk of a body re-framed for a keep-alive client), none waits for a timeout."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(64)
@@ -399,9 +407,9 @@ def test_close_delimited_responses_end_when_the_backend_closes(proxy_l7_plane) -
     threading.Thread(target=serve, daemon=True).start()
     plane = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", srv.getsockname()[1], True)]})
     hung = 0
-    for _ in range(60):
+    for _ in range(30):
         with socket.create_connection(("127.0.0.1", plane.port), timeout=2) as c:
-            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             out = b""
             try:
                 while chunk := c.recv(65536):
@@ -409,8 +417,39 @@ def test_close_delimited_responses_end_when_the_backend_closes(proxy_l7_plane) -
             except TimeoutError:
                 hung += 1
             assert out.startswith(b"HTTP/1.0 200") and out.endswith(b"body-until-close")
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", plane.port), timeout=2) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                [(status, headers, body)] = read_responses(c, 1)
+            except TimeoutError:
+                hung += 1
+                continue
+            assert (status, headers["transfer-encoding"], body) == (200, "chunked", b"body-until-close")
     srv.close()
-    assert hung == 0, f"{hung} of 60 responses were not closed after the body"
+    assert hung == 0, f"{hung} of 60 responses did not end after the body"
+
+
+@pytest.mark.parametrize("backend", ["proxy_l7_nginx_close", "proxy_l7_http10", "proxy_l7_closing"])
+def test_pipelined_requests_are_each_answered_when_the_backend_closes_after_every_response(
+    proxy_l7_plane, request, backend
+) -> None:
+    """nginx with keepalive_timeout 0 (Connection: close after a length-delimited body), Python's http.server
+    (HTTP/1.0, body ended by the close) and a raw HTTP/1.1 backend (Connection: close, no length): three requests
+    pipelined on one client connection get their three responses in order, over a new backend connection each."""
+    found = request.getfixturevalue(backend)
+    port = found.ports[0] if backend == "proxy_l7_nginx_close" else found if isinstance(found, int) else found.port
+    plane = proxy_l7_plane(ANY, {"web#http": [("127.0.0.1", port, True)]})
+    with socket.create_connection(("127.0.0.1", plane.port), timeout=5) as s:
+        for _ in range(2):  # and the connection serves on afterwards
+            s.sendall(b"".join(b"GET /p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3)))
+            got = read_responses(s, 3)
+            assert [status for status, _, _ in got] == [200, 200, 200]
+            assert [body.split()[-1] for _, _, body in got] == [b"/p0", b"/p1", b"/p2"]
+            assert all(h.get("connection") != "close" for _, h, _ in got)
+    # an HTTP/1.0 client cannot take chunks: the close-delimited body ends with the close, as it came
+    out = raw(plane.port, b"GET /old HTTP/1.0\r\n\r\nGET /unanswered HTTP/1.0\r\n\r\n")
+    assert out.count(b"HTTP/1.") == 1 and out.endswith(b"/old\n" if backend == "proxy_l7_nginx_close" else b"/old")
 
 
 def test_pooled_connection_closed_by_the_backend_is_retried_fresh(proxy_l7_plane) -> None:

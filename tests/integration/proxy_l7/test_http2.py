@@ -418,3 +418,31 @@ def test_expect_100_continue_reaches_an_h2_client(proxy_l7_continue: Any, h2_pla
     )  # fmt: skip
     assert b"< HTTP/2 100" in res.stderr, res.stderr[-2000:]
     assert res.stdout == b"expected=1 " + b"y" * 100_000
+
+
+@pytest.mark.parametrize("backend", ["proxy_l7_nginx_close", "proxy_l7_http10", "proxy_l7_closing"])
+def test_streams_are_each_answered_when_the_backend_closes_after_every_response(
+    h2_plane: MakePlane, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """Backends that end every connection after one response (Connection: close, with or without a length): three
+    streams sent at once on one h2 connection, twice, each get their whole body."""
+    found = request.getfixturevalue(backend)
+    port = found.ports[0] if backend == "proxy_l7_nginx_close" else found if isinstance(found, int) else found.port
+    plane = h2_plane(*one_group(port))
+    c = RawH2(plane.port)
+    for first in (1, 7):
+        bodies = {s: b"" for s in range(first, first + 6, 2)}
+        for s in bodies:
+            c.get(s, f"/s{s}")
+        ended: set[int] = set()
+        while ended != set(bodies):
+            f = c.frame()
+            assert f is not None, f"connection closed with streams {sorted(set(bodies) - ended)} unfinished"
+            ftype, flags, stream, payload = f
+            assert ftype not in (3, 7), f"stream {stream} reset or GOAWAY"
+            if ftype == 0 and stream in bodies:
+                bodies[stream] += payload
+            if ftype in (0, 1) and flags & 1 and stream in bodies:
+                ended.add(stream)
+        assert {s: b.split()[-1] for s, b in bodies.items()} == {s: b"/s%d" % s for s in bodies}
+    c.sock.close()
