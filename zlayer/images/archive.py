@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import platform as _platform
+import posixpath
 import shlex
 import tarfile
 import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from zlayer.errors import ImageError
 from zlayer.images.store import ImageStore, LocalImage
@@ -24,6 +28,7 @@ OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
+MAX_INDEX_DEPTH = 4  # an index of indexes of ...: real layouts nest one deep at most
 
 
 def host_arch() -> str:
@@ -39,89 +44,151 @@ def _layer_media_type(head: bytes) -> str:
     return OCI_LAYER_TAR
 
 
-def _member_json(tar: tarfile.TarFile, name: str, source: str) -> Any:
-    try:
-        f = tar.extractfile(name)
-    except KeyError as e:
-        raise ImageError(f"{source}: archive has no {name}") from e
-    if f is None:
-        raise ImageError(f"{source}: {name} is not a file")
-    try:
-        return json.load(f)
-    except ValueError as e:
-        raise ImageError(f"{source}: {name} is not valid JSON: {e}") from e
+def _member_name(name: str) -> str | None:
+    """Where a member lands once the archive is extracted, as ``docker load``, podman and skopeo read archives (they
+    extract them first): ``./index.json``, ``/index.json`` and ``a/../index.json`` are ``index.json``; a name that
+    climbs out (``../x``) lands nowhere they would look."""
+    clean = posixpath.normpath(name.lstrip("/"))
+    if clean in (".", "..") or clean.startswith("../"):
+        return None
+    return clean
+
+
+class _Archive:
+    """An image archive's members by the name they have once extracted (a later entry replaces an earlier one, as
+    extraction does); every read error is an ImageError naming the archive."""
+
+    def __init__(self, path: Path) -> None:
+        self.source = str(path)
+        self.members: dict[str, tarfile.TarInfo] = {}
+        try:
+            self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by __exit__ (or below on error)
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            raise ImageError(f"{path}: not a tar archive ({e})") from e
+        try:
+            with self.reading():
+                for member in self.tar:
+                    name = _member_name(member.name)
+                    if name is not None:
+                        self.members[name] = member
+        except BaseException:
+            self.tar.close()
+            raise
+
+    def __enter__(self) -> _Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.tar.close()
+
+    @contextlib.contextmanager
+    def reading(self, what: str = "") -> Iterator[None]:
+        try:
+            yield
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            where = f" ({what})" if what else ""
+            raise ImageError(f"{self.source}: the archive is corrupt or truncated{where}: {e}") from e
+
+    def open(self, name: str, what: str) -> IO[bytes]:
+        """The content of member ``name`` (a ``what``: 'blob sha256:...', 'index.json', ...)."""
+        member = self.members.get(_member_name(name) or "")
+        if member is None:
+            raise ImageError(f"{self.source}: archive has no {what}")
+        with self.reading(what):
+            f = self.tar.extractfile(member)
+        if f is None:
+            raise ImageError(f"{self.source}: {what} is not a file")
+        return f
+
+    def json(self, name: str, what: str | None = None) -> Any:
+        what = what or name
+        f = self.open(name, what)
+        try:
+            with self.reading(what):
+                return json.load(f)
+        except (ValueError, RecursionError) as e:
+            raise ImageError(f"{self.source}: {what} is not valid JSON: {e}") from e
+
+    def kind(self) -> str:
+        """'oci', 'docker' or 'rootfs', from the top-level entries; a layout packed inside one directory is refused
+        (docker load and podman load do not read it either) with the command that packs it as they expect."""
+        if "oci-layout" in self.members and "index.json" in self.members:
+            return "oci"
+        if "manifest.json" in self.members:
+            return "docker"
+        tops = {name.split("/", 1)[0] for name in self.members}
+        if len(tops) == 1:
+            top = tops.pop()
+            if f"{top}/index.json" in self.members or f"{top}/manifest.json" in self.members:
+                raise ImageError(
+                    f"{self.source}: the image layout is inside the directory {top}/ of the archive, not at its top",
+                    hint=f"pack the directory's contents: tar -C {top} -cf IMAGE.tar .",
+                )
+        return "rootfs"
 
 
 def detect_kind(path: Path) -> str:
     """'oci', 'docker' or 'rootfs', from the archive's top-level entries."""
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            names = {n.lstrip("./") for n in tar.getnames()[:4096]}
-    except tarfile.TarError as e:
-        raise ImageError(f"{path}: not a tar archive ({e})") from e
-    if "oci-layout" in names and "index.json" in names:
-        return "oci"
-    if "manifest.json" in names:
-        return "docker"
-    return "rootfs"
+    with _Archive(path) as archive:
+        return archive.kind()
 
 
-def _select_manifest(tar: tarfile.TarFile, index: dict[str, Any], source: str) -> tuple[dict[str, Any], str | None]:
+def _blob_name(digest: str) -> str:
+    algo, _, value = str(digest).partition(":")
+    return f"blobs/{algo}/{value}"
+
+
+def _select_manifest(archive: _Archive, index: dict[str, Any], depth: int = 0) -> tuple[dict[str, Any], str | None]:
     arch = host_arch()
     candidates = index.get("manifests") or []
     if not candidates:
-        raise ImageError(f"{source}: index.json lists no image")
+        raise ImageError(f"{archive.source}: index.json lists no image")
     for desc in candidates:
         if desc.get("mediaType") in INDEX_TYPES:
-            nested = _member_json(tar, "blobs/sha256/" + desc["digest"].split(":", 1)[1], source)
-            return _select_manifest(tar, nested, source)
+            if depth >= MAX_INDEX_DEPTH:
+                raise ImageError(f"{archive.source}: indexes nest more than {MAX_INDEX_DEPTH} deep")
+            nested = archive.json(_blob_name(desc["digest"]), f"index {desc['digest']}")
+            return _select_manifest(archive, nested, depth + 1)
     plat = [d for d in candidates if (d.get("platform") or {}).get("architecture") in (None, arch)]
     if not plat:
         found = ", ".join(f"{d['platform'].get('os')}/{d['platform'].get('architecture')}" for d in candidates)
-        raise ImageError(f"{source}: no image for linux/{arch}; the archive has {found}")
+        raise ImageError(f"{archive.source}: no image for linux/{arch}; the archive has {found}")
     desc = plat[0]
     ref = (desc.get("annotations") or {}).get(REF_ANNOTATION)
-    manifest = _member_json(tar, "blobs/sha256/" + desc["digest"].split(":", 1)[1], source)
+    manifest = archive.json(_blob_name(desc["digest"]), f"manifest {desc['digest']}")
     return manifest, ref
 
 
-def _copy_blob(store: ImageStore, tar: tarfile.TarFile, name: str, digest: str | None, source: str) -> str:
-    try:
-        f = tar.extractfile(name)
-    except KeyError as e:
-        raise ImageError(f"{source}: archive has no blob {name}") from e
-    if f is None:
-        raise ImageError(f"{source}: {name} is not a file")
-    return store.put_blob_stream(f, expected=digest)  # type: ignore[arg-type]
+def _copy_blob(store: ImageStore, archive: _Archive, name: str, digest: str | None, what: str) -> str:
+    f = archive.open(name, what)
+    with archive.reading(what):
+        return store.put_blob_stream(f, expected=digest)  # type: ignore[arg-type]
 
 
 def import_oci(store: ImageStore, path: Path, tag: str | None) -> LocalImage:
-    source = str(path)
-    with tarfile.open(path, "r:*") as tar:
-        index = _member_json(tar, "index.json", source)
-        manifest, ref = _select_manifest(tar, index, source)
+    with _Archive(path) as archive:
+        index = archive.json("index.json")
+        manifest, ref = _select_manifest(archive, index)
         for desc in [manifest["config"], *manifest.get("layers", [])]:
-            _copy_blob(store, tar, "blobs/sha256/" + desc["digest"].split(":", 1)[1], desc["digest"], source)
+            _copy_blob(store, archive, _blob_name(desc["digest"]), desc["digest"], f"blob {desc['digest']}")
     name = tag or (ref if ref and (":" in ref or "/" in ref) else None)
     return store.add_image(name, manifest)
 
 
 def import_docker(store: ImageStore, path: Path, tag: str | None) -> LocalImage:
-    source = str(path)
-    with tarfile.open(path, "r:*") as tar:
-        entries = _member_json(tar, "manifest.json", source)
+    with _Archive(path) as archive:
+        entries = archive.json("manifest.json")
         if not isinstance(entries, list) or not entries:
-            raise ImageError(f"{source}: manifest.json lists no image")
+            raise ImageError(f"{archive.source}: manifest.json lists no image")
         entry = entries[0]
-        config_digest = _copy_blob(store, tar, entry["Config"], None, source)
+        config_digest = _copy_blob(store, archive, entry["Config"], None, f"config {entry['Config']}")
         layers = []
         for layer_name in entry.get("Layers", []):
-            member = tar.extractfile(layer_name)
-            if member is None:
-                raise ImageError(f"{source}: layer {layer_name} is not a file")
-            head = member.read(4)
-            member.seek(0)
-            digest = store.put_blob_stream(member)  # type: ignore[arg-type]
+            member = archive.open(layer_name, f"layer {layer_name}")
+            with archive.reading(f"layer {layer_name}"):
+                head = member.read(4)
+                member.seek(0)
+                digest = store.put_blob_stream(member)  # type: ignore[arg-type]
             size = store.blob_path(digest).stat().st_size
             layers.append({"mediaType": _layer_media_type(head), "digest": digest, "size": size})
     config_size = store.blob_path(config_digest).stat().st_size
