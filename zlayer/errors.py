@@ -113,3 +113,10 @@ class AuthError(ZLayerError):
 
     code = "unauthorized"
     http_status = 401
+
+
+class ForbiddenError(AuthError):
+    """Valid credentials that do not allow what was asked (a reader token on a write)."""
+
+    code = "forbidden"
+    http_status = 403

@@ -6,18 +6,19 @@ import json
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zlayer._version import __version__
-from zlayer.api.auth import verify_token
+from zlayer.api.auth import access_needed, may_write, verify_token
 from zlayer.api.context import ApiContext
-from zlayer.errors import AuthError, ZLayerError
+from zlayer.errors import AuthError, ForbiddenError, ZLayerError
 
 PUBLIC_PATHS = ("/health/live", "/health/ready", "/api-docs/openapi.json")
+CLAIMS = "zlayer.claims"  # where TokenAuth leaves a verified token's claims in the ASGI scope
 
 
 # ZLayer's ErrorResponse names the kind of error in ``error`` (by HTTP status); ours keeps that field for ZLayer's
@@ -36,6 +37,25 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(error_body(status, body), status_code=status)
 
 
+async def authorize(request: Request) -> None:
+    """Every route's dependency: over TCP, a route that writes (:func:`~zlayer.api.auth.access_needed`) needs an
+    ``admin`` or ``operator`` token, else 403. A request without claims came through the unix socket, whose file mode
+    admits root and the ``zlayer`` group only: it may do everything (ZLayer's socket acts as ``local-admin``)."""
+    claims = request.scope.get(CLAIMS)
+    if claims is None:
+        return
+    route = request.scope.get("route")
+    if access_needed(request.method, getattr(route, "openapi_extra", None)) == "read" or may_write(claims):
+        return
+    what = f"{request.method} {getattr(route, 'path', request.url.path)}"
+    raise ForbiddenError(
+        f"{what} changes the node; the token of {claims.get('sub')!r} has roles {claims.get('roles') or []}, "
+        "it needs admin or operator",
+        where=what,
+        hint="use a token from `zlayer token create --roles operator`",
+    )
+
+
 def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     """The REST API of one daemon. Route modules are imported here, at daemon start, not at CLI start."""
     from zlayer.api import containers, deployments, health, images, jobs, proxy, services
@@ -46,6 +66,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
         openapi_url="/api-docs/openapi.json",
         docs_url="/swagger-ui" if swagger else None,
         redoc_url=None,
+        dependencies=[Depends(authorize)],
     )
     app.state.ctx = context
     for mod in (health, deployments, services, containers, images, jobs, proxy):
@@ -91,7 +112,8 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
 class TokenAuth:
     """ASGI wrapper for a TCP listener: every request but the health probes and the OpenAPI document needs
     ``Authorization: Bearer <JWT>``, an HS256 token signed with the daemon's secret (as ZLayer's); a missing, forged,
-    expired or foreign token gets 401 ``{"code": "unauthorized"}``. The unix socket is served without this wrapper:
+    expired or foreign token gets 401 ``{"code": "unauthorized"}``. The token's claims go on to the app, whose
+    :func:`authorize` refuses writes to tokens without a writing role. The unix socket is served without this wrapper:
     its file mode already limits it to root and the ``zlayer`` group (admin)."""
 
     def __init__(self, app: ASGIApp, secret: str) -> None:
@@ -110,11 +132,11 @@ class TokenAuth:
             message = "the Authorization header must be 'Bearer <token>'"
         else:
             try:
-                verify_token(self.secret, value.decode("latin-1"))
+                claims = verify_token(self.secret, value.decode("latin-1"))
             except AuthError as e:
                 message = e.message
             else:
-                await self.app(scope, receive, send)
+                await self.app({**scope, CLAIMS: claims}, receive, send)
                 return
         body = json.dumps(
             {

@@ -1,7 +1,11 @@
 """Bearer tokens as ZLayer issues them: HS256 JWTs signed with the daemon's secret (``--jwt-secret`` /
 ``ZLAYER_JWT_SECRET``, else a secret generated once and kept in ``{data}/jwt_secret``), claims ``sub``, ``exp``,
 ``iat``, ``iss`` (always ``zlayer``) and ``roles``. The daemon writes a 24 h ``local-admin`` token to
-``{data}/admin_bearer.token`` for local CLI use; ``zlayer token create`` mints others."""
+``{data}/admin_bearer.token`` for local CLI use; ``zlayer token create`` mints others.
+
+Roles, as ZLayer names them: ``admin`` may do everything, ``operator`` may change things (deploy, scale, exec,
+delete, pull, trigger), any other valid token (``reader``, ``node``...) may only read. What a request needs follows
+from its method and route alone (:func:`access_needed`), so a new route is a write unless it says otherwise."""
 
 from __future__ import annotations
 
@@ -19,6 +23,12 @@ from typing import Any
 from zlayer.errors import AuthError
 
 ISSUER = "zlayer"
+WRITE_ROLES = frozenset({"admin", "operator"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# openapi_extra of a route that changes nothing although its method is not a read (a dry run, a validation):
+# ``@router.post(..., openapi_extra=READ_ONLY)``. Every other POST, PUT, PATCH and DELETE is a write.
+ACCESS_KEY = "x-zlayer-access"
+READ_ONLY: dict[str, Any] = {ACCESS_KEY: "read"}
 SECRET_FILE = "jwt_secret"
 BEARER_FILE = "admin_bearer.token"
 
@@ -74,6 +84,20 @@ def verify_token(secret: str, token: str, now: float | None = None) -> dict[str,
     return claims
 
 
+def access_needed(method: str, declared: dict[str, Any] | None) -> str:
+    """``"read"`` or ``"write"``: what a request with ``method`` on a route whose ``openapi_extra`` is ``declared``
+    needs. Reads are GET, HEAD and OPTIONS and routes declared :data:`READ_ONLY`; everything else writes."""
+    if method.upper() in READ_METHODS or (declared or {}).get(ACCESS_KEY) == "read":
+        return "read"
+    return "write"
+
+
+def may_write(claims: dict[str, Any]) -> bool:
+    """True when the token's roles include ``admin`` or ``operator``."""
+    roles = claims.get("roles")
+    return isinstance(roles, list) and any(isinstance(r, str) and r in WRITE_ROLES for r in roles)
+
+
 def _write_private(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -105,4 +129,14 @@ def write_admin_bearer(data_dir: Path, secret: str, hours: int = 24) -> str:
     return token
 
 
-__all__ = ["create_token", "decode_token", "load_or_create_secret", "verify_token", "write_admin_bearer"]
+__all__ = [
+    "READ_ONLY",
+    "WRITE_ROLES",
+    "access_needed",
+    "create_token",
+    "decode_token",
+    "load_or_create_secret",
+    "may_write",
+    "verify_token",
+    "write_admin_bearer",
+]

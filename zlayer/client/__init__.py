@@ -26,6 +26,7 @@ from zlayer.errors import (
     AuthError,
     ConflictError,
     DaemonError,
+    ForbiddenError,
     NotFoundError,
     SpecError,
     UsageError,
@@ -38,6 +39,7 @@ AUTO_START_DELAYS = (0.1, 0.2, 0.4, 0.8) + (1.0,) * 16  # ZLayer's: 20 tries, ab
 _BY_STATUS: dict[int, type[ZLayerError]] = {
     400: UsageError,
     401: AuthError,
+    403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
 }

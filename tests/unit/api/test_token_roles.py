@@ -1,0 +1,89 @@
+"""Token roles on the TCP API (issue 11, item 4) and the bearer scheme in the OpenAPI document (issue 11, smaller
+items): a reader token reads and is refused every write with 403 in ZLayer's error shape, on every route the app
+has, including routes added after the fact; operator and admin tokens write; the document declares ZLayer's
+``bearer_auth`` scheme on every operation but the public ones."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from tests.fixtures.api_routes import app_routes
+from zlayer.api import TokenAuth, create_app
+from zlayer.api.auth import READ_ONLY, create_token
+
+SECRET = "s3cret"
+
+
+def _app() -> FastAPI:
+    # No context: a request that gets past authorization fails later (500 or 404), which tells it apart from 403.
+    return create_app(None)  # type: ignore[arg-type]
+
+
+def _send(app: Any, requests: list[tuple[str, str]], roles: list[str]) -> list[httpx.Response]:
+    token = create_token(SECRET, "someone", 60, roles)
+
+    async def go() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=TokenAuth(app, SECRET), raise_app_exceptions=False)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://zlayer", headers=headers) as c:
+            return [await c.request(m, p, json={} if m != "GET" else None) for m, p in requests]
+
+    return asyncio.run(go())
+
+
+def test_a_reader_token_is_refused_every_write_route_with_zlayers_error_shape() -> None:
+    app = _app()
+    writes = [(r.method, r.target({})) for r in app_routes(app) if r.method not in ("GET", "HEAD")]
+    assert len(writes) >= 10, writes
+    for (method, path), resp in zip(writes, _send(app, writes, ["reader"]), strict=True):
+        assert resp.status_code == 403, (method, path, resp.status_code, resp.text)
+        body = resp.json()
+        assert body["error"] == "forbidden" and body["code"] == "forbidden", body
+        assert "operator" in body["message"] and "reader" in body["message"], body
+
+
+def test_a_reader_token_may_read_every_read_route() -> None:
+    app = _app()
+    reads = [(r.method, r.target({})) for r in app_routes(app) if r.method in ("GET", "HEAD")]
+    for (method, path), resp in zip(reads, _send(app, reads, ["reader"]), strict=True):
+        assert resp.status_code not in (401, 403), (method, path, resp.status_code, resp.text)
+
+
+def test_operator_and_admin_tokens_get_past_authorization_on_writes_and_no_roles_cannot_write() -> None:
+    app = _app()
+    writes = [(r.method, r.target({})) for r in app_routes(app) if r.method not in ("GET", "HEAD")]
+    for roles in (["operator"], ["admin"], ["reader", "operator"]):
+        for (method, path), resp in zip(writes, _send(app, writes, roles), strict=True):
+            assert resp.status_code not in (401, 403), (roles, method, path, resp.status_code, resp.text)
+    for roles in ([], ["node"], ["Admin"]):
+        assert {r.status_code for r in _send(app, writes, roles)} == {403}, roles
+
+
+def test_a_route_added_later_is_a_write_unless_it_is_declared_read_only() -> None:
+    app = _app()
+
+    @app.post("/api/v1/added/dry-run", openapi_extra=READ_ONLY)
+    async def dry_run() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.patch("/api/v1/added/thing")
+    async def change() -> dict[str, bool]:
+        return {"ok": True}
+
+    reader = _send(app, [("POST", "/api/v1/added/dry-run"), ("PATCH", "/api/v1/added/thing")], ["reader"])
+    assert [r.status_code for r in reader] == [200, 403]
+    operator = _send(app, [("POST", "/api/v1/added/dry-run"), ("PATCH", "/api/v1/added/thing")], ["operator"])
+    assert [r.status_code for r in operator] == [200, 200]
+
+
+def test_the_unix_socket_app_is_not_limited_by_roles() -> None:
+    async def go() -> int:
+        transport = httpx.ASGITransport(app=_app(), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://zlayer") as c:
+            return (await c.post("/api/v1/jobs/x/cancel")).status_code
+
+    assert asyncio.run(go()) not in (401, 403)
