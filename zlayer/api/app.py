@@ -19,6 +19,8 @@ from zlayer.errors import AuthError, ForbiddenError, ZLayerError
 
 PUBLIC_PATHS = ("/health/live", "/health/ready", "/api-docs/openapi.json")
 CLAIMS = "zlayer.claims"  # where TokenAuth leaves a verified token's claims in the ASGI scope
+BEARER_SCHEME = "bearer_auth"  # ZLayer's name for it in the OpenAPI document
+_OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
 # ZLayer's ErrorResponse names the kind of error in ``error`` (by HTTP status); ours keeps that field for ZLayer's
@@ -56,6 +58,30 @@ async def authorize(request: Request) -> None:
     )
 
 
+def declare_bearer(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document as ZLayer's: an HTTP bearer (JWT) scheme ``bearer_auth`` that every operation but the
+    public ones requires (so generated clients send the token), with the 401 and, on writes, the 403 it answers."""
+    doc.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "DATA_DIR/admin_bearer.token, or a token from `zlayer token create`; writes need the "
+        "admin or operator role",
+    }
+    for path, item in doc.get("paths", {}).items():
+        if path in PUBLIC_PATHS:
+            continue
+        for method, op in item.items():
+            if method not in _OPERATIONS:
+                continue
+            op["security"] = [{BEARER_SCHEME: []}]
+            responses = op.setdefault("responses", {})
+            responses.setdefault("401", {"description": "Missing, invalid or expired bearer token"})
+            if access_needed(method, op) == "write":
+                responses.setdefault("403", {"description": "Forbidden - operator role required"})
+    return doc
+
+
 def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     """The REST API of one daemon. Route modules are imported here, at daemon start, not at CLI start."""
     from zlayer.api import containers, deployments, health, images, jobs, proxy, services
@@ -68,6 +94,8 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
         redoc_url=None,
         dependencies=[Depends(authorize)],
     )
+    generate = app.openapi
+    app.openapi = lambda: declare_bearer(generate())  # type: ignore[method-assign]
     app.state.ctx = context
     for mod in (health, deployments, services, containers, images, jobs, proxy):
         app.include_router(mod.router)

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from tests.fixtures.api_routes import app_routes
 from zlayer.api import TokenAuth, create_app
+from zlayer.api.app import PUBLIC_PATHS
 from zlayer.api.auth import READ_ONLY, create_token
 
 SECRET = "s3cret"
@@ -87,3 +88,25 @@ def test_the_unix_socket_app_is_not_limited_by_roles() -> None:
             return (await c.post("/api/v1/jobs/x/cancel")).status_code
 
     assert asyncio.run(go()) not in (401, 403)
+
+
+def test_openapi_declares_the_bearer_scheme_on_every_operation_but_the_public_ones() -> None:
+    doc = _app().openapi()
+    assert doc["components"]["securitySchemes"]["bearer_auth"] == {
+        **doc["components"]["securitySchemes"]["bearer_auth"],
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+    seen = 0
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if path in PUBLIC_PATHS:
+                assert "security" not in op, (method, path)
+                continue
+            seen += 1
+            assert op.get("security") == [{"bearer_auth": []}], (method, path, op.get("security"))
+            assert "401" in op["responses"], (method, path)
+            if method != "get":
+                assert "403" in op["responses"], (method, path)
+    assert seen >= 30
