@@ -121,6 +121,8 @@ def _report(err: BaseException, verbose: bool) -> int:
 def main(argv: list[str] | None = None) -> Any:
     """Run the CLI; every zlayer error becomes a one- or two-line message and a non-zero exit code."""
     args = sys.argv[1:] if argv is None else argv
+    if "_ZLAYER_COMPLETE" in os.environ:  # a shell asks for candidates: PowerShell and Elvish are registered there
+        importlib.import_module("zlayer.cli.completions")
     try:
         cli.main(args=args, prog_name="zlayer", standalone_mode=False)
         return None

@@ -158,7 +158,7 @@ def test_spec_schema_validates_examples() -> None:
         assert not list(v.iter_errors(yaml.safe_load(path.read_text()))), path
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish", "powershell", "elvish"])
 def test_completions(shell: str) -> None:
     r = zlayer("completions", shell)
     assert r.returncode == 0 and "_ZLAYER_COMPLETE" in r.stdout
