@@ -205,6 +205,7 @@ class ServiceManager:
         except Exception as e:  # the deploy task must always leave a status behind
             log.exception("deploy of %s failed", name)
             await self.store.set_deployment_status(name, "failed", f"internal error: {e}")
+            await self._event(name, "deploy_failed", f"internal error: {e}")  # what `zlayer deploy` waits for
         finally:
             if self.metrics is not None:
                 self.metrics.deploy_finished(time.monotonic() - started, not failures)

@@ -1,10 +1,9 @@
-"""``zlayer deploy`` and ``zlayer up``: send a spec to the daemon and follow it until it runs."""
+"""``zlayer deploy`` and ``zlayer up``: send a spec to the daemon and follow its events until it runs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +62,29 @@ def _with_pull_policy(text: str, policy: str) -> str:
     return str(yaml.safe_dump(doc, sort_keys=False))
 
 
-async def follow_until_settled(client: Any, name: str, timeout: float = 600.0) -> dict[str, Any]:
-    """Print deployment events until it is running or failed; returns the final details."""
-    deadline = time.monotonic() + timeout
-    seen = 0
-    while time.monotonic() < deadline:
-        for ev in await client.request(
-            "GET", f"/api/v1/deployments/{name}/events", params={"after": seen, "follow": False}
-        ):
-            seen = ev["seq"]
-            click.echo(f"  {ev['kind']}: {ev['message']}")
-        details: dict[str, Any] = await client.status(name)
-        if details["status"] in ("running", "failed", "stopped"):
-            return details
-        await asyncio.sleep(0.05)  # two small requests on the unix socket: cheap, and the answer comes sooner
-    raise DaemonError(f"deployment {name} did not settle within {timeout:g}s")
+SETTLED = ("running", "failed", "stopped")
+
+
+async def follow_until_settled(client: Any, name: str, since: str, timeout: float = 600.0) -> dict[str, Any]:
+    """Print the events of the deploy submitted at ``since`` as the daemon streams them (SSE), until the deployment
+    is running or failed; returns its final details."""
+    try:
+        async with asyncio.timeout(timeout):
+            mine = False  # the stream starts with the deployment's history: print from this deploy on
+            async for ev in client.events(name):
+                mine = mine or (ev["kind"] == "deploy" and ev["timestamp"] >= since)
+                if not mine:
+                    continue
+                click.echo(f"  {ev['kind']}: {ev['message']}")
+                if ev["kind"] == "deleted":
+                    break
+                if ev["kind"] in ("deploy_done", "deploy_failed"):
+                    details: dict[str, Any] = await client.status(name)
+                    if details["status"] in SETTLED:
+                        return details
+    except TimeoutError:
+        raise DaemonError(f"deployment {name} did not settle within {timeout:g}s") from None
+    raise DaemonError(f"deployment {name} was removed while it was being deployed")
 
 
 def _report(details: dict[str, Any]) -> None:
@@ -88,14 +95,13 @@ def _report(details: dict[str, Any]) -> None:
     click.echo(f"Deployment {details['name']} is {details['status']}")
 
 
-def deploy_and_follow(spec: str | None, pull: str | None, foreground_action: str) -> None:
-    """Shared body of deploy and up. ``foreground_action`` is what Ctrl+C does: ``detach`` or ``down``."""
+def deploy_and_follow(spec: str | None, pull: str | None, foreground: bool) -> None:
+    """Shared body of deploy and up: submit, follow until running (exit 0) or failed (non-zero, with the reason).
+    ``foreground`` (up without -b/-d) then stays until Ctrl+C, which stops and removes the deployment."""
     path = discover_spec(spec)
     text = path.read_text()
     if pull:
         text = _with_pull_policy(text, pull)
-    c = cli_ctx()
-    background = c.background or c.detach
 
     async def go() -> None:
         client = make_client()
@@ -106,18 +112,16 @@ def deploy_and_follow(spec: str | None, pull: str | None, foreground_action: str
                 raise in_file(e, path) from None
             name = created["name"]
             click.echo(f"Deploying {name} from {path}")
-            details = await follow_until_settled(client, name)
+            details = await follow_until_settled(client, name, created["updated_at"])
             _report(details)
-            if background:
+            if not foreground:
                 return
-            click.echo("Running in the foreground; Ctrl+C " + ("stops and removes it" if foreground_action == "down"
-                       else "detaches (the deployment keeps running)"))  # fmt: skip
+            click.echo("Running in the foreground; Ctrl+C stops and removes it")
             try:
                 await asyncio.Event().wait()
             except asyncio.CancelledError:
-                if foreground_action == "down":
-                    click.echo(f"Stopping {name} ...")
-                    await asyncio.shield(client.stop(name))
+                click.echo(f"Stopping {name} ...")
+                await asyncio.shield(client.stop(name))
                 raise
         finally:
             await client.close()
@@ -126,11 +130,18 @@ def deploy_and_follow(spec: str | None, pull: str | None, foreground_action: str
         asyncio.run(go())
 
 
+def _background_options(fn: Any) -> Any:
+    """ZLayer's -b/-d are global: accepted after the subcommand too (`zlayer up -b`)."""
+    fn = click.option("-d", "--detach", is_flag=True, help="Return once the deployment is running.")(fn)
+    return click.option("-b", "--background", is_flag=True, help="Return once the deployment is running.")(fn)
+
+
 @click.command("deploy")
 @click.argument("spec", required=False)
 @click.option("--dry-run", is_flag=True, help="Only validate and print the plan; the daemon is not contacted.")
-def deploy(spec: str | None, dry_run: bool) -> None:
-    """Deploy a spec (auto-discovered in the current directory) to the daemon."""
+@_background_options
+def deploy(spec: str | None, dry_run: bool, background: bool, detach: bool) -> None:
+    """Deploy a spec (auto-discovered in the current directory) and return once it runs (non-zero exit if it fails)."""
     if dry_run:
         path = discover_spec(spec)
         try:
@@ -142,13 +153,15 @@ def deploy(spec: str | None, dry_run: bool) -> None:
                     click.echo(f"  {p}", err=True)
             raise
         return
-    deploy_and_follow(spec, None, "detach")
+    deploy_and_follow(spec, None, foreground=False)
 
 
 @click.command("up")
 @click.argument("spec", required=False)
 @click.option("--pull", "pull", flag_value="always", help="Pull every image again (pull_policy always).")
 @click.option("--no-pull", "pull", flag_value="never", help="Never pull (pull_policy never).")
-def up(spec: str | None, pull: str | None) -> None:
+@_background_options
+def up(spec: str | None, pull: str | None, background: bool, detach: bool) -> None:
     """Deploy a spec and stay in the foreground; Ctrl+C tears it down (-b returns once it runs)."""
-    deploy_and_follow(spec, pull, "down")
+    c = cli_ctx()
+    deploy_and_follow(spec, pull, foreground=not (background or detach or c.background or c.detach))

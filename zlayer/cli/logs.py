@@ -14,7 +14,7 @@ from zlayer.errors import UsageError
 @click.command("logs")
 @click.argument("service_arg", metavar="SERVICE", required=False)
 @click.option("-s", "--service", help="Service name (or give it as the argument).")
-@click.option("--deployment", help="Deployment [default: the discovered spec's, or the only one].")
+@click.option("-d", "--deployment", help="Deployment [default: the discovered spec's, or the only one].")
 @click.option("-n", "--lines", default=100, show_default=True, help="Lines per replica.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-i", "--instance", help="Only this replica (number or container id).")
