@@ -12,6 +12,8 @@ import click
 from zlayer._version import __version__
 from zlayer.cli.commands import COMMANDS
 
+RUNTIMES = ("auto", "linux")  # what --runtime can pick on this build: auto is the Linux runtime
+
 
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
@@ -53,7 +55,7 @@ class LazyGroup(click.Group):
     type=click.Choice(["auto", "youki", "linux", "docker", "wasm"]),
     default="auto",
     show_default=True,
-    help="Container runtime to use.",
+    help="Container runtime to use (" + ", ".join(RUNTIMES) + " here; the others are refused).",
 )
 @click.option("--socket", "socket_path", envvar="ZLAYER_SOCKET", help="Daemon unix socket [env ZLAYER_SOCKET].")
 @click.option("--host", envvar="ZLAYER_API_URL", help="Daemon API URL, e.g. http://node:3669 [env ZLAYER_API_URL].")
@@ -81,6 +83,13 @@ def cli(
     daemon_name: str,
 ) -> None:
     """zlayer: run the services of a *.zlayer.yml with real isolation and a built-in proxy."""
+    if runtime not in RUNTIMES:
+        from zlayer.errors import UsageError
+
+        # ZLayer's names are accepted by the parser so the message can say what is missing, instead of the Linux
+        # runtime quietly running what the user asked another runtime to run
+        hint = "available runtimes: " + ", ".join(RUNTIMES) + " (auto is the Linux runtime)"
+        raise UsageError(f"no {runtime} runtime in this zlayer", where="--runtime", hint=hint)
     from zlayer.cli.context import CliContext
     from zlayer.paths import Paths
 
