@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -31,6 +32,7 @@ async def list_images(c: ApiContext = Depends(ctx)) -> list[ImageInfoDto]:
         ImageInfoDto(
             reference=str(_field(i, "reference", "ref", "name") or ""),
             digest=_field(i, "digest", "manifest_digest"),
+            id=_field(i, "id"),
             size_bytes=_field(i, "size_bytes", "size"),
         )
         for i in result
@@ -40,4 +42,7 @@ async def list_images(c: ApiContext = Depends(ctx)) -> list[ImageInfoDto]:
 @router.post("/pull", response_model=PullImageResponse, summary="Pull an image.")
 async def pull_image(body: PullImageRequest, c: ApiContext = Depends(ctx)) -> PullImageResponse:
     await c.runtime.pull(body.reference, policy="always")
-    return PullImageResponse(reference=body.reference)
+    if c.images is None or not hasattr(c.images, "get"):
+        return PullImageResponse(reference=body.reference)
+    image = await asyncio.to_thread(c.images.get, body.reference)
+    return PullImageResponse(reference=image.reference, digest=image.digest, id=image.id, size_bytes=image.size)

@@ -148,9 +148,14 @@ class ContainerStatsResponse(BaseModel):
     memory_percent: float
 
 
+_IMAGE_ID = "Image ID: the digest of the image config, as Docker's (what `zlayer image ls` shows, 12 digits of it)."
+_MANIFEST_DIGEST = "Content-addressed digest (`sha256:...`) of the manifest, as the registry names it."
+
+
 class ImageInfoDto(BaseModel):
     reference: str
-    digest: str | None = None
+    digest: str | None = Field(default=None, description=_MANIFEST_DIGEST)
+    id: str | None = Field(default=None, description=_IMAGE_ID)
     size_bytes: int | None = None
 
 
@@ -160,7 +165,9 @@ class PullImageRequest(BaseModel):
 
 class PullImageResponse(BaseModel):
     reference: str
-    digest: str | None = None
+    digest: str | None = Field(default=None, description=_MANIFEST_DIGEST)
+    id: str | None = Field(default=None, description=_IMAGE_ID)
+    size_bytes: int | None = None
 
 
 class TriggerJobResponse(BaseModel):

@@ -36,7 +36,7 @@ def _image_json(image: Any) -> dict[str, Any]:
     return {
         "reference": image.reference,
         "digest": image.digest,
-        "id": image.manifest["config"]["digest"],
+        "id": image.id,
         "size": image.size,
         "platform": image.platform,
         "created": image.image_config.get("created"),
@@ -161,7 +161,7 @@ def import_(
             if not path.is_file():
                 raise NotFoundError(f"import: {source}: no such file")
         img = import_archive(store, path, tag=tag, changes=list(changes))
-    click.echo(f"Imported {img.reference} ({img.digest})")
+    click.echo(f"Imported {img.reference} (image ID {img.id})")
 
 
 @click.command("export")
@@ -283,7 +283,7 @@ def pull_cmd(
             image = asyncio.run(
                 pull(store, ref, policy=pol, platform=platform, credentials=creds, insecure=insecure, progress=progress)
             )
-        click.echo(f"{image.reference}: {image.digest}")
+        click.echo(f"{image.reference}: digest {image.digest}, image ID {image.id}")
 
 
 @image.command("push")

@@ -53,6 +53,12 @@ class LocalImage:
     store_root: Path | None = None
 
     @property
+    def id(self) -> str:
+        """The image ID, as Docker defines it: the digest of the image config. Two manifests of one config (the
+        same image compressed another way) are one image; ``digest`` is the manifest's, as registries name it."""
+        return str(self.manifest["config"]["digest"])
+
+    @property
     def config(self) -> dict[str, Any]:
         """The runtime part of the image config (Entrypoint, Cmd, Env, WorkingDir, User, ExposedPorts, ...)."""
         cfg = self.image_config.get("config") or {}
@@ -256,21 +262,43 @@ class ImageStore:
             self._save_names(names)
 
     def resolve(self, reference: str) -> tuple[str, str]:
-        """(normalised reference, manifest digest) of a local image, by name or by manifest digest (prefix)."""
+        """(normalised reference, manifest digest) of a local image, found as Docker finds one: by name, by the full
+        manifest digest or image ID, or by a prefix of the image ID (``sha256:`` optional; ``image ls`` shows 12)."""
         names = self._names()
-        short_id = len(reference) >= 12 and all(c in "0123456789abcdef" for c in reference)
-        if reference.startswith("sha256:") or short_id:
-            want = reference if reference.startswith("sha256:") else "sha256:" + reference
-            for name, digest in names.items():
-                if digest.startswith(want):
+        hex_ = reference.removeprefix("sha256:")
+        is_hex = 0 < len(hex_) <= 64 and all(c in "0123456789abcdef" for c in hex_)
+        if is_hex and len(hex_) == 64 and reference.startswith("sha256:"):
+            for name, digest in sorted(names.items()):
+                if digest == reference:
                     return name, digest
-        ref = parse_reference(reference)
-        key = str(ref)
-        if key in names:
-            return key, names[key]
-        if ref.digest and self.has_blob(ref.digest):
-            return key, ref.digest
+        elif not reference.startswith("sha256:"):
+            ref = parse_reference(reference)
+            key = str(ref)
+            if key in names:
+                return key, names[key]
+            if ref.digest and self.has_blob(ref.digest):
+                return key, ref.digest
+        if is_hex:
+            found = self._by_id(hex_, names)
+            ids = {image_id for _, _, image_id in found}
+            if len(ids) == 1:
+                return found[0][0], found[0][1]
+            if ids:
+                raise ImageError(
+                    f"image ID {reference} is ambiguous: {len(ids)} images have IDs starting with it",
+                    hint="give more of its digits (zlayer image ls shows them)",
+                )
         raise NotFoundError(f"image {reference} is not in the local store", hint=f"pull it: zlayer pull {reference}")
+
+    def _by_id(self, prefix: str, names: dict[str, str]) -> builtins.list[tuple[str, str, str]]:
+        """(name, manifest digest, image ID) of each named image whose ID starts with ``prefix``."""
+        found = []
+        for name, digest in sorted(names.items()):
+            with contextlib.suppress(ImageError, KeyError, TypeError):
+                image_id = str(self.read_json(digest)["config"]["digest"])
+                if image_id.removeprefix("sha256:").startswith(prefix):
+                    found.append((name, digest, image_id))
+        return found
 
     # -- layers -------------------------------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ move as the node changes."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ import yaml
 
 from tests.fixtures.daemon_live import LiveNode, web_spec
 from tests.fixtures.daemon_node import unique
+from tests.fixtures.images import Entry, busybox_entries, oci_archive
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -220,3 +223,17 @@ def test_metrics_follow_the_node(daemon_live: LiveNode, daemon_live_names: list[
     t0 = time.monotonic()
     node.wait_for(lambda: m('zlayer_containers{state="running"}') == running0, 15, "running back to before")
     assert time.monotonic() - t0 < 15
+
+
+def test_images_answer_with_the_image_id_that_import_and_image_ls_show(daemon_live: LiveNode, tmp_path: Path) -> None:
+    archive = oci_archive(tmp_path / "id.tar", [busybox_entries([Entry("etc/id-check", data=b"api")])])
+    out = daemon_live.zl("import", str(archive), "-t", "idcheck/api:1")
+    assert out.returncode == 0, out.stderr
+    found = re.search(r"image ID (sha256:[0-9a-f]{64})", out.stdout)
+    assert found, out.stdout
+    listed = {i["reference"]: i for i in daemon_live.api("GET", "/api/v1/images")}
+    assert listed["docker.io/idcheck/api:1"]["id"] == found.group(1)
+    assert listed["docker.io/idcheck/api:1"]["digest"] != found.group(1)  # the manifest's digest
+    cli = {i["reference"]: i["id"] for i in json.loads(daemon_live.zl("image", "ls", "-o", "json").stdout)}
+    assert cli["docker.io/idcheck/api:1"] == found.group(1)
+    assert daemon_live.zl("image", "rm", found.group(1)[7:19]).returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -130,3 +131,38 @@ def test_corrupt_archive_is_rejected_clearly(tmp_path: Path) -> None:
     out = zl(tmp_path / "data", "import", str(bad))
     assert out.returncode != 0
     assert "bad.tar" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_one_image_id_in_import_ls_inspect_and_rm(tmp_path: Path, images_busybox_oci: Path) -> None:
+    data = tmp_path / "data"
+    out = zl(data, "import", str(images_busybox_oci), "-t", "ids/one:1")
+    assert out.returncode == 0, out.stderr
+    image_id = re.search(r"image ID (sha256:[0-9a-f]{64})", out.stdout)
+    assert image_id, out.stdout
+    shown = image_id.group(1)
+    listed = json.loads(zl(data, "image", "ls", "-o", "json").stdout)
+    assert [i["id"] for i in listed] == [shown]
+    table = zl(data, "image", "ls").stdout
+    assert shown[7:19] in table, table
+    inspect = json.loads(zl(data, "image", "inspect", shown[7:19]).stdout)
+    assert inspect["id"] == shown == inspect["manifest"]["config"]["digest"]
+    assert inspect["digest"] != shown  # the manifest digest, a separate name that registries use
+    assert json.loads(zl(data, "image", "inspect", shown).stdout)["reference"] == "docker.io/ids/one:1"
+    assert zl(data, "image", "tag", shown[:19], "ids/two:1").returncode == 0
+    assert {i["id"] for i in json.loads(zl(data, "image", "ls", "-o", "json").stdout)} == {shown}
+    removed = zl(data, "image", "rm", shown[7:19])
+    assert removed.returncode == 0 and "Untagged: docker.io/ids/one:1" in removed.stdout, removed.stderr
+
+
+def test_an_id_prefix_two_images_share_is_refused_as_ambiguous(tmp_path: Path) -> None:
+    from zlayer.images import ImageStore, import_archive
+
+    data = tmp_path / "data"
+    rootfs = tmp_path / "rootfs.tar"
+    rootfs.write_bytes(tar_bytes(busybox_entries()))
+    store = ImageStore(data / "images")
+    # 17 images: by pigeonhole two IDs share their first hex digit
+    ids = [import_archive(store, rootfs, tag=f"ids/many:{i}", changes=[f"ENV N={i}"]).id[7:] for i in range(17)]
+    digit = next(d for d in "0123456789abcdef" if sum(i.startswith(d) for i in ids) >= 2)
+    out = zl(data, "image", "inspect", digit)
+    assert out.returncode != 0 and "ambiguous" in out.stderr and "Traceback" not in out.stderr, out.stderr
