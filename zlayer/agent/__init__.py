@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from zlayer.agent.cron import CronSchedule
 from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook
 from zlayer.agent.jobs import JobManager
 from zlayer.agent.manager import Replica, ServiceManager
-from zlayer.agent.specload import ParsedDeployment, Problem, parse_deployment
+from zlayer.agent.specload import ParsedDeployment, parse_deployment
 from zlayer.agent.specview import ServiceView, service_view
 
 __all__ = [
     "Backend",
-    "CronSchedule",
     "JobManager",
     "NetworkHook",
     "ParsedDeployment",
-    "Problem",
     "ProxyHook",
     "Replica",
     "ServiceManager",

@@ -16,10 +16,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from zlayer.agent.cron import CronSchedule
 from zlayer.agent.specview import ServiceView, service_view
 from zlayer.errors import ConflictError, NotFoundError, ZLayerError
 from zlayer.runtime.protocol import ContainerId, Runtime
+from zlayer.spec.scalars import CronSchedule
 from zlayer.state import CronRecord, JobExecutionRecord, Store, now_rfc3339
 
 log = logging.getLogger("zlayer.agent.jobs")

@@ -8,47 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from zlayer.errors import SpecError
-
-_DUR = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|us|ns|s|m|h|d|sec|secs|min|mins|hr|hrs)?")
-_UNIT = {
-    None: 1.0,
-    "s": 1.0,
-    "sec": 1.0,
-    "secs": 1.0,
-    "ms": 1e-3,
-    "us": 1e-6,
-    "ns": 1e-9,
-    "m": 60.0,
-    "min": 60.0,
-    "mins": 60.0,
-    "h": 3600.0,
-    "hr": 3600.0,
-    "hrs": 3600.0,
-    "d": 86400.0,
-}
+from zlayer.spec.scalars import parse_duration
 
 
 def duration(value: Any, default: float) -> float:
-    """Seconds from a humantime string (``30s``, ``1m30s``, ``500ms``), a number, or ``default`` when absent."""
+    """Seconds from a humantime string (the spec's one duration parser), a number, or ``default`` when absent."""
     if value is None or value == "":
         return default
     if isinstance(value, int | float):
         return float(value)
-    text = str(value).strip().replace(" ", "")
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DUR.match(text, pos)
-        if not m or m.end() == pos:
-            raise SpecError(f"invalid duration {value!r}")
-        total += float(m[1]) * _UNIT[m[2]]
-        pos = m.end()
-    return total
+    try:
+        return parse_duration(str(value))
+    except ValueError as e:
+        raise SpecError(f"invalid duration {value!r}: {e}") from None
 
 
 def _enum(value: Any, default: str) -> str:

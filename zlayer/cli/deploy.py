@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import click
 
 from zlayer.client._cli import cli_ctx, discover_spec, make_client
 from zlayer.errors import DaemonError, SpecError
+from zlayer.spec.problem import Problem
 
 
 def print_plan(path: Path, text: str) -> None:
@@ -41,10 +43,10 @@ def print_plan(path: Path, text: str) -> None:
 def in_file(err: SpecError, path: Path) -> SpecError:
     """Name the user's file where the parser (local or the daemon's) only knew ``<string>``."""
     err.message = err.message.replace("<string>", str(path))
-    for p in err.problems:
-        raw = getattr(p, "raw", None)
-        if isinstance(raw, dict) and raw.get("file") == "<string>":
-            raw["file"] = str(path)
+    err.problems = [
+        dataclasses.replace(p, file=str(path)) if isinstance(p, Problem) and p.file == "<string>" else p
+        for p in err.problems
+    ]
     if err.where in (None, "<string>", str(path)) and str(path) in err.message:
         err.where = None
     elif err.where is None:

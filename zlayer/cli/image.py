@@ -231,8 +231,8 @@ def _credentials(username: str | None, password: str | None) -> Any:
 
 
 def _spec_images() -> list[tuple[str, str]]:
-    from zlayer.cli.discovery import discover_spec_path
     from zlayer.spec import load_spec
+    from zlayer.spec.discovery import discover_spec_path
 
     spec = load_spec(discover_spec_path(None))
     return [(svc.image.name, str(svc.image.pull_policy)) for svc in spec.services.values()]

@@ -131,7 +131,7 @@ def _as_json(data: dict[str, Any], path: str) -> dict[str, Any]:
 )
 def validate(spec_path: str | None, output: str) -> None:
     """Validate a deployment spec (auto-discovers a *.zlayer.yml in the current directory)."""
-    from zlayer.cli.discovery import discover_spec_path
+    from zlayer.spec.discovery import discover_spec_path
     from zlayer.spec.loader import check_spec
 
     try:

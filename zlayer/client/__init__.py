@@ -33,6 +33,7 @@ from zlayer.errors import (
     ZLayerError,
 )
 from zlayer.paths import Paths
+from zlayer.spec.problem import Problem
 
 AUTO_START_DELAYS = (0.1, 0.2, 0.4, 0.8) + (1.0,) * 16  # ZLayer's: 20 tries, about 10 s
 
@@ -57,26 +58,14 @@ def _error_from(status: int, body: bytes, what: str) -> ZLayerError:
     where, hint = data.get("where"), data.get("hint")
     err: ZLayerError
     if data.get("code") == "invalid_spec" or (status == 400 and data.get("problems")):
-        err = SpecError(message, problems=[_Problem(p) for p in data.get("problems") or []], where=where, hint=hint)
+        err = SpecError(
+            message, problems=[Problem.from_json(p) for p in data.get("problems") or []], where=where, hint=hint
+        )
     else:
         err = _BY_STATUS.get(status, DaemonError)(message, where=where, hint=hint)
     err.code = str(data.get("code") or err.code)
     err.http_status = status
     return err
-
-
-class _Problem:
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-
-    def to_json(self) -> Any:
-        return self.raw
-
-    def __str__(self) -> str:
-        if isinstance(self.raw, dict):
-            path, msg = self.raw.get("path", ""), self.raw.get("message", "")
-            return f"{path}: {msg}" if path else str(msg)
-        return str(self.raw)
 
 
 class Client:

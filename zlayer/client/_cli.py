@@ -15,8 +15,6 @@ from zlayer.errors import NotFoundError, UsageError
 
 T = TypeVar("T")
 
-EXACT_NAMES = (".zlayer.yml", ".zlayer.yaml", "zlayer.yml", "zlayer.yaml")
-
 
 def cli_ctx() -> Any:
     return click.get_current_context().find_root().obj
@@ -43,47 +41,10 @@ def run(fn: Callable[[Any], Awaitable[T]], auto_start: bool = True) -> T:
 
 
 def discover_spec(explicit: str | None, cwd: Path | None = None) -> Path:
-    """ZLayer's rule (spec-and-cli.md §11): an explicit path wins; then the exact names in order; then exactly one
-    ``*.zlayer.yml|yaml`` or ``zlayer.*.yml|yaml`` in the current directory."""
-    try:
-        import importlib
+    """ZLayer's rule (spec-and-cli.md §11), as :func:`zlayer.spec.discovery.discover_spec_path` applies it."""
+    from zlayer.spec.discovery import discover_spec_path
 
-        discovery = importlib.import_module("zlayer.cli.discovery")  # written with the spec package
-        fn = getattr(discovery, "discover_spec_path", None) or getattr(discovery, "discover_spec", None)
-        if fn is not None:
-            found: Path = Path(fn(explicit))
-            return found
-    except ImportError:
-        pass
-    if explicit:
-        p = Path(explicit)
-        if not p.exists():
-            raise NotFoundError(f"spec file {explicit} does not exist")
-        return p
-    here = cwd or Path.cwd()
-    for name in EXACT_NAMES:
-        if (here / name).is_file():
-            return here / name
-    found_all = sorted(
-        p
-        for p in here.iterdir()
-        if p.is_file()
-        and p.name not in ("zlayer.yml", "zlayer.yaml")
-        and (
-            p.name.endswith((".zlayer.yml", ".zlayer.yaml"))
-            or (p.name.startswith("zlayer.") and p.suffix in (".yml", ".yaml"))
-        )
-    )
-    if not found_all:
-        raise NotFoundError(
-            "No deployment spec found. Create a <name>.zlayer.yml in this directory or pass its path",
-            where=str(here),
-        )
-    if len(found_all) > 1:
-        raise UsageError(
-            "several deployment specs found: " + ", ".join(p.name for p in found_all), hint="pass the one to use"
-        )
-    return found_all[0]
+    return discover_spec_path(explicit, cwd=cwd)
 
 
 def deployment_from_spec(path: Path) -> str:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from zlayer.errors import ImageError
+from zlayer.spec.scalars import parse_image_ref
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPO_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-fA-F0-9]{32,}$")
-_HOST_RE = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -50,35 +45,20 @@ class Reference:
 
 
 def parse_reference(text: str) -> Reference:
-    """Parse ``[host[:port]/]name[:tag][@digest]`` with Docker Hub defaults; a malformed one raises ImageError."""
-    original = text
-    if not text or text != text.strip():
-        raise ImageError(f"invalid image reference {original!r}: empty or surrounded by spaces")
-    digest = None
-    if "@" in text:
-        text, digest = text.split("@", 1)
-        if not _DIGEST_RE.match(digest):
-            raise ImageError(f"invalid image reference {original!r}: bad digest {digest!r}")
-    registry = DEFAULT_REGISTRY
-    first, sep, rest = text.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        if not _HOST_RE.match(first):
-            raise ImageError(f"invalid image reference {original!r}: bad registry host {first!r}")
-        registry, text = first, rest
-    tag = None
-    last = text.rsplit("/", 1)[-1]
-    if ":" in last:
-        text, tag = text.rsplit(":", 1)
-        if not _TAG_RE.match(tag):
-            raise ImageError(f"invalid image reference {original!r}: bad tag {tag!r}")
+    """Parse ``[host[:port]/]name[:tag][@digest]`` with Docker Hub's defaults; a malformed one raises ImageError.
+    The grammar is the spec's (:func:`zlayer.spec.scalars.parse_image_ref`), so a reference ``zlayer validate``
+    accepts is one the image store can pull."""
+    try:
+        parts = parse_image_ref(text)
+    except ValueError as e:
+        raise ImageError(str(e)) from None
+    registry = parts["registry"] or DEFAULT_REGISTRY
     if registry == "index.docker.io":
         registry = DEFAULT_REGISTRY
-    if registry == DEFAULT_REGISTRY and "/" not in text:
-        text = f"library/{text}"
-    if not _REPO_RE.match(text):
-        raise ImageError(
-            f"invalid image reference {original!r}: repository {text!r} must be lowercase letters, digits, separators"
-        )
+    repository = str(parts["repository"])
+    if registry == DEFAULT_REGISTRY and "/" not in repository:
+        repository = f"library/{repository}"
+    tag, digest = parts["tag"], parts["digest"]
     if tag is None and digest is None:
         tag = DEFAULT_TAG
-    return Reference(registry=registry, repository=text, tag=tag, digest=digest)
+    return Reference(registry=registry, repository=repository, tag=tag, digest=digest)

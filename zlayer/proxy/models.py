@@ -99,12 +99,14 @@ def _raw_spec(spec: Any) -> Mapping[str, Any]:
 
 
 def _duration(value: Any, where: str) -> float:
-    from zlayer.agent.specview import duration
+    from zlayer.spec.scalars import parse_duration
 
+    if value is None or value == "":
+        return DEFAULT_SESSION_TIMEOUT
     try:
-        seconds = duration(value, DEFAULT_SESSION_TIMEOUT)
-    except SpecError as exc:
-        raise SpecError(exc.message, where=where) from None
+        seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
+    except ValueError as exc:
+        raise SpecError(f"invalid duration {value!r}: {exc}", where=where) from None
     if seconds <= 0:
         raise SpecError(f"session_timeout must be positive, got {value!r}", where=where)
     return seconds

@@ -16,15 +16,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zlayer.spec.api import dump_spec, spec_json_schema, spec_to_dict
-    from zlayer.spec.loader import Problem, load_spec, parse_spec, read_spec_text
+    from zlayer.spec.discovery import discover_spec_path
+    from zlayer.spec.loader import load_spec, parse_spec, read_spec_text
     from zlayer.spec.models import *
-    from zlayer.spec.scalars import format_duration, memory_to_bytes, parse_duration, parse_memory
+    from zlayer.spec.problem import Problem
+    from zlayer.spec.scalars import (
+        CronSchedule,
+        format_duration,
+        memory_to_bytes,
+        parse_cron,
+        parse_duration,
+        parse_image_ref,
+        parse_memory,
+    )
 
 _WHERE = {
     "load_spec": "zlayer.spec.loader",
     "parse_spec": "zlayer.spec.loader",
     "read_spec_text": "zlayer.spec.loader",
-    "Problem": "zlayer.spec.loader",
+    "Problem": "zlayer.spec.problem",
     "dump_spec": "zlayer.spec.api",
     "spec_to_dict": "zlayer.spec.api",
     "spec_json_schema": "zlayer.spec.api",
@@ -33,6 +43,8 @@ _WHERE = {
     "parse_memory": "zlayer.spec.scalars",
     "memory_to_bytes": "zlayer.spec.scalars",
     "parse_cron": "zlayer.spec.scalars",
+    "CronSchedule": "zlayer.spec.scalars",
+    "discover_spec_path": "zlayer.spec.discovery",
     "parse_image_ref": "zlayer.spec.scalars",
 }
 

@@ -14,7 +14,6 @@ import difflib
 import os
 import re
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ import yaml
 
 from zlayer.errors import SpecError
 from zlayer.spec.coerce import Null, Plain
+from zlayer.spec.problem import Problem
 
 if TYPE_CHECKING:
     from zlayer.spec.models import DeploymentSpec
@@ -29,24 +29,6 @@ if TYPE_CHECKING:
 PathT = tuple[str | int, ...]
 
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a spec: where (file, 1-based line and column), which field, and what."""
-
-    file: str
-    line: int
-    col: int
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "col": self.col, "path": self.path, "message": self.message}
 
 
 def format_path(path: PathT) -> str:
@@ -438,7 +420,7 @@ def read_spec_text(path: str | os.PathLike[str]) -> tuple[str, str]:
     """Resolve ``path`` (a file, or a directory holding exactly one spec) and read it: (source name, text)."""
     p = Path(path)
     if p.is_dir():
-        from zlayer.cli.discovery import discover_spec_path
+        from zlayer.spec.discovery import discover_spec_path
 
         p = discover_spec_path(None, cwd=p)
     source = str(path) if not Path(path).is_dir() else str(p)

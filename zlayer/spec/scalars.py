@@ -7,8 +7,11 @@ field path. No heavy imports here: ``zlayer validate`` pays only for what it use
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 __all__ = [
+    "CronSchedule",
     "format_duration",
     "memory_to_bytes",
     "parse_cron",
@@ -134,94 +137,128 @@ def memory_to_bytes(text: str) -> int:
 
 # --- cron (Rust `cron` crate: sec min hour dom month dow [year]) ---------------------------------------------------
 
-_MONTHS = {
-    m: i + 1 for i, m in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"])
-}
-_DAYS = {d: i + 1 for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
-_CRON_FIELDS = (
-    ("seconds", 0, 59, None),
-    ("minutes", 0, 59, None),
-    ("hours", 0, 23, None),
-    ("days of month", 1, 31, None),
-    ("months", 1, 12, _MONTHS),
-    ("days of week", 1, 7, _DAYS),
-    ("years", 1970, 2100, None),
+_MONTH_NAMES = ("JANUARY", "FEBRUARY", "MARCH", "APRIL", "MAY", "JUNE", "JULY", "AUGUST", "SEPTEMBER", "OCTOBER",
+                "NOVEMBER", "DECEMBER")  # fmt: skip
+_DAY_NAMES = ("SUNDAY", "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY")
+_CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("seconds", 0, 59, ()),
+    ("minutes", 0, 59, ()),
+    ("hours", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, _MONTH_NAMES),
+    ("day of week", 1, 7, _DAY_NAMES),
+    ("year", 1970, 2100, ()),
 )
+_CRON_SHORTHANDS = {
+    "@yearly": "0 0 0 1 1 * *",
+    "@monthly": "0 0 0 1 * * *",
+    "@weekly": "0 0 0 * * 1 *",
+    "@daily": "0 0 0 * * * *",
+    "@hourly": "0 0 * * * * *",
+}
 
 
-def _cron_value(tok: str, name: str, lo: int, hi: int, names: dict[str, int] | None) -> int:
+def _cron_value(tok: str, what: str, lo: int, hi: int, names: tuple[str, ...]) -> int:
     if tok.isdigit():
         v = int(tok)
     else:
         key = tok.upper()
-        if names is not None:
-            for full, num in names.items():
-                if key == full or (len(key) > 3 and full.startswith(key[:3]) and _full_name_ok(key)):
-                    v = num
-                    break
-            else:
-                raise ValueError(f"invalid {name} value '{tok}'")
-        else:
-            raise ValueError(f"invalid {name} value '{tok}'")
+        # A name is its first three letters or the whole word (MON, MONDAY), as the cron crate reads it.
+        hits = [i for i, full in enumerate(names) if key == full[:3] or key == full]
+        if not hits:
+            raise ValueError(f"{tok!r} is not a valid {what}")
+        v = hits[0] + 1
     if not lo <= v <= hi:
-        raise ValueError(f"{name} value {v} out of range {lo}-{hi}")
+        raise ValueError(f"{what} {v} is outside {lo}-{hi}")
     return v
 
 
-_FULL_NAMES = {
-    "JANUARY",
-    "FEBRUARY",
-    "MARCH",
-    "APRIL",
-    "JUNE",
-    "JULY",
-    "AUGUST",
-    "SEPTEMBER",
-    "OCTOBER",
-    "NOVEMBER",
-    "DECEMBER",
-    "SUNDAY",
-    "MONDAY",
-    "TUESDAY",
-    "WEDNESDAY",
-    "THURSDAY",
-    "FRIDAY",
-    "SATURDAY",
-}
-
-
-def _full_name_ok(key: str) -> bool:
-    return key in _FULL_NAMES
-
-
-def _cron_field(text: str, name: str, lo: int, hi: int, names: dict[str, int] | None) -> None:
+def _cron_field(text: str, what: str, lo: int, hi: int, names: tuple[str, ...]) -> frozenset[int]:
+    out: set[int] = set()
     for part in text.split(","):
         if not part:
-            raise ValueError(f"empty item in {name} field '{text}'")
-        base, slash, step = part.partition("/")
-        if slash and (not step.isdigit() or int(step) == 0):
-            raise ValueError(f"invalid step '{step}' in {name} field")
+            raise ValueError(f"empty item in the {what} field {text!r}")
+        base, slash, step_s = part.partition("/")
+        step = 1
+        if slash:
+            if not step_s.isdigit() or int(step_s) == 0:
+                raise ValueError(f"bad step {step_s!r} in the {what} field")
+            step = int(step_s)
         if base in ("*", "?"):
-            continue
-        a, dash, b = base.partition("-")
-        first = _cron_value(a, name, lo, hi, names)
-        if dash:
-            last = _cron_value(b, name, lo, hi, names)
-            if last < first:
-                raise ValueError(f"invalid range {base} in {name} field")
+            a, b = lo, hi
+        elif "-" in base:
+            x, _, y = base.partition("-")
+            a, b = _cron_value(x, what, lo, hi, names), _cron_value(y, what, lo, hi, names)
+            if a > b:
+                raise ValueError(f"range {base} in the {what} field runs backwards")
+        else:
+            a = _cron_value(base, what, lo, hi, names)
+            b = hi if slash else a
+        out.update(range(a, b + 1, step))
+    return frozenset(out)
 
 
-def parse_cron(text: str) -> None:
-    """Check a cron schedule the way the Rust ``cron`` crate does: 6 or 7 fields, seconds first, names allowed."""
-    if text.strip() in ("@yearly", "@monthly", "@weekly", "@daily", "@hourly"):
-        return
-    fields = text.split()
+@dataclass(frozen=True)
+class CronSchedule:
+    """A parsed schedule: the set of values each field matches. Day of week counts ``1`` = Sunday to ``7`` =
+    Saturday, as the cron crate does; day of month and day of week must both match. Times are UTC."""
+
+    expr: str
+    seconds: frozenset[int]
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+    years: frozenset[int]
+
+    @classmethod
+    def parse(cls, expr: str) -> CronSchedule:
+        """:func:`parse_cron`, raising :class:`zlayer.errors.SpecError` that names the schedule."""
+        from zlayer.errors import SpecError
+
+        try:
+            return parse_cron(expr)
+        except ValueError as e:
+            raise SpecError(f"invalid cron schedule {expr!r}: {e}") from None
+
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first time strictly after ``after`` (UTC) the schedule fires, or None if it never does again."""
+        t = after.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
+        day = datetime(t.year, t.month, t.day, tzinfo=UTC)
+        last_year = max(self.years)
+        while day.year <= last_year:
+            if day.year not in self.years:
+                day = datetime(day.year + 1, 1, 1, tzinfo=UTC)
+                continue
+            if day.month not in self.months:
+                day = datetime(day.year + (day.month == 12), day.month % 12 + 1, 1, tzinfo=UTC)
+                continue
+            weekday = (day.weekday() + 1) % 7 + 1  # Python counts Monday=0; the spec counts Sunday=1
+            if day.day in self.days and weekday in self.weekdays:
+                for h in sorted(self.hours):
+                    for m in sorted(self.minutes):
+                        for s in sorted(self.seconds):
+                            cand = day.replace(hour=h, minute=m, second=s)
+                            if cand >= t:
+                                return cand
+            day += timedelta(days=1)
+        return None
+
+
+def parse_cron(text: str) -> CronSchedule:
+    """A cron schedule as the Rust ``cron`` crate reads it: 6 or 7 fields, seconds first, ``*``, ``?``, numbers,
+    ranges, steps, lists and English names, or a shorthand (``@daily`` ...). Raises ``ValueError`` saying which
+    field is wrong."""
+    fields = _CRON_SHORTHANDS.get(text.strip(), text).split()
     if len(fields) not in (6, 7):
         raise ValueError(
             f"expected 6 or 7 fields (sec min hour day-of-month month day-of-week [year]), found {len(fields)}"
         )
-    for tok, (name, lo, hi, names) in zip(fields, _CRON_FIELDS, strict=False):
-        _cron_field(tok, name, lo, hi, names)
+    if len(fields) == 6:
+        fields.append("*")
+    sets = [_cron_field(tok, *spec) for tok, spec in zip(fields, _CRON_FIELDS, strict=True)]
+    return CronSchedule(text, *sets)
 
 
 # --- OCI image references --------------------------------------------------------------------------------------------
@@ -237,15 +274,33 @@ _REF = re.compile(
 )
 
 
+def _ref_problem(text: str) -> str:
+    """Why ``text`` is not a reference, as precisely as can be said."""
+    if not text or text != text.strip():
+        return "empty or surrounded by spaces"
+    rest, at, digest = text.partition("@")
+    if at and re.fullmatch(_DIGEST, digest) is None:
+        return f"bad digest {digest!r}"
+    last = rest.rpartition("/")[2]
+    if ":" in last:
+        tag = last.rpartition(":")[2]
+        if re.fullmatch(_TAG, tag) is None:
+            return f"bad tag {tag!r}"
+        rest = rest[: len(rest) - len(tag) - 1]
+    repo = rest.split("/", 1)[1] if "/" in rest and re.fullmatch(_DOMAIN, rest.split("/", 1)[0]) else rest
+    if any(c.isupper() for c in repo):
+        return "repository name must be lowercase"
+    return f"repository {repo!r} must be lowercase letters and digits with '.', '_', '__' or '-' between them"
+
+
 def parse_image_ref(text: str) -> dict[str, str | None]:
-    """Split ``[host[:port]/]name[:tag][@digest]``; raises ``ValueError`` for an invalid OCI reference."""
-    if not text:
-        raise ValueError("invalid image reference '': repository name must have at least one component")
+    """Split ``[host[:port]/]name[:tag][@digest]`` (the OCI distribution grammar, as the Rust ``docker_reference``
+    crate ZLayer uses) into ``registry`` (None when the name has no host part), ``repository``, ``tag`` and
+    ``digest``; no defaults are filled in. Raises ``ValueError`` saying what is wrong. The one parser of image
+    references: :func:`zlayer.images.parse_reference` adds Docker Hub's defaults on top of it."""
     m = _REF.match(text)
-    if m is None:
-        if any(c.isupper() for c in text.split("@")[0].split(":")[0].rsplit("/", 1)[-1]):
-            raise ValueError(f"invalid image reference '{text}': repository name must be lowercase")
-        raise ValueError(f"invalid image reference '{text}': invalid reference format")
+    if m is None or text != text.strip():
+        raise ValueError(f"invalid image reference '{text}': {_ref_problem(text)}")
     name = m.group("name")
     if len(name) > 255:
         raise ValueError(f"invalid image reference '{text}': repository name must not be more than 255 characters")

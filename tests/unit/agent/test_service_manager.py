@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests.fixtures.daemon import HostProcessRuntime, free_port, httpd_service
-from zlayer.agent import Backend, CronSchedule, JobManager, ServiceManager, ServiceView
+from zlayer.agent import Backend, JobManager, ServiceManager, ServiceView
 from zlayer.errors import SpecError
+from zlayer.spec.scalars import CronSchedule
 from zlayer.state import SqliteStore
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from zlayer.cli.discovery import discover_spec_path, spec_candidates
 from zlayer.errors import NotFoundError, ZLayerError
+from zlayer.spec.discovery import discover_spec_path, spec_candidates
 
 
 def test_explicit_path_wins(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from zlayer.runtime.protocol import (
     LogLine,
     ProcessInfo,
 )
+from zlayer.spec.scalars import parse_duration
 
 DEFAULT_GRACE = 10.0
 EARLY_EXIT_WINDOW = 0.05  # seconds start() watches for a process that dies at once
@@ -509,22 +510,10 @@ class LinuxRuntime:
 
 
 def _seconds(value: Any) -> float:
-    """A duration from the spec: a number of seconds, a timedelta, or a humantime string (``30s``, ``1m30s``)."""
-    if hasattr(value, "total_seconds"):
-        return float(value.total_seconds())
+    """A duration from the spec: a number of seconds or a humantime string (``30s``, ``1m30s``)."""
     if isinstance(value, int | float):
         return float(value)
-    import re
-
-    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
-    total = 0.0
-    text = str(value).replace(" ", "")
-    pos = 0
-    for m in re.finditer(r"(\d+)(ms|sec|min|s|m|h)", text):
-        if m.start() != pos:
-            break
-        total += int(m.group(1)) * units[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise SpecError(f"stop_grace_period {value!r}: expected a duration such as 10s or 1m30s")
-    return total
+    try:
+        return parse_duration(str(value))
+    except ValueError as e:
+        raise SpecError(f"stop_grace_period {value!r}: {e}") from None

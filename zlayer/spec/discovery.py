@@ -1,4 +1,4 @@
-"""Spec auto-discovery as ZLayer does it (spec-and-cli.md §11), shared by validate, deploy, up, down, stop, pull.
+"""Spec auto-discovery as ZLayer does it (spec-and-cli.md §11), used by validate, deploy, up, down, stop and pull.
 
 1. An explicit path wins (a directory is searched like the current directory).
 2. Exact names, in order: ``.zlayer.yml``, ``.zlayer.yaml``, ``zlayer.yml``, ``zlayer.yaml``.

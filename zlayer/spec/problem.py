@@ -1,0 +1,45 @@
+"""One thing wrong with a spec — the only form of it, from the YAML loader through the API to the client.
+
+Kept apart from the loader so that the client (which reads problems back from the API's JSON) need not import
+PyYAML or pydantic to show them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Where (file, 1-based line and column; empty/0 when not known), which field (``services.web.image.name``)
+    and what is wrong."""
+
+    file: str = ""
+    line: int = 0
+    col: int = 0
+    path: str = ""
+    message: str = ""
+
+    def __str__(self) -> str:
+        head = f"{self.file}:{self.line}:{self.col}: " if self.file else ""
+        return f"{head}{self.path}: {self.message}" if self.path else f"{head}{self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "col": self.col, "path": self.path, "message": self.message}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Problem:
+        """Read back what :meth:`to_json` wrote (a bare string becomes the message)."""
+        if not isinstance(raw, dict):
+            return cls(message=str(raw))
+        return cls(
+            str(raw.get("file") or ""),
+            int(raw.get("line") or 0),
+            int(raw.get("col") or 0),
+            str(raw.get("path") or ""),
+            str(raw.get("message") or ""),
+        )
+
+
+__all__ = ["Problem"]
