@@ -32,6 +32,21 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Return once something listens on TCP ``port`` (IPv4 or IPv6), found in /proc/net without connecting: a probe
+    connection would count as a client to a server that takes one at a time, such as iperf3's."""
+    want = f":{port:04X}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(want) and fields[3] == "0A":  # local address, state LISTEN
+                    return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
 def cpu_seconds(pid: int) -> float:
     """User+system CPU of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
