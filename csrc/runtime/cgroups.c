@@ -388,19 +388,6 @@ int cgroups_enter(const struct zl_cgroups *cg, pid_t pid, struct zl_err *e)
     return 0;
 }
 
-int cgroups_oom_killed(const struct zl_cgroups *cg)
-{
-    char buf[1024], path[700];
-    const char *d = cgroups_path_of(cg, "memory");
-    if (!d)
-        return 0;
-    snprintf(path, sizeof(path), "%s/%s", d, cg->v2 ? "memory.events" : "memory.oom_control");
-    if (read_small(path, buf, sizeof(buf)) <= 0)
-        return 0;
-    const char *k = strstr(buf, "oom_kill ");
-    return k && atol(k + 9) > 0;
-}
-
 void cgroups_destroy(const struct zl_cgroups *cg)
 {
     for (int i = 0; i < cg->n; i++) {

@@ -6,6 +6,8 @@
  *       create, start and wait in the foreground (stdio passed through); exit code = the container's
  *   zlayer-shim exec --root DIR [--env K=V]... [--cwd DIR] [--user UID[:GID]] [--tty --console-socket PATH] ID
  *                    -- ARGV...
+ *   zlayer-shim oom-kills CGROUP_DIR
+ *       the OOM-kill counter of a memory cgroup directory (v1 or v2)
  * start / state / kill / delete need no program: see zlayer/runtime/linux/shim.py (ctl.sock, state.json). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +17,8 @@
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: zlayer-shim create|run|exec --root DIR [options] ID [-- ARGV...]\n");
+    fprintf(stderr, "usage: zlayer-shim create|run|exec --root DIR [options] ID [-- ARGV...]\n"
+                    "       zlayer-shim oom-kills CGROUP_DIR\n");
     return 2;
 }
 
@@ -41,6 +44,8 @@ int main(int argc, char **argv)
         return 0;
     }
     const char *cmd = argv[1];
+    if (strcmp(cmd, "oom-kills") == 0)
+        return argc == 3 ? cmd_oom_kills(argv[2]) : usage();
     struct zl_opts o;
     memset(&o, 0, sizeof(o));
     o.root = "/run/zlayer/containers";

@@ -62,6 +62,8 @@ struct ctx {
     int started;
     int result_fd; /* create: the pipe to the waiting caller; the init must not keep it open */
     int keep_config; /* poststart/poststop hooks still need config.json */
+    uint64_t oom_base; /* the memory cgroup's OOM-kill counter when it was created */
+    int oom_known;
 };
 
 static volatile pid_t g_forward_pid;
@@ -327,6 +329,7 @@ static int create_container(struct ctx *x, struct zl_err *e)
     struct zl_config *c = &x->c;
     if (cgroups_create(&x->cg, c, x->o->id, e))
         return -1;
+    x->oom_known = cgroups_oom_kills(&x->cg, &x->oom_base) == 0;
     if (setup_stdio(x, e))
         return -1;
     int sp[2];
@@ -519,7 +522,8 @@ static int monitor_loop(struct ctx *x, int auto_start)
     } else {
         x->st.exit_code = WEXITSTATUS(status);
     }
-    x->st.oom_killed = cgroups_oom_killed(&x->cg);
+    uint64_t oom_now;
+    x->st.oom_killed = x->oom_known && cgroups_oom_kills(&x->cg, &oom_now) == 0 && oom_now > x->oom_base;
     if (x->keep_config) {
         struct zl_err he;
         if (hooks_run(&x->c, "poststop", x->o->id, "stopped", 0, &he))

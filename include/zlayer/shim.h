@@ -1,8 +1,8 @@
 /* zlayer-shim: shared declarations of the per-container monitor (csrc/runtime/).
  *
  * One file per concern, as conmon is split: json (parser of outside input), config (config.json -> struct),
- * cgroups, namespaces, mounts, seccomp, caps (capabilities, user, rlimits), logging (CRI log files),
- * state (state.json), spawn (monitor + container init), exec (joining a running container), main (CLI).
+ * cgroups, oom (the cgroup's OOM-kill counter), namespaces, mounts, seccomp, caps (capabilities, user, rlimits),
+ * logging (CRI log files), state (state.json), spawn (monitor + container init), exec (joining a running container), main (CLI).
  * Errors are reported as text into a caller-owned buffer (struct zl_err) so that the container init can send
  * them to the monitor over the sync socket and the monitor to the caller. */
 #ifndef ZLAYER_SHIM_H
@@ -151,9 +151,16 @@ struct zl_cgroups {
 int cgroups_create(struct zl_cgroups *cg, const struct zl_config *c, const char *id, struct zl_err *e);
 int cgroups_enter(const struct zl_cgroups *cg, pid_t pid, struct zl_err *e);
 int cgroups_enter_self(const struct zl_cgroups *cg, struct zl_err *e);
-int cgroups_oom_killed(const struct zl_cgroups *cg);
 void cgroups_destroy(const struct zl_cgroups *cg);
 const char *cgroups_path_of(const struct zl_cgroups *cg, const char *controller);
+
+/* ---- oom.c ---- */
+/* The oom_kill counter in memory.events (v2) / memory.oom_control (v1) text; 0 = found, -1 = absent or malformed */
+int oom_parse_kills(const char *text, size_t len, uint64_t *out);
+/* v2: 1 reads memory.events, 0 memory.oom_control, -1 whichever exists */
+int oom_read_kills(const char *dir, int v2, uint64_t *out);
+int cgroups_oom_kills(const struct zl_cgroups *cg, uint64_t *out);
+int cmd_oom_kills(const char *dir);
 
 /* ---- namespaces.c ---- */
 int ns_join_paths(const struct zl_config *c, int only_flag, int skip_flag, struct zl_err *e);
