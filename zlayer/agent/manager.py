@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import shlex
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from zlayer.agent.probes import run_health_check, run_init_step
 from zlayer.agent.specload import ParsedDeployment, parse_deployment
 from zlayer.agent.specview import ServiceView, service_view
 from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, UsageError, ZLayerError
-from zlayer.runtime.protocol import ContainerId, Runtime
+from zlayer.runtime.protocol import ContainerId, ExecResult, Runtime
 from zlayer.state import ContainerRecord, DeploymentRecord, ServiceRecord, Store
 
 log = logging.getLogger("zlayer.agent")
@@ -35,6 +36,11 @@ SCALE_DOWN_STOP_TIMEOUT = 30.0
 START_CONCURRENCY = 16  # replicas created/started at once
 STOP_CONCURRENCY = 64  # replicas stopped at once (a stop mostly waits out its grace period)
 LOG_TAIL_ON_EXIT = 40
+
+
+def _exit_text(code: int, oom_killed: bool) -> str:
+    """How a replica ended, in the words of status and events: OOMKilled as Docker says it."""
+    return f"exited with code {code}" + (" (OOMKilled: out of memory at its memory limit)" if oom_killed else "")
 
 
 def _stop_grace(view: ServiceView) -> float:
@@ -463,6 +469,7 @@ class ServiceManager:
         if not self._should_restart(rep, state.exit_code):
             return False
         rep.record.state, rep.record.exit_code, rep.record.last_error = "exited", state.exit_code, str(err)
+        rep.record.oom_killed = state.oom_killed
         await self.store.put_container(rep.record)
         return True
 
@@ -497,6 +504,7 @@ class ServiceManager:
         rep.record.pid = state.pid
         rep.record.state = "running"
         rep.record.exit_code = None
+        rep.record.oom_killed = False
         if self.network is not None and not rep.service.host_network:
             if not wired:
                 rep.record.ip = await self.network.attach(rep.deployment, rep.service.name, rep.record.id, state.pid)
@@ -551,10 +559,27 @@ class ServiceManager:
 
     def _exec_fn(self, rep: Replica) -> Any:
         async def run(argv: list[str]) -> tuple[int, str]:
-            res = await self.runtime.exec(rep.cid, argv)
+            res = await self.exec(rep.record, argv)
             return res.exit_code, (res.stdout + res.stderr).decode(errors="replace")
 
         return run
+
+    async def exec(self, rec: ContainerRecord, argv: list[str]) -> ExecResult:
+        """Run ``argv`` in a replica's container; an OOM kill while it ran is recorded on the replica (its
+        ``oom_killed``, as Docker's State.OOMKilled) and reported as an ``exec_oom_killed`` event."""
+        res = await self.runtime.exec(ContainerId.parse(rec.id), argv)
+        if res.oom_killed:
+            rep = self.replicas.get(rec.id)
+            record = rep.record if rep is not None else rec  # the live record: the supervisor writes that one
+            record.oom_killed = True
+            await self.store.put_container(record)
+            await self._event(
+                record.deployment,
+                "exec_oom_killed",
+                f"{record.id} OOMKilled: the kernel's OOM killer ended a process at the memory limit while "
+                f"`{shlex.join(argv)}` ran (its exit code {res.exit_code})",
+            )
+        return res
 
     def _watch(self, rep: Replica) -> None:
         rep.tasks = [
@@ -698,30 +723,38 @@ class ServiceManager:
             if rep.stopping:
                 return
             code = final.exit_code if final and final.exit_code is not None else -1
+            oom = bool(final and final.oom_killed)
             lines = await self._tail(rep.cid, LOG_TAIL_ON_EXIT)
             rep.healthy = False
             await self._publish(rep.deployment, rep.service)
             rep.record.exit_code = code
+            rep.record.oom_killed = oom
             rep.record.health = "unknown"
+            if oom:
+                await self._event(
+                    rep.deployment,
+                    "replica_oom_killed",
+                    f"{rep.key} OOMKilled: the kernel's OOM killer ended it at its memory limit (exit code {code})",
+                )
             tail = "\n".join(lines[-10:])
             if not self._should_restart(rep, code):
                 rep.record.state = "exited" if code == 0 else "failed"
-                rep.record.last_error = f"exited with code {code}" + (f"; last lines:\n{tail}" if tail else "")
+                rep.record.last_error = _exit_text(code, oom) + (f"; last lines:\n{tail}" if tail else "")
                 await self.store.put_container(rep.record)
                 if self.metrics is not None:
                     self.metrics.container_state(rep.key, rep.record.state)
-                await self._event(rep.deployment, "replica_exited", f"{rep.key} exited with code {code}")
+                await self._event(rep.deployment, "replica_exited", f"{rep.key} {_exit_text(code, oom)}")
                 return
             now = time.monotonic()
             rep.crashes = [t for t in rep.crashes if now - t < CRASH_WINDOW] + [now]
             delay = min(BACKOFF_BASE * 2 ** (len(rep.crashes) - 1), BACKOFF_CAP) * min(self.health_scale * 10, 1.0)
             rep.record.state = "backoff"
-            rep.record.last_error = f"exited with code {code}; restart {rep.record.restarts + 1} in {delay:.1f}s" + (
+            rep.record.last_error = f"{_exit_text(code, oom)}; restart {rep.record.restarts + 1} in {delay:.1f}s" + (
                 f"; last lines:\n{tail}" if tail else ""
             )
             await self.store.put_container(rep.record)
             await self._event(
-                rep.deployment, "replica_crashed", f"{rep.key} exited with code {code}; backoff {delay:.1f}s"
+                rep.deployment, "replica_crashed", f"{rep.key} {_exit_text(code, oom)}; backoff {delay:.1f}s"
             )
             if self.metrics is not None:
                 self.metrics.container_state(rep.key, "backoff")

@@ -20,7 +20,7 @@ from zlayer.api.models import (
     PortMapping,
 )
 from zlayer.errors import NotFoundError
-from zlayer.runtime.protocol import ContainerId
+from zlayer.runtime.protocol import ContainerId, ExecResult
 from zlayer.state import ContainerRecord
 
 router = APIRouter(prefix="/api/v1/containers", tags=["Containers"])
@@ -37,6 +37,11 @@ def _published(c: ApiContext, container: str) -> list[PortMapping]:
     ]
 
 
+def exec_response(res: ExecResult) -> ContainerExecResponse:
+    return ContainerExecResponse(exit_code=res.exit_code, stdout=res.stdout.decode(errors="replace"),
+                                 stderr=res.stderr.decode(errors="replace"), oom_killed=res.oom_killed)  # fmt: skip
+
+
 def container_info(c: ApiContext, rec: ContainerRecord) -> ContainerInfo:
     status, streak, detail = c.manager.replica_health(rec.id)
     return ContainerInfo(
@@ -47,6 +52,7 @@ def container_info(c: ApiContext, rec: ContainerRecord) -> ContainerInfo:
         labels={"zlayer.deployment": rec.deployment, "zlayer.service": rec.service, "zlayer.replica": str(rec.replica)},
         created_at=rec.created_at,
         exit_code=rec.exit_code,
+        oom_killed=rec.oom_killed,
         pid=rec.pid or None,
         ipv4=rec.ip or None,
         ports=_published(c, rec.id),
@@ -116,11 +122,8 @@ async def container_stats(id: str, c: ApiContext = Depends(ctx)) -> ContainerSta
 
 @router.post("/{id}/exec", response_model=ContainerExecResponse, summary="Run a command in a container.")
 async def container_exec(id: str, body: ContainerExecRequest, c: ApiContext = Depends(ctx)) -> ContainerExecResponse:
-    await _record(c, id)
-    res = await c.runtime.exec(ContainerId.parse(id), body.command)
-    return ContainerExecResponse(
-        exit_code=res.exit_code, stdout=res.stdout.decode(errors="replace"), stderr=res.stderr.decode(errors="replace")
-    )
+    res = await c.manager.exec(await _record(c, id), body.command)
+    return exec_response(res)
 
 
 @router.delete("/{id}", status_code=204, summary="Stop and remove a container (its service will replace it).")

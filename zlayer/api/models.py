@@ -117,6 +117,11 @@ class ContainerInfo(BaseModel):
     labels: dict[str, str]
     created_at: str
     exit_code: int | None = None
+    oom_killed: bool = Field(
+        False,
+        description="The kernel's OOM killer ended a process of the container (its main process, or one an exec "
+        "started) at its memory limit since it last started (Docker's State.OOMKilled).",
+    )
     pid: int | None = None
     ipv4: str | None = None
     ports: list[PortMapping] = []
@@ -138,6 +143,11 @@ class ContainerExecResponse(BaseModel):
     exit_code: int
     stdout: str
     stderr: str
+    oom_killed: bool = Field(
+        False,
+        description="The kernel's OOM killer ended a process of the container at its memory limit while "
+        "the command ran (then exit_code is usually 137).",
+    )
 
 
 class ContainerStatsResponse(BaseModel):

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from zlayer.agent.specview import service_view
-from zlayer.api.containers import container_info
+from zlayer.api.containers import container_info, exec_response
 from zlayer.api.context import ApiContext, ctx, until_closing
 from zlayer.api.models import (
     ContainerExecRequest,
@@ -156,7 +156,4 @@ async def exec_in_service(
         raise ConflictError(f"service {service!r} has no running replica")
     healthy = [r for r in reps if r.health == "healthy"]
     target = (healthy or reps)[0]
-    res = await c.runtime.exec(ContainerId.parse(target.id), body.command)
-    return ContainerExecResponse(
-        exit_code=res.exit_code, stdout=res.stdout.decode(errors="replace"), stderr=res.stderr.decode(errors="replace")
-    )
+    return exec_response(await c.manager.exec(target, body.command))

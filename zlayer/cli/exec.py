@@ -29,4 +29,7 @@ def exec_(service: str, cmd: tuple[str, ...], deployment: str | None, replica: i
     res = run(go)
     sys.stdout.write(res["stdout"])
     sys.stderr.write(res["stderr"])
+    if res.get("oom_killed"):
+        click.secho("zlayer: OOMKilled: the kernel's OOM killer ended a process of the container at its memory limit "
+                    f"(exit code {res['exit_code']})", fg="red", err=True)  # fmt: skip
     sys.exit(res["exit_code"])

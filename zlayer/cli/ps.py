@@ -33,14 +33,20 @@ def ps(deployment: str | None, show_containers: bool, fmt: str) -> None:
         return
     if show_containers:
         rows: list[tuple[Any, ...]] = [
-            (c.get("deployment"), c.get("service"), c["id"], c.get("replica"), c["image"], c["state"],
-             (c.get("health") or {}).get("status", ""))
+            (c.get("deployment"), c.get("service"), c["id"], c.get("replica"), c["image"],
+             c["state"] + (" (OOMKilled)" if c.get("oom_killed") else ""), (c.get("health") or {}).get("status", ""))
             for c in data["containers"]
         ]  # fmt: skip
         print_table(["DEPLOYMENT", "SERVICE", "CONTAINER", "REPLICA", "IMAGE", "STATE", "HEALTH"], rows)
         return
+    oom: dict[tuple[str, str], int] = {}
+    for c in data["containers"]:
+        if c.get("oom_killed"):
+            key = (c.get("deployment") or "", c.get("service") or "")
+            oom[key] = oom.get(key, 0) + 1
     srows: list[tuple[Any, ...]] = [
-        (s["deployment"], s["name"], f"{s['replicas']}/{s['desired_replicas']}", s["status"],
+        (s["deployment"], s["name"], f"{s['replicas']}/{s['desired_replicas']}",
+         s["status"] + (f", {n} OOMKilled" if (n := oom.get((s["deployment"], s["name"]))) else ""),
          ",".join(f"{e['port']}/{e['protocol']}" for e in s["endpoints"]), age(s["created_at"]))
         for s in data["services"]
     ]  # fmt: skip

@@ -46,8 +46,8 @@ def status(deployment: str | None) -> None:
             [(h["name"], h["health"], f"{h['replicas_running']}/{h['replicas_desired']}") for h in d["service_health"]],
         )
         for ct in d["containers"]:
-            if ct["state"] in ("backoff", "failed", "exited") or ct.get("restarts"):
-                click.echo(f"  {ct['id']}: {ct['state']}, restarts {ct.get('restarts', 0)}, "
-                           f"last exit code {ct.get('exit_code')}")  # fmt: skip
+            if ct["state"] in ("backoff", "failed", "exited") or ct.get("restarts") or ct.get("oom_killed"):
+                click.echo(f"  {ct['id']}: {ct['state']}{', OOMKilled' if ct.get('oom_killed') else ''}, "
+                           f"restarts {ct.get('restarts', 0)}, last exit code {ct.get('exit_code')}")  # fmt: skip
                 for line in (ct.get("last_error") or "").splitlines():
                     click.echo(f"    {line}")

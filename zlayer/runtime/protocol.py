@@ -99,11 +99,13 @@ class ContainerStats:
 
 @dataclass(frozen=True)
 class ExecResult:
-    """A finished exec: exit code (``128 + n`` after signal n) and its whole output."""
+    """A finished exec: exit code (``128 + n`` after signal n) and its whole output. ``oom_killed``: the kernel's
+    OOM killer ended a process of the container (at its memory limit) while the exec ran."""
 
     exit_code: int
     stdout: bytes
     stderr: bytes
+    oom_killed: bool = False
 
 
 @dataclass(frozen=True)

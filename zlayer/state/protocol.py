@@ -41,7 +41,9 @@ class ServiceRecord:
 
 @dataclass
 class ContainerRecord:
-    """One replica's container, as the agent last saw it. ``revision`` is the spec revision it was built from."""
+    """One replica's container, as the agent last saw it. ``revision`` is the spec revision it was built from.
+    ``oom_killed`` is Docker's ``State.OOMKilled``: the kernel's OOM killer ended one of its processes (its init or
+    one an exec started) since it last started."""
 
     id: str
     deployment: str
@@ -52,6 +54,7 @@ class ContainerRecord:
     revision: int = 1
     spec_hash: str = ""
     exit_code: int | None = None
+    oom_killed: bool = False
     restarts: int = 0
     pid: int = 0
     ip: str = ""

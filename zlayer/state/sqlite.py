@@ -26,7 +26,7 @@ from zlayer.state.protocol import (
     ServiceRecord,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS containers (
     id TEXT PRIMARY KEY, deployment TEXT NOT NULL, service TEXT NOT NULL, replica INTEGER NOT NULL,
     image TEXT NOT NULL, state TEXT NOT NULL, revision INTEGER NOT NULL, spec_hash TEXT NOT NULL,
     exit_code INTEGER, restarts INTEGER NOT NULL, pid INTEGER NOT NULL, ip TEXT NOT NULL, health TEXT NOT NULL,
-    last_error TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    last_error TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    oom_killed INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS containers_by_service ON containers (deployment, service, replica);
 CREATE TABLE IF NOT EXISTS job_executions (
     id TEXT PRIMARY KEY, deployment TEXT NOT NULL, job_name TEXT NOT NULL, status TEXT NOT NULL,
@@ -91,11 +92,19 @@ class SqliteStore:
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         self._db.execute(stmt)
+                self._migrate()
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
         except sqlite3.DatabaseError as e:
             raise StateError(f"cannot open state database: {e}", where=str(self.path)) from e
+
+    def _migrate(self) -> None:
+        """Bring a database an earlier version wrote up to this schema (inside the opening transaction)."""
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(containers)")}
+        if "oom_killed" not in columns:  # version 1
+            self._db.execute("ALTER TABLE containers ADD COLUMN oom_killed INTEGER NOT NULL DEFAULT 0")
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -240,8 +249,8 @@ class SqliteStore:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO containers (id, deployment, service, replica, image, state, revision,"
-                " spec_hash, exit_code, restarts, pid, ip, health, last_error, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " spec_hash, exit_code, restarts, pid, ip, health, last_error, created_at, updated_at, oom_killed)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     record.deployment,
@@ -259,12 +268,15 @@ class SqliteStore:
                     record.last_error,
                     record.created_at,
                     record.updated_at,
+                    int(record.oom_killed),
                 ),
             )
 
     @staticmethod
     def _container(r: sqlite3.Row) -> ContainerRecord:
-        return ContainerRecord(**{k: r[k] for k in r.keys()})  # noqa: SIM118 - sqlite3.Row has no __iter__ of keys
+        rec = ContainerRecord(**{k: r[k] for k in r.keys()})  # noqa: SIM118 - sqlite3.Row has no __iter__ of keys
+        rec.oom_killed = bool(rec.oom_killed)
+        return rec
 
     async def get_container(self, container_id: str) -> ContainerRecord | None:
         r = self._one("SELECT * FROM containers WHERE id = ?", (container_id,))

@@ -135,7 +135,7 @@ def test_openapi_served_and_answers_have_zlayers_shapes(
     status, logs = node.request("GET", f"/api/v1/deployments/{name}/services/web/logs?lines=5&instance=2")
     assert status == 200 and "logged" in logs, logs
     ex = node.api("POST", "/api/v1/containers/web-rep-3/exec", {"command": ["/bin/busybox", "hostname"]})
-    assert ex == {"exit_code": 0, "stdout": "web-rep-3\n", "stderr": ""}
+    assert ex == {"exit_code": 0, "stdout": "web-rep-3\n", "stderr": "", "oom_killed": False}
 
 
 def test_errors_are_json_with_code_and_field_path_and_an_invalid_spec_changes_nothing(

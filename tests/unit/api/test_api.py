@@ -133,7 +133,7 @@ def test_deploy_scale_and_delete_converge_replicas(tmp_path: Path) -> None:
         assert [x["id"] for x in containers] == ["web-rep-1"] and containers[0]["state"] == "running"
 
         ex = await c.post("/api/v1/deployments/shop/services/web/exec", json={"command": ["sh", "-c", "echo hi"]})
-        assert ex.json() == {"exit_code": 0, "stdout": "hi\n", "stderr": ""}
+        assert ex.json() == {"exit_code": 0, "stdout": "hi\n", "stderr": "", "oom_killed": False}
         logs = await c.get("/api/v1/deployments/shop/services/web/logs", params={"lines": 5})
         assert f"[stdout] serving {port}" in logs.text
 

@@ -36,7 +36,7 @@ def test_sdk_deploy_status_scale_exec_logs_stop(daemon_process: Any) -> None:
             [c] = await client.ps()
             assert c["id"] == "web-rep-1" and c["state"] == "running"
             res = await client.exec("sdk-app", "web", ["sh", "-c", "echo $ZLAYER_REPLICA"])
-            assert res == {"exit_code": 0, "stdout": "web-rep-1\n", "stderr": ""}
+            assert res == {"exit_code": 0, "stdout": "web-rep-1\n", "stderr": "", "oom_killed": False}
             assert f"[stdout] serving {port}" in await client.logs("web-rep-1", tail=10)
             scaled = await client.scale("sdk-app", "web", 0)
             assert scaled["replicas"] == 0 and scaled["desired_replicas"] == 0

@@ -20,9 +20,7 @@ V1_OOM_CONTROL = "oom_kill_disable 0\nunder_oom 0\noom_kill 7\n"
 
 
 def oom_kills(directory: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(shim_path()), "oom-kills", str(directory)], capture_output=True, text=True, timeout=10
-    )
+    return subprocess.run([str(shim_path()), "oom-kills", str(directory)], capture_output=True, text=True, timeout=10)
 
 
 @pytest.mark.parametrize(
@@ -31,7 +29,7 @@ def oom_kills(directory: Path) -> subprocess.CompletedProcess[str]:
         ("memory.events", V2_EVENTS, "3"),
         ("memory.oom_control", V1_OOM_CONTROL, "7"),
         ("memory.events", "oom_group_kill 9\noom 1\noom_kill 0\n", "0"),
-        ("memory.oom_control", "oom_kill_disable 1\nunder_oom 1\noom_kill 18446744073709551615", "18446744073709551615"),
+        ("memory.oom_control", "oom_kill_disable 1\nunder_oom 1\noom_kill 18446744073709551615", str(2**64 - 1)),
     ],
 )
 def test_counter_is_read_from_either_hierarchys_file(

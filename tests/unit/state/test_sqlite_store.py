@@ -116,3 +116,38 @@ def test_a_store_killed_mid_write_reopens_consistent(tmp_path: Path) -> None:
         assert len(await st.list_revisions("app")) == dep.revision
 
     run(check())
+
+
+def test_a_database_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '1');"
+        "CREATE TABLE containers (id TEXT PRIMARY KEY, deployment TEXT NOT NULL, service TEXT NOT NULL,"
+        " replica INTEGER NOT NULL, image TEXT NOT NULL, state TEXT NOT NULL, revision INTEGER NOT NULL,"
+        " spec_hash TEXT NOT NULL, exit_code INTEGER, restarts INTEGER NOT NULL, pid INTEGER NOT NULL,"
+        " ip TEXT NOT NULL, health TEXT NOT NULL, last_error TEXT NOT NULL, created_at TEXT NOT NULL,"
+        " updated_at TEXT NOT NULL);"
+        "INSERT INTO containers VALUES ('web-rep-1', 'app', 'web', 1, 'img', 'running', 1, 'h', NULL, 0, 42, '',"
+        " 'healthy', '', 't0', 't0');"
+    )
+    old.commit()
+    old.close()
+
+    async def go() -> None:
+        st = SqliteStore(path)
+        kept = await st.get_container("web-rep-1")
+        assert kept is not None and kept.pid == 42 and kept.oom_killed is False
+        kept.oom_killed, kept.exit_code = True, 137
+        await st.put_container(kept)
+        await st.close()
+        again = SqliteStore(path)
+        got = await again.get_container("web-rep-1")
+        assert got is not None and got.oom_killed is True and got.exit_code == 137
+        await again.close()
+
+    run(go())
+    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)

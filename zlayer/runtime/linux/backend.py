@@ -397,8 +397,13 @@ class LinuxRuntime:
         workdir: str | None = None,
         user: str | None = None,
     ) -> ExecResult:
+        # The cgroup's OOM-kill counter before and after tells whether the kernel ended a process of the container
+        # while this ran (the exec'd one, or one it started); the shim's exit record only covers the init.
+        paths = (await self._shim_state(str(cid))).cgroup_paths
+        before = cgroups.oom_kills(paths)
         code, out, err = await shim.exec_output(str(cid), self.state_root, argv, env=env, cwd=workdir, user=user)
-        return ExecResult(code, out, err)
+        after = cgroups.oom_kills(paths)
+        return ExecResult(code, out, err, oom_killed=before is not None and after is not None and after > before)
 
     def _log_files(self, name: str) -> list[Path]:
         base = self.log_path(name)

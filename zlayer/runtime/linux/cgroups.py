@@ -49,13 +49,21 @@ def _find(paths: Sequence[Path], name: str) -> Path | None:
     return None
 
 
+def oom_kills(paths: Sequence[Path]) -> int | None:
+    """The memory cgroup's count of processes the kernel's OOM killer ended (``oom_kill`` of v1's
+    ``memory.oom_control`` or v2's ``memory.events``); ``None`` when the kernel keeps no such count."""
+    for name in ("memory.oom_control", "memory.events"):
+        if f := _find(paths, name):
+            return _kv(f).get("oom_kill")
+    return None
+
+
 def read_stats(paths: Sequence[Path]) -> ContainerStats:
     """One sample from the container's cgroup directories (missing controllers read as zero / ``None``)."""
     cpu = 0
     mem = 0
     limit: int | None = None
     peak: int | None = None
-    oom = 0
     rd = wr = 0
     if f := _find(paths, "cpuacct.usage"):  # v1, nanoseconds
         cpu = _int(f) or 0
@@ -70,13 +78,11 @@ def read_stats(paths: Sequence[Path]) -> ContainerStats:
         if limit is not None and limit >= UNLIMITED_V1:
             limit = None
         peak = _int(d / "memory.max_usage_in_bytes")
-        oom = _kv(d / "memory.oom_control").get("oom_kill", 0)
     elif f := _find(paths, "memory.current"):  # v2
         d = f.parent
         mem = max(0, (_int(f) or 0) - _kv(d / "memory.stat").get("inactive_file", 0))
         limit = _int(d / "memory.max")
         peak = _int(d / "memory.peak")
-        oom = _kv(d / "memory.events").get("oom_kill", 0)
     pids = _int(f) or 0 if (f := _find(paths, "pids.current")) else 0
     pids_limit = _int(f.parent / "pids.max") if f else None
     if f := _find(paths, "blkio.throttle.io_service_bytes"):  # v1: "MAJ:MIN Read N"
@@ -104,7 +110,7 @@ def read_stats(paths: Sequence[Path]) -> ContainerStats:
         pids_limit=pids_limit,
         io_read_bytes=rd,
         io_write_bytes=wr,
-        oom_kills=oom,
+        oom_kills=oom_kills(paths) or 0,
         timestamp=time.time(),
     )
 
