@@ -198,6 +198,8 @@ class Daemon:
                 if t.done() and t.exception():
                     raise DaemonError(f"API listener failed: {t.exception()}")
             write_json_atomic(cfg.daemon_json, self._info())
+            if network is not None and hasattr(network, "restore"):
+                await network.restore()
             await jobs.restore()
             await manager.restore()
             jobs.start()

@@ -211,6 +211,12 @@ class DaemonNetwork:
             except OSError as e:
                 log.warning("service DNS not available on %s:53: %s", self.net.gateway, e)
 
+    async def restore(self) -> None:
+        """At start-up, with replicas left from the daemon before: their rules (isolation, port mappings) and
+        their DNS server are back before the daemon re-adopts them, whatever happened to the tables meanwhile."""
+        if self.net.members:
+            await self._ensure()
+
     async def attach(self, deployment: str, service: str, container: str, pid: int) -> str:
         if _same_netns(pid):
             return ""  # the container shares the host network: nothing to plumb

@@ -7,7 +7,9 @@ Layout (per daemon, names derived from the data dir so several daemons coexist):
   as ``eth0`` with the next free address and a default route via the gateway (``lo`` up too);
 - nftables table ``ip zlayer_<8 hex>``: masquerade for traffic leaving the subnet (egress), and DNAT for each
   ``port_mappings`` entry (``host_ip:host_port`` → ``container_ip:container_port``), also for connections made from
-  the node itself;
+  the node itself; nothing routed into the bridge from elsewhere (another daemon's containers) passes but published
+  ports and replies;
+- nftables table ``bridge zlayer_<8 hex>``: containers on the bridge reach only those of their own deployment;
 - addresses are persisted in ``{data}/agent_ipam.json`` (write-temp + fsync + rename) so a restarted daemon keeps
   the addresses of the containers it re-adopts.
 
@@ -232,6 +234,8 @@ class NodeNetwork:
         self._lock = asyncio.Lock()
         self._persist_lock = asyncio.Lock()
         self._changes = self._persisted = 0
+        self._rules_lock = asyncio.Lock()
+        self._rule_changes = self._rules_written = 0
         self._ready = False
 
     def _load_state(self) -> None:
@@ -307,6 +311,7 @@ class NodeNetwork:
         async with self._lock:
             if not self._ready:
                 await asyncio.to_thread(self._setup)
+                await self._sync_rules()  # a restarted daemon puts back the rules of the replicas it re-adopts
                 self._ready = True
 
     def _setup(self) -> None:
@@ -319,31 +324,87 @@ class NodeNetwork:
                 ipr.addr("add", index=idx, address=self.gateway, prefixlen=self.subnet.prefixlen)
             ipr.link("set", index=idx, state="up")
         self._sysctl("net.ipv4.ip_forward", "1")
-        self._write_rules()
 
-    def _write_rules(self) -> None:
+    def _ruleset(self) -> str:
+        """The node's two nftables tables (both named ``zlayer_<tag>``, the tag of its bridge), replaced in one
+        transaction: nothing else on the host is touched, and teardown removes exactly these.
+
+        ``ip``: NAT (masquerade out, DNAT of port mappings to addresses of this host) and the bridge's guard: a
+        packet routed into the bridge from anywhere else (another daemon's bridge, another interface) passes only
+        through a published port (DNAT to that mapping's address and port) or as the reply of a connection a
+        container opened.
+
+        ``bridge``: deployments apart on the shared bridge. Frames from or to a port of this node pass only between
+        two ports of the same deployment (one set of veth names per deployment; a port joins the bridge only once
+        it is in its set, see :meth:`attach`). Frames the node routes back into the bridge may carry a container's
+        source address only as a published port, which is masqueraded to the gateway: anything else is one
+        container reaching another through the gateway, around the bridge rule. Where ``br_netfilter`` hands
+        bridged frames to the ``ip`` hooks, a published port reached from a container of the same node is DNATed
+        at the bridge and then bridged, not routed: such a frame was sent to the gateway's MAC (``pkttype host``),
+        which no container-to-container frame is. (Neither ``meta ibrname`` nor ``ct`` is available to ``bridge``
+        tables on every kernel, so the node's ports are told from other bridges' by the set of them.)"""
+        br = f'"{self.bridge}"'
+        dnat, published = [], []
+        for ip, pm in (p for v in self.ports.values() for p in v):
+            # Only what is sent to an address of this host (from outside, from the node, from a container): a
+            # container's packet to another container's address passes through the nat hooks too (bridged).
+            match = f"ip daddr {pm.host_ip} " if pm.host_ip not in ("", "0.0.0.0") else ""
+            dnat.append(
+                f"fib daddr type local {match}{pm.protocol} dport {pm.host_port} dnat to {ip}:{pm.container_port}"
+            )
+            published.append(f"ct status dnat ip daddr {ip} {pm.protocol} dport {pm.container_port} accept")
+        post = []
+        if self.nat:
+            post.append(f"ip saddr {self.subnet} oifname != {br} masquerade")
+        if dnat:  # hairpin: a container reaching a mapped port of its own node comes back through the bridge
+            post.append(f"ip saddr {self.subnet} ip daddr {self.subnet} oifname {br} ct status dnat masquerade")
+        groups: dict[str, list[str]] = {}
+        for c, (deployment, _) in sorted(self.members.items()):
+            if c in self.ipam.leases:
+                groups.setdefault(deployment, []).append(f'"{self.veth_name(c)}"')
+        sets = [_ifname_set("ports", "every container port of this node", [p for g in groups.values() for p in g])]
+        same = []
+        for i, (deployment, ports) in enumerate(sorted(groups.items())):
+            sets.append(_ifname_set(f"deployment{i}", deployment, ports))
+            same.append(f"iifname @deployment{i} oifname @deployment{i} accept")
         lines = [
             f"table ip {self.table} {{}}",
             f"delete table ip {self.table}",
+            f"table bridge {self.table} {{}}",
+            f"delete table bridge {self.table}",
             f"table ip {self.table} {{",
-            "  chain prerouting { type nat hook prerouting priority -100; policy accept;",
-        ]
-        dnat = []
-        for ip, pm in (p for v in self.ports.values() for p in v):
-            match = f"ip daddr {pm.host_ip} " if pm.host_ip not in ("", "0.0.0.0") else ""
-            dnat.append(f"    {match}{pm.protocol} dport {pm.host_port} dnat to {ip}:{pm.container_port}")
-        lines += dnat
-        lines += ["  }", "  chain output { type nat hook output priority -100; policy accept;"]
-        lines += [f"    fib daddr type local {d.strip()}" for d in dnat]
-        lines += ["  }", "  chain postrouting { type nat hook postrouting priority 100; policy accept;"]
-        if self.nat:
-            lines.append(f'    ip saddr {self.subnet} oifname != "{self.bridge}" masquerade')
-        if dnat:  # hairpin: a container reaching a mapped port of its own node comes back through the bridge
-            lines.append(
-                f'    ip saddr {self.subnet} ip daddr {self.subnet} oifname "{self.bridge}" ct status dnat masquerade'
-            )
-        lines += ["  }", "}"]
-        self._run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n")
+            _chain("prerouting", "type nat hook prerouting priority dstnat", dnat),
+            _chain("output", "type nat hook output priority -100", dnat),
+            _chain("postrouting", "type nat hook postrouting priority srcnat", post),
+            _chain("forward", "type filter hook forward priority filter",
+                   [f"oifname {br} iifname != {br} jump into_bridge"]),
+            _chain("into_bridge", None, ["ct state established,related accept", *published, "drop"]),
+            "}",
+            f"table bridge {self.table} {{",
+            *sets,
+            _chain("forward", "type filter hook forward priority filter",
+                   ["iifname != @ports oifname != @ports accept", "meta pkttype host accept", *same, "drop"]),
+            _chain("output", "type filter hook output priority filter",
+                   [f"oifname @ports ip saddr {self.subnet} ip saddr != {self.gateway} drop"]),
+            "}",
+        ]  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+    def _write_rules(self, ruleset: str) -> None:
+        self._run(["nft", "-f", "-"], stdin=ruleset)
+
+    async def _sync_rules(self) -> None:
+        """Put the rules of the current members and port mappings in the kernel, once for all changes made
+        meanwhile (twenty replicas attached at once cost a few ``nft`` runs, not twenty). Returns once rules that
+        include every change made before the call are in place."""
+        self._rule_changes += 1
+        want = self._rule_changes
+        async with self._rules_lock:
+            if self._rules_written >= want:
+                return
+            upto, text = self._rule_changes, self._ruleset()
+            await asyncio.to_thread(self._write_rules, text)
+            self._rules_written = upto
 
     # ------------------------------------------------------------------------------------------- containers
 
@@ -355,18 +416,22 @@ class NodeNetwork:
         await self.setup()
         async with self._lock:
             ip = self.ipam.allocate(container, save=False)
+            self.members[container] = (deployment, service)
         try:
+            # Its port is in its deployment's set before it joins the bridge, so it never reaches another's.
+            await self._sync_rules()
             await asyncio.to_thread(self._attach, container, pid, str(ip))
         except BaseException as e:
             async with self._lock:
                 self.ipam.release(container, save=False)
+                self.members.pop(container, None)
             with contextlib.suppress(Exception):  # a veth made before the failure must not stay on the bridge
                 await asyncio.to_thread(self._detach, container)
+            with contextlib.suppress(Exception):
+                await self._sync_rules()
             if isinstance(e, ZLayerError) or not isinstance(e, Exception):
                 raise
             raise NetworkError(f"cannot attach {container} (pid {pid}): {e}", where=container) from e
-        async with self._lock:
-            self.members[container] = (deployment, service)
         await self._persist()
         return str(ip)
 
@@ -399,8 +464,8 @@ class NodeNetwork:
         async with self._lock:
             self.ipam.release(container, save=False)
             self.members.pop(container, None)
-            if self.ports.pop(container, None):
-                await asyncio.to_thread(self._write_rules)
+            self.ports.pop(container, None)
+        await self._sync_rules()
         await self._persist()
 
     def _detach(self, container: str) -> None:
@@ -422,7 +487,7 @@ class NodeNetwork:
             taken = {(m.protocol, m.host_port) for v in self.ports.values() for _, m in v}
             self.ports[container] = [(ip, _with_host_port(m, taken)) for m in mappings]
             self._save_state()
-            await asyncio.to_thread(self._write_rules)
+        await self._sync_rules()
 
     def published(self, container: str) -> list[PortMapping]:
         """The container's port mappings as published (ephemeral host ports resolved)."""
@@ -435,7 +500,8 @@ class NodeNetwork:
         """Leave everything in place: running containers keep their network; the next daemon reuses it."""
 
     async def teardown(self) -> None:
-        """Remove the bridge, every veth and the nftables table (used when the node is reset and by tests)."""
+        """Remove the bridge, every veth and the node's nftables tables (used when the node is reset and by
+        tests); another daemon's bridge and tables stay as they are."""
 
         def go() -> None:
             with self._ipr() as ipr:
@@ -444,11 +510,22 @@ class NodeNetwork:
                         ipr.link("del", index=idx)
                 for idx in ipr.link_lookup(ifname=self.bridge):
                     ipr.link("del", index=idx)
-            with contextlib.suppress(NetworkError):
-                self._run(["nft", "delete", "table", "ip", self.table])
+            for family in ("ip", "bridge"):
+                with contextlib.suppress(NetworkError):
+                    self._run(["nft", "delete", "table", family, self.table])
 
         await asyncio.to_thread(go)
         self._ready = False
+
+
+def _ifname_set(name: str, comment: str, elements: list[str]) -> str:
+    items = f" elements = {{ {', '.join(elements)} }};" if elements else ""
+    return f"  set {name} {{ type ifname; comment {json.dumps(comment[:100])};{items} }}"
+
+
+def _chain(name: str, hook: str | None, rules: list[str]) -> str:
+    head = f"  chain {name} {{" + (f" {hook}; policy accept;" if hook else "")
+    return "\n".join([head, *(f"    {r}" for r in rules), "  }"])
 
 
 def _with_host_port(m: PortMapping, taken: set[tuple[str, int]]) -> PortMapping:

@@ -90,13 +90,6 @@ def outside(daemon_live: LiveNode) -> Iterator[Outside]:
         o.close()
 
 
-def exec_in(node: LiveNode, name: str, service: str, script: str, replica: int = 1) -> dict[str, object]:
-    status, res = node.request("POST", f"/api/v1/deployments/{name}/services/{service}/exec",
-                               {"command": ["/bin/sh", "-c", script], "replica": replica})  # fmt: skip
-    assert status == 200, res
-    return dict(res)
-
-
 def test_service_names_resolve_inside_containers_and_egress_is_natted(
     daemon_live: LiveNode, daemon_live_names: list[str], outside: Outside
 ) -> None:
@@ -108,20 +101,20 @@ def test_service_names_resolve_inside_containers_and_egress_is_natted(
     node.expect(other)
     web_ips = sorted(c["ipv4"] for c in node.containers(name, "web"))
     [api] = node.containers(other, "api")
-    look = exec_in(node, name, "client", "/bin/busybox nslookup web")
+    look = node.exec_in(name, "client", "/bin/busybox nslookup web")
     assert all(ip in str(look["stdout"]) for ip in web_ips), look
-    one = exec_in(node, name, "client", "/bin/busybox nslookup 2.web.service.local")
+    one = node.exec_in(name, "client", "/bin/busybox nslookup 2.web.service.local")
     assert str(one["stdout"]).count("Address") >= 1 and node.containers(name, "web")[1]["ipv4"] in str(one["stdout"])
     # another deployment's service is not visible by name
-    miss = exec_in(node, name, "client", "/bin/busybox nslookup api")
+    miss = node.exec_in(name, "client", "/bin/busybox nslookup api")
     assert api["ipv4"] not in str(miss["stdout"]) and miss["exit_code"] != 0, miss
     # by name, over the node network, container to container
-    body = exec_in(node, name, "client", "/bin/busybox wget -q -O- http://web:8080/")
+    body = node.exec_in(name, "client", "/bin/busybox wget -q -O- http://web:8080/")
     assert body["stdout"] == "v1\n", body
 
     # egress: a container reaches a server outside the node; the server sees the node's address (masquerade)
     with outside.peer_server() as (port, log):
-        got = exec_in(node, name, "client", f"/bin/busybox wget -q -O- http://{OUT_IP}:{port}/")
+        got = node.exec_in(name, "client", f"/bin/busybox wget -q -O- http://{OUT_IP}:{port}/")
         assert got["stdout"] == "outside", got
         assert log.read_text().split() == [NODE_IP], log.read_text()
     rules = node.sh("nft", "list", "ruleset").stdout
@@ -148,7 +141,7 @@ def test_port_mappings_and_host_network_from_outside(
     # host_network: no address of its own, the node's interfaces, its port open on the node itself
     [hn] = node.containers(name, "hostnet")
     assert not hn["ipv4"], hn
-    ifs = exec_in(node, name, "hostnet", "cat /proc/net/dev")
+    ifs = node.exec_in(name, "hostnet", "cat /proc/net/dev")
     assert NODE_IP not in str(ifs["stdout"])  # (addresses are not in /proc/net/dev; names are)
     node_ifs = node.sh("cat", "/proc/net/dev").stdout
     assert sorted(ln.split(":")[0].strip() for ln in str(ifs["stdout"]).splitlines()[2:]) == sorted(
@@ -194,7 +187,7 @@ def test_public_and_internal_endpoints_and_balancing_over_healthy_replicas(
     seen = Counter(outside.get(f"http://{NODE_IP}:{pub}/").strip() for _ in range(30))
     assert set(seen) == {"web-rep-1", "web-rep-2", "web-rep-3"} and min(seen.values()) >= 5, seen
     # web-rep-2 fails its health check: it leaves the rotation, the others keep serving
-    exec_in(node, name, "web", "rm /tmp/w/ok", replica=2)
+    node.exec_in(name, "web", "rm /tmp/w/ok", replica=2)
     node.wait_for(
         lambda: [c for c in node.containers(name, "web") if c["id"] == "web-rep-2"
                  and c["health"]["status"] == "unhealthy"],

@@ -154,3 +154,63 @@ def test_addresses_survive_a_restart_of_the_network_manager(node_netns: str, tmp
     finally:
         one.kill()
         two.kill()
+
+
+def nft_tables(netns: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "tables"], capture_output=True, text=True)
+    return sorted(out.stdout.split("\n")[:-1])
+
+
+def test_deployments_and_daemons_reach_each_other_only_through_published_ports(node_netns: str, tmp_path: Path) -> None:
+    """Two nodes side by side (two daemons' bridges in one namespace), two deployments on the first: a container
+    reaches its own deployment's replicas directly, and everything else only through a published port."""
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hello\n")
+    httpd = [BUSYBOX, "httpd", "-f", "-p", "8080", "-h", str(www)]
+    sibling, own, stranger, neighbour = Box(httpd), Box(httpd), Box(httpd), Box(httpd)
+    one = NodeNetwork(tmp_path / "one", "10.241.9.0/24", node_netns=node_netns)
+    two = NodeNetwork(tmp_path / "two", "10.241.10.0/24", node_netns=node_netns)
+
+    def get(box: Box, url: str) -> str:
+        r = box.run(*fetch(url))
+        return r.stdout if r.returncode == 0 else "unreachable"
+
+    async def go() -> None:
+        ip_sibling = await one.attach("shop", "web", "web-rep-1", sibling.pid)
+        await one.attach("shop", "client", "client-rep-1", own.pid)
+        ip_stranger = await one.attach("blog", "web", "web-rep-2", stranger.pid)
+        ip_neighbour = await two.attach("shop", "web", "web-rep-1", neighbour.pid)
+        await one.publish("web-rep-2", [PortMapping(18090, 8080)])
+        await two.publish("web-rep-1", [PortMapping(18091, 8080)])
+        reach = await asyncio.gather(*(asyncio.to_thread(get, own, u) for u in (
+            f"http://{ip_sibling}:8080/",  # same deployment, same node
+            f"http://{ip_stranger}:8080/",  # another deployment of the node
+            f"http://{ip_neighbour}:8080/",  # the same deployment name on another daemon
+            f"http://{one.gateway}:18090/",  # the other deployment's published port
+            f"http://{one.gateway}:18091/",  # the other daemon's published port
+        )))  # fmt: skip
+        assert reach == ["hello\n", "unreachable", "unreachable", "hello\n", "hello\n"]
+        # Nor the other way: the other daemon's container and the other deployment's
+        assert get(neighbour, f"http://{ip_sibling}:8080/") == "unreachable"
+        assert get(stranger, f"http://{ip_sibling}:8080/") == "unreachable"
+        # A container that routes to another deployment's address through the gateway does not get there either.
+        stranger.run("ip", "route", "add", f"{ip_sibling}/32", "via", one.gateway)
+        assert get(stranger, f"http://{ip_sibling}:8080/") == "unreachable"
+        # Each node's rules are in tables of its own, and a node's teardown removes exactly its own.
+        mine = [f"table bridge {one.table}", f"table ip {one.table}"]
+        theirs = [f"table bridge {two.table}", f"table ip {two.table}"]
+        assert nft_tables(node_netns) == sorted(mine + theirs)
+        await one.teardown()
+        assert nft_tables(node_netns) == sorted(theirs)
+        mapped = subprocess.run(["ip", "netns", "exec", node_netns, *fetch(f"http://{two.gateway}:18091/")],
+                                capture_output=True, text=True, timeout=10)  # fmt: skip
+        assert mapped.stdout == "hello\n", mapped.stderr
+
+    try:
+        asyncio.run(go())
+    finally:
+        asyncio.run(one.teardown())
+        asyncio.run(two.teardown())
+        for box in (sibling, own, stranger, neighbour):
+            box.kill()

@@ -47,11 +47,6 @@ def ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def exec_in(node: Node, name: str, service: str, script: str) -> dict[str, Any]:
-    body = {"command": ["/bin/sh", "-c", script]}
-    return dict(node.api("POST", f"/api/v1/deployments/{name}/services/{service}/exec", body))
-
-
 def test_health_checks_tcp_http_command_with_grace_interval_timeout(
     daemon_node: Node, daemon_deployments: list[str]
 ) -> None:
@@ -97,28 +92,28 @@ def test_health_checks_tcp_http_command_with_grace_interval_timeout(
     assert h["status"] == "healthy" and h["last_output"].endswith("/missing.html: 404"), h
 
     # interval: a passing check runs once per interval (1s); counted inside the replica
-    n0 = int(exec_in(node, good, "counted", "wc -l < /tmp/checks")["stdout"])
+    n0 = int(node.exec_in(good, "counted", "wc -l < /tmp/checks")["stdout"])
     time.sleep(4.0)
-    n1 = int(exec_in(node, good, "counted", "wc -l < /tmp/checks")["stdout"])
+    n1 = int(node.exec_in(good, "counted", "wc -l < /tmp/checks")["stdout"])
     assert 3 <= n1 - n0 <= 6, (n0, n1)
 
     # command check inside the replica: failing takes it out of the proxy, passing again brings it back
     assert node.get(port)[0] == 200
-    exec_in(node, good, "cmd", "touch /tmp/down")
+    node.exec_in(good, "cmd", "touch /tmp/down")
     node.wait_for(lambda: one(node, good, "cmd")["health"]["status"] == "unhealthy", 10, "cmd unhealthy")
-    c0 = int(exec_in(node, good, "cmd", "wc -l < /tmp/checks")["stdout"])
+    c0 = int(node.exec_in(good, "cmd", "wc -l < /tmp/checks")["stdout"])
     node.wait_for(lambda: one(node, good, "cmd")["health"]["failing_streak"] >= 2, 10, "two failed checks")
     h = one(node, good, "cmd")["health"]
     assert h["last_output"].startswith("exit 1"), h
     # retries: 2 — after two failures in a row the 500ms interval doubles with each further failure
     # (checks ~0.5, 1.5, 3.5, 7.5 s after the first failure instead of every 0.5 s)
     time.sleep(5.0)
-    c1 = int(exec_in(node, good, "cmd", "wc -l < /tmp/checks")["stdout"])
+    c1 = int(node.exec_in(good, "cmd", "wc -l < /tmp/checks")["stdout"])
     assert 2 <= c1 - c0 <= 5, (c0, c1)
     node.wait_for(lambda: node.get(port, timeout=2)[0] != 200, 5, "the proxy drops the unhealthy replica")
     d = node.deployment(good)
     assert {x["name"]: x["health"] for x in d["service_health"]}["cmd"] == "unhealthy"
-    exec_in(node, good, "cmd", "rm /tmp/down")
+    node.exec_in(good, "cmd", "rm /tmp/down")
     node.wait_for(lambda: node.get(port)[0] == 200, 10, "the replica back in the proxy")
     assert one(node, good, "cmd")["health"]["status"] == "healthy"
 
