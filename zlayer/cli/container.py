@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from zlayer.client._cli import print_data, print_table, run
+from zlayer.client._cli import output_option, print_data, print_table, run
 
 
 @click.group("container")
@@ -16,7 +16,7 @@ def container() -> None:
 
 
 @container.command("ls")
-@click.option("--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@output_option()
 def ls(output: str) -> None:
     """List containers."""
     data = run(lambda c: c.ps())
@@ -50,9 +50,13 @@ def logs(container_id: str, tail: int | None) -> None:
 
 @container.command("stats")
 @click.argument("container_id")
-def stats(container_id: str) -> None:
+@output_option()
+def stats(container_id: str, output: str) -> None:
     """Resource use of a container now."""
     s: dict[str, Any] = run(lambda c: c.container_stats(container_id))
+    if output != "table":
+        print_data(s, output)
+        return
     print_table(
         ["ID", "CPU TIME", "MEMORY", "LIMIT", "MEM %"],
         [(s["id"], f"{s['cpu_usage_usec'] / 1e6:.2f}s", s["memory_bytes"], s["memory_limit"] or "-",

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from zlayer.cli.context import CliContext
+from zlayer.client._cli import output_option, print_data
 
 
 def _store(ctx: click.Context) -> Any:
@@ -50,13 +51,13 @@ def image() -> None:
 
 
 @image.command("ls")
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@output_option()
 @click.pass_context
 def image_ls(ctx: click.Context, output: str) -> None:
     """List local images."""
     images = [_image_json(i) for i in _store(ctx).list()]
-    if output == "json":
-        click.echo(json.dumps(images, indent=2))
+    if output != "table":
+        print_data(images, output)
         return
     from zlayer.client._cli import print_table
 

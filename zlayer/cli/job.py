@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from zlayer.client._cli import print_data, print_table, run
+from zlayer.client._cli import output_option, print_data, print_table, run
 
 
 @click.group("job")
@@ -16,7 +16,7 @@ def job() -> None:
 
 
 @job.command("ls")
-@click.option("--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@output_option()
 def ls(output: str) -> None:
     """List jobs and cron jobs of every deployment, with their last execution."""
 
@@ -58,7 +58,8 @@ def trigger(name: str, deployment: str | None) -> None:
 @job.command("status")
 @click.argument("name")
 @click.option("--deployment", help="Deployment the job belongs to.")
-def status(name: str, deployment: str | None) -> None:
+@output_option()
+def status(name: str, deployment: str | None, output: str) -> None:
     """Executions of a job (NAME), or one execution (its id)."""
 
     async def go(client: Any) -> list[dict[str, Any]]:
@@ -71,6 +72,9 @@ def status(name: str, deployment: str | None) -> None:
             return result
 
     execs = run(go)
+    if output != "table":
+        print_data(execs[0] if len(execs) == 1 and execs[0]["id"] == name else execs, output)
+        return
     if len(execs) == 1 and execs[0]["id"] == name:
         click.echo(json.dumps(execs[0], indent=2))
         return
@@ -87,9 +91,13 @@ def cron() -> None:
 
 
 @cron.command("ls")
-def cron_ls() -> None:
+@output_option()
+def cron_ls(output: str) -> None:
     """List cron jobs."""
     data = run(lambda c: c.cron_jobs())
+    if output != "table":
+        print_data(data, output)
+        return
     print_table(
         ["NAME", "SCHEDULE", "ENABLED", "LAST RUN", "NEXT RUN"],
         [(r["name"], r["schedule"], r["enabled"], r.get("last_run"), r.get("next_run")) for r in data],
@@ -102,13 +110,17 @@ cron.add_command(cron_ls, "list")
 @cron.command("status")
 @click.argument("name")
 @click.option("--deployment", help="Deployment the cron job belongs to.")
-def cron_status(name: str, deployment: str | None) -> None:
+@output_option()
+def cron_status(name: str, deployment: str | None, output: str) -> None:
     """One cron job's schedule, switch and runs."""
 
     async def go(client: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         return await client.cron_job(name, deployment), await client.job_executions(name, limit=5)
 
     info, execs = run(go)
+    if output != "table":
+        print_data({**info, "executions": execs}, output)
+        return
     click.echo(f"{info['name']}: schedule {info['schedule']!r}, {'enabled' if info['enabled'] else 'disabled'}")
     click.echo(f"  last run: {info.get('last_run') or '-'}   next run: {info.get('next_run') or '-'}")
     for e in execs:

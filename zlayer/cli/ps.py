@@ -6,14 +6,14 @@ from typing import Any
 
 import click
 
-from zlayer.client._cli import age, print_data, print_table, run
+from zlayer.client._cli import age, output_option, print_data, print_table, run
 
 
 @click.command("ps")
 @click.option("--deployment", help="Only this deployment.")
 @click.option("-c", "--containers", "show_containers", is_flag=True, help="List containers instead of services.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
-def ps(deployment: str | None, show_containers: bool, fmt: str) -> None:
+@output_option("--format")
+def ps(deployment: str | None, show_containers: bool, output: str) -> None:
     """List services with their replicas, status and ports; -c lists containers."""
 
     async def go(client: Any) -> dict[str, Any]:
@@ -28,8 +28,8 @@ def ps(deployment: str | None, show_containers: bool, fmt: str) -> None:
         return {"services": services, "containers": containers}
 
     data = run(go)
-    if fmt != "table":
-        print_data(data, fmt)
+    if output != "table":
+        print_data(data, output)
         return
     if show_containers:
         rows: list[tuple[Any, ...]] = [

@@ -7,12 +7,13 @@ from typing import Any
 
 import click
 
-from zlayer.client._cli import cli_ctx, print_table, run
+from zlayer.client._cli import cli_ctx, output_option, print_data, print_table, run
 
 
 @click.command("status")
 @click.argument("deployment", required=False)
-def status(deployment: str | None) -> None:
+@output_option()
+def status(deployment: str | None, output: str) -> None:
     """Show the daemon (pid, socket, API address) and its deployments with per-service health."""
     from zlayer.client import read_daemon_info
     from zlayer.daemon.server import probe_socket
@@ -21,11 +22,13 @@ def status(deployment: str | None) -> None:
     sock = c.paths.socket
     if c.host is None and not probe_socket(sock):
         reason = "no socket" if not sock.exists() else "socket exists but nothing answers"
-        click.echo(f"Daemon: not running ({reason} at {sock})")
+        if output != "table":
+            print_data({"daemon": {"running": False, "reason": reason, "socket_path": str(sock)}, "deployments": []},
+                       output)  # fmt: skip
+        else:
+            click.echo(f"Daemon: not running ({reason} at {sock})")
         sys.exit(1)
     info = read_daemon_info(c.paths) or {}
-    click.echo(f"Daemon: running (pid {info.get('pid', '?')}, since {info.get('started_at', '?')})")
-    click.echo(f"  socket: {info.get('socket_path', sock)}   api: {info.get('api_bind') or 'unix socket only'}")
 
     async def go(client: Any) -> list[dict[str, Any]]:
         names = [deployment] if deployment else [d["name"] for d in await client.deployments()]
@@ -35,6 +38,11 @@ def status(deployment: str | None) -> None:
         return out
 
     deps = run(go, auto_start=False)
+    if output != "table":
+        print_data({"daemon": {"running": True, **info}, "deployments": deps}, output)
+        return
+    click.echo(f"Daemon: running (pid {info.get('pid', '?')}, since {info.get('started_at', '?')})")
+    click.echo(f"  socket: {info.get('socket_path', sock)}   api: {info.get('api_bind') or 'unix socket only'}")
     if not deps:
         click.echo("No deployments")
         return

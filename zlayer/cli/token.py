@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
 
 import click
 
-from zlayer.client._cli import cli_ctx
+from zlayer.client._cli import cli_ctx, output_option, print_data
 from zlayer.errors import UsageError
 
 
@@ -61,14 +60,15 @@ def create(subject: str, secret: str | None, hours: int, roles: str, quiet: bool
 
 @token.command("decode")
 @click.argument("value")
-@click.option("--json", "as_json", is_flag=True, help="Print the claims as JSON.")
-def decode(value: str, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the claims as JSON (as --output json).")
+@output_option()
+def decode(value: str, as_json: bool, output: str) -> None:
     """Show a token's claims (without checking its signature)."""
     from zlayer.api.auth import decode_token
 
     claims = decode_token(value)
-    if as_json:
-        click.echo(json.dumps(claims, indent=2))
+    if as_json or output != "table":
+        print_data(claims, "json" if as_json else output)
         return
     for k, v in claims.items():
         if k in ("exp", "iat") and isinstance(v, int):

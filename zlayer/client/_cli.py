@@ -14,6 +14,9 @@ import click
 from zlayer.errors import NotFoundError, UsageError
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+OUTPUT_FORMATS = ("table", "json", "yaml")
 
 
 def cli_ctx() -> Any:
@@ -94,6 +97,22 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     for row in cells:
         table.add_row(*row)
     Console().print(table)
+
+
+def output_option(*aliases: str) -> Callable[[F], F]:
+    """``--output/-o table|json|yaml``, which every listing takes (the README's promise); ``aliases`` are other
+    names ZLayer's CLI gives the option on that command (``ps --format``). The value arrives as ``output``."""
+    option: Callable[[F], F] = click.option(
+        "--output",
+        "-o",
+        *aliases,
+        "output",
+        type=click.Choice(OUTPUT_FORMATS),
+        default="table",
+        show_default=True,
+        help="table for people; json or yaml with every value whole, for programs.",
+    )
+    return option
 
 
 def print_data(data: Any, fmt: str) -> None:
