@@ -7,7 +7,49 @@ API returns ``to_json()`` with the stable ``code``.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Self
+
+# Characters a terminal acts on or hides: C0/C1 controls, DEL, and the bidirectional overrides and isolates that
+# reorder what is shown (the "Trojan Source" class). In a message they are written out, never passed through.
+_HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every control character written out visibly (``\\x00``, ``\\n``, ``\\u202e``); with
+    ``keep_newlines`` a message of several lines keeps its line breaks."""
+    if keep_newlines:
+        return "\n".join(_HIDDEN.sub(_escape, line) for line in text.split("\n"))
+    return _HIDDEN.sub(_escape, text)
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A value as a message may quote it: control characters escaped visibly, at most ``limit`` characters (a longer
+    one is cut and its length said), and an integer too long for ``str()`` described instead of raising."""
+    if isinstance(value, int) and value.bit_length() > 3 * limit:
+        return f"an integer of {value.bit_length()} bits"
+    text = escape_controls(str(value))
+    if len(text) > limit:
+        return f"{text[: limit - 1]}… ({len(text)} characters)"
+    return text
+
+
+def with_context(context: str, err: BaseException | str) -> str:
+    """``"context: err"`` for an event or a log line, unless the error already names that context: a replica's
+    error that says ``container web-rep-1: ...`` is not prefixed with ``web-rep-1`` again."""
+    text = str(err)
+    return text if _names(text, context) else f"{context}: {text}"
+
+
+def _names(text: str, context: str) -> bool:
+    """Whether ``text`` mentions ``context`` as a whole name (not as part of a longer one)."""
+    return bool(context) and re.search(rf"(?<![\w.-]){re.escape(context)}(?![\w-])", text) is not None
 
 
 class ZLayerError(Exception):
@@ -24,14 +66,25 @@ class ZLayerError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.message}" if self.where else self.message
+        """``where: message``, said once: a message that already names its ``where`` is not prefixed again."""
+        message = escape_controls(self.message, keep_newlines=True)
+        if self.where and not _names(self.message, self.where):
+            return f"{escape_controls(self.where)}: {message}"
+        return message
+
+    def add_context(self, context: str) -> Self:
+        """Say what failed (``container web-rep-1``) in front of the message, unless the error names it already
+        (in ``where`` or in the message): context added on the way up is never repeated."""
+        if not _names(str(self), context):
+            self.message = f"{context}: {self.message}"
+        return self
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body: dict[str, Any] = {"code": self.code, "message": escape_controls(self.message, keep_newlines=True)}
         if self.where:
-            body["where"] = self.where
+            body["where"] = escape_controls(self.where)
         if self.hint:
-            body["hint"] = self.hint
+            body["hint"] = escape_controls(self.hint, keep_newlines=True)
         return body
 
 

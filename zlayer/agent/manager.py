@@ -23,7 +23,7 @@ from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook
 from zlayer.agent.probes import run_health_check, run_init_step
 from zlayer.agent.specload import ParsedDeployment, parse_deployment
 from zlayer.agent.specview import ServiceView, service_view
-from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, UsageError, ZLayerError
+from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, UsageError, ZLayerError, with_context
 from zlayer.runtime.protocol import ContainerId, ExecResult, Runtime
 from zlayer.state import ContainerRecord, DeploymentRecord, ServiceRecord, Store
 
@@ -194,9 +194,9 @@ class ServiceManager:
                     if not isinstance(e, ZLayerError):
                         log.exception("converging %s/%s failed", name, svc_name)
                     failed_now[svc_name] = str(e)
-                    failures.append(f"{svc_name}: {e}")
+                    failures.append(with_context(svc_name, e))
                     await self.store.set_service_status(name, svc_name, "failed", str(e))
-                    await self._event(name, "service_failed", f"{svc_name}: {e}")
+                    await self._event(name, "service_failed", with_context(svc_name, e))
 
             await asyncio.gather(*(one(s) for s in parsed.order))
             failures.sort()
@@ -443,7 +443,7 @@ class ServiceManager:
         except ZLayerError as e:
             rec.state, rec.last_error = "failed", str(e)
             await self.store.put_container(rec)
-            await self._event(deployment, "replica_failed", f"{rec.id}: {e}")
+            await self._event(deployment, "replica_failed", with_context(rec.id, e))
             self.replicas.pop(rec.id, None)
             if self.network is not None:  # also when attach failed half-way (its veth may exist without an address)
                 with contextlib.suppress(ZLayerError, OSError):
@@ -478,7 +478,7 @@ class ServiceManager:
         try:
             await self.runtime.pull(view.image, policy=view.pull_policy)
         except ZLayerError as e:
-            await self._event(deployment, "pull_failed", f"{view.name}: {e}")
+            await self._event(deployment, "pull_failed", with_context(view.name, e))
             raise
 
     async def _create_and_start(self, rep: Replica) -> None:
@@ -797,7 +797,7 @@ class ServiceManager:
             await self.proxy.update_service(deployment, view, backends)
             self._in_proxy[(deployment, view.name)] = len(backends)
         except ZLayerError as e:
-            await self._event(deployment, "proxy_error", f"{view.name}: {e}")
+            await self._event(deployment, "proxy_error", with_context(view.name, e))
 
     # ---------------------------------------------------------------------------------------------- restart
 

@@ -19,7 +19,7 @@ from zlayer.api.models import (
     NetworkAttachmentInfo,
     PortMapping,
 )
-from zlayer.errors import NotFoundError
+from zlayer.errors import NotFoundError, with_context
 from zlayer.runtime.protocol import ContainerId, ExecResult
 from zlayer.state import ContainerRecord
 
@@ -162,4 +162,4 @@ async def _replace(c: ApiContext, deployment: str, view: Any, revision: int) -> 
     try:
         await c.manager._converge_service(deployment, view, None, revision)
     except Exception as e:  # reported as the deployment's event; the supervisor's next converge retries
-        await c.store.add_event(deployment, "replica_replace_failed", f"{view.name}: {e}")
+        await c.store.add_event(deployment, "replica_replace_failed", with_context(view.name, e))

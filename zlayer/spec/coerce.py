@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from zlayer.errors import shown
 from zlayer.spec.scalars import parse_duration
 
 KINDS: dict[Any, tuple[Any, ...]] = {}
@@ -31,6 +32,7 @@ class Null(Plain):
 # serde_yaml: 0x/0o/0b and a sign are numbers; digits with a leading zero (`080`) are a string (YAML 1.2).
 _INT = re.compile(r"^[-+]?(?:0|[1-9][0-9]*|0x[0-9a-fA-F]+|0o[0-7]+|0b[01]+)$")
 _LEADING_ZERO = re.compile(r"^[-+]?0[0-9]+$")
+_MAX_INT_CHARS = 130  # 0b and 128 binary digits: longer than any 128-bit integer is written
 
 
 _FLOAT = re.compile(
@@ -45,25 +47,25 @@ _FALSE = ("false", "False", "FALSE")
 
 
 def _describe(v: Any) -> str:
-    """serde's 'invalid type' wording for a value."""
+    """serde's 'invalid type' wording for a value (a long value cut short, control characters escaped)."""
     if v is None or isinstance(v, Null):
         return "unit value"
     if isinstance(v, Plain):
         if _INT.match(v):
-            return f"integer `{v}`"
+            return f"integer `{shown(v)}`"
         if _FLOAT.match(v) and not _LEADING_ZERO.match(v):
-            return f"floating point `{v}`"
+            return f"floating point `{shown(v)}`"
         if v in _TRUE or v in _FALSE:
             return f"boolean `{v.lower()}`"
-        return f'string "{v}"'
+        return f'string "{shown(v)}"'
     if isinstance(v, bool):
         return f"boolean `{str(v).lower()}`"
     if isinstance(v, int):
-        return f"integer `{v}`"
+        return f"integer `{shown(v)}`"
     if isinstance(v, float):
         return f"floating point `{v}`"
     if isinstance(v, str):
-        return f'string "{v}"'
+        return f'string "{shown(v)}"'
     if isinstance(v, list):
         return "sequence"
     if isinstance(v, dict):
@@ -111,6 +113,8 @@ def _int_of(v: Any, what: str) -> int:
         sign = -1 if t.startswith("-") else 1
         t = t.lstrip("+-")
         base = 16 if t.startswith("0x") else 8 if t.startswith("0o") else 2 if t.startswith("0b") else 10
+        if len(t) > _MAX_INT_CHARS:  # no integer field takes more than 128 bits; int() would refuse it obscurely
+            raise ValueError(f"invalid value: {_describe(v)}, expected {what}")
         return sign * int(t[2:] if base != 10 else t, base)
     raise ValueError(f"invalid type: {_describe(v)}, expected {what}")
 
@@ -150,7 +154,7 @@ def _to_duration(v: Any) -> Any:
         try:
             return parse_duration(v)
         except ValueError as e:
-            raise ValueError(f"invalid duration '{v}': {e}") from None
+            raise ValueError(f"invalid duration '{shown(v)}': {e}") from None
     raise ValueError(f'invalid type: {_describe(v)}, expected a duration string such as "30s"')
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from zlayer.errors import escape_controls
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -22,11 +24,14 @@ class Problem:
     message: str = ""
 
     def __str__(self) -> str:
-        head = f"{self.file}:{self.line}:{self.col}: " if self.file else ""
-        return f"{head}{self.path}: {self.message}" if self.path else f"{head}{self.message}"
+        # a value quoted in the message, a key in the path, may hold any character: shown escaped, never raw
+        head = f"{escape_controls(self.file)}:{self.line}:{self.col}: " if self.file else ""
+        said = escape_controls(self.message)
+        return f"{head}{escape_controls(self.path)}: {said}" if self.path else f"{head}{said}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "col": self.col, "path": self.path, "message": self.message}
+        return {"file": escape_controls(self.file), "line": self.line, "col": self.col,
+                "path": escape_controls(self.path), "message": escape_controls(self.message)}  # fmt: skip
 
     @classmethod
     def from_json(cls, raw: Any) -> Problem:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from zlayer.errors import shown
 from zlayer.spec.coerce import Null, Plain, _int_of, _to_float
 from zlayer.spec.scalars import parse_cron, parse_duration, parse_memory
 
@@ -106,14 +107,16 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
     if name is not None:
         if not 3 <= len(name.encode()) <= 63:  # bytes, as Rust's str::len
             doc.problem(
-                ("deployment",), f"deployment name must be 3-63 characters (got {len(name.encode())}: '{name}')"
+                ("deployment",), f"deployment name must be 3-63 characters (got {len(name.encode())}: '{shown(name)}')"
             )
         elif not name[0].isascii() or not name[0].isalnum():
-            doc.problem(("deployment",), f"deployment name must start with alphanumeric character (got '{name}')")
+            doc.problem(
+                ("deployment",), f"deployment name must start with alphanumeric character (got '{shown(name)}')"
+            )
         elif not _DEPLOYMENT_CHARS.match(name):
             doc.problem(
                 ("deployment",),
-                f"deployment name can only contain alphanumeric characters and hyphens (got '{name}')",
+                f"deployment name can only contain alphanumeric characters and hyphens (got '{shown(name)}')",
             )
     services = _map(data.get("services"))
     for svc, body in services.items():
@@ -130,8 +133,8 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
         if _opt(res.get("cpu")) is not None:
             cpu = _float(res.get("cpu"))
             if cpu is not None and cpu <= 0:  # NaN passes, as in ZLayer
-                shown = int(cpu) if cpu.is_integer() else cpu
-                doc.problem((*at, "resources", "cpu"), f"CPU limit must be > 0, found {shown}")
+                said = int(cpu) if cpu.is_integer() else cpu
+                doc.problem((*at, "resources", "cpu"), f"CPU limit must be > 0, found {said}")
         if _opt(res.get("memory")) is not None:
             _check_memory(doc, res.get("memory"), (*at, "resources", "memory"))
         for i, ep in enumerate(_list(body.get("endpoints"))):
@@ -147,7 +150,9 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
             role = _s(grp.get("role"))
             if role is not None:
                 if not 1 <= len(role) <= 30:
-                    doc.problem((*at, "replica_groups", i, "role"), f"role must be 1-30 characters (got '{role}')")
+                    doc.problem(
+                        (*at, "replica_groups", i, "role"), f"role must be 1-30 characters (got '{shown(role)}')"
+                    )
                 elif not _ROLE.match(role):
                     doc.problem(
                         (*at, "replica_groups", i, "role"),

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from zlayer.errors import shown
+
 __all__ = [
     "CronSchedule",
     "format_duration",
@@ -38,6 +40,19 @@ for _names, _ns in (
 ):
     for _n in _names:
         _UNITS[_n] = _ns
+
+
+def _decimal(digits: str) -> int:
+    """ASCII digits as an integer; more than a 128-bit integer has is "number is too large" (``int()`` would refuse
+    past 4300 digits with advice about ``sys.set_int_max_str_digits()``)."""
+    if len(digits) > 39:
+        raise ValueError("number is too large")
+    return int(digits)
+
+
+def _is_decimal(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit() alone takes '²' and '٣'
+
 
 _DUR_PART = re.compile(r"([0-9]+)\s*([A-Za-zµ]+)")
 
@@ -69,7 +84,7 @@ def parse_duration_ns(text: str) -> int:
                 f"unknown time unit {unit!r}, supported units: ns, us, ms, sec, min, hours, days, "
                 "weeks, months, years (and few variations)"
             )
-        total += int(m.group(1)) * _UNITS[unit]
+        total += _decimal(m.group(1)) * _UNITS[unit]
         pos = m.end()
     if total >= 2**64 * _NS:
         raise ValueError("number is too large")
@@ -122,11 +137,11 @@ def parse_memory(text: str) -> int:
     m = _MEM.match(text)
     if m is None:
         if not text.endswith(tuple(_MEM_MULT)):
-            raise ValueError(f"invalid memory format: '{text}' (use Ki, Mi, Gi, or Ti suffix)")
-        raise ValueError(f"invalid memory format: '{text}'")
-    n = int(m.group(1))
+            raise ValueError(f"invalid memory format: '{shown(text)}' (use Ki, Mi, Gi, or Ti suffix)")
+        raise ValueError(f"invalid memory format: '{shown(text)}'")
+    n = int(m.group(1)) if len(m.group(1)) <= 20 else 2**64
     if n <= 0 or n >= 2**64:
-        raise ValueError(f"invalid memory format: '{text}'")
+        raise ValueError(f"invalid memory format: '{shown(text)}'")
     return n * _MEM_MULT[m.group(2)]
 
 
@@ -159,8 +174,8 @@ _CRON_SHORTHANDS = {
 
 
 def _cron_value(tok: str, what: str, lo: int, hi: int, names: tuple[str, ...]) -> int:
-    if tok.isdigit():
-        v = int(tok)
+    if _is_decimal(tok):
+        v = _decimal(tok)
     else:
         key = tok.upper()
         # A name is its first three letters or the whole word (MON, MONDAY), as the cron crate reads it.
@@ -181,9 +196,9 @@ def _cron_field(text: str, what: str, lo: int, hi: int, names: tuple[str, ...]) 
         base, slash, step_s = part.partition("/")
         step = 1
         if slash:
-            if not step_s.isdigit() or int(step_s) == 0:
-                raise ValueError(f"bad step {step_s!r} in the {what} field")
-            step = int(step_s)
+            if not _is_decimal(step_s) or _decimal(step_s) == 0:
+                raise ValueError(f"bad step {shown(step_s)!r} in the {what} field")
+            step = _decimal(step_s)
         if base in ("*", "?"):
             a, b = lo, hi
         elif "-" in base:

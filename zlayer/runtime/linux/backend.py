@@ -311,8 +311,8 @@ class LinuxRuntime:
             for step in reversed(undo):
                 with contextlib.suppress(Exception):
                     step()
-            if isinstance(exc, RuntimeFailure) and name not in exc.message:
-                exc.message = f"container {name}: {exc.message}"
+            if isinstance(exc, RuntimeFailure):
+                exc.add_context(f"container {name}")
             raise
         except BaseException:
             for step in reversed(undo):
