@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.message
 import json
 import time
 from typing import Any
@@ -10,12 +11,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zlayer._version import __version__
 from zlayer.api.auth import access_needed, may_write, verify_token
 from zlayer.api.context import ApiContext
 from zlayer.errors import AuthError, ForbiddenError, ZLayerError
+from zlayer.limits import MAX_JSON_BYTES, json_limit_problem
 
 PUBLIC_PATHS = ("/health/live", "/health/ready", "/api-docs/openapi.json")
 CLAIMS = "zlayer.claims"  # where TokenAuth leaves a verified token's claims in the ASGI scope
@@ -27,7 +29,7 @@ _OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trac
 # clients and adds the finer, stable ``code`` and, where one applies, the field path (``where``/``problems``).
 ZLAYER_ERROR = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
                 422: "validation_error", 429: "rate_limited", 500: "internal_error", 501: "not_implemented",
-                503: "service_unavailable", 405: "method_not_allowed"}  # fmt: skip
+                503: "service_unavailable", 405: "method_not_allowed", 413: "payload_too_large"}  # fmt: skip
 
 
 def error_body(status: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +124,8 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     async def internal(_: Request, exc: Exception) -> JSONResponse:
         return _error(500, "internal", f"{type(exc).__name__}: {exc}")
 
+    app.add_middleware(BodyLimits)  # before the timing middleware, so refused bodies are counted too
+
     if context is not None and context.metrics is not None:
 
         @app.middleware("http")
@@ -135,6 +139,76 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
             return response
 
     return app
+
+
+def _parsed_as_json(content_type: bytes | None) -> bool:
+    """Whether FastAPI will hand this body to ``json.loads``: no content type, ``application/json`` or
+    ``application/*+json`` (decided with the same parser FastAPI uses)."""
+    if not content_type:
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type.decode("latin-1")
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+async def _send_error(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(error_body(status, body)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodyLimits:
+    """ASGI middleware: a request body that FastAPI will parse as JSON is read whole first (at most
+    :data:`~zlayer.limits.MAX_JSON_BYTES`, else 413) and checked for nesting (at most
+    :data:`~zlayer.limits.MAX_NESTING` levels, else 400) before any parser sees it, so no request can exhaust the
+    daemon's stack. Other bodies (streams) pass untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        length = headers.get(b"content-length")
+        has_body = (length is not None and length.strip() not in (b"", b"0")) or b"transfer-encoding" in headers
+        if not has_body or not _parsed_as_json(headers.get(b"content-type")):
+            await self.app(scope, receive, send)
+            return
+        too_large = {"code": "payload_too_large", "where": "body",
+                     "message": f"request body too large (at most {MAX_JSON_BYTES} bytes are accepted)"}  # fmt: skip
+        if length is not None and length.strip().isdigit() and (len(length) > 18 or int(length) > MAX_JSON_BYTES):
+            await _send_error(send, 413, too_large)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_JSON_BYTES:
+                await _send_error(send, 413, too_large)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        problem = json_limit_problem(body)
+        if problem is not None:
+            await _send_error(send, 400, {"code": "invalid_request", "message": f"request body: {problem}",
+                                          "where": "body"})  # fmt: skip
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # a streaming response waits here for the client to go away
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 class TokenAuth:

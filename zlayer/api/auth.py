@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from zlayer.errors import AuthError
+from zlayer.limits import load_json
 
 ISSUER = "zlayer"
 WRITE_ROLES = frozenset({"admin", "operator"})
@@ -54,7 +55,7 @@ def decode_token(token: str) -> dict[str, Any]:
     """The claims of a token, unverified (``zlayer token decode``)."""
     try:
         _, body, _ = token.strip().split(".")
-        claims = json.loads(_unb64(body))
+        claims = load_json(_unb64(body), where="token", error=AuthError)
     except (ValueError, binascii.Error) as e:
         raise AuthError("not a JWT (expected three base64url parts separated by dots)") from e
     if not isinstance(claims, dict):
@@ -66,7 +67,7 @@ def verify_token(secret: str, token: str, now: float | None = None) -> dict[str,
     """The claims of a valid token; :class:`AuthError` saying why otherwise (signature, expiry, issuer)."""
     try:
         head, body, sig = token.strip().split(".")
-        header = json.loads(_unb64(head))
+        header = load_json(_unb64(head), where="token", error=AuthError)
         given = _unb64(sig)
     except (ValueError, binascii.Error) as e:
         raise AuthError("invalid token: not a JWT") from e

@@ -32,6 +32,7 @@ from zlayer.errors import (
     UsageError,
     ZLayerError,
 )
+from zlayer.limits import load_json
 from zlayer.paths import Paths
 from zlayer.spec.problem import Problem
 
@@ -48,8 +49,8 @@ _BY_STATUS: dict[int, type[ZLayerError]] = {
 
 def _error_from(status: int, body: bytes, what: str) -> ZLayerError:
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = load_json(body, where=what)
+    except ZLayerError:
         data = None
     if not isinstance(data, dict):
         text = body.decode(errors="replace").strip()[:300]
@@ -153,7 +154,7 @@ class Client:
             return body.decode(errors="replace")
         if status == 204 or not body:
             return None
-        return json.loads(body)
+        return load_json(body, where="the daemon's answer", error=DaemonError)
 
     async def request(
         self,
@@ -326,7 +327,7 @@ class Client:
 
     async def events(self, deployment: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         async for data in self.stream(f"/api/v1/deployments/{deployment}/events", {"after": after}):
-            yield json.loads(data)
+            yield load_json(data, where="the daemon's event stream", error=DaemonError)
 
     async def container(self, container_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", f"/api/v1/containers/{container_id}")

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from zlayer.errors import ImageError
+from zlayer.errors import ImageError, shown
 from zlayer.images.store import ImageStore, LocalImage
 from zlayer.images.unpack import _HashingReader, open_decompressed
+from zlayer.limits import MAX_JSON_BYTES, load_json
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -103,11 +104,9 @@ class _Archive:
     def json(self, name: str, what: str | None = None) -> Any:
         what = what or name
         f = self.open(name, what)
-        try:
-            with self.reading(what):
-                return json.load(f)
-        except (ValueError, RecursionError) as e:
-            raise ImageError(f"{self.source}: {what} is not valid JSON: {e}") from e
+        with self.reading(what):
+            data = f.read(MAX_JSON_BYTES + 1)
+        return load_json(data, where=f"{self.source}: {what}", error=ImageError)
 
     def kind(self) -> str:
         """'oci', 'docker' or 'rootfs', from the top-level entries; a layout packed inside one directory is refused
@@ -206,10 +205,7 @@ def _words(text: str, change: str) -> list[str]:
     """CMD/ENTRYPOINT value: the JSON array form as given, the shell form wrapped in /bin/sh -c."""
     if not text.startswith("["):
         return ["/bin/sh", "-c", text]
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise ImageError(f"--change {change!r}: not a JSON array: {e}") from e
+    value = load_json(text, where=f"--change {shown(change)}", error=ImageError)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ImageError(f"--change {change!r}: the JSON form must be an array of strings")
     return value

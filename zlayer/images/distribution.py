@@ -9,14 +9,13 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import threading
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from zlayer.errors import ImageError, NotFoundError
+from zlayer.errors import ImageError, NotFoundError, RegistryError
 from zlayer.images.archive import host_arch
 from zlayer.images.reference import parse_reference
 from zlayer.images.registry import (
@@ -29,10 +28,18 @@ from zlayer.images.registry import (
 )
 from zlayer.images.store import ImageStore, LocalImage, is_wasm_manifest
 from zlayer.images.unpack import chain_ids
+from zlayer.limits import load_json
 
 POLICIES = ("always", "newer", "if_not_present", "never")
 # Layers unpacked at once: unpacking waits on the file system (creating inodes) as much as on the CPU.
 UNPACK_THREADS = 4
+
+
+def _manifest_json(body: bytes, reference: str, digest: str) -> dict[str, Any]:
+    manifest = load_json(body, where=f"image {reference}: manifest {digest}", error=RegistryError)
+    if not isinstance(manifest, dict):
+        raise RegistryError("the manifest is not a JSON object", where=f"image {reference}: manifest {digest}")
+    return manifest
 
 
 def _platform_tuple(platform: str | None) -> tuple[str, str, str | None]:
@@ -367,11 +374,11 @@ async def pull(
             if remote == local.digest:
                 return local
         body, media, digest = await client.manifest(ref)
-        manifest = json.loads(body)
+        manifest = _manifest_json(body, reference, digest)
         if media in INDEX_TYPES or manifest.get("mediaType") in INDEX_TYPES:
             chosen = select_platform(manifest, platform, f"image {reference}")
             body, media, digest = await client.manifest(ref, chosen)
-            manifest = json.loads(body)
+            manifest = _manifest_json(body, reference, digest)
         if "config" not in manifest:
             raise ImageError(f"image {reference}: manifest type {media or 'unknown'} is not supported")
         await fetch_blob(store, client, ref, manifest["config"], progress)

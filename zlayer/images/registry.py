@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import os
 import re
 import subprocess
@@ -23,8 +22,9 @@ from typing import Any
 
 import aiohttp
 
-from zlayer.errors import AuthError, ImageError, NotFoundError, RegistryError
+from zlayer.errors import AuthError, ImageError, NotFoundError, RegistryError, ZLayerError
 from zlayer.images.reference import Reference
+from zlayer.limits import load_json
 
 MANIFEST_ACCEPT = ", ".join(
     [
@@ -54,8 +54,8 @@ def docker_config_credentials(registry: str, config_path: Path | None = None) ->
     the registry, else the ``credsStore`` helper, else ``auths.<host>`` (``auth`` or ``username``/``password``)."""
     path = config_path or Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        doc = load_json(path.read_bytes(), where=str(path))
+    except (OSError, ZLayerError):
         return None
     if not isinstance(doc, dict):
         return None
@@ -98,9 +98,9 @@ def helper_credentials(helper: str, server: str, config_path: Path) -> Credentia
             return None
         raise AuthError(f"{exe} get {server} failed (exit {res.returncode}): {said[0] if said else 'no message'}")
     try:
-        answer = json.loads(res.stdout)
+        answer = load_json(res.stdout, where=exe)
         user, secret = str(answer["Username"]), str(answer["Secret"])
-    except (ValueError, KeyError, TypeError):
+    except (ZLayerError, KeyError, TypeError):
         raise AuthError(f"{exe} get {server} did not answer with JSON holding Username and Secret") from None
     if user == "<token>":
         raise AuthError(f"{exe} gave an identity token for {server}; zlayer takes a username and password only")
@@ -312,7 +312,8 @@ class RegistryClient:
         if sel.startswith("sha256:") and digest != sel:
             raise ImageError(f"{what}: content does not match its digest (got {digest})")
         if not media or media == "application/json":
-            media = json.loads(body).get("mediaType", media)
+            doc = load_json(body, where=f"{what} ({digest})", error=RegistryError)
+            media = doc.get("mediaType", media) if isinstance(doc, dict) else media
         return body, media, digest
 
     async def head_manifest_digest(self, ref: Reference) -> str | None:

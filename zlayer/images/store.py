@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 from zlayer.errors import ConflictError, ImageError, NotFoundError
 from zlayer.images.reference import Reference, parse_reference
 from zlayer.images.unpack import chain_ids, unpack_layer
+from zlayer.limits import load_json
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -239,7 +240,7 @@ class ImageStore:
             raise ImageError(f"blob {digest} is missing from the store", hint="pull or import the image again") from e
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise ImageError(f"blob {digest} is corrupt in the store", hint="remove the image and pull it again")
-        result: dict[str, Any] = json.loads(data)
+        result: dict[str, Any] = load_json(data, where=f"blob {digest}", error=ImageError)
         return result
 
     # -- names --------------------------------------------------------------------------------------------------

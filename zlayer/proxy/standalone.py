@@ -16,13 +16,13 @@ Serves until SIGTERM or SIGINT. Used by perf/proxy_http.py and perf/proxy_tls.py
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from zlayer.errors import SpecError, ZLayerError
+from zlayer.limits import load_json
 
 
 def _addr(text: Any, where: str) -> tuple[str, int]:
@@ -38,11 +38,9 @@ STRATEGIES = ("round_robin", "least_connections")
 def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Reads and checks the table; errors name the file and the field."""
     try:
-        raw = json.loads(path.read_text())
+        raw = load_json(path.read_bytes(), where=str(path), error=SpecError)
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", where=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"not JSON: {exc.msg}", where=f"{path}:{exc.lineno}:{exc.colno}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("routes"), list):
         raise SpecError("expected an object with a routes list", where=str(path))
     opts: dict[str, Any] = {

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from zlayer.errors import SpecError
+from zlayer.limits import MAX_NESTING, MAX_SPEC_BYTES
 from zlayer.spec.coerce import Null, Plain
 from zlayer.spec.problem import Problem
 
@@ -104,11 +105,11 @@ class _Doc:
         return None
 
 
-_MAX_DEPTH = 128
+_MAX_DEPTH = MAX_NESTING
 
 
 class _LimitError(Exception):
-    def __init__(self, node: yaml.Node, message: str) -> None:
+    def __init__(self, node: yaml.Node | yaml.Event, message: str) -> None:
         super().__init__(message)
         self.node = node
         self.message = message
@@ -148,27 +149,124 @@ def _yaml_error(source: str, err: yaml.YAMLError) -> SpecError:
     return SpecError(str(p), problems=[p])
 
 
+def _compose_nodes(loader: Any, source: str) -> yaml.Node | None:
+    """The document's node tree, composed from libyaml's events with an explicit stack.
+
+    PyYAML's own composer recurses once per level on the C stack (about 50,000 ``[`` crash the process); libyaml's
+    parser is iterative, so nesting is refused here the moment it passes the limit, before anything recurses.
+    Otherwise this is PyYAML's composer: same tags, anchors, marks and errors."""
+    get, resolve, error = loader.get_event, loader.resolve, yaml.composer.ComposerError
+    get()  # stream start
+    if loader.check_event(yaml.StreamEndEvent):
+        get()
+        return None
+    document = get()
+    anchors: dict[str, yaml.Node] = {}
+    stack: list[Any] = []  # the open collections, innermost last
+    keys: list[Any] = []  # per open collection: a mapping's key waiting for its value (None: none, or a sequence)
+    root: yaml.Node | None = None
+    while root is None:
+        ev = get()
+        kind = type(ev)
+        node: Any
+        if kind is yaml.ScalarEvent:
+            tag = ev.tag
+            if tag is None or tag == "!":
+                tag = resolve(yaml.ScalarNode, ev.value, ev.implicit)
+            node = yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, style=ev.style)
+        elif kind is yaml.SequenceEndEvent or kind is yaml.MappingEndEvent:
+            node = stack.pop()
+            keys.pop()
+            node.end_mark = ev.end_mark
+            if stack:
+                _attach(stack, keys, node)
+                continue
+            root = node
+            break
+        elif kind is yaml.AliasEvent:
+            if ev.anchor not in anchors:
+                raise error(None, None, f"found undefined alias {ev.anchor!r}", ev.start_mark)
+            node = anchors[ev.anchor]
+            if stack:
+                _attach(stack, keys, node)
+                continue
+            root = node
+            break
+        else:  # a sequence or mapping starts
+            if len(stack) >= _MAX_DEPTH:
+                raise _LimitError(ev, f"recursion limit exceeded (nesting deeper than {_MAX_DEPTH} levels)")
+            cls = yaml.SequenceNode if kind is yaml.SequenceStartEvent else yaml.MappingNode
+            tag = ev.tag
+            if tag is None or tag == "!":
+                tag = resolve(cls, None, ev.implicit)
+            node = cls(tag, [], ev.start_mark, None, flow_style=ev.flow_style)
+        if ev.anchor is not None:
+            if ev.anchor in anchors:
+                raise error("found duplicate anchor; first occurrence", anchors[ev.anchor].start_mark,
+                            "second occurrence", ev.start_mark)  # fmt: skip
+            anchors[ev.anchor] = node
+        if kind is not yaml.ScalarEvent:
+            stack.append(node)
+            keys.append(None)
+        elif stack:
+            _attach(stack, keys, node)
+        else:
+            root = node
+    get()  # document end
+    if not loader.check_event(yaml.StreamEndEvent):
+        ev = get()
+        raise error("expected a single document in the stream", document.start_mark,
+                    "but found another document", ev.start_mark)  # fmt: skip
+    return root
+
+
+def _attach(stack: list[Any], keys: list[Any], node: yaml.Node) -> None:
+    """Put a finished node into the innermost open collection (a mapping takes key, then value)."""
+    parent = stack[-1]
+    if type(parent) is yaml.SequenceNode:
+        parent.value.append(node)
+    elif keys[-1] is None:
+        keys[-1] = node
+    else:
+        parent.value.append((keys[-1], node))
+        keys[-1] = None
+
+
+def _unicode_problem(text: str, source: str) -> Problem | None:
+    """A lone surrogate (``"\\ud800"`` in a JSON request) is not text libyaml can read: say where it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        line = text.count("\n", 0, e.start) + 1
+        col = e.start - (text.rfind("\n", 0, e.start) + 1) + 1
+        return Problem(source, line, col, "", f"not valid Unicode text (a lone surrogate U+{ord(text[e.start]):04X})")
+    return None
+
+
 def _compose(text: str, source: str) -> tuple[_Doc, Any]:
+    if len(text) > MAX_SPEC_BYTES:
+        p = Problem(source, 1, 1, "", f"spec too large ({len(text)} characters; at most {MAX_SPEC_BYTES} are accepted)")
+        raise SpecError(str(p), problems=[p])
+    bad = _unicode_problem(text, source)
+    if bad is not None:
+        raise SpecError(str(bad), problems=[bad])
     doc = _Doc(source)
     loader = yaml.CSafeLoader(text) if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
+        node = _compose_nodes(loader, source)
+        if node is None:
+            p = Problem(source, 1, 1, "", "spec is empty (expected a mapping with version, deployment and services)")
+            raise SpecError(str(p), problems=[p])
+        data = doc.convert(node, ())
     except yaml.YAMLError as e:
         raise _yaml_error(source, e) from None
-    except RecursionError:
-        p = Problem(source, 1, 1, "", f"recursion limit exceeded (nesting deeper than {_MAX_DEPTH} levels)")
+    except _LimitError as e:
+        m = e.node.start_mark
+        line, col = (m.line + 1, m.column + 1) if m is not None else (1, 1)
+        p = Problem(source, line, col, "", e.message)
         raise SpecError(str(p), problems=[p]) from None
     finally:
         loader.dispose()
-    if node is None:
-        p = Problem(source, 1, 1, "", "spec is empty (expected a mapping with version, deployment and services)")
-        raise SpecError(str(p), problems=[p])
-    try:
-        data = doc.convert(node, ())
-    except _LimitError as e:
-        m = e.node.start_mark
-        p = Problem(source, m.line + 1, m.column + 1, "", e.message)
-        raise SpecError(str(p), problems=[p]) from None
     if not isinstance(data, dict):
         doc.problem((), "a deployment spec must be a YAML mapping (version, deployment, services, ...)")
         raise SpecError(str(doc.problems[0]), problems=doc.problems)
@@ -425,7 +523,8 @@ def read_spec_text(path: str | os.PathLike[str]) -> tuple[str, str]:
         p = discover_spec_path(None, cwd=p)
     source = str(path) if not Path(path).is_dir() else str(p)
     try:
-        raw = p.read_bytes()
+        with p.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)  # a FIFO or /dev/zero must not fill memory
     except FileNotFoundError:
         raise SpecError(f"{source}: spec file not found", where=None) from None
     except IsADirectoryError:
@@ -434,14 +533,25 @@ def read_spec_text(path: str | os.PathLike[str]) -> tuple[str, str]:
         raise SpecError(f"{source}: permission denied reading the spec file") from None
     except OSError as e:
         raise SpecError(f"{source}: cannot read spec file: {e.strerror or e}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{source}: spec file too large (over {MAX_SPEC_BYTES} bytes)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SpecError(f"{source}: spec file is not UTF-8 text (byte {e.start})") from None
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        p2 = Problem(source, line, col, "", f"spec file is not UTF-8 text (byte {e.start}: 0x{raw[e.start]:02x})")
+        raise SpecError(str(p2), problems=[p2]) from None
     if not text.strip():
         p2 = Problem(source, 1, 1, "", "spec file is empty (expected version, deployment and services)")
         raise SpecError(str(p2), problems=[p2])
     return source, text
+
+
+def read_spec_document(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    """Read a spec file into its raw document (scalars as text) within the limits, without checking it."""
+    source, text = read_spec_text(path)
+    return source, _compose(text, source)[1]
 
 
 def check_spec(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
@@ -456,4 +566,13 @@ def load_spec(path: str | os.PathLike[str]) -> DeploymentSpec:
     return parse_spec(text, source)
 
 
-__all__ = ["Problem", "check_spec", "check_spec_text", "format_path", "load_spec", "parse_spec", "read_spec_text"]
+__all__ = [
+    "Problem",
+    "check_spec",
+    "check_spec_text",
+    "format_path",
+    "load_spec",
+    "parse_spec",
+    "read_spec_document",
+    "read_spec_text",
+]

@@ -38,6 +38,13 @@ CASES = {
     "nesting-over-128-in-free-json": (WITH + "            deep: " + "[" * 200 + "]" * 200 + "\n", True),
     "very-deep-nesting": (HEAD + "    labels: {a: " + "[" * 5000 + "]" * 5000 + "}\n", True),
     "very-deep-nesting-in-api": ("version: v1\ndeployment: abc\napi: {x: " + "[" * 5000 + "]" * 5000 + "}\n", False),
+    # 50,000 levels exhausted the C stack of PyYAML's composer: the process died with SIGSEGV
+    "50000-flow-sequences": ("[" * 50_000, True),
+    "50000-flow-mappings": ("{a: " * 50_000, True),
+    "50000-block-sequences": ("- " * 50_000 + "x\n", True),
+    "50000-complex-keys": ("? " * 50_000 + "x\n", True),
+    "50000-under-a-service": (HEAD + "    labels: {a: " + "[" * 50_000 + "}\n", True),
+    "over-the-size-limit": (HEAD + "# " + "x" * (4 << 20) + "\n", True),
 }
 
 

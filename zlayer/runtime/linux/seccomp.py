@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zlayer.errors import SpecError
+from zlayer.limits import load_json
 
 DEFAULT_PROFILE = Path(__file__).with_name("seccomp_default.json")
 
@@ -50,11 +51,9 @@ def load_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A custom profile file (Docker or OCI format); errors name the file and what is wrong."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text())
+        data = load_json(p.read_bytes(), where=f"seccomp profile {p}", error=SpecError)
     except OSError as exc:
         raise SpecError(f"seccomp profile {p}: cannot read it: {exc.strerror}") from None
-    except ValueError as exc:
-        raise SpecError(f"seccomp profile {p}: not valid JSON: {exc}") from None
     if not isinstance(data, dict) or "defaultAction" not in data:
         raise SpecError(f"seccomp profile {p}: missing defaultAction (is it a seccomp profile?)")
     if not isinstance(data.get("syscalls", []), list):

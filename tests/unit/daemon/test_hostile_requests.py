@@ -1,0 +1,85 @@
+"""A live daemon answers hostile request bodies with a clear 4xx and keeps serving: nesting 50,000 levels deep (as
+JSON and as YAML inside the spec), bodies over the size limit, a spec that is not valid Unicode, a 5,000-digit
+number, a NUL byte in a name. Before the limits, the deep YAML spec killed the daemon (C stack exhaustion in the
+YAML composer)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+
+import pytest
+
+from tests.fixtures.daemon import httpd_service
+
+DEEP = 50_000
+
+
+def post(d: Any, body: bytes, path: str = "/api/v1/deployments", ctype: str | None = "application/json") -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60)
+    headers = {"Authorization": f"Bearer {d.token}"}
+    if ctype is not None:
+        headers["Content-Type"] = ctype
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def spec_body(text: str) -> bytes:
+    return json.dumps({"spec": text}).encode()
+
+
+def still_serving(d: Any) -> None:
+    """The same daemon process answers and deploys after the hostile request."""
+    assert d.proc.poll() is None, d.read_log()
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+    conn.request("GET", "/health/live")
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+HOSTILE = {
+    "json-array-50000-deep": (b"[" * DEEP + b"]" * DEEP, None, "recursion limit exceeded"),
+    "json-object-50000-deep-unclosed": (b'{"spec": ' + b'{"a": ' * DEEP, None, "recursion limit exceeded"),
+    "json-deep-without-content-type": (b"[" * DEEP, "", "recursion limit exceeded"),
+    "yaml-flow-50000-deep": (spec_body("[" * DEEP), None, "recursion limit exceeded"),
+    "yaml-block-50000-deep": (spec_body("- " * DEEP + "x\n"), None, "recursion limit exceeded"),
+    "yaml-nested-under-a-service": (
+        spec_body("version: v1\ndeployment: deep\nservices:\n  web:\n    labels: {a: " + "[" * DEEP + "}\n"),
+        None,
+        "recursion limit exceeded",
+    ),
+    "spec-with-lone-surrogate": (b'{"spec": "version: v1\\ndeployment: \\ud800x\\n"}', None, "lone surrogate"),
+    "spec-over-size-limit": (spec_body("#" * (5 << 20)), None, "spec too large"),
+    "body-over-size-limit": (b'{"spec": "' + b"x" * (17 << 20) + b'"}', None, "request body too large"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_body_is_a_clear_client_error_and_the_daemon_keeps_serving(daemon_process: Any, case: str) -> None:
+    d = daemon_process()
+    body, ctype, words = HOSTILE[case]
+    status, answer = post(d, body, ctype=ctype if ctype is not None else "application/json")
+    assert status in (400, 413), answer
+    assert words in answer["message"], answer
+    assert "Traceback" not in d.read_log()
+    still_serving(d)
+
+
+def test_values_in_errors_are_shown_safely(daemon_process: Any) -> None:
+    d = daemon_process()
+    big = "9" * 5000
+    service = httpd_service(1).replace("replicas: 1", f"replicas: {big}") + f"    stop_grace_period: {big}s\n"
+    status, answer = post(d, spec_body(f"version: v1\ndeployment: abc\nservices:\n  web:\n{service}"))
+    text = json.dumps(answer)
+    assert status == 400 and answer["code"] == "invalid_spec", answer
+    assert "set_int_max_str_digits" not in text and "4300" not in text, text
+    assert {p["path"] for p in answer["problems"]} == {"services.web.scale.replicas", "services.web.stop_grace_period"}
+    assert all(len(p["message"]) < 200 for p in answer["problems"]), answer  # the value is cut short
+    status, answer = post(d, spec_body('version: v1\ndeployment: "pro\\0be"\nservices: {}\n'))
+    assert status == 400 and "(got 'pro\\x00be')" in answer["problems"][0]["message"], answer
+    still_serving(d)
