@@ -100,8 +100,11 @@ def _report(details: dict[str, Any]) -> None:
 def deploy_and_follow(spec: str | None, pull: str | None, foreground: bool) -> None:
     """Shared body of deploy and up: submit, follow until running (exit 0) or failed (non-zero, with the reason).
     ``foreground`` (up without -b/-d) then stays until Ctrl+C, which stops and removes the deployment."""
+    from zlayer.spec.loader import check_spec_text, read_spec_text
+
     path = discover_spec(spec)
-    text = path.read_text()
+    source, text = read_spec_text(path)
+    check_spec_text(text, source)  # every problem at the user's lines before a daemon is contacted (or started)
     if pull:
         text = _with_pull_policy(text, pull)
 
@@ -145,9 +148,11 @@ def _background_options(fn: Any) -> Any:
 def deploy(spec: str | None, dry_run: bool, background: bool, detach: bool) -> None:
     """Deploy a spec (auto-discovered in the current directory) and return once it runs (non-zero exit if it fails)."""
     if dry_run:
+        from zlayer.spec.loader import read_spec_text
+
         path = discover_spec(spec)
         try:
-            print_plan(path, path.read_text())
+            print_plan(path, read_spec_text(path)[1])
         except SpecError as e:
             in_file(e, path)
             if e.problems and "\n" not in e.message:  # (a message of several lines already lists them)

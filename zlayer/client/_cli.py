@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from zlayer.errors import NotFoundError, UsageError
+from zlayer.errors import NotFoundError, SpecError, UsageError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,13 +51,10 @@ def discover_spec(explicit: str | None, cwd: Path | None = None) -> Path:
 
 
 def deployment_from_spec(path: Path) -> str:
-    import yaml
+    from zlayer.spec.loader import read_spec_document
 
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from e
-    name = doc.get("deployment") if isinstance(doc, dict) else None
+    _, doc = read_spec_document(path)
+    name = doc.get("deployment")
     if not name:
         raise UsageError("the spec has no `deployment` name", where=str(path))
     return str(name)
@@ -69,7 +66,7 @@ async def resolve_deployment(client: Any, explicit: str | None) -> str:
         return explicit
     try:
         return deployment_from_spec(discover_spec(None))
-    except (NotFoundError, UsageError):
+    except (NotFoundError, UsageError, SpecError):
         pass
     deps = await client.deployments()
     if len(deps) == 1:
