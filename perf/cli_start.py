@@ -1,17 +1,22 @@
-"""CLI start-up: medians of `zlayer --version` and `zlayer validate <example>` against a bare `python3 -c pass`.
+"""CLI start-up of a regular install: medians of `zlayer --version` and `zlayer validate <example>` against a bare
+`python -c pass` of the same interpreter.
 
-Runs standalone (`python perf/cli_start.py [--runs N]`); every command is a subprocess of this one process tree.
-Last line: one JSON object with the medians (ms) and `version_vs_python`, `validate_vs_python` (targets ≤3, ≤5).
+What is measured is the console script that `pip install .` writes (not an editable install, not `python -m`): the
+tree's wheel is installed, non-editable, into a temporary venv that finds the dependencies in this Python's
+site-packages (nothing is downloaded), and every command runs from there with PYTHONPATH cleared.
+Runs standalone (`python perf/cli_start.py [--runs N]`). Last line: one JSON object with the medians (ms) and
+`version_vs_python`, `validate_vs_python` (targets ≤ 2.5, ≤ 4).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,20 +24,41 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "hello.zlayer.yml"
 
 
-def zlayer_cmd() -> list[str]:
-    exe = shutil.which("zlayer")
-    return [exe] if exe else [sys.executable, "-m", "zlayer"]
+def install(tmp: Path) -> Path:
+    """``pip install`` of the wheel that ``pip wheel .`` builds (non-editable, nothing downloaded) into a fresh venv;
+    returns the venv's bin directory. The dependencies come from this Python's site-packages through a plain path
+    line in a .pth file: as in a user's venv, and without the .pth hooks this machine's site-packages runs at every
+    start-up (an editable zlayer's finder, a CA injector) that would slow the baseline down and flatter the ratios."""
+    import site
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-w", str(tmp / "wheels"), str(ROOT)], check=True, env=clean_env())  # fmt: skip
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    Path(purelib, "zz-dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    wheel = next((tmp / "wheels").glob("zlayer-*.whl"))
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   env=clean_env())  # fmt: skip
+    return venv / "bin"
 
 
-def medians_ms(cmds: dict[str, list[str]], runs: int) -> dict[str, float]:
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME")}
+
+
+def medians_ms(cmds: dict[str, list[str]], runs: int, cwd: Path) -> dict[str, float]:
     """Median wall time per command; the commands are interleaved round by round so load spikes hit all alike."""
+    env = clean_env()
     for cmd in cmds.values():
-        subprocess.run(cmd, capture_output=True, check=True)  # warm the page cache
+        subprocess.run(cmd, capture_output=True, check=True, env=env, cwd=cwd)  # warm the page cache
     times: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(runs):
         for name, cmd in cmds.items():
             t = time.perf_counter()
-            subprocess.run(cmd, capture_output=True, check=True)
+            subprocess.run(cmd, capture_output=True, check=True, env=env, cwd=cwd)
             times[name].append((time.perf_counter() - t) * 1000)
     return {name: statistics.median(v) for name, v in times.items()}
 
@@ -41,17 +67,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=25)
     args = ap.parse_args()
-    z = zlayer_cmd()
-    m = medians_ms(
-        {
-            "python": [sys.executable, "-c", "pass"],
-            "version": [*z, "--version"],
-            "validate": [*z, "validate", str(EXAMPLE)],
-        },
-        args.runs,
-    )
+    with tempfile.TemporaryDirectory(prefix="zlayer-cli-start-") as tmp:
+        bin_dir = install(Path(tmp))
+        z = str(bin_dir / "zlayer")
+        m = medians_ms(
+            {
+                "python": [str(bin_dir / "python"), "-c", "pass"],
+                "version": [z, "--version"],
+                "validate": [z, "validate", str(EXAMPLE)],
+            },
+            args.runs,
+            Path(tmp),
+        )
     py, ver, val = m["python"], m["version"], m["validate"]
-    print(f"python3 -c pass      {py:8.1f} ms", file=sys.stderr)
+    print(f"python -c pass       {py:8.1f} ms", file=sys.stderr)
     print(f"zlayer --version     {ver:8.1f} ms", file=sys.stderr)
     print(f"zlayer validate      {val:8.1f} ms", file=sys.stderr)
     print(

@@ -5,14 +5,12 @@ Public names are loaded lazily so that ``import zlayer`` (and the CLI) stays fas
 
 from __future__ import annotations
 
-from typing import Any
-
 from zlayer._version import __version__
 
 __all__ = ["Client", "__version__"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:  # (no typing import: `zlayer --version` loads only this package)
     if name == "Client":
         from zlayer.client import Client
 

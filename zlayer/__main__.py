@@ -1,3 +1,3 @@
-from zlayer.cli.main import main
+from zlayer.cli import main
 
 main()

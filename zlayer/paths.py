@@ -7,7 +7,6 @@ When the effective data dir is the platform default, the FHS paths are used (``/
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ def default_data_dir() -> Path:
 def _short_socket(path: Path, label: str, data_dir: Path) -> Path:
     if len(str(path).encode()) <= MAX_SOCKET_PATH:
         return path
+    import hashlib
+
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
     return Path(f"/tmp/zlayer-{label}-{digest}.sock")
 

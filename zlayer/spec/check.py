@@ -8,7 +8,6 @@ uses it for the problems and then builds the models.
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING, Any
 
 from zlayer.spec import coerce
@@ -135,6 +134,8 @@ class _Checker:
                 self.doc.problems.append(self._problem(line, col, (*path, key), f"missing field `{key}`"))
 
     def unknown(self, key: str, names: list[str], path: PathT) -> None:
+        import difflib
+
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
         if close:
             hint = f"; did you mean '{close[0]}'?"

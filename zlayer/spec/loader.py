@@ -10,7 +10,6 @@ part of the spec failed to parse.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import typing
@@ -430,6 +429,8 @@ def _pydantic_problems(doc: _Doc, data: dict[str, Any], exc: Any) -> None:
             key = str(path[-1]) if path else str(loc[-1])
             model = _model_at(kept[:-1])
             names = _field_names(model) if model is not None else []
+            import difflib
+
             close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
             if close:
                 hint = f"; did you mean '{close[0]}'?"

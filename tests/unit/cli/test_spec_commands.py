@@ -186,3 +186,23 @@ def test_version_does_not_import_pydantic_or_yaml() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip().endswith("[]"), r.stdout
+
+
+def test_plain_version_and_validate_skip_the_parser_and_print_what_it_prints(tmp_path: Path) -> None:
+    # the console script's entry point answers these two without importing click (a third of a validate's start-up)
+    bad = tmp_path / "bad.zlayer.yml"
+    bad.write_text("version: v2\ndeployment: ab\nservices: {}\n")
+    for args in (["--version"], ["validate", str(HELLO)], ["validate", str(bad)]):
+        code = (
+            "import sys; from zlayer.cli import main\n"
+            f"try: main({args!r})\nexcept SystemExit as e: sys.stdout.write(f'exit={{e.code}}\\n')\n"
+            "sys.stderr.write('loaded:' + repr(sorted(m for m in ('click', 'pydantic', 'rich') if m in sys.modules)))"
+        )
+        fast = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert fast.stderr.endswith("loaded:[]"), (args, fast.stderr)
+        # the same words and exit code as through the parser (an option sends the command there)
+        parsed = zlayer(*args[:1], "-o", "text", *args[1:]) if args[0] == "validate" else zlayer("-V")
+        out, _, code = fast.stdout.rpartition("exit=") if "exit=" in fast.stdout else (fast.stdout, "", "0")
+        assert out == parsed.stdout, args
+        assert fast.stderr.removesuffix("loaded:[]") == parsed.stderr, args
+        assert int(code or 0) == parsed.returncode == (1 if args[-1] == str(bad) else 0)
