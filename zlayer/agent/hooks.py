@@ -7,7 +7,7 @@ listener is opened. The daemon wires :mod:`zlayer.net` and :mod:`zlayer.proxy` b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from zlayer.agent.specview import ServiceView
 
@@ -35,6 +35,12 @@ class ProxyHook(Protocol):
         ...
 
     async def remove_service(self, deployment: str, service: str) -> None: ...
+
+    async def update_external(self, deployment: str, name: str, spec: dict[str, Any]) -> None:
+        """Open or update the endpoints of ``externals.<name>``, sending to its fixed ``backends``."""
+        ...
+
+    async def remove_external(self, deployment: str, name: str) -> None: ...
 
 
 __all__ = ["Backend", "NetworkHook", "ProxyHook"]

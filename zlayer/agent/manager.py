@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from zlayer.agent.externals import ExternalRoutes
 from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook
 from zlayer.agent.probes import run_health_check, run_init_step
 from zlayer.agent.specload import ParsedDeployment, parse_deployment
@@ -126,6 +127,7 @@ class ServiceManager:
         self.runtime = runtime
         self.network = network
         self.proxy = proxy
+        self.externals = ExternalRoutes(proxy)
         self.metrics = metrics
         self.health_scale = health_scale  # tests shrink intervals; production keeps ZLayer's numbers
         self.replicas: dict[str, Replica] = {}
@@ -180,6 +182,7 @@ class ServiceManager:
         failures: list[str] = []
         try:
             await self._remove_dropped_services(name, set(parsed.services))
+            failures += await self.externals.apply(name, parsed.spec.get("externals") or {})
 
             # Every service converges at once; one with `depends` first waits for its own dependencies' conditions
             # (not for services that merely come earlier in the order).
@@ -241,6 +244,7 @@ class ServiceManager:
             await self._event(name, "delete_failed", msg)
             err = errors[0]
             raise err if isinstance(err, ZLayerError) else RuntimeFailure(f"removing {name}: {err}")
+        await self.externals.remove(name)
         await self.store.delete_deployment(name)
         await self._event(name, "deleted", "deployment removed")
 

@@ -132,16 +132,26 @@ class ManagedProxy:
         self._started = False
         self._names: dict[tuple[str, str], str] = {}  # (deployment, service) -> the name the proxy knows it by
 
-    def _name(self, deployment: str, service: str) -> str:
+    def _name(self, deployment: str, service: str, key: str | None = None) -> str:
         """The proxy keys services by name alone: the first deployment to use a name gets it plain (as ZLayer shows
         it), another deployment's service of the same name is ``service.deployment``, so neither replaces the
-        other's routes."""
-        name = self._names.get((deployment, service))
+        other's routes. ``key`` keeps an external apart from a service of the same name."""
+        name = self._names.get((deployment, key or service))
         if name is None:
             taken = set(self._names.values())
             name = service if service not in taken else f"{service}.{deployment}"
-            self._names[(deployment, service)] = name
+            self._names[(deployment, key or service)] = name
         return name
+
+    async def update_external(self, deployment: str, name: str, spec: dict[str, Any]) -> None:
+        if not self._started:
+            await self.pm.start()
+            self._started = True
+        await self.pm.add_external(deployment, self._name(deployment, name, f"externals.{name}"), spec)
+
+    async def remove_external(self, deployment: str, name: str) -> None:
+        proxied = self._names.pop((deployment, f"externals.{name}"), name)
+        await self.pm.remove_service(proxied, deployment=deployment)
 
     async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
         if not self._started:
