@@ -36,7 +36,7 @@ int log_open(struct zl_log *l, const char *path, uint64_t max_size, int max_file
         return 0;
     if (snprintf(l->path, sizeof(l->path), "%s", path) >= (int)sizeof(l->path))
         return zl_fail(e, "log path too long");
-    l->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    l->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (l->fd < 0)
         return zl_fail_errno(e, "cannot open the log file %s", path);
     struct stat st;
@@ -57,7 +57,7 @@ static void rotate(struct zl_log *l)
         snprintf(to, sizeof(to), "%s.%d", l->path, i);
         rename(from, to);
     }
-    int fd = open(l->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (l->max_files <= 1 ? O_TRUNC : 0), 0640);
+    int fd = open(l->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (l->max_files <= 1 ? O_TRUNC : 0), 0600);
     if (fd >= 0) {
         close(l->fd);
         l->fd = fd;

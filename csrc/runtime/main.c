@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "zlayer/shim.h"
 
@@ -43,6 +44,10 @@ int main(int argc, char **argv)
         printf("zlayer-shim 0.1\n");
         return 0;
     }
+    /* What the shim builds for a container (cgroups, mount points, the process's own umask unless
+     * process.user.umask says otherwise) gets the standard 022, as under runc, whatever the caller's umask (the
+     * daemon keeps 077 for its own files). What the shim keeps for itself (state, logs) has explicit 0700/0600. */
+    umask(022);
     const char *cmd = argv[1];
     if (strcmp(cmd, "oom-kills") == 0)
         return argc == 3 ? cmd_oom_kills(argv[2]) : usage();

@@ -242,7 +242,9 @@ static int open_ctl(struct ctx *x, struct zl_err *e)
         return zl_fail_errno(e, "socket");
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/ctl.sock", x->dirfd);
-    if (bind(x->ctl, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(x->ctl, 16) < 0)
+    /* root only, as the directory it is in; the mode is set before anyone can connect (listen) */
+    if (bind(x->ctl, (struct sockaddr *)&sa, sizeof(sa)) < 0 || fchmodat(x->dirfd, "ctl.sock", 0600, 0) < 0 ||
+        listen(x->ctl, 16) < 0)
         return zl_fail_errno(e, "cannot listen on %s/ctl.sock", x->dir);
     return 0;
 }
@@ -569,9 +571,10 @@ static int prepare(struct ctx *x, struct zl_err *e)
     struct zl_opts *o = x->o;
     if (snprintf(x->dir, sizeof(x->dir), "%s/%s", o->root, o->id) >= (int)sizeof(x->dir))
         return zl_fail(e, "state directory path too long");
-    if (mkdir_p(o->root, 0711) < 0)
+    /* state, ctl.sock and the bundle's paths are the host's business: root only */
+    if (mkdir_p(o->root, 0700) < 0)
         return zl_fail_errno(e, "cannot create the state root %s", o->root);
-    if (mkdir(x->dir, 0711) < 0) {
+    if (mkdir(x->dir, 0700) < 0) {
         if (errno == EEXIST)
             return zl_fail(e, "container %s already exists (%s)", o->id, x->dir);
         return zl_fail_errno(e, "cannot create %s", x->dir);

@@ -77,7 +77,7 @@ int state_write(int dirfd, const struct zl_state *s, struct zl_err *e)
     int n = state_format(s, buf, sizeof(buf));
     if (n < 0)
         return zl_fail(e, "state.json would be too large");
-    int fd = openat(dirfd, "state.json.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = openat(dirfd, "state.json.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return zl_fail_errno(e, "cannot write state.json");
     if (write_all(fd, buf, (size_t)n) < 0) {
