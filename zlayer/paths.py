@@ -7,11 +7,19 @@ When the effective data dir is the platform default, the FHS paths are used (``/
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 SYSTEM_DATA_DIR = Path("/var/lib/zlayer")
+# Nothing under the data dir is for other host users: container filesystems (a setuid file in one is a way to
+# root), specs and bundles with their env, tokens, keys, logs. Directories are 0700; the data and run dirs are 0711
+# (as Docker's /var/lib/docker) so that the zlayer group reaches a socket kept there; files are 0600.
+PRIVATE_DIR = 0o700
+PASSAGE_DIR = 0o711
+PRIVATE_FILE = 0o600
 MAX_SOCKET_PATH = 103
 API_PORT = 3669
 
@@ -30,6 +38,42 @@ def _short_socket(path: Path, label: str, data_dir: Path) -> Path:
 
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
     return Path(f"/tmp/zlayer-{label}-{digest}.sock")
+
+
+def private_dir(path: Path, mode: int = PRIVATE_DIR) -> Path:
+    """``path`` as a directory with exactly ``mode``, whatever the umask and whatever mode an older zlayer gave it
+    (missing parents are made as the umask says)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != mode:
+        os.chmod(path, mode)
+    return path
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int = PRIVATE_FILE, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` (mode ``mode``, 0600 by default) so that a reader or a crash sees the old or
+    the new content, never a mix; ``durable`` also survives a power loss (fsync of the file and its directory)."""
+    import tempfile  # not at import: the CLI loads this module on every start
+
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 @dataclass(frozen=True)
@@ -57,3 +101,18 @@ class Paths:
     def sub(self, name: str) -> Path:
         """A subdirectory of the data dir (``containers``, ``images``, ``volumes``, ...)."""
         return self.data_dir / name
+
+    def make_private(self) -> None:
+        """Create the data, run and log dirs closed to other users, and close what an older zlayer (or another
+        process) left open at their top level: directories to 0700, files to 0600 (the socket keeps its mode)."""
+        private_dir(self.data_dir, PASSAGE_DIR)
+        private_dir(self.run_dir, PASSAGE_DIR)
+        private_dir(self.log_dir, PRIVATE_DIR)
+        for top in {self.data_dir, self.run_dir, self.log_dir}:
+            for entry in top.iterdir():
+                if entry in (self.run_dir, self.log_dir, self.socket):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.lstat()
+                    if (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)) and st.st_mode & 0o077:
+                        os.chmod(entry, stat.S_IMODE(st.st_mode) & ~0o077)

@@ -14,7 +14,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from zlayer.errors import AuthError
 from zlayer.limits import load_json
+from zlayer.paths import write_atomic
 
 ISSUER = "zlayer"
 WRITE_ROLES = frozenset({"admin", "operator"})
@@ -99,16 +99,6 @@ def may_write(claims: dict[str, Any]) -> bool:
     return isinstance(roles, list) and any(isinstance(r, str) and r in WRITE_ROLES for r in roles)
 
 
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def load_or_create_secret(data_dir: Path) -> str:
     """The node's signing secret, generated once (64 random bytes, hex) and kept with mode 0600."""
     path = data_dir / SECRET_FILE
@@ -119,14 +109,14 @@ def load_or_create_secret(data_dir: Path) -> str:
     except FileNotFoundError:
         pass
     secret = secrets.token_hex(64)
-    _write_private(path, secret)
+    write_atomic(path, secret + "\n")
     return secret
 
 
 def write_admin_bearer(data_dir: Path, secret: str, hours: int = 24) -> str:
     """Mint the ``local-admin`` token and keep it in ``{data}/admin_bearer.token`` (mode 0600)."""
     token = create_token(secret, "local-admin", hours * 3600, ["admin"])
-    _write_private(data_dir / BEARER_FILE, token)
+    write_atomic(data_dir / BEARER_FILE, token + "\n")
     return token
 
 

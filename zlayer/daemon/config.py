@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from zlayer.errors import UsageError
-from zlayer.paths import API_PORT, Paths
+from zlayer.paths import API_PORT, Paths, write_atomic
 
 
 @dataclass
@@ -50,9 +49,4 @@ def split_bind(text: str, what: str = "--bind") -> tuple[str, int]:
 
 
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2))

@@ -27,7 +27,6 @@ log = logging.getLogger("zlayer.daemon")
 
 
 def _lock_data_dir(cfg: DaemonConfig) -> int:
-    cfg.paths.run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(cfg.paths.run_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -133,8 +132,7 @@ class Daemon:
         from zlayer.state import SqliteStore
 
         cfg = self.cfg
-        for d in (cfg.paths.data_dir, cfg.paths.run_dir, cfg.paths.log_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        cfg.paths.make_private()
         lock_fd = _lock_data_dir(cfg)
         sockets: list[socket.socket] = []
         store = SqliteStore(cfg.state_db)
@@ -269,6 +267,9 @@ class Daemon:
 def serve_foreground(cfg: DaemonConfig) -> None:
     """Run the daemon in this process until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Whatever the daemon writes (state, bundles with the containers' env, tokens, keys, logs) is its own: a file
+    # written without an explicit mode is still closed to other users. Containers get 022 from the shim.
+    os.umask(0o077)
     try:
         import uvloop
 
@@ -296,8 +297,8 @@ def serve_background(
     """Start the daemon detached (new session, output to daemon.log) and return its pid once the socket answers."""
     import subprocess
 
-    cfg.paths.log_dir.mkdir(parents=True, exist_ok=True)
-    with open(cfg.log_file, "ab") as logf:
+    cfg.paths.make_private()
+    with open(os.open(cfg.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "zlayer", *argv],
             stdin=subprocess.DEVNULL,

@@ -38,6 +38,7 @@ def mount_rootfs(layer_dirs: list[Path], upper: Path, work: Path, target: Path, 
         flags = MS_RDONLY
     else:
         upper.mkdir(parents=True, exist_ok=True)
+        os.chmod(upper, 0o755)  # the upper dir is the root directory the container sees, whatever our umask
         work.mkdir(parents=True, exist_ok=True)
         data = f"lowerdir={lower},upperdir={upper},workdir={work}"
         flags = 0

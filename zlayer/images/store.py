@@ -32,6 +32,7 @@ from zlayer.errors import ConflictError, ImageError, NotFoundError
 from zlayer.images.reference import Reference, parse_reference
 from zlayer.images.unpack import chain_ids, unpack_layer
 from zlayer.limits import load_json
+from zlayer.paths import private_dir, write_atomic
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -158,8 +159,9 @@ class ImageStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        for sub in ("blobs/sha256", "layers", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)  # layers hold image files as they are, setuid ones too: no way in for other users
+        for sub in ("blobs", "blobs/sha256", "layers", "tmp"):
+            private_dir(self.root / sub)
 
     # -- locking and atomic files -------------------------------------------------------------------------------
 
@@ -352,7 +354,7 @@ class ImageStore:
                     got = unpack_layer(src, work / "fs", layer=blob_digest)
             if got != diff_id:
                 raise ImageError(f"layer {blob_digest}: uncompressed content is {got}, the image config says {diff_id}")
-            (work / "diffid").write_text(diff_id)
+            write_atomic(work / "diffid", diff_id, durable=False)
             final = self.root / "layers" / _hex(chain)
             with self.lock():
                 if (final / "diffid").is_file():

@@ -346,7 +346,8 @@ class _Unpacker:
             try:
                 st = os.lstat(full)
             except FileNotFoundError:
-                os.mkdir(full, 0o755)
+                os.mkdir(full)
+                os.chmod(full, 0o755)  # as docker makes a parent the layer does not list, whatever our umask
             else:
                 if stat.S_ISLNK(st.st_mode):
                     raise ImageError(

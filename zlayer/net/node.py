@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from zlayer.errors import ZLayerError
+from zlayer.paths import write_atomic
 
 
 class NetworkError(ZLayerError):
@@ -71,12 +72,9 @@ class Ipam:
 
     def _save(self, leases: dict[str, str] | None = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"subnet": str(self.subnet), "leases": self.leases if leases is None else leases}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(
+            self.path, json.dumps({"subnet": str(self.subnet), "leases": self.leases if leases is None else leases})
+        )
 
     def allocate(self, container: str, *, save: bool = True) -> ipaddress.IPv4Address:
         """The container's address (its existing lease, else the first free one); ``save=False`` leaves writing
@@ -250,12 +248,7 @@ class NodeNetwork:
     def _save_state(self, data: dict[str, Any] | None = None) -> None:
         data = data or self._state_doc()
         self._state.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state.with_name(f".{self._state.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._state)
+        write_atomic(self._state, json.dumps(data))
 
     def _state_doc(self) -> dict[str, Any]:
         return {

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from zlayer.errors import ProxyError
+from zlayer.paths import PRIVATE_FILE, private_dir
+from zlayer.paths import write_atomic as _write_atomic
 
 RENEW_BEFORE = dt.timedelta(days=30)
 
@@ -40,25 +40,11 @@ class CertificateInfo:
         return self.not_after - now <= RENEW_BEFORE
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replaces ``path`` with ``data`` so that a crash leaves the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+def write_atomic(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
+    """Replaces ``path`` with ``data`` so that a crash leaves the old or the new content, never a mix; the directory
+    is made (0700) if missing."""
+    private_dir(path.parent)
+    _write_atomic(path, data, mode)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from zlayer.errors import ConflictError, ImageError, NotFoundError, RuntimeFailure, SpecError, ZLayerError
 from zlayer.images.mount import mount_rootfs, unmount_rootfs
+from zlayer.paths import PRIVATE_DIR, private_dir, write_atomic
 from zlayer.runtime.linux import cgroups, shim
 from zlayer.runtime.linux.bundle import BundleOptions, _get, build_config, image_settings, stop_signal
 from zlayer.runtime.linux.etcfiles import write_etc_files
@@ -123,11 +124,9 @@ def find_executable(rootfs: Path, argv0: str, env: Sequence[str], cwd: str) -> P
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    # Temp + rename so no reader sees half a file. No fsync: bundle files live no longer than the container, which
-    # a power loss ends anyway, and create() discards a bundle left by a crash.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    os.replace(tmp, path)
+    # No fsync: bundle files live no longer than the container, which a power loss ends anyway, and create()
+    # discards a bundle left by a crash. 0600: config.json holds the container's environment, secrets included.
+    write_atomic(path, json.dumps(data, separators=(",", ":")), durable=False)
 
 
 def _parse_cri(line: str) -> LogLine | None:
@@ -183,7 +182,7 @@ class LinuxRuntime:
         # the cgroup) would kill the other's replica.
         self.node_tag = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:8]
         for d in (self.state_root, self.bundles, self.log_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            private_dir(d)  # container filesystems, specs and output: nothing for other host users
 
     # ------------------------------------------------------------ helpers
 
@@ -229,6 +228,7 @@ class LinuxRuntime:
         try:
             config, layers = await self.images.resolve(image)
             bundle.mkdir(parents=True)
+            os.chmod(bundle, PRIVATE_DIR)  # its rootfs may hold a setuid file: no way in for other users
             undo.append(lambda: shutil.rmtree(bundle, ignore_errors=True))
             rootfs, upper, work = bundle / "rootfs", bundle / "upper", bundle / "work"
             for d in (rootfs, upper, work):

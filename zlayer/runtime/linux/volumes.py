@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from zlayer.errors import SpecError
+from zlayer.paths import private_dir
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -109,7 +110,10 @@ def prepare_volumes(
                 else:
                     host = data_dir / "volumes" / "_anon" / f"{container}-{secrets.token_hex(6)}"
                 fresh = not host.exists()
-                host.mkdir(parents=True, exist_ok=True)
+                private_dir(host.parent)  # volumes/ (and volumes/_anon/): no way in for other users
+                host.mkdir(exist_ok=True)
+                if fresh:
+                    os.chmod(host, 0o755)  # the volume's root as the container sees it (as docker's _data)
                 if kind == "anonymous":
                     out.anonymous.append(host)
                     created.append(host)
