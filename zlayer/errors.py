@@ -7,6 +7,8 @@ API returns ``to_json()`` with the stable ``code``.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from typing import Any, Self
 
@@ -159,6 +161,27 @@ class DaemonError(ZLayerError):
 
     code = "daemon"
     http_status = 503
+
+
+class DiskFullError(ZLayerError):
+    """A write failed because the filesystem (or the quota) holding ``where`` is full; nothing was half-written."""
+
+    code = "disk_full"
+    http_status = 507
+
+
+def disk_full(what: str, where: str | os.PathLike[str]) -> DiskFullError:
+    """The one wording of a full disk: what could not be written, where, and what to do."""
+    place = os.fspath(where)
+    return DiskFullError(f"{what}: the disk is full", where=place,
+                         hint=f"free space on the filesystem holding {place} (df -h {place}), then retry")  # fmt: skip
+
+
+def from_os_error(err: OSError, what: str) -> ZLayerError | None:
+    """A full disk or quota (ENOSPC, EDQUOT) as :class:`DiskFullError`; None for any other OSError."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return disk_full(what, err.filename or "the data directory")
+    return None
 
 
 class AuthError(ZLayerError):

@@ -24,7 +24,15 @@ from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook
 from zlayer.agent.probes import run_health_check, run_init_step
 from zlayer.agent.specload import ParsedDeployment, parse_deployment
 from zlayer.agent.specview import ServiceView, service_view
-from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, UsageError, ZLayerError, with_context
+from zlayer.errors import (
+    ConflictError,
+    NotFoundError,
+    RuntimeFailure,
+    UsageError,
+    ZLayerError,
+    from_os_error,
+    with_context,
+)
 from zlayer.runtime.protocol import ContainerId, ExecResult, Runtime
 from zlayer.state import ContainerRecord, DeploymentRecord, ServiceRecord, Store
 
@@ -157,7 +165,10 @@ class ServiceManager:
                 prev = await self.store.get_service(parsed.name, rec.name)
                 if prev is not None and parsed.services[rec.name].scale_mode == "manual":
                     rec.desired_replicas = prev.desired_replicas
-        record = await self.store.put_deployment(parsed.name, text, parsed.spec, services, status="deploying")
+        try:
+            record = await self.store.put_deployment(parsed.name, text, parsed.spec, services, status="deploying")
+        except ZLayerError as e:  # one transaction: nothing of it was stored
+            raise e.add_context(f"deployment {parsed.name} was not stored") from None
         await self._event(parsed.name, "deploy", f"revision {record.revision} submitted")
         self._spawn_converge(parsed)
         return record
@@ -193,7 +204,8 @@ class ServiceManager:
                 try:
                     await self._wait_depends(name, view, failed_now)
                     await self._converge_service(name, view, parsed.models.get(svc_name), revision)
-                except Exception as e:
+                except Exception as exc:
+                    e = (from_os_error(exc, f"service {svc_name}") if isinstance(exc, OSError) else None) or exc
                     if not isinstance(e, ZLayerError):
                         log.exception("converging %s/%s failed", name, svc_name)
                     failed_now[svc_name] = str(e)
@@ -212,9 +224,14 @@ class ServiceManager:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the deploy task must always leave a status behind
-            log.exception("deploy of %s failed", name)
-            await self.store.set_deployment_status(name, "failed", f"internal error: {e}")
-            await self._event(name, "deploy_failed", f"internal error: {e}")  # what `zlayer deploy` waits for
+            if isinstance(e, ZLayerError):  # the state itself may be what failed (a full disk): said in one line
+                log.error("deploy of %s failed: %s", name, e)
+            else:
+                log.exception("deploy of %s failed", name)
+            said = str(e) if isinstance(e, ZLayerError) else f"internal error: {e}"
+            with contextlib.suppress(ZLayerError):
+                await self.store.set_deployment_status(name, "failed", said)
+            await self._event(name, "deploy_failed", said)  # what `zlayer deploy` waits for
         finally:
             if self.metrics is not None:
                 self.metrics.deploy_finished(time.monotonic() - started, not failures)
@@ -229,7 +246,10 @@ class ServiceManager:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.store.set_deployment_status(name, "stopped")
+        try:
+            await self.store.set_deployment_status(name, "stopped")
+        except ZLayerError as e:  # the state cannot be written (a full disk): touch nothing, so it stays true
+            raise e.add_context(f"deployment {name} was not removed") from None
         # Services go down side by side (each one's replicas in parallel too): a down costs one grace period, not
         # one per replica. A service that fails to go keeps the deployment (status failed) so a retry finds it.
         services = {s.name for s in await self.store.list_services(name)}
@@ -873,7 +893,11 @@ class ServiceManager:
     # ---------------------------------------------------------------------------------------------- views
 
     async def _event(self, deployment: str, kind: str, message: str) -> None:
-        await self.store.add_event(deployment, kind, message)
+        try:
+            await self.store.add_event(deployment, kind, message)
+        except ZLayerError as e:  # the journal loses a line; what happened stands (a full disk must not undo a down)
+            log.warning("event %s of %s not recorded: %s", kind, deployment, e)
+            return
         async with self._event_waiters:
             self._event_waiters.notify_all()
 

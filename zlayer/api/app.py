@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.message
 import json
+import logging
 import time
 from typing import Any
 
@@ -16,9 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from zlayer._version import __version__
 from zlayer.api.auth import access_needed, may_write, verify_token
 from zlayer.api.context import ApiContext
-from zlayer.errors import AuthError, ForbiddenError, ZLayerError
+from zlayer.errors import AuthError, ForbiddenError, ZLayerError, from_os_error
 from zlayer.limits import MAX_JSON_BYTES, json_limit_problem
 
+log = logging.getLogger("zlayer.api")
 PUBLIC_PATHS = ("/health/live", "/health/ready", "/api-docs/openapi.json")
 CLAIMS = "zlayer.claims"  # where TokenAuth leaves a verified token's claims in the ASGI scope
 BEARER_SCHEME = "bearer_auth"  # ZLayer's name for it in the OpenAPI document
@@ -29,7 +31,8 @@ _OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trac
 # clients and adds the finer, stable ``code`` and, where one applies, the field path (``where``/``problems``).
 ZLAYER_ERROR = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
                 422: "validation_error", 429: "rate_limited", 500: "internal_error", 501: "not_implemented",
-                503: "service_unavailable", 405: "method_not_allowed", 413: "payload_too_large"}  # fmt: skip
+                503: "service_unavailable", 405: "method_not_allowed", 413: "payload_too_large",
+                507: "insufficient_storage"}  # fmt: skip
 
 
 def error_body(status: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +122,14 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(OSError)
+    async def os_error(_: Request, exc: OSError) -> JSONResponse:
+        err = from_os_error(exc, "the request could not be completed")
+        if err is None:  # not the host's disk: a bug or a broken host, so the traceback goes to the log
+            log.error("request failed", exc_info=exc)
+            return _error(500, "internal", f"{type(exc).__name__}: {exc}")
+        return JSONResponse(error_body(err.http_status, err.to_json()), status_code=err.http_status)
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:

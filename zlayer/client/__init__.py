@@ -26,6 +26,7 @@ from zlayer.errors import (
     AuthError,
     ConflictError,
     DaemonError,
+    DiskFullError,
     ForbiddenError,
     NotFoundError,
     SpecError,
@@ -44,6 +45,7 @@ _BY_STATUS: dict[int, type[ZLayerError]] = {
     403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
+    507: DiskFullError,
 }
 
 

@@ -7,6 +7,7 @@ database is still consistent but the last transactions may be missing (the agent
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from zlayer.errors import ZLayerError
+from zlayer.errors import ZLayerError, disk_full
 from zlayer.state.protocol import (
     ContainerRecord,
     CronRecord,
@@ -108,14 +109,28 @@ class SqliteStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One transaction: all of it or nothing. A failure of SQLite (a full disk above all) is a
+        :class:`StateError` saying so, with the database's path; the rollback never hides it."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:  # SQLite itself rolls back on SQLITE_FULL; a second ROLLBACK would raise
+                    self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise self._failure(e) from None
+
+    def _failure(self, e: sqlite3.Error) -> ZLayerError:
+        if getattr(e, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(e):
+            return disk_full("cannot write the state database", self.path)
+        return StateError(f"the state database failed: {e}", where=str(self.path))
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()

@@ -1,0 +1,116 @@
+"""A full disk under the data dir (a small tmpfs, filled up) against a live daemon: deploy and down answer what
+happened in one clear message (what could not be written, that the disk is full, where), the daemon logs no
+traceback and keeps serving, and the state stays what the answers said. Before: "OperationalError: database or disk
+is full", two tracebacks in the log, and a down that reported failure after it had removed the deployment."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.daemon import DaemonProcess, free_port, httpd_service, kill_host_containers
+
+pytestmark = [pytest.mark.root]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        kill_host_containers(disk)
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.fixture
+def daemon_on(small_disk: Path) -> Iterator[DaemonProcess]:
+    env = {"ZLAYER_RUNTIME_FACTORY": "tests.fixtures.daemon:host_runtime_factory",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[3]), "ZLAYER_NODE_NETWORK": "off"}  # fmt: skip
+    d = DaemonProcess(small_disk / "data", env)
+    d.start()
+    try:
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.terminate(signal.SIGKILL)
+
+
+def zl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "zlayer", "--data-dir", str(d.data_dir), *args], env=d.env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def deployments(d: DaemonProcess) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+    conn.request("GET", "/api/v1/deployments", headers={"Authorization": f"Bearer {d.token}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    return {x["name"]: x for x in json.loads(resp.read())}
+
+
+def replica_answers(port: int) -> bool:
+    with contextlib.suppress(OSError):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/")
+        return conn.getresponse().status == 200
+    return False
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False)
+    assert os.statvfs(disk).f_bavail == 0
+    return filler
+
+
+def test_a_full_disk_is_a_clear_answer_and_the_state_matches_it(
+    daemon_on: DaemonProcess, small_disk: Path, tmp_path: Path
+) -> None:
+    d = daemon_on
+    port, port2 = free_port(), free_port()
+    first, second = tmp_path / "first.zlayer.yml", tmp_path / "second.zlayer.yml"  # specs off the small disk
+    first.write_text(f"version: v1\ndeployment: first\nservices:\n  web:\n{httpd_service(port)}")
+    second.write_text(f"version: v1\ndeployment: second\nservices:\n  web:\n{httpd_service(port2)}")
+    r = zl(d, "-b", "deploy", str(first))
+    assert r.returncode == 0 and replica_answers(port), r.stdout + r.stderr
+    filler = fill(small_disk)
+
+    r = zl(d, "-b", "deploy", str(second))
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "the disk is full" in out and str(d.data_dir / "state.db") in out and "df -h" in out, out
+    assert "OperationalError" not in out and "internal error" not in out, out
+    assert set(deployments(d)) == {"first"}  # the refused deployment left nothing behind
+    assert not replica_answers(port2)
+
+    r = zl(d, "down", "first")
+    out = r.stdout + r.stderr
+    if r.returncode == 0:  # whatever down says must be what happened
+        assert "first" not in deployments(d) and not replica_answers(port), out
+    else:
+        assert "the disk is full" in out and "OperationalError" not in out, out
+        assert deployments(d)["first"]["status"] == "running" and replica_answers(port), out
+
+    filler.unlink()
+    r = zl(d, "down", "first")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert deployments(d) == {} and not replica_answers(port)
+    r = zl(d, "-b", "deploy", str(second))
+    assert r.returncode == 0 and replica_answers(port2), r.stdout + r.stderr
+
+    assert d.proc is not None and d.proc.poll() is None
+    log = d.read_log()
+    assert "Traceback" not in log and "OperationalError" not in log, log
