@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -58,17 +59,14 @@ def serve(
         host_network=root.host_network,
         dns_port=dns_port,
     )
+    if not os.environ.get("ZLAYER_SPAWNER_PID"):  # chosen by the operator, not a client's auto-start
+        cfg.paths.make_private()
+        cfg.remember()
     if background:
         from zlayer.daemon import serve_background
 
-        argv = ["--data-dir", str(paths.data_dir), "serve", "--bind", tcp or "none", "--socket", str(paths.socket),
-                "--dns-port", str(dns_port), "--deployment-name", deployment_name]  # fmt: skip
-        if metrics_bind:
-            argv += ["--metrics-bind", metrics_bind]
-        if no_swagger:
-            argv.append("--no-swagger")
         # the secret goes to the child through its environment, not its argv (ps would show it), as ZLayer does
-        pid = serve_background(argv, cfg, env={"ZLAYER_JWT_SECRET": jwt_secret} if jwt_secret else None)
+        pid = serve_background(cfg.serve_argv(), cfg, env={"ZLAYER_JWT_SECRET": jwt_secret} if jwt_secret else None)
         click.echo(f"zlayer daemon started (pid {pid}), socket {paths.socket}")
         return
     from zlayer.daemon import serve_foreground

@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -76,7 +76,8 @@ class Client:
 
     ``socket`` (default: the data dir's socket, ``/var/run/zlayer.sock`` for root) or ``host`` (``http://node:3669``,
     with ``token``). Over the socket a missing daemon is started as ``zlayer serve --daemon`` unless
-    ``auto_start=False``.
+    ``auto_start=False``: with the configuration ``zlayer serve`` was last started with for the data dir, else on its
+    unix socket only; ``on_start`` is then told so in one line (default: a warning on the ``zlayer.client`` logger).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class Client:
         data_dir: str | os.PathLike[str] | None = None,
         auto_start: bool = True,
         timeout: float = 300.0,
+        on_start: Callable[[str], None] | None = None,
     ) -> None:
         self.paths = Paths.resolve(data_dir, str(socket) if socket else None)
         self.socket_path = self.paths.socket
@@ -98,6 +100,7 @@ class Client:
         self._session: Any = None  # aiohttp, for a daemon over TCP
         self._unix: UnixHTTP | None = None  # for the unix socket: no aiohttp to import (about 300 ms per command)
         self._started = False
+        self._on_start = on_start
 
     def __repr__(self) -> str:
         return f"Client(host={self.host!r})" if self.host else f"Client(socket={str(self.socket_path)!r})"
@@ -124,7 +127,7 @@ class Client:
     async def _unix_http(self) -> UnixHTTP:
         if self._unix is None:
             if not self._started:
-                await ensure_daemon(self.paths, auto_start=self.auto_start)
+                await ensure_daemon(self.paths, auto_start=self.auto_start, on_start=self._on_start)
                 self._started = True
             self._unix = UnixHTTP(self.socket_path, self._headers())
         return self._unix
@@ -369,9 +372,14 @@ class Client:
         return result
 
 
-async def ensure_daemon(paths: Paths, *, auto_start: bool = True) -> None:
+async def ensure_daemon(
+    paths: Paths, *, auto_start: bool = True, on_start: Callable[[str], None] | None = None
+) -> None:
     """Make sure a daemon answers on ``paths.socket``; start ``zlayer serve --daemon`` if allowed (as ZLayer's
-    client does: poll with backoff 0.1, 0.2, 0.4, 0.8 s then 1 s, 20 tries)."""
+    client does: poll with backoff 0.1, 0.2, 0.4, 0.8 s then 1 s, 20 tries). The daemon started listens where
+    ``zlayer serve`` was last started for the data dir (``DATA/serve.json``), else on its unix socket only — never
+    on every interface because a user ran ``zlayer ps`` — and ``on_start`` hears where."""
+    from zlayer.daemon.config import DaemonConfig
     from zlayer.daemon.server import probe_socket
 
     if probe_socket(paths.socket):
@@ -380,9 +388,11 @@ async def ensure_daemon(paths: Paths, *, auto_start: bool = True) -> None:
         raise DaemonError(f"no zlayer daemon is listening on {paths.socket}", hint="start one with `zlayer serve`")
     if paths.socket.exists() and not os.access(paths.socket, os.W_OK):
         raise DaemonError(f"permission denied on {paths.socket}", hint="the daemon socket is root-only; use sudo")
-    argv = [sys.executable, "-m", "zlayer", "--data-dir", str(paths.data_dir), "serve", "--daemon",
-            "--socket", str(paths.socket)]  # fmt: skip
-    env = {**os.environ, "ZLAYER_SPAWNER_PID": str(os.getpid())}
+    cfg = DaemonConfig.remembered(paths)
+    argv = [sys.executable, "-m", "zlayer", *cfg.serve_argv(), "--daemon"]
+    # only the remembered configuration decides the listeners, not serve's variables in this user's environment
+    env = {k: v for k, v in os.environ.items() if k not in ("ZLAYER_API_BIND", "ZLAYER_METRICS_BIND")}
+    env["ZLAYER_SPAWNER_PID"] = str(os.getpid())
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -390,15 +400,28 @@ async def ensure_daemon(paths: Paths, *, auto_start: bool = True) -> None:
     if proc.returncode != 0:
         raise DaemonError(
             f"could not start the zlayer daemon: {err.decode(errors='replace').strip()[-400:]}",
-            hint=f"see {paths.log_dir / 'daemon.log'}",
+            hint=f"see {cfg.log_file}",
         )
     for delay in AUTO_START_DELAYS:
         if probe_socket(paths.socket):
-            return
+            break
         await asyncio.sleep(delay)
-    raise DaemonError(
-        f"the zlayer daemon did not come up on {paths.socket}", hint=f"see {paths.log_dir / 'daemon.log'}"
-    )
+    else:
+        raise DaemonError(f"the zlayer daemon did not come up on {paths.socket}", hint=f"see {cfg.log_file}")
+    where = f"its unix socket {paths.socket}"
+    if cfg.bind or cfg.metrics_bind:
+        tcp = ", ".join(f"{what} on {b}" for what, b in (("API", cfg.bind), ("metrics", cfg.metrics_bind)) if b)
+        where += f" and TCP ({tcp}), as `zlayer serve` was last started for this data dir"
+    else:
+        where += " only"
+    notice = f"no daemon was running for {paths.data_dir}: started one, listening on {where}; log {cfg.log_file}"
+    (on_start or _log_start)(notice)
+
+
+def _log_start(notice: str) -> None:
+    import logging
+
+    logging.getLogger("zlayer.client").warning("%s", notice)
 
 
 def read_daemon_info(paths: Paths) -> dict[str, Any] | None:

@@ -27,7 +27,8 @@ def make_client(auto_start: bool = True) -> Any:
     from zlayer.client import Client
 
     c = cli_ctx()
-    return Client(socket=c.paths.socket, host=c.host, token=c.token, data_dir=c.paths.data_dir, auto_start=auto_start)
+    return Client(socket=c.paths.socket, host=c.host, token=c.token, data_dir=c.paths.data_dir, auto_start=auto_start,
+                  on_start=lambda notice: click.echo(f"zlayer: {notice}", err=True))  # fmt: skip
 
 
 def run(fn: Callable[[Any], Awaitable[T]], auto_start: bool = True) -> T:

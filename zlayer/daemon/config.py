@@ -39,6 +39,50 @@ class DaemonConfig:
     def log_file(self) -> Path:
         return self.paths.log_dir / "daemon.log"
 
+    @property
+    def serve_file(self) -> Path:
+        return self.paths.data_dir / SERVE_FILE
+
+    def serve_argv(self) -> list[str]:
+        """``zlayer`` arguments that start a daemon with this configuration (the secret excepted: it goes through
+        the environment, never argv, which ps shows)."""
+        argv = ["--data-dir", str(self.paths.data_dir), *(["--host-network"] if self.host_network else []), "serve",
+                "--bind", self.bind or "none", "--socket", str(self.paths.socket), "--dns-port", str(self.dns_port),
+                "--deployment-name", self.deployment_name]  # fmt: skip
+        if self.metrics_bind:
+            argv += ["--metrics-bind", self.metrics_bind]
+        if not self.swagger:
+            argv.append("--no-swagger")
+        return argv
+
+    def remember(self) -> None:
+        """Keep this as the data dir's configuration (``DATA/serve.json``): a daemon that a client command starts
+        later, finding none running (after a crash, say), listens where the operator last chose, not on defaults."""
+        saved = {k: getattr(self, k) for k in _REMEMBERED}
+        write_atomic(self.serve_file, json.dumps(saved, indent=2))
+
+    @classmethod
+    def remembered(cls, paths: Paths) -> DaemonConfig:
+        """The configuration ``zlayer serve`` was last started with for ``paths``' data dir; without one, a daemon
+        on its unix socket only (no TCP listener, no metrics). A value of the wrong type is left at that."""
+        try:
+            saved = json.loads((paths.data_dir / SERVE_FILE).read_text())
+        except (OSError, ValueError):
+            saved = {}
+        cfg = cls(paths=paths, bind=None)
+        for key, kind in _REMEMBERED.items():
+            value = saved.get(key) if isinstance(saved, dict) else None
+            if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+                setattr(cfg, key, value)
+        return cfg
+
+
+SERVE_FILE = "serve.json"
+# what `zlayer serve` chose that a daemon started on a user's behalf repeats, with the type each must have
+_REMEMBERED: dict[str, type | tuple[type, ...]] = {
+    "bind": str, "metrics_bind": str, "swagger": bool, "deployment_name": str, "host_network": bool, "dns_port": int,
+}  # fmt: skip
+
 
 def split_bind(text: str, what: str = "--bind") -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) → (host, port); a clear usage error otherwise."""
