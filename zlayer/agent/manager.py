@@ -21,6 +21,7 @@ from typing import Any
 
 from zlayer.agent.externals import ExternalRoutes
 from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook
+from zlayer.agent.ports import admit_ports
 from zlayer.agent.probes import run_health_check, run_init_step
 from zlayer.agent.specload import ParsedDeployment, parse_deployment
 from zlayer.agent.specview import ServiceView, service_view
@@ -152,8 +153,10 @@ class ServiceManager:
     # ---------------------------------------------------------------------------------------------- deployments
 
     async def deploy(self, text: str) -> DeploymentRecord:
-        """Validate and store a spec, then converge in the background. Invalid specs change nothing."""
+        """Validate and store a spec, then converge in the background. Invalid specs, and specs asking for a port
+        something else holds, change nothing."""
         parsed = parse_deployment(text)
+        await admit_ports(self.store, parsed, self.reserved_ports)
         services = [
             ServiceRecord(parsed.name, s.name, s.raw, s.replicas if s.rtype == "service" else 0)
             for s in parsed.services.values()
@@ -407,6 +410,7 @@ class ServiceManager:
         return cid in elsewhere or cid in self._claimed or (rep is not None and rep.deployment != deployment)
 
     on_job_registered: Any = None  # set by the JobManager: async (deployment, view) -> None
+    reserved_ports: tuple[Any, ...] = ()  # set by the daemon: PortClaims of its own listeners (API, metrics)
 
     async def _wait_depends(self, deployment: str, view: ServiceView, failed: dict[str, str] | None = None) -> None:
         """Wait for each dependency's condition in turn; at its timeout (or at once when the dependency's own

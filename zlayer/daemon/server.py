@@ -158,6 +158,7 @@ class Daemon:
             manager = ServiceManager(store, runtime, proxy=proxy, network=network, metrics=metrics)
             jobs = JobManager(store, runtime, network=network)
             manager.on_job_registered = jobs.register
+            manager.reserved_ports = _own_ports(cfg)
             from zlayer.api.auth import load_or_create_secret, write_admin_bearer
 
             if cfg.token is not None and not cfg.token.strip():
@@ -262,6 +263,15 @@ class Daemon:
             "metrics_bind": self.cfg.metrics_bind,
             "data_dir": str(self.cfg.paths.data_dir),
         }
+
+
+def _own_ports(cfg: DaemonConfig) -> tuple[Any, ...]:
+    """The daemon's own TCP listeners, as ports no deployment may take."""
+    from zlayer.net.ports import PortClaim
+
+    own = [(f"the zlayer API (--bind {cfg.bind})", cfg.bind, "--bind")]
+    own.append((f"the metrics listener (--metrics-bind {cfg.metrics_bind})", cfg.metrics_bind, "--metrics-bind"))
+    return tuple(PortClaim(owner, "tcp", *split_bind(bind, what)) for owner, bind, what in own if bind)
 
 
 def serve_foreground(cfg: DaemonConfig) -> None:

@@ -472,11 +472,18 @@ class NodeNetwork:
                     raise NetworkError(f"cannot remove its veth: {e.args[-1]}", where=container) from None
 
     async def publish(self, container: str, mappings: list[PortMapping]) -> None:
-        """DNAT ``host_port`` on the node to the container's address."""
+        """DNAT ``host_port`` on the node to the container's address. A fixed host port another service's replica
+        has published is refused (a replica of the same service may hold it: one rolling in replaces it)."""
         ip = self.ipam.leases.get(container)
         if ip is None:
             raise NetworkError(f"{container} has no address; port mappings need the node network", where=container)
         async with self._lock:
+            mine = self.members.get(container)
+            for m in mappings:
+                for other, held in self.ports.items():
+                    if other != container and self.members.get(other) != mine and any(_meet(m, h) for _, h in held):
+                        raise NetworkError(f"{m.protocol} port {m.host_port} of the node is already published by "
+                                           f"{other}", where=container)  # fmt: skip
             taken = {(m.protocol, m.host_port) for v in self.ports.values() for _, m in v}
             self.ports[container] = [(ip, _with_host_port(m, taken)) for m in mappings]
             self._save_state()
@@ -509,6 +516,12 @@ class NodeNetwork:
 
         await asyncio.to_thread(go)
         self._ready = False
+
+
+def _meet(a: PortMapping, b: PortMapping) -> bool:
+    from zlayer.net.ports import PortClaim
+
+    return PortClaim("", a.protocol, a.host_ip, a.host_port).meets(PortClaim("", b.protocol, b.host_ip, b.host_port))
 
 
 def _ifname_set(name: str, comment: str, elements: list[str]) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from zlayer.net import DnsServer, NodeNetwork, PortMapping, service_records
+from zlayer.net import DnsServer, NetworkError, NodeNetwork, PortMapping, service_records
 
 pytestmark = [pytest.mark.root]
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -213,4 +213,27 @@ def test_deployments_and_daemons_reach_each_other_only_through_published_ports(n
         asyncio.run(one.teardown())
         asyncio.run(two.teardown())
         for box in (sibling, own, stranger, neighbour):
+            box.kill()
+
+
+def test_a_host_port_another_service_published_is_refused(node_netns: str, tmp_path: Path) -> None:
+    boxes = [Box(["sleep", "60"]) for _ in range(3)]
+    net = NodeNetwork(tmp_path / "data", "10.241.11.0/24", node_netns=node_netns)
+
+    async def go() -> None:
+        for box, (dep, svc, c) in zip(boxes, [("shop", "web", "web-rep-1"), ("shop", "web", "web-rep-2"),
+                                              ("blog", "web", "web-rep-3")], strict=True):  # fmt: skip
+            await net.attach(dep, svc, c, box.pid)
+        await net.publish("web-rep-1", [PortMapping(18095, 8080)])
+        await net.publish("web-rep-2", [PortMapping(18095, 8080)])  # a replica of the same service (rolling in)
+        with pytest.raises(NetworkError, match="tcp port 18095 of the node is already published by web-rep-1"):
+            await net.publish("web-rep-3", [PortMapping(18095, 8080)])
+        await net.publish("web-rep-3", [PortMapping(18095, 8080, "udp")])  # another transport is another port
+        assert [m.host_port for m in net.published("web-rep-3")] == [18095]
+
+    try:
+        asyncio.run(go())
+    finally:
+        asyncio.run(net.teardown())
+        for box in boxes:
             box.kill()
