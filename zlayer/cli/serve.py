@@ -23,6 +23,10 @@ from zlayer.paths import API_PORT
 @click.option("--deployment-name", envvar="ZLAYER_DEPLOYMENT_NAME", default="zlayer", show_default=True)
 @click.option("--dns-port", envvar="ZLAYER_DNS_PORT", type=int, default=15353, show_default=True,
               help="Port of the service-name DNS server.")  # fmt: skip
+@click.option("--acme-email", envvar="ZLAYER_ACME_EMAIL", help="ACME account e-mail: https hosts (and TLS streams) get "
+              "certificates by ACME HTTP-01 (renewed 30 days before expiry) instead of self-signed ones.")  # fmt: skip
+@click.option("--acme-directory", envvar="ZLAYER_ACME_DIRECTORY", help="ACME directory URL (enables ACME) "
+              "[default with --acme-email: Let's Encrypt].")  # fmt: skip
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -34,6 +38,8 @@ def serve(
     metrics_bind: str | None,
     deployment_name: str,
     dns_port: int,
+    acme_email: str | None,
+    acme_directory: str | None,
 ) -> None:
     """Run the zlayer daemon on this node (foreground unless --daemon)."""
     from dataclasses import replace
@@ -58,6 +64,8 @@ def serve(
         deployment_name=deployment_name,
         host_network=root.host_network,
         dns_port=dns_port,
+        acme_email=acme_email,
+        acme_directory=acme_directory,
     )
     if not os.environ.get("ZLAYER_SPAWNER_PID"):  # chosen by the operator, not a client's auto-start
         cfg.paths.make_private()

@@ -22,6 +22,8 @@ class DaemonConfig:
     host_network: bool = False
     node_subnet: str | None = None  # None: a free /24 of 10.240.0.0/16, kept across restarts
     dns_port: int = 15353
+    acme_email: str | None = None  # with acme_directory: ACME certificates for https hosts (else self-signed)
+    acme_directory: str | None = None
 
     @property
     def state_db(self) -> Path:
@@ -53,6 +55,9 @@ class DaemonConfig:
             argv += ["--metrics-bind", self.metrics_bind]
         if not self.swagger:
             argv.append("--no-swagger")
+        for flag, value in (("--acme-email", self.acme_email), ("--acme-directory", self.acme_directory)):
+            if value:
+                argv += [flag, value]
         return argv
 
     def remember(self) -> None:
@@ -81,6 +86,7 @@ SERVE_FILE = "serve.json"
 # what `zlayer serve` chose that a daemon started on a user's behalf repeats, with the type each must have
 _REMEMBERED: dict[str, type | tuple[type, ...]] = {
     "bind": str, "metrics_bind": str, "swagger": bool, "deployment_name": str, "host_network": bool, "dns_port": int,
+    "acme_email": str, "acme_directory": str,
 }  # fmt: skip
 
 

@@ -122,13 +122,23 @@ def _only(view: ServiceView, l7: bool) -> ServiceView:
     return dataclasses.replace(view, endpoints=tuple(keep), raw={**view.raw, "endpoints": raw_eps})
 
 
+@dataclasses.dataclass(frozen=True)
+class AcmeSettings:
+    """``serve --acme-email/--acme-directory``: certificates of https hosts come from this ACME directory
+    (Let's Encrypt when none is named)."""
+
+    directory_url: str | None
+    email: str | None
+
+
 class ManagedProxy:
     """The agent's ProxyHook over :class:`zlayer.proxy.ProxyManager` (C data planes). When the C L7 plane is not
     built, HTTP endpoints go through the asyncio forwarder instead, so they still answer."""
 
-    def __init__(self, manager: Any, l7_fallback: ForwardingProxy | None) -> None:
+    def __init__(self, manager: Any, l7_fallback: ForwardingProxy | None, acme: AcmeSettings | None = None) -> None:
         self.pm = manager
         self.fallback = l7_fallback
+        self.acme = acme
         self._started = False
         self._names: dict[tuple[str, str], str] = {}  # (deployment, service) -> the name the proxy knows it by
 
@@ -144,27 +154,43 @@ class ManagedProxy:
         return name
 
     async def update_external(self, deployment: str, name: str, spec: dict[str, Any]) -> None:
-        if not self._started:
-            await self.pm.start()
-            self._started = True
+        await self._start()
         await self.pm.add_external(deployment, self._name(deployment, name, f"externals.{name}"), spec)
+        self._enable_acme()
 
     async def remove_external(self, deployment: str, name: str) -> None:
         proxied = self._names.pop((deployment, f"externals.{name}"), name)
         await self.pm.remove_service(proxied, deployment=deployment)
 
-    async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
+    async def _start(self) -> None:
+        """The proxy starts with the first endpoint."""
         if not self._started:
             await self.pm.start()
             self._started = True
+
+    def _enable_acme(self) -> None:
+        """With ACME configured, once the first endpoint listens (it answers the HTTP-01 challenges): certificates of
+        https hosts are issued from then on, and the ones due are renewed at once and every 12 h."""
+        if self.acme is None or self.pm.acme is not None:
+            return
+        try:
+            self.pm.enable_acme(directory_url=self.acme.directory_url, email=self.acme.email)
+        except ProxyError as e:  # https endpoints keep their self-signed certificates
+            log.error("ACME is off: %s", e)
+            self.acme = None
+
+    async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
+        await self._start()
         if self.fallback is None:
             await self._managed(deployment, service, backends)
+            self._enable_acme()
             return
         l4, l7 = _only(service, l7=False), _only(service, l7=True)
         if l4.endpoints:
             await self._managed(deployment, l4, backends)
         if l7.endpoints:
             await self.fallback.update_service(deployment, l7, backends)
+        self._enable_acme()
 
     async def _managed(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
         # Bare addresses: each endpoint then sends to the replica's address at that endpoint's target_port.
@@ -192,10 +218,11 @@ def make_proxy(cfg: DaemonConfig) -> Any:
     except ImportError:
         return ForwardingProxy()
     pm = ProxyManager(data_dir=cfg.paths.sub("proxy"))
+    acme = AcmeSettings(cfg.acme_directory, cfg.acme_email) if cfg.acme_email or cfg.acme_directory else None
     if isinstance(pm.l7, RecordingL7Plane):
         log.warning("the C L7 proxy plane is not built; HTTP endpoints use the asyncio forwarder")
-        return ManagedProxy(pm, ForwardingProxy())
-    return ManagedProxy(pm, None)
+        return ManagedProxy(pm, ForwardingProxy(), acme)
+    return ManagedProxy(pm, None, acme)
 
 
 class DaemonNetwork:

@@ -221,8 +221,8 @@ class ProxyManager:
             return
         for domain in self._acme_domains():
             found = self.certs.load(domain)
-            if found is not None and (found.source == "file" or (found.source == "acme" and not found.needs_renewal())):
-                continue  # a certificate the user placed is never replaced; a fresh ACME one needs nothing
+            if found is not None and found.source in ("file", "acme"):
+                continue  # a certificate the user placed is never replaced; an ACME one is renewed by the renewal round
             if domain in self._acme_pending:
                 continue
             self._acme_pending.add(domain)
