@@ -8,10 +8,12 @@ import logging
 import time
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, WebSocketException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
+from starlette.status import WS_1008_POLICY_VIOLATION
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zlayer._version import __version__
@@ -44,17 +46,21 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(error_body(status, body), status_code=status)
 
 
-async def authorize(request: Request) -> None:
+async def authorize(request: HTTPConnection) -> None:
     """Every route's dependency: over TCP, a route that writes (:func:`~zlayer.api.auth.access_needed`) needs an
     ``admin`` or ``operator`` token, else 403. A request without claims came through the unix socket, whose file mode
-    admits root and the ``zlayer`` group only: it may do everything (ZLayer's socket acts as ``local-admin``)."""
+    admits root and the ``zlayer`` group only: it may do everything (ZLayer's socket acts as ``local-admin``).
+    A WebSocket (an interactive channel: attach, exec) is a write."""
     claims = request.scope.get(CLAIMS)
     if claims is None:
         return
     route = request.scope.get("route")
-    if access_needed(request.method, getattr(route, "openapi_extra", None)) == "read" or may_write(claims):
+    method = request.scope.get("method", "WEBSOCKET")
+    if access_needed(method, getattr(route, "openapi_extra", None)) == "read" or may_write(claims):
         return
-    what = f"{request.method} {getattr(route, 'path', request.url.path)}"
+    what = f"{method} {getattr(route, 'path', request.url.path)}"
+    if request.scope["type"] == "websocket":
+        raise WebSocketException(WS_1008_POLICY_VIOLATION, f"{what}: the token's roles allow reading only")
     raise ForbiddenError(
         f"{what} changes the node; the token of {claims.get('sub')!r} has roles {claims.get('roles') or []}, "
         "it needs admin or operator",
@@ -234,8 +240,8 @@ class TokenAuth:
         self.secret = secret
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
-            await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket") or (scope["type"] == "http" and scope["path"] in PUBLIC_PATHS):
+            await self.app(scope, receive, send)  # lifespan events, health probes, the OpenAPI document
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, value = header.partition(b" ")
@@ -251,6 +257,9 @@ class TokenAuth:
             else:
                 await self.app({**scope, CLAIMS: claims}, receive, send)
                 return
+        if scope["type"] == "websocket":  # closed before the handshake: the client gets 403
+            await send({"type": "websocket.close", "code": WS_1008_POLICY_VIOLATION, "reason": message})
+            return
         body = json.dumps(
             {
                 "error": "unauthorized",

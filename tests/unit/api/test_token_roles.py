@@ -9,7 +9,8 @@ import asyncio
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+import pytest
+from fastapi import FastAPI, WebSocket
 
 from tests.fixtures.api_routes import app_routes
 from zlayer.api import TokenAuth, create_app
@@ -110,3 +111,31 @@ def test_openapi_declares_the_bearer_scheme_on_every_operation_but_the_public_on
             if method != "get":
                 assert "403" in op["responses"], (method, path)
     assert seen >= 30
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_websocket_needs_a_token_and_a_writing_role() -> None:
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    app = _app()
+
+    @app.websocket("/api/v1/added/attach")
+    async def attach(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text("attached")
+        await ws.close()
+
+    def connect(token: str | None) -> str:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with TestClient(TokenAuth(app, SECRET)) as client:
+            try:
+                with client.websocket_connect("/api/v1/added/attach", headers=headers) as ws:
+                    return str(ws.receive_text())
+            except WebSocketDisconnect as e:
+                return f"closed {e.code} {e.reason}"
+
+    assert connect(None) == "closed 1008 missing bearer token"
+    assert connect(create_token("other", "x", 60, ["admin"])) == "closed 1008 invalid token: bad signature"
+    assert connect(create_token(SECRET, "x", 60, ["reader"])).startswith("closed 1008 WEBSOCKET /api/v1/added/attach")
+    assert connect(create_token(SECRET, "x", 60, ["operator"])) == "attached"
