@@ -44,9 +44,12 @@ def serve(
     """Run the zlayer daemon on this node (foreground unless --daemon)."""
     from dataclasses import replace
 
+    from zlayer.client._cli import warn_if_secret_in_argv
     from zlayer.daemon import DaemonConfig
     from zlayer.daemon.config import split_bind
 
+    if jwt_secret:
+        warn_if_secret_in_argv("jwt_secret", "ZLAYER_JWT_SECRET")
     root = ctx.find_root().obj
     paths = replace(root.paths, socket=__import__("pathlib").Path(socket_path)) if socket_path else root.paths
     tcp = None if bind.lower() in ("", "none", "off") else bind

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import click
 
-from zlayer.client._cli import cli_ctx, output_option, print_data
+from zlayer.client._cli import cli_ctx, output_option, print_data, warn_if_secret_in_argv
 from zlayer.errors import UsageError
 
 
@@ -48,6 +48,8 @@ def create(subject: str, secret: str | None, hours: int, roles: str, quiet: bool
     """Mint a token the daemon's TCP API accepts (Authorization: Bearer TOKEN)."""
     from zlayer.api.auth import create_token
 
+    if secret:
+        warn_if_secret_in_argv("secret", "ZLAYER_JWT_SECRET")
     if hours <= 0:
         raise UsageError("--hours must be positive", where="--hours")
     tok = create_token(_secret(secret), subject, hours * 3600, [r.strip() for r in roles.split(",") if r.strip()])

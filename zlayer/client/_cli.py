@@ -23,6 +23,17 @@ def cli_ctx() -> Any:
     return click.get_current_context().find_root().obj
 
 
+def warn_if_secret_in_argv(param: str, env: str) -> None:
+    """A secret given as an option stands in the process's command line, which every user of the host can read
+    (ps, /proc/PID/cmdline); say so and name the variable that keeps it private."""
+    from click.core import ParameterSource
+
+    if click.get_current_context().get_parameter_source(param) is ParameterSource.COMMANDLINE:
+        option = "--" + param.replace("_", "-")
+        click.echo(f"zlayer: warning: {option} on the command line is visible to every user of this host (ps); "
+                   f"set {env} instead", err=True)  # fmt: skip
+
+
 def make_client(auto_start: bool = True) -> Any:
     from zlayer.client import Client
 
