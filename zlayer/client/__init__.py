@@ -382,6 +382,7 @@ async def ensure_daemon(
     from zlayer.daemon.config import DaemonConfig
     from zlayer.daemon.server import probe_socket
 
+    _refuse_foreign_socket(paths.socket)
     if probe_socket(paths.socket):
         return
     if not auto_start:
@@ -416,6 +417,18 @@ async def ensure_daemon(
         where += " only"
     notice = f"no daemon was running for {paths.data_dir}: started one, listening on {where}; log {cfg.log_file}"
     (on_start or _log_start)(notice)
+
+
+def _refuse_foreign_socket(path: Path) -> None:
+    """A socket neither root's nor ours is not our daemon (a long data dir puts it in /tmp, where anyone could make
+    one first): specs with their secrets must not go to it."""
+    try:
+        owner = path.lstat().st_uid
+    except FileNotFoundError:
+        return
+    if owner not in (0, os.geteuid()):
+        raise DaemonError(f"{path} belongs to uid {owner}, neither root nor you: it is not your zlayer daemon, "
+                          "nothing was sent to it", where=str(path), hint="remove it, or pass --socket")  # fmt: skip
 
 
 def _log_start(notice: str) -> None:

@@ -116,3 +116,33 @@ def test_a_remembered_configuration_that_is_not_what_serve_wrote_starts_the_sock
     (tmp_path / "serve.json").write_text("[1, 2")
     assert DaemonConfig.remembered(paths).bind is None
     assert "--bind none" in " ".join(DaemonConfig.remembered(paths).serve_argv())
+
+
+def test_a_socket_of_another_user_is_not_talked_to(tmp_path: Path) -> None:
+    """A data dir with a long path puts the socket in /tmp, where another user could make it first."""
+    import asyncio
+    import socket
+
+    import zlayer
+    from zlayer.errors import DaemonError
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a socket owned by nobody)")
+    path = tmp_path / "zlayer.sock"
+    trap = socket.socket(socket.AF_UNIX)
+    trap.bind(str(path))
+    trap.listen(4)
+    os.chown(path, 65534, 65534)
+
+    async def go() -> None:
+        async with zlayer.Client(socket=path) as client:
+            await client.deploy("version: v1\ndeployment: x\nservices: {}\n")
+
+    try:
+        with pytest.raises(DaemonError, match="belongs to uid 65534, neither root nor you"):
+            asyncio.run(go())
+        trap.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            trap.accept()  # nothing connected
+    finally:
+        trap.close()
