@@ -118,6 +118,12 @@ def _report(err: BaseException, verbose: bool) -> int:
         if err.hint:
             click.echo(f"  hint: {err.hint}", err=True)
         return err.exit_code
+    if isinstance(err, PermissionError) and err.filename:
+        # the data dir and all under it are closed to other users on purpose (tokens, specs, containers' files)
+        click.secho(f"error: {err.filename}: permission denied", fg="red", err=True)
+        click.echo("  hint: the data dir is its owner's alone (root's for /var/lib/zlayer); run as its owner, or "
+                   "pass --data-dir", err=True)  # fmt: skip
+        return 77
     if verbose:
         import traceback
 
