@@ -15,6 +15,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from zlayer.net.ports import bound_socket
+
 TYPE_A, CLASS_IN = 1, 1
 RCODE_NXDOMAIN, RCODE_SERVFAIL, RCODE_FORMERR = 3, 2, 1
 
@@ -90,7 +92,8 @@ class DnsServer:
         self.transport: Any = None
 
     async def start(self, host: str, port: int, netns: str | None = None) -> None:
-        sock = _bound_socket(host, port, netns)
+        sock = bound_socket("udp", host, port, netns)
+        sock.setblocking(False)
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
 
@@ -124,24 +127,6 @@ class DnsServer:
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
-
-
-def _bound_socket(host: str, port: int, netns: str | None) -> socket.socket:
-    """A UDP socket bound inside ``netns`` (the socket keeps its namespace after the thread switches back)."""
-    if netns:
-        from pyroute2.netns import popns, pushns
-
-        pushns(netns)
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        finally:
-            popns()
-    else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.setblocking(False)
-    return sock
 
 
 def service_records(members: dict[str, tuple[str, str]], leases: dict[str, str]) -> Callable[[str, str], list[str]]:

@@ -8,7 +8,8 @@ Layout (per daemon, names derived from the data dir so several daemons coexist):
 - nftables table ``ip zlayer_<8 hex>``: masquerade for traffic leaving the subnet (egress), and DNAT for each
   ``port_mappings`` entry (``host_ip:host_port`` → ``container_ip:container_port``), also for connections made from
   the node itself; nothing routed into the bridge from elsewhere (another daemon's containers) passes but published
-  ports and replies;
+  ports and replies; the daemon holds a socket on each fixed host port it maps, so no other program or daemon
+  takes it unnoticed;
 - nftables table ``bridge zlayer_<8 hex>``: containers on the bridge reach only those of their own deployment;
 - addresses are persisted in ``{data}/agent_ipam.json`` (write-temp + fsync + rename) so a restarted daemon keeps
   the addresses of the containers it re-adopts.
@@ -27,6 +28,7 @@ import fcntl
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -36,7 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from zlayer.errors import ZLayerError
+from zlayer.net.ports import PortClaim, hold
 from zlayer.paths import write_atomic
+
+log = logging.getLogger("zlayer.net")
 
 
 class NetworkError(ZLayerError):
@@ -234,6 +239,7 @@ class NodeNetwork:
         self._changes = self._persisted = 0
         self._rules_lock = asyncio.Lock()
         self._rule_changes = self._rules_written = 0
+        self._held: dict[PortClaim, socket.socket] = {}  # the fixed host ports mapped, held open (see _hold)
         self._ready = False
 
     def _load_state(self) -> None:
@@ -305,6 +311,10 @@ class NodeNetwork:
             if not self._ready:
                 await asyncio.to_thread(self._setup)
                 await self._sync_rules()  # a restarted daemon puts back the rules of the replicas it re-adopts
+                try:
+                    self._hold()
+                except ZLayerError as e:  # taken while no daemon held it: the mapping stays, the port is not ours
+                    log.warning("port mappings of re-adopted replicas: %s", e)
                 self._ready = True
 
     def _setup(self) -> None:
@@ -457,7 +467,8 @@ class NodeNetwork:
         async with self._lock:
             self.ipam.release(container, save=False)
             self.members.pop(container, None)
-            self.ports.pop(container, None)
+            if self.ports.pop(container, None):
+                self._hold()
         await self._sync_rules()
         await self._persist()
 
@@ -485,9 +496,26 @@ class NodeNetwork:
                         raise NetworkError(f"{m.protocol} port {m.host_port} of the node is already published by "
                                            f"{other}", where=container)  # fmt: skip
             taken = {(m.protocol, m.host_port) for v in self.ports.values() for _, m in v}
+            before = self.ports.get(container, [])
             self.ports[container] = [(ip, _with_host_port(m, taken)) for m in mappings]
+            try:
+                self._hold()
+            except ZLayerError:
+                self.ports[container] = before  # (closes what was held for the refused mappings)
+                self._hold()
+                raise
             self._save_state()
         await self._sync_rules()
+
+    def _hold(self) -> None:
+        """Hold a socket on every fixed host port the node maps, and none other, as Docker does: the DNAT rule
+        would silently take the port from a program listening on it, or another daemon's mapping of it; held, the
+        port is refused to them (and a port already taken is refused here, naming its holder)."""
+        wanted = {_claim(m) for v in self.ports.values() for _, m in v}
+        for key in [k for k in self._held if k not in wanted]:
+            self._held.pop(key).close()
+        for key in wanted - set(self._held):
+            self._held[key] = hold(key, self.node_netns)
 
     def published(self, container: str) -> list[PortMapping]:
         """The container's port mappings as published (ephemeral host ports resolved)."""
@@ -515,13 +543,18 @@ class NodeNetwork:
                     self._run(["nft", "delete", "table", family, self.table])
 
         await asyncio.to_thread(go)
+        for sock in self._held.values():
+            sock.close()
+        self._held.clear()
         self._ready = False
 
 
-def _meet(a: PortMapping, b: PortMapping) -> bool:
-    from zlayer.net.ports import PortClaim
+def _claim(m: PortMapping) -> PortClaim:
+    return PortClaim("", m.protocol, m.host_ip, m.host_port)
 
-    return PortClaim("", a.protocol, a.host_ip, a.host_port).meets(PortClaim("", b.protocol, b.host_ip, b.host_port))
+
+def _meet(a: PortMapping, b: PortMapping) -> bool:
+    return _claim(a).meets(_claim(b))
 
 
 def _ifname_set(name: str, comment: str, elements: list[str]) -> str:

@@ -76,28 +76,63 @@ def _refused(claim: PortClaim, holder: str) -> ConflictError:
     )
 
 
+def bound_socket(protocol: str, address: str, port: int, netns: str | None = None) -> socket.socket:
+    """A socket bound to ``address:port`` (SO_REUSEADDR: connections closing in TIME_WAIT hold nothing), made in
+    the named network namespace when given (a socket keeps the namespace it was made in). OSError when taken."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    if netns:
+        from pyroute2.netns import popns, pushns
+
+        pushns(netns)
+        try:
+            sock = socket.socket(family, kind)
+        finally:
+            popns()
+    else:
+        sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def hold(claim: PortClaim, netns: str | None = None) -> socket.socket:
+    """Take the claim's port for as long as the returned socket is open (TCP: listening, so that a bind of it by
+    anyone fails, as Docker holds the host ports it maps). ConflictError naming the holder when it is taken."""
+    try:
+        sock = bound_socket(claim.protocol, claim.address, claim.port, netns)
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise ConflictError(f"cannot take {claim.label}: {e.strerror}", where=claim.where or None) from None
+        holder = _process_on(claim.protocol, claim.port, netns) or "another program on this host"
+        raise _refused(claim, holder) from None
+    if claim.protocol != "udp":
+        sock.listen(1)
+    return sock
+
+
 def _outside_holder(claim: PortClaim) -> str | None:
     """Who else on this host listens on the claim's port (a bind of it fails), or None when it is free."""
-    family = socket.AF_INET6 if ":" in claim.address else socket.AF_INET
-    kind = socket.SOCK_DGRAM if claim.protocol == "udp" else socket.SOCK_STREAM
-    address = claim.address or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-    with socket.socket(family, kind) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections closing (TIME_WAIT) hold nothing
-        try:
-            s.bind((address, claim.port))
-        except OSError as e:
-            if e.errno != errno.EADDRINUSE:
-                return None  # an address this node does not have: the proxy reports that when it binds
-            return _process_on(claim.protocol, claim.port) or "another program on this host"
+    try:
+        bound_socket(claim.protocol, claim.address, claim.port).close()
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            return None  # an address this node does not have: the proxy reports that when it binds
+        return _process_on(claim.protocol, claim.port) or "another program on this host"
     return None
 
 
-def _process_on(protocol: str, port: int) -> str | None:
-    """``pid N (name)`` of a process with a socket bound to ``port`` in this network namespace, if one is seen."""
+def _process_on(protocol: str, port: int, netns: str | None = None) -> str | None:
+    """``pid N (name)`` of a process with a socket bound to ``port`` in this network namespace (or the named one),
+    if one is seen."""
     inodes: set[str] = set()
     for table in (protocol, f"{protocol}6"):
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            for line in _read_net(table, netns).splitlines()[1:]:
                 fields = line.split()
                 listening = protocol == "udp" or fields[3] == "0A"
                 if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port and listening:
@@ -116,4 +151,17 @@ def _process_on(protocol: str, port: int) -> str | None:
     return None
 
 
-__all__ = ["PortClaim", "admit"]
+def _read_net(table: str, netns: str | None) -> str:
+    """``/proc/net/<table>`` of this thread's network namespace, or of the named one."""
+    if not netns:
+        return Path(f"/proc/thread-self/net/{table}").read_text()
+    from pyroute2.netns import popns, pushns
+
+    pushns(netns)
+    try:
+        return Path(f"/proc/thread-self/net/{table}").read_text()
+    finally:
+        popns()
+
+
+__all__ = ["PortClaim", "admit", "bound_socket", "hold"]

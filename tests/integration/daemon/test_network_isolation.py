@@ -134,3 +134,21 @@ def test_isolation_holds_across_a_daemon_restart_and_its_rules_are_its_own(
         b.delete(other)
     # Tables of a node whose last replica went stay (the next replica needs them); the other node's are untouched.
     assert all(t in tables(a) for t in theirs)
+
+
+def test_a_port_another_daemon_publishes_is_refused_naming_that_daemon(two_daemons: tuple[LiveNode, LiveNode]) -> None:
+    a, b = two_daemons
+    first, second = unique("first"), unique("second")
+    endpoint, mapped = a.free_port(), a.free_port()
+    mapping = f"    port_mappings: [{{container_port: 8080, host_port: {mapped}}}]\n"
+    assert a.proc is not None
+    holder = f"another program on this host (pid {a.proc.pid}, python"
+    try:
+        a.deploy(web_spec(first, 1, port=endpoint, extra=mapping))
+        a.expect(first)
+        for spec in (web_spec(second, 1, port=endpoint), web_spec(second, 1, extra=mapping)):
+            status, body = b.request("POST", "/api/v1/deployments", {"spec": spec})
+            assert status == 409 and holder in body["message"], (status, body)
+    finally:
+        a.delete(first)
+        b.delete(second)

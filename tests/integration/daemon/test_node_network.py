@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from zlayer.errors import ConflictError
 from zlayer.net import DnsServer, NetworkError, NodeNetwork, PortMapping, service_records
 
 pytestmark = [pytest.mark.root]
@@ -237,3 +238,42 @@ def test_a_host_port_another_service_published_is_refused(node_netns: str, tmp_p
         asyncio.run(net.teardown())
         for box in boxes:
             box.kill()
+
+
+def test_a_mapped_host_port_is_held_against_other_programs(node_netns: str, tmp_path: Path) -> None:
+    box = Box(["sleep", "60"])
+    net = NodeNetwork(tmp_path / "data", "10.241.12.0/24", node_netns=node_netns)
+    bind = [sys.executable, "-c", "import socket; socket.socket().bind(('0.0.0.0', 18096))"]
+
+    def other_program() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", node_netns, *bind], capture_output=True, text=True, timeout=10)
+
+    async def go() -> None:
+        await net.attach("shop", "web", "web-rep-1", box.pid)
+        await net.publish("web-rep-1", [PortMapping(18096, 8080)])
+        assert "Address already in use" in other_program().stderr  # the DNAT rule's port is the node's
+        await net.detach("shop", "web", "web-rep-1")
+        assert other_program().returncode == 0
+        # and a port another program holds is not mapped over it
+        code = "import socket,sys; s=socket.socket(); s.bind(('0.0.0.0', 18096)); s.listen(); print(1, flush=True)\n"
+        code += "sys.stdin.read()"
+        holder = subprocess.Popen(["ip", "netns", "exec", node_netns, sys.executable, "-c", code],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "1\n"
+            await net.attach("shop", "web", "web-rep-1", box.pid)
+            taken = (
+                r"tcp port 18096 on every address is already taken by another program on this host \(pid \d+, python"
+            )
+            with pytest.raises(ConflictError, match=taken):
+                await net.publish("web-rep-1", [PortMapping(18096, 8080)])
+            assert net.published("web-rep-1") == []
+        finally:
+            holder.kill()
+            holder.wait()
+
+    try:
+        asyncio.run(go())
+    finally:
+        asyncio.run(net.teardown())
+        box.kill()
