@@ -54,7 +54,7 @@ def test_client_deploy_ps_logs_exec_status_scale_stop(daemon_live: LiveNode, dae
             assert "hello-from-web-rep-1" in text
 
             res = await client.exec(name, "web", ["/bin/sh", "-c", "cat /www/index.html; echo e >&2; exit 4"])
-            assert res == {"exit_code": 4, "stdout": "v1\n", "stderr": "e\n"}
+            assert res == {"exit_code": 4, "stdout": "v1\n", "stderr": "e\n", "oom_killed": False}
 
             svc = await client.scale(name, "web", 3)
             assert svc["name"] == "web" and svc["desired_replicas"] == 3
