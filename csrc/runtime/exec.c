@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -171,8 +172,13 @@ int cmd_exec(struct zl_opts *o)
         if (!fail && console >= 0) {
             /* after joining the mount namespace: the pty comes from the container's own devpts */
             int master = pty_become_console(0, &e);
-            if (master < 0 || send_fd(console, master) < 0)
-                fail = master < 0 ? -1 : zl_fail_errno(&e, "cannot send the terminal to the console socket");
+            struct winsize ws = {.ws_row = o->rows, .ws_col = o->cols}; /* sized before the process can ask */
+            if (master < 0)
+                fail = -1;
+            else if (o->rows && ioctl(master, TIOCSWINSZ, &ws) < 0)
+                fail = zl_fail_errno(&e, "cannot size the terminal");
+            else if (send_fd(console, master) < 0)
+                fail = zl_fail_errno(&e, "cannot send the terminal to the console socket");
             if (master >= 0)
                 close(master);
             close(console);

@@ -4,8 +4,8 @@
  *       create the container and its monitor; prints {"pid":N} once the init waits for start
  *   zlayer-shim run --root DIR --bundle DIR [--log FILE] [--tty --console-socket PATH] ID
  *       create, start and wait in the foreground (stdio passed through); exit code = the container's
- *   zlayer-shim exec --root DIR [--env K=V]... [--cwd DIR] [--user UID[:GID]] [--tty --console-socket PATH] ID
- *                    -- ARGV...
+ *   zlayer-shim exec --root DIR [--env K=V]... [--cwd DIR] [--user UID[:GID]]
+ *                    [--tty --console-socket PATH [--console-size ROWS,COLS]] ID -- ARGV...
  *   zlayer-shim oom-kills CGROUP_DIR
  *       the OOM-kill counter of a memory cgroup directory (v1 or v2)
  * start / state / kill / delete need no program: see zlayer/runtime/linux/shim.py (ctl.sock, state.json). */
@@ -101,7 +101,16 @@ int main(int argc, char **argv)
             o.user = v;
         else if (strcmp(a, "--env") == 0 || strcmp(a, "-e") == 0)
             env[o.n_env++] = v;
-        else if (strcmp(a, "--stdio-fds") == 0) {
+        else if (strcmp(a, "--console-size") == 0) {
+            unsigned r, c;
+            char end;
+            if (sscanf(v, "%u,%u%c", &r, &c, &end) != 2 || !r || !c || r > 65535 || c > 65535) {
+                fprintf(stderr, "zlayer-shim: --console-size must be ROWS,COLS (1-65535 each)\n");
+                return 2;
+            }
+            o.rows = (unsigned short)r;
+            o.cols = (unsigned short)c;
+        } else if (strcmp(a, "--stdio-fds") == 0) {
             if (sscanf(v, "%d,%d,%d", &o.stdio_fds[0], &o.stdio_fds[1], &o.stdio_fds[2]) != 3)
                 return usage();
             o.have_stdio = 1;

@@ -245,6 +245,7 @@ struct zl_opts {
     uint64_t log_max_size;
     int log_max_files;
     int tty;
+    unsigned short rows, cols; /* exec --tty: the terminal's size before the process starts (0: unset) */
     int stdio_fds[3];
     int have_stdio;
     /* exec */

@@ -593,21 +593,26 @@ class ServiceManager:
         return run
 
     async def exec(self, rec: ContainerRecord, argv: list[str]) -> ExecResult:
-        """Run ``argv`` in a replica's container; an OOM kill while it ran is recorded on the replica (its
-        ``oom_killed``, as Docker's State.OOMKilled) and reported as an ``exec_oom_killed`` event."""
+        """Run ``argv`` in a replica's container, then :meth:`exec_done`."""
         res = await self.runtime.exec(ContainerId.parse(rec.id), argv)
-        if res.oom_killed:
-            rep = self.replicas.get(rec.id)
-            record = rep.record if rep is not None else rec  # the live record: the supervisor writes that one
-            record.oom_killed = True
-            await self.store.put_container(record)
-            await self._event(
-                record.deployment,
-                "exec_oom_killed",
-                f"{record.id} OOMKilled: the kernel's OOM killer ended a process at the memory limit while "
-                f"`{shlex.join(argv)}` ran (its exit code {res.exit_code})",
-            )
+        await self.exec_done(rec, argv, res)
         return res
+
+    async def exec_done(self, rec: ContainerRecord, argv: list[str], res: ExecResult) -> None:
+        """What an ended exec tells about its replica: an OOM kill while it ran is recorded on the replica (its
+        ``oom_killed``, as Docker's State.OOMKilled) and reported as an ``exec_oom_killed`` event."""
+        if not res.oom_killed:
+            return
+        rep = self.replicas.get(rec.id)
+        record = rep.record if rep is not None else rec  # the live record: the supervisor writes that one
+        record.oom_killed = True
+        await self.store.put_container(record)
+        await self._event(
+            record.deployment,
+            "exec_oom_killed",
+            f"{record.id} OOMKilled: the kernel's OOM killer ended a process at the memory limit while "
+            f"`{shlex.join(argv)}` ran (its exit code {res.exit_code})",
+        )
 
     def _watch(self, rep: Replica) -> None:
         rep.tasks = [

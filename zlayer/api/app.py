@@ -232,8 +232,9 @@ class TokenAuth:
     """ASGI wrapper for a TCP listener: every request but the health probes and the OpenAPI document needs
     ``Authorization: Bearer <JWT>``, an HS256 token signed with the daemon's secret (as ZLayer's); a missing, forged,
     expired or foreign token gets 401 ``{"code": "unauthorized"}``. The token's claims go on to the app, whose
-    :func:`authorize` refuses writes to tokens without a writing role. The unix socket is served without this wrapper:
-    its file mode already limits it to root and the ``zlayer`` group (admin)."""
+    :func:`authorize` refuses writes to tokens without a writing role. A WebSocket (an attached exec, a write) is
+    refused here, closed with 1008 and the reason. The unix socket is served without this wrapper: its file mode
+    already limits it to root and the ``zlayer`` group (admin)."""
 
     def __init__(self, app: ASGIApp, secret: str) -> None:
         self.app = app
@@ -255,10 +256,14 @@ class TokenAuth:
             except AuthError as e:
                 message = e.message
             else:
+                if scope["type"] == "websocket" and not may_write(claims):  # an attached exec: a write
+                    why = f"WEBSOCKET {scope['path'][:60]}: needs an admin or operator token"
+                    await _refuse_websocket(receive, send, why)
+                    return
                 await self.app({**scope, CLAIMS: claims}, receive, send)
                 return
-        if scope["type"] == "websocket":  # closed before the handshake: the client gets 403
-            await send({"type": "websocket.close", "code": WS_1008_POLICY_VIOLATION, "reason": message})
+        if scope["type"] == "websocket":
+            await _refuse_websocket(receive, send, message)
             return
         body = json.dumps(
             {
@@ -280,3 +285,12 @@ class TokenAuth:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse_websocket(receive: Receive, send: Send, reason: str) -> None:
+    """Accepted, then closed at once with 1008 and the reason: a handshake refused before its accept reaches the
+    client as a bare 403 (the reason is lost), and ``zlayer exec`` should say why. A close reason holds 123 bytes."""
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    text = reason.encode()[:123].decode(errors="ignore")
+    await send({"type": "websocket.close", "code": WS_1008_POLICY_VIOLATION, "reason": text})

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Response, WebSocket
 from fastapi.responses import PlainTextResponse
 
 from zlayer.agent.specview import service_view
+from zlayer.api import exec_stream
 from zlayer.api.context import ApiContext, ctx
 from zlayer.api.models import (
     ContainerExecRequest,
@@ -124,6 +125,12 @@ async def container_stats(id: str, c: ApiContext = Depends(ctx)) -> ContainerSta
 async def container_exec(id: str, body: ContainerExecRequest, c: ApiContext = Depends(ctx)) -> ContainerExecResponse:
     res = await c.manager.exec(await _record(c, id), body.command)
     return exec_response(res)
+
+
+@router.websocket("/{id}/exec")
+async def container_exec_attached(ws: WebSocket, id: str, c: ApiContext = Depends(ctx)) -> None:
+    """The exec with stdio attached (see :mod:`zlayer.api.exec_stream`)."""
+    await exec_stream.serve(ws, c, lambda _: _record(c, id))
 
 
 @router.delete("/{id}", status_code=204, summary="Stop and remove a container (its service will replace it).")

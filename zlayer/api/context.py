@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from zlayer.agent.jobs import JobManager
 from zlayer.agent.manager import ServiceManager
@@ -60,7 +60,7 @@ async def until_closing(items: AsyncIterator[T], closing: asyncio.Event) -> Asyn
             await aclose()
 
 
-def ctx(request: Request) -> ApiContext:
-    """FastAPI dependency: the daemon's context."""
+def ctx(request: HTTPConnection) -> ApiContext:
+    """FastAPI dependency: the daemon's context (for HTTP routes and WebSockets alike)."""
     got: ApiContext = request.app.state.ctx
     return got

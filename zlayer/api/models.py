@@ -139,6 +139,18 @@ class ContainerExecRequest(BaseModel):
     replica: int | None = None
 
 
+class ExecStreamRequest(BaseModel):
+    """The first (text) frame of an exec WebSocket: the command, whether the client sends stdin, whether the
+    command runs on a terminal of ``rows`` x ``cols``, and (for a service) which replica."""
+
+    command: list[str] = Field(min_length=1)
+    replica: int | None = None
+    stdin: bool = False
+    tty: bool = False
+    rows: int | None = Field(None, ge=1, le=65535)
+    cols: int | None = Field(None, ge=1, le=65535)
+
+
 class ContainerExecResponse(BaseModel):
     exit_code: int
     stdout: str

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, WebSocket
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from zlayer.agent.specview import service_view
+from zlayer.api import exec_stream
 from zlayer.api.containers import container_info, exec_response
 from zlayer.api.context import ApiContext, ctx, until_closing
 from zlayer.api.models import (
@@ -23,7 +24,7 @@ from zlayer.api.models import (
 )
 from zlayer.errors import ConflictError, NotFoundError
 from zlayer.runtime.protocol import ContainerId
-from zlayer.state import ServiceRecord
+from zlayer.state import ContainerRecord, ServiceRecord
 
 router = APIRouter(prefix="/api/v1/deployments/{deployment}/services", tags=["Services"])
 
@@ -146,14 +147,25 @@ async def list_service_containers(deployment: str, service: str, c: ApiContext =
 async def exec_in_service(
     deployment: str, service: str, body: ContainerExecRequest, c: ApiContext = Depends(ctx)
 ) -> ContainerExecResponse:
+    target = await _exec_target(c, deployment, service, body.replica)
+    return exec_response(await c.manager.exec(target, body.command))
+
+
+@router.websocket("/{service}/exec")
+async def exec_in_service_attached(ws: WebSocket, deployment: str, service: str, c: ApiContext = Depends(ctx)) -> None:
+    """The exec with stdio attached (see :mod:`zlayer.api.exec_stream`), in the replica the POST would pick."""
+    await exec_stream.serve(ws, c, lambda req: _exec_target(c, deployment, service, req.replica))
+
+
+async def _exec_target(c: ApiContext, deployment: str, service: str, replica: int | None) -> ContainerRecord:
+    """The replica an exec runs in: ``replica`` when given, else the first healthy running one."""
     await _service(c, deployment, service)
     reps = [r for r in await c.store.list_containers(deployment, service) if r.state == "running"]
-    if body.replica is not None:
-        reps = [r for r in reps if r.replica == body.replica]
+    if replica is not None:
+        reps = [r for r in reps if r.replica == replica]
         if not reps:
-            raise NotFoundError(f"replica {body.replica} of {service!r} is not running", where="replica")
+            raise NotFoundError(f"replica {replica} of {service!r} is not running", where="replica")
     if not reps:
         raise ConflictError(f"service {service!r} has no running replica")
     healthy = [r for r in reps if r.health == "healthy"]
-    target = (healthy or reps)[0]
-    return exec_response(await c.manager.exec(target, body.command))
+    return (healthy or reps)[0]

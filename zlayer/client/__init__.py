@@ -49,6 +49,16 @@ _BY_STATUS: dict[int, type[ZLayerError]] = {
 }
 
 
+_STATUS_OF = {"bad_request": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404, "conflict": 409}
+
+
+async def _feed_stdin(ws: Any, chunks: AsyncIterator[bytes]) -> None:
+    async for chunk in chunks:
+        if chunk:
+            await ws.send(b"\x00" + chunk)
+    await ws.send(b"\x00")  # end of input
+
+
 def _error_from(status: int, body: bytes, what: str) -> ZLayerError:
     try:
         data = load_json(body, where=what)
@@ -282,6 +292,61 @@ class Client:
         path = f"/api/v1/deployments/{deployment}/services/{service}/exec"
         result: dict[str, Any] = await self.request("POST", path, json_body=body)
         return result
+
+    async def exec_attached(
+        self,
+        deployment: str,
+        service: str,
+        cmd: list[str],
+        output: Callable[[str, bytes], None],
+        *,
+        replica: int | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        tty: bool = False,
+        size: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``cmd`` in a replica with its stdio attached (a WebSocket; see :mod:`zlayer.api.exec_stream`): each
+        piece of output goes to ``output(stream, bytes)`` as it is written, ``stdin``'s chunks are its input (their
+        end is the input's end; ``None``: no input). ``tty`` runs it on a terminal of ``size`` (rows, columns).
+        Returns ``{exit_code, oom_killed}``."""
+        from websockets.asyncio.client import connect, unix_connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+        path = f"/api/v1/deployments/{quote(deployment)}/services/{quote(service)}/exec"
+        if self.host:
+            url = "ws" + self.host.removeprefix("http") + path  # http:// -> ws://, https:// -> wss://
+            conn = connect(url, additional_headers=self._headers(), max_size=None)
+        else:
+            await self._unix_http()  # starts the daemon when asked to
+            conn = unix_connect(str(self.socket_path), "ws://localhost" + path, max_size=None)
+        rows, cols = size or (None, None)
+        first = {"command": list(cmd), "replica": replica, "stdin": stdin is not None, "tty": tty, "rows": rows,
+                 "cols": cols}  # fmt: skip
+        try:
+            async with conn as ws:
+                await ws.send(json.dumps(first))
+                feeder = asyncio.ensure_future(_feed_stdin(ws, stdin)) if stdin is not None else None
+                try:
+                    async for msg in ws:
+                        if isinstance(msg, bytes):
+                            output("stdout" if msg[:1] == b"\x01" else "stderr", msg[1:])
+                            continue
+                        data = json.loads(msg)
+                        if "exit_code" in data:
+                            return dict(data)
+                        raise _error_from(_STATUS_OF.get(data.get("error"), 500), msg.encode(), "exec")
+                finally:
+                    if feeder is not None:
+                        feeder.cancel()
+        except InvalidStatus as e:
+            raise _error_from(e.response.status_code, bytes(e.response.body or b""), "exec") from None
+        except ConnectionClosed as e:
+            if e.rcvd is not None and e.rcvd.code == 1008:  # refused: no, a bad or a reading-only token
+                raise ForbiddenError(f"exec: {e.rcvd.reason}") from None
+            raise DaemonError(f"exec: the connection to the daemon failed: {e}") from None
+        except OSError as e:
+            raise DaemonError(f"exec: the connection to the daemon failed: {e}") from None
+        raise DaemonError("exec: the daemon closed the connection before the command ended")
 
     async def stop(self, deployment: str) -> None:
         """Delete a deployment: stop and remove all its replicas."""

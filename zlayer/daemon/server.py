@@ -234,8 +234,8 @@ class Daemon:
         import uvicorn
 
         return uvicorn.Config(
-            app, lifespan="off", log_level="warning", access_log=False, loop="none", http="h11", ws="none"
-        )
+            app, lifespan="off", log_level="warning", access_log=False, loop="none", http="h11", ws="websockets-sansio"
+        )  # WebSockets: the attached exec (zlayer.api.exec_stream)
 
     async def _renew_bearer(self, secret: str) -> None:
         """The local admin token lives 24 h (as ZLayer's); mint a fresh one every 12 h so the file stays usable."""

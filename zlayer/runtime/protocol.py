@@ -108,6 +108,33 @@ class ExecResult:
     oom_killed: bool = False
 
 
+@runtime_checkable
+class ExecSession(Protocol):
+    """A command running in a container with its stdio attached (``zlayer exec -i``/``-t``). Output arrives as
+    ``(stream, bytes)`` pieces in the order each stream wrote them (a terminal has only ``stdout``); ``wait`` gives
+    the exit code and OOM kill once the process has ended (its ``ExecResult`` carries no output: it was streamed)."""
+
+    def output(self) -> AsyncIterator[tuple[Stream, bytes]]: ...
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the process's stdin (ignored when stdin was not asked for or the process closed it)."""
+        ...
+
+    async def close_stdin(self) -> None:
+        """End of input: the process reads EOF (on a terminal, the line discipline's EOF character)."""
+        ...
+
+    def resize(self, rows: int, cols: int) -> None:
+        """The terminal's new size (nothing without a terminal)."""
+        ...
+
+    async def wait(self) -> ExecResult: ...
+
+    def kill(self) -> None:
+        """End the process (SIGKILL) when its client went away."""
+        ...
+
+
 @dataclass(frozen=True)
 class LogLine:
     """One line a container wrote. ``timestamp`` is RFC 3339 with nanoseconds, UTC, as the shim recorded it."""
@@ -193,6 +220,23 @@ class Runtime(Protocol):
         """Run ``argv`` inside the running container and collect its output."""
         ...
 
+    async def exec_session(
+        self,
+        cid: ContainerId,
+        argv: Sequence[str],
+        *,
+        stdin: bool = False,
+        tty: bool = False,
+        size: tuple[int, int] | None = None,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+    ) -> ExecSession:
+        """Start ``argv`` in the running container with its output streamed and, with ``stdin``, its input fed by
+        the caller; with ``tty`` on a new terminal of the container's, ``size`` (rows, columns) from the start
+        (stdout and stderr are then one stream)."""
+        ...
+
     def logs(
         self, cid: ContainerId, *, tail: int | None = None, follow: bool = False, since: str | None = None
     ) -> AsyncIterator[LogLine]:
@@ -234,6 +278,7 @@ __all__ = [
     "ContainerState",
     "ContainerStats",
     "ExecResult",
+    "ExecSession",
     "LogLine",
     "ProcessInfo",
     "Runtime",

@@ -29,6 +29,7 @@ from zlayer.paths import PRIVATE_DIR, private_dir, write_atomic
 from zlayer.runtime.linux import cgroups, shim
 from zlayer.runtime.linux.bundle import BundleOptions, _get, build_config, image_settings, stop_signal
 from zlayer.runtime.linux.etcfiles import write_etc_files
+from zlayer.runtime.linux.exec_session import ShimExecSession
 from zlayer.runtime.linux.volumes import prepare_volumes
 from zlayer.runtime.protocol import (
     ContainerId,
@@ -397,13 +398,26 @@ class LinuxRuntime:
         workdir: str | None = None,
         user: str | None = None,
     ) -> ExecResult:
-        # The cgroup's OOM-kill counter before and after tells whether the kernel ended a process of the container
-        # while this ran (the exec'd one, or one it started); the shim's exit record only covers the init.
-        paths = (await self._shim_state(str(cid))).cgroup_paths
-        before = cgroups.oom_kills(paths)
+        oom = cgroups.OomWatch((await self._shim_state(str(cid))).cgroup_paths)
         code, out, err = await shim.exec_output(str(cid), self.state_root, argv, env=env, cwd=workdir, user=user)
-        after = cgroups.oom_kills(paths)
-        return ExecResult(code, out, err, oom_killed=before is not None and after is not None and after > before)
+        return ExecResult(code, out, err, oom_killed=oom.killed())
+
+    async def exec_session(
+        self,
+        cid: ContainerId,
+        argv: Sequence[str],
+        *,
+        stdin: bool = False,
+        tty: bool = False,
+        size: tuple[int, int] | None = None,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+    ) -> ShimExecSession:
+        oom = cgroups.OomWatch((await self._shim_state(str(cid))).cgroup_paths)
+        return await ShimExecSession.start(
+            str(cid), self.state_root, argv, oom, stdin=stdin, tty=tty, size=size, env=env, cwd=workdir, user=user
+        )
 
     def _log_files(self, name: str) -> list[Path]:
         base = self.log_path(name)

@@ -58,6 +58,19 @@ def oom_kills(paths: Sequence[Path]) -> int | None:
     return None
 
 
+class OomWatch:
+    """Whether the kernel's OOM killer ended a process of the cgroup between this object's creation and
+    :meth:`killed` (an exec's life: the shim's exit record covers only the init's)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = tuple(paths)
+        self.start = oom_kills(self.paths)
+
+    def killed(self) -> bool:
+        now = oom_kills(self.paths)
+        return self.start is not None and now is not None and now > self.start
+
+
 def read_stats(paths: Sequence[Path]) -> ContainerStats:
     """One sample from the container's cgroup directories (missing controllers read as zero / ``None``)."""
     cpu = 0

@@ -567,6 +567,7 @@ def exec_argv(
     user: str | None = None,
     tty: bool = False,
     console_socket: Path | None = None,
+    console_size: tuple[int, int] | None = None,
 ) -> list[str]:
     """The ``zlayer-shim exec`` command line (see :func:`exec`), for callers that exec or spawn it themselves."""
     _check_id(container_id)
@@ -583,6 +584,8 @@ def exec_argv(
         if console_socket is None:
             raise UsageError("exec with a tty needs a console socket to receive the pty master")
         args += ["--tty", "--console-socket", str(console_socket)]
+        if console_size:
+            args += ["--console-size", f"{console_size[0]},{console_size[1]}"]
     return [*args, container_id, "--", *argv]
 
 
@@ -596,6 +599,7 @@ async def exec(
     user: str | None = None,
     tty: bool = False,
     console_socket: Path | None = None,
+    console_size: tuple[int, int] | None = None,
     stdin: int | None = None,
     stdout: int | None = None,
     stderr: int | None = None,
@@ -607,15 +611,15 @@ async def exec(
     ``zlayer-shim exec`` process: its stdio is the exec'd process' stdio (``stdin``/``stdout``/``stderr`` as for
     :func:`asyncio.create_subprocess_exec`, default pipes), and its return code is the exit code
     (``128 + signal`` after a signal). With ``tty`` the process gets a new pty whose master fd is sent to
-    ``console_socket`` (required then). A set-up failure exits with code 255 and a one-line message on stderr
+    ``console_socket`` (required then), sized ``console_size`` (rows, columns) before the process starts. A set-up
+    failure exits with code 255 and a one-line message on stderr
     (:func:`exec_output` turns that into :class:`RuntimeFailure`).
     """
     st = read_state(container_id, state_root)
     if st.status != "running":
         raise ConflictError(f"container {container_id} is {st.status}: exec needs a running container")
-    args = exec_argv(
-        container_id, state_root, argv, env=env, cwd=cwd, user=user, tty=tty, console_socket=console_socket
-    )
+    args = exec_argv(container_id, state_root, argv, env=env, cwd=cwd, user=user, tty=tty,
+                     console_socket=console_socket, console_size=console_size)  # fmt: skip
     pipe = asyncio.subprocess.PIPE
     return await asyncio.create_subprocess_exec(
         *args,
