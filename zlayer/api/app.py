@@ -257,7 +257,7 @@ class TokenAuth:
                 message = e.message
             else:
                 if scope["type"] == "websocket" and not may_write(claims):  # an attached exec: a write
-                    why = f"WEBSOCKET {scope['path'][:60]}: needs an admin or operator token"
+                    why = f"WEBSOCKET {scope['path'][:56]}: the token may only read; it needs admin or operator"
                     await _refuse_websocket(receive, send, why)
                     return
                 await self.app({**scope, CLAIMS: claims}, receive, send)
