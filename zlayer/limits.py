@@ -10,7 +10,6 @@ accepted here and one it refuses is refused with the same words: "recursion limi
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from typing import Any
@@ -87,6 +86,8 @@ def load_json(
     problem = json_limit_problem(data, max_bytes=max_bytes)
     if problem is not None:
         raise error(f"not accepted as JSON: {problem}", where=where)
+    import json  # (here: `zlayer validate`, which imports this module, reads no JSON)
+
     try:
         return json.loads(data)
     except json.JSONDecodeError as e:

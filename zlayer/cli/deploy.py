@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +43,7 @@ def in_file(err: SpecError, path: Path) -> SpecError:
     """Name the user's file where the parser (local or the daemon's) only knew ``<string>``."""
     err.message = err.message.replace("<string>", str(path))
     err.problems = [
-        dataclasses.replace(p, file=str(path)) if isinstance(p, Problem) and p.file == "<string>" else p
-        for p in err.problems
+        p._replace(file=str(path)) if isinstance(p, Problem) and p.file == "<string>" else p for p in err.problems
     ]
     if err.where in (None, "<string>", str(path)) and str(path) in err.message:
         err.where = None
