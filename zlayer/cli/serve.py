@@ -27,6 +27,10 @@ from zlayer.paths import API_PORT
               "certificates by ACME HTTP-01 (renewed 30 days before expiry) instead of self-signed ones.")  # fmt: skip
 @click.option("--acme-directory", envvar="ZLAYER_ACME_DIRECTORY", help="ACME directory URL (enables ACME) "
               "[default with --acme-email: Let's Encrypt].")  # fmt: skip
+@click.option("--max-layer-size", envvar="ZLAYER_MAX_LAYER_SIZE", metavar="SIZE",
+              help="Most an image layer may unpack to, e.g. 64Gi (Ki, Mi, Gi, Ti) [default: 64Gi].")  # fmt: skip
+@click.option("--max-image-size", envvar="ZLAYER_MAX_IMAGE_SIZE", metavar="SIZE",
+              help="Most all layers of an image may unpack to [default: 256Gi].")  # fmt: skip
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -40,6 +44,8 @@ def serve(
     dns_port: int,
     acme_email: str | None,
     acme_directory: str | None,
+    max_layer_size: str | None,
+    max_image_size: str | None,
 ) -> None:
     """Run the zlayer daemon on this node (foreground unless --daemon)."""
     from dataclasses import replace
@@ -57,6 +63,9 @@ def serve(
         split_bind(tcp)
     if metrics_bind:
         split_bind(metrics_bind, "--metrics-bind")
+    from zlayer.images.unpack import UnpackLimits
+
+    UnpackLimits.from_env(max_layer_size, max_image_size)  # a bad size is refused here, not at the first pull
     cfg = DaemonConfig(
         paths=paths,
         bind=tcp,
@@ -69,6 +78,8 @@ def serve(
         dns_port=dns_port,
         acme_email=acme_email,
         acme_directory=acme_directory,
+        max_layer_size=max_layer_size,
+        max_image_size=max_image_size,
     )
     if not os.environ.get("ZLAYER_SPAWNER_PID"):  # chosen by the operator, not a client's auto-start
         cfg.paths.make_private()

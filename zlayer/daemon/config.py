@@ -24,6 +24,8 @@ class DaemonConfig:
     dns_port: int = 15353
     acme_email: str | None = None  # with acme_directory: ACME certificates for https hosts (else self-signed)
     acme_directory: str | None = None
+    max_layer_size: str | None = None  # what one image layer may unpack to (Ki..Ti); None: env or 64Gi
+    max_image_size: str | None = None  # what all layers of an image may unpack to; None: env or 256Gi
 
     @property
     def state_db(self) -> Path:
@@ -55,7 +57,12 @@ class DaemonConfig:
             argv += ["--metrics-bind", self.metrics_bind]
         if not self.swagger:
             argv.append("--no-swagger")
-        for flag, value in (("--acme-email", self.acme_email), ("--acme-directory", self.acme_directory)):
+        for flag, value in (
+            ("--acme-email", self.acme_email),
+            ("--acme-directory", self.acme_directory),
+            ("--max-layer-size", self.max_layer_size),
+            ("--max-image-size", self.max_image_size),
+        ):
             if value:
                 argv += [flag, value]
         return argv
@@ -86,7 +93,7 @@ SERVE_FILE = "serve.json"
 # what `zlayer serve` chose that a daemon started on a user's behalf repeats, with the type each must have
 _REMEMBERED: dict[str, type | tuple[type, ...]] = {
     "bind": str, "metrics_bind": str, "swagger": bool, "deployment_name": str, "host_network": bool, "dns_port": int,
-    "acme_email": str, "acme_directory": str,
+    "acme_email": str, "acme_directory": str, "max_layer_size": str, "max_image_size": str,
 }  # fmt: skip
 
 

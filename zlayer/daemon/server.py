@@ -108,7 +108,9 @@ def make_image_store(cfg: DaemonConfig) -> Any:
         from zlayer.images import ImageStore
     except ImportError:
         return None
-    return ImageStore(cfg.paths.sub("images"))
+    from zlayer.images.unpack import UnpackLimits
+
+    return ImageStore(cfg.paths.sub("images"), UnpackLimits.from_env(cfg.max_layer_size, cfg.max_image_size))
 
 
 class Daemon:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import json
 import platform as _platform
@@ -17,9 +18,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from zlayer.errors import ImageError, shown
-from zlayer.images.store import ImageStore, LocalImage
-from zlayer.images.unpack import _HashingReader, open_decompressed
-from zlayer.limits import MAX_JSON_BYTES, load_json
+from zlayer.images.manifest import (
+    MAX_CONFIG_BYTES,
+    MAX_MANIFEST_BYTES,
+    check_size,
+    parse_json,
+    parse_manifest,
+    size_text,
+)
+from zlayer.images.store import ImageStore, Lease, LocalImage
+from zlayer.images.unpack import UnpackBudget, layer_diff_id
+from zlayer.limits import load_json
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -29,6 +38,7 @@ OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
+NAME_ANNOTATION = "io.containerd.image.name"
 MAX_INDEX_DEPTH = 4  # an index of indexes of ...: real layouts nest one deep at most
 
 
@@ -101,12 +111,27 @@ class _Archive:
             raise ImageError(f"{self.source}: {what} is not a file")
         return f
 
-    def json(self, name: str, what: str | None = None) -> Any:
-        what = what or name
+    def read(self, name: str, what: str, limit: int) -> bytes:
+        """The whole of a small member (a manifest, an index, a config), refused when longer than ``limit``."""
+        member = self.members.get(_member_name(name) or "")
+        if member is not None and member.size > limit:
+            raise ImageError(
+                f"{self.source}: {what} is {size_text(member.size)}, more than the {size_text(limit)} allowed"
+            )
         f = self.open(name, what)
         with self.reading(what):
-            data = f.read(MAX_JSON_BYTES + 1)
-        return load_json(data, where=f"{self.source}: {what}", error=ImageError)
+            return f.read(limit + 1)[:limit]
+
+    def document(self, name: str, what: str, desc: dict[str, Any] | None = None) -> tuple[dict[str, Any], bytes]:
+        """A manifest or index (checked by :func:`parse_manifest`) and its bytes; one a descriptor points at must
+        match the descriptor's digest and size."""
+        body = self.read(name, what, MAX_MANIFEST_BYTES)
+        if desc is not None:
+            check_size(desc["digest"], desc["size"], len(body))
+            got = "sha256:" + hashlib.sha256(body).hexdigest()
+            if got != desc["digest"]:
+                raise ImageError(f"{self.source}: {what} does not match its digest (got {got})")
+        return parse_manifest(body, f"{self.source}: {what}"), body
 
     def kind(self) -> str:
         """'oci', 'docker' or 'rootfs', from the top-level entries; a layout packed inside one directory is refused
@@ -137,7 +162,10 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algo}/{value}"
 
 
-def _select_manifest(archive: _Archive, index: dict[str, Any], depth: int = 0) -> tuple[dict[str, Any], str | None]:
+def _select_manifest(
+    archive: _Archive, index: dict[str, Any], depth: int = 0
+) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
+    """(manifest, its bytes, its descriptor) of the host's platform, through nested indexes."""
     arch = host_arch()
     candidates = index.get("manifests") or []
     if not candidates:
@@ -146,59 +174,95 @@ def _select_manifest(archive: _Archive, index: dict[str, Any], depth: int = 0) -
         if desc.get("mediaType") in INDEX_TYPES:
             if depth >= MAX_INDEX_DEPTH:
                 raise ImageError(f"{archive.source}: indexes nest more than {MAX_INDEX_DEPTH} deep")
-            nested = archive.json(_blob_name(desc["digest"]), f"index {desc['digest']}")
+            nested, _ = archive.document(_blob_name(desc["digest"]), f"index {desc['digest']}", desc)
             return _select_manifest(archive, nested, depth + 1)
-    plat = [d for d in candidates if (d.get("platform") or {}).get("architecture") in (None, arch)]
+    plat = [d for d in candidates if _platform_of(d).get("architecture") in (None, arch)]
     if not plat:
-        found = ", ".join(f"{d['platform'].get('os')}/{d['platform'].get('architecture')}" for d in candidates)
+        found = ", ".join(f"{_platform_of(d).get('os')}/{_platform_of(d).get('architecture')}" for d in candidates)
         raise ImageError(f"{archive.source}: no image for linux/{arch}; the archive has {found}")
     desc = plat[0]
-    ref = (desc.get("annotations") or {}).get(REF_ANNOTATION)
-    manifest = archive.json(_blob_name(desc["digest"]), f"manifest {desc['digest']}")
-    return manifest, ref
+    manifest, body = archive.document(_blob_name(desc["digest"]), f"manifest {desc['digest']}", desc)
+    if "config" not in manifest:
+        raise ImageError(f"{archive.source}: manifest {desc['digest']} is not an image manifest")
+    return manifest, body, desc
 
 
-def _copy_blob(store: ImageStore, archive: _Archive, name: str, digest: str | None, what: str) -> str:
-    f = archive.open(name, what)
+def _platform_of(desc: dict[str, Any]) -> dict[str, Any]:
+    plat = desc.get("platform")
+    return plat if isinstance(plat, dict) else {}
+
+
+def _copy_blob(store: ImageStore, archive: _Archive, desc: dict[str, Any], lease: Lease) -> None:
+    """Copy the blob a descriptor names into the store: its member must have the descriptor's size (checked before
+    a byte is read) and digest."""
+    digest, size = desc["digest"], desc["size"]
+    what = f"blob {digest}"
+    member = archive.members.get(_blob_name(digest))
+    if member is not None and member.isfile():
+        check_size(digest, size, member.size)
+    f = archive.open(_blob_name(digest), what)
     with archive.reading(what):
-        return store.put_blob_stream(f, expected=digest)  # type: ignore[arg-type]
+        store.put_blob_stream(f, expected=digest, size=size, lease=lease)  # type: ignore[arg-type]
 
 
-def import_oci(store: ImageStore, path: Path, tag: str | None) -> LocalImage:
-    with _Archive(path) as archive:
-        index = archive.json("index.json")
-        manifest, ref = _select_manifest(archive, index)
-        for desc in [manifest["config"], *manifest.get("layers", [])]:
-            _copy_blob(store, archive, _blob_name(desc["digest"]), desc["digest"], f"blob {desc['digest']}")
-    name = tag or (ref if ref and (":" in ref or "/" in ref) else None)
-    return store.add_image(name, manifest)
+def _unnamed(source: str) -> ImageError:
+    return ImageError(f"{source}: the archive does not name its image", hint="name it: zlayer import FILE -t NAME")
 
 
-def import_docker(store: ImageStore, path: Path, tag: str | None) -> LocalImage:
-    with _Archive(path) as archive:
-        entries = archive.json("manifest.json")
-        if not isinstance(entries, list) or not entries:
-            raise ImageError(f"{archive.source}: manifest.json lists no image")
-        entry = entries[0]
-        config_digest = _copy_blob(store, archive, entry["Config"], None, f"config {entry['Config']}")
-        layers = []
-        for layer_name in entry.get("Layers", []):
-            member = archive.open(layer_name, f"layer {layer_name}")
-            with archive.reading(f"layer {layer_name}"):
-                head = member.read(4)
-                member.seek(0)
-                digest = store.put_blob_stream(member)  # type: ignore[arg-type]
-            size = store.blob_path(digest).stat().st_size
-            layers.append({"mediaType": _layer_media_type(head), "digest": digest, "size": size})
-    config_size = store.blob_path(config_digest).stat().st_size
+def _oci_image(
+    store: ImageStore, archive: _Archive, tag: str | None, lease: Lease
+) -> tuple[str, dict[str, Any], bytes]:
+    index, _ = archive.document("index.json", "index.json")
+    manifest, body, desc = _select_manifest(archive, index)
+    found = desc.get("annotations")
+    annotations: dict[str, Any] = found if isinstance(found, dict) else {}
+    ref = annotations.get(REF_ANNOTATION)
+    if isinstance(ref, str) and ":" not in ref and "/" not in ref:
+        ref = None  # only a tag ('latest'), as skopeo writes it: no name
+    name = next((n for n in (tag, annotations.get(NAME_ANNOTATION), ref) if isinstance(n, str) and n), None)
+    if not name:
+        raise _unnamed(archive.source)
+    for blob in [manifest["config"], *manifest.get("layers", [])]:
+        _copy_blob(store, archive, blob, lease)
+    return str(name), manifest, body
+
+
+def _docker_image(store: ImageStore, archive: _Archive, tag: str | None, lease: Lease) -> tuple[str, dict[str, Any]]:
+    body = archive.read("manifest.json", "manifest.json", MAX_MANIFEST_BYTES)
+    entries = parse_json(body, f"{archive.source}: manifest.json")
+    if not isinstance(entries, list) or not entries:
+        raise ImageError(f"{archive.source}: manifest.json lists no image")
+    entry = entries[0]
+    if not isinstance(entry, dict):
+        raise ImageError(f"{archive.source}: manifest.json: the image entry is not a JSON object")
+    config, layers_, tags = entry.get("Config"), entry.get("Layers"), entry.get("RepoTags")
+    if not isinstance(config, str) or not isinstance(layers_ or [], list) or not isinstance(tags or [], list):
+        raise ImageError(f"{archive.source}: manifest.json: Config, Layers or RepoTags has the wrong type")
+    name = tag or (tags[0] if tags else None)
+    if not name:
+        raise _unnamed(archive.source)
+    config_bytes = archive.read(config, f"config {config}", MAX_CONFIG_BYTES)
+    config_digest = store.put_blob(config_bytes, lease=lease)
+    layers = []
+    for layer_name in layers_ or []:
+        what = f"layer {layer_name}"
+        member = archive.open(str(layer_name), what)
+        with archive.reading(what):
+            head = member.read(4)
+            member.seek(0)
+            digest = store.put_blob_stream(member, lease=lease)  # type: ignore[arg-type]
+        layers.append({"mediaType": _layer_media_type(head), "digest": digest, "size": _blob_size(store, digest)})
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_size},
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
         "layers": layers,
     }
-    repo_tags = entry.get("RepoTags") or []
-    return store.add_image(tag or (repo_tags[0] if repo_tags else None), manifest)
+    return str(name), manifest
+
+
+def _blob_size(store: ImageStore, digest: str) -> int:
+    return store.blob_path(digest).stat().st_size
 
 
 def _words(text: str, change: str) -> list[str]:
@@ -251,16 +315,14 @@ def apply_changes(config: dict[str, Any], changes: list[str]) -> None:
             )
 
 
-def import_rootfs(store: ImageStore, path: Path, tag: str | None, changes: list[str]) -> LocalImage:
+def _rootfs_image(store: ImageStore, path: Path, changes: list[str], lease: Lease) -> dict[str, Any]:
     """A plain root filesystem tarball becomes a one-layer image, as ``docker import`` makes it."""
     with open(path, "rb") as f:
         head = f.read(4)
         f.seek(0)
-        layer_digest = store.put_blob_stream(f)
+        layer_digest = store.put_blob_stream(f, lease=lease)
         f.seek(0)
-        reader = _HashingReader(open_decompressed(f))
-        reader.drain()
-    diff_id = "sha256:" + reader.hash.hexdigest()
+        diff_id = layer_diff_id(f, layer=layer_digest, budget=UnpackBudget(store.limits))
     runtime: dict[str, Any] = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
     apply_changes(runtime, changes)
     config = {
@@ -271,51 +333,54 @@ def import_rootfs(store: ImageStore, path: Path, tag: str | None, changes: list[
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": f"zlayer import {path.name}", "comment": "imported from a rootfs tarball"}],
     }
-    config_digest = store.put_blob(json.dumps(config, separators=(",", ":")).encode())
-    manifest = {
+    config_bytes = json.dumps(config, separators=(",", ":")).encode()
+    layer = {"mediaType": _layer_media_type(head), "digest": layer_digest, "size": _blob_size(store, layer_digest)}
+    return {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {
             "mediaType": OCI_CONFIG,
-            "digest": config_digest,
-            "size": store.blob_path(config_digest).stat().st_size,
+            "digest": store.put_blob(config_bytes, lease=lease),
+            "size": len(config_bytes),
         },
-        "layers": [
-            {
-                "mediaType": _layer_media_type(head),
-                "digest": layer_digest,
-                "size": store.blob_path(layer_digest).stat().st_size,
-            }
-        ],
+        "layers": [layer],
     }
-    return store.add_image(tag, manifest)
+
+
+def _with_changes(store: ImageStore, manifest: dict[str, Any], changes: list[str], lease: Lease) -> dict[str, Any]:
+    """The manifest of the image with ``--change`` instructions applied to its config."""
+    cfg = dict(store.read_json(manifest["config"]["digest"]))
+    runtime = dict(cfg.get("config") or {})
+    apply_changes(runtime, changes)
+    cfg["config"] = runtime
+    data = json.dumps(cfg, separators=(",", ":")).encode()
+    config = {**manifest["config"], "digest": store.put_blob(data, lease=lease), "size": len(data)}
+    return {**manifest, "config": config}
 
 
 def import_archive(
     store: ImageStore, path: Path, *, tag: str | None = None, changes: list[str] | None = None
 ) -> LocalImage:
-    """Import any of the three archive kinds; ``changes`` apply to rootfs tarballs and, for the others, on top."""
-    kind = detect_kind(path)
-    if kind == "oci":
-        image = import_oci(store, path, tag)
-    elif kind == "docker":
-        image = import_docker(store, path, tag)
-    else:
-        return import_rootfs(store, path, tag, changes or [])
-    if changes:
-        cfg = dict(image.image_config)
-        runtime = dict(cfg.get("config") or {})
-        apply_changes(runtime, changes)
-        cfg["config"] = runtime
-        config_digest = store.put_blob(json.dumps(cfg, separators=(",", ":")).encode())
-        manifest = dict(image.manifest)
-        manifest["config"] = {
-            **manifest["config"],
-            "digest": config_digest,
-            "size": store.blob_path(config_digest).stat().st_size,
-        }
-        image = store.add_image(tag or image.reference, manifest)
-    return image
+    """Import an OCI archive, a ``docker save`` archive or a root filesystem tarball; ``changes`` (``--change``
+    instructions) apply on top. Every blob must match its descriptor's digest and size, and the layers the unpack
+    limits of the store. A failed import leaves the store as it was; only a named image is imported."""
+    changes = changes or []
+    apply_changes({}, changes)  # a bad instruction is refused before anything is read
+    with _Archive(path) as archive, store.lease() as lease:
+        kind = archive.kind()
+        raw: bytes | None = None
+        if kind == "oci":
+            name, manifest, raw = _oci_image(store, archive, tag, lease)
+        elif kind == "docker":
+            name, manifest = _docker_image(store, archive, tag, lease)
+        elif tag:
+            name, manifest = tag, _rootfs_image(store, path, changes, lease)
+            changes = []
+        else:
+            raise _unnamed(archive.source)
+        if changes:
+            manifest, raw = _with_changes(store, manifest, changes, lease), None
+        return store.add_image(name, manifest, raw, lease)
 
 
 def export_archive(store: ImageStore, reference: str, out: Path, *, compress: bool = False) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -17,6 +18,7 @@ from typing import Any, BinaryIO, cast
 
 from zlayer.errors import ImageError, NotFoundError, RegistryError
 from zlayer.images.archive import host_arch
+from zlayer.images.manifest import check_size, parse_manifest
 from zlayer.images.reference import parse_reference
 from zlayer.images.registry import (
     INDEX_TYPES,
@@ -26,20 +28,12 @@ from zlayer.images.registry import (
     _RangeIgnored,
     gather_bounded,
 )
-from zlayer.images.store import ImageStore, LocalImage, is_wasm_manifest
+from zlayer.images.store import ImageStore, Lease, LocalImage, image_diff_ids, is_wasm_manifest, layer_keys
 from zlayer.images.unpack import chain_ids
-from zlayer.limits import load_json
 
 POLICIES = ("always", "newer", "if_not_present", "never")
 # Layers unpacked at once: unpacking waits on the file system (creating inodes) as much as on the CPU.
 UNPACK_THREADS = 4
-
-
-def _manifest_json(body: bytes, reference: str, digest: str) -> dict[str, Any]:
-    manifest = load_json(body, where=f"image {reference}: manifest {digest}", error=RegistryError)
-    if not isinstance(manifest, dict):
-        raise RegistryError("the manifest is not a JSON object", where=f"image {reference}: manifest {digest}")
-    return manifest
 
 
 def _platform_tuple(platform: str | None) -> tuple[str, str, str | None]:
@@ -188,15 +182,19 @@ async def fetch_blob(
     desc: dict[str, Any],
     progress: Progress | None,
     sink: BlobPipe | None = None,
+    *,
+    lease: Lease,
 ) -> None:
-    """Download one blob into the store, resuming a partial download, verifying the digest while streaming.
+    """Download one blob into the store, resuming a partial download, verifying size and digest while streaming:
+    a registry that sends more than the descriptor's size is cut off there.
 
     A download from byte 0 also feeds ``sink`` (finished once the digest matched); a resumed one leaves it unfed.
     """
-    digest = desc["digest"]
+    digest, size = desc["digest"], desc["size"]
+    await asyncio.to_thread(lease.hold, digest)
     if store.has_blob(digest):
         if progress:
-            progress(digest, int(desc.get("size", 0)), int(desc.get("size", 0)))
+            progress(digest, size, size)
         return
     hex_ = digest.split(":", 1)[1]
     partial = store.root / "tmp" / f"partial-{hex_}"
@@ -207,17 +205,22 @@ async def fetch_blob(
         for _ in range(2):
             h = hashlib.sha256()
             offset = partial.stat().st_size if partial.exists() else 0
+            if offset > size:  # junk, or another blob's: start over
+                partial.unlink()
+                offset = 0
             if offset:
                 with open(partial, "rb") as f:
                     while chunk := f.read(1 << 20):
                         h.update(chunk)
             feed = sink if offset == 0 else None
             try:
+                if offset == size and size:
+                    break  # downloaded whole before (a failed pull kept it): nothing left to fetch
                 with open(partial, "ab") as out:
                     if feed is not None:
                         feed.start(partial)
                     done = offset
-                    async for chunk, total in client.blob_chunks(ref, digest, offset):
+                    async for chunk in client.blob_chunks(ref, digest, offset, size):
                         out.write(chunk)
                         h.update(chunk)
                         if feed is not None:
@@ -225,12 +228,18 @@ async def fetch_blob(
                             feed.wrote(len(chunk))
                         done += len(chunk)
                         if progress:
-                            progress(digest, done, total or int(desc.get("size", 0)))
+                            progress(digest, done, size)
                     out.flush()
                     os.fsync(out.fileno())
+                check_size(digest, size, done)
             except _RangeIgnored:
                 partial.unlink()
                 continue
+            except RegistryError:
+                raise  # the network: the partial download is kept, and the next pull resumes it
+            except ImageError:
+                partial.unlink(missing_ok=True)  # the registry sent the wrong size: nothing of it is worth keeping
+                raise
             except OSError as e:  # the data dir, not the network (registry errors are RegistryError)
                 raise ImageError(
                     f"layer {digest}: cannot write {partial}: {e.strerror or e}",
@@ -241,7 +250,7 @@ async def fetch_blob(
         if got != digest:
             partial.unlink(missing_ok=True)
             raise ImageError(f"layer {digest}: downloaded content has digest {got}; discarded", hint="pull again")
-        os.rename(partial, store.blob_path(digest))
+        store.commit_blob(partial, digest, lease)
         if feed is not None:
             feed.finish()
         else:  # a streaming unpack a crash interrupted: the blob is whole now and unpacks from the store
@@ -252,6 +261,19 @@ async def fetch_blob(
             (store.root / "tmp" / f"partial-{hex_}.lock").unlink()
 
 
+async def _thread_done(work: asyncio.Future[Any]) -> Any:
+    """The result of work running in a thread. Cancelled (another layer failed), it still waits for the thread to end
+    before passing the cancellation on: a thread cannot be stopped, and what it adds to the store must be there
+    before the pull's lease collects what the failed pull added."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()
+        raise
+
+
 async def _fetch_and_unpack_layers(
     store: ImageStore,
     client: RegistryClient,
@@ -259,6 +281,7 @@ async def _fetch_and_unpack_layers(
     manifest: dict[str, Any],
     progress: Progress | None,
     concurrency: int,
+    lease: Lease,
 ) -> None:
     """Download the layers (``concurrency`` at a time) and unpack them while they download.
 
@@ -267,16 +290,14 @@ async def _fetch_and_unpack_layers(
     ID, so they unpack in parallel. A layer whose blob or DiffID does not match leaves nothing behind.
     """
     layers = manifest.get("layers", [])
-    is_wasm = is_wasm_manifest(manifest)
-    diff_ids: list[str] = []
-    if not is_wasm:
-        config = store.read_json(manifest["config"]["digest"])
-        diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
-    if is_wasm or len(diff_ids) != len(layers):
-        # Nothing to unpack (or a malformed image that add_image reports): download only.
+    if is_wasm_manifest(manifest):  # nothing to unpack: download only
         unique = list({d["digest"]: d for d in layers}.values())
-        await gather_bounded(concurrency, [fetch_blob(store, client, ref, d, progress) for d in unique])
+        await gather_bounded(concurrency, [fetch_blob(store, client, ref, d, progress, lease=lease) for d in unique])
         return
+    diff_ids = image_diff_ids(manifest, store.read_json(manifest["config"]["digest"]))
+    chains = chain_ids(diff_ids)
+    await asyncio.to_thread(lease.hold, *layer_keys(chains))
+    budget = await asyncio.to_thread(store.unpack_budget, chains)
     downloads = asyncio.Semaphore(concurrency)
     unpacks = asyncio.Semaphore(UNPACK_THREADS)
     fetched: dict[str, asyncio.Task[None]] = {}
@@ -287,7 +308,7 @@ async def _fetch_and_unpack_layers(
         fresh = not store.has_blob(digest) and not (store.root / "tmp" / f"partial-{hex_}").exists()
         if not fresh or store.layer_complete(chain) or unpacks.locked():
             async with downloads:
-                await fetch_blob(store, client, ref, desc, progress)
+                await fetch_blob(store, client, ref, desc, progress, lease=lease)
             return
         # Unpack while downloading: the layer is extracted into a temporary directory as its bytes arrive and
         # committed only after both the blob digest and the DiffID matched.
@@ -300,14 +321,16 @@ async def _fetch_and_unpack_layers(
                     # partial download is ours once the first bytes arrive (a crash's leftover is replaced).
                     if pipe.wait_data():
                         work = store.root / "tmp" / f"partial-{hex_}.unpack"
-                        store.unpack_one_layer(digest, diff, chain, source=cast(BinaryIO, pipe), work=work)
+                        store.unpack_one_layer(
+                            digest, diff, chain, source=cast(BinaryIO, pipe), work=work, budget=budget, lease=lease
+                        )
                 finally:
                     pipe.close()
 
             unpacking = asyncio.ensure_future(asyncio.to_thread(unpack))
             try:
                 async with downloads:
-                    await fetch_blob(store, client, ref, desc, progress, sink=pipe)
+                    await fetch_blob(store, client, ref, desc, progress, sink=pipe, lease=lease)
             except BaseException:
                 pipe.abort()  # the unpacker stops and removes its work; the download's error is what we report
                 await asyncio.wait([unpacking])
@@ -317,7 +340,7 @@ async def _fetch_and_unpack_layers(
             if not pipe.complete:  # a concurrent pull stored it, or a partial download was resumed
                 pipe.abort()
             try:
-                await unpacking
+                await _thread_done(unpacking)
             except _Aborted:
                 pass
 
@@ -328,11 +351,12 @@ async def _fetch_and_unpack_layers(
         if store.layer_complete(chain):
             return
         async with unpacks:
-            await asyncio.to_thread(store.unpack_one_layer, desc["digest"], diff, chain)
+            unpack = functools.partial(store.unpack_one_layer, desc["digest"], diff, chain, budget=budget, lease=lease)
+            await _thread_done(asyncio.ensure_future(asyncio.to_thread(unpack)))
 
     tasks = [
         asyncio.ensure_future(one(desc, diff, chain))
-        for desc, diff, chain in zip(layers, diff_ids, chain_ids(diff_ids), strict=True)
+        for desc, diff, chain in zip(layers, diff_ids, chains, strict=True)
     ]
     try:
         await asyncio.gather(*tasks)
@@ -374,19 +398,26 @@ async def pull(
             if remote == local.digest:
                 return local
         body, media, digest = await client.manifest(ref)
-        manifest = _manifest_json(body, reference, digest)
-        if media in INDEX_TYPES or manifest.get("mediaType") in INDEX_TYPES:
+        manifest = parse_manifest(body, f"image {reference}: manifest {digest}")
+        if media in INDEX_TYPES or manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
             chosen = select_platform(manifest, platform, f"image {reference}")
-            body, media, digest = await client.manifest(ref, chosen)
-            manifest = _manifest_json(body, reference, digest)
+            desc = next(d for d in manifest["manifests"] if d["digest"] == chosen)
+            body, media, digest = await client.manifest(ref, chosen, size=desc["size"])
+            manifest = parse_manifest(body, f"image {reference}: manifest {digest}")
         if "config" not in manifest:
             raise ImageError(f"image {reference}: manifest type {media or 'unknown'} is not supported")
-        await fetch_blob(store, client, ref, manifest["config"], progress)
-        if not is_wasm_manifest(manifest):
-            check_image_platform(store.read_json(manifest["config"]["digest"]), platform, f"image {reference}")
-        await _fetch_and_unpack_layers(store, client, ref, manifest, progress, concurrency)
-    store.put_blob(body, expected=digest)
-    return await asyncio.to_thread(store.add_image, str(ref), manifest, body)
+        store.check_layer_sizes(manifest, f"image {reference}")
+        # Held until the image is named; if the pull fails, what it added goes (downloads back to partial files).
+        lease = await asyncio.to_thread(store.lease, downloads=True)
+        try:
+            await fetch_blob(store, client, ref, manifest["config"], progress, lease=lease)
+            if not is_wasm_manifest(manifest):
+                check_image_platform(store.read_json(manifest["config"]["digest"]), platform, f"image {reference}")
+            await _fetch_and_unpack_layers(store, client, ref, manifest, progress, concurrency, lease)
+            await asyncio.to_thread(store.put_blob, body, digest, lease=lease)
+            return await asyncio.to_thread(store.add_image, str(ref), manifest, body, lease)
+        finally:
+            await asyncio.shield(asyncio.to_thread(lease.close))
 
 
 async def push(
@@ -402,11 +433,15 @@ async def push(
     image = store.get(reference)
     ref = parse_reference(target or reference)
     body = store.blob_path(image.digest).read_bytes()
+    if "sha256:" + hashlib.sha256(body).hexdigest() != image.digest:
+        raise ImageError(f"manifest {image.digest} is corrupt in the store", hint="remove the image and pull it again")
     media = image.manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json")
     async with RegistryClient(ref.api_registry, credentials=credentials, insecure=insecure) as client:
 
         async def send(desc: dict[str, Any]) -> None:
             if not await client.blob_exists(ref, desc["digest"]):
+                # what leaves the node is what the manifest says: a damaged store is not pushed on
+                await asyncio.to_thread(store.check_blob, desc["digest"], desc["size"])
                 await client.upload_blob(ref, desc["digest"], store.blob_path(desc["digest"]))
 
         await gather_bounded(concurrency, [send(d) for d in [image.manifest["config"], *image.manifest["layers"]]])

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from zlayer.errors import AuthError, ImageError, NotFoundError, RegistryError, ZLayerError
+from zlayer.images.manifest import MAX_MANIFEST_BYTES, check_size, parse_json, size_text
 from zlayer.images.reference import Reference
 from zlayer.limits import load_json
 
@@ -290,8 +291,11 @@ class RegistryClient:
 
     # -- pull ---------------------------------------------------------------------------------------------------
 
-    async def manifest(self, ref: Reference, selector: str | None = None) -> tuple[bytes, str, str]:
-        """(body, media type, digest) of a manifest or index by tag or digest."""
+    async def manifest(
+        self, ref: Reference, selector: str | None = None, size: int | None = None
+    ) -> tuple[bytes, str, str]:
+        """(body, media type, digest) of a manifest or index by tag or digest; one bigger than a manifest may be (or
+        than ``size``, its descriptor's) is refused without reading it whole."""
         sel = selector or ref.selector
         scope = f"repository:{ref.repository}:pull"
         what = (
@@ -305,16 +309,41 @@ class RegistryClient:
             headers={"Accept": MANIFEST_ACCEPT},
         )
         self.check(resp, what, self.host)
+        limit = MAX_MANIFEST_BYTES if size is None else min(size, MAX_MANIFEST_BYTES)
         async with resp:
-            body = await resp.read()
+            if resp.content_length is not None and resp.content_length > limit:
+                self._too_long(what, resp.content_length, size)
+            body = await self._read_at_most(resp, limit + 1, what)
             media = resp.headers.get("Content-Type", "").split(";")[0]
+        if len(body) > limit:
+            self._too_long(what, None, size)
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if size is not None:
+            check_size(sel, size, len(body))
         if sel.startswith("sha256:") and digest != sel:
             raise ImageError(f"{what}: content does not match its digest (got {digest})")
         if not media or media == "application/json":
-            doc = load_json(body, where=f"{what} ({digest})", error=RegistryError)
+            doc = parse_json(body, what)
             media = doc.get("mediaType", media) if isinstance(doc, dict) else media
-        return body, media, digest
+        return body, str(media), digest
+
+    def _too_long(self, what: str, length: int | None, size: int | None) -> None:
+        sent = f"{length} bytes" if length is not None else "more"
+        if size is not None and size <= MAX_MANIFEST_BYTES:
+            raise ImageError(f"{what}: {self.host} sends {sent}, its descriptor says {size} bytes; refused")
+        raise ImageError(
+            f"{what}: {self.host} sends {sent}, more than the {size_text(MAX_MANIFEST_BYTES)} a manifest may have; "
+            "refused"
+        )
+
+    async def _read_at_most(self, resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+        body = bytearray()
+        try:
+            while len(body) < limit and (chunk := await resp.content.read(min(1 << 16, limit - len(body)))):
+                body += chunk
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise RegistryError(f"{what}: the answer from {self.host} broke off: {e or type(e).__name__}") from e
+        return bytes(body)
 
     async def head_manifest_digest(self, ref: Reference) -> str | None:
         scope = f"repository:{ref.repository}:pull"
@@ -329,8 +358,10 @@ class RegistryClient:
         async with resp:
             return resp.headers.get("Docker-Content-Digest") if resp.status == 200 else None
 
-    async def blob_chunks(self, ref: Reference, digest: str, offset: int = 0) -> AsyncIterator[tuple[bytes, int]]:
-        """Yield (chunk, total size) of a blob from ``offset`` (a Range request when resuming)."""
+    async def blob_chunks(self, ref: Reference, digest: str, offset: int, size: int) -> AsyncIterator[bytes]:
+        """Yield the chunks of a blob of ``size`` bytes (its descriptor's) from ``offset`` (a Range request when
+        resuming). An answer announcing another length is refused before its body is read, and one that runs past
+        ``size`` is cut off there: an ImageError naming the blob and both sizes."""
         scope = f"repository:{ref.repository}:pull"
         what = f"blob {digest} of {ref.repository}"
         headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -346,15 +377,18 @@ class RegistryClient:
         async with resp:
             if offset and resp.status == 200:
                 raise _RangeIgnored()
-            total = offset + int(resp.headers.get("Content-Length", "0") or 0)
+            if resp.content_length is not None:
+                check_size(digest, size, offset + resp.content_length)
             done = offset
             try:
                 async for chunk in resp.content.iter_chunked(1 << 20):
                     done += len(chunk)
-                    yield chunk, total
+                    if done > size:
+                        check_size(digest, size, size, more=True)
+                    yield chunk
             except (TimeoutError, aiohttp.ClientError) as e:
                 raise RegistryError(
-                    f"{what}: the download from {self.host} broke off after {done} of {total or '?'} bytes: "
+                    f"{what}: the download from {self.host} broke off after {done} of {size} bytes: "
                     f"{e or type(e).__name__}",
                     hint="pull again: the download resumes where it stopped",
                 ) from e

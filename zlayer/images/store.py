@@ -23,15 +23,15 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from zlayer.errors import ConflictError, ImageError, NotFoundError
+from zlayer.images.manifest import check_limit, check_size, parse_json, size_text
 from zlayer.images.reference import Reference, parse_reference
-from zlayer.images.unpack import chain_ids, unpack_layer
-from zlayer.limits import load_json
+from zlayer.images.unpack import IMAGE_ENV, LAYER_ENV, UnpackBudget, UnpackLimits, chain_ids, unpack_layer
 from zlayer.paths import private_dir, write_atomic
 
 MANIFEST_TYPES = (
@@ -157,10 +157,11 @@ def _fsync_dir(path: Path) -> None:
 class ImageStore:
     """Content-addressed image store; safe against crashes and concurrent writers."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: UnpackLimits | None = None) -> None:
         self.root = Path(root)
         private_dir(self.root)  # layers hold image files as they are, setuid ones too: no way in for other users
-        for sub in ("blobs", "blobs/sha256", "layers", "tmp"):
+        self.limits = limits or UnpackLimits.from_env()
+        for sub in ("blobs", "blobs/sha256", "layers", "tmp", "leases"):
             private_dir(self.root / sub)
 
     # -- locking and atomic files -------------------------------------------------------------------------------
@@ -203,37 +204,98 @@ class ImageStore:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
-    def put_blob(self, data: bytes, expected: str | None = None) -> str:
+    def put_blob(
+        self, data: bytes, expected: str | None = None, *, size: int | None = None, lease: Lease | None = None
+    ) -> str:
+        """Store ``data``, which must have the ``expected`` digest and ``size`` when given (else nothing is stored)."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if size is not None:
+            check_size(expected or digest, size, len(data))
         if expected is not None and digest != expected:
             raise ImageError(f"blob {expected}: content does not match its digest (got {digest}); discarded")
+        if lease is not None:
+            lease.hold(digest)
         path = self.blob_path(digest)
         if not path.exists():
             self._write_atomic(path, data)
+            if lease is not None:
+                lease.added(digest)
         return digest
 
-    def put_blob_stream(self, src: BinaryIO, expected: str | None = None) -> str:
-        """Copy a stream into the store, verifying its digest; a mismatch leaves nothing behind."""
+    def put_blob_stream(
+        self, src: BinaryIO, expected: str | None = None, *, size: int | None = None, lease: Lease | None = None
+    ) -> str:
+        """Copy a stream into the store, verifying its digest and, when given, its size: reading stops as soon as the
+        stream is longer than ``size``. A mismatch leaves nothing behind."""
         h = hashlib.sha256()
+        if expected is not None and lease is not None:
+            lease.hold(expected)
         try:
             fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         except OSError as e:
             raise ImageError(f"cannot write a blob under {self.root / 'tmp'}: {e.strerror or e}") from e
         try:
             # Errors reading ``src`` (a corrupt archive) pass through as they are; errors writing say where.
-            while chunk := src.read(1 << 20):
+            done = 0
+            while chunk := src.read(1 << 20 if size is None else min(1 << 20, size - done + 1)):
+                done += len(chunk)
+                if size is not None and done > size:
+                    check_size(expected or "sha256:" + h.hexdigest(), size, size, more=True)
                 h.update(chunk)
                 _write_all(fd, chunk, tmp)
             _write_all(fd, b"", tmp, sync=True)
             digest = "sha256:" + h.hexdigest()
+            if size is not None:
+                check_size(expected or digest, size, done)
             if expected is not None and digest != expected:
                 raise ImageError(f"blob {expected}: content does not match its digest (got {digest}); discarded")
-            os.rename(tmp, self.blob_path(digest))
+            self.commit_blob(Path(tmp), digest, lease)
             return digest
         finally:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def commit_blob(self, path: Path, digest: str, lease: Lease | None) -> None:
+        """Move a verified file of this store's tmp/ into place as blob ``digest`` (held by ``lease`` first)."""
+        if lease is not None:
+            lease.hold(digest)
+        os.rename(path, self.blob_path(digest))
+        if lease is not None:
+            lease.added(digest)
+
+    def check_blob(self, digest: str, size: int) -> None:
+        """The blob ``digest`` in the store has this size and digest (before it is sent anywhere)."""
+        path = self.blob_path(digest)
+        try:
+            got = path.stat().st_size
+            if got != size:
+                raise ImageError(
+                    f"blob {digest} in the store is {got} bytes, its descriptor says {size}",
+                    hint="the store is damaged: remove the image and pull or import it again",
+                )
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except FileNotFoundError as e:
+            raise ImageError(f"blob {digest} is missing from the store", hint="pull or import the image again") from e
+        if "sha256:" + h.hexdigest() != digest:
+            raise ImageError(f"blob {digest} is corrupt in the store", hint="remove the image and pull it again")
+
+    def check_layer_sizes(self, manifest: dict[str, Any], what: str) -> None:
+        """Refuse, before any download, an image whose layers are already larger than the unpack limits allow."""
+        total = 0
+        for desc in manifest.get("layers", []):
+            hint = f"if the image is trusted, raise the limit: {LAYER_ENV} or zlayer serve --max-layer-size"
+            check_limit(desc["digest"], desc["size"], self.limits.layer, "layer", hint)
+            total += desc["size"]
+        if total > self.limits.image:
+            raise ImageError(
+                f"{what}: its layers are {size_text(total)}, more than the {size_text(self.limits.image)} allowed "
+                "for one image",
+                hint=f"if the image is trusted, raise the limit: {IMAGE_ENV} or zlayer serve --max-image-size",
+            )
 
     def read_json(self, digest: str) -> dict[str, Any]:
         try:
@@ -242,7 +304,9 @@ class ImageStore:
             raise ImageError(f"blob {digest} is missing from the store", hint="pull or import the image again") from e
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise ImageError(f"blob {digest} is corrupt in the store", hint="remove the image and pull it again")
-        result: dict[str, Any] = load_json(data, where=f"blob {digest}", error=ImageError)
+        result = parse_json(data, f"blob {digest}")
+        if not isinstance(result, dict):
+            raise ImageError(f"blob {digest} is not a JSON object")
         return result
 
     # -- names --------------------------------------------------------------------------------------------------
@@ -311,31 +375,52 @@ class ImageStore:
     def layer_complete(self, chain_id: str) -> bool:
         return (self.root / "layers" / _hex(chain_id) / "diffid").is_file()
 
-    def unpack_layers(self, manifest: dict[str, Any], image_config: dict[str, Any]) -> list[Path]:
+    def layer_size(self, chain_id: str) -> int:
+        """What a complete layer unpacked to (0 for one unpacked before sizes were recorded)."""
+        try:
+            return int((self.root / "layers" / _hex(chain_id) / "size").read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def unpack_budget(self, chains: builtins.list[str]) -> UnpackBudget:
+        """The unpack budget of an image with these layers, charged with those already unpacked."""
+        return UnpackBudget(self.limits, sum(self.layer_size(c) for c in set(chains) if self.layer_complete(c)))
+
+    def unpack_layers(
+        self, manifest: dict[str, Any], image_config: dict[str, Any], lease: Lease | None = None
+    ) -> builtins.list[Path]:
         """Unpack every layer not already unpacked; returns the layer directories, lowest first."""
         layers = manifest.get("layers", [])
-        diff_ids = list((image_config.get("rootfs") or {}).get("diff_ids") or [])
-        if len(diff_ids) != len(layers):
-            raise ImageError(
-                f"image config lists {len(diff_ids)} diff_ids but the manifest has {len(layers)} layers",
-                hint="the image is malformed; rebuild or re-push it",
-            )
+        diff_ids = image_diff_ids(manifest, image_config)
         chains = chain_ids(diff_ids)
+        if lease is not None:
+            lease.hold(*layer_keys(chains))
+        budget = self.unpack_budget(chains)
         dirs = []
         for desc, diff, chain in zip(layers, diff_ids, chains, strict=True):
             if not self.layer_complete(chain):
-                self.unpack_one_layer(desc["digest"], diff, chain)
+                self.unpack_one_layer(desc["digest"], diff, chain, budget=budget, lease=lease)
             dirs.append(self.layer_dir(chain))
         return dirs
 
     def unpack_one_layer(
-        self, blob_digest: str, diff_id: str, chain: str, source: BinaryIO | None = None, work: Path | None = None
+        self,
+        blob_digest: str,
+        diff_id: str,
+        chain: str,
+        source: BinaryIO | None = None,
+        work: Path | None = None,
+        *,
+        budget: UnpackBudget | None = None,
+        lease: Lease | None = None,
     ) -> None:
         """Unpack one layer blob of the store into its chain-ID directory (a no-op when another got there first).
 
         ``source`` streams the blob while it downloads; it must end only once the blob's digest is verified.
         ``work`` names the temporary directory (one a crash left there is replaced); by default a fresh one.
+        ``budget`` is the image's (a layer alone is held to the per-layer limit); past it, nothing is kept.
         """
+        budget = budget or UnpackBudget(self.limits)
         try:
             if work is None:
                 work = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="layer-"))
@@ -348,14 +433,17 @@ class ImageStore:
             (work / "fs").mkdir()
             os.chmod(work / "fs", 0o755)
             if source is not None:
-                got = unpack_layer(source, work / "fs", layer=blob_digest)
+                got = unpack_layer(source, work / "fs", layer=blob_digest, budget=budget)
             else:
                 with open(self.blob_path(blob_digest), "rb") as src:
-                    got = unpack_layer(src, work / "fs", layer=blob_digest)
+                    got = unpack_layer(src, work / "fs", layer=blob_digest, budget=budget)
             if got != diff_id:
                 raise ImageError(f"layer {blob_digest}: uncompressed content is {got}, the image config says {diff_id}")
+            write_atomic(work / "size", str(budget.unpacked.get(blob_digest, 0)), durable=False)
             write_atomic(work / "diffid", diff_id, durable=False)
             final = self.root / "layers" / _hex(chain)
+            if lease is not None:
+                lease.hold(*layer_keys([chain]))
             with self.lock():
                 if (final / "diffid").is_file():
                     return  # someone else unpacked the same layer meanwhile
@@ -363,6 +451,8 @@ class ImageStore:
                     shutil.rmtree(final)  # a crash left a partial one
                 os.rename(work, final)
                 _fsync_dir(final.parent)
+            if lease is not None:
+                lease.added(*layer_keys([chain]))
         except ImageError as e:
             # The unpacker reports every OSError as a bad tarball; a full or broken disk is not the layer's fault.
             cause = e.__cause__
@@ -390,20 +480,25 @@ class ImageStore:
             reference=name, digest=digest, manifest=manifest, image_config=config, layer_dirs=dirs, store_root=self.root
         )
 
-    def add_image(self, reference: str | None, manifest: dict[str, Any], raw: bytes | None = None) -> LocalImage:
+    def add_image(
+        self, reference: str | None, manifest: dict[str, Any], raw: bytes | None = None, lease: Lease | None = None
+    ) -> LocalImage:
         """Record a manifest whose blobs are all in the store (unpacking its layers) and name it.
 
         ``raw`` is the manifest exactly as the registry served it: its digest is the image's digest, so it must be
         stored byte for byte (re-serialising it would give the image another identity than the registry's).
         """
-        for desc in [manifest["config"], *manifest.get("layers", [])]:
+        descs = [manifest["config"], *manifest.get("layers", [])]
+        if lease is not None:
+            lease.hold(*(d["digest"] for d in descs))
+        for desc in descs:
             if not self.has_blob(desc["digest"]):
                 raise ImageError(f"blob {desc['digest']} is missing; the image is incomplete")
         data = raw if raw is not None else json.dumps(manifest, separators=(",", ":")).encode()
-        digest = self.put_blob(data)
+        digest = self.put_blob(data, lease=lease)
         config = self.read_json(manifest["config"]["digest"])
         if not is_wasm_manifest(manifest):
-            self.unpack_layers(manifest, config)
+            self.unpack_layers(manifest, config, lease)
         if reference:
             self.set_name(reference, digest)
         return self.get(reference or digest)
@@ -438,40 +533,190 @@ class ImageStore:
             self._save_names(names)
         return [name]
 
-    def prune(self) -> tuple[int, int]:
-        """Delete blobs and layers no named image refers to, and crash leftovers; returns (items, bytes) freed."""
-        with self.lock():
-            keep_blobs: set[str] = set()
-            keep_layers: set[str] = set()
-            for digest in set(self._names().values()):
-                with contextlib.suppress(ImageError):
-                    manifest = self.read_json(digest)
-                    cfg = self.read_json(manifest["config"]["digest"])
-                    keep_blobs |= {digest, manifest["config"]["digest"]}
-                    keep_blobs |= {d["digest"] for d in manifest.get("layers", [])}
-                    keep_layers |= {_hex(c) for c in chain_ids((cfg.get("rootfs") or {}).get("diff_ids") or [])}
-            freed, count = 0, 0
-            for blob in (self.root / "blobs" / "sha256").iterdir():
-                if "sha256:" + blob.name not in keep_blobs:
-                    freed += blob.stat().st_size
+    # -- what is in use, and collecting the rest ------------------------------------------------------------------
+
+    def lease(self, *, downloads: bool = False) -> Lease:
+        """A lease for one import or pull: ``with store.lease() as lease:`` (see :class:`Lease`)."""
+        return Lease(self, downloads=downloads)
+
+    def _in_use(self, skip: Lease | None = None) -> set[str]:
+        """Digests and chain IDs the named images refer to and the live leases (but ``skip``) hold; called under the
+        lock. A lease whose owner died (its lock is free) is removed: what only it held is garbage now."""
+        keep: set[str] = set()
+        for digest in set(self._names().values()):
+            with contextlib.suppress(ImageError, KeyError, TypeError, AttributeError):
+                manifest = self.read_json(digest)
+                keep |= {digest, manifest["config"]["digest"], *(d["digest"] for d in manifest.get("layers", []))}
+                if not is_wasm_manifest(manifest):
+                    config = self.read_json(manifest["config"]["digest"])
+                    keep |= set(layer_keys(chain_ids(image_diff_ids(manifest, config))))
+        for path in (self.root / "leases").iterdir():
+            if skip is not None and path == skip.path:
+                continue
+            held = _live_lease(path)
+            if held is None:
+                path.unlink(missing_ok=True)
+            else:
+                keep |= held
+        return keep
+
+    def _discard(self, keys: set[str], *, downloads: bool = False) -> tuple[int, int, builtins.list[Path]]:
+        """Remove these blobs and layers (:func:`layer_keys`); a pull's blobs go back to tmp/ as partial downloads
+        when ``downloads``. Under the lock: layer trees are renamed aside and returned, for the caller to delete."""
+        count, freed, trees = 0, 0, []
+        for key in keys:
+            with contextlib.suppress(ImageError, FileNotFoundError):
+                if key.startswith(_LAYER):
+                    trees.append(Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="discard-")))
+                    os.rename(self.root / "layers" / _hex(key[len(_LAYER) :]), trees[-1] / "layer")
+                    count += 1
+                    continue
+                blob = self.blob_path(key)
+                size = blob.stat().st_size
+                if downloads:
+                    os.rename(blob, self.root / "tmp" / f"partial-{_hex(key)}")
+                else:
                     blob.unlink()
-                    count += 1
-            for layer in (self.root / "layers").iterdir():
-                if layer.name not in keep_layers:
-                    shutil.rmtree(layer, ignore_errors=True)
-                    count += 1
+                    freed += size
+                count += 1
+        return count, freed, trees
+
+    def prune(self) -> tuple[int, int]:
+        """Delete blobs and layers no named image refers to and no import or pull in progress holds, and crash
+        leftovers; returns (items, bytes) freed."""
+        with self.lock():
+            keep = self._in_use()
+            present = {"sha256:" + b.name for b in (self.root / "blobs" / "sha256").iterdir()}
+            present |= set(layer_keys("sha256:" + d.name for d in (self.root / "layers").iterdir()))
+            count, freed, trees = self._discard(present - keep)
             # Work in progress of a running pull is young; anything older is a crash leftover.
             cutoff = time.time() - TMP_GRACE_SECONDS
             for tmp in (self.root / "tmp").iterdir():
                 if tmp.lstat().st_mtime > cutoff:
                     continue
                 if tmp.is_dir():
-                    shutil.rmtree(tmp, ignore_errors=True)
+                    trees.append(tmp)
                 else:
                     freed += tmp.lstat().st_size
                     tmp.unlink()
                 count += 1
-            return count, freed
+        for tree in trees:
+            shutil.rmtree(tree, ignore_errors=True)
+        return count, freed
+
+
+class Lease:
+    """What one import or pull in progress holds and has added to the store (containerd's leases).
+
+    Everything it will use is held before it looks whether the store has it, so neither ``prune`` nor another
+    operation's rollback can take it away meanwhile. The holds live in ``leases/<name>``, locked while the owner
+    lives: a lease whose owner died holds nothing. When the operation fails, what it added that no named image and
+    no other live lease refers to is removed again, so the store is as it was before (a pull's downloaded blobs go
+    back to tmp/ as partial downloads, which the next pull of them resumes, or ``prune`` collects).
+    """
+
+    def __init__(self, store: ImageStore, *, downloads: bool = False) -> None:
+        self.store = store
+        self.downloads = downloads
+        self._added: set[str] = set()
+        leases = store.root / "leases"
+        fd, tmp = tempfile.mkstemp(dir=leases, prefix=".new-")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # named once locked: a collector never finds it unlocked while its owner lives
+            self.path = leases / f"{os.getpid()}-{Path(tmp).name[5:]}"
+            os.rename(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._fd = fd
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the lease, removing what it added that nothing refers to (all of it, when the operation failed)."""
+        if self._fd >= 0:
+            self.collect()
+            self.release()
+
+    def hold(self, *keys: str) -> None:
+        """Hold these blobs (by digest) and layers (by :func:`layer_keys`) until the lease ends."""
+        data = "".join(f"{k}\n" for k in keys).encode()
+        with self.store.lock():
+            _write_all(self._fd, data, str(self.path))
+
+    def added(self, *keys: str) -> None:
+        """This operation put these blobs (digests) or layers (:func:`layer_keys`) into the store (held first)."""
+        self._added.update(keys)
+
+    def collect(self) -> None:
+        """Remove what this lease added and nothing else uses: everything it added when the operation failed, the
+        intermediate blobs of one that succeeded (a config that ``--change`` replaced)."""
+        trees: builtins.list[Path] = []
+        with self.store.lock():
+            gone = self._added - self.store._in_use(skip=self)
+            trees = self.store._discard(gone, downloads=self.downloads)[2]
+        self._added.clear()
+        for tree in trees:
+            shutil.rmtree(tree, ignore_errors=True)
+
+    def release(self) -> None:
+        """End the lease: what it held is up to the named images again."""
+        if self._fd < 0:
+            return
+        with self.store.lock():
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = -1
+
+
+def _live_lease(path: Path) -> set[str] | None:
+    """What the lease file at ``path`` holds, or None when its owner is gone."""
+    if path.name.startswith(".new-"):
+        return set()  # being created: it holds nothing yet
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - the lock test needs the file object before the with block
+    except FileNotFoundError:
+        return set()
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return set(f.read().decode("ascii", "replace").split())
+        return None
+
+
+_LAYER = "layer:"
+
+
+def layer_keys(chains: Iterable[str]) -> builtins.list[str]:
+    """How leases name unpacked layers (by chain ID), apart from blobs: a layer's chain ID can be a blob's digest."""
+    return [_LAYER + c for c in chains]
+
+
+def image_diff_ids(manifest: dict[str, Any], image_config: dict[str, Any]) -> builtins.list[str]:
+    """The DiffIDs of an image's layers, one per layer of its manifest, each a sha256 digest."""
+    layers = manifest.get("layers", [])
+    rootfs = image_config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, builtins.list) or len(diff_ids) != len(layers):
+        count = len(diff_ids) if isinstance(diff_ids, builtins.list) else 0
+        raise ImageError(
+            f"image config {manifest['config']['digest']} lists {count} diff_ids but the manifest has {len(layers)} "
+            "layers",
+            hint="the image is malformed; rebuild or re-push it",
+        )
+    for diff in diff_ids:
+        if not isinstance(diff, str) or len(diff) != 71:
+            raise ImageError(f"image config {manifest['config']['digest']}: diff_id {str(diff)[:80]!r} is not a digest")
+        _hex(diff)
+    return [str(d) for d in diff_ids]
 
 
 def parse(reference: str) -> Reference:

@@ -8,15 +8,19 @@ relative symlink climbing above the root, or a write through a symlink) is rejec
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import hashlib
 import os
 import stat
+import threading
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
 from zlayer.errors import ImageError
+from zlayer.images.manifest import size_text
 
 _inflate: Any
 try:  # ISA-L inflates gzip layers in about half the CPU time of zlib, with the same API
@@ -25,41 +29,71 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fall
     _inflate = zlib
 _BAD_STREAM: tuple[type[Exception], ...] = (OSError, ValueError, EOFError, zlib.error, _inflate.error)
 
+LAYER_ENV = "ZLAYER_MAX_LAYER_SIZE"
+IMAGE_ENV = "ZLAYER_MAX_IMAGE_SIZE"
+DEFAULT_MAX_LAYER = 64 << 30
+DEFAULT_MAX_IMAGE = 256 << 30
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _CHUNK = 1 << 20
 
 
-class _HashingReader:
-    """A read-only file object that hashes every byte read through it (the layer's DiffID)."""
+@dataclass(frozen=True)
+class UnpackLimits:
+    """How much a layer, and all layers of an image, may unpack to (the tar stream, decompressed): a small compressed
+    layer can otherwise fill the disk. Generous by default; ``from_env`` reads ``ZLAYER_MAX_LAYER_SIZE`` and
+    ``ZLAYER_MAX_IMAGE_SIZE`` (``64Gi``, ``512Mi``: Ki, Mi, Gi or Ti), which ``zlayer serve`` options override."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
+    layer: int = DEFAULT_MAX_LAYER
+    image: int = DEFAULT_MAX_IMAGE
 
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
+    @classmethod
+    def from_env(cls, layer: str | None = None, image: str | None = None) -> UnpackLimits:
+        return cls(
+            layer=parse_limit(layer or os.environ.get(LAYER_ENV), LAYER_ENV, DEFAULT_MAX_LAYER),
+            image=parse_limit(image or os.environ.get(IMAGE_ENV), IMAGE_ENV, DEFAULT_MAX_IMAGE),
+        )
 
 
-def open_decompressed(fileobj: BinaryIO) -> IO[bytes]:
-    """The layer's tar stream, whatever its compression (gzip, zstd or none), told by its magic bytes."""
-    head = fileobj.read(4)
-    fileobj.seek(0)
-    if head[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=fileobj, mode="rb")  # type: ignore[return-value]
-    if head == b"\x28\xb5\x2f\xfd":
-        import zstandard
+def parse_limit(text: str | None, name: str, default: int) -> int:
+    if not text:
+        return default
+    from zlayer.spec.scalars import parse_memory
 
-        return zstandard.ZstdDecompressor().stream_reader(fileobj, read_size=_CHUNK)
-    return fileobj
+    try:
+        return parse_memory(text.strip())
+    except ValueError as e:
+        option = "--max-layer-size" if name == LAYER_ENV else "--max-image-size"
+        raise ImageError(f"{name} (zlayer serve {option}): {e}", hint="e.g. 64Gi") from None
+
+
+class UnpackBudget:
+    """What the layers of one image have unpacked to, against its limits; layers unpacking in parallel threads share
+    one budget. ``unpacked`` holds each layer's size once counted."""
+
+    def __init__(self, limits: UnpackLimits, already: int = 0) -> None:
+        self.limits = limits
+        self.used = already
+        self.unpacked: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def charge(self, layer: str, layer_total: int, n: int) -> None:
+        with self._lock:
+            self.used += n
+            self.unpacked[layer] = layer_total
+            used = self.used
+        if layer_total > self.limits.layer:
+            raise ImageError(
+                f"layer {layer}: unpacks to more than {size_text(self.limits.layer)}, the limit per layer; "
+                "nothing of it is kept",
+                hint=f"if the image is trusted, raise the limit: {LAYER_ENV} or zlayer serve --max-layer-size",
+            )
+        if used > self.limits.image:
+            raise ImageError(
+                f"layer {layer}: the image unpacks to more than {size_text(self.limits.image)}, the limit per image; "
+                "nothing of this layer is kept",
+                hint=f"if the image is trusted, raise the limit: {IMAGE_ENV} or zlayer serve --max-image-size",
+            )
 
 
 def _clean_name(name: str, layer: str) -> str:
@@ -76,9 +110,11 @@ class _Decompressed:
     larger than a few megabytes whatever the compression ratio.
     """
 
-    def __init__(self, src: BinaryIO) -> None:
+    def __init__(self, src: BinaryIO, layer: str, budget: UnpackBudget | None = None) -> None:
         self.hash = hashlib.sha256()
         self.size = 0
+        self._layer = layer
+        self._budget = budget
         self._src = src
         self._zlib: Any = None
         self._zlib_full = False
@@ -135,8 +171,10 @@ class _Decompressed:
                 if not data:
                     return b""
             if data:
-                self.hash.update(data)
                 self.size += len(data)
+                if self._budget is not None:
+                    self._budget.charge(self._layer, self.size, len(data))
+                self.hash.update(data)
                 return data
 
 
@@ -496,15 +534,36 @@ class _Unpacker:
             os.utime(full, (mtime, mtime), follow_symlinks=False)
 
 
-def unpack_layer(fileobj: BinaryIO, dest: Path, *, layer: str) -> str:
-    """Unpack one (possibly compressed) layer into the existing empty directory ``dest``; returns its DiffID."""
-    stream = _Decompressed(fileobj)
+def unpack_layer(fileobj: BinaryIO, dest: Path, *, layer: str, budget: UnpackBudget | None = None) -> str:
+    """Unpack one (possibly compressed) layer into the existing empty directory ``dest``; returns its DiffID.
+
+    With a ``budget``, unpacking stops with an ImageError as soon as the layer or the image exceeds its limit.
+    """
+    stream = _Decompressed(fileobj, layer, budget)
     tar = _TarReader(stream)
     unpacker = _Unpacker(dest, layer)
-    try:
+    with _layer_errors(layer):
         while (member := tar.next()) is not None:
             unpacker.entry(tar, member)
         tar.drain()
+    unpacker.finish()
+    return "sha256:" + stream.hash.hexdigest()
+
+
+def layer_diff_id(fileobj: BinaryIO, *, layer: str, budget: UnpackBudget | None = None) -> str:
+    """The DiffID of a (possibly compressed) layer: the digest of its tar stream, read within ``budget``."""
+    stream = _Decompressed(fileobj, layer, budget)
+    with _layer_errors(layer):
+        while stream.chunk():
+            pass
+    return "sha256:" + stream.hash.hexdigest()
+
+
+@contextlib.contextmanager
+def _layer_errors(layer: str) -> Iterator[None]:
+    """Whatever a broken stream raises becomes one ImageError naming the layer."""
+    try:
+        yield
     except ImageError as e:
         if str(e).startswith(f"layer {layer}:"):
             raise
@@ -515,8 +574,6 @@ def unpack_layer(fileobj: BinaryIO, dest: Path, *, layer: str) -> str:
         if type(e).__name__ == "ZstdError":
             raise ImageError(f"layer {layer}: not a valid layer tarball: {e}") from e
         raise
-    unpacker.finish()
-    return "sha256:" + stream.hash.hexdigest()
 
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
