@@ -53,8 +53,11 @@ typedef struct {
 
 /* Feeds chunked-encoding bytes; returns bytes consumed (stops right after the end), -1 on malformed input. */
 ssize_t l7_chunk_feed(l7_chunk_t *c, const char *buf, size_t len, int *done);
+/* The same, decoding: the payload is appended to out (*olen bytes used of cap; stops when it is full); chunk
+ * framing and trailers are consumed and dropped. */
+ssize_t l7_chunk_decode(l7_chunk_t *c, const char *buf, size_t len, char *out, size_t cap, size_t *olen, int *done);
 
-/* ---- proxy (l7_proxy.c) ---- */
+/* ---- proxy (the other files: see l7_int.h) ---- */
 typedef struct l7_proxy l7_proxy_t;
 
 typedef struct {

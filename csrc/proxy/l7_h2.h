@@ -1,73 +1,79 @@
-/* zlayer L7 HTTP/2 (over TLS, chosen by ALPN "h2") front end: nghttp2 server sessions in the worker's epoll loop,
- * each stream relayed as an HTTP/1.1 request over the worker's pooled upstream connections (l7_h2.c).
- * Also declares the small glue l7_proxy.c exports to it (routing, balancing, stats, upstream pool). */
+/* zlayer L7 HTTP/2 front end (TLS + ALPN "h2"), shared by its two files: l7_h2.c (client connections: the nghttp2
+ * server session, its callbacks, reads, writes, timeouts) and l7_h2_stream.c (one stream: routed like an HTTP/1.1
+ * request, relayed as one over the worker's upstream connections, its response head turned into a HEADERS frame
+ * and its body into DATA frames through a deferred data provider, so client flow control paces upstream reads). */
 #ifndef ZLAYER_L7_H2_H
 #define ZLAYER_L7_H2_H
-#include <openssl/ssl.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <sys/socket.h>
-#include <time.h>
+#include <nghttp2/nghttp2.h>
 
-#include "l7.h"
+#include "l7_int.h"
 
-/* epoll tags of h2 objects (first int of the object, as l7_proxy.c's own tags) */
-#define L7_T_H2 16
-#define L7_T_H2UP 17
-#define L7_H2_MAX_STREAMS 128
+#define IBUF 16384
+#define DBUF 16384
+#define MAX_REQ_HEAD 65536
 
-struct worker;
+typedef struct h2conn h2conn_t;
+typedef struct h2stream h2stream_t;
 
-/* ---- l7_h2.c ---- */
-/* 1 if the TLS connection negotiated "h2". */
-int l7_h2_selected(SSL *ssl);
-/* Takes over a client connection whose TLS handshake chose h2: fd is re-pointed in epoll; pre[0..n) are bytes already
- * read from it (the start of the client preface). Closes fd/ssl itself on failure. */
-void l7_h2_adopt(struct worker *w, l7_proxy_t *p, int fd, SSL *ssl, const char *ip, int port, const char *pre,
-                 size_t n);
-/* epoll event of an L7_T_H2 or L7_T_H2UP object. */
-void l7_h2_event(void *obj, uint32_t events);
-/* Timeouts of this worker's h2 connections and streams (worker thread). */
-void l7_h2_scan(struct worker *w);
-/* After each epoll batch: sends what upstream events queued on h2 connections, frees closed h2 objects. */
-void l7_h2_reap(void);
-/* Worker exit: GOAWAY to every h2 client of this worker, then close them. */
-void l7_h2_shutdown(struct worker *w);
-/* Fuzzing: runs bytes through a server session with the callbacks of the proxy (routing against p's table, request
- * building, response relaying of `upstream` fed to every routed stream), no sockets. Returns 0. */
-int l7_h2_fuzz_one(l7_proxy_t *p, int port, const uint8_t *client, size_t n, const uint8_t *upstream, size_t un);
-/* Chunked transfer-coding decoder: state lives in *st (zero to start). Copies payload of in[0..n) to out (at most
- * outcap); *used = input consumed, returns payload bytes written, -1 malformed; *done set after the last chunk and
- * trailers. */
-typedef struct {
-    int state;
-    uint64_t left;
-    int digits;
-} l7_dechunk_t;
-ssize_t l7_dechunk(l7_dechunk_t *st, const char *in, size_t n, char *out, size_t outcap, size_t *used, int *done);
+struct h2stream {
+    h2conn_t *hc;
+    int32_t id;
+    char *method, *path, *authority, *xff, *cookie;
+    size_t cookielen;
+    char *hdrs;
+    size_t hlen, hcap;
+    int has_cl, req_end, started, chunked_up, can_retry, is_head, too_big;
+    table_t *t;
+    route_t *rt;
+    attach_t a;
+    struct timespec t0;
+    double deadline;
+    char *ob; /* the HTTP/1.1 request toward the backend */
+    size_t olen, ooff, ocap, unconsumed;
+    int up_eof, resp_head, resp_done, resp_mode, deferred, up_keep, submitted, eof_given;
+    int64_t resp_left;
+    l7_chunk_t dck;
+    int status;
+    uint64_t in_bytes, out_bytes;
+    size_t fuzz_fed;
+    l7_resp_t resp;
+    size_t is, ie, ds, de; /* ib: bytes from the backend; db: body bytes for DATA frames */
+    char ib[IBUF];
+    char db[DBUF];
+    h2stream_t *next, *prev;
+};
 
-/* ---- glue exported by l7_proxy.c ---- */
-ssize_t l7x_ssl_read(SSL *ssl, char *b, size_t n, int *rd, int *rd_wants_write);
-double l7x_now(struct worker *w);
-int l7x_epfd(struct worker *w);
-const l7_config_t *l7x_cfg(l7_proxy_t *p);
-/* the worker's current route table (w NULL: the proxy's), with a reference; NULL if none */
-void *l7x_table(struct worker *w, l7_proxy_t *p);
-void l7x_table_unref(void *t);
-/* best route for host (without port) and path, or NULL; prefix/plen/strip describe its prefix handling */
-void *l7x_route(void *t, int port, const char *host, size_t hl, const char *path, size_t pl, const char **prefix,
-                size_t *plen, int *strip);
-size_t l7x_group_size(void *route);
-/* a healthy backend of the route's group other than avoid (its active count raised), or NULL */
-void *l7x_pick(double now, void *route, void *avoid);
-void l7x_backend_release(void *be);
-void l7x_eject(double now, void *be);
-const struct sockaddr_storage *l7x_backend_addr(void *be, socklen_t *alen);
-/* per-route stats: begin raises active; end lowers it and, if ok, counts the request (status, latency) */
-void l7x_route_begin(void *route);
-void l7x_route_end(void *route, int ok, int status, const struct timespec *t0, uint64_t in, uint64_t out);
-/* a pooled idle upstream connection to addr (its fd, now owned by the caller, still in epoll), or -1 */
-int l7x_pool_take(struct worker *w, const struct sockaddr_storage *a, socklen_t al);
-/* gives an idle keep-alive upstream connection (registered in epoll) to the worker's pool */
-void l7x_pool_give(struct worker *w, int fd, const struct sockaddr_storage *a, socklen_t al);
+struct h2conn {
+    int type; /* T_H2 */
+    int fd;
+    SSL *ssl;
+    worker_t *w; /* NULL in the fuzz target */
+    l7_proxy_t *p;
+    int port;
+    char ip[64];
+    nghttp2_session *s;
+    int rd, wr, rd_wants_write, wr_wants_read, closed, fuzz, dirty;
+    h2conn_t *dnext; /* on w->h2dirty: upstream bytes moved, frames to send after this epoll batch */
+    char *ob;
+    size_t olen, ooff, ocap, wpending;
+    h2stream_t *streams;
+    int nstreams;
+    double deadline;
+    const uint8_t *fuzz_up;
+    size_t fuzz_upn;
+    h2conn_t *next, *prev;
+};
+
+int buf_put(char **b, size_t *len, size_t *cap, const void *p, size_t n);
+double h2_now(const h2conn_t *hc);
+int hc_flush(h2conn_t *hc);
+
+/* ---- l7_h2_stream.c ---- */
+void st_start(h2stream_t *st);                     /* the request head is complete: route it, queue it upstream */
+int st_pump(h2stream_t *st);                       /* moves bytes both ways; 1 if anything moved */
+void st_respond(h2stream_t *st, int status, const char *body); /* a response made here */
+void st_free(h2conn_t *hc, h2stream_t *st, int ok);
+int st_data(h2stream_t *st, const uint8_t *data, size_t len); /* request DATA toward the backend */
+int st_end(h2stream_t *st);                                   /* the client ended the request */
+extern const up_ops_t h2_up_ops;
 #endif

@@ -186,14 +186,9 @@ static int parse_target(const char *buf, size_t ts, size_t te, l7_req_t *r)
     return 0;
 }
 
-int l7_parse_request(const char *buf, size_t len, l7_req_t *r)
+/* METHOD SP request-target SP HTTP/1.x, the line being buf[0..ll). */
+static int parse_request_line(const char *buf, size_t ll, l7_req_t *r)
 {
-    int bare_lf;
-    int head = find_head(buf, len, 0, &bare_lf);
-    if (head <= 0)
-        return head;
-    size_t first;
-    size_t ll = line_at(buf, 0, (size_t)head, &first);
     size_t m = 0;
     while (m < ll && TCHAR[(unsigned char)buf[m]])
         m++;
@@ -202,23 +197,24 @@ int l7_parse_request(const char *buf, size_t len, l7_req_t *r)
     size_t ts = m + 1, te = ts;
     while (te < ll && (unsigned char)buf[te] > 0x20 && (unsigned char)buf[te] < 0x7f)
         te++;
-    if (te == ts || te >= ll || buf[te] != ' ')
-        return L7_BAD;
-    if (parse_target(buf, ts, te, r) < 0)
-        return L7_BAD;
-    if (parse_version(buf + te + 1, ll - te - 1, &r->minor) < 0)
+    if (te == ts || te >= ll || buf[te] != ' ' || parse_target(buf, ts, te, r) < 0 ||
+        parse_version(buf + te + 1, ll - te - 1, &r->minor) < 0)
         return L7_BAD;
     r->method_len = (uint16_t)m;
     r->target_off = (uint16_t)ts;
     r->target_len = (uint16_t)(te - ts);
     r->is_head = m == 4 && memcmp(buf, "HEAD", 4) == 0;
-    int rc = parse_headers(buf, first, (size_t)head, r->hdr, &r->nhdr);
-    if (rc < 0)
-        return rc;
+    return 0;
+}
+
+/* The fields the proxy acts on: framing (one Content-Length or "chunked", never both), Host (exactly one for
+ * HTTP/1.1), Connection tokens, the first X-Forwarded-For. */
+static int request_fields(const char *buf, l7_req_t *r)
+{
+    int te_seen = 0;
     r->content_length = -1;
     r->chunked = r->conn_close = r->conn_keepalive = r->conn_upgrade = 0;
     r->host_idx = r->xff_idx = -1;
-    int te_seen = 0;
     for (int i = 0; i < r->nhdr; i++) {
         const l7_hdr_t *h = &r->hdr[i];
         const char *v = buf + h->val_off;
@@ -235,16 +231,31 @@ int l7_parse_request(const char *buf, size_t len, l7_req_t *r)
             r->host_idx = i;
         } else if (name_is(buf, h, "connection", 10)) {
             conn_tokens(v, h->val_len, &r->conn_close, &r->conn_keepalive, &r->conn_upgrade);
-        } else if (name_is(buf, h, "x-forwarded-for", 15)) {
-            if (r->xff_idx < 0)
-                r->xff_idx = i;
+        } else if (name_is(buf, h, "x-forwarded-for", 15) && r->xff_idx < 0) {
+            r->xff_idx = i;
         }
     }
-    if (te_seen && (r->content_length >= 0 || r->minor == 0))
-        return L7_BAD;
-    if (r->minor == 1 && r->host_idx < 0)
+    if ((te_seen && (r->content_length >= 0 || r->minor == 0)) || (r->minor == 1 && r->host_idx < 0))
         return L7_BAD;
     r->chunked = te_seen;
+    return 0;
+}
+
+int l7_parse_request(const char *buf, size_t len, l7_req_t *r)
+{
+    int bare_lf;
+    int head = find_head(buf, len, 0, &bare_lf);
+    if (head <= 0)
+        return head;
+    size_t first;
+    size_t ll = line_at(buf, 0, (size_t)head, &first);
+    if (parse_request_line(buf, ll, r) < 0)
+        return L7_BAD;
+    int rc = parse_headers(buf, first, (size_t)head, r->hdr, &r->nhdr);
+    if (rc < 0)
+        return rc;
+    if (request_fields(buf, r) < 0)
+        return L7_BAD;
     r->head_len = (size_t)head;
     return head;
 }
@@ -312,104 +323,82 @@ static int hexval(char c)
 
 ssize_t l7_chunk_feed(l7_chunk_t *c, const char *buf, size_t len, int *done)
 {
+    return l7_chunk_decode(c, buf, len, NULL, 0, NULL, done);
+}
+
+/* One byte of everything but chunk data: the next state, or -1 when it is malformed. */
+static int ck_byte(l7_chunk_t *c, char ch)
+{
+    int h;
+    switch (c->state) {
+    case CK_SIZE:
+        if ((h = hexval(ch)) >= 0) {
+            c->remaining = c->remaining * 16 + (uint64_t)h;
+            return ++c->digits > 15 ? -1 : CK_SIZE;
+        }
+        if (c->digits == 0)
+            return -1;
+        return ch == '\r' ? CK_SIZE_LF : (ch == ';' || ch == ' ' || ch == '\t') ? CK_EXT : -1;
+    case CK_EXT:
+        if (ch == '\n' || ((unsigned char)ch < 0x20 && ch != '\t' && ch != '\r'))
+            return -1;
+        return ch == '\r' ? CK_SIZE_LF : CK_EXT;
+    case CK_SIZE_LF:
+        return ch != '\n' ? -1 : c->remaining ? CK_DATA : CK_TR_START;
+    case CK_DATA_CR:
+        return ch == '\r' ? CK_DATA_LF : -1;
+    case CK_DATA_LF:
+        c->digits = 0;
+        c->remaining = 0;
+        return ch == '\n' ? CK_SIZE : -1;
+    case CK_TR_START: /* a trailer line (at most 64) or the final CRLF */
+        if (ch == '\r')
+            return CK_END_LF;
+        return c->digits++ > 64 ? -1 : CK_TR_LINE;
+    case CK_TR_LINE:
+        return ch == '\n' ? -1 : ch == '\r' ? CK_TR_LF : CK_TR_LINE;
+    case CK_TR_LF:
+        return ch == '\n' ? CK_TR_START : -1;
+    case CK_END_LF:
+        return ch == '\n' ? CK_DONE : -1;
+    }
+    return -1;
+}
+
+/* Chunk data at buf[0..n): how much of it belongs to the current chunk (and fits in out). */
+static size_t ck_data(l7_chunk_t *c, const char *buf, size_t n, char *out, size_t cap, size_t *olen)
+{
+    if (n > c->remaining)
+        n = (size_t)c->remaining;
+    if (out && n > cap - *olen)
+        n = cap - *olen;
+    if (out) {
+        memcpy(out + *olen, buf, n);
+        *olen += n;
+    }
+    c->remaining -= n;
+    if (c->remaining == 0)
+        c->state = CK_DATA_CR;
+    return n;
+}
+
+ssize_t l7_chunk_decode(l7_chunk_t *c, const char *buf, size_t len, char *out, size_t cap, size_t *olen, int *done)
+{
     size_t i = 0;
-    *done = 0;
-    while (i < len) {
-        char ch = buf[i];
-        switch (c->state) {
-        case CK_SIZE: {
-            int h = hexval(ch);
-            if (h >= 0) {
-                if (c->digits >= 15)
-                    return -1;
-                c->remaining = c->remaining * 16 + (uint64_t)h;
-                c->digits++;
-                i++;
-                break;
-            }
-            if (c->digits == 0)
-                return -1;
-            if (ch == '\r') {
-                c->state = CK_SIZE_LF;
-            } else if (ch == ';' || ch == ' ' || ch == '\t') {
-                c->state = CK_EXT;
-            } else {
-                return -1;
-            }
-            i++;
-            break;
-        }
-        case CK_EXT:
-            if (ch == '\r')
-                c->state = CK_SIZE_LF;
-            else if (ch == '\n' || ((unsigned char)ch < 0x20 && ch != '\t'))
-                return -1;
-            i++;
-            break;
-        case CK_SIZE_LF:
-            if (ch != '\n')
-                return -1;
-            i++;
-            c->state = c->remaining ? CK_DATA : CK_TR_START;
-            break;
-        case CK_DATA: {
-            size_t n = len - i;
-            if (n > c->remaining)
-                n = (size_t)c->remaining;
-            c->remaining -= n;
+    *done = c->state == CK_DONE;
+    while (i < len && !*done) {
+        if (c->state == CK_DATA) {
+            size_t n = ck_data(c, buf + i, len - i, out, cap, olen);
+            if (n == 0)
+                break; /* out is full */
             i += n;
-            if (c->remaining == 0)
-                c->state = CK_DATA_CR;
-            break;
+            continue;
         }
-        case CK_DATA_CR:
-            if (ch != '\r')
-                return -1;
-            c->state = CK_DATA_LF;
-            i++;
-            break;
-        case CK_DATA_LF:
-            if (ch != '\n')
-                return -1;
-            c->state = CK_SIZE;
-            c->digits = 0;
-            c->remaining = 0;
-            i++;
-            break;
-        case CK_TR_START:
-            if (ch == '\r') {
-                c->state = CK_END_LF;
-            } else {
-                if (c->digits++ > 64) /* at most 64 trailer lines */
-                    return -1;
-                c->state = CK_TR_LINE;
-            }
-            i++;
-            break;
-        case CK_TR_LINE:
-            if (ch == '\r')
-                c->state = CK_TR_LF;
-            else if (ch == '\n')
-                return -1;
-            i++;
-            break;
-        case CK_TR_LF:
-            if (ch != '\n')
-                return -1;
-            c->state = CK_TR_START;
-            i++;
-            break;
-        case CK_END_LF:
-            if (ch != '\n')
-                return -1;
-            c->state = CK_DONE;
-            i++;
-            *done = 1;
-            return (ssize_t)i;
-        default:
-            *done = 1;
-            return (ssize_t)i;
-        }
+        int next = ck_byte(c, buf[i++]);
+        if (next < 0)
+            return -1;
+        c->state = next;
+        *done = next == CK_DONE;
     }
     return (ssize_t)i;
 }
