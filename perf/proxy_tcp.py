@@ -3,7 +3,8 @@
 iperf3 client on core 0; the proxy under test and the iperf3 server on core 1; one proxy thread each. The zlayer
 proxy runs standalone in a child process from a static backend (no daemon). Rounds alternate zlayer and HAProxy (the
 order flips each round) so that drifting load on the shared machine hits both alike; each round gives one ratio of
-the two runs side by side, and the median over rounds is the figure. Nothing connects to a port before a measured run
+the two runs side by side (short runs, many rounds: a pair sees the same load), and the median over rounds is the
+figure. Nothing connects to a port before a measured run
 (listeners are found in /proc/net): iperf3's server takes one client at a time, and a probe through a proxy used to
 leave it answering the next real client with "unable to receive parameters from client".
 
@@ -25,8 +26,8 @@ from pathlib import Path
 
 from benchlib import cpu_seconds, free_port, stop_all, wait_listening
 
-SECONDS = int(os.environ.get("PERF_SECONDS", "5"))
-ROUNDS = int(os.environ.get("PERF_ROUNDS", "5"))
+SECONDS = int(os.environ.get("PERF_SECONDS", "3"))
+ROUNDS = int(os.environ.get("PERF_ROUNDS", "9"))
 
 
 def iperf(port: int) -> float:
