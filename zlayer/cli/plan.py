@@ -129,11 +129,17 @@ def _as_json(data: dict[str, Any], path: str) -> dict[str, Any]:
 
 def run(spec_path: str | None, output: str = "text") -> int:
     """Check the spec (auto-discovered when ``spec_path`` is None), print the verdict; returns the exit code."""
-    from zlayer.spec.discovery import discover_spec_path
+    import os
+
     from zlayer.spec.loader import check_spec
 
     try:
-        path = discover_spec_path(spec_path)
+        if spec_path is not None and os.path.isfile(spec_path) and os.path.normpath(spec_path) == spec_path:
+            path = spec_path  # a plain file name is used as given, as discovery would (which imports pathlib)
+        else:
+            from zlayer.spec.discovery import discover_spec_path
+
+            path = str(discover_spec_path(spec_path))
         _, data = check_spec(path)
     except ZLayerError as err:
         problems = list(getattr(err, "problems", []) or [])

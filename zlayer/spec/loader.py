@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import typing
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -517,14 +516,15 @@ def parse_spec(text: str, source: str = "<string>") -> DeploymentSpec:
 
 def read_spec_text(path: str | os.PathLike[str]) -> tuple[str, str]:
     """Resolve ``path`` (a file, or a directory holding exactly one spec) and read it: (source name, text)."""
-    p = Path(path)
-    if p.is_dir():
+    # (os.path, not pathlib: importing pathlib is a tenth of a `zlayer validate FILE`)
+    p = os.fspath(path)
+    if os.path.isdir(p):
         from zlayer.spec.discovery import discover_spec_path
 
-        p = discover_spec_path(None, cwd=p)
-    source = str(path) if not Path(path).is_dir() else str(p)
+        p = os.fspath(discover_spec_path(None, cwd=p))
+    source = p
     try:
-        with p.open("rb") as f:
+        with open(p, "rb") as f:
             raw = f.read(MAX_SPEC_BYTES + 1)  # a FIFO or /dev/zero must not fill memory
     except FileNotFoundError:
         raise SpecError(f"{source}: spec file not found", where=None) from None
