@@ -36,6 +36,7 @@ MANIFEST_ACCEPT = ", ".join(
     ]
 )
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+MAX_TOKEN_BYTES = 1 << 20  # a token answer is a few KiB; containers/image reads 1 MiB at most
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
 Progress = Callable[[str, int, int], None]  # (digest, bytes done, total)
 
@@ -224,11 +225,14 @@ class RegistryClient:
                         _describe_status(resp.status, f"{what}: token{who}", f"the token service {realm}"),
                         hint=None if self.credentials else "pass -u/-p or docker login",
                     )
-                body = await resp.json(content_type=None)
+                raw = await self._read_at_most(resp, MAX_TOKEN_BYTES + 1, f"{what}: the token service {realm}")
         except aiohttp.ClientError as e:
             raise RegistryError(f"{what}: cannot reach the token service {realm}: {e}") from e
-        token = body.get("token") or body.get("access_token")
-        if not token:
+        if len(raw) > MAX_TOKEN_BYTES:
+            raise AuthError(f"{what}: the token service {realm} answered more than {size_text(MAX_TOKEN_BYTES)}")
+        body = parse_json(raw, f"{what}: the token service {realm}")
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+        if not token or not isinstance(token, str):
             raise AuthError(f"{what}: the token service {realm} returned no token")
         self._tokens[scope] = token
 

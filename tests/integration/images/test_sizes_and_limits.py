@@ -256,3 +256,37 @@ def test_daemon_serve_max_layer_size_refuses_a_bomb_it_pulls_and_says_so_in_the_
         assert status == 200 and answer["id"].startswith("sha256:"), answer
         listed = {i["reference"]: i["id"] for i in node.api("GET", "/api/v1/images")}
         assert listed[f"{host}/svc/httpd:v1"] == answer["id"] and bomb.reference not in listed
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [(b"[" * 100_000, "not accepted as JSON"), (b"x" * (2 << 20), "more than 1 MiB"), (b'{"token": 5}', "no token")],
+    ids=["deep", "huge", "not-a-token"],
+)
+def test_token_service_answering_junk_is_one_clear_error(tmp_path: Path, answer: bytes, said: str) -> None:
+    from aiohttp import web
+
+    from tests.fixtures.images_peers import _Loop, _serve, free_port
+    from zlayer.errors import ZLayerError
+
+    port = free_port()
+    challenge = f'Bearer realm="http://127.0.0.1:{port}/token",service="junk"'
+
+    async def v2(request: web.Request) -> web.Response:
+        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(body=answer)
+
+    app = web.Application()
+    app.router.add_get("/v2/{tail:.*}", v2)
+    app.router.add_get("/token", token)
+    loop = _Loop()
+    runner = loop.run(_serve(app, port))
+    try:
+        with pytest.raises(ZLayerError) as err:
+            asyncio.run(pull(ImageStore(tmp_path / "images"), f"127.0.0.1:{port}/junk/image:1", policy="always"))
+        assert f"the token service http://127.0.0.1:{port}/token" in str(err.value) and said in str(err.value)
+    finally:
+        loop.run(runner.cleanup())
+        loop.close()
