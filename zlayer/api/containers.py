@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response, WebSocket
+from fastapi import APIRouter, Depends, Query, Response, WebSocket
 from fastapi.responses import PlainTextResponse
 
 from zlayer.agent.specview import service_view
 from zlayer.api import exec_stream
 from zlayer.api.context import ApiContext, ctx
 from zlayer.api.models import (
+    U32_MAX,
     ContainerExecRequest,
     ContainerExecResponse,
     ContainerHealthInfo,
@@ -105,7 +106,9 @@ async def port_container(id: str, c: ApiContext = Depends(ctx)) -> dict[str, Any
 
 
 @router.get("/{id}/logs", response_class=PlainTextResponse, summary="A container's output.")
-async def container_logs(id: str, tail: int | None = None, c: ApiContext = Depends(ctx)) -> PlainTextResponse:
+async def container_logs(
+    id: str, tail: Annotated[int | None, Query(ge=0, le=U32_MAX)] = None, c: ApiContext = Depends(ctx)
+) -> PlainTextResponse:
     await _record(c, id)
     lines = [f"[{ln.stream}] {ln.message}\n" async for ln in c.runtime.logs(ContainerId.parse(id), tail=tail)]
     return PlainTextResponse("".join(lines))

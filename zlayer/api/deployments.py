@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from zlayer.agent.specview import service_view
 from zlayer.api.context import ApiContext, ctx, until_closing
 from zlayer.api.models import (
+    SEQ_MAX,
     CreateDeploymentRequest,
     DeploymentDetails,
     DeploymentSummary,
@@ -100,7 +102,7 @@ async def get_deployment_spec(name: str, c: ApiContext = Depends(ctx)) -> Stored
     summary="Deployment events: Server-Sent Events, or a JSON list with follow=false.",
 )
 async def deployment_events(
-    name: str, after: int = 0, follow: bool = True, c: ApiContext = Depends(ctx)
+    name: str, after: Annotated[int, Query(ge=0, le=SEQ_MAX)] = 0, follow: bool = True, c: ApiContext = Depends(ctx)
 ) -> StreamingResponse | JSONResponse:
     await _get(c, name)
     if not follow:

@@ -23,7 +23,7 @@ from zlayer.api.app import error_body
 from zlayer.api.context import ApiContext
 from zlayer.api.models import ExecStreamRequest
 from zlayer.errors import UsageError, ZLayerError
-from zlayer.limits import json_limit_problem
+from zlayer.limits import json_limit_problem, load_json
 from zlayer.runtime.protocol import ContainerId, ExecSession
 from zlayer.state import ContainerRecord
 
@@ -90,6 +90,6 @@ async def _feed(ws: WebSocket, session: ExecSession) -> None:
         if data is not None and data[:1] == STDIN:
             await (session.write(data[1:]) if len(data) > 1 else session.close_stdin())
         elif text:
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                rows, cols = json.loads(text)["resize"]
+            with contextlib.suppress(ZLayerError, ValueError, TypeError, KeyError):
+                rows, cols = load_json(text, where="resize frame")["resize"]
                 session.resize(int(rows), int(cols))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
 
 from zlayer.api.context import ApiContext, ctx
 from zlayer.api.models import (
+    U32_MAX,
     CronJobResponse,
     CronStatusResponse,
     JobExecutionResponse,
@@ -47,7 +50,10 @@ async def trigger_job(name: str, deployment: str | None = None, c: ApiContext = 
 
 @router.get("/api/v1/jobs/{name}/executions", response_model=list[JobExecutionResponse])
 async def list_executions(
-    name: str, limit: int = 100, status: str | None = None, c: ApiContext = Depends(ctx)
+    name: str,
+    limit: Annotated[int, Query(ge=0, le=U32_MAX)] = 100,
+    status: str | None = None,
+    c: ApiContext = Depends(ctx),
 ) -> list[JobExecutionResponse]:
     out = await c.store.list_job_executions(name, limit=limit)
     return [_execution(e) for e in out if status is None or e.status == status]

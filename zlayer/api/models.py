@@ -6,6 +6,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+U32_MAX = 2**32 - 1
+"""ZLayer's counts (replicas, limits, line counts) are u32: a number past it is a 400, never a value SQLite or the
+agent cannot hold."""
+SEQ_MAX = 2**63 - 1
+"""Event sequence numbers are SQLite integers (i64)."""
+
 
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable error code")
@@ -87,7 +93,7 @@ class ServiceDetails(ServiceSummary):
 
 
 class ScaleRequest(BaseModel):
-    replicas: int = Field(ge=0)
+    replicas: int = Field(ge=0, le=U32_MAX)
 
 
 class ContainerHealthInfo(BaseModel):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, WebSocket
+from fastapi import APIRouter, Depends, Query, WebSocket
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from zlayer.agent.specview import service_view
@@ -13,6 +14,7 @@ from zlayer.api import exec_stream
 from zlayer.api.containers import container_info, exec_response
 from zlayer.api.context import ApiContext, ctx, until_closing
 from zlayer.api.models import (
+    U32_MAX,
     ContainerExecRequest,
     ContainerExecResponse,
     ContainerInfo,
@@ -96,7 +98,7 @@ async def scale_service(
 async def get_service_logs(
     deployment: str,
     service: str,
-    lines: int = 100,
+    lines: Annotated[int, Query(ge=0, le=U32_MAX)] = 100,
     follow: bool = False,
     instance: str | None = None,
     c: ApiContext = Depends(ctx),

@@ -104,3 +104,25 @@ def test_any_spec_text_submitted_is_a_clear_answer(daemon_process: Any, spec: st
     else:  # a valid spec got through: take it down again so nothing runs on
         assert send(d, "DELETE", f"/api/v1/deployments/{urllib.parse.quote(answer['name'])}", b"", None)[0] == 204
     assert d.proc.poll() is None, d.read_log()
+
+
+QUERIES = [
+    "/api/v1/deployments/app/events?follow=false&after={}",
+    "/api/v1/jobs/app/executions?limit={}",
+    "/api/v1/deployments/app/services/web/logs?lines={}",
+    "/api/v1/containers/app-web-rep-1/logs?tail={}",
+]
+NUMBERS = st.integers() | st.integers(min_value=2**31, max_value=2**200) | st.integers(max_value=-(2**31))
+
+
+@BOUNDED
+@given(
+    template=st.sampled_from(QUERIES), number=NUMBERS | st.text(max_size=10) | st.sampled_from(["9" * 5000, "1e999"])
+)
+def test_any_number_in_a_query_is_a_clear_answer(daemon_process: Any, template: str, number: object) -> None:
+    d = getattr(daemon_process, "fuzzed", None) or daemon_process("fuzz")
+    daemon_process.fuzzed = d
+    value = str(number) if not isinstance(number, str) else number
+    status, raw = send(d, "GET", template.format(urllib.parse.quote(value.encode("utf-8", "surrogatepass"))), b"", None)
+    assert status < 500, (status, raw[:500])
+    assert d.proc.poll() is None, d.read_log()
