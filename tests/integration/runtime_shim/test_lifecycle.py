@@ -4,6 +4,7 @@ as the Linux runtime backend drives it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -363,3 +364,39 @@ def test_create_returns_under_uvloop_whose_pipes_leak_into_children(
         return status
 
     assert uvloop.run(go()) == shim.ExitStatus(4)
+
+
+def test_exec_tty_has_the_asked_size_before_the_process_starts(
+    runtime_shim_binary: Path, runtime_shim_root: Path, runtime_shim_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    bundle = runtime_shim_bundle(["sleep", "1000"])
+    sock_path = tmp_path / "console.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock_path))
+    server.listen(1)
+
+    async def go() -> str:
+        name = cid()
+        await shim.create(name, bundle, runtime_shim_root, None)
+        await shim.start(name, runtime_shim_root)
+        proc = await shim.exec(name, runtime_shim_root, ["stty", "size"], tty=True, console_socket=sock_path,
+                               console_size=(41, 133))  # fmt: skip
+        conn, _ = await asyncio.get_running_loop().run_in_executor(None, server.accept)
+        _, fds, _, _ = socket.recv_fds(conn, 16, 1)
+        conn.close()
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        out = b""
+        os.set_blocking(fds[0], False)
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(fds[0], 4096):
+                out += chunk
+        os.close(fds[0])
+        bad = subprocess.run([str(runtime_shim_binary), "exec", "--root", str(runtime_shim_root), "--tty",
+                              "--console-socket", str(sock_path), "--console-size", "0,80", name, "--", "true"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert bad.returncode == 2 and "--console-size must be ROWS,COLS" in bad.stderr, bad.stderr
+        await shim.delete(name, runtime_shim_root, force=True)
+        return out.decode()
+
+    assert asyncio.run(go()).split() == ["41", "133"]
+    server.close()
