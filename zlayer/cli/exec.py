@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -44,7 +45,7 @@ def exec_(
         size = shutil.get_terminal_size() if tty else None
         result: dict[str, Any] = await client.exec_attached(
             dep, service, list(cmd), output, replica=replica, stdin=_stdin_chunks() if attach else None, tty=tty,
-            size=(size.lines, size.columns) if size else None,
+            size=(size.lines, size.columns) if size else None, resizes=_resizes() if tty and _isatty(1) else None,
         )  # fmt: skip
         return result
 
@@ -82,6 +83,20 @@ async def _stdin_chunks() -> AsyncIterator[bytes]:
     threading.Thread(target=reader, name="exec stdin", daemon=True).start()
     while chunk := await queue.get():
         yield chunk
+
+
+async def _resizes() -> AsyncIterator[tuple[int, int]]:
+    """Our terminal's size each time it changes (SIGWINCH), for the remote one to follow."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[None] = asyncio.Queue()
+    loop.add_signal_handler(signal.SIGWINCH, queue.put_nowait, None)
+    try:
+        while True:
+            await queue.get()
+            size = shutil.get_terminal_size()
+            yield size.lines, size.columns
+    finally:
+        loop.remove_signal_handler(signal.SIGWINCH)
 
 
 @contextlib.contextmanager

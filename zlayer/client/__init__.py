@@ -59,6 +59,11 @@ async def _feed_stdin(ws: Any, chunks: AsyncIterator[bytes]) -> None:
     await ws.send(b"\x00")  # end of input
 
 
+async def _feed_resizes(ws: Any, sizes: AsyncIterator[tuple[int, int]]) -> None:
+    async for rows, cols in sizes:
+        await ws.send(json.dumps({"resize": [rows, cols]}))
+
+
 def _error_from(status: int, body: bytes, what: str) -> ZLayerError:
     try:
         data = load_json(body, where=what)
@@ -304,11 +309,12 @@ class Client:
         stdin: AsyncIterator[bytes] | None = None,
         tty: bool = False,
         size: tuple[int, int] | None = None,
+        resizes: AsyncIterator[tuple[int, int]] | None = None,
     ) -> dict[str, Any]:
         """Run ``cmd`` in a replica with its stdio attached (a WebSocket; see :mod:`zlayer.api.exec_stream`): each
         piece of output goes to ``output(stream, bytes)`` as it is written, ``stdin``'s chunks are its input (their
-        end is the input's end; ``None``: no input). ``tty`` runs it on a terminal of ``size`` (rows, columns).
-        Returns ``{exit_code, oom_killed}``."""
+        end is the input's end; ``None``: no input). ``tty`` runs it on a terminal of ``size`` (rows, columns),
+        resized to each of ``resizes`` as they come. Returns ``{exit_code, oom_killed}``."""
         from websockets.asyncio.client import connect, unix_connect
         from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -325,7 +331,9 @@ class Client:
         try:
             async with conn as ws:
                 await ws.send(json.dumps(first))
-                feeder = asyncio.ensure_future(_feed_stdin(ws, stdin)) if stdin is not None else None
+                feeders = [asyncio.ensure_future(_feed_stdin(ws, stdin))] if stdin is not None else []
+                if resizes is not None:
+                    feeders.append(asyncio.ensure_future(_feed_resizes(ws, resizes)))
                 try:
                     async for msg in ws:
                         if isinstance(msg, bytes):
@@ -336,7 +344,7 @@ class Client:
                             return dict(data)
                         raise _error_from(_STATUS_OF.get(data.get("error"), 500), msg.encode(), "exec")
                 finally:
-                    if feeder is not None:
+                    for feeder in feeders:
                         feeder.cancel()
         except InvalidStatus as e:
             raise _error_from(e.response.status_code, bytes(e.response.body or b""), "exec") from None

@@ -5,9 +5,12 @@ required at all; a client that goes away hangs the command up instead of leaving
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -99,3 +102,39 @@ def test_a_client_that_goes_away_hangs_the_command_up(daemon_live: LiveNode, dep
     cli.kill()
     cli.wait()
     node.wait_for(lambda: not running(), 30, "the command to be hung up")
+
+
+def test_the_terminal_follows_the_callers_resizes(daemon_live: LiveNode, deployed: str) -> None:
+    from zlayer.client import Client
+
+    out: list[bytes] = []
+    first_size_shown, resized = asyncio.Event(), asyncio.Event()
+
+    def output(_: str, data: bytes) -> None:
+        out.append(data)
+        if b"20 30" in b"".join(out):
+            first_size_shown.set()
+
+    async def sizes() -> AsyncIterator[tuple[int, int]]:
+        await first_size_shown.wait()
+        yield 50, 90
+        resized.set()  # the frame has been sent: what is typed next arrives after it
+        await asyncio.Event().wait()
+
+    async def typed() -> AsyncIterator[bytes]:
+        yield b"1\n"
+        await resized.wait()
+        yield b"2\n"
+
+    async def go() -> dict[str, Any]:
+        script = "read a; /bin/busybox stty size; read b; /bin/busybox stty size"
+        async with Client(data_dir=daemon_live.data, auto_start=False) as client:
+            res: dict[str, Any] = await client.exec_attached(
+                deployed, "web", ["/bin/sh", "-c", script], output, stdin=typed(), tty=True, size=(20, 30),
+                resizes=sizes(),
+            )  # fmt: skip
+            return res
+
+    assert asyncio.run(go()) == {"exit_code": 0, "oom_killed": False}
+    text = b"".join(out).decode()
+    assert text.split("\r\n") == ["1", "20 30", "2", "50 90", ""], text
