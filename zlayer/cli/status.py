@@ -55,7 +55,8 @@ def status(deployment: str | None, output: str) -> None:
         )
         for ct in d["containers"]:
             if ct["state"] in ("backoff", "failed", "exited") or ct.get("restarts") or ct.get("oom_killed"):
+                code = f", last exit code {ct['exit_code']}" if ct.get("exit_code") is not None else ""
                 click.echo(f"  {ct['id']}: {ct['state']}{', OOMKilled' if ct.get('oom_killed') else ''}, "
-                           f"restarts {ct.get('restarts', 0)}, last exit code {ct.get('exit_code')}")  # fmt: skip
+                           f"restarts {ct.get('restarts', 0)}{code}")  # fmt: skip
                 for line in (ct.get("last_error") or "").splitlines():
                     click.echo(f"    {line}")

@@ -89,6 +89,8 @@ def test_exec_killed_at_the_memory_limit_shows_oomkilled(daemon_live: LiveNode, 
     assert after["id"] == before["id"] and after["state"] == "running" and after["oom_killed"] is True, after
     assert json.loads(ok(node.zl("container", "inspect", after["id"])))["oom_killed"] is True
     assert "running (OOMKilled)" in ok(node.zl("ps", "-c", "--deployment", name))
+    status = ok(node.zl("status", name))
+    assert f"{after['id']}: running, OOMKilled, restarts 0\n" in status, status
     events = [e for e in node.events(name) if e["kind"] == "exec_oom_killed"]
     assert len(events) == 1 and after["id"] in events[0]["message"] and "OOMKilled" in events[0]["message"], events
 
