@@ -39,7 +39,7 @@ def test_standalone_serves_a_static_table(proxy_l7_nginx, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("{", "not JSON"),
+        ("{", "not valid JSON"),  # the words of zlayer.limits.load_json, which every JSON entry point uses
         ('{"routes": [{"key": "a"}]}', "routes[0]"),
         ('{"routes": [{"key": "a", "listen": "127.0.0.1:x"}]}', "routes[0].listen"),
         ('{"routes": [{"key": "a", "listen": "127.0.0.1:1", "backends": ["nohost"]}]}', "routes[0].backends[0]"),
