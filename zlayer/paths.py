@@ -104,15 +104,25 @@ class Paths:
 
     def make_private(self) -> None:
         """Create the data, run and log dirs closed to other users, and close what an older zlayer (or another
-        process) left open at their top level: directories to 0700, files to 0600 (the socket keeps its mode)."""
+        process) left open at their top level: directories to 0700, files to 0600 (the socket keeps its mode).
+        A directory others may write to (``--data-dir /tmp``) is refused, not closed: it is not zlayer's."""
+        for top in (self.data_dir, self.run_dir, self.log_dir):
+            with contextlib.suppress(FileNotFoundError):
+                if top.stat().st_mode & (stat.S_IWOTH | stat.S_ISVTX):
+                    from zlayer.errors import UsageError
+
+                    raise UsageError(f"{top} is writable by every user of this host: zlayer needs a directory of "
+                                     "its own", where=str(top), hint="pass --data-dir with a new one")  # fmt: skip
         private_dir(self.data_dir, PASSAGE_DIR)
         private_dir(self.run_dir, PASSAGE_DIR)
         private_dir(self.log_dir, PRIVATE_DIR)
+        me = os.geteuid()
         for top in {self.data_dir, self.run_dir, self.log_dir}:
             for entry in top.iterdir():
                 if entry in (self.run_dir, self.log_dir, self.socket):
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     st = entry.lstat()
-                    if (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)) and st.st_mode & 0o077:
+                    kind_ok = stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)
+                    if kind_ok and st.st_uid == me and st.st_mode & 0o077:
                         os.chmod(entry, stat.S_IMODE(st.st_mode) & ~0o077)
