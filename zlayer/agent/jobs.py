@@ -264,6 +264,8 @@ class JobManager:
         while True:
             try:
                 await self.tick()
+            except ZLayerError as e:  # the state cannot be written (a full disk): one line, and the next tick
+                log.warning("cron tick failed: %s", e)
             except Exception:  # the loop must survive one bad record
                 log.exception("cron tick failed")
             await asyncio.sleep(1.0 - (time.time() % 1.0) + 0.01)

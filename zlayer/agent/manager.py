@@ -645,7 +645,7 @@ class ServiceManager:
             rec.state, rec.last_error = "failed", f"could not be removed: {errors[0]}"
             with contextlib.suppress(ZLayerError):
                 await self.store.put_container(rec)
-            await self._event(rec.deployment, "replica_remove_failed", f"{rec.id}: {errors[0]}")
+            await self._event(rec.deployment, "replica_remove_failed", with_context(rec.id, errors[0]))
             err = errors[0]
             raise err if isinstance(err, ZLayerError) else RuntimeFailure(f"removing {rec.id}: {err}")
         await self.store.delete_container(rec.id)
@@ -721,7 +721,7 @@ class ServiceManager:
             rep.healthy = res.ok
             if rep.healthy != was:
                 rep.record.health = "healthy" if res.ok else "unhealthy"
-                await self.store.put_container(rep.record)
+                await self._save(rep.record)
                 await self._publish(rep.deployment, rep.service)
                 await self._event(rep.deployment, "health", f"{rep.key}: {rep.record.health} ({res.detail})")
             rep.health_changed.set()
@@ -773,7 +773,7 @@ class ServiceManager:
             if not self._should_restart(rep, code):
                 rep.record.state = "exited" if code == 0 else "failed"
                 rep.record.last_error = _exit_text(code, oom) + (f"; last lines:\n{tail}" if tail else "")
-                await self.store.put_container(rep.record)
+                await self._save(rep.record)
                 if self.metrics is not None:
                     self.metrics.container_state(rep.key, rep.record.state)
                 await self._event(rep.deployment, "replica_exited", f"{rep.key} {_exit_text(code, oom)}")
@@ -785,7 +785,7 @@ class ServiceManager:
             rep.record.last_error = f"{_exit_text(code, oom)}; restart {rep.record.restarts + 1} in {delay:.1f}s" + (
                 f"; last lines:\n{tail}" if tail else ""
             )
-            await self.store.put_container(rep.record)
+            await self._save(rep.record)
             await self._event(
                 rep.deployment, "replica_crashed", f"{rep.key} {_exit_text(code, oom)}; backoff {delay:.1f}s"
             )
@@ -798,15 +798,25 @@ class ServiceManager:
                 await self._create_and_start(rep)
                 await self._run_init(rep, phase="after")
                 rep.record.restarts += 1
-                await self.store.put_container(rep.record)
+                await self._save(rep.record)
                 if self.metrics is not None:
                     self.metrics.restart(rep.service.name)
                 await self._event(rep.deployment, "replica_restarted", f"{rep.key} restarted")
-            except ZLayerError as e:
+            except (ZLayerError, OSError) as exc:  # a full disk too: said, and tried again after the backoff
+                e = exc if isinstance(exc, ZLayerError) else from_os_error(exc, f"restarting {rep.key}") or exc
                 rep.record.restarts += 1
                 rep.record.last_error = f"restart failed: {e}"
-                await self.store.put_container(rep.record)
+                await self._save(rep.record)
                 # wait() on a container that never started returns at once; the backoff above paces retries
+
+    async def _save(self, rec: ContainerRecord) -> None:
+        """Write a replica's record from the loops that watch it. A state that cannot be written (a full disk) is
+        logged in one line and the loop goes on: the record in memory stays right and is written with the next
+        change, where a raised error would have ended the replica's supervision."""
+        try:
+            await self.store.put_container(rec)
+        except ZLayerError as e:
+            log.warning("replica %s: its record was not written: %s", rec.id, e)
 
     async def _tail(self, cid: ContainerId, n: int) -> list[str]:
         out: list[str] = []

@@ -1,7 +1,8 @@
 """A full disk under the data dir (a small tmpfs, filled up) against a live daemon: deploy and down answer what
 happened in one clear message (what could not be written, that the disk is full, where), the daemon logs no
 traceback and keeps serving, and the state stays what the answers said. Before: "OperationalError: database or disk
-is full", two tracebacks in the log, and a down that reported failure after it had removed the deployment."""
+is full", two tracebacks in the log, a down that reported failure after it had removed the deployment, and a replica
+that died on a full disk was never restarted (its supervision ended on the failed write)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,7 +106,19 @@ def test_a_full_disk_is_a_clear_answer_and_the_state_matches_it(
         assert "the disk is full" in out and "OperationalError" not in out, out
         assert deployments(d)["first"]["status"] == "running" and replica_answers(port), out
 
+    # the replica dies while nothing can be written: its supervision goes on and brings it back once there is room
+    pid = int((d.data_dir / "host-containers" / "web-rep-1" / "pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert d.proc.poll() is None, d.read_log()
+        time.sleep(0.2)
     filler.unlink()
+    deadline = time.monotonic() + 60
+    while not replica_answers(port):
+        assert time.monotonic() < deadline, d.read_log()
+        time.sleep(0.2)
+
     r = zl(d, "down", "first")
     assert r.returncode == 0, r.stdout + r.stderr
     assert deployments(d) == {} and not replica_answers(port)
