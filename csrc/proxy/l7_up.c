@@ -176,6 +176,8 @@ void up_event(upstream_t *u, uint32_t ev)
         if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
             pool_remove(u->w, u);
             up_close(u);
+        } else if (ev & EPOLLOUT) {
+            u->wr = 1; /* the edge comes once: the next request on it must know */
         }
         return;
     }
