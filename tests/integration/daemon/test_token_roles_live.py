@@ -4,6 +4,7 @@ scale included — and nothing changes on the node; an operator token may write.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -24,6 +25,25 @@ BODIES: dict[str, Any] = {
 }
 
 
+def _websocket_exec(node: LiveNode, path: str, token: str, command: list[str]) -> tuple[int | None, str]:
+    """An attached exec over TCP as ``zlayer exec -i`` opens it: (close code, reason), or (None, first frame)."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    def go() -> tuple[int | None, str]:
+        url = f"ws://127.0.0.1:{node.api_port}{path}"
+        try:
+            with connect(url, additional_headers={"Authorization": f"Bearer {token}"}, proxy=None) as ws:
+                ws.send(json.dumps({"command": command}))
+                return None, str(ws.recv(timeout=30))
+        except ConnectionClosed as e:
+            return (e.rcvd.code, e.rcvd.reason) if e.rcvd else (None, "closed")
+        except InvalidStatus as e:
+            return e.response.status_code, "handshake refused"
+
+    return node.in_ns(go)
+
+
 def _token(node: LiveNode, roles: str) -> str:
     r = node.zl("token", "create", "--roles", roles, "--subject", f"ci-{roles}", "--quiet")
     assert r.returncode == 0, r.stderr
@@ -42,8 +62,13 @@ def test_a_reader_token_reads_and_is_refused_every_write_and_exec(
     routes = list(app_routes(create_app(None)))  # type: ignore[arg-type]
     assert len([r for r in routes if r.method not in ("GET", "HEAD")]) >= 10
 
+    assert "WEBSOCKET" in {r.method for r in routes}  # exec with stdin attached
     for route in routes:
         target = route.target(values)
+        if route.method == "WEBSOCKET":
+            code, reason = _websocket_exec(node, target, reader, ["/bin/sh", "-c", "echo ws > /pwned"])
+            assert code in (1008, 403), (route.path, code, reason)
+            continue
         if route.method in ("GET", "HEAD"):
             status, _, body = node.tcp(route.method, f"{target}?follow=false", reader)
             assert status not in (401, 403) and status < 500, (route.method, route.path, status, body)
@@ -64,6 +89,8 @@ def test_a_reader_token_reads_and_is_refused_every_write_and_exec(
     assert status == 200 and body["desired_replicas"] == 2, body
     status, _, body = node.tcp("POST", "/api/v1/containers/web-rep-1/exec", operator, {"command": ["id", "-u"]})
     assert status == 200 and body["stdout"].strip() == "0", body
+    code, first = _websocket_exec(node, "/api/v1/containers/web-rep-1/exec", operator, ["id", "-u"])
+    assert code is None and first, first  # the attached exec runs for an operator
 
 
 def test_the_cli_with_a_reader_token_says_it_may_not(daemon_live: LiveNode, daemon_live_names: list[str]) -> None:

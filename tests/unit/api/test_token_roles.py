@@ -17,6 +17,7 @@ from zlayer.api import TokenAuth, create_app
 from zlayer.api.app import PUBLIC_PATHS
 from zlayer.api.auth import READ_ONLY, create_token
 
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 SECRET = "s3cret"
 
 
@@ -25,24 +26,62 @@ def _app() -> FastAPI:
     return create_app(None)  # type: ignore[arg-type]
 
 
-def _send(app: Any, requests: list[tuple[str, str]], roles: list[str]) -> list[httpx.Response]:
+class _Answer:
+    """An HTTP response, or for a WebSocket sent an exec request: 403 when it was closed with 1008 (refused), else
+    the code it was closed with or 101 when it answered."""
+
+    def __init__(self, status_code: int, body: Any = None) -> None:
+        self.status_code, self._body = status_code, body
+
+    def json(self) -> Any:
+        return self._body
+
+    @property
+    def text(self) -> str:
+        return str(self._body)
+
+
+def _websocket(app: Any, path: str, token: str) -> _Answer:
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    with TestClient(TokenAuth(app, SECRET), raise_server_exceptions=False) as client:
+        try:
+            with client.websocket_connect(path, headers={"Authorization": f"Bearer {token}"}) as ws:
+                ws.send_text('{"command": ["true"]}')
+                message = ws.receive()
+        except WebSocketDisconnect as e:
+            return _Answer(403 if e.code == 1008 else e.code, e.reason)
+        except Exception as e:  # past authorization, the route fails without a daemon behind it
+            return _Answer(500, repr(e))
+    if message["type"] == "websocket.close":
+        return _Answer(403 if message.get("code") == 1008 else message.get("code", 1000), message.get("reason"))
+    return _Answer(101, message)
+
+
+def _send(app: Any, requests: list[tuple[str, str]], roles: list[str]) -> list[Any]:
     token = create_token(SECRET, "someone", 60, roles)
 
-    async def go() -> list[httpx.Response]:
+    async def go() -> list[Any]:
         transport = httpx.ASGITransport(app=TokenAuth(app, SECRET), raise_app_exceptions=False)
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://zlayer", headers=headers) as c:
-            return [await c.request(m, p, json={} if m != "GET" else None) for m, p in requests]
+            return [await c.request(m, p, json={} if m != "GET" else None) for m, p in requests if m != "WEBSOCKET"]
 
-    return asyncio.run(go())
+    http = iter(asyncio.run(go()))
+    return [_websocket(app, p, token) if m == "WEBSOCKET" else next(http) for m, p in requests]
 
 
 def test_a_reader_token_is_refused_every_write_route_with_zlayers_error_shape() -> None:
     app = _app()
     writes = [(r.method, r.target({})) for r in app_routes(app) if r.method not in ("GET", "HEAD")]
     assert len(writes) >= 10, writes
+    assert "WEBSOCKET" in {m for m, _ in writes}  # exec with stdin is one
     for (method, path), resp in zip(writes, _send(app, writes, ["reader"]), strict=True):
         assert resp.status_code == 403, (method, path, resp.status_code, resp.text)
+        if method == "WEBSOCKET":
+            assert "may only read" in resp.text and "operator" in resp.text, resp.text
+            continue
         body = resp.json()
         assert body["error"] == "forbidden" and body["code"] == "forbidden", body
         assert "operator" in body["message"] and "reader" in body["message"], body
@@ -113,7 +152,6 @@ def test_openapi_declares_the_bearer_scheme_on_every_operation_but_the_public_on
     assert seen >= 30
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_a_websocket_needs_a_token_and_a_writing_role() -> None:
     from starlette.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
