@@ -80,10 +80,8 @@ def serve(
         acme_directory=acme_directory,
         max_layer_size=max_layer_size,
         max_image_size=max_image_size,
+        chosen=not os.environ.get("ZLAYER_SPAWNER_PID"),  # ZLayer's mark of a daemon a client started
     )
-    if not os.environ.get("ZLAYER_SPAWNER_PID"):  # chosen by the operator, not a client's auto-start
-        cfg.paths.make_private()
-        cfg.remember()
     if background:
         from zlayer.daemon import serve_background
 

@@ -26,6 +26,7 @@ class DaemonConfig:
     acme_directory: str | None = None
     max_layer_size: str | None = None  # what one image layer may unpack to (Ki..Ti); None: env or 64Gi
     max_image_size: str | None = None  # what all layers of an image may unpack to; None: env or 256Gi
+    chosen: bool = False  # the operator started it (not a client's auto-start): once it listens, remember() it
 
     @property
     def state_db(self) -> Path:

@@ -199,6 +199,8 @@ class Daemon:
                 if t.done() and t.exception():
                     raise DaemonError(f"API listener failed: {t.exception()}")
             write_json_atomic(cfg.daemon_json, self._info())
+            if cfg.chosen:  # it listens: from now on a daemon a client starts for this data dir starts like this one
+                cfg.remember()
             if network is not None and hasattr(network, "restore"):
                 await network.restore()
             await jobs.restore()

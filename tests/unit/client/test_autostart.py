@@ -88,6 +88,9 @@ def test_after_a_crash_a_command_starts_the_daemon_as_zlayer_serve_was_last_star
     r = zl(data, "serve", "--daemon", "--bind", f"127.0.0.1:{port}", "--deployment-name", "prod")
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE((data / "serve.json").stat().st_mode) == 0o600
+    refused = zl(data, "serve", "--bind", f"127.0.0.1:{free_port()}")  # one runs already: this one never listens
+    assert refused.returncode != 0 and "already uses" in refused.stderr, refused.stderr
+    assert json.loads((data / "serve.json").read_text())["bind"] == f"127.0.0.1:{port}"
     crashed = daemon_pid(data)
     os.kill(crashed, signal.SIGKILL)
     while Path(f"/proc/{crashed}").exists() and Path(f"/proc/{crashed}/stat").read_text().split()[2] != "Z":
