@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -218,8 +219,6 @@ class ImageStore:
         path = self.blob_path(digest)
         if not path.exists():
             self._write_atomic(path, data)
-            if lease is not None:
-                lease.added(digest)
         return digest
 
     def put_blob_stream(
@@ -261,8 +260,6 @@ class ImageStore:
         if lease is not None:
             lease.hold(digest)
         os.rename(path, self.blob_path(digest))
-        if lease is not None:
-            lease.added(digest)
 
     def check_blob(self, digest: str, size: int) -> None:
         """The blob ``digest`` in the store has this size and digest (before it is sent anywhere)."""
@@ -451,8 +448,6 @@ class ImageStore:
                     shutil.rmtree(final)  # a crash left a partial one
                 os.rename(work, final)
                 _fsync_dir(final.parent)
-            if lease is not None:
-                lease.added(*layer_keys([chain]))
         except ImageError as e:
             # The unpacker reports every OSError as a bad tarball; a full or broken disk is not the layer's fault.
             cause = e.__cause__
@@ -592,13 +587,17 @@ class ImageStore:
             # Work in progress of a running pull is young; anything older is a crash leftover.
             cutoff = time.time() - TMP_GRACE_SECONDS
             for tmp in (self.root / "tmp").iterdir():
-                if tmp.lstat().st_mtime > cutoff:
+                try:  # an import or pull at work removes its own files meanwhile
+                    st = tmp.lstat()
+                    if st.st_mtime > cutoff:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        trees.append(tmp)
+                    else:
+                        tmp.unlink()
+                        freed += st.st_size
+                except FileNotFoundError:
                     continue
-                if tmp.is_dir():
-                    trees.append(tmp)
-                else:
-                    freed += tmp.lstat().st_size
-                    tmp.unlink()
                 count += 1
         for tree in trees:
             shutil.rmtree(tree, ignore_errors=True)
@@ -606,19 +605,20 @@ class ImageStore:
 
 
 class Lease:
-    """What one import or pull in progress holds and has added to the store (containerd's leases).
+    """What one import or pull in progress holds in the store (containerd's leases).
 
-    Everything it will use is held before it looks whether the store has it, so neither ``prune`` nor another
-    operation's rollback can take it away meanwhile. The holds live in ``leases/<name>``, locked while the owner
-    lives: a lease whose owner died holds nothing. When the operation fails, what it added that no named image and
-    no other live lease refers to is removed again, so the store is as it was before (a pull's downloaded blobs go
-    back to tmp/ as partial downloads, which the next pull of them resumes, or ``prune`` collects).
+    Everything it will use or add is held before it looks whether the store has it, so neither ``prune`` nor another
+    lease's end can take it away meanwhile. The holds live in ``leases/<name>``, locked while the owner lives: a
+    lease whose owner died holds nothing. When the lease ends, what it held that no named image and no other live
+    lease refers to is removed: after a failure that is everything it brought, so the store is as it was (a pull's
+    downloaded blobs go back to tmp/ as partial downloads, which the next pull of them resumes, or ``prune``
+    collects); after a success, the intermediate blobs (a config that ``--change`` replaced).
     """
 
     def __init__(self, store: ImageStore, *, downloads: bool = False) -> None:
         self.store = store
         self.downloads = downloads
-        self._added: set[str] = set()
+        self._held: set[str] = set()
         leases = store.root / "leases"
         fd, tmp = tempfile.mkstemp(dir=leases, prefix=".new-")
         try:
@@ -640,40 +640,26 @@ class Lease:
         self.close()
 
     def close(self) -> None:
-        """End the lease, removing what it added that nothing refers to (all of it, when the operation failed)."""
-        if self._fd >= 0:
-            self.collect()
-            self.release()
+        """End the lease, removing what it held that no named image and no other live lease refers to. One step
+        under the store's lock: a lease that has collected but still shows its holds would keep another's garbage."""
+        if self._fd < 0:
+            return
+        with self.store.lock():
+            gone = self._held - self.store._in_use(skip=self)
+            trees = self.store._discard(gone, downloads=self.downloads)[2]
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = -1
+        self._held.clear()
+        for tree in trees:
+            shutil.rmtree(tree, ignore_errors=True)
 
     def hold(self, *keys: str) -> None:
         """Hold these blobs (by digest) and layers (by :func:`layer_keys`) until the lease ends."""
         data = "".join(f"{k}\n" for k in keys).encode()
         with self.store.lock():
             _write_all(self._fd, data, str(self.path))
-
-    def added(self, *keys: str) -> None:
-        """This operation put these blobs (digests) or layers (:func:`layer_keys`) into the store (held first)."""
-        self._added.update(keys)
-
-    def collect(self) -> None:
-        """Remove what this lease added and nothing else uses: everything it added when the operation failed, the
-        intermediate blobs of one that succeeded (a config that ``--change`` replaced)."""
-        trees: builtins.list[Path] = []
-        with self.store.lock():
-            gone = self._added - self.store._in_use(skip=self)
-            trees = self.store._discard(gone, downloads=self.downloads)[2]
-        self._added.clear()
-        for tree in trees:
-            shutil.rmtree(tree, ignore_errors=True)
-
-    def release(self) -> None:
-        """End the lease: what it held is up to the named images again."""
-        if self._fd < 0:
-            return
-        with self.store.lock():
-            self.path.unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = -1
+        self._held.update(keys)
 
 
 def _live_lease(path: Path) -> set[str] | None:

@@ -208,3 +208,62 @@ def test_prune_spares_what_a_live_import_holds_and_collects_it_once_its_owner_di
     store.prune()
     assert not store.has_blob(digest)
     assert list((store.root / "leases").iterdir()) == []
+
+
+def test_imports_failing_and_succeeding_at_once_with_a_prune_running_leave_exactly_the_good_images(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    from zlayer.images import import_archive
+
+    store = ImageStore(tmp_path / "images")
+    base = busybox_entries()
+    good = [oci_archive(tmp_path / f"good{i}.tar", [base, [Entry(f"g{i}", data=os.urandom(1 << 16))]])
+            for i in range(3)]  # fmt: skip
+    bad = [oci_archive(tmp_path / f"bad{i}.tar", [base, [Entry(f"b{i}", data=b"x")], [Entry("../out", data=b"x")]])
+           for i in range(3)]  # fmt: skip
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def prune_loop() -> None:
+        while not stop.is_set():
+            try:
+                store.prune()
+            except BaseException as e:
+                errors.append(e)
+                return
+
+    def run(archive: Path, tag: str, fails: bool) -> None:
+        for _ in range(3):
+            try:
+                import_archive(store, archive, tag=tag)
+                assert not fails, f"{archive} imported"
+            except ImageError as e:
+                if not fails:
+                    errors.append(e)
+            except BaseException as e:
+                errors.append(e)
+
+    pruner = threading.Thread(target=prune_loop)
+    workers = [threading.Thread(target=run, args=(a, f"race/good:{i}", False)) for i, a in enumerate(good)]
+    workers += [threading.Thread(target=run, args=(a, f"race/bad:{i}", True)) for i, a in enumerate(bad)]
+    pruner.start()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    pruner.join()
+    assert errors == []
+    want_blobs: set[str] = set()
+    want_layers: set[str] = set()
+    for i in range(3):
+        image = store.get(f"race/good:{i}")
+        assert (image.layer_dirs[0] / "bin" / "busybox").is_file() and (image.layer_dirs[1] / f"g{i}").is_file()
+        want_blobs |= {image.digest[7:], image.id[7:], *(d["digest"][7:] for d in image.manifest["layers"])}
+        want_layers |= {d.parent.name for d in image.layer_dirs}
+    assert set(snapshot(store.root)["blobs"]) == want_blobs
+    assert set(snapshot(store.root)["layers"]) == want_layers
+    assert list((store.root / "leases").iterdir()) == []
+    assert [p.name for p in (store.root / "tmp").iterdir()] == []
