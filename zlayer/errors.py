@@ -10,7 +10,11 @@ from __future__ import annotations
 import errno
 import os
 import re
-from typing import Any, Self
+
+TYPE_CHECKING = False  # (typing is imported for the type checker only: `zlayer validate` never loads it)
+if TYPE_CHECKING:
+    from typing import Any, Self
+
 
 # Characters a terminal acts on or hides: C0/C1 controls, DEL, and the bidirectional overrides and isolates that
 # reorder what is shown (the "Trojan Source" class). In a message they are written out, never passed through.

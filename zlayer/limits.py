@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any
 
 from zlayer.errors import UsageError, ZLayerError
+
+TYPE_CHECKING = False  # (typing is imported for the type checker only: `zlayer validate` never loads it)
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_NESTING = 128
 """Deepest nesting of arrays/objects (JSON) or sequences/mappings (YAML) accepted; serde's recursion limit."""

@@ -8,9 +8,12 @@ check a pre-commit hook or an editor runs on every save costs little more than s
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from zlayer.errors import ZLayerError
+
+TYPE_CHECKING = False  # (typing is imported for the type checker only: `zlayer validate` never loads it)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _txt(v: Any, default: str = "") -> str:

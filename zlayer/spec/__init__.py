@@ -12,9 +12,11 @@ Everything is imported lazily so ``import zlayer.spec`` is cheap; the first use 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # (typing is imported for the type checker only: `zlayer validate` never loads it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from zlayer.spec.api import dump_spec, spec_json_schema, spec_to_dict
     from zlayer.spec.discovery import discover_spec_path
     from zlayer.spec.loader import load_spec, parse_spec, read_spec_text

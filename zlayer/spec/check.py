@@ -8,12 +8,13 @@ uses it for the problems and then builds the models.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from zlayer.spec import coerce
 from zlayer.spec._table import TABLE
 
+TYPE_CHECKING = False  # (typing is imported for the type checker only: `zlayer validate` never loads it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from zlayer.spec.loader import PathT, Problem, _Doc
 
 _MODELS: dict[str, Any] = TABLE["models"]

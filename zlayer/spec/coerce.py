@@ -7,10 +7,13 @@ accept and reject exactly the same values with the same messages.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from zlayer.errors import shown
 from zlayer.spec.scalars import parse_duration
+
+TYPE_CHECKING = False  # (typing is imported for the type checker only: `zlayer validate` never loads it)
+if TYPE_CHECKING:
+    from typing import Any
 
 KINDS: dict[Any, tuple[Any, ...]] = {}
 """converter function → kind descriptor used by the fast checker (:mod:`zlayer.spec.check`)."""

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import typing
-from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -22,7 +20,10 @@ from zlayer.limits import MAX_NESTING, MAX_SPEC_BYTES
 from zlayer.spec.coerce import Null, Plain
 from zlayer.spec.problem import Problem
 
+TYPE_CHECKING = False  # (typing is imported for the type checker only: `zlayer validate` never loads it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from zlayer.spec.models import DeploymentSpec
 
 PathT = tuple[str | int, ...]
@@ -275,6 +276,8 @@ def _compose(text: str, source: str) -> tuple[_Doc, Any]:
 
 
 def _unwrap(tp: Any) -> Any:
+    import typing  # (pydantic's failures only)
+
     while typing.get_origin(tp) is typing.Annotated:
         tp = typing.get_args(tp)[0]
     return tp
@@ -308,6 +311,8 @@ def _field_names(model: Any) -> list[str]:
 
 def _model_at(loc: tuple[Any, ...]) -> Any:
     """The model class that owns the mapping at ``loc`` (a pydantic error location), or None."""
+    import typing  # (pydantic's failures only)
+
     from pydantic import BaseModel
 
     from zlayer.spec.models import DeploymentSpec

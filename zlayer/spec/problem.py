@@ -6,20 +6,31 @@ PyYAML or pydantic to show them.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections import namedtuple
 
 from zlayer.errors import escape_controls
 
+TYPE_CHECKING = False  # (typing is imported for the type checker only: `zlayer validate` never loads it)
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
-class Problem(NamedTuple):
+    class _Fields(NamedTuple):
+        file: str = ""
+        line: int = 0
+        col: int = 0
+        path: str = ""
+        message: str = ""
+
+else:
+    _Fields = namedtuple("_Fields", "file line col path message", defaults=("", 0, 0, "", ""))
+
+
+class Problem(_Fields):
     """Where (file, 1-based line and column; empty/0 when not known), which field (``services.web.image.name``)
-    and what is wrong. (A named tuple: a dataclass would cost `zlayer validate` a sixth of its start-up.)"""
+    and what is wrong. (A named tuple: a dataclass, or typing's NamedTuple, would cost `zlayer validate` a sixth of
+    its start-up.)"""
 
-    file: str = ""
-    line: int = 0
-    col: int = 0
-    path: str = ""
-    message: str = ""
+    __slots__ = ()
 
     def __str__(self) -> str:
         # a value quoted in the message, a key in the path, may hold any character: shown escaped, never raw

@@ -7,13 +7,15 @@ collect them all. Values that fail to parse are the model's business (stage 1) a
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
 
 from zlayer.errors import shown
 from zlayer.spec.coerce import Null, Plain, _int_of, _to_float
 from zlayer.spec.scalars import parse_cron, parse_duration, parse_memory
 
+TYPE_CHECKING = False  # (typing is imported for the type checker only: `zlayer validate` never loads it)
 if TYPE_CHECKING:
+    from typing import Any
+
     from zlayer.spec.loader import _Doc
 
 _DEPLOYMENT_CHARS = re.compile(r"^[A-Za-z0-9-]+$")

@@ -7,8 +7,8 @@ field path. No heavy imports here: ``zlayer validate`` pays only for what it use
 from __future__ import annotations
 
 import re
+from collections import namedtuple
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 from zlayer.errors import shown
 
@@ -213,19 +213,30 @@ def _cron_field(text: str, what: str, lo: int, hi: int, names: tuple[str, ...]) 
     return frozenset(out)
 
 
-class CronSchedule(NamedTuple):
+TYPE_CHECKING = False  # (typing is imported for the type checker only: `zlayer validate` never loads it)
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _CronFields(NamedTuple):
+        expr: str
+        seconds: frozenset[int]
+        minutes: frozenset[int]
+        hours: frozenset[int]
+        days: frozenset[int]
+        months: frozenset[int]
+        weekdays: frozenset[int]
+        years: frozenset[int]
+
+else:
+    _CronFields = namedtuple("_CronFields", "expr seconds minutes hours days months weekdays years")
+
+
+class CronSchedule(_CronFields):
     """A parsed schedule: the set of values each field matches. Day of week counts ``1`` = Sunday to ``7`` =
     Saturday, as the cron crate does; day of month and day of week must both match. Times are UTC. (A named tuple:
-    importing dataclasses would cost every `zlayer validate` a sixth of its start-up.)"""
+    a dataclass, or typing's NamedTuple, would cost every `zlayer validate` a sixth of its start-up.)"""
 
-    expr: str
-    seconds: frozenset[int]
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-    years: frozenset[int]
+    __slots__ = ()
 
     @classmethod
     def parse(cls, expr: str) -> CronSchedule:
