@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 import urllib.request
@@ -108,7 +107,25 @@ def image_tag(ctx: click.Context, source: str, target: str) -> None:
     click.echo(_store(ctx).tag(source, target))
 
 
-def _fetch_url(url: str, username: str | None, password: str | None, dest: Path) -> None:
+def _copy_capped(src: Any, dest: Path, limit: int, what: str) -> None:
+    """Copy ``src`` to ``dest``, refusing past ``limit`` bytes: an archive larger than an image may unpack to is
+    refused before it fills the disk."""
+    from zlayer.errors import ImageError
+    from zlayer.images.manifest import size_text
+
+    done = 0
+    with open(dest, "wb") as out:
+        while chunk := src.read(1 << 20):
+            done += len(chunk)
+            if done > limit:
+                raise ImageError(
+                    f"import {what}: more than {size_text(limit)}, what an image may unpack to at most",
+                    hint="if the image is trusted, raise the limit: ZLAYER_MAX_IMAGE_SIZE",
+                )
+            out.write(chunk)
+
+
+def _fetch_url(url: str, username: str | None, password: str | None, dest: Path, limit: int) -> None:
     from zlayer.errors import ImageError
 
     request = urllib.request.Request(url)
@@ -118,8 +135,8 @@ def _fetch_url(url: str, username: str | None, password: str | None, dest: Path)
         token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=60) as resp, open(dest, "wb") as out:
-            shutil.copyfileobj(resp, out, 1 << 20)
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            _copy_capped(resp, dest, limit, url)
     except urllib.error.HTTPError as e:
         raise ImageError(f"import {url}: the server answered {e.code} {e.reason}") from e
     except (urllib.error.URLError, OSError) as e:
@@ -152,11 +169,10 @@ def import_(
     with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
         if source == "-":
             path = Path(tmp) / "stdin.tar"
-            with open(path, "wb") as out:
-                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+            _copy_capped(sys.stdin.buffer, path, store.limits.image, "from standard input")
         elif source.startswith(("http://", "https://")):
             path = Path(tmp) / "download.tar"
-            _fetch_url(source, username, password, path)
+            _fetch_url(source, username, password, path, store.limits.image)
         else:
             path = Path(source)
             if not path.is_file():

@@ -2,10 +2,17 @@
 
 Layout under ``root`` (``<data_dir>/images``)::
 
-    blobs/sha256/<hex>        manifests, configs and layer blobs, each verified before it is renamed into place
-    layers/<chain-hex>/fs     one unpacked layer in overlayfs form; ``layers/<chain-hex>/diffid`` marks it complete
+    blobs/sha256/<hex>        manifests, configs and layer blobs, each verified (digest and the size its descriptor
+                              gives) before it is renamed into place
+    layers/<chain-hex>/fs     one unpacked layer in overlayfs form; ``layers/<chain-hex>/diffid`` marks it complete,
+                              ``size`` says what it unpacked to (counted against the image's unpack limit)
     repositories.json         reference → manifest digest, rewritten atomically
-    tmp/                      work in progress; anything found here at start-up is leftover from a crash
+    leases/<pid>-<id>         what an import or pull in progress holds (:class:`Lease`), flock'ed by its owner
+    tmp/                      work in progress, and partial downloads a later pull resumes; ``prune`` removes what
+                              is older than ``TMP_GRACE_SECONDS``
+
+What no name and no live lease refers to is garbage: a failed import or pull removes what it brought, and
+``prune`` collects the rest.
 
 Every write is write-temp + fsync + rename, so a crash at any point leaves either the old state or the new one.
 An exclusive ``flock`` on ``lock`` serialises writers (two pulls of the same image, a pull and a prune).

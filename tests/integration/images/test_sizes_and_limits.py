@@ -5,6 +5,7 @@ that unpacks past the configured limit (per layer, per image) is refused naming 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import hashlib
 import io
@@ -290,3 +291,30 @@ def test_token_service_answering_junk_is_one_clear_error(tmp_path: Path, answer:
     finally:
         loop.run(runner.cleanup())
         loop.close()
+
+
+def test_archive_from_stdin_or_a_url_larger_than_an_image_may_unpack_to_is_refused_while_copying(
+    tmp_path: Path,
+) -> None:
+    import http.server
+    import threading
+
+    endless = tmp_path / "www" / "big.tar"
+    endless.parent.mkdir()
+    endless.write_bytes(bytes(3 << 20))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(endless.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data, env = tmp_path / "data", {"ZLAYER_MAX_IMAGE_SIZE": "1Mi"}
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/big.tar"
+        for source, stdin in ((url, None), ("-", endless.read_bytes())):
+            out = subprocess.run(
+                [sys.executable, "-m", "zlayer", "--data-dir", str(data), "import", source, "-t", "cap/x:1"],
+                input=stdin, capture_output=True, timeout=120, env={**os.environ, **env},
+            )  # fmt: skip
+            err = out.stderr.decode()
+            assert out.returncode != 0 and "more than 1 MiB, what an image may unpack to" in err, err
+            assert list((data / "images" / "tmp").iterdir()) == []
+    finally:
+        server.shutdown()
