@@ -160,6 +160,14 @@ class ProxyError(ZLayerError):
     code = "proxy"
 
 
+class InternalError(ZLayerError):
+    """A bug in zlayer, reported as the API's 500 (``internal``) rather than as a dropped connection."""
+
+    code = "internal"
+    exit_code = 70
+    http_status = 500
+
+
 class DaemonError(ZLayerError):
     """The daemon is not reachable or refused the request."""
 

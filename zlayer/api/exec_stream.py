@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -22,11 +23,12 @@ from pydantic import ValidationError
 from zlayer.api.app import error_body
 from zlayer.api.context import ApiContext
 from zlayer.api.models import ExecStreamRequest
-from zlayer.errors import UsageError, ZLayerError
+from zlayer.errors import InternalError, UsageError, ZLayerError
 from zlayer.limits import json_limit_problem, load_json
 from zlayer.runtime.protocol import ContainerId, ExecSession
 from zlayer.state import ContainerRecord
 
+log = logging.getLogger("zlayer.api")
 STDIN, STDOUT, STDERR = b"\x00", b"\x01", b"\x02"
 Target = Callable[[ExecStreamRequest], Awaitable[ContainerRecord]]
 _GONE = (WebSocketDisconnect, OSError, RuntimeError)  # what sending to a client that left raises
@@ -44,10 +46,11 @@ async def serve(ws: WebSocket, c: ApiContext, target: Target) -> None:
     except _GONE:
         return
     except (ValidationError, ZLayerError) as e:
-        err = e if isinstance(e, ZLayerError) else _invalid(e)
-        with contextlib.suppress(*_GONE):
-            await ws.send_text(json.dumps(error_body(err.http_status, err.to_json())))
-            await ws.close()
+        await _refuse(ws, e if isinstance(e, ZLayerError) else _invalid(e))
+        return
+    except Exception as e:  # a bug: the client gets the API's 500 body, the log the traceback, the daemon lives on
+        log.error("exec session failed to start", exc_info=e)
+        await _refuse(ws, InternalError(f"{type(e).__name__}: {e}"))
         return
     feeder = asyncio.ensure_future(_feed(ws, session))
     try:
@@ -61,6 +64,12 @@ async def serve(ws: WebSocket, c: ApiContext, target: Target) -> None:
     await c.manager.exec_done(rec, req.command, res)
     with contextlib.suppress(*_GONE):
         await ws.send_text(json.dumps({"exit_code": res.exit_code, "oom_killed": res.oom_killed}))
+        await ws.close()
+
+
+async def _refuse(ws: WebSocket, err: ZLayerError) -> None:
+    with contextlib.suppress(*_GONE):
+        await ws.send_text(json.dumps(error_body(err.http_status, err.to_json())))
         await ws.close()
 
 
