@@ -4,6 +4,7 @@ ImageError that says what is wrong and where, never a traceback."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,16 @@ def test_unpack_limits_come_from_the_environment_and_a_bad_one_names_the_variabl
     monkeypatch.setenv("ZLAYER_MAX_IMAGE_SIZE", "big")
     with pytest.raises(ImageError, match=r"ZLAYER_MAX_IMAGE_SIZE \(zlayer serve --max-image-size\): invalid memory"):
         UnpackLimits.from_env()
+
+
+def test_serve_limits_are_remembered_and_given_to_the_store_and_a_daemon_started_for_the_user(tmp_path: Path) -> None:
+    from zlayer.daemon.config import DaemonConfig
+    from zlayer.daemon.server import make_image_store
+    from zlayer.paths import Paths
+
+    paths = Paths.resolve(tmp_path)
+    DaemonConfig(paths=paths, bind=None, max_layer_size="8Mi", max_image_size="1Gi").remember()
+    again = DaemonConfig.remembered(paths)
+    argv = again.serve_argv()
+    assert argv[argv.index("--max-layer-size") + 1] == "8Mi" and argv[argv.index("--max-image-size") + 1] == "1Gi"
+    assert make_image_store(again).limits == UnpackLimits(layer=8 << 20, image=1 << 30)
