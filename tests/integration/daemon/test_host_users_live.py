@@ -37,7 +37,7 @@ services:
     image: {{name: 'zlayer-test/suid:v1', pull_policy: never}}
     command: {{entrypoint: ['/bin/sh', '-c'], args: ['{MAKE_SUID}']}}
     env: {{DB_PASSWORD: {SECRET}}}
-    storage: [{{type: named, name: {VOLUME}, target: /data}}]
+    storage: [{{type: named, name: {VOLUME}, target: /data}}, {{type: anonymous, target: /scratch}}]
     stop_grace_period: 1s
     scale: {{mode: fixed, replicas: 1}}
 """
@@ -144,12 +144,12 @@ def test_a_host_user_cannot_run_or_read_a_setuid_file_of_an_image_or_a_container
 
 def test_inside_the_container_files_keep_the_standard_modes(node: LiveNode) -> None:
     """The daemon's own umask (077) stays out of containers: their processes get 022 as under runc, their root,
-    a fresh volume and their cgroup are 0755, so a service running as a non-root user works as before."""
-    script = "grep Umask /proc/1/status; umask; mkdir /made-dir; ls -ld / /data /made-dir /sys/fs/cgroup"
+    fresh volumes and their cgroup are 0755, so a service running as a non-root user works as before."""
+    script = "grep Umask /proc/1/status; umask; mkdir /made-dir; ls -ld / /data /scratch /made-dir /sys/fs/cgroup"
     got = node.api("POST", "/api/v1/containers/web-rep-1/exec", {"command": ["/bin/sh", "-c", script]})
     lines = got["stdout"].split("\n")
     assert lines[0].split() == ["Umask:", "0022"] and lines[1] == "0022", got
-    assert [ln.split()[0] for ln in lines[2:6]] == ["drwxr-xr-x"] * 4, got
+    assert [ln.split()[0] for ln in lines[2:7]] == ["drwxr-xr-x"] * 5, got
 
 
 def test_nothing_under_the_data_dir_is_open_to_other_users(node: LiveNode) -> None:

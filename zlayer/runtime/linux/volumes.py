@@ -110,7 +110,8 @@ def prepare_volumes(
                 else:
                     host = data_dir / "volumes" / "_anon" / f"{container}-{secrets.token_hex(6)}"
                 fresh = not host.exists()
-                private_dir(host.parent)  # volumes/ (and volumes/_anon/): no way in for other users
+                for d in (data_dir / "volumes", host.parent):  # volumes/ and volumes/_anon/: no way in for others
+                    private_dir(d)
                 host.mkdir(exist_ok=True)
                 if fresh:
                     os.chmod(host, 0o755)  # the volume's root as the container sees it (as docker's _data)
