@@ -169,6 +169,15 @@ def _parsed_as_json(content_type: bytes | None) -> bool:
     return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
+def _not_utf8(body: bytes) -> str | None:
+    """JSON between systems is UTF-8 (RFC 8259); anything else is said as such, not as "an error parsing the body"."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text (byte {e.start}: 0x{body[e.start]:02x})"
+    return None
+
+
 async def _send_error(send: Send, status: int, body: dict[str, Any]) -> None:
     payload = json.dumps(error_body(status, body)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
@@ -211,7 +220,7 @@ class BodyLimits:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        problem = json_limit_problem(body)
+        problem = json_limit_problem(body) or _not_utf8(body)
         if problem is not None:
             await _send_error(send, 400, {"code": "invalid_request", "message": f"request body: {problem}",
                                           "where": "body"})  # fmt: skip

@@ -53,6 +53,7 @@ HOSTILE = {
         None,
         "recursion limit exceeded",
     ),
+    "body-not-utf8": (b'{"spec": "version: v1\xff"}', None, "request body: not UTF-8 text (byte 21: 0xff)"),
     "spec-with-lone-surrogate": (b'{"spec": "version: v1\\ndeployment: \\ud800x\\n"}', None, "lone surrogate"),
     "spec-over-size-limit": (spec_body("#" * (5 << 20)), None, "spec too large"),
     "body-over-size-limit": (b'{"spec": "' + b"x" * (17 << 20) + b'"}', None, "request body too large"),
