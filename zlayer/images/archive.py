@@ -242,7 +242,7 @@ def _docker_image(store: ImageStore, archive: _Archive, tag: str | None, lease: 
     if not name:
         raise _unnamed(archive.source)
     config_bytes = archive.read(config, f"config {config}", MAX_CONFIG_BYTES)
-    config_digest = store.put_blob(config_bytes, lease=lease)
+    config_digest = store.put_blob(config_bytes, _named_digest(config), lease=lease)
     layers = []
     for layer_name in layers_ or []:
         what = f"layer {layer_name}"
@@ -250,7 +250,7 @@ def _docker_image(store: ImageStore, archive: _Archive, tag: str | None, lease: 
         with archive.reading(what):
             head = member.read(4)
             member.seek(0)
-            digest = store.put_blob_stream(member, lease=lease)  # type: ignore[arg-type]
+            digest = store.put_blob_stream(member, _named_digest(layer_name), lease=lease)  # type: ignore[arg-type]
         layers.append({"mediaType": _layer_media_type(head), "digest": digest, "size": _blob_size(store, digest)})
     manifest = {
         "schemaVersion": 2,
@@ -259,6 +259,16 @@ def _docker_image(store: ImageStore, archive: _Archive, tag: str | None, lease: 
         "layers": layers,
     }
     return str(name), manifest
+
+
+def _named_digest(name: str) -> str | None:
+    """The digest a ``docker save`` member's name promises: a config ``<hex>.json`` (docker and skopeo name it by
+    its digest) or ``blobs/sha256/<hex>``; a legacy ``<id>/layer.tar`` promises none (its id is not a digest)."""
+    clean = _member_name(str(name)) or ""
+    hex_ = clean.removesuffix(".json") if "/" not in clean else clean.removeprefix("blobs/sha256/")
+    if len(hex_) == 64 and all(c in "0123456789abcdef" for c in hex_):
+        return "sha256:" + hex_
+    return None
 
 
 def _blob_size(store: ImageStore, digest: str) -> int:

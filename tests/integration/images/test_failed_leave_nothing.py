@@ -86,6 +86,10 @@ def _hostile_archives(tmp: Path) -> list[tuple[str, Path, list[str], dict[str, s
             index = {"schemaVersion": 2, "manifests": [entry], "annotations": {"depth": str(depth)}}
         m["index.json"] = json.dumps(index).encode()
 
+    def other_config(m: dict[str, bytes]) -> None:
+        entry = json.loads(m["manifest.json"])[0]
+        m[entry["Config"]] = m[entry["Config"]].replace(b'"amd64"', b'"arm64"')
+
     def not_json(m: dict[str, bytes]) -> None:
         m["index.json"] = b"[" * 100_000
 
@@ -117,6 +121,12 @@ def _hostile_archives(tmp: Path) -> list[tuple[str, Path, list[str], dict[str, s
         (
             "a docker archive with a hostile layer",
             docker_archive(tmp / "saved.tar", [base, fresh, [Entry("/etc/evil", data=b"x")]], repo_tag="evil/saved:1"),
+            [],
+            {},
+        ),
+        (
+            "a docker archive whose config is not what its name says",
+            _with_members(docker_archive(tmp / "s2.tar", [base, fresh]), tmp / "s2-other.tar", other_config),
             [],
             {},
         ),
