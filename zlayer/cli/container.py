@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from zlayer.client._cli import output_option, print_data, print_table, run
+from zlayer.cli.common import output_option, print_data, print_table, run
 
 
 @click.group("container")

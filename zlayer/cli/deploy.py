@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from zlayer.client._cli import cli_ctx, discover_spec, make_client
+from zlayer.cli.common import cli_ctx, discover_spec, make_client
 from zlayer.errors import DaemonError, SpecError
 from zlayer.spec.problem import Problem
 

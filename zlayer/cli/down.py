@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from zlayer.client._cli import deployment_from_spec, discover_spec, run
+from zlayer.cli.common import deployment_from_spec, discover_spec, run
 
 
 @click.command("down")

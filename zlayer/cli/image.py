@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
+from zlayer.cli.common import output_option, print_data
 from zlayer.cli.context import CliContext
-from zlayer.client._cli import output_option, print_data
 
 
 def _store(ctx: click.Context) -> Any:
@@ -58,7 +58,7 @@ def image_ls(ctx: click.Context, output: str) -> None:
     if output != "table":
         print_data(images, output)
         return
-    from zlayer.client._cli import print_table
+    from zlayer.cli.common import print_table
 
     print_table(
         ("REFERENCE", "IMAGE ID", "PLATFORM", "SIZE", "CREATED"),

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from zlayer.client._cli import resolve_deployment, run
+from zlayer.cli.common import resolve_deployment, run
 from zlayer.errors import UsageError
 
 

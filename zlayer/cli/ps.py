@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from zlayer.client._cli import age, output_option, print_data, print_table, run
+from zlayer.cli.common import age, output_option, print_data, print_table, run
 
 
 @click.command("ps")

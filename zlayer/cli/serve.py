@@ -50,9 +50,8 @@ def serve(
     """Run the zlayer daemon on this node (foreground unless --daemon)."""
     from dataclasses import replace
 
-    from zlayer.client._cli import warn_if_secret_in_argv
-    from zlayer.daemon import DaemonConfig
-    from zlayer.daemon.config import split_bind
+    from zlayer.cli.common import warn_if_secret_in_argv
+    from zlayer.config import DaemonConfig, split_bind
 
     if jwt_secret:
         warn_if_secret_in_argv("jwt_secret", "ZLAYER_JWT_SECRET")

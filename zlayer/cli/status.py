@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from zlayer.client._cli import cli_ctx, output_option, print_data, print_table, run
+from zlayer.cli.common import cli_ctx, output_option, print_data, print_table, run
 
 
 @click.command("status")
@@ -16,7 +16,7 @@ from zlayer.client._cli import cli_ctx, output_option, print_data, print_table, 
 def status(deployment: str | None, output: str) -> None:
     """Show the daemon (pid, socket, API address) and its deployments with per-service health."""
     from zlayer.client import read_daemon_info
-    from zlayer.daemon.server import probe_socket
+    from zlayer.config import probe_socket
 
     c = cli_ctx()
     sock = c.paths.socket

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import click
 
-from zlayer.client._cli import cli_ctx, output_option, print_data, warn_if_secret_in_argv
+from zlayer.cli.common import cli_ctx, output_option, print_data, warn_if_secret_in_argv
 from zlayer.errors import UsageError
 
 

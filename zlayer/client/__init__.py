@@ -452,8 +452,7 @@ async def ensure_daemon(
     client does: poll with backoff 0.1, 0.2, 0.4, 0.8 s then 1 s, 20 tries). The daemon started listens where
     ``zlayer serve`` was last started for the data dir (``DATA/serve.json``), else on its unix socket only — never
     on every interface because a user ran ``zlayer ps`` — and ``on_start`` hears where."""
-    from zlayer.daemon.config import DaemonConfig
-    from zlayer.daemon.server import probe_socket
+    from zlayer.config import DaemonConfig, probe_socket
 
     _refuse_foreign_socket(paths.socket)
     if probe_socket(paths.socket):

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zlayer.daemon.config import DaemonConfig, split_bind, write_json_atomic
+from zlayer.config import DaemonConfig, probe_socket, split_bind, write_json_atomic
 from zlayer.errors import DaemonError
 
 log = logging.getLogger("zlayer.daemon")
@@ -356,17 +356,4 @@ def _last_line(path: Path) -> str:
     return (errors or lines or [""])[-1].removeprefix("error: ")
 
 
-def probe_socket(path: Path) -> bool:
-    """True when something accepts connections on the unix socket."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.settimeout(0.5)
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-__all__ = ["Daemon", "DaemonConfig", "probe_socket", "serve_background", "serve_foreground"]
+__all__ = ["Daemon", "serve_background", "serve_foreground"]

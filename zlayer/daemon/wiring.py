@@ -17,7 +17,7 @@ from typing import Any
 
 from zlayer.agent.hooks import Backend
 from zlayer.agent.specview import ServiceView
-from zlayer.daemon.config import DaemonConfig
+from zlayer.config import DaemonConfig
 from zlayer.errors import ProxyError
 
 log = logging.getLogger("zlayer.daemon")

@@ -11,6 +11,8 @@ from collections import Counter as _Tally
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from zlayer.config import split_bind
+
 STATES = ("pending", "running", "backoff", "exited", "failed")
 
 
@@ -45,8 +47,6 @@ class Metrics:
 
     def serve(self, bind: str) -> None:
         """Start the exposition endpoint (``/metrics``) on HOST:PORT in a background thread."""
-        from zlayer.daemon.config import split_bind
-
         host, port = split_bind(bind, "--metrics-bind")
         self._server = start_http_server(port, addr=host, registry=self.registry)
 

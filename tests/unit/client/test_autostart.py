@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.daemon import free_port, kill_host_containers
-from zlayer.daemon.config import DaemonConfig
+from zlayer.config import DaemonConfig
 from zlayer.paths import Paths
 
 ENV = {

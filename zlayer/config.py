@@ -1,8 +1,12 @@
-"""How one daemon is configured: paths, listeners, token. Every path is overridable so daemons run side by side."""
+"""How one daemon is configured (paths, listeners, token; ``DATA/serve.json``) and whether one answers on its socket.
+
+Shared by the daemon, which runs with it, and the client, which starts one with it when none answers: it sits below
+both. Every path is overridable so daemons run side by side."""
 
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,3 +112,16 @@ def split_bind(text: str, what: str = "--bind") -> tuple[str, int]:
 
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:
     write_atomic(path, json.dumps(data, indent=2))
+
+
+def probe_socket(path: Path) -> bool:
+    """True when something accepts connections on the unix socket."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(0.5)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
