@@ -79,7 +79,7 @@ def test_unpack_limits_come_from_the_environment_and_a_bad_one_names_the_variabl
 
 
 def test_serve_limits_are_remembered_and_given_to_the_store_and_a_daemon_started_for_the_user(tmp_path: Path) -> None:
-    from zlayer.daemon.config import DaemonConfig
+    from zlayer.config import DaemonConfig
     from zlayer.daemon.server import make_image_store
     from zlayer.paths import Paths
 
