@@ -142,6 +142,7 @@ class ServiceManager:
         self.replicas: dict[str, Replica] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._deploy_tasks: dict[str, asyncio.Task[None]] = {}
+        self._unrecorded: dict[str, tuple[str, str]] = {}  # deployment → (status, message) the store could not take
         self._event_waiters = asyncio.Condition()
         self._closing = False
         self._warm: asyncio.Task[None] | None = None
@@ -172,6 +173,7 @@ class ServiceManager:
             record = await self.store.put_deployment(parsed.name, text, parsed.spec, services, status="deploying")
         except ZLayerError as e:  # one transaction: nothing of it was stored
             raise e.add_context(f"deployment {parsed.name} was not stored") from None
+        self._unrecorded.pop(parsed.name, None)  # the stored "deploying" is the status now
         await self._event(parsed.name, "deploy", f"revision {record.revision} submitted")
         self._spawn_converge(parsed)
         return record
@@ -219,10 +221,10 @@ class ServiceManager:
             await asyncio.gather(*(one(s) for s in parsed.order))
             failures.sort()
             if failures:
-                await self.store.set_deployment_status(name, "failed", "; ".join(failures))
+                await self._set_status(name, "failed", "; ".join(failures))
                 await self._event(name, "deploy_failed", "; ".join(failures))
             else:
-                await self.store.set_deployment_status(name, "running")
+                await self._set_status(name, "running")
                 await self._event(name, "deploy_done", f"revision {revision} running")
         except asyncio.CancelledError:
             raise
@@ -232,12 +234,26 @@ class ServiceManager:
             else:
                 log.exception("deploy of %s failed", name)
             said = str(e) if isinstance(e, ZLayerError) else f"internal error: {e}"
-            with contextlib.suppress(ZLayerError):
-                await self.store.set_deployment_status(name, "failed", said)
+            await self._set_status(name, "failed", said)
             await self._event(name, "deploy_failed", said)  # what `zlayer deploy` waits for
         finally:
             if self.metrics is not None:
                 self.metrics.deploy_finished(time.monotonic() - started, not failures)
+
+    async def _set_status(self, name: str, status: str, message: str = "") -> None:
+        """Record how a deploy ended. A status the store cannot take (a full disk) is kept here and answered by
+        :meth:`status_of` until one is written, so `zlayer deploy` learns the outcome instead of waiting for it."""
+        try:
+            await self.store.set_deployment_status(name, status, message)
+        except ZLayerError as e:
+            log.warning("deployment %s is %s, but that could not be recorded: %s", name, status, e)
+            self._unrecorded[name] = (status, message)
+        else:
+            self._unrecorded.pop(name, None)
+
+    def status_of(self, rec: DeploymentRecord) -> tuple[str, str]:
+        """(status, message) of a deployment as it is: the stored one, or a newer one the store could not take."""
+        return self._unrecorded.get(rec.name, (rec.status, rec.status_message))
 
     async def delete(self, name: str) -> None:
         """Stop and remove every replica of the deployment, close its listeners, forget it."""
@@ -269,6 +285,7 @@ class ServiceManager:
             raise err if isinstance(err, ZLayerError) else RuntimeFailure(f"removing {name}: {err}")
         await self.externals.remove(name)
         await self.store.delete_deployment(name)
+        self._unrecorded.pop(name, None)
         await self._event(name, "deleted", "deployment removed")
 
     async def _remove_dropped_services(self, name: str, keep: set[str]) -> None:

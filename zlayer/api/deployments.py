@@ -54,14 +54,15 @@ async def details(c: ApiContext, rec: DeploymentRecord) -> DeploymentDetails:
         eps = [f"{e.protocol}://{e.name}:{e.port}" for e in view.endpoints]
         health.append(ServiceHealthInfo(name=svc.name, health=state, replicas_running=len(running),
                                         replicas_desired=svc.desired_replicas, endpoints=eps))  # fmt: skip
+    status, message = c.manager.status_of(rec)
     return DeploymentDetails(
         name=rec.name,
-        status=rec.status,
+        status=status,
         services=[h.name for h in health],
         service_health=health,
         created_at=rec.created_at,
         updated_at=rec.updated_at,
-        status_message=rec.status_message or None,
+        status_message=message or None,
     )
 
 
@@ -70,7 +71,8 @@ async def list_deployments(c: ApiContext = Depends(ctx)) -> list[DeploymentSumma
     out = []
     for d in await c.store.list_deployments():
         n = len(await c.store.list_services(d.name))
-        out.append(DeploymentSummary(name=d.name, status=d.status, service_count=n, created_at=d.created_at))
+        status = c.manager.status_of(d)[0]
+        out.append(DeploymentSummary(name=d.name, status=status, service_count=n, created_at=d.created_at))
     return out
 
 

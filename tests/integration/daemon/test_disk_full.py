@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.daemon import DaemonProcess, free_port, httpd_service, kill_host_containers
+from tests.fixtures.daemon import HTTPD, DaemonProcess, free_port, httpd_service, kill_host_containers
 
 pytestmark = [pytest.mark.root]
 
@@ -55,12 +55,22 @@ def zl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
-def deployments(d: DaemonProcess) -> dict[str, Any]:
+def api(d: DaemonProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
-    conn.request("GET", "/api/v1/deployments", headers={"Authorization": f"Bearer {d.token}"})
-    resp = conn.getresponse()
-    assert resp.status == 200
-    return {x["name"]: x for x in json.loads(resp.read())}
+    headers = {"Authorization": f"Bearer {d.token}", "Content-Type": "application/json"}
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def deployments(d: DaemonProcess) -> dict[str, Any]:
+    status, answer = api(d, "GET", "/api/v1/deployments")
+    assert status == 200
+    return {x["name"]: x for x in answer}
 
 
 def replica_answers(port: int) -> bool:
@@ -125,6 +135,30 @@ def test_a_full_disk_is_a_clear_answer_and_the_state_matches_it(
     r = zl(d, "-b", "deploy", str(second))
     assert r.returncode == 0 and replica_answers(port2), r.stdout + r.stderr
 
+    assert d.proc is not None and d.proc.poll() is None
+    log = d.read_log()
+    assert "Traceback" not in log and "OperationalError" not in log, log
+
+
+def test_a_deploy_the_disk_fills_under_ends_with_an_answer(daemon_on: DaemonProcess, small_disk: Path) -> None:
+    """The spec is stored, then the disk fills while the replica starts: the deploy still ends (running, or failed
+    saying the disk is full) instead of showing "deploying" for ever, and down then removes all of it."""
+    d, port = daemon_on, free_port()
+    slow = httpd_service(port).replace(json.dumps(HTTPD), json.dumps("import time;time.sleep(2);" + HTTPD))
+    spec = f"version: v1\ndeployment: slow\nservices:\n  web:\n{slow}"
+    assert api(d, "POST", "/api/v1/deployments", {"spec": spec})[0] == 201
+    filler = fill(small_disk)
+    deadline = time.monotonic() + 60
+    while (answer := api(d, "GET", "/api/v1/deployments/slow")[1])["status"] == "deploying":
+        assert time.monotonic() < deadline, d.read_log()
+        time.sleep(0.2)
+    assert answer["status"] in ("running", "failed"), answer
+    if answer["status"] == "failed":
+        assert "the disk is full" in answer["status_message"], answer
+    filler.unlink()
+    r = zl(d, "down", "slow")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert deployments(d) == {} and not replica_answers(port)
     assert d.proc is not None and d.proc.poll() is None
     log = d.read_log()
     assert "Traceback" not in log and "OperationalError" not in log, log
