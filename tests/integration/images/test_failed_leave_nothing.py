@@ -6,22 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.images import Entry, busybox_entries, docker_archive, oci_archive, tar_bytes
+from tests.fixtures.images import (
+    Entry,
+    busybox_entries,
+    docker_archive,
+    oci_archive,
+    retold,
+    rewrite_archive,
+    tar_bytes,
+)
 from tests.fixtures.images_peers import OCI_MANIFEST, Proxy, Registry, push_image, raw_push_manifest
-from tests.integration.images.test_sizes_and_limits import retold
 from zlayer.errors import ImageError
 from zlayer.images import ImageStore, pull
 
@@ -45,18 +50,6 @@ def snapshot(root: Path) -> dict[str, Any]:
         "layers": sorted(p.name for p in (root / "layers").iterdir()),
         "names": json.loads(names.read_text()) if names.exists() else {},
     }
-
-
-def _with_members(archive: Path, out: Path, change: Callable[[dict[str, bytes]], None]) -> Path:
-    with tarfile.open(archive) as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
-    change(members)
-    with tarfile.open(out, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out
 
 
 def _hostile_archives(tmp: Path) -> list[tuple[str, Path, list[str], dict[str, str]]]:
@@ -103,8 +96,8 @@ def _hostile_archives(tmp: Path) -> list[tuple[str, Path, list[str], dict[str, s
             [],
             {},
         ),
-        ("a blob missing", _with_members(good, tmp / "missing.tar", drop_layer), [], {}),
-        ("a layer whose content is another", _with_members(good, tmp / "swapped.tar", swap_layer), [], {}),
+        ("a blob missing", rewrite_archive(good, tmp / "missing.tar", drop_layer), [], {}),
+        ("a layer whose content is another", rewrite_archive(good, tmp / "swapped.tar", swap_layer), [], {}),
         (
             "a hostile entry in the last layer",
             oci_archive(tmp / "evil.tar", [base, fresh, [Entry("../x", data=b"x")]]),
@@ -126,12 +119,12 @@ def _hostile_archives(tmp: Path) -> list[tuple[str, Path, list[str], dict[str, s
         ),
         (
             "a docker archive whose config is not what its name says",
-            _with_members(docker_archive(tmp / "s2.tar", [base, fresh]), tmp / "s2-other.tar", other_config),
+            rewrite_archive(docker_archive(tmp / "s2.tar", [base, fresh]), tmp / "s2-other.tar", other_config),
             [],
             {},
         ),
-        ("indexes nested too deep", _with_members(good, tmp / "deep.tar", deep_index), [], {}),
-        ("an index.json that is not JSON", _with_members(good, tmp / "notjson.tar", not_json), [], {}),
+        ("indexes nested too deep", rewrite_archive(good, tmp / "deep.tar", deep_index), [], {}),
+        ("an index.json that is not JSON", rewrite_archive(good, tmp / "notjson.tar", not_json), [], {}),
         ("a truncated archive", truncated, [], {}),
         ("an archive that names no image", unnamed, ["--change", "ENV A=1"], {}),
         ("an unsupported --change", good, ["-t", "x/y:1", "--change", "RUN rm -rf /"], {}),

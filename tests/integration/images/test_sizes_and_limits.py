@@ -8,12 +8,10 @@ import asyncio
 import functools
 import gzip
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -22,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.images import Entry, busybox_entries, oci_archive, tar_bytes
+from tests.fixtures.images import Entry, busybox_entries, oci_archive, retold, tar_bytes
 from tests.fixtures.images_peers import (
     OCI_CONFIG,
     OCI_MANIFEST,
@@ -52,26 +50,6 @@ def zl(data: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.
 
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def retold(archive: Path, out: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
-    """A copy of a one-image OCI archive whose manifest ``edit`` changed (the index points at the new manifest)."""
-    with tarfile.open(archive) as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
-    index = json.loads(members["index.json"])
-    old = index["manifests"][0]["digest"]
-    manifest = json.loads(members.pop(f"blobs/sha256/{old[7:]}"))
-    edit(manifest)
-    body = json.dumps(manifest).encode()
-    members[f"blobs/sha256/{_digest(body)[7:]}"] = body
-    index["manifests"][0].update(digest=_digest(body), size=len(body))
-    members["index.json"] = json.dumps(index).encode()
-    with tarfile.open(out, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out
 
 
 def _store_content(data: Path) -> tuple[set[str], set[str]]:
