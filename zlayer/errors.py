@@ -54,8 +54,11 @@ def with_context(context: str, err: BaseException | str) -> str:
 
 
 def _names(text: str, context: str) -> bool:
-    """Whether ``text`` mentions ``context`` as a whole name (not as part of a longer one)."""
-    return bool(context) and re.search(rf"(?<![\w.-]){re.escape(context)}(?![\w-])", text) is not None
+    """Whether ``text`` mentions ``context`` as a whole name: standing alone (after a space, a quote or a bracket,
+    before a space, punctuation or ``": "``), not inside a longer one — service ``absent`` is not named by the image
+    ``reg/svc/absent:v9``."""
+    pattern = rf"(?<![^\s'\"(\[]){re.escape(context)}(?=$|[\s,;)\]'\"]|:\s|:$)"
+    return bool(context) and re.search(pattern, text) is not None
 
 
 class ZLayerError(Exception):
