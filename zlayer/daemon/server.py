@@ -18,10 +18,14 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from zlayer._native import require_built
 from zlayer.config import DaemonConfig, probe_socket, split_bind, write_json_atomic
 from zlayer.errors import DaemonError
+
+if TYPE_CHECKING:
+    from zlayer.images import ImageStore
 
 log = logging.getLogger("zlayer.daemon")
 
@@ -87,27 +91,14 @@ def make_runtime(cfg: DaemonConfig) -> tuple[Any, str]:
         factory = getattr(importlib.import_module(mod), attr)
         rt = factory(cfg)
         return rt, getattr(rt, "name", type(rt).__name__)
-    try:
-        from zlayer.runtime.linux.backend import LinuxRuntime
-    except ImportError as e:
-        raise DaemonError(f"the Linux runtime is not available: {e}") from e
-    return _construct(LinuxRuntime, cfg), "linux"
-
-
-def _construct(cls: Any, cfg: DaemonConfig) -> Any:
     from zlayer.daemon.images import StoreImages
+    from zlayer.runtime.linux.backend import LinuxRuntime
 
-    store = make_image_store(cfg)
-    if store is None:
-        raise DaemonError("the image store (zlayer.images) is not available; containers cannot be created")
-    return cls(cfg.paths.data_dir, StoreImages(store), log_dir=cfg.paths.log_dir)
+    return LinuxRuntime(cfg.paths.data_dir, StoreImages(make_image_store(cfg)), log_dir=cfg.paths.log_dir), "linux"
 
 
-def make_image_store(cfg: DaemonConfig) -> Any:
-    try:
-        from zlayer.images import ImageStore
-    except ImportError:
-        return None
+def make_image_store(cfg: DaemonConfig) -> ImageStore:
+    from zlayer.images import ImageStore
     from zlayer.images.unpack import UnpackLimits
 
     return ImageStore(cfg.paths.sub("images"), UnpackLimits.from_env(cfg.max_layer_size, cfg.max_image_size))
@@ -127,6 +118,7 @@ class Daemon:
         self._stop.set()
 
     async def run(self) -> None:
+        require_built()  # before anything imports a C part: one line naming what is missing, not a traceback
         import uvicorn
 
         from zlayer.agent import JobManager, ServiceManager
@@ -146,17 +138,14 @@ class Daemon:
 
                 metrics = Metrics()
                 metrics.serve(cfg.metrics_bind)
-            proxy = network = None
-            with contextlib.suppress(ImportError):
-                from zlayer.daemon.wiring import make_network, make_proxy
+            from zlayer.daemon.wiring import make_network, make_proxy
 
-                proxy = make_proxy(cfg)
-                network = make_network(cfg)
-            proxy_manager = getattr(proxy, "pm", None)
-            if metrics is not None and proxy_manager is not None:
+            proxy = make_proxy(cfg)
+            network = make_network(cfg)
+            if metrics is not None:
                 from zlayer.proxy.metrics import ProxyCollector
 
-                metrics.registry.register(ProxyCollector(proxy_manager))  # per-route series and zlayer_service_rps
+                metrics.registry.register(ProxyCollector(proxy.pm))  # per-route series and zlayer_service_rps
             manager = ServiceManager(store, runtime, proxy=proxy, network=network, metrics=metrics)
             jobs = JobManager(store, runtime, network=network)
             manager.on_job_registered = jobs.register

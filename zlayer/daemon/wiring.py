@@ -1,16 +1,13 @@
 """What the daemon plugs into the agent: the node network (with its DNS server) and the endpoint proxy.
 
-The proxy is :class:`zlayer.proxy.ProxyManager` when that package provides it. Until then the daemon runs a small
-asyncio TCP forwarder per endpoint port (``expose: public`` on 0.0.0.0, ``internal`` on 127.0.0.1), round-robin over
-healthy replicas, so endpoints are reachable from the first deploy; it moves bytes in Python and is the slow path.
+The proxy is :class:`zlayer.proxy.ProxyManager` over the C data planes, the only ones there are: no Python code moves
+an endpoint's bytes, and a daemon whose C parts are not built does not start (:func:`zlayer._native.require_built`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import os
 from typing import Any
@@ -19,107 +16,9 @@ from zlayer.agent.hooks import Backend
 from zlayer.agent.specview import ServiceView
 from zlayer.config import DaemonConfig
 from zlayer.errors import ProxyError
+from zlayer.proxy import ProxyManager
 
 log = logging.getLogger("zlayer.daemon")
-
-
-class _Listener:
-    def __init__(self, port: int, host: str) -> None:
-        self.port = port
-        self.host = host
-        self.backends: list[Backend] = []
-        self._rr = itertools.count()
-        self.server: asyncio.base_events.Server | None = None
-        self.conns: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        try:
-            self.server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
-        except OSError as e:
-            raise ProxyError(f"cannot listen on {self.host}:{self.port}: {e.strerror}") from e
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self.conns.add(task)
-        try:
-            for _ in range(max(len(self.backends), 1)):
-                if not self.backends:
-                    break
-                b = self.backends[next(self._rr) % len(self.backends)]
-                try:
-                    up_r, up_w = await asyncio.wait_for(asyncio.open_connection(b.address, b.port), 5.0)
-                except (OSError, TimeoutError):
-                    continue
-                await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer), return_exceptions=True)
-                return
-        finally:
-            writer.close()
-            if task is not None:
-                self.conns.discard(task)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for t in list(self.conns):
-            t.cancel()
-
-
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    try:
-        while data := await src.read(65536):
-            dst.write(data)
-            await dst.drain()
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if dst.can_write_eof():
-                dst.write_eof()
-
-
-class ForwardingProxy:
-    """The agent's ProxyHook over asyncio listeners, one per endpoint port."""
-
-    def __init__(self, internal_host: str = "127.0.0.1") -> None:
-        self.internal_host = internal_host
-        self.listeners: dict[int, _Listener] = {}
-        self.owners: dict[int, tuple[str, str]] = {}
-
-    async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
-        for ep in service.endpoints:
-            if ep.protocol == "udp":
-                continue
-            owner = self.owners.get(ep.port)
-            if owner is not None and owner != (deployment, service.name):
-                raise ProxyError(f"port {ep.port} is already used by {owner[0]}/{owner[1]}",
-                                 where=f"services.{service.name}.endpoints.{ep.name}")  # fmt: skip
-            lst = self.listeners.get(ep.port)
-            if lst is None:
-                host = "0.0.0.0" if ep.expose == "public" else self.internal_host
-                lst = _Listener(ep.port, host)
-                await lst.start()
-                self.listeners[ep.port] = lst
-                self.owners[ep.port] = (deployment, service.name)
-            lst.backends = [Backend(b.container, b.address, ep.target_port) for b in backends]
-
-    async def remove_service(self, deployment: str, service: str) -> None:
-        for port, owner in list(self.owners.items()):
-            if owner == (deployment, service):
-                await self.listeners.pop(port).close()
-                del self.owners[port]
-
-    async def close(self) -> None:
-        for lst in self.listeners.values():
-            await lst.close()
-
-
-L7 = ("http", "https", "websocket")
-
-
-def _only(view: ServiceView, l7: bool) -> ServiceView:
-    """The service with only its L7 (or only its L4) endpoints."""
-    keep = [e for e in view.endpoints if (e.protocol in L7) == l7]
-    raw_eps = [e for e in view.raw.get("endpoints") or [] if (str(e.get("protocol", "")).lower() in L7) == l7]
-    return dataclasses.replace(view, endpoints=tuple(keep), raw={**view.raw, "endpoints": raw_eps})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,12 +31,10 @@ class AcmeSettings:
 
 
 class ManagedProxy:
-    """The agent's ProxyHook over :class:`zlayer.proxy.ProxyManager` (C data planes). When the C L7 plane is not
-    built, HTTP endpoints go through the asyncio forwarder instead, so they still answer."""
+    """The agent's ProxyHook over :class:`zlayer.proxy.ProxyManager` (C data planes)."""
 
-    def __init__(self, manager: Any, l7_fallback: ForwardingProxy | None, acme: AcmeSettings | None = None) -> None:
+    def __init__(self, manager: ProxyManager, acme: AcmeSettings | None = None) -> None:
         self.pm = manager
-        self.fallback = l7_fallback
         self.acme = acme
         self._started = False
         self._names: dict[tuple[str, str], str] = {}  # (deployment, service) -> the name the proxy knows it by
@@ -181,48 +78,24 @@ class ManagedProxy:
 
     async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
         await self._start()
-        if self.fallback is None:
-            await self._managed(deployment, service, backends)
-            self._enable_acme()
-            return
-        l4, l7 = _only(service, l7=False), _only(service, l7=True)
-        if l4.endpoints:
-            await self._managed(deployment, l4, backends)
-        if l7.endpoints:
-            await self.fallback.update_service(deployment, l7, backends)
-        self._enable_acme()
-
-    async def _managed(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
         # Bare addresses: each endpoint then sends to the replica's address at that endpoint's target_port.
         name = self._name(deployment, service.name)
         await self.pm.add_service(deployment, name, service)
         await self.pm.update_backends(name, [b.address for b in backends])
+        self._enable_acme()
 
     async def remove_service(self, deployment: str, service: str) -> None:
         name = self._names.pop((deployment, service), service)
         await self.pm.remove_service(name, deployment=deployment)
-        if self.fallback is not None:
-            await self.fallback.remove_service(deployment, service)
 
     async def close(self) -> None:
         if self._started:
             await self.pm.close()
-        if self.fallback is not None:
-            await self.fallback.close()
 
 
-def make_proxy(cfg: DaemonConfig) -> Any:
-    try:
-        from zlayer.proxy import ProxyManager
-        from zlayer.proxy.l7 import RecordingL7Plane
-    except ImportError:
-        return ForwardingProxy()
-    pm = ProxyManager(data_dir=cfg.paths.sub("proxy"))
+def make_proxy(cfg: DaemonConfig) -> ManagedProxy:
     acme = AcmeSettings(cfg.acme_directory, cfg.acme_email) if cfg.acme_email or cfg.acme_directory else None
-    if isinstance(pm.l7, RecordingL7Plane):
-        log.warning("the C L7 proxy plane is not built; HTTP endpoints use the asyncio forwarder")
-        return ManagedProxy(pm, ForwardingProxy(), acme)
-    return ManagedProxy(pm, None, acme)
+    return ManagedProxy(ProxyManager(data_dir=cfg.paths.sub("proxy")), acme)
 
 
 class DaemonNetwork:

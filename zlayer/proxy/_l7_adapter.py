@@ -1,7 +1,6 @@
 """The C L7 data plane (zlayer.proxy._l7) behind the control plane's :class:`~zlayer.proxy.l7.L7Plane` protocol.
 
-Importing this module fails with ImportError when the extension is not built; :func:`zlayer.proxy.l7.open_plane`
-then falls back to the recording stand-in.
+The extension must be built (the daemon checks for it at start, :func:`zlayer._native.require_built`).
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ from typing import Any
 
 from zlayer.errors import ProxyError, SpecError
 from zlayer.proxy import health as health_mod
+from zlayer.proxy._l7_adapter import open_plane
 from zlayer.proxy.certs import CertificateInfo, CertStore
-from zlayer.proxy.l7 import BackendState, L7Plane, open_plane
+from zlayer.proxy.l7 import BackendState, L7Plane
 from zlayer.proxy.models import RouteSpec, StreamSpec, build
 
 log = logging.getLogger("zlayer.proxy")
