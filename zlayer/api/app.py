@@ -17,10 +17,11 @@ from starlette.status import WS_1008_POLICY_VIOLATION
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zlayer._version import __version__
-from zlayer.api.auth import access_needed, may_write, verify_token
+from zlayer.api.auth import access_needed, may_write
 from zlayer.api.context import ApiContext
 from zlayer.errors import AuthError, ForbiddenError, ZLayerError, from_os_error
 from zlayer.limits import MAX_JSON_BYTES, json_limit_problem
+from zlayer.tokens import verify_token
 
 log = logging.getLogger("zlayer.api")
 PUBLIC_PATHS = ("/health/live", "/health/ready", "/api-docs/openapi.json")

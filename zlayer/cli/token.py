@@ -17,7 +17,7 @@ def _secret(given: str | None) -> str:
     env = os.environ.get("ZLAYER_JWT_SECRET")
     if env:
         return env
-    from zlayer.api.auth import SECRET_FILE
+    from zlayer.tokens import SECRET_FILE
 
     path = cli_ctx().paths.data_dir / SECRET_FILE
     try:
@@ -46,7 +46,7 @@ def token() -> None:
 @click.option("--quiet", is_flag=True, help="Print only the token.")
 def create(subject: str, secret: str | None, hours: int, roles: str, quiet: bool) -> None:
     """Mint a token the daemon's TCP API accepts (Authorization: Bearer TOKEN)."""
-    from zlayer.api.auth import create_token
+    from zlayer.tokens import create_token
 
     if secret:
         warn_if_secret_in_argv("secret", "ZLAYER_JWT_SECRET")
@@ -66,7 +66,7 @@ def create(subject: str, secret: str | None, hours: int, roles: str, quiet: bool
 @output_option()
 def decode(value: str, as_json: bool, output: str) -> None:
     """Show a token's claims (without checking its signature)."""
-    from zlayer.api.auth import decode_token
+    from zlayer.tokens import decode_token
 
     claims = decode_token(value)
     if as_json or output != "table":
@@ -81,7 +81,7 @@ def decode(value: str, as_json: bool, output: str) -> None:
 @token.command("show")
 def show() -> None:
     """Print the node's local admin token (DATA/admin_bearer.token)."""
-    from zlayer.api.auth import BEARER_FILE
+    from zlayer.tokens import BEARER_FILE
 
     path = cli_ctx().paths.data_dir / BEARER_FILE
     try:

@@ -150,7 +150,7 @@ class Daemon:
             jobs = JobManager(store, runtime, network=network)
             manager.on_job_registered = jobs.register
             manager.reserved_ports = _own_ports(cfg)
-            from zlayer.api.auth import load_or_create_secret, write_admin_bearer
+            from zlayer.tokens import load_or_create_secret, write_admin_bearer
 
             if cfg.token is not None and not cfg.token.strip():
                 raise DaemonError("--jwt-secret was given but is empty", where="--jwt-secret")
@@ -232,7 +232,7 @@ class Daemon:
 
     async def _renew_bearer(self, secret: str) -> None:
         """The local admin token lives 24 h (as ZLayer's); mint a fresh one every 12 h so the file stays usable."""
-        from zlayer.api.auth import write_admin_bearer
+        from zlayer.tokens import write_admin_bearer
 
         while True:
             await asyncio.sleep(12 * 3600)

@@ -17,8 +17,8 @@ import httpx
 from tests.fixtures.daemon import HostProcessRuntime, free_port, httpd_service
 from zlayer.agent import JobManager, ServiceManager
 from zlayer.api import ApiContext, TokenAuth, create_app
-from zlayer.api.auth import create_token
 from zlayer.state import SqliteStore
+from zlayer.tokens import create_token
 
 Body = Callable[[httpx.AsyncClient, ApiContext], Awaitable[None]]
 

@@ -15,7 +15,8 @@ from fastapi import FastAPI, WebSocket
 from tests.fixtures.api_routes import app_routes
 from zlayer.api import TokenAuth, create_app
 from zlayer.api.app import PUBLIC_PATHS
-from zlayer.api.auth import READ_ONLY, create_token
+from zlayer.api.auth import READ_ONLY
+from zlayer.tokens import create_token
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 SECRET = "s3cret"

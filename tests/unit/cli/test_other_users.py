@@ -46,7 +46,7 @@ def test_another_user_is_told_the_data_dir_is_not_theirs_not_shown_a_traceback(t
     os.chmod(data, 0o711)
     # python itself lives where nobody cannot read it: import everything first, then become nobody
     script = (
-        "import os, sys, zlayer.cli.main as m, zlayer.cli.token, zlayer.api.auth, zlayer.cli.common\n"
+        "import os, sys, zlayer.cli.main as m, zlayer.cli.token, zlayer.tokens, zlayer.cli.common\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
         f"sys.exit(m.main(['--data-dir', {str(data)!r}, 'token', 'show']))\n"
     )
