@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 
 from zlayer.agent.jobs import JobManager
 from zlayer.agent.manager import ServiceManager
+from zlayer.proxy import ProxyManager
 from zlayer.runtime.protocol import Runtime
 from zlayer.state import Store
 
@@ -24,6 +25,7 @@ class ApiContext:
     jobs: JobManager
     runtime_name: str = "linux"
     images: Any = None  # zlayer.images.ImageStore when available
+    proxy: ProxyManager | None = None  # the node's proxy, which /api/v1/proxy shows (None: this node runs none)
     metrics: Any = None
     token: str = ""
     ready: bool = False

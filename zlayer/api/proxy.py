@@ -1,17 +1,16 @@
 """/api/v1/proxy/routes|backends|streams|tls: the live state of this node's proxy, read from its ProxyManager.
 
-When the daemon runs without the C proxy (the asyncio forwarder stands in), these answer 503 as ZLayer's do when
-its load balancer or registries are not initialised.
+A context without a proxy (an API served without one, as some tests do) answers 503, as ZLayer's routes do when its
+load balancer or registries are not initialised.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from fastapi import APIRouter, Depends
 
 from zlayer.api.context import ApiContext, ctx
 from zlayer.errors import DaemonError
+from zlayer.proxy import ProxyManager
 from zlayer.proxy.api_models import (
     BackendsResponse,
     RoutesResponse,
@@ -26,11 +25,10 @@ from zlayer.proxy.api_models import (
 router = APIRouter(prefix="/api/v1/proxy", tags=["Proxy"])
 
 
-def _manager(c: ApiContext) -> Any:
-    pm = getattr(getattr(c.manager, "proxy", None), "pm", None)
-    if pm is None:
+def _manager(c: ApiContext) -> ProxyManager:
+    if c.proxy is None:
         raise DaemonError("the proxy is not available on this node", where="/api/v1/proxy")
-    return pm
+    return c.proxy
 
 
 @router.get("/routes", response_model=RoutesResponse, summary="List all registered proxy routes.")

@@ -163,6 +163,7 @@ class Daemon:
                 jobs=jobs,
                 runtime_name=runtime_name,
                 images=make_image_store(cfg),
+                proxy=proxy.pm,
                 metrics=metrics,
                 token=token,
             )
