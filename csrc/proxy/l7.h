@@ -93,6 +93,10 @@ int l7_listen(l7_proxy_t *p, const char *host, int port, int tls, char *err, siz
 /* Closes the listener on host:port in every worker (each drains its accept queue first; accepted connections stay)
  * and returns once they are closed: the number of sockets closed, 0 when none listened there. */
 int l7_unlisten(l7_proxy_t *p, const char *host, int port);
+/* Handover between data-plane processes: a listening socket received from the predecessor, taken by the next
+ * l7_listen of its address (ownership passes); and the listening sockets of p (still owned by p), at most cap. */
+void l7_inherit_fd(int fd);
+size_t l7_listening_fds(l7_proxy_t *p, int *out, size_t cap);
 /* Replaces the certificate table (TLS listeners pick one by SNI: exact name, then *.suffix, else the first). */
 int l7_set_certificates(l7_proxy_t *p, const char *const *domains, const char *const *certs, const char *const *keys,
                         size_t n, char *err, size_t errlen);

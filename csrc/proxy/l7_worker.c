@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "zlayer/fdpool.h"
 #include "zlayer/netaddr.h"
 #include "l7_int.h"
 
@@ -204,24 +205,30 @@ int l7_create(const l7_config_t *cfg, l7_proxy_t **out, char *err, size_t errlen
     return 0;
 }
 
+static zl_fdpool_t l7_inherited = ZL_FDPOOL_INIT;
+
 /* A listening socket on ss (port *bound, 0: any, set to the one bound) in worker wi's epoll set. Under p->mu. */
 static int listen_one(l7_proxy_t *p, struct sockaddr_storage *ss, socklen_t sl, int *bound, const char *host, int tls,
                       int wi)
 {
-    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
-    if (fd < 0)
-        return -1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (ss->ss_family == AF_INET)
         ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)*bound);
     else
         ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)*bound);
+    int fd = *bound ? zl_fdpool_take(&l7_inherited, ss, SOCK_STREAM) : -1;
+    int inherited = fd >= 0;
+    if (!inherited) {
+        fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    }
     struct sockaddr_storage got;
     socklen_t gl = sizeof(got);
     lsock_t *l = NULL;
-    if (bind(fd, (struct sockaddr *)ss, sl) < 0 || listen(fd, 4096) < 0 ||
+    if ((!inherited && bind(fd, (struct sockaddr *)ss, sl) < 0) || listen(fd, 4096) < 0 ||
         getsockname(fd, (struct sockaddr *)&got, &gl) < 0 || !(l = calloc(1, sizeof(*l)))) {
         close(fd);
         return -1;
@@ -233,6 +240,22 @@ static int listen_one(l7_proxy_t *p, struct sockaddr_storage *ss, socklen_t sl, 
     p->ls = l;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = l};
     return epoll_ctl(p->w[wi].epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+void l7_inherit_fd(int fd)
+{
+    zl_fdpool_put(&l7_inherited, fd);
+}
+
+size_t l7_listening_fds(l7_proxy_t *p, int *out, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&p->mu);
+    for (lsock_t *l = p->ls; l && n < cap; l = l->next)
+        if (!l->closing)
+            out[n++] = l->fd;
+    pthread_mutex_unlock(&p->mu);
+    return n;
 }
 
 int l7_listen(l7_proxy_t *p, const char *host, int port, int tls, char *err, size_t errlen)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "l4_internal.h"
+#include "zlayer/fdpool.h"
 #include "zlayer/netaddr.h"
 
 double l4_now(void)
@@ -238,6 +239,22 @@ int l4_set_tls(l4_listener_t *l, const char *cert_file, const char *key_file, ch
     return 0;
 }
 
+static zl_fdpool_t l4_inherited = ZL_FDPOOL_INIT;
+
+void l4_inherit_fd(int fd)
+{
+    zl_fdpool_put(&l4_inherited, fd);
+}
+
+size_t l4_listening_fds(l4_listener_t *l, int *out, size_t cap)
+{
+    size_t n = 0;
+    for (int i = 0; l->workers && i < l->nworkers && n < cap; i++)
+        if (l->workers[i].lfd >= 0)
+            out[n++] = l->workers[i].lfd;
+    return n;
+}
+
 static int open_socket(l4_listener_t *l, int port, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
@@ -247,7 +264,10 @@ static int open_socket(l4_listener_t *l, int port, char *err, size_t errlen)
         return -1;
     }
     int type = l->cfg.protocol == L4_TCP ? SOCK_STREAM : SOCK_DGRAM;
-    int fd = socket(ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = port ? zl_fdpool_take(&l4_inherited, &ss, type) : -1;
+    if (fd >= 0) /* handed over by the predecessor data-plane process: bound (and listening) already */
+        return type == SOCK_STREAM && listen(fd, 4096) < 0 ? (close(fd), -1) : fd;
+    fd = socket(ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -1;

@@ -54,6 +54,10 @@ void l4_stop(l4_listener_t *l);
 /* TCP: every worker accepts what waits in its backlog and closes its listening socket; returns when all have (at
  * most 2 s). Open connections go on. Then call l4_drain (or l4_stop). */
 void l4_stop_accepting(l4_listener_t *l);
+/* Handover between data-plane processes: a listening socket received from the predecessor, taken by the next
+ * l4_start on its address (ownership passes); and the listening sockets of l (still owned by l), at most cap. */
+void l4_inherit_fd(int fd);
+size_t l4_listening_fds(l4_listener_t *l, int *out, size_t cap);
 /* Stops taking connections, lets the open ones finish for up to grace seconds, then stops (TCP; UDP just stops).
  * Blocks until the workers are gone. */
 void l4_drain(l4_listener_t *l, double grace);

@@ -888,6 +888,8 @@ class ServiceManager:
             view = service_view(rec.service, svc.spec)
             rec.pid = info.state.pid
             rep = Replica(rec.deployment, view, ContainerId.parse(rec.id), rec)
+            # Its last known health stands until its first check: a healthy replica stays behind the proxy meanwhile.
+            rep.healthy = rec.health == "healthy"
             self.replicas[rec.id] = rep
             self._watch(rep)
         for rec in known.values():

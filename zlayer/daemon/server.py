@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from zlayer._native import require_built
 from zlayer.config import DaemonConfig, probe_socket, split_bind, write_json_atomic
-from zlayer.errors import DaemonError
+from zlayer.errors import DaemonError, ZLayerError
 
 if TYPE_CHECKING:
     from zlayer.images import ImageStore
@@ -195,6 +195,9 @@ class Daemon:
                 await network.restore()
             await jobs.restore()
             await manager.restore()
+            adopting = None
+            if proxy is not None and hasattr(proxy, "adopted"):
+                adopting = asyncio.create_task(self._adopted(manager, proxy), name="zlayer-proxy-adopt")
             jobs.start()
             self.context.ready = True
             self.ready.set()
@@ -202,6 +205,8 @@ class Daemon:
             renew = asyncio.create_task(self._renew_bearer(secret))
             await self._stop.wait()
             renew.cancel()
+            if adopting is not None and not adopting.done():
+                adopting.cancel()
             self.context.closing.set()  # follow streams (logs -f, events) end their responses now
             await asyncio.sleep(0.05)
             for srv in servers:
@@ -223,6 +228,17 @@ class Daemon:
                 cfg.daemon_json.unlink()
             await store.close()
             os.close(lock_fd)
+
+    async def _adopted(self, manager: Any, proxy: Any) -> None:
+        """Once the re-adopted deployments have converged (their services published to the proxy again; at most
+        30 s), the data plane gets the daemon's whole state in place of what it kept serving meanwhile."""
+        tasks = [t for t in getattr(manager, "_deploy_tasks", {}).values() if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=30.0)
+        try:
+            await proxy.adopted()
+        except ZLayerError as e:
+            log.error("proxy: %s", e)
 
     def _uv_config(self, app: Any) -> Any:
         import uvicorn

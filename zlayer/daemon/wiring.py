@@ -6,6 +6,7 @@ an endpoint's bytes, and a daemon whose C parts are not built does not start (:f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -17,6 +18,7 @@ from zlayer.agent.specview import ServiceView
 from zlayer.config import DaemonConfig
 from zlayer.errors import ProxyError
 from zlayer.proxy import ProxyManager
+from zlayer.proxy.dpclient import DataPlaneClient
 
 log = logging.getLogger("zlayer.daemon")
 
@@ -33,9 +35,12 @@ class AcmeSettings:
 class ManagedProxy:
     """The agent's ProxyHook over :class:`zlayer.proxy.ProxyManager` (C data planes)."""
 
-    def __init__(self, manager: ProxyManager, acme: AcmeSettings | None = None) -> None:
+    def __init__(
+        self, manager: ProxyManager, acme: AcmeSettings | None = None, dataplane: DataPlaneClient | None = None
+    ) -> None:
         self.pm = manager
         self.acme = acme
+        self.dataplane = dataplane
         self._started = False
         self._names: dict[tuple[str, str], str] = {}  # (deployment, service) -> the name the proxy knows it by
 
@@ -88,14 +93,36 @@ class ManagedProxy:
         name = self._names.pop((deployment, service), service)
         await self.pm.remove_service(name, deployment=deployment)
 
+    async def adopted(self) -> None:
+        """The agent re-adopted its replicas: a re-adopted data-plane process gets the daemon's whole state now (until
+        then it served the tables it had)."""
+        if self.dataplane is not None:
+            await self._start()
+            await asyncio.to_thread(self.dataplane.synced)
+
     async def close(self) -> None:
+        """A daemon stopping with services left keeps its data plane serving them (their containers run on too; the
+        next daemon re-adopts both); with none left, the data-plane process stops."""
+        keep = self.dataplane is not None and bool(self.pm.services())
         if self._started:
-            await self.pm.close()
+            await self.pm.close(keep_serving=keep)
+        if self.dataplane is not None:
+            await asyncio.to_thread(self.dataplane.detach if keep else self.dataplane.shutdown)
 
 
 def make_proxy(cfg: DaemonConfig) -> ManagedProxy:
+    """The proxy's C planes run in a data-plane process of their own that outlives this daemon
+    (:mod:`zlayer.proxy.dataplane`); the one this data dir has running is re-adopted."""
     acme = AcmeSettings(cfg.acme_directory, cfg.acme_email) if cfg.acme_email or cfg.acme_directory else None
-    return ManagedProxy(ProxyManager(data_dir=cfg.paths.sub("proxy")), acme)
+    client = DataPlaneClient(cfg.paths.run_dir, cfg.paths.log_dir / "dataplane.log")
+    client.connect()
+    pm = ProxyManager(
+        data_dir=cfg.paths.sub("proxy"),
+        l7=client.l7_plane(),
+        listener_factory=client.listener,
+        known_health=client.last_health,
+    )
+    return ManagedProxy(pm, acme, client)
 
 
 class DaemonNetwork:

@@ -46,6 +46,8 @@ cdef extern from "zlayer/l4.h" nogil:
     void l4_stop(l4_listener_t *l)
     void l4_drain(l4_listener_t *l, double grace)
     void l4_stop_accepting(l4_listener_t *l)
+    void l4_inherit_fd(int fd)
+    size_t l4_listening_fds(l4_listener_t *l, int *out, size_t cap)
     void l4_hurry(l4_listener_t *l)
     void l4_destroy(l4_listener_t *l)
     int l4_port(const l4_listener_t *l)

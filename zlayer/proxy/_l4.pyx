@@ -187,3 +187,17 @@ def _sockaddr(fam, addr):
         return struct.pack("=H", socket.AF_INET) + struct.pack("!H", addr[1]) + socket.inet_pton(fam, addr[0]) + bytes(8)
     return (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", addr[1], 0) + socket.inet_pton(fam, addr[0])
             + bytes(4))
+
+
+def inherit_fds(fds):
+    """Listening sockets handed over by a predecessor data-plane process (owned from now on); the next start of a
+    listener on each one's address takes it instead of binding."""
+    for fd in fds:
+        l4_inherit_fd(int(fd))
+
+
+def listening_fds(Listener listener):
+    """The descriptors of ``listener``'s sockets (still its own: dup them to hand them over)."""
+    cdef int fds[1024]
+    cdef size_t n = l4_listening_fds(listener._l, fds, 1024)
+    return [fds[i] for i in range(n)]

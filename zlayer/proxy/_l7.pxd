@@ -39,6 +39,8 @@ cdef extern from "l7.h" nogil:
     int l7_set_certificates(l7_proxy_t *p, const char *const *domains, const char *const *certs,
                             const char *const *keys, size_t n, char *err, size_t errlen)
     int l7_unlisten(l7_proxy_t *p, const char *host, int port)
+    void l7_inherit_fd(int fd)
+    size_t l7_listening_fds(l7_proxy_t *p, int *out, size_t cap)
     int l7_start(l7_proxy_t *p, char *err, size_t errlen)
     int l7_apply(l7_proxy_t *p, const l7_route_def_t *routes, size_t nroutes, const char *const *group_names,
                  const l7_backend_def_t *const *groups, const size_t *ngroup_backends, size_t ngroups, char *err,

@@ -252,3 +252,17 @@ cdef class Proxy:
             with nogil:
                 l7_destroy(self._p)
             self._p = NULL
+
+
+def inherit_fds(fds):
+    """Listening sockets handed over by a predecessor data-plane process (owned from now on); the next listen of
+    each one's address takes it instead of binding."""
+    for fd in fds:
+        l7_inherit_fd(int(fd))
+
+
+def listening_fds(Proxy proxy):
+    """The descriptors of ``proxy``'s listening sockets (still its own: dup them to hand them over)."""
+    cdef int fds[1024]
+    cdef size_t n = l7_listening_fds(proxy._p, fds, 1024)
+    return [fds[i] for i in range(n)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from zlayer.proxy.models import HealthCheckSpec
@@ -129,6 +129,17 @@ class HealthChecker:
         self.state: dict[tuple[str, str, int], BackendHealth] = {}
         self._task: asyncio.Task[None] | None = None
         self._sem = asyncio.Semaphore(64)
+        self._known: dict[tuple[str, str, int], bool] = {}
+
+    def seed(self, known: Mapping[tuple[str, str, int], bool]) -> None:
+        """Last known health of backends (from a re-adopted data plane): a backend registered later starts with it
+        instead of healthy, and keeps it until its first check."""
+        self._known = dict(known)
+
+    def _initial(self, key: tuple[str, str, int]) -> BackendHealth:
+        if self._known.get(key, True):
+            return BackendHealth()
+        return BackendHealth(healthy=False, consecutive_failures=UNHEALTHY_AFTER)
 
     def set_group(self, group: str, spec: HealthCheckSpec, backends: list[tuple[str, int]]) -> None:
         self._groups[group] = (spec, list(backends))
@@ -136,7 +147,8 @@ class HealthChecker:
         for key in [k for k in self.state if k[0] == group and k not in keep]:
             del self.state[key]
         for h, p in backends:
-            self.state.setdefault((group, h, p), BackendHealth())
+            if (group, h, p) not in self.state:
+                self.state[(group, h, p)] = self._initial((group, h, p))
 
     def remove_group(self, group: str) -> None:
         self._groups.pop(group, None)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,12 +67,17 @@ class ProxyManager:
         health_timeout: float = health_mod.DEFAULT_TIMEOUT,
         l7: L7Plane | None = None,
         sample_interval: float = 1.0,
+        listener_factory: Callable[..., Any] | None = None,
+        known_health: Mapping[tuple[str, str, int], bool] | None = None,
     ) -> None:
         self.internal_address = internal_address
         self.workers = workers
         self.certs = CertStore((data_dir or Path("/var/lib/zlayer")) / "certs")
         self.l7: L7Plane = l7 if l7 is not None else open_plane(workers)
         self.health = health_mod.HealthChecker(self._on_health, health_interval, health_timeout)
+        if known_health:  # backends re-adopted with the data plane keep their last known health until checked
+            self.health.seed(known_health)
+        self._listener_factory = listener_factory
         self.acme: Any = None  # zlayer.proxy.acme.CertManager when ACME is configured
         self._services: dict[str, _Service] = {}
         self._streams: dict[tuple[str, int, str], _Stream] = {}
@@ -93,8 +98,9 @@ class ProxyManager:
         if self._sampler is None:
             self._sampler = asyncio.get_running_loop().create_task(self._sample_loop(), name="zlayer-proxy-rps")
 
-    async def close(self) -> None:
-        """Stops every listener and background task."""
+    async def close(self, keep_serving: bool = False) -> None:
+        """Stops every listener and background task; with ``keep_serving`` the listeners stay (they belong to a
+        data-plane process that outlives this daemon)."""
         await self.health.stop()
         if self.acme is not None:
             await self.acme.stop()
@@ -107,8 +113,9 @@ class ProxyManager:
             except asyncio.CancelledError:
                 pass
             self._sampler = None
-        for entry in self._streams.values():
-            await asyncio.to_thread(entry.listener.stop)
+        if not keep_serving:
+            for entry in self._streams.values():
+                await asyncio.to_thread(entry.listener.stop)
         self._streams.clear()
         for task, listener in list(self._draining.items()):
             listener.hurry()  # the whole proxy is going away: cut drains short
@@ -355,7 +362,7 @@ class ProxyManager:
                         )
 
     async def _apply_streams(self, svc: _Service, old: _Service | None) -> None:
-        from zlayer.proxy._l4 import Listener
+        factory = self._listener_factory or _l4_listener()
 
         wanted = {(s.bind, s.port, s.protocol): s for s in svc.streams}
         started: list[tuple[tuple[str, int, str], _Stream]] = []
@@ -364,8 +371,8 @@ class ProxyManager:
                 entry = self._streams.get(key)
                 if entry is not None and _same_listener(entry.spec, spec):
                     continue
-                listener = Listener(
-                    spec.protocol,  # type: ignore[arg-type]
+                listener = factory(
+                    spec.protocol,
                     spec.bind,
                     spec.port,
                     workers=self.workers,
@@ -458,6 +465,13 @@ class ProxyManager:
                     entry.listener.set_health(host, port, healthy)
         if any(r.key == group for r in svc.routes):
             self.l7.set_health(group, host, port, healthy)
+
+
+def _l4_listener() -> Callable[..., Any]:
+    """The in-process C L4 listener (the daemon gives a data-plane process's instead: ``listener_factory``)."""
+    from zlayer.proxy._l4 import Listener
+
+    return Listener
 
 
 def _parse_backend(text: Any, where: str) -> tuple[str, int]:
