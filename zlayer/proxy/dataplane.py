@@ -124,6 +124,7 @@ class DataPlane:
         self.stopping = threading.Event()
         self.inherited: dict[str, list[int]] = {}  # "tcp|host|port" / "udp|host|port" -> listening fds to reuse
         self.drains: list[threading.Thread] = []
+        self.l7_ports: set[int] = set()
 
     # -- L7
     def l7_apply(self, table: dict[str, Any]) -> None:
@@ -226,6 +227,7 @@ class DataPlane:
         return meta, fds
 
     def stop_accepting_all(self) -> None:
+        self.l7_ports = {port for _, port in self.l7._listening}
         self.l7.unlisten_all()
         for listener in self.l4.values():
             if listener.protocol == "tcp":
@@ -237,7 +239,9 @@ class DataPlane:
             self._drain(listener, grace)
         self.l4.clear()
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(s.active_connections for s in self.l7.route_stats().values()):
+        # Every client connection this process accepted (requests under way, a request not read yet, keep-alive
+        # ones between requests) may finish: clients close them, the grace bounds the wait.
+        while time.monotonic() < deadline and _client_connections(self.l7_ports):
             time.sleep(0.05)
         for t in self.drains:
             t.join(max(0.0, deadline - time.monotonic()) + 1.0)
@@ -327,6 +331,26 @@ class DataPlane:
 
 _SENT = object()
 BUILD = ""
+
+
+def _client_connections(ports: set[int]) -> int:
+    """Established TCP connections of this process whose local port is one of ``ports``."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    n = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f, None)
+            for line in f:
+                cols = line.split()
+                if len(cols) > 9 and cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) in ports:
+                    n += cols[9] in inodes
+    return n
 
 
 def _say(line: str) -> None:
