@@ -144,14 +144,15 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
 
     app.add_middleware(BodyLimits)  # before the timing middleware, so refused bodies are counted too
 
-    if context is not None and context.metrics is not None:
+    metrics = context.metrics if context is not None else None
+    if metrics is not None:
 
         @app.middleware("http")
         async def timing(request: Request, call_next: Any) -> Any:
             t0 = time.perf_counter()
             response = await call_next(request)
             route = request.scope.get("route")
-            context.metrics.api_request(
+            metrics.api_request(
                 request.method, getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - t0
             )
             return response

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from starlette.requests import HTTPConnection
 
@@ -16,6 +16,10 @@ from zlayer.proxy import ProxyManager
 from zlayer.runtime.protocol import Runtime
 from zlayer.state import Store
 
+if TYPE_CHECKING:  # types only: the daemon may run without metrics, whose client library then stays unloaded
+    from zlayer.images import ImageStore
+    from zlayer.observability import Metrics
+
 
 @dataclass
 class ApiContext:
@@ -24,9 +28,9 @@ class ApiContext:
     manager: ServiceManager
     jobs: JobManager
     runtime_name: str = "linux"
-    images: Any = None  # zlayer.images.ImageStore when available
+    images: ImageStore | None = None  # None: an API served without a store (some tests), which lists no images
     proxy: ProxyManager | None = None  # the node's proxy, which /api/v1/proxy shows (None: this node runs none)
-    metrics: Any = None
+    metrics: Metrics | None = None
     token: str = ""
     ready: bool = False
     started: float = field(default_factory=time.monotonic)
