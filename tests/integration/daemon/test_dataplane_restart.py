@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -27,11 +28,12 @@ DEADLINE = 120.0
 
 
 class Load:
-    """Requests through the proxy until stopped: every fourth round one keep-alive connection carries 10 requests,
-    the others open a connection per request. Each result: (time, ok, detail)."""
+    """Requests through the proxy until stopped, in turn through each port (an L7 http endpoint, an L4 tcp one):
+    every fourth round one keep-alive connection carries 10 requests, the others open a connection per request.
+    Each result: (time, ok, detail)."""
 
-    def __init__(self, ns: str, port: int) -> None:
-        self.ns, self.port = ns, port
+    def __init__(self, ns: str, ports: tuple[int, ...]) -> None:
+        self.ns, self.ports = ns, ports
         self.results: list[tuple[float, bool, str]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -53,7 +55,7 @@ class Load:
         rounds = 0
         while not self.stop.is_set() and len(self.results) < LIMIT and time.monotonic() < end:
             rounds += 1
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            conn = http.client.HTTPConnection("127.0.0.1", self.ports[rounds % len(self.ports)], timeout=5)
             try:
                 for _ in range(10 if rounds % 4 == 0 else 1):
                     self._one(conn)
@@ -69,8 +71,8 @@ class Load:
 
 
 @contextlib.contextmanager
-def loading(node: LiveNode, port: int) -> Iterator[Load]:
-    load = Load(node.ns, port)
+def loading(node: LiveNode, ports: tuple[int, ...]) -> Iterator[Load]:
+    load = Load(node.ns, ports)
     load.thread.start()
     try:
         node.wait_for(lambda: len(load.results) >= 50 or None, 30, "the load's first requests")
@@ -100,21 +102,31 @@ def state_sent(node: LiveNode, before: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveNode, int]]:
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveNode, tuple[int, int]]]:
     with live_node(tmp_path_factory.mktemp("dataplane")) as n:
-        port = n.free_port()
+        http_port, tcp_port = n.free_port(), n.free_port()
         name = unique("dp")
-        n.deploy(web_spec(name, replicas=2, port=port))
+        endpoints = (
+            f"    endpoints:\n"
+            f"      - {{name: http, protocol: http, port: {http_port}, target_port: 8080, expose: public}}\n"
+            f"      - {{name: raw, protocol: tcp, port: {tcp_port}, target_port: 8080, expose: public}}\n"
+        )
+        n.deploy(web_spec(name, replicas=2, extra=endpoints))
         n.expect(name)
-        n.wait_for(lambda: n.get(port)[0] == 200 or None, 30, "the endpoint answering")
-        yield n, port
+        for port in (http_port, tcp_port):
+            n.wait_for(lambda p=port: n.get(p)[0] == 200 or None, 30, f"the endpoint on {port} answering")
+        yield n, (http_port, tcp_port)
 
 
-def test_daemon_sigkill_and_restart_drops_no_request(node: tuple[LiveNode, int]) -> None:
-    n, port = node
+def test_daemon_sigkill_and_restart_drops_no_request(node: tuple[LiveNode, tuple[int, int]]) -> None:
+    n, ports = node
     pid = dataplane_pid(n)
     assert alive(pid)
-    with loading(n, port) as load:
+    control = n.data / "run" / "dataplane"
+    assert stat.S_IMODE(control.stat().st_mode) == 0o700, "the data plane's control dir is open to other users"
+    assert stat.S_IMODE((control / "control.sock").stat().st_mode) == 0o600
+    assert os.getsid(pid) == pid, "the data plane does not lead a session of its own"
+    with loading(n, ports) as load:
         before = len(n.log_tail(10**7))
         killed = time.monotonic()
         n.signal_and_wait(signal.SIGKILL)
@@ -126,12 +138,15 @@ def test_daemon_sigkill_and_restart_drops_no_request(node: tuple[LiveNode, int])
     assert load.count(killed, back) > 50, "the load did not span the restart"
     assert load.failures() == [], load.failures()[:5]
     assert dataplane_pid(n) == pid, "the data plane was replaced instead of re-adopted"
+    # The restarted daemon serves the proxy's series, read from the data plane (its counters span the restart).
+    served = {k: v for k, v in n.metrics().items() if k.startswith("zlayer_proxy_requests_total{")}
+    assert len(served) == 2 and all(v > 0 for v in served.values()), served
 
 
-def test_upgrade_in_place_hands_listeners_over(node: tuple[LiveNode, int]) -> None:
-    n, port = node
+def test_upgrade_in_place_hands_listeners_over(node: tuple[LiveNode, tuple[int, int]]) -> None:
+    n, ports = node
     old = dataplane_pid(n)
-    with loading(n, port) as load:
+    with loading(n, ports) as load:
         before = len(n.log_tail(10**7))
         n.signal_and_wait(signal.SIGTERM)  # the operator stops the old version ...
         n.env["ZLAYER_BUILD_ID"] = "upgrade-test-1"  # ... and starts a new build
@@ -148,21 +163,22 @@ def test_upgrade_in_place_hands_listeners_over(node: tuple[LiveNode, int]) -> No
     assert load.failures() == [], load.failures()[:5]
 
 
-def test_killed_dataplane_is_restarted_with_its_tables(node: tuple[LiveNode, int]) -> None:
-    n, port = node
+def test_killed_dataplane_is_restarted_with_its_tables(node: tuple[LiveNode, tuple[int, int]]) -> None:
+    n, ports = node
     old = dataplane_pid(n)
-    with loading(n, port) as load:
+    with loading(n, ports) as load:
         os.kill(old, signal.SIGKILL)
         killed = time.monotonic()
         n.wait_for(lambda: (dataplane_pid(n) not in (0, old) and alive(dataplane_pid(n))) or None, 30, "a new one")
-        n.wait_for(lambda: n.get(port)[0] == 200 or None, 30, "the endpoint answering again")
+        for port in ports:
+            n.wait_for(lambda p=port: n.get(p)[0] == 200 or None, 30, f"the endpoint on {port} answering again")
         back = time.monotonic()
         n.wait_for(lambda: load.count(back, float("inf")) >= 200 or None, 60, "requests after the recovery")
     assert load.failures(since=back) == [], load.failures(since=back)[:5]
     assert load.count(killed, float("inf")) > 200
 
 
-def test_clean_stop_without_deployments_stops_the_dataplane(node: tuple[LiveNode, int]) -> None:
+def test_clean_stop_without_deployments_stops_the_dataplane(node: tuple[LiveNode, tuple[int, int]]) -> None:
     n, _ = node
     pid = dataplane_pid(n)
     assert alive(pid)
