@@ -1,22 +1,21 @@
-"""The node agent: service manager, supervisor, health checks, init actions, dependencies, jobs and cron."""
+"""The node agent: the service manager and its parts (converge, lifecycle, supervisor, health, publish, readopt,
+events), jobs and cron, and the hooks through which it tells the node about replicas."""
 
 from __future__ import annotations
 
-from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook
+from zlayer.agent.hooks import AgentMetrics, Backend, ImageDigests, JobHook, NetworkHook, ProxyHook
 from zlayer.agent.jobs import JobManager
-from zlayer.agent.manager import Replica, ServiceManager
-from zlayer.agent.specload import ParsedDeployment, parse_deployment
-from zlayer.agent.specview import ServiceView, service_view
+from zlayer.agent.manager import ServiceManager
+from zlayer.agent.replica import Replica
 
 __all__ = [
+    "AgentMetrics",
     "Backend",
+    "ImageDigests",
+    "JobHook",
     "JobManager",
     "NetworkHook",
-    "ParsedDeployment",
     "ProxyHook",
     "Replica",
     "ServiceManager",
-    "ServiceView",
-    "parse_deployment",
-    "service_view",
 ]

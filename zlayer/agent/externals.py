@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from zlayer.agent.hooks import ProxyHook
 from zlayer.errors import ZLayerError
+
+if TYPE_CHECKING:
+    from zlayer.spec.models import ExternalSpec
 
 log = logging.getLogger("zlayer.agent")
 
@@ -21,7 +24,7 @@ class ExternalRoutes:
         self.proxy = proxy
         self._published: dict[str, set[str]] = {}
 
-    async def apply(self, deployment: str, externals: Mapping[str, Any]) -> list[str]:
+    async def apply(self, deployment: str, externals: Mapping[str, ExternalSpec]) -> list[str]:
         """Publish every external of the spec and withdraw the ones it no longer has; returns what failed."""
         if self.proxy is None:
             return []
@@ -30,7 +33,7 @@ class ExternalRoutes:
             await self.proxy.remove_external(deployment, gone)
         for name, spec in externals.items():
             try:
-                await self.proxy.update_external(deployment, name, dict(spec))
+                await self.proxy.update_external(deployment, name, spec)
             except ZLayerError as e:  # (its earlier routes, if any, stay until it is fixed or removed)
                 failures.append(f"externals.{name}: {e}")
         self._published[deployment] = set(externals)

@@ -1,15 +1,19 @@
-"""The two things the service manager tells the rest of the node about replicas: networking and the proxy.
+"""What the service manager tells the rest of the node about replicas — networking, the proxy, jobs and metrics —
+as narrow protocols the daemon wires at start-up (``zlayer.daemon.server``).
 
-Both are optional: without a network hook replicas share the host network (``127.0.0.1``), without a proxy hook no
-listener is opened. The daemon wires :mod:`zlayer.net` and :mod:`zlayer.proxy` behind these.
+Each is optional: without a network hook replicas share the host network (``127.0.0.1``), without a proxy hook no
+listener is opened, without a job hook job and cron services are only recorded, without image digests a replica is
+rebuilt only when its spec changes, without metrics nothing is counted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from zlayer.agent.specview import ServiceView
+if TYPE_CHECKING:
+    from zlayer.spec.models import ExternalSpec, PortMapping, ServiceSpec
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,22 @@ class Backend:
     port: int
 
 
+class PublishedPort(Protocol):
+    """One port mapping as the node opened it (an ephemeral ``host_port`` as it was picked)."""
+
+    @property
+    def host_port(self) -> int: ...
+
+    @property
+    def container_port(self) -> int: ...
+
+    @property
+    def protocol(self) -> str: ...
+
+    @property
+    def host_ip(self) -> str: ...
+
+
 class NetworkHook(Protocol):
     async def attach(self, deployment: str, service: str, container: str, pid: int) -> str:
         """Give the container (whose init is ``pid``) an interface; returns its address."""
@@ -28,19 +48,56 @@ class NetworkHook(Protocol):
 
     async def detach(self, deployment: str, service: str, container: str) -> None: ...
 
+    async def publish(self, container: str, mappings: Sequence[PortMapping]) -> None:
+        """Open the service's ``port_mappings`` on the host toward the container's address."""
+        ...
+
+    def published(self, container: str) -> Sequence[PublishedPort]:
+        """The container's open port mappings."""
+        ...
+
+    def dns_servers(self) -> list[str]:
+        """The node's service DNS servers, put first in every container's resolv.conf."""
+        ...
+
 
 class ProxyHook(Protocol):
-    async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
+    async def update_service(self, deployment: str, service: str, spec: ServiceSpec, backends: list[Backend]) -> None:
         """Open or update the service's endpoint listeners, balancing over ``backends`` (may be empty)."""
         ...
 
     async def remove_service(self, deployment: str, service: str) -> None: ...
 
-    async def update_external(self, deployment: str, name: str, spec: dict[str, Any]) -> None:
+    async def update_external(self, deployment: str, name: str, spec: ExternalSpec) -> None:
         """Open or update the endpoints of ``externals.<name>``, sending to its fixed ``backends``."""
         ...
 
     async def remove_external(self, deployment: str, name: str) -> None: ...
 
 
-__all__ = ["Backend", "NetworkHook", "ProxyHook"]
+class JobHook(Protocol):
+    async def register(self, deployment: str, service: str, spec: ServiceSpec) -> None:
+        """A job or cron service was deployed (a cron gets its schedule)."""
+        ...
+
+
+class ImageDigests(Protocol):
+    async def digest(self, image: str) -> str | None:
+        """The content digest the node holds under ``image`` (None when it cannot tell): a new image under the same
+        name rolls the replicas built from the old one."""
+        ...
+
+
+class AgentMetrics(Protocol):
+    def deploy_finished(self, seconds: float, ok: bool) -> None: ...
+
+    def container_state(self, container: str, state: str) -> None: ...
+
+    def container_gone(self, container: str) -> None: ...
+
+    def health_result(self, service: str, ok: bool) -> None: ...
+
+    def restart(self, service: str) -> None: ...
+
+
+__all__ = ["AgentMetrics", "Backend", "ImageDigests", "JobHook", "NetworkHook", "ProxyHook", "PublishedPort"]

@@ -14,13 +14,16 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zlayer.agent.specview import ServiceView, service_view
+from zlayer.agent.hooks import NetworkHook
 from zlayer.errors import ConflictError, NotFoundError, ZLayerError
 from zlayer.runtime.protocol import ContainerId, Runtime
 from zlayer.spec.scalars import CronSchedule
 from zlayer.state import CronRecord, JobExecutionRecord, Store, now_rfc3339
+
+if TYPE_CHECKING:
+    from zlayer.spec.models import ServiceSpec
 
 log = logging.getLogger("zlayer.agent.jobs")
 
@@ -41,7 +44,7 @@ def _parse_iso(text: str) -> datetime | None:
 class JobManager:
     """Runs job executions and the cron loop against a :class:`Runtime`, recording everything in the Store."""
 
-    def __init__(self, store: Store, runtime: Runtime, network: Any = None) -> None:
+    def __init__(self, store: Store, runtime: Runtime, network: NetworkHook | None = None) -> None:
         self.store = store
         self.runtime = runtime
         self.network = network  # the node network (NetworkHook): job containers get an eth0 and the service DNS
@@ -51,35 +54,37 @@ class JobManager:
 
     # ----------------------------------------------------------------------------------------- registration
 
-    async def register(self, deployment: str, view: ServiceView) -> None:
-        """Called when a deployment with a job or cron service converges."""
-        if view.rtype != "cron":
+    async def register(self, deployment: str, service: str, spec: ServiceSpec) -> None:
+        """Called when a deployment with a job or cron service converges (the agent's JobHook)."""
+        if spec.rtype != "cron" or spec.schedule is None:
             return
-        sched = CronSchedule.parse(view.schedule)
-        prev = {c.name: c for c in await self.store.list_cron(deployment)}.get(view.name)
+        sched = CronSchedule.parse(spec.schedule)
+        prev = {c.name: c for c in await self.store.list_cron(deployment)}.get(service)
         enabled = prev.enabled if prev else True
         nxt = sched.next_after(datetime.now(UTC))
         await self.store.put_cron(
             CronRecord(
                 deployment,
-                view.name,
-                view.schedule,
+                service,
+                spec.schedule,
                 enabled,
                 prev.last_run if prev else "",
                 _iso(nxt) if nxt and enabled else "",
             )
         )
 
-    async def _find(self, name: str, deployment: str | None) -> tuple[str, ServiceView]:
+    async def _find(self, name: str, deployment: str | None) -> tuple[str, ServiceSpec]:
+        from zlayer.spec.models import ServiceSpec
+
         hits = []
         for dep in await self.store.list_deployments():
             if deployment and dep.name != deployment:
                 continue
             svc = await self.store.get_service(dep.name, name)
             if svc is not None:
-                view = service_view(name, svc.spec)
-                if view.rtype in ("job", "cron"):
-                    hits.append((dep.name, view))
+                spec = ServiceSpec.model_validate(svc.spec)  # the stored form of the deployed spec
+                if spec.rtype in ("job", "cron"):
+                    hits.append((dep.name, spec))
         if not hits:
             raise NotFoundError(f"job {name!r} not found" + (f" in deployment {deployment!r}" if deployment else ""))
         if len(hits) > 1:
@@ -90,29 +95,30 @@ class JobManager:
 
     async def trigger(self, name: str, deployment: str | None = None, trigger: str = "cli") -> str:
         """Start an execution of job ``name`` and return its id at once."""
-        dep, view = await self._find(name, deployment)
+        dep, spec = await self._find(name, deployment)
         exec_id = str(uuid.uuid4())
         rec = JobExecutionRecord(exec_id, dep, name, status="pending", trigger=trigger, started_at=now_rfc3339())
         await self.store.put_job_execution(rec)
-        self._tasks[exec_id] = asyncio.create_task(self._run(rec, view), name=f"job {name} {exec_id}")
+        self._tasks[exec_id] = asyncio.create_task(self._run(rec, spec), name=f"job {name} {exec_id}")
         return exec_id
 
-    async def _run(self, rec: JobExecutionRecord, view: ServiceView) -> None:
-        cid = ContainerId(f"job-{view.name}", int(rec.id.replace("-", "")[:8], 16) % 10000)
+    async def _run(self, rec: JobExecutionRecord, spec: ServiceSpec) -> None:
+        name = rec.job_name
+        cid = ContainerId(f"job-{name}", int(rec.id.replace("-", "")[:8], 16) % 10000)
         self._cids[rec.id] = cid
         started = time.monotonic()
         attached = False
         try:
             rec.status = "initializing"
             await self.store.put_job_execution(rec)
-            await self.runtime.pull(view.image, policy=view.pull_policy)
+            await self.runtime.pull(spec.image.name, policy=spec.image.pull_policy)
             with contextlib.suppress(ZLayerError):
                 await self.runtime.remove(cid, force=True)
-            await self.runtime.create(cid, self._spec(view))
-            if self.network is not None and not view.host_network:
+            await self.runtime.create(cid, spec, dns=self._dns(spec))
+            if self.network is not None and not spec.uses_host_network:
                 created = await self.runtime.state(cid)
                 if created.pid > 0:  # before its process runs, so it has its network from the start
-                    await self.network.attach(rec.deployment, view.name, str(cid), created.pid)
+                    await self.network.attach(rec.deployment, name, str(cid), created.pid)
                     attached = True
             try:
                 await self.runtime.start(cid)
@@ -143,25 +149,23 @@ class JobManager:
         finally:
             rec.completed_at = now_rfc3339()
             rec.duration_ms = int((time.monotonic() - started) * 1000)
-            grace = view.stop_grace if view.raw.get("stop_grace_period") is not None else CANCEL_STOP_TIMEOUT
+            grace = spec.stop_grace_period if spec.stop_grace_period is not None else CANCEL_STOP_TIMEOUT
             with contextlib.suppress(ZLayerError):
                 await self.runtime.stop(cid, timeout=grace)
             if attached and self.network is not None:
                 with contextlib.suppress(ZLayerError, OSError):
-                    await self.network.detach(rec.deployment, view.name, str(cid))
+                    await self.network.detach(rec.deployment, name, str(cid))
             with contextlib.suppress(ZLayerError):
                 await self.runtime.remove(cid, force=True)
             await self.store.put_job_execution(rec)
             self._tasks.pop(rec.id, None)
             self._cids.pop(rec.id, None)
 
-    def _spec(self, view: ServiceView) -> Any:
-        """The job's spec with the node DNS server first, so service names resolve inside it."""
-        has_dns = self.network is not None and hasattr(self.network, "dns_servers")
-        dns = list(self.network.dns_servers()) if has_dns else []
-        if view.host_network or not dns:
-            return view.raw
-        return {**view.raw, "dns": dns + list(view.raw.get("dns") or [])}
+    def _dns(self, spec: ServiceSpec) -> list[str]:
+        """The node DNS server, first in the job's resolv.conf, so service names resolve inside it."""
+        if self.network is None or spec.uses_host_network:
+            return []
+        return list(self.network.dns_servers())
 
     async def _logs(self, cid: ContainerId) -> str:
         lines: list[str] = []

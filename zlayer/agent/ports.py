@@ -8,21 +8,22 @@ deployment with the ports it already has is no conflict (its previous version is
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zlayer.agent.specload import ParsedDeployment
-from zlayer.agent.specview import ServiceView, service_view
 from zlayer.net.ports import PortClaim, admit
 from zlayer.state import Store
 
+if TYPE_CHECKING:
+    from zlayer.spec.models import DeploymentSpec, ExternalSpec, ServiceSpec
 
-def endpoint_claims(deployment: str, kind: str, name: str, raw: Mapping[str, Any]) -> list[PortClaim]:
+
+def endpoint_claims(deployment: str, kind: str, name: str, spec: ServiceSpec | ExternalSpec) -> list[PortClaim]:
     """The ports the endpoints of a service or an external (``kind``) take: where the proxy listens for them."""
     from zlayer.proxy.models import build
 
     section = "services" if kind == "service" else "externals"
-    index = {str(e.get("name")): i for i, e in enumerate(raw.get("endpoints") or [])}
-    routes, streams = build(deployment, name, raw)
+    index = {e.name: i for i, e in enumerate(spec.endpoints)}
+    routes, streams = build(deployment, name, spec)
 
     def claim(endpoint: str, protocol: str, bind: str, port: int, route: Any = None) -> PortClaim:
         owner = f"deployment {deployment!r} ({kind} {name!r}, endpoint {endpoint!r})"
@@ -32,35 +33,39 @@ def endpoint_claims(deployment: str, kind: str, name: str, raw: Mapping[str, Any
             for r in routes] + [claim(s.endpoint, s.protocol, s.bind, s.port) for s in streams]  # fmt: skip
 
 
-def service_claims(deployment: str, view: ServiceView) -> list[PortClaim]:
+def service_claims(deployment: str, name: str, spec: ServiceSpec) -> list[PortClaim]:
     """The ports the service takes: its endpoints and its fixed host ports."""
-    from zlayer.net import port_mappings
-
-    if view.rtype != "service" or view.host_network:
+    if spec.rtype != "service" or spec.uses_host_network:
         return []  # jobs get no listeners; a host-network replica binds what it binds itself
-    claims = endpoint_claims(deployment, "service", view.name, view.raw)
-    for i, m in enumerate(port_mappings(view.raw.get("port_mappings"))):
+    claims = endpoint_claims(deployment, "service", name, spec)
+    for i, m in enumerate(spec.port_mappings):
         if m.host_port:
-            where = f"services.{view.name}.port_mappings[{i}].host_port"
-            owner = f"deployment {deployment!r} (service {view.name!r}, port_mappings[{i}])"
+            where = f"services.{name}.port_mappings[{i}].host_port"
+            owner = f"deployment {deployment!r} (service {name!r}, port_mappings[{i}])"
             claims.append(PortClaim(owner, m.protocol, m.host_ip, m.host_port, where))
     return claims
 
 
-def deployment_claims(name: str, spec: Mapping[str, Any], views: Iterable[ServiceView]) -> list[PortClaim]:
-    claims = [c for view in views for c in service_claims(name, view)]
-    for ext, raw in (spec.get("externals") or {}).items():
-        claims += endpoint_claims(name, "external", str(ext), raw)
+def deployment_claims(spec: DeploymentSpec) -> list[PortClaim]:
+    name = spec.deployment
+    claims = [c for svc, body in spec.services.items() for c in service_claims(name, svc, body)]
+    for ext, body in spec.externals.items():
+        claims += endpoint_claims(name, "external", ext, body)
     return claims
 
 
-async def admit_ports(store: Store, parsed: ParsedDeployment, reserved: Iterable[PortClaim]) -> None:
-    """Raise ConflictError when the deployment would take a port that is already held (see the module doc)."""
+async def admit_ports(
+    store: Store, spec: DeploymentSpec, reserved: Iterable[PortClaim], deployed: Mapping[str, DeploymentSpec]
+) -> None:
+    """Raise ConflictError when the deployment would take a port that is already held (see the module doc).
+    ``deployed``: the specs of the node's deployments (a stored one missing there is read back from the store)."""
+    from zlayer.spec.models import DeploymentSpec
+
     held, before = list(reserved), list[PortClaim]()
     for dep in await store.list_deployments():
-        views = [service_view(svc.name, svc.spec) for svc in await store.list_services(dep.name)]
-        (before if dep.name == parsed.name else held).extend(deployment_claims(dep.name, dep.spec, views))
-    new = deployment_claims(parsed.name, parsed.spec, parsed.services.values())
+        other = deployed.get(dep.name) or DeploymentSpec.model_validate(dep.spec)
+        (before if dep.name == spec.deployment else held).extend(deployment_claims(other))
+    new = deployment_claims(spec)
     # Ports this node already listens on (its API, its proxy for this or another deployment) are not probed: a bind
     # of them fails because they are ours. Each port is probed once.
     ours = {(c.protocol, c.port) for c in held + before}
@@ -68,4 +73,4 @@ async def admit_ports(store: Store, parsed: ParsedDeployment, reserved: Iterable
     admit(new, held, probe.values())
 
 
-__all__ = ["admit_ports", "deployment_claims"]
+__all__ = ["PortClaim", "admit_ports", "deployment_claims"]

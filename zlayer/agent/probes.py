@@ -10,10 +10,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from zlayer.agent.specview import HealthView, InitStepView
 from zlayer.errors import RuntimeFailure
+
+if TYPE_CHECKING:
+    from zlayer.spec.models import HealthSpec, InitStep
 
 ExecFn = Callable[[list[str]], Awaitable[tuple[int, str]]]
 
@@ -89,19 +92,23 @@ async def http_probe(url: str, expect: int | None, timeout: float) -> ProbeResul
     return ProbeResult(ok, f"GET {url}: {status}")
 
 
-async def run_health_check(check: HealthView, ip: str, port: int, exec_fn: ExecFn) -> ProbeResult:
-    """One check of a replica: tcp/http against its address, command inside it (exit 0 = healthy)."""
-    if check.kind == "http":
-        return await http_probe(rewrite_url(check.url, ip), check.expect_status, check.timeout)
-    if check.kind == "command":
+async def run_health_check(health: HealthSpec, ip: str, port: int, exec_fn: ExecFn) -> ProbeResult:
+    """One check of a replica: tcp/http against its address (a tcp check on port 0 checks ``port``, the service's
+    backend port), command inside it (exit 0 = healthy)."""
+    from zlayer.spec.models import CommandCheck, HttpCheck
+
+    check, timeout = health.check, health.timeout_seconds
+    if isinstance(check, HttpCheck):
+        return await http_probe(rewrite_url(check.url, ip), check.expect_status, timeout)
+    if isinstance(check, CommandCheck):
         try:
-            code, out = await asyncio.wait_for(exec_fn(["/bin/sh", "-c", check.command]), check.timeout)
+            code, out = await asyncio.wait_for(exec_fn(["/bin/sh", "-c", check.command]), timeout)
         except TimeoutError:
-            return ProbeResult(False, f"command timed out after {check.timeout:g}s")
+            return ProbeResult(False, f"command timed out after {timeout:g}s")
         except Exception as e:
             return ProbeResult(False, f"command could not run: {e}")
         return ProbeResult(code == 0, f"exit {code}: {out.strip()[-200:]}")
-    return await tcp_probe(ip or "127.0.0.1", check.port or port, check.timeout)
+    return await tcp_probe(ip or "127.0.0.1", check.port or port, timeout)
 
 
 async def _wait_loop(fn: Callable[[], Awaitable[ProbeResult]], limit: float, what: str) -> None:
@@ -117,9 +124,9 @@ async def _wait_loop(fn: Callable[[], Awaitable[ProbeResult]], limit: float, wha
         await asyncio.sleep(min(2.0, remaining))  # ZLayer retries every 2 s; the last try lands on the deadline
 
 
-async def run_init_step(step: InitStepView, exec_fn: ExecFn | None) -> None:
+async def run_init_step(step: InitStep, exec_fn: ExecFn | None) -> None:
     """Run one init step; raises RuntimeFailure saying which step and why."""
-    p = step.params
+    p = step.with_
     where = f"init step {step.id!r} ({step.uses})"
     if step.uses == "init.wait_tcp":
         if "host" not in p or not isinstance(p.get("port"), int):
@@ -150,4 +157,4 @@ async def run_init_step(step: InitStepView, exec_fn: ExecFn | None) -> None:
         raise RuntimeFailure(f"{where}: unknown action {step.uses!r}")
 
 
-__all__ = ["ProbeResult", "http_probe", "http_status", "run_health_check", "run_init_step", "tcp_probe"]
+__all__ = ["ExecFn", "ProbeResult", "http_probe", "http_status", "run_health_check", "run_init_step", "tcp_probe"]

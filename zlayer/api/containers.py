@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response, WebSocket
 from fastapi.responses import PlainTextResponse
 
-from zlayer.agent.specview import service_view
 from zlayer.api import exec_stream
 from zlayer.api.context import ApiContext, ctx
 from zlayer.api.models import (
@@ -21,7 +19,7 @@ from zlayer.api.models import (
     NetworkAttachmentInfo,
     PortMapping,
 )
-from zlayer.errors import NotFoundError, with_context
+from zlayer.errors import NotFoundError
 from zlayer.runtime.protocol import ContainerId, ExecResult
 from zlayer.state import ContainerRecord
 
@@ -30,12 +28,9 @@ router = APIRouter(prefix="/api/v1/containers", tags=["Containers"])
 
 def _published(c: ApiContext, container: str) -> list[PortMapping]:
     """The container's published port mappings, ephemeral host ports as the node picked them."""
-    published = getattr(getattr(c.manager, "network", None), "published", None)
-    if published is None:
-        return []
     return [
         PortMapping(container_port=m.container_port, host_port=m.host_port, protocol=m.protocol, host_ip=m.host_ip)
-        for m in published(container)
+        for m in c.manager.published_ports(container)
     ]
 
 
@@ -139,37 +134,5 @@ async def container_exec_attached(ws: WebSocket, id: str, c: ApiContext = Depend
 @router.delete("/{id}", status_code=204, summary="Stop and remove a container (its service will replace it).")
 async def remove_container(id: str, force: bool = False, c: ApiContext = Depends(ctx)) -> Response:
     rec = await _record(c, id)
-    svc = await c.store.get_service(rec.deployment, rec.service)
-    view = service_view(rec.service, svc.spec) if svc is not None else None
-    if view is not None and view.rtype == "service":
-        # As the service manager removes a replica (out of the proxy, stopped, veth and address released), then the
-        # service converges back to its desired count in the background: a new replica replaces this one.
-        await c.manager._stop_replica(rec, timeout=0.0 if force else view.stop_grace)
-        dep = await c.store.get_deployment(rec.deployment)
-        if dep is not None and dep.status != "stopped":
-            task = asyncio.create_task(_replace(c, rec.deployment, view, dep.revision))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-        return Response(status_code=204)
-    cid = ContainerId.parse(id)
-    rep = c.manager.replicas.get(id)
-    if rep is not None:
-        rep.stopping = True
-        for t in rep.tasks:
-            t.cancel()
-        c.manager.replicas.pop(id, None)
-    if not force:
-        await c.runtime.stop(cid, timeout=10.0)
-    await c.runtime.remove(cid, force=True)
-    await c.store.delete_container(rec.id)
+    await c.manager.remove_replica(rec, force=force)
     return Response(status_code=204)
-
-
-_background: set[asyncio.Task[None]] = set()
-
-
-async def _replace(c: ApiContext, deployment: str, view: Any, revision: int) -> None:
-    try:
-        await c.manager._converge_service(deployment, view, None, revision)
-    except Exception as e:  # reported as the deployment's event; the supervisor's next converge retries
-        await c.store.add_event(deployment, "replica_replace_failed", with_context(view.name, e))

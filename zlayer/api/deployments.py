@@ -9,7 +9,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from zlayer.agent.specview import service_view
 from zlayer.api.context import ApiContext, ctx, until_closing
 from zlayer.api.models import (
     SEQ_MAX,
@@ -35,11 +34,11 @@ async def _get(c: ApiContext, name: str) -> DeploymentRecord:
 async def details(c: ApiContext, rec: DeploymentRecord) -> DeploymentDetails:
     health = []
     for svc in await c.store.list_services(rec.name):
-        view = service_view(svc.name, svc.spec)
+        spec = c.manager.service_spec(svc)
         reps = await c.store.list_containers(rec.name, svc.name)
         running = [r for r in reps if r.state == "running"]
         healthy = [r for r in running if r.health == "healthy"]
-        if view.rtype != "service":
+        if spec.rtype != "service":
             state = svc.status
         elif svc.status == "failed":
             state = "failed"
@@ -51,7 +50,7 @@ async def details(c: ApiContext, rec: DeploymentRecord) -> DeploymentDetails:
             state = "degraded"
         else:
             state = "unhealthy" if running else "pending"
-        eps = [f"{e.protocol}://{e.name}:{e.port}" for e in view.endpoints]
+        eps = [f"{e.protocol}://{e.name}:{e.port}" for e in spec.endpoints]
         health.append(ServiceHealthInfo(name=svc.name, health=state, replicas_running=len(running),
                                         replicas_desired=svc.desired_replicas, endpoints=eps))  # fmt: skip
     status, message = c.manager.status_of(rec)

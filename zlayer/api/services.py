@@ -9,7 +9,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, WebSocket
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from zlayer.agent.specview import service_view
 from zlayer.api import exec_stream
 from zlayer.api.containers import container_info, exec_response
 from zlayer.api.context import ApiContext, ctx, until_closing
@@ -41,13 +40,13 @@ async def _service(c: ApiContext, deployment: str, service: str) -> ServiceRecor
 
 
 async def _summary(c: ApiContext, svc: ServiceRecord) -> dict[str, object]:
-    view = service_view(svc.name, svc.spec)
+    spec = c.manager.service_spec(svc)
     reps = await c.store.list_containers(svc.deployment, svc.name)
     eps = [
         ServiceEndpoint(name=e.name, protocol=e.protocol, port=e.port,
                         url=f"{'https' if e.protocol == 'https' else 'http'}://127.0.0.1:{e.port}{e.path or '/'}"
                         if e.protocol in ("http", "https", "websocket") else None)
-        for e in view.endpoints
+        for e in spec.endpoints
     ]  # fmt: skip
     return {
         "name": svc.name,

@@ -15,20 +15,18 @@ from zlayer.spec.problem import Problem
 
 
 def print_plan(path: Path, text: str) -> None:
-    from zlayer.agent.specload import parse_deployment
+    from zlayer.spec.loader import parse_deployable
 
-    parsed = parse_deployment(text)
-    click.echo(f"Deployment: {parsed.name}")
-    click.echo(f"Version: {parsed.spec.get('version')}")
-    click.echo(f"Services: {len(parsed.services)}")
-    for name in parsed.order:
-        s = parsed.services[name]
-        scale = {"fixed": f"fixed ({s.replicas} replicas)", "manual": "manual"}.get(
-            s.scale_mode, f"adaptive ({(parsed.spec['services'][name].get('scale') or {}).get('min', 1)}-"
-            f"{(parsed.spec['services'][name].get('scale') or {}).get('max', 10)} replicas)"
-        )  # fmt: skip
+    spec = parse_deployable(text)
+    click.echo(f"Deployment: {spec.deployment}")
+    click.echo(f"Version: {spec.version}")
+    click.echo(f"Services: {len(spec.services)}")
+    for name in spec.service_order():
+        s = spec.services[name]
+        mode, low, high = s.replicas_hint()
+        scale = {"fixed": f"fixed ({low} replicas)", "manual": "manual"}.get(mode, f"adaptive ({low}-{high} replicas)")
         click.echo(f"  {name}:")
-        click.echo(f"    Image: {s.image}")
+        click.echo(f"    Image: {s.image.name}")
         click.echo(f"    Type: {s.rtype}" + (f" (schedule {s.schedule})" if s.schedule else ""))
         if s.rtype == "service":
             click.echo(f"    Scale: {scale}")
@@ -36,7 +34,7 @@ def print_plan(path: Path, text: str) -> None:
             click.echo(f"    Endpoint: - {ep.name} ({ep.protocol.upper()}:{ep.port}, {ep.expose})")
         if s.depends:
             click.echo("    Dependencies: " + ", ".join(f"{d.service} ({d.condition})" for d in s.depends))
-        click.echo(f"    Plan: {'register job' if s.rtype != 'service' else f'run {s.replicas} replica(s)'}")
+        click.echo(f"    Plan: {'register job' if s.rtype != 'service' else f'run {s.initial_replicas} replica(s)'}")
 
 
 def in_file(err: SpecError, path: Path) -> SpecError:

@@ -73,6 +73,13 @@ class StoreImages:
         except OSError as e:
             raise ImageError(f"pull {image}: {e}", where=image) from e
 
+    async def digest(self, image: str) -> str | None:
+        """The agent's ImageDigests: the digest of what the store holds under ``image`` (None when it holds none)."""
+        try:
+            return str((await asyncio.to_thread(self.store.get, image)).digest)
+        except (ZLayerError, OSError, AttributeError):
+            return None
+
     async def resolve(self, image: str) -> tuple[dict[str, Any], list[Path]]:
         try:
             local = await asyncio.to_thread(self._local, image)

@@ -25,6 +25,7 @@ from zlayer.config import DaemonConfig, probe_socket, split_bind, write_json_ato
 from zlayer.errors import DaemonError, ZLayerError
 
 if TYPE_CHECKING:
+    from zlayer.daemon.images import StoreImages
     from zlayer.images import ImageStore
 
 log = logging.getLogger("zlayer.daemon")
@@ -82,19 +83,18 @@ def tcp_listener(bind: str, what: str = "--bind") -> socket.socket:
     return sock
 
 
-def make_runtime(cfg: DaemonConfig) -> tuple[Any, str]:
-    """The container runtime for this node. ``ZLAYER_RUNTIME_FACTORY=module:callable`` substitutes another
-    implementation of the Runtime protocol (called with the DaemonConfig)."""
+def make_runtime(cfg: DaemonConfig, images: StoreImages) -> tuple[Any, str]:
+    """The Linux workload driver of this node over its image store. ``ZLAYER_RUNTIME_FACTORY=module:callable``
+    substitutes another implementation of the Runtime protocol (called with the DaemonConfig)."""
     spec = os.environ.get("ZLAYER_RUNTIME_FACTORY")
     if spec:
         mod, _, attr = spec.partition(":")
         factory = getattr(importlib.import_module(mod), attr)
         rt = factory(cfg)
         return rt, getattr(rt, "name", type(rt).__name__)
-    from zlayer.daemon.images import StoreImages
     from zlayer.runtime.linux.backend import LinuxRuntime
 
-    return LinuxRuntime(cfg.paths.data_dir, StoreImages(make_image_store(cfg)), log_dir=cfg.paths.log_dir), "linux"
+    return LinuxRuntime(cfg.paths.data_dir, images, log_dir=cfg.paths.log_dir), "linux"
 
 
 def make_image_store(cfg: DaemonConfig) -> ImageStore:
@@ -123,6 +123,8 @@ class Daemon:
 
         from zlayer.agent import JobManager, ServiceManager
         from zlayer.api import ApiContext, TokenAuth, create_app
+        from zlayer.daemon.images import StoreImages
+        from zlayer.runtime import Drivers
         from zlayer.state import SqliteStore
 
         cfg = self.cfg
@@ -131,7 +133,12 @@ class Daemon:
         sockets: list[socket.socket] = []
         store = SqliteStore(cfg.state_db)
         try:
-            runtime, runtime_name = (self._runtime, "injected") if self._runtime is not None else make_runtime(cfg)
+            image_store = make_image_store(cfg)
+            images = StoreImages(image_store)
+            runtime, runtime_name = (
+                (self._runtime, "injected") if self._runtime is not None else make_runtime(cfg, images)
+            )
+            drivers = Drivers({"linux": runtime})  # the WASM and Docker drivers register here beside it
             metrics = None
             if cfg.metrics_bind:
                 from zlayer.observability import Metrics
@@ -146,10 +153,18 @@ class Daemon:
                 from zlayer.proxy.metrics import ProxyCollector
 
                 metrics.registry.register(ProxyCollector(proxy.pm))  # per-route series and zlayer_service_rps
-            manager = ServiceManager(store, runtime, proxy=proxy, network=network, metrics=metrics)
-            jobs = JobManager(store, runtime, network=network)
-            manager.on_job_registered = jobs.register
-            manager.reserved_ports = _own_ports(cfg)
+            # The agent, wired here and only here: its drivers, the node's network and proxy, jobs, image digests.
+            jobs = JobManager(store, drivers.default, network=network)
+            manager = ServiceManager(
+                store,
+                drivers,
+                proxy=proxy,
+                network=network,
+                jobs=jobs,
+                images=images,
+                metrics=metrics,
+                reserved_ports=_own_ports(cfg),
+            )
             from zlayer.tokens import load_or_create_secret, write_admin_bearer
 
             if cfg.token is not None and not cfg.token.strip():
@@ -162,9 +177,9 @@ class Daemon:
                 manager=manager,
                 jobs=jobs,
                 runtime_name=runtime_name,
-                images=make_image_store(cfg),
-                proxy=proxy.pm,
+                images=image_store,
                 metrics=metrics,
+                proxy=proxy.pm,
                 token=token,
             )
             app = create_app(self.context, swagger=cfg.swagger)

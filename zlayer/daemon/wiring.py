@@ -11,14 +11,17 @@ import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from zlayer.agent.hooks import Backend
-from zlayer.agent.specview import ServiceView
 from zlayer.config import DaemonConfig
 from zlayer.errors import ProxyError
 from zlayer.proxy import ProxyManager
 from zlayer.proxy.dpclient import DataPlaneClient
+
+if TYPE_CHECKING:
+    from zlayer.spec.models import ExternalSpec, PortMapping, ServiceSpec
 
 log = logging.getLogger("zlayer.daemon")
 
@@ -55,7 +58,7 @@ class ManagedProxy:
             self._names[(deployment, key or service)] = name
         return name
 
-    async def update_external(self, deployment: str, name: str, spec: dict[str, Any]) -> None:
+    async def update_external(self, deployment: str, name: str, spec: ExternalSpec) -> None:
         await self._start()
         await self.pm.add_external(deployment, self._name(deployment, name, f"externals.{name}"), spec)
         self._enable_acme()
@@ -81,11 +84,11 @@ class ManagedProxy:
             log.error("ACME is off: %s", e)
             self.acme = None
 
-    async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
+    async def update_service(self, deployment: str, service: str, spec: ServiceSpec, backends: list[Backend]) -> None:
         await self._start()
         # Bare addresses: each endpoint then sends to the replica's address at that endpoint's target_port.
-        name = self._name(deployment, service.name)
-        await self.pm.add_service(deployment, name, service)
+        name = self._name(deployment, service)
+        await self.pm.add_service(deployment, name, spec)
         await self.pm.update_backends(name, [b.address for b in backends])
         self._enable_acme()
 
@@ -163,8 +166,10 @@ class DaemonNetwork:
     async def detach(self, deployment: str, service: str, container: str) -> None:
         await self.net.detach(deployment, service, container)
 
-    async def publish(self, container: str, mappings: list[Any]) -> None:
-        await self.net.publish(container, mappings)
+    async def publish(self, container: str, mappings: Sequence[PortMapping]) -> None:
+        from zlayer.net import port_mappings
+
+        await self.net.publish(container, port_mappings(mappings))
 
     def published(self, container: str) -> list[Any]:
         return list(self.net.published(container))

@@ -32,16 +32,19 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zlayer.errors import ZLayerError
 from zlayer.net.ports import PortClaim, hold
 from zlayer.paths import write_atomic
 
 log = logging.getLogger("zlayer.net")
+
+if TYPE_CHECKING:
+    from zlayer.spec.models import PortMapping as SpecPortMapping
 
 
 class NetworkError(ZLayerError):
@@ -583,11 +586,6 @@ def _with_host_port(m: PortMapping, taken: set[tuple[str, int]]) -> PortMapping:
     raise NetworkError(f"no free {m.protocol} port on {m.host_ip}", where=f"port_mappings {m.container_port}")
 
 
-def port_mappings(raw: list[dict[str, Any]] | None) -> list[PortMapping]:
+def port_mappings(mappings: Sequence[SpecPortMapping]) -> list[PortMapping]:
     """The spec's ``port_mappings`` entries; ``host_port`` none/0 asks for an ephemeral port, picked at publish."""
-    out = []
-    for m in raw or []:
-        host = int(m.get("host_port") or 0)
-        out.append(PortMapping(host, int(m["container_port"]), str(m.get("protocol") or "tcp"),
-                               str(m.get("host_ip") or "0.0.0.0")))  # fmt: skip
-    return out
+    return [PortMapping(m.host_port or 0, m.container_port, m.protocol, m.host_ip) for m in mappings]

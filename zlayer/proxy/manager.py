@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zlayer.errors import ProxyError, SpecError
 from zlayer.proxy import health as health_mod
@@ -31,6 +31,9 @@ from zlayer.proxy._l7_adapter import open_plane
 from zlayer.proxy.certs import CertificateInfo, CertStore
 from zlayer.proxy.l7 import BackendState, L7Plane
 from zlayer.proxy.models import RouteSpec, StreamSpec, build
+
+if TYPE_CHECKING:
+    from zlayer.spec.models import ExternalSpec, ServiceSpec
 
 log = logging.getLogger("zlayer.proxy")
 
@@ -125,11 +128,11 @@ class ProxyManager:
 
     # ---- the daemon's API -------------------------------------------------------------------------------------
 
-    async def add_service(self, deployment: str, service_name: str, service_spec: Any) -> None:
-        """Opens or updates the listeners and routes of a service's endpoints (idempotent).
+    async def add_service(self, deployment: str, service_name: str, service_spec: ServiceSpec | ExternalSpec) -> None:
+        """Opens or updates the listeners and routes of a service's endpoints (idempotent). The spec is the typed,
+        validated one (the daemon validated it when it was deployed).
 
-        Raises SpecError for a bad endpoint and ProxyError when a port is taken by another service or cannot be
-        bound; on error nothing changes.
+        Raises ProxyError when a port is taken by another service or cannot be bound; on error nothing changes.
         """
         routes, streams = build(deployment, service_name, service_spec, self.internal_address)
         if self.internal_address is None and "internal" in {e.expose for e in routes} | {e.expose for e in streams}:
@@ -256,14 +259,13 @@ class ProxyManager:
 
     # ---- externals ----------------------------------------------------------------------------------------------
 
-    async def add_external(self, deployment: str, name: str, external_spec: Any) -> None:
+    async def add_external(self, deployment: str, name: str, external_spec: ExternalSpec) -> None:
         """An ``externals.<name>`` block: its endpoints proxied to its fixed ``backends: ["ip:port", ...]``."""
-        raw = dict(external_spec)
         where = f"externals.{name}.backends"
-        backends = [_parse_backend(b, f"{where}[{i}]") for i, b in enumerate(raw.get("backends") or [])]
+        backends = [_parse_backend(b, f"{where}[{i}]") for i, b in enumerate(external_spec.backends)]
         if not backends:
             raise SpecError("an external needs at least one backend", where=where)
-        await self.add_service(deployment, name, raw)
+        await self.add_service(deployment, name, external_spec)
         async with self._lock:
             svc = self._services[name]
             svc.external = True
@@ -273,10 +275,10 @@ class ProxyManager:
 
     # ---- the agent's ProxyHook --------------------------------------------------------------------------------
 
-    async def update_service(self, deployment: str, service: Any, backends: Sequence[Any]) -> None:
-        """ProxyHook: (re)configure ``service`` (a ServiceView) and balance over ``backends`` (agent Backends)."""
-        await self.add_service(deployment, service.name, service)
-        await self.update_backends(service.name, [(b.address, b.port) for b in backends])
+    async def update_service(self, deployment: str, service: str, spec: ServiceSpec, backends: Sequence[Any]) -> None:
+        """ProxyHook: (re)configure ``service`` and balance over ``backends`` (the agent's Backends)."""
+        await self.add_service(deployment, service, spec)
+        await self.update_backends(service, [(b.address, b.port) for b in backends])
 
     # ---- figures ----------------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from zlayer.errors import SpecError, ZLayerError
 from zlayer.limits import load_json
+from zlayer.spec.container import STRATEGIES
 
 
 def _addr(text: Any, where: str) -> tuple[str, int]:
@@ -30,9 +31,6 @@ def _addr(text: Any, where: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SpecError(f"expected HOST:PORT, got {text!r}", where=where)
     return host.strip("[]"), int(port)
-
-
-STRATEGIES = ("round_robin", "least_connections")
 
 
 def load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

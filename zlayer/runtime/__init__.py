@@ -1,5 +1,7 @@
-"""Container runtimes (see ARCHITECTURE.md): the Runtime protocol every backend implements, and its data types."""
+"""Workload drivers (see ARCHITECTURE.md): the Runtime protocol every driver implements, its data types, and the
+registry that picks a service's driver."""
 
+from zlayer.runtime.drivers import Drivers
 from zlayer.runtime.protocol import (
     ContainerId,
     ContainerInfo,
@@ -17,6 +19,7 @@ __all__ = [
     "ContainerInfo",
     "ContainerState",
     "ContainerStats",
+    "Drivers",
     "ExecResult",
     "ExecSession",
     "LogLine",

@@ -1,8 +1,10 @@
-"""The Runtime protocol: what the agent may ask of any way of running a workload (linux, wasm, docker, ...).
+"""The Runtime protocol: the workload-driver interface, what the agent may ask of any way of running a workload
+(linux now; wasm and docker next, and the platform ones).
 
 It follows ZLayer's ``Runtime`` trait (agent-runtime.md §1) in Python naming, the way Nomad task drivers share one
-interface: every backend implements all of it, and the agent never asks which one it has. Everything here is plain
-data: ids, states, stats, exec results and log lines.
+interface (start, wait, stop, destroy, inspect, stats, exec): every driver implements all of it, takes the typed,
+validated service spec, and the agent never asks which one it has — :class:`zlayer.runtime.Drivers` picks one by the
+spec. Everything else here is plain data: ids, states, stats, exec results and log lines.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import builtins
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from zlayer.errors import UsageError
+
+if TYPE_CHECKING:
+    from zlayer.spec.models import ServiceSpec
 
 Status = Literal["pending", "initializing", "running", "paused", "stopping", "exited", "failed"]
 Stream = Literal["stdout", "stderr"]
@@ -182,9 +187,10 @@ class Runtime(Protocol):
         """Make ``image`` available locally (``always`` | ``newer`` | ``if_not_present`` | ``never``)."""
         ...
 
-    async def create(self, cid: ContainerId, spec: Any) -> None:
-        """Build the container from a service spec; it exists but has not started. Half-made state is rolled back
-        on failure."""
+    async def create(self, cid: ContainerId, service: ServiceSpec, *, dns: Sequence[str] = ()) -> None:
+        """Build the container from a validated service spec (``dns``: the node's DNS servers, put before the
+        spec's own); it exists but has not started. Half-made state is rolled back on failure, and a failure is
+        never a spec error: the spec was checked when it was deployed."""
         ...
 
     async def start(self, cid: ContainerId) -> None:

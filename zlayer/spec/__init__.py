@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from zlayer.spec.api import dump_spec, spec_json_schema, spec_to_dict
     from zlayer.spec.discovery import discover_spec_path
-    from zlayer.spec.loader import load_spec, parse_spec, read_spec_text
+    from zlayer.spec.loader import load_spec, parse_deployable, parse_spec, read_spec_text
     from zlayer.spec.models import *
     from zlayer.spec.problem import Problem
     from zlayer.spec.scalars import (
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "load_spec": "zlayer.spec.loader",
     "parse_spec": "zlayer.spec.loader",
+    "parse_deployable": "zlayer.spec.loader",
     "read_spec_text": "zlayer.spec.loader",
     "Problem": "zlayer.spec.problem",
     "dump_spec": "zlayer.spec.api",

@@ -519,6 +519,22 @@ def parse_spec(text: str, source: str = "<string>") -> DeploymentSpec:
         raise
 
 
+def parse_deployable(text: str, source: str = "<string>") -> DeploymentSpec:
+    """:func:`parse_spec`, and also refuse what no Linux container can be built from (:mod:`zlayer.spec.container`:
+    fields ZLayer's parser leaves unchecked). The daemon validates a deploy with this, once, so that nothing below
+    the API meets a spec error."""
+    from zlayer.spec.container import container_problems
+
+    spec = parse_spec(text, source)
+    found = container_problems(spec)
+    if found:
+        doc, _ = _compose(text, source)
+        for path, message in found:
+            doc.problem(path, message)
+        _raise(doc, source)
+    return spec
+
+
 def read_spec_text(path: str | os.PathLike[str]) -> tuple[str, str]:
     """Resolve ``path`` (a file, or a directory holding exactly one spec) and read it: (source name, text)."""
     # (os.path, not pathlib: importing pathlib is a tenth of a `zlayer validate FILE`)
@@ -578,6 +594,7 @@ __all__ = [
     "check_spec_text",
     "format_path",
     "load_spec",
+    "parse_deployable",
     "parse_spec",
     "read_spec_document",
     "read_spec_text",

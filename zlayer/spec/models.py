@@ -152,11 +152,11 @@ class _NullAware(BaseModel):
 
 
 class _Strict(_NullAware):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True, frozen=True)
 
 
 class _Lenient(_NullAware):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True, frozen=True)
 
 
 # --- image / command ---------------------------------------------------------------------------------------------------
@@ -421,12 +421,30 @@ HealthCheck = Annotated[
 ]
 
 
+HEALTH_START_GRACE = 5.0
+HEALTH_INTERVAL = 10.0
+HEALTH_TIMEOUT = 5.0
+
+
 class HealthSpec(_Strict):
     start_grace: Duration | None = None
     interval: Duration | None = None
     timeout: Duration | None = None
     retries: U32 = 3
     check: HealthCheck
+
+    # ZLayer's runtime defaults for what the block leaves out (agent-runtime.md §4).
+    @property
+    def start_grace_seconds(self) -> float:
+        return self.start_grace if self.start_grace is not None else HEALTH_START_GRACE
+
+    @property
+    def interval_seconds(self) -> float:
+        return self.interval if self.interval is not None else HEALTH_INTERVAL
+
+    @property
+    def timeout_seconds(self) -> float:
+        return self.timeout if self.timeout is not None else HEALTH_TIMEOUT
 
 
 def _default_health() -> HealthSpec:
@@ -443,6 +461,9 @@ class DependsSpec(_Strict):
     on_timeout: _enum("fail", "warn", "continue") = "fail"  # type: ignore[valid-type]
 
 
+INIT_STEP_TIMEOUT = 300.0
+
+
 class InitStep(_Strict):
     id: Str
     uses: Str
@@ -452,6 +473,11 @@ class InitStep(_Strict):
     retry: U32 | None = None
     timeout: Duration | None = None
     on_failure: _enum("fail", "warn", "continue") = "fail"  # type: ignore[valid-type]
+
+    @property
+    def timeout_seconds(self) -> float:
+        """How long the whole step may take: ``timeout``, else ZLayer's 300 s."""
+        return self.timeout if self.timeout is not None else INIT_STEP_TIMEOUT
 
 
 class InitSpec(_Strict):
@@ -641,12 +667,12 @@ class UlimitSpec(_Strict):
 
     @model_validator(mode="after")
     def _fill(self) -> UlimitSpec:
-        if self.soft is None and self.hard is None:
-            self.soft = self.hard = 0
-        elif self.hard is None:
-            self.hard = self.soft
-        elif self.soft is None:
-            self.soft = self.hard
+        # Frozen: the filled-in values are written once, here, as the model is built.
+        soft, hard = self.soft, self.hard
+        if soft is None and hard is None:
+            soft = hard = 0
+        object.__setattr__(self, "soft", soft if soft is not None else hard)
+        object.__setattr__(self, "hard", hard if hard is not None else soft)
         return self
 
 
@@ -741,8 +767,8 @@ class ServiceSpec(_Strict):
     def _legacy_host_network(self) -> ServiceSpec:
         # Legacy `host_network: true` becomes network_mode host unless another mode was chosen.
         if self.host_network and self.network_mode == "default":
-            self.network_mode = "host"
-        self.host_network = None
+            object.__setattr__(self, "network_mode", "host")
+        object.__setattr__(self, "host_network", None)
         return self
 
     @property
@@ -757,6 +783,46 @@ class ServiceSpec(_Strict):
         if isinstance(s, AdaptiveScale):
             return ("adaptive", s.min, s.max)
         return ("manual", 0, 0)
+
+    # --- what the node derives from a service (ZLayer's runtime rules, agent-runtime.md §4) ---
+
+    @property
+    def scale_mode(self) -> str:
+        return self.scale.mode
+
+    @property
+    def initial_replicas(self) -> int:
+        """Replicas a first deploy starts: fixed → n, adaptive → its min, manual → 0; jobs and crons have none."""
+        return self.replicas_hint()[1] if self.rtype == "service" else 0
+
+    @property
+    def backend_port(self) -> int:
+        """ZLayer's rule: the first http/https/websocket endpoint's container port, else 8080."""
+        for ep in self.endpoints:
+            if ep.protocol in ("http", "https", "websocket"):
+                return ep.container_port
+        return 8080
+
+    @property
+    def restart_kind(self) -> str:
+        """``restart_policy.kind``, or "" when the spec has none (``errors.on_panic`` decides then)."""
+        return self.restart_policy.kind if self.restart_policy is not None else ""
+
+    @property
+    def driver(self) -> str:
+        """The workload driver that runs this service: ``wasm`` for the WASM service types, else ``linux``."""
+        return "wasm" if self.service_type.startswith("wasm_") else "linux"
+
+    @property
+    def spec_hash(self) -> str:
+        """Changes whenever anything a running replica was built from changes. The replica count is not part of
+        it: scaling adds or removes replicas, it does not replace the running ones."""
+        import hashlib
+        import json
+
+        built_from = self.model_dump(mode="json", exclude_none=True)
+        built_from.pop("scale", None)
+        return hashlib.sha256(json.dumps(built_from, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --- top level ---------------------------------------------------------------------------------------------------------------
@@ -791,6 +857,40 @@ class DeploymentSpec(_Strict):
     externals: dict[Str, ExternalSpec] = Field(default_factory=dict)
     tunnels: dict[Str, TunnelDefinition] = Field(default_factory=dict)
     api: ApiSpec = Field(default_factory=ApiSpec)
+
+    def service_order(self) -> list[str]:
+        """Services with their dependencies first (ties by name). Unknown services, self-dependencies and cycles
+        are spec errors naming the path (``a -> b -> a``); ZLayer finds those only when it deploys, and so do we."""
+        from zlayer.errors import SpecError
+        from zlayer.spec.problem import Problem
+
+        problems = []
+        for name, s in self.services.items():
+            for d in s.depends:
+                if d.service == name:
+                    problems.append(Problem(path=f"services.{name}.depends", message="service depends on itself"))
+                elif d.service not in self.services:
+                    problems.append(Problem(path=f"services.{name}.depends", message=f"unknown service {d.service!r}"))
+        if problems:
+            raise SpecError("invalid dependencies", problems=problems)
+        order: list[str] = []
+        state: dict[str, int] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = [*path[path.index(name) :], name]
+                raise SpecError("dependency cycle", problems=[Problem(message=" -> ".join(cycle))])
+            state[name] = 1
+            for d in sorted(self.services[name].depends, key=lambda d: d.service):
+                visit(d.service, [*path, name])
+            state[name] = 2
+            order.append(name)
+
+        for name in sorted(self.services):
+            visit(name, [])
+        return order
 
 
 __all__ = [

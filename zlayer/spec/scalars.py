@@ -20,6 +20,7 @@ __all__ = [
     "parse_duration",
     "parse_image_ref",
     "parse_memory",
+    "parse_size",
 ]
 
 # --- durations (Rust humantime::parse_duration compatible) --------------------------------------------------------
@@ -129,20 +130,33 @@ def format_duration(seconds: float) -> str:
 # --- memory ----------------------------------------------------------------------------------------------------------
 
 _MEM = re.compile(r"^\+?([0-9]+)(Ki|Mi|Gi|Ti)$")  # Rust u64::from_str takes a leading +
-_MEM_MULT = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+_MEM_SUFFIXES = ("Ki", "Mi", "Gi", "Ti")
+
+
+_SIZE = re.compile(r"(\d+)\s*([kKmMgGtT]?)(i?[bB]?)")
+_SIZE_MULT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A size as Docker reads one (``512Mi``, ``512M``, ``1g``, ``64KiB``, ``1048576``) → bytes; multiples are
+    binary. The one size parser: :func:`parse_memory` is its stricter ZLayer form."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{text!r}: expected a size such as 512Mi, 2Gi or a number of bytes")
+    return int(m.group(1)) * _SIZE_MULT[m.group(2).lower()]
 
 
 def parse_memory(text: str) -> int:
     """``256Mi`` → bytes. Binary suffix required (Ki, Mi, Gi, Ti); the number must be a positive integer."""
     m = _MEM.match(text)
     if m is None:
-        if not text.endswith(tuple(_MEM_MULT)):
+        if not text.endswith(_MEM_SUFFIXES):
             raise ValueError(f"invalid memory format: '{shown(text)}' (use Ki, Mi, Gi, or Ti suffix)")
         raise ValueError(f"invalid memory format: '{shown(text)}'")
     n = int(m.group(1)) if len(m.group(1)) <= 20 else 2**64
     if n <= 0 or n >= 2**64:
         raise ValueError(f"invalid memory format: '{shown(text)}'")
-    return n * _MEM_MULT[m.group(2)]
+    return parse_size(text.lstrip("+"))
 
 
 def memory_to_bytes(text: str) -> int:

@@ -14,6 +14,7 @@ from cryptography import x509
 from zlayer.errors import ProxyError
 from zlayer.proxy.acme import CertManager, ChallengeServer
 from zlayer.proxy.certs import CertStore
+from zlayer.spec.models import ServiceSpec
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
 
@@ -117,7 +118,7 @@ def test_manager_swaps_the_acme_certificate_into_a_live_tls_stream(proxy_pebble,
         await m.start()
         try:
             ep = {"name": "pg", "protocol": "tcp", "port": port, "host": "db.zlayer.test", "stream": {"tls": True}}
-            await m.add_service("demo", "db", {"endpoints": [ep]})
+            await m.add_service("demo", "db", ServiceSpec.model_validate({"image": {"name": "x"}, "endpoints": [ep]}))
             await m.update_backends("db", [("127.0.0.1", echo.port)])
             first = await asyncio.to_thread(served_issuer)
             assert first.rfc4514_string() == "CN=db.zlayer.test"  # self-signed until ACME delivers

@@ -10,6 +10,7 @@ from tests.fixtures.proxy_l4 import free_port
 from zlayer.proxy import ProxyManager
 from zlayer.proxy.api_models import backends_response
 from zlayer.proxy.health import http_check
+from zlayer.spec.models import ServiceSpec
 
 pytestmark = pytest.mark.peer
 
@@ -32,10 +33,11 @@ def test_route_backend_health_follows_the_service_http_check(proxy_nginx: int, t
         await m.start()
         try:
             spec = {
+                "image": {"name": "x"},
                 "endpoints": [{"name": "web", "protocol": "http", "port": free_port()}],
                 "health": {"check": {"type": "http", "url": url, "expect_status": 200}},
             }
-            await m.add_service("demo", "site", spec)
+            await m.add_service("demo", "site", ServiceSpec.model_validate(spec))
             await m.update_backends("site", [("127.0.0.1", proxy_nginx)])
             for _ in range(100):
                 group = backends_response(m).groups[0]

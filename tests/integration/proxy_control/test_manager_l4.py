@@ -12,6 +12,8 @@ from tests.fixtures.proxy_l4 import free_port
 from zlayer.errors import ProxyError, SpecError
 from zlayer.proxy import ProxyManager
 from zlayer.proxy.api_models import backends_response, routes_response, streams_response, tls_response
+from zlayer.spec.loader import parse_deployable
+from zlayer.spec.models import ExternalSpec, ServiceSpec
 
 pytestmark = pytest.mark.peer
 
@@ -26,8 +28,8 @@ def tcp_roundtrip(port: int, data: bytes) -> bytes:
         return out
 
 
-def spec(*endpoints: dict[str, Any]) -> dict[str, Any]:
-    return {"image": {"name": "busybox"}, "endpoints": list(endpoints)}
+def spec(*endpoints: dict[str, Any]) -> ServiceSpec:
+    return ServiceSpec.model_validate({"image": {"name": "busybox"}, "endpoints": list(endpoints)})
 
 
 async def wait_for(pred: Any, timeout: float = 5.0) -> None:
@@ -175,9 +177,12 @@ def test_port_taken_by_another_service_is_refused_and_nothing_changes(tmp_path) 
             with pytest.raises(ProxyError, match=f"tcp port {port} on 127.0.0.1 is already used by service 'a'"):
                 await m.add_service("demo", "b", spec({"name": "y", "protocol": "tcp", "port": port}))
             assert m.services() == ["a"]
-            with pytest.raises(SpecError) as err:
-                await m.add_service("demo", "c", spec({"name": "z", "protocol": "sctp", "port": 1}))
-            assert err.value.where == "services.c.endpoints[0].protocol"
+            with pytest.raises(SpecError) as err:  # a bad endpoint never reaches the proxy: deploy refuses it
+                parse_deployable(
+                    "version: v1\ndeployment: demo\nservices:\n  c:\n    image: {name: x}\n"
+                    "    endpoints: [{name: z, protocol: sctp, port: 1}]\n"
+                )
+            assert err.value.problems[0].path == "services.c.endpoints[0].protocol"
         finally:
             await m.close()
 
@@ -361,13 +366,13 @@ def test_external_block_proxies_to_its_fixed_backends(proxy_l4_tcp_echo, tmp_pat
                     {"name": "w", "protocol": "http", "port": free_port()},
                 ],
             }
-            await m.add_external("demo", "legacy-db", ext)
+            await m.add_external("demo", "legacy-db", ExternalSpec.model_validate(ext))
             for i in range(4):
                 assert await asyncio.to_thread(tcp_roundtrip, port, b"%d" % i) == b"%d" % i
             assert (a.accepted, b.accepted) == (2, 2)
             assert routes_response(m).routes[0].backends == [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
             with pytest.raises(SpecError) as err:
-                await m.add_external("demo", "bad", {"backends": ["db.local:5432"], "endpoints": []})
+                await m.add_external("demo", "bad", ExternalSpec.model_validate({"backends": ["db.local:5432"]}))
             assert err.value.where == "externals.bad.backends[0]"
         finally:
             await m.close()

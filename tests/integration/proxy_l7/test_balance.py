@@ -8,22 +8,27 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.fixtures.proxy_l4 import free_port
 from tests.integration.proxy_l7.slow_backend import SlowBackend, get
 from zlayer.errors import SpecError
 from zlayer.proxy import ProxyManager
 from zlayer.proxy.models import build
+from zlayer.spec.loader import parse_deployable
+from zlayer.spec.models import ServiceSpec
 
 pytestmark = pytest.mark.peer
 
 
-def _spec(port: int, labels: dict[str, str]) -> dict[str, object]:
-    return {
-        "image": {"name": "busybox"},
-        "labels": labels,
-        "endpoints": [{"name": "site", "protocol": "http", "port": port}],
-    }
+def _spec(port: int, labels: dict[str, str]) -> ServiceSpec:
+    return ServiceSpec.model_validate(
+        {
+            "image": {"name": "busybox"},
+            "labels": labels,
+            "endpoints": [{"name": "site", "protocol": "http", "port": port}],
+        }
+    )
 
 
 def _run(strategy: str | None, fast_port: int, tmp_path: Path) -> tuple[list[str], int]:
@@ -92,9 +97,9 @@ def test_strategy_per_endpoint_and_bad_values_name_the_label() -> None:
             {"name": "api", "protocol": "http", "port": 8081},
         ],
     }
-    routes, _ = build("demo", "web", spec)
+    routes, _ = build("demo", "web", ServiceSpec.model_validate(spec))
     assert {r.endpoint: r.strategy for r in routes} == {"site": "least_connections", "api": "round_robin"}
     spec["labels"] = {"zlayer.proxy.strategy": "fastest"}
-    with pytest.raises(SpecError) as exc:
-        build("demo", "web", spec)
+    with pytest.raises(SpecError) as exc:  # refused when deployed, at the label
+        parse_deployable(yaml.safe_dump({"version": "v1", "deployment": "demo", "services": {"web": spec}}))
     assert "services.web.labels.zlayer.proxy.strategy" in str(exc.value) and "least_connections" in str(exc.value)

@@ -13,16 +13,19 @@ import pytest
 from tests.fixtures.proxy_l4 import free_port
 from tests.integration.proxy_l7.slow_backend import SlowBackend, get
 from zlayer.proxy import ProxyManager
+from zlayer.spec.models import ServiceSpec
 
 pytestmark = pytest.mark.peer
 
 
-def _spec(*ports: tuple[int, int]) -> dict[str, object]:
+def _spec(*ports: tuple[int, int]) -> ServiceSpec:
     """Endpoints (port, target_port); the replicas are given as bare IPs so each endpoint uses its target_port."""
-    return {
-        "image": {"name": "busybox"},
-        "endpoints": [{"name": f"e{p}", "protocol": "http", "port": p, "target_port": t} for p, t in ports],
-    }
+    return ServiceSpec.model_validate(
+        {
+            "image": {"name": "busybox"},
+            "endpoints": [{"name": f"e{p}", "protocol": "http", "port": p, "target_port": t} for p, t in ports],
+        }
+    )
 
 
 def _refused(port: int) -> bool:

@@ -10,6 +10,7 @@ import pytest
 from tests.fixtures.proxy_l4 import free_port, peer_env
 from zlayer.proxy import ProxyManager
 from zlayer.proxy._l7_adapter import CL7Plane
+from zlayer.spec.models import ServiceSpec
 
 pytestmark = pytest.mark.peer
 
@@ -33,7 +34,7 @@ def test_add_service_with_http_endpoint_serves_through_the_c_plane(proxy_l7_ngin
                 "image": {"name": "busybox"},
                 "endpoints": [{"name": "site", "protocol": "http", "port": port, "path": "/app"}],
             }
-            await m.add_service("demo", "web", spec)
+            await m.add_service("demo", "web", ServiceSpec.model_validate(spec))
             await m.update_backends("web", [("127.0.0.1", a), ("127.0.0.1", b)])
             bodies = {await asyncio.to_thread(curl, f"http://127.0.0.1:{port}/app/x") for _ in range(6)}
             assert bodies == {"A /app/x\n", "B /app/x\n"}
@@ -75,7 +76,7 @@ def test_https_endpoint_is_terminated_with_a_generated_certificate(proxy_l7_ngin
                 "image": {"name": "busybox"},
                 "endpoints": [{"name": "secure", "protocol": "https", "port": port, "host": "secure.zlayer.test"}],
             }
-            await m.add_service("demo", "web", spec)
+            await m.add_service("demo", "web", ServiceSpec.model_validate(spec))
             await m.update_backends("web", [("127.0.0.1", proxy_l7_nginx.ports[2])])
             [cert] = [c for c in m.certificates() if c.domain == "secure.zlayer.test"]
             out = await asyncio.to_thread(

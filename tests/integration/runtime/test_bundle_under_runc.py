@@ -13,15 +13,17 @@ from tests.fixtures.runtime import RuncRunner
 from zlayer.runtime.linux.bundle import BundleOptions, build_config
 from zlayer.runtime.linux.etcfiles import write_etc_files
 from zlayer.runtime.linux.volumes import prepare_volumes
+from zlayer.spec.models import ServiceSpec
 
 pytestmark = [pytest.mark.root, pytest.mark.peer]
 
 DOCKER_DEFAULT_CAPEFF = "00000000a80425fb"
 
 
-def write_bundle(bundle: Path, rootfs: Path, spec: dict[str, Any], image_config: dict[str, Any]) -> None:
-    vols = prepare_volumes(spec.get("storage", []), data_dir=bundle / "data", container="t", rootfs=rootfs)
-    etc = write_etc_files(bundle, hostname="web-rep-1", extra_hosts=spec.get("extra_hosts", []))
+def write_bundle(bundle: Path, rootfs: Path, raw: dict[str, Any], image_config: dict[str, Any]) -> None:
+    spec = ServiceSpec.model_validate({"image": {"name": "busybox"}, **raw})
+    vols = prepare_volumes(spec.storage, data_dir=bundle / "data", container="t", rootfs=rootfs)
+    etc = write_etc_files(bundle, hostname="web-rep-1", extra_hosts=spec.extra_hosts)
     doc = build_config(
         spec,
         image_config,

@@ -10,14 +10,17 @@ from typing import Any
 import pytest
 
 from tests.fixtures.runtime import LinuxRuntimeHarness
-from zlayer.errors import RuntimeFailure, SpecError
+from zlayer.errors import RuntimeFailure
 from zlayer.runtime import Runtime
+from zlayer.spec.models import ServiceSpec
 
 pytestmark = [pytest.mark.root]
 
 
-def spec(script: str, **extra: Any) -> dict[str, Any]:
-    return {"image": {"name": "busybox"}, "command": {"entrypoint": ["sh", "-c", script]}, **extra}
+def spec(script: str, **extra: Any) -> ServiceSpec:
+    return ServiceSpec.model_validate(
+        {"image": {"name": "busybox"}, "command": {"entrypoint": ["sh", "-c", script]}, **extra}
+    )
 
 
 def mounted(path: Path) -> bool:
@@ -154,9 +157,11 @@ def test_missing_executable_and_unknown_user_roll_back(runtime_linux: LinuxRunti
 
     async def go() -> None:
         with pytest.raises(RuntimeFailure, match="executable file not found: /bin/foo in image busybox"):
-            await rt.create(cid, {"image": {"name": "busybox"}, "command": {"entrypoint": ["/bin/foo"]}})
+            await rt.create(
+                cid, ServiceSpec.model_validate({"image": {"name": "busybox"}, "command": {"entrypoint": ["/bin/foo"]}})
+            )
         assert not bundle.exists() and not mounted(bundle)
-        with pytest.raises(SpecError, match=r"unable to find user nginx: .* of image busybox"):
+        with pytest.raises(RuntimeFailure, match=r"unable to find user nginx: .* of image busybox"):
             await rt.create(cid, spec("true", user="nginx", storage=[{"type": "anonymous", "target": "/a"}]))
         assert not bundle.exists() and not mounted(bundle)
         assert not list((runtime_linux.data_dir / "volumes" / "_anon").glob("*"))
@@ -221,7 +226,7 @@ def test_rootfs_that_fails_to_mount_is_a_clear_error(runtime_linux: LinuxRuntime
 
     async def go() -> None:
         with pytest.raises(RuntimeFailure, match=f"container {cid}: cannot mount the rootfs of image broken"):
-            await rt.create(cid, {"image": {"name": "broken"}})
+            await rt.create(cid, ServiceSpec.model_validate({"image": {"name": "broken"}}))
         assert not (runtime_linux.data_dir / "bundles" / str(cid)).exists()
 
     asyncio.run(go())

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests.fixtures.daemon import HostProcessRuntime, free_port, httpd_service
-from zlayer.agent import Backend, JobManager, ServiceManager, ServiceView
+from zlayer.agent import Backend, JobManager, ServiceManager
 from zlayer.errors import SpecError
+from zlayer.spec.models import ServiceSpec
 from zlayer.spec.scalars import CronSchedule
 from zlayer.state import SqliteStore
 
@@ -24,8 +25,8 @@ class RecordingProxy:
     def __init__(self) -> None:
         self.history: list[tuple[str, list[str]]] = []
 
-    async def update_service(self, deployment: str, service: ServiceView, backends: list[Backend]) -> None:
-        self.history.append((service.name, sorted(b.container for b in backends)))
+    async def update_service(self, deployment: str, service: str, spec: ServiceSpec, backends: list[Backend]) -> None:
+        self.history.append((service, sorted(b.container for b in backends)))
 
     async def remove_service(self, deployment: str, service: str) -> None:
         self.history.append((service, []))
@@ -203,9 +204,8 @@ def test_cron_schedules_and_never_overlaps(tmp_path: Path) -> None:
     async def go() -> None:
         store = SqliteStore(tmp_path / "state.db")
         rt = HostProcessRuntime(tmp_path / "containers")
-        mgr = ServiceManager(store, rt, health_scale=0.2)
         jobs = JobManager(store, rt)
-        mgr.on_job_registered = jobs.register
+        mgr = ServiceManager(store, rt, jobs=jobs, health_scale=0.2)
         try:
             await mgr.deploy(spec("cron1", cron))
             await mgr.wait_deployed("cron1")

@@ -27,9 +27,8 @@ def run_api(tmp_path: Path, body: Body, token: str | None = None) -> None:
     async def go() -> None:
         store = SqliteStore(tmp_path / "state.db")
         rt = HostProcessRuntime(tmp_path / "containers")
-        manager = ServiceManager(store, rt, health_scale=0.2)
         jobs = JobManager(store, rt)
-        manager.on_job_registered = jobs.register
+        manager = ServiceManager(store, rt, jobs=jobs, health_scale=0.2)
         context = ApiContext(store=store, runtime=rt, manager=manager, jobs=jobs, runtime_name="host", token="t0k")
         context.ready = True
         app: Any = create_app(context)

@@ -1,15 +1,25 @@
-"""Routes and streams built from service endpoints, as ZLayer builds them."""
+"""Routes and streams built from service endpoints, as ZLayer builds them. The proxy reads the typed, validated
+spec; a bad endpoint is refused when the spec is validated for deployment, at its field path."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import yaml
 
 from zlayer.errors import SpecError
 from zlayer.proxy.models import build
+from zlayer.spec.loader import parse_deployable
+from zlayer.spec.models import ServiceSpec
 
 
-def svc(*endpoints: dict) -> dict:
-    return {"image": {"name": "x"}, "endpoints": list(endpoints)}
+def raw(*endpoints: dict, **more: Any) -> dict:
+    return {"image": {"name": "x"}, "endpoints": list(endpoints), **more}
+
+
+def svc(*endpoints: dict, **more: Any) -> ServiceSpec:
+    return ServiceSpec.model_validate(raw(*endpoints, **more))
 
 
 def test_http_https_websocket_are_routes_keyed_service_hash_endpoint() -> None:
@@ -48,14 +58,15 @@ def test_stream_options_and_defaults() -> None:
                 "port": 25,
                 "stream": {"tls": True, "proxy_protocol": True, "health_check": {"type": "tcp_connect"}},
             },
-            {"name": "v2", "protocol": "tcp", "port": 26, "stream": {"proxy_protocol": "v2", "session_timeout": "5m"}},
+            {"name": "v2", "protocol": "tcp", "port": 26, "stream": {"proxy_protocol": True, "session_timeout": "5m"}},
         ),
     )
     u, t, v2 = streams
     assert (u.session_timeout, u.tls, u.proxy_protocol, u.health.kind) == (60.0, False, 0, "none")
     assert t.health.kind == "tcp_connect"
     assert (t.tls, t.proxy_protocol) == (True, 1)
-    assert (v2.proxy_protocol, v2.session_timeout) == (2, 300.0)
+    # the spec's proxy_protocol is a bool (ZLayer's): true sends the v1 header
+    assert (v2.proxy_protocol, v2.session_timeout) == (1, 300.0)
 
 
 def test_udp_probe_health_check_is_read() -> None:
@@ -70,19 +81,25 @@ def test_udp_probe_health_check_is_read() -> None:
 
 
 def test_http_route_health_uses_the_service_http_check() -> None:
-    spec = svc({"name": "a", "protocol": "http", "port": 80})
-    spec["health"] = {"check": {"type": "http", "url": "http://localhost:8080/healthz?x=1", "expect_status": 204}}
-    (r,), _ = build("d", "web", spec)
+    health = {"check": {"type": "http", "url": "http://localhost:8080/healthz?x=1", "expect_status": 204}}
+    (r,), _ = build("d", "web", svc({"name": "a", "protocol": "http", "port": 80}, health=health))
     assert (r.health.kind, r.health.path, r.health.expect_status) == ("http", "/healthz?x=1", 204)
+
+
+def refused(service: str, body: dict) -> list[tuple[str, str]]:
+    doc = {"version": "v1", "deployment": "demo", "services": {service: body}}
+    with pytest.raises(SpecError) as err:
+        parse_deployable(yaml.safe_dump(doc))
+    return [(p.path, p.message) for p in err.value.problems]
 
 
 @pytest.mark.parametrize(
     ("endpoint", "where", "message"),
     [
-        ({"name": "a", "protocol": "sctp", "port": 1}, "endpoints[0].protocol", "unknown protocol 'sctp'"),
-        ({"name": "a", "protocol": "tcp", "port": 70000}, "endpoints[0].port", "port must be 1-65535"),
-        ({"name": "", "protocol": "tcp", "port": 1}, "endpoints[0].name", "needs a name"),
-        ({"name": "a", "protocol": "tcp", "port": 1, "expose": "world"}, "endpoints[0].expose", "public or internal"),
+        ({"name": "a", "protocol": "sctp", "port": 1}, "endpoints[0].protocol", "unknown variant `sctp`"),
+        ({"name": "a", "protocol": "tcp", "port": 70000}, "endpoints[0].port", "expected u16"),
+        ({"name": "", "protocol": "tcp", "port": 1}, "endpoints[0].name", "name cannot be empty"),
+        ({"name": "a", "protocol": "tcp", "port": 1, "expose": "world"}, "endpoints[0].expose", "'public', 'internal'"),
         (
             {"name": "a", "protocol": "udp", "port": 1, "stream": {"session_timeout": "soon"}},
             "endpoints[0].stream.session_timeout",
@@ -91,7 +108,7 @@ def test_http_route_health_uses_the_service_http_check() -> None:
         (
             {"name": "a", "protocol": "udp", "port": 1, "stream": {"health_check": {"type": "udp_probe"}}},
             "endpoints[0].stream.health_check.request",
-            "needs a request",
+            "missing field `request`",
         ),
         (
             {
@@ -106,29 +123,30 @@ def test_http_route_health_uses_the_service_http_check() -> None:
         (
             {"name": "a", "protocol": "tcp", "port": 1, "stream": {"proxy_protocol": "v3"}},
             "endpoints[0].stream.proxy_protocol",
-            "v1 or v2",
+            "expected a boolean",
         ),
         (
             {"name": "a", "protocol": "tcp", "port": 1, "stream": {"tls": True, "bogus": 1}},
-            "endpoints[0].stream",
-            "unknown stream field 'bogus'",
+            "endpoints[0].stream.bogus",
+            "unknown field `bogus`",
         ),
     ],
 )
 def test_bad_endpoints_name_the_field(endpoint: dict, where: str, message: str) -> None:
-    with pytest.raises(SpecError, match=message) as err:
-        build("d", "svc", svc(endpoint))
-    assert err.value.where == f"services.svc.{where}"
+    [(path, msg)] = refused("svc", raw(endpoint))
+    assert path == f"services.svc.{where}" and message in msg
 
 
 def test_duplicate_endpoint_names_are_refused() -> None:
-    with pytest.raises(SpecError, match="duplicate endpoint name 'a'"):
-        build("d", "s", svc({"name": "a", "protocol": "tcp", "port": 1}, {"name": "a", "protocol": "udp", "port": 2}))
+    found = refused("s", raw({"name": "a", "protocol": "tcp", "port": 1}, {"name": "a", "protocol": "udp", "port": 2}))
+    assert found == [("services.s.endpoints[1].name", "duplicate endpoint 'a'")]
 
 
-def test_agent_service_view_is_accepted() -> None:
-    from zlayer.agent.specview import service_view
-
-    view = service_view("web", svc({"name": "a", "protocol": "http", "port": 8080}))
-    (r,), _ = build("d", "web", view)
+def test_a_parsed_service_spec_is_what_the_proxy_reads() -> None:
+    doc = {
+        "version": "v1",
+        "deployment": "demo",
+        "services": {"web": raw({"name": "a", "protocol": "http", "port": 80})},
+    }
+    (r,), _ = build("d", "web", parse_deployable(yaml.safe_dump(doc)).services["web"])
     assert r.key == "web#a"

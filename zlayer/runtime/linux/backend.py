@@ -21,13 +21,13 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from zlayer.errors import ConflictError, ImageError, NotFoundError, RuntimeFailure, SpecError, ZLayerError
+from zlayer.errors import ConflictError, ImageError, NotFoundError, RuntimeFailure, ZLayerError
 from zlayer.images.mount import mount_rootfs, unmount_rootfs
 from zlayer.paths import PRIVATE_DIR, private_dir, write_atomic
 from zlayer.runtime.linux import cgroups, shim
-from zlayer.runtime.linux.bundle import BundleOptions, _get, build_config, image_settings, stop_signal
+from zlayer.runtime.linux.bundle import BundleOptions, build_config, image_settings, stop_signal
 from zlayer.runtime.linux.etcfiles import write_etc_files
 from zlayer.runtime.linux.exec_session import ShimExecSession
 from zlayer.runtime.linux.volumes import prepare_volumes
@@ -40,7 +40,9 @@ from zlayer.runtime.protocol import (
     LogLine,
     ProcessInfo,
 )
-from zlayer.spec.scalars import parse_duration
+
+if TYPE_CHECKING:
+    from zlayer.spec.models import ServiceSpec
 
 DEFAULT_GRACE = 10.0
 EARLY_EXIT_WINDOW = 0.05  # seconds start() watches for a process that dies at once
@@ -203,7 +205,7 @@ class LinuxRuntime:
     def _join_namespace(self, target: str, kind: str) -> str:
         st = shim.read_state(target, self.state_root)
         if st.status not in ("created", "running", "paused") or st.pid <= 0:
-            raise SpecError(f"cannot join the {kind} namespace of container {target}: it is {st.status}")
+            raise RuntimeFailure(f"cannot join the {kind} namespace of container {target}: it is {st.status}")
         return f"/proc/{st.pid}/ns/{kind}"
 
     # ------------------------------------------------------------ protocol
@@ -211,11 +213,10 @@ class LinuxRuntime:
     async def pull(self, image: str, *, policy: str = "if_not_present") -> None:
         await self.images.pull(image, policy)
 
-    async def create(self, cid: ContainerId, spec: Any) -> None:
+    async def create(self, cid: ContainerId, service: ServiceSpec, *, dns: Sequence[str] = ()) -> None:
         name = str(cid)
-        image = str(_get(_get(spec, "image"), "name", "") or "")
-        if not image:
-            raise SpecError(f"container {name}: image.name is required")
+        spec = service
+        image = spec.image.name
         with contextlib.suppress(NotFoundError):
             st = await self._shim_state(name)
             if st.status != "stopped":
@@ -238,19 +239,16 @@ class LinuxRuntime:
                 raise RuntimeFailure(f"container {name}: image {image} has no layers")
             _mount_overlay(rootfs, layers, upper, work, name, image)
             undo.append(lambda: _unmount(rootfs))
-            vols = prepare_volumes(
-                list(_get(spec, "storage", []) or []), data_dir=self.data_dir, container=name, rootfs=rootfs
-            )
+            vols = prepare_volumes(spec.storage, data_dir=self.data_dir, container=name, rootfs=rootfs)
             for anon in vols.anonymous:
                 undo.append(lambda a=anon: shutil.rmtree(a, ignore_errors=True))
-            host_net = str(getattr(_get(spec, "network_mode"), "value", _get(spec, "network_mode")) or "") == "host"
-            host_net = host_net or bool(_get(spec, "host_network", False))
-            hostname = str(_get(spec, "hostname") or name)
+            host_net = spec.uses_host_network
+            hostname = spec.hostname or name
             etc = write_etc_files(
                 bundle,
                 hostname=hostname,
-                extra_hosts=[str(h) for h in _get(spec, "extra_hosts", []) or []],
-                dns=[str(d) for d in _get(spec, "dns", []) or []],
+                extra_hosts=spec.extra_hosts,
+                dns=[*([] if host_net else dns), *spec.dns],
                 host_network=host_net,
             )
             doc = build_config(
@@ -261,7 +259,7 @@ class LinuxRuntime:
                     image=image,
                     rootfs=rootfs,
                     hostname=hostname,
-                    cgroups_path=f"{_get(spec, 'cgroup_parent') or '/zlayer'}/{name}-{self.node_tag}",
+                    cgroups_path=f"{spec.cgroup_parent or '/zlayer'}/{name}-{self.node_tag}",
                     extra_mounts=[*vols.mounts, *etc],
                     join_namespace=self._join_namespace,
                     annotations={
@@ -275,17 +273,17 @@ class LinuxRuntime:
             if find_executable(rootfs, proc["args"][0], proc["env"], proc["cwd"]) is None:
                 raise RuntimeFailure(f"container {name}: executable file not found: {proc['args'][0]} in image {image}")
             _atomic_json(bundle / "config.json", doc)
-            grace = _get(spec, "stop_grace_period")
-            logs = _get(spec, "logs")
+            grace = spec.stop_grace_period
+            max_log = spec.logs.max_size_bytes if spec.logs is not None else 0
             _atomic_json(
                 bundle / "zlayer.json",
                 {
                     "id": name,
                     "image": image,
                     "stop_signal": stop_signal(spec, image_settings(config)),
-                    "stop_grace_period": _seconds(grace) if grace is not None else DEFAULT_GRACE,
+                    "stop_grace_period": grace if grace is not None else DEFAULT_GRACE,
                     "anonymous_volumes": [str(p) for p in vols.anonymous],
-                    "labels": {str(k): str(v) for k, v in (_get(spec, "labels", {}) or {}).items()},
+                    "labels": dict(spec.labels),
                 },
             )
             made = asyncio.ensure_future(
@@ -294,8 +292,8 @@ class LinuxRuntime:
                     bundle,
                     self.state_root,
                     self.log_path(name),
-                    log_max_size=int(_get(logs, "max_size_bytes", 0) or 0) or None,
-                    log_max_files=2 if _get(logs, "max_size_bytes") else None,
+                    log_max_size=max_log or None,
+                    log_max_files=2 if max_log else None,
                 )
             )
             try:
@@ -526,13 +524,3 @@ class LinuxRuntime:
             started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(boot + int(fields[19]) / hz))
             out.append(ProcessInfo(uid=uid, pid=pid, ppid=int(fields[1]), stime=started, cmd=cmd))
         return out
-
-
-def _seconds(value: Any) -> float:
-    """A duration from the spec: a number of seconds or a humantime string (``30s``, ``1m30s``)."""
-    if isinstance(value, int | float):
-        return float(value)
-    try:
-        return parse_duration(str(value))
-    except ValueError as e:
-        raise SpecError(f"stop_grace_period {value!r}: {e}") from None

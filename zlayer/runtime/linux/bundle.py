@@ -15,9 +15,13 @@ difference is noted:
   ``security_opt: seccomp=PATH|unconfined``; ``no_new_privs`` unless privileged or capabilities were added
   (ZLayer's rule; ``security_opt: no-new-privileges[=true|false]`` overrides).
 - ulimits above this host's hard limit are **clamped to it with a warning** (the container still starts; the
-  warning names the limit, what was asked and what was given). Soft above hard or an unknown name is an error.
+  warning names the limit, what was asked and what was given).
 - sysctls: only namespaced ones (``net.*`` with its own network, ``kernel.msg*``, ``kernel.sem``, ``kernel.shm*``,
-  ``fs.mqueue.*`` with its own IPC namespace); anything else is an error naming the key.
+  ``fs.mqueue.*`` with its own IPC namespace).
+
+The spec arrives validated (:func:`zlayer.spec.parse_deployable` refused what no container can be built from, with
+its field path, using the tables of :mod:`zlayer.spec.container` that this module reads too); what is left to fail
+here are facts of the image and the node, raised as :class:`RuntimeFailure`.
 """
 
 from __future__ import annotations
@@ -25,17 +29,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import resource
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zlayer.errors import SpecError
+from zlayer.errors import RuntimeFailure
 from zlayer.runtime.linux import seccomp as _seccomp
 from zlayer.runtime.linux.users import ResolvedUser, resolve_user
+from zlayer.spec.container import (
+    ALL_CAPS,
+    RLIM_INFINITY,
+    RLIMITS,
+    cap_name,
+    namespace_mode,
+    security_opts,
+    signal_name,
+    ulimit_values,
+)
+from zlayer.spec.scalars import parse_size
 
 log = logging.getLogger("zlayer.runtime")
 
@@ -48,35 +62,11 @@ DEFAULT_CAPS = (
     "CAP_AUDIT_WRITE",
 )  # fmt: skip
 
-# Every capability by number (capability.h); privileged containers get those this kernel knows.
-ALL_CAPS = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)  # fmt: skip
-
 MASKED_PATHS = (
     "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
     "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
 )  # fmt: skip
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
-
-RLIMITS = {
-    "cpu": "RLIMIT_CPU", "fsize": "RLIMIT_FSIZE", "data": "RLIMIT_DATA", "stack": "RLIMIT_STACK",
-    "core": "RLIMIT_CORE", "rss": "RLIMIT_RSS", "nproc": "RLIMIT_NPROC", "nofile": "RLIMIT_NOFILE",
-    "memlock": "RLIMIT_MEMLOCK", "as": "RLIMIT_AS", "locks": "RLIMIT_LOCKS", "sigpending": "RLIMIT_SIGPENDING",
-    "msgqueue": "RLIMIT_MSGQUEUE", "nice": "RLIMIT_NICE", "rtprio": "RLIMIT_RTPRIO", "rttime": "RLIMIT_RTTIME",
-}  # fmt: skip
-RLIM_INFINITY = 2**64 - 1
-
-IPC_SYSCTLS = frozenset(
-    {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
-     "kernel.shmmni", "kernel.shm_rmid_forced"}
-)  # fmt: skip
 
 # Docker's default device cgroup rules: mknod of anything, and use of the standard nodes.
 DEFAULT_DEVICE_RULES: tuple[tuple[str, int | None, int | None, str], ...] = (
@@ -85,19 +75,10 @@ DEFAULT_DEVICE_RULES: tuple[tuple[str, int | None, int | None, str], ...] = (
     ("c", 5, 0, "rwm"), ("c", 5, 1, "rwm"), ("c", 5, 2, "rwm"), ("c", 136, None, "rwm"), ("c", 10, 200, "rwm"),
 )  # fmt: skip
 
+if TYPE_CHECKING:
+    from zlayer.spec.models import ServiceSpec
+
 SecretResolver = Callable[[str], str]
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    """A field of a spec given as a pydantic model, a dataclass or a plain dict (as parsed from YAML)."""
-    if obj is None:
-        return default
-    val = obj.get(name, default) if isinstance(obj, Mapping) else getattr(obj, name, default)
-    return default if val is None else val
-
-
-def _enum(val: Any) -> Any:
-    return getattr(val, "value", val)
 
 
 def image_settings(image_config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -113,18 +94,16 @@ def image_settings(image_config: Mapping[str, Any] | None) -> dict[str, Any]:
 # ---------------------------------------------------------------- argv, env, cwd
 
 
-def resolve_argv(spec: Any, image_cfg: Mapping[str, Any], image: str = "") -> list[str]:
+def resolve_argv(spec: ServiceSpec, image_cfg: Mapping[str, Any], image: str = "") -> list[str]:
     """Docker's rule: spec entrypoint replaces ENTRYPOINT and resets CMD; spec args replace CMD."""
-    cmd = _get(spec, "command")
-    entrypoint = _get(cmd, "entrypoint")
-    args = _get(cmd, "args")
+    entrypoint, args = spec.command.entrypoint, spec.command.args
     if entrypoint is not None:
         argv = [*entrypoint, *(args or [])]
     else:
         img_ep = list(image_cfg.get("Entrypoint") or [])
         argv = [*img_ep, *(args if args is not None else list(image_cfg.get("Cmd") or []))]
     if not argv or not argv[0]:
-        raise SpecError(
+        raise RuntimeFailure(
             f"no command: image {image or '?'} has no ENTRYPOINT or CMD and the spec gives none",
             hint="set command.entrypoint or command.args",
         )
@@ -138,7 +117,7 @@ def _set_env(env: list[str], key: str, value: str) -> None:
 
 
 def resolve_env(
-    spec: Any,
+    spec: ServiceSpec,
     image_cfg: Mapping[str, Any],
     *,
     hostname: str,
@@ -146,7 +125,9 @@ def resolve_env(
     host_env: Mapping[str, str] | None = None,
     secrets: SecretResolver | None = None,
 ) -> list[str]:
-    """Image ``Env`` then spec ``env`` (later wins), plus PATH/HOSTNAME (and TERM with a tty) as Docker sets them."""
+    """Image ``Env`` then spec ``env`` (later wins), plus PATH/HOSTNAME (and TERM with a tty) as Docker sets them.
+    ``$E:NAME`` takes the daemon's variable and ``$S:NAME`` a secret: facts of the node, so a missing one is a
+    :class:`RuntimeFailure` naming the variable."""
     host_env = os.environ if host_env is None else host_env
     env: list[str] = []
     for item in image_cfg.get("Env") or []:
@@ -157,42 +138,32 @@ def resolve_env(
     _set_env(env, "HOSTNAME", hostname)
     if tty and not any(e.startswith("TERM=") for e in env):
         env.append("TERM=xterm")
-    for key, raw in (_get(spec, "env", {}) or {}).items():
-        value = str(raw)
-        if not key or "=" in key:
-            raise SpecError(f"env.{key}: invalid variable name")
+    for key, value in spec.env.items():
         if value.startswith("$E:"):
             name = value[3:]
             if name not in host_env:
-                raise SpecError(f"env.{key}: $E:{name} refers to {name}, which is not set in the daemon's environment")
+                raise RuntimeFailure(
+                    f"env.{key}: $E:{name} refers to {name}, which is not set in the daemon's environment"
+                )
             value = host_env[name]
             if not value:
                 log.warning("env.%s: $E:%s is empty in the daemon's environment", key, name)
         elif value.startswith("$S:"):
             if secrets is None:
-                raise SpecError(f"env.{key}: secret reference {value} needs a secrets store, and none is attached")
+                raise RuntimeFailure(f"env.{key}: secret reference {value} needs a secrets store, and none is attached")
             value = secrets(value[3:])
         _set_env(env, key, value)
     return env
 
 
-def resolve_cwd(spec: Any, image_cfg: Mapping[str, Any]) -> str:
-    cwd = _get(_get(spec, "command"), "workdir") or image_cfg.get("WorkingDir") or "/"
-    if not str(cwd).startswith("/"):
-        raise SpecError(f"command.workdir {cwd!r}: the working directory must be an absolute path")
+def resolve_cwd(spec: ServiceSpec, image_cfg: Mapping[str, Any]) -> str:
+    cwd = spec.command.workdir or image_cfg.get("WorkingDir") or "/"
+    if not str(cwd).startswith("/"):  # the spec's workdir is checked when it is validated; this is the image's
+        raise RuntimeFailure(f"the image's WorkingDir {cwd!r} is not an absolute path")
     return str(cwd)
 
 
 # ---------------------------------------------------------------- capabilities, seccomp
-
-
-def _cap_name(name: str, where: str) -> str:
-    n = str(name).strip().upper()
-    if not n.startswith("CAP_"):
-        n = "CAP_" + n
-    if n != "CAP_ALL" and n not in ALL_CAPS:
-        raise SpecError(f"{where}: unknown capability {name!r}")
-    return n
 
 
 def host_caps() -> tuple[str, ...]:
@@ -204,13 +175,13 @@ def host_caps() -> tuple[str, ...]:
     return ALL_CAPS[: last + 1]
 
 
-def resolve_caps(spec: Any) -> list[str]:
+def resolve_caps(spec: ServiceSpec) -> list[str]:
     """Docker's rule: the default set, minus ``cap_drop``, plus ``cap_add`` (either may say ``ALL``)."""
     known = host_caps()
-    if bool(_get(spec, "privileged", False)):
+    if spec.privileged:
         return list(known)
-    add = [_cap_name(c, "capabilities") for c in _get(spec, "capabilities", []) or []]
-    drop = [_cap_name(c, "cap_drop") for c in _get(spec, "cap_drop", []) or []]
+    add = [cap_name(c) for c in spec.capabilities]
+    drop = [cap_name(c) for c in spec.cap_drop]
     caps = [] if "CAP_ALL" in drop else [c for c in DEFAULT_CAPS if c not in drop]
     extra = list(known) if "CAP_ALL" in add else add
     for c in extra:
@@ -219,38 +190,20 @@ def resolve_caps(spec: Any) -> list[str]:
     return [c for c in caps if c in known]
 
 
-def security_opts(spec: Any) -> dict[str, str]:
-    """``security_opt`` entries as ``{key: value}`` (``key=value`` or Docker's older ``key:value``)."""
-    out: dict[str, str] = {}
-    for i, item in enumerate(_get(spec, "security_opt", []) or []):
-        text = str(item)
-        m = re.match(r"^([a-z-]+)[=:](.*)$", text)
-        if m:
-            out[m.group(1)] = m.group(2)
-        elif text == "no-new-privileges":
-            out["no-new-privileges"] = "true"
-        else:
-            raise SpecError(f"security_opt[{i}] {text!r}: expected seccomp=PATH|unconfined or no-new-privileges")
-        key = m.group(1) if m else text
-        if key not in ("seccomp", "no-new-privileges", "apparmor", "label"):
-            raise SpecError(f"security_opt[{i}] {text!r}: unknown option {key!r}")
-    return out
-
-
-def resolve_seccomp(spec: Any, caps: Sequence[str]) -> dict[str, Any] | None:
+def resolve_seccomp(spec: ServiceSpec, caps: Sequence[str]) -> dict[str, Any] | None:
     """OCI seccomp for the container, or ``None`` (privileged, or ``seccomp=unconfined``)."""
-    opt = security_opts(spec).get("seccomp")
-    if opt == "unconfined" or (bool(_get(spec, "privileged", False)) and opt is None):
+    opt = security_opts(spec.security_opt).get("seccomp")
+    if opt == "unconfined" or (spec.privileged and opt is None):
         return None
     profile = _seccomp.default_profile() if opt in (None, "", "builtin", "default") else _seccomp.load_profile(opt)
     return _seccomp.to_oci(profile, caps)
 
 
-def resolve_no_new_privs(spec: Any) -> bool:
-    opt = security_opts(spec).get("no-new-privileges")
+def resolve_no_new_privs(spec: ServiceSpec) -> bool:
+    opt = security_opts(spec.security_opt).get("no-new-privileges")
     if opt is not None:
         return opt.lower() not in ("false", "0", "no")
-    return not bool(_get(spec, "privileged", False)) and not (_get(spec, "capabilities", []) or [])
+    return not spec.privileged and not spec.capabilities
 
 
 # ---------------------------------------------------------------- limits
@@ -264,22 +217,12 @@ def host_hard_limit(res: str) -> int:
     return RLIM_INFINITY if hard == resource.RLIM_INFINITY else int(hard)
 
 
-def resolve_rlimits(spec: Any, *, hard_limit: Callable[[str], int] = host_hard_limit) -> list[dict[str, Any]]:
+def resolve_rlimits(spec: ServiceSpec, *, hard_limit: Callable[[str], int] = host_hard_limit) -> list[dict[str, Any]]:
     """``ulimits`` as OCI rlimits; values above this host's hard limit are clamped with a warning."""
     out = []
-    for name, lim in (_get(spec, "ulimits", {}) or {}).items():
-        res = RLIMITS.get(str(name).lower())
-        if res is None:
-            raise SpecError(f"ulimits.{name}: unknown limit; expected one of {', '.join(RLIMITS)}")
-        soft, hard = _get(lim, "soft"), _get(lim, "hard")
-        if soft is None and hard is None:
-            soft = hard = 0
-        soft = hard if soft is None else soft
-        hard = soft if hard is None else hard
-        soft = RLIM_INFINITY if int(soft) < 0 else int(soft)
-        hard = RLIM_INFINITY if int(hard) < 0 else int(hard)
-        if soft > hard:
-            raise SpecError(f"ulimits.{name}: soft limit {soft} is above the hard limit {hard}")
+    for name, lim in spec.ulimits.items():
+        res = RLIMITS[name.lower()]
+        soft, hard = ulimit_values(lim.soft, lim.hard)
         ceiling = hard_limit(res)
         if hard > ceiling:
             log.warning(
@@ -292,84 +235,37 @@ def resolve_rlimits(spec: Any, *, hard_limit: Callable[[str], int] = host_hard_l
     return out
 
 
-def check_sysctls(spec: Any, *, own_net: bool, own_ipc: bool) -> dict[str, str]:
-    """Only sysctls that belong to the container's own namespaces; anything else is an error naming the key."""
-    out: dict[str, str] = {}
-    for key, val in (_get(spec, "sysctls", {}) or {}).items():
-        k = str(key)
-        if k.startswith("net."):
-            if not own_net:
-                raise SpecError(f"sysctls.{k}: not allowed with the host's network (it would change the host)")
-        elif k in IPC_SYSCTLS or k.startswith("fs.mqueue."):
-            if not own_ipc:
-                raise SpecError(f"sysctls.{k}: not allowed with the host's IPC namespace (it would change the host)")
-        else:
-            raise SpecError(
-                f"sysctls.{k}: not a namespaced sysctl; a container may set only net.*, kernel.msg*, kernel.sem, "
-                "kernel.shm* and fs.mqueue.*"
-            )
-        out[k] = str(val)
-    return out
-
-
-_MEM_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_bytes(text: Any, where: str) -> int:
-    """``512Mi``, ``1Gi``, ``512M``, ``1g``, ``1048576`` → bytes (binary multiples; ``-1`` = unlimited)."""
-    s = str(text).strip()
-    if s == "-1":
-        return -1
-    m = re.fullmatch(r"(\d+)\s*([kKmMgGtT]?)(i?[bB]?)", s)
-    if not m:
-        raise SpecError(f"{where} {text!r}: expected a size such as 512Mi, 2Gi or a number of bytes")
-    return int(m.group(1)) * _MEM_UNITS[m.group(2).lower()]
-
-
-def resolve_resources(spec: Any) -> dict[str, Any]:
+def resolve_resources(spec: ServiceSpec) -> dict[str, Any]:
     """``resources`` as OCI ``linux.resources`` (cpu, memory, pids, blkio)."""
-    r = _get(spec, "resources")
+    r = spec.resources
     out: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
-    if _get(r, "cpu") is not None:
-        cpus = float(_get(r, "cpu"))
-        if cpus <= 0:
-            raise SpecError(f"resources.cpu {cpus}: must be above 0")
+    if r.cpu is not None:
         cpu["period"] = 100000
-        cpu["quota"] = max(1000, round(cpus * 100000))
-    if _get(r, "cpu_shares") is not None:
-        cpu["shares"] = int(_get(r, "cpu_shares"))
-    if _get(r, "cpuset"):
-        cs = str(_get(r, "cpuset"))
-        if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", cs):
-            raise SpecError(f"resources.cpuset {cs!r}: expected a CPU list such as 0-3 or 0,2")
-        cpu["cpus"] = cs
+        cpu["quota"] = max(1000, round(r.cpu * 100000))
+    if r.cpu_shares is not None:
+        cpu["shares"] = r.cpu_shares
+    if r.cpuset:
+        cpu["cpus"] = r.cpuset
     if cpu:
         out["cpu"] = cpu
     mem: dict[str, Any] = {}
-    if _get(r, "memory"):
-        mem["limit"] = parse_bytes(_get(r, "memory"), "resources.memory")
-        if mem["limit"] < 4 * 1024 * 1024 and mem["limit"] != -1:
-            raise SpecError(f"resources.memory {_get(r, 'memory')!r}: the minimum is 4Mi (the kernel needs more)")
-    if _get(r, "memory_reservation"):
-        mem["reservation"] = parse_bytes(_get(r, "memory_reservation"), "resources.memory_reservation")
-    if _get(r, "memory_swap"):
-        swap = parse_bytes(_get(r, "memory_swap"), "resources.memory_swap")
-        if swap != -1 and "limit" in mem and swap < mem["limit"]:
-            raise SpecError("resources.memory_swap: is memory + swap (Docker's meaning), so it cannot be below memory")
-        if "limit" not in mem and swap != -1:
-            raise SpecError("resources.memory_swap: needs resources.memory as well")
-        mem["swap"] = swap
-    if _get(r, "memory_swappiness") is not None:
-        mem["swappiness"] = int(_get(r, "memory_swappiness"))
-    if _get(r, "oom_kill_disable"):
+    if r.memory:
+        mem["limit"] = parse_size(r.memory)
+    if r.memory_reservation:
+        mem["reservation"] = parse_size(r.memory_reservation)
+    if r.memory_swap:
+        mem["swap"] = -1 if r.memory_swap.strip() == "-1" else parse_size(r.memory_swap)
+    if r.memory_swappiness is not None:
+        mem["swappiness"] = r.memory_swappiness
+    if r.oom_kill_disable:
         mem["disableOOMKiller"] = True
     if mem:
         out["memory"] = mem
-    if _get(r, "pids_limit") is not None:
-        out["pids"] = {"limit": int(_get(r, "pids_limit"))}
-    if _get(r, "blkio_weight") is not None:
-        out["blockIO"] = {"weight": int(_get(r, "blkio_weight"))}
+    if r.pids_limit is not None:
+        out["pids"] = {"limit": r.pids_limit}
+    if r.blkio_weight is not None:
+        out["blockIO"] = {"weight": r.blkio_weight}
     return out
 
 
@@ -380,13 +276,13 @@ def _device_entry(path: str, where: str) -> dict[str, Any]:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise SpecError(f"{where} {path}: {exc.strerror}") from None
+        raise RuntimeFailure(f"{where} {path}: {exc.strerror} on this node") from None
     if stat.S_ISCHR(st.st_mode):
         kind = "c"
     elif stat.S_ISBLK(st.st_mode):
         kind = "b"
     else:
-        raise SpecError(f"{where} {path}: not a character or block device")
+        raise RuntimeFailure(f"{where} {path}: not a character or block device on this node")
     return {
         "path": path,
         "type": kind,
@@ -404,16 +300,16 @@ def _host_devices() -> list[dict[str, Any]]:
         if root.name in ("pts", "shm", "mqueue", "hugepages") and root != Path("/dev"):
             continue
         for p in sorted(root.iterdir()):
-            with contextlib.suppress(OSError, SpecError):
+            with contextlib.suppress(OSError, RuntimeFailure):
                 st = p.lstat()
                 if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) and p.name not in ("console", "ptmx"):
                     out.append(_device_entry(str(p), "device"))
     return out
 
 
-def resolve_devices(spec: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def resolve_devices(spec: ServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(linux.devices, linux.resources.devices)``: the spec's devices and the device cgroup rules."""
-    if bool(_get(spec, "privileged", False)):
+    if spec.privileged:
         return _host_devices(), [{"allow": True, "access": "rwm"}]
     rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
     for kind, major, minor, access in DEFAULT_DEVICE_RULES:
@@ -424,15 +320,9 @@ def resolve_devices(spec: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any
             rule["minor"] = minor
         rules.append(rule)
     devices = []
-    for i, d in enumerate(_get(spec, "devices", []) or []):
-        path = str(_get(d, "path", ""))
-        if not path.startswith("/dev/"):
-            raise SpecError(f"devices[{i}].path {path!r}: expected a device under /dev/")
-        entry = _device_entry(path, f"devices[{i}].path")
-        access = ("r" if _get(d, "read", True) else "") + ("w" if _get(d, "write", True) else "")
-        access += "m" if _get(d, "mknod", False) else ""
-        if not access:
-            raise SpecError(f"devices[{i}]: read, write and mknod are all false")
+    for i, d in enumerate(spec.devices):
+        entry = _device_entry(d.path, f"devices[{i}].path")
+        access = ("r" if d.read else "") + ("w" if d.write else "") + ("m" if d.mknod else "")
         devices.append(entry)
         rules.append(
             {"allow": True, "type": entry["type"], "major": entry["major"], "minor": entry["minor"], "access": access}
@@ -446,46 +336,29 @@ def resolve_devices(spec: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any
 NamespaceResolver = Callable[[str, str], str]
 
 
-def _mode(val: Any) -> str:
-    v = _enum(val)
-    if isinstance(v, Mapping):  # e.g. {"container": "web-rep-1"}
-        (k, x), *_ = v.items()
-        return f"{k}:{x}"
-    return str(v or "").strip()
-
-
-def resolve_namespaces(spec: Any, join: NamespaceResolver | None) -> list[dict[str, Any]]:
-    """OCI namespaces: mount, uts, pid, ipc, network, and cgroup/user on request.
+def resolve_namespaces(spec: ServiceSpec, join: NamespaceResolver | None) -> list[dict[str, Any]]:
+    """OCI namespaces: mount, uts, pid, ipc, network, and user on request.
 
     ``*_mode``: ``host`` shares the host's namespace (not unshared), ``container:<id>`` joins that container's
     (``join(id, kind)`` returns its ``/proc/<pid>/ns/<kind>`` path), empty/``private`` creates a new one.
     """
     out: list[dict[str, Any]] = [{"type": "mount"}, {"type": "uts"}]
     modes = {
-        "pid": _mode(_get(spec, "pid_mode")),
-        "ipc": _mode(_get(spec, "ipc_mode")),
-        "network": _mode(_get(spec, "network_mode")),
-        "user": _mode(_get(spec, "userns_mode")),
-        "cgroup": _mode(_get(spec, "cgroupns_mode")),
+        "pid": namespace_mode(spec.pid_mode),
+        "ipc": namespace_mode(spec.ipc_mode),
+        "network": namespace_mode(spec.network_mode),
+        "user": namespace_mode(spec.userns_mode),
     }
-    if _get(spec, "host_network", False):
-        modes["network"] = "host"
-    kinds = {"pid": "pid", "ipc": "ipc", "network": "net", "user": "user", "cgroup": "cgroup"}
+    kinds = {"pid": "pid", "ipc": "ipc", "network": "net", "user": "user"}
     for ns, mode in modes.items():
-        field_name = "network_mode" if ns == "network" else f"{ns}ns_mode" if ns in ("user", "cgroup") else f"{ns}_mode"
-        if mode == "host" or (ns in ("user", "cgroup") and mode in ("", "default")):
+        if mode == "host" or (ns == "user" and mode in ("", "default")):
             continue
-        if mode.startswith("container:") or mode.startswith("service:"):
-            target = mode.partition(":")[2]
-            if not target:
-                raise SpecError(f"{field_name} {mode!r}: name the container to join")
+        if mode.startswith(("container:", "service:")):
             if join is None:
-                raise SpecError(f"{field_name} {mode!r}: joining another container needs a runtime")
-            out.append({"type": ns, "path": join(target, kinds[ns])})
-        elif mode in ("", "default", "private", "bridge", "none", "shareable") or mode.startswith("bridge:"):
-            out.append({"type": ns})
+                raise RuntimeFailure(f"joining container {mode.partition(':')[2]}'s {ns} namespace needs a runtime")
+            out.append({"type": ns, "path": join(mode.partition(":")[2], kinds[ns])})
         else:
-            raise SpecError(f"{field_name} {mode!r}: expected host, private or container:<id>")
+            out.append({"type": ns})
     return out
 
 
@@ -533,34 +406,27 @@ class BundleOptions:
     rootfs_path_in_config: str = "rootfs"
 
 
-def stop_signal(spec: Any, image_cfg: Mapping[str, Any]) -> str:
+def stop_signal(spec: ServiceSpec, image_cfg: Mapping[str, Any]) -> str:
     """The signal ``stop`` sends first: the spec's, else the image's ``StopSignal``, else SIGTERM."""
-    sig = str(_get(spec, "stop_signal") or image_cfg.get("StopSignal") or "SIGTERM").strip().upper()
-    import signal as _signal
-
-    if sig.isdigit():
-        if int(sig) not in {int(s) for s in _signal.Signals}:
-            raise SpecError(f"stop_signal {sig}: not a signal number")
-        return _signal.Signals(int(sig)).name
-    name = sig if sig.startswith("SIG") else "SIG" + sig
-    if name not in _signal.Signals.__members__:
-        raise SpecError(f"stop_signal {sig!r}: unknown signal")
-    return name
+    if spec.stop_signal:
+        return signal_name(spec.stop_signal)
+    try:
+        return signal_name(str(image_cfg.get("StopSignal") or "SIGTERM"))
+    except ValueError as e:
+        raise RuntimeFailure(f"the image's StopSignal {e}") from None
 
 
-def build_config(spec: Any, image_config: Mapping[str, Any] | None, opts: BundleOptions) -> dict[str, Any]:
-    """The OCI ``config.json`` document for one container. Raises :class:`SpecError` naming the field at fault."""
+def build_config(spec: ServiceSpec, image_config: Mapping[str, Any] | None, opts: BundleOptions) -> dict[str, Any]:
+    """The OCI ``config.json`` document for one container of a validated service spec. What the image or the node
+    lacks (a user, a device, a command) raises :class:`RuntimeFailure` saying what."""
     img = image_settings(image_config)
-    privileged = bool(_get(spec, "privileged", False))
-    hostname = str(_get(spec, "hostname") or opts.hostname or opts.container_id)[:63]
-    tty = bool(_get(spec, "tty", False))
+    privileged = spec.privileged
+    hostname = str(spec.hostname or opts.hostname or opts.container_id)[:63]
+    tty = spec.tty
     namespaces = resolve_namespaces(spec, opts.join_namespace)
-    own = {n["type"] for n in namespaces if "path" not in n}
     joined = {n["type"] for n in namespaces}
-    user_spec = _get(spec, "user") or img.get("User") or ""
-    user: ResolvedUser = resolve_user(
-        opts.rootfs, str(user_spec), image=opts.image, extra_groups=[str(g) for g in _get(spec, "extra_groups", [])]
-    )
+    user_spec = spec.user or img.get("User") or ""
+    user: ResolvedUser = resolve_user(opts.rootfs, str(user_spec), image=opts.image, extra_groups=spec.extra_groups)
     caps = resolve_caps(spec)
     env = resolve_env(spec, img, hostname=hostname, tty=tty, host_env=opts.host_env, secrets=opts.secrets)
     if user.home and not any(e.startswith("HOME=") for e in env):
@@ -579,9 +445,8 @@ def build_config(spec: Any, image_config: Mapping[str, Any] | None, opts: Bundle
     }
     if user.additional_gids:
         process["user"]["additionalGids"] = list(user.additional_gids)
-    oom_adj = _get(_get(spec, "resources"), "oom_score_adj")
-    if oom_adj is not None:
-        process["oomScoreAdj"] = int(oom_adj)
+    if spec.resources.oom_score_adj is not None:
+        process["oomScoreAdj"] = spec.resources.oom_score_adj
     if not process["rlimits"]:
         del process["rlimits"]
 
@@ -599,9 +464,8 @@ def build_config(spec: Any, image_config: Mapping[str, Any] | None, opts: Bundle
         linux["devices"] = devices
     if opts.cgroups_path:
         linux["cgroupsPath"] = opts.cgroups_path
-    sysctls = check_sysctls(spec, own_net="network" in own, own_ipc="ipc" in own)
-    if sysctls:
-        linux["sysctl"] = sysctls
+    if spec.sysctls:
+        linux["sysctl"] = dict(spec.sysctls)
     sec = resolve_seccomp(spec, caps)
     if sec is not None:
         linux["seccomp"] = sec
@@ -614,7 +478,7 @@ def build_config(spec: Any, image_config: Mapping[str, Any] | None, opts: Bundle
     doc: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": process,
-        "root": {"path": opts.rootfs_path_in_config, "readonly": bool(_get(spec, "read_only_root_fs", False))},
+        "root": {"path": opts.rootfs_path_in_config, "readonly": spec.read_only_root_fs},
         "hostname": hostname,
         "mounts": mounts,
         "linux": linux,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from zlayer.errors import SpecError
+from zlayer.errors import RuntimeFailure
 
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 
@@ -37,18 +37,12 @@ def hosts_text(hostname: str, ip: str | None, extra_hosts: Iterable[str], gatewa
         "ff02::1\tip6-allnodes",
         "ff02::2\tip6-allrouters",
     ]
-    for i, item in enumerate(extra_hosts):
-        name, sep, addr = item.partition(":")
-        if not sep or not name:
-            raise SpecError(f"extra_hosts[{i}] {item!r}: expected HOST:IP")
+    for i, item in enumerate(extra_hosts):  # their form was checked with the spec (zlayer.spec.container)
+        name, _, addr = item.partition(":")
         if addr == "host-gateway":
             if not gateway:
-                raise SpecError(f"extra_hosts[{i}] {item!r}: host-gateway is unknown for this container's network")
+                raise RuntimeFailure(f"extra_hosts[{i}] {item!r}: host-gateway is unknown for this container's network")
             addr = gateway
-        try:
-            ipaddress.ip_address(addr.strip("[]"))
-        except ValueError:
-            raise SpecError(f"extra_hosts[{i}] {item!r}: {addr!r} is not an IP address") from None
         lines.append(f"{addr.strip('[]')}\t{name}")
     lines.append(f"{ip or '127.0.1.1'}\t{hostname}")
     return "\n".join(lines) + "\n"
@@ -58,11 +52,6 @@ def resolv_conf_text(dns: Sequence[str], *, host_network: bool, host_file: Path 
     """``dns`` servers when given (ZLayer's form: one ``nameserver`` each, then ``options edns0``); else the host's
     file, minus loopback resolvers when the container has its own network (they would point at itself)."""
     if dns:
-        for i, server in enumerate(dns):
-            try:
-                ipaddress.ip_address(server)
-            except ValueError:
-                raise SpecError(f"dns[{i}] {server!r} is not an IP address") from None
         return "".join(f"nameserver {s}\n" for s in dns) + "options edns0\n"
     try:
         text = host_file.read_text()

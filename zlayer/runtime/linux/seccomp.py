@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from zlayer.errors import SpecError
+from zlayer.errors import RuntimeFailure
 from zlayer.limits import load_json
 
 DEFAULT_PROFILE = Path(__file__).with_name("seccomp_default.json")
@@ -51,13 +51,13 @@ def load_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A custom profile file (Docker or OCI format); errors name the file and what is wrong."""
     p = Path(path)
     try:
-        data = load_json(p.read_bytes(), where=f"seccomp profile {p}", error=SpecError)
+        data = load_json(p.read_bytes(), where=f"seccomp profile {p}", error=RuntimeFailure)
     except OSError as exc:
-        raise SpecError(f"seccomp profile {p}: cannot read it: {exc.strerror}") from None
+        raise RuntimeFailure(f"seccomp profile {p}: cannot read it: {exc.strerror}") from None
     if not isinstance(data, dict) or "defaultAction" not in data:
-        raise SpecError(f"seccomp profile {p}: missing defaultAction (is it a seccomp profile?)")
+        raise RuntimeFailure(f"seccomp profile {p}: missing defaultAction (is it a seccomp profile?)")
     if not isinstance(data.get("syscalls", []), list):
-        raise SpecError(f"seccomp profile {p}: syscalls must be a list")
+        raise RuntimeFailure(f"seccomp profile {p}: syscalls must be a list")
     return data
 
 
@@ -98,7 +98,7 @@ def to_oci(profile: dict[str, Any], caps: Iterable[str], *, arch: str | None = N
     for i, rule in enumerate(profile.get("syscalls") or []):
         names = rule.get("names") or ([rule["name"]] if rule.get("name") else [])
         if not names or "action" not in rule:
-            raise SpecError(f"seccomp profile: syscalls[{i}] needs names and an action")
+            raise RuntimeFailure(f"seccomp profile: syscalls[{i}] needs names and an action")
         if not _applies(rule, capset, arch, kernel):
             continue
         item: dict[str, Any] = {"names": list(names), "action": rule["action"]}

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zlayer.errors import SpecError
+from zlayer.errors import RuntimeFailure
 
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel
 
@@ -67,7 +67,7 @@ def _num(text: str) -> int | None:
 def resolve_user(rootfs: Path, user: str | None, *, image: str = "", extra_groups: Iterable[str] = ()) -> ResolvedUser:
     """Turn ``user`` (``None``/empty = root) into uid, gid and supplementary gids, as seen inside ``rootfs``.
 
-    Raises :class:`SpecError` naming the user (or group) and the image when a name is not in the image.
+    Raises :class:`RuntimeFailure` naming the user (or group) and the image when a name is not in the image.
     """
     spec = (user or "").strip()
     uname, _, gname = spec.partition(":")
@@ -80,13 +80,13 @@ def resolve_user(rootfs: Path, user: str | None, *, image: str = "", extra_group
     if uname and uid is None:
         entry = next((r for r in passwd if len(r) >= 4 and r[0] == uname), None)
         if entry is None:
-            raise SpecError(
+            raise RuntimeFailure(
                 f"unable to find user {uname}: no matching entries in /etc/passwd of {where}",
                 hint="use a user that exists in the image, or a numeric uid[:gid]",
             )
         uid = _num(entry[2])
         if uid is None:
-            raise SpecError(f"user {uname} in /etc/passwd of {where} has an invalid uid {entry[2]!r}")
+            raise RuntimeFailure(f"user {uname} in /etc/passwd of {where} has an invalid uid {entry[2]!r}")
     elif uid is not None:
         entry = next((r for r in passwd if len(r) >= 4 and _num(r[2]) == uid), None)
     assert uid is not None
@@ -98,7 +98,7 @@ def resolve_user(rootfs: Path, user: str | None, *, image: str = "", extra_group
         if gid is None:
             grow = next((r for r in groups if len(r) >= 3 and r[0] == gname), None)
             if grow is None or _num(grow[2]) is None:
-                raise SpecError(f"unable to find group {gname}: no matching entries in /etc/group of {where}")
+                raise RuntimeFailure(f"unable to find group {gname}: no matching entries in /etc/group of {where}")
             gid = _num(grow[2])
     else:
         gid = _num(entry[3]) if entry else 0
@@ -116,7 +116,7 @@ def resolve_user(rootfs: Path, user: str | None, *, image: str = "", extra_group
             grow = next((r for r in groups if len(r) >= 3 and r[0] == item), None)
             n = _num(grow[2]) if grow is not None else None
             if n is None:
-                raise SpecError(
+                raise RuntimeFailure(
                     f"unable to find group {item} (extra_groups): no matching entries in /etc/group of {where}"
                 )
         extra.append(n)

@@ -1,0 +1,95 @@
+"""Publishing replicas to the rest of the node: their healthy set to the proxy, their interfaces, service DNS and
+port mappings to the network. Everything the agent says to :class:`ProxyHook` and :class:`NetworkHook` goes here."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from zlayer.agent.events import Events
+from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook, PublishedPort
+from zlayer.agent.replica import Replica
+from zlayer.errors import ZLayerError, with_context
+
+if TYPE_CHECKING:
+    from zlayer.spec.models import ServiceSpec
+
+
+class Publisher:
+    """Keeps the proxy's backends and the network's view in step with the live replicas."""
+
+    def __init__(
+        self, replicas: Mapping[str, Replica], events: Events, proxy: ProxyHook | None, network: NetworkHook | None
+    ) -> None:
+        self.replicas = replicas
+        self.events = events
+        self.proxy = proxy
+        self.network = network
+        self._in_proxy: dict[tuple[str, str], int] = {}  # backends the proxy last accepted, per service
+
+    # ------------------------------------------------------------------------------------------------ proxy
+
+    async def publish(self, deployment: str, service: str, spec: ServiceSpec) -> None:
+        """Send the service's healthy replicas to the proxy; a proxy refusal becomes an event, not a failure."""
+        if self.proxy is None:
+            return
+        port = spec.backend_port
+        backends = [
+            Backend(r.key, r.record.ip or "127.0.0.1", port)
+            for r in self.replicas.values()
+            if r.deployment == deployment and r.service == service and r.healthy and not r.stopping
+        ]
+        try:
+            await self.proxy.update_service(deployment, service, spec, backends)
+            self._in_proxy[(deployment, service)] = len(backends)
+        except ZLayerError as e:
+            await self.events.add(deployment, "proxy_error", with_context(service, e))
+
+    async def unpublish(self, deployment: str, service: str) -> None:
+        self._in_proxy.pop((deployment, service), None)
+        if self.proxy is not None:
+            await self.proxy.remove_service(deployment, service)
+
+    def fronted(self, spec: ServiceSpec) -> bool:
+        """Whether the proxy sends the service traffic at all (it has a proxy and endpoints)."""
+        return self.proxy is not None and bool(spec.endpoints)
+
+    def in_proxy(self, deployment: str, service: str) -> int:
+        """How many backends the proxy last accepted for the service."""
+        return self._in_proxy.get((deployment, service), 0)
+
+    # ------------------------------------------------------------------------------------------------ network
+
+    def dns_servers(self, spec: ServiceSpec) -> list[str]:
+        """The node DNS servers a container of ``spec`` gets first (none on the host network)."""
+        if self.network is None or spec.uses_host_network:
+            return []
+        return list(self.network.dns_servers())
+
+    def wired(self, spec: ServiceSpec) -> bool:
+        return self.network is not None and not spec.uses_host_network
+
+    async def attach(self, rep: Replica, pid: int) -> str:
+        assert self.network is not None
+        return await self.network.attach(rep.deployment, rep.service, rep.record.id, pid)
+
+    async def publish_ports(self, rep: Replica) -> None:
+        if self.network is not None and rep.spec.port_mappings and rep.record.ip:
+            await self.network.publish(rep.record.id, rep.spec.port_mappings)
+
+    def published(self, container: str) -> Sequence[PublishedPort]:
+        return self.network.published(container) if self.network is not None else []
+
+    async def detach(self, deployment: str, service: str, container: str) -> None:
+        if self.network is not None:
+            await self.network.detach(deployment, service, container)
+
+    async def release(self, container: str) -> None:
+        """Free what the network held for a container nobody adopts (address, veth, DNS entry, port mappings)."""
+        if self.network is not None:
+            with contextlib.suppress(ZLayerError, OSError):
+                await self.network.detach("", "", container)
+
+
+__all__ = ["Publisher"]
