@@ -139,9 +139,18 @@ class SpecError(ZLayerError):
 
 
 class ImageError(ZLayerError):
-    """Pulling, storing, unpacking or moving an image failed."""
+    """An image was refused: its reference, manifest, config or layers are not what they claim or are over a limit
+    (content from outside the node, so the API answers 422, not a 500)."""
 
     code = "image"
+    http_status = 422
+
+
+class StoreError(ImageError):
+    """The node's own image store or mounts failed (a blob missing or corrupt on disk, a write or mount refused by
+    the host): not the image's fault, so the API's 500."""
+
+    http_status = 500
 
 
 class RegistryError(ImageError):

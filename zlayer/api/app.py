@@ -34,7 +34,7 @@ _OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trac
 # clients and adds the finer, stable ``code`` and, where one applies, the field path (``where``/``problems``).
 ZLAYER_ERROR = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
                 422: "validation_error", 429: "rate_limited", 500: "internal_error", 501: "not_implemented",
-                503: "service_unavailable", 405: "method_not_allowed", 413: "payload_too_large",
+                502: "bad_gateway", 503: "service_unavailable", 405: "method_not_allowed", 413: "payload_too_large",
                 507: "insufficient_storage"}  # fmt: skip
 
 

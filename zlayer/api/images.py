@@ -20,7 +20,17 @@ async def list_images(c: ApiContext = Depends(ctx)) -> list[ImageInfoDto]:
     return [ImageInfoDto(reference=i.reference, digest=i.digest, id=i.id, size_bytes=i.size) for i in images]
 
 
-@router.post("/pull", response_model=PullImageResponse, summary="Pull an image.")
+@router.post(
+    "/pull",
+    response_model=PullImageResponse,
+    summary="Pull an image.",
+    responses={
+        404: {"description": "The registry does not have the image"},
+        422: {"description": "The image was refused: its content or descriptors lie, or it is over a size limit"},
+        502: {"description": "The registry could not be reached or failed"},
+        507: {"description": "The node's disk is full"},
+    },
+)
 async def pull_image(body: PullImageRequest, c: ApiContext = Depends(ctx)) -> PullImageResponse:
     await c.runtime.pull(body.reference, policy="always")
     if c.images is None:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zlayer.errors import ImageError, NotFoundError, ZLayerError
+from zlayer.errors import AuthError, ImageError, NotFoundError, ZLayerError
 
 
 class StoreImages:
@@ -69,7 +69,12 @@ class StoreImages:
         except ZLayerError as e:
             if have and policy == "newer":
                 return  # as ZLayer: a registry that cannot answer leaves the cached image in use
-            raise ImageError(f"pull {image}: {e.message}", where=image, hint=e.hint) from e
+            if isinstance(e, AuthError):  # the registry's credentials, not the API caller's: no 401/403 for them
+                raise ImageError(f"pull {image}: {e.message}", where=image, hint=e.hint) from e
+            # The error keeps its kind, which the API answers by: a refused image 422, a registry that failed 502,
+            # an image the registry does not have 404, a full disk 507, the node's own store 500.
+            e.message, e.where = f"pull {image}: {e.message}", image
+            raise
         except OSError as e:
             raise ImageError(f"pull {image}: {e}", where=image) from e
 

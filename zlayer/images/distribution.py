@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from zlayer.errors import ImageError, NotFoundError, RegistryError
+from zlayer.errors import ImageError, NotFoundError, RegistryError, StoreError
 from zlayer.images.archive import host_arch
 from zlayer.images.manifest import check_size, parse_manifest
 from zlayer.images.reference import parse_reference
@@ -241,7 +241,7 @@ async def fetch_blob(
                 partial.unlink(missing_ok=True)  # the registry sent the wrong size: nothing of it is worth keeping
                 raise
             except OSError as e:  # the data dir, not the network (registry errors are RegistryError)
-                raise ImageError(
+                raise StoreError(
                     f"layer {digest}: cannot write {partial}: {e.strerror or e}",
                     hint="free space in the data dir, then pull again: the download resumes where it stopped",
                 ) from e
@@ -434,7 +434,7 @@ async def push(
     ref = parse_reference(target or reference)
     body = store.blob_path(image.digest).read_bytes()
     if "sha256:" + hashlib.sha256(body).hexdigest() != image.digest:
-        raise ImageError(f"manifest {image.digest} is corrupt in the store", hint="remove the image and pull it again")
+        raise StoreError(f"manifest {image.digest} is corrupt in the store", hint="remove the image and pull it again")
     media = image.manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json")
     async with RegistryClient(ref.api_registry, credentials=credentials, insecure=insecure) as client:
 

@@ -7,7 +7,7 @@ import ctypes.util
 import os
 from pathlib import Path
 
-from zlayer.errors import ImageError
+from zlayer.errors import ImageError, StoreError
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MS_RDONLY = 1
@@ -18,7 +18,7 @@ PAGE_LIMIT = 4095
 def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
     if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()) != 0:
         err = ctypes.get_errno()
-        raise ImageError(f"cannot mount {fstype} on {target}: {os.strerror(err)}", hint=f"mount options: {data[:200]}")
+        raise StoreError(f"cannot mount {fstype} on {target}: {os.strerror(err)}", hint=f"mount options: {data[:200]}")
 
 
 def mount_rootfs(layer_dirs: list[Path], upper: Path, work: Path, target: Path, *, readonly: bool = False) -> None:
@@ -55,4 +55,4 @@ def unmount_rootfs(target: Path) -> None:
     if _libc.umount2(str(target).encode(), MNT_DETACH) != 0:
         err = ctypes.get_errno()
         if err not in (22, 2):  # EINVAL: not a mount point; ENOENT: gone already
-            raise ImageError(f"cannot unmount {target}: {os.strerror(err)}")
+            raise StoreError(f"cannot unmount {target}: {os.strerror(err)}")

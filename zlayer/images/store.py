@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from zlayer.errors import ConflictError, ImageError, NotFoundError
+from zlayer.errors import ConflictError, ImageError, NotFoundError, StoreError
 from zlayer.images.manifest import check_limit, check_size, parse_json, size_text
 from zlayer.images.reference import Reference, parse_reference
 from zlayer.images.unpack import IMAGE_ENV, LAYER_ENV, UnpackBudget, UnpackLimits, chain_ids, unpack_layer
@@ -151,7 +151,7 @@ def _write_all(fd: int, data: bytes, path: str, *, sync: bool = False) -> None:
         if sync:
             os.fsync(fd)
     except OSError as e:
-        raise ImageError(f"cannot write {path}: {e.strerror or e}", hint="free space in the data dir") from e
+        raise StoreError(f"cannot write {path}: {e.strerror or e}", hint="free space in the data dir") from e
 
 
 def _fsync_dir(path: Path) -> None:
@@ -187,7 +187,7 @@ class ImageStore:
         try:
             fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         except OSError as e:
-            raise ImageError(f"cannot write {path}: {e.strerror or e}") from e
+            raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -198,7 +198,7 @@ class ImageStore:
         except OSError as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise ImageError(f"cannot write {path}: {e.strerror or e}") from e
+            raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -239,7 +239,7 @@ class ImageStore:
         try:
             fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         except OSError as e:
-            raise ImageError(f"cannot write a blob under {self.root / 'tmp'}: {e.strerror or e}") from e
+            raise StoreError(f"cannot write a blob under {self.root / 'tmp'}: {e.strerror or e}") from e
         try:
             # Errors reading ``src`` (a corrupt archive) pass through as they are; errors writing say where.
             done = 0
@@ -283,9 +283,9 @@ class ImageStore:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
         except FileNotFoundError as e:
-            raise ImageError(f"blob {digest} is missing from the store", hint="pull or import the image again") from e
+            raise StoreError(f"blob {digest} is missing from the store", hint="pull or import the image again") from e
         if "sha256:" + h.hexdigest() != digest:
-            raise ImageError(f"blob {digest} is corrupt in the store", hint="remove the image and pull it again")
+            raise StoreError(f"blob {digest} is corrupt in the store", hint="remove the image and pull it again")
 
     def check_layer_sizes(self, manifest: dict[str, Any], what: str) -> None:
         """Refuse, before any download, an image whose layers are already larger than the unpack limits allow."""
@@ -305,9 +305,9 @@ class ImageStore:
         try:
             data = self.blob_path(digest).read_bytes()
         except FileNotFoundError as e:
-            raise ImageError(f"blob {digest} is missing from the store", hint="pull or import the image again") from e
+            raise StoreError(f"blob {digest} is missing from the store", hint="pull or import the image again") from e
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-            raise ImageError(f"blob {digest} is corrupt in the store", hint="remove the image and pull it again")
+            raise StoreError(f"blob {digest} is corrupt in the store", hint="remove the image and pull it again")
         result = parse_json(data, f"blob {digest}")
         if not isinstance(result, dict):
             raise ImageError(f"blob {digest} is not a JSON object")
@@ -432,7 +432,7 @@ class ImageStore:
                 shutil.rmtree(work, ignore_errors=True)
                 work.mkdir(0o700)
         except OSError as e:
-            raise ImageError(f"layer {blob_digest}: cannot unpack under {self.root / 'tmp'}: {e.strerror or e}") from e
+            raise StoreError(f"layer {blob_digest}: cannot unpack under {self.root / 'tmp'}: {e.strerror or e}") from e
         try:
             (work / "fs").mkdir()
             os.chmod(work / "fs", 0o755)
@@ -459,13 +459,13 @@ class ImageStore:
             # The unpacker reports every OSError as a bad tarball; a full or broken disk is not the layer's fault.
             cause = e.__cause__
             if isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS:
-                raise ImageError(
+                raise StoreError(
                     f"layer {blob_digest}: cannot unpack into {work}: {cause.strerror}",
                     hint="free space in the data dir, then pull again",
                 ) from cause
             raise
         except OSError as e:
-            raise ImageError(f"layer {blob_digest}: cannot unpack into {work}: {e.strerror or e}") from e
+            raise StoreError(f"layer {blob_digest}: cannot unpack into {work}: {e.strerror or e}") from e
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
