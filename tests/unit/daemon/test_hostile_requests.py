@@ -1,17 +1,21 @@
 """A live daemon answers hostile request bodies with a clear 4xx and keeps serving: nesting 50,000 levels deep (as
 JSON and as YAML inside the spec), bodies over the size limit, a spec that is not valid Unicode, a 5,000-digit
-number, a NUL byte in a name. Before the limits, the deep YAML spec killed the daemon (C stack exhaustion in the
-YAML composer)."""
+number, a NUL byte in a name; and hostile names in the path of every route that takes one, and request heads far
+over the limit. Before the limits, the deep YAML spec killed the daemon (C stack exhaustion in the YAML composer)."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
+import urllib.parse
 from typing import Any
 
 import pytest
 
+from tests.fixtures.api_routes import app_routes
 from tests.fixtures.daemon import httpd_service
+from zlayer.api.app import create_app
 
 DEEP = 50_000
 
@@ -83,4 +87,60 @@ def test_values_in_errors_are_shown_safely(daemon_process: Any) -> None:
     assert all(len(p["message"]) < 200 for p in answer["problems"]), answer  # the value is cut short
     status, answer = post(d, spec_body('version: v1\ndeployment: "pro\\0be"\nservices: {}\n'))
     assert status == 400 and "(got 'pro\\x00be')" in answer["problems"][0]["message"], answer
+    still_serving(d)
+
+
+# Path parameters a client could send to name a thing: climbing out (raw, encoded, doubly encoded), a NUL, a
+# control character, a name far past any limit, and a glob. Each is sent to every route that takes a name.
+HOSTILE_NAMES = ["..", "../../../../etc/passwd", "%2e%2e", "%252e%252e%252fetc", "a\x00b", "\u202e", "x" * 8000,
+                 "*", "web-rep-1/../../../../etc"]  # fmt: skip
+
+
+def request(d: Any, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60)
+    body = b"{}" if method in ("POST", "PUT") else None
+    sent = {"Authorization": f"Bearer {d.token}", "Content-Type": "application/json", **(headers or {})}
+    try:
+        conn.request(method, path, body=body, headers=sent)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_hostile_names_on_every_route_are_clear_answers_and_touch_nothing(daemon_process: Any) -> None:
+    """Every route that takes a name, sent every hostile name (in the path, raw and percent-encoded): a clear 4xx,
+    never a 500 or a dead daemon, and the deployment that runs meanwhile is untouched."""
+    d = daemon_process()
+    spec = f"version: v1\ndeployment: keep\nservices:\n  web:\n{httpd_service(18391)}"
+    status, answer = post(d, spec_body(spec))
+    assert status in (200, 201, 202), answer
+    before = request(d, "GET", "/api/v1/deployments/keep")
+    routes = [r for r in app_routes(create_app(None)) if "{" in r.path and r.method != "WEBSOCKET"]
+    assert len(routes) > 15
+    bad = []
+    for route in routes:
+        for name in HOSTILE_NAMES:
+            quoted = urllib.parse.quote(name, safe="" if name != ".." else ".")
+            path = re.sub(r"\{\w+\}", quoted, route.path)
+            status, raw = request(d, route.method, path)
+            if status >= 500 or (status >= 400 and b'"code"' not in raw):
+                bad.append((route.method, path[:120], status, raw[:300]))
+            assert d.proc.poll() is None, (route.method, path[:120], d.read_log()[-3000:])
+    assert bad == [], bad
+    assert request(d, "GET", "/api/v1/deployments/keep")[0] == before[0] == 200
+    assert b'"keep"' in request(d, "GET", "/api/v1/deployments")[1]
+    assert "Traceback" not in d.read_log()
+    still_serving(d)
+
+
+def test_a_huge_or_endless_request_head_is_refused_and_the_daemon_keeps_serving(daemon_process: Any) -> None:
+    d = daemon_process()
+    for headers in ({"X-Big": "a" * (1 << 20)}, {f"X-H{i}": "v" for i in range(100_000)}):
+        try:
+            status, _ = request(d, "GET", "/api/v1/deployments", headers)
+        except (ConnectionError, http.client.HTTPException):
+            status = 0  # the server may close a head it will not read
+        assert status in (0, 400, 413, 431), (status, len(headers))
+        assert d.proc.poll() is None, d.read_log()
     still_serving(d)
