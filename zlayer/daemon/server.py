@@ -25,8 +25,11 @@ from zlayer.config import DaemonConfig, probe_socket, split_bind, write_json_ato
 from zlayer.errors import DaemonError, ZLayerError
 
 if TYPE_CHECKING:
+    from zlayer.agent import ServiceManager
     from zlayer.daemon.images import StoreImages
+    from zlayer.daemon.wiring import ManagedProxy
     from zlayer.images import ImageStore
+    from zlayer.state import SqliteStore
 
 log = logging.getLogger("zlayer.daemon")
 
@@ -210,9 +213,7 @@ class Daemon:
                 await network.restore()
             await jobs.restore()
             await manager.restore()
-            adopting = None
-            if proxy is not None and hasattr(proxy, "adopted"):
-                adopting = asyncio.create_task(self._adopted(manager, proxy), name="zlayer-proxy-adopt")
+            adopting = asyncio.create_task(self._adopted(manager, proxy, store), name="zlayer-proxy-adopt")
             jobs.start()
             self.context.ready = True
             self.ready.set()
@@ -220,7 +221,7 @@ class Daemon:
             renew = asyncio.create_task(self._renew_bearer(secret))
             await self._stop.wait()
             renew.cancel()
-            if adopting is not None and not adopting.done():
+            if not adopting.done():
                 adopting.cancel()
             self.context.closing.set()  # follow streams (logs -f, events) end their responses now
             await asyncio.sleep(0.05)
@@ -244,12 +245,12 @@ class Daemon:
             await store.close()
             os.close(lock_fd)
 
-    async def _adopted(self, manager: Any, proxy: Any) -> None:
+    async def _adopted(self, manager: ServiceManager, proxy: ManagedProxy, store: SqliteStore) -> None:
         """Once the re-adopted deployments have converged (their services published to the proxy again; at most
         30 s), the data plane gets the daemon's whole state in place of what it kept serving meanwhile."""
-        tasks = [t for t in getattr(manager, "_deploy_tasks", {}).values() if not t.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=30.0)
+        names = [d.name for d in await store.list_deployments()]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(manager.wait_deployed(n) for n in names)), 30.0)
         try:
             await proxy.adopted()
         except ZLayerError as e:
