@@ -146,9 +146,19 @@ def _process_on(protocol: str, port: int, netns: str | None = None) -> str | Non
                     if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
                         if int(pid) == os.getpid():
                             return "a listener of this daemon that is still closing (try again shortly)"
-                        name = Path(f"/proc/{pid}/comm").read_text().strip()
-                        return f"another program on this host (pid {pid}, {name})"
+                        return _describe(pid)
     return None
+
+
+def _describe(pid: str) -> str:
+    """Who process ``pid`` is, in a refusal: a zlayer daemon's proxy (its data-plane process, which holds the
+    endpoints' listeners) by its run dir, anything else by pid and name."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    if "zlayer.proxy.dataplane" in argv and "--run-dir" in argv[:-1]:
+        run_dir = argv[argv.index("--run-dir") + 1]
+        return f"the proxy of the zlayer daemon with run dir {run_dir} (its data-plane process, pid {pid})"
+    name = Path(f"/proc/{pid}/comm").read_text().strip()
+    return f"another program on this host (pid {pid}, {name})"
 
 
 def _read_net(table: str, netns: str | None) -> str:

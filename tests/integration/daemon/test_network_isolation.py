@@ -142,11 +142,14 @@ def test_a_port_another_daemon_publishes_is_refused_naming_that_daemon(two_daemo
     endpoint, mapped = a.free_port(), a.free_port()
     mapping = f"    port_mappings: [{{container_port: 8080, host_port: {mapped}}}]\n"
     assert a.proc is not None
-    holder = f"another program on this host (pid {a.proc.pid}, python"
+    # the endpoint's listener is held by a's proxy (its data-plane process), the mapped port by a's daemon itself
+    holders = [f"the proxy of the zlayer daemon with run dir {a.data / 'run'} (its data-plane process, pid ",
+               f"another program on this host (pid {a.proc.pid}, python"]  # fmt: skip
     try:
         a.deploy(web_spec(first, 1, port=endpoint, extra=mapping))
         a.expect(first)
-        for spec in (web_spec(second, 1, port=endpoint), web_spec(second, 1, extra=mapping)):
+        specs = (web_spec(second, 1, port=endpoint), web_spec(second, 1, extra=mapping))
+        for spec, holder in zip(specs, holders, strict=True):
             status, body = b.request("POST", "/api/v1/deployments", {"spec": spec})
             assert status == 409 and holder in body["message"], (status, body)
     finally:
