@@ -105,8 +105,10 @@ class ManagedProxy:
 
     async def close(self) -> None:
         """A daemon stopping with services left keeps its data plane serving them (their containers run on too; the
-        next daemon re-adopts both); with none left, the data-plane process stops."""
-        keep = self.dataplane is not None and bool(self.pm.services())
+        next daemon re-adopts both); with none left, the data-plane process stops (``stop_dataplane`` ends one
+        from outside)."""
+        # A daemon that stops before it sent a re-adopted process its state leaves the tables that process serves.
+        keep = self.dataplane is not None and (bool(self.pm.services()) or self.dataplane.adopting)
         if self._started:
             await self.pm.close(keep_serving=keep)
         if self.dataplane is not None:
