@@ -209,7 +209,7 @@ class Daemon:
             write_json_atomic(cfg.daemon_json, self._info())
             if cfg.chosen:  # it listens: from now on a daemon a client starts for this data dir starts like this one
                 cfg.remember()
-            if network is not None and hasattr(network, "restore"):
+            if network is not None:
                 await network.restore()
             await jobs.restore()
             await manager.restore()
@@ -230,9 +230,8 @@ class Daemon:
             await asyncio.wait(serving, timeout=5.0)
             await manager.close()
             await jobs.close()
-            if proxy is not None and hasattr(proxy, "close"):
-                await proxy.close()
-            if network is not None and hasattr(network, "close"):
+            await proxy.close()
+            if network is not None:
                 await network.close()
         finally:
             for sock in sockets:

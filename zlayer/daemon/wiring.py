@@ -201,7 +201,7 @@ def _resolvers() -> list[str]:
     return out
 
 
-def make_network(cfg: DaemonConfig) -> Any:
+def make_network(cfg: DaemonConfig) -> DaemonNetwork | None:
     if os.geteuid() != 0 or cfg.host_network or os.environ.get("ZLAYER_NODE_NETWORK", "on") == "off":
         return None
     return DaemonNetwork(cfg)
