@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 _DEPLOYMENT_CHARS = re.compile(r"^[A-Za-z0-9-]+$")
 _ROLE = re.compile(r"^[a-z]([a-z0-9-]{0,28}[a-z0-9])?$")
+# A name that becomes a file name on the node (a service's containers and bundles, a named volume's directory):
+# Docker's rule for container and volume names, so '..', '/' or a NUL cannot lead out of the data dir.
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 WASM_TYPES = {
     # C, K, L, S, M, H, CLI, FS, SO (config, keyvalue, logging, secrets, metrics, http_client, cli, filesystem, sockets)
@@ -99,6 +102,15 @@ def _check_memory(doc: _Doc, v: Any, at: tuple[str | int, ...]) -> None:
         doc.problem(at, str(e))
 
 
+def _name_rule(doc: _Doc, at: tuple[str | int, ...], what: str, name: object) -> None:
+    if isinstance(name, str) and not _FILE_NAME.match(name):
+        doc.problem(
+            at,
+            f"{what} must be 1-128 characters, letters, digits, '_', '.' and '-', starting with a letter or digit "
+            f"(got '{shown(name)}')",
+        )
+
+
 def check_rules(data: dict[str, Any], doc: _Doc) -> None:
     """Append to ``doc.problems`` every violation of ZLayer's stages 2-7."""
     # Stage 2: validator derive.
@@ -122,9 +134,13 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
             )
     services = _map(data.get("services"))
     for svc, body in services.items():
+        _name_rule(doc, ("services", svc), "service name", svc)
         if not isinstance(body, dict):
             continue
         at: tuple[str | int, ...] = ("services", svc)
+        for i, vol in enumerate(_list(body.get("storage"))):
+            if _s(_map(vol).get("type")) == "named" and (vname := _s(_map(vol).get("name"))) is not None:
+                _name_rule(doc, (*at, "storage", i, "name"), "volume name", vname)
         sched = _s(_opt(body.get("schedule")))
         if sched is not None:
             try:

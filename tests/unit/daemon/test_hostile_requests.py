@@ -16,6 +16,7 @@ import pytest
 from tests.fixtures.api_routes import app_routes
 from tests.fixtures.daemon import httpd_service
 from zlayer.api.app import create_app
+from zlayer.errors import shown
 
 DEEP = 50_000
 
@@ -143,4 +144,22 @@ def test_a_huge_or_endless_request_head_is_refused_and_the_daemon_keeps_serving(
             status = 0  # the server may close a head it will not read
         assert status in (0, 400, 413, 431), (status, len(headers))
         assert d.proc.poll() is None, d.read_log()
+    still_serving(d)
+
+
+@pytest.mark.parametrize(
+    ("service", "volume"), [("../../x", "web"), ("web", "../../../escaped"), ("web", "/etc"), ("a\x00b", "web")]
+)
+def test_names_that_become_paths_on_the_node_are_refused(daemon_process: Any, service: str, volume: str) -> None:
+    """A service's name names its containers' directories and a named volume's its directory under the data dir:
+    '..', '/' or a NUL in them would create, chmod and mount host directories outside it."""
+    d = daemon_process()
+    storage = [{"type": "named", "name": volume, "target": "/data"}]
+    services = {service: {"image": "busybox:latest", "storage": storage}}
+    spec = {"version": "v1", "deployment": "paths", "services": services}
+    status, answer = post(d, spec_body(json.dumps(spec)))
+    assert status == 400 and answer["code"] == "invalid_spec", answer
+    bad = service if service != "web" else volume
+    assert any(shown(bad) in p["message"] for p in answer["problems"]), answer
+    assert not (d.data_dir.parent / "escaped").exists() and not (d.data_dir.parent / "x-rep-1").exists()
     still_serving(d)
