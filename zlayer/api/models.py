@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+# An exec's argv as execve takes it: no argument may hold a NUL (C would cut it there, silently running something
+# else), one argument at most MAX_ARG_STRLEN (128 KiB) and all of them well inside ARG_MAX.
+MAX_EXEC_ARG = (128 << 10) - 1
+MAX_EXEC_ARGS = 1 << 20
+
+
+def _exec_argv(command: list[str]) -> list[str]:
+    if not command[0]:
+        raise ValueError("the program (command[0]) is empty")
+    total = 0
+    for i, arg in enumerate(command):
+        size = len(arg.encode("utf-8", "surrogatepass"))
+        if "\x00" in arg:
+            raise ValueError(f"command[{i}] holds a NUL byte (at {arg.index(chr(0))}), which no program can be passed")
+        if size > MAX_EXEC_ARG:
+            raise ValueError(f"command[{i}] is {size} bytes, more than the {MAX_EXEC_ARG} one argument may have")
+        total += size + 1
+    if total > MAX_EXEC_ARGS:
+        raise ValueError(f"the command is {total} bytes, more than the {MAX_EXEC_ARGS} an exec may pass")
+    return command
+
+
+ExecArgv = Annotated[list[str], Field(min_length=1), AfterValidator(_exec_argv)]
 
 U32_MAX = 2**32 - 1
 """ZLayer's counts (replicas, limits, line counts) are u32: a number past it is a 400, never a value SQLite or the
@@ -141,7 +165,7 @@ class ContainerInfo(BaseModel):
 
 
 class ContainerExecRequest(BaseModel):
-    command: list[str] = Field(min_length=1)
+    command: ExecArgv
     replica: int | None = None
 
 
@@ -149,7 +173,7 @@ class ExecStreamRequest(BaseModel):
     """The first (text) frame of an exec WebSocket: the command, whether the client sends stdin, whether the
     command runs on a terminal of ``rows`` x ``cols``, and (for a service) which replica."""
 
-    command: list[str] = Field(min_length=1)
+    command: ExecArgv
     replica: int | None = None
     stdin: bool = False
     tty: bool = False
