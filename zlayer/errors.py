@@ -166,6 +166,12 @@ class RuntimeFailure(ZLayerError):
     code = "runtime"
 
 
+class CommandNotFound(RuntimeFailure):
+    """The program an exec asked for is not in the container: the caller's input, so the API's 400."""
+
+    http_status = 400
+
+
 class ProxyError(ZLayerError):
     """The proxy could not apply a configuration or bind a listener."""
 

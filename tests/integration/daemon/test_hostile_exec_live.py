@@ -1,7 +1,7 @@
 """Hostile exec and scale requests against a live daemon running a real container (the fuzz run of the API's
 bodies meets only unknown names): a command with a NUL byte, an empty program, an argument list past the kernel's
-limits are refused (400) saying why; a replica that does not exist and scales far past reason answer a clear 4xx; the
-daemon and its container run on."""
+limits, a program the container does not have are refused (400) saying why; a replica that does not exist and a
+scale far past reason answer a clear 4xx; the daemon and its container run on."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ REFUSED = {
     "no-command": ({"command": []}, "at least 1 item"),
     "huge-argv": ({"command": ["/bin/true", *(["x" * 1000] * 5000)]}, "more than the 1048576 an exec may pass"),
     "huge-argument": ({"command": ["/bin/echo", "x" * (200 << 10)]}, "more than the 131071 one argument may have"),
+    # the caller's mistake, not the node's: it answered 500 internal_error
+    "missing-program": ({"command": ["/no/such/program"]}, "executable file not found: /no/such/program"),
 }
 ANSWERED = {
     "relative-climb": {"command": ["../../../../bin/sh", "-c", "true"]},

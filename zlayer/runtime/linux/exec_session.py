@@ -79,8 +79,8 @@ class ShimExecSession:
                 ended.cancel()
                 proc.kill()
             err = (await proc.stderr.read()).decode(errors="replace").strip() if proc.stderr else ""
-            raise RuntimeFailure(err.removeprefix("zlayer-shim: ") or f"exec in container {container_id}: "
-                                 "no terminal came from the container")  # fmt: skip
+            raise shim.exec_failure(err.removeprefix("zlayer-shim: ") or f"exec in container {container_id}: "
+                                    "no terminal came from the container")  # fmt: skip
         ended.cancel()
         conn, _ = accepted.result()
         with conn:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zlayer._native import executable
-from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, UsageError
+from zlayer.errors import CommandNotFound, ConflictError, NotFoundError, RuntimeFailure, UsageError
 
 Status = Literal["creating", "created", "running", "paused", "stopped"]
 
@@ -655,5 +655,11 @@ async def exec_output(
         raise
     code = proc.returncode if proc.returncode is not None else 255
     if code == 255 and err.startswith(b"zlayer-shim: "):
-        raise RuntimeFailure(err.decode(errors="replace").strip().removeprefix("zlayer-shim: "))
+        raise exec_failure(err.decode(errors="replace").strip().removeprefix("zlayer-shim: "))
     return code, out, err
+
+
+def exec_failure(message: str) -> RuntimeFailure:
+    """An exec the shim could not start: a program that is not in the container is the caller's
+    (:class:`CommandNotFound`), anything else the node's."""
+    return (CommandNotFound if "executable file not found" in message else RuntimeFailure)(message)
