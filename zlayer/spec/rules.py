@@ -111,6 +111,21 @@ def _name_rule(doc: _Doc, at: tuple[str | int, ...], what: str, name: object) ->
         )
 
 
+def _nul_rule(doc: _Doc, at: tuple[str | int, ...], value: Any) -> None:
+    """A NUL byte anywhere in a service: its strings become argv, environment, paths and names in C, which would
+    end them there without a word (``/bin/sh\\0x`` runs ``/bin/sh``)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and "\x00" in k:
+                doc.problem((*at, k), f"'{shown(k)}' holds a NUL byte, which no program, path or name can carry")
+            _nul_rule(doc, (*at, k), v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _nul_rule(doc, (*at, i), v)
+    elif isinstance(value, str) and "\x00" in value:
+        doc.problem(at, f"'{shown(value)}' holds a NUL byte, which no program, path or name can carry")
+
+
 def check_rules(data: dict[str, Any], doc: _Doc) -> None:
     """Append to ``doc.problems`` every violation of ZLayer's stages 2-7."""
     # Stage 2: validator derive.
@@ -138,6 +153,10 @@ def check_rules(data: dict[str, Any], doc: _Doc) -> None:
         if not isinstance(body, dict):
             continue
         at: tuple[str | int, ...] = ("services", svc)
+        _nul_rule(doc, at, body)
+        for key in _map(body.get("env")):
+            if isinstance(key, str) and (not key or "=" in key):
+                doc.problem((*at, "env", key), f"environment variable name '{shown(key)}' is empty or holds '='")
         for i, vol in enumerate(_list(body.get("storage"))):
             if _s(_map(vol).get("type")) == "named" and (vname := _s(_map(vol).get("name"))) is not None:
                 _name_rule(doc, (*at, "storage", i, "name"), "volume name", vname)

@@ -163,3 +163,20 @@ def test_names_that_become_paths_on_the_node_are_refused(daemon_process: Any, se
     assert any(shown(bad) in p["message"] for p in answer["problems"]), answer
     assert not (d.data_dir.parent / "escaped").exists() and not (d.data_dir.parent / "x-rep-1").exists()
     still_serving(d)
+
+
+def test_a_nul_byte_or_an_env_name_with_equals_in_a_service_is_refused_where_it_stands(daemon_process: Any) -> None:
+    """Strings of a service become argv, environment and paths in C, where a NUL ends them without a word
+    (entrypoint '/bin/sh\\0x' ran /bin/sh), and an env name 'A=B' set A to 'B=...'."""
+    d = daemon_process()
+    storage = [{"type": "bind", "source": "/tmp\x00/x", "target": "/d"}]
+    command = {"entrypoint": ["/bin/sh\x00x"], "args": ["a\x00b"]}
+    env = {"A=B": "x", "K": "v\x00w"}
+    web = {"image": {"name": "busybox:latest"}, "command": command, "env": env, "storage": storage}
+    status, answer = post(d, spec_body(json.dumps({"version": "v1", "deployment": "nuls", "services": {"web": web}})))
+    assert status == 400 and answer["code"] == "invalid_spec", answer
+    paths = {p["path"] for p in answer["problems"]}
+    assert paths == {"services.web.command.entrypoint[0]", "services.web.command.args[0]", "services.web.env.A=B",
+                     "services.web.env.K", "services.web.storage[0].source"}, answer  # fmt: skip
+    assert any(p["message"].startswith("'/bin/sh\\x00x' holds a NUL byte") for p in answer["problems"]), answer
+    still_serving(d)
