@@ -3,7 +3,7 @@ events), jobs and cron, and the hooks through which it tells the node about repl
 
 from __future__ import annotations
 
-from zlayer.agent.hooks import AgentMetrics, Backend, ImageDigests, JobHook, NetworkHook, ProxyHook
+from zlayer.agent.hooks import AgentMetrics, Backend, ImageDigests, JobHook, NetworkHook, PortHook, ProxyHook
 from zlayer.agent.jobs import JobManager
 from zlayer.agent.manager import ServiceManager
 from zlayer.agent.replica import Replica
@@ -15,6 +15,7 @@ __all__ = [
     "JobHook",
     "JobManager",
     "NetworkHook",
+    "PortHook",
     "ProxyHook",
     "Replica",
     "ServiceManager",

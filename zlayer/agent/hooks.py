@@ -3,17 +3,18 @@ as narrow protocols the daemon wires at start-up (``zlayer.daemon.server``).
 
 Each is optional: without a network hook replicas share the host network (``127.0.0.1``), without a proxy hook no
 listener is opened, without a job hook job and cron services are only recorded, without image digests a replica is
-rebuilt only when its spec changes, without metrics nothing is counted.
+rebuilt only when its spec changes, without metrics nothing is counted, without a port hook ports are not
+checked before a deploy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from zlayer.spec.models import ExternalSpec, PortMapping, ServiceSpec
+    from zlayer.spec.models import DeploymentSpec, ExternalSpec, PortMapping, ServiceSpec
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,13 @@ class ImageDigests(Protocol):
         ...
 
 
+class PortHook(Protocol):
+    async def admit(self, spec: DeploymentSpec, deployed: Mapping[str, DeploymentSpec]) -> None:
+        """Refuse (ConflictError naming the holder) a deployment that would take a port something else holds;
+        ``deployed``: the node's deployments as the agent knows them (its own previous version is no holder)."""
+        ...
+
+
 class AgentMetrics(Protocol):
     def deploy_finished(self, seconds: float, ok: bool) -> None: ...
 
@@ -100,4 +108,13 @@ class AgentMetrics(Protocol):
     def restart(self, service: str) -> None: ...
 
 
-__all__ = ["AgentMetrics", "Backend", "ImageDigests", "JobHook", "NetworkHook", "ProxyHook", "PublishedPort"]
+__all__ = [
+    "AgentMetrics",
+    "Backend",
+    "ImageDigests",
+    "JobHook",
+    "NetworkHook",
+    "PortHook",
+    "ProxyHook",
+    "PublishedPort",
+]

@@ -20,9 +20,8 @@ from zlayer.agent.converge import Converger
 from zlayer.agent.events import Events
 from zlayer.agent.externals import ExternalRoutes
 from zlayer.agent.health import HealthMonitor
-from zlayer.agent.hooks import AgentMetrics, ImageDigests, JobHook, NetworkHook, ProxyHook, PublishedPort
+from zlayer.agent.hooks import AgentMetrics, ImageDigests, JobHook, NetworkHook, PortHook, ProxyHook, PublishedPort
 from zlayer.agent.lifecycle import Lifecycle
-from zlayer.agent.ports import PortClaim, admit_ports
 from zlayer.agent.publish import Publisher
 from zlayer.agent.readopt import readopt
 from zlayer.agent.replica import Replica, tail
@@ -71,11 +70,11 @@ class ServiceManager:
         jobs: JobHook | None = None,
         images: ImageDigests | None = None,
         metrics: AgentMetrics | None = None,
-        reserved_ports: Sequence[PortClaim] = (),
+        ports: PortHook | None = None,
         health_scale: float = 1.0,
     ) -> None:
         self.store = store
-        self.reserved_ports = tuple(reserved_ports)  # the daemon's own listeners (API, metrics): never given out
+        self.ports = ports
         self.drivers = drivers if isinstance(drivers, Drivers) else Drivers({"linux": drivers})
         self.metrics = metrics
         self.events = Events(store)
@@ -107,7 +106,8 @@ class ServiceManager:
         spec.service_order()  # unknown, self- and circular dependencies are refused now
         for name, svc in spec.services.items():
             self.drivers.check(name, svc)
-        await admit_ports(self.store, spec, self.reserved_ports, self._specs)
+        if self.ports is not None:
+            await self.ports.admit(spec, self._specs)
         data = spec.model_dump(mode="json", exclude_none=True)
         services = [
             ServiceRecord(spec.deployment, name, data["services"][name], svc.initial_replicas)

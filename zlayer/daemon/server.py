@@ -127,6 +127,7 @@ class Daemon:
         from zlayer.agent import JobManager, ServiceManager
         from zlayer.api import ApiContext, TokenAuth, create_app
         from zlayer.daemon.images import StoreImages
+        from zlayer.daemon.ports import PortAdmission
         from zlayer.runtime import Drivers
         from zlayer.state import SqliteStore
 
@@ -166,7 +167,7 @@ class Daemon:
                 jobs=jobs,
                 images=images,
                 metrics=metrics,
-                reserved_ports=_own_ports(cfg),
+                ports=PortAdmission(store, _own_ports(cfg)),
             )
             from zlayer.tokens import load_or_create_secret, write_admin_bearer
 

@@ -1,5 +1,7 @@
 """Admission of a deployment's ports: its endpoints and ``port_mappings`` against every other holder of a port of
 this node (other deployments, the daemon's own listeners, other programs), before anything is stored or started.
+It needs where the proxy would listen (``proxy.models``) and which ports are held (``net.ports``), so it lives here,
+above both, and reaches the agent through its ``PortHook`` (``agent/hooks.py``).
 
 A deployment that asks for a taken port is refused with ConflictError (HTTP 409) naming the holder; re-deploying a
 deployment with the ports it already has is no conflict (its previous version is not counted as a holder).
@@ -54,6 +56,17 @@ def deployment_claims(spec: DeploymentSpec) -> list[PortClaim]:
     return claims
 
 
+class PortAdmission:
+    """The agent's ``PortHook``: ``reserved`` are the daemon's own listeners (API, metrics), never given out."""
+
+    def __init__(self, store: Store, reserved: Iterable[PortClaim] = ()) -> None:
+        self.store = store
+        self.reserved = tuple(reserved)
+
+    async def admit(self, spec: DeploymentSpec, deployed: Mapping[str, DeploymentSpec]) -> None:
+        await admit_ports(self.store, spec, self.reserved, deployed)
+
+
 async def admit_ports(
     store: Store, spec: DeploymentSpec, reserved: Iterable[PortClaim], deployed: Mapping[str, DeploymentSpec]
 ) -> None:
@@ -73,4 +86,4 @@ async def admit_ports(
     admit(new, held, probe.values())
 
 
-__all__ = ["PortClaim", "admit_ports", "deployment_claims"]
+__all__ = ["PortAdmission", "PortClaim", "admit_ports", "deployment_claims"]
