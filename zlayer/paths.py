@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,21 @@ def private_dir(path: Path, mode: int = PRIVATE_DIR) -> Path:
     if stat.S_IMODE(path.stat().st_mode) != mode:
         os.chmod(path, mode)
     return path
+
+
+def bind_unix(path: Path, mode: int) -> socket.socket:
+    """A unix stream socket bound at ``path`` with ``mode`` from its first instant (the umask is held while it is
+    made), so no one connects through a wider mode in between. Not yet listening."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    return sock
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = PRIVATE_FILE, *, durable: bool = True) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from zlayer._native import require_built
 from zlayer.config import DaemonConfig, probe_socket, split_bind, write_json_atomic
 from zlayer.errors import DaemonError, ZLayerError
+from zlayer.paths import bind_unix
 
 if TYPE_CHECKING:
     from zlayer.agent import ServiceManager
@@ -55,13 +56,7 @@ def unix_listener(path: Path) -> socket.socket:
                           hint="stop it first, or pass --socket for a second daemon")  # fmt: skip
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o117)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o660)
+    sock = bind_unix(path, 0o660)
     with contextlib.suppress(KeyError, PermissionError):
         import grp
 

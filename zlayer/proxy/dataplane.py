@@ -403,17 +403,14 @@ def _take_over(dp: DataPlane, predecessor: Path) -> socket.socket | None:
 
 
 def listen_control(path: Path) -> socket.socket:
+    from zlayer.paths import bind_unix
+
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        srv.bind(str(tmp))
-    finally:
-        os.umask(old)
+    srv = bind_unix(tmp, 0o600)
     srv.listen(16)
     os.replace(tmp, path)  # atomically the socket a daemon finds from now on
     return srv
