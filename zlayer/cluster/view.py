@@ -31,7 +31,7 @@ class _Frozen(BaseModel):
 class Gpu(_Frozen):
     """One GPU of a node: its vendor (from the PCI vendor id), and where known its model and memory."""
 
-    index: int = Field(ge=0, description="its position on the node (nvidia-smi's index, else PCI order)")
+    index: int = Field(ge=0, description="its index among the node's GPUs of its vendor (nvidia-smi's for NVIDIA)")
     vendor: GpuVendor
     model: str = ""
     memory_mb: int = Field(default=0, ge=0)
