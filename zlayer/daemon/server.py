@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from zlayer._native import require_built
 from zlayer.config import DaemonConfig, probe_socket, split_bind, write_json_atomic
+from zlayer.daemon.sdnotify import notify, watchdog, watchdog_interval
 from zlayer.errors import DaemonError, ZLayerError
 from zlayer.paths import bind_unix
 
@@ -214,9 +215,15 @@ class Daemon:
             self.context.ready = True
             self.ready.set()
             log.info("zlayer daemon ready on %s%s", cfg.paths.socket, f" and {cfg.bind}" if cfg.bind else "")
+            notify("READY=1", f"STATUS=serving on {cfg.paths.socket}", f"MAINPID={os.getpid()}")
             renew = asyncio.create_task(self._renew_bearer(secret))
+            interval = watchdog_interval()
+            pinging = asyncio.create_task(watchdog(interval)) if interval else None
             await self._stop.wait()
+            notify("STOPPING=1", "STATUS=stopping")
             renew.cancel()
+            if pinging is not None:
+                pinging.cancel()
             if not adopting.done():
                 adopting.cancel()
             self.context.closing.set()  # follow streams (logs -f, events) end their responses now
