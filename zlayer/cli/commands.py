@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "runtime": ("zlayer.cli.runtime", "runtime", "Run OCI bundles: create, start, state, kill, delete, run"),
     "completions": ("zlayer.cli.completions", "completions", "Print a shell completion script"),
     "serve": ("zlayer.cli.serve", "serve", "Run the zlayer daemon on this node"),
+    "daemon": ("zlayer.cli.daemon", "daemon", "Run the daemon as a system service (install, start, stop, status)"),
     "deploy": ("zlayer.cli.deploy", "deploy", "Deploy a spec; returns once it runs (--dry-run prints the plan)"),
     "up": ("zlayer.cli.deploy", "up", "Deploy a spec in the foreground; Ctrl+C tears it down"),
     "down": ("zlayer.cli.down", "down", "Remove a deployment and all its replicas"),
