@@ -68,12 +68,13 @@ class Node(_Frozen):
 
 class Assignment(_Frozen):
     """Replica ``replica`` (numbered from 1, as the agent numbers them) of ``deployment``/``service`` runs on
-    ``node_id``."""
+    ``node_id``, with the node's GPUs ``gpus`` (their ``Gpu.index``, all of one vendor) when it asks for some."""
 
     deployment: str
     service: str
     replica: int = Field(ge=1)
     node_id: str
+    gpus: tuple[int, ...] = ()
 
     @property
     def key(self) -> tuple[str, str, int]:

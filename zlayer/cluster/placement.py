@@ -1,0 +1,439 @@
+"""Placement: which node runs each replica — a pure, deterministic function of the cluster and the specs.
+
+``place(view, deployments, desired)`` takes the cluster view (nodes and current assignments), every deployment's
+typed spec and the wanted replica counts, and answers the whole new set of assignments and, per service that does
+not fit, an ``unschedulable: <why>`` a user can act on (which constraint ruled out how many nodes). The same input
+gives the same answer (ties go to the lower node id), and placing again what it answered changes nothing.
+
+The rules (ZLayer's ``placement.rs``, with its gaps closed):
+- only ``ready`` nodes get new replicas; a ``draining`` node keeps what it runs, a ``dead`` node's replicas move;
+- an existing assignment stays where it is while its node is alive and still meets the service's constraints
+  (minimal movement); replicas past the wanted count go, the highest numbers first, as the agent scales down;
+- hard constraints: ``node_selector.labels`` (all equal), ``platform`` (os/arch where the node reports them),
+  ``affinity: {pin: "id=N" | "key=value"}``, GPUs (``gpu.count`` free GPUs of ``gpu.vendor``, ``gpu.model`` a
+  case-insensitive part of the node's model; ``sharing: mps`` lets 8 replicas share a GPU, ``time-slice`` 4);
+- ``node_mode``: ``shared`` bin-packs by requested CPU and memory (a node is never committed past its cores or
+  memory; a node that reports none is not limited); ``dedicated`` puts at most one replica of the service on a node;
+  ``exclusive`` gives the replica a node of its own — nothing else is placed beside it, whatever its mode (ZLayer
+  let a shared replica join an exclusive one later);
+- ranking, best first: more ``prefer_labels`` matched; fewer replicas of this service already there (spread, unless
+  ``affinity: pack``); for GPU requests fewer free GPUs left (``gpu.scheduling: spread``: more); the fullest node
+  that fits (best-fit bin-packing by the CPU and memory fractions left); the lower node id.
+- ``gpu.scheduling: gang``: all of a service's new replicas are placed or none is.
+
+Cost: keeping the current assignments is linear in replicas; each service to place filters its candidates once
+(label index, cached per distinct constraint set) and builds one heap over them, then each replica is a heap pop
+and push — O(nodes + replicas·log nodes) per service. ``perf/placement.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from zlayer.cluster.view import Assignment, ClusterView, Node
+from zlayer.spec.models import AffinityPin, DeploymentSpec, ServiceSpec
+
+GPU_SHARERS = {"exclusive": 1, "mps": 8, "time-slice": 4}
+"""How many replicas may share one GPU, by ``gpu.sharing`` (ZLayer's limits)."""
+_MODE_ORDER = {"exclusive": 0, "dedicated": 1, "shared": 2}
+
+ServiceKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Unschedulable:
+    """Replicas of one service that no node can take, and why."""
+
+    deployment: str
+    service: str
+    missing: int
+    desired: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"unschedulable: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where every wanted replica runs (sorted by deployment, service, replica) and what could not be placed."""
+
+    assignments: tuple[Assignment, ...]
+    unschedulable: tuple[Unschedulable, ...] = ()
+    _by_service: dict[ServiceKey, list[Assignment]] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for a in self.assignments:
+            self._by_service.setdefault((a.deployment, a.service), []).append(a)
+
+    def of(self, deployment: str, service: str) -> list[Assignment]:
+        return list(self._by_service.get((deployment, service), ()))
+
+    def reason(self, deployment: str, service: str) -> Unschedulable | None:
+        for u in self.unschedulable:
+            if u.deployment == deployment and u.service == service:
+                return u
+        return None
+
+
+class _Need:
+    """What one service asks of a node, read once from its spec."""
+
+    __slots__ = (
+        "cpu",
+        "desired",
+        "gang",
+        "gpu_count",
+        "gpu_kind",
+        "gpu_model",
+        "gpu_share",
+        "gpu_spread",
+        "gpu_vendor",
+        "key",
+        "labels",
+        "mem",
+        "mem_text",
+        "mode",
+        "order",
+        "pack",
+        "pin",
+        "platform",
+        "prefer",
+        "static",
+    )
+
+    def __init__(self, key: ServiceKey, spec: ServiceSpec, desired: int) -> None:
+        self.key = key
+        self.desired = desired
+        r = spec.resources
+        self.cpu = round((r.cpu or 0.0) * 1000)  # millicores: no float drift in the sums
+        self.mem = r.memory_bytes() or 0
+        self.mem_text = r.memory or ""
+        g = r.gpu
+        self.gpu_count = g.count if g is not None else 0
+        self.gpu_vendor = g.vendor.lower() if g is not None else ""
+        self.gpu_model = (g.model or "").lower() if g is not None else ""
+        self.gpu_kind = (g.sharing or "exclusive") if g is not None else "exclusive"
+        self.gpu_share = GPU_SHARERS[self.gpu_kind]
+        self.gpu_spread = g is not None and g.scheduling == "spread"
+        self.gang = g is not None and g.scheduling == "gang"
+        self.mode: str = spec.node_mode
+        sel = spec.node_selector
+        self.labels = tuple(sorted(sel.labels.items())) if sel is not None else ()
+        self.prefer = tuple(sorted(sel.prefer_labels.items())) if sel is not None else ()
+        aff = spec.affinity
+        self.pack = aff == "pack"
+        self.pin: tuple[str, str] | None = None
+        if isinstance(aff, AffinityPin):
+            k, _, v = aff.pin.partition("=")
+            self.pin = (k.strip(), v.strip())
+        p = spec.platform
+        self.platform = (p.os, p.arch) if p is not None else None
+        # what decides the candidate nodes, before anything is placed: services alike share one candidate list
+        self.static = (self.labels, self.platform, self.pin, self.gpu_count, self.gpu_vendor, self.gpu_model)
+        self.order = (_MODE_ORDER[self.mode], -self.gpu_count, -self.cpu, -self.mem, key)
+
+
+class _Gpu:
+    __slots__ = ("index", "kind", "model", "users", "vendor")
+
+    def __init__(self, index: int, vendor: str, model: str) -> None:
+        self.index = index
+        self.vendor = vendor
+        self.model = model
+        self.users = 0
+        self.kind = "exclusive"
+
+
+class _Slot:
+    """One node during a placement pass: what is left of it and who runs there."""
+
+    __slots__ = (
+        "cpu_cap",
+        "cpu_free",
+        "exclusive",
+        "gpus",
+        "idx",
+        "mem_cap",
+        "mem_free",
+        "node",
+        "per_service",
+        "replicas",
+    )
+
+    def __init__(self, node: Node, idx: int) -> None:
+        self.node = node
+        self.idx = idx
+        r = node.resources
+        self.cpu_cap = self.cpu_free = round(r.cpu_cores * 1000)
+        self.mem_cap = self.mem_free = r.memory_bytes
+        self.gpus = [_Gpu(g.index, g.vendor, g.model.lower()) for g in r.gpus]
+        self.exclusive = False
+        self.replicas = 0
+        self.per_service: dict[ServiceKey, int] = {}
+
+
+def _gpu_usable(g: _Gpu, need: _Need) -> bool:
+    if g.vendor != need.gpu_vendor or (need.gpu_model and need.gpu_model not in g.model):
+        return False
+    return g.users == 0 or (g.kind == need.gpu_kind and g.users < need.gpu_share)
+
+
+def _free_gpus(slot: _Slot, need: _Need) -> list[_Gpu]:
+    return [g for g in slot.gpus if _gpu_usable(g, need)]
+
+
+def _static_blocker(slot: _Slot, need: _Need, keeping: bool = False) -> str | None:
+    """Why ``slot`` can never take the service as the cluster stands (None: it could); ``keeping``: a replica that
+    runs there already, which a draining node keeps."""
+    node = slot.node
+    if node.status != "ready" and not (keeping and node.status == "draining"):
+        return node.status
+    if (
+        need.platform is not None
+        and node.os is not None
+        and node.arch is not None
+        and (node.os, node.arch) != need.platform
+    ):
+        return f"are not {need.platform[0]}/{need.platform[1]}"
+    if need.pin is not None:
+        k, v = need.pin
+        if not (node.id == v if k == "id" else node.labels.get(k) == v):
+            return f"are not the pinned node ({k}={v})"
+    for k, v in need.labels:
+        if node.labels.get(k) != v:
+            return "lack labels " + ",".join(f"{k}={v}" for k, v in need.labels)
+    if need.gpu_count:
+        what = f"{need.gpu_vendor} GPU" + (f" model {need.gpu_model!r}" if need.gpu_model else "")
+        n = sum(1 for g in slot.gpus if g.vendor == need.gpu_vendor and need.gpu_model in g.model)
+        if n == 0:
+            return f"have no {what}"
+        if n < need.gpu_count:
+            return f"have fewer than {need.gpu_count} {what}s"
+    return None
+
+
+def _blocker(slot: _Slot, need: _Need) -> str | None:
+    """Why ``slot`` cannot take one more replica of the service now (None: it can)."""
+    if slot.exclusive:
+        return "run an exclusive replica"
+    if need.mode == "exclusive" and slot.replicas:
+        return "already run replicas (node_mode exclusive wants an empty node)"
+    if need.mode == "dedicated" and need.key in slot.per_service:
+        return f"already run a replica of {need.key[1]} (node_mode dedicated)"
+    if need.gpu_count and len(_free_gpus(slot, need)) < need.gpu_count:
+        if need.gpu_count == 1:
+            return f"have no free {need.gpu_vendor} GPU"
+        return f"have fewer than {need.gpu_count} free {need.gpu_vendor} GPUs"
+    if need.cpu and slot.cpu_cap and slot.cpu_free < need.cpu:
+        return f"have too little free CPU (wants {need.cpu / 1000:g})"
+    if need.mem and slot.mem_cap and slot.mem_free < need.mem:
+        return f"have too little free memory (wants {need.mem_text})"
+    return None
+
+
+def _take(slot: _Slot, need: _Need, gpus: Iterable[int] | None = None) -> tuple[int, ...]:
+    """Commit one replica of the service to ``slot``; its GPUs are ``gpus`` when given, else the lowest free."""
+    slot.cpu_free -= need.cpu
+    slot.mem_free -= need.mem
+    slot.replicas += 1
+    slot.per_service[need.key] = slot.per_service.get(need.key, 0) + 1
+    if need.mode == "exclusive":
+        slot.exclusive = True
+    if not need.gpu_count:
+        return ()
+    free = _free_gpus(slot, need)
+    if gpus is not None:
+        wanted = set(gpus)
+        free = [g for g in free if g.index in wanted]
+    chosen = sorted(free, key=lambda g: (g.users == 0, g.index))[: need.gpu_count]  # fill shared GPUs first
+    for g in chosen:
+        g.users += 1
+        g.kind = need.gpu_kind
+    return tuple(sorted(g.index for g in chosen))
+
+
+def _release(slot: _Slot, need: _Need, gpus: tuple[int, ...]) -> None:
+    slot.cpu_free += need.cpu
+    slot.mem_free += need.mem
+    slot.replicas -= 1
+    left = slot.per_service[need.key] - 1
+    if left:
+        slot.per_service[need.key] = left
+    else:
+        del slot.per_service[need.key]
+    if need.mode == "exclusive":
+        slot.exclusive = False
+    for g in slot.gpus:
+        if g.index in gpus and g.vendor == need.gpu_vendor:
+            g.users -= 1
+            if not g.users:
+                g.kind = "exclusive"
+
+
+def _rank(slot: _Slot, need: _Need) -> tuple[int, int, int, int, float, int]:
+    """Smaller is better: prefer labels, spread, (isolation modes) emptier nodes, GPU fit, best fit, node id."""
+    labels = slot.node.labels
+    prefer = -sum(1 for k, v in need.prefer if labels.get(k) == v) if need.prefer else 0
+    spread = 0 if need.pack else slot.per_service.get(need.key, 0)
+    busy = slot.replicas if need.mode != "shared" else 0
+    gpu_fit = 0
+    if need.gpu_count:
+        left = len(_free_gpus(slot, need)) - need.gpu_count
+        gpu_fit = -left if need.gpu_spread else left
+    room = ((slot.cpu_free - need.cpu) / slot.cpu_cap if slot.cpu_cap else 1.0) + (
+        (slot.mem_free - need.mem) / slot.mem_cap if slot.mem_cap else 1.0
+    )
+    return (prefer, spread, busy, gpu_fit, room, slot.idx)
+
+
+def _heap(candidates: list[_Slot], need: _Need) -> list[tuple[tuple[int, int, int, int, float, int], int]]:
+    """The candidates that can take a replica now, as a heap by rank. A shared service without GPUs or preferred
+    labels — most of them — is ranked inline: the same keys as :func:`_rank` at a third of the cost."""
+    if need.mode != "shared" or need.gpu_count or need.prefer:
+        heap = [(_rank(s, need), s.idx) for s in candidates if _blocker(s, need) is None]
+    else:
+        key, cpu, mem, pack = need.key, need.cpu, need.mem, need.pack
+        heap = [
+            (
+                (
+                    0,
+                    0 if pack else s.per_service.get(key, 0),
+                    0,
+                    0,
+                    ((s.cpu_free - cpu) / s.cpu_cap if s.cpu_cap else 1.0)
+                    + ((s.mem_free - mem) / s.mem_cap if s.mem_cap else 1.0),
+                    s.idx,
+                ),
+                s.idx,
+            )
+            for s in candidates
+            if not s.exclusive
+            and (not cpu or not s.cpu_cap or s.cpu_free >= cpu)
+            and (not mem or not s.mem_cap or s.mem_free >= mem)
+        ]
+    heapq.heapify(heap)
+    return heap
+
+
+class _Index:
+    """The nodes by label, and each distinct constraint set's candidates (ready nodes that could take it)."""
+
+    def __init__(self, slots: list[_Slot]) -> None:
+        self.slots = slots
+        self.by_label: dict[tuple[str, str], list[int]] = {}
+        for s in slots:
+            for kv in s.node.labels.items():
+                self.by_label.setdefault(kv, []).append(s.idx)
+        self.cache: dict[object, list[_Slot]] = {}
+
+    def candidates(self, need: _Need) -> list[_Slot]:
+        hit = self.cache.get(need.static)
+        if hit is not None:
+            return hit
+        if need.labels:
+            lists = sorted((self.by_label.get(kv, []) for kv in need.labels), key=len)
+            pool: Iterable[_Slot] = (self.slots[i] for i in lists[0])
+        else:
+            pool = self.slots
+        out = [s for s in pool if _static_blocker(s, need) is None]
+        self.cache[need.static] = out
+        return out
+
+
+def _explain(slots: list[_Slot], need: _Need, missing: int) -> str:
+    name = need.key[1]
+    if not slots:
+        return f"{missing} of {need.desired} replicas of {name} have no node: the cluster has no nodes"
+    counts: dict[str, int] = {}
+    for s in slots:
+        why = _static_blocker(s, need) or _blocker(s, need) or "have room for only some of them"
+        counts[why] = counts.get(why, 0) + 1
+    parts = [f"{n} {why}" for why, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))]
+    gang = " (gpu scheduling gang: none of them was placed)" if need.gang else ""
+    return f"{missing} of {need.desired} replicas of {name} fit no node{gang}; of {len(slots)} nodes: " + ", ".join(
+        parts
+    )
+
+
+def _desired(spec: ServiceSpec) -> int:
+    return spec.initial_replicas
+
+
+def place(
+    view: ClusterView,
+    deployments: Mapping[str, DeploymentSpec],
+    desired: Mapping[ServiceKey, int] | None = None,
+) -> Placement:
+    """Assignments for every replica of every service in ``deployments`` (all the cluster's: an assignment of a
+    deployment not there is dropped). ``desired[(deployment, service)]`` is the wanted count; a service not in it
+    wants its spec's first count (fixed: n, adaptive: min, manual: 0). Jobs and crons are not placed."""
+    desired = desired or {}
+    slots = [_Slot(n, i) for i, n in enumerate(sorted(view.nodes, key=lambda n: n.id))]
+    by_id = {s.node.id: s for s in slots}
+    needs: dict[ServiceKey, _Need] = {}
+    for dname in sorted(deployments):
+        for sname, spec in sorted(deployments[dname].services.items()):
+            if spec.rtype != "service":
+                continue
+            key = (dname, sname)
+            needs[key] = _Need(key, spec, max(0, desired.get(key, _desired(spec))))
+
+    # 1. keep what runs where it may stay
+    placed: dict[ServiceKey, dict[int, Assignment]] = {k: {} for k in needs}
+    for a in sorted(view.assignments, key=lambda a: (a.deployment, a.service, a.replica)):
+        need = needs.get((a.deployment, a.service))
+        slot = by_id.get(a.node_id)
+        if need is None or slot is None or a.replica > need.desired or a.replica in placed[need.key]:
+            continue
+        if _static_blocker(slot, need, keeping=True) is not None or _blocker(slot, need) is not None:
+            continue
+        if need.gpu_count:
+            kept = {g.index for g in _free_gpus(slot, need)} & set(a.gpus)
+            gpus = _take(slot, need, kept if len(kept) == need.gpu_count == len(a.gpus) else None)
+            if gpus != a.gpus:
+                a = a.model_copy(update={"gpus": gpus})
+        else:
+            _take(slot, need)
+        placed[need.key][a.replica] = a
+
+    # 2. place the rest, the hardest to fit first (isolation modes, GPUs, the largest requests)
+    index = _Index(slots)
+    short: list[tuple[_Need, int]] = []
+    for need in sorted(needs.values(), key=lambda n: n.order):
+        have = placed[need.key]
+        missing = [r for r in range(1, need.desired + 1) if r not in have]
+        if not missing:
+            continue
+        heap = _heap(index.candidates(need), need)
+        new: list[Assignment] = []
+        dname, sname = need.key
+        for replica in missing:
+            if not heap:
+                break
+            slot = slots[heapq.heappop(heap)[1]]
+            gpus = _take(slot, need)
+            new.append(Assignment(deployment=dname, service=sname, replica=replica, node_id=slot.node.id, gpus=gpus))
+            if _blocker(slot, need) is None:
+                heapq.heappush(heap, (_rank(slot, need), slot.idx))
+        if len(new) < len(missing):
+            if need.gang:
+                for a in new:
+                    _release(by_id[a.node_id], need, a.gpus)
+                new = []
+            short.append((need, len(missing) - len(new)))
+        for a in new:
+            have[a.replica] = a
+
+    # why, against the final state (capacity only shrinks after a service failed, so what ruled a node out then
+    # still does): the same placement placed again gives the same words
+    problems = sorted(
+        Unschedulable(n.key[0], n.key[1], missing, n.desired, _explain(slots, n, missing)) for n, missing in short
+    )
+    out = [a for key in sorted(placed) for _, a in sorted(placed[key].items())]
+    return Placement(tuple(out), tuple(problems))
+
+
+__all__ = ["GPU_SHARERS", "Placement", "Unschedulable", "place"]
