@@ -436,4 +436,4 @@ def place(
     return Placement(tuple(out), tuple(problems))
 
 
-__all__ = ["GPU_SHARERS", "Placement", "Unschedulable", "place"]
+__all__ = ["GPU_SHARERS", "Placement", "ServiceKey", "Unschedulable", "place"]
