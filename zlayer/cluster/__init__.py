@@ -1,1 +1,3 @@
-"""The cluster: nodes that join, share state through etcd, and the leader's placement of replicas on them."""
+"""The cluster: nodes that join with signed tokens, share state through the etcd each runs as a child (watching
+each other's liveness through etcd leases, electing their leader through etcd's raft), and the leader's placement of
+replicas on them (docs/architecture.md, "Cluster")."""

@@ -13,6 +13,7 @@ from zlayer.state.protocol import (
     Store,
 )
 from zlayer.state.sqlite import SqliteStore, StateError, now_rfc3339
+from zlayer.state.switch import SwitchingStore
 
 __all__ = [
     "DEPLOYMENT_STATES",
@@ -25,5 +26,6 @@ __all__ = [
     "SqliteStore",
     "StateError",
     "Store",
+    "SwitchingStore",
     "now_rfc3339",
 ]

@@ -1,0 +1,502 @@
+"""The cluster Store: the :class:`~zlayer.state.Store` protocol on etcd, through etcd's v3 JSON gateway.
+
+Why the gateway over aiohttp: etcd serves its whole v3 API (KV, transactions, leases, watches, membership,
+maintenance) as JSON on its client port, so a few dozen lines of aiohttp (already a dependency) reach all of it with
+the asyncio loop the daemon runs. The Python gRPC clients for etcd (``etcd3``, ``aetcd``) are unmaintained or pull in
+grpcio and protobuf builds for little gain here: the daemon's traffic to etcd is small (state changes, one lease
+keep-alive per heartbeat, a few watches).
+
+Every change of several keys is one etcd transaction guarded by the revision it read (compare-and-swap, retried on a
+conflict), so a daemon killed at any moment leaves a deployment with its revision and service rows, or neither; every
+acknowledged write is on a quorum of the cluster's members. A node's store lives under a key prefix of its own, so the
+agents of the cluster's nodes never see each other's replicas as theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiohttp
+
+from zlayer.state.protocol import (
+    ContainerRecord,
+    CronRecord,
+    DeploymentRecord,
+    EventRecord,
+    JobExecutionRecord,
+    ServiceRecord,
+    Store,
+)
+from zlayer.state.sqlite import StateError, now_rfc3339
+
+log = logging.getLogger("zlayer.state.etcd")
+
+_RETRIES = 32  # compare-and-swap attempts before a write under contention gives up
+
+
+class EtcdError(StateError):
+    """etcd could not be reached, or refused a request: the cluster's state cannot be read or written now."""
+
+    code = "etcd_unavailable"
+    http_status = 503
+
+
+def _b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _unb64(data: str | None) -> bytes:
+    return base64.b64decode(data) if data else b""
+
+
+def prefix_end(prefix: str) -> str:
+    """The ``range_end`` that makes a range cover every key starting with ``prefix`` (etcd's rule)."""
+    raw = bytearray(prefix.encode())
+    while raw:
+        if raw[-1] < 0xFF:
+            raw[-1] += 1
+            return _b64(bytes(raw))
+        raw.pop()
+    return _b64(b"\x00")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    lease: int = 0
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+
+def _kv(raw: dict[str, Any]) -> KeyValue:
+    return KeyValue(
+        _unb64(raw.get("key")).decode(),
+        _unb64(raw.get("value")),
+        int(raw.get("mod_revision") or 0),
+        int(raw.get("create_revision") or 0),
+        int(raw.get("lease") or 0),
+    )
+
+
+def put_op(key: str, value: str | bytes | Any, lease: int = 0) -> dict[str, Any]:
+    """One put of a transaction; a value that is not text or bytes is stored as JSON."""
+    data = value if isinstance(value, str | bytes) else json.dumps(value)
+    op: dict[str, Any] = {"key": _b64(key), "value": _b64(data)}
+    if lease:
+        op["lease"] = str(lease)
+    return {"request_put": op}
+
+
+def delete_op(key: str, prefix: bool = False) -> dict[str, Any]:
+    op = {"key": _b64(key)}
+    if prefix:
+        op["range_end"] = prefix_end(key)
+    return {"request_delete_range": op}
+
+
+def mod_is(key: str, revision: int) -> dict[str, Any]:
+    """Compare: ``key`` was last changed at ``revision`` (0: ``key`` does not exist)."""
+    if revision == 0:
+        return {"key": _b64(key), "target": "VERSION", "result": "EQUAL", "version": "0"}
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
+class EtcdClient:
+    """etcd's v3 API over its JSON gateway, with fail-over between the given client URLs."""
+
+    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+        if not endpoints:
+            raise EtcdError("no etcd endpoint to talk to")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """POST ``body`` to ``/v3/<path>`` on the first endpoint that answers; etcd's refusal is an EtcdError."""
+        last = ""
+        for i, endpoint in enumerate(list(self.endpoints)):
+            url = f"{endpoint}/v3/{path}"
+            try:
+                async with self._http().post(
+                    url, json=body, timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)
+                ) as resp:
+                    data = await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                last = f"{endpoint}: {type(e).__name__} {e}".rstrip()
+                continue
+            if resp.status >= 400 or not isinstance(data, dict) or "error" in data:
+                message = data.get("message") or data.get("error") if isinstance(data, dict) else str(data)
+                raise EtcdError(f"etcd refused {path}: {message}", where=endpoint)
+            if i:  # stick to the endpoint that answered
+                self.endpoints.insert(0, self.endpoints.pop(i))
+            return data
+        raise EtcdError(f"etcd does not answer ({last})", where=", ".join(self.endpoints))
+
+    # KV -------------------------------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> KeyValue | None:
+        got = await self.call("kv/range", {"key": _b64(key)})
+        kvs = got.get("kvs") or []
+        return _kv(kvs[0]) if kvs else None
+
+    async def range(self, prefix: str, limit: int = 0) -> list[KeyValue]:
+        """Every key under ``prefix``, in key order."""
+        body: dict[str, Any] = {"key": _b64(prefix), "range_end": prefix_end(prefix)}
+        if limit:
+            body["limit"] = str(limit)
+        got = await self.call("kv/range", body)
+        return [_kv(kv) for kv in got.get("kvs") or []]
+
+    async def revision(self) -> int:
+        got = await self.call("kv/range", {"key": _b64("\x00"), "limit": "1"})
+        return int(got.get("header", {}).get("revision") or 0)
+
+    async def put(self, key: str, value: str | bytes | Any, lease: int = 0) -> int:
+        got = await self.call("kv/put", put_op(key, value, lease)["request_put"])
+        return int(got.get("header", {}).get("revision") or 0)
+
+    async def delete(self, key: str, prefix: bool = False) -> int:
+        got = await self.call("kv/deleterange", delete_op(key, prefix)["request_delete_range"])
+        return int(got.get("deleted") or 0)
+
+    async def txn(
+        self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]] | None = None
+    ) -> bool:
+        """One transaction: ``success`` when every comparison holds, else ``failure``. True when it succeeded."""
+        body = {"compare": compare, "success": success, "failure": failure or []}
+        got = await self.call("kv/txn", body)
+        return bool(got.get("succeeded"))
+
+    # leases ---------------------------------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl: int) -> int:
+        got = await self.call("lease/grant", {"TTL": str(ttl)})
+        return int(got["ID"])
+
+    async def lease_keepalive(self, lease: int) -> int:
+        """Renew ``lease``; its TTL now, 0 when it has expired (or never was)."""
+        got = await self.call("lease/keepalive", {"ID": str(lease)})
+        return int(got.get("result", {}).get("TTL") or 0)
+
+    async def lease_revoke(self, lease: int) -> None:
+        await self.call("kv/lease/revoke", {"ID": str(lease)})
+
+    async def lease_ttl(self, lease: int) -> tuple[int, int]:
+        """``(ttl left, granted ttl)`` of ``lease``; ttl left is -1 once it has expired."""
+        got = await self.call("kv/lease/timetolive", {"ID": str(lease)})
+        return int(got.get("TTL") or -1), int(got.get("grantedTTL") or 0)
+
+    # cluster --------------------------------------------------------------------------------------------------
+
+    async def status(self, timeout: float | None = None) -> dict[str, Any]:
+        """The answering member's status: its ``header.member_id``, the ``leader``'s id, ``isLearner``..."""
+        return await self.call("maintenance/status", {}, timeout=timeout)
+
+    async def members(self) -> list[dict[str, Any]]:
+        got = await self.call("cluster/member/list", {})
+        return list(got.get("members") or [])
+
+    async def member_add(self, peer_url: str, learner: bool) -> dict[str, Any]:
+        got = await self.call("cluster/member/add", {"peerURLs": [peer_url], "isLearner": learner})
+        return {"member": got.get("member") or {}, "members": got.get("members") or []}
+
+    async def member_promote(self, member_id: int) -> None:
+        await self.call("cluster/member/promote", {"ID": str(member_id)})
+
+    async def member_remove(self, member_id: int) -> None:
+        await self.call("cluster/member/remove", {"ID": str(member_id)})
+
+    async def watch(self, prefix: str, start_revision: int = 0) -> AsyncIterator[tuple[str, KeyValue]]:
+        """``("PUT"|"DELETE", kv)`` for every change under ``prefix`` from ``start_revision`` (0: from now on), until
+        the caller stops iterating. A broken stream is an EtcdError (the caller resumes from the last revision)."""
+        create: dict[str, Any] = {"key": _b64(prefix), "range_end": prefix_end(prefix)}
+        if start_revision:
+            create["start_revision"] = str(start_revision)
+        last = ""
+        for endpoint in list(self.endpoints):
+            try:
+                async with self._http().post(
+                    f"{endpoint}/v3/watch",
+                    json={"create_request": create},
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=None),
+                ) as resp:
+                    async for line in resp.content:
+                        if not line.strip():
+                            continue
+                        result = json.loads(line).get("result") or {}
+                        if result.get("canceled"):
+                            raise EtcdError(f"etcd cancelled the watch of {prefix}: {result.get('cancel_reason')}")
+                        for ev in result.get("events") or []:
+                            yield ev.get("type", "PUT"), _kv(ev.get("kv") or {})
+                    return
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                last = f"{endpoint}: {type(e).__name__} {e}"
+        raise EtcdError(f"etcd watch failed ({last})", where=", ".join(self.endpoints))
+
+
+def _record(cls: type[Any], data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class EtcdStore:
+    """:class:`zlayer.state.Store` on etcd, every key under ``prefix`` (a node's own: ``/zlayer/nodes/<id>/state/``).
+
+    Keys: ``d/<deployment>`` (revision, status, times), ``r/<deployment>/<revision>`` (spec),
+    ``s/<deployment>/<service>``, ``c/<container>``, ``j/<execution>``, ``cr/<deployment>/<cron>``, ``e/<seq>``
+    (events), ``seq/<counter>``."""
+
+    def __init__(self, client: EtcdClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+
+    def _k(self, *parts: str | int) -> str:
+        return self.prefix + "/".join(f"{p:010d}" if isinstance(p, int) else p for p in parts)
+
+    async def _update(self, key: str, change: Any) -> bool:
+        """Read-modify-write of one JSON value under compare-and-swap; False when ``key`` does not exist."""
+        for _ in range(_RETRIES):
+            kv = await self.client.get(key)
+            if kv is None:
+                return False
+            data = kv.json()
+            change(data)
+            if await self.client.txn([mod_is(key, kv.mod_revision)], [put_op(key, data)]):
+                return True
+        raise EtcdError(f"{key}: too many concurrent changes")
+
+    async def _next(self, counter: str, ops: Any) -> int:
+        """Bump counter ``seq/<counter>`` and apply ``ops(n)`` in the same transaction; returns ``n``."""
+        key = self._k("seq", counter)
+        for _ in range(_RETRIES):
+            kv = await self.client.get(key)
+            n = int(kv.value or b"0") + 1 if kv else 1
+            if await self.client.txn([mod_is(key, kv.mod_revision if kv else 0)], [put_op(key, str(n)), *ops(n)]):
+                return n
+        raise EtcdError(f"{key}: too many concurrent changes")
+
+    # deployments ----------------------------------------------------------------------------------------------
+
+    async def put_deployment(
+        self, name: str, spec_yaml: str, spec: dict[str, Any], services: list[ServiceRecord], status: str = "pending"
+    ) -> DeploymentRecord:
+        key = self._k("d", name)
+        for _ in range(_RETRIES):
+            ts = now_rfc3339()
+            kv = await self.client.get(key)
+            old = kv.json() if kv else {}
+            revision = int(old.get("revision", 0)) + 1
+            created = old.get("created_at") or ts
+            rec = {"name": name, "revision": revision, "status": status, "status_message": "", "created_at": created,
+                   "updated_at": ts}  # fmt: skip
+            existing = {kv2.key: kv2 for kv2 in await self.client.range(self._k("s", name) + "/")}
+            keep = {self._k("s", name, s.name) for s in services}
+            ops = [put_op(key, rec), put_op(self._k("r", name, revision), {"spec_yaml": spec_yaml, "spec": spec,
+                                                                           "created_at": ts})]  # fmt: skip
+            ops += [delete_op(k) for k in existing if k not in keep]
+            compare = [mod_is(key, kv.mod_revision if kv else 0)]
+            for s in services:
+                skey = self._k("s", name, s.name)
+                row = dataclasses.asdict(s)
+                if skey in existing:  # status stays, as SQLite's upsert keeps it
+                    prev = existing[skey].json()
+                    row["status"], row["status_message"] = prev.get("status", s.status), prev.get("status_message", "")
+                    compare.append(mod_is(skey, existing[skey].mod_revision))
+                else:
+                    compare.append(mod_is(skey, 0))
+                ops.append(put_op(skey, row))
+            if await self.client.txn(compare, ops):
+                return DeploymentRecord(name, spec_yaml, spec, revision, status, "", created, ts)
+        raise EtcdError(f"deployment {name}: too many concurrent changes")
+
+    async def _deployment(self, row: dict[str, Any]) -> DeploymentRecord:
+        rev = await self.client.get(self._k("r", row["name"], int(row["revision"])))
+        spec = rev.json() if rev else {}
+        return DeploymentRecord(row["name"], spec.get("spec_yaml", ""), spec.get("spec") or {}, int(row["revision"]),
+                                row["status"], row.get("status_message", ""), row.get("created_at", ""),
+                                row.get("updated_at", ""))  # fmt: skip
+
+    async def get_deployment(self, name: str) -> DeploymentRecord | None:
+        kv = await self.client.get(self._k("d", name))
+        return await self._deployment(kv.json()) if kv else None
+
+    async def list_deployments(self) -> list[DeploymentRecord]:
+        rows = sorted((kv.json() for kv in await self.client.range(self._k("d", ""))), key=lambda r: r["name"])
+        return list(await asyncio.gather(*(self._deployment(r) for r in rows)))
+
+    async def list_revisions(self, name: str) -> list[tuple[int, str, str]]:
+        out = []
+        for kv in await self.client.range(self._k("r", name) + "/"):
+            data = kv.json()
+            out.append((int(kv.key.rsplit("/", 1)[1]), data.get("created_at", ""), data.get("spec_yaml", "")))
+        return out
+
+    async def set_deployment_status(self, name: str, status: str, message: str = "") -> None:
+        def change(d: dict[str, Any]) -> None:
+            d.update(status=status, status_message=message, updated_at=now_rfc3339())
+
+        await self._update(self._k("d", name), change)
+
+    async def delete_deployment(self, name: str) -> bool:
+        containers = [c.id for c in await self.list_containers(deployment=name)]
+        ops = [
+            delete_op(self._k("d", name)),
+            delete_op(self._k("r", name) + "/", prefix=True),
+            delete_op(self._k("s", name) + "/", prefix=True),
+            delete_op(self._k("cr", name) + "/", prefix=True),
+        ]
+        ops += [delete_op(self._k("c", cid)) for cid in containers]  # fmt: skip
+        existed = await self.client.get(self._k("d", name)) is not None
+        await self.client.txn([], ops)
+        return existed
+
+    # services -------------------------------------------------------------------------------------------------
+
+    async def list_services(self, deployment: str) -> list[ServiceRecord]:
+        return [_record(ServiceRecord, kv.json()) for kv in await self.client.range(self._k("s", deployment) + "/")]
+
+    async def get_service(self, deployment: str, name: str) -> ServiceRecord | None:
+        kv = await self.client.get(self._k("s", deployment, name))
+        return _record(ServiceRecord, kv.json()) if kv else None
+
+    async def set_service_desired(self, deployment: str, name: str, replicas: int) -> None:
+        await self._update(self._k("s", deployment, name), lambda s: s.update(desired_replicas=replicas))
+
+    async def set_service_status(self, deployment: str, name: str, status: str, message: str = "") -> None:
+        await self._update(self._k("s", deployment, name), lambda s: s.update(status=status, status_message=message))
+
+    # containers -----------------------------------------------------------------------------------------------
+
+    async def put_container(self, record: ContainerRecord) -> None:
+        ts = now_rfc3339()
+        record.updated_at = ts
+        record.created_at = record.created_at or ts
+        await self.client.put(self._k("c", record.id), dataclasses.asdict(record))
+
+    async def get_container(self, container_id: str) -> ContainerRecord | None:
+        kv = await self.client.get(self._k("c", container_id))
+        return _record(ContainerRecord, kv.json()) if kv else None
+
+    async def list_containers(self, deployment: str | None = None, service: str | None = None) -> list[ContainerRecord]:
+        out = [_record(ContainerRecord, kv.json()) for kv in await self.client.range(self._k("c", ""))]
+        out = [c for c in out if deployment in (None, c.deployment) and service in (None, c.service)]
+        return sorted(out, key=lambda c: (c.deployment, c.service, c.replica))
+
+    async def delete_container(self, container_id: str) -> None:
+        await self.client.delete(self._k("c", container_id))
+
+    # jobs and cron --------------------------------------------------------------------------------------------
+
+    async def put_job_execution(self, record: JobExecutionRecord) -> None:
+        await self.client.put(self._k("j", record.id), dataclasses.asdict(record))
+
+    async def get_job_execution(self, execution_id: str) -> JobExecutionRecord | None:
+        kv = await self.client.get(self._k("j", execution_id))
+        return _record(JobExecutionRecord, kv.json()) if kv else None
+
+    async def list_job_executions(
+        self, job_name: str | None = None, deployment: str | None = None, limit: int = 100
+    ) -> list[JobExecutionRecord]:
+        kvs = sorted(await self.client.range(self._k("j", "")), key=lambda kv: kv.create_revision, reverse=True)
+        out = [_record(JobExecutionRecord, kv.json()) for kv in kvs]
+        return [r for r in out if job_name in (None, r.job_name) and deployment in (None, r.deployment)][:limit]
+
+    async def put_cron(self, record: CronRecord) -> None:
+        await self.client.put(self._k("cr", record.deployment, record.name), dataclasses.asdict(record))
+
+    async def list_cron(self, deployment: str | None = None) -> list[CronRecord]:
+        prefix = self._k("cr", deployment) + "/" if deployment is not None else self._k("cr", "")
+        return [_record(CronRecord, kv.json()) for kv in await self.client.range(prefix)]
+
+    async def delete_cron(self, deployment: str, name: str) -> None:
+        await self.client.delete(self._k("cr", deployment, name))
+
+    # events ---------------------------------------------------------------------------------------------------
+
+    async def add_event(self, deployment: str, kind: str, message: str, data: dict[str, Any] | None = None) -> int:
+        def ops(n: int) -> list[dict[str, Any]]:
+            event = {"seq": n, "deployment": deployment, "kind": kind, "message": message,
+                     "timestamp": now_rfc3339(), "data": data or {}}  # fmt: skip
+            return [put_op(self._k("e", n), event)]
+
+        return await self._next("events", ops)
+
+    async def list_events(self, deployment: str, after: int = 0, limit: int = 1000) -> list[EventRecord]:
+        events = [_record(EventRecord, kv.json()) for kv in await self.client.range(self._k("e", ""))]
+        return [e for e in events if e.deployment == deployment and e.seq > after][:limit]
+
+    # the store's own --------------------------------------------------------------------------------------------
+
+    async def watch(self, start_revision: int = 0) -> AsyncIterator[tuple[str, KeyValue]]:
+        """Every change of this store from ``start_revision`` on (see :meth:`EtcdClient.watch`)."""
+        async for event in self.client.watch(self.prefix, start_revision):
+            yield event
+
+    async def copy_from(self, source: Store) -> int:
+        """Carry a node's state over from ``source`` (its SQLite store, when it joins or starts a cluster): every
+        deployment with its revisions, services, containers, jobs, cron jobs and events, so nothing is redeployed.
+        Runs once: the marker key ``migrated`` is written last, and a copy cut short is done again whole (every write
+        is a put of the same value). Returns the number of deployments copied."""
+        marker = self._k("migrated")
+        if await self.client.get(marker) is not None:
+            return 0
+        ops: list[dict[str, Any]] = []
+        deployments = await source.list_deployments()
+        for d in deployments:
+            ops.append(put_op(self._k("d", d.name), {"name": d.name, "revision": d.revision, "status": d.status,
+                                                     "status_message": d.status_message, "created_at": d.created_at,
+                                                     "updated_at": d.updated_at}))  # fmt: skip
+            for rev, created, spec_yaml in await source.list_revisions(d.name):
+                spec = d.spec if rev == d.revision else {}
+                ops.append(put_op(self._k("r", d.name, rev), {"spec_yaml": spec_yaml, "spec": spec,
+                                                              "created_at": created}))  # fmt: skip
+            for s in await source.list_services(d.name):
+                ops.append(put_op(self._k("s", d.name, s.name), dataclasses.asdict(s)))
+            last = 0
+            for e in await source.list_events(d.name, limit=1_000_000):
+                ops.append(put_op(self._k("e", e.seq), dataclasses.asdict(e)))
+                last = max(last, e.seq)
+            if last:
+                ops.append(put_op(self._k("seq", "events"), str(last)))
+        for c in await source.list_containers():
+            ops.append(put_op(self._k("c", c.id), dataclasses.asdict(c)))
+        for j in reversed(await source.list_job_executions(limit=1_000_000)):
+            ops.append(put_op(self._k("j", j.id), dataclasses.asdict(j)))
+        for cr in await source.list_cron():
+            ops.append(put_op(self._k("cr", cr.deployment, cr.name), dataclasses.asdict(cr)))
+        # the event counter must end at the highest seq of all deployments: keep the largest put
+        seqs = [int(_unb64(o["request_put"]["value"])) for o in ops if o["request_put"]["key"] == _b64(
+            self._k("seq", "events"))]  # fmt: skip
+        ops = [o for o in ops if o["request_put"]["key"] != _b64(self._k("seq", "events"))]
+        if seqs:
+            ops.append(put_op(self._k("seq", "events"), str(max(seqs))))
+        for i in range(0, len(ops), 100):
+            await self.client.txn([], ops[i : i + 100])
+        await self.client.put(marker, now_rfc3339())
+        return len(deployments)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+__all__ = ["EtcdClient", "EtcdError", "EtcdStore", "KeyValue", "delete_op", "mod_is", "prefix_end", "put_op"]
