@@ -304,10 +304,13 @@ def _own_ports(cfg: DaemonConfig) -> tuple[Any, ...]:
 
 def serve_foreground(cfg: DaemonConfig) -> None:
     """Run the daemon in this process until SIGTERM/SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Whatever the daemon writes (state, bundles with the containers' env, tokens, keys, logs) is its own: a file
     # written without an explicit mode is still closed to other users. Containers get 022 from the shim.
     os.umask(0o077)
+    from zlayer.observability.daemonlog import setup_daemon_logging
+
+    cfg.paths.make_private()
+    setup_daemon_logging(cfg.log_file)
     try:
         import uvloop
 
@@ -377,7 +380,13 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     errors = [ln for ln in lines if ln.startswith("error: ")]
-    return (errors or lines or [""])[-1].removeprefix("error: ")
+    last = (errors or lines or [""])[-1].removeprefix("error: ")
+    if last.startswith("{"):  # a JSON line of the daemon's log (observability.daemonlog): its message
+        import json
+
+        with contextlib.suppress(ValueError, AttributeError):
+            return str(json.loads(last).get("msg", last))
+    return last
 
 
 __all__ = ["Daemon", "serve_background", "serve_foreground"]

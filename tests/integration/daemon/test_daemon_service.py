@@ -83,6 +83,12 @@ def test_serve_tells_systemd_ready_once_it_answers_pings_the_watchdog_and_says_s
             proc.wait()
         out = proc.stdout.read() if proc.stdout else ""
     assert "Traceback" not in out, out
+    # not a terminal: the daemon's records come as JSON lines, as they do in DATA/logs/daemon.log (0600)
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any(r["msg"].startswith("zlayer daemon ready") and r["level"] == "INFO" for r in records), out
+    logged = (data / "logs" / "daemon.log").read_text().splitlines()
+    assert any(json.loads(line)["msg"].startswith("zlayer daemon ready") for line in logged)
+    assert (data / "logs" / "daemon.log").stat().st_mode & 0o777 == 0o600
 
 
 def test_daemon_install_start_status_stop_uninstall(tmp_path: Path) -> None:
