@@ -35,6 +35,11 @@ def status(deployment: str | None, output: str) -> None:
         out = [await client.status(n) for n in names]
         for d in out:
             d["containers"] = [x for x in await client.ps() if x.get("deployment") == d["name"]]
+            for h in d["service_health"]:  # placement's reason for replicas that have no node (a cluster's leader)
+                if h["health"] not in ("healthy", "stopped"):
+                    message = (await client.service(d["name"], h["name"])).get("status_message") or ""
+                    if message.startswith("unschedulable:"):
+                        h["status_message"] = message
         return out
 
     deps = run(go, auto_start=False)
@@ -53,6 +58,9 @@ def status(deployment: str | None, output: str) -> None:
             ["SERVICE", "HEALTH", "REPLICAS"],
             [(h["name"], h["health"], f"{h['replicas_running']}/{h['replicas_desired']}") for h in d["service_health"]],
         )
+        for h in d["service_health"]:
+            if h.get("status_message"):
+                click.echo(f"  {h['name']}: pending: {h['status_message']}")
         for ct in d["containers"]:
             if ct["state"] in ("backoff", "failed", "exited") or ct.get("restarts") or ct.get("oom_killed"):
                 code = f", last exit code {ct['exit_code']}" if ct.get("exit_code") is not None else ""

@@ -385,6 +385,11 @@ class Client:
         result: list[dict[str, Any]] = await self.request("GET", f"/api/v1/deployments/{deployment}/services")
         return result
 
+    async def service(self, deployment: str, service: str) -> dict[str, Any]:
+        """A service's details: status (and its message), replicas, endpoints."""
+        result: dict[str, Any] = await self.request("GET", f"/api/v1/deployments/{deployment}/services/{service}")
+        return result
+
     async def service_containers(self, deployment: str, service: str) -> list[dict[str, Any]]:
         path = f"/api/v1/deployments/{deployment}/services/{service}/containers"
         result: list[dict[str, Any]] = await self.request("GET", path)
