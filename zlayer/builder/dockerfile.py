@@ -184,6 +184,11 @@ def parse(text: str, file: str = "Dockerfile") -> Dockerfile:
     return _stages(instructions, file)
 
 
+def parse_instruction(text: str, file: str, line: int) -> Instruction:
+    """One instruction on its own (an image's ONBUILD trigger)."""
+    return _instruction(text.strip(), file, line, [], text.strip())
+
+
 def _nested_keyword(logical: str) -> str:
     words = logical.split(None, 2)
     return words[1].upper() if len(words) > 1 else ""

@@ -28,5 +28,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "import": ("zlayer.cli.image", "import_", "Import an image from an OCI/docker archive or a rootfs tarball"),
     "export": ("zlayer.cli.image", "export", "Write a local image as an OCI archive"),
     "system": ("zlayer.cli.image", "system", "Node housekeeping (prune)"),
+    "build": ("zlayer.cli.build", "build", "Build an image from a Dockerfile into the local store"),
     "pull": ("zlayer.cli.image", "pull_cmd", "Pull an image (or every image of the spec) into the local store"),
 }

@@ -21,10 +21,13 @@ def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None
         raise StoreError(f"cannot mount {fstype} on {target}: {os.strerror(err)}", hint=f"mount options: {data[:200]}")
 
 
-def mount_rootfs(layer_dirs: list[Path], upper: Path, work: Path, target: Path, *, readonly: bool = False) -> None:
+def mount_rootfs(
+    layer_dirs: list[Path], upper: Path, work: Path, target: Path, *, readonly: bool = False, options: str = ""
+) -> None:
     """Mount the layers (lowest first) under a fresh upper/work dir at ``target``.
 
-    With ``readonly`` the stack is mounted without an upper dir, so nothing can be written.
+    With ``readonly`` the stack is mounted without an upper dir, so nothing can be written. ``options`` are more
+    overlayfs options (a build's snapshot asks for ``redirect_dir=off``: its upper dir becomes a layer as it is).
     """
     target.mkdir(parents=True, exist_ok=True)
     if len(layer_dirs) < (2 if readonly else 1):
@@ -42,6 +45,8 @@ def mount_rootfs(layer_dirs: list[Path], upper: Path, work: Path, target: Path, 
         work.mkdir(parents=True, exist_ok=True)
         data = f"lowerdir={lower},upperdir={upper},workdir={work}"
         flags = 0
+    if options:
+        data = f"{data},{options}"
     if len(data) > PAGE_LIMIT:
         raise ImageError(
             f"cannot mount {len(layer_dirs)} layers at {target}: the overlayfs options exceed one page",

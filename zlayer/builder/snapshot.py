@@ -1,0 +1,220 @@
+"""Build snapshots: a step's root filesystem as an overlayfs over the store's layers, and its upper directory turned
+into an OCI layer (BuildKit's model).
+
+The upper directory is already in overlayfs form (whiteouts are 0/0 character devices, an opaque directory has
+``trusted.overlay.opaque=y``), which is the store's unpacked form too: it moves into the store as the layer's
+directory as it is, and its tarball is written once, with the whiteouts in OCI form (``.wh.NAME``,
+``.wh..wh..opq``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zlayer.errors import StoreError
+from zlayer.images import ImageStore, mount_rootfs, unmount_rootfs
+from zlayer.images.unpack import OPAQUE, WHITEOUT
+
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+_OVERLAY_XATTR = "trusted.overlay."
+SNAPSHOT_OPTIONS = "redirect_dir=off,metacopy=off,index=off"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of an image being built: its manifest descriptor, DiffID and ChainID (its directory's key)."""
+
+    descriptor: dict[str, Any]
+    diff_id: str
+    chain: str
+
+
+def chain_of(parent: str | None, diff_id: str) -> str:
+    """The ChainID of a layer with this DiffID on top of the layer ``parent`` (None: the first layer)."""
+    if parent is None:
+        return diff_id
+    return _chain(parent, diff_id)
+
+
+def _chain(parent: str, diff_id: str) -> str:
+    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+
+
+class _HashingFile:
+    """A file that hashes what is written to it (the tarball's digest is its DiffID: it is stored uncompressed)."""
+
+    def __init__(self, fd: int) -> None:
+        self.f = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def close(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+
+class Snapshot:
+    """A writable root filesystem for one step: ``merged`` (the overlay), ``upper`` (what the step changed)."""
+
+    def __init__(self, work: Path, lowers: list[Path]) -> None:
+        self.dir = Path(tempfile.mkdtemp(dir=work, prefix="step-"))
+        self.upper = self.dir / "layer" / "fs"
+        self.merged = self.dir / "merged"
+        self.upper.parent.mkdir()
+        # no redirects and no metacopy: the upper dir must hold whole files and plain directories to be a layer
+        mount_rootfs(lowers, self.upper, self.dir / "work", self.merged, options=SNAPSHOT_OPTIONS)
+        self.mounted = True
+
+    def unmount(self) -> None:
+        if self.mounted:
+            unmount_rootfs(self.merged)
+            self.mounted = False
+
+    def discard(self) -> None:
+        self.unmount()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def commit(self, store: ImageStore, parent: str | None, created_by: str = "") -> Layer:
+        """Unmount, write the upper directory's tarball into the store and move the directory in as the layer."""
+        self.unmount()
+        shutil.rmtree(self.dir / "work", ignore_errors=True)
+        fd, tmp = tempfile.mkstemp(dir=store.root / "tmp", prefix="build-layer-")
+        out = _HashingFile(fd)
+        try:
+            size = write_layer_tar(self.upper, out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                out.close()
+            os.unlink(tmp)
+            raise
+        out.close()
+        digest = "sha256:" + out.h.hexdigest()
+        store.adopt_blob(Path(tmp), digest)
+        chain = chain_of(parent, digest)
+        store.adopt_layer(self.upper.parent, digest, chain, size)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return Layer({"mediaType": LAYER_TAR, "digest": digest, "size": out.size}, digest, chain)
+
+
+def _xattrs(path: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith(_OVERLAY_XATTR):
+            continue
+        with contextlib.suppress(OSError):
+            out[name] = os.getxattr(path, name, follow_symlinks=False).decode("utf-8", "surrogateescape")
+    return out
+
+
+def _walk(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(relative name, full path, lstat) of everything below ``root``."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        full = os.path.join(root, rel) if rel else root
+        with os.scandir(full) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in reversed(entries):
+            r = f"{rel}/{e.name}" if rel else e.name
+            st = e.stat(follow_symlinks=False)
+            yield r, e.path, st
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(r)
+
+
+def write_layer_tar(upper: Path, out: Any) -> int:
+    """Write ``upper`` (overlayfs form) as an OCI layer tarball to ``out``; returns the bytes its files hold."""
+    total = 0
+    links: dict[tuple[int, int], str] = {}
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for rel, full, st in sorted(_walk(str(upper)), key=lambda t: t[0].split("/")):
+            mode = st.st_mode
+            info = tarfile.TarInfo(rel)
+            info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
+            info.mode = stat.S_IMODE(mode)
+            if stat.S_ISCHR(mode) and st.st_rdev == 0:
+                parent, _, base = rel.rpartition("/")
+                wh = tarfile.TarInfo(f"{parent}/{WHITEOUT}{base}" if parent else f"{WHITEOUT}{base}")
+                wh.mtime = info.mtime
+                tar.addfile(wh)
+                continue
+            xattrs = _xattrs(full)
+            if xattrs:
+                info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}
+            body = None
+            if stat.S_ISDIR(mode):
+                info.type = tarfile.DIRTYPE
+            elif stat.S_ISLNK(mode):
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
+            elif stat.S_ISREG(mode):
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in links:
+                    info.type, info.linkname = tarfile.LNKTYPE, links[key]
+                else:
+                    links[key] = rel
+                    info.size = st.st_size
+                    total += st.st_size
+                    body = open(full, "rb")  # noqa: SIM115 - closed below
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+                info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            elif stat.S_ISFIFO(mode):
+                info.type = tarfile.FIFOTYPE
+            else:
+                continue  # sockets are not layer content
+            try:
+                tar.addfile(info, body)
+            finally:
+                if body is not None:
+                    body.close()
+            if stat.S_ISDIR(mode):
+                with contextlib.suppress(OSError):
+                    if os.getxattr(full, "trusted.overlay.opaque", follow_symlinks=False) == b"y":
+                        tar.addfile(tarfile.TarInfo(f"{rel}/{OPAQUE}"))
+    return total
+
+
+def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
+    """``path`` (absolute, as the container sees it) on the host, its symlinks resolved inside ``root`` as the
+    container would resolve them: nothing it names can lead out of ``root``."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = os.path.join(root, *done, part)
+        if (parts or follow_last) and os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise StoreError(f"too many levels of symbolic links in {path}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(part)
+    return Path(root, *done)

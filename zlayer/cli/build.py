@@ -1,0 +1,177 @@
+"""`zlayer build`: build an image from a Dockerfile on this node, in-process (as ZLayer's CLI does), into the local
+image store; the steps run on zlayer's own runtime."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from zlayer.cli.context import CliContext
+
+
+class _Lines:
+    """Progress as plain lines (a pipe, a log file, CI)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.label = ""
+
+    def step(self, stage: str, number: int, total: int, text: str) -> None:
+        self.label = f"[{stage} {number}/{total}]"
+        if not self.quiet:
+            click.echo(f"{self.label} {text}", err=True)
+
+    def cached(self) -> None:
+        if not self.quiet:
+            click.echo(f"{self.label} CACHED", err=True)
+
+    def output(self, line: str) -> None:
+        if not self.quiet:
+            click.echo(f"{self.label} | {line}", err=True)
+
+    def done(self, seconds: float) -> None:
+        if not self.quiet:
+            click.echo(f"built in {seconds:.2f}s", err=True)
+
+
+class _Live(_Lines):
+    """Progress on a terminal: each step and its output as it comes, with a spinner on the step that runs."""
+
+    def __init__(self) -> None:
+        super().__init__(False)
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.status: Any = self.console.status("")
+        self.status.start()
+
+    def step(self, stage: str, number: int, total: int, text: str) -> None:
+        self.label = f"[{stage} {number}/{total}]"
+        self.console.print(f"[bold]{self.label}[/bold] {_markup(text)}")
+        self.status.update(f"{self.label} {_markup(text)}")
+
+    def cached(self) -> None:
+        self.console.print(f"[bold]{self.label}[/bold] [green]CACHED[/green]")
+
+    def output(self, line: str) -> None:
+        self.console.print(f"[dim]  {_markup(line)}[/dim]")
+
+    def done(self, seconds: float) -> None:
+        self.status.stop()
+        self.console.print(f"built in {seconds:.2f}s")
+
+    def stop(self) -> None:
+        self.status.stop()
+
+
+def _markup(text: str) -> str:
+    from rich.markup import escape
+
+    from zlayer.errors import escape_controls
+
+    return str(escape(escape_controls(text)))
+
+
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, eq, value = item.partition("=")
+        if not key:
+            raise click.UsageError(f"{what} {item!r}: expected NAME=value")
+        if not eq:
+            env = os.environ.get(key)
+            if env is None:
+                continue  # Docker: --build-arg NAME without a value takes it from the environment, if set
+            value = env
+        out[key] = value
+    return out
+
+
+def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
+    out = {}
+    for item in values:
+        fields = dict(f.partition("=")[::2] for f in item.split(","))
+        sid, src = fields.get("id"), fields.get("src") or fields.get("source")
+        if not sid or not src:
+            raise click.UsageError(f"--secret {item!r}: expected id=NAME,src=FILE")
+        if not Path(src).is_file():
+            raise click.UsageError(f"--secret {item!r}: {src} is not a file")
+        out[sid] = Path(src)
+    return out
+
+
+@click.command("build")
+@click.argument("context", default=".", type=click.Path(file_okay=False, exists=True))
+@click.option("-f", "--file", "dockerfile", type=click.Path(dir_okay=False), help="Dockerfile [CONTEXT/Dockerfile].")
+@click.option("-t", "--tag", "tags", multiple=True, help="Name the image (repeatable).")
+@click.option("--build-arg", "build_args", multiple=True, help="NAME=value for an ARG (repeatable).")
+@click.option("--target", help="Build up to this stage (name or index).")
+@click.option("--platform", help="os/arch[/variant] of the base images [default: this host].")
+@click.option("--no-cache", is_flag=True, help="Run every step again; nothing is taken from the cache.")
+@click.option("--push", is_flag=True, help="Push the image to the registry of each tag once built.")
+@click.option("--secret", "secrets", multiple=True, help="id=NAME,src=FILE for RUN --mount=type=secret (repeatable).")
+@click.option("--insecure", multiple=True, help="Registry host to reach over plain HTTP (loopback always is).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
+@click.pass_context
+def build(
+    ctx: click.Context,
+    context: str,
+    dockerfile: str | None,
+    tags: tuple[str, ...],
+    build_args: tuple[str, ...],
+    target: str | None,
+    platform: str | None,
+    no_cache: bool,
+    push: bool,
+    secrets: tuple[str, ...],
+    insecure: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Build an image from a Dockerfile in CONTEXT into the local store.
+
+    Each RUN step runs on zlayer's own runtime over overlayfs snapshots of the store's layers; every step is cached
+    by its inputs, so a rebuild runs only what changed. Progress goes to stderr; the image ID to stdout.
+    """
+    import asyncio
+
+    from zlayer.builder import Builder, BuildOptions
+    from zlayer.errors import UsageError
+    from zlayer.images import ImageStore
+
+    if os.geteuid() != 0:
+        raise UsageError("zlayer build needs root: its steps run in namespaces over overlayfs mounts")
+    obj: CliContext = ctx.obj
+    opts = BuildOptions(
+        context=Path(context),
+        dockerfile=Path(dockerfile) if dockerfile else None,
+        tags=list(tags),
+        build_args=_pairs(build_args, "--build-arg"),
+        target=target,
+        platform=platform,
+        no_cache=no_cache,
+        secrets=_secrets(secrets),
+        insecure=insecure,
+    )
+    if push and not tags:
+        raise UsageError("--push needs a name to push to: give one with -t")
+    progress: _Lines = _Live() if sys.stderr.isatty() and not quiet else _Lines(quiet)
+    store = ImageStore(obj.paths.sub("images"))
+    try:
+        image = asyncio.run(Builder(store, obj.paths.sub("builder"), progress).build(opts))
+    finally:
+        if isinstance(progress, _Live):
+            progress.stop()
+    if push:
+        from zlayer.images import push as push_image
+
+        for tag in tags:
+            digest = asyncio.run(push_image(store, tag, insecure=insecure))
+            if not quiet:
+                click.echo(f"pushed {tag}: {digest}", err=True)
+    if not quiet:
+        click.echo(f"built {', '.join(tags) or 'an unnamed image'}: image ID {image.id}", err=True)
+    click.echo(image.id)
