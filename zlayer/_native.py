@@ -13,7 +13,7 @@ from zlayer.errors import DaemonError, ZLayerError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BIN_DIR = PACKAGE_DIR / "_bin"
-EXTENSIONS = ("zlayer.proxy._l7", "zlayer.proxy._l4")  # the L7 and L4 data planes (csrc/proxy/, csrc/stream/)
+EXTENSIONS = ("zlayer.proxy._l7", "zlayer.proxy._l4", "zlayer.overlay._wg")  # data planes: csrc/proxy, stream, wg
 EXECUTABLES = ("zlayer-shim",)  # the per-container monitor (csrc/runtime/)
 BUILD_HINT = "build them with `pip install .` (in a checkout: `python setup.py build_ext --inplace`)"
 

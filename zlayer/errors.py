@@ -178,6 +178,12 @@ class ProxyError(ZLayerError):
     code = "proxy"
 
 
+class OverlayError(ZLayerError):
+    """The overlay network could not create its interface, apply a peer or key, or take a UAPI request."""
+
+    code = "overlay"
+
+
 class InternalError(ZLayerError):
     """A bug in zlayer, reported as the API's 500 (``internal``) rather than as a dropped connection."""
 
