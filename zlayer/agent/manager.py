@@ -25,6 +25,7 @@ from zlayer.agent.lifecycle import Lifecycle
 from zlayer.agent.publish import Publisher
 from zlayer.agent.readopt import readopt
 from zlayer.agent.replica import Replica, tail
+from zlayer.agent.standalone import StandaloneContainers
 from zlayer.agent.supervisor import Supervisor
 from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, UsageError, ZLayerError, with_context
 from zlayer.runtime.drivers import Drivers
@@ -87,6 +88,7 @@ class ServiceManager:
                                      health_scale)  # fmt: skip
         self.converger = Converger(store, self.events, self.drivers, self.lifecycle, self.supervisor, self.health,
                                    self.publisher, self.externals, jobs, images, health_scale)  # fmt: skip
+        self.standalone = StandaloneContainers(store, self.events, self.drivers, self.lifecycle)
         self._specs: dict[str, DeploymentSpec] = {}  # the deployed spec of every deployment, by name
         self._deploy_tasks: dict[str, asyncio.Task[None]] = {}
         self._unrecorded: dict[str, tuple[str, str]] = {}  # deployment → (status, message) the store could not take
@@ -327,6 +329,7 @@ class ServiceManager:
 
     async def close(self) -> None:
         """Stop watching (containers keep running, the next daemon re-adopts them)."""
+        await self.standalone.close()
         tasks = [t for t in self._deploy_tasks.values() if not t.done()]
         for rep in self.lifecycle.replicas.values():
             tasks.extend(rep.tasks)

@@ -1,0 +1,337 @@
+"""Containers of their own: made one by one (the Docker Engine API, ZLayer's container create), not by a deployment.
+
+Each operation is written here once, below every API that offers it: create, start, stop, restart, kill, pause,
+unpause, wait, rename, update, remove. A standalone container runs on the node's workload driver and network as a
+replica does (through :class:`~zlayer.agent.lifecycle.Lifecycle`: created, wired, started, recorded in the store, so
+``zlayer ps -c`` lists it), but no service stands behind it: nothing replaces it when it goes, and it restarts only
+as its own restart policy says (Docker's ``no``, ``always``, ``unless-stopped``, ``on-failure[:N]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from zlayer.agent.events import Events
+from zlayer.agent.lifecycle import Lifecycle
+from zlayer.agent.replica import Replica, save
+from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, ZLayerError
+from zlayer.runtime.drivers import Drivers
+from zlayer.runtime.protocol import ContainerId, ContainerState
+from zlayer.state import ContainerRecord, Store
+
+if TYPE_CHECKING:
+    from zlayer.spec.models import ServiceSpec
+
+log = logging.getLogger("zlayer.agent")
+
+STOP_TIMEOUT = 10.0  # Docker's default grace before SIGKILL
+
+
+def now() -> str:
+    """RFC 3339 with nanoseconds, UTC: the form of the log lines' timestamps, so the two compare as strings."""
+    ns = time.time_ns()
+    second = datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{second}.{ns % 1_000_000_000:09d}Z"
+
+
+@dataclass
+class Standalone:
+    """One standalone container: its record (as the store has it), its typed spec and what this daemon knows of its
+    runs. ``restart`` is Docker's policy name; ``max_retries`` bounds ``on-failure``."""
+
+    record: ContainerRecord
+    spec: ServiceSpec
+    restart: str = "no"
+    max_retries: int = 0
+    auto_remove: bool = False
+    started_at: str = ""
+    finished_at: str = ""
+    pid: int = 0
+    paused: bool = False
+    stopped_by_user: bool = False
+    exits: int = 0  # exits so far (a waiter for the next exit waits for this to grow)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # set (and replaced) at each exit and at removal
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # it has run (and may have ended) at least once
+    removed: bool = False  # gone for good: its record, driver state and network attachment
+    attached: int = 0  # clients streaming its output: an auto-removed container waits for them to have it all
+    watcher: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def cid(self) -> ContainerId:
+        return ContainerId.parse(self.record.id)
+
+    @property
+    def running(self) -> bool:
+        return self.record.state in ("running", "paused")
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+Removed = Callable[[Standalone], Awaitable[None]]
+
+
+class StandaloneContainers:
+    """The node's standalone containers, by record id."""
+
+    def __init__(self, store: Store, events: Events, drivers: Drivers, lifecycle: Lifecycle) -> None:
+        self.store = store
+        self.events = events
+        self.drivers = drivers
+        self.lifecycle = lifecycle
+        self.by_id: dict[str, Standalone] = {}
+        self.on_removed: list[Removed] = []  # told when a container goes by itself (auto-remove)
+        self.on_change: list[Callable[[Standalone, str], None]] = []  # (container, Docker event action)
+
+    def get(self, container_id: str) -> Standalone:
+        got = self.by_id.get(container_id)
+        if got is None:
+            raise NotFoundError(f"no such container: {container_id}", where=container_id)
+        return got
+
+    def _tell(self, c: Standalone, action: str) -> None:
+        for fn in self.on_change:
+            with contextlib.suppress(Exception):
+                fn(c, action)
+
+    async def create(
+        self,
+        deployment: str,
+        name: str,
+        cid: ContainerId,
+        spec: ServiceSpec,
+        *,
+        restart: str = "no",
+        max_retries: int = 0,
+        auto_remove: bool = False,
+    ) -> Standalone:
+        """Record a container made from ``spec`` (already checked as a deploy's spec is); it runs at :meth:`start`."""
+        driver = self.drivers.for_service(spec)
+        await driver.pull(spec.image.name, policy="never")  # an image the node does not have: refused here
+        rec = ContainerRecord(str(cid), deployment, name, cid.replica, image=spec.image.name, state="created",
+                              created_at=now())  # fmt: skip
+        c = Standalone(rec, spec, restart, max_retries, auto_remove)
+        await self.store.put_container(rec)
+        self.by_id[rec.id] = c
+        self._tell(c, "create")
+        return c
+
+    def replica(self, c: Standalone) -> Replica:
+        return Replica(c.record.deployment, c.record.service, c.spec, c.cid, c.record, self.drivers.for_service(c.spec))
+
+    async def start(self, container_id: str) -> Standalone:
+        c = self.get(container_id)
+        async with c.lock:
+            if c.running:
+                return c  # Docker answers 304: already started
+            await self._run(c)
+        return c
+
+    async def _run(self, c: Standalone) -> None:
+        rep = self.replica(c)
+        c.exited.clear()
+        c.stopped_by_user = False
+        c.paused = False
+        c.started_at, c.finished_at = now(), ""
+        try:
+            await self.lifecycle.create_and_start(rep)
+        except RuntimeFailure:
+            # A process that ended at once (`docker run busybox true`) ran: that is an exit, not a failed start.
+            try:
+                state = await rep.driver.state(rep.cid)
+            except ZLayerError:
+                state = None
+            if state is None or state.exit_code is None:
+                c.record.state = "created"
+                with contextlib.suppress(ZLayerError):
+                    await rep.driver.remove(rep.cid, force=True)
+                with contextlib.suppress(ZLayerError, OSError):
+                    await self.lifecycle.publisher.detach(c.record.deployment, c.record.service, c.id)
+                await self.store.put_container(c.record)
+                raise
+        c.pid = c.record.pid
+        c.started.set()
+        c.watcher = asyncio.create_task(self._watch(c, rep), name=f"standalone {c.id}")
+        self._tell(c, "start")
+
+    async def _watch(self, c: Standalone, rep: Replica) -> None:
+        try:
+            final: ContainerState | None = await rep.driver.wait(rep.cid)
+        except NotFoundError:
+            final = None
+        if c.id not in self.by_id:  # removed meanwhile
+            return
+        code = final.exit_code if final is not None and final.exit_code is not None else -1
+        c.record.state = "exited"
+        c.record.exit_code = code
+        c.record.oom_killed = bool(final and final.oom_killed)
+        c.record.pid = 0
+        c.pid = 0
+        c.paused = False
+        c.finished_at = now()
+        await save(self.store, c.record)
+        c.exits += 1
+        c.exited.set()
+        c.notify()
+        self._tell(c, "die")
+        if c.auto_remove:
+            for _ in range(1000):  # an attached client reads the last output first (at most 10 s)
+                if c.attached <= 0:
+                    break
+                await asyncio.sleep(0.01)
+            with contextlib.suppress(ZLayerError):
+                await self.remove(c.id, force=True)
+                for fn in self.on_removed:
+                    await fn(c)
+            return
+        if self._restarts(c, code):
+            await asyncio.sleep(min(0.1 * 2 ** min(c.record.restarts, 8), 10.0))
+            async with c.lock:
+                if c.stopped_by_user or c.id not in self.by_id or c.running:
+                    return
+                c.record.restarts += 1
+                try:
+                    await self._run(c)
+                except ZLayerError as e:
+                    log.warning("restarting %s: %s", c.id, e)
+
+    @staticmethod
+    def _restarts(c: Standalone, code: int) -> bool:
+        if c.stopped_by_user or c.restart in ("", "no"):
+            return False
+        if c.restart == "on-failure":
+            return code != 0 and (c.max_retries <= 0 or c.record.restarts < c.max_retries)
+        return c.restart in ("always", "unless-stopped")
+
+    async def stop(self, container_id: str, timeout: float | None = None, signal: str | None = None) -> bool:
+        """Stop (the stop signal, SIGKILL after ``timeout``); False when it was not running (Docker's 304)."""
+        c = self.get(container_id)
+        if not c.running:
+            return False
+        c.stopped_by_user = True
+        driver = self.drivers.for_service(c.spec)
+        if signal:
+            with contextlib.suppress(ZLayerError):
+                await driver.kill(c.cid, signal)
+        await driver.stop(c.cid, timeout=STOP_TIMEOUT if timeout is None else timeout)
+        await self._wait_exit(c)
+        self._tell(c, "stop")
+        return True
+
+    async def _wait_exit(self, c: Standalone, timeout: float = 30.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(c.exited.wait(), timeout)
+
+    async def restart(self, container_id: str, timeout: float | None = None) -> None:
+        c = self.get(container_id)
+        await self.stop(container_id, timeout)
+        async with c.lock:
+            if not c.running:
+                await self._run(c)
+        self._tell(c, "restart")
+
+    async def kill(self, container_id: str, signal: str = "KILL") -> None:
+        c = self.get(container_id)
+        if not c.running:
+            raise ConflictError(f"container {c.record.service} is not running", where=container_id)
+        if signal.upper().removeprefix("SIG") in ("KILL", "9"):
+            c.stopped_by_user = True
+        await self.drivers.for_service(c.spec).kill(c.cid, signal)
+        self._tell(c, "kill")
+
+    async def pause(self, container_id: str) -> None:
+        c = self.get(container_id)
+        if not c.running:
+            raise ConflictError(f"container {c.record.service} is not running", where=container_id)
+        if c.paused:
+            raise ConflictError(f"container {c.record.service} is already paused", where=container_id)
+        await self.drivers.for_service(c.spec).pause(c.cid)
+        c.paused, c.record.state = True, "paused"
+        await self.store.put_container(c.record)
+        self._tell(c, "pause")
+
+    async def unpause(self, container_id: str) -> None:
+        c = self.get(container_id)
+        if not c.paused:
+            raise ConflictError(f"container {c.record.service} is not paused", where=container_id)
+        await self.drivers.for_service(c.spec).unpause(c.cid)
+        c.paused, c.record.state = False, "running"
+        await self.store.put_container(c.record)
+        self._tell(c, "unpause")
+
+    async def wait(self, container_id: str, condition: str = "not-running") -> int:
+        """Until the container is not running (``not-running``), has exited once more (``next-exit``) or is removed
+        (``removed``); its exit code."""
+        c = self.get(container_id)
+        if condition == "not-running" and not c.running and c.record.state != "created":
+            return self._code(c)
+        target = c.exits + 1
+        while True:
+            if condition == "removed" and c.removed:
+                return self._code(c)
+            if condition != "removed" and c.exits >= target:
+                return self._code(c)
+            await c.changed.wait()
+
+    @staticmethod
+    def _code(c: Standalone) -> int:
+        return c.record.exit_code if c.record.exit_code is not None else -1
+
+    async def rename(self, container_id: str, name: str) -> None:
+        c = self.get(container_id)
+        c.record.service = name
+        await self.store.put_container(c.record)
+        self._tell(c, "rename")
+
+    async def update(self, container_id: str, *, restart: str | None = None, max_retries: int | None = None) -> None:
+        c = self.get(container_id)
+        if restart is not None:
+            c.restart = restart
+        if max_retries is not None:
+            c.max_retries = max_retries
+        self._tell(c, "update")
+
+    async def remove(self, container_id: str, *, force: bool = False) -> None:
+        """Remove a container (a running one only with ``force``, killed first) and its network attachment."""
+        c = self.get(container_id)
+        if c.running and not force:
+            raise ConflictError(
+                f"cannot remove container {c.record.service}: it is running", where=container_id,
+                hint="stop the container before removing or force remove",
+            )  # fmt: skip
+        c.stopped_by_user = True
+        self.by_id.pop(c.id, None)
+        driver = self.drivers.for_service(c.spec)
+        errors = await self.lifecycle._teardown(c.record, c.cid, 0.0, driver)
+        if c.watcher is not None and not c.watcher.done() and c.watcher is not asyncio.current_task():
+            c.watcher.cancel()
+        c.exited.set()
+        await self.store.delete_container(c.id)
+        self._tell(c, "destroy")
+        c.removed = True
+        c.notify()
+        if errors:
+            log.warning("removing %s: %s", c.id, "; ".join(map(str, errors)))
+
+    async def close(self) -> None:
+        tasks = [c.watcher for c in self.by_id.values() if c.watcher is not None and not c.watcher.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = ["Standalone", "StandaloneContainers"]
