@@ -30,6 +30,7 @@ class DaemonConfig:
     acme_directory: str | None = None
     max_layer_size: str | None = None  # what one image layer may unpack to (Ki..Ti); None: env or 64Gi
     max_image_size: str | None = None  # what all layers of an image may unpack to; None: env or 256Gi
+    docker_socket: str | None = None  # the Docker Engine API shim's socket (`serve --docker-socket`); None: off
     chosen: bool = False  # the operator started it (not a client's auto-start): once it listens, remember() it
 
     @property
@@ -67,9 +68,12 @@ class DaemonConfig:
             ("--acme-directory", self.acme_directory),
             ("--max-layer-size", self.max_layer_size),
             ("--max-image-size", self.max_image_size),
+            ("--docker-socket-path", self.docker_socket),
         ):
             if value:
                 argv += [flag, value]
+        if self.docker_socket:
+            argv.append("--docker-socket")
         return argv
 
     def remember(self) -> None:

@@ -31,6 +31,14 @@ from zlayer.paths import API_PORT
               help="Most an image layer may unpack to, e.g. 64Gi (Ki, Mi, Gi, Ti) [default: 64Gi].")  # fmt: skip
 @click.option("--max-image-size", envvar="ZLAYER_MAX_IMAGE_SIZE", metavar="SIZE",
               help="Most all layers of an image may unpack to [default: 256Gi].")  # fmt: skip
+@click.option("--docker-socket", is_flag=True, help="Also serve the Docker Engine API (the `docker` CLI, Compose, "
+              "docker-py) on a root-only unix socket; its containers run on this node.")  # fmt: skip
+@click.option(
+    "--docker-socket-path",
+    envvar="ZLAYER_DOCKER_SOCKET",
+    metavar="PATH",
+    help="Socket of the Docker Engine API (implies --docker-socket) [default: /var/run/docker.sock].",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -46,6 +54,8 @@ def serve(
     acme_directory: str | None,
     max_layer_size: str | None,
     max_image_size: str | None,
+    docker_socket: bool,
+    docker_socket_path: str | None,
 ) -> None:
     """Run the zlayer daemon on this node (foreground unless --daemon)."""
     from dataclasses import replace
@@ -79,6 +89,7 @@ def serve(
         acme_directory=acme_directory,
         max_layer_size=max_layer_size,
         max_image_size=max_image_size,
+        docker_socket=(docker_socket_path or "/var/run/docker.sock") if docker_socket or docker_socket_path else None,
         chosen=not os.environ.get("ZLAYER_SPAWNER_PID"),  # ZLayer's mark of a daemon a client started
     )
     if background:

@@ -203,6 +203,13 @@ class Daemon:
             for t in serving:
                 if t.done() and t.exception():
                     raise DaemonError(f"API listener failed: {t.exception()}")
+            docker = None
+            if cfg.docker_socket:
+                from zlayer.dockerapi import DockerApi, DockerSocket
+
+                docker = DockerSocket(DockerApi(manager, runtime, store, image_store, cfg.paths.data_dir),
+                                      Path(cfg.docker_socket))  # fmt: skip
+                await docker.start()
             write_json_atomic(cfg.daemon_json, self._info())
             if cfg.chosen:  # it listens: from now on a daemon a client starts for this data dir starts like this one
                 cfg.remember()
@@ -231,6 +238,8 @@ class Daemon:
             for srv in servers:
                 srv.should_exit = True
             await asyncio.wait(serving, timeout=5.0)
+            if docker is not None:
+                await docker.close()
             await manager.close()
             await jobs.close()
             await proxy.close()

@@ -1,0 +1,275 @@
+"""The Docker Engine API shim driven only by the real clients: Debian's ``docker`` CLI (``/usr/bin/docker``, the
+docker.io client, not whatever ``docker`` comes first on PATH), ``docker-compose`` and docker-py, with
+``DOCKER_HOST=unix://<the daemon's shim socket>`` and no dockerd running. One daemon (in a network namespace of the
+module's) serves every test; images come from the fixtures (busybox, imported and pushed to a docker-registry)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.daemon_live import LiveNode, live_node
+
+pytestmark = [pytest.mark.root, pytest.mark.peer, pytest.mark.slow]
+
+DOCKER = "/usr/bin/docker"  # Debian's docker.io client; /usr/local/bin/docker may be another build
+IMAGE = "zlayer-svc/httpd:v1"  # busybox with /www/index.html "v1" (tests.fixtures.daemon_node.service_image)
+HTTPD = ["httpd", "-f", "-p", "8080", "-h", "/www"]
+
+
+class Shim:
+    def __init__(self, node: LiveNode, sock: Path) -> None:
+        self.node = node
+        self.sock = sock
+        self.env = {**os.environ, "DOCKER_HOST": f"unix://{sock}", "DOCKER_CONFIG": str(sock.parent / "dockercfg")}
+        self.env.pop("DOCKER_CONTEXT", None)
+
+    def docker(self, *args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([DOCKER, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+                              input=input)  # fmt: skip
+
+    def ok(self, *args: str, timeout: float = 60, input: str | None = None) -> str:
+        r = self.docker(*args, timeout=timeout, input=input)
+        assert r.returncode == 0, f"docker {' '.join(args)}: {r.stdout}{r.stderr}\n{self.node.log_tail()}"
+        return r.stdout
+
+    def raw(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A request straight to the socket (what no client would send)."""
+
+        class Conn(http.client.HTTPConnection):
+            def connect(s) -> None:
+                s.sock = socket.socket(socket.AF_UNIX)
+                s.sock.connect(str(self.sock))
+
+        conn = Conn("localhost", timeout=30)
+        try:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        try:
+            return resp.status, json.loads(raw) if raw else None
+        except ValueError:
+            return resp.status, raw.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shim]:
+    if not Path(DOCKER).exists() or not shutil.which("docker-compose"):
+        pytest.fail("Debian's docker.io and docker-compose are peers of this test (.ci/apt-packages.txt)")
+    root = tmp_path_factory.mktemp("dockerapi")
+    sock = root / "docker.sock"
+    with live_node(root, ["--bind", "none", "--docker-socket-path", str(sock)]) as node:
+        s = Shim(node, sock)
+        yield s
+        for cid in s.docker("ps", "-aq").stdout.split():
+            s.docker("rm", "-f", cid)
+
+
+def test_cli_run_ps_logs_exec_cp_stop_rm(shim: Shim, tmp_path: Path) -> None:
+    out = shim.ok("version", "--format", "{{.Client.APIVersion}} {{.Server.APIVersion}}")
+    assert out.split() == ["1.41", "1.43"]  # the client negotiated down to its own version, which we serve
+    port = shim.node.free_port()
+    cid = shim.ok("run", "-d", "--name", "web", "-p", f"{port}:8080", "-e", "GREETING=hi", IMAGE, *HTTPD).strip()
+    assert len(cid) == 64
+    ps = shim.ok("ps", "--format", "{{.ID}} {{.Names}} {{.Status}} {{.Ports}}")
+    assert f"{cid[:12]} web Up" in ps and f"0.0.0.0:{port}->8080/tcp" in ps
+    assert shim.ok("port", "web").strip() == f"8080/tcp -> 0.0.0.0:{port}"
+    # on zlayer's runtime and network: `zlayer ps -c` lists it, and the published port serves its page
+    zps = shim.node.zl("ps", "-c").stdout
+    assert f"{cid[:12]}-rep-0" in zps and "docker" in zps and "running" in zps
+    inspect = json.loads(shim.ok("inspect", "web"))[0]
+    gateway = inspect["NetworkSettings"]["Gateway"]  # the node's own address on its bridge
+    got = shim.node.sh("curl", "-s", "--max-time", "10", f"http://{gateway}:{port}/")
+    assert got.stdout == "v1\n", got.stderr
+    assert inspect["State"]["Running"] and inspect["Name"] == "/web" and inspect["Config"]["Image"] == IMAGE
+    assert "GREETING=hi" in inspect["Config"]["Env"] and inspect["NetworkSettings"]["IPAddress"].startswith("10.")
+    assert "httpd -f -p 8080" in shim.ok("top", "web")
+    # exec: output, exit code, stdin, and a terminal (through a pty: script)
+    r = shim.docker("exec", "web", "sh", "-c", "echo $GREETING; echo oops >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "hi\n", "oops\n")
+    assert shim.ok("exec", "-i", "web", "sh", "-c", "wc -c", input="four").strip() == "4"
+    term = subprocess.run(["script", "-qec", f"{DOCKER} exec -it web sh -c 'tty; exit 5'", "/dev/null"],
+                          env=shim.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert term.returncode == 5 and "/dev/pts/" in term.stdout, term.stdout + term.stderr
+    # cp both ways
+    (tmp_path / "in.txt").write_text("copied in\n")
+    shim.ok("cp", str(tmp_path / "in.txt"), "web:/tmp/in.txt")
+    assert shim.ok("exec", "web", "cat", "/tmp/in.txt") == "copied in\n"
+    shim.ok("cp", "web:/www/index.html", str(tmp_path / "out.html"))
+    assert (tmp_path / "out.html").read_text() == "v1\n"
+    r = shim.docker("cp", "web:/no/such/file", str(tmp_path / "x"))
+    assert r.returncode != 0 and "/no/such/file" in r.stderr
+    # logs -f follows a container that writes
+    shim.ok("run", "-d", "--name", "talker", IMAGE, "sh", "-c",
+            "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done")  # fmt: skip
+    follow = subprocess.Popen([DOCKER, "logs", "-f", "talker"], env=shim.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout is not None
+        assert [follow.stdout.readline() for _ in range(3)] == ["line 0\n", "line 1\n", "line 2\n"]
+    finally:
+        follow.kill()
+        follow.wait()
+    # stop, ps -a, rm; run --rm prints and leaves nothing
+    assert shim.ok("stop", "-t", "1", "web", "talker").split() == ["web", "talker"]
+    assert "Exited (137)" in shim.ok("ps", "-a", "--filter", "name=web", "--format", "{{.Status}}")
+    assert shim.ok("ps", "-q") == ""
+    shim.ok("rm", "web", "talker")
+    assert shim.ok("run", "--rm", IMAGE, "echo", "hello") == "hello\n"
+    r = shim.docker("run", "--rm", IMAGE, "sh", "-c", "exit 7")
+    assert r.returncode == 7
+    assert shim.ok("ps", "-aq") == ""
+    assert f"{cid[:12]}-rep-0" not in shim.node.zl("ps", "-c").stdout
+    # events of what happened to `web`
+    ev = shim.ok("events", "--since", "0", "--until", str(int(time.time()) + 1), "--filter", "container=web",
+                 "--format", "{{.Action}}")  # fmt: skip
+    assert ev.split()[:2] == ["create", "start"] and "die" in ev.split() and "destroy" in ev.split()
+
+
+def test_cli_images_volumes_networks(shim: Shim) -> None:
+    registry = shim.node.registry()  # svc/httpd:v1 pushed to a docker-registry in the node's namespace
+    pulled = shim.ok("pull", f"{registry}/svc/httpd:v1")
+    assert "Pulling from svc/httpd" in pulled and f"Downloaded newer image for {registry}/svc/httpd:v1" in pulled
+    shim.ok("tag", f"{registry}/svc/httpd:v1", "mine/httpd:2")
+    images = shim.ok("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").splitlines()
+    ids = {line.split()[0]: line.split()[1] for line in images}
+    assert ids["mine/httpd:2"] == ids[f"{registry}/svc/httpd:v1"] == ids[IMAGE]  # one image, three names
+    assert json.loads(shim.ok("image", "inspect", "mine/httpd:2"))[0]["RepoTags"]
+    shim.ok("push", f"{registry}/svc/httpd:v1")
+    assert shim.ok("rmi", "mine/httpd:2").strip() == "Untagged: mine/httpd:2"
+    r = shim.docker("pull", f"{registry}/no/such:1")
+    assert r.returncode != 0 and "no/such" in r.stderr
+    # a named volume outlives the container that wrote it
+    shim.ok("volume", "create", "data1")
+    assert "data1" in shim.ok("volume", "ls", "--format", "{{.Name}}").split()
+    shim.ok("run", "--rm", "-v", "data1:/data", IMAGE, "sh", "-c", "echo kept > /data/f")
+    assert shim.ok("run", "--rm", "-v", "data1:/data", IMAGE, "cat", "/data/f") == "kept\n"
+    shim.ok("volume", "rm", "data1")
+    # a user network: containers on it find each other by name (the node's DNS)
+    shim.ok("network", "create", "net1")
+    assert "net1" in shim.ok("network", "ls", "--format", "{{.Name}}").split()
+    shim.ok("run", "-d", "--name", "srv", "--network", "net1", IMAGE, *HTTPD)
+    retry = "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://srv:8080/ && exit; sleep 0.3; done"
+    fetched = shim.ok("run", "--rm", "--network", "net1", IMAGE, "sh", "-c", retry)
+    assert fetched == "v1\n"
+    r = shim.docker("network", "rm", "net1")
+    assert r.returncode != 0 and "active endpoints" in r.stderr
+    shim.ok("rm", "-f", "srv")
+    shim.ok("network", "rm", "net1")
+    df = shim.ok("system", "df", "--format", "{{.Type}} {{.TotalCount}}")
+    assert "Images" in df and "Containers 0" in df
+    assert "Server Version" in shim.ok("info")
+
+
+def test_compose_up_ps_logs_down(shim: Shim, tmp_path: Path) -> None:
+    port = shim.node.free_port()
+    (tmp_path / "docker-compose.yml").write_text(f"""version: "3.8"
+services:
+  web:
+    image: {IMAGE}
+    command: {json.dumps(HTTPD)}
+    ports: ["{port}:8080"]
+  client:
+    image: {IMAGE}
+    command: ["sh", "-c", "until wget -qO- http://web:8080/; do sleep 0.2; done; echo fetched; sleep 300"]
+    depends_on: [web]
+""")
+
+    def compose(*args: str) -> str:
+        r = subprocess.run(["docker-compose", "-p", "demo", *args], env=shim.env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, f"docker-compose {' '.join(args)}: {r.stdout}{r.stderr}\n{shim.node.log_tail()}"
+        return r.stdout + r.stderr
+
+    up = compose("up", "-d")
+    assert "demo_web_1" in up and "demo_client_1" in up
+    ps = compose("ps")
+    assert "demo_web_1" in ps and "demo_client_1" in ps and f"0.0.0.0:{port}->8080/tcp" in ps
+    assert ps.count(" Up ") == 2
+    deadline = time.monotonic() + 30
+    while "fetched" not in (logs := compose("logs", "client")) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert "client_1  | v1" in logs.replace("\x1b[36m", "").replace("\x1b[0m", "") and "fetched" in logs
+    down = compose("down", "-t", "1")
+    assert "Removing demo_web_1" in down and "Removing network demo_default" in down
+    assert shim.ok("ps", "-aq") == ""
+    assert "demo_default" not in shim.ok("network", "ls")
+
+
+def test_docker_py(shim: Shim) -> None:
+    import docker
+
+    client = docker.DockerClient(base_url=f"unix://{shim.sock}", version="auto")
+    try:
+        assert client.version()["ApiVersion"] == "1.43"
+        policy = {"Name": "on-failure", "MaximumRetryCount": 2}
+        c = client.containers.run(IMAGE, ["sh", "-c", "echo out; echo err >&2; sleep 300"], detach=True, name="py",
+                                  environment={"A": "1"}, restart_policy=policy)  # fmt: skip
+        assert [x.name for x in client.containers.list()] == ["py"]
+        assert client.containers.list(filters={"name": "nope"}) == []
+        deadline = time.monotonic() + 10
+        while c.logs() != b"out\nerr\n" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c.logs(stdout=True, stderr=False) == b"out\n"
+        assert c.exec_run(["sh", "-c", "echo $A; exit 4"]) == (4, b"1\n")
+        assert c.exec_run(["sh", "-c", "test -t 0 && echo tty"], tty=True).output == b"tty\r\n"
+        c.reload()
+        assert c.status == "running" and c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "on-failure"
+        c.pause()
+        c.reload()
+        assert c.status == "paused"
+        c.unpause()
+        c.rename("py2")
+        assert client.containers.get("py2").id == c.id
+        assert client.containers.run(IMAGE, ["echo", "direct"], remove=True) == b"direct\n"
+        c.stop(timeout=1)
+        assert c.wait()["StatusCode"] == 137
+        c.remove()
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get("py2")
+        assert IMAGE in client.images.get(IMAGE).tags
+        with pytest.raises(docker.errors.ImageNotFound):
+            client.images.get("no/such:image")
+    finally:
+        client.close()
+
+
+def test_bad_input_answers_as_docker(shim: Shim) -> None:
+    st = shim.sock.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o660 and (st.st_uid, st.st_gid) == (0, 0)  # root-only, as dockerd's
+    status, body = shim.raw("GET", "/v1.41/no/such/endpoint")
+    assert (status, body) == (404, {"message": "page not found"})
+    status, body = shim.raw("GET", "/v1.99/version")
+    assert status == 400 and body["message"] == "client version 1.99 is too new. Maximum supported API version is 1.43"
+    status, body = shim.raw("GET", "/v1.12/version")
+    assert status == 400 and "client version 1.12 is too old" in body["message"]
+    status, body = shim.raw("POST", "/v1.41/containers/create", b"{not json")
+    assert status == 400 and "invalid JSON" in body["message"]
+    status, body = shim.raw("POST", "/v1.41/containers/create", {"Image": IMAGE, "HostConfig": {"VolumeDriver": "x"}})
+    assert (status, body) == (400, {"message": "HostConfig.VolumeDriver is not supported by this node (zlayer)"})
+    dev = {"Image": IMAGE, "HostConfig": {"Devices": [{"PathOnHost": "/dev/no-such-device"}]}}
+    status, body = shim.raw("POST", "/v1.41/containers/create", dev)
+    assert status == 400 and "/dev/no-such-device" in body["message"], body
+    status, body = shim.raw("POST", "/v1.41/containers/create", {"Image": "no/such:image"})
+    assert (status, body) == (404, {"message": "No such image: no/such:image"})
+    status, body = shim.raw("POST", "/v1.41/containers/create", {"Image": IMAGE, "HostConfig": {"Memory": "lots"}})
+    assert status == 400 and "message" in body
+    status, body = shim.raw("POST", "/v1.41/containers/nope/start")
+    assert (status, body) == (404, {"message": "No such container: nope"})
+    status, body = shim.raw("GET", "/v1.41/containers/json?filters=%7Bbad")
+    assert status == 400 and "invalid filter" in body["message"]
+    status, _ = shim.raw("GET", "/_ping")
+    assert status == 200  # the daemon is alive after all of it
