@@ -172,6 +172,8 @@ int wg_create_on(const wg_config_t *cfg, int tun_fd, int vnet_hdr, int udp_fd, w
         pthread_mutex_init(&d->peers[i].ep_lock, NULL);
         pthread_mutex_init(&d->peers[i].staged_lock, NULL);
     }
+    if (udp_fd >= 0)
+        wg_probe_offloads(d);
     *out = d;
     return 0;
 }

@@ -146,6 +146,9 @@ int wg_seal(EVP_CIPHER_CTX *ctx, const uint8_t key[WG_KEY_LEN], uint64_t counter
             uint8_t *out);
 int wg_open(EVP_CIPHER_CTX *ctx, const uint8_t key[WG_KEY_LEN], uint64_t counter, uint8_t *buf, size_t len);
 
+/* wg_io.c */
+void wg_probe_offloads(wg_dev_t *d);
+
 /* wg_offload.c */
 typedef void (*wg_segment_fn)(wg_dev_t *d, wg_worker_t *w, const uint8_t *pkt, size_t len);
 void wg_tso_split(wg_dev_t *d, wg_worker_t *w, uint8_t *buf, size_t len, wg_segment_fn each);

@@ -111,7 +111,7 @@ fail:
     return -1;
 }
 
-static void probe_udp_offloads(wg_dev_t *d)
+void wg_probe_offloads(wg_dev_t *d)
 {
     int one = 1;
     d->udp_gro = d->cfg.offload && setsockopt(d->udp_fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0;
@@ -146,7 +146,6 @@ int wg_create(const wg_config_t *cfg, wg_dev_t **out, char *err, size_t errlen)
     }
     (*out)->owns_fds = 1;
     (*out)->ifindex = ifindex;
-    probe_udp_offloads(*out);
     return 0;
 }
 
@@ -319,6 +318,6 @@ int wg_set_listen_port(wg_dev_t *d, int port, char *err, size_t errlen)
     d->udp_fd = fd;
     d->family = family;
     d->owns_fds = 1;
-    probe_udp_offloads(d);
+    wg_probe_offloads(d);
     return was ? wg_start(d, err, errlen) : 0;
 }

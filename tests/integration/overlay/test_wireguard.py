@@ -35,8 +35,9 @@ def write_key(pair: Pair, name: str, key: bytes) -> str:
 
 
 def test_zlayer_and_wireguard_go_handshake_carry_traffic_rekey_and_roam(overlay_pair: Pair) -> None:
-    from zlayer.overlay import Timers
+    from zlayer.overlay import Timers, _wg
 
+    assert _wg.__file__ == os.environ.get("ZLAYER_WG_SO", _wg.__file__)
     pair = overlay_pair
     z_priv, z_pub = keypair()
     g_priv, g_pub = keypair()
