@@ -232,3 +232,10 @@ class ForbiddenError(AuthError):
 
     code = "forbidden"
     http_status = 403
+
+
+class RateLimitedError(ZLayerError):
+    """Too many attempts from one client address (sign-in, token exchange): try again later."""
+
+    code = "rate_limited"
+    http_status = 429

@@ -35,9 +35,14 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def create_token(secret: str, subject: str, expiry_secs: int, roles: list[str] | None = None) -> str:
+def create_token(
+    secret: str, subject: str, expiry_secs: int, roles: list[str] | None = None, extra: dict[str, Any] | None = None
+) -> str:
+    """An HS256 JWT; ``extra`` claims ride along (a user's session names its account in ``uid``, an API key's
+    token its key in ``kid``: :mod:`zlayer.security` checks both still exist on every request)."""
     now = int(time.time())
-    claims = {"sub": subject, "exp": now + int(expiry_secs), "iat": now, "iss": ISSUER, "roles": list(roles or [])}
+    claims = {**(extra or {}), "sub": subject, "exp": now + int(expiry_secs), "iat": now, "iss": ISSUER,
+              "roles": list(roles or [])}  # fmt: skip
     head = _b64(json.dumps({"typ": "JWT", "alg": "HS256"}, separators=(",", ":")).encode())
     body = _b64(json.dumps(claims, separators=(",", ":")).encode())
     sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import email.message
+import hmac
 import json
 import logging
 import time
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, WebSocketException
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import HTTPConnection
 from starlette.status import WS_1008_POLICY_VIOLATION
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zlayer._version import __version__
-from zlayer.api.auth import access_needed, may_write
+from zlayer.api.auth import ACTOR, AUDIT, CLAIMS, RULES, WRITE_METHODS, authorize, rule_for
 from zlayer.api.context import ApiContext
-from zlayer.errors import AuthError, ForbiddenError, ZLayerError, from_os_error
+from zlayer.errors import AuthError, ZLayerError, from_os_error
 from zlayer.limits import MAX_JSON_BYTES, json_limit_problem
+from zlayer.security.rbac import ANONYMOUS, LOCAL_ADMIN, Actor, Level, level_of, roles_level
 from zlayer.tokens import verify_token
 
 log = logging.getLogger("zlayer.api")
-PUBLIC_PATHS = ("/health/live", "/health/ready", "/api-docs/openapi.json")
-CLAIMS = "zlayer.claims"  # where TokenAuth leaves a verified token's claims in the ASGI scope
+PUBLIC_PATHS = tuple(sorted({path for (_, path), rule in RULES.items() if rule.need == "public"}))
+SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "zlayer_session", "zlayer_csrf", b"x-csrf-token"
 BEARER_SCHEME = "bearer_auth"  # ZLayer's name for it in the OpenAPI document
 _OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
@@ -47,29 +48,6 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(error_body(status, body), status_code=status)
 
 
-async def authorize(request: HTTPConnection) -> None:
-    """Every route's dependency: over TCP, a route that writes (:func:`~zlayer.api.auth.access_needed`) needs an
-    ``admin`` or ``operator`` token, else 403. A request without claims came through the unix socket, whose file mode
-    admits root and the ``zlayer`` group only: it may do everything (ZLayer's socket acts as ``local-admin``).
-    A WebSocket (an interactive channel: attach, exec) is a write."""
-    claims = request.scope.get(CLAIMS)
-    if claims is None:
-        return
-    route = request.scope.get("route")
-    method = request.scope.get("method", "WEBSOCKET")
-    if access_needed(method, getattr(route, "openapi_extra", None)) == "read" or may_write(claims):
-        return
-    what = f"{method} {getattr(route, 'path', request.url.path)}"
-    if request.scope["type"] == "websocket":
-        raise WebSocketException(WS_1008_POLICY_VIOLATION, f"{what}: the token's roles allow reading only")
-    raise ForbiddenError(
-        f"{what} changes the node; the token of {claims.get('sub')!r} has roles {claims.get('roles') or []}, "
-        "it needs admin or operator",
-        where=what,
-        hint="use a token from `zlayer token create --roles operator`",
-    )
-
-
 def declare_bearer(doc: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI document as ZLayer's: an HTTP bearer (JWT) scheme ``bearer_auth`` that every operation but the
     public ones requires (so generated clients send the token), with the 401 and, on writes, the 403 it answers."""
@@ -77,8 +55,8 @@ def declare_bearer(doc: dict[str, Any]) -> dict[str, Any]:
         "type": "http",
         "scheme": "bearer",
         "bearerFormat": "JWT",
-        "description": "DATA_DIR/admin_bearer.token, or a token from `zlayer token create`; writes need the "
-        "admin or operator role",
+        "description": "DATA_DIR/admin_bearer.token, a token from `zlayer token create`, `POST /auth/token` or "
+        "`POST /auth/login`; each route needs a level on its resource (admin, or a grant)",
     }
     for path, item in doc.get("paths", {}).items():
         if path in PUBLIC_PATHS:
@@ -89,14 +67,15 @@ def declare_bearer(doc: dict[str, Any]) -> dict[str, Any]:
             op["security"] = [{BEARER_SCHEME: []}]
             responses = op.setdefault("responses", {})
             responses.setdefault("401", {"description": "Missing, invalid or expired bearer token"})
-            if access_needed(method, op) == "write":
-                responses.setdefault("403", {"description": "Forbidden - operator role required"})
+            rule = rule_for(method.upper(), path, op)
+            if rule.need != "authenticated" or method != "get":
+                responses.setdefault("403", {"description": f"Forbidden: needs {rule.need} on the {rule.kind}"})
     return doc
 
 
 def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     """The REST API of one daemon. Route modules are imported here, at daemon start, not at CLI start."""
-    from zlayer.api import containers, deployments, health, images, jobs, proxy, services
+    from zlayer.api import containers, deployments, health, identity, images, jobs, proxy, services
 
     app = FastAPI(
         title="ZLayer API",
@@ -109,7 +88,8 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     generate = app.openapi
     app.openapi = lambda: declare_bearer(generate())  # type: ignore[method-assign]
     app.state.ctx = context
-    for mod in (health, deployments, services, containers, images, jobs, proxy):
+    app.state.security = getattr(context, "security", None)
+    for mod in (health, deployments, services, containers, images, jobs, proxy, identity):
         app.include_router(mod.router)
 
     @app.exception_handler(ZLayerError)
@@ -239,63 +219,186 @@ class BodyLimits:
         await self.app(scope, replay, send)
 
 
-class TokenAuth:
-    """ASGI wrapper for a TCP listener: every request but the health probes and the OpenAPI document needs
-    ``Authorization: Bearer <JWT>``, an HS256 token signed with the daemon's secret (as ZLayer's); a missing, forged,
-    expired or foreign token gets 401 ``{"code": "unauthorized"}``. The token's claims go on to the app, whose
-    :func:`authorize` refuses writes to tokens without a writing role. A WebSocket (an attached exec, a write) is
-    refused here, closed with 1008 and the reason. The unix socket is served without this wrapper: its file mode
-    already limits it to root and the ``zlayer`` group (admin)."""
+class _Routes:
+    """The app's routes as (method, template, regex), to tell an unknown path (404, for anyone) from a route that
+    needs credentials before the app runs, and to find the rule of a WebSocket route (refused before its accept)."""
 
-    def __init__(self, app: ASGIApp, secret: str) -> None:
+    def __init__(self, app: Any) -> None:
+        from fastapi.routing import iter_route_contexts
+        from starlette.routing import WebSocketRoute, compile_path
+
+        self.size = len(app.routes)
+        self.routes: list[tuple[frozenset[str], str, Any, Any]] = []
+        for route in iter_route_contexts(app.routes):
+            methods = set(getattr(route, "methods", None) or ())
+            if isinstance(getattr(route, "original_route", route), WebSocketRoute):
+                methods = {"WEBSOCKET"}
+            regex, _, _ = compile_path(str(route.path))
+            self.routes.append((frozenset(methods), str(route.path), regex, getattr(route, "openapi_extra", None)))
+
+    def match(self, method: str, path: str) -> tuple[str, dict[str, str], Any] | None:
+        """(template, path parameters, openapi_extra) of the route serving ``method path``; a path some route has
+        under another method gives that route (the app answers 405); None: no such path."""
+        other = None
+        for methods, template, regex, declared in self.routes:
+            m = regex.match(path)
+            if m is None:
+                continue
+            if method in methods or (method == "HEAD" and "GET" in methods):
+                return template, m.groupdict(), declared
+            other = other or (template, m.groupdict(), declared)
+        return other
+
+
+class TokenAuth:
+    """ASGI wrapper of a listener: who sends each request. A bearer token (an HS256 JWT signed with the daemon's
+    secret: ``zlayer token create``, a session from ``POST /auth/login``, a token from ``POST /auth/token``) or the
+    ``zlayer_session`` cookie (whose writes must carry ``X-CSRF-Token`` equal to the ``zlayer_csrf`` cookie). A
+    route that needs an actor answers 401 without one, in the same words for every kind of bad credential; an
+    unknown path answers 404 as it would to anyone. With ``local`` (the unix socket, root and group ``zlayer`` only)
+    a request without credentials acts as the local admin, as ZLayer's socket does. What the app then decides
+    (:func:`zlayer.api.auth.authorize`) and every successful write go to the audit log."""
+
+    def __init__(self, app: ASGIApp, secret: str, *, local: bool = False) -> None:
         self.app = app
         self.secret = secret
+        self.local = local
+        self._routes: _Routes | None = None
+
+    def _match(self, method: str, path: str) -> tuple[str, dict[str, str], Any] | None:
+        routes = getattr(self.app, "routes", None)
+        if routes is None:
+            return ("", {}, None)
+        if self._routes is None or self._routes.size != len(routes):
+            self._routes = _Routes(self.app)
+        return self._routes.match(method, path)
+
+    @property
+    def security(self) -> Any:
+        return getattr(getattr(self.app, "state", None), "security", None)
+
+    def _actor(self, claims: dict[str, Any]) -> Actor:
+        security = self.security
+        if security is not None:
+            actor: Actor = security.actor(claims)
+            return actor
+        if claims.get("uid") is not None:
+            raise AuthError("invalid token")
+        roles = tuple(r for r in claims.get("roles") or () if isinstance(r, str))
+        return Actor(str(claims.get("sub", "")), roles_level(roles), roles=roles, via="token")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or (scope["type"] == "http" and scope["path"] in PUBLIC_PATHS):
-            await self.app(scope, receive, send)  # lifespan events, health probes, the OpenAPI document
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan events
             return
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, value = header.partition(b" ")
-        if not header:
-            message = "missing bearer token"
-        elif scheme.lower() != b"bearer":
-            message = "the Authorization header must be 'Bearer <token>'"
-        else:
-            try:
-                claims = verify_token(self.secret, value.decode("latin-1"))
-            except AuthError as e:
-                message = e.message
-            else:
-                if scope["type"] == "websocket" and not may_write(claims):  # an attached exec: a write
-                    why = f"WEBSOCKET {scope['path'][:56]}: the token may only read; it needs admin or operator"
-                    await _refuse_websocket(receive, send, why)
+        method = scope.get("method", "WEBSOCKET") if scope["type"] == "http" else "WEBSOCKET"
+        found = self._match(method, scope["path"])
+        if found is None:  # no such path: the app's 404, to anyone
+            await self.app({**scope, ACTOR: ANONYMOUS}, receive, send)
+            return
+        template, params, declared = found
+        rule = rule_for(method, template, declared)
+        headers = dict(scope.get("headers") or [])
+        header = headers.get(b"authorization", b"")
+        cookies = _cookies(headers.get(b"cookie", b""))
+        claims: dict[str, Any] | None = None
+        message = "missing bearer token"
+        actor = LOCAL_ADMIN if self.local else ANONYMOUS
+        token = ""
+        if header:
+            scheme, _, value = header.partition(b" ")
+            token = value.decode("latin-1") if scheme.lower() == b"bearer" else ""
+            message = "invalid or expired token"
+        elif SESSION_COOKIE in cookies:
+            token = cookies[SESSION_COOKIE]
+            message = "invalid or expired session"
+            if method in WRITE_METHODS and rule.need != "public":
+                given = headers.get(CSRF_HEADER, b"").decode("latin-1")
+                if not hmac.compare_digest(given.encode(), cookies.get(CSRF_COOKIE, "").encode()) or not given:
+                    await _send_error(send, 403, {"code": "csrf", "message": "missing or wrong X-CSRF-Token header",
+                                                  "where": "X-CSRF-Token"})  # fmt: skip
                     return
-                await self.app({**scope, CLAIMS: claims}, receive, send)
+        if header or token:
+            try:
+                claims = verify_token(self.secret, token)
+                actor = self._actor(claims)
+            except AuthError:
+                claims, actor = None, ANONYMOUS
+        if not actor.authenticated and rule.need != "public":
+            if header or token:
+                self._audit(ANONYMOUS, "unauthenticated", template, None, scope)
+            if scope["type"] == "websocket":
+                await _refuse_websocket(receive, send, message)
                 return
-        if scope["type"] == "websocket":
-            await _refuse_websocket(receive, send, message)
+            await _unauthorized(send, message)
             return
-        body = json.dumps(
-            {
-                "error": "unauthorized",
-                "code": "unauthorized",
-                "message": message,
-                "hint": "pass the token from DATA_DIR/admin_bearer.token, or one from `zlayer token create`",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b"Bearer"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        if scope["type"] == "websocket" and rule.need not in ("public", "authenticated"):
+            rid = params.get(rule.id) if rule.id else None
+            sec = self.security
+            have = sec.level(actor, rule.kind, rid) if sec is not None else level_of(actor, None, rule.kind, rid)
+            if have < Level[rule.need.upper()]:
+                verb = f"may only {have.word}" if have else "has no access"
+                why = (
+                    f"WEBSOCKET {scope['path'][:48]}: needs {rule.need} on {rule.kind} {rid or '*'}; "
+                    f"{actor.name[:24]} {verb} (operator or a grant)"
+                )
+                self._audit(actor, "denied", rule.kind, rid, scope)
+                await _refuse_websocket(receive, send, why)
+                return
+        note: dict[str, Any] = {}
+        inner = {**scope, ACTOR: actor, AUDIT: note}
+        if claims is not None:
+            inner[CLAIMS] = claims
+        if method not in WRITE_METHODS or self.security is None:
+            await self.app(inner, receive, send)
+            return
+        status = 0
+
+        async def sending(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        await self.app(inner, receive, sending)
+        if 200 <= status < 300:
+            who = note.get("actor", actor)
+            kind = template.removeprefix("/api/v1/").split("/")[0] if template.startswith("/api/v1/") else "auth"
+            self._audit(who, {"POST": "create", "DELETE": "delete"}.get(method, "update"), kind,
+                        note.get("rid") or params.get("name") or params.get("id"), scope,
+                        {"method": method, "path": scope["path"], "status": status})  # fmt: skip
+
+    def _audit(self, actor: Actor, action: str, kind: str, rid: str | None, scope: Scope,
+               details: dict[str, Any] | None = None) -> None:  # fmt: skip
+        security = self.security
+        if security is None:
+            return
+        client = scope.get("client")
+        agent = dict(scope.get("headers") or []).get(b"user-agent", b"").decode("latin-1")[:200] or None
+        try:
+            security.audit(actor, action, kind, rid, ip=client[0] if client else "local", user_agent=agent,
+                           details=details)  # fmt: skip
+        except (ZLayerError, OSError) as e:
+            log.error("audit log: %s", e)
+
+
+def _cookies(raw: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in raw.decode("latin-1").split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name not in out:
+            out[name] = value.strip().strip('"')
+    return out
+
+
+async def _unauthorized(send: Send, message: str) -> None:
+    body = json.dumps({"error": "unauthorized", "code": "unauthorized", "message": message,
+                       "hint": "pass a bearer token (DATA_DIR/admin_bearer.token, `zlayer token create`, "
+                               "`zlayer auth login`)"}).encode()  # fmt: skip
+    headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+               (b"content-length", str(len(body)).encode())]  # fmt: skip
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _refuse_websocket(receive: Receive, send: Send, reason: str) -> None:

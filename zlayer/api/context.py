@@ -19,6 +19,7 @@ from zlayer.state import Store
 if TYPE_CHECKING:  # types only: the daemon may run without metrics, whose client library then stays unloaded
     from zlayer.images import ImageStore
     from zlayer.observability import Metrics
+    from zlayer.security import Security
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ApiContext:
     images: ImageStore | None = None  # None: an API served without a store (some tests), which lists no images
     proxy: ProxyManager | None = None  # the node's proxy, which /api/v1/proxy shows (None: this node runs none)
     metrics: Metrics | None = None
+    security: Security | None = None  # accounts, grants, audit, secrets (None: tokens' roles alone decide)
     token: str = ""
     ready: bool = False
     started: float = field(default_factory=time.monotonic)

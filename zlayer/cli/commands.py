@@ -29,5 +29,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("zlayer.cli.image", "export", "Write a local image as an OCI archive"),
     "system": ("zlayer.cli.image", "system", "Node housekeeping (prune)"),
     "build": ("zlayer.cli.build", "build", "Build an image from a Dockerfile into the local store"),
+    "auth": ("zlayer.cli.identity", "auth", "Sign in to a daemon (bootstrap, login, logout, whoami)"),
+    "user": ("zlayer.cli.identity", "user", "Manage accounts (ls, create, set-role, set-password, delete)"),
+    "group": ("zlayer.cli.identity", "group", "Manage groups (list, create, delete, member add|remove)"),
+    "permission": ("zlayer.cli.identity", "permission", "Grant and revoke levels on resources (list, grant, revoke)"),
+    "audit": ("zlayer.cli.identity", "audit", "Show the audit log (tail)"),
     "pull": ("zlayer.cli.image", "pull_cmd", "Pull an image (or every image of the spec) into the local store"),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -38,8 +39,23 @@ def make_client(auto_start: bool = True) -> Any:
     from zlayer.client import Client
 
     c = cli_ctx()
-    return Client(socket=c.paths.socket, host=c.host, token=c.token, data_dir=c.paths.data_dir, auto_start=auto_start,
+    token = c.token or _session_token(c.host)
+    return Client(socket=c.paths.socket, host=c.host, token=token, data_dir=c.paths.data_dir, auto_start=auto_start,
                   on_start=lambda notice: click.echo(f"zlayer: {notice}", err=True))  # fmt: skip
+
+
+def _session_token(host: str | None) -> str | None:
+    """The token ``zlayer auth login`` saved for ``host`` (a daemon over TCP; the unix socket needs none)."""
+    if host is None or os.environ.get("ZLAYER_API_TOKEN"):
+        return None
+    from zlayer.cli.identity import session_file
+
+    try:
+        saved = json.loads(session_file().read_text())
+    except (OSError, ValueError):
+        return None
+    token = saved.get("token") if isinstance(saved, dict) and saved.get("host") == host else None
+    return token if isinstance(token, str) else None
 
 
 def run(fn: Callable[[Any], Awaitable[T]], auto_start: bool = True) -> T:

@@ -131,6 +131,7 @@ class Daemon:
         cfg.paths.make_private()
         lock_fd = _lock_data_dir(cfg)
         sockets: list[socket.socket] = []
+        security_store = None
         store = SqliteStore(cfg.state_db)
         try:
             image_store = make_image_store(cfg)
@@ -171,6 +172,10 @@ class Daemon:
                 raise DaemonError("--jwt-secret was given but is empty", where="--jwt-secret")
             secret = cfg.token or load_or_create_secret(cfg.paths.data_dir)
             token = write_admin_bearer(cfg.paths.data_dir, secret)
+            from zlayer.security import Security, SqliteSecurityStore
+
+            security_store = SqliteSecurityStore(cfg.paths.data_dir / "security.db")
+            security = Security(security_store, secret)
             self.context = ApiContext(
                 store=store,
                 runtime=runtime,
@@ -181,11 +186,12 @@ class Daemon:
                 metrics=metrics,
                 proxy=proxy.pm,
                 token=token,
+                security=security,
             )
             app = create_app(self.context, swagger=cfg.swagger)
             servers = []
             sockets.append(unix_listener(cfg.paths.socket))
-            servers.append(uvicorn.Server(self._uv_config(app)))
+            servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, secret, local=True))))
             if cfg.bind:
                 sockets.append(tcp_listener(cfg.bind))
                 servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, secret))))
@@ -254,6 +260,8 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 cfg.daemon_json.unlink()
             await store.close()
+            if security_store is not None:
+                security_store.close()
             os.close(lock_fd)
 
     async def _adopted(self, manager: ServiceManager, proxy: ManagedProxy, store: SqliteStore) -> None:
