@@ -337,11 +337,10 @@ class TokenAuth:
             sec = self.security
             have = sec.level(actor, rule.kind, rid) if sec is not None else level_of(actor, None, rule.kind, rid)
             if have < Level[rule.need.upper()]:
+                who = "the token" if actor.via == "token" else actor.name[:20]
                 verb = f"may only {have.word}" if have else "has no access"
-                why = (
-                    f"WEBSOCKET {scope['path'][:48]}: needs {rule.need} on {rule.kind} {rid or '*'}; "
-                    f"{actor.name[:24]} {verb} (operator or a grant)"
-                )
+                fix = "it needs admin or operator" if actor.via == "token" else "it needs a grant"
+                why = f"WEBSOCKET {scope['path'][:30]}: needs {rule.need} on {rule.kind}; {who} {verb}; {fix}"
                 self._audit(actor, "denied", rule.kind, rid, scope)
                 await _refuse_websocket(receive, send, why)
                 return
