@@ -1,14 +1,17 @@
 """Placement alone on simulated clusters: 100 and 1,000 nodes, 10,000 replicas of mixed modes and selectors.
 
-Per cluster size it times three passes of ``zlayer.cluster.placement.place`` (best of 3 each):
+Per cluster size it times three passes of ``zlayer.cluster.placement.place`` (best of 3 each, in CPU seconds of this
+process: placement is pure computation on one thread, and CPU time keeps a shared machine's neighbours out of it):
 - **fresh**: every replica placed at once, as when a leader places a cluster's deployments the first time;
 - **keep**: the same input with the fresh answer as the current assignments (nothing moves: the cost of a
   reconcile with nothing to do);
 - **failover**: one loaded node dead, its replicas placed again (what the leader does when a node dies).
 
 The mix: 3 zones and ssd/hdd disks as labels, a tenth of the nodes with 4 or 8 NVIDIA GPUs; services of 1–60
-replicas, 85 % shared, 10 % dedicated, 5 % exclusive; two in five require a zone, one in five prefers ssd, one in
-twenty asks for GPUs. Node sizes scale with 10,000/nodes so both clusters are about 70 % full.
+replicas, 85 % shared, 10 % dedicated, 5 % exclusive (up to a twentieth of the nodes); two in five require a zone,
+one in five prefers ssd, one in twenty asks for GPUs. Node sizes scale with 10,000/nodes so both clusters are about
+70 % full. A last run places 10,000 services of one replica each on the 1,000 nodes (every replica a service of its
+own: the per-service cost).
 
 Target: ≥ 10,000 placements/s, and cost growing no worse than linearly in nodes × replicas: ``cost_ratio`` is
 (time per replica at 1,000 nodes) / (time per replica at 100 nodes), which linear-in-nodes growth would make 10.
@@ -59,20 +62,22 @@ def cluster(n: int, rng: random.Random) -> tuple[Node, ...]:
     return tuple(nodes)
 
 
-def deployments(n_nodes: int, rng: random.Random) -> dict[str, DeploymentSpec]:
+def deployments(n_nodes: int, rng: random.Random, singles: bool = False) -> dict[str, DeploymentSpec]:
     services: dict[str, dict[str, Any]] = {}
     total = 0
     i = 0
+    exclusive = 0
     while total < REPLICAS:
         kind = rng.random()
-        mode = "exclusive" if kind < 0.05 else "dedicated" if kind < 0.15 else "shared"
+        mode = "exclusive" if kind < 0.05 and exclusive < n_nodes // 20 else "dedicated" if kind < 0.15 else "shared"
         if mode == "exclusive":
             replicas = rng.randint(1, max(1, n_nodes // 100))
         elif mode == "dedicated":
             replicas = rng.randint(1, max(2, n_nodes // 20))
         else:
             replicas = rng.randint(1, 60)
-        replicas = min(replicas, REPLICAS - total)
+        replicas = 1 if singles else min(replicas, REPLICAS - total)
+        exclusive += replicas if mode == "exclusive" else 0
         res: dict[str, Any] = {"cpu": rng.choice((0.1, 0.25, 0.5, 1.0)), "memory": rng.choice(("64Mi", "256Mi", "1Gi"))}
         if rng.random() < 0.05:
             res["gpu"] = {"count": rng.choice((1, 2)), "sharing": rng.choice(("exclusive", "mps"))}
@@ -100,12 +105,14 @@ def deployments(n_nodes: int, rng: random.Random) -> dict[str, DeploymentSpec]:
 
 
 def best_of(runs: int, fn: Any) -> tuple[float, Placement]:
+    """The least CPU time of ``runs`` calls (the process's own: the machine is shared, and placement is pure
+    computation on one thread, so its CPU time is its cost without the neighbours' noise)."""
     best = float("inf")
     result: Placement | None = None
     for _ in range(runs):
-        t = time.perf_counter()
+        t = time.process_time()
         result = fn()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     assert result is not None
     return best, result
 
@@ -145,8 +152,23 @@ def measure(n: int) -> dict[str, Any]:
     }
 
 
+def singletons(n: int) -> dict[str, Any]:
+    """10,000 services of one replica each (many small services): each is a placement of its own."""
+    rng = random.Random(n + 1)
+    nodes = cluster(n, rng)
+    specs = deployments(n, rng, singles=True)
+    secs, p = best_of(3, lambda: place(ClusterView(nodes=nodes), specs))
+    return {"services": sum(len(d.services) for d in specs.values()), "fresh_s": round(secs, 4),
+            "placements_per_s": round(len(p.assignments) / secs)}  # fmt: skip
+
+
 def main() -> None:
     sizes = {n: measure(n) for n in SIZES}
+    single = singletons(SIZES[-1])
+    print(
+        f"{SIZES[-1]:>5} nodes, {single['services']} one-replica services: {single['fresh_s']:.3f} s "
+        f"({single['placements_per_s']}/s)"
+    )
     for r in sizes.values():
         print(
             f"{r['nodes']:>5} nodes: {r['replicas_placed']} of {r['replicas_wanted']} replicas placed in "
@@ -157,10 +179,11 @@ def main() -> None:
             print(f"       e.g. {r['unschedulable_example']}")
     per_replica = {n: r["fresh_s"] / r["replicas_placed"] for n, r in sizes.items()}
     out = {
-        "placements_per_s": min(r["placements_per_s"] for r in sizes.values()),
+        "placements_per_s": min(*(r["placements_per_s"] for r in sizes.values()), single["placements_per_s"]),
         "cost_ratio": round(per_replica[SIZES[-1]] / per_replica[SIZES[0]], 2),
         "nodes_ratio": SIZES[-1] / SIZES[0],
         **{f"n{n}_{k}": v for n, r in sizes.items() for k, v in r.items() if k != "nodes"},
+        **{f"n{SIZES[-1]}_singletons_{k}": v for k, v in single.items()},
     }
     print(json.dumps(out))
 

@@ -17,23 +17,30 @@ The rules (ZLayer's ``placement.rs``, with its gaps closed):
   ``exclusive`` gives the replica a node of its own — nothing else is placed beside it, whatever its mode (ZLayer
   let a shared replica join an exclusive one later);
 - ranking, best first: more ``prefer_labels`` matched; fewer replicas of this service already there (spread, unless
-  ``affinity: pack``); for GPU requests fewer free GPUs left (``gpu.scheduling: spread``: more); the fullest node
-  that fits (best-fit bin-packing by the CPU and memory fractions left); the lower node id.
+  ``affinity: pack``); for GPU requests fewer free GPUs left (``gpu.scheduling: spread``: more); the least loaded
+  node (the sum of its CPU and memory shares requested), then the one with fewer replicas — so replicas that request
+  nothing spread too; ``affinity: pack`` takes the most loaded node that fits instead (best fit); the lower node id.
 - ``gpu.scheduling: gang``: all of a service's new replicas are placed or none is.
 
-Cost: keeping the current assignments is linear in replicas; each service to place filters its candidates once
-(label index, cached per distinct constraint set) and builds one heap over them, then each replica is a heap pop
-and push — O(nodes + replicas·log nodes) per service. ``perf/placement.py`` measures it.
+Cost: keeping the current assignments is linear in replicas. Each distinct constraint set gets its candidates once
+per pass (a label index) and one heap of them by load, kept current as replicas land (stale entries skipped by
+version); a service without GPUs, preferred labels or pack takes its first replica per node from that heap, O(log
+nodes) each. The others (and replicas beyond one per node) rank every candidate once, O(nodes + replicas·log nodes)
+per service. ``perf/placement.py`` measures it.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from zlayer.cluster.view import Assignment, ClusterView, Node
 from zlayer.spec.models import AffinityPin, DeploymentSpec, ServiceSpec
+from zlayer.spec.scalars import parse_memory
+
+_memory_bytes = functools.lru_cache(maxsize=256)(parse_memory)  # thousands of services, a handful of sizes
 
 GPU_SHARERS = {"exclusive": 1, "mps": 8, "time-slice": 4}
 """How many replicas may share one GPU, by ``gpu.sharing`` (ZLayer's limits)."""
@@ -109,7 +116,7 @@ class _Need:
         self.desired = desired
         r = spec.resources
         self.cpu = round((r.cpu or 0.0) * 1000)  # millicores: no float drift in the sums
-        self.mem = r.memory_bytes() or 0
+        self.mem = _memory_bytes(r.memory) if r.memory else 0
         self.mem_text = r.memory or ""
         g = r.gpu
         self.gpu_count = g.count if g is not None else 0
@@ -155,12 +162,14 @@ class _Slot:
         "cpu_free",
         "exclusive",
         "gpus",
+        "heaps",
         "idx",
         "mem_cap",
         "mem_free",
         "node",
         "per_service",
         "replicas",
+        "version",
     )
 
     def __init__(self, node: Node, idx: int) -> None:
@@ -173,6 +182,26 @@ class _Slot:
         self.exclusive = False
         self.replicas = 0
         self.per_service: dict[ServiceKey, int] = {}
+        self.version = 0  # bumped on every change: older entries of it in the shared heaps are stale
+        self.heaps: list[tuple[list[_Entry], int]] = []  # the shared heaps it is in, with its preference rank there
+
+    def util(self) -> float:
+        """The share of its CPU and of its memory that replicas requested, summed (0 where it reports none)."""
+        return ((self.cpu_cap - self.cpu_free) / self.cpu_cap if self.cpu_cap else 0.0) + (
+            (self.mem_cap - self.mem_free) / self.mem_cap if self.mem_cap else 0.0
+        )
+
+    def changed(self) -> None:
+        """Re-enter the shared heaps with the new load (an exclusive node leaves them: nothing joins it)."""
+        self.version += 1
+        if self.heaps and not self.exclusive:
+            util = self.util()
+            for h, prefer in self.heaps:
+                heapq.heappush(h, (prefer, util, self.replicas, self.idx, self.version))
+
+
+_Entry = tuple[int, float, int, int, int]
+"""(-preferred labels matched, util, replicas, node index, slot version): the most preferred, least loaded first."""
 
 
 def _gpu_usable(g: _Gpu, need: _Need) -> bool:
@@ -242,6 +271,7 @@ def _take(slot: _Slot, need: _Need, gpus: Iterable[int] | None = None) -> tuple[
     slot.per_service[need.key] = slot.per_service.get(need.key, 0) + 1
     if need.mode == "exclusive":
         slot.exclusive = True
+    slot.changed()
     if not need.gpu_count:
         return ()
     free = _free_gpus(slot, need)
@@ -266,6 +296,7 @@ def _release(slot: _Slot, need: _Need, gpus: tuple[int, ...]) -> None:
         del slot.per_service[need.key]
     if need.mode == "exclusive":
         slot.exclusive = False
+    slot.changed()
     for g in slot.gpus:
         if g.index in gpus and g.vendor == need.gpu_vendor:
             g.users -= 1
@@ -273,47 +304,68 @@ def _release(slot: _Slot, need: _Need, gpus: tuple[int, ...]) -> None:
                 g.kind = "exclusive"
 
 
-def _rank(slot: _Slot, need: _Need) -> tuple[int, int, int, int, float, int]:
-    """Smaller is better: prefer labels, spread, (isolation modes) emptier nodes, GPU fit, best fit, node id."""
+def _rank(slot: _Slot, need: _Need) -> tuple[int, int, int, float, int, int]:
+    """Smaller is better: more preferred labels; fewer replicas of this service there (spread); the GPU fit; the
+    least loaded node, then the one with fewer replicas (``affinity: pack``: the most loaded, that is the best fit);
+    the node id."""
     labels = slot.node.labels
     prefer = -sum(1 for k, v in need.prefer if labels.get(k) == v) if need.prefer else 0
     spread = 0 if need.pack else slot.per_service.get(need.key, 0)
-    busy = slot.replicas if need.mode != "shared" else 0
     gpu_fit = 0
     if need.gpu_count:
         left = len(_free_gpus(slot, need)) - need.gpu_count
         gpu_fit = -left if need.gpu_spread else left
-    room = ((slot.cpu_free - need.cpu) / slot.cpu_cap if slot.cpu_cap else 1.0) + (
-        (slot.mem_free - need.mem) / slot.mem_cap if slot.mem_cap else 1.0
-    )
-    return (prefer, spread, busy, gpu_fit, room, slot.idx)
+    if need.pack:
+        return (prefer, spread, gpu_fit, -slot.util(), -slot.replicas, slot.idx)
+    return (prefer, spread, gpu_fit, slot.util(), slot.replicas, slot.idx)
 
 
-def _heap(candidates: list[_Slot], need: _Need) -> list[tuple[tuple[int, int, int, int, float, int], int]]:
-    """The candidates that can take a replica now, as a heap by rank. A shared service without GPUs or preferred
-    labels — most of them — is ranked inline: the same keys as :func:`_rank` at a third of the cost."""
-    if need.mode != "shared" or need.gpu_count or need.prefer:
-        heap = [(_rank(s, need), s.idx) for s in candidates if _blocker(s, need) is None]
-    else:
-        key, cpu, mem, pack = need.key, need.cpu, need.mem, need.pack
-        heap = [
-            (
-                (
-                    0,
-                    0 if pack else s.per_service.get(key, 0),
-                    0,
-                    0,
-                    ((s.cpu_free - cpu) / s.cpu_cap if s.cpu_cap else 1.0)
-                    + ((s.mem_free - mem) / s.mem_cap if s.mem_cap else 1.0),
-                    s.idx,
-                ),
-                s.idx,
-            )
-            for s in candidates
-            if not s.exclusive
-            and (not cpu or not s.cpu_cap or s.cpu_free >= cpu)
-            and (not mem or not s.mem_cap or s.mem_free >= mem)
-        ]
+FAST_SCAN = 32
+"""How many nodes the shared-heap path may set aside (full, or already holding the service) before it leaves the
+rest of a service to the full ranking."""
+
+
+def _fast(need: _Need) -> bool:
+    """Whether the shared heaps rank the service as :func:`_rank` would: one without GPUs or pack, whose first
+    round (one replica per node) orders nodes by preference and load alone."""
+    return not need.gpu_count and not need.pack
+
+
+def _place_fast(
+    heap: list[_Entry], slots: list[_Slot], need: _Need, count: int
+) -> tuple[list[tuple[_Slot, tuple[int, ...]]], bool]:
+    """Up to ``count`` replicas, one per node, on the least loaded candidates that fit — what :func:`_rank` picks
+    first — popping the candidate set's shared heap instead of ranking every candidate. Stops early (the caller
+    ranks the rest fully) when the next node already holds the service or when too many do not fit. The flag says
+    the rest cannot be placed at all: every candidate was looked at, and none that does not hold the service yet
+    has room."""
+    placed: list[tuple[_Slot, tuple[int, ...]]] = []
+    aside: list[_Entry] = []
+    holding = False
+    while len(placed) < count and heap and len(aside) <= FAST_SCAN:
+        entry = heapq.heappop(heap)
+        s = slots[entry[3]]
+        if entry[4] != s.version:
+            continue  # stale: the node changed since, and its newer entry is in the heap
+        if need.key in s.per_service:
+            aside.append(entry)
+            holding = True
+            if need.prefer:  # a preferred node may take a second replica before a plain one its first: rank fully
+                break
+            continue
+        if _blocker(s, need) is not None:
+            aside.append(entry)
+            continue
+        placed.append((s, _take(s, need)))
+    exhausted = len(placed) < count and not heap and not holding
+    for entry in aside:
+        heapq.heappush(heap, entry)
+    return placed, exhausted
+
+
+def _heap(candidates: list[_Slot], need: _Need) -> list[tuple[tuple[int, int, int, float, int, int], int]]:
+    """The candidates that can take a replica now, as a heap by :func:`_rank`."""
+    heap = [(_rank(s, need), s.idx) for s in candidates if _blocker(s, need) is None]
     heapq.heapify(heap)
     return heap
 
@@ -328,6 +380,7 @@ class _Index:
             for kv in s.node.labels.items():
                 self.by_label.setdefault(kv, []).append(s.idx)
         self.cache: dict[object, list[_Slot]] = {}
+        self.shared: dict[object, list[_Entry]] = {}
 
     def candidates(self, need: _Need) -> list[_Slot]:
         hit = self.cache.get(need.static)
@@ -342,20 +395,41 @@ class _Index:
         self.cache[need.static] = out
         return out
 
+    def shared_heap(self, need: _Need) -> list[_Entry]:
+        """The candidates of the service's constraint set by load, kept current as replicas land (lazily: a node's
+        older entries are skipped by version)."""
+        heap = self.shared.get((need.static, need.prefer))
+        if heap is None:
+            cands = self.candidates(need)
+            heap = []
+            for s in cands:
+                prefer = -sum(1 for k, v in need.prefer if s.node.labels.get(k) == v)
+                s.heaps.append((heap, prefer))
+                if not s.exclusive:
+                    heap.append((prefer, s.util(), s.replicas, s.idx, s.version))
+            heapq.heapify(heap)
+            self.shared[(need.static, need.prefer)] = heap
+        return heap
 
-def _explain(slots: list[_Slot], need: _Need, missing: int) -> str:
+
+def _explain(slots: list[_Slot], need: _Need, missing: int, cache: dict[object, str]) -> str:
+    """Why ``missing`` replicas have no node, counting what rules out each node in the final state. Services that
+    ask alike share the count (``cache``): a full cluster's many unplaceable services cost one count each kind."""
     name = need.key[1]
     if not slots:
         return f"{missing} of {need.desired} replicas of {name} have no node: the cluster has no nodes"
-    counts: dict[str, int] = {}
-    for s in slots:
-        why = _static_blocker(s, need) or _blocker(s, need) or "have room for only some of them"
-        counts[why] = counts.get(why, 0) + 1
-    parts = [f"{n} {why}" for why, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))]
+    alike = (need.static, need.mode, need.cpu, need.mem, need.mem_text, need.gpu_kind, need.gpu_share,
+             need.key if need.mode == "dedicated" else None)  # fmt: skip
+    parts = cache.get(alike)
+    if parts is None:
+        counts: dict[str, int] = {}
+        for s in slots:
+            why = _static_blocker(s, need) or _blocker(s, need) or "have room for only some of them"
+            counts[why] = counts.get(why, 0) + 1
+        parts = ", ".join(f"{n} {why}" for why, n in sorted(counts.items(), key=lambda c: (-c[1], c[0])))
+        cache[alike] = parts
     gang = " (gpu scheduling gang: none of them was placed)" if need.gang else ""
-    return f"{missing} of {need.desired} replicas of {name} fit no node{gang}; of {len(slots)} nodes: " + ", ".join(
-        parts
-    )
+    return f"{missing} of {need.desired} replicas of {name} fit no node{gang}; of {len(slots)} nodes: {parts}"
 
 
 def _desired(spec: ServiceSpec) -> int:
@@ -407,17 +481,29 @@ def place(
         missing = [r for r in range(1, need.desired + 1) if r not in have]
         if not missing:
             continue
-        heap = _heap(index.candidates(need), need)
         new: list[Assignment] = []
         dname, sname = need.key
-        for replica in missing:
-            if not heap:
-                break
-            slot = slots[heapq.heappop(heap)[1]]
-            gpus = _take(slot, need)
-            new.append(Assignment(deployment=dname, service=sname, replica=replica, node_id=slot.node.id, gpus=gpus))
-            if _blocker(slot, need) is None:
-                heapq.heappush(heap, (_rank(slot, need), slot.idx))
+        todo = iter(missing)
+        exhausted = False
+        if _fast(need):
+            fast, exhausted = _place_fast(index.shared_heap(need), slots, need, len(missing))
+            for (slot, gpus), replica in zip(fast, todo, strict=False):
+                new.append(
+                    Assignment(deployment=dname, service=sname, replica=replica, node_id=slot.node.id, gpus=gpus)
+                )
+        rest = [] if exhausted else list(todo)
+        if rest:
+            heap = _heap(index.candidates(need), need)
+            for replica in rest:
+                if not heap:
+                    break
+                slot = slots[heapq.heappop(heap)[1]]
+                gpus = _take(slot, need)
+                new.append(
+                    Assignment(deployment=dname, service=sname, replica=replica, node_id=slot.node.id, gpus=gpus)
+                )
+                if _blocker(slot, need) is None:
+                    heapq.heappush(heap, (_rank(slot, need), slot.idx))
         if len(new) < len(missing):
             if need.gang:
                 for a in new:
@@ -429,8 +515,9 @@ def place(
 
     # why, against the final state (capacity only shrinks after a service failed, so what ruled a node out then
     # still does): the same placement placed again gives the same words
+    said: dict[object, str] = {}
     problems = sorted(
-        Unschedulable(n.key[0], n.key[1], missing, n.desired, _explain(slots, n, missing)) for n, missing in short
+        Unschedulable(n.key[0], n.key[1], missing, n.desired, _explain(slots, n, missing, said)) for n, missing in short
     )
     out = [a for key in sorted(placed) for _, a in sorted(placed[key].items())]
     return Placement(tuple(out), tuple(problems))

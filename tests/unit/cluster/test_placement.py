@@ -10,10 +10,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from typing import Any
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from zlayer.cluster import placement
 from zlayer.cluster.placement import GPU_SHARERS, Placement, place
 from zlayer.cluster.view import Assignment, ClusterView, Gpu, Node, NodeResources
 from zlayer.spec.models import DeploymentSpec
@@ -70,11 +72,18 @@ def test_shared_bin_packs_by_requested_cpu_and_memory_and_never_overcommits() ->
         nodes=(node("a", cpu=4), node("b", cpu=4)),
         assignments=(Assignment(deployment="demo", service="big", replica=1, node_id="a"),),
     )
-    specs = deployment(big=svc(1, cpu=3), small=svc(1, cpu=1), wide=svc(1, cpu=2))
+    specs = deployment(big=svc(1, cpu=3), wide=svc(1, cpu=2))
     p = place(view, specs)
     assert where(p, "big") == {"a": 1}
     assert where(p, "wide") == {"b": 1}  # 2 cores do not fit beside big on a (1 left): b
-    assert where(p, "small") == {"a": 1}  # best fit: the fullest node that still has a core
+    # a new replica goes to the least loaded node that fits (b: 2 of 4 cores asked for, a: 3 of 4) ...
+    view = view.with_assignments(p.assignments)
+    assert where(place(view, deployment(**specs["demo"].services, small=svc(1, cpu=1))), "small") == {"b": 1}
+    # ... and with affinity pack to the fullest that still fits (best fit): a, whose last core it takes
+    packed = place(
+        view, deployment(**specs["demo"].services, small=svc(1, cpu=1, affinity="pack"), more=svc(1, cpu=0.5))
+    )
+    assert where(packed, "small") == {"a": 1} and where(packed, "more") == {"b": 1}
     # memory counts as CPU does; the reason names the request as written
     p = place(ClusterView(nodes=(node("a", mem=GI), node("b", mem=GI))), deployment(db=svc(3, memory="768Mi")))
     assert sum(where(p, "db").values()) == 2
@@ -370,6 +379,9 @@ def test_properties(case: tuple[ClusterView, dict[str, DeploymentSpec], dict[tup
             assert now[a.key] == a, f"{a.key} moved from {a.node_id}"
     # deterministic whatever the order of nodes
     assert place(view.model_copy(update={"nodes": tuple(reversed(view.nodes))}), specs, desired) == p
+    # the shared heaps pick what ranking every candidate picks
+    with mock.patch.object(placement, "FAST_SCAN", -1):
+        assert place(view, specs, desired) == p
 
 
 @settings(max_examples=100, deadline=None)
