@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zlayer.errors import ConflictError, ImageError, NotFoundError, RuntimeFailure, ZLayerError
 from zlayer.images.mount import mount_rootfs, unmount_rootfs
 from zlayer.paths import PRIVATE_DIR, private_dir, write_atomic
+from zlayer.runtime import logfile
 from zlayer.runtime.linux import cgroups, shim
 from zlayer.runtime.linux.bundle import BundleOptions, build_config, image_settings, stop_signal
 from zlayer.runtime.linux.etcfiles import write_etc_files
@@ -132,14 +133,6 @@ def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data, separators=(",", ":")), durable=False)
 
 
-def _parse_cri(line: str) -> LogLine | None:
-    parts = line.rstrip("\n").split(" ", 3)
-    if len(parts) < 3 or parts[1] not in ("stdout", "stderr"):
-        return None
-    msg = parts[3] if len(parts) == 4 else ""
-    return LogLine(timestamp=parts[0], stream=parts[1], message=msg)  # type: ignore[arg-type]
-
-
 def _to_state(st: shim.ShimState) -> ContainerState:
     if st.status == "stopped":
         if st.oom_killed:
@@ -165,6 +158,8 @@ def _to_state(st: shim.ShimState) -> ContainerState:
 
 class LinuxRuntime:
     """Containers on this Linux host: namespaces, cgroups, overlayfs, seccomp, through one zlayer-shim each."""
+
+    host_network = False  # each container has its network namespace (or joins the host's by its spec)
 
     def __init__(
         self,
@@ -417,20 +412,8 @@ class LinuxRuntime:
             str(cid), self.state_root, argv, oom, stdin=stdin, tty=tty, size=size, env=env, cwd=workdir, user=user
         )
 
-    def _log_files(self, name: str) -> list[Path]:
-        base = self.log_path(name)
-        rotated = sorted(
-            (p for p in base.parent.glob(base.name + ".*") if p.suffix[1:].isdigit()),
-            key=lambda p: -int(p.suffix[1:]),
-        )
-        return [*rotated, base]
-
     def _read_log_lines(self, name: str) -> list[LogLine]:
-        out: list[LogLine] = []
-        for f in self._log_files(name):
-            with contextlib.suppress(OSError), open(f, errors="replace") as fh:
-                out.extend(x for x in map(_parse_cri, fh) if x is not None)
-        return out
+        return logfile.read_lines(self.log_path(name))
 
     async def logs(
         self, cid: ContainerId, *, tail: int | None = None, follow: bool = False, since: str | None = None
@@ -439,41 +422,15 @@ class LinuxRuntime:
         base = self.log_path(name)
         if not base.exists() and not (self.state_root / name).exists():
             raise NotFoundError(f"container {name} has no logs", where=str(base))
-        lines = self._read_log_lines(name)
-        if since:
-            lines = [x for x in lines if x.timestamp >= since]
-        if tail is not None:
-            lines = lines[-tail:] if tail > 0 else []
-        for line in lines:
-            yield line
-        if not follow:
-            return
-        pos = base.stat().st_size if base.exists() else 0
-        ino = base.stat().st_ino if base.exists() else 0
-        buf = ""
-        while True:
+
+        def ended() -> bool:
             try:
-                stt = base.stat()
-                if stt.st_ino != ino:  # rotated: read the new file from its start
-                    ino, pos = stt.st_ino, 0
-                with open(base, errors="replace") as fh:
-                    fh.seek(pos)
-                    chunk = fh.read()
-                    pos = fh.tell()
-            except OSError:
-                chunk = ""
-            buf += chunk
-            *done, buf = buf.split("\n")
-            for text in done:
-                if (x := _parse_cri(text)) is not None:
-                    yield x
-            if not chunk:
-                try:
-                    if shim.read_state(name, self.state_root).status == "stopped":
-                        return
-                except NotFoundError:
-                    return
-                await asyncio.sleep(0.1)
+                return shim.read_state(name, self.state_root).status == "stopped"
+            except NotFoundError:
+                return True
+
+        async for line in logfile.stream(base, tail=tail, follow=follow, since=since, ended=ended):
+            yield line
 
     async def stats(self, cid: ContainerId) -> ContainerStats:
         st = await self._shim_state(str(cid))
