@@ -145,6 +145,8 @@ class Converger:
         desired: int | None,
         stop_timeout: float | None,
     ) -> None:
+        if not self.drivers.decided(spec):
+            await self.pull(deployment, name, spec)  # the image says which driver runs it (a WASM artifact: wasm)
         driver = self.drivers.for_service(spec)
         if desired is None and spec.image.pull_policy in ("always", "newer"):
             await self.pull(deployment, name, spec)  # a deploy looks for a newer image under the same name first

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from zlayer.agent.events import Events
 from zlayer.agent.hooks import AgentMetrics
-from zlayer.agent.probes import ExecFn, run_health_check
+from zlayer.agent.probes import ExecFn, ProbeResult, run_health_check
 from zlayer.agent.publish import Publisher
 from zlayer.agent.replica import Replica, save
 from zlayer.errors import RuntimeFailure
@@ -66,7 +66,12 @@ class HealthMonitor:
             if rep.record.state != "running":
                 await asyncio.sleep(min(interval, 1.0))
                 continue
-            res = await run_health_check(h, rep.record.ip, port, self.execs(rep))
+            if rep.driver.host_network and "health" not in rep.spec.model_fields_set:
+                # a WASM guest with no check of its own: the spec's default (tcp 8080) assumes a container that
+                # listens; a running instance is what there is to check
+                res = ProbeResult(True, "running (WASM instance; the spec sets no health check)")
+            else:
+                res = await run_health_check(h, rep.record.ip, port, self.execs(rep))
             if self.metrics is not None:
                 self.metrics.health_result(rep.service, res.ok)
             rep.health_detail = res.detail

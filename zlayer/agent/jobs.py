@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from zlayer.agent.hooks import NetworkHook
 from zlayer.errors import ConflictError, NotFoundError, ZLayerError
+from zlayer.runtime.drivers import Drivers
 from zlayer.runtime.protocol import ContainerId, Runtime
 from zlayer.spec.scalars import CronSchedule
 from zlayer.state import CronRecord, JobExecutionRecord, Store, now_rfc3339
@@ -42,11 +43,13 @@ def _parse_iso(text: str) -> datetime | None:
 
 
 class JobManager:
-    """Runs job executions and the cron loop against a :class:`Runtime`, recording everything in the Store."""
+    """Runs job executions and the cron loop on the node's drivers (each job's by its spec and image, as a
+    service's), recording everything in the Store."""
 
-    def __init__(self, store: Store, runtime: Runtime, network: NetworkHook | None = None) -> None:
+    def __init__(self, store: Store, runtime: Runtime | Drivers, network: NetworkHook | None = None) -> None:
         self.store = store
-        self.runtime = runtime
+        self.drivers = runtime if isinstance(runtime, Drivers) else Drivers({"linux": runtime})
+        self.runtime = self.drivers.default
         self.network = network  # the node network (NetworkHook): job containers get an eth0 and the service DNS
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cids: dict[str, ContainerId] = {}
@@ -107,32 +110,34 @@ class JobManager:
         cid = ContainerId(f"job-{name}", int(rec.id.replace("-", "")[:8], 16) % 10000)
         self._cids[rec.id] = cid
         started = time.monotonic()
+        runtime = self.drivers.for_service(spec)
         attached = False
         try:
             rec.status = "initializing"
             await self.store.put_job_execution(rec)
-            await self.runtime.pull(spec.image.name, policy=spec.image.pull_policy)
+            await runtime.pull(spec.image.name, policy=spec.image.pull_policy)
+            runtime = self.drivers.for_service(spec)  # the pulled image says which (a WASM artifact: wasm)
             with contextlib.suppress(ZLayerError):
-                await self.runtime.remove(cid, force=True)
-            await self.runtime.create(cid, spec, dns=self._dns(spec))
-            if self.network is not None and not spec.uses_host_network:
-                created = await self.runtime.state(cid)
+                await runtime.remove(cid, force=True)
+            await runtime.create(cid, spec, dns=self._dns(spec))
+            if self.network is not None and not spec.uses_host_network and not runtime.host_network:
+                created = await runtime.state(cid)
                 if created.pid > 0:  # before its process runs, so it has its network from the start
                     await self.network.attach(rec.deployment, name, str(cid), created.pid)
                     attached = True
             try:
-                await self.runtime.start(cid)
+                await runtime.start(cid)
             except ZLayerError:
                 # A job quick enough to end inside the runtime's start window has run, not failed to start:
                 # its exit code decides.
-                ended = await self.runtime.state(cid)
+                ended = await runtime.state(cid)
                 if ended.status not in ("exited", "failed") or ended.exit_code is None:
                     raise
             rec.status = "running"
             await self.store.put_job_execution(rec)
-            final = await self.runtime.wait(cid)
+            final = await runtime.wait(cid)
             rec.exit_code = final.exit_code
-            rec.logs = await self._logs(cid)
+            rec.logs = await self._logs(runtime, cid)
             if final.exit_code == 0:
                 rec.status = "completed"
             else:
@@ -142,7 +147,7 @@ class JobManager:
                 )
         except asyncio.CancelledError:
             rec.status = "cancelled"
-            rec.logs = await self._logs(cid)
+            rec.logs = await self._logs(runtime, cid)
             raise
         except ZLayerError as e:
             rec.status, rec.error = "failed", str(e)
@@ -151,12 +156,12 @@ class JobManager:
             rec.duration_ms = int((time.monotonic() - started) * 1000)
             grace = spec.stop_grace_period if spec.stop_grace_period is not None else CANCEL_STOP_TIMEOUT
             with contextlib.suppress(ZLayerError):
-                await self.runtime.stop(cid, timeout=grace)
+                await runtime.stop(cid, timeout=grace)
             if attached and self.network is not None:
                 with contextlib.suppress(ZLayerError, OSError):
                     await self.network.detach(rec.deployment, name, str(cid))
             with contextlib.suppress(ZLayerError):
-                await self.runtime.remove(cid, force=True)
+                await runtime.remove(cid, force=True)
             await self.store.put_job_execution(rec)
             self._tasks.pop(rec.id, None)
             self._cids.pop(rec.id, None)
@@ -167,10 +172,10 @@ class JobManager:
             return []
         return list(self.network.dns_servers())
 
-    async def _logs(self, cid: ContainerId) -> str:
+    async def _logs(self, runtime: Runtime, cid: ContainerId) -> str:
         lines: list[str] = []
         with contextlib.suppress(ZLayerError):
-            async for line in self.runtime.logs(cid):
+            async for line in runtime.logs(cid):
                 lines.append(f"[{line.stream}] {line.message}")
         text = "\n".join(lines)
         return text[-1024 * 1024 :]
@@ -254,11 +259,12 @@ class JobManager:
                 rec.status, rec.completed_at = "failed", now_rfc3339()
                 rec.error = "the daemon restarted while this execution was running"
                 await self.store.put_job_execution(rec)
-        with contextlib.suppress(ZLayerError):
-            for info in await self.runtime.list():
-                if info.id.startswith("job-"):
-                    with contextlib.suppress(ZLayerError):
-                        await self.runtime.remove(ContainerId.parse(info.id), force=True)
+        for runtime in self.drivers:
+            with contextlib.suppress(ZLayerError):
+                for info in await runtime.list():
+                    if info.id.startswith("job-"):
+                        with contextlib.suppress(ZLayerError):
+                            await runtime.remove(ContainerId.parse(info.id), force=True)
 
     def start(self) -> None:
         if self._cron_task is None:

@@ -112,7 +112,8 @@ class Lifecycle:
             await driver.remove(rep.cid, force=True)  # a stale container with the same id
         await driver.create(rep.cid, rep.spec, dns=self.publisher.dns_servers(rep.spec))
         wired = False
-        if self.publisher.wired(rep.spec):
+        plumb = self.publisher.wired(rep.spec) and not driver.host_network
+        if plumb:
             # A created container already has its namespaces (its init waits before exec): plumb eth0 now, so
             # the process finds its network from its first instruction.
             created = await driver.state(rep.cid)
@@ -125,7 +126,7 @@ class Lifecycle:
         rep.record.state = "running"
         rep.record.exit_code = None
         rep.record.oom_killed = False
-        if self.publisher.wired(rep.spec):
+        if plumb:
             if not wired:
                 rep.record.ip = await self.publisher.attach(rep, state.pid)
             await self.publisher.publish_ports(rep)

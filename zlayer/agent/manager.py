@@ -347,6 +347,11 @@ class ServiceManager:
         """The container's port mappings as the node opened them."""
         return self.publisher.published(container_id)
 
+    def replica_runtime(self, container_id: str) -> str:
+        """The workload driver running a live replica (``linux``, ``wasm``; empty when none runs it now)."""
+        rep = self.lifecycle.replicas.get(container_id)
+        return self.drivers.name_of(rep.driver) if rep is not None else ""
+
     def replica_health(self, container_id: str) -> tuple[str, int, str]:
         return HealthMonitor.status(self.lifecycle.replicas.get(container_id))
 

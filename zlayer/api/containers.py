@@ -64,6 +64,7 @@ def container_info(c: ApiContext, rec: ContainerRecord) -> ContainerInfo:
         deployment=rec.deployment,
         service=rec.service,
         replica=rec.replica,
+        runtime=c.manager.replica_runtime(rec.id) or None,
     )
 
 
@@ -105,14 +106,16 @@ async def container_logs(
     id: str, tail: Annotated[int | None, Query(ge=0, le=U32_MAX)] = None, c: ApiContext = Depends(ctx)
 ) -> PlainTextResponse:
     await _record(c, id)
-    lines = [f"[{ln.stream}] {ln.message}\n" async for ln in c.runtime.logs(ContainerId.parse(id), tail=tail)]
+    lines = [
+        f"[{ln.stream}] {ln.message}\n" async for ln in (await c.driver(id)).logs(ContainerId.parse(id), tail=tail)
+    ]
     return PlainTextResponse("".join(lines))
 
 
 @router.get("/{id}/stats", response_model=ContainerStatsResponse, summary="A container's resource use now.")
 async def container_stats(id: str, c: ApiContext = Depends(ctx)) -> ContainerStatsResponse:
     await _record(c, id)
-    st = await c.runtime.stats(ContainerId.parse(id))
+    st = await (await c.driver(id)).stats(ContainerId.parse(id))
     limit = st.memory_limit_bytes or 0
     pct = (100.0 * st.memory_usage_bytes / limit) if limit else 0.0
     return ContainerStatsResponse(id=id, cpu_usage_usec=st.cpu_usage_ns // 1000, memory_bytes=st.memory_usage_bytes,

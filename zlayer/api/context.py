@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 from zlayer.agent.jobs import JobManager
 from zlayer.agent.manager import ServiceManager
 from zlayer.proxy import ProxyManager
-from zlayer.runtime.protocol import Runtime
+from zlayer.runtime.protocol import ContainerId, Runtime
 from zlayer.state import Store
 
 if TYPE_CHECKING:  # types only: the daemon may run without metrics, whose client library then stays unloaded
@@ -37,6 +37,10 @@ class ApiContext:
     ready: bool = False
     started: float = field(default_factory=time.monotonic)
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown: open streams end
+
+    async def driver(self, container_id: str) -> Runtime:
+        """The workload driver holding a container (Linux or WASM), for its logs, stats and exec."""
+        return await self.manager.drivers.owner(ContainerId.parse(container_id))
 
 
 T = TypeVar("T")

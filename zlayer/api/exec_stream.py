@@ -41,8 +41,9 @@ async def serve(ws: WebSocket, c: ApiContext, target: Target) -> None:
         req = ExecStreamRequest.model_validate_json(_within_limits(await ws.receive_text()))
         rec = await target(req)
         size = (req.rows, req.cols) if req.rows and req.cols else None
-        session = await c.runtime.exec_session(ContainerId.parse(rec.id), req.command, stdin=req.stdin, tty=req.tty,
-                                               size=size)  # fmt: skip
+        driver = await c.driver(rec.id)
+        session = await driver.exec_session(ContainerId.parse(rec.id), req.command, stdin=req.stdin, tty=req.tty,
+                                            size=size)  # fmt: skip
     except _GONE:
         return
     except (ValidationError, ZLayerError) as e:

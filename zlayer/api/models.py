@@ -162,6 +162,7 @@ class ContainerInfo(BaseModel):
     deployment: str | None = None
     service: str | None = None
     replica: int | None = None
+    runtime: str | None = Field(None, description="The workload driver running it: linux or wasm.")
 
 
 class ContainerExecRequest(BaseModel):

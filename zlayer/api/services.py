@@ -119,7 +119,7 @@ async def get_service_logs(
         queue: asyncio.Queue[str] = asyncio.Queue(1024)
 
         async def tail(cid: str) -> None:
-            async for ln in c.runtime.logs(ContainerId.parse(cid), tail=0, follow=True):
+            async for ln in (await c.driver(cid)).logs(ContainerId.parse(cid), tail=0, follow=True):
                 await queue.put(f"[{ln.stream}] {ln.message}")
 
         tasks = [asyncio.create_task(tail(cid)) for cid in seen]

@@ -35,4 +35,5 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "permission": ("zlayer.cli.identity", "permission", "Grant and revoke levels on resources (list, grant, revoke)"),
     "audit": ("zlayer.cli.identity", "audit", "Show the audit log (tail)"),
     "pull": ("zlayer.cli.image", "pull_cmd", "Pull an image (or every image of the spec) into the local store"),
+    "wasm": ("zlayer.cli.wasm", "wasm", "WebAssembly programs (build, export, push, validate, info)"),
 }

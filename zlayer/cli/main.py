@@ -12,7 +12,7 @@ import click
 from zlayer._version import __version__
 from zlayer.cli.commands import COMMANDS
 
-RUNTIMES = ("auto", "linux")  # what --runtime can pick on this build: auto is the Linux runtime
+RUNTIMES = ("auto", "linux", "wasm")  # what --runtime can pick on this build: auto is linux, or wasm by the image
 
 
 class LazyGroup(click.Group):
@@ -88,7 +88,7 @@ def cli(
 
         # ZLayer's names are accepted by the parser so the message can say what is missing, instead of the Linux
         # runtime quietly running what the user asked another runtime to run
-        hint = "available runtimes: " + ", ".join(RUNTIMES) + " (auto is the Linux runtime)"
+        hint = "available runtimes: " + ", ".join(RUNTIMES) + " (auto: linux, or wasm for a WASM image)"
         raise UsageError(f"no {runtime} runtime in this zlayer", where="--runtime", hint=hint)
     from zlayer.cli.context import CliContext
     from zlayer.paths import Paths

@@ -33,11 +33,11 @@ def ps(deployment: str | None, show_containers: bool, output: str) -> None:
         return
     if show_containers:
         rows: list[tuple[Any, ...]] = [
-            (c.get("deployment"), c.get("service"), c["id"], c.get("replica"), c["image"],
+            (c.get("deployment"), c.get("service"), c["id"], c.get("replica"), c["image"], c.get("runtime") or "",
              c["state"] + (" (OOMKilled)" if c.get("oom_killed") else ""), (c.get("health") or {}).get("status", ""))
             for c in data["containers"]
         ]  # fmt: skip
-        print_table(["DEPLOYMENT", "SERVICE", "CONTAINER", "REPLICA", "IMAGE", "STATE", "HEALTH"], rows)
+        print_table(["DEPLOYMENT", "SERVICE", "CONTAINER", "REPLICA", "IMAGE", "RUNTIME", "STATE", "HEALTH"], rows)
         return
     oom: dict[tuple[str, str], int] = {}
     for c in data["containers"]:

@@ -54,10 +54,15 @@ def status(deployment: str | None, output: str) -> None:
     for d in deps:
         msg = f" — {d['status_message']}" if d.get("status_message") else ""
         click.echo(f"\nDeployment {d['name']}: {d['status']}{msg}")
+        runtimes: dict[str, set[str]] = {}
+        for ct in d["containers"]:
+            if ct.get("runtime"):
+                runtimes.setdefault(ct.get("service") or "", set()).add(ct["runtime"])
         print_table(
-            ["SERVICE", "HEALTH", "REPLICAS"],
-            [(h["name"], h["health"], f"{h['replicas_running']}/{h['replicas_desired']}") for h in d["service_health"]],
-        )
+            ["SERVICE", "HEALTH", "REPLICAS", "RUNTIME"],
+            [(h["name"], h["health"], f"{h['replicas_running']}/{h['replicas_desired']}",
+              ",".join(sorted(runtimes.get(h["name"], ())))) for h in d["service_health"]],
+        )  # fmt: skip
         for h in d["service_health"]:
             if h.get("status_message"):
                 click.echo(f"  {h['name']}: pending: {h['status_message']}")

@@ -92,6 +92,28 @@ class StoreImages:
             raise ImageError(f"image {image} is not in the local store", where=image) from e
         return dict(local.config), list(local.layer_dirs)
 
+    def kind(self, image: str) -> str | None:
+        """The Drivers' image detection: ``wasm`` for a WASM artifact in the store, ``linux`` for an image, None
+        when the store does not hold ``image`` (yet)."""
+        try:
+            return "wasm" if self.store.get(image).is_wasm else "linux"
+        except (ZLayerError, OSError, AttributeError, KeyError):
+            return None
+
+    async def wasm_artifact(self, image: str) -> tuple[Path, str]:
+        """The WasmRuntime's program: the first WASM layer of ``image`` as a blob path, and its digest."""
+        try:
+            local = await asyncio.to_thread(self._local, image)
+        except NotFoundError as e:
+            raise ImageError(f"image {image} is not in the local store", where=image) from e
+        if not local.is_wasm:
+            raise ImageError(f"image {image} is not a WASM artifact (it is a {local.platform} image)", where=image)
+        for desc in local.manifest.get("layers", []):
+            path = local.wasm_layer_path(desc)
+            if path is not None:
+                return path, str(desc["digest"])
+        raise ImageError(f"image {image} is a WASM artifact with no WASM layer", where=image)
+
 
 def _names_registry(image: str) -> bool:
     """Whether a reference starts with a registry host (``host.tld/``, ``host:port/``, ``localhost/``)."""

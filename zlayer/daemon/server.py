@@ -96,6 +96,13 @@ def make_runtime(cfg: DaemonConfig, images: StoreImages) -> tuple[Any, str]:
     return LinuxRuntime(cfg.paths.data_dir, images, log_dir=cfg.paths.log_dir), "linux"
 
 
+def make_wasm_runtime(cfg: DaemonConfig, images: StoreImages) -> Any:
+    """The WASM workload driver of this node, over the same image store and log directory as the Linux one."""
+    from zlayer.runtime.wasm.driver import WasmRuntime
+
+    return WasmRuntime(cfg.paths.data_dir, images, log_dir=cfg.paths.log_dir)
+
+
 def make_image_store(cfg: DaemonConfig) -> ImageStore:
     from zlayer.images import ImageStore
     from zlayer.images.unpack import UnpackLimits
@@ -139,7 +146,11 @@ class Daemon:
             runtime, runtime_name = (
                 (self._runtime, "injected") if self._runtime is not None else make_runtime(cfg, images)
             )
-            drivers = Drivers({"linux": runtime})  # the WASM and Docker drivers register here beside it
+            drivers = Drivers(
+                {"linux": runtime, "wasm": make_wasm_runtime(cfg, images)},
+                image_kind=images.kind,  # a WASM artifact in the store runs on wasm with no setting
+                force="wasm" if cfg.runtime == "wasm" else None,  # `zlayer --runtime wasm serve`
+            )
             metrics = None
             if cfg.metrics_bind:
                 from zlayer.observability import Metrics
@@ -155,7 +166,7 @@ class Daemon:
 
                 metrics.registry.register(ProxyCollector(proxy.pm))  # per-route series and zlayer_service_rps
             # The agent, wired here and only here: its drivers, the node's network and proxy, jobs, image digests.
-            jobs = JobManager(store, drivers.default, network=network)
+            jobs = JobManager(store, drivers, network=network)
             manager = ServiceManager(
                 store,
                 drivers,

@@ -96,6 +96,12 @@ class LocalImage:
             if _is_wasm_layer(d.get("mediaType", ""))
         ]
 
+    def wasm_layer_path(self, desc: dict[str, Any]) -> Path | None:
+        """The blob of one layer descriptor when it is a WASM layer, else None."""
+        if self.store_root is None or not _is_wasm_layer(str(desc.get("mediaType", ""))):
+            return None
+        return self.store_root / "blobs" / "sha256" / _hex(str(desc.get("digest", "")))
+
     @property
     def wasi_version(self) -> str | None:
         """'preview1' (a core module), 'preview2' (a component) or 'unknown'; None when not a WASM artifact."""

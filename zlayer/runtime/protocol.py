@@ -183,6 +183,10 @@ class Runtime(Protocol):
     (``NotFoundError`` for an unknown container, ``ConflictError`` for a wrong state, ``RuntimeFailure`` for the
     rest), each naming the container and the cause."""
 
+    #: True when the driver's workloads live in the node's own network namespace (a WASM guest has no namespace of
+    #: its own): the agent then plumbs no interface for them.
+    host_network: bool
+
     async def pull(self, image: str, *, policy: str = "if_not_present") -> None:
         """Make ``image`` available locally (``always`` | ``newer`` | ``if_not_present`` | ``never``)."""
         ...

@@ -1,0 +1,116 @@
+"""The WASM engine on programs built from source (tests/fixtures/wasm.py): modules and components told apart by
+header, compiled once and loaded from the digest cache after, WASIp1 runs ending in the guest's exit code or in a
+clear reason (deadline, fuel, trap, memory limit), a missing import refused by name, and the driver picked by the
+image's kind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.wasm import WasmPrograms
+from zlayer.errors import ImageError, RuntimeFailure
+from zlayer.runtime import Drivers
+from zlayer.runtime.wasm.artifact import artifact_manifest
+from zlayer.runtime.wasm.binary import inspect_wasm, kind_of
+from zlayer.runtime.wasm.engine import (
+    EXIT_DEADLINE,
+    EXIT_TRAP,
+    CompileCache,
+    EpochTicker,
+    Limits,
+    P1Program,
+    digest_of_file,
+    make_engine,
+)
+from zlayer.spec.models import ServiceSpec
+
+
+def program(cache: CompileCache, path: Path, *, fuel: bool = False) -> P1Program:
+    engine = make_engine(fuel=fuel)
+    return P1Program(engine, cache.module(engine, path, digest_of_file(path), fuel=fuel), where=path.name)
+
+
+def test_header_tells_module_from_component_and_refuses_the_rest() -> None:
+    assert kind_of(b"\0asm\x01\0\0\0") == "module"
+    assert kind_of(b"\0asm\x0d\0\x01\0") == "component"
+    with pytest.raises(ImageError, match=r"x.wasm: truncated: 3 bytes"):
+        kind_of(b"\0as", "x.wasm")
+    with pytest.raises(ImageError, match=r"not a WASM binary \(magic 7f454c46"):
+        kind_of(b"\x7fELF\x02\x01\x01\0", "x.wasm")
+
+
+def test_cache_compiles_once_then_loads(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
+    cache = CompileCache(tmp_path / "compiled")
+    program(cache, wasm_programs.hello)
+    (cached,) = cache.root.iterdir()
+    assert cached.name.startswith(digest_of_file(wasm_programs.hello)[7:]) and cached.stat().st_mode & 0o077 == 0
+    before = cached.stat().st_mtime_ns
+    cached_prog = program(cache, wasm_programs.hello)  # deserialized, not compiled again
+    assert cached.stat().st_mtime_ns == before
+    out: list[tuple[str, bytes]] = []
+    res = cached_prog.run(argv=["hello", "3"], env=[("GREETING", "g")], output=lambda s, d: out.append((s, d)))
+    assert res.exit_code == 3 and res.reason == "exited"
+    text = b"".join(d for s, d in out if s == "stdout").decode()
+    assert "hello from wasm: 3" in text and "greeting=g" in text
+    assert b"".join(d for s, d in out if s == "stderr") == b"to stderr\n"
+    cached.write_bytes(b"torn")  # a damaged cache entry is compiled again, not trusted
+    assert program(cache, wasm_programs.hello).run(argv=["hello", "0"]).exit_code == 0
+
+
+def test_limits_and_bad_programs_end_with_a_reason(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
+    cache = CompileCache(tmp_path / "compiled")
+    spin = program(cache, wasm_programs.spin)
+    ticker = EpochTicker(spin.engine)
+    try:
+        res = spin.run(argv=["spin"], limits=Limits(deadline_s=0.1), ticking=True)
+    finally:
+        ticker.close()
+    assert (res.exit_code, res.reason) == (EXIT_DEADLINE, "deadline: ran past its 0.1 s limit")
+    res = program(cache, wasm_programs.spin, fuel=True).run(argv=["spin"], limits=Limits(fuel=1_000_000))
+    assert (res.exit_code, res.reason) == (EXIT_TRAP, "fuel: used all 1000000 units")
+    out: list[bytes] = []
+    res = program(cache, wasm_programs.grab).run(
+        argv=["grab"], limits=Limits(memory_bytes=2 << 20), output=lambda s, d: out.append(d)
+    )
+    assert res.exit_code == 0 and b"".join(out) == b"pages=32\n"  # 2 MiB of 64 KiB pages, no more
+    res = program(cache, wasm_programs.trap).run(argv=["trap"])
+    assert (res.exit_code, res.reason) == (EXIT_TRAP, "trap: unreachable")
+    with pytest.raises(RuntimeFailure, match=r"env::zlayer_no_such_function.*which this host does not provide"):
+        program(cache, wasm_programs.missing_import)
+    truncated = tmp_path / "truncated.wasm"
+    truncated.write_bytes(wasm_programs.hello.read_bytes()[:1000])
+    with pytest.raises(ImageError, match=r"truncated.wasm: invalid WASM module: .*end-of-file"):
+        program(cache, truncated)
+
+
+def test_info_and_artifact_layout(wasm_programs: WasmPrograms) -> None:
+    info = inspect_wasm(wasm_programs.hello)
+    assert (info.kind, info.wasi, info.world) == ("module", "preview1", "wasi:cli/command")
+    assert "wasi_snapshot_preview1.fd_write" in info.imports and "_start" in info.exports
+    manifest, cfg, layer = artifact_manifest(wasm_programs.hello)
+    assert manifest["artifactType"] == "application/vnd.wasm.module.v1+wasm"
+    assert manifest["config"]["mediaType"] == "application/vnd.wasm.config.v0+json"
+    assert [d["mediaType"] for d in manifest["layers"]] == ["application/wasm"]
+    assert json.loads(cfg)["os"] == "wasip1" and layer == wasm_programs.hello.read_bytes()
+
+
+def test_drivers_pick_by_service_type_image_kind_or_force() -> None:
+    linux: Any = object()
+    wasm: Any = object()
+    kinds = {"reg/mod:v1": "wasm", "busybox:1": "linux"}
+    drivers = Drivers({"linux": linux, "wasm": wasm}, image_kind=kinds.get)
+
+    def spec(image: str, **kw: Any) -> ServiceSpec:
+        return ServiceSpec.model_validate({"image": {"name": image}, **kw})
+
+    assert drivers.for_service(spec("reg/mod:v1")) is wasm
+    assert drivers.for_service(spec("busybox:1")) is linux
+    assert drivers.for_service(spec("busybox:1", service_type="wasm_plugin")) is wasm
+    assert not drivers.decided(spec("not/pulled:yet")) and drivers.decided(spec("busybox:1"))
+    forced = Drivers({"linux": linux, "wasm": wasm}, image_kind=kinds.get, force="wasm")
+    assert forced.for_service(spec("busybox:1")) is wasm and forced.decided(spec("not/pulled:yet"))
+    assert drivers.name_of(wasm) == "wasm"
