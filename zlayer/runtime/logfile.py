@@ -5,7 +5,6 @@ writes them in C, the WASM worker with :class:`CriWriter`, and ``zlayer logs`` r
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
@@ -50,6 +49,8 @@ async def stream(
 ) -> AsyncIterator[LogLine]:
     """The lines of ``base`` oldest first; with ``follow``, new ones as they are written until ``ended()`` says the
     writer is gone and nothing more came."""
+    import asyncio  # here: the WASM worker imports this module for CriWriter and starts faster without asyncio
+
     lines = read_lines(base)
     if since:
         lines = [x for x in lines if x.timestamp >= since]
