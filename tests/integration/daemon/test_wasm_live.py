@@ -147,4 +147,4 @@ def test_wasm_jobs_cron_and_service_from_a_registry(
     node.delete(dep)
     daemon_deployments.remove(dep)
     assert not processes_with(f"instances/{rep['id']}")
-    assert not list((node.data / "wasm" / "instances").iterdir()), "a WASM instance outlived its deployment"
+    assert not (node.data / "wasm" / "instances" / rep["id"]).exists(), "a WASM instance outlived its deployment"
