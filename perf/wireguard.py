@@ -23,7 +23,6 @@ import json
 import os
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import cpu_seconds, stop_all  # noqa: E402
+from benchlib import cpu_seconds, stop_all
 
 SECONDS = int(os.environ.get("PERF_SECONDS", "3"))
 ROUNDS = int(os.environ.get("PERF_ROUNDS", "5"))
@@ -83,8 +82,8 @@ def start_tunnel(name: str, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> 
         else:
             argv = ["wireguard-go", "-f", ifname]
             env = {**os.environ, "WG_PROCESS_FOREGROUND": "1"}
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], env=env, stdout=subprocess.DEVNULL,
-                             stderr=open(tmp / f"{ifname}.log", "wb"))  # fmt: skip
+        with open(tmp / f"{ifname}.log", "wb") as log:
+            p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], env=env, stdout=subprocess.DEVNULL, stderr=log)
         procs.append(p)
         pids.append(p.pid)
         deadline = time.monotonic() + 15
@@ -161,7 +160,8 @@ def flood(port: int, responder_hex: str, keys_file: str) -> None:
     counter = iter(range(1, 1 << 30))
 
     def batch() -> list[bytes]:
-        return [noise.create_initiation(i, responder, d, next(counter), None)[0] for i, d in zip(idents, dhs, strict=True)]
+        pairs = zip(idents, dhs, strict=True)
+        return [noise.create_initiation(i, responder, d, next(counter), None)[0] for i, d in pairs]
 
     pool = [m for _ in range(3) for m in batch()]
     sock.settimeout(1.0)
