@@ -4,9 +4,20 @@
 ChaCha20-Poly1305, replay window, batching and offloads, worker threads with the GIL released) plus the handshake
 (noise.py: Noise_IKpsk2, mac1/mac2, cookie replies), the protocol's timers, and the UAPI socket (uapi.py) that
 ``wg show`` / ``wg set`` drive. ``python -m zlayer.overlay IFNAME`` runs one in the foreground.
+addressing.py cuts the cluster CIDR into a slice per node behind a ``SliceBook`` the cluster store can implement.
 """
 
+from zlayer.overlay.addressing import AddressPool, FileSliceBook, SliceAllocator, SliceBook
 from zlayer.overlay.interface import Interface, Peer, Timers
 from zlayer.overlay.uapi import UapiServer
 
-__all__ = ["Interface", "Peer", "Timers", "UapiServer"]
+__all__ = [
+    "AddressPool",
+    "FileSliceBook",
+    "Interface",
+    "Peer",
+    "SliceAllocator",
+    "SliceBook",
+    "Timers",
+    "UapiServer",
+]
