@@ -89,6 +89,7 @@ class BuildNative(build_ext):
                 self.distribution.ext_modules,
                 compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
                 quiet=True,
+                build_dir=str(Path(self.build_temp or "build") / "cython"),  # its C is ours to build, not to ship
             )
         super().finalize_options()
 
