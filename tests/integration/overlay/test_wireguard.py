@@ -9,12 +9,14 @@ import base64
 import ipaddress
 import os
 import random
+import socket
 import struct
+import threading
 import time
 
 import pytest
 
-from tests.fixtures.overlay import Pair, ScriptedPeer, icmp_echo, keypair, make_interface, wait_for
+from tests.fixtures.overlay import Pair, ScriptedPeer, icmp_echo, in_netns, keypair, make_interface, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.peer, pytest.mark.slow]
 
@@ -175,3 +177,62 @@ def test_zlayer_to_zlayer_with_offloads_and_hostile_input_dropped_and_counted(ov
     wait_for(lambda: za.handshake_stats["cookie_replies_sent"] > 0, "cookie replies under load")
     wait_for(lambda: za.device.stats()["handshake_backlog"] == 0, "the flood worked off")
     assert pair.ping(pair.a, "10.92.0.2") and pair.ping(pair.b, "10.92.0.1")
+
+
+def _flood(sock: socket.socket, to: tuple[str, int], msgs: list[bytes], stop: threading.Event) -> None:
+    while not stop.is_set():
+        for m in msgs:
+            sock.sendto(m, to)
+        time.sleep(0.05)
+
+
+def test_cookie_replies_under_load_interoperate_with_wireguard_go_both_ways(overlay_pair: Pair) -> None:
+    from zlayer.overlay import noise
+
+    pair = overlay_pair
+    z_priv, z_pub = keypair()
+    g_priv, g_pub = keypair()
+    ours = make_interface(pair, pair.a, "zlo-z4", 51850, "10.93.0.1/24", private_key=z_priv)
+    pair.wireguard_go(pair.b, "zlo-g2")
+    pair.wg(pair.a, "set", "zlo-z4", "peer", b64(g_pub), "endpoint", f"{pair.addr[pair.b]}:51851",
+            "allowed-ips", "10.93.0.2/32")  # fmt: skip
+    pair.wg(pair.b, "set", "zlo-g2", "private-key", write_key(pair, "g2", g_priv), "listen-port", "51851",
+            "peer", b64(z_pub), "endpoint", f"{pair.addr[pair.a]}:51850", "allowed-ips", "10.93.0.1/32")  # fmt: skip
+    pair.ip("-n", pair.b, "addr", "add", "10.93.0.2/24", "dev", "zlo-g2")
+    pair.ip("-n", pair.b, "link", "set", "zlo-g2", "up")
+
+    def initiations(to_public: bytes) -> list[bytes]:
+        out = []
+        for _ in range(200):  # strangers: valid mac1 (it needs only the public key), no cookie
+            me = noise.Identity(noise.generate_private_key())
+            out.append(noise.create_initiation(me, to_public, noise._dh(me.key, to_public), 1, None)[0])
+        return out
+
+    # zlayer under a flood: wireguard-go's initiation gets our cookie reply, and its retry (with mac2) gets through
+    flooder = in_netns(pair.b, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    pair.cleanups.append(flooder.close)
+    stop = threading.Event()
+    pair.cleanups.append(stop.set)
+    t = threading.Thread(target=_flood, args=(flooder, (pair.addr[pair.a], 51850), initiations(z_pub), stop))
+    t.start()
+    wait_for(lambda: ours.handshake_stats["cookie_replies_sent"] > 0, "zlayer under load")
+    sent = ours.handshake_stats["cookie_replies_sent"]
+    assert pair.ping(pair.b, "10.93.0.1", count=12)  # wireguard-go retries after REKEY_TIMEOUT
+    assert ours.peers[g_pub].handshakes >= 1 and ours.handshake_stats["cookie_replies_sent"] > sent
+    stop.set()
+    t.join()
+
+    # wireguard-go under a flood: zlayer's initiation gets its cookie reply, and zlayer's retry carries mac2
+    pair.wg(pair.b, "set", "zlo-g2", "peer", b64(z_pub), "remove")
+    pair.wg(pair.b, "set", "zlo-g2", "peer", b64(z_pub), "endpoint", f"{pair.addr[pair.a]}:51850",
+            "allowed-ips", "10.93.0.1/32")  # fmt: skip
+    ours.device.clear_sessions(ours.peers[g_pub].slot)
+    stop = threading.Event()
+    pair.cleanups.append(stop.set)
+    t = threading.Thread(target=_flood, args=(flooder, (pair.addr[pair.b], 51851), initiations(g_pub), stop))
+    t.start()
+    time.sleep(0.5)
+    assert pair.ping(pair.a, "10.93.0.2", count=12)
+    assert ours.peers[g_pub].cookie is not None, "wireguard-go sent no cookie reply (was it under load?)"
+    stop.set()
+    t.join()
