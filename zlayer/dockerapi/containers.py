@@ -26,7 +26,7 @@ from zlayer.dockerapi.server import (
 )
 from zlayer.dockerapi.state import DockerContainer, Exec, new_id, random_name
 from zlayer.errors import NotFoundError, ZLayerError
-from zlayer.runtime.protocol import ContainerId
+from zlayer.runtime.protocol import ContainerId, ExecSession
 
 if TYPE_CHECKING:
     from zlayer.dockerapi.app import DockerApi
@@ -300,37 +300,57 @@ class Containers:
             await writer.drain()
             return
         ex.session, ex.running = session, True
-        feeder: asyncio.Task[None] | None = None
-        if ex.stdin:
-
-            async def feed() -> None:
-                if rest:
-                    await session.write(rest)
-                while True:
-                    data = await reader.read(1 << 16)
-                    if not data:
-                        await session.close_stdin()
-                        return
-                    await session.write(data)
-
-            feeder = asyncio.create_task(feed())
         try:
-            async for stream, data in session.output():
-                if (stream == "stdout" and not ex.stdout) or (stream == "stderr" and not ex.stderr):
-                    continue
-                writer.write(data if ex.tty else frame(stream, data))
-                await writer.drain()
-            res = await session.wait()
-            ex.exit_code = res.exit_code
-        except (ConnectionError, asyncio.CancelledError):
-            session.kill()
-            raise
+            await pump(session, reader, writer, rest, tty=ex.tty, stdin=ex.stdin,
+                       want={"stdout": ex.stdout, "stderr": ex.stderr})  # fmt: skip
+            ex.exit_code = (await session.wait()).exit_code
         finally:
             ex.running = False
-            if feeder is not None:
-                feeder.cancel()
-                with contextlib.suppress(BaseException):
-                    await feeder
+
+
+async def pump(
+    session: ExecSession,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    rest: bytes,
+    *,
+    tty: bool,
+    stdin: bool,
+    want: dict[str, bool],
+    close_stdin: bool = True,
+) -> None:
+    """A hijacked connection to a process's stdio: what the client sends to its stdin (``rest`` came with the
+    request), its output to the client (raw on a terminal, else multiplexed), until the output ends. A client that
+    goes away ends an exec (``kill``) and detaches from an attached container."""
+    feeder: asyncio.Task[None] | None = None
+    if stdin:
+
+        async def feed() -> None:
+            if rest:
+                await session.write(rest)
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    if close_stdin:
+                        await session.close_stdin()
+                    return
+                await session.write(data)
+
+        feeder = asyncio.create_task(feed())
+    try:
+        async for stream, data in session.output():
+            if not want.get(stream, True):
+                continue
+            writer.write(data if tty else frame(stream, data))
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        session.kill()
+        raise
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+            with contextlib.suppress(BaseException):
+                await feeder
 
 
 def _now() -> str:
@@ -482,6 +502,14 @@ def register(router: Router, api: DockerApi) -> None:
                 return
             c.sa.attached += 1
             try:
+                want = {"stdout": req.flag("stdout"), "stderr": req.flag("stderr")}
+                if c.config.get("OpenStdin") and req.flag("stream"):
+                    # its own stdio (docker run -i/-it): what the client types goes to it
+                    await c.sa.started.wait()
+                    session = await api.runtime.attach(c.sa.cid)
+                    await pump(session, reader, writer, rest, tty=tty, stdin=req.flag("stdin"), want=want,
+                               close_stdin=bool(c.config.get("StdinOnce")))  # fmt: skip
+                    return
                 since = None
                 if not req.flag("logs"):  # only what this run writes: from its start on
                     await c.sa.started.wait()
@@ -496,7 +524,12 @@ def register(router: Router, api: DockerApi) -> None:
 
     @router.route("POST", "/containers/{id}/resize")
     async def resize_container(req: Request) -> Response:
-        find(req.params["id"])
+        c = find(req.params["id"])
+        h, w = req.integer("h", 0) or 0, req.integer("w", 0) or 0
+        if c.config.get("Tty") and c.config.get("OpenStdin") and c.sa.running and h > 0 and w > 0:
+            session = await api.runtime.attach(c.sa.cid)
+            session.resize(h, w)
+            session.kill()
         return no_content(200)
 
     @router.route("GET", "/containers/{id}/top")

@@ -247,6 +247,12 @@ class Runtime(Protocol):
         (stdout and stderr are then one stream)."""
         ...
 
+    async def attach(self, cid: ContainerId) -> ExecSession:
+        """The container's own stdio, for a container created with ``stdin_open`` (``docker run -i``/``-it``): its
+        output as it comes (already logged as well), its stdin fed by the caller; ``wait`` waits for the container's
+        exit. ``ConflictError`` for a container whose stdin is not open; ``kill`` only detaches."""
+        ...
+
     def logs(
         self, cid: ContainerId, *, tail: int | None = None, follow: bool = False, since: str | None = None
     ) -> AsyncIterator[LogLine]:

@@ -133,6 +133,20 @@ def test_cli_run_ps_logs_exec_cp_stop_rm(shim: Shim, tmp_path: Path) -> None:
     assert r.returncode == 7
     assert shim.ok("ps", "-aq") == ""
     assert f"{cid[:12]}-rep-0" not in shim.node.zl("ps", "-c").stdout
+    # run -it: a shell on a terminal, typed into (through a pty: script); run -i: stdin piped, stdout and stderr apart
+    typed = "echo hi-$((40+2)); tty; exit 6\n"
+    term = subprocess.run(["script", "-qec", f"{DOCKER} run -it --rm {IMAGE} sh", "/dev/null"], env=shim.env,
+                          input=typed, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert term.returncode == 6 and "hi-42\n/dev/pts/0" in term.stdout.replace("\r", ""), term.stdout + term.stderr
+    r = shim.docker("run", "-i", "--rm", IMAGE, "sh", "-c", "wc -c; echo done >&2; exit 2", input="12345")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "5\n", "done\n")
+    # a detached -it container, attached to later; what it wrote is in its logs too
+    shim.ok("run", "-d", "-it", "--name", "bg", IMAGE, "sh")
+    term = subprocess.run(["script", "-qec", f"{DOCKER} attach bg", "/dev/null"], env=shim.env,
+                          input="echo attached; exit 9\n", capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert term.returncode == 9 and "attached" in term.stdout, term.stdout + term.stderr
+    assert "attached" in shim.ok("logs", "bg")
+    shim.ok("rm", "bg")
     # events of what happened to `web`
     ev = shim.ok("events", "--since", "0", "--until", str(int(time.time()) + 1), "--filter", "container=web",
                  "--format", "{{.Action}}")  # fmt: skip

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal as _signal
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ from zlayer.paths import PRIVATE_DIR, private_dir, write_atomic
 from zlayer.runtime import logfile
 from zlayer.runtime.linux import cgroups, shim
 from zlayer.runtime.linux.bundle import BundleOptions, build_config, image_settings, stop_signal
+from zlayer.runtime.linux.console import AttachSession, Console
 from zlayer.runtime.linux.etcfiles import write_etc_files
-from zlayer.runtime.linux.exec_session import ShimExecSession
+from zlayer.runtime.linux.exec_session import HANDOVER_TIMEOUT, ShimExecSession
 from zlayer.runtime.linux.volumes import prepare_volumes
 from zlayer.runtime.protocol import (
     ContainerId,
@@ -179,6 +181,7 @@ class LinuxRuntime:
         # two daemons on one host would share a container's cgroup, and one's stop (SIGKILL to every process of
         # the cgroup) would kill the other's replica.
         self.node_tag = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:8]
+        self._consoles: dict[str, Console] = {}  # containers whose stdio this daemon holds (stdin_open)
         for d in (self.state_root, self.bundles, self.log_dir):
             private_dir(d)  # container filesystems, specs and output: nothing for other host users
 
@@ -281,16 +284,20 @@ class LinuxRuntime:
                     "labels": dict(spec.labels),
                 },
             )
-            made = asyncio.ensure_future(
-                shim.create(
-                    name,
-                    bundle,
-                    self.state_root,
-                    self.log_path(name),
-                    log_max_size=max_log or None,
-                    log_max_files=2 if max_log else None,
+            made: asyncio.Future[Any]
+            if spec.stdin_open:
+                made = asyncio.ensure_future(self._create_with_console(name, bundle, spec.tty))
+            else:
+                made = asyncio.ensure_future(
+                    shim.create(
+                        name,
+                        bundle,
+                        self.state_root,
+                        self.log_path(name),
+                        log_max_size=max_log or None,
+                        log_max_files=2 if max_log else None,
+                    )
                 )
-            )
             try:
                 await asyncio.shield(made)
             except asyncio.CancelledError:
@@ -313,6 +320,54 @@ class LinuxRuntime:
                 with contextlib.suppress(Exception):
                     step()
             raise
+
+    async def _create_with_console(self, name: str, bundle: Path, tty: bool) -> None:
+        """A container whose stdin stays open: its stdio held by this daemon (:mod:`.console`), not logged by the
+        shim — a terminal's master from the console socket, or pipes."""
+        if not tty:
+            ends = [os.pipe() for _ in range(3)]
+            try:
+                await shim.create(name, bundle, self.state_root, None,
+                                  stdio=(ends[0][0], ends[1][1], ends[2][1]))  # fmt: skip
+            except BaseException:
+                for r, w in ends:
+                    os.close(r)
+                    os.close(w)
+                raise
+            for fd in (ends[0][0], ends[1][1], ends[2][1]):
+                os.close(fd)
+            self._consoles[name] = Console(self.log_path(name), pipes=(ends[0][1], ends[1][0], ends[2][0]))
+            return
+        path = bundle / "console.sock"  # in the 0700 bundle: nobody else can connect
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+            listener.listen(1)
+            listener.setblocking(False)
+            accepted = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(listener))
+            try:
+                await shim.create(name, bundle, self.state_root, None, tty=True, console_socket=path)
+                conn, _ = await asyncio.wait_for(accepted, HANDOVER_TIMEOUT)
+            finally:
+                accepted.cancel()
+            with conn:
+                conn.settimeout(HANDOVER_TIMEOUT)
+                _, fds, _, _ = await asyncio.to_thread(socket.recv_fds, conn, 16, 1)
+        finally:
+            listener.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if not fds:
+            raise RuntimeFailure(f"container {name}: the shim sent no terminal")
+        self._consoles[name] = Console(self.log_path(name), master=fds[0])
+
+    async def attach(self, cid: ContainerId) -> AttachSession:
+        console = self._consoles.get(str(cid))
+        if console is None:
+            await self._shim_state(str(cid))  # NotFoundError for a container that is not there
+            raise ConflictError(f"container {cid}: its stdin is not open (created without stdin_open / -i), so "
+                                "there is nothing to attach to but its logs")  # fmt: skip
+        return AttachSession(console, lambda: self.wait(cid))
 
     async def start(self, cid: ContainerId) -> None:
         name = str(cid)
@@ -364,6 +419,9 @@ class LinuxRuntime:
                 st = await self._shim_state(name)
                 if st.status != "stopped":
                     raise ConflictError(f"container {name} is {st.status}: stop it first or remove with force")
+        console = self._consoles.pop(name, None)
+        if console is not None:
+            console.close()
         try:
             with contextlib.suppress(NotFoundError):
                 await shim.delete(name, self.state_root, force=True)
