@@ -5,14 +5,13 @@ that no longer leads cannot overwrite them."""
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from zlayer.cluster.assignments import EtcdAssignments
-from zlayer.cluster.etcd import EtcdMember, EtcdProcess
+from zlayer.cluster.etcd import EtcdProcess
 from zlayer.cluster.scheduler import Scheduler
 from zlayer.cluster.view import Node, NodeResources
 from zlayer.spec.loader import parse_spec
@@ -20,27 +19,6 @@ from zlayer.state import ServiceRecord, SqliteStore
 from zlayer.state.etcd import EtcdClient, EtcdError, mod_is, put_op
 
 pytestmark = pytest.mark.peer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
-    root = tmp_path_factory.mktemp("etcd")
-    member = EtcdMember("node-1", "127.0.0.1", _free_port(), _free_port())
-    proc = EtcdProcess(root / "cluster", member, root / "etcd.log")
-
-    async def start() -> None:
-        client = await proc.start(f"node-1={member.peer_url}")
-        await client.close()
-
-    asyncio.run(start())
-    yield proc
-    asyncio.run(proc.stop())
 
 
 class EtcdCluster(EtcdAssignments):

@@ -5,39 +5,16 @@ watches, and etcd's death and return seen as a clear error, not a traceback."""
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from zlayer.cluster.etcd import EtcdMember, EtcdProcess
+from zlayer.cluster.etcd import EtcdProcess
 from zlayer.errors import ZLayerError
 from zlayer.state import ContainerRecord, CronRecord, JobExecutionRecord, ServiceRecord, SqliteStore, SwitchingStore
 from zlayer.state.etcd import EtcdClient, EtcdError, EtcdStore
 
 pytestmark = pytest.mark.peer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
-    root = tmp_path_factory.mktemp("etcd")
-    member = EtcdMember("node-1", "127.0.0.1", _free_port(), _free_port())
-    proc = EtcdProcess(root / "cluster", member, root / "etcd.log")
-
-    async def start() -> None:
-        client = await proc.start(f"node-1={member.peer_url}")
-        await client.close()
-
-    asyncio.run(start())
-    yield proc
-    asyncio.run(proc.stop())
 
 
 def _store(etcd: EtcdProcess, name: str) -> EtcdStore:
