@@ -122,7 +122,10 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 
 def load_targets(path: Path) -> dict[str, dict[str, tuple[str, float]]]:
     """``{bench: {figure: (op, bound)}}`` from targets.toml; a malformed entry is an error naming it."""
-    raw = tomllib.loads(path.read_text())
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SystemExit(f"{path}: {e}") from None
     out: dict[str, dict[str, tuple[str, float]]] = {}
     for bench, figures in raw.items():
         for figure, text in figures.items():

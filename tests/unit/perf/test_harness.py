@@ -60,4 +60,7 @@ def test_unknown_benchmark_and_bad_target_are_clear_errors(tmp_path: Path) -> No
     r = _perf("--report-only", "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert r.returncode != 0 and "targets.toml: [x] figure = 'about 3': expected '<= N' or '>= N'" in r.stderr
     assert "Traceback" not in r.stderr
+    (perf / "targets.toml").write_text('[x]\nfigure = "<= 1"\n[x]\nfigure = "<= 2"\n')
+    r = _perf("--report-only", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode != 0 and "targets.toml: Cannot declare ('x',) twice" in r.stderr and "Traceback" not in r.stderr
     assert "spec_load" in _perf("--list").stdout.split()
