@@ -1,5 +1,6 @@
 /* The device's tables: peers, sessions (by local index), allowed IPs, the handshake queue for Python, counters. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +151,7 @@ int wg_create_on(const wg_config_t *cfg, int tun_fd, int vnet_hdr, int udp_fd, w
     socklen_t sl = sizeof(ss);
     d->family = (udp_fd >= 0 && getsockname(udp_fd, (struct sockaddr *)&ss, &sl) == 0) ? ss.ss_family : AF_INET;
     d->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    d->netns_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
     pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -202,12 +204,12 @@ void wg_destroy(wg_dev_t *d)
     wg_worker_free(&d->txw);
     if (d->stop_fd >= 0)
         close(d->stop_fd);
-    if (d->owns_fds) {
-        if (d->tun_fd >= 0)
-            close(d->tun_fd);
-        if (d->udp_fd >= 0)
-            close(d->udp_fd);
-    }
+    if (d->owns_tun && d->tun_fd >= 0)
+        close(d->tun_fd);
+    if (d->owns_udp && d->udp_fd >= 0)
+        close(d->udp_fd);
+    if (d->netns_fd >= 0)
+        close(d->netns_fd);
     pthread_rwlock_destroy(&d->lock);
     pthread_mutex_destroy(&d->hs_lock);
     pthread_cond_destroy(&d->hs_cond);

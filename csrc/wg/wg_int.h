@@ -101,7 +101,8 @@ typedef struct {
 
 struct wg_dev {
     wg_config_t cfg;
-    int tun_fd, udp_fd, owns_fds;
+    int tun_fd, udp_fd, owns_tun, owns_udp;
+    int netns_fd;        /* the network namespace the device was made in (a rebound socket goes there too) */
     int family;          /* of udp_fd */
     int vnet_hdr, udp_gso, udp_gro;
     int ifindex;

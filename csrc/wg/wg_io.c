@@ -7,6 +7,7 @@
 #include <linux/if_tun.h>
 #include <netinet/udp.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,7 +145,7 @@ int wg_create(const wg_config_t *cfg, wg_dev_t **out, char *err, size_t errlen)
         close(udp);
         return -1;
     }
-    (*out)->owns_fds = 1;
+    (*out)->owns_tun = (*out)->owns_udp = 1;
     (*out)->ifindex = ifindex;
     return 0;
 }
@@ -299,6 +300,24 @@ void wg_stop(wg_dev_t *d)
     wg_wake(d);
 }
 
+/* The socket of a new listen port is made in the device's network namespace, whichever thread asks (a UAPI request
+ * is served by a thread of the host's namespace when the device was made in another): a helper thread enters it. */
+typedef struct {
+    int netns_fd, port, family, fd;
+    char err[256];
+} rebind_t;
+
+static void *rebind_main(void *arg)
+{
+    rebind_t *r = arg;
+    if (r->netns_fd >= 0 && setns(r->netns_fd, CLONE_NEWNET) != 0) {
+        snprintf(r->err, sizeof(r->err), "cannot enter the interface's network namespace: %s", strerror(errno));
+        return NULL;
+    }
+    r->fd = open_udp(r->port, &r->family, r->err, sizeof(r->err));
+    return NULL;
+}
+
 int wg_set_listen_port(wg_dev_t *d, int port, char *err, size_t errlen)
 {
     if (port < 0 || port > 65535) {
@@ -307,17 +326,24 @@ int wg_set_listen_port(wg_dev_t *d, int port, char *err, size_t errlen)
     }
     if (port && port == wg_listen_port(d))
         return 0;
-    int family;
-    int fd = open_udp(port, &family, err, errlen);
-    if (fd < 0)
+    rebind_t r = {.netns_fd = d->netns_fd, .port = port, .fd = -1};
+    pthread_t t;
+    if (pthread_create(&t, NULL, rebind_main, &r) != 0) {
+        snprintf(err, errlen, "cannot start a thread: %s", strerror(errno));
         return -1;
+    }
+    pthread_join(t, NULL);
+    if (r.fd < 0) {
+        snprintf(err, errlen, "%s", r.err);
+        return -1;
+    }
     int was = d->running;
     wg_stop(d);
-    if (d->owns_fds)
+    if (d->owns_udp)
         close(d->udp_fd);
-    d->udp_fd = fd;
-    d->family = family;
-    d->owns_fds = 1;
+    d->udp_fd = r.fd;
+    d->family = r.family;
+    d->owns_udp = 1;
     wg_probe_offloads(d);
     return was ? wg_start(d, err, errlen) : 0;
 }

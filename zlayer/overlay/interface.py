@@ -259,8 +259,14 @@ class Interface:
                 except (noise.HandshakeError, OverlayError) as e:
                     self.handshake_stats["dropped"] += 1
                     log.debug("%s: handshake message from %s:%d dropped: %s", self.ifname, *source, e)
-            with self.lock:
-                self._tick()
+                except Exception:  # a bug must cost one message, not the interface
+                    self.handshake_stats["dropped"] += 1
+                    log.exception("%s: handshake message from %s:%d dropped", self.ifname, *source)
+            try:
+                with self.lock:
+                    self._tick()
+            except Exception:
+                log.exception("%s: timers", self.ifname)
 
     # ---- handshake messages -------------------------------------------------------------------------------
 

@@ -94,6 +94,11 @@ def test_zlayer_and_wireguard_go_handshake_carry_traffic_rekey_and_roam(overlay_
     assert pair.ping(pair.b, "10.91.0.1")
     assert pair.wg(pair.a, "show", "zlo-z1", "endpoints").split()[1] == "192.168.91.2:51831"
     assert pair.ping(pair.a, "10.91.0.2")
+    # and we move too (wg set listen-port over UAPI rebinds in our namespace); wireguard-go follows our packets
+    pair.wg(pair.a, "set", "zlo-z1", "listen-port", "51822")
+    assert pair.ping(pair.a, "10.91.0.2")
+    assert pair.wg(pair.b, "show", "zlo-g1", "endpoints").split()[1] == f"{pair.addr[pair.a]}:51822"
+    assert pair.ping(pair.b, "10.91.0.1")
     stats = ours.device.stats()
     assert stats["drop_auth"] == 0 and stats["drop_replay"] == 0
 
@@ -122,6 +127,9 @@ def test_zlayer_to_zlayer_with_offloads_and_hostile_input_dropped_and_counted(ov
         assert sa["tso_reads"] > 0 and sb["tso_reads"] > 0
         assert sa["coalesced_writes"] > 0 and sb["coalesced_writes"] > 0
     assert sa["drop_auth"] == sa["drop_replay"] == sa["drop_malformed"] == 0
+    # zb's persistent keepalive (1 s) reaches za while the tunnel is idle
+    keepalives = sa["rx_keepalives"]
+    wait_for(lambda: za.device.stats()["rx_keepalives"] > keepalives, "a persistent keepalive")
 
     # a scripted peer (known to za) handshakes, sends one ping inside the tunnel, then replays it
     ps = za.peer(s_pub)
