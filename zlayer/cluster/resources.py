@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -144,6 +145,15 @@ def disk_bytes(path: Path) -> int:
     return st.f_blocks * st.f_frsize
 
 
+_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def detect_platform() -> tuple[str, str | None]:
+    """(os, arch) in the spec's words (``platform: {os: linux, arch: amd64}``); arch None where the spec has no name
+    for it (placement then treats the node as able to run any platform's services, as ZLayer does)."""
+    return "linux", _ARCHES.get(platform.machine().lower())
+
+
 def detect_resources(
     data_dir: Path, sysfs: Path = Path("/sys"), nvidia_smi: Sequence[str] | None = NVIDIA_SMI
 ) -> NodeResources:
@@ -156,4 +166,13 @@ def detect_resources(
     )
 
 
-__all__ = ["NVIDIA_SMI", "PCI_VENDORS", "detect_gpus", "detect_resources", "disk_bytes", "memory_bytes", "pci_address"]
+__all__ = [
+    "NVIDIA_SMI",
+    "PCI_VENDORS",
+    "detect_gpus",
+    "detect_platform",
+    "detect_resources",
+    "disk_bytes",
+    "memory_bytes",
+    "pci_address",
+]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 GpuVendor: TypeAlias = Literal["nvidia", "amd", "intel", "unknown"]
 NodeMode: TypeAlias = Literal["full", "replicate"]
@@ -86,6 +86,15 @@ class ClusterView(_Frozen):
 
     nodes: tuple[Node, ...] = ()
     assignments: tuple[Assignment, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_node_per_id(self) -> ClusterView:
+        seen: set[str] = set()
+        for n in self.nodes:
+            if n.id in seen:
+                raise ValueError(f"node {n.id!r} appears twice in the cluster view")
+            seen.add(n.id)
+        return self
 
     def node(self, node_id: str) -> Node | None:
         for n in self.nodes:

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from zlayer.cluster.resources import NVIDIA_QUERY, detect_gpus, detect_resources, disk_bytes, pci_address
+from zlayer.cluster.resources import (
+    NVIDIA_QUERY,
+    detect_gpus,
+    detect_platform,
+    detect_resources,
+    disk_bytes,
+    pci_address,
+)
 from zlayer.cluster.view import Gpu
 
 # (address, vendor, device, class, extra files)
@@ -120,3 +127,8 @@ def test_pci_address_forms() -> None:
     assert pci_address("00000000:07:00.0") == "0000:07:00.0"
     assert pci_address("00000001:4B:00.0") == "0001:4b:00.0"
     assert pci_address("0000:07:00.0") == "0000:07:00.0"
+
+
+def test_platform_in_the_specs_words() -> None:
+    want = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine)
+    assert detect_platform() == ("linux", want)

@@ -50,3 +50,8 @@ def test_view_is_frozen_and_strict() -> None:
         Assignment(deployment="d", service="s", replica=0, node_id="n")
     with pytest.raises(ValidationError, match="memory_bytes"):
         NodeResources(memory_bytes=-1)
+
+
+def test_a_node_id_appears_once() -> None:
+    with pytest.raises(ValidationError, match="node 'n1' appears twice"):
+        ClusterView(nodes=(_node(), _node()))
