@@ -19,7 +19,7 @@ from zlayer.cluster.placement import ServiceKey
 from zlayer.cluster.view import Assignment
 from zlayer.state.etcd import EtcdClient, EtcdError, delete_op, put_op
 
-PREFIX = "/zlayer/assignments/"
+PREFIX = "/zlayer/cluster/assignments/"  # beside membership's nodes/ and config under /zlayer/cluster/
 TXN_OPS = 100  # below etcd's default --max-txn-ops (128), leaving room for the guard's comparisons
 
 

@@ -15,8 +15,9 @@ or resync; the loop never dies from it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from pydantic import ValidationError
@@ -49,7 +50,7 @@ class Scheduler:
         self,
         store: Store,
         cluster: ClusterState,
-        is_leader: Callable[[], bool] = lambda: True,
+        is_leader: Callable[[], bool | Awaitable[bool]] = lambda: True,
         settle: float = 0.05,
         resync: float = 30.0,
     ) -> None:
@@ -75,9 +76,12 @@ class Scheduler:
                 pass
             await asyncio.sleep(self.settle)  # a burst of changes (a node's death moves many things) is one pass
             self._wake.clear()
-            if not self.is_leader():
-                continue
             try:
+                leads = self.is_leader()
+                if inspect.isawaitable(leads):
+                    leads = await leads
+                if not leads:
+                    continue
                 await self.reconcile()
             except (ZLayerError, OSError) as e:
                 log.warning("placement pass failed, retried with the next change: %s", e)

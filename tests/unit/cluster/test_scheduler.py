@@ -147,7 +147,11 @@ def test_loop_follows_changes_only_as_leader_and_survives_failures(
     async def body(store: SqliteStore) -> None:
         cluster = MemoryCluster([node("a"), node("b"), node("c")])
         leader = False
-        sched = Scheduler(store, cluster, is_leader=lambda: leader, settle=0.01)
+
+        async def is_leader() -> bool:  # membership asks etcd who leads
+            return leader
+
+        sched = Scheduler(store, cluster, is_leader=is_leader, settle=0.01)
         task = asyncio.create_task(sched.run())
         try:
             await deploy(store, "shop", web=3, db=1)
