@@ -17,6 +17,7 @@ def status(deployment: str | None, output: str) -> None:
     """Show the daemon (pid, socket, API address) and its deployments with per-service health."""
     from zlayer.client import read_daemon_info
     from zlayer.config import probe_socket
+    from zlayer.errors import NotFoundError
 
     c = cli_ctx()
     sock = c.paths.socket
@@ -37,7 +38,10 @@ def status(deployment: str | None, output: str) -> None:
             d["containers"] = [x for x in await client.ps() if x.get("deployment") == d["name"]]
             for h in d["service_health"]:  # placement's reason for replicas that have no node (a cluster's leader)
                 if h["health"] not in ("healthy", "stopped"):
-                    message = (await client.service(d["name"], h["name"])).get("status_message") or ""
+                    try:
+                        message = (await client.service(d["name"], h["name"])).get("status_message") or ""
+                    except NotFoundError:  # removed since the deployment was read
+                        continue
                     if message.startswith("unschedulable:"):
                         h["status_message"] = message
         return out
