@@ -93,11 +93,14 @@ class QuietProgress:
 
 @dataclass
 class BuildOptions:
-    """One build: the context, the Dockerfile (``context/Dockerfile`` by default) and the ``zlayer build`` options."""
+    """One build: the context, what to build (see :func:`load_build_file`) and the ``zlayer build`` options."""
 
     context: Path
     dockerfile: Path | None = None
     dockerfile_text: str | None = None
+    zimagefile: Path | None = None
+    runtime: str | None = None
+    runtime_auto: bool = False
     tags: list[str] = field(default_factory=list)
     build_args: dict[str, str] = field(default_factory=dict)
     target: str | None = None
@@ -142,6 +145,56 @@ class _StageState:
         return self.layers[-1].chain if self.layers else None
 
 
+def _shown_path(path: Path) -> str:
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def load_build_file(opts: BuildOptions, context: Path) -> Dockerfile:
+    """What to build, in ZLayer's order: a runtime template (``--runtime``, or detected from the context with
+    ``--runtime-auto``), a ZImagefile (``-z``), a Dockerfile (``-f``), then the context's own ``ZImagefile`` or
+    ``Dockerfile``, and last a runtime template detected from the context when it has neither."""
+    from zlayer.builder import templates
+    from zlayer.builder.dockerfile import parse
+    from zlayer.builder.zimage import parse_zimagefile
+
+    if opts.dockerfile_text is not None:
+        return parse(opts.dockerfile_text, str(opts.dockerfile or "Dockerfile"))
+    if opts.runtime:
+        found = templates.template(opts.runtime)
+        if found is None:
+            raise UsageError(f"--runtime {shown(opts.runtime)}: no such runtime template",
+                             hint="zlayer runtimes lists them: " + ", ".join(templates.TEMPLATES))  # fmt: skip
+        return parse(found.dockerfile, f"runtime template {found.name}")
+    if opts.runtime_auto:
+        detected = templates.detect(context)
+        if detected is None:
+            raise UsageError(f"--runtime-auto: no project file in {context} calls for a runtime template",
+                             hint="zlayer runtimes lists the templates and the files that select them")  # fmt: skip
+        return parse(detected.dockerfile, f"runtime template {detected.name} (detected)")
+    for path, kind in ((opts.zimagefile, "z"), (opts.dockerfile, "d"), (context / "ZImagefile", "z"),
+                       (context / "Dockerfile", "d")):  # fmt: skip
+        if path is None:
+            continue
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            if path in (opts.zimagefile, opts.dockerfile):
+                raise NotFoundError(f"{path} not found") from None
+            continue
+        except IsADirectoryError:
+            raise UsageError(f"{path} is a directory, not a build file") from None
+        if kind == "z":
+            return parse_zimagefile(text, _shown_path(path), templates.dockerfiles())
+        return parse(text, _shown_path(path))
+    found = templates.detect(context)
+    if found is None:
+        raise NotFoundError(f"nothing to build in {context}: no Dockerfile, no ZImagefile, and no project file a "
+                            "runtime template knows", hint="name a file with -f or -z, or a template with "
+                            "--runtime (zlayer runtimes lists them)")  # fmt: skip
+    return parse(found.dockerfile, f"runtime template {found.name} (detected)")
+
+
 def _sha(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -178,20 +231,7 @@ class Builder:
     async def build(self, opts: BuildOptions) -> LocalImage:
         started = time.monotonic()
         ctx = BuildContext.open(opts.context)
-        df_path = opts.dockerfile or ctx.root / "Dockerfile"
-        if opts.dockerfile_text is not None:
-            text, shown_name = opts.dockerfile_text, str(df_path)
-        else:
-            try:
-                text = df_path.read_text()
-            except FileNotFoundError:
-                raise NotFoundError(f"Dockerfile {df_path} not found",
-                                    hint="name it with -f, or put a Dockerfile in the context") from None  # fmt: skip
-            rel = os.path.relpath(df_path)
-            shown_name = rel if not rel.startswith("..") else str(df_path)
-        from zlayer.builder.dockerfile import parse
-
-        dockerfile = parse(text, shown_name)
+        dockerfile = load_build_file(opts, ctx.root)
         run = _Run(self, opts, ctx, dockerfile)
         try:
             image = await run.execute()
@@ -354,11 +394,27 @@ class _Run:
     async def _image(self, ref: str, ins: Instruction, platform: str | None) -> LocalImage:
         if ref in self.images:
             return self.images[ref]
+        with contextlib.suppress(NotFoundError, UsageError, ImageError):
+            # what the store has is used as it is (a pull's if_not_present) without loading the registry client
+            self.images[ref] = await _thread(self.store.get, ref)
+            return self.images[ref]
         from zlayer.images import pull
+        from zlayer.images.reference import names_registry
 
+        source = ref
+        if not names_registry(ref):
+            default = os.environ.get("ZLAYER_DEFAULT_REGISTRY", "").rstrip("/")
+            if not default:
+                raise BuildError(f"{ins.where}: {ins.keyword} {ref}: the image is not in the local store, and its "
+                                 "name has no registry to pull it from",
+                                 hint=f"name its registry (registry.example.com/{ref}), import it, or set "
+                                 "ZLAYER_DEFAULT_REGISTRY")  # fmt: skip
+            source = f"{default}/{ref}"
         try:
-            image = await pull(self.store, ref, policy="if_not_present", platform=platform or self.opts.platform,
+            image = await pull(self.store, source, policy="if_not_present", platform=platform or self.opts.platform,
                                insecure=self.opts.insecure)  # fmt: skip
+            if source != ref:
+                await _thread(self.store.tag, source, ref)
         except ZLayerError as e:
             raise BuildError(f"{ins.where}: {ins.keyword} {ref}: the image cannot be pulled: {e}",
                              hint=e.hint or "check the name, the registry and --platform") from e  # fmt: skip
@@ -649,12 +705,14 @@ class _Run:
                     matched = sorted(Path(p) for p in _glob_in(source_root, src))
                     if not matched:
                         raise ins.error(f"no file in {from_ref} matches {src!r}")
-                    items += [(m.name, m) for m in matched]
                 else:
                     if not os.path.lexists(path):
                         raise ins.error(f"source {src!r} not found in {from_ref}")
-                    items.append((path.name, path))
-                inputs.append(f"from:{from_ref}:{self._key_of(from_ref)}:{src}")
+                    matched = [path]
+                items += [(m.name, m) for m in matched]
+                # by content, as BuildKit: a stage rebuilt with the same files there does not rebuild this step
+                rels = [str(m.relative_to(source_root)) for m in matched]
+                inputs.append(f"from:{src}:" + await _thread(tree_digest, source_root, rels, None))
             elif ins.keyword == "ADD" and src.startswith(("http://", "https://")):
                 fetched = await _thread(_download, src, self.tmp, ins)
                 items.append((os.path.basename(src.split("?")[0]) or "download", fetched))

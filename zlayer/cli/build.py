@@ -107,6 +107,9 @@ def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
 @click.command("build")
 @click.argument("context", default=".", type=click.Path(file_okay=False, exists=True))
 @click.option("-f", "--file", "dockerfile", type=click.Path(dir_okay=False), help="Dockerfile [CONTEXT/Dockerfile].")
+@click.option("-z", "--zimagefile", type=click.Path(dir_okay=False), help="A ZImagefile to build instead.")
+@click.option("--runtime", "runtime_name", help="Build with a runtime template (zlayer runtimes lists them).")
+@click.option("--runtime-auto", is_flag=True, help="Build with the runtime template the context's files call for.")
 @click.option("-t", "--tag", "tags", multiple=True, help="Name the image (repeatable).")
 @click.option("--build-arg", "build_args", multiple=True, help="NAME=value for an ARG (repeatable).")
 @click.option("--target", help="Build up to this stage (name or index).")
@@ -121,6 +124,9 @@ def build(
     ctx: click.Context,
     context: str,
     dockerfile: str | None,
+    zimagefile: str | None,
+    runtime_name: str | None,
+    runtime_auto: bool,
     tags: tuple[str, ...],
     build_args: tuple[str, ...],
     target: str | None,
@@ -131,7 +137,8 @@ def build(
     insecure: tuple[str, ...],
     quiet: bool,
 ) -> None:
-    """Build an image from a Dockerfile in CONTEXT into the local store.
+    """Build an image from CONTEXT into the local store: a runtime template (--runtime), a ZImagefile (-z), a
+    Dockerfile (-f), else the context's ZImagefile or Dockerfile, else the runtime template its files call for.
 
     Each RUN step runs on zlayer's own runtime over overlayfs snapshots of the store's layers; every step is cached
     by its inputs, so a rebuild runs only what changed. Progress goes to stderr; the image ID to stdout.
@@ -148,6 +155,9 @@ def build(
     opts = BuildOptions(
         context=Path(context),
         dockerfile=Path(dockerfile) if dockerfile else None,
+        zimagefile=Path(zimagefile) if zimagefile else None,
+        runtime=runtime_name,
+        runtime_auto=runtime_auto,
         tags=list(tags),
         build_args=_pairs(build_args, "--build-arg"),
         target=target,
@@ -175,3 +185,13 @@ def build(
     if not quiet:
         click.echo(f"built {', '.join(tags) or 'an unnamed image'}: image ID {image.id}", err=True)
     click.echo(image.id)
+
+
+@click.command("runtimes")
+def runtimes() -> None:
+    """List the runtime templates `zlayer build --runtime` takes, and the files that select each."""
+    from zlayer.builder.templates import TEMPLATES
+    from zlayer.cli.common import print_table
+
+    print_table(("NAME", "DESCRIPTION", "DETECTED BY"),
+                [(t.name, t.description, ", ".join(t.detect)) for t in TEMPLATES.values()])  # fmt: skip

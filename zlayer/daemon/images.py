@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from zlayer.errors import AuthError, ImageError, NotFoundError, ZLayerError
+from zlayer.images.reference import names_registry
 
 
 class StoreImages:
@@ -48,9 +49,9 @@ class StoreImages:
         from zlayer.images.distribution import pull
 
         source = image
-        if have and not _names_registry(image):
+        if have and not names_registry(image):
             return  # an imported name without a registry: the local store is where it comes from
-        if not _names_registry(image):
+        if not names_registry(image):
             # ZLayer's rule: an unqualified name is pulled only from ZLAYER_DEFAULT_REGISTRY, never implicitly
             # from Docker Hub.
             default = os.environ.get("ZLAYER_DEFAULT_REGISTRY", "").rstrip("/")
@@ -113,12 +114,6 @@ class StoreImages:
             if path is not None:
                 return path, str(desc["digest"])
         raise ImageError(f"image {image} is a WASM artifact with no WASM layer", where=image)
-
-
-def _names_registry(image: str) -> bool:
-    """Whether a reference starts with a registry host (``host.tld/``, ``host:port/``, ``localhost/``)."""
-    first, sep, _ = image.partition("/")
-    return bool(sep) and ("." in first or ":" in first or first == "localhost")
 
 
 __all__ = ["StoreImages"]

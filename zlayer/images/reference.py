@@ -62,3 +62,10 @@ def parse_reference(text: str) -> Reference:
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(registry=registry, repository=repository, tag=tag, digest=digest)
+
+
+def names_registry(image: str) -> bool:
+    """Whether a reference starts with a registry host (``host.tld/``, ``host:port/``, ``localhost/``). ZLayer's
+    rule: a name without one is pulled only from ``ZLAYER_DEFAULT_REGISTRY``, never implicitly from Docker Hub."""
+    first, sep, _ = image.partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -262,3 +263,54 @@ def test_a_build_cancelled_with_ctrl_c_leaves_nothing_and_keeps_the_cache(
         t = time.monotonic()
         r = zlayer_cmd(data, "build", str(ctx))
         assert r.returncode == 0 and "COPY f /f\n[stage-0 2/3] CACHED" in r.stderr, (r.stderr, time.monotonic() - t)
+
+
+def test_a_zimagefile_builds_and_templates_take_their_base_from_the_configured_registry(
+    tmp_path: Path, builder_base: BuildBase
+) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "app.txt").write_text("from the context\n")
+    (ctx / "ZImagefile").write_text(f"""\
+stages:
+  build:
+    base: {builder_base.reference}
+    env:
+      WHO: zimage
+    steps:
+      - copy: app.txt
+        to: /src/
+      - run: echo "$WHO" > /src/who && cat /src/app.txt >> /src/who
+        cache:
+          - target: /cache
+  final:
+    base: {builder_base.reference}
+    steps:
+      - copy: /src/who
+        from: build
+        to: /who
+        chmod: "0600"
+cmd: [cat, /who]
+""")
+    data = tmp_path / "data"
+    with no_mounts_left(tmp_path):
+        r = zlayer_cmd(data, "build", "-t", "zimage:1", str(ctx))
+        assert r.returncode == 0, r.stderr
+        assert "[final 6/7] COPY --from=build" in r.stderr, r.stderr
+        assert run_image(data, "zimage:1") == "zimage\nfrom the context\n"
+        # a mistake names the ZImagefile's line and field
+        (ctx / "ZImagefile").write_text(f"base: {builder_base.reference}\nsteps:\n  - copy: app.txt\n")
+        bad = zlayer_cmd(data, "build", str(ctx))
+        assert bad.returncode != 0 and "ZImagefile:3:5: steps[0].to: a copy step needs to:" in bad.stderr, bad.stderr
+        # a runtime template's base image is asked of ZLAYER_DEFAULT_REGISTRY, and its absence named
+        (ctx / "ZImagefile").unlink()
+        (ctx / "go.mod").write_text("module example.com/x\n")
+        host = builder_base.registry.host
+        env_run = subprocess.run([sys.executable, "-m", "zlayer", "--data-dir", str(data), "build", str(ctx)],
+                                 capture_output=True, text=True, timeout=120,
+                                 env={**os.environ, "ZLAYER_DEFAULT_REGISTRY": host})  # fmt: skip
+        assert env_run.returncode != 0
+        said = "runtime template go (detected):1: FROM golang:1-alpine: the image cannot be pulled"
+        assert said in env_run.stderr and f"{host} answered 404" in env_run.stderr, env_run.stderr
+        assert "Traceback" not in env_run.stderr
+        assert left_behind(data) == []
