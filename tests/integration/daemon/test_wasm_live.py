@@ -52,7 +52,10 @@ def job(name: str, image: str, extra: str = "") -> str:
 
 
 def test_wasm_jobs_cron_and_service_from_a_registry(
-    daemon_node: Node, daemon_deployments: list[str], wasm_programs: WasmPrograms, tmp_path: Path
+    daemon_node: Node,
+    daemon_deployments: list[str],
+    wasm_programs: WasmPrograms,
+    tmp_path: Path,
 ) -> None:
     node = daemon_node
     reg = node.registry()
@@ -66,6 +69,8 @@ def test_wasm_jobs_cron_and_service_from_a_registry(
         ("trap", progs.trap),
         ("missing", progs.missing_import),
         ("corrupt", corrupt),
+        ("runerr", progs.run_err),
+        ("http", progs.http_handler),
     ):
         push(node, tmp_path, file, f"{reg}/wasm/{name}:v1")
     data = tmp_path / "data"
@@ -86,6 +91,8 @@ def test_wasm_jobs_cron_and_service_from_a_registry(
         + job("trap", f"{reg}/wasm/trap:v1")
         + job("missing", f"{reg}/wasm/missing:v1")
         + job("corrupt", f"{reg}/wasm/corrupt:v1")
+        + job("runerr", f"{reg}/wasm/runerr:v1")
+        + job("http", f"{reg}/wasm/http:v1")
         + f"  tick:\n    rtype: cron\n    schedule: '* * * * * *'\n    image: {{name: '{reg}/wasm/hello:v1'}}\n"
         + f"  forever:\n    image: {{name: '{reg}/wasm/spin:v1'}}\n    scale: {{mode: fixed, replicas: 1}}\n"
         + "    stop_grace_period: 5s\n"
@@ -129,6 +136,11 @@ def test_wasm_jobs_cron_and_service_from_a_registry(
     bad = execution(node, "corrupt", dep)
     assert bad["status"] == "failed" and "invalid WASM module" in bad["error"], bad
     assert "Traceback" not in json.dumps([trap, missing, bad])
+
+    # WASIp2: a wasi:cli/run component (run's err is exit 1), and an HTTP handler refused saying why
+    assert execution(node, "runerr", dep)["exit_code"] == 1
+    http = execution(node, "http", dep)
+    assert http["status"] == "failed" and "is a wasi:http/incoming-handler component" in http["error"], http
 
     # the cron fires (seconds-first, every second) and its runs complete with the module's output
     node.wait_for(

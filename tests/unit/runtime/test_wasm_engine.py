@@ -23,7 +23,9 @@ from zlayer.runtime.wasm.engine import (
     EpochTicker,
     Limits,
     P1Program,
+    P2Command,
     digest_of_file,
+    load_program,
     make_engine,
 )
 from zlayer.spec.models import ServiceSpec
@@ -114,3 +116,40 @@ def test_drivers_pick_by_service_type_image_kind_or_force() -> None:
     forced = Drivers({"linux": linux, "wasm": wasm}, image_kind=kinds.get, force="wasm")
     assert forced.for_service(spec("busybox:1")) is wasm and forced.decided(spec("not/pulled:yet"))
     assert drivers.name_of(wasm) == "wasm"
+
+
+def test_cli_run_components_and_worlds_not_served(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
+    cache = tmp_path / "compiled"
+
+    def load(path: Path) -> P1Program | P2Command:
+        return load_program(path, digest_of_file(path), cache, fuel=False, where=path.name)
+
+    ok = load(wasm_programs.run_ok)
+    assert isinstance(ok, P2Command) and inspect_wasm(wasm_programs.run_ok).world == "wasi:cli/command"
+    assert ok.run(argv=["run"]).exit_code == 0
+    assert load(wasm_programs.run_ok).run(argv=["run"]).exit_code == 0  # from the cache this time
+    assert load(wasm_programs.run_err).run(argv=["run"]).exit_code == 1
+    spin = load(wasm_programs.run_spin)
+    ticker = EpochTicker(spin.engine)
+    try:
+        res = spin.run(argv=["spin"], limits=Limits(deadline_s=0.1), ticking=True)
+    finally:
+        ticker.close()
+    assert (res.exit_code, res.reason) == (EXIT_DEADLINE, "deadline: ran past its 0.1 s limit")
+    with pytest.raises(RuntimeFailure, match=r"http_handler.wasm: is a wasi:http/incoming-handler component"):
+        load(wasm_programs.http_handler)
+    with pytest.raises(RuntimeFailure, match=r"exports no wasi:cli/run \(world not served; it exports zlayer:test"):
+        load(wasm_programs.other_world)
+
+
+@pytest.mark.slow
+def test_python_component_gets_args_env_and_output(wasm_python_component: Path, tmp_path: Path) -> None:
+    # componentize-py's component is CPython itself (about 18 MB): compiled once here, from the cache after
+    prog = load_program(
+        wasm_python_component, digest_of_file(wasm_python_component), tmp_path / "c", fuel=False, where="py"
+    )
+    out: list[tuple[str, bytes]] = []
+    res = prog.run(argv=["py", "a", "b"], env=[("GREETING", "p2")], output=lambda s, d: out.append((s, d)))
+    assert res.exit_code == 0, res
+    assert b"".join(d for s, d in out if s == "stdout") == b"python component: a b p2\n"
+    assert b"".join(d for s, d in out if s == "stderr") == b"to stderr\n"

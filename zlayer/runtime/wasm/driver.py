@@ -1,11 +1,12 @@
 """WasmRuntime: the Runtime protocol for WebAssembly workloads, beside the Linux one.
 
 A replica is a worker process (:mod:`zlayer.runtime.wasm.worker`, which says why a process) running one WASIp1
-command module from a WASM artifact in the node's image store. Layout under ``data_dir``: ``wasm/instances/<id>/`` holds
-``config.json`` (what the worker runs: artifact, argv, env, preopens, limits), ``state.json`` (created/started, pid)
-and, once it ended, ``result.json`` (exit code and why); compiled modules are cached in ``wasm/compiled/`` by digest;
-logs go to the same ``<log_dir>/<id>.log`` CRI files as containers. Nothing lives only in memory: a new WasmRuntime
-on the same ``data_dir`` adopts the workers an earlier daemon started.
+command module or ``wasi:cli/run`` component from a WASM artifact in the node's image store. Layout under
+``data_dir``: ``wasm/instances/<id>/`` holds ``config.json`` (what the worker runs: artifact, argv, env, preopens,
+limits), ``state.json`` (created/started, pid) and, once it ended, ``result.json`` (exit code and why); compiled
+programs are cached in ``wasm/compiled/`` by digest; logs go to the same ``<log_dir>/<id>.log`` CRI files as
+containers. Nothing lives only in memory: a new WasmRuntime on the same ``data_dir`` adopts the workers an earlier
+daemon started.
 
 What a replica gets from its spec: ``argv`` = the service name, then ``command.entrypoint`` and ``command.args``;
 ``env`` resolved as for containers (``$E:``/``$S:``); ``storage`` entries as preopened directories at their targets
@@ -439,22 +440,12 @@ class WasmRuntime:
 
 
 def _prepare(artifact: Path, digest: str, cache: Path, fuel: bool, image: str) -> None:
-    from zlayer.runtime.wasm.binary import file_kind
-    from zlayer.runtime.wasm.engine import CompileCache, P1Program, make_engine
+    from zlayer.runtime.wasm.engine import load_program
 
-    kind = file_kind(artifact)
-    if kind == "component":
-        raise RuntimeFailure(
-            f"image {image}: is a WASIp2 component; this node runs WASIp1 command modules only (components need "
-            "the wasi:cli/run and wasi:http/incoming-handler hosts, which are not built yet)",
-            where=image,
-        )
-    engine = make_engine(fuel=fuel)
     try:
-        module = CompileCache(cache).module(engine, artifact, digest, fuel=fuel)
+        load_program(artifact, digest, cache, fuel=fuel, where=f"image {image}")
     except ImageError as e:
         raise ImageError(f"image {image}: {e.message}", where=image) from None
-    P1Program(engine, module, where=f"image {image}")
 
 
 def _limits(spec: ServiceSpec) -> dict[str, Any]:

@@ -111,29 +111,43 @@ class CompileCache:
     def module(self, engine: wasmtime.Engine, source: Path, digest: str, *, fuel: bool) -> wasmtime.Module:
         """The compiled module of ``source`` (whose content digest is ``digest``): from the cache when there, else
         compiled and stored. A corrupt or truncated binary is an ImageError naming the file and where it broke."""
-        cached = self.path(digest, fuel=fuel)
+        got = self._load(wasmtime.Module, engine, source, digest, fuel=fuel, component=False)
+        assert isinstance(got, wasmtime.Module)
+        return got
+
+    def component(self, engine: wasmtime.Engine, source: Path, digest: str, *, fuel: bool) -> Any:
+        """The compiled component of ``source``, as :meth:`module` (the engine has the component model on)."""
+        from wasmtime import component
+
+        return self._load(component.Component, engine, source, digest, fuel=fuel, component=True)
+
+    def _load(
+        self, kind: Any, engine: wasmtime.Engine, source: Path, digest: str, *, fuel: bool, component: bool
+    ) -> Any:
+        cached = self.path(digest, fuel=fuel, component=component)
         try:
             # read, not deserialize_file: a mapped file truncated under us would end this process with SIGBUS
-            return wasmtime.Module.deserialize(engine, cached.read_bytes())
+            return kind.deserialize(engine, cached.read_bytes())
         except FileNotFoundError:
             pass
         except wasmtime.WasmtimeError:
             cached.unlink(missing_ok=True)  # another wasmtime build's or a torn file: compile again
+        what = "component" if component else "module"
         try:
-            module = wasmtime.Module.from_file(engine, str(source))
+            compiled = kind.from_file(engine, str(source))
         except wasmtime.WasmtimeError as e:
-            raise ImageError(f"{source}: invalid WASM module: {_short(e)}", where=digest) from None
+            raise ImageError(f"{source}: invalid WASM {what}: {_short(e)}", where=digest) from None
         tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            data = module.serialize()
+            data = compiled.serialize()
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         os.replace(tmp, cached)
-        return module
+        return compiled
 
 
 def _short(e: BaseException) -> str:
@@ -193,25 +207,7 @@ class P1Program:
         """One fresh instance run to its end. ``preopens``: ``(host dir, guest dir, readonly)``; ``output``: called
         with ``("stdout"|"stderr", bytes)``; ``ticking``: an :class:`EpochTicker` runs for this engine (needed for
         ``limits.deadline_s``)."""
-        store = wasmtime.Store(self.engine)
-        wasi = wasmtime.WasiConfig()
-        wasi.argv = list(argv)
-        wasi.env = list(env)
-        for host, guest, ro in preopens:
-            wasi.preopen_dir(host, guest, fs_mutable=not ro)
-        if output is not None:
-            emit = output
-            wasi.stdout_custom = lambda data: emit("stdout", data)
-            wasi.stderr_custom = lambda data: emit("stderr", data)
-        store.set_wasi(wasi)
-        if limits.memory_bytes is not None:
-            store.set_limits(memory_size=limits.memory_bytes)
-        if limits.fuel:
-            store.set_fuel(limits.fuel)
-        if limits.deadline_s is not None and ticking:
-            store.set_epoch_deadline(max(1, math.ceil(limits.deadline_s / EPOCH_TICK)))
-        else:
-            store.set_epoch_deadline(NO_DEADLINE)
+        store = _store(self.engine, argv, env, preopens, output, limits, ticking)
         try:
             instance = self.pre.instantiate(store)
             start = instance.exports(store)["_start"]
@@ -220,23 +216,153 @@ class P1Program:
         except wasmtime.ExitTrap as e:
             return RunResult(e.code)
         except wasmtime.Trap as e:
-            return self._trapped(e, limits)
+            return _trapped(e, limits)
         except wasmtime.WasmtimeError as e:
-            text = _short(e)
-            if "memory" in text and limits.memory_bytes is not None:
-                return RunResult(EXIT_TRAP, f"memory: the module needs more than the {limits.memory_bytes} byte limit")
-            return RunResult(EXIT_TRAP, f"instantiate: {text}")
+            return _failed(e, limits)
         return RunResult(0)
 
-    @staticmethod
-    def _trapped(e: wasmtime.Trap, limits: Limits) -> RunResult:
-        code = e.trap_code
-        if code == wasmtime.TrapCode.INTERRUPT:
+
+def _store(
+    engine: wasmtime.Engine,
+    argv: Sequence[str],
+    env: Iterable[tuple[str, str]],
+    preopens: Iterable[tuple[str, str, bool]],
+    output: Callable[[str, bytes], None] | None,
+    limits: Limits,
+    ticking: bool,
+) -> wasmtime.Store:
+    """A store with WASI set up (argv, env, preopens, output) and the run's limits."""
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = list(argv)
+    wasi.env = list(env)
+    for host, guest, ro in preopens:
+        wasi.preopen_dir(host, guest, fs_mutable=not ro)
+    if output is not None:
+        emit = output
+        wasi.stdout_custom = lambda data: emit("stdout", data)
+        wasi.stderr_custom = lambda data: emit("stderr", data)
+    store.set_wasi(wasi)
+    if limits.memory_bytes is not None:
+        store.set_limits(memory_size=limits.memory_bytes)
+    if limits.fuel:
+        store.set_fuel(limits.fuel)
+    if limits.deadline_s is not None and ticking:
+        store.set_epoch_deadline(max(1, math.ceil(limits.deadline_s / EPOCH_TICK)))
+    else:
+        store.set_epoch_deadline(NO_DEADLINE)
+    return store
+
+
+def _trapped(e: wasmtime.Trap, limits: Limits) -> RunResult:
+    code = e.trap_code
+    if code == wasmtime.TrapCode.INTERRUPT:
+        return RunResult(EXIT_DEADLINE, f"deadline: ran past its {limits.deadline_s:g} s limit")
+    if code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return RunResult(EXIT_TRAP, f"fuel: used all {limits.fuel} units")
+    what = code.name.lower().replace("_", " ") if code is not None else _short(e)
+    return RunResult(EXIT_TRAP, f"trap: {what}")
+
+
+def _failed(e: wasmtime.WasmtimeError, limits: Limits) -> RunResult:
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    cause = lines[-1] if lines else type(e).__name__  # a component's trap: "... Caused by: wasm trap: interrupt"
+    if cause.startswith("wasm trap: "):
+        what = cause.removeprefix("wasm trap: ")
+        if what == "interrupt":
             return RunResult(EXIT_DEADLINE, f"deadline: ran past its {limits.deadline_s:g} s limit")
-        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+        if "fuel" in what:
             return RunResult(EXIT_TRAP, f"fuel: used all {limits.fuel} units")
-        what = code.name.lower().replace("_", " ") if code is not None else _short(e)
-        return RunResult(EXIT_TRAP, f"trap: {what}")
+        return RunResult(EXIT_TRAP, f"trap: {what.removeprefix('wasm ').removesuffix(' instruction executed')}")
+    text = _short(e)
+    if "exit status" in text:  # a component's wasi:cli/exit: "Exited with i32 exit status N"
+        digits = "".join(ch for ch in text.rsplit("status", 1)[1] if ch.isdigit())
+        if digits:
+            return RunResult(int(digits))
+    if "interrupt" in text:
+        return RunResult(EXIT_DEADLINE, f"deadline: ran past its {limits.deadline_s:g} s limit")
+    if "fuel" in text:
+        return RunResult(EXIT_TRAP, f"fuel: used all {limits.fuel} units")
+    if "memory" in text and limits.memory_bytes is not None:
+        return RunResult(EXIT_TRAP, f"memory: the program needs more than the {limits.memory_bytes} byte limit")
+    return RunResult(EXIT_TRAP, f"trap: {text}")
+
+
+class P2Command:
+    """A WASIp2 component exporting ``wasi:cli/run``: linked against wasmtime's WASIp2 once, each :meth:`run` a
+    fresh store and instance calling ``run`` (``ok`` is exit 0, ``err`` exit 1, ``wasi:cli/exit`` its code).
+
+    A component of another world is refused naming what it exports; one exporting ``wasi:http/incoming-handler``
+    is refused saying why: the ``wasmtime`` package (50.x) links the ``wasi:http`` imports
+    (``Linker.add_wasi_http``) but offers no way to make the ``incoming-request`` and ``response-outparam``
+    resources a host needs to call ``handle``, and its C API has none either."""
+
+    def __init__(self, engine: wasmtime.Engine, comp: Any, *, where: str = "") -> None:
+        from wasmtime import component
+
+        self.engine = engine
+        self.component = comp
+        exports = sorted(comp.type.exports(engine))
+        at = where or "component"
+        run = next((e for e in exports if e.split("@")[0] == "wasi:cli/run"), None)
+        if run is None:
+            if any(e.split("@")[0] == "wasi:http/incoming-handler" for e in exports):
+                raise RuntimeFailure(
+                    f"{at}: is a wasi:http/incoming-handler component, which this node cannot serve yet: the "
+                    "wasmtime Python package exposes no way to build the incoming-request/response-outparam "
+                    "resources a host calls handle with"
+                )
+            raise RuntimeFailure(
+                f"{at}: exports no wasi:cli/run (world not served; it exports {', '.join(exports) or 'nothing'})"
+            )
+        self.linker = component.Linker(engine)
+        self.linker.add_wasip2()
+        self.run_index = comp.get_export_index("run", comp.get_export_index(run))
+        if self.run_index is None:
+            raise RuntimeFailure(f"{at}: {run} has no run function")
+        self.where = at
+
+    def run(
+        self,
+        *,
+        argv: Sequence[str],
+        env: Iterable[tuple[str, str]] = (),
+        preopens: Iterable[tuple[str, str, bool]] = (),
+        output: Callable[[str, bytes], None] | None = None,
+        limits: Limits = Limits(),
+        ticking: bool = False,
+    ) -> RunResult:
+        store = _store(self.engine, argv, env, preopens, output, limits, ticking)
+        try:
+            instance = self.linker.instantiate(store, self.component)
+        except wasmtime.WasmtimeError as e:
+            text = _short(e)
+            if "import" in text:
+                raise RuntimeFailure(f"{self.where}: cannot link: {text}") from None
+            return _failed(e, limits)
+        func = instance.get_func(store, self.run_index)
+        if func is None:
+            raise RuntimeFailure(f"{self.where}: wasi:cli/run has no run function")
+        try:
+            result = func(store)
+        except wasmtime.Trap as e:
+            return _trapped(e, limits)
+        except wasmtime.WasmtimeError as e:
+            return _failed(e, limits)
+        return RunResult(0 if getattr(result, "tag", "ok") == "ok" else 1)
+
+
+def load_program(artifact: Path, digest: str, cache: Path, *, fuel: bool, where: str) -> P1Program | P2Command:
+    """The program a WASM replica runs: a WASIp1 command module or a ``wasi:cli/run`` component, by the file's
+    header, compiled through the cache and linked (a missing import or a world not served refused here)."""
+    from zlayer.runtime.wasm.binary import file_kind
+
+    compiled = CompileCache(cache)
+    if file_kind(artifact) == "component":
+        engine = make_engine(fuel=fuel, component=True)
+        return P2Command(engine, compiled.component(engine, artifact, digest, fuel=fuel), where=where)
+    engine = make_engine(fuel=fuel)
+    return P1Program(engine, compiled.module(engine, artifact, digest, fuel=fuel), where=where)
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -253,8 +379,10 @@ __all__ = [
     "EpochTicker",
     "Limits",
     "P1Program",
+    "P2Command",
     "RunResult",
     "digest_of_file",
     "engine_tag",
+    "load_program",
     "make_engine",
 ]

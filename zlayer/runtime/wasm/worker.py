@@ -1,4 +1,5 @@
-"""One WASM replica's process: ``python -m zlayer.runtime.wasm.worker DIR`` runs the program ``DIR/config.json``
+"""One WASM replica's process: ``python -m zlayer.runtime.wasm.worker DIR`` runs the program (a WASIp1 command module
+or a ``wasi:cli/run`` component) ``DIR/config.json``
 describes and writes how it ended to ``DIR/result.json``.
 
 Why a process per replica and not a thread of the daemon with epoch interruption: a guest can block inside a host
@@ -23,7 +24,7 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     from zlayer.errors import ZLayerError
     from zlayer.runtime.logfile import CriWriter, rfc3339_now
-    from zlayer.runtime.wasm.engine import EXIT_TRAP, CompileCache, EpochTicker, Limits, P1Program, make_engine
+    from zlayer.runtime.wasm.engine import EXIT_TRAP, EpochTicker, Limits, load_program
 
     root = Path(argv[1])
     cfg = json.loads((root / "config.json").read_text())
@@ -31,12 +32,10 @@ def main(argv: list[str]) -> int:
     limits = Limits(**cfg["limits"])
     code, reason = EXIT_TRAP, "runtime_error"
     try:
-        engine = make_engine(fuel=bool(limits.fuel))
-        module = CompileCache(Path(cfg["cache"])).module(
-            engine, Path(cfg["artifact"]), cfg["digest"], fuel=bool(limits.fuel)
+        program = load_program(
+            Path(cfg["artifact"]), cfg["digest"], Path(cfg["cache"]), fuel=bool(limits.fuel), where=cfg["artifact"]
         )
-        program = P1Program(engine, module, where=cfg["artifact"])
-        ticker = EpochTicker(engine) if limits.deadline_s is not None else None
+        ticker = EpochTicker(program.engine) if limits.deadline_s is not None else None
         result = program.run(
             argv=cfg["argv"],
             env=[tuple(x) for x in cfg["env"]],
