@@ -31,6 +31,8 @@ class DaemonConfig:
     max_layer_size: str | None = None  # what one image layer may unpack to (Ki..Ti); None: env or 64Gi
     max_image_size: str | None = None  # what all layers of an image may unpack to; None: env or 256Gi
     docker_socket: str | None = None  # the Docker Engine API shim's socket (`serve --docker-socket`); None: off
+    heartbeat_interval: float = 5.0  # cluster liveness (ZLayer's timings): renew the node's lease every 5 s,
+    dead_after: float = 30.0  # and it is dead 30 s after the last renewal; `node init` writes them cluster-wide
     chosen: bool = False  # the operator started it (not a client's auto-start): once it listens, remember() it
 
     @property
@@ -64,6 +66,7 @@ class DaemonConfig:
             argv += ["--metrics-bind", self.metrics_bind]
         if not self.swagger:
             argv.append("--no-swagger")
+        argv += ["--heartbeat-interval", f"{self.heartbeat_interval:g}", "--dead-after", f"{self.dead_after:g}"]
         for flag, value in (
             ("--acme-email", self.acme_email),
             ("--acme-directory", self.acme_directory),
@@ -104,6 +107,7 @@ SERVE_FILE = "serve.json"
 _REMEMBERED: dict[str, type | tuple[type, ...]] = {
     "bind": str, "metrics_bind": str, "swagger": bool, "deployment_name": str, "host_network": bool, "dns_port": int,
     "acme_email": str, "acme_directory": str, "max_layer_size": str, "max_image_size": str,
+    "heartbeat_interval": (int, float), "dead_after": (int, float),
 }  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import HTTPConnection
 
@@ -34,6 +34,7 @@ class ApiContext:
     metrics: Metrics | None = None
     security: Security | None = None  # accounts, grants, audit, secrets (None: tokens' roles alone decide)
     token: str = ""
+    cluster: Any = None  # the node's zlayer.cluster.membership.ClusterNode (None: a daemon without cluster support)
     ready: bool = False
     started: float = field(default_factory=time.monotonic)
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown: open streams end

@@ -35,6 +35,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "group": ("zlayer.cli.identity", "group", "Manage groups (list, create, delete, member add|remove)"),
     "permission": ("zlayer.cli.identity", "permission", "Grant and revoke levels on resources (list, grant, revoke)"),
     "audit": ("zlayer.cli.identity", "audit", "Show the audit log (tail)"),
+    "node": (
+        "zlayer.cli.node",
+        "node",
+        "Cluster nodes: init, join, generate-join-token, ls, status, label, drain...",
+    ),
+    "join": ("zlayer.cli.node", "join", "Join this node to the cluster a join token names"),
     "pull": ("zlayer.cli.image", "pull_cmd", "Pull an image (or every image of the spec) into the local store"),
     "wasm": ("zlayer.cli.wasm", "wasm", "WebAssembly programs (build, export, push, validate, info)"),
 }

@@ -39,6 +39,11 @@ from zlayer.paths import API_PORT
     metavar="PATH",
     help="Socket of the Docker Engine API (implies --docker-socket) [default: /var/run/docker.sock].",
 )
+@click.option("--heartbeat-interval", envvar="ZLAYER_HEARTBEAT_INTERVAL", type=float, default=5.0, show_default=True,
+              help="In a cluster: seconds between renewals of this node's liveness lease.")  # fmt: skip
+@click.option("--dead-after", envvar="ZLAYER_DEAD_AFTER", type=float, default=30.0, show_default=True,
+              help="In a cluster: seconds without a renewal before a node is dead (what `node init` makes the "
+              "cluster's, unless it is given its own).")  # fmt: skip
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -56,6 +61,8 @@ def serve(
     max_image_size: str | None,
     docker_socket: bool,
     docker_socket_path: str | None,
+    heartbeat_interval: float,
+    dead_after: float,
 ) -> None:
     """Run the zlayer daemon on this node (foreground unless --daemon)."""
     from dataclasses import replace
@@ -75,6 +82,11 @@ def serve(
     from zlayer.images.unpack import UnpackLimits
 
     UnpackLimits.from_env(max_layer_size, max_image_size)  # a bad size is refused here, not at the first pull
+    if heartbeat_interval <= 0 or dead_after < 2 * heartbeat_interval:
+        from zlayer.errors import UsageError
+
+        raise UsageError(f"--dead-after {dead_after:g} must be at least two heartbeats ({heartbeat_interval:g}s each)",
+                         where="--dead-after")  # fmt: skip
     cfg = DaemonConfig(
         paths=paths,
         bind=tcp,
@@ -90,6 +102,8 @@ def serve(
         max_layer_size=max_layer_size,
         max_image_size=max_image_size,
         docker_socket=(docker_socket_path or "/var/run/docker.sock") if docker_socket or docker_socket_path else None,
+        heartbeat_interval=heartbeat_interval,
+        dead_after=dead_after,
         chosen=not os.environ.get("ZLAYER_SPAWNER_PID"),  # ZLayer's mark of a daemon a client started
     )
     if background:

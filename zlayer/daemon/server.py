@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from zlayer.daemon.images import StoreImages
     from zlayer.daemon.wiring import ManagedProxy
     from zlayer.images import ImageStore
-    from zlayer.state import SqliteStore
+    from zlayer.state import Store
 
 log = logging.getLogger("zlayer.daemon")
 
@@ -129,18 +129,24 @@ class Daemon:
 
         from zlayer.agent import JobManager, ServiceManager
         from zlayer.api import ApiContext, TokenAuth, create_app
+        from zlayer.cluster.membership import ClusterNode, Liveness
         from zlayer.daemon.images import StoreImages
         from zlayer.daemon.ports import PortAdmission
         from zlayer.runtime import Drivers
-        from zlayer.state import SqliteStore
+        from zlayer.state import SqliteStore, SwitchingStore
 
         cfg = self.cfg
         cfg.paths.make_private()
         lock_fd = _lock_data_dir(cfg)
         sockets: list[socket.socket] = []
         security_store = None
-        store = SqliteStore(cfg.state_db)
+        # SQLite until the node starts or joins a cluster; then etcd (zlayer.cluster), without a restart
+        store = SwitchingStore(SqliteStore(cfg.state_db))
+        cluster = ClusterNode(cfg.paths.data_dir / "cluster", cfg.paths.log_dir / "etcd.log", store,
+                              cfg.paths.data_dir, split_bind(cfg.bind)[1] if cfg.bind else 3669,
+                              Liveness(cfg.heartbeat_interval, cfg.dead_after))  # fmt: skip
         try:
+            await cluster.start()  # a node in a cluster: its etcd member first, the store on it
             image_store = make_image_store(cfg)
             images = StoreImages(image_store)
             runtime, runtime_name = (
@@ -198,6 +204,7 @@ class Daemon:
                 proxy=proxy.pm,
                 token=token,
                 security=security,
+                cluster=cluster,
             )
             app = create_app(self.context, swagger=cfg.swagger)
             servers = []
@@ -263,6 +270,7 @@ class Daemon:
             if network is not None:
                 await network.close()
         finally:
+            await cluster.close()
             for sock in sockets:
                 sock.close()
             with contextlib.suppress(FileNotFoundError):
@@ -275,7 +283,7 @@ class Daemon:
                 security_store.close()
             os.close(lock_fd)
 
-    async def _adopted(self, manager: ServiceManager, proxy: ManagedProxy, store: SqliteStore) -> None:
+    async def _adopted(self, manager: ServiceManager, proxy: ManagedProxy, store: Store) -> None:
         """Once the re-adopted deployments have converged (their services published to the proxy again; at most
         30 s), the data plane gets the daemon's whole state in place of what it kept serving meanwhile."""
         names = [d.name for d in await store.list_deployments()]

@@ -146,6 +146,9 @@ class EtcdClient:
                 continue
             if resp.status >= 400 or not isinstance(data, dict) or "error" in data:
                 message = data.get("message") or data.get("error") if isinstance(data, dict) else str(data)
+                if "not supported for learner" in str(message) or "no leader" in str(message):
+                    last = f"{endpoint}: {message}"  # a learner serves no reads or writes: another member does
+                    continue
                 raise EtcdError(f"etcd refused {path}: {message}", where=endpoint)
             if i:  # stick to the endpoint that answered
                 self.endpoints.insert(0, self.endpoints.pop(i))
