@@ -726,13 +726,13 @@ class _Run:
 
         async def action(snap: Snapshot) -> None:
             owner = _owner(snap.merged, chown, ins)
-            await _thread(self._copy_all, snap.merged, items, dest, many, owner, mode, ins, ignore_root)
+            await _thread(self._copy_all, snap, items, dest, many, owner, mode, ins, ignore_root)
 
         return "\0".join(inputs), action
 
     def _copy_all(
         self,
-        root: Path,
+        snap: Snapshot,
         items: list[tuple[str, Path | str]],
         dest: str,
         many: bool,
@@ -741,28 +741,37 @@ class _Run:
         ins: Instruction,
         ignore_root: Path | None,
     ) -> None:
-        dest_is_dir = dest.endswith("/") or many
-        target_dir = resolve_in_root(root, dest)
-        if not dest_is_dir and target_dir.is_dir():
-            dest_is_dir = True
+        """Copy ``items`` to ``dest``. Paths are resolved in the step's overlay (its symlinks, what is a directory);
+        then, when nothing is to be unpacked, the overlay goes and the files are written straight into the upper
+        directory (overlayfs's copy-up done by hand for the parents): no overlay lookup per file."""
+        merged = snap.merged
+        target = resolve_in_root(merged, dest)
+        rel = target.relative_to(merged)
+        dest_is_dir = dest.endswith("/") or many or target.is_dir()
+        direct = not any(
+            ins.keyword == "ADD" and not isinstance(src, str) and src.is_file() and _is_archive(src) for _, src in items
+        )
+        root = merged
+        if direct:
+            parents = _parent_metadata(merged, rel if dest_is_dir else rel.parent)
+            snap.unmount()
+            root = snap.upper
+            _make_parents(root, parents)
+        out_dir = root / rel if dest_is_dir else (root / rel).parent
         for name, src in items:
+            out = out_dir / name if dest_is_dir else root / rel
+            if not direct:
+                _mkdir_p(root, "/" + str(out_dir.relative_to(root)))
             if isinstance(src, str):  # heredoc
-                out = target_dir / name if dest_is_dir else target_dir
-                _mkdir_p(root, str(out.parent.relative_to(root)) or "/")
                 out.write_text(src)
                 os.chown(out, *owner)
                 os.chmod(out, mode if mode is not None else 0o644)
-                continue
-            if ins.keyword == "ADD" and src.is_file() and _is_archive(src):
-                _mkdir_p(root, "/" + str(target_dir.relative_to(root)))
-                _extract(src, target_dir, ins)
-                continue
-            if src.is_dir() and not src.is_symlink():
-                _mkdir_p(root, "/" + str(target_dir.relative_to(root)))
-                _copy_tree(src, target_dir, owner, mode, self.ctx if ignore_root else None)
+            elif ins.keyword == "ADD" and src.is_file() and _is_archive(src):
+                _extract(src, root / rel, ins)
+            elif src.is_dir() and not src.is_symlink():
+                (root / rel).mkdir(parents=True, exist_ok=True)
+                _copy_tree(src, root / rel, owner, mode, self.ctx if ignore_root else None)
             else:
-                out = target_dir / name if dest_is_dir else target_dir
-                _mkdir_p(root, "/" + str(out.parent.relative_to(root)))
                 _copy_entry(src, out, owner, mode)
 
 
@@ -854,33 +863,85 @@ def _owner(root: Path, chown: str | None, ins: Instruction) -> tuple[int, int]:
     return who.uid, who.gid
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _copy_entry(src: Path, out: Path, owner: tuple[int, int], mode: int | None) -> None:
     st = os.lstat(src)
-    if (os.path.lexists(out) and not os.path.isdir(out)) or os.path.islink(out):
-        os.unlink(out)
     if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(src), out)
+        try:
+            os.symlink(os.readlink(src), out)
+        except FileExistsError:
+            _replace(out)
+            os.symlink(os.readlink(src), out)
         os.lchown(out, *owner)
         return
     if stat.S_ISDIR(st.st_mode):
         out.mkdir(exist_ok=True)
-    elif stat.S_ISREG(st.st_mode):
-        with open(src, "rb") as fi:
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                n = st.st_size
-                while n > 0:
-                    copied = os.sendfile(fd, fi.fileno(), None, n)
-                    if copied <= 0:
-                        break
-                    n -= copied
-            finally:
-                os.close(fd)
-    else:
+        os.chown(out, *owner)
+        os.chmod(out, mode if mode is not None else stat.S_IMODE(st.st_mode))
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return
+    if not stat.S_ISREG(st.st_mode):
         return  # sockets, devices, fifos in a context are not copied
-    os.chown(out, *owner)
-    os.chmod(out, mode if mode is not None else stat.S_IMODE(st.st_mode))
-    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        fd = os.open(out, _CREATE, 0o600)
+    except FileExistsError:
+        _replace(out)
+        fd = os.open(out, _CREATE, 0o600)
+    try:
+        with open(src, "rb") as fi:
+            n = st.st_size
+            while n > 0:
+                copied = os.sendfile(fd, fi.fileno(), None, n)
+                if copied <= 0:
+                    break
+                n -= copied
+        # by descriptor: no second path lookup (through the overlay, when it is one) per change
+        os.fchown(fd, *owner)
+        os.fchmod(fd, mode if mode is not None else stat.S_IMODE(st.st_mode))
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def _replace(path: Path) -> None:
+    """Make room for a new entry at ``path``: what is there goes, a directory with all it holds."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _parent_metadata(merged: Path, rel: Path) -> list[tuple[Path, os.stat_result | None]]:
+    """Each directory on the way to ``rel`` in the step's overlay, with its lstat (None where it does not exist)."""
+    out: list[tuple[Path, os.stat_result | None]] = []
+    walked = Path()
+    for part in rel.parts:
+        walked = walked / part
+        try:
+            st = os.lstat(merged / walked)
+        except FileNotFoundError:
+            st = None
+        out.append((walked, st if st is None or stat.S_ISDIR(st.st_mode) else None))
+    return out
+
+
+def _make_parents(upper: Path, parents: list[tuple[Path, os.stat_result | None]]) -> None:
+    """Create the directories in the upper dir as overlayfs would copy them up: with the owner, mode and times of
+    the directory below (a new one: root's, 0755)."""
+    for rel, st in parents:
+        path = upper / rel
+        try:
+            path.mkdir(mode=0o755)
+        except FileExistsError:
+            continue
+        if st is None:
+            os.chmod(path, 0o755)
+            continue
+        os.chown(path, st.st_uid, st.st_gid)
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _copy_tree(src: Path, dst: Path, owner: tuple[int, int], mode: int | None, ctx: BuildContext | None) -> None:

@@ -142,56 +142,108 @@ def _walk(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
                 stack.append(r)
 
 
+_ZEROS = bytes(1024)
+_MAX_ID = 0o7777777
+_MAX_SIZE = 0o77777777777
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    """The header block(s) of one entry: plain ustar when it fits (the common case, built here directly), else
+    tarfile's PAX form (long names, big ids or sizes, xattrs)."""
+    name = info.name.encode("utf-8", "surrogateescape")
+    link = info.linkname.encode("utf-8", "surrogateescape")
+    simple = (
+        len(name) <= 100 and len(link) <= 100 and not info.pax_headers and name.isascii() and link.isascii()
+        and 0 <= info.uid <= _MAX_ID and 0 <= info.gid <= _MAX_ID and info.size <= _MAX_SIZE and info.mtime >= 0
+    )  # fmt: skip
+    if not simple:
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    h = bytearray(512)
+    h[0 : len(name)] = name
+    h[100:108] = b"%07o\0" % info.mode
+    h[108:116] = b"%07o\0" % info.uid
+    h[116:124] = b"%07o\0" % info.gid
+    h[124:136] = b"%011o\0" % info.size
+    h[136:148] = b"%011o\0" % int(info.mtime)
+    h[148:156] = b" " * 8
+    h[156:157] = info.type
+    h[157 : 157 + len(link)] = link
+    h[257:265] = b"ustar\x0000"
+    h[329:337] = b"%07o\0" % info.devmajor
+    h[337:345] = b"%07o\0" % info.devminor
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
 def write_layer_tar(upper: Path, out: Any) -> int:
     """Write ``upper`` (overlayfs form) as an OCI layer tarball to ``out``; returns the bytes its files hold."""
     total = 0
     links: dict[tuple[int, int], str] = {}
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for rel, full, st in sorted(_walk(str(upper)), key=lambda t: t[0].split("/")):
-            mode = st.st_mode
-            info = tarfile.TarInfo(rel)
-            info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
-            info.mode = stat.S_IMODE(mode)
-            if stat.S_ISCHR(mode) and st.st_rdev == 0:
-                parent, _, base = rel.rpartition("/")
-                wh = tarfile.TarInfo(f"{parent}/{WHITEOUT}{base}" if parent else f"{WHITEOUT}{base}")
-                wh.mtime = info.mtime
-                tar.addfile(wh)
-                continue
-            xattrs = _xattrs(full)
-            if xattrs:
-                info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}
-            body = None
-            if stat.S_ISDIR(mode):
-                info.type = tarfile.DIRTYPE
-            elif stat.S_ISLNK(mode):
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
-            elif stat.S_ISREG(mode):
-                key = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1 and key in links:
-                    info.type, info.linkname = tarfile.LNKTYPE, links[key]
-                else:
-                    links[key] = rel
-                    info.size = st.st_size
-                    total += st.st_size
-                    body = open(full, "rb")  # noqa: SIM115 - closed below
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-                info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-            elif stat.S_ISFIFO(mode):
-                info.type = tarfile.FIFOTYPE
+    for rel, full, st in sorted(_walk(str(upper)), key=lambda t: t[0].split("/")):
+        mode = st.st_mode
+        info = tarfile.TarInfo(rel)
+        info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
+        info.mode = stat.S_IMODE(mode)
+        if stat.S_ISCHR(mode) and st.st_rdev == 0:
+            parent, _, base = rel.rpartition("/")
+            wh = tarfile.TarInfo(f"{parent}/{WHITEOUT}{base}" if parent else f"{WHITEOUT}{base}")
+            wh.mtime, wh.mode = info.mtime, 0
+            out.write(_header(wh))
+            continue
+        xattrs = _xattrs(full)
+        if xattrs:
+            info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}
+        data = b""
+        if stat.S_ISDIR(mode):
+            info.type = tarfile.DIRTYPE
+        elif stat.S_ISLNK(mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
+        elif stat.S_ISREG(mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in links:
+                info.type, info.linkname = tarfile.LNKTYPE, links[key]
             else:
-                continue  # sockets are not layer content
-            try:
-                tar.addfile(info, body)
-            finally:
-                if body is not None:
-                    body.close()
-            if stat.S_ISDIR(mode):
-                with contextlib.suppress(OSError):
-                    if os.getxattr(full, "trusted.overlay.opaque", follow_symlinks=False) == b"y":
-                        tar.addfile(tarfile.TarInfo(f"{rel}/{OPAQUE}"))
+                links[key] = rel
+                info.size = st.st_size
+                total += st.st_size
+                if st.st_size <= 1 << 20:
+                    with open(full, "rb") as f:
+                        data = f.read()
+                    if len(data) != st.st_size:
+                        raise StoreError(f"{full} changed while its layer was written")
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        elif stat.S_ISFIFO(mode):
+            info.type = tarfile.FIFOTYPE
+        else:
+            continue  # sockets are not layer content
+        out.write(_header(info))
+        if info.size and not data:
+            _stream(full, info.size, out)
+        elif data:
+            out.write(data)
+        if info.size % 512:
+            out.write(_ZEROS[: 512 - info.size % 512])
+        if stat.S_ISDIR(mode):
+            with contextlib.suppress(OSError):
+                if os.getxattr(full, "trusted.overlay.opaque", follow_symlinks=False) == b"y":
+                    opq = tarfile.TarInfo(f"{rel}/{OPAQUE}")
+                    opq.mtime, opq.mode = info.mtime, 0
+                    out.write(_header(opq))
+    out.write(_ZEROS)
     return total
+
+
+def _stream(path: str, size: int, out: Any) -> None:
+    left = size
+    with open(path, "rb") as f:
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                raise StoreError(f"{path} changed while its layer was written")
+            out.write(chunk)
+            left -= len(chunk)
 
 
 def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
