@@ -416,7 +416,8 @@ int wg_peer_install_session(wg_dev_t *d, int peer, uint32_t local_index, uint32_
         pthread_mutex_unlock(&p->staged_lock);
         if (!pkt)
             break;
-        wg_send_plain(d, NULL, pkt, len);
+        wg_pkt_t one = {pkt, len, NULL, 0};
+        wg_send_plain(d, NULL, &one);
         free(pkt);
         sent++;
     }
@@ -459,7 +460,7 @@ int wg_peer_send_keepalive(wg_dev_t *d, int peer)
     if (!p || !p->present)
         return -1;
     pthread_rwlock_rdlock(&d->lock);
-    int r = wg_encrypt_to_peer(d, NULL, peer, NULL, 0);
+    int r = wg_encrypt_to_peer(d, NULL, peer, NULL);
     pthread_rwlock_unlock(&d->lock);
     return r;
 }

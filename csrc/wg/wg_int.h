@@ -90,6 +90,7 @@ typedef struct {
     uint32_t tun_next_seq;
     /* scratch for one plaintext packet / segment */
     uint8_t *scratch;    /* WG_BUF + 64 */
+    int64_t now;         /* CLOCK_MONOTONIC at the start of the worker's current batch */
 } wg_worker_t;
 
 typedef struct {
@@ -136,12 +137,22 @@ int wg_worker_init(wg_worker_t *w);
 void wg_worker_free(wg_worker_t *w);
 
 /* wg_rx.c */
+void wg_rx_one(wg_dev_t *d, uint8_t *buf, size_t len, const void *from, uint32_t fromlen);
 int wg_replay_check(wg_replay_t *r, uint64_t counter);
 size_t wg_inner_len(const uint8_t *pkt, size_t len);
 
+/* A plain packet to send, in two pieces so that a TSO segment is encrypted from its rebuilt headers and its payload
+ * where it lies in the TUN read, without a copy: head holds at least the IP header; body may be empty. */
+typedef struct {
+    const uint8_t *head;
+    size_t head_len;
+    const uint8_t *body;
+    size_t body_len;
+} wg_pkt_t;
+
 /* wg_tx.c */
-int wg_encrypt_to_peer(wg_dev_t *d, wg_worker_t *w, int peer, const uint8_t *pkt, size_t len);
-void wg_send_plain(wg_dev_t *d, wg_worker_t *w, const uint8_t *pkt, size_t len);
+int wg_encrypt_to_peer(wg_dev_t *d, wg_worker_t *w, int peer, const wg_pkt_t *pkt);
+void wg_send_plain(wg_dev_t *d, wg_worker_t *w, const wg_pkt_t *pkt);
 void wg_tx_flush(wg_dev_t *d, wg_worker_t *w);
 int wg_seal(EVP_CIPHER_CTX *ctx, const uint8_t key[WG_KEY_LEN], uint64_t counter, const uint8_t *in, size_t len,
             uint8_t *out);
@@ -151,7 +162,7 @@ int wg_open(EVP_CIPHER_CTX *ctx, const uint8_t key[WG_KEY_LEN], uint64_t counter
 void wg_probe_offloads(wg_dev_t *d);
 
 /* wg_offload.c */
-typedef void (*wg_segment_fn)(wg_dev_t *d, wg_worker_t *w, const uint8_t *pkt, size_t len);
+typedef void (*wg_segment_fn)(wg_dev_t *d, wg_worker_t *w, const wg_pkt_t *pkt);
 void wg_tso_split(wg_dev_t *d, wg_worker_t *w, uint8_t *buf, size_t len, wg_segment_fn each);
 void wg_tun_put(wg_dev_t *d, wg_worker_t *w, const uint8_t *pkt, size_t len);
 void wg_tun_flush(wg_dev_t *d, wg_worker_t *w);

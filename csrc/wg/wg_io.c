@@ -156,17 +156,20 @@ void wg_flush(wg_dev_t *d)
     wg_tun_flush(d, &d->rxw);
 }
 
-static void tx_segment(wg_dev_t *d, wg_worker_t *w, const uint8_t *pkt, size_t len)
+static void tun_read(wg_dev_t *d, uint8_t *buf, size_t len)
 {
-    wg_send_plain(d, w, pkt, len);
+    if (d->vnet_hdr) {
+        wg_tso_split(d, &d->txw, buf, len, wg_send_plain);
+    } else {
+        wg_pkt_t one = {buf, len, NULL, 0};
+        wg_send_plain(d, &d->txw, &one);
+    }
 }
 
 void wg_tx_tun_read(wg_dev_t *d, uint8_t *buf, size_t len)
 {
-    if (d->vnet_hdr)
-        wg_tso_split(d, &d->txw, buf, len, tx_segment);
-    else
-        wg_send_plain(d, &d->txw, buf, len);
+    d->txw.now = wg_now();
+    tun_read(d, buf, len);
 }
 
 static int wait_readable(wg_dev_t *d, int fd)
@@ -189,12 +192,12 @@ static void rx_message(wg_dev_t *d, uint8_t *buf, size_t len, struct msghdr *h)
             seg = v > 0 ? (size_t)v : 0;
         }
     if (!seg || seg >= len) {
-        wg_rx_datagram(d, buf, len, h->msg_name, h->msg_namelen);
+        wg_rx_one(d, buf, len, h->msg_name, h->msg_namelen);
         return;
     }
     atomic_fetch_add(&d->c.gro_receives, 1);
     for (size_t off = 0; off < len; off += seg)
-        wg_rx_datagram(d, buf + off, len - off < seg ? len - off : seg, h->msg_name, h->msg_namelen);
+        wg_rx_one(d, buf + off, len - off < seg ? len - off : seg, h->msg_name, h->msg_namelen);
 }
 
 static void *rx_main(void *arg)
@@ -230,6 +233,7 @@ static void *rx_main(void *arg)
             continue;
         }
         pthread_rwlock_rdlock(&d->lock);
+        w->now = wg_now();
         for (int i = 0; i < n; i++)
             rx_message(d, iov[i].iov_base, msgs[i].msg_len, &msgs[i].msg_hdr);
         wg_tun_flush(d, w);
@@ -247,12 +251,13 @@ static void *tx_main(void *arg)
     for (;;) {
         int got = 0;
         pthread_rwlock_rdlock(&d->lock);
+        d->txw.now = wg_now();
         /* a batch: as many TUN reads as are ready, up to what one sendmmsg carries */
         while (got < WG_BATCH) {
             ssize_t n = read(d->tun_fd, buf, WG_VNET_LEN + WG_BUF);
             if (n <= 0)
                 break;
-            wg_tx_tun_read(d, buf, (size_t)n);
+            tun_read(d, buf, (size_t)n);
             got++;
         }
         wg_tx_flush(d, &d->txw);

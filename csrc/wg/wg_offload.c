@@ -145,7 +145,8 @@ void wg_tso_split(wg_dev_t *d, wg_worker_t *w, uint8_t *buf, size_t len, wg_segm
             uint16_t c = (uint16_t)~wg_csum_fold(wg_csum_add(0, p + start, plen - start));
             memcpy(p + at, &c, 2);
         }
-        each(d, w, p, plen);
+        wg_pkt_t one = {p, plen, NULL, 0};
+        each(d, w, &one);
         return;
     }
     size_t iphl, thl;
@@ -160,12 +161,12 @@ void wg_tso_split(wg_dev_t *d, wg_worker_t *w, uint8_t *buf, size_t len, wg_segm
     uint32_t seq0 = be32(p + iphl + 4);
     uint16_t id0 = be16(p + 4);
     uint8_t flags0 = p[iphl + 13];
-    uint8_t *s = w->scratch;
+    uint8_t *s = w->scratch; /* the segment's headers; its payload stays where it is in buf */
     size_t k = 0;
     for (size_t off = 0; off < payload || (payload == 0 && off == 0); off += mss, k++) {
         size_t n = payload - off < mss ? payload - off : mss;
+        const uint8_t *body = p + hdr + off;
         memcpy(s, p, hdr);
-        memcpy(s + hdr, p + hdr + off, n);
         if (v6) {
             put16(s + 4, (uint16_t)(thl + n));
         } else {
@@ -182,10 +183,12 @@ void wg_tso_split(wg_dev_t *d, wg_worker_t *w, uint8_t *buf, size_t len, wg_segm
         if (k)
             t[13] &= (uint8_t)~0x80; /* CWR only on the first */
         t[16] = t[17] = 0;
-        uint32_t sum = pseudo_sum(s, v6, 6, thl + n);
-        uint16_t c = (uint16_t)~wg_csum_fold(wg_csum_add(sum, t, thl + n));
+        /* headers are a whole number of 32-bit words, so the payload's sum adds on at an even offset */
+        uint32_t sum = wg_csum_add(wg_csum_add(pseudo_sum(s, v6, 6, thl + n), t, thl), body, n);
+        uint16_t c = (uint16_t)~wg_csum_fold(sum);
         memcpy(t + 16, &c, 2);
-        each(d, w, s, hdr + n);
+        wg_pkt_t seg = {s, hdr, body, n};
+        each(d, w, &seg);
         if (payload == 0)
             break;
     }

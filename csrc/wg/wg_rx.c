@@ -79,7 +79,7 @@ static void roam(wg_peer_t *p, const void *from, uint32_t fromlen)
 static void rx_data(wg_dev_t *d, uint8_t *buf, size_t len, const void *from, uint32_t fromlen)
 {
     wg_session_t *s = wg_lookup_index(d, le32(buf + 4));
-    int64_t now = wg_now();
+    int64_t now = d->rxw.now;
     if (!s || !wg_session_usable(d, s, now)) {
         atomic_fetch_add(&d->c.drop_unknown_index, 1);
         return;
@@ -128,6 +128,13 @@ static void rx_data(wg_dev_t *d, uint8_t *buf, size_t len, const void *from, uin
 }
 
 void wg_rx_datagram(wg_dev_t *d, uint8_t *buf, size_t len, const void *from, uint32_t fromlen)
+{
+    d->rxw.now = wg_now();
+    wg_rx_one(d, buf, len, from, fromlen);
+}
+
+/* The receive worker's entry: the clock is read once per batch (d->rxw.now). */
+void wg_rx_one(wg_dev_t *d, uint8_t *buf, size_t len, const void *from, uint32_t fromlen)
 {
     atomic_fetch_add(&d->c.rx_datagrams, 1);
     if (len < 4 || buf[1] || buf[2] || buf[3]) {

@@ -28,17 +28,20 @@ static int init(EVP_CIPHER_CTX *ctx, const uint8_t *key, const uint8_t *nonce, i
     return EVP_CipherInit_ex(ctx, c, NULL, key, nonce, enc) == 1 ? 0 : -1;
 }
 
-/* Encrypts len bytes of in plus zero padding up to padded bytes (padded >= len) into out, tag after. */
-static int seal_padded(EVP_CIPHER_CTX *ctx, const uint8_t key[WG_KEY_LEN], uint64_t counter, const uint8_t *in,
-                       size_t len, size_t padded, uint8_t *out)
+/* Encrypts the packet's pieces plus zero padding up to padded bytes into out, tag after. */
+static int seal_padded(EVP_CIPHER_CTX *ctx, const uint8_t key[WG_KEY_LEN], uint64_t counter, const wg_pkt_t *p,
+                       size_t padded, uint8_t *out)
 {
     static const uint8_t zeros[16];
     uint8_t nonce[12];
     int n;
+    size_t len = p ? p->head_len + p->body_len : 0;
     nonce_of(counter, nonce);
     if (init(ctx, key, nonce, 1) != 0)
         return -1;
-    if (len && EVP_EncryptUpdate(ctx, out, &n, in, (int)len) != 1)
+    if (p && p->head_len && EVP_EncryptUpdate(ctx, out, &n, p->head, (int)p->head_len) != 1)
+        return -1;
+    if (p && p->body_len && EVP_EncryptUpdate(ctx, out + p->head_len, &n, p->body, (int)p->body_len) != 1)
         return -1;
     if (padded > len && EVP_EncryptUpdate(ctx, out + len, &n, zeros, (int)(padded - len)) != 1)
         return -1;
@@ -50,7 +53,8 @@ static int seal_padded(EVP_CIPHER_CTX *ctx, const uint8_t key[WG_KEY_LEN], uint6
 int wg_seal(EVP_CIPHER_CTX *ctx, const uint8_t key[WG_KEY_LEN], uint64_t counter, const uint8_t *in, size_t len,
             uint8_t *out)
 {
-    return seal_padded(ctx, key, counter, in, len, len, out);
+    wg_pkt_t p = {in, len, NULL, 0};
+    return seal_padded(ctx, key, counter, &p, len, out);
 }
 
 int wg_open(EVP_CIPHER_CTX *ctx, const uint8_t key[WG_KEY_LEN], uint64_t counter, uint8_t *buf, size_t len)
@@ -101,18 +105,21 @@ int wg_send_to(wg_dev_t *d, const void *sa, uint32_t salen, const uint8_t *msg, 
     return sendto(d->udp_fd, msg, len, 0, (struct sockaddr *)&to, tolen) == (ssize_t)len ? 0 : -1;
 }
 
-static void stage(wg_dev_t *d, wg_peer_t *p, const uint8_t *pkt, size_t len)
+static void stage(wg_dev_t *d, wg_peer_t *p, const wg_pkt_t *pkt)
 {
     atomic_store(&p->want_handshake, 1);
     wg_wake(d);
-    if (!pkt || !len)
+    size_t len = pkt ? pkt->head_len + pkt->body_len : 0;
+    if (!len || len > UINT16_MAX)
         return;
     uint8_t *copy = malloc(len);
     if (!copy) {
         atomic_fetch_add(&d->c.drop_staged, 1);
         return;
     }
-    memcpy(copy, pkt, len);
+    memcpy(copy, pkt->head, pkt->head_len);
+    if (pkt->body_len)
+        memcpy(copy + pkt->head_len, pkt->body, pkt->body_len);
     pthread_mutex_lock(&p->staged_lock);
     if (p->staged_count == WG_STAGED_MAX) { /* the oldest goes */
         free(p->staged[p->staged_head]);
@@ -210,8 +217,9 @@ void wg_tx_flush(wg_dev_t *d, wg_worker_t *w)
     w->open_peer = -1;
 }
 
-int wg_encrypt_to_peer(wg_dev_t *d, wg_worker_t *w, int peer, const uint8_t *pkt, size_t len)
+int wg_encrypt_to_peer(wg_dev_t *d, wg_worker_t *w, int peer, const wg_pkt_t *pkt)
 {
+    size_t len = pkt ? pkt->head_len + pkt->body_len : 0;
     wg_peer_t *p = &d->peers[peer];
     struct sockaddr_storage ep;
     socklen_t eplen;
@@ -224,14 +232,14 @@ int wg_encrypt_to_peer(wg_dev_t *d, wg_worker_t *w, int peer, const uint8_t *pkt
         atomic_fetch_add(&d->c.drop_no_peer, 1);
         return -1;
     }
-    int64_t now = wg_now();
+    int64_t now = w ? w->now : wg_now();
     if (!wg_session_usable(d, s, now)) {
-        stage(d, p, pkt, len);
+        stage(d, p, pkt);
         return -1;
     }
     uint64_t counter = atomic_fetch_add(&s->send_counter, 1);
     if (counter >= WG_REJECT_AFTER_MESSAGES) {
-        stage(d, p, pkt, len);
+        stage(d, p, pkt);
         return -1;
     }
     if (counter >= d->cfg.rekey_after_messages && !atomic_load(&p->want_handshake)) {
@@ -260,7 +268,7 @@ int wg_encrypt_to_peer(wg_dev_t *d, wg_worker_t *w, int peer, const uint8_t *pkt
             return -1;
     }
     put_header(out, s->remote_index, counter);
-    int r = seal_padded(w ? w->ctx : tmp, s->send_key, counter, pkt, len, padded, out + WG_HDR_DATA);
+    int r = seal_padded(w ? w->ctx : tmp, s->send_key, counter, pkt, padded, out + WG_HDR_DATA);
     if (tmp)
         EVP_CIPHER_CTX_free(tmp);
     if (r != 0) {
@@ -281,12 +289,12 @@ int wg_encrypt_to_peer(wg_dev_t *d, wg_worker_t *w, int peer, const uint8_t *pkt
     return 0;
 }
 
-void wg_send_plain(wg_dev_t *d, wg_worker_t *w, const uint8_t *pkt, size_t len)
+void wg_send_plain(wg_dev_t *d, wg_worker_t *w, const wg_pkt_t *pkt)
 {
-    int peer = wg_route(d, pkt, len, 0);
+    int peer = wg_route(d, pkt->head, pkt->head_len, 0);
     if (peer < 0) {
         atomic_fetch_add(&d->c.drop_no_peer, 1);
         return;
     }
-    wg_encrypt_to_peer(d, w, peer, pkt, len);
+    wg_encrypt_to_peer(d, w, peer, pkt);
 }
