@@ -306,7 +306,7 @@ class Interface:
             self._handle_response(me, data, source)
 
     def _handle_initiation(self, me: noise.Identity, data: bytes, source: Endpoint) -> None:
-        got = noise.consume_initiation(me, data)
+        got = noise.consume_initiation(me, data, lambda public: p.static_dh if (p := self.peers.get(public)) else None)
         peer = self.peers.get(got.peer_public)
         if peer is None:
             raise noise.HandshakeError("initiation from a key that is no peer here")

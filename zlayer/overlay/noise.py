@@ -14,6 +14,7 @@ import hmac
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -229,8 +230,11 @@ def create_initiation(
     return body + mac1 + mac2, Initiation(local_index, c, h, eph, mac1)
 
 
-def consume_initiation(me: Identity, msg: bytes) -> ReceivedInitiation:
-    """Verifies an initiation addressed to me (mac1 already checked) up to the sender's static key and timestamp."""
+def consume_initiation(
+    me: Identity, msg: bytes, static_dh_of: Callable[[bytes], bytes | None] | None = None
+) -> ReceivedInitiation:
+    """Verifies an initiation addressed to me (mac1 already checked) up to the sender's static key and timestamp.
+    ``static_dh_of(peer_public)`` may give DH(me, peer) computed before (it does not change), saving one X25519."""
     if len(msg) != INITIATION_LEN or msg[0] != MSG_INITIATION:
         raise HandshakeError("not an initiation")
     sender = struct.unpack_from("<I", msg, 4)[0]
@@ -241,7 +245,8 @@ def consume_initiation(me: Identity, msg: bytes) -> ReceivedInitiation:
     c, k = KDF(c, _dh(me.key, epub), 2)
     peer_public = AEAD_open(k, 0, enc_static, h)
     h = HASH(h + enc_static)
-    c, k = KDF(c, _dh(me.key, peer_public), 2)
+    static_dh = static_dh_of(peer_public) if static_dh_of else None
+    c, k = KDF(c, static_dh or _dh(me.key, peer_public), 2)
     ts = AEAD_open(k, 0, enc_ts, h)
     h = HASH(h + enc_ts)
     return ReceivedInitiation(peer_public, ts, sender, c, h, epub)
