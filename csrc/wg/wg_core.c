@@ -417,7 +417,9 @@ int wg_peer_install_session(wg_dev_t *d, int peer, uint32_t local_index, uint32_
         if (!pkt)
             break;
         wg_pkt_t one = {pkt, len, NULL, 0};
+        pthread_rwlock_rdlock(&d->lock); /* the route table and the session stay while it is sent */
         wg_send_plain(d, NULL, &one);
+        pthread_rwlock_unlock(&d->lock);
         free(pkt);
         sent++;
     }

@@ -107,6 +107,7 @@ struct wg_dev {
     int family;          /* of udp_fd */
     int vnet_hdr, udp_gso, udp_gro;
     int ifindex;
+    uint32_t fwmark;     /* SO_MARK of the UDP socket (UAPI fwmark=), kept across a rebind */
     int stop_fd;         /* eventfd: tells the workers to return */
     pthread_t rx_thread, tx_thread;
     int running;

@@ -112,6 +112,12 @@ fail:
     return -1;
 }
 
+int wg_set_fwmark(wg_dev_t *d, uint32_t mark)
+{
+    d->fwmark = mark;
+    return setsockopt(d->udp_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+}
+
 void wg_probe_offloads(wg_dev_t *d)
 {
     int one = 1;
@@ -350,5 +356,7 @@ int wg_set_listen_port(wg_dev_t *d, int port, char *err, size_t errlen)
     d->family = r.family;
     d->owns_udp = 1;
     wg_probe_offloads(d);
+    if (d->fwmark)
+        wg_set_fwmark(d, d->fwmark);
     return was ? wg_start(d, err, errlen) : 0;
 }

@@ -102,6 +102,8 @@ int wg_listen_port(const wg_dev_t *d);
 /* Rebinds the UDP socket to another port (UAPI listen_port=), pausing the workers. */
 int wg_set_listen_port(wg_dev_t *d, int port, char *err, size_t errlen);
 int wg_ifindex(const wg_dev_t *d);
+/* SO_MARK on the UDP socket (UAPI fwmark=; 0 clears it); -1 with errno when the kernel refuses. */
+int wg_set_fwmark(wg_dev_t *d, uint32_t mark);
 
 int wg_peer_add(wg_dev_t *d, int peer);
 void wg_peer_remove(wg_dev_t *d, int peer);

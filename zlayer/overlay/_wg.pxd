@@ -60,6 +60,7 @@ cdef extern from "zlayer/wg.h" nogil:
     int wg_listen_port(const wg_dev_t *d)
     int wg_set_listen_port(wg_dev_t *d, int port, char *err, size_t errlen)
     int wg_ifindex(const wg_dev_t *d)
+    int wg_set_fwmark(wg_dev_t *d, uint32_t mark)
     int wg_peer_add(wg_dev_t *d, int peer)
     void wg_peer_remove(wg_dev_t *d, int peer)
     int wg_peer_set_endpoint(wg_dev_t *d, int peer, const void *sa, uint32_t salen)

@@ -122,6 +122,10 @@ cdef class Device:
         if r != 0:
             raise OverlayError(err.decode(errors="replace"), where=self.ifname)
 
+    def set_fwmark(self, unsigned int mark):
+        if wg_set_fwmark(self._dev(), mark) != 0:
+            raise OverlayError(f"cannot set fwmark {mark} on the UDP socket", where=self.ifname)
+
     def add_peer(self, int peer):
         if wg_peer_add(self._dev(), peer) != 0:
             raise OverlayError(f"peer slot {peer} is out of range (0..{WG_MAX_PEERS - 1})", where=self.ifname)

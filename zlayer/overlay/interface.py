@@ -133,6 +133,11 @@ class Interface:
     def set_listen_port(self, port: int) -> None:
         self.device.set_listen_port(port)
 
+    def set_fwmark(self, mark: int) -> None:
+        """Marks the tunnel's own UDP packets (policy routing keeps them off the tunnel)."""
+        self.device.set_fwmark(mark)
+        self.fwmark = mark
+
     def set_private_key(self, private_key: bytes | None) -> None:
         with self.lock:
             if not private_key or private_key == bytes(32):

@@ -153,7 +153,7 @@ def _device_key(iface: Interface, key: str, value: str) -> None:
         except OverlayError as e:
             raise UapiError(errno.EADDRINUSE, str(e)) from None
     elif key == "fwmark":
-        iface.fwmark = _int(value, "fwmark", 0xFFFFFFFF)
+        iface.set_fwmark(_int(value, "fwmark", 0xFFFFFFFF))
     elif key == "replace_peers":
         if value == "true":
             iface.clear_peers()

@@ -94,8 +94,10 @@ def test_zlayer_and_wireguard_go_handshake_carry_traffic_rekey_and_roam(overlay_
     assert pair.ping(pair.b, "10.91.0.1")
     assert pair.wg(pair.a, "show", "zlo-z1", "endpoints").split()[1] == "192.168.91.2:51831"
     assert pair.ping(pair.a, "10.91.0.2")
-    # and we move too (wg set listen-port over UAPI rebinds in our namespace); wireguard-go follows our packets
-    pair.wg(pair.a, "set", "zlo-z1", "listen-port", "51822")
+    # and we move too (wg set listen-port over UAPI rebinds in our namespace, keeping the fwmark); wireguard-go
+    # follows our packets
+    pair.wg(pair.a, "set", "zlo-z1", "fwmark", "0x51", "listen-port", "51822")
+    assert "fwmark: 0x51" in pair.wg(pair.a, "show", "zlo-z1")
     assert pair.ping(pair.a, "10.91.0.2")
     assert pair.wg(pair.b, "show", "zlo-g1", "endpoints").split()[1] == f"{pair.addr[pair.a]}:51822"
     assert pair.ping(pair.b, "10.91.0.1")
