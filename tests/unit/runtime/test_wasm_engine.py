@@ -28,6 +28,7 @@ from zlayer.runtime.wasm.engine import (
     load_program,
     make_engine,
 )
+from zlayer.runtime.wasm.plugin import PluginContext
 from zlayer.spec.models import ServiceSpec
 
 
@@ -143,13 +144,40 @@ def test_cli_run_components_and_worlds_not_served(wasm_programs: WasmPrograms, t
 
 
 @pytest.mark.slow
-def test_python_component_gets_args_env_and_output(wasm_python_component: Path, tmp_path: Path) -> None:
+def test_python_component_with_every_plugin_interface(wasm_python_component: Path, tmp_path: Path) -> None:
     # componentize-py's component is CPython itself (about 18 MB): compiled once here, from the cache after
-    prog = load_program(
-        wasm_python_component, digest_of_file(wasm_python_component), tmp_path / "c", fuel=False, where="py"
-    )
     out: list[tuple[str, bytes]] = []
+    ctx = PluginContext(
+        config={"GREETING": "p2", "COUNT": "42", "FLAG": "yes", "APP_A": "1"},
+        kv_path=tmp_path / "kv" / "ns.sqlite",
+        kv_max_value_size=1024,
+        secrets={"db": None},
+        metrics_path=tmp_path / "metrics.json",
+        log=lambda s, d: out.append((s, d)),
+    )
+    digest = digest_of_file(wasm_python_component)
+    prog = load_program(wasm_python_component, digest, tmp_path / "c", fuel=False, where="py", plugin=ctx)
     res = prog.run(argv=["py", "a", "b"], env=[("GREETING", "p2")], output=lambda s, d: out.append((s, d)))
-    assert res.exit_code == 0, res
-    assert b"".join(d for s, d in out if s == "stdout") == b"python component: a b p2\n"
-    assert b"".join(d for s, d in out if s == "stderr") == b"to stderr\n"
+    assert res.exit_code == 0, (res, out)
+    stdout = b"".join(d for s, d in out if s == "stdout").decode().splitlines()
+    assert stdout[0] == "python component: a b p2"
+    assert stdout[1].startswith("config p2 None 42 True [('APP_A', '1')] ('err', 'Error(code=")
+    assert "not-found" in stdout[1] and "config key \\'NOPE\\' is not set" in stdout[1], stdout[1]
+    # increment, compare-and-swap (first wins, second sees the value), a TTL gone at once, the size cap
+    assert stdout[2] == (
+        "kv ('ok', 1) ('ok', True) ('ok', False) ('ok', 'me') ('ok', None) False "
+        "('err', 'KvError_ValueTooLarge()') ('ok', ['owner', 'runs'])"
+    )
+    assert stdout[3] == "secrets ['db'] ('ok', None)"
+    stderr = b"".join(d for s, d in out if s == "stderr").decode().splitlines()
+    assert stderr == ["to stderr", "[info] hello from the plugin", "[warn] structured"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["counters"] == {"requests": 3}
+    # the key-value store is shared and lasts: a second run (another replica, later) sees the first's writes
+    out.clear()
+    assert prog.run(argv=["py"], output=lambda s, d: out.append((s, d))).exit_code == 0
+    assert b"kv ('ok', 2) ('ok', False)" in b"".join(d for s, d in out)
+    # a capability the spec withholds is an import the host does not define: named when it links
+    ctx.allowed = ("config", "logging", "metrics")
+    prog = load_program(wasm_python_component, digest, tmp_path / "c", fuel=False, where="py", plugin=ctx)
+    with pytest.raises(RuntimeFailure, match=r"py: cannot link: .*zlayer:plugin/keyvalue@0.1.0"):
+        prog.run(argv=["py"])

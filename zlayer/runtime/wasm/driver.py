@@ -158,6 +158,7 @@ class WasmRuntime:
                 "preopens": preopens,
                 "limits": limits,
                 "log_path": str(self.log_path(name)),
+                "plugin": _plugin(spec, cid, self.data_dir, d, env),
             }
             write_atomic(d / "config.json", json.dumps(config), durable=False)  # 0600: env may hold secrets
             grace = spec.stop_grace_period
@@ -473,6 +474,34 @@ def _env(spec: ServiceSpec, hostname: str) -> list[list[str]]:
             continue  # a search path means nothing to a WASM guest
         out.append([key, value])
     return out
+
+
+def _plugin(spec: ServiceSpec, cid: ContainerId, data_dir: Path, d: Path, env: list[list[str]]) -> dict[str, Any]:
+    """What a component's ``zlayer:plugin/*`` imports read (plugin.py): config from the resolved env, the key-value
+    namespace's database, the spec's secrets by name (a node without a secrets resolver has their names only),
+    the metrics file, and the interfaces the spec's capabilities allow (``wasm.capabilities``, else the WASM
+    service type's defaults; all five for an image detected as WASM under another type)."""
+    from zlayer.spec.rules import WASM_TYPES
+
+    wasm = spec.wasm
+    names = ("config", "keyvalue", "logging", "secrets", "metrics")
+    if wasm is not None and wasm.capabilities is not None:
+        allowed = [n for n in names if getattr(wasm.capabilities, n)]
+    elif spec.service_type in WASM_TYPES:
+        allowed = [n for n, on in zip(names, WASM_TYPES[spec.service_type][1][:5], strict=True) if on]
+    else:
+        allowed = list(names)
+    if wasm is not None and not wasm.kv_enabled:
+        allowed = [n for n in allowed if n != "keyvalue"]
+    namespace = (wasm.kv_namespace if wasm is not None and wasm.kv_namespace else cid.service).replace("/", "_")
+    return {
+        "config": dict(env),
+        "kv_path": str(data_dir / "wasm" / "kv" / f"{namespace}.sqlite"),
+        "kv_max_value_size": int(wasm.kv_max_value_size) if wasm is not None else 1_048_576,
+        "secrets": {n: None for n in (wasm.secrets if wasm is not None else [])},
+        "metrics_path": str(d / "metrics.json"),
+        "allowed": allowed,
+    }
 
 
 def _preopens(spec: ServiceSpec, data_dir: Path, name: str) -> tuple[list[list[Any]], list[str]]:

@@ -21,12 +21,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
 from zlayer.errors import ImageError, RuntimeFailure
 from zlayer.paths import private_dir
+
+if TYPE_CHECKING:
+    from zlayer.runtime.wasm.plugin import PluginContext
 
 EPOCH_TICK = 0.01  # seconds per epoch tick
 NO_DEADLINE = 1 << 62
@@ -297,8 +300,12 @@ class P2Command:
     (``Linker.add_wasi_http``) but offers no way to make the ``incoming-request`` and ``response-outparam``
     resources a host needs to call ``handle``, and its C API has none either."""
 
-    def __init__(self, engine: wasmtime.Engine, comp: Any, *, where: str = "") -> None:
+    def __init__(
+        self, engine: wasmtime.Engine, comp: Any, *, where: str = "", plugin: PluginContext | None = None
+    ) -> None:
         from wasmtime import component
+
+        from zlayer.runtime.wasm import plugin as plugins
 
         self.engine = engine
         self.component = comp
@@ -317,6 +324,10 @@ class P2Command:
             )
         self.linker = component.Linker(engine)
         self.linker.add_wasip2()
+        wanted = plugins.imported(sorted(comp.type.imports(engine)))
+        if wanted and plugin is not None:
+            # only what the spec's capabilities allow: an interface left out is a missing import, named at link
+            plugins.define(self.linker, plugin, [w for w in wanted if w in plugin.allowed])
         self.run_index = comp.get_export_index("run", comp.get_export_index(run))
         if self.run_index is None:
             raise RuntimeFailure(f"{at}: {run} has no run function")
@@ -352,7 +363,9 @@ class P2Command:
         return RunResult(0 if getattr(result, "tag", "ok") == "ok" else 1)
 
 
-def load_program(artifact: Path, digest: str, cache: Path, *, fuel: bool, where: str) -> P1Program | P2Command:
+def load_program(
+    artifact: Path, digest: str, cache: Path, *, fuel: bool, where: str, plugin: PluginContext | None = None
+) -> P1Program | P2Command:
     """The program a WASM replica runs: a WASIp1 command module or a ``wasi:cli/run`` component, by the file's
     header, compiled through the cache and linked (a missing import or a world not served refused here)."""
     from zlayer.runtime.wasm.binary import file_kind
@@ -360,7 +373,7 @@ def load_program(artifact: Path, digest: str, cache: Path, *, fuel: bool, where:
     compiled = CompileCache(cache)
     if file_kind(artifact) == "component":
         engine = make_engine(fuel=fuel, component=True)
-        return P2Command(engine, compiled.component(engine, artifact, digest, fuel=fuel), where=where)
+        return P2Command(engine, compiled.component(engine, artifact, digest, fuel=fuel), where=where, plugin=plugin)
     engine = make_engine(fuel=fuel)
     return P1Program(engine, compiled.module(engine, artifact, digest, fuel=fuel), where=where)
 

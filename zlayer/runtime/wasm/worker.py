@@ -32,8 +32,15 @@ def main(argv: list[str]) -> int:
     limits = Limits(**cfg["limits"])
     code, reason = EXIT_TRAP, "runtime_error"
     try:
+        from zlayer.runtime.wasm.plugin import context_from
+
         program = load_program(
-            Path(cfg["artifact"]), cfg["digest"], Path(cfg["cache"]), fuel=bool(limits.fuel), where=cfg["artifact"]
+            Path(cfg["artifact"]),
+            cfg["digest"],
+            Path(cfg["cache"]),
+            fuel=bool(limits.fuel),
+            where=cfg["artifact"],
+            plugin=context_from(cfg["plugin"], log.write) if cfg.get("plugin") else None,  # type: ignore[arg-type]
         )
         ticker = EpochTicker(program.engine) if limits.deadline_s is not None else None
         result = program.run(
