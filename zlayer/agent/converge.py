@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from zlayer.agent.events import Events
 from zlayer.agent.externals import ExternalRoutes
 from zlayer.agent.health import HealthMonitor
-from zlayer.agent.hooks import ImageDigests, JobHook
+from zlayer.agent.hooks import ImageDigests, JobHook, SecretsHook
 from zlayer.agent.lifecycle import Lifecycle, new_replica
 from zlayer.agent.publish import Publisher
 from zlayer.agent.replica import Replica
@@ -54,7 +54,9 @@ class Converger:
         jobs: JobHook | None,
         images: ImageDigests | None,
         scale: float,
+        secrets: SecretsHook | None = None,
     ) -> None:
+        self.secrets = secrets
         self.externals = externals
         self.store = store
         self.events = events
@@ -161,7 +163,7 @@ class Converger:
         current_ok = [c for c in current if c.state != "failed" and c.id in live]
         for bad in [c for c in current if c not in current_ok]:
             await self.lifecycle.stop(bad, 1.0, driver)
-        want = await self.build_hash(spec)
+        want = await self.build_hash(spec, deployment)
         outdated = [c for c in current_ok if c.spec_hash != want]
         fresh = [c for c in current_ok if c.spec_hash == want]
         next_index = await self._numbering(deployment, name, {c.replica for c in current_ok})
@@ -215,13 +217,16 @@ class Converger:
 
         return _Numbering(service, used, taken, self._claimed)
 
-    async def build_hash(self, spec: ServiceSpec) -> str:
-        """What a replica is built from: the spec, and the content of its image when the node can tell (so a new
-        image under the same name — re-imported, or pulled with ``always``/``newer`` — rolls the replicas too)."""
+    async def build_hash(self, spec: ServiceSpec, deployment: str = "") -> str:
+        """What a replica is built from: the spec, the content of its image when the node can tell (so a new
+        image under the same name — re-imported, or pulled with ``always``/``newer`` — rolls the replicas too), and
+        the versions of the secrets its env refers to (so a rollout after a rotation replaces it)."""
         digest = await self.images.digest(spec.image.name) if self.images is not None else None
-        if digest is None:
+        versions = await self.secrets.versions(deployment, spec.env) if self.secrets is not None else ""
+        if digest is None and not versions:
             return spec.spec_hash
-        return hashlib.sha256(f"{spec.spec_hash} {digest}".encode()).hexdigest()[:16]
+        extra = f"{digest} {versions}" if versions else str(digest)
+        return hashlib.sha256(f"{spec.spec_hash} {extra}".encode()).hexdigest()[:16]
 
     async def pull(self, deployment: str, name: str, spec: ServiceSpec) -> None:
         """Once per rollout, not per replica; a failure names the image and fails the service."""

@@ -4,7 +4,7 @@ as narrow protocols the daemon wires at start-up (``zlayer.daemon.server``).
 Each is optional: without a network hook replicas share the host network (``127.0.0.1``), without a proxy hook no
 listener is opened, without a job hook job and cron services are only recorded, without image digests a replica is
 rebuilt only when its spec changes, without metrics nothing is counted, without a port hook ports are not
-checked before a deploy.
+checked before a deploy, without a secrets hook a ``$S:`` reference fails the replica's start.
 """
 
 from __future__ import annotations
@@ -96,6 +96,26 @@ class PortHook(Protocol):
         ...
 
 
+class SecretsHook(Protocol):
+    """The node's secrets, as the agent needs them: ZLayer's references in a service's ``env`` (``$S:name``,
+    ``$S:name/field``, ``$S:@service/name``, ``$S::env/name``, ``$S:project:env/name``, ``$secret://env/name``)."""
+
+    async def check(self, spec: DeploymentSpec) -> None:
+        """Refuse (400, naming ``services.<svc>.env.<KEY>`` and the secret) a deployment whose references do not
+        all resolve now."""
+        ...
+
+    async def resolve(self, deployment: str, service: str, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` with each reference replaced by the secret's current value, when a replica is created; one that
+        does not resolve raises, naming it (a replica never starts with an empty value)."""
+        ...
+
+    async def versions(self, deployment: str, env: Mapping[str, str]) -> str:
+        """Which version of each referenced secret ``env`` would get now ('' without references): part of what a
+        replica is built from, so a rollout after a rotation replaces it."""
+        ...
+
+
 class AgentMetrics(Protocol):
     def deploy_finished(self, seconds: float, ok: bool) -> None: ...
 
@@ -117,4 +137,5 @@ __all__ = [
     "PortHook",
     "ProxyHook",
     "PublishedPort",
+    "SecretsHook",
 ]

@@ -13,7 +13,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 from zlayer.agent.events import Events
-from zlayer.agent.hooks import AgentMetrics
+from zlayer.agent.hooks import AgentMetrics, SecretsHook
 from zlayer.agent.probes import ExecFn, run_init_step
 from zlayer.agent.publish import Publisher
 from zlayer.agent.replica import Replica
@@ -41,7 +41,9 @@ class Lifecycle:
         publisher: Publisher,
         metrics: AgentMetrics | None,
         replicas: dict[str, Replica],
+        secrets: SecretsHook | None = None,
     ) -> None:
+        self.secrets = secrets
         self.store = store
         self.events = events
         self.publisher = publisher
@@ -110,7 +112,10 @@ class Lifecycle:
         driver = rep.driver
         with contextlib.suppress(ZLayerError):
             await driver.remove(rep.cid, force=True)  # a stale container with the same id
-        await driver.create(rep.cid, rep.spec, dns=self.publisher.dns_servers(rep.spec))
+        spec = rep.spec
+        if self.secrets is not None and spec.env:  # the values as they are now, never kept in the agent's state
+            spec = spec.model_copy(update={"env": await self.secrets.resolve(rep.deployment, rep.service, spec.env)})
+        await driver.create(rep.cid, spec, dns=self.publisher.dns_servers(rep.spec))
         wired = False
         plumb = self.publisher.wired(rep.spec) and not driver.host_network
         if plumb:

@@ -20,7 +20,16 @@ from zlayer.agent.converge import Converger
 from zlayer.agent.events import Events
 from zlayer.agent.externals import ExternalRoutes
 from zlayer.agent.health import HealthMonitor
-from zlayer.agent.hooks import AgentMetrics, ImageDigests, JobHook, NetworkHook, PortHook, ProxyHook, PublishedPort
+from zlayer.agent.hooks import (
+    AgentMetrics,
+    ImageDigests,
+    JobHook,
+    NetworkHook,
+    PortHook,
+    ProxyHook,
+    PublishedPort,
+    SecretsHook,
+)
 from zlayer.agent.lifecycle import Lifecycle
 from zlayer.agent.publish import Publisher
 from zlayer.agent.readopt import readopt
@@ -72,22 +81,24 @@ class ServiceManager:
         images: ImageDigests | None = None,
         metrics: AgentMetrics | None = None,
         ports: PortHook | None = None,
+        secrets: SecretsHook | None = None,
         health_scale: float = 1.0,
     ) -> None:
         self.store = store
         self.ports = ports
+        self.secrets = secrets
         self.drivers = drivers if isinstance(drivers, Drivers) else Drivers({"linux": drivers})
         self.metrics = metrics
         self.events = Events(store)
         replicas: dict[str, Replica] = {}
         self.publisher = Publisher(replicas, self.events, proxy, network)
-        self.lifecycle = Lifecycle(store, self.events, self.publisher, metrics, replicas)
+        self.lifecycle = Lifecycle(store, self.events, self.publisher, metrics, replicas, secrets)
         self.health = HealthMonitor(store, self.events, self.publisher, self.lifecycle.exec_fn, metrics, health_scale)
         self.externals = ExternalRoutes(proxy)
         self.supervisor = Supervisor(store, self.events, self.publisher, self.lifecycle, self.health, metrics,
                                      health_scale)  # fmt: skip
         self.converger = Converger(store, self.events, self.drivers, self.lifecycle, self.supervisor, self.health,
-                                   self.publisher, self.externals, jobs, images, health_scale)  # fmt: skip
+                                   self.publisher, self.externals, jobs, images, health_scale, secrets)  # fmt: skip
         self.standalone = StandaloneContainers(store, self.events, self.drivers, self.lifecycle)
         self._specs: dict[str, DeploymentSpec] = {}  # the deployed spec of every deployment, by name
         self._deploy_tasks: dict[str, asyncio.Task[None]] = {}
@@ -110,6 +121,8 @@ class ServiceManager:
             self.drivers.check(name, svc)
         if self.ports is not None:
             await self.ports.admit(spec, self._specs)
+        if self.secrets is not None:
+            await self.secrets.check(spec)
         data = spec.model_dump(mode="json", exclude_none=True)
         services = [
             ServiceRecord(spec.deployment, name, data["services"][name], svc.initial_replicas)

@@ -75,7 +75,7 @@ def declare_bearer(doc: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     """The REST API of one daemon. Route modules are imported here, at daemon start, not at CLI start."""
-    from zlayer.api import cluster, containers, deployments, health, identity, images, jobs, proxy, services
+    from zlayer.api import cluster, containers, deployments, health, identity, images, jobs, proxy, secrets, services
 
     app = FastAPI(
         title="ZLayer API",
@@ -89,7 +89,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     app.openapi = lambda: declare_bearer(generate())  # type: ignore[method-assign]
     app.state.ctx = context
     app.state.security = getattr(context, "security", None)
-    for mod in (health, deployments, services, containers, images, jobs, proxy, identity, cluster):
+    for mod in (health, deployments, services, containers, images, jobs, proxy, identity, cluster, secrets):
         app.include_router(mod.router)
 
     @app.exception_handler(ZLayerError)

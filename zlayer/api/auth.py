@@ -39,14 +39,15 @@ CLAIMS = "zlayer.claims"  # a verified token's claims
 class Rule:
     need: str  # public | authenticated | read | execute | write | admin
     kind: str = "node"
-    id: str | None = None  # the path parameter naming the resource, "@spec" / "@secret" / "?query": see _resource
+    id: str | None = None  # the path parameter naming the resource, or "@resolver" (RESOLVERS) for other places
+    reveal: str | None = None  # a query flag that, when true, asks for values: then execute is needed
 
 
 P, A, ADM = Rule("public"), Rule("authenticated"), Rule("admin")
 
 
-def _r(need: str, kind: str = "node", rid: str | None = None) -> Rule:
-    return Rule(need, kind, rid)
+def _r(need: str, kind: str = "node", rid: str | None = None, reveal: str | None = None) -> Rule:
+    return Rule(need, kind, rid, reveal)
 
 
 DEP, DEPS = "/api/v1/deployments/{name}", "/api/v1/deployments/{deployment}/services"
@@ -100,6 +101,24 @@ RULES: dict[tuple[str, str], Rule] = {
     ("PUT", "/api/v1/cluster/nodes/{node_id}/mode"): ADM, ("DELETE", "/api/v1/cluster/nodes/{node_id}"): ADM,
     ("POST", "/api/v1/cluster/force-leader"): ADM, ("POST", "/api/v1/cluster/revoke-token"): ADM,
     ("POST", "/api/v1/nodes/join-token"): ADM,
+    # a secret's id is SCOPE:NAME (SCOPE: an environment's id, @service, a deployment, or global); a grant on its
+    # environment counts for it, and SCOPE:* stands for the scope's every secret
+    ("GET", "/api/v1/secrets"): _r("read", "secret", "@secrets"),
+    ("POST", "/api/v1/secrets"): _r("write", "secret", "@secret"),
+    ("POST", "/api/v1/secrets/bulk-import"): _r("write", "secret", "@secrets"),
+    ("GET", "/api/v1/secrets/reveal-all"): _r("execute", "secret", "@secrets"),  # values: to run with them
+    ("GET", "/api/v1/secrets/{name}"): _r("read", "secret", "@secret", reveal="reveal"),
+    ("DELETE", "/api/v1/secrets/{name}"): _r("write", "secret", "@secret"),
+    ("POST", "/api/v1/secrets/{name}/rotate"): _r("write", "secret", "@secret"),
+    ("GET", "/api/v1/environments"): _r("read", "environment"),
+    ("POST", "/api/v1/environments"): _r("write", "environment"),
+    ("GET", "/api/v1/environments/{id}"): _r("read", "environment", "@env"),
+    ("PATCH", "/api/v1/environments/{id}"): _r("write", "environment", "@env"),
+    ("DELETE", "/api/v1/environments/{id}"): _r("write", "environment", "@env"),
+    ("GET", "/api/v1/variables"): _r("read", "project"), ("POST", "/api/v1/variables"): _r("write", "project"),
+    ("GET", "/api/v1/variables/{id}"): _r("read", "project"),
+    ("PATCH", "/api/v1/variables/{id}"): _r("write", "project"),
+    ("DELETE", "/api/v1/variables/{id}"): _r("write", "project"),
 }  # fmt: skip
 
 
@@ -147,6 +166,49 @@ async def _spec_deployment(request: HTTPConnection) -> str | None:
 
 
 RESOLVERS["@spec"] = _spec_deployment
+
+
+def _secrets_of(request: HTTPConnection) -> Any:
+    return getattr(getattr(request.app.state, "security", None), "secrets", None)
+
+
+def _secret_scope(request: HTTPConnection) -> str:
+    """The scope a secrets route works in, as the route itself will find it (an environment by name or id)."""
+    q = request.query_params
+    secrets, env = _secrets_of(request), q.get("environment")
+    if env and secrets is not None:
+        with contextlib.suppress(ZLayerError):
+            return str(secrets.scope_of(env, q.get("project")))
+        return env
+    return q.get("scope") or "global"
+
+
+async def _secret(request: HTTPConnection) -> str | None:
+    name = request.path_params.get("name")
+    if name is None and hasattr(request, "body"):  # POST /api/v1/secrets: the name is in the body
+        from zlayer.limits import load_json
+
+        with contextlib.suppress(ZLayerError):
+            body = load_json(await request.body(), where="body")
+            name = body.get("name") if isinstance(body, dict) else None
+            if isinstance(body, dict) and isinstance(body.get("scope"), str):
+                return f"{body['scope']}:{name}"
+    return f"{_secret_scope(request)}:{name}" if isinstance(name, str) else None
+
+
+async def _secrets_scope(request: HTTPConnection) -> str | None:
+    return f"{_secret_scope(request)}:*"
+
+
+async def _env(request: HTTPConnection) -> str | None:
+    ref, secrets = request.path_params.get("id"), _secrets_of(request)
+    if ref is not None and secrets is not None:
+        with contextlib.suppress(ZLayerError):
+            return str(secrets.environment(ref, request.query_params.get("project")).id)
+    return None if ref is None else str(ref)
+
+
+RESOLVERS.update({"@secret": _secret, "@secrets": _secrets_scope, "@env": _env})
 
 
 async def resource(rule: Rule, request: HTTPConnection) -> str | None:
@@ -201,6 +263,8 @@ async def authorize(request: HTTPConnection) -> None:
     security = getattr(request.app.state, "security", None)
     have = security.level(actor, rule.kind, rid) if security is not None else level_of(actor, None, rule.kind, rid)
     need = Level[rule.need.upper()]
+    if rule.reveal and request.query_params.get(rule.reveal, "").lower() in ("true", "1", "yes"):
+        need, rule = Level.EXECUTE, Rule("execute", rule.kind, rule.id)
     if have >= need:
         return
     what = f"{method} {path}"

@@ -41,6 +41,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Cluster nodes: init, join, generate-join-token, ls, status, label, drain...",
     ),
     "join": ("zlayer.cli.node", "join", "Join this node to the cluster a join token names"),
+    "secret": (
+        "zlayer.cli.secret",
+        "secret",
+        "Encrypted secrets (ls, create, get, set, rotate, rm, import, export, grant)",
+    ),
+    "env": ("zlayer.cli.secret", "env", "Environments of secrets (ls, create, show, update, delete, run)"),
+    "variable": ("zlayer.cli.secret", "variable", "Plain variables (list, set, get, unset)"),
+    "run": ("zlayer.cli.secret", "run_cmd", "Run a local command with secrets as environment variables"),
     "pull": ("zlayer.cli.image", "pull_cmd", "Pull an image (or every image of the spec) into the local store"),
     "wasm": ("zlayer.cli.wasm", "wasm", "WebAssembly programs (build, export, push, validate, info)"),
 }

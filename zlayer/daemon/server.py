@@ -163,7 +163,16 @@ class Daemon:
 
                 metrics = Metrics()
                 metrics.serve(cfg.metrics_bind)
-            from zlayer.daemon.wiring import make_network, make_proxy
+            from zlayer.daemon.wiring import SecretsBridge, make_network, make_proxy
+            from zlayer.security import Security, SqliteSecurityStore
+            from zlayer.security.secrets import Keyring, Secrets, SecretsKeyError
+
+            security_store = SqliteSecurityStore(cfg.paths.data_dir / "security.db")
+            secrets = Secrets(security_store, Keyring(security_store, cfg.paths.sub("secrets"), cfg.deployment_name))
+            try:
+                secrets.keyring.key()  # made now for a new node; for one with secrets, found and checked now
+            except SecretsKeyError as e:  # the daemon runs on; each use of a secret says this again
+                log.error("secrets: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
 
             proxy = make_proxy(cfg)
             network = make_network(cfg)
@@ -182,6 +191,7 @@ class Daemon:
                 images=images,
                 metrics=metrics,
                 ports=PortAdmission(store, _own_ports(cfg)),
+                secrets=SecretsBridge(secrets),
             )
             from zlayer.tokens import load_or_create_secret, write_admin_bearer
 
@@ -189,10 +199,7 @@ class Daemon:
                 raise DaemonError("--jwt-secret was given but is empty", where="--jwt-secret")
             secret = cfg.token or load_or_create_secret(cfg.paths.data_dir)
             token = write_admin_bearer(cfg.paths.data_dir, secret)
-            from zlayer.security import Security, SqliteSecurityStore
-
-            security_store = SqliteSecurityStore(cfg.paths.data_dir / "security.db")
-            security = Security(security_store, secret)
+            security = Security(security_store, secret, secrets)
             self.context = ApiContext(
                 store=store,
                 runtime=runtime,

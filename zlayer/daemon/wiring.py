@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zlayer.agent.hooks import Backend
@@ -21,7 +21,8 @@ from zlayer.proxy import ProxyManager
 from zlayer.proxy.dpclient import DataPlaneClient
 
 if TYPE_CHECKING:
-    from zlayer.spec.models import ExternalSpec, PortMapping, ServiceSpec
+    from zlayer.security.secrets import Secrets
+    from zlayer.spec.models import DeploymentSpec, ExternalSpec, PortMapping, ServiceSpec
 
 log = logging.getLogger("zlayer.daemon")
 
@@ -205,3 +206,26 @@ def make_network(cfg: DaemonConfig) -> DaemonNetwork | None:
     if os.geteuid() != 0 or cfg.host_network or os.environ.get("ZLAYER_NODE_NETWORK", "on") == "off":
         return None
     return DaemonNetwork(cfg)
+
+
+class SecretsBridge:
+    """The agent's SecretsHook over :class:`zlayer.security.secrets.Secrets` (the agent does not import security):
+    references checked at deploy, resolved when a replica is created, their versions part of what it is built from."""
+
+    def __init__(self, secrets: Secrets) -> None:
+        self.secrets = secrets
+
+    async def check(self, spec: DeploymentSpec) -> None:
+        from zlayer.errors import NotFoundError, UsageError
+
+        for name, svc in spec.services.items():
+            try:
+                self.secrets.resolve_env(spec.deployment, svc.env, where=f"services.{name}.env")
+            except NotFoundError as e:  # a spec naming what is not there: the spec is refused (400), not a 404
+                raise UsageError(e.message, where=e.where, hint=e.hint) from None
+
+    async def resolve(self, deployment: str, service: str, env: Mapping[str, str]) -> dict[str, str]:
+        return self.secrets.resolve_env(deployment, env, where=f"services.{service}.env")
+
+    async def versions(self, deployment: str, env: Mapping[str, str]) -> str:
+        return self.secrets.versions(deployment, env)

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zlayer.errors import AuthError, ConflictError, NotFoundError, UsageError
 from zlayer.security.rbac import (
@@ -24,6 +24,9 @@ from zlayer.security.rbac import (
     roles_level,
 )
 from zlayer.security.store import ApiKey, Group, SecurityStore, User, new_id, now
+
+if TYPE_CHECKING:
+    from zlayer.security.secrets import Secrets
 from zlayer.tokens import create_token
 
 SESSION_SECS = 24 * 3600  # a login's session, as ZLayer's cookie
@@ -100,8 +103,9 @@ class Security:
     """Identities and who may do what, over one :class:`~zlayer.security.store.SecurityStore`; ``jwt_secret``
     signs the sessions and API-key tokens it issues (the daemon's own token secret)."""
 
-    def __init__(self, store: SecurityStore, jwt_secret: str) -> None:
+    def __init__(self, store: SecurityStore, jwt_secret: str, secrets: Secrets | None = None) -> None:
         self.store = store
+        self.secrets = secrets
         self.jwt_secret = jwt_secret
         self.limiter = RateLimiter()
         self._index: GrantIndex | None = None
