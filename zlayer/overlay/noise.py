@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
@@ -78,31 +79,18 @@ def AEAD_open(key: bytes, counter: int, sealed: bytes, auth: bytes) -> bytes:
         raise HandshakeError("authentication failed") from None
 
 
-def _rotl(v: int, c: int) -> int:
-    return ((v << c) & 0xFFFFFFFF) | (v >> (32 - c))
+_SIGMA = struct.unpack("<4I", b"expand 32-byte k")
 
 
 def hchacha20(key: bytes, nonce16: bytes) -> bytes:
-    """The HChaCha20 subkey (XChaCha20's first step): 20 ChaCha rounds over key and 16 nonce bytes, words 0-3 and
-    12-15 of the state, no feed-forward."""
-    s = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574, *struct.unpack("<8I", key), *struct.unpack("<4I", nonce16)]
-
-    def qr(a: int, b: int, c: int, d: int) -> None:
-        s[a] = (s[a] + s[b]) & 0xFFFFFFFF
-        s[d] = _rotl(s[d] ^ s[a], 16)
-        s[c] = (s[c] + s[d]) & 0xFFFFFFFF
-        s[b] = _rotl(s[b] ^ s[c], 12)
-        s[a] = (s[a] + s[b]) & 0xFFFFFFFF
-        s[d] = _rotl(s[d] ^ s[a], 8)
-        s[c] = (s[c] + s[d]) & 0xFFFFFFFF
-        s[b] = _rotl(s[b] ^ s[c], 7)
-
-    rounds = [(0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15)]
-    rounds += [(0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14)]
-    for _ in range(10):
-        for a, b, c, d in rounds:
-            qr(a, b, c, d)
-    return struct.pack("<8I", *s[0:4], *s[12:16])
+    """The HChaCha20 subkey (XChaCha20's first step): words 0-3 and 12-15 of the ChaCha20 state after its 20 rounds,
+    without the final addition of the input. Taken from OpenSSL's ChaCha20 block (whose 16-byte nonce is exactly
+    state words 12-15) by subtracting the input words back out."""
+    block = Cipher(algorithms.ChaCha20(key, nonce16), mode=None).encryptor().update(bytes(64))
+    out = struct.unpack("<16I", block)
+    state_in = (*_SIGMA, *struct.unpack("<4I", nonce16))
+    words = [out[i] for i in (0, 1, 2, 3, 12, 13, 14, 15)]
+    return struct.pack("<8I", *((w - x) & 0xFFFFFFFF for w, x in zip(words, state_in, strict=True)))
 
 
 def XAEAD(key: bytes, nonce24: bytes, plain: bytes, auth: bytes) -> bytes:
