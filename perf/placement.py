@@ -5,7 +5,11 @@ process: placement is pure computation on one thread, and CPU time keeps a share
 - **fresh**: every replica placed at once, as when a leader places a cluster's deployments the first time;
 - **keep**: the same input with the fresh answer as the current assignments (nothing moves: the cost of a
   reconcile with nothing to do);
-- **failover**: one loaded node dead, its replicas placed again (what the leader does when a node dies).
+- **failover**: one loaded node dead, its replicas placed again (what the leader does when a node dies);
+- **new deployments**: the fresh input again, the deployments never having run: each starts whole or not at all
+  (a deployment with a service that does not fit is held back, and the room it would have taken is offered again).
+
+The first three treat the deployments as running (``started``): what fits is placed.
 
 The mix: 3 zones and ssd/hdd disks as labels, a tenth of the nodes with 4 or 8 NVIDIA GPUs; services of 1–60
 replicas, 85 % shared, 10 % dedicated, 5 % exclusive (up to a twentieth of the nodes); two in five require a zone,
@@ -122,10 +126,11 @@ def measure(n: int) -> dict[str, Any]:
     nodes = cluster(n, rng)
     specs = deployments(n, rng)
     view = ClusterView(nodes=nodes)
-    fresh_s, fresh = best_of(3, lambda: place(view, specs))
+    running = set(specs)  # deployments that ran before: each places what fits
+    fresh_s, fresh = best_of(3, lambda: place(view, specs, started=running))
     placed = len(fresh.assignments)
     steady = view.with_assignments(fresh.assignments)
-    keep_s, kept = best_of(3, lambda: place(steady, specs))
+    keep_s, kept = best_of(3, lambda: place(steady, specs, started=running))
     assert kept.assignments == fresh.assignments, "placing again moved replicas"
     loads: dict[str, int] = {}
     for a in fresh.assignments:
@@ -134,7 +139,10 @@ def measure(n: int) -> dict[str, Any]:
     dead = steady.model_copy(
         update={"nodes": tuple(nd.model_copy(update={"status": "dead"}) if nd.id == victim else nd for nd in nodes)}
     )
-    failover_s, after = best_of(3, lambda: place(dead, specs))
+    failover_s, after = best_of(3, lambda: place(dead, specs, started=running))
+    # the same deployments never started: each starts whole or not at all
+    whole_s, whole = best_of(3, lambda: place(view, specs))
+    blocked = {u.deployment for u in whole.unschedulable}
     before = {a.key: a.node_id for a in fresh.assignments}
     moved = sum(1 for a in after.assignments if before.get(a.key) != a.node_id)
     return {
@@ -148,6 +156,9 @@ def measure(n: int) -> dict[str, Any]:
         "failover_replicas": loads[victim],
         "failover_s": round(failover_s, 4),
         "failover_moved": moved,
+        "new_deployments_s": round(whole_s, 4),
+        "new_deployments_started": len(specs) - len(blocked),
+        "new_deployments_held": len(blocked),
         "unschedulable_example": str(fresh.unschedulable[0]) if fresh.unschedulable else "",
     }
 
@@ -157,7 +168,7 @@ def singletons(n: int) -> dict[str, Any]:
     rng = random.Random(n + 1)
     nodes = cluster(n, rng)
     specs = deployments(n, rng, singles=True)
-    secs, p = best_of(3, lambda: place(ClusterView(nodes=nodes), specs))
+    secs, p = best_of(3, lambda: place(ClusterView(nodes=nodes), specs, started=set(specs)))
     return {"services": sum(len(d.services) for d in specs.values()), "fresh_s": round(secs, 4),
             "placements_per_s": round(len(p.assignments) / secs)}  # fmt: skip
 
@@ -173,7 +184,9 @@ def main() -> None:
         print(
             f"{r['nodes']:>5} nodes: {r['replicas_placed']} of {r['replicas_wanted']} replicas placed in "
             f"{r['fresh_s']:.3f} s ({r['placements_per_s']}/s); keep {r['keep_s']:.3f} s; "
-            f"failover of {r['failover_replicas']} replicas {r['failover_s']:.3f} s ({r['failover_moved']} moved)"
+            f"failover of {r['failover_replicas']} replicas {r['failover_s']:.3f} s ({r['failover_moved']} moved); "
+            f"as new deployments {r['new_deployments_s']:.3f} s ({r['new_deployments_started']} start whole, "
+            f"{r['new_deployments_held']} held back)"
         )
         if r["unschedulable_example"]:
             print(f"       e.g. {r['unschedulable_example']}")

@@ -20,7 +20,9 @@ The rules (ZLayer's ``placement.rs``, with its gaps closed):
   ``affinity: pack``); for GPU requests fewer free GPUs left (``gpu.scheduling: spread``: more); the least loaded
   node (the sum of its CPU and memory shares requested), then the one with fewer replicas — so replicas that request
   nothing spread too; ``affinity: pack`` takes the most loaded node that fits instead (best fit); the lower node id.
-- ``gpu.scheduling: gang``: all of a service's new replicas are placed or none is.
+- ``gpu.scheduling: gang``: all of a service's new replicas are placed or none is;
+- a deployment that never ran (``started``) starts whole or not at all: it stays pending with the reason and nothing
+  of it starts half-way; one that ran places what fits (a scale-up, a failover) and says why the rest waits.
 
 Cost: keeping the current assignments is linear in replicas. Each distinct constraint set gets its candidates once
 per pass (a label index) and one heap of them by load, kept current as replicas land (stale entries skipped by
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from zlayer.cluster.view import Assignment, ClusterView, Node
@@ -440,10 +442,16 @@ def place(
     view: ClusterView,
     deployments: Mapping[str, DeploymentSpec],
     desired: Mapping[ServiceKey, int] | None = None,
+    started: Collection[str] | None = None,
 ) -> Placement:
     """Assignments for every replica of every service in ``deployments`` (all the cluster's: an assignment of a
     deployment not there is dropped). ``desired[(deployment, service)]`` is the wanted count; a service not in it
-    wants its spec's first count (fixed: n, adaptive: min, manual: 0). Jobs and crons are not placed."""
+    wants its spec's first count (fixed: n, adaptive: min, manual: 0). Jobs and crons are not placed.
+
+    ``started``: the deployments that have run before (default: those with an assignment in the view). They place
+    what fits and say why the rest waits; any other starts whole or not at all, so a deployment that cannot be placed
+    stays pending with nothing of it started half-way. Give it from what outlives the assignments (the store), so
+    that a deployment whose every node died comes back with what fits."""
     desired = desired or {}
     slots = [_Slot(n, i) for i, n in enumerate(sorted(view.nodes, key=lambda n: n.id))]
     by_id = {s.node.id: s for s in slots}
@@ -475,12 +483,13 @@ def place(
 
     # 2. place the rest, the hardest to fit first (isolation modes, GPUs, the largest requests)
     index = _Index(slots)
-    short: list[tuple[_Need, int]] = []
-    for need in sorted(needs.values(), key=lambda n: n.order):
+
+    def place_need(need: _Need) -> tuple[list[Assignment], int]:
+        """Place the service's missing replicas; (the new assignments, how many found no node)."""
         have = placed[need.key]
         missing = [r for r in range(1, need.desired + 1) if r not in have]
         if not missing:
-            continue
+            return [], 0
         new: list[Assignment] = []
         dname, sname = need.key
         todo = iter(missing)
@@ -504,23 +513,81 @@ def place(
                 )
                 if _blocker(slot, need) is None:
                     heapq.heappush(heap, (_rank(slot, need), slot.idx))
-        if len(new) < len(missing):
-            if need.gang:
-                for a in new:
-                    _release(by_id[a.node_id], need, a.gpus)
-                new = []
-            short.append((need, len(missing) - len(new)))
+        if len(new) < len(missing) and need.gang:
+            for a in new:
+                _release(by_id[a.node_id], need, a.gpus)
+            new = []
         for a in new:
             have[a.replica] = a
+        return new, len(missing) - len(new)
+
+    def place_whole(group: list[_Need]) -> dict[ServiceKey, tuple[int, str]]:
+        """Place a deployment's services all or none; what found no node, and why (empty: all placed)."""
+        new: list[tuple[_Need, Assignment]] = []
+        short: dict[ServiceKey, tuple[int, str]] = {}
+        for need in group:
+            got, missing = place_need(need)
+            new.extend((need, a) for a in got)
+            if missing:  # said now, with its siblings placed: the nodes as they would be
+                short[need.key] = (missing, _explain(slots, need, missing, {}))
+        if short:
+            for need, a in new:
+                _release(by_id[a.node_id], need, a.gpus)
+                del placed[need.key][a.replica]
+        return short
+
+    # What ran before places what fits. A deployment that never ran starts whole or not at all: all of them are
+    # placed together, hardest first as the rest; one that falls short gives its room back, and those are then
+    # tried alone, again while one more of them starts (the last try of each is its reason, against the end state).
+    ever = set(started) if started is not None else {a.deployment for a in view.assignments}
+    order = sorted(needs.values(), key=lambda n: n.order)
+    short: dict[ServiceKey, int] = {}
+    new_of: dict[str, list[tuple[_Need, Assignment]]] = {}
+    held: set[str] = set()
+    for need in order:
+        d = need.key[0]
+        got, missing = place_need(need)
+        if d in ever:
+            if missing:
+                short[need.key] = missing
+        else:
+            new_of.setdefault(d, []).extend((need, a) for a in got)
+            if missing:
+                held.add(d)
+    for d in sorted(held):
+        for need, a in new_of.get(d, []):
+            _release(by_id[a.node_id], need, a.gpus)
+            del placed[need.key][a.replica]
+    fresh = {d: [n for n in order if n.key[0] == d] for d in sorted(held)}
+    waiting: dict[str, dict[ServiceKey, tuple[int, str]]] = {d: {} for d in sorted(held)}
+    while waiting:
+        tried = {d: place_whole(fresh[d]) for d in sorted(waiting)}
+        if all(tried.values()):
+            waiting = tried
+            break
+        waiting = {d: s for d, s in tried.items() if s}
 
     # why, against the final state (capacity only shrinks after a service failed, so what ruled a node out then
     # still does): the same placement placed again gives the same words
     said: dict[object, str] = {}
-    problems = sorted(
-        Unschedulable(n.key[0], n.key[1], missing, n.desired, _explain(slots, n, missing, said)) for n, missing in short
-    )
+    problems = [
+        Unschedulable(n.key[0], n.key[1], missing, n.desired, _explain(slots, n, missing, said))
+        for n in order
+        if (missing := short.get(n.key, 0))
+    ]
+    for d, failing in waiting.items():
+        whole = f"deployment {d} starts whole or not at all"
+        names = ", ".join(k[1] for k in sorted(failing))
+        for n in fresh[d]:
+            if n.key in failing:
+                reason = f"{failing[n.key][1]} ({whole})"
+            elif n.desired:
+                reason = f"{n.desired} of {n.desired} replicas of {n.key[1]} wait for {names}: {whole}"
+            else:
+                continue
+            problems.append(Unschedulable(d, n.key[1], n.desired, n.desired, reason))
     out = [a for key in sorted(placed) for _, a in sorted(placed[key].items())]
-    return Placement(tuple(out), tuple(problems))
+    return Placement(tuple(out), tuple(sorted(problems)))
 
 
 __all__ = ["GPU_SHARERS", "Placement", "ServiceKey", "Unschedulable", "place"]

@@ -86,13 +86,16 @@ class Scheduler:
             except (ZLayerError, OSError) as e:
                 log.warning("placement pass failed, retried with the next change: %s", e)
 
-    async def _deployments(self) -> tuple[dict[str, DeploymentSpec], dict[ServiceKey, int], set[str]]:
+    async def _deployments(self) -> tuple[dict[str, DeploymentSpec], dict[ServiceKey, int], set[str], set[str]]:
         specs: dict[str, DeploymentSpec] = {}
         desired: dict[ServiceKey, int] = {}
         unreadable: set[str] = set()
+        started: set[str] = set()
         for rec in await self.store.list_deployments():
             if rec.status == "stopped":  # on its way out: its replicas are being removed
                 continue
+            if rec.revision > 1 or rec.status not in ("pending", "deploying"):
+                started.add(rec.name)  # it has run: what fits of it is placed, never held back whole
             cached = self._specs.get(rec.name)
             if cached is not None and cached[0] == rec.revision:
                 spec = cached[1]
@@ -110,14 +113,15 @@ class Scheduler:
                 desired[(rec.name, svc.name)] = svc.desired_replicas
         for gone in set(self._specs) - set(specs) - unreadable:
             del self._specs[gone]
-        return specs, desired, unreadable
+        return specs, desired, unreadable, started
 
     async def reconcile(self) -> Placement:
         """One pass: place, write the services whose assignments changed, and say which cannot be placed."""
-        specs, desired, unreadable = await self._deployments()
+        specs, desired, unreadable, started = await self._deployments()
         nodes = await self.cluster.nodes()
         current = [a for a in await self.cluster.assignments() if a.deployment not in unreadable]
-        result = place(ClusterView(nodes=tuple(nodes), assignments=tuple(current)), specs, desired)
+        started |= {a.deployment for a in current}
+        result = place(ClusterView(nodes=tuple(nodes), assignments=tuple(current)), specs, desired, started)
 
         before: dict[ServiceKey, list[Assignment]] = {}
         for a in sorted(current, key=lambda a: a.key):

@@ -84,9 +84,13 @@ def test_shared_bin_packs_by_requested_cpu_and_memory_and_never_overcommits() ->
         view, deployment(**specs["demo"].services, small=svc(1, cpu=1, affinity="pack"), more=svc(1, cpu=0.5))
     )
     assert where(packed, "small") == {"a": 1} and where(packed, "more") == {"b": 1}
-    # memory counts as CPU does; the reason names the request as written
-    p = place(ClusterView(nodes=(node("a", mem=GI), node("b", mem=GI))), deployment(db=svc(3, memory="768Mi")))
-    assert sum(where(p, "db").values()) == 2
+    # memory counts as CPU does; the reason names the request as written (db runs already: what fits is placed)
+    running = (Assignment(deployment="demo", service="db", replica=1, node_id="a"),)
+    p = place(
+        ClusterView(nodes=(node("a", mem=GI), node("b", mem=GI)), assignments=running),
+        deployment(db=svc(3, memory="768Mi")),
+    )
+    assert where(p, "db") == {"a": 1, "b": 1}
     (u,) = p.unschedulable
     assert str(u) == (
         "unschedulable: 1 of 3 replicas of db fit no node; of 2 nodes: 2 have too little free memory (wants 768Mi)"
@@ -94,7 +98,10 @@ def test_shared_bin_packs_by_requested_cpu_and_memory_and_never_overcommits() ->
 
 
 def test_dedicated_puts_one_replica_per_node() -> None:
-    view = ClusterView(nodes=(node("a"), node("b")))
+    view = ClusterView(
+        nodes=(node("a"), node("b")),
+        assignments=(Assignment(deployment="demo", service="web", replica=1, node_id="a"),),
+    )
     p = place(view, deployment(db=svc(3, node_mode="dedicated"), web=svc(2)))
     assert where(p, "db") == {"a": 1, "b": 1}
     assert where(p, "web") == {"a": 1, "b": 1}  # others still share those nodes
@@ -129,13 +136,16 @@ def test_node_selector_required_and_preferred_labels() -> None:
         deployment(
             db=svc(1, node_selector={"labels": {"zone": "eu"}, "prefer_labels": {"disk": "ssd"}}),
             web=svc(4, node_selector={"labels": {"zone": "eu"}}),
-            gpu=svc(1, node_selector={"labels": {"zone": "ap"}}),
-        ),
+        )
+        | deployment("other", gpu=svc(1, node_selector={"labels": {"zone": "ap"}})),
     )
     assert where(p, "db") == {"b": 1}
     assert where(p, "web") == {"a": 2, "b": 2}
     (u,) = p.unschedulable
-    assert u.reason == "1 of 1 replicas of gpu fit no node; of 3 nodes: 3 lack labels zone=ap"
+    assert u.reason == (
+        "1 of 1 replicas of gpu fit no node; of 3 nodes: 3 lack labels zone=ap "
+        "(deployment other starts whole or not at all)"
+    )
 
 
 def test_gpus_by_count_vendor_model_and_sharing() -> None:
@@ -165,7 +175,11 @@ def test_gpus_by_count_vendor_model_and_sharing() -> None:
     )
     # mps: up to 8 replicas on one GPU
     one = (Gpu(index=0, vendor="nvidia", model="NVIDIA L4"),)
-    p = place(ClusterView(nodes=(node("g", cpu=0, mem=0, gpus=one),)), deployment(s=svc(9, gpu={"sharing": "mps"})))
+    p = place(
+        ClusterView(nodes=(node("g", cpu=0, mem=0, gpus=one),)),
+        deployment(s=svc(9, gpu={"sharing": "mps"})),
+        started={"demo"},
+    )
     assert len(p.of("demo", "s")) == GPU_SHARERS["mps"] == 8
     assert {a.gpus for a in p.of("demo", "s")} == {(0,)}
 
@@ -173,9 +187,11 @@ def test_gpus_by_count_vendor_model_and_sharing() -> None:
 def test_gang_places_all_or_none() -> None:
     gpus = tuple(Gpu(index=i, vendor="nvidia", model="NVIDIA H100") for i in range(2))
     view = ClusterView(nodes=(node("g1", gpus=gpus),))
-    p = place(view, deployment(dist=svc(3, gpu={"count": 1, "scheduling": "gang"}), solo=svc(2, gpu={"count": 1})))
+    running = (Assignment(deployment="demo", service="solo", replica=1, node_id="g1", gpus=(0,)),)
+    specs = deployment(dist=svc(3, gpu={"count": 1, "scheduling": "gang"}), solo=svc(2, gpu={"count": 1}))
+    p = place(view.with_assignments(running), specs)
     assert p.of("demo", "dist") == []
-    assert len(p.of("demo", "solo")) == 2  # the GPUs gang scheduling gave back go to others
+    assert len(p.of("demo", "solo")) == 2  # the GPU gang scheduling gave back goes to others
     u = p.reason("demo", "dist")
     assert u is not None and u.missing == 3 and "gpu scheduling gang: none of them was placed" in u.reason
 
@@ -364,10 +380,11 @@ def check_invariants(
 @given(scenario())
 def test_properties(case: tuple[ClusterView, dict[str, DeploymentSpec], dict[tuple[str, str], int]]) -> None:
     view, specs, desired = case
-    p = place(view, specs, desired)
+    started = {a.deployment for a in view.assignments}  # what the store would say has run
+    p = place(view, specs, desired, started)
     check_invariants(view, specs, desired, p)
     # idempotent: placing again what it answered changes nothing
-    again = place(view.with_assignments(p.assignments), specs, desired)
+    again = place(view.with_assignments(p.assignments), specs, desired, started)
     assert again == p
     # minimal movement: what ran on a node that is not dead (all of them met their service before) stays there,
     # unless the wanted count dropped below its number
@@ -378,10 +395,13 @@ def test_properties(case: tuple[ClusterView, dict[str, DeploymentSpec], dict[tup
         if status[a.node_id] != "dead" and a.replica <= want:
             assert now[a.key] == a, f"{a.key} moved from {a.node_id}"
     # deterministic whatever the order of nodes
-    assert place(view.model_copy(update={"nodes": tuple(reversed(view.nodes))}), specs, desired) == p
+    assert place(view.model_copy(update={"nodes": tuple(reversed(view.nodes))}), specs, desired, started) == p
     # the shared heaps pick what ranking every candidate picks
     with mock.patch.object(placement, "FAST_SCAN", -1):
-        assert place(view, specs, desired) == p
+        assert place(view, specs, desired, started) == p
+    # a deployment that never ran starts whole or not at all
+    if not started and p.unschedulable:
+        assert p.assignments == ()
 
 
 @settings(max_examples=100, deadline=None)
@@ -391,3 +411,30 @@ def test_spread_is_even_when_nothing_else_decides(n: int, replicas: int) -> None
     counts = where(place(view, deployment(web=svc(replicas))), "web")
     per_node = [counts.get(f"n{i:02}", 0) for i in range(n)]
     assert sum(per_node) == replicas and max(per_node) - min(per_node) <= 1
+
+
+def test_a_new_deployment_starts_whole_or_not_at_all() -> None:
+    view = ClusterView(nodes=(node("a"), node("b")))
+    ssd_only = {"labels": {"disk": "ssd"}}
+    specs = deployment("shop", web=svc(2), db=svc(1, node_mode="dedicated", node_selector=ssd_only)) | deployment(
+        "blog", web=svc(3)
+    )
+    p = place(view, specs)
+    assert p.of("shop", "web") == [] and p.of("shop", "db") == []  # nothing of shop starts half-way
+    assert len(p.of("blog", "web")) == 3  # what fits starts
+    assert [str(u) for u in p.unschedulable] == [
+        "unschedulable: 1 of 1 replicas of db fit no node; of 2 nodes: 2 lack labels disk=ssd "
+        "(deployment shop starts whole or not at all)",
+        "unschedulable: 2 of 2 replicas of web wait for db: deployment shop starts whole or not at all",
+    ]
+    # a node with the label: shop starts, all of it
+    p = place(ClusterView(nodes=(*view.nodes, node("c", disk="ssd")), assignments=p.assignments), specs)
+    assert where(p, "db", "shop") == {"c": 1} and len(p.of("shop", "web")) == 2 and not p.unschedulable
+    # once it runs, a scale-up places what fits and says why the rest waits; so does a restart after its nodes died
+    ssd = ClusterView(nodes=(*view.nodes, node("c", disk="ssd")), assignments=p.assignments)
+    up = place(ssd, specs, {("shop", "db"): 2})
+    assert where(up, "db", "shop") == {"c": 1}
+    assert up.reason("shop", "db") is not None and up.reason("shop", "web") is None
+    gone = ClusterView(nodes=(node("a"), node("b", status="dead"), node("c", status="dead", disk="ssd")))
+    back = place(gone, specs, started={"shop", "blog"})
+    assert len(back.of("shop", "web")) == 2 and back.of("shop", "db") == []

@@ -101,39 +101,54 @@ def test_reconcile_places_writes_changes_only_and_explains(tmp_path: Path) -> No
         sched = Scheduler(store, cluster)
         await deploy(store, "shop", web=3, db=3)
         p = await sched.reconcile()
-        assert cluster.where("shop", "web") == {1: "a", 2: "b", 3: "a"}
-        assert sorted(cluster.where("shop", "db").values()) == ["a", "b"]
-        # db wants 3 dedicated replicas on 2 nodes: pending, with the reason, in status and events
-        db = await store.get_service("shop", "db")
-        assert db is not None and db.status == "pending"
+        # db wants 3 dedicated replicas on 2 nodes: shop stays pending with nothing of it started half-way, and
+        # the reason in each service's status and in the events
+        assert await cluster.assignments() == [] and cluster.writes == []
+        db, web = await store.get_service("shop", "db"), await store.get_service("shop", "web")
+        assert db is not None and web is not None and db.status == web.status == "pending"
         assert db.status_message == (
             "unschedulable: 1 of 3 replicas of db fit no node; of 2 nodes: 2 already run a replica of db "
-            "(node_mode dedicated)"
+            "(node_mode dedicated) (deployment shop starts whole or not at all)"
+        )
+        assert web.status_message == (
+            "unschedulable: 3 of 3 replicas of web wait for db: deployment shop starts whole or not at all"
         )
         assert p.reason("shop", "db") is not None
         events = [(e.kind, e.message) for e in await store.list_events("shop")]
         assert ("unschedulable", f"db: {db.status_message}") in events
         # nothing changed: nothing written, no second event
-        writes = len(cluster.writes)
         await sched.reconcile()
-        assert len(cluster.writes) == writes
-        assert [k for k, _ in [(e.kind, e.message) for e in await store.list_events("shop")]].count(
-            "unschedulable"
-        ) == 1
-        # a third node: db fits, the message goes, web stays where it ran (only db is written)
+        assert cluster.writes == []
+        assert [e.kind for e in await store.list_events("shop")].count("unschedulable") == 2  # db's and web's
+        # a third node: all of shop fits, the messages go
         cluster.set_node(node("c"))
         await sched.reconcile()
-        assert list(cluster.writes[-1]) == [("shop", "db")]
-        assert cluster.where("shop", "web") == {1: "a", 2: "b", 3: "a"}
+        assert sorted(cluster.writes[-1]) == [("shop", "db"), ("shop", "web")]
+        assert sorted(cluster.where("shop", "db").values()) == ["a", "b", "c"]
+        assert sorted(cluster.where("shop", "web").values()) == ["a", "b", "c"]
         db = await store.get_service("shop", "db")
         assert db is not None and db.status_message == ""
         assert ("scheduled", "db: every replica has a node") in [
             (e.kind, e.message) for e in await store.list_events("shop")
         ]
+        # it runs now: a node gone moves only what ran there, and what does not fit waits alone
+        web_before = cluster.where("shop", "web")
+        cluster.set_node(node("c", status="dead"))
+        await sched.reconcile()
+        assert list(cluster.writes[-1]) == [("shop", "db"), ("shop", "web")]
+        web_after = cluster.where("shop", "web")
+        assert all(web_after[r] == n for r, n in web_before.items() if n != "c")
+        assert sorted(cluster.where("shop", "db").values()) == ["a", "b"]  # the third has nowhere to go
+        db = await store.get_service("shop", "db")
+        assert db is not None and db.status_message.startswith("unschedulable: 1 of 3 replicas of db fit no node")
+        web = await store.get_service("shop", "web")
+        assert web is not None and web.status_message == ""
+        cluster.set_node(node("c"))
+        await sched.reconcile()
         # scale down drops the highest replica; a deleted deployment loses its assignments
         await store.set_service_desired("shop", "web", 1)
         await sched.reconcile()
-        assert cluster.where("shop", "web") == {1: "a"}
+        assert cluster.where("shop", "web") == {1: web_before[1]}
         await store.delete_deployment("shop")
         await sched.reconcile()
         assert await cluster.assignments() == []
