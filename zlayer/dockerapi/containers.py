@@ -26,7 +26,7 @@ from zlayer.dockerapi.server import (
 )
 from zlayer.dockerapi.state import DockerContainer, Exec, new_id, random_name
 from zlayer.errors import NotFoundError, ZLayerError
-from zlayer.runtime.protocol import ContainerId, ExecSession
+from zlayer.runtime.protocol import ContainerId, ExecSession, PathStat
 
 if TYPE_CHECKING:
     from zlayer.dockerapi.app import DockerApi
@@ -592,7 +592,35 @@ def register(router: Router, api: DockerApi) -> None:
     @router.route("GET", "/containers/{id}/changes")
     async def container_changes(req: Request) -> Response:
         c = find(req.params["id"])
-        return json_response(await changes(api, c))
+        if not c.sa.started.is_set():
+            return json_response(None)
+        return json_response([{"Path": f.path, "Kind": f.kind} for f in await api.runtime.changes(c.sa.cid)] or None)
+
+    def archive_target(req: Request) -> tuple[DockerContainer, str]:
+        c = find(req.params["id"])
+        path = req.q("path")
+        if not path:
+            raise DockerError(400, "path is required")
+        if not c.sa.running:
+            raise DockerError(409, f"container {c.name} is not running: copying needs its filesystem mounted")
+        return c, path
+
+    @router.route("HEAD", "/containers/{id}/archive")
+    async def stat_path(req: Request) -> Response:
+        c, path = archive_target(req)
+        return Response(200, b"", headers=[stat_header(await api.runtime.path_stat(c.sa.cid, path))])
+
+    @router.route("GET", "/containers/{id}/archive")
+    async def get_archive(req: Request) -> Response:
+        c, path = archive_target(req)
+        data, st = await api.runtime.get_archive(c.sa.cid, path)
+        return Response(200, data, content_type="application/x-tar", headers=[stat_header(st)])
+
+    @router.route("PUT", "/containers/{id}/archive")
+    async def put_archive(req: Request) -> Response:
+        c, path = archive_target(req)
+        await api.runtime.put_archive(c.sa.cid, path, req.body)
+        return no_content(200)
 
     @router.route("POST", "/containers/prune")
     async def prune_containers(req: Request) -> Response:
@@ -684,43 +712,21 @@ def register(router: Router, api: DockerApi) -> None:
                               "privileged": False, **({"user": ex.user} if ex.user else {})},
         })  # fmt: skip
 
-    from zlayer.dockerapi import archive
 
-    archive.register(router, api)
+def docker_mode(st: PathStat) -> int:
+    """A stat's mode as Go's os.FileMode, which Docker's clients read: permission bits, dir 1<<31, symlink 1<<27."""
+    mode = st.mode & 0o7777
+    kind = st.mode & 0o170000
+    if kind == 0o040000:
+        mode |= 1 << 31
+    elif kind == 0o120000:
+        mode |= 1 << 27
+    return mode
 
 
-async def changes(api: DockerApi, c: DockerContainer) -> list[dict[str, Any]]:
-    """What the container changed in its filesystem, from its overlay's upper dir: Kind 0 changed (the image has the
-    path), 1 added, 2 deleted (a whiteout)."""
-    from pathlib import Path
-
-    try:
-        info = await api.runtime.inspect(c.sa.cid)
-    except NotFoundError:
-        return []
-    if not info.bundle:
-        return []
-    upper = Path(info.bundle) / "upper"
-    lowers: list[Path] = []
-    if api.images is not None:
-        with contextlib.suppress(ZLayerError):
-            lowers = list((await asyncio.to_thread(api.images.get, c.sa.spec.image.name)).layer_dirs)
-
-    def walk() -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        if not upper.is_dir():
-            return out
-        for path in sorted(upper.rglob("*")):
-            rel = str(path.relative_to(upper))
-            st = path.lstat()
-            if (st.st_mode & 0o170000) == 0o020000 and st.st_rdev == 0:  # an overlayfs whiteout
-                out.append({"Path": "/" + rel, "Kind": 2})
-            else:
-                in_image = any(os.path.lexists(d / rel) for d in lowers)
-                out.append({"Path": "/" + rel, "Kind": 0 if in_image else 1})
-        return out
-
-    return await asyncio.to_thread(walk)
+def stat_header(st: PathStat) -> tuple[str, str]:
+    doc = {"name": st.name, "size": st.size, "mode": docker_mode(st), "mtime": st.mtime, "linkTarget": st.link_target}
+    return "X-Docker-Container-Path-Stat", base64.b64encode(json.dumps(doc).encode()).decode()
 
 
 def os_cpus() -> list[int]:
@@ -735,11 +741,6 @@ def system_cpu_ns() -> int:
 
 def host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def path_stat(name: str, size: int, mode: int, mtime: str, link: str = "") -> str:
-    doc = {"name": name, "size": size, "mode": mode, "mtime": mtime, "linkTarget": link}
-    return base64.b64encode(json.dumps(doc).encode()).decode()
 
 
 __all__ = ["Containers", "frame", "register"]

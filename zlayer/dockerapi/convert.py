@@ -9,7 +9,6 @@ refused by name (400), never dropped without a word.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,8 +18,6 @@ from zlayer.errors import SpecError
 
 if TYPE_CHECKING:
     from zlayer.spec.models import ServiceSpec
-
-SERVICE_KEY = "container"  # the service's name inside the synthetic deployment that validates the spec
 
 # HostConfig fields that change what a container is and that the node does not do: refused when set.
 UNSUPPORTED_HOST = ("VolumeDriver", "VolumesFrom", "Links", "CgroupnsMode", "Isolation", "UTSMode", "UsernsMode",
@@ -251,19 +248,17 @@ def service_dict(body: dict[str, Any], image: str, hostname: str) -> tuple[dict[
 
 def created(body: dict[str, Any], image: str, hostname: str) -> Created:
     """The spec of a create body, validated as a deploy's (400 naming the field when the node cannot build it)."""
-    from zlayer.spec.loader import parse_deployable
+    from zlayer.agent.standalone import container_spec
 
     try:
         svc, restart, retries, auto_remove = service_dict(body, image, hostname)
     except (ValueError, TypeError, KeyError, AttributeError) as e:  # a field of the wrong type or shape
         raise DockerError(400, f"invalid container config: {type(e).__name__}: {e}") from None
-    doc = {"version": "v1", "deployment": "docker", "services": {SERVICE_KEY: svc}}
     try:
-        spec = parse_deployable(json.dumps(doc), "<container config>")
+        spec = container_spec(svc, "<container config>")
     except SpecError as e:
-        text = str(e).replace(f"services.{SERVICE_KEY}.", "")
-        raise DockerError(400, f"invalid container config: {text}") from None
-    return Created(spec.services[SERVICE_KEY], restart, retries, auto_remove)
+        raise DockerError(400, e.message) from None
+    return Created(spec, restart, retries, auto_remove)
 
 
 __all__ = ["Created", "created", "service_dict"]

@@ -164,6 +164,26 @@ class ProcessInfo:
 
 
 @dataclass(frozen=True)
+class PathStat:
+    """A path in a container: its name, size, ``st_mode`` (type and permission bits), mtime (RFC 3339) and, for a
+    symlink, its target."""
+
+    name: str
+    size: int
+    mode: int
+    mtime: str
+    link_target: str = ""
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One path a container changed against its image: ``kind`` 0 modified, 1 added, 2 deleted (Docker's)."""
+
+    path: str
+    kind: int
+
+
+@dataclass(frozen=True)
 class ContainerInfo:
     """What ``inspect``/``list`` report about one container."""
 
@@ -287,6 +307,22 @@ class Runtime(Protocol):
         """The processes running in the container."""
         ...
 
+    async def changes(self, cid: ContainerId) -> builtins.list[FileChange]:
+        """What the container changed in its filesystem against its image."""
+        ...
+
+    async def path_stat(self, cid: ContainerId, path: str) -> PathStat:
+        """A path of the running container (``NotFoundError`` when it has none)."""
+        ...
+
+    async def get_archive(self, cid: ContainerId, path: str) -> tuple[bytes, PathStat]:
+        """A path of the running container as a tar, and its stat."""
+        ...
+
+    async def put_archive(self, cid: ContainerId, path: str, tar: bytes) -> None:
+        """Unpack a tar into a directory of the running container."""
+        ...
+
 
 __all__ = [
     "ContainerId",
@@ -295,7 +331,9 @@ __all__ = [
     "ContainerStats",
     "ExecResult",
     "ExecSession",
+    "FileChange",
     "LogLine",
+    "PathStat",
     "ProcessInfo",
     "Runtime",
     "Status",

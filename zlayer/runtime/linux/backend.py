@@ -28,7 +28,7 @@ from zlayer.errors import ConflictError, ImageError, NotFoundError, RuntimeFailu
 from zlayer.images.mount import mount_rootfs, unmount_rootfs
 from zlayer.paths import PRIVATE_DIR, private_dir, write_atomic
 from zlayer.runtime import logfile
-from zlayer.runtime.linux import cgroups, shim
+from zlayer.runtime.linux import archive, cgroups, shim
 from zlayer.runtime.linux.bundle import BundleOptions, build_config, image_settings, stop_signal
 from zlayer.runtime.linux.console import AttachSession, Console
 from zlayer.runtime.linux.etcfiles import write_etc_files
@@ -40,7 +40,9 @@ from zlayer.runtime.protocol import (
     ContainerState,
     ContainerStats,
     ExecResult,
+    FileChange,
     LogLine,
+    PathStat,
     ProcessInfo,
 )
 
@@ -521,6 +523,25 @@ class LinuxRuntime:
 
     async def unpause(self, cid: ContainerId) -> None:
         await shim.unpause(str(cid), self.state_root)
+
+    async def _running_pid(self, cid: ContainerId) -> int:
+        st = await self._shim_state(str(cid))
+        return st.pid if st.status in ("running", "paused") else 0
+
+    async def changes(self, cid: ContainerId) -> builtins.list[FileChange]:
+        name = str(cid)
+        await self._shim_state(name)  # NotFoundError for a container that is not there
+        _, layers = await self.images.resolve(self._meta(name).get("image", ""))
+        return await asyncio.to_thread(archive.changes, self.bundles / name / "upper", layers)
+
+    async def path_stat(self, cid: ContainerId, path: str) -> PathStat:
+        return await archive.path_stat(str(cid), await self._running_pid(cid), path)
+
+    async def get_archive(self, cid: ContainerId, path: str) -> tuple[bytes, PathStat]:
+        return await archive.get_archive(str(cid), await self._running_pid(cid), path)
+
+    async def put_archive(self, cid: ContainerId, path: str, tar: bytes) -> None:
+        await archive.put_archive(str(cid), await self._running_pid(cid), path, tar)
 
     async def top(self, cid: ContainerId) -> builtins.list[ProcessInfo]:
         st = await self._shim_state(str(cid))
