@@ -16,12 +16,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zlayer.agent.events import Events
 from zlayer.agent.lifecycle import Lifecycle
 from zlayer.agent.replica import Replica, save
-from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, ZLayerError
+from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, SpecError, ZLayerError
 from zlayer.runtime.drivers import Drivers
 from zlayer.runtime.protocol import ContainerId, ContainerState
 from zlayer.state import ContainerRecord, Store
@@ -32,6 +32,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("zlayer.agent")
 
 STOP_TIMEOUT = 10.0  # Docker's default grace before SIGKILL
+
+
+SERVICE_KEY = "container"  # the service's name in the one-service deployment that checks a container's spec
+
+
+def container_spec(service: dict[str, Any], source: str = "<container>") -> ServiceSpec:
+    """A standalone container's spec (a service block as a dict), checked as a deploy's is
+    (:func:`zlayer.spec.loader.parse_deployable`: ZLayer's rules and what this node can build); a ``SpecError``
+    names the field from the service block on."""
+    import json
+
+    from zlayer.spec.loader import parse_deployable
+
+    doc = {"version": "v1", "deployment": "standalone", "services": {SERVICE_KEY: service}}
+    try:
+        spec = parse_deployable(json.dumps(doc), source)
+    except SpecError as e:
+        # the problems by field, without the position in a document the caller never wrote
+        lines = [ln.split(": ", 1)[-1] if ln.startswith(source) else ln for ln in str(e).splitlines()[1:]]
+        said = "; ".join(ln.replace(f"services.{SERVICE_KEY}.", "") for ln in lines) or e.message
+        raise SpecError(f"invalid container spec: {said}", where=source) from None
+    return spec.services[SERVICE_KEY]
 
 
 def now() -> str:

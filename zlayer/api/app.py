@@ -91,6 +91,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     app.state.security = getattr(context, "security", None)
     for mod in (health, deployments, services, containers, images, jobs, proxy, identity, cluster, secrets):
         app.include_router(mod.router)
+    app.include_router(images.system)
 
     @app.exception_handler(ZLayerError)
     async def zlayer_error(_: Request, exc: ZLayerError) -> JSONResponse:

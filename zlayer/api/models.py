@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # An exec's argv as execve takes it: no argument may hold a NUL (C would cut it there, silently running something
 # else), one argument at most MAX_ARG_STRLEN (128 KiB) and all of them well inside ARG_MAX.
@@ -257,3 +257,163 @@ class CronStatusResponse(BaseModel):
     name: str
     enabled: bool
     message: str
+
+
+# --------------------------------------------------------------------------------------- standalone containers
+
+
+class VolumeMount(BaseModel):
+    type: Literal["bind", "volume", "tmpfs"] = "volume"
+    source: str | None = None
+    target: str
+    readonly: bool = False
+
+
+class ContainerResourceLimits(BaseModel):
+    cpu: float | None = None
+    memory: str | None = None
+
+
+class ContainerRestartPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["no", "always", "unless_stopped", "on_failure"]
+    max_attempts: int | None = Field(None, ge=0, le=U32_MAX)
+    delay: str | None = None
+
+
+class UlimitValue(BaseModel):
+    soft: int | None = None
+    hard: int | None = None
+
+
+class CreateContainerRequest(BaseModel):
+    """ZLayer's request to create and start a standalone container. Fields of ZLayer's that this node does not honour
+    (a health check, a cluster placement, registry credentials, extra networks, a lifecycle) are refused when set."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(min_length=1)
+    name: str | None = Field(None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+    command: list[str] | None = None
+    env: dict[str, str] | None = None
+    labels: dict[str, str] | None = None
+    work_dir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    pull_policy: Literal["always", "if_not_present", "never", "newer"] | None = None
+    ports: list[PortMapping] = []
+    volumes: list[VolumeMount] = []
+    resources: ContainerResourceLimits | None = None
+    restart_policy: ContainerRestartPolicy | None = None
+    network_mode: str | None = None
+    privileged: bool | None = None
+    cap_add: list[str] = []
+    cap_drop: list[str] = []
+    devices: list[dict[str, Any]] = []
+    dns: list[str] = []
+    extra_hosts: list[str] = []
+    extra_groups: list[str] = []
+    security_opt: list[str] = []
+    sysctls: dict[str, str] | None = None
+    ulimits: dict[str, UlimitValue] | None = None
+    pid_mode: str | None = None
+    ipc_mode: str | None = None
+    read_only_root_fs: bool = False
+    init_container: bool | None = None
+    stop_signal: str | None = None
+    stop_grace_period: str | None = None
+    pids_limit: int | None = None
+    cpu_shares: int | None = None
+    cpuset: str | None = None
+    memory_swap: str | None = None
+    memory_reservation: str | None = None
+    memory_swappiness: int | None = None
+    oom_score_adj: int | None = None
+    oom_kill_disable: bool | None = None
+    blkio_weight: int | None = None
+    health_check: Any = None
+    node_selector: Any = None
+    platform: Any = None
+    registry_auth: Any = None
+    registry_credential_id: str | None = None
+    networks: list[Any] = []
+    lifecycle: Any = None
+
+
+class KillContainerRequest(BaseModel):
+    signal: str | None = None
+
+
+class StopContainerRequest(BaseModel):
+    timeout: int | None = Field(None, ge=0, le=U32_MAX)
+
+
+class RestartContainerRequest(StopContainerRequest):
+    pass
+
+
+class ContainerTopResponse(BaseModel):
+    Titles: list[str]
+    Processes: list[list[str]]
+
+
+class ContainerChange(BaseModel):
+    Path: str
+    Kind: int = Field(description="0 modified, 1 added, 2 deleted")
+
+
+class ContainerWaitResponse(BaseModel):
+    id: str
+    exit_code: int
+    reason: str | None = None
+    signal: str | None = None
+    finished_at: str | None = None
+
+
+class ContainerWaitDockerError(BaseModel):
+    Message: str
+
+
+class ContainerWaitDockerResponse(BaseModel):
+    StatusCode: int
+    Error: ContainerWaitDockerError | None = None
+
+
+class ContainerUpdateRestartPolicy(BaseModel):
+    Name: Literal["", "no", "always", "unless-stopped", "on-failure"] = ""
+    MaximumRetryCount: int | None = Field(None, ge=0, le=U32_MAX)
+
+
+class ContainerUpdateRequest(BaseModel):
+    RestartPolicy: ContainerUpdateRestartPolicy | None = None
+    BlkioWeight: int | None = None
+    CpuPeriod: int | None = None
+    CpuQuota: int | None = None
+    CpuRealtimePeriod: int | None = None
+    CpuRealtimeRuntime: int | None = None
+    CpuShares: int | None = None
+    CpusetCpus: str | None = None
+    CpusetMems: str | None = None
+    KernelMemory: int | None = None
+    Memory: int | None = None
+    MemoryReservation: int | None = None
+    MemorySwap: int | None = None
+    PidsLimit: int | None = None
+
+
+class ContainerUpdateResponse(BaseModel):
+    Warnings: list[str] = []
+
+
+class ContainerPruneResponse(BaseModel):
+    ContainersDeleted: list[str]
+    SpaceReclaimed: int
+
+
+class TagImageRequest(BaseModel):
+    source: str = Field(min_length=1)
+    target: str = Field(min_length=1)
+
+
+class PruneResultDto(BaseModel):
+    deleted: list[str]
+    space_reclaimed: int

@@ -1,4 +1,5 @@
-"""``zlayer container``: the containers the daemon runs (ls, inspect, logs, stats, rm)."""
+"""``zlayer container``: the containers the daemon runs (ls, inspect, logs, stats, rm), and standalone ones (create,
+start, stop, restart, kill, pause, unpause, wait, rename, update, top, diff, prune)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,151 @@ def rm(container_id: str, force: bool) -> None:
 
 
 container.add_command(rm, "remove")
+
+
+# ----------------------------------------------------------------------------- standalone containers (ZLayer's API)
+
+
+def _call(method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+    return run(lambda c: c.request(method, path, json_body=body, params=params))
+
+
+@container.command("create", context_settings={"allow_interspersed_args": False})  # options stop at IMAGE
+@click.argument("image")
+@click.argument("command", nargs=-1)
+@click.option("--name", help="The container's name [default: generated].")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="An environment variable (repeatable).")
+@click.option("-p", "--publish", "ports", multiple=True, metavar="[HOST:]CONTAINER[/PROTO]",
+              help="Publish a port (repeatable); without HOST a free port is picked.")  # fmt: skip
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
+              help="A bind mount (SRC absolute) or a named volume (repeatable).")  # fmt: skip
+@click.option("--restart", type=click.Choice(["no", "always", "unless_stopped", "on_failure"]), default="no",
+              show_default=True)  # fmt: skip
+@click.option("--memory", help="Memory limit, e.g. 256Mi.")
+@click.option("--cpus", type=float, help="CPU limit in cores.")
+@click.option("--pull", "pull_policy", type=click.Choice(["always", "if_not_present", "never", "newer"]))
+def create(image: str, command: tuple[str, ...], name: str | None, env: tuple[str, ...], ports: tuple[str, ...],
+           volumes: tuple[str, ...], restart: str, memory: str | None, cpus: float | None,
+           pull_policy: str | None) -> None:  # fmt: skip
+    """Create and start a standalone container from IMAGE (COMMAND replaces its entrypoint)."""
+    body: dict[str, Any] = {"image": image, "restart_policy": {"kind": restart}}
+    for key, value in (("name", name), ("pull_policy", pull_policy)):
+        if value:
+            body[key] = value
+    if command:
+        body["command"] = list(command)
+    if env:
+        body["env"] = dict(e.partition("=")[::2] for e in env)
+    mappings = []
+    for p in ports:
+        spec, _, proto = p.partition("/")
+        host, _, inner = spec.rpartition(":")
+        if not inner.isdigit() or (host and not host.isdigit()):
+            raise click.BadParameter(f"{p!r}: expected [HOST:]CONTAINER[/tcp|udp]", param_hint="--publish")
+        mappings.append({"container_port": int(inner), "protocol": proto or "tcp",
+                         **({"host_port": int(host)} if host else {})})  # fmt: skip
+    if mappings:
+        body["ports"] = mappings
+    mounts = []
+    for v in volumes:
+        parts = v.split(":")
+        if len(parts) not in (2, 3):
+            raise click.BadParameter(f"{v!r}: expected SRC:DST[:ro]", param_hint="--volume")
+        mounts.append({"type": "bind" if parts[0].startswith("/") else "volume", "source": parts[0],
+                       "target": parts[1], "readonly": parts[2:] == ["ro"]})  # fmt: skip
+    if mounts:
+        body["volumes"] = mounts
+    if memory or cpus:
+        body["resources"] = {k: v for k, v in (("memory", memory), ("cpu", cpus)) if v}
+    info = _call("POST", "/api/v1/containers", body)
+    click.echo(info["id"])
+
+
+def _simple(verb: str, help_text: str) -> None:
+    @container.command(verb, help=help_text)
+    @click.argument("container_id")
+    def cmd(container_id: str) -> None:
+        _call("POST", f"/api/v1/containers/{container_id}/{verb}")
+        click.echo(container_id)
+
+
+_simple("start", "Start a stopped standalone container.")
+_simple("pause", "Freeze every process of a container.")
+_simple("unpause", "Thaw a paused container.")
+
+
+@container.command("stop")
+@click.argument("container_id")
+@click.option("-t", "--timeout", type=int, help="Seconds before SIGKILL [default: 10].")
+def stop(container_id: str, timeout: int | None) -> None:
+    """Stop a standalone container (its stop signal, SIGKILL after the timeout)."""
+    _call("POST", f"/api/v1/containers/{container_id}/stop", {"timeout": timeout})
+    click.echo(container_id)
+
+
+@container.command("restart")
+@click.argument("container_id")
+@click.option("-t", "--timeout", type=int, help="Seconds before SIGKILL [default: 10].")
+def restart(container_id: str, timeout: int | None) -> None:
+    """Stop and start a standalone container again."""
+    _call("POST", f"/api/v1/containers/{container_id}/restart", {"timeout": timeout})
+    click.echo(container_id)
+
+
+@container.command("kill")
+@click.argument("container_id")
+@click.option("-s", "--signal", "sig", default="KILL", show_default=True, help="The signal to send.")
+def kill(container_id: str, sig: str) -> None:
+    """Send a signal to a standalone container's main process."""
+    _call("POST", f"/api/v1/containers/{container_id}/kill", {"signal": sig})
+    click.echo(container_id)
+
+
+@container.command("wait")
+@click.argument("container_id")
+def wait(container_id: str) -> None:
+    """Wait until a standalone container exits; print its exit code."""
+    res = _call("GET", f"/api/v1/containers/{container_id}/wait")
+    click.echo(res["exit_code"])
+
+
+@container.command("rename")
+@click.argument("container_id")
+@click.argument("new_name")
+def rename(container_id: str, new_name: str) -> None:
+    """Rename a standalone container."""
+    _call("POST", f"/api/v1/containers/{container_id}/rename", params={"name": new_name})
+
+
+@container.command("update")
+@click.argument("container_id")
+@click.option("--restart", type=click.Choice(["no", "always", "unless-stopped", "on-failure"]), required=True)
+@click.option("--max-retries", type=int, default=0, help="With on-failure: restarts at most this many times.")
+def update(container_id: str, restart: str, max_retries: int) -> None:
+    """Change a standalone container's restart policy."""
+    _call("POST", f"/api/v1/containers/{container_id}/update",
+          {"RestartPolicy": {"Name": restart, "MaximumRetryCount": max_retries}})  # fmt: skip
+
+
+@container.command("top")
+@click.argument("container_id")
+def top(container_id: str) -> None:
+    """The processes running in a container."""
+    res = _call("GET", f"/api/v1/containers/{container_id}/top")
+    print_table(res["Titles"], [tuple(p) for p in res["Processes"]])
+
+
+@container.command("diff")
+@click.argument("container_id")
+def diff(container_id: str) -> None:
+    """What a container changed in its filesystem: A added, C changed, D deleted."""
+    for ch in _call("GET", f"/api/v1/containers/{container_id}/changes"):
+        click.echo(f"{'CAD'[ch['Kind']]} {ch['Path']}")
+
+
+@container.command("prune")
+def prune() -> None:
+    """Remove every stopped standalone container."""
+    res = _call("POST", "/api/v1/containers/prune")
+    for cid in res["ContainersDeleted"]:
+        click.echo(f"Deleted {cid}")

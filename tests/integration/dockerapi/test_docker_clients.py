@@ -5,13 +5,16 @@ module's) serves every test; images come from the fixtures (busybox, imported an
 
 from __future__ import annotations
 
+import base64
 import http.client
+import io
 import json
 import os
 import shutil
 import socket
 import stat
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,26 +47,30 @@ class Shim:
         assert r.returncode == 0, f"docker {' '.join(args)}: {r.stdout}{r.stderr}\n{self.node.log_tail()}"
         return r.stdout
 
-    def raw(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """A request straight to the socket (what no client would send)."""
-
-        class Conn(http.client.HTTPConnection):
-            def connect(s) -> None:
-                s.sock = socket.socket(socket.AF_UNIX)
-                s.sock.connect(str(self.sock))
-
-        conn = Conn("localhost", timeout=30)
+    def raw(self, method: str, path: str, body: Any = None, sock: Path | None = None) -> tuple[int, Any]:
+        """A request straight to the socket (what no client would send); ``sock``: zlayer's own API's."""
+        status, _, raw = _unix_request(sock or self.sock, method, path, body)
         try:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        try:
-            return resp.status, json.loads(raw) if raw else None
+            return status, json.loads(raw) if raw else None
         except ValueError:
-            return resp.status, raw.decode(errors="replace")
+            return status, raw.decode(errors="replace")
+
+
+def _unix_request(sock: Path, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], bytes]:
+    class Conn(http.client.HTTPConnection):
+        def connect(s) -> None:
+            s.sock = socket.socket(socket.AF_UNIX)
+            s.sock.connect(str(sock))
+
+    conn = Conn("localhost", timeout=60)
+    try:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
+        kind = "application/x-tar" if isinstance(body, bytes) and method == "PUT" else "application/json"
+        conn.request(method, path, body=data, headers={"Content-Type": kind} if data else {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +294,65 @@ def test_bad_input_answers_as_docker(shim: Shim) -> None:
     assert status == 400 and "invalid filter" in body["message"]
     status, _ = shim.raw("GET", "/_ping")
     assert status == 200  # the daemon is alive after all of it
+
+
+def test_zlayer_container_api_and_cli(shim: Shim) -> None:
+    """ZLayer's own container API (and `zlayer container ...`) over the same standalone containers the shim makes."""
+    node, api = shim.node, shim.node.data / "run" / "zlayer.sock"
+
+    def zl(*args: str) -> str:
+        r = node.zl(*args)
+        assert r.returncode == 0, f"zlayer {' '.join(args)}: {r.stdout}{r.stderr}\n{node.log_tail()}"
+        return r.stdout
+
+    cid = zl("container", "create", "--name", "solo", "-e", "A=1", "--restart", "on_failure", IMAGE,
+             "sh", "-c", "echo $A > /tmp/made; exec sleep 300").strip()  # fmt: skip
+    assert cid == "solo-rep-0"
+    info = json.loads(zl("container", "inspect", cid))
+    assert info["state"] == "running" and info["deployment"] == "standalone" and info["service"] == "solo"
+    assert "sleep 300" in zl("container", "top", cid)
+    assert "A /tmp/made" in zl("container", "diff", cid).splitlines()
+    # a tar in and out of the running container (archive put/get), the path's stat in Docker's header
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        item = tarfile.TarInfo("hello.txt")
+        item.size = 6
+        tar.addfile(item, io.BytesIO(b"hello\n"))
+    status, _, _ = _unix_request(api, "PUT", f"/api/v1/containers/{cid}/archive?path=/tmp", buf.getvalue())
+    assert status == 200
+    status, headers, data = _unix_request(api, "GET", f"/api/v1/containers/{cid}/archive?path=/tmp/hello.txt")
+    assert status == 200 and json.loads(base64.b64decode(headers["x-docker-container-path-stat"]))["size"] == 6
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        got = tar.extractfile("hello.txt")
+        assert got is not None and got.read() == b"hello\n"
+    status, body = shim.raw("GET", f"/api/v1/containers/{cid}/archive?path=/no/such", sock=api)
+    assert status == 404 and "/no/such" in body["message"]
+    # pause, stop, wait, start, rename, update, kill, prune
+    zl("container", "pause", cid)
+    assert json.loads(zl("container", "inspect", cid))["state"] == "paused"
+    zl("container", "unpause", cid)
+    zl("container", "stop", "-t", "1", cid)
+    assert zl("container", "wait", cid).strip() == "137"
+    zl("container", "start", cid)
+    assert json.loads(zl("container", "inspect", cid))["state"] == "running"
+    zl("container", "rename", cid, "solo2")
+    assert json.loads(zl("container", "inspect", cid))["service"] == "solo2"
+    zl("container", "update", cid, "--restart", "no")
+    zl("container", "kill", "-s", "KILL", cid)
+    assert zl("container", "wait", cid).strip() == "137"
+    assert f"Deleted {cid}" in zl("container", "prune")
+    assert cid not in zl("container", "ls")
+    # images: tag, remove, prune through the API
+    status, _ = shim.raw("POST", "/api/v1/images/tag", {"source": IMAGE, "target": "retag/x:1"}, sock=api)
+    assert status == 204 and "retag/x:1" in shim.ok("images", "--format", "{{.Repository}}:{{.Tag}}")
+    status, _ = shim.raw("DELETE", "/api/v1/images/retag%2Fx:1", sock=api)
+    assert status == 204 and "retag/x" not in shim.ok("images")
+    status, body = shim.raw("POST", "/api/v1/system/prune", sock=api)
+    assert status == 200 and body["space_reclaimed"] >= 0
+    # what it refuses, and how
+    status, body = shim.raw("POST", "/api/v1/containers", {"image": IMAGE, "health_check": {"type": "tcp"}}, sock=api)
+    assert status == 400 and body["where"] == "health_check"
+    status, body = shim.raw("POST", "/api/v1/containers", {"image": IMAGE, "resources": {"memory": "lots"}}, sock=api)
+    assert status == 400 and "resources.memory" in body["message"]
+    status, body = shim.raw("POST", "/api/v1/containers/nope-rep-0/start", sock=api)
+    assert status == 404
