@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
 from zlayer.cluster.etcd import EtcdMember, EtcdProcess, url
 from zlayer.cluster.tokens import SigningKey, parse_ttl, read_token, token_hash
@@ -420,8 +421,13 @@ class ClusterNode:
         await self._free_learner_slot(members, entries, joining_full=mode == "full")
         resources = {"cpu_cores": float(req.get("cpu_total") or 0), "memory_bytes": int(req.get("memory_total") or 0),
                      "disk_bytes": int(req.get("disk_total") or 0), "gpus": list(req.get("gpus") or [])}  # fmt: skip
-        node = Node.model_validate({"id": "0", "advertise_addr": advertise, "labels": labels, "mode": mode,
-                                    "resources": resources})  # fmt: skip
+        try:
+            node = Node.model_validate({"id": "0", "advertise_addr": advertise, "labels": labels, "mode": mode,
+                                        "resources": resources})  # fmt: skip
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise UsageError(f"the join request's {where}: {first['msg']}", where=where) from None
         node_id = await self._register(node, used_key, raft_port, client_port, api_port)
         deadline = time.monotonic() + 20.0
         while True:

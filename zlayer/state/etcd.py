@@ -19,6 +19,7 @@ import base64
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -114,11 +115,14 @@ def mod_is(key: str, revision: int) -> dict[str, Any]:
 class EtcdClient:
     """etcd's v3 API over its JSON gateway, with fail-over between the given client URLs."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0, stale_reads: bool = True) -> None:
         if not endpoints:
             raise EtcdError("no etcd endpoint to talk to")
         self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.local = self.endpoints[0]  # the node's own member, where a read of the last known state is served
         self.timeout = timeout
+        self.stale_reads = stale_reads
+        self._stale_until = 0.0
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -131,10 +135,12 @@ class EtcdClient:
             await self._session.close()
             self._session = None
 
-    async def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    async def call(
+        self, path: str, body: dict[str, Any], timeout: float | None = None, endpoints: Sequence[str] | None = None
+    ) -> dict[str, Any]:
         """POST ``body`` to ``/v3/<path>`` on the first endpoint that answers; etcd's refusal is an EtcdError."""
         last = ""
-        for i, endpoint in enumerate(list(self.endpoints)):
+        for i, endpoint in enumerate(list(endpoints or self.endpoints)):
             url = f"{endpoint}/v3/{path}"
             try:
                 async with self._http().post(
@@ -150,15 +156,31 @@ class EtcdClient:
                     last = f"{endpoint}: {message}"  # a learner serves no reads or writes: another member does
                     continue
                 raise EtcdError(f"etcd refused {path}: {message}", where=endpoint)
-            if i:  # stick to the endpoint that answered
+            if i and endpoints is None:  # stick to the endpoint that answered
                 self.endpoints.insert(0, self.endpoints.pop(i))
             return data
         raise EtcdError(f"etcd does not answer ({last})", where=", ".join(self.endpoints))
 
     # KV -------------------------------------------------------------------------------------------------------
 
+    async def _read(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A range read: linearizable (what a quorum agrees on) while the cluster has one; without one (a minority
+        partition, the others down) the last state this node's member knows, so reads still answer. Writes fail."""
+        recent = time.monotonic() < self._stale_until  # the last linearizable read failed: try briefly
+        try:
+            return await self.call("kv/range", body, timeout=1.0 if recent else None)
+        except EtcdError:
+            if not self.stale_reads:
+                raise
+            self._stale_until = time.monotonic() + 2.0  # the next reads go to the local member at once
+            return await self._serializable(body)
+
+    async def _serializable(self, body: dict[str, Any]) -> dict[str, Any]:
+        others = [e for e in self.endpoints if e != self.local]
+        return await self.call("kv/range", {**body, "serializable": True}, endpoints=[self.local, *others])
+
     async def get(self, key: str) -> KeyValue | None:
-        got = await self.call("kv/range", {"key": _b64(key)})
+        got = await self._read({"key": _b64(key)})
         kvs = got.get("kvs") or []
         return _kv(kvs[0]) if kvs else None
 
@@ -167,7 +189,7 @@ class EtcdClient:
         body: dict[str, Any] = {"key": _b64(prefix), "range_end": prefix_end(prefix)}
         if limit:
             body["limit"] = str(limit)
-        got = await self.call("kv/range", body)
+        got = await self._read(body)
         return [_kv(kv) for kv in got.get("kvs") or []]
 
     async def revision(self) -> int:
