@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.daemon_live import web_spec
+from tests.fixtures.daemon_node import service_image
 from tests.fixtures.netns_cluster import NetnsCluster, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
@@ -27,6 +29,10 @@ def _roles(host: Any) -> dict[str, tuple[str, str]]:
     return {i: (n["role"], n["status"]) for i, n in _nodes(host).items()}
 
 
+def _services(host: Any) -> list[tuple[str, str, int]]:
+    return [(s["name"], s["status"], s["replicas"]) for s in host.json("ps")["services"]]
+
+
 def _token(host: Any, ttl: str = "1h") -> str:
     return host.ok("node", "generate-join-token", "--ttl", ttl, "-q").strip()
 
@@ -35,10 +41,26 @@ def test_init_and_two_joins_make_a_cluster_of_three_ready_voters(netns_cluster: 
     h1, h2, h3 = netns_cluster.hosts
     r = h1.zl("node", "ls")
     assert r.returncode != 0 and "not in a cluster" in r.stderr, r.stdout + r.stderr
+    # host 1 runs a deployment before it starts the cluster: it goes on as it was (same container, same process)
+    h1.ok("import", str(service_image(h1.root / "svc.tar", "v1\n")), "-t", "zlayer-svc/httpd:v1")
+    spec = h1.root / "app.zlayer.yml"
+    spec.write_text(web_spec("carried", replicas=1))
+    h1.ok("deploy", str(spec), timeout=120)
+    before = [(c["id"], c["pid"], c["state"]) for c in h1.json("ps", "-c")["containers"]]
+    assert len(before) == 1 and before[0][2] == "running" and before[0][1], before
+    services = _services(h1)
     out = h1.ok("node", "init", "--advertise-addr", h1.addr, "--labels", "zone=a")
     assert "node 1" in out and "leader" in out, out
     assert (h1.data / "cluster" / "etcd").stat().st_mode & 0o777 == 0o700
     assert _roles(h1) == {"1": ("leader", "ready")}
+    assert [(c["id"], c["pid"], c["state"]) for c in h1.json("ps", "-c")["containers"]] == before
+    assert _services(h1) == services
+    revisions_before = h1.ok("status", "carried")
+    assert "carried: running" in revisions_before, revisions_before
+    h1.stop()  # a daemon restarted in the cluster finds its state in etcd and re-adopts the same replica
+    h1.start()
+    assert [(c["id"], c["pid"]) for c in h1.json("ps", "-c")["containers"]] == [b[:2] for b in before]
+    h1.ok("down", "carried", timeout=120)
 
     out = h2.ok("node", "join", h1.api, "--token", _token(h1), "--advertise-addr", h2.addr)
     assert "node 2" in out, out
@@ -65,7 +87,7 @@ def test_a_bad_join_is_refused_with_a_clear_line_and_leaves_nothing(netns_cluste
     assert r.returncode != 0 and "already in a cluster (node 3)" in r.stderr, r.stderr
     # a fresh host: a second daemon with its own data dir in host 3's namespace, asking with every kind of bad join
     spare = h3.data.parent / "spare"
-    cmd = ["ip", "netns", "exec", h3.ns, sys.executable, "-m", "zlayer", "--data-dir", str(spare)]
+    cmd = ["nsenter", f"--net=/run/netns/{h3.ns}", sys.executable, "-m", "zlayer", "--data-dir", str(spare)]
     serve = subprocess.Popen([*cmd, "serve", "--bind", f"{h3.addr}:3670"], env=h3.env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -157,6 +179,9 @@ def test_force_leader_on_the_last_survivor(netns_cluster: NetnsCluster) -> None:
     assert r.returncode != 0 and "still has a quorum" in r.stderr, r.stderr
     h2.kill9()
     h3.kill9()
+    assert set(_nodes(h1)) == {"1", "2", "3"}  # without a quorum, reads answer with the last state it knows
+    r = h1.zl("node", "label", "1", "lost=quorum")
+    assert r.returncode != 0 and "etcd" in r.stderr and "Traceback" not in r.stderr, r.stderr  # writes: 503
     out = h1.ok("node", "force-leader", "-y", timeout=120)
     assert "cluster of one" in out and "3 nodes" in out, out
     roles = wait_for(lambda: _roles(h1), 20, "node ls on the survivor")
