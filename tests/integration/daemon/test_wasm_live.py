@@ -3,7 +3,7 @@
 artifacts with no setting, and run by the WASM driver.
 
 What a user sees: a WASIp1 job's exit code, output (in ``zlayer logs``/the execution), arguments, environment and
-preopened storage; a cron of a WASM module firing; a long-running WASM service listed by ``ps`` and stopped at once;
+preopened storage; a cron of a WASM module firing; a long-running WASM service listed by ``ps``, adopted by a restarted daemon and stopped at once;
 and bad programs (corrupt, a missing import, an infinite loop past its deadline, a memory grab past its limit, a
 trap) each ending in a clear error while the daemon and its other workloads go on.
 """
@@ -11,6 +11,7 @@ trap) each ending in a clear error while the daemon and its other workloads go o
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,15 @@ def test_wasm_jobs_cron_and_service_from_a_registry(
     assert node.api("GET", "/health/ready") is not None
     (again,) = node.containers(dep, "forever")
     assert again["id"] == rep["id"] and again["state"] == "running", again
+
+    # a restarted daemon adopts the running WASM replica: the same worker, still running, still on wasm
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(30) == 0
+    (node.data / "daemon.json").unlink(missing_ok=True)
+    node.start()
+    (adopted,) = node.containers(dep, "forever")
+    assert (adopted["pid"], adopted["state"], adopted["runtime"]) == (rep["pid"], "running", "wasm"), adopted
 
     # stop interrupts the running guest (which never returns to the host by itself): its worker is gone
     assert processes_with(f"instances/{rep['id']}")
