@@ -2,10 +2,12 @@
 ``zlayer wasm push`` to Debian's docker-registry inside the node's namespace, pulled by the daemon, recognised as WASM
 artifacts with no setting, and run by the WASM driver.
 
-What a user sees: a WASIp1 job's exit code, output (in ``zlayer logs``/the execution), arguments, environment and
-preopened storage; a cron of a WASM module firing; a long-running WASM service listed by ``ps``, adopted by a restarted daemon and stopped at once;
-and bad programs (corrupt, a missing import, an infinite loop past its deadline, a memory grab past its limit, a
-trap) each ending in a clear error while the daemon and its other workloads go on.
+What a user sees: the pushed artifact as other registry clients read it; a WASIp1 job's exit code, output (in
+``zlayer logs``/the execution), arguments, environment and preopened storage; a cron of a WASM module firing; a
+long-running WASM service listed by ``ps``, adopted by a restarted daemon and stopped at once; a WASIp2 ``wasi:cli/run``
+component's exit code; and bad programs (corrupt, a missing import, an infinite loop past its deadline, a memory grab
+past its limit, a trap, an HTTP handler this node cannot serve) each ending in a clear error while the daemon and its
+other workloads go on.
 """
 
 from __future__ import annotations
@@ -74,6 +76,18 @@ def test_wasm_jobs_cron_and_service_from_a_registry(
         ("http", progs.http_handler),
     ):
         push(node, tmp_path, file, f"{reg}/wasm/{name}:v1")
+    # what `zlayer wasm push` wrote is an OCI 1.1 WASM artifact another registry client reads back (skopeo)
+    raw = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{node.ns}", "skopeo", "inspect", "--raw", "--tls-verify=false",
+         f"docker://{reg}/wasm/hello:v1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert raw.returncode == 0, raw.stderr
+    manifest = json.loads(raw.stdout)
+    assert manifest["artifactType"] == "application/vnd.wasm.module.v1+wasm", manifest
+    assert manifest["config"]["mediaType"] == "application/vnd.wasm.config.v0+json"
+    layers = [(x["mediaType"], x["size"]) for x in manifest["layers"]]
+    assert layers == [("application/wasm", progs.hello.stat().st_size)], layers
     data = tmp_path / "data"
     data.mkdir()
     (data / "in.txt").write_text("from the host\n")
