@@ -1,9 +1,10 @@
 """Placement: which node runs each replica — a pure, deterministic function of the cluster and the specs.
 
-``place(view, deployments, desired)`` takes the cluster view (nodes and current assignments), every deployment's
-typed spec and the wanted replica counts, and answers the whole new set of assignments and, per service that does
-not fit, an ``unschedulable: <why>`` a user can act on (which constraint ruled out how many nodes). The same input
-gives the same answer (ties go to the lower node id), and placing again what it answered changes nothing.
+``place(view, deployments, desired, started)`` takes the cluster view (nodes and current assignments), every
+deployment's typed spec, the wanted replica counts and which deployments ran before, and answers the whole new set
+of assignments and, per service that does not fit, an ``unschedulable: <why>`` a user can act on (which constraint
+ruled out how many nodes). The same input gives the same answer (ties go to the lower node id), and placing again
+what it answered changes nothing.
 
 The rules (ZLayer's ``placement.rs``, with its gaps closed):
 - only ``ready`` nodes get new replicas; a ``draining`` node keeps what it runs, a ``dead`` node's replicas move;
@@ -26,9 +27,9 @@ The rules (ZLayer's ``placement.rs``, with its gaps closed):
 
 Cost: keeping the current assignments is linear in replicas. Each distinct constraint set gets its candidates once
 per pass (a label index) and one heap of them by load, kept current as replicas land (stale entries skipped by
-version); a service without GPUs, preferred labels or pack takes its first replica per node from that heap, O(log
-nodes) each. The others (and replicas beyond one per node) rank every candidate once, O(nodes + replicas·log nodes)
-per service. ``perf/placement.py`` measures it.
+version); a service without GPUs or pack takes its first replica per node from that heap (one per preference set),
+O(log nodes) each. The others (and replicas beyond one per node) rank every candidate once, O(nodes + replicas·log
+nodes) per service. ``perf/placement.py`` measures it.
 """
 
 from __future__ import annotations
@@ -434,10 +435,6 @@ def _explain(slots: list[_Slot], need: _Need, missing: int, cache: dict[object, 
     return f"{missing} of {need.desired} replicas of {name} fit no node{gang}; of {len(slots)} nodes: {parts}"
 
 
-def _desired(spec: ServiceSpec) -> int:
-    return spec.initial_replicas
-
-
 def place(
     view: ClusterView,
     deployments: Mapping[str, DeploymentSpec],
@@ -461,7 +458,7 @@ def place(
             if spec.rtype != "service":
                 continue
             key = (dname, sname)
-            needs[key] = _Need(key, spec, max(0, desired.get(key, _desired(spec))))
+            needs[key] = _Need(key, spec, max(0, desired.get(key, spec.initial_replicas)))
 
     # 1. keep what runs where it may stay
     placed: dict[ServiceKey, dict[int, Assignment]] = {k: {} for k in needs}
