@@ -494,6 +494,10 @@ class LinuxRuntime:
 
     async def stats(self, cid: ContainerId) -> ContainerStats:
         st = await self._shim_state(str(cid))
+        if st.cgroup_paths and not any(p.is_dir() for p in st.cgroup_paths):
+            # Figures read as zero from a cgroup that is gone would pass for an idle container.
+            shown = ", ".join(str(p) for p in st.cgroup_paths)
+            raise RuntimeFailure(f"the cgroup of container {cid} is gone ({shown})", where=str(cid))
         return cgroups.read_stats(st.cgroup_paths)
 
     async def state(self, cid: ContainerId) -> ContainerState:
