@@ -33,6 +33,7 @@ class DaemonConfig:
     docker_socket: str | None = None  # the Docker Engine API shim's socket (`serve --docker-socket`); None: off
     heartbeat_interval: float = 5.0  # cluster liveness (ZLayer's timings): renew the node's lease every 5 s,
     dead_after: float = 30.0  # and it is dead 30 s after the last renewal; `node init` writes them cluster-wide
+    autoscale_interval: float = 10.0  # seconds between the autoscaler's evaluations (ZLayer's 10 s); 0: off
     chosen: bool = False  # the operator started it (not a client's auto-start): once it listens, remember() it
 
     @property
@@ -67,6 +68,8 @@ class DaemonConfig:
         if not self.swagger:
             argv.append("--no-swagger")
         argv += ["--heartbeat-interval", f"{self.heartbeat_interval:g}", "--dead-after", f"{self.dead_after:g}"]
+        if self.autoscale_interval != 10.0:
+            argv += ["--autoscale-interval", f"{self.autoscale_interval:g}"]
         for flag, value in (
             ("--acme-email", self.acme_email),
             ("--acme-directory", self.acme_directory),
@@ -108,6 +111,7 @@ _REMEMBERED: dict[str, type | tuple[type, ...]] = {
     "bind": str, "metrics_bind": str, "swagger": bool, "deployment_name": str, "host_network": bool, "dns_port": int,
     "acme_email": str, "acme_directory": str, "max_layer_size": str, "max_image_size": str,
     "heartbeat_interval": (int, float), "dead_after": (int, float),
+    "autoscale_interval": (int, float),
 }  # fmt: skip
 
 

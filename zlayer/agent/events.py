@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from zlayer.errors import ZLayerError
 from zlayer.state import EventRecord, Store
@@ -21,9 +22,9 @@ class Events:
         self._waiters = asyncio.Condition()
         self._added = 0  # events added so far: a follower that saw this many has missed none
 
-    async def add(self, deployment: str, kind: str, message: str) -> None:
+    async def add(self, deployment: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         try:
-            await self.store.add_event(deployment, kind, message)
+            await self.store.add_event(deployment, kind, message, data)
         except ZLayerError as e:  # the journal loses a line; what happened stands (a full disk must not undo a down)
             log.warning("event %s of %s not recorded: %s", kind, deployment, e)
             return

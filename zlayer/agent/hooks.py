@@ -113,6 +113,24 @@ class SecretsHook(Protocol):
     async def versions(self, deployment: str, env: Mapping[str, str]) -> str:
         """Which version of each referenced secret ``env`` would get now ('' without references): part of what a
         replica is built from, so a rollout after a rotation replaces it."""
+
+
+class TrafficHook(Protocol):
+    """What the proxy knows of a service's traffic: its request counters (the autoscaler's requests per second)
+    and the requests in flight to one replica (drained before the replica stops)."""
+
+    async def request_counts(self) -> Mapping[tuple[str, str], int]:
+        """Requests (L7) plus connections and sessions (L4) each fronted service has taken so far, by
+        ``(deployment, service)``; counters only grow while the service's listeners stay."""
+        ...
+
+    async def drain(self, deployment: str, service: str, address: str, timeout: float) -> None:
+        """Send the replica at ``address`` no new request and wait, at most ``timeout`` s, until none it is serving
+        through the proxy is left."""
+        ...
+
+    async def drained(self, deployment: str, service: str, address: str) -> None:
+        """The replica at ``address`` is gone: forget it."""
         ...
 
 
@@ -138,4 +156,5 @@ __all__ = [
     "ProxyHook",
     "PublishedPort",
     "SecretsHook",
+    "TrafficHook",
 ]

@@ -221,9 +221,12 @@ class Lifecycle:
             await asyncio.gather(*(t for t in rep.tasks if t is not asyncio.current_task()), return_exceptions=True)
             if rep.healthy:
                 rep.healthy = False
+                await self.publisher.drain(rep, timeout)
                 await self.publisher.publish(rep.deployment, rep.service, rep.spec)
         async with self._stop_slots:
             errors = await self._teardown(rec, cid, timeout, driver)
+        if rep is not None:
+            await self.publisher.drained(rep)
         if self.metrics is not None:
             self.metrics.container_gone(rec.id)
         if errors:

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
+from zlayer.agent.autoscale import DEFAULT_INTERVAL, Autoscaler, Decision, ScalableService
 from zlayer.agent.converge import Converger
 from zlayer.agent.events import Events
 from zlayer.agent.externals import ExternalRoutes
@@ -29,6 +30,7 @@ from zlayer.agent.hooks import (
     ProxyHook,
     PublishedPort,
     SecretsHook,
+    TrafficHook,
 )
 from zlayer.agent.lifecycle import Lifecycle
 from zlayer.agent.publish import Publisher
@@ -36,6 +38,7 @@ from zlayer.agent.readopt import readopt
 from zlayer.agent.replica import Replica, tail
 from zlayer.agent.standalone import StandaloneContainers
 from zlayer.agent.supervisor import Supervisor
+from zlayer.agent.usage import LocalUsage
 from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, UsageError, ZLayerError, with_context
 from zlayer.runtime.drivers import Drivers
 from zlayer.runtime.protocol import ContainerId, ExecResult, Runtime
@@ -82,7 +85,9 @@ class ServiceManager:
         metrics: AgentMetrics | None = None,
         ports: PortHook | None = None,
         secrets: SecretsHook | None = None,
+        traffic: TrafficHook | None = None,
         health_scale: float = 1.0,
+        autoscale_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self.store = store
         self.ports = ports
@@ -91,7 +96,7 @@ class ServiceManager:
         self.metrics = metrics
         self.events = Events(store)
         replicas: dict[str, Replica] = {}
-        self.publisher = Publisher(replicas, self.events, proxy, network)
+        self.publisher = Publisher(replicas, self.events, proxy, network, traffic)
         self.lifecycle = Lifecycle(store, self.events, self.publisher, metrics, replicas, secrets)
         self.health = HealthMonitor(store, self.events, self.publisher, self.lifecycle.exec_fn, metrics, health_scale)
         self.externals = ExternalRoutes(proxy)
@@ -104,6 +109,9 @@ class ServiceManager:
         self._deploy_tasks: dict[str, asyncio.Task[None]] = {}
         self._unrecorded: dict[str, tuple[str, str]] = {}  # deployment → (status, message) the store could not take
         self._warm: asyncio.Task[None] | None = None
+        self.autoscaler = Autoscaler(
+            self._scalable, LocalUsage(replicas, traffic), self._autoscale, self.events.add, autoscale_interval
+        )
 
     @property
     def replicas(self) -> dict[str, Replica]:
@@ -129,11 +137,15 @@ class ServiceManager:
             for name, svc in spec.services.items()
         ]
         if await self.store.get_deployment(spec.deployment) is not None:
-            # A scale set through the API survives a redeploy of an unchanged manual service.
+            # A scale set through the API survives a redeploy of an unchanged manual service; an adaptive one keeps
+            # the count the autoscaler (or `zlayer scale`) reached, within its new bounds.
             for rec in services:
                 prev = await self.store.get_service(spec.deployment, rec.name)
-                if prev is not None and spec.services[rec.name].scale_mode == "manual":
+                mode, lo, hi = spec.services[rec.name].replicas_hint()
+                if prev is not None and mode == "manual":
                     rec.desired_replicas = prev.desired_replicas
+                elif prev is not None and mode == "adaptive" and spec.services[rec.name].rtype == "service":
+                    rec.desired_replicas = min(hi, max(lo, prev.desired_replicas))
         try:
             record = await self.store.put_deployment(spec.deployment, text, data, services, status="deploying")
         except ZLayerError as e:  # one transaction: nothing of it was stored
@@ -262,7 +274,18 @@ class ServiceManager:
         spec = self.service_spec(svc)
         if spec.rtype != "service":
             raise ConflictError(f"{service!r} is a {spec.rtype}, it has no replicas to scale")
+        mode, lo, hi = spec.replicas_hint()
+        if mode == "adaptive" and replicas and not lo <= replicas <= hi:
+            # As ZLayer documents: a manual count for an adaptive service is one the autoscaler may move again, so
+            # it stays within the bounds the autoscaler keeps (0 stops the service, as `zlayer stop` does).
+            raise UsageError(
+                f"{service!r} scales adaptively between {lo} and {hi} replicas: {replicas} is outside that "
+                f"(0 stops it; change scale.min/max in the spec for more)",
+                where="replicas",
+            )
         await self.store.set_service_desired(deployment, service, replicas)
+        if mode == "adaptive":
+            self.autoscaler.scaled(deployment, service, replicas)
         dep = await self.store.get_deployment(deployment)
         await self.events.add(deployment, "scale", f"{service} -> {replicas} replicas")
         revision = dep.revision if dep else 1
@@ -339,10 +362,61 @@ class ServiceManager:
                 self._spawn_converge(self._specs[dep.name])
         if self._warm is None:
             self._warm = asyncio.create_task(asyncio.to_thread(_warm_up), name="warm up")
+        self.autoscaler.start()
+
+    # ---------------------------------------------------------------------------------------------- autoscaling
+
+    async def _scalable(self) -> list[ScalableService]:
+        """Adaptive services the autoscaler watches: of deployments not being removed, not stopped (0 replicas);
+        those being deployed or converging are measured but not moved."""
+        out: list[ScalableService] = []
+        for dep in await self.store.list_deployments():
+            spec = self._specs.get(dep.name)
+            status = self.status_of(dep)[0]
+            if spec is None or status == "stopped":
+                continue
+            for rec in await self.store.list_services(dep.name):
+                svc = spec.services.get(rec.name)
+                if svc is None or svc.rtype != "service" or svc.scale_mode != "adaptive" or rec.desired_replicas == 0:
+                    continue
+                busy = status == "deploying" or self.converger.lock(dep.name, rec.name).locked()
+                out.append(ScalableService(dep.name, rec.name, svc, rec.desired_replicas, busy))
+        return out
+
+    async def _autoscale(self, svc: ScalableService, d: Decision) -> None:
+        """Carry out one decision through the converge a deploy uses: the count is stored, the step recorded as
+        an event with its reason, new replicas join the proxy once healthy and removed ones are drained first."""
+        dep = await self.store.get_deployment(svc.deployment)
+        if dep is None:
+            return
+        await self.store.set_service_desired(svc.deployment, svc.name, d.target)
+        kind = "scale_up" if d.target > svc.replicas else "scale_down"
+        data: dict[str, object] = {"service": svc.name, "from": svc.replicas, "to": d.target, "reason": d.reason}
+        if d.metric is not None and d.value is not None:
+            data.update(metric=d.metric, value=round(d.value, 2))
+        await self.events.add(
+            svc.deployment, kind, f"{svc.name}: {svc.replicas} -> {d.target} replicas ({d.reason})", data
+        )
+        await self.converger.service(svc.deployment, svc.name, svc.spec, dep.revision, desired=d.target)
+
+    def autoscale_status(self, rec: ServiceRecord) -> dict[str, object] | None:
+        """The autoscaler's view of an adaptive service (averages, targets, why it holds or moves), else None."""
+        from zlayer.spec.models import AdaptiveScale
+
+        spec = self.service_spec(rec)
+        if not isinstance(spec.scale, AdaptiveScale) or spec.rtype != "service":
+            return None
+        view = self.autoscaler.status(rec.deployment, rec.name, spec.scale)
+        if self.autoscaler.interval <= 0:
+            view["reason"] = "autoscaling is off on this node (serve --autoscale-interval 0)"
+        elif rec.desired_replicas == 0:
+            view["reason"] = "stopped (0 replicas): the autoscaler leaves it until it is scaled or deployed again"
+        return view
 
     async def close(self) -> None:
         """Stop watching (containers keep running, the next daemon re-adopts them)."""
         await self.standalone.close()
+        await self.autoscaler.close()
         tasks = [t for t in self._deploy_tasks.values() if not t.done()]
         for rep in self.lifecycle.replicas.values():
             tasks.extend(rep.tasks)

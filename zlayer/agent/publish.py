@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from zlayer.agent.events import Events
-from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook, PublishedPort
+from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook, PublishedPort, TrafficHook
 from zlayer.agent.replica import Replica
 from zlayer.errors import ZLayerError, with_context
 
@@ -20,12 +20,18 @@ class Publisher:
     """Keeps the proxy's backends and the network's view in step with the live replicas."""
 
     def __init__(
-        self, replicas: Mapping[str, Replica], events: Events, proxy: ProxyHook | None, network: NetworkHook | None
+        self,
+        replicas: Mapping[str, Replica],
+        events: Events,
+        proxy: ProxyHook | None,
+        network: NetworkHook | None,
+        traffic: TrafficHook | None = None,
     ) -> None:
         self.replicas = replicas
         self.events = events
         self.proxy = proxy
         self.network = network
+        self.traffic = traffic
         self._in_proxy: dict[tuple[str, str], int] = {}  # backends the proxy last accepted, per service
 
     # ------------------------------------------------------------------------------------------------ proxy
@@ -36,7 +42,7 @@ class Publisher:
             return
         port = spec.backend_port
         backends = [
-            Backend(r.key, r.record.ip or "127.0.0.1", port)
+            Backend(r.key, self._address(r), port)
             for r in self.replicas.values()
             if r.deployment == deployment and r.service == service and r.healthy and not r.stopping
         ]
@@ -45,6 +51,25 @@ class Publisher:
             self._in_proxy[(deployment, service)] = len(backends)
         except ZLayerError as e:
             await self.events.add(deployment, "proxy_error", with_context(service, e))
+
+    async def drain(self, rep: Replica, timeout: float) -> None:
+        """Before a published replica stops: the proxy sends it nothing new, and the requests it is serving through
+        the proxy finish (at most ``timeout`` s), so a scale-down or a rollout cuts none."""
+        if self.traffic is None or not self.fronted(rep.spec):
+            return
+        try:
+            await self.traffic.drain(rep.deployment, rep.service, self._address(rep), timeout)
+        except ZLayerError as e:
+            await self.events.add(rep.deployment, "proxy_error", with_context(rep.key, e))
+
+    async def drained(self, rep: Replica) -> None:
+        if self.traffic is not None and self.fronted(rep.spec):
+            with contextlib.suppress(ZLayerError):
+                await self.traffic.drained(rep.deployment, rep.service, self._address(rep))
+
+    @staticmethod
+    def _address(rep: Replica) -> str:
+        return rep.record.ip or "127.0.0.1"
 
     async def unpublish(self, deployment: str, service: str) -> None:
         self._in_proxy.pop((deployment, service), None)

@@ -19,7 +19,7 @@ from zlayer.api.models import (
     StoredDeployment,
 )
 from zlayer.errors import NotFoundError
-from zlayer.state import DeploymentRecord
+from zlayer.state import DeploymentRecord, EventRecord
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["Deployments"])
 
@@ -108,15 +108,22 @@ async def deployment_events(
     await _get(c, name)
     if not follow:
         events = await c.store.list_events(name, after)
-        return JSONResponse([{"seq": e.seq, "kind": e.kind, "message": e.message, "timestamp": e.timestamp}
-                             for e in events])  # fmt: skip
+        return JSONResponse([_event(e) for e in events])
 
     async def stream() -> AsyncIterator[bytes]:
         async for ev in until_closing(c.manager.follow_events(name, after), c.closing):
-            body = {"seq": ev.seq, "kind": ev.kind, "message": ev.message, "timestamp": ev.timestamp}
+            body = _event(ev)
             yield f"id: {ev.seq}\nevent: {ev.kind}\ndata: {json.dumps(body)}\n\n".encode()
 
     return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+def _event(e: EventRecord) -> dict[str, object]:
+    """An event as the API shows it; ``data`` (e.g. a scale's metric and value) only where the event has some."""
+    body: dict[str, object] = {"seq": e.seq, "kind": e.kind, "message": e.message, "timestamp": e.timestamp}
+    if e.data:
+        body["data"] = e.data
+    return body
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a deployment.")

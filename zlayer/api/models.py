@@ -111,9 +111,24 @@ class ServiceSummary(BaseModel):
     endpoints: list[ServiceEndpoint]
 
 
+class AutoscaleInfo(BaseModel):
+    """The autoscaler's view of an adaptive service (zlayer's addition)."""
+
+    reason: str
+    metrics: dict[str, float]  # moving averages: cpu/memory percent, rps in requests per second (all replicas)
+    targets: dict[str, float]
+    cooldown_seconds: float
+    last_scale_at: float | None = None  # Unix time of the last scale
+    last_scale: str | None = None  # "1 -> 2 (cpu 83.0% >= target 50.0%)"
+
+
 class ServiceDetails(ServiceSummary):
     metrics: ServiceMetrics
     status_message: str | None = None
+    scale_mode: str | None = None  # zlayer's additions: adaptive | fixed | manual, its bounds, the autoscaler
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    autoscale: AutoscaleInfo | None = None
 
 
 class ScaleRequest(BaseModel):

@@ -67,11 +67,21 @@ async def list_services(deployment: str, c: ApiContext = Depends(ctx)) -> list[S
 
 async def _details(c: ApiContext, svc: ServiceRecord) -> ServiceDetails:
     body = await _summary(c, svc)
+    spec = c.manager.service_spec(svc)
+    mode, lo, hi = spec.replicas_hint() if spec.rtype == "service" else (None, None, None)
+    auto = c.manager.autoscale_status(svc)
+    avg: dict[str, float] = auto["metrics"] if auto is not None else {}  # type: ignore[assignment]
     return ServiceDetails.model_validate(
         {
             **body,
-            "metrics": ServiceMetrics(cpu_percent=0.0, memory_percent=0.0),
+            "metrics": ServiceMetrics(
+                cpu_percent=avg.get("cpu", 0.0), memory_percent=avg.get("memory", 0.0), rps=avg.get("rps")
+            ),
             "status_message": svc.status_message or None,
+            "scale_mode": mode,
+            "min_replicas": lo if mode != "manual" else None,
+            "max_replicas": hi if mode != "manual" else None,
+            "autoscale": auto,
         }
     )
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("zlayer.cli.logs", "logs", "Print a service's logs"),
     "exec": ("zlayer.cli.exec", "exec_", "Run a command in a replica of a service"),
     "stop": ("zlayer.cli.stop", "stop", "Stop a deployment's replicas (or one service's)"),
+    "scale": ("zlayer.cli.scale", "scale", "Set a service's replica count (adaptive: within its min..max)"),
     "container": ("zlayer.cli.container", "container", "Inspect containers (ls, inspect, logs, stats, rm)"),
     "job": ("zlayer.cli.job", "job", "Trigger jobs and inspect executions; cron jobs"),
     "token": ("zlayer.cli.token", "token", "Create and inspect API bearer tokens (create, decode, show)"),

@@ -44,6 +44,9 @@ from zlayer.paths import API_PORT
 @click.option("--dead-after", envvar="ZLAYER_DEAD_AFTER", type=float, default=30.0, show_default=True,
               help="In a cluster: seconds without a renewal before a node is dead (what `node init` makes the "
               "cluster's, unless it is given its own).")  # fmt: skip
+@click.option("--autoscale-interval", envvar="ZLAYER_AUTOSCALE_INTERVAL", type=click.FloatRange(min=0), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="How often the autoscaler evaluates adaptive services (0: never).")  # fmt: skip
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -63,6 +66,7 @@ def serve(
     docker_socket_path: str | None,
     heartbeat_interval: float,
     dead_after: float,
+    autoscale_interval: float,
 ) -> None:
     """Run the zlayer daemon on this node (foreground unless --daemon)."""
     from dataclasses import replace
@@ -104,6 +108,7 @@ def serve(
         docker_socket=(docker_socket_path or "/var/run/docker.sock") if docker_socket or docker_socket_path else None,
         heartbeat_interval=heartbeat_interval,
         dead_after=dead_after,
+        autoscale_interval=autoscale_interval,
         chosen=not os.environ.get("ZLAYER_SPAWNER_PID"),  # ZLayer's mark of a daemon a client started
     )
     if background:

@@ -36,14 +36,15 @@ def status(deployment: str | None, output: str) -> None:
         out = [await client.status(n) for n in names]
         for d in out:
             d["containers"] = [x for x in await client.ps() if x.get("deployment") == d["name"]]
-            for h in d["service_health"]:  # placement's reason for replicas that have no node (a cluster's leader)
-                if h["health"] not in ("healthy", "stopped"):
-                    try:
-                        message = (await client.service(d["name"], h["name"])).get("status_message") or ""
-                    except NotFoundError:  # removed since the deployment was read
-                        continue
-                    if message.startswith("unschedulable:"):
-                        h["status_message"] = message
+            for h in d["service_health"]:  # from the service's details: its scale block, the autoscaler's word,
+                try:  # and placement's reason for replicas that have no node (a cluster's leader)
+                    got = await client.service(d["name"], h["name"])
+                except NotFoundError:  # removed since the deployment was read
+                    continue
+                h["scale"] = {k: got.get(k) for k in ("scale_mode", "min_replicas", "max_replicas", "autoscale")}
+                message = got.get("status_message") or ""
+                if h["health"] not in ("healthy", "stopped") and message.startswith("unschedulable:"):
+                    h["status_message"] = message
         return out
 
     deps = run(go, auto_start=False)
@@ -63,13 +64,17 @@ def status(deployment: str | None, output: str) -> None:
             if ct.get("runtime"):
                 runtimes.setdefault(ct.get("service") or "", set()).add(ct["runtime"])
         print_table(
-            ["SERVICE", "HEALTH", "REPLICAS", "RUNTIME"],
+            ["SERVICE", "HEALTH", "REPLICAS", "RUNTIME", "SCALE"],
             [(h["name"], h["health"], f"{h['replicas_running']}/{h['replicas_desired']}",
-              ",".join(sorted(runtimes.get(h["name"], ())))) for h in d["service_health"]],
+              ",".join(sorted(runtimes.get(h["name"], ()))), _scale(h)) for h in d["service_health"]],
         )  # fmt: skip
         for h in d["service_health"]:
             if h.get("status_message"):
                 click.echo(f"  {h['name']}: pending: {h['status_message']}")
+            auto = (h.get("scale") or {}).get("autoscale")
+            if auto:
+                last = f"; last scale {auto['last_scale']}" if auto.get("last_scale") else ""
+                click.echo(f"  {h['name']} autoscaler: {auto['reason']}{last}")
         for ct in d["containers"]:
             if ct["state"] in ("backoff", "failed", "exited") or ct.get("restarts") or ct.get("oom_killed"):
                 code = f", last exit code {ct['exit_code']}" if ct.get("exit_code") is not None else ""
@@ -77,3 +82,11 @@ def status(deployment: str | None, output: str) -> None:
                            f"restarts {ct.get('restarts', 0)}{code}")  # fmt: skip
                 for line in (ct.get("last_error") or "").splitlines():
                     click.echo(f"    {line}")
+
+
+def _scale(h: dict[str, Any]) -> str:
+    sc = h.get("scale") or {}
+    mode = sc.get("scale_mode")
+    if mode == "adaptive":
+        return f"adaptive {sc.get('min_replicas')}-{sc.get('max_replicas')}"
+    return str(mode or "-")

@@ -192,6 +192,8 @@ class Daemon:
                 metrics=metrics,
                 ports=PortAdmission(store, _own_ports(cfg)),
                 secrets=SecretsBridge(secrets),
+                traffic=proxy,
+                autoscale_interval=cfg.autoscale_interval,
             )
             from zlayer.tokens import load_or_create_secret, write_admin_bearer
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from zlayer.spec.models import DeploymentSpec, ExternalSpec, PortMapping, ServiceSpec
 
 log = logging.getLogger("zlayer.daemon")
+
+DRAIN_TICK = 0.05  # seconds between two looks at a draining replica's requests in flight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,32 @@ class ManagedProxy:
     async def remove_service(self, deployment: str, service: str) -> None:
         name = self._names.pop((deployment, service), service)
         await self.pm.remove_service(name, deployment=deployment)
+
+    # ---- the agent's TrafficHook
+
+    async def request_counts(self) -> dict[tuple[str, str], int]:
+        if not self._started:
+            return {}
+        totals = self.pm.requests_totals()
+        return {key: totals[name] for key, name in self._names.items() if name in totals}
+
+    async def drain(self, deployment: str, service: str, address: str, timeout: float) -> None:
+        name = self._names.get((deployment, service))
+        if name is None or not self._started:
+            return
+        await self.pm.drain_backend(name, address)
+        # Idle twice in a row, a tick apart: a request that took the old table just before the swap is counted by
+        # the time of the second look.
+        deadline = time.monotonic() + timeout
+        idle = 0
+        while idle < 2 and time.monotonic() < deadline:
+            idle = idle + 1 if self.pm.in_flight(name, address) == 0 else 0
+            await asyncio.sleep(DRAIN_TICK)
+
+    async def drained(self, deployment: str, service: str, address: str) -> None:
+        name = self._names.get((deployment, service))
+        if name is not None and self._started:
+            await self.pm.forget_backend(name, address)
 
     async def adopted(self) -> None:
         """The agent re-adopted its replicas: a re-adopted data-plane process gets the daemon's whole state now (until

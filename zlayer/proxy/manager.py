@@ -55,6 +55,7 @@ class _Service:
     streams: list[StreamSpec]
     addresses: list[tuple[str, int]] = field(default_factory=list)
     external: bool = False  # an `externals.<name>` block: backends carry their own ports
+    draining: set[str] = field(default_factory=set)  # replica addresses kept, unhealthy, until their requests end
 
 
 class ProxyManager:
@@ -284,17 +285,63 @@ class ProxyManager:
 
     def service_requests_total(self, service_name: str) -> int:
         """Requests (L7) plus connections/sessions (L4) the service has taken since its listeners opened."""
+        return self.requests_totals([service_name]).get(service_name, 0)
+
+    def requests_totals(self, names: Iterable[str] | None = None) -> dict[str, int]:
+        """:meth:`service_requests_total` of every service (or of ``names``), from one read of the L7 plane's
+        counters and one of each L4 listener's."""
+        wanted = [n for n in (self._services if names is None else names) if n in self._services]
+        svcs = [self._services[n] for n in wanted]
+        stats = self.l7.route_stats() if any(svc.routes for svc in svcs) else {}
+        out: dict[str, int] = {}
+        for svc in svcs:
+            total = sum(stats[r.key].requests for r in svc.routes if r.key in stats)
+            for s in svc.streams:
+                entry = self._streams.get((s.bind, s.port, s.protocol))
+                if entry is not None:
+                    total += int(entry.listener.stats()["connections_total"])
+            out[svc.name] = total
+        return out
+
+    # ---- draining one replica ---------------------------------------------------------------------------------
+
+    async def drain_backend(self, service_name: str, address: str) -> None:
+        """The replica at ``address`` gets no new request or connection from now on, and stays in the tables
+        (unhealthy) so that :meth:`in_flight` still sees what it serves; :meth:`forget_backend` drops it."""
+        async with self._lock:
+            svc = self._services.get(service_name)
+            if svc is None or address in svc.draining:
+                return
+            svc.draining.add(address)
+            self._apply_backends(svc)
+            self._apply_l7()
+
+    async def forget_backend(self, service_name: str, address: str) -> None:
+        async with self._lock:
+            svc = self._services.get(service_name)
+            if svc is None or address not in svc.draining:
+                return
+            svc.draining.discard(address)
+            self._apply_backends(svc)
+            self._apply_l7()
+
+    def in_flight(self, service_name: str, address: str) -> int:
+        """Requests (L7) and connections (L4) the proxy has open to the replica at ``address``."""
         svc = self._services.get(service_name)
         if svc is None:
             return 0
         total = 0
-        stats = self.l7.route_stats()
-        for r in svc.routes:
-            total += stats[r.key].requests if r.key in stats else 0
+        if svc.routes:
+            stats = self.l7.route_stats()
+            for r in svc.routes:
+                for host, port in self._targets(svc, r.target_port, r, [address]):
+                    total += stats[r.key].backend_active.get(f"{host}:{port}", 0) if r.key in stats else 0
         for s in svc.streams:
             entry = self._streams.get((s.bind, s.port, s.protocol))
-            if entry is not None:
-                total += int(entry.listener.stats()["connections_total"])
+            if entry is None:
+                continue
+            targets = set(self._targets(svc, s.target_port, s, [address]))
+            total += sum(int(b["active"]) for b in entry.listener.backends() if (b["host"], b["port"]) in targets)
         return total
 
     def requests_per_second(self, service_name: str) -> float:
@@ -308,9 +355,9 @@ class ProxyManager:
     def sample(self, now: float | None = None) -> None:
         """Records each service's counter (the sampler task calls this every ``sample_interval``)."""
         now = time.monotonic() if now is None else now
-        for name in self._services:
+        for name, total in self.requests_totals().items():
             q = self._samples.setdefault(name, deque())
-            q.append((now, self.service_requests_total(name)))
+            q.append((now, total))
             while len(q) > 2 and now - q[0][0] > RPS_WINDOW:
                 q.popleft()
 
@@ -422,22 +469,32 @@ class ProxyManager:
                 return found
         return self.certs.ensure_self_signed(domain)
 
-    def _targets(self, svc: _Service, target_port: int, ep: RouteSpec | StreamSpec) -> list[tuple[str, int]]:
+    def _targets(
+        self, svc: _Service, target_port: int, ep: RouteSpec | StreamSpec, draining: Iterable[str] | None = None
+    ) -> list[tuple[str, int]]:
+        """Where an endpoint sends: the service's live addresses (not draining), or the ``draining`` ones given."""
         single = svc.external or len(svc.routes) + len(svc.streams) == 1
+        if draining is None:
+            chosen = [(h, p) for h, p in svc.addresses if h not in svc.draining]
+        else:
+            chosen = [(h, 0) for h in draining]
         out = []
-        for host, port in svc.addresses:
+        for host, port in chosen:
             out.append((host, port if (single and port) else target_port))
         return out
 
     def _apply_backends(self, svc: _Service) -> None:
         for spec in svc.streams:
             targets = self._targets(svc, spec.target_port, spec)
+            drains = self._targets(svc, spec.target_port, spec, sorted(svc.draining))
             self.health.set_group(spec.key, spec.health, targets)
             entry = self._streams.get((spec.bind, spec.port, spec.protocol))
             if entry is not None:
-                entry.listener.set_backends(targets)
+                entry.listener.set_backends(targets + [t for t in drains if t not in targets])
                 for host, port in targets:
                     entry.listener.set_health(host, port, self.health.health(spec.key, host, port).healthy)
+                for host, port in drains:
+                    entry.listener.set_health(host, port, False)
         for route in svc.routes:
             self.health.set_group(route.key, route.health, self._targets(svc, route.target_port, route))
 
@@ -445,6 +502,7 @@ class ProxyManager:
         routes = self.routes()
         groups = {
             r.key: [BackendState(h, p, self.health.health(r.key, h, p).healthy) for h, p in self.route_backends(r)]
+            + self._draining_states(r)
             for r in routes
         }
         certificates: dict[str, tuple[Path, Path]] = {}
@@ -454,6 +512,14 @@ class ProxyManager:
                 cert = self._certificate_for(domain)
                 certificates[domain] = (cert.cert_file, cert.key_file)
         self.l7.apply(routes, groups, certificates)
+
+    def _draining_states(self, route: RouteSpec) -> list[BackendState]:
+        svc = self._services.get(route.service)
+        if svc is None or not svc.draining:
+            return []
+        live = set(self.route_backends(route))
+        drains = self._targets(svc, route.target_port, route, sorted(svc.draining))
+        return [BackendState(h, p, False) for h, p in drains if (h, p) not in live]
 
     def _on_health(self, group: str, host: str, port: int, healthy: bool) -> None:
         service = group.split("#", 1)[0]

@@ -10,6 +10,7 @@ facts of the node (a bind source, a seccomp profile file, a user in the image) a
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import signal as _signal
 from collections.abc import Iterator, Mapping
@@ -238,6 +239,7 @@ def _each(spec: ServiceSpec) -> Iterator[tuple[PathT, str]]:
                 ),
             )
     yield from _resources(spec)
+    yield from _scale(spec)
     for i, dev in enumerate(spec.devices):
         if not dev.path.startswith("/dev/"):
             yield ("devices", i, "path"), f"{dev.path!r}: expected a device under /dev/"
@@ -272,6 +274,39 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _scale(spec: ServiceSpec) -> Iterator[tuple[PathT, str]]:
+    """Autoscaling targets a replica could never reach (it would sit at max, or never scale): percentages past 100
+    (CPU is a share of the whole node, memory of the replica's limit), zero targets (always reached), and a CPU
+    target above what the replica's own CPU limit lets it use of this node."""
+    from zlayer.spec.models import AdaptiveScale
+
+    s = spec.scale
+    if not isinstance(s, AdaptiveScale):
+        return
+    at: PathT = ("scale", "targets")
+    t = s.targets
+    for name, value in (("cpu", t.cpu), ("memory", t.memory)):
+        if value is not None and not 1 <= value <= 100:
+            yield (*at, name), f"{value}: a {name} target is a percentage, 1 to 100 (of the {_OF[name]})"
+    if t.rps is not None and t.rps < 1:
+        yield (*at, "rps"), "0: a requests-per-second target must be at least 1 (0 is always reached)"
+    cpus = os.cpu_count() or 1
+    limit = spec.resources.cpu
+    if t.cpu is not None and 1 <= t.cpu <= 100 and limit is not None and limit > 0:
+        reachable = 100.0 * limit / cpus
+        if t.cpu > reachable:
+            yield (
+                (*at, "cpu"),
+                (
+                    f"{t.cpu}% of the node can never be reached: resources.cpu {limit:g} lets a replica use at most "
+                    f"{reachable:.1f}% of this node's {cpus} CPUs"
+                ),
+            )
+
+
+_OF = {"cpu": "node's CPU time", "memory": "replica's memory limit, or the node's memory without one"}
 
 
 def _resources(spec: ServiceSpec) -> Iterator[tuple[PathT, str]]:
