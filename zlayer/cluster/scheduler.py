@@ -146,7 +146,7 @@ class Scheduler:
                         await self.store.set_service_status(dname, svc.name, "pending", message)
                         await self.store.add_event(dname, "unschedulable", f"{svc.name}: {message}")
                 elif svc.status_message.startswith(UNSCHEDULABLE):
-                    await self.store.set_service_status(dname, svc.name, "pending", "")
+                    await self.store.set_service_status(dname, svc.name, svc.status, "")
                     await self.store.add_event(dname, "scheduled", f"{svc.name}: every replica has a node")
         self.last = result
         return result
