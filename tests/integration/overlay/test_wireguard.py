@@ -246,3 +246,29 @@ def test_cookie_replies_under_load_interoperate_with_wireguard_go_both_ways(over
     assert ours.peers[g_pub].cookie is not None, "wireguard-go sent no cookie reply (was it under load?)"
     stop.set()
     t.join()
+
+
+def test_sessions_expire_after_reject_after_time_and_come_back_on_demand(overlay_pair: Pair) -> None:
+    from zlayer.overlay import Timers
+
+    pair = overlay_pair
+    a_priv, a_pub = keypair()
+    b_priv, b_pub = keypair()
+    timers = Timers(rekey_after_time=1.0, reject_after_time=2.5, keepalive_timeout=1.0, rekey_timeout=1.0)
+    za = make_interface(pair, pair.a, "zlo-z5", 51860, "10.94.0.1/24", private_key=a_priv, timers=timers)
+    zb = make_interface(pair, pair.b, "zlo-z6", 51861, "10.94.0.2/24", private_key=b_priv, timers=timers)
+    for me, other, ns_peer, port, ip in ((za, b_pub, pair.b, 51861, "10.94.0.2/32"),
+                                         (zb, a_pub, pair.a, 51860, "10.94.0.1/32")):  # fmt: skip
+        peer = me.peer(other)
+        me.set_endpoint(peer, (pair.addr[ns_peer], port))
+        me.set_allowed_ips(peer, [ipaddress.ip_network(ip)], replace=True)
+    # traffic across several REKEY_AFTER_TIMEs: the initiator keeps making new sessions, traffic keeps flowing
+    assert pair.ping(pair.a, "10.94.0.2", count=5)
+    assert za.peers[b_pub].handshakes >= 2
+    # idle past REJECT_AFTER_TIME: the data path holds no session it may use
+    slot = za.peers[b_pub].slot
+    wait_for(lambda: not za.device.peer_info(slot)["has_current"], "the session to expire")
+    assert not zb.device.peer_info(zb.peers[a_pub].slot)["has_current"]
+    # and the next packet brings a new one
+    assert pair.ping(pair.b, "10.94.0.1", count=2)
+    assert zb.device.peer_info(zb.peers[a_pub].slot)["has_current"]
