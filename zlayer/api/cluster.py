@@ -212,6 +212,8 @@ async def get_node(node_id: str, c: ApiContext = Depends(ctx)) -> dict[str, Any]
         },
         "mode": e.node.mode,
         "is_leader": e.is_leader,
+        "os": e.node.os,
+        "arch": e.node.arch,
         "api_endpoint": f"{e.node.advertise_addr}:{e.api_port}",
     }
 

@@ -169,6 +169,7 @@ def status(node_id: str | None, output: str) -> None:
     click.echo(f"Node {got['id']} ({got['address']}): {got['status']}, {got['role']}, mode {got['mode']}")
     click.echo(f"  api: {got['api_endpoint']}   labels: " + (
         ", ".join(f"{k}={v}" for k, v in sorted(got["labels"].items())) or "none"))  # fmt: skip
+    click.echo(f"  platform: {got.get('os') or '?'}/{got.get('arch') or '?'}")
     click.echo(f"  cpu: {r['cpu_total']:g} cores   memory: {r['memory_total'] / 2**30:.1f} GiB   "
                f"disk: {r['disk_total'] / 2**30:.1f} GiB")  # fmt: skip
     for g in r["gpus"]:

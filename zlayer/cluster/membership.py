@@ -124,7 +124,13 @@ class NodeEntry:
                 "disk_total": n.resources.disk_bytes, "gpus": [g.model_dump() for g in n.resources.gpus],
                 "last_heartbeat": self.last_heartbeat, "registered_at": self.registered_at, "overlay_ip": "",
                 "is_leader": self.is_leader, "mode": n.mode, "role": n.role, "status": n.status,
-                "labels": dict(n.labels)}  # fmt: skip
+                "labels": dict(n.labels), "os": n.os, "arch": n.arch}  # fmt: skip
+
+
+def _platform() -> tuple[str, str | None]:
+    from zlayer.cluster.resources import detect_platform
+
+    return detect_platform()
 
 
 def _ms() -> int:
@@ -313,8 +319,10 @@ class ClusterNode:
                 await self._run_etcd(cfg)
                 assert self.client is not None
                 key = SigningKey()
+                node_os, node_arch = _platform()
                 node = Node(id="1", advertise_addr=advertise, labels=check_labels(labels or {}), mode="full",
-                            status="ready", role="voter", resources=resources)  # fmt: skip
+                            status="ready", role="voter", resources=resources, os=node_os,
+                            arch=node_arch)  # fmt: skip
                 conf = {"cluster_id": cluster_id, "created_at": _ms(), "heartbeat": live.heartbeat,
                         "dead_after": live.dead_after, "signing_key": key.seed_b64()}  # fmt: skip
                 await self.client.txn([mod_is(ROOT + "config", 0)], [
@@ -365,7 +373,8 @@ class ClusterNode:
             body = {"token": token, "advertise_addr": advertise, "raft_port": raft_port, "overlay_port": 0,
                     "api_port": self.api_port, "wg_public_key": "", "mode": mode, "labels": dict(labels or {}),
                     "cpu_total": resources.cpu_cores, "memory_total": resources.memory_bytes,
-                    "disk_total": resources.disk_bytes, "client_port": client_port,
+                    "disk_total": resources.disk_bytes, "client_port": client_port, "os": _platform()[0],
+                    "arch": _platform()[1],
                     "gpus": [g.model_dump() for g in resources.gpus]}  # fmt: skip
             target = (leader or claims.api_endpoint).strip()
             base = target if "://" in target else f"http://{target}"
@@ -423,7 +432,8 @@ class ClusterNode:
                      "disk_bytes": int(req.get("disk_total") or 0), "gpus": list(req.get("gpus") or [])}  # fmt: skip
         try:
             node = Node.model_validate({"id": "0", "advertise_addr": advertise, "labels": labels, "mode": mode,
-                                        "resources": resources})  # fmt: skip
+                                        "resources": resources, "os": req.get("os"),
+                                        "arch": req.get("arch")})  # fmt: skip
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -559,6 +569,10 @@ class ClusterNode:
     async def _last_renewal(self, lease: int) -> int:
         left, granted = await self.need()[1].lease_ttl(lease)
         return _ms() - max(0, granted - left) * 1000 if left >= 0 else 0
+
+    async def nodes(self) -> list[Node]:
+        """The nodes as the scheduler's :class:`~zlayer.cluster.scheduler.ClusterState` reads them."""
+        return [e.node for e in await self.entries()]
 
     async def entry(self, node_id: str) -> NodeEntry:
         for e in await self.entries():
