@@ -114,6 +114,14 @@ static void drop_session(wg_dev_t *d, wg_session_t **slot)
     }
 }
 
+static void drop_sessions(wg_dev_t *d, wg_peer_t *p)
+{
+    drop_session(d, &p->current);
+    drop_session(d, &p->previous);
+    drop_session(d, &p->next);
+    drop_session(d, &p->retired);
+}
+
 static void drop_staged(wg_dev_t *d, wg_peer_t *p)
 {
     pthread_mutex_lock(&p->staged_lock);
@@ -188,10 +196,7 @@ void wg_destroy(wg_dev_t *d)
     if (d->peers) {
         for (int i = 0; i < WG_MAX_PEERS; i++) {
             wg_peer_t *p = &d->peers[i];
-            drop_session(d, &p->current);
-            drop_session(d, &p->previous);
-            drop_session(d, &p->next);
-            drop_session(d, &p->retired);
+            drop_sessions(d, p);
             drop_staged(d, p);
             pthread_mutex_destroy(&p->ep_lock);
             pthread_mutex_destroy(&p->staged_lock);
@@ -250,10 +255,7 @@ void wg_peer_remove(wg_dev_t *d, int peer)
     if (!p)
         return;
     pthread_rwlock_wrlock(&d->lock);
-    drop_session(d, &p->current);
-    drop_session(d, &p->previous);
-    drop_session(d, &p->next);
-    drop_session(d, &p->retired);
+    drop_sessions(d, p);
     drop_staged(d, p);
     p->present = 0;
     p->endpoint_len = 0;
@@ -448,10 +450,7 @@ void wg_peer_clear_sessions(wg_dev_t *d, int peer)
     if (!p)
         return;
     pthread_rwlock_wrlock(&d->lock);
-    drop_session(d, &p->current);
-    drop_session(d, &p->previous);
-    drop_session(d, &p->next);
-    drop_session(d, &p->retired);
+    drop_sessions(d, p);
     pthread_rwlock_unlock(&d->lock);
     drop_staged(d, p);
 }
