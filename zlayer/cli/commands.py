@@ -24,7 +24,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "scale": ("zlayer.cli.scale", "scale", "Set a service's replica count (adaptive: within its min..max)"),
     "container": ("zlayer.cli.container", "container", "Inspect containers (ls, inspect, logs, stats, rm)"),
     "job": ("zlayer.cli.job", "job", "Trigger jobs and inspect executions; cron jobs"),
-    "token": ("zlayer.cli.token", "token", "Create and inspect API bearer tokens (create, decode, show)"),
+    "token": (
+        "zlayer.cli.token",
+        "token",
+        "API bearer tokens (create, decode, show, info) and API keys (key create|ls|revoke)",
+    ),
     "image": ("zlayer.cli.image", "image", "Manage local images (ls, inspect, rm, tag, push)"),
     "import": ("zlayer.cli.image", "import_", "Import an image from an OCI/docker archive or a rootfs tarball"),
     "export": ("zlayer.cli.image", "export", "Write a local image as an OCI archive"),

@@ -88,3 +88,73 @@ def show() -> None:
         click.echo(path.read_text().strip())
     except FileNotFoundError as e:
         raise UsageError(f"{path} does not exist", where=str(path), hint="start the daemon first") from e
+
+
+@token.command("info")
+@output_option()
+def info(output: str) -> None:
+    """Who the daemon takes the token in use for (--token, ZLAYER_API_TOKEN, the `auth login` session, or the unix
+    socket's local admin)."""
+    from zlayer.cli.common import run
+
+    me = run(lambda c: c.request("GET", "/auth/me"))
+    if output != "table":
+        print_data(me, output)
+        return
+    click.echo(f"{me['email']} ({me['role']}) id {me['id']}")
+
+
+@token.group("key")
+def key() -> None:
+    """API keys: a key id and secret that `POST /auth/token` exchanges for a bearer token (admin only)."""
+
+
+@key.command("create")
+@click.option("--name", default="key", show_default=True, help="What the key is for.")
+@click.option("-r", "--roles", default="user", show_default=True,
+              help="Comma-separated: admin, operator, user (the owner's grants), reader.")  # fmt: skip
+@click.option("-H", "--hours", type=float, help="Lifetime in hours [default: until revoked].")
+@click.option("--owner", help="The account the key acts for (id or email) [default: the caller's].")
+@click.option("--quiet", is_flag=True, help="Print only KEY_ID:SECRET.")
+def key_create(name: str, roles: str, hours: float | None, owner: str | None, quiet: bool) -> None:
+    """Create an API key; its secret is shown this once."""
+    from zlayer.cli.common import run
+
+    body = {"name": name, "roles": [r.strip() for r in roles.split(",") if r.strip()], "hours": hours,
+            "owner": owner}  # fmt: skip
+    got = run(lambda c: c.request("POST", "/api/v1/api-keys", json_body=body))
+    if quiet:
+        click.echo(f"{got['id']}:{got['secret']}")
+        return
+    click.echo(f"API key {got['id']} ({', '.join(got['roles'])}) for {got['owner_id']}")
+    click.echo(f"secret (shown once): {got['secret']}")
+    click.echo('exchange: POST /auth/token {"api_key": KEY_ID, "api_secret": SECRET}')
+
+
+@key.command("ls")
+@output_option()
+def key_ls(output: str) -> None:
+    """List API keys (never their secrets)."""
+    from zlayer.cli.common import print_table, run
+
+    keys = run(lambda c: c.request("GET", "/api/v1/api-keys"))
+    if output != "table":
+        print_data(keys, output)
+        return
+
+    def expires(k: dict[str, object]) -> str:
+        at = k["expires_at"]
+        return datetime.fromtimestamp(float(at), UTC).isoformat() if isinstance(at, int | float) else "never"
+
+    rows = [[k["id"], k["name"], k["owner_id"], ",".join(k["roles"]), expires(k)] for k in keys]
+    print_table(["ID", "NAME", "OWNER", "ROLES", "EXPIRES"], rows)
+
+
+@key.command("revoke")
+@click.argument("key_id")
+def key_revoke(key_id: str) -> None:
+    """Revoke an API key: the tokens it was exchanged for stop working at once."""
+    from zlayer.cli.common import run
+
+    run(lambda c: c.request("DELETE", f"/api/v1/api-keys/{key_id}"))
+    click.echo(f"Revoked {key_id}")

@@ -180,6 +180,23 @@ def test_the_cli_manages_accounts_grants_and_shows_the_audit_log(node: tuple[Dae
     tail = json.loads(zl("audit", "tail", "--resource", "permissions", "-o", "json").stdout)
     assert tail and tail[-1]["action"] == "create" and tail[-1]["resource_kind"] == "permissions"
     assert zl("auth", "bootstrap", "--email", "late@example.com").returncode != 0  # an account exists
+    # API keys: created with roles and a lifetime, exchanged for a token, revoked
+    r = zl("token", "key", "create", "--name", "ci", "--roles", "user", "--hours", "2", "--owner", "ops@example.com",
+           "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    key_id, key_secret = r.stdout.strip().split(":", 1)
+    api = Api(d.port)
+    status, got, _ = api("POST", "/auth/token", body={"api_key": key_id, "api_secret": key_secret})
+    assert status == 200 and got["token_type"] == "Bearer" and 0 < got["expires_in"] <= 3600, got
+    assert api("GET", "/api/v1/deployments/web", got["access_token"])[0] == 200  # the owner's group grant
+    assert api("DELETE", "/api/v1/deployments/web", got["access_token"])[0] == 403  # read only there
+    assert api("POST", "/auth/token", body={"api_key": key_id, "api_secret": "wrong"})[1]["message"] == (
+        "invalid credentials"
+    )
+    keys = json.loads(zl("token", "key", "ls", "-o", "json").stdout)
+    assert [k["id"] for k in keys if k["name"] == "ci"] == [key_id] and "secret" not in json.dumps(keys)
+    assert zl("token", "key", "revoke", key_id).returncode == 0
+    assert api("GET", "/api/v1/deployments/web", got["access_token"])[0] == 401
 
 
 def test_sign_in_is_rate_limited_per_address_and_cookies_need_csrf(node: tuple[DaemonProcess, Api]) -> None:
