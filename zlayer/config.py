@@ -6,6 +6,7 @@ both. Every path is overridable so daemons run side by side."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ class DaemonConfig:
     heartbeat_interval: float = 5.0  # cluster liveness (ZLayer's timings): renew the node's lease every 5 s,
     dead_after: float = 30.0  # and it is dead 30 s after the last renewal; `node init` writes them cluster-wide
     autoscale_interval: float = 10.0  # seconds between the autoscaler's evaluations (ZLayer's 10 s); 0: off
+    api_tls_cert: str | None = None  # the TCP API over TLS (`serve --api-tls-cert/--api-tls-key`): PEM files
+    api_tls_key: str | None = None
     chosen: bool = False  # the operator started it (not a client's auto-start): once it listens, remember() it
 
     @property
@@ -76,6 +79,8 @@ class DaemonConfig:
             ("--max-layer-size", self.max_layer_size),
             ("--max-image-size", self.max_image_size),
             ("--docker-socket-path", self.docker_socket),
+            ("--api-tls-cert", self.api_tls_cert),
+            ("--api-tls-key", self.api_tls_key),
         ):
             if value:
                 argv += [flag, value]
@@ -111,7 +116,7 @@ _REMEMBERED: dict[str, type | tuple[type, ...]] = {
     "bind": str, "metrics_bind": str, "swagger": bool, "deployment_name": str, "host_network": bool, "dns_port": int,
     "acme_email": str, "acme_directory": str, "max_layer_size": str, "max_image_size": str,
     "heartbeat_interval": (int, float), "dead_after": (int, float),
-    "autoscale_interval": (int, float),
+    "autoscale_interval": (int, float), "api_tls_cert": str, "api_tls_key": str,
 }  # fmt: skip
 
 
@@ -121,6 +126,26 @@ def split_bind(text: str, what: str = "--bind") -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise UsageError(f"{what} {text!r}: expected HOST:PORT, e.g. 0.0.0.0:{API_PORT}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def check_tls_pair(cert: str | None, key: str | None) -> None:
+    """``--api-tls-cert`` and ``--api-tls-key``: both or neither, and a certificate chain and its private key that
+    belong together (a clear error naming the file, not a listener that fails its first handshake)."""
+    if (cert is None) != (key is None):
+        raise UsageError("--api-tls-cert and --api-tls-key go together", where="--api-tls-key" if cert else
+                         "--api-tls-cert")  # fmt: skip
+    if cert is None or key is None:
+        return
+    import ssl
+
+    for path, flag in ((cert, "--api-tls-cert"), (key, "--api-tls-key")):
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise UsageError(f"{path}: no readable file", where=flag)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        raise UsageError(f"{cert} with {key}: not a PEM certificate chain and its private key ({e})",
+                         where="--api-tls-cert") from None  # fmt: skip
 
 
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:

@@ -47,6 +47,9 @@ from zlayer.paths import API_PORT
 @click.option("--autoscale-interval", envvar="ZLAYER_AUTOSCALE_INTERVAL", type=click.FloatRange(min=0), default=10.0,
               show_default=True, metavar="SECONDS",
               help="How often the autoscaler evaluates adaptive services (0: never).")  # fmt: skip
+@click.option("--api-tls-cert", envvar="ZLAYER_API_TLS_CERT", metavar="PEM",
+              help="Serve the TCP API over TLS with this certificate chain (with --api-tls-key).")  # fmt: skip
+@click.option("--api-tls-key", envvar="ZLAYER_API_TLS_KEY", metavar="PEM", help="The certificate's private key.")
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -67,12 +70,14 @@ def serve(
     heartbeat_interval: float,
     dead_after: float,
     autoscale_interval: float,
+    api_tls_cert: str | None,
+    api_tls_key: str | None,
 ) -> None:
     """Run the zlayer daemon on this node (foreground unless --daemon)."""
     from dataclasses import replace
 
     from zlayer.cli.common import warn_if_secret_in_argv
-    from zlayer.config import DaemonConfig, split_bind
+    from zlayer.config import DaemonConfig, check_tls_pair, split_bind
 
     if jwt_secret:
         warn_if_secret_in_argv("jwt_secret", "ZLAYER_JWT_SECRET")
@@ -83,6 +88,9 @@ def serve(
         split_bind(tcp)
     if metrics_bind:
         split_bind(metrics_bind, "--metrics-bind")
+    check_tls_pair(api_tls_cert, api_tls_key)
+    if api_tls_cert and api_tls_key:
+        api_tls_cert, api_tls_key = os.path.abspath(api_tls_cert), os.path.abspath(api_tls_key)
     from zlayer.images.unpack import UnpackLimits
 
     UnpackLimits.from_env(max_layer_size, max_image_size)  # a bad size is refused here, not at the first pull
@@ -109,6 +117,8 @@ def serve(
         heartbeat_interval=heartbeat_interval,
         dead_after=dead_after,
         autoscale_interval=autoscale_interval,
+        api_tls_cert=api_tls_cert,
+        api_tls_key=api_tls_key,
         chosen=not os.environ.get("ZLAYER_SPAWNER_PID"),  # ZLayer's mark of a daemon a client started
     )
     if background:

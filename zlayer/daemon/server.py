@@ -221,7 +221,7 @@ class Daemon:
             servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, secret, local=True))))
             if cfg.bind:
                 sockets.append(tcp_listener(cfg.bind))
-                servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, secret))))
+                servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, secret), tls=True)))
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -303,12 +303,25 @@ class Daemon:
         except ZLayerError as e:
             log.error("proxy: %s", e)
 
-    def _uv_config(self, app: Any) -> Any:
+    def _uv_config(self, app: Any, tls: bool = False) -> Any:
         import uvicorn
 
+        from zlayer.config import check_tls_pair
+
+        cert, key = (self.cfg.api_tls_cert, self.cfg.api_tls_key) if tls else (None, None)
+        if cert is not None:
+            check_tls_pair(cert, key)  # read again at each start: a renewed pair is picked up by a restart
         return uvicorn.Config(
-            app, lifespan="off", log_level="warning", access_log=False, loop="none", http="h11", ws="websockets-sansio"
-        )  # WebSockets: the attached exec (zlayer.api.exec_stream)
+            app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            loop="none",
+            http="h11",
+            ws="websockets-sansio",
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+        )  # fmt: skip  (WebSockets: the attached exec, zlayer.api.exec_stream)
 
     async def _renew_bearer(self, secret: str) -> None:
         """The local admin token lives 24 h (as ZLayer's); mint a fresh one every 12 h so the file stays usable."""
