@@ -6,10 +6,14 @@ last host standing takes over with force-leader. The cluster's timings here: hea
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +35,15 @@ def _roles(host: Any) -> dict[str, tuple[str, str]]:
 
 def _services(host: Any) -> list[tuple[str, str, int]]:
     return [(s["name"], s["status"], s["replicas"]) for s in host.json("ps")["services"]]
+
+
+def _etcd_pids(host: Any) -> list[int]:
+    out = []
+    for pid in host.pids():
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "etcd":
+                out.append(pid)
+    return out
 
 
 def _token(host: Any, ttl: str = "1h") -> str:
@@ -145,6 +158,11 @@ def test_a_host_that_loses_power_is_dead_after_the_threshold_and_ready_when_it_r
     netns_cluster: NetnsCluster,
 ) -> None:
     h1, h2, h3 = netns_cluster.hosts
+    etcd = _etcd_pids(h2)
+    assert len(etcd) == 1, etcd
+    os.kill(etcd[0], signal.SIGKILL)  # its etcd alone dies: the daemon starts it again, the node stays in
+    wait_for(lambda: [p for p in _etcd_pids(h2) if p != etcd[0]], 30, "host 2's etcd started again")
+    wait_for(lambda: _roles(h1)["2"] == ("voter", "ready"), 30, "node 2 a ready voter")
     h3.kill9()
     wait_for(lambda: _nodes(h1)["3"]["status"] == "dead", 30, "node 3 dead on the leader's word")
     assert _nodes(h2)["3"]["status"] == "dead"

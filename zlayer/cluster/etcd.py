@@ -137,7 +137,7 @@ class EtcdProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 await client.close()
-                raise DaemonError(f"etcd exited with code {self.proc.returncode}: {_last_line(self.log_file)}",
+                raise DaemonError(f"etcd exited with code {self.proc.returncode}: {last_line(self.log_file)}",
                                   where=str(self.log_file))  # fmt: skip
             try:
                 st = await client.status(timeout=1.0)
@@ -170,12 +170,15 @@ class EtcdProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def _last_line(path: Path) -> str:
+def last_line(path: Path) -> str:
+    """The last line etcd logged (its reason, when it exits)."""
     try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
     return lines[-1][-300:] if lines else ""
 
 
-__all__ = ["EtcdMember", "EtcdProcess", "url"]
+__all__ = ["EtcdMember", "EtcdProcess", "last_line", "url"]

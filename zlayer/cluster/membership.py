@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
-from zlayer.cluster.etcd import EtcdMember, EtcdProcess, url
+from zlayer.cluster.etcd import EtcdMember, EtcdProcess, last_line, url
 from zlayer.cluster.tokens import SigningKey, parse_ttl, read_token, token_hash
 from zlayer.cluster.view import NODE_MODES, Node, NodeResources
 from zlayer.errors import AuthError, ConflictError, DaemonError, NotFoundError, UsageError, ZLayerError
@@ -187,6 +187,8 @@ class ClusterNode:
         self._member_id = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()  # one init/join/force-leader at a time
+        self._revive_after = 0.0
+        self._removed_said = False
 
     # local config -----------------------------------------------------------------------------------------------
 
@@ -654,6 +656,7 @@ class ClusterNode:
         local, client = self.need()
         lease, said, beats = 0, False, 0
         while True:
+            await self._revive(local)
             try:
                 if beats % 20 == 0:
                     await self._refresh_endpoints(local, client)
@@ -667,6 +670,28 @@ class ClusterNode:
                     log.warning("cluster: cannot renew this node's lease: %s", e)
                     said = True
             await asyncio.sleep(self.liveness.heartbeat)
+
+    async def _revive(self, local: LocalConfig) -> None:
+        """This node's etcd member ended while the daemon runs (killed, crashed): start it again on its data, at
+        most every 5 s. A member the cluster removed ends again at once; that is said once, and left so."""
+        etcd = self.etcd
+        if etcd is None or etcd.running() or time.monotonic() < self._revive_after:
+            return
+        self._revive_after = time.monotonic() + 5.0
+        code = etcd.proc.returncode if etcd.proc is not None else None
+        tail = last_line(etcd.log_file)
+        if "removed" in tail:
+            if not self._removed_said:
+                log.error("cluster: this node's etcd member was removed from the cluster (%s); join it again with "
+                          "`zlayer node join` after removing %s", tail, self.directory)  # fmt: skip
+                self._removed_said = True
+            return
+        log.warning("cluster: this node's etcd member exited (code %s); starting it again", code)
+        try:
+            fresh = await etcd.start(local.initial_cluster, local.state, local.cluster_token, timeout=10.0)
+            await fresh.close()
+        except ZLayerError as e:
+            log.warning("cluster: etcd did not start again: %s", e)
 
     async def _refresh_endpoints(self, local: LocalConfig, client: EtcdClient) -> None:
         """The voters' client URLs, for the client's fail-over and for the next start of this node's member."""
