@@ -286,6 +286,7 @@ int wg_start(wg_dev_t *d, char *err, size_t errlen)
         snprintf(err, errlen, "cannot start the receive worker: %s", strerror(errno));
         return -1;
     }
+    pthread_setname_np(d->rx_thread, "wg-rx"); /* as top -H and perf show them */
     if (pthread_create(&d->tx_thread, NULL, tx_main, d) != 0) {
         snprintf(err, errlen, "cannot start the send worker: %s", strerror(errno));
         v = 1;
@@ -294,6 +295,7 @@ int wg_start(wg_dev_t *d, char *err, size_t errlen)
         pthread_join(d->rx_thread, NULL);
         return -1;
     }
+    pthread_setname_np(d->tx_thread, "wg-tx");
     d->running = 1;
     return 0;
 }
