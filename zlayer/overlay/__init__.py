@@ -8,7 +8,7 @@ addressing.py cuts the cluster CIDR into a slice per node behind a ``SliceBook``
 """
 
 from zlayer.overlay.addressing import AddressPool, FileSliceBook, SliceAllocator, SliceBook
-from zlayer.overlay.interface import Interface, Peer, Timers
+from zlayer.overlay.interface import Interface, Peer, PeerStatus, Timers
 from zlayer.overlay.uapi import UapiServer
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "FileSliceBook",
     "Interface",
     "Peer",
+    "PeerStatus",
     "SliceAllocator",
     "SliceBook",
     "Timers",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import random
 import struct
 import threading
@@ -31,6 +30,7 @@ UNDER_LOAD_HOLD = 1.0
 INITIATIONS_PER_SECOND = 20  # per source address while under load (the paper's token bucket)
 INITIATION_BURST = 5
 MIN_INITIATION_INTERVAL = 0.020  # a peer's initiations closer than this are a flood (wireguard-go)
+HEALTHY_HANDSHAKE_AGE = 180.0  # ZLayer's peer health threshold (seconds since the last handshake)
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,24 @@ class Peer:
     @property
     def key_hex(self) -> str:
         return self.public.hex()
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """What ``wg show`` says of a peer, and its health: ZLayer counts a peer healthy while its last handshake is at
+    most ``HEALTHY_HANDSHAKE_AGE`` seconds old (sessions are renewed every two minutes while traffic flows, and a
+    persistent keepalive keeps one alive when it does not)."""
+
+    public_key: bytes
+    endpoint: Endpoint | None
+    allowed_ips: list[Network]
+    persistent_keepalive: int
+    last_handshake_ns: int  # wall clock, 0 = never
+    last_handshake_age: float | None
+    healthy: bool
+    rx_bytes: int
+    tx_bytes: int
+    handshakes: int
 
 
 @dataclass
@@ -468,21 +486,22 @@ class Interface:
 
     # ---- reading -----------------------------------------------------------------------------------------
 
-    def peer_status(self, peer: Peer) -> dict[str, object]:
+    def peer_status(self, peer: Peer) -> PeerStatus:
         info = self.device.peer_info(peer.slot)
-        return {
-            "public_key": peer.public,
-            "endpoint": info["endpoint"] or peer.endpoint,
-            "allowed_ips": list(peer.allowed_ips),
-            "persistent_keepalive": peer.persistent_keepalive,
-            "last_handshake_ns": peer.last_handshake_wall_ns,
-            "rx_bytes": info["rx_bytes"],
-            "tx_bytes": info["tx_bytes"],
-            "handshakes": peer.handshakes,
-            "psk": peer.psk,
-        }
+        age = (time.time_ns() - peer.last_handshake_wall_ns) / 1e9 if peer.last_handshake_wall_ns else None
+        return PeerStatus(
+            public_key=peer.public,
+            endpoint=info["endpoint"] or peer.endpoint,
+            allowed_ips=list(peer.allowed_ips),
+            persistent_keepalive=peer.persistent_keepalive,
+            last_handshake_ns=peer.last_handshake_wall_ns,
+            last_handshake_age=age,
+            healthy=age is not None and age <= HEALTHY_HANDSHAKE_AGE,
+            rx_bytes=info["rx_bytes"],
+            tx_bytes=info["tx_bytes"],
+            handshakes=peer.handshakes,
+        )
 
-
-def random_private_key() -> bytes:
-    """A fresh X25519 private key (clamped by the curve's rules when used)."""
-    return noise.private_bytes(noise.X25519PrivateKey.from_private_bytes(os.urandom(32)))
+    def peer_statuses(self) -> list[PeerStatus]:
+        with self.lock:
+            return [self.peer_status(p) for p in self.peers.values()]

@@ -78,14 +78,12 @@ def get(iface: Interface) -> str:
             lines.append(f"public_key={peer.public.hex()}")
             lines.append(f"preshared_key={peer.psk.hex()}")
             lines.append("protocol_version=1")
-            ep = st["endpoint"]
-            if ep:
-                lines.append(f"endpoint={format_endpoint(ep)}")  # type: ignore[arg-type]
-            ns = int(st["last_handshake_ns"])  # type: ignore[call-overload]
-            lines.append(f"last_handshake_time_sec={ns // 1_000_000_000}")
-            lines.append(f"last_handshake_time_nsec={ns % 1_000_000_000}")
-            lines.append(f"tx_bytes={st['tx_bytes']}")
-            lines.append(f"rx_bytes={st['rx_bytes']}")
+            if st.endpoint:
+                lines.append(f"endpoint={format_endpoint(st.endpoint)}")
+            lines.append(f"last_handshake_time_sec={st.last_handshake_ns // 1_000_000_000}")
+            lines.append(f"last_handshake_time_nsec={st.last_handshake_ns % 1_000_000_000}")
+            lines.append(f"tx_bytes={st.tx_bytes}")
+            lines.append(f"rx_bytes={st.rx_bytes}")
             lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
             lines.extend(f"allowed_ip={net}" for net in peer.allowed_ips)
     return "".join(line + "\n" for line in lines)

@@ -63,6 +63,8 @@ def test_zlayer_and_wireguard_go_handshake_carry_traffic_rekey_and_roam(overlay_
     assert f"public key: {b64(z_pub)}" in show and f"peer: {b64(g_pub)}" in show
     assert f"endpoint: {pair.addr[pair.b]}:51821" in show and "allowed ips: 10.91.0.2/32" in show
     assert "latest handshake:" in show and "transfer:" in show
+    (status,) = ours.peer_statuses()
+    assert status.healthy and status.last_handshake_age is not None and status.rx_bytes > 20_000_000
     dump = pair.wg(pair.a, "show", "zlo-z1", "dump").splitlines()[1].split("\t")
     assert int(dump[4]) > 0 and int(dump[5]) > 20_000_000 and int(dump[6]) > 20_000_000  # handshake, rx, tx
 
@@ -135,6 +137,7 @@ def test_zlayer_to_zlayer_with_offloads_and_hostile_input_dropped_and_counted(ov
 
     # a scripted peer (known to za) handshakes, sends one ping inside the tunnel, then replays it
     ps = za.peer(s_pub)
+    assert not za.peer_status(ps).healthy  # no handshake yet
     za.set_allowed_ips(ps, [ipaddress.ip_network("10.92.0.9/32")], replace=True)
     evil = ScriptedPeer(pair.b, 51899, s_priv)
     pair.cleanups.append(evil.close)
