@@ -56,6 +56,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/swagger-ui"): P, ("GET", "/docs/oauth2-redirect"): P,
     ("POST", "/auth/bootstrap"): P, ("POST", "/auth/login"): P, ("POST", "/auth/logout"): P,
     ("POST", "/auth/token"): P, ("GET", "/auth/csrf"): P, ("GET", "/auth/me"): A,
+    ("GET", "/auth/oidc/providers"): P, ("GET", "/auth/oidc/{provider}/start"): P,
+    ("GET", "/auth/oidc/{provider}/callback"): P,
     ("GET", "/api/v1/deployments"): _r("read", "deployment"),
     ("POST", "/api/v1/deployments"): _r("write", "deployment", "@spec"),
     ("GET", DEP): _r("read", "deployment", "name"), ("GET", f"{DEP}/spec"): _r("read", "deployment", "name"),

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from zlayer.api.auth import AUDIT, actor_of
-from zlayer.errors import DaemonError, RateLimitedError
+from zlayer.errors import DaemonError, NotFoundError, RateLimitedError
 from zlayer.security.rbac import Actor, Grant
 from zlayer.security.service import SESSION_SECS, Security
 from zlayer.security.store import ApiKey, Group
@@ -315,3 +315,32 @@ async def create_key(body: CreateKeyRequest, request: Request, s: Security = Dep
 async def delete_key(id: str, s: Security = Depends(sec)) -> Response:
     s.store.delete_key(id)
     return Response(status_code=204)
+
+
+# ---------------------------------------------------------------------------------------------------- OIDC
+def _oidc(s: Security) -> Any:
+    if s.oidc is None:
+        raise NotFoundError("no OIDC provider is configured", hint="ZLAYER_OIDC_<NAME>_ISSUER, _CLIENT_ID, ...")
+    return s.oidc
+
+
+@router.get("/auth/oidc/providers", summary="The OIDC providers this daemon signs in with.")
+async def oidc_providers(request: Request) -> list[dict[str, str]]:
+    s: Security | None = getattr(request.app.state, "security", None)
+    oidc = getattr(s, "oidc", None)
+    return [] if oidc is None else [{"name": p.name, "display_name": p.display_name} for p in oidc.providers.values()]
+
+
+@router.get("/auth/oidc/{provider}/start", status_code=302, summary="Begin a sign-in: redirects to the provider.")
+async def oidc_start(provider: str, s: Security = Depends(sec)) -> Response:
+    url = await _oidc(s).start(provider)
+    return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+@router.get("/auth/oidc/{provider}/callback", summary="The provider's redirect back: signs in (session cookies).")
+async def oidc_callback(provider: str, request: Request, response: Response, code: str = Query(max_length=4096),
+                        state: str = Query(max_length=200), s: Security = Depends(sec)) -> dict[str, Any]:  # fmt: skip
+    _limited(request, s)
+    user = await _oidc(s).callback(provider, code, state)
+    _note(request, user)
+    return {**_login_response(response, s, user), "provider": provider}

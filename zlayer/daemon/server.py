@@ -202,6 +202,12 @@ class Daemon:
             secret = cfg.token or load_or_create_secret(cfg.paths.data_dir)
             token = write_admin_bearer(cfg.paths.data_dir, secret)
             security = Security(security_store, secret, secrets)
+            from zlayer.security.oidc import Oidc, providers_from_env
+
+            oidc_providers = providers_from_env(os.environ)
+            if oidc_providers:
+                security.oidc = Oidc(oidc_providers, security)
+                log.info("OIDC sign-in with %s", ", ".join(sorted(oidc_providers)))
             self.context = ApiContext(
                 store=store,
                 runtime=runtime,

@@ -26,6 +26,7 @@ from zlayer.security.rbac import (
 from zlayer.security.store import ApiKey, Group, SecurityStore, User, new_id, now
 
 if TYPE_CHECKING:
+    from zlayer.security.oidc import Oidc
     from zlayer.security.secrets import Secrets
 from zlayer.tokens import create_token
 
@@ -106,6 +107,7 @@ class Security:
     def __init__(self, store: SecurityStore, jwt_secret: str, secrets: Secrets | None = None) -> None:
         self.store = store
         self.secrets = secrets
+        self.oidc: Oidc | None = None  # OIDC sign-in, when providers are configured (zlayer.security.oidc)
         self.jwt_secret = jwt_secret
         self.limiter = RateLimiter()
         self._index: GrantIndex | None = None

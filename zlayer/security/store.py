@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS secrets (
     scope TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, value BLOB NOT NULL,
     created_at TEXT NOT NULL, PRIMARY KEY (scope, name, version));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS oidc_identities (
+    provider TEXT NOT NULL, subject TEXT NOT NULL, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at TEXT NOT NULL, PRIMARY KEY (provider, subject));
 """
 
 
@@ -171,6 +174,8 @@ class SecurityStore(Protocol):
     def get_secret(self, scope: str, name: str, version: int | None = None) -> SecretVersion | None: ...
     def list_secrets(self, scope: str | None) -> list[SecretVersion]: ...
     def delete_secret(self, scope: str, name: str) -> bool: ...
+    def get_identity(self, provider: str, subject: str) -> str | None: ...
+    def add_identity(self, provider: str, subject: str, user_id: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -454,6 +459,15 @@ class SqliteSecurityStore:
         with self._tx() as db:
             if db.execute("DELETE FROM variables WHERE id=?", (var_id,)).rowcount == 0:
                 raise NotFoundError(f"variable {var_id!r} not found", where=f"variables/{var_id}")
+
+    # OIDC identities: (provider, sub) -> account
+    def get_identity(self, provider: str, subject: str) -> str | None:
+        rows = self._rows("SELECT user_id FROM oidc_identities WHERE provider=? AND subject=?", (provider, subject))
+        return str(rows[0]["user_id"]) if rows else None
+
+    def add_identity(self, provider: str, subject: str, user_id: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO oidc_identities VALUES (?,?,?,?)", (provider, subject, user_id, now()))
 
     # secrets
     _LATEST = ("SELECT s.*, (SELECT min(created_at) FROM secrets f WHERE f.scope=s.scope AND f.name=s.name) AS first "
