@@ -63,7 +63,7 @@ class DaemonConfig:
         """``zlayer`` arguments that start a daemon with this configuration (the secret excepted: it goes through
         the environment, never argv, which ps shows)."""
         argv = ["--data-dir", str(self.paths.data_dir), *(["--host-network"] if self.host_network else []),
-                *(["--runtime", self.runtime] if self.runtime == "wasm" else []), "serve",
+                *(["--runtime", self.runtime] if self.runtime in ("wasm", "docker") else []), "serve",
                 "--bind", self.bind or "none", "--socket", str(self.paths.socket), "--dns-port", str(self.dns_port),
                 "--deployment-name", self.deployment_name]  # fmt: skip
         if self.metrics_bind:

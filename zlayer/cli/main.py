@@ -12,7 +12,8 @@ import click
 from zlayer._version import __version__
 from zlayer.cli.commands import COMMANDS
 
-RUNTIMES = ("auto", "linux", "wasm")  # what --runtime can pick on this build: auto is linux, or wasm by the image
+# what --runtime can pick on this build: auto is linux (docker where linux cannot run), or wasm by the image
+RUNTIMES = ("auto", "linux", "wasm", "docker")
 
 
 class LazyGroup(click.Group):
@@ -53,6 +54,7 @@ class LazyGroup(click.Group):
 @click.option(
     "--runtime",
     type=click.Choice(["auto", "youki", "linux", "docker", "wasm"]),
+    envvar="ZLAYER_RUNTIME",
     default="auto",
     show_default=True,
     help="Container runtime to use (" + ", ".join(RUNTIMES) + " here; the others are refused).",

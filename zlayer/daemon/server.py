@@ -91,9 +91,38 @@ def make_runtime(cfg: DaemonConfig, images: StoreImages) -> tuple[Any, str]:
         factory = getattr(importlib.import_module(mod), attr)
         rt = factory(cfg)
         return rt, getattr(rt, "name", type(rt).__name__)
+    missing = native_missing()
+    if cfg.runtime == "docker" or (cfg.runtime == "auto" and missing and _docker_answers()):
+        from zlayer.runtime.docker import DockerRuntime
+
+        if cfg.runtime == "auto":
+            log.warning("the native runtime cannot run here (%s): containers run through dockerd", missing)
+        return DockerRuntime(cfg.paths.data_dir), "docker"
     from zlayer.runtime.linux.backend import LinuxRuntime
 
     return LinuxRuntime(cfg.paths.data_dir, images, log_dir=cfg.paths.log_dir), "linux"
+
+
+def native_missing() -> str:
+    """What the native runtime needs and this host lacks (empty when it can run): root, cgroup v2, overlayfs."""
+    if os.geteuid() != 0:
+        return "not root"
+    if not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return "no cgroup v2 at /sys/fs/cgroup"
+    try:
+        if "overlay" not in Path("/proc/filesystems").read_text():
+            return "no overlayfs in the kernel"
+    except OSError:
+        return "no /proc/filesystems"
+    return ""
+
+
+def _docker_answers() -> bool:
+    from zlayer.runtime.docker import docker_socket
+
+    with contextlib.suppress(Exception):
+        return probe_socket(Path(docker_socket()))
+    return False
 
 
 def make_wasm_runtime(cfg: DaemonConfig, images: StoreImages) -> Any:

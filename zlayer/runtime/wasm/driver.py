@@ -42,7 +42,9 @@ from zlayer.runtime.protocol import (
     ContainerStats,
     ExecResult,
     ExecSession,
+    FileChange,
     LogLine,
+    PathStat,
     ProcessInfo,
 )
 
@@ -435,6 +437,23 @@ class WasmRuntime:
         st = self._read(str(cid), "state.json")
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         return [ProcessInfo(uid=os.getuid(), pid=pid, ppid=os.getpid(), stime=st.get("started_at", ""), cmd=cmd)]
+
+    # A WASM guest has no stdio to attach to and no filesystem of its own (only the preopens it is given).
+
+    async def attach(self, cid: ContainerId) -> ExecSession:
+        raise ConflictError(f"{cid} is a WASM guest: it has no stdio to attach to")
+
+    async def changes(self, cid: ContainerId) -> builtins.list[FileChange]:
+        raise ConflictError(f"{cid} is a WASM guest: it has no filesystem of its own")
+
+    async def path_stat(self, cid: ContainerId, path: str) -> PathStat:
+        raise ConflictError(f"{cid} is a WASM guest: it has no filesystem of its own")
+
+    async def get_archive(self, cid: ContainerId, path: str) -> tuple[bytes, PathStat]:
+        raise ConflictError(f"{cid} is a WASM guest: it has no filesystem of its own")
+
+    async def put_archive(self, cid: ContainerId, path: str, tar: bytes) -> None:
+        raise ConflictError(f"{cid} is a WASM guest: it has no filesystem of its own")
 
 
 # ---------------------------------------------------------------------------------------------------- spec → worker
