@@ -90,7 +90,8 @@ def cli(
 
         # ZLayer's names are accepted by the parser so the message can say what is missing, instead of the Linux
         # runtime quietly running what the user asked another runtime to run
-        hint = "available runtimes: " + ", ".join(RUNTIMES) + " (auto: linux, or wasm for a WASM image)"
+        hint = "available runtimes: " + ", ".join(RUNTIMES)
+        hint += " (auto: linux, wasm for a WASM image, docker where linux cannot run)"
         raise UsageError(f"no {runtime} runtime in this zlayer", where="--runtime", hint=hint)
     from zlayer.cli.context import CliContext
     from zlayer.paths import Paths
