@@ -53,6 +53,7 @@ Wants=network-online.target
 [Service]
 Type=notify
 NotifyAccess=main
+EnvironmentFile=-/etc/zlayer/zlayer.env
 ExecStart={shlex.join(opts.argv())}
 Restart=on-failure
 RestartSec=5s
