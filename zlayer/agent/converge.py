@@ -18,6 +18,7 @@ from zlayer.agent.hooks import ImageDigests, JobHook, SecretsHook
 from zlayer.agent.lifecycle import Lifecycle, new_replica
 from zlayer.agent.publish import Publisher
 from zlayer.agent.replica import Replica
+from zlayer.agent.spans import tracer
 from zlayer.agent.supervisor import Supervisor
 from zlayer.errors import RuntimeFailure, ZLayerError, from_os_error, with_context
 from zlayer.runtime.drivers import Drivers
@@ -230,8 +231,10 @@ class Converger:
 
     async def pull(self, deployment: str, name: str, spec: ServiceSpec) -> None:
         """Once per rollout, not per replica; a failure names the image and fails the service."""
+        attrs = {"container.image.name": spec.image.name, "zlayer.deployment": deployment, "zlayer.service": name}
         try:
-            await self.drivers.for_service(spec).pull(spec.image.name, policy=spec.image.pull_policy)
+            with tracer.start_as_current_span("image.pull", attributes=attrs):
+                await self.drivers.for_service(spec).pull(spec.image.name, policy=spec.image.pull_policy)
         except ZLayerError as e:
             await self.events.add(deployment, "pull_failed", with_context(name, e))
             raise

@@ -13,6 +13,7 @@ from zlayer.agent.hooks import AgentMetrics
 from zlayer.agent.probes import ExecFn, ProbeResult, run_health_check
 from zlayer.agent.publish import Publisher
 from zlayer.agent.replica import Replica, save
+from zlayer.agent.spans import replica_attributes, tracer
 from zlayer.errors import RuntimeFailure
 from zlayer.state import Store
 
@@ -103,6 +104,10 @@ class HealthMonitor:
 
     async def await_healthy(self, rep: Replica) -> None:
         """Wait until the replica passed a health check; a replica that keeps failing fails the rollout."""
+        with tracer.start_as_current_span("container.health", attributes=replica_attributes(rep)):
+            await self._await_healthy(rep)
+
+    async def _await_healthy(self, rep: Replica) -> None:
         h = rep.spec.health
         limit = (h.start_grace_seconds + (h.interval_seconds + h.timeout_seconds) * (h.retries + 1) + 10.0) * self.scale
         deadline = time.monotonic() + limit

@@ -17,6 +17,7 @@ from zlayer.agent.hooks import AgentMetrics, SecretsHook
 from zlayer.agent.probes import ExecFn, run_init_step
 from zlayer.agent.publish import Publisher
 from zlayer.agent.replica import Replica
+from zlayer.agent.spans import replica_attributes, tracer
 from zlayer.agent.supervisor import should_restart
 from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, ZLayerError, with_context
 from zlayer.runtime.protocol import ContainerId, ExecResult, Runtime
@@ -115,17 +116,20 @@ class Lifecycle:
         spec = rep.spec
         if self.secrets is not None and spec.env:  # the values as they are now, never kept in the agent's state
             spec = spec.model_copy(update={"env": await self.secrets.resolve(rep.deployment, rep.service, spec.env)})
-        await driver.create(rep.cid, spec, dns=self.publisher.dns_servers(rep.spec))
+        attrs = replica_attributes(rep)
         wired = False
         plumb = self.publisher.wired(rep.spec) and not driver.host_network
-        if plumb:
-            # A created container already has its namespaces (its init waits before exec): plumb eth0 now, so
-            # the process finds its network from its first instruction.
-            created = await driver.state(rep.cid)
-            if created.pid > 0:
-                rep.record.ip = await self.publisher.attach(rep, created.pid)
-                wired = True
-        await driver.start(rep.cid)
+        with tracer.start_as_current_span("container.create", attributes=attrs):
+            await driver.create(rep.cid, spec, dns=self.publisher.dns_servers(rep.spec))
+            if plumb:
+                # A created container already has its namespaces (its init waits before exec): plumb eth0 now, so
+                # the process finds its network from its first instruction.
+                created = await driver.state(rep.cid)
+                if created.pid > 0:
+                    rep.record.ip = await self.publisher.attach(rep, created.pid)
+                    wired = True
+        with tracer.start_as_current_span("container.start", attributes=attrs):
+            await driver.start(rep.cid)
         state = await driver.state(rep.cid)
         rep.record.pid = state.pid
         rep.record.state = "running"

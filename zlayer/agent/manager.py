@@ -36,6 +36,7 @@ from zlayer.agent.lifecycle import Lifecycle
 from zlayer.agent.publish import Publisher
 from zlayer.agent.readopt import readopt
 from zlayer.agent.replica import Replica, tail
+from zlayer.agent.spans import tracer
 from zlayer.agent.standalone import StandaloneContainers
 from zlayer.agent.supervisor import Supervisor
 from zlayer.agent.usage import LocalUsage
@@ -169,6 +170,10 @@ class ServiceManager:
                 await asyncio.shield(task)
 
     async def _converge(self, spec: DeploymentSpec) -> None:
+        with tracer.start_as_current_span("deploy", attributes={"zlayer.deployment": spec.deployment}):
+            await self._converge_now(spec)
+
+    async def _converge_now(self, spec: DeploymentSpec) -> None:
         name = spec.deployment
         started = time.monotonic()
         failures: list[str] = []

@@ -124,6 +124,10 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
         return _error(500, "internal", f"{type(exc).__name__}: {exc}")
 
     app.add_middleware(BodyLimits)  # before the timing middleware, so refused bodies are counted too
+    from zlayer.api.tracing import Traced, tracing_configured
+
+    if tracing_configured():
+        app.add_middleware(Traced)  # outermost: the span covers the whole request, refused bodies included
 
     metrics = context.metrics if context is not None else None
     if metrics is not None:

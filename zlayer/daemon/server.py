@@ -165,6 +165,9 @@ class Daemon:
         from zlayer.state import SqliteStore, SwitchingStore
 
         cfg = self.cfg
+        from zlayer.observability.tracing import setup_tracing
+
+        tracing = setup_tracing()  # before the API exists: its request spans need the provider
         cfg.paths.make_private()
         lock_fd = _lock_data_dir(cfg)
         sockets: list[socket.socket] = []
@@ -323,6 +326,8 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 cfg.daemon_json.unlink()
             await store.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)  # the last batch of spans leaves before the daemon does
             if security_store is not None:
                 security_store.close()
             os.close(lock_fd)
