@@ -130,10 +130,11 @@ def _deploy_and_collect(tmp_path: Path, otel: dict[str, str], got: Spans) -> lis
         spec = tmp_path / "trace.zlayer.yml"
         spec.write_text(SPEC.format(name="traced"))
         r = subprocess.run([*zl, "deploy", str(spec)], env={**env, "ZLAYER_NO_AUTOSTART": "1"}, capture_output=True,
-                           text=True, timeout=120)  # fmt: skip
+                           text=True, timeout=300)  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
-        subprocess.run([*zl, "down", "traced"], env=env, capture_output=True, timeout=120)
     finally:
+        subprocess.run([*zl, "down", "traced"], env={**env, "ZLAYER_NO_AUTOSTART": "1"}, capture_output=True,
+                       timeout=300)  # fmt: skip
         proc.terminate()  # the last batch is flushed on the way out
         assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
     return got.wait_for({"deploy", "image.pull", "container.create", "container.start", "container.health",
