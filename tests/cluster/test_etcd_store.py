@@ -150,3 +150,38 @@ def test_etcd_gone_is_a_clear_error_and_it_comes_back(etcd: EtcdProcess) -> None
         await st.close()
 
     asyncio.run(go())
+
+
+def test_only_the_node_that_won_the_leadership_writes_assignments(etcd: EtcdProcess, tmp_path: Path) -> None:
+    """The fencing key: a node that led once and was replaced (it may not know yet) writes nothing over its
+    successor's assignments."""
+    from zlayer.cluster.membership import ClusterNode, LocalConfig
+    from zlayer.cluster.view import Assignment
+
+    async def go() -> None:
+        store = SwitchingStore(SqliteStore(tmp_path / "state.db"))
+
+        def node(member: int, node_id: str) -> ClusterNode:
+            n = ClusterNode(tmp_path / f"cluster{node_id}", tmp_path / "etcd.log", store, tmp_path, 3669)
+            n.local = LocalConfig(node_id, "127.0.0.1", 3669, 9000, 2379, "", "")
+            n.client = EtcdClient([etcd.member.client_url])
+            n._member_id = member
+            return n
+
+        old, new = node(11, "1"), node(12, "2")
+        on = {n: [Assignment(deployment="app", service="web", replica=1, node_id=n)] for n in ("1", "2")}
+        with pytest.raises(EtcdError, match="no longer leads"):
+            await old.assignments().put_assignments({("app", "web"): on["1"]})  # it never won: nothing written
+        won = await old.claim_leadership()
+        assert await old.claim_leadership() == won  # the same term, the same fencing revision
+        await old.assignments().put_assignments({("app", "web"): on["1"]})
+        await new.claim_leadership()  # the next term
+        with pytest.raises(EtcdError, match="no longer leads"):
+            await old.assignments().put_assignments({("app", "web"): []})
+        await new.assignments().put_assignments({("app", "web"): on["2"]})
+        assert [a.node_id for a in await old.assignments().assignments()] == ["2"]
+        for n in (old, new):
+            await n.need()[1].close()
+        await store.close()
+
+    asyncio.run(go())

@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
+from zlayer.cluster.assignments import EtcdAssignments
 from zlayer.cluster.etcd import EtcdMember, EtcdProcess, last_line, url
 from zlayer.cluster.tokens import SigningKey, parse_ttl, read_token, token_hash
 from zlayer.cluster.view import NODE_MODES, Node, NodeResources
@@ -47,6 +48,7 @@ MAX_VOTERS = 7
 RAFT_PORT = 9000
 CLIENT_PORT = 2379
 FORCE_CONFIRM = "CONFIRM_FORCE_LEADER"
+LEADER_KEY = ROOT + "leader"
 
 
 class NotLeader(ZLayerError):
@@ -188,6 +190,7 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()  # one init/join/force-leader at a time
         self._revive_after = 0.0
+        self._won = 0  # the revision at which this node last wrote the leader key (0: it does not lead)
         self._removed_said = False
 
     # local config -----------------------------------------------------------------------------------------------
@@ -710,9 +713,35 @@ class ClusterNode:
             await asyncio.sleep(tick)
             try:
                 if await self.is_leader():
+                    await self.claim_leadership()
                     await self._monitor_once()
+                else:
+                    self._won = 0
             except ZLayerError as e:
                 log.warning("cluster: monitor pass failed: %s", e)
+
+    async def claim_leadership(self) -> int:
+        """The leader writes its name to ``/zlayer/cluster/leader`` once per term and keeps the revision of that
+        write: :meth:`leader_guard` makes every leader-only write conditional on it, so a node that was the leader
+        (and may not know yet that it no longer is) cannot overwrite what its successor wrote."""
+        local, client = self.need()
+        kv = await client.get(LEADER_KEY)
+        if kv is not None and kv.json().get("member") == self._member_id:
+            self._won = self._won or kv.mod_revision
+            return self._won
+        self._won = await client.put(LEADER_KEY, {"node_id": local.node_id, "member": self._member_id,
+                                                  "since": _ms()})  # fmt: skip
+        log.info("cluster: node %s leads the cluster (fencing revision %d)", local.node_id, self._won)
+        return self._won
+
+    def leader_guard(self) -> list[dict[str, Any]]:
+        """The comparison a leader-only write carries: the leader key unchanged since this node won it (a node
+        that has not won it gets one that never holds)."""
+        return [mod_is(LEADER_KEY, self._won if self._won else 1 << 62)]
+
+    def assignments(self) -> EtcdAssignments:
+        """Where replicas run (:mod:`zlayer.cluster.assignments`), written under this node's leadership."""
+        return EtcdAssignments(self.need()[1], guard=self.leader_guard)
 
     async def _monitor_once(self) -> None:
         _, client = self.need()
