@@ -280,3 +280,26 @@ def status(unit_dir: str | None, output: str) -> None:
         else:
             click.echo(f"Daemon: not running (socket {paths.socket})")
     sys.exit(0 if running else 1)
+
+
+@daemon.command("reset")
+@click.option("--force", is_flag=True, help="Really delete the node's cluster state (there is no prompt).")
+def reset(force: bool) -> None:
+    """Forget this node's cluster membership: delete DATA/cluster (its etcd member and node identity).
+
+    The daemon must be stopped. At its next start the node is a single node again, with its own SQLite state; join
+    it to a cluster anew with `zlayer node join`. Images, volumes and the single-node state are kept."""
+    from zlayer.config import probe_socket
+
+    paths = cli_ctx().paths
+    cluster = paths.data_dir / "cluster"
+    if probe_socket(paths.socket) or _alive(int(str(_info().get("pid") or 0))):
+        raise UsageError("the daemon is running: stop it first (`zlayer daemon stop`)", where=str(paths.socket))
+    if not force:
+        raise UsageError(f"this deletes {cluster} (the node's cluster membership and identity)",
+                         hint="pass --force to confirm")  # fmt: skip
+    if not cluster.exists():
+        click.echo(f"Nothing to reset: {cluster} does not exist")
+        return
+    shutil.rmtree(cluster)
+    click.echo(f"Deleted {cluster}; the node starts as a single node next time")

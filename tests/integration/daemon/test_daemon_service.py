@@ -147,3 +147,21 @@ def test_install_keeps_the_secret_in_a_private_dropin(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "zlayer", "daemon", "install", "--no-start", "--bind", "nonsense",
                           "--unit-dir", str(units)], env=_env(), capture_output=True, text=True)  # fmt: skip
     assert bad.returncode != 0 and "--bind 'nonsense'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_reset_forgets_cluster_state_only_when_stopped_and_forced(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    started = _zl(data, "daemon", "start")
+    try:
+        assert started.returncode == 0, started.stderr
+        (data / "cluster" / "etcd").mkdir(parents=True)  # what `zlayer node init` leaves (its etcd and identity)
+        (data / "cluster" / "node.json").write_text("{}")
+        running = _zl(data, "daemon", "reset", "--force")
+        assert running.returncode != 0 and "stop it first" in running.stderr and (data / "cluster").exists()
+    finally:
+        _zl(data, "daemon", "stop")
+    refused = _zl(data, "daemon", "reset")
+    assert refused.returncode != 0 and "pass --force" in refused.stderr and (data / "cluster").exists()
+    done = _zl(data, "daemon", "reset", "--force")
+    assert done.returncode == 0 and not (data / "cluster").exists() and (data / "state.db").exists()
+    assert "Traceback" not in refused.stderr + running.stderr + done.stderr
