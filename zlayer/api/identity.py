@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from zlayer.api.auth import AUDIT, actor_of
+from zlayer.api.auth import AUDIT, CLAIMS, actor_of
 from zlayer.errors import DaemonError, NotFoundError, RateLimitedError
 from zlayer.security.rbac import Actor, Grant
 from zlayer.security.service import SESSION_SECS, Security
@@ -129,8 +129,12 @@ async def login(body: LoginRequest, request: Request, response: Response, s: Sec
     return _login_response(response, s, user)
 
 
-@router.post("/auth/logout", status_code=204, summary="End the browser session (clears its cookies).")
-async def logout() -> Response:
+@router.post("/auth/logout", status_code=204, summary="End the session: its token stops working, cookies cleared.")
+async def logout(request: Request) -> Response:
+    claims = request.scope.get(CLAIMS)
+    s: Security | None = getattr(request.app.state, "security", None)
+    if isinstance(claims, dict) and s is not None:
+        s.logout(claims)
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")

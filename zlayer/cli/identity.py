@@ -87,8 +87,31 @@ def login(email: str, password: str | None) -> None:
 
 @auth.command("logout")
 def logout() -> None:
-    """Forget the saved session."""
+    """End the saved session: the daemon stops taking its token, and the file is removed."""
     path = session_file()
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = None
+    if isinstance(saved, dict) and isinstance(saved.get("token"), str):
+        from zlayer.client import Client
+        from zlayer.errors import ZLayerError
+
+        c = cli_ctx()
+        client = Client(socket=c.paths.socket, host=saved.get("host"), token=saved["token"],
+                        data_dir=c.paths.data_dir, auto_start=False)  # fmt: skip
+
+        async def go() -> None:
+            try:
+                await client.request("POST", "/auth/logout")
+            except ZLayerError as e:  # the daemon is away: the file goes anyway, the token expires in a day
+                click.echo(f"zlayer: warning: the daemon was not told: {e}", err=True)
+            finally:
+                await client.close()
+
+        import asyncio
+
+        asyncio.run(go())
     try:
         path.unlink()
     except FileNotFoundError:

@@ -137,6 +137,9 @@ class Security:
             raise AuthError("invalid token")
         cap = Level.ADMIN if user.role == "admin" else Level.WRITE
         kid = claims.get("kid")
+        sid = claims.get("sid")
+        if isinstance(sid, str) and self.store.session_revoked(sid):
+            raise AuthError("invalid token")
         if kid is None:
             return Actor(user.email, cap, user_id=user.id, roles=(user.role,), via="session")
         key = self.store.get_key(str(kid))
@@ -163,7 +166,16 @@ class Security:
         return self.store.update_user(user.id, last_login_at=now())
 
     def session_token(self, user: User) -> str:
-        return create_token(self.jwt_secret, user.id, SESSION_SECS, [user.role], {"uid": user.id, "email": user.email})
+        extra = {"uid": user.id, "email": user.email, "sid": secrets.token_urlsafe(16)}
+        return create_token(self.jwt_secret, user.id, SESSION_SECS, [user.role], extra)
+
+    def logout(self, claims: dict[str, Any]) -> bool:
+        """End the session ``claims`` belong to (its token and cookie stop working); False: not a session."""
+        sid, exp = claims.get("sid"), claims.get("exp")
+        if not isinstance(sid, str) or not isinstance(exp, int | float):
+            return False
+        self.store.revoke_session(sid, float(exp))
+        return True
 
     def exchange(self, key_id: str, key_secret: str) -> tuple[str, int]:
         """``POST /auth/token``: an API key and its secret (or an account's email and password) for a bearer token."""

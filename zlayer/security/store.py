@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS secrets (
     scope TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, value BLOB NOT NULL,
     created_at TEXT NOT NULL, PRIMARY KEY (scope, name, version));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS revoked_sessions (sid TEXT PRIMARY KEY, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS oidc_identities (
     provider TEXT NOT NULL, subject TEXT NOT NULL, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     created_at TEXT NOT NULL, PRIMARY KEY (provider, subject));
@@ -174,6 +175,8 @@ class SecurityStore(Protocol):
     def get_secret(self, scope: str, name: str, version: int | None = None) -> SecretVersion | None: ...
     def list_secrets(self, scope: str | None) -> list[SecretVersion]: ...
     def delete_secret(self, scope: str, name: str) -> bool: ...
+    def revoke_session(self, sid: str, expires: float) -> None: ...
+    def session_revoked(self, sid: str) -> bool: ...
     def get_identity(self, provider: str, subject: str) -> str | None: ...
     def add_identity(self, provider: str, subject: str, user_id: str) -> None: ...
     def close(self) -> None: ...
@@ -459,6 +462,17 @@ class SqliteSecurityStore:
         with self._tx() as db:
             if db.execute("DELETE FROM variables WHERE id=?", (var_id,)).rowcount == 0:
                 raise NotFoundError(f"variable {var_id!r} not found", where=f"variables/{var_id}")
+
+    # sessions ended by logout (until they would have expired anyway)
+    def revoke_session(self, sid: str, expires: float) -> None:
+        import time
+
+        with self._tx() as db:
+            db.execute("DELETE FROM revoked_sessions WHERE expires < ?", (time.time(),))
+            db.execute("INSERT OR REPLACE INTO revoked_sessions VALUES (?, ?)", (sid, expires))
+
+    def session_revoked(self, sid: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM revoked_sessions WHERE sid=?", (sid,)))
 
     # OIDC identities: (provider, sub) -> account
     def get_identity(self, provider: str, subject: str) -> str | None:
