@@ -25,7 +25,7 @@ void h1_request_end(conn_t *c, int ok)
     if (c->rt)
         route_account(c->rt->st, ok, c->status, &c->t0, c->req_bytes, c->resp_bytes);
     if (c->a.be)
-        atomic_fetch_sub_explicit(&c->a.be->active, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&c->a.be->cnt->active, 1, memory_order_relaxed);
     c->a.be = NULL;
     c->rt = NULL;
     table_unref(c->t);

@@ -40,12 +40,20 @@ enum { T_LISTEN = 1, T_CLIENT, T_UP, T_WAKE, T_H2 };
 struct worker;
 
 /* ---- l7_table.c ---- */
+/* A backend's requests in flight. The same backend (group and address) in successive tables shares one: a request
+ * holds the table it started on, so a count per table would lose it at the next swap (a draining replica would
+ * read idle while it still serves, least-connections would forget the load). Freed with the last table using it. */
+typedef struct {
+    _Atomic uint64_t active;
+    _Atomic long ref;
+} bcount_t;
+
 typedef struct {
     struct sockaddr_storage addr;
     socklen_t alen;
     char name[64];
     _Atomic int healthy;
-    _Atomic uint64_t active;
+    bcount_t *cnt;
     _Atomic uint64_t ejected_until_ms;
 } backend_t;
 

@@ -18,8 +18,14 @@ void table_unref(table_t *t)
         free(t->r[i].host);
         free(t->r[i].prefix);
     }
-    for (size_t i = 0; i < t->ng; i++)
+    for (size_t i = 0; i < t->ng; i++) {
+        for (size_t j = 0; j < t->g[i].n; j++) {
+            bcount_t *c = t->g[i].b[j].cnt;
+            if (c != NULL && atomic_fetch_sub(&c->ref, 1) == 1)
+                free(c);
+        }
         free(t->g[i].b);
+    }
     free(t->r);
     free(t->g);
     free(t);
@@ -59,8 +65,29 @@ void stats_free(rstats_t *s)
     }
 }
 
-static int build_groups(table_t *t, const char *const *names, const l7_backend_def_t *const *groups,
-                        const size_t *ngb, size_t ngroups, char *err, size_t errlen)
+/* The in-flight count of backend b of group name: the one the same backend has in table old, or a new one. */
+static bcount_t *count_for(const table_t *old, const char *name, const backend_t *b)
+{
+    for (size_t i = 0; old != NULL && i < old->ng; i++) {
+        if (strcmp(old->g[i].name, name) != 0)
+            continue;
+        for (size_t j = 0; j < old->g[i].n; j++) {
+            const backend_t *o = &old->g[i].b[j];
+            if (o->cnt != NULL && o->alen == b->alen && memcmp(&o->addr, &b->addr, b->alen) == 0) {
+                atomic_fetch_add(&o->cnt->ref, 1);
+                return o->cnt;
+            }
+        }
+    }
+    bcount_t *c = calloc(1, sizeof(*c));
+    if (c != NULL)
+        atomic_init(&c->ref, 1);
+    return c;
+}
+
+static int build_groups(table_t *t, const table_t *old, const char *const *names,
+                        const l7_backend_def_t *const *groups, const size_t *ngb, size_t ngroups, char *err,
+                        size_t errlen)
 {
     for (size_t i = 0; i < ngroups; i++, t->ng++) {
         group_t *g = &t->g[i];
@@ -82,6 +109,12 @@ static int build_groups(table_t *t, const char *const *names, const l7_backend_d
             }
             snprintf(b->name, sizeof(b->name), "%s:%d", d->host, d->port);
             atomic_init(&b->healthy, d->healthy ? 1 : 0);
+            b->cnt = count_for(old, g->name, b);
+            if (b->cnt == NULL) {
+                snprintf(err, errlen, "out of memory building the route table");
+                t->ng++;
+                return -1;
+            }
         }
     }
     return 0;
@@ -137,7 +170,9 @@ int l7_apply(l7_proxy_t *p, const l7_route_def_t *routes, size_t nroutes, const 
         table_unref(t);
         return -1;
     }
-    int rc = build_groups(t, group_names, groups, ngb, ngroups, err, errlen);
+    table_t *prev = table_get(p); /* counts of backends it shares with the new table carry over */
+    int rc = build_groups(t, prev, group_names, groups, ngb, ngroups, err, errlen);
+    table_unref(prev);
     pthread_mutex_lock(&p->mu);
     for (size_t i = 0; i < nroutes && rc == 0; i++)
         rc = build_route(p, t, &routes[i], err, errlen);
@@ -215,7 +250,7 @@ size_t l7_backend_active(l7_proxy_t *p, char (*keys)[192], uint64_t *active, siz
         for (size_t j = 0; j < t->g[i].n; j++, n++)
             if (n < cap) {
                 snprintf(keys[n], 192, "%s|%s", t->g[i].name, t->g[i].b[j].name);
-                active[n] = atomic_load(&t->g[i].b[j].active);
+                active[n] = atomic_load(&t->g[i].b[j].cnt->active);
             }
     table_unref(t);
     return n;
@@ -262,7 +297,7 @@ backend_t *backend_pick(group_t *g, double now, const backend_t *avoid)
         }
         if (!g->least)
             return b;
-        uint64_t a = atomic_load_explicit(&b->active, memory_order_relaxed);
+        uint64_t a = atomic_load_explicit(&b->cnt->active, memory_order_relaxed);
         if (a < best_active) {
             best = b;
             best_active = a;

@@ -132,9 +132,9 @@ int up_attach(worker_t *w, attach_t *a, backend_t *avoid, void *owner, const up_
             return -1;
         a->tries++;
         if (a->be)
-            atomic_fetch_sub_explicit(&a->be->active, 1, memory_order_relaxed);
+            atomic_fetch_sub_explicit(&a->be->cnt->active, 1, memory_order_relaxed);
         a->be = b;
-        atomic_fetch_add_explicit(&b->active, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->cnt->active, 1, memory_order_relaxed);
         a->up = up_open(w, b, 0, owner, ops);
         if (a->up)
             return 0;
@@ -164,7 +164,7 @@ void up_detach(attach_t *a)
     up_close(a->up);
     a->up = NULL;
     if (a->be)
-        atomic_fetch_sub_explicit(&a->be->active, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&a->be->cnt->active, 1, memory_order_relaxed);
     a->be = NULL;
 }
 
