@@ -183,6 +183,7 @@ class LinuxRuntime:
         # two daemons on one host would share a container's cgroup, and one's stop (SIGKILL to every process of
         # the cgroup) would kill the other's replica.
         self.node_tag = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:8]
+        self._cgroups: dict[str, tuple[Path, ...]] = {}  # a live container's cgroup directories, for stats
         self._consoles: dict[str, Console] = {}  # containers whose stdio this daemon holds (stdin_open)
         for d in (self.state_root, self.bundles, self.log_dir):
             private_dir(d)  # container filesystems, specs and output: nothing for other host users
@@ -215,6 +216,7 @@ class LinuxRuntime:
 
     async def create(self, cid: ContainerId, service: ServiceSpec, *, dns: Sequence[str] = ()) -> None:
         name = str(cid)
+        self._cgroups.pop(name, None)
         spec = service
         image = spec.image.name
         with contextlib.suppress(NotFoundError):
@@ -415,6 +417,7 @@ class LinuxRuntime:
 
     async def remove(self, cid: ContainerId, *, force: bool = False) -> None:
         name = str(cid)
+        self._cgroups.pop(name, None)
         meta = self._meta(name)
         if not force:
             with contextlib.suppress(NotFoundError, RuntimeFailure):
@@ -493,12 +496,19 @@ class LinuxRuntime:
             yield line
 
     async def stats(self, cid: ContainerId) -> ContainerStats:
-        st = await self._shim_state(str(cid))
-        if st.cgroup_paths and not any(p.is_dir() for p in st.cgroup_paths):
+        name = str(cid)
+        paths = self._cgroups.get(name)
+        if paths is None:  # read once per container: the autoscaler samples every replica every round
+            st = await self._shim_state(name)
+            paths = st.cgroup_paths
+            if st.status in ("created", "running", "paused"):
+                self._cgroups[name] = paths
+        if paths and not any(p.is_dir() for p in paths):
             # Figures read as zero from a cgroup that is gone would pass for an idle container.
-            shown = ", ".join(str(p) for p in st.cgroup_paths)
-            raise RuntimeFailure(f"the cgroup of container {cid} is gone ({shown})", where=str(cid))
-        return cgroups.read_stats(st.cgroup_paths)
+            self._cgroups.pop(name, None)
+            shown = ", ".join(str(p) for p in paths)
+            raise RuntimeFailure(f"the cgroup of container {cid} is gone ({shown})", where=name)
+        return cgroups.read_stats(paths)
 
     async def state(self, cid: ContainerId) -> ContainerState:
         return _to_state(await self._shim_state(str(cid)))

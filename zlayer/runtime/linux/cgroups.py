@@ -42,8 +42,15 @@ def _kv(path: Path) -> dict[str, int]:
 
 
 def _find(paths: Sequence[Path], name: str) -> Path | None:
-    for p in paths:
-        f = p / name
+    """The first directory holding ``name``; on v1 the controller's own hierarchy (``memory.*`` under
+    ``.../memory/...``, ``cpuacct.*`` under ``.../cpu,cpuacct/...``) is looked at first, so a stats sample costs a
+    stat per file rather than one per hierarchy per file."""
+    ctrl = name.split(".", 1)[0]
+    marks = (f"/{ctrl}/", f"/{ctrl},", f",{ctrl}/", f",{ctrl},")
+    texts = [f"{p}/" for p in paths]
+    own = [i for i, t in enumerate(texts) if any(m in t for m in marks)]
+    for i in (*own, *(i for i in range(len(paths)) if i not in own)):
+        f = paths[i] / name
         if f.exists():
             return f
     return None
