@@ -33,16 +33,11 @@ class LocalUsage:
         self._requests: dict[tuple[str, str], tuple[int, float]] = {}  # service -> (requests so far, when)
         self._counts: tuple[float, Mapping[tuple[str, str], int]] | None = None
         self._counting: asyncio.Lock = asyncio.Lock()
+        self._index: tuple[float, dict[tuple[str, str], list[Replica]]] | None = None
 
     async def sample(self, deployment: str, service: str, spec: ServiceSpec, metrics: Iterable[str]) -> Sample:
         wanted = set(metrics)
-        reps = [
-            r
-            for r in self.replicas.values()
-            if r.deployment == deployment and r.service == service and not r.stopping and r.record.state == "running"
-        ]
-        for gone in [k for k in self._cpu if k not in self.replicas]:
-            del self._cpu[gone]
+        reps = [r for r in self._by_service().get((deployment, service), []) if not r.stopping]
         cpu: list[float] = []
         mem: list[float] = []
         if wanted & {"cpu", "memory"}:
@@ -57,6 +52,19 @@ class LocalUsage:
             memory=sum(mem) / len(mem) if mem and "memory" in wanted else None,
             rps=rps,
         )
+
+    def _by_service(self) -> dict[tuple[str, str], list[Replica]]:
+        """The running replicas by service, indexed once per round (a round samples every service)."""
+        now = time.monotonic()
+        if self._index is None or now - self._index[0] > COUNTS_FRESH:
+            index: dict[tuple[str, str], list[Replica]] = {}
+            for r in self.replicas.values():
+                if r.record.state == "running":
+                    index.setdefault((r.deployment, r.service), []).append(r)
+            self._index = (now, index)
+            for gone in [k for k in self._cpu if k not in self.replicas]:
+                del self._cpu[gone]
+        return self._index[1]
 
     async def _replica(self, rep: Replica) -> tuple[float | None, float]:
         """(CPU % of the node since the last sample — None on the first —, memory % of its limit or the node)."""

@@ -36,8 +36,13 @@ COOLDOWN = 3
 BURN = (
     "mkdir -p /www/cgi-bin; printf '%s\\n' '#!/bin/sh' 'i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done' "
     "'echo Content-Type: text/plain' 'echo' 'echo burnt' > /www/cgi-bin/burn; chmod +x /www/cgi-bin/burn; "
+    # and one that takes a second without using CPU: requests in flight while replicas are removed
+    "printf '%s\\n' '#!/bin/sh' 'sleep 1' 'echo Content-Type: text/plain' 'echo' 'echo slept' > /www/cgi-bin/slow; "
+    "chmod +x /www/cgi-bin/slow; "
 )
-HTTPD = "exec /bin/busybox httpd -f -p 8080 -h /www"
+# PID 1 is a shell that exits at SIGTERM (busybox httpd as PID 1 would ignore it until the SIGKILL): a replica
+# removed without being drained first would cut the requests it serves.
+HTTPD = "/bin/busybox httpd -f -p 8080 -h /www & trap 'exit 0' TERM; wait"
 
 
 def spec(name: str, port: int, targets: str, *, lo: int = 1, hi: int = 3, setup: str = "", extra: str = "") -> str:
@@ -158,8 +163,10 @@ def test_cpu_load_scales_up_to_max_and_back_to_min_with_no_failed_request(node: 
         up = wait_desired(node, name, 3, 90)
     assert up["scale_mode"] == "adaptive" and (up["min_replicas"], up["max_replicas"]) == (1, 3)
     assert up["metrics"]["cpu_percent"] > 0
-    with node.probing(port) as idle_probe:
+    # Scaling down with requests always in flight (each takes a second): every replica removed is drained first.
+    with node.probing(port) as idle_probe, load(node, port, "/cgi-bin/slow", clients=3) as slow:
         wait_desired(node, name, 1, 90)
+    assert slow.ok > 0 and slow.failures == [], slow.failures[:5]
     events = scale_events(node, name)
     assert [(e["data"]["from"], e["data"]["to"]) for e in events] == [(1, 2), (2, 3), (3, 2), (2, 1)], events
     assert all(e["data"]["metric"] == "cpu" for e in events), events
