@@ -121,11 +121,14 @@ def test_wasm_jobs_cron_and_service_from_a_registry(
     assert rep["runtime"] == "wasm", rep
     r = node.zl("ps", "-c", "--deployment", dep)
     assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[0].split()
     (row,) = [line.split() for line in r.stdout.splitlines() if rep["id"] in line]
-    assert row[5:7] == ["wasm", "running"], r.stdout  # RUNTIME, STATE
+    assert (row[header.index("RUNTIME")], row[header.index("STATE")]) == ("wasm", "running"), r.stdout
     r = node.zl("status", dep)
-    assert r.returncode == 0 and any(x.split()[:1] == ["forever"] and x.split()[-1] == "wasm"
-                                     for x in r.stdout.splitlines()), r.stdout  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    header = next(x.split() for x in r.stdout.splitlines() if x.split()[:1] == ["SERVICE"])
+    forever = next(x.split() for x in r.stdout.splitlines() if x.split()[:1] == ["forever"])
+    assert forever[header.index("RUNTIME")] == "wasm", r.stdout
     stats = node.api("GET", f"/api/v1/containers/{rep['id']}/stats")
     assert stats["memory_bytes"] > 0, stats
 
