@@ -75,7 +75,19 @@ def declare_bearer(doc: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     """The REST API of one daemon. Route modules are imported here, at daemon start, not at CLI start."""
-    from zlayer.api import cluster, containers, deployments, health, identity, images, jobs, proxy, secrets, services
+    from zlayer.api import (
+        builds,
+        cluster,
+        containers,
+        deployments,
+        health,
+        identity,
+        images,
+        jobs,
+        proxy,
+        secrets,
+        services,
+    )
 
     app = FastAPI(
         title="ZLayer API",
@@ -89,7 +101,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     app.openapi = lambda: declare_bearer(generate())  # type: ignore[method-assign]
     app.state.ctx = context
     app.state.security = getattr(context, "security", None)
-    for mod in (health, deployments, services, containers, images, jobs, proxy, identity, cluster, secrets):
+    for mod in (health, deployments, services, containers, images, jobs, proxy, identity, cluster, secrets, builds):
         app.include_router(mod.router)
     app.include_router(images.system)
 

@@ -108,6 +108,7 @@ class BuildOptions:
     no_cache: bool = False
     secrets: dict[str, Path] = field(default_factory=dict)
     insecure: tuple[str, ...] = ()
+    push: bool = False
 
 
 @dataclass
@@ -248,8 +249,9 @@ class Builder:
             return None
         chain = chain_of(parent, diff_id)
         try:
-            if not self.store.has_blob(desc["digest"]):
-                return None
+            blob = self.store.blob_path(desc["digest"])
+            if not blob.is_file() or blob.stat().st_size != desc["size"]:
+                return None  # gone (pruned), or cut short by a crash before it reached the disk
             if not self.store.layer_complete(chain):
                 self.store.unpack_one_layer(desc["digest"], diff_id, chain)
         except (ImageError, OSError):
@@ -285,6 +287,7 @@ class _Run:
                     self.meta[name] = value
         self.step_no = 0
         self.total = 0
+        self.wrote = 0  # layers this build made (not taken from the cache)
 
     def cleanup(self) -> None:
         for snap in self.snapshots:
@@ -345,6 +348,8 @@ class _Run:
         self.total = sum(1 + len(s.instructions) for s in stages)
         for stage in stages:
             self.done[stage.index] = await self._stage(stage)
+        if self.wrote:
+            await _thread(_syncfs, self.store.root)
         return await _thread(commit_image, self.store, self.done[target.index], self.opts.tags, self.b.work / "cache")
 
     # -- stages -------------------------------------------------------------------------------------------------
@@ -520,6 +525,7 @@ class _Run:
                     _mkdir_p(snap.merged, st.workdir_pending)
                 await action(snap)
                 layer = await _thread(snap.commit, self.store, st.chain)
+                self.wrote += 1
             finally:
                 snap.discard()
                 self.snapshots.remove(snap)
@@ -790,6 +796,22 @@ async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
         with contextlib.suppress(BaseException):
             await fut
         raise
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` once: the layers a build wrote (without an fsync each) reach the disk
+    before the image that names them is recorded."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def _summary(ins: Instruction, limit: int = 100) -> str:

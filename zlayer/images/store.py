@@ -476,20 +476,22 @@ class ImageStore:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
 
-    def adopt_blob(self, path: Path, digest: str) -> None:
+    def adopt_blob(self, path: Path, digest: str, *, durable: bool = True) -> None:
         """Move a file the caller wrote under ``tmp/`` and whose sha256 it computed while writing (a layer tarball a
-        build made) into place as the blob ``digest``; an existing blob of that digest wins."""
+        build made) into place as the blob ``digest``; an existing blob of that digest wins. ``durable=False``
+        leaves the directory's fsync to a later durable write (a build's image record)."""
         final = self.blob_path(digest)
         try:
             if final.exists():
                 path.unlink()
                 return
             os.rename(path, final)
-            _fsync_dir(final.parent)
+            if durable:
+                _fsync_dir(final.parent)
         except OSError as e:
             raise StoreError(f"cannot store blob {digest}: {e.strerror or e}") from e
 
-    def adopt_layer(self, work: Path, diff_id: str, chain: str, size: int) -> None:
+    def adopt_layer(self, work: Path, diff_id: str, chain: str, size: int, *, durable: bool = True) -> None:
         """Make ``work/fs`` (a directory under ``tmp/`` already in overlayfs form, e.g. a build step's upper
         directory) the unpacked layer ``chain``; a complete layer already there wins and ``work`` is removed."""
         final = self.root / "layers" / _hex(chain)
@@ -501,7 +503,8 @@ class ImageStore:
                     if final.exists():
                         shutil.rmtree(final)  # a crash left a partial one
                     os.rename(work, final)
-                    _fsync_dir(final.parent)
+                    if durable:
+                        _fsync_dir(final.parent)
         except OSError as e:
             raise StoreError(f"layer {chain}: cannot store {work}: {e.strerror or e}") from e
         finally:
