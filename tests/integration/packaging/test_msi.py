@@ -91,6 +91,8 @@ def test_msi_holds_the_launcher_and_the_package(msi: Path, tmp_path: Path) -> No
     subprocess.run(["msiextract", "-C", str(tmp_path), str(msi)], capture_output=True, check=True)
     (exe,) = tmp_path.rglob("zlayer.exe")
     assert exe.read_bytes()[:2] == b"MZ"
+    # the service's command line (windows_service(): "... --service") makes the launcher the SCM's service host
+    assert " --service".encode("utf-16-le") in exe.read_bytes() and b"StartServiceCtrlDispatcherW" in exe.read_bytes()
     assert "PE32+ executable" in subprocess.run(["file", str(exe)], capture_output=True, text=True).stdout
     assert "x86-64" in subprocess.run(["file", str(exe)], capture_output=True, text=True).stdout
     pkg = exe.parent / "lib" / "zlayer"
