@@ -88,7 +88,8 @@ def test_deploy_dry_run_ps_status_logs_exec_stop_down(
     table = ok(zl(node, "ps", "--deployment", name))
     assert re.search(rf"{name}\s+web\s+2/2\s+", table), table
     ctable = ok(zl(node, "ps", "--deployment", name, "--containers"))
-    assert len(re.findall(rf"{name}\s+web\s+web-rep-\d\s+\d\s+zlayer-svc/httpd:v1\s+linux\s+running", ctable)) == 2, ctable
+    row = rf"{name}\s+web\s+web-rep-\d\s+\d\s+zlayer-svc/httpd:v1\s+linux\s+running"
+    assert len(re.findall(row, ctable)) == 2, ctable
 
     status = ok(zl(node, "status"))
     assert "Daemon: running (pid" in status and re.search(rf"Deployment {name}: running", status), status
