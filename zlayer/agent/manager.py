@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zlayer.agent.autoscale import DEFAULT_INTERVAL, Autoscaler, Decision, ScalableService
@@ -89,6 +90,7 @@ class ServiceManager:
         traffic: TrafficHook | None = None,
         health_scale: float = 1.0,
         autoscale_interval: float = DEFAULT_INTERVAL,
+        standalone_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.ports = ports
@@ -105,7 +107,7 @@ class ServiceManager:
                                      health_scale)  # fmt: skip
         self.converger = Converger(store, self.events, self.drivers, self.lifecycle, self.supervisor, self.health,
                                    self.publisher, self.externals, jobs, images, health_scale, secrets)  # fmt: skip
-        self.standalone = StandaloneContainers(store, self.events, self.drivers, self.lifecycle)
+        self.standalone = StandaloneContainers(store, self.events, self.drivers, self.lifecycle, standalone_dir)
         self._specs: dict[str, DeploymentSpec] = {}  # the deployed spec of every deployment, by name
         self._deploy_tasks: dict[str, asyncio.Task[None]] = {}
         self._unrecorded: dict[str, tuple[str, str]] = {}  # deployment → (status, message) the store could not take
@@ -361,7 +363,9 @@ class ServiceManager:
                 await self.store.set_deployment_status(dep.name, "failed", f"stored spec no longer parses: {e}")
                 stored = await self.store.list_services(dep.name)
                 services[dep.name] = {svc.name: self.service_spec(svc) for svc in stored}
-        await readopt(self.store, self.drivers, self.lifecycle, self.supervisor, services)
+        taken = await self.standalone.restore()
+        await readopt(self.store, self.drivers, self.lifecycle, self.supervisor, services, taken)
+        await self.standalone.readopt()
         for dep in deployments:
             if dep.status != "stopped" and dep.name in self._specs:
                 self._spawn_converge(self._specs[dep.name])

@@ -39,14 +39,16 @@ async def readopt(
     lifecycle: Lifecycle,
     supervisor: Supervisor,
     specs: dict[str, dict[str, ServiceSpec]],
+    standalone: frozenset[str] | set[str] = frozenset(),
 ) -> None:
     """Watch again every running replica of a known deployment (``specs``: its services' specs); remove orphans,
-    replicas recorded as failed, exited or still pending, and records whose container is gone."""
-    known = {c.id: c for c in await store.list_containers()}
+    replicas recorded as failed, exited or still pending, and records whose container is gone. The ``standalone``
+    containers taken back (:meth:`zlayer.agent.standalone.StandaloneContainers.restore`) are theirs to watch."""
+    known = {c.id: c for c in await store.list_containers() if c.id not in standalone}
     live = await _live(drivers)
     for cid_text, (info, driver) in live.items():
-        if cid_text.startswith("job-"):
-            continue  # job containers belong to the JobManager
+        if cid_text.startswith("job-") or cid_text in standalone:
+            continue  # job containers belong to the JobManager, standalone ones to StandaloneContainers
         rec = known.get(cid_text)
         # "pending": the old daemon stopped between starting it and recording it running (its after-start init,
         # address and port mappings unrecorded): it is replaced, not adopted half-known.

@@ -5,23 +5,33 @@ unpause, wait, rename, update, remove. A standalone container runs on the node's
 replica does (through :class:`~zlayer.agent.lifecycle.Lifecycle`: created, wired, started, recorded in the store, so
 ``zlayer ps -c`` lists it), but no service stands behind it: nothing replaces it when it goes, and it restarts only
 as its own restart policy says (Docker's ``no``, ``always``, ``unless-stopped``, ``on-failure[:N]``).
+
+A container outlives the daemon as a replica does (its shim, or dockerd, keeps it): what the store's record does not
+hold — the service block it was made from, its restart policy, its runs' times and what the API that made it keeps
+(``extra``: Docker's id, name and config) — is written to ``DATA/standalone/<id>.json`` at each change, and a new
+daemon takes each one back (:meth:`StandaloneContainers.restore` before the deployments' re-adoption, then
+:meth:`StandaloneContainers.readopt`): a running one is watched again, one that ended while no daemon watched is
+recorded exited (and restarted or removed as its policy says), an exited one stays listed until removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zlayer.agent.events import Events
 from zlayer.agent.lifecycle import Lifecycle
 from zlayer.agent.replica import Replica, save
 from zlayer.errors import ConflictError, NotFoundError, RuntimeFailure, SpecError, ZLayerError
+from zlayer.paths import write_atomic
 from zlayer.runtime.drivers import Drivers
 from zlayer.runtime.protocol import ContainerId, ContainerState
 from zlayer.state import ContainerRecord, Store
@@ -70,6 +80,8 @@ class Standalone:
 
     record: ContainerRecord
     spec: ServiceSpec
+    source: dict[str, Any] = field(default_factory=dict)  # the service block ``spec`` was checked from
+    extra: dict[str, Any] = field(default_factory=dict)  # what the API that made it keeps (kept with it on disk)
     restart: str = "no"
     max_retries: int = 0
     auto_remove: bool = False
@@ -110,7 +122,10 @@ Removed = Callable[[Standalone], Awaitable[None]]
 class StandaloneContainers:
     """The node's standalone containers, by record id."""
 
-    def __init__(self, store: Store, events: Events, drivers: Drivers, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self, store: Store, events: Events, drivers: Drivers, lifecycle: Lifecycle, state_dir: Path | None = None
+    ) -> None:
+        self.state_dir = state_dir  # where each container's definition is kept for the next daemon (None: nowhere)
         self.store = store
         self.events = events
         self.drivers = drivers
@@ -137,18 +152,22 @@ class StandaloneContainers:
         cid: ContainerId,
         spec: ServiceSpec,
         *,
+        source: dict[str, Any],
         restart: str = "no",
         max_retries: int = 0,
         auto_remove: bool = False,
+        extra: dict[str, Any] | None = None,
     ) -> Standalone:
-        """Record a container made from ``spec`` (already checked as a deploy's spec is); it runs at :meth:`start`."""
+        """Record a container made from ``spec`` (checked from the service block ``source`` as a deploy's spec is;
+        the next daemon checks it again from there); it runs at :meth:`start`."""
         driver = self.drivers.for_service(spec)
         await driver.pull(spec.image.name, policy="never")  # an image the node does not have: refused here
         rec = ContainerRecord(str(cid), deployment, name, cid.replica, image=spec.image.name, state="created",
                               created_at=now())  # fmt: skip
-        c = Standalone(rec, spec, restart, max_retries, auto_remove)
+        c = Standalone(rec, spec, source, dict(extra or {}), restart, max_retries, auto_remove)
         await self.store.put_container(rec)
         self.by_id[rec.id] = c
+        await self.save(c)
         self._tell(c, "create")
         return c
 
@@ -187,6 +206,7 @@ class StandaloneContainers:
                 raise
         c.pid = c.record.pid
         c.started.set()
+        await self.save(c)
         c.watcher = asyncio.create_task(self._watch(c, rep), name=f"standalone {c.id}")
         self._tell(c, "start")
 
@@ -206,6 +226,7 @@ class StandaloneContainers:
         c.paused = False
         c.finished_at = now()
         await save(self.store, c.record)
+        await self.save(c)
         c.exits += 1
         c.exited.set()
         c.notify()
@@ -245,6 +266,7 @@ class StandaloneContainers:
         if not c.running:
             return False
         c.stopped_by_user = True
+        await self.save(c)
         driver = self.drivers.for_service(c.spec)
         if signal:
             with contextlib.suppress(ZLayerError):
@@ -317,6 +339,7 @@ class StandaloneContainers:
         c = self.get(container_id)
         c.record.service = name
         await self.store.put_container(c.record)
+        await self.save(c)
         self._tell(c, "rename")
 
     async def update(self, container_id: str, *, restart: str | None = None, max_retries: int | None = None) -> None:
@@ -325,6 +348,7 @@ class StandaloneContainers:
             c.restart = restart
         if max_retries is not None:
             c.max_retries = max_retries
+        await self.save(c)
         self._tell(c, "update")
 
     async def remove(self, container_id: str, *, force: bool = False) -> None:
@@ -343,11 +367,84 @@ class StandaloneContainers:
             c.watcher.cancel()
         c.exited.set()
         await self.store.delete_container(c.id)
+        path = self._file(c.id)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         self._tell(c, "destroy")
         c.removed = True
         c.notify()
         if errors:
             log.warning("removing %s: %s", c.id, "; ".join(map(str, errors)))
+
+    # ---------------------------------------------------------------------------------------------- across restarts
+
+    def _file(self, container_id: str) -> Path | None:
+        if self.state_dir is None or "/" in container_id or container_id.startswith("."):
+            return None
+        return self.state_dir / f"{container_id}.json"
+
+    async def save(self, c: Standalone) -> None:
+        """Keep ``c``'s definition for the next daemon (its record is the store's). Written whole and renamed into
+        place: a daemon killed meanwhile leaves the old definition or the new, never half of one."""
+        path = self._file(c.id)
+        if path is None or c.removed:
+            return
+        doc = {"id": c.id, "source": c.source, "extra": c.extra, "restart": c.restart, "max_retries": c.max_retries,
+               "auto_remove": c.auto_remove, "started_at": c.started_at, "finished_at": c.finished_at,
+               "stopped_by_user": c.stopped_by_user}  # fmt: skip
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(doc), durable=False)  # outlives the daemon's crash; a power loss ends it too
+        except OSError as e:
+            log.warning("cannot keep container %s for the next daemon: %s", c.id, e)
+
+    async def restore(self) -> set[str]:
+        """Take back the containers a previous daemon made (their definitions and the store's records), before the
+        deployments' re-adoption, which leaves the ids returned alone. A definition without a record, or one this
+        node no longer accepts, is dropped and said in the log: its container is then an orphan that re-adoption
+        removes."""
+        if self.state_dir is None or not self.state_dir.is_dir():
+            return set()
+        for path in sorted(self.state_dir.glob("*.json")):
+            try:
+                doc = json.loads(path.read_text())
+                rec = await self.store.get_container(str(doc["id"]))
+                if rec is None:
+                    raise ValueError("the store has no record of it")
+                spec = container_spec(doc["source"], str(path))
+                c = Standalone(rec, spec, dict(doc["source"]), dict(doc.get("extra") or {}),
+                               str(doc.get("restart") or "no"), int(doc.get("max_retries") or 0),
+                               bool(doc.get("auto_remove")), str(doc.get("started_at") or ""),
+                               str(doc.get("finished_at") or ""),
+                               stopped_by_user=bool(doc.get("stopped_by_user")))  # fmt: skip
+            except (OSError, ValueError, KeyError, TypeError, ZLayerError) as e:
+                log.warning("standalone container %s not taken back: %s", path.stem, e)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            if rec.state != "created":
+                c.started.set()
+            if not c.running:
+                c.exited.set()
+            c.paused = rec.state == "paused"
+            self.by_id[rec.id] = c
+        return set(self.by_id)
+
+    async def readopt(self) -> None:
+        """Watch again each taken-back container that was running: one its driver still runs goes on as if no
+        daemon had left; one that ended meanwhile is recorded exited at once (and restarted or removed as its
+        policy says), as the watcher sees its end."""
+        for c in list(self.by_id.values()):
+            if not c.running or (c.watcher is not None and not c.watcher.done()):
+                continue
+            rep = self.replica(c)
+            try:
+                st = await rep.driver.state(rep.cid)
+                c.pid = c.record.pid = st.pid if st.running else 0
+            except ZLayerError:
+                pass  # gone: the watcher reads its end as unknown (-1)
+            c.watcher = asyncio.create_task(self._watch(c, rep), name=f"standalone {c.id}")
 
     async def close(self) -> None:
         tasks = [c.watcher for c in self.by_id.values() if c.watcher is not None and not c.watcher.done()]

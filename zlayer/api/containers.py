@@ -237,7 +237,8 @@ def service_block(req: CreateContainerRequest) -> dict[str, Any]:
 
 @router.post("", response_model=ContainerInfo, status_code=201, summary="Create and start a container.")
 async def create_container(body: CreateContainerRequest, c: ApiContext = Depends(ctx)) -> ContainerInfo:
-    spec = container_spec(service_block(body), "body")
+    block = service_block(body)
+    spec = container_spec(block, "body")
     name = body.name or f"c{secrets.token_hex(6)}"
     cid = ContainerId(name, 0)
     if str(cid) in c.manager.standalone.by_id or await c.store.get_container(str(cid)) is not None:
@@ -245,7 +246,7 @@ async def create_container(body: CreateContainerRequest, c: ApiContext = Depends
     await c.runtime.pull(spec.image.name, policy=spec.image.pull_policy)
     policy = body.restart_policy
     sa = await c.manager.standalone.create(
-        "standalone", name, cid, spec, restart=_RESTART[policy.kind] if policy else "no",
+        "standalone", name, cid, spec, source=block, restart=_RESTART[policy.kind] if policy else "no",
         max_retries=(policy.max_attempts or 0) if policy else 0,
     )  # fmt: skip
     try:

@@ -226,6 +226,7 @@ class Daemon:
                 secrets=SecretsBridge(secrets),
                 traffic=proxy,
                 autoscale_interval=cfg.autoscale_interval,
+                standalone_dir=cfg.paths.sub("standalone"),
             )
             from zlayer.tokens import load_or_create_secret, write_admin_bearer
 
@@ -288,6 +289,8 @@ class Daemon:
                 await network.restore()
             await jobs.restore()
             await manager.restore()
+            if docker is not None:
+                await docker.serve()  # with the Docker containers among the standalone ones the agent took back
             adopting = asyncio.create_task(self._adopted(manager, proxy, store), name="zlayer-proxy-adopt")
             jobs.start()
             self.context.ready = True

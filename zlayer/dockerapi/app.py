@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -14,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from zlayer._version import __version__
 from zlayer.dockerapi.server import Router, Server
-from zlayer.dockerapi.state import Events, Names, Network, Volume
-from zlayer.paths import bind_unix
+from zlayer.dockerapi.state import DockerContainer, Events, Names, Network, Volume
+from zlayer.paths import bind_unix, write_atomic
 
 if TYPE_CHECKING:
     from zlayer.agent.manager import ServiceManager
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 DEPLOYMENT = "docker"  # the deployment column of containers made through the Docker API (`zlayer ps -c`)
 DEFAULT_SOCKET = "/var/run/docker.sock"
+log = logging.getLogger("zlayer.dockerapi")
 
 
 @dataclass
@@ -45,6 +48,52 @@ class DockerApi:
     @property
     def standalone(self) -> Any:
         return self.manager.standalone
+
+    @property
+    def _objects_file(self) -> Path:
+        return self.data_dir / "dockerapi.json"
+
+    def adopt(self) -> None:
+        """After the agent took its standalone containers back: the Docker containers among them, and the
+        networks and volumes made through this API (``DATA/dockerapi.json``), served again as before the restart."""
+        for sa in self.standalone.by_id.values():
+            doc = sa.extra.get("docker")
+            if isinstance(doc, dict) and sa.record.deployment == "docker":
+                try:
+                    c = DockerContainer.from_doc(doc, sa)
+                except (KeyError, TypeError, ValueError) as e:
+                    log.warning("docker container %s not served again: %s", sa.id, e)
+                    continue
+                self.names.by_id[c.id] = c
+        try:
+            kept = json.loads(self._objects_file.read_text())
+            for n in kept.get("networks", []):
+                self.networks.setdefault(n["name"], Network(**n))
+            for v in kept.get("volumes", []):
+                self.volumes.setdefault(v["name"], Volume(**v))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            log.warning("%s: not read (%s): the networks and volumes made through the Docker API are forgotten",
+                        self._objects_file, e)  # fmt: skip
+
+    def save_objects(self) -> None:
+        """Keep the networks and volumes made through this API for the next daemon."""
+        from dataclasses import asdict
+
+        from zlayer.dockerapi.system import BUILTIN_NETWORKS
+
+        doc = {"networks": [asdict(n) for n in self.networks.values() if n.name not in BUILTIN_NETWORKS],
+               "volumes": [asdict(v) for v in self.volumes.values()]}  # fmt: skip
+        try:
+            write_atomic(self._objects_file, json.dumps(doc), durable=False)
+        except OSError as e:
+            log.warning("cannot keep %s: %s", self._objects_file, e)
+
+    async def keep(self, c: DockerContainer) -> None:
+        """Keep a Docker container's changed name or networks for the next daemon."""
+        c.sa.extra["docker"] = c.doc()
+        await self.standalone.save(c.sa)
 
     def on_change(self, sa: Standalone, action: str) -> None:
         """The agent's standalone containers changed: a Docker event for the ones made here."""
@@ -79,6 +128,7 @@ class DockerSocket:
         self._sock: socket.socket | None = None
 
     async def start(self) -> None:
+        """Bind the socket (refused when something answers there already); requests are served from :meth:`serve`."""
         from zlayer.config import probe_socket
         from zlayer.errors import DaemonError
 
@@ -96,7 +146,13 @@ class DockerSocket:
         self._sock = sock
         self.api.manager.standalone.on_change.append(self.api.on_change)
         self.api.started = asyncio.get_running_loop().time()
-        await self.server.start(sock)
+
+    async def serve(self) -> None:
+        """Answer on the socket :meth:`start` bound, once the agent has taken its containers back: a client that
+        connects before (``docker ps`` just after a restart) waits in the backlog rather than seeing none."""
+        assert self._sock is not None, "start() binds the socket first"
+        self.api.adopt()
+        await self.server.start(self._sock)
 
     async def close(self) -> None:
         await self.server.close()

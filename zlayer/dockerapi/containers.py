@@ -237,10 +237,6 @@ class Containers:
         made = created(body, image, cid[:12])
         labels = body.get("Labels") or {}
         service = labels.get("com.docker.compose.service") or name  # the DNS name other containers find it by
-        sa = await api.standalone.create(
-            "docker", service, ContainerId(cid[:12], 0), made.spec, restart=made.restart,
-            max_retries=made.max_retries, auto_remove=made.auto_remove,
-        )  # fmt: skip
         config = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
         networks: dict[str, dict[str, Any]] = {}
         mode = str((body.get("HostConfig") or {}).get("NetworkMode") or "default")
@@ -248,7 +244,14 @@ class Containers:
             networks[net] = {"Aliases": (cfg or {}).get("Aliases")}
         if not networks and mode not in ("host", "none"):
             networks["bridge" if mode in ("default", "bridge") else mode] = {}
-        c = DockerContainer(cid, name, _now(), config, dict(body.get("HostConfig") or {}), image_id, sa, networks)
+        host = dict(body.get("HostConfig") or {})
+        doc = {"id": cid, "name": name, "created": _now(), "config": config, "host_config": host,
+               "image_id": image_id, "networks": networks}  # fmt: skip
+        sa = await api.standalone.create(
+            "docker", service, ContainerId(cid[:12], 0), made.spec, source=made.source, restart=made.restart,
+            max_retries=made.max_retries, auto_remove=made.auto_remove, extra={"docker": doc},
+        )  # fmt: skip
+        c = DockerContainer.from_doc(doc, sa)
         api.names.by_id[cid] = c
         api.events.add("container", "create", cid, {"name": name, "image": image, **labels}, image)
         return c
@@ -461,6 +464,7 @@ def register(router: Router, api: DockerApi) -> None:
         c.name = name
         if not (c.config.get("Labels") or {}).get("com.docker.compose.service"):
             await api.standalone.rename(c.sa.id, name)
+        await api.keep(c)
         return no_content()
 
     @router.route("POST", "/containers/{id}/update")

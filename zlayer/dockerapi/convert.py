@@ -30,6 +30,7 @@ class Created:
     """What a create body asks for: the spec, and Docker's own knobs the spec has no field for."""
 
     spec: ServiceSpec
+    source: dict[str, Any]  # the service block ``spec`` was checked from
     restart: str
     max_retries: int
     auto_remove: bool
@@ -258,7 +259,7 @@ def created(body: dict[str, Any], image: str, hostname: str) -> Created:
         spec = container_spec(svc, "<container config>")
     except SpecError as e:
         raise DockerError(400, e.message) from None
-    return Created(spec, restart, retries, auto_remove)
+    return Created(spec, svc, restart, retries, auto_remove)
 
 
 __all__ = ["Created", "created", "service_dict"]

@@ -49,6 +49,16 @@ class DockerContainer:
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     exec_ids: list[str] = field(default_factory=list)
 
+    def doc(self) -> dict[str, Any]:
+        """What the next daemon needs to serve it again (kept with the standalone container: ``extra["docker"]``)."""
+        return {"id": self.id, "name": self.name, "created": self.created, "config": self.config,
+                "host_config": self.host_config, "image_id": self.image_id, "networks": self.networks}  # fmt: skip
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], sa: Standalone) -> DockerContainer:
+        return cls(str(doc["id"]), str(doc["name"]), str(doc["created"]), dict(doc["config"]),
+                   dict(doc["host_config"]), str(doc["image_id"]), sa, dict(doc.get("networks") or {}))  # fmt: skip
+
 
 @dataclass
 class Exec:

@@ -191,6 +191,7 @@ def register(router: Router, api: DockerApi) -> None:
         n = Network(new_id(), name, driver, _now(), dict(body.get("Labels") or {}), dict(body.get("Options") or {}),
                     bool(body.get("Internal")), bool(body.get("Attachable")))  # fmt: skip
         api.networks[name] = n
+        api.save_objects()
         api.events.add("network", "create", n.id, {"name": name, "type": driver})
         return json_response({"Id": n.id, "Warning": ""}, 201)
 
@@ -203,6 +204,7 @@ def register(router: Router, api: DockerApi) -> None:
         if users:
             raise DockerError(403, f"error while removing network: network {n.name} id {n.id} has active endpoints")
         api.networks.pop(n.name, None)
+        api.save_objects()
         api.events.add("network", "destroy", n.id, {"name": n.name, "type": n.driver})
         return no_content()
 
@@ -212,6 +214,7 @@ def register(router: Router, api: DockerApi) -> None:
         body = req.json(required=True)
         c = api.names.find(str(body.get("Container", "")))
         c.networks[n.name] = {"Aliases": ((body.get("EndpointConfig") or {}).get("Aliases"))}
+        await api.keep(c)
         return no_content(200)
 
     @router.route("POST", "/networks/{id}/disconnect")
@@ -220,6 +223,7 @@ def register(router: Router, api: DockerApi) -> None:
         body = req.json(required=True)
         c = api.names.find(str(body.get("Container", "")))
         c.networks.pop(n.name, None)
+        await api.keep(c)
         return no_content(200)
 
     @router.route("POST", "/networks/prune")
@@ -229,6 +233,7 @@ def register(router: Router, api: DockerApi) -> None:
             if n.name not in BUILTIN_NETWORKS and not any(n.name in c.networks for c in api.names.by_id.values()):
                 api.networks.pop(n.name, None)
                 gone.append(n.name)
+        api.save_objects()
         return json_response({"NetworksDeleted": gone})
 
     # ------------------------------------------------------------------------------------------- volumes
@@ -258,6 +263,7 @@ def register(router: Router, api: DockerApi) -> None:
             raise DockerError(400, f"volume driver {body['Driver']!r} is not supported by this node (zlayer)")
         v = api.volumes.get(name) or Volume(name, _now(), dict(body.get("Labels") or {}))
         api.volumes[name] = v
+        api.save_objects()
         (api.data_dir / "volumes" / name).mkdir(parents=True, exist_ok=True, mode=0o700)
         api.events.add("volume", "create", name, {"driver": "local"})
         return json_response(volume_doc(v), 201)
@@ -274,6 +280,7 @@ def register(router: Router, api: DockerApi) -> None:
         if users and not req.flag("force"):
             raise DockerError(409, f"remove {v.name}: volume is in use - [{', '.join(users)}]")
         api.volumes.pop(v.name, None)
+        api.save_objects()
         import shutil
 
         await asyncio.to_thread(shutil.rmtree, api.data_dir / "volumes" / v.name, True)

@@ -356,3 +356,40 @@ def test_zlayer_container_api_and_cli(shim: Shim) -> None:
     assert status == 400 and "resources.memory" in body["message"]
     status, body = shim.raw("POST", "/api/v1/containers/nope-rep-0/start", sock=api)
     assert status == 404
+
+
+def test_containers_survive_a_daemon_restart(shim: Shim) -> None:
+    """Containers outlive the daemon: a restarted `zlayer serve` serves the same Docker containers (running ones
+    re-adopted, not restarted; exited ones still listed; one that ended meanwhile recorded exited), the networks
+    made through the shim, and ZLayer's own standalone containers."""
+    node = shim.node
+    port = node.free_port()
+    shim.ok("network", "create", "kept-net")
+    cid = shim.ok("run", "-d", "--name", "kept", "--network", "kept-net", "-p", f"{port}:8080", IMAGE, "sh", "-c",
+                  f"echo before; exec {' '.join(HTTPD)}").strip()  # fmt: skip
+    assert shim.docker("run", "--name", "done", IMAGE, "sh", "-c", "exit 4").returncode == 4
+    shim.ok("run", "-d", "--name", "ends", IMAGE, "sh", "-c", "sleep 2; exit 5")
+    assert node.zl("container", "create", "--name", "zsolo", IMAGE, "sleep", "300").returncode == 0
+    pid = json.loads(shim.ok("inspect", "kept"))[0]["State"]["Pid"]
+    node.signal_and_wait(15)
+    time.sleep(2.5)  # `ends` ends while no daemon watches
+    node.start()
+    ps = shim.ok("ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Status}} {{.Ports}}")
+    assert f"{cid[:12]} kept Up" in ps and f"0.0.0.0:{port}->8080/tcp" in ps, ps
+    assert "done Exited (4)" in ps and "ends Exited (5)" in ps, ps
+    kept = json.loads(shim.ok("inspect", "kept"))[0]
+    assert kept["State"]["Pid"] == pid and "kept-net" in kept["NetworkSettings"]["Networks"]  # the same process
+    assert "kept-net" in shim.ok("network", "ls", "--format", "{{.Name}}").split()
+    got = node.sh("curl", "-s", "--max-time", "10", f"http://{kept['NetworkSettings']['Gateway']}:{port}/")
+    assert got.stdout == "v1\n", got.stderr
+    assert shim.ok("exec", "kept", "echo", "in") == "in\n" and "before" in shim.ok("logs", "kept")
+    zps = node.zl("ps", "-c").stdout
+    assert f"{cid[:12]}-rep-0" in zps and "zsolo-rep-0" in zps, zps
+    assert json.loads(node.zl("container", "inspect", "zsolo-rep-0").stdout)["state"] == "running"
+    # and they are still managed: stopped, started, removed as before
+    shim.ok("start", "done")
+    assert shim.ok("wait", "done").strip() == "4"
+    shim.ok("rm", "-f", "kept", "done", "ends")
+    shim.ok("network", "rm", "kept-net")
+    assert node.zl("container", "rm", "--force", "zsolo-rep-0").returncode == 0
+    assert shim.ok("ps", "-aq") == "" and "zsolo" not in node.zl("ps", "-c").stdout

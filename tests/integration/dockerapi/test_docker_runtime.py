@@ -119,7 +119,12 @@ def test_replicas_run_through_dockerd_and_are_readopted(docker_node: tuple[LiveN
     assert status == 200 and "[stdout] started" in logs
     stats = node.api("GET", "/api/v1/containers/web-rep-1/stats")
     assert stats["memory_bytes"] > 0
-    # a restarted daemon re-adopts the running container instead of making a new one
+    # a standalone container (ZLayer's container API) runs through dockerd too
+    r = node.zl("container", "create", "--name", "solo", f"{registry}/svc/httpd:v1", "sleep", "300")
+    assert r.returncode == 0, r.stdout + r.stderr + node.log_tail()
+    [solo] = [n for n in dockerd.docker("ps", "--format", "{{.Names}}").stdout.split() if n.endswith("solo-rep-0")]
+    solo_started = json.loads(dockerd.docker("inspect", solo).stdout)[0]["State"]["StartedAt"]
+    # a restarted daemon re-adopts the running containers instead of making new ones
     node.proc.send_signal(signal.SIGTERM)
     node.proc.wait(30)
     node.start()
@@ -127,6 +132,10 @@ def test_replicas_run_through_dockerd_and_are_readopted(docker_node: tuple[LiveN
     [c2] = node.api("GET", "/api/v1/containers?label=zlayer.deployment=dkr")
     assert c2["state"] == "running"
     assert json.loads(dockerd.docker("inspect", name).stdout)[0]["State"]["StartedAt"] == started
+    assert json.loads(node.zl("container", "inspect", "solo-rep-0").stdout)["state"] == "running"
+    assert json.loads(dockerd.docker("inspect", solo).stdout)[0]["State"]["StartedAt"] == solo_started
+    assert node.zl("container", "rm", "--force", "solo-rep-0").returncode == 0
+    assert dockerd.docker("inspect", solo, check=False).returncode != 0  # gone from dockerd
     # down removes it from dockerd
     node.delete("dkr")
     assert not [n for n in dockerd.docker("ps", "-a", "--format", "{{.Names}}").stdout.split() if "web-rep" in n]
