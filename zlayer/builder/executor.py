@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zlayer.builder.context import BuildContext, tree_digest
 from zlayer.builder.dockerfile import (
@@ -51,6 +51,9 @@ from zlayer.images.archive import host_arch
 from zlayer.images.store import image_diff_ids
 from zlayer.images.unpack import chain_ids
 from zlayer.paths import private_dir, write_atomic
+
+if TYPE_CHECKING:
+    from zlayer.builder.zimage import WasmBuild
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -109,6 +112,7 @@ class BuildOptions:
     secrets: dict[str, Path] = field(default_factory=dict)
     insecure: tuple[str, ...] = ()
     push: bool = False
+    cache_mounts: list[str] = field(default_factory=list)  # RUN --mount=type=cache options given to every RUN
 
 
 @dataclass
@@ -151,7 +155,7 @@ def _shown_path(path: Path) -> str:
     return rel if not rel.startswith("..") else str(path)
 
 
-def load_build_file(opts: BuildOptions, context: Path) -> Dockerfile:
+def load_build_file(opts: BuildOptions, context: Path) -> Dockerfile | WasmBuild:
     """What to build, in ZLayer's order: a runtime template (``--runtime``, or detected from the context with
     ``--runtime-auto``), a ZImagefile (``-z``), a Dockerfile (``-f``), then the context's own ``ZImagefile`` or
     ``Dockerfile``, and last a runtime template detected from the context when it has neither."""
@@ -229,10 +233,18 @@ class Builder:
 
     # -- the build ------------------------------------------------------------------------------------------------
 
-    async def build(self, opts: BuildOptions) -> LocalImage:
+    async def build(self, opts: BuildOptions) -> LocalImage | None:
+        """Run the build; the image in the store (None only for a ZImagefile's ``wasm:`` build with ``oci: false``,
+        which makes the program's file alone)."""
         started = time.monotonic()
         ctx = BuildContext.open(opts.context)
         dockerfile = load_build_file(opts, ctx.root)
+        if not isinstance(dockerfile, Dockerfile):
+            from zlayer.builder.wasm import build_wasm
+
+            made = await build_wasm(dockerfile, opts, self.store, self.progress)
+            self.progress.done(time.monotonic() - started)
+            return made
         run = _Run(self, opts, ctx, dockerfile)
         try:
             image = await run.execute()
@@ -596,7 +608,7 @@ class _Run:
     ) -> tuple[list[dict[str, Any]], str]:
         mounts: list[dict[str, Any]] = []
         inputs: list[str] = []
-        for raw in ins.flag_values("mount"):
+        for raw in [*ins.flag_values("mount"), *self.opts.cache_mounts]:
             o = _mount_options(expand(raw, variables, where=ins), ins)
             kind = o.get("type", "bind")
             target = o.get("target") or o.get("dst") or o.get("destination")

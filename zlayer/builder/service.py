@@ -138,8 +138,8 @@ class BuildService:
             record.status, record.error = "failed", f"internal error: {type(e).__name__}: {e}"
             self.emit(record, "build_failed", {"error": record.error})
         else:
-            record.status, record.image_id = "complete", image.id
-            self.emit(record, "build_complete", {"image_id": image.id})
+            record.status, record.image_id = "complete", image.id if image is not None else None
+            self.emit(record, "build_complete", {"image_id": record.image_id})
         finally:
             record.completed_at = _now()
             record.changed.set()

@@ -1,16 +1,18 @@
 """ZImagefile: ZLayer's YAML build format, read into the same typed instructions a Dockerfile gives.
 
 Four modes, exactly one per file: ``runtime:`` (a runtime template, :mod:`zlayer.builder.templates`), single-stage
-``base:`` + ``steps:``, multi-stage ``stages:`` (a map in order; the last stage is the image), and ``wasm:`` (built
-by ``zlayer wasm build``, not here). Image metadata at the top (``env``, ``workdir``, ``expose``, ``cmd``,
-``entrypoint``, ``user``, ``labels``, ``volumes``, ``healthcheck``, ``stopsignal``, ``args``) applies to the final
-image. Every instruction keeps the line of its step; every problem is a :class:`~zlayer.errors.SpecError` whose
-problems read ``FILE:LINE:COL: field.path: what is wrong``, as spec errors do.
+``base:`` + ``steps:``, multi-stage ``stages:`` (a map in order; the last stage is the image), and ``wasm:`` (read
+into a :class:`WasmBuild`, which :mod:`zlayer.builder.wasm` hands to ``zlayer wasm build``). Image metadata at the
+top (``env``, ``workdir``, ``expose``, ``cmd``, ``entrypoint``, ``user``, ``labels``, ``volumes``, ``healthcheck``,
+``stopsignal``, ``args``) applies to the final image. Every instruction keeps the line of its step; every problem is a
+:class:`~zlayer.errors.SpecError` whose problems read ``FILE:LINE:COL: field.path: what is wrong``, as spec errors
+do.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -27,10 +29,35 @@ _STEP = {"run", "copy", "add", "env", "workdir", "user", "to", "from", "owner", 
 _ACTIONS = ("run", "copy", "add", "env", "workdir", "user")
 _CACHE = {"target", "id", "sharing", "readonly"}
 _HEALTH = {"cmd", "interval", "timeout", "start_period", "retries"}
+_WASM = {"target", "optimize", "opt_level", "language", "wit", "world", "output", "features", "build_args",
+         "pre_build", "post_build", "adapter", "oci"}  # fmt: skip
+_WASM_TARGETS = {"preview1": "wasip1", "preview2": "wasip2", "wasip1": "wasip1", "wasip2": "wasip2"}
+_WASM_LANGUAGES = ("c", "rust", "python")  # what `zlayer wasm build` compiles
+_OPT_LEVELS = ("O", "O1", "O2", "O3", "O4", "Os", "Oz")
 _META = ("labels", "expose", "user", "entrypoint", "cmd", "volumes", "healthcheck", "stopsignal")
 
 
-class _Reader:
+@dataclass
+class WasmBuild:
+    """A ZImagefile's ``wasm:`` mode: what ``zlayer wasm build`` is given (``target`` as it names it: wasip1 or
+    wasip2, from ZLayer's preview1/preview2), the commands run around it, and whether the program also becomes an
+    OCI artifact in the local store (``oci``, ZLayer's default true)."""
+
+    file: str
+    line: int
+    target: str = "wasip2"
+    optimize: bool = False
+    language: str | None = None
+    wit: str | None = None
+    world: str | None = None
+    output: str | None = None
+    build_args: dict[str, str] = field(default_factory=dict)
+    pre_build: list[tuple[str, tuple[str, ...] | None]] = field(default_factory=list)
+    post_build: list[tuple[str, tuple[str, ...] | None]] = field(default_factory=list)
+    oci: bool = True
+
+
+class YamlReader:
     def __init__(self, file: str) -> None:
         self.file = file
 
@@ -77,8 +104,44 @@ class _Reader:
             raise self.fail(node, path, "expected a mapping of names to values")
         return [(self.string(k, path), self.string(v, f"{path}.{k.value}")) for k, v in node.value]
 
+    def boolean(self, node: yaml.Node, path: str) -> bool:
+        value = self.string(node, path).lower()
+        if value not in ("true", "false"):
+            raise self.fail(node, path, "expected true or false")
+        return value == "true"
 
-def _ins(r: _Reader, node: yaml.Node, keyword: str, args: str, flags: tuple[tuple[str, str], ...] = (),
+    def integer(self, node: yaml.Node, path: str, low: int = 0) -> int:
+        value = self.string(node, path)
+        if not value.isdigit() or int(value) < low:
+            raise self.fail(node, path, f"expected a whole number of at least {low}")
+        return int(value)
+
+    def cache_mount(self, node: yaml.Node, path: str) -> str:
+        """A ``cache:`` entry (target, id, sharing, readonly) as the options of ``RUN --mount=type=cache``."""
+        cm = self.mapping(node, path, _CACHE)
+        if "target" not in cm:
+            raise self.fail(node, f"{path}.target", "a cache mount needs a target")
+        opts = ["type=cache", f"target={self.string(cm['target'][1], f'{path}.target')}"]
+        for key in ("id", "sharing"):
+            if key in cm:
+                opts.append(f"{key}={self.string(cm[key][1], f'{path}.{key}')}")
+        if "readonly" in cm and self.boolean(cm["readonly"][1], f"{path}.readonly"):
+            opts.append("readonly")
+        return ",".join(opts)
+
+
+def compose(text: str, file: str) -> yaml.Node | None:
+    """The YAML document with its positions; a syntax error is a :class:`SpecError` at its line."""
+    try:
+        return yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        p = Problem(file, (mark.line + 1) if mark else 0, (mark.column + 1) if mark else 0, "",
+                    f"not valid YAML: {getattr(e, 'problem', None) or e}")  # fmt: skip
+        raise SpecError(str(p), problems=[p]) from None
+
+
+def _ins(r: YamlReader, node: yaml.Node, keyword: str, args: str, flags: tuple[tuple[str, str], ...] = (),
          exec_form: tuple[str, ...] | None = None) -> Instruction:  # fmt: skip
     shown = " ".join([keyword, *(f"--{k}={v}" for k, v in flags), args])
     return Instruction(keyword, args, r.file, node.start_mark.line + 1, flags, exec_form, (), shown)
@@ -88,7 +151,7 @@ def _quote_pairs(pairs: list[tuple[str, str]]) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in pairs)
 
 
-def _metadata(r: _Reader, fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str) -> list[Instruction]:
+def _metadata(r: YamlReader, fields: dict[str, tuple[yaml.Node, yaml.Node]], path: str) -> list[Instruction]:
     out: list[Instruction] = []
     for name in _META:
         if name not in fields:
@@ -122,7 +185,7 @@ def _metadata(r: _Reader, fields: dict[str, tuple[yaml.Node, yaml.Node]], path: 
     return out
 
 
-def _steps(r: _Reader, node: yaml.Node, path: str) -> list[Instruction]:
+def _steps(r: YamlReader, node: yaml.Node, path: str) -> list[Instruction]:
     if not isinstance(node, yaml.SequenceNode):
         raise r.fail(node, path, "expected a list of steps")
     out: list[Instruction] = []
@@ -143,16 +206,7 @@ def _steps(r: _Reader, node: yaml.Node, path: str) -> list[Instruction]:
                 if not isinstance(cache_node, yaml.SequenceNode):
                     raise r.fail(cache_node, f"{where}.cache", "expected a list of cache mounts")
                 for j, c in enumerate(cache_node.value):
-                    cm = r.mapping(c, f"{where}.cache[{j}]", _CACHE)
-                    if "target" not in cm:
-                        raise r.fail(c, f"{where}.cache[{j}].target", "a cache mount needs a target")
-                    opts = ["type=cache", f"target={r.string(cm['target'][1], f'{where}.cache[{j}].target')}"]
-                    for key in ("id", "sharing"):
-                        if key in cm:
-                            opts.append(f"{key}={r.string(cm[key][1], f'{where}.cache[{j}].{key}')}")
-                    if "readonly" in cm and r.string(cm["readonly"][1], f"{where}.cache[{j}].readonly") == "true":
-                        opts.append("readonly")
-                    flags.append(("mount", ",".join(opts)))
+                    flags.append(("mount", r.cache_mount(c, f"{where}.cache[{j}]")))
             out.append(_ins(r, step_node, "RUN", text, tuple(flags), words))
         elif action in ("copy", "add"):
             if "to" not in step:
@@ -177,7 +231,7 @@ def _steps(r: _Reader, node: yaml.Node, path: str) -> list[Instruction]:
     return out
 
 
-def _stage(r: _Reader, index: int, name: str | None, node: yaml.Node, fields: dict[str, tuple[yaml.Node, yaml.Node]],
+def _stage(r: YamlReader, index: int, name: str | None, node: yaml.Node, fields: dict[str, tuple[yaml.Node, yaml.Node]],
            path: str, meta: bool) -> Stage:  # fmt: skip
     if "build" in fields:
         raise r.fail(fields["build"][0], f"{path}.build" if path else "build",
@@ -207,16 +261,59 @@ def _stage(r: _Reader, index: int, name: str | None, node: yaml.Node, fields: di
     return stage
 
 
-def parse_zimagefile(text: str, file: str = "ZImagefile", templates: Any = None) -> Dockerfile:
-    """Read a ZImagefile; ``templates`` (name → Dockerfile text) resolves ``runtime:``."""
-    r = _Reader(file)
-    try:
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        p = Problem(file, (mark.line + 1) if mark else 0, (mark.column + 1) if mark else 0, "",
-                    f"not valid YAML: {getattr(e, 'problem', None) or e}")  # fmt: skip
-        raise SpecError(str(p), problems=[p]) from None
+def _wasm(r: YamlReader, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> WasmBuild:
+    other = sorted(set(top) - {"version", "wasm"})
+    if other:
+        raise r.fail(top[other[0]][0], other[0], "does not apply to a wasm: build (it makes a WASM program, not an "
+                     "image with a root filesystem)")  # fmt: skip
+    k, v = top["wasm"]
+    if isinstance(v, yaml.ScalarNode) and v.tag == "tag:yaml.org,2002:null":
+        v = yaml.MappingNode("tag:yaml.org,2002:map", [], v.start_mark, v.end_mark)
+    w = r.mapping(v, "wasm", _WASM)
+    out = WasmBuild(r.file, k.start_mark.line + 1)
+
+    def text(name: str) -> str:
+        return r.string(w[name][1], f"wasm.{name}")
+
+    for name in ("features", "adapter"):
+        if name in w:
+            raise r.fail(w[name][0], f"wasm.{name}", "not supported: zlayer wasm build takes no cargo "
+                         "features and no component adapter (C and Rust make WASIp1 modules, Python WASIp2 "
+                         "components)")  # fmt: skip
+    if "target" in w:
+        target = text("target")
+        if target not in _WASM_TARGETS:
+            raise r.fail(w["target"][1], "wasm.target", f"unknown target {target!r} (preview1 or preview2)")
+        out.target = _WASM_TARGETS[target]
+    if "language" in w:
+        out.language = text("language").lower()
+        if out.language not in _WASM_LANGUAGES:
+            raise r.fail(w["language"][1], "wasm.language", f"zlayer wasm build does not compile {out.language!r} "
+                         f"(it builds {', '.join(_WASM_LANGUAGES)})")  # fmt: skip
+    if "opt_level" in w and text("opt_level") not in _OPT_LEVELS:
+        raise r.fail(w["opt_level"][1], "wasm.opt_level", f"expected one of {', '.join(_OPT_LEVELS)}")
+    for name in ("optimize", "oci"):
+        if name in w:
+            setattr(out, name, r.boolean(w[name][1], f"wasm.{name}"))
+    out.wit = text("wit") if "wit" in w else None
+    out.world = text("world") if "world" in w else None
+    out.output = text("output") if "output" in w else None
+    if "build_args" in w:
+        out.build_args = dict(r.pairs(w["build_args"][1], "wasm.build_args"))
+    for name in ("pre_build", "post_build"):
+        if name in w:
+            node = w[name][1]
+            if not isinstance(node, yaml.SequenceNode):
+                raise r.fail(node, f"wasm.{name}", "expected a list of commands")
+            setattr(out, name, [r.command(c, f"wasm.{name}[{i}]") for i, c in enumerate(node.value)])
+    return out
+
+
+def parse_zimagefile(text: str, file: str = "ZImagefile", templates: Any = None) -> Dockerfile | WasmBuild:
+    """Read a ZImagefile; ``templates`` (name → Dockerfile text) resolves ``runtime:``. A ``wasm:`` file gives a
+    :class:`WasmBuild`, every other mode the instructions of a Dockerfile."""
+    r = YamlReader(file)
+    root = compose(text, file)
     if root is None:
         raise SpecError(f"{file}: empty ZImagefile", hint="give one of runtime:, base: + steps:, stages: or wasm:")
     top = r.mapping(root, "", _TOP)
@@ -231,7 +328,7 @@ def parse_zimagefile(text: str, file: str = "ZImagefile", templates: Any = None)
     if "args" in top:
         meta_args.append(_ins(r, top["args"][0], "ARG", _quote_pairs(r.pairs(top["args"][1], "args"))))
     if mode == "wasm":
-        raise r.fail(top["wasm"][0], "wasm", "a WASM build is made by `zlayer wasm build`, not by `zlayer build`")
+        return _wasm(r, top)
     if mode == "runtime":
         v = top["runtime"][1]
         name = r.string(v, "runtime")

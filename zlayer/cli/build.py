@@ -175,6 +175,12 @@ def build(
     finally:
         if isinstance(progress, _Live):
             progress.stop()
+    if image is None:  # a ZImagefile's wasm: build with oci: false made its program's file only
+        if push:
+            raise UsageError("--push: this ZImagefile's wasm: build has oci: false, so there is no image to push")
+        if not quiet:
+            click.echo("built the WASM program alone (oci: false): no image in the store", err=True)
+        return
     if push:
         from zlayer.images import push as push_image
 
@@ -195,3 +201,4 @@ def runtimes() -> None:
 
     print_table(("NAME", "DESCRIPTION", "DETECTED BY"),
                 [(t.name, t.description, ", ".join(t.detect)) for t in TEMPLATES.values()])  # fmt: skip
+

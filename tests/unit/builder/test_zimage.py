@@ -84,7 +84,10 @@ def test_single_stage_and_runtime_modes() -> None:
         ("base: a\nstages:\n  x:\n    base: b\n", "ZImagefile:1:1: needs exactly one build mode"),
         ("stages:\n  one:\n    steps: []\n", "ZImagefile:3:5: stages.one.base: needs base:"),
         ("runtime: cobol\n", "ZImagefile:1:10: runtime: unknown runtime template 'cobol'"),
-        ("wasm:\n  target: preview2\n", "ZImagefile:1:1: wasm: a WASM build is made by `zlayer wasm build`"),
+        ("wasm:\n  language: go\n", "ZImagefile:2:13: wasm.language: zlayer wasm build does not compile 'go'"),
+        ("wasm:\n  target: preview3\n", "ZImagefile:2:11: wasm.target: unknown target 'preview3'"),
+        ("wasm: {}\ncmd: [run]\n", "ZImagefile:2:1: cmd: does not apply to a wasm: build"),
+        ("wasm:\n  features: [json]\n", "ZImagefile:2:3: wasm.features: not supported"),
         ("base: a\nsteps:\n  - run: x\n    to: /y\n", "ZImagefile:4:5: steps[0].to: does not apply to a run step"),
         ("base: [a\n", "ZImagefile:2:1: not valid YAML"),
     ],
@@ -140,3 +143,22 @@ def test_what_to_build_follows_template_then_zimagefile_then_dockerfile(tmp_path
         base()
     with pytest.raises(UsageError, match="--runtime cobol: no such runtime template"):
         base(runtime="cobol")
+
+
+def test_a_wasm_zimagefile_becomes_the_zlayer_wasm_build_command(tmp_path: Path) -> None:
+    from zlayer.builder.wasm import wasm_build_argv
+    from zlayer.builder.zimage import WasmBuild
+
+    w = parse_zimagefile(
+        "version: '1'\nwasm:\n  target: preview2\n  language: Python\n  optimize: true\n  wit: wit\n"
+        "  world: zlayer-plugin\n  output: out/p.wasm\n  build_args: {A: b}\n  pre_build: [make gen]\n"
+        "  post_build: [[ls, out]]\n  oci: false\n"
+    )
+    assert isinstance(w, WasmBuild)
+    assert (w.target, w.language, w.oci, w.build_args, w.line) == ("wasip2", "python", False, {"A": "b"}, 2)
+    assert w.pre_build == [("make gen", None)] and w.post_build == [('["ls", "out"]', ("ls", "out"))]
+    argv = wasm_build_argv(w, tmp_path, tmp_path / "out" / "p.wasm")
+    out, wit = str(tmp_path / "out" / "p.wasm"), str(tmp_path / "wit")
+    assert argv[3:] == ["wasm", "build", str(tmp_path), "-t", "wasip2", "-o", out, "-l", "python", "--optimize",
+                        "--wit", wit, "--world", "zlayer-plugin"]  # fmt: skip
+    assert parse_zimagefile("wasm:\n").target == "wasip2"  # type: ignore[union-attr]  # ZLayer's default
