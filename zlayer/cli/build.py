@@ -202,3 +202,77 @@ def runtimes() -> None:
     print_table(("NAME", "DESCRIPTION", "DETECTED BY"),
                 [(t.name, t.description, ", ".join(t.detect)) for t in TEMPLATES.values()])  # fmt: skip
 
+
+class _Prefixed(_Lines):
+    """One image's progress in a pipeline: plain lines, each led by the image's name (builds run side by side)."""
+
+    def __init__(self, name: str, quiet: bool) -> None:
+        super().__init__(quiet)
+        self.name = name
+
+    def step(self, stage: str, number: int, total: int, text: str) -> None:
+        self.label = f"[{self.name}] [{stage} {number}/{total}]"
+        if not self.quiet:
+            click.echo(f"{self.label} {text}", err=True)
+
+    def done(self, seconds: float) -> None:
+        if not self.quiet:
+            click.echo(f"[{self.name}] built in {seconds:.2f}s", err=True)
+
+
+@click.command("pipeline")
+@click.option("-f", "--file", "file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The pipeline [ZPipeline.yaml, ZPipeline.yml, zlayer-pipeline.yaml or .yml here].")  # fmt: skip
+@click.option("--set", "sets", multiple=True, help="NAME=VALUE for a ${NAME} variable, over vars: (repeatable).")
+@click.option("--push", is_flag=True, help="Push every image's tags once all are built (as push.after_all).")
+@click.option("--fail-fast/--no-fail-fast", default=True, show_default=True,
+              help="On a failed image, cancel the builds still running; else build what does not need it.")  # fmt: skip
+@click.option("--only", help="Build only these images (a,b); what they depend on is taken from the local store.")
+@click.option("--platform", help="os/arch[/variant] to build every image for [default: this host].")
+@click.option("--no-tui", is_flag=True, help="Plain progress lines (the only kind a pipeline prints).")
+@click.option("--insecure", multiple=True, help="Registry host to reach over plain HTTP (loopback always is).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary.")
+@click.pass_context
+def pipeline(
+    ctx: click.Context,
+    file: Path | None,
+    sets: tuple[str, ...],
+    push: bool,
+    fail_fast: bool,
+    only: str | None,
+    platform: str | None,
+    no_tui: bool,
+    insecure: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Build the images of a ZPipeline in dependency order: each starts once the images it depends_on are built,
+    so independent images build side by side, each as `zlayer build` builds it, into the local store.
+
+    Progress goes to stderr, one line per step led by the image's name; the summary (each image's status, time
+    and image ID or error) to stdout. Exits 1 when an image was not built (or not pushed).
+    """
+    import asyncio
+
+    from zlayer.builder.pipeline import find_pipeline, load_pipeline, run_pipeline
+    from zlayer.cli.common import print_table
+    from zlayer.errors import UsageError
+    from zlayer.images import ImageStore
+
+    if os.geteuid() != 0:
+        raise UsageError("zlayer pipeline needs root: its steps run in namespaces over overlayfs mounts")
+    obj: CliContext = ctx.obj
+    path = file if file is not None else find_pipeline(Path.cwd())
+    plan = load_pipeline(path, _pairs(sets, "--set"), platform)
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else []
+    store = ImageStore(obj.paths.sub("images"))
+    results = asyncio.run(run_pipeline(plan, store, obj.paths.sub("builder"), lambda n: _Prefixed(n, quiet),
+                                       only=names, fail_fast=fail_fast, push=push, insecure=insecure))  # fmt: skip
+    rows = []
+    for r in results:
+        said = r.image_id or "-"
+        if r.error:
+            said = r.error.splitlines()[0] if len(r.error.splitlines()) == 1 else r.error.replace("\n", " | ")
+        rows.append((r.name, r.status, f"{r.seconds:.1f}s", ", ".join(r.pushed) or "-", said))
+    print_table(("IMAGE", "STATUS", "TIME", "PUSHED", "IMAGE ID / ERROR"), rows)
+    if any(r.status != "built" for r in results):
+        raise SystemExit(1)

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "system": ("zlayer.cli.image", "system", "Node housekeeping (prune)"),
     "build": ("zlayer.cli.build", "build", "Build an image (Dockerfile, ZImagefile or runtime template) locally"),
     "runtimes": ("zlayer.cli.build", "runtimes", "List the runtime templates zlayer build can use"),
+    "pipeline": ("zlayer.cli.build", "pipeline", "Build the images of a ZPipeline.yaml in dependency order"),
     "auth": ("zlayer.cli.identity", "auth", "Sign in to a daemon (bootstrap, login, logout, whoami)"),
     "user": ("zlayer.cli.identity", "user", "Manage accounts (ls, create, set-role, set-password, delete)"),
     "group": ("zlayer.cli.identity", "group", "Manage groups (list, create, delete, member add|remove)"),
