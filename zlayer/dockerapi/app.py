@@ -43,6 +43,7 @@ class DockerApi:
     execs: dict[str, Any] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)
     volumes: dict[str, Volume] = field(default_factory=dict)
+    builds: Any = None  # zlayer.builder.service.BuildService, made at the first `docker build`
     started: float = 0.0
 
     @property
@@ -109,10 +110,11 @@ class DockerApi:
 
 
 def make_router(api: DockerApi) -> Router:
-    from zlayer.dockerapi import containers, images, system
+    from zlayer.dockerapi import build, containers, images, system
 
     router = Router()
     system.register(router, api)
+    build.register(router, api)
     containers.register(router, api)
     images.register(router, api)
     return router
@@ -156,6 +158,8 @@ class DockerSocket:
 
     async def close(self) -> None:
         await self.server.close()
+        if self.api.builds is not None:
+            await self.api.builds.close()  # a build in flight is cancelled: nothing stays mounted or half-written
         if self._sock is not None:
             self._sock.close()
             with contextlib.suppress(FileNotFoundError):

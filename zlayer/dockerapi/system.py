@@ -291,10 +291,6 @@ def register(router: Router, api: DockerApi) -> None:
     async def prune_volumes(req: Request) -> Response:
         return json_response({"VolumesDeleted": None, "SpaceReclaimed": 0})
 
-    @router.route("POST", "/build")
-    async def build(req: Request) -> Response:
-        raise DockerError(501, "image builds are not supported by this node yet (zlayer has no builder)")
-
 
 async def _until_closed(items: Any) -> Any:
     async for x in items:

@@ -393,3 +393,35 @@ def test_containers_survive_a_daemon_restart(shim: Shim) -> None:
     shim.ok("network", "rm", "kept-net")
     assert node.zl("container", "rm", "--force", "zsolo-rep-0").returncode == 0
     assert shim.ok("ps", "-aq") == "" and "zsolo" not in node.zl("ps", "-c").stdout
+
+
+def test_cli_build_then_run(shim: Shim, tmp_path: Path) -> None:
+    """`docker build` sends the context as a tarball to POST /build; the node's builder builds it, the CLI shows
+    Docker's progress, and the image runs."""
+    (tmp_path / "greeting.txt").write_text("from the context\n")
+    (tmp_path / "build.Dockerfile").write_text(
+        f"FROM {IMAGE}\nARG WHO=nobody\nCOPY greeting.txt /greeting.txt\n"
+        'RUN echo "built for $WHO" > /built.txt && echo step-output\n'
+        'CMD ["cat", "/greeting.txt", "/built.txt"]\n'
+    )
+    (tmp_path / "bad.Dockerfile").write_text(f"FROM {IMAGE}\nRUN echo failing >&2; exit 3\n")
+    dockerfile = str(tmp_path / "build.Dockerfile")
+    built = shim.ok("build", "-t", "built/x", "-f", dockerfile, "--build-arg", "WHO=docker", str(tmp_path),
+                    timeout=300)  # fmt: skip
+    assert "Step 1/5 : FROM" in built and "step-output" in built, built
+    assert "Successfully built " in built and "Successfully tagged built/x:latest" in built, built
+    assert shim.ok("run", "--rm", "built/x") == "from the context\nbuilt for docker\n"
+    again = shim.ok("build", "-q", "-t", "built/x", "-f", dockerfile, "--build-arg", "WHO=docker", str(tmp_path))
+    assert again.strip() == json.loads(shim.ok("image", "inspect", "built/x"))[0]["Id"]  # the same image, cached
+    r = shim.docker("build", "-f", str(tmp_path / "bad.Dockerfile"), str(tmp_path), timeout=300)
+    assert r.returncode != 0 and "failing" in r.stdout + r.stderr and "exit" in r.stderr, r.stdout + r.stderr
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(tmp_path / "greeting.txt", "greeting.txt")
+    status, body = shim.raw("POST", "/v1.41/build?dockerfile=Dockerfile", buf.getvalue())
+    assert (status, body) == (500, {"message": "Cannot locate specified Dockerfile: Dockerfile"})
+    status, body = shim.raw("POST", "/v1.41/build?dockerfile=../../etc/passwd", buf.getvalue())
+    assert status == 400 and "inside the build context" in body["message"]
+    status, body = shim.raw("POST", "/v1.41/build", b"not a tarball at all")
+    assert status == 400 and "not a readable tarball" in body["message"]
+    shim.ok("rmi", "built/x")
