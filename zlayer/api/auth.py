@@ -79,6 +79,7 @@ RULES: dict[tuple[str, str], Rule] = {
         "/{id}/rename", "/{id}/update", "/{id}/wait")},
     ("GET", "/api/v1/containers/{id}/wait"): _r("read"), ("GET", "/api/v1/containers/{id}/top"): _r("read"),
     ("GET", "/api/v1/containers/{id}/changes"): _r("read"), ("GET", "/api/v1/containers/{id}/archive"): _r("read"),
+    ("HEAD", "/api/v1/containers/{id}/archive"): _r("read"),
     ("PUT", "/api/v1/containers/{id}/archive"): _r("write"),
     ("POST", "/api/v1/images/tag"): _r("write"), ("DELETE", "/api/v1/images/{image:path}"): _r("write"),
     ("POST", "/api/v1/system/prune"): _r("write"),

@@ -377,6 +377,13 @@ def _stat_header(st: PathStat) -> dict[str, str]:
     return {"X-Docker-Container-Path-Stat": base64.b64encode(json.dumps(doc).encode()).decode()}
 
 
+@router.head("/{id}/archive", summary="A path's stat inside a container (Docker's header), without its content.")
+async def archive_stat(id: str, path: Annotated[str, Query(min_length=1)], c: ApiContext = Depends(ctx)) -> Response:
+    rec = await _record(c, id)
+    st = await c.runtime.path_stat(ContainerId.parse(rec.id), path)
+    return Response(status_code=200, headers=_stat_header(st))
+
+
 @router.get("/{id}/archive", summary="A path inside a container as a tar.")
 async def archive_get(id: str, path: Annotated[str, Query(min_length=1)], c: ApiContext = Depends(ctx)) -> Response:
     rec = await _record(c, id)

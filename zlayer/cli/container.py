@@ -1,9 +1,10 @@
 """``zlayer container``: the containers the daemon runs (ls, inspect, logs, stats, rm), and standalone ones (create,
-start, stop, restart, kill, pause, unpause, wait, rename, update, top, diff, prune)."""
+start, stop, restart, kill, pause, unpause, wait, rename, update, top, diff, prune, cp)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -223,3 +224,128 @@ def prune() -> None:
     res = _call("POST", "/api/v1/containers/prune")
     for cid in res["ContainersDeleted"]:
         click.echo(f"Deleted {cid}")
+
+
+# ----------------------------------------------------------------------------- cp (the archive routes)
+
+
+def _split_ref(arg: str) -> tuple[str | None, str]:
+    """``CONTAINER:PATH`` or a local path (one with a ``:`` is written ``./a:b`` or absolute, as for docker cp)."""
+    head, sep, tail = arg.partition(":")
+    if sep and head and "/" not in head and not head.startswith("."):
+        return head, tail or "/"
+    return None, arg
+
+
+def _is_dir(headers: dict[str, str]) -> bool:
+    import base64
+
+    doc = json.loads(base64.b64decode(headers.get("x-docker-container-path-stat", "") or "e30="))
+    return bool(int(doc.get("mode", 0)) & (1 << 31))  # Go's os.ModeDir, as Docker sends it
+
+
+def _tar_of(src: str, arcname: str, keep_owner: bool) -> bytes:
+    import io
+    import tarfile
+
+    def owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        if not keep_owner:  # as docker cp: the copy belongs to the container's root unless --archive
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+        return info
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(src, arcname=arcname, filter=owner)
+    return buf.getvalue()
+
+
+def _extract(data: bytes, dest: Path) -> None:
+    """The tar of one path (its top entry named after it) to ``dest``: into it when it is a directory, else as it."""
+    import io
+    import shutil
+    import tarfile
+    import tempfile
+
+    from zlayer.errors import UsageError
+
+    if dest.is_dir():
+        parent, into_dir = dest, True
+    else:
+        parent, into_dir = dest.parent, False
+        if not parent.is_dir():
+            raise UsageError(f"no such directory: {parent}", where=str(dest))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        if into_dir:
+            tar.extractall(parent, filter="data")
+            return
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".zlayer-cp-"))
+        try:
+            tar.extractall(tmp, filter="data")
+            top = tmp / names[0].split("/", 1)[0] if names else None
+            if top is None or not top.exists():
+                raise UsageError("the container sent an empty archive", where=str(dest))
+            if dest.exists() and not dest.is_dir():
+                dest.unlink()
+            top.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@container.command("cp")
+@click.argument("src")
+@click.argument("dest")
+@click.option("-a", "--archive", "keep_owner", is_flag=True, help="Keep the files' owner (uid:gid) when copying in.")
+def cp(src: str, dest: str, keep_owner: bool) -> None:
+    """Copy files between a container and this machine, as docker cp.
+
+    \b
+    zlayer container cp CONTAINER:SRC_PATH DEST_PATH|-
+    zlayer container cp SRC_PATH|- CONTAINER:DEST_PATH
+    A directory DEST receives the copy inside it; - is a tar on stdout (from) or stdin (to)."""
+    import os
+    import sys
+
+    from zlayer.errors import UsageError
+
+    (from_c, from_path), (to_c, to_path) = _split_ref(src), _split_ref(dest)
+    if (from_c is None) == (to_c is None):
+        raise UsageError("copying needs exactly one CONTAINER:PATH, the source or the destination",
+                         hint="zlayer container cp CONTAINER:SRC DEST, or cp SRC CONTAINER:DEST")  # fmt: skip
+    if from_c is not None:
+        url = f"/api/v1/containers/{from_c}/archive"
+        data, _ = run(lambda c: c.transfer("GET", url, params={"path": from_path}))
+        if dest == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            _extract(data, Path(dest))
+        return
+    assert to_c is not None
+    url = f"/api/v1/containers/{to_c}/archive"
+    if src == "-":
+        run(lambda c: c.transfer("PUT", url, body=sys.stdin.buffer.read(), params={"path": to_path}))
+        return
+    if not os.path.lexists(src):
+        raise UsageError(f"no such file or directory: {src}", where=src)
+
+    async def put(c: Any) -> None:
+        from zlayer.errors import NotFoundError
+
+        target = to_path.rstrip("/") or "/"
+        try:
+            _, headers = await c.transfer("HEAD", url, params={"path": target})
+            into = _is_dir(headers)
+        except NotFoundError:
+            if to_path.endswith("/"):
+                raise UsageError(f"no such directory in the container: {to_path}", where=dest) from None
+            into = False
+        if into:
+            base = os.path.basename(os.path.normpath(src))
+            await c.transfer("PUT", url, body=_tar_of(src, base, keep_owner), params={"path": target})
+        else:
+            parent, name = os.path.split(target)
+            await c.transfer("PUT", url, body=_tar_of(src, name, keep_owner), params={"path": parent or "/"})
+
+    run(put)

@@ -221,6 +221,41 @@ class Client:
         except (aiohttp.ClientError, TimeoutError) as e:
             raise DaemonError(f"request {method} {path} to {self._where()} failed: {e or type(e).__name__}") from e
 
+    async def transfer(
+        self, method: str, path: str, *, body: bytes | None = None, params: dict[str, Any] | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """One call whose bodies are bytes (a tar in or out: the archive routes); the answer's body and headers
+        (lower-cased names). A HEAD answer has no body to read."""
+        clean = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        what = f"{method} {path}"
+        if self.host is None:
+            http = await self._unix_http()
+            try:
+                resp, writer = await asyncio.wait_for(http.send(method, self._target(path, clean), body), self.timeout)
+                try:
+                    got = b"" if method == "HEAD" else await resp.read()
+                finally:
+                    writer.close()
+            except TransportError as e:
+                raise (self._unreachable(e) if e.connect else DaemonError(f"{what} failed: {e}")) from e
+            except TimeoutError as e:
+                raise DaemonError(f"{what} to {self._where()}: no answer in {self.timeout:g}s") from e
+            if resp.status >= 400:
+                raise _error_from(resp.status, got, what)
+            return got, resp.headers
+        import aiohttp
+
+        session = await self._ensure()
+        try:
+            async with session.request(method, self._url(path), data=body, params=clean,
+                                       timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:  # fmt: skip
+                got = b"" if method == "HEAD" else await r.read()
+                if r.status >= 400:
+                    raise _error_from(r.status, got, what)
+                return got, {k.lower(): v for k, v in r.headers.items()}
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise DaemonError(f"{what} to {self._where()} failed: {e or type(e).__name__}") from e
+
     async def stream(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[str]:
         """Lines of a streaming (SSE) response; ``data:`` payloads are yielded without the prefix."""
         clean = {

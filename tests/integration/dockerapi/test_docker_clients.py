@@ -296,7 +296,7 @@ def test_bad_input_answers_as_docker(shim: Shim) -> None:
     assert status == 200  # the daemon is alive after all of it
 
 
-def test_zlayer_container_api_and_cli(shim: Shim) -> None:
+def test_zlayer_container_api_and_cli(shim: Shim, tmp_path: Path) -> None:
     """ZLayer's own container API (and `zlayer container ...`) over the same standalone containers the shim makes."""
     node, api = shim.node, shim.node.data / "run" / "zlayer.sock"
 
@@ -327,6 +327,20 @@ def test_zlayer_container_api_and_cli(shim: Shim) -> None:
         assert got is not None and got.read() == b"hello\n"
     status, body = shim.raw("GET", f"/api/v1/containers/{cid}/archive?path=/no/such", sock=api)
     assert status == 404 and "/no/such" in body["message"]
+    # zlayer container cp, as docker cp: a directory in, a file in under another name, both out again
+    (tmp_path / "cpdir").mkdir()
+    (tmp_path / "cpdir" / "a.txt").write_text("A\n")
+    zl("container", "cp", str(tmp_path / "cpdir"), f"{cid}:/tmp")
+    zl("container", "cp", str(tmp_path / "cpdir" / "a.txt"), f"{cid}:/tmp/renamed.txt")
+    got = node.api(
+        "POST", f"/api/v1/containers/{cid}/exec", {"command": ["cat", "/tmp/cpdir/a.txt", "/tmp/renamed.txt"]}
+    )
+    assert (got["exit_code"], got["stdout"]) == (0, "A\nA\n")
+    zl("container", "cp", f"{cid}:/tmp/cpdir", str(tmp_path / "out"))
+    zl("container", "cp", f"{cid}:/tmp/renamed.txt", str(tmp_path))
+    assert (tmp_path / "out" / "a.txt").read_text() == "A\n" and (tmp_path / "renamed.txt").read_text() == "A\n"
+    r = node.zl("container", "cp", f"{cid}:/no/such", str(tmp_path))
+    assert r.returncode != 0 and "/no/such" in r.stderr and "Traceback" not in r.stderr
     # pause, stop, wait, start, rename, update, kill, prune
     zl("container", "pause", cid)
     assert json.loads(zl("container", "inspect", cid))["state"] == "paused"
