@@ -139,3 +139,33 @@ def test_replicas_run_through_dockerd_and_are_readopted(docker_node: tuple[LiveN
     # down removes it from dockerd
     node.delete("dkr")
     assert not [n for n in dockerd.docker("ps", "-a", "--format", "{{.Names}}").stdout.split() if "web-rep" in n]
+
+
+def test_auto_runtime_falls_back_to_dockerd_where_cgroups_are_missing(
+    docker_node: tuple[LiveNode, Dockerd], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With no runtime named (`auto`), a daemon that finds no cgroup v2 — here a tmpfs over /sys/fs/cgroup in a
+    mount namespace of its own — runs its containers through the dockerd that answers on DOCKER_HOST."""
+    node, dockerd = docker_node
+    registry = node.registry()
+    hidden = LiveNode(tmp_path_factory.mktemp("nocgroup"), ["--bind", "none"], ns=node.ns)
+    hidden.wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   'mount -t tmpfs none /sys/fs/cgroup && exec "$@"', "sh"]  # fmt: skip
+    hidden.env["DOCKER_HOST"] = f"unix://{dockerd.sock}"
+    hidden.env.pop("ZLAYER_RUNTIME", None)
+    try:
+        hidden.setup()
+        assert hidden.api("GET", "/health/ready")["runtime_name"] == "docker"
+        assert "the native runtime cannot run here (no cgroup v2 at /sys/fs/cgroup)" in hidden.log_tail(100_000)
+        r = hidden.zl("container", "create", "--name", "fb", f"{registry}/svc/httpd:v1", "sh", "-c",
+                      "echo via-dockerd; exec sleep 300")  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr + hidden.log_tail()
+        [name] = [n for n in dockerd.docker("ps", "--format", "{{.Names}}").stdout.split() if n.endswith("fb-rep-0")]
+        deadline = time.monotonic() + 10
+        while "via-dockerd" not in dockerd.docker("logs", name).stdout and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "via-dockerd" in hidden.zl("container", "logs", "fb-rep-0").stdout
+        assert hidden.zl("container", "rm", "--force", "fb-rep-0").returncode == 0
+        assert dockerd.docker("inspect", name, check=False).returncode != 0
+    finally:
+        hidden.teardown()
