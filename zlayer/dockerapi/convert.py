@@ -111,6 +111,17 @@ def _storage(host: dict[str, Any], volumes: dict[str, Any]) -> list[dict[str, An
     return out
 
 
+def _binary_size(n: int) -> str:
+    """Docker's bytes in the spec's form (ZLayer's memory sizes carry a binary suffix): the largest unit that divides
+    them, else KiB rounded up (the kernel counts memory in pages anyway)."""
+    if n <= 0:
+        raise ValueError(f"a memory size must be a positive number of bytes, not {n}")
+    for unit, size in (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{-(-n // 1024)}Ki"
+
+
 def _network_mode(mode: str) -> str:
     if mode in ("", "default", "bridge") or not mode:
         return "default"
@@ -173,11 +184,11 @@ def service_dict(body: dict[str, Any], image: str, hostname: str) -> tuple[dict[
         svc["stdin_open"] = True
     res: dict[str, Any] = {}
     if host.get("Memory"):
-        res["memory"] = str(int(host["Memory"]))
+        res["memory"] = _binary_size(int(host["Memory"]))
     if host.get("MemorySwap") and int(host["MemorySwap"]) > 0:
-        res["memory_swap"] = str(int(host["MemorySwap"]))
+        res["memory_swap"] = _binary_size(int(host["MemorySwap"]))
     if host.get("MemoryReservation"):
-        res["memory_reservation"] = str(int(host["MemoryReservation"]))
+        res["memory_reservation"] = _binary_size(int(host["MemoryReservation"]))
     if host.get("NanoCpus"):
         res["cpu"] = int(host["NanoCpus"]) / 1e9
     elif host.get("CpuQuota") and host.get("CpuPeriod"):

@@ -195,6 +195,34 @@ def test_cli_images_volumes_networks(shim: Shim) -> None:
     assert "Server Version" in shim.ok("info")
 
 
+def test_cli_lifecycle_stats_save_load(shim: Shim, tmp_path: Path) -> None:
+    shim.ok("run", "-d", "--name", "lc", "--restart", "always", "-m", "64m", IMAGE, "sleep", "300")
+    stats = shim.ok("stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", "lc")
+    assert stats.startswith("lc ") and "/ 64MiB" in stats, stats
+    started = json.loads(shim.ok("inspect", "lc"))[0]["State"]["StartedAt"]
+    shim.ok("restart", "-t", "1", "lc")
+    again = json.loads(shim.ok("inspect", "lc"))[0]["State"]
+    assert again["Running"] and again["StartedAt"] != started
+    shim.ok("pause", "lc")
+    assert "(Paused)" in shim.ok("ps", "--filter", "name=lc", "--format", "{{.Status}}")
+    shim.ok("unpause", "lc")
+    shim.ok("rename", "lc", "lc2")
+    shim.ok("update", "--restart", "no", "lc2")
+    assert json.loads(shim.ok("inspect", "lc2"))[0]["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    shim.ok("kill", "lc2")
+    assert shim.ok("wait", "lc2").strip() == "137"
+    assert "lc2" not in shim.ok("ps", "--format", "{{.Names}}")  # `no` now: not restarted after the kill
+    pruned = shim.ok("container", "prune", "-f")
+    assert "Total reclaimed space" in pruned and shim.ok("ps", "-aq") == ""
+    # save and load an image through the shim
+    shim.ok("tag", IMAGE, "saved/img:1")
+    shim.ok("save", "-o", str(tmp_path / "img.tar"), "saved/img:1")
+    shim.ok("rmi", "saved/img:1")
+    assert "Loaded image: saved/img:1" in shim.ok("load", "-i", str(tmp_path / "img.tar"))
+    assert shim.ok("run", "--rm", "saved/img:1", "cat", "/www/index.html") == "v1\n"
+    shim.ok("rmi", "saved/img:1")
+
+
 def test_compose_up_ps_logs_down(shim: Shim, tmp_path: Path) -> None:
     port = shim.node.free_port()
     (tmp_path / "docker-compose.yml").write_text(f"""version: "3.8"
@@ -264,6 +292,45 @@ def test_docker_py(shim: Shim) -> None:
         assert IMAGE in client.images.get(IMAGE).tags
         with pytest.raises(docker.errors.ImageNotFound):
             client.images.get("no/such:image")
+        # images: pull, tag, list, build, remove
+        registry = shim.node.registry()
+        pulled = client.images.pull(f"{registry}/svc/httpd", tag="v1")
+        assert pulled.tag("py/tagged", "1") and "py/tagged:1" in [t for i in client.images.list() for t in i.tags]
+        dockerfile = f'FROM {IMAGE}\nRUN echo built-by-py > /b\nCMD ["cat", "/b"]\n'.encode()
+        built, log = client.images.build(fileobj=io.BytesIO(dockerfile), tag="py/built")
+        assert "py/built:latest" in built.tags and any("Successfully built" in x.get("stream", "") for x in log)
+        assert client.containers.run("py/built", remove=True) == b"built-by-py\n"
+        client.images.remove("py/tagged:1")
+        client.images.remove("py/built")
+        # volumes and networks
+        vol = client.volumes.create("pyvol")
+        assert "pyvol" in [v.name for v in client.volumes.list()]
+        net = client.networks.create("pynet")
+        assert "pynet" in [n.name for n in client.networks.list()]
+        since = int(time.time()) - 1
+        # a published port, a file in and out of the container, and its events
+        port = shim.node.free_port()
+        c = client.containers.run(IMAGE, HTTPD, detach=True, name="pyweb", ports={"8080/tcp": port},
+                                  volumes={"pyvol": {"bind": "/data", "mode": "rw"}}, network="pynet")  # fmt: skip
+        c.reload()
+        assert c.ports["8080/tcp"] == [{"HostIp": "0.0.0.0", "HostPort": str(port)}]
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            item = tarfile.TarInfo("in.txt")
+            item.size = 3
+            tar.addfile(item, io.BytesIO(b"py\n"))
+        assert c.put_archive("/data", buf.getvalue())
+        bits, st = c.get_archive("/data/in.txt")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as tar:
+            got = tar.extractfile("in.txt")
+            assert got is not None and got.read() == b"py\n" and st["size"] == 3
+        c.remove(force=True)
+        events = client.events(since=since, until=int(time.time()) + 1, decode=True,
+                               filters={"container": "pyweb"})  # fmt: skip
+        assert [e["Action"] for e in events][:2] == ["create", "start"]
+        net.remove()
+        vol.remove()
+        assert "pyvol" not in [v.name for v in client.volumes.list()]
     finally:
         client.close()
 
@@ -288,6 +355,8 @@ def test_bad_input_answers_as_docker(shim: Shim) -> None:
     assert (status, body) == (404, {"message": "No such image: no/such:image"})
     status, body = shim.raw("POST", "/v1.41/containers/create", {"Image": IMAGE, "HostConfig": {"Memory": "lots"}})
     assert status == 400 and "message" in body
+    status, body = shim.raw("POST", "/v1.41/containers/create", {"Image": IMAGE, "HostConfig": {"Memory": -5}})
+    assert status == 400 and "positive number of bytes" in body["message"], body
     status, body = shim.raw("POST", "/v1.41/containers/nope/start")
     assert (status, body) == (404, {"message": "No such container: nope"})
     status, body = shim.raw("GET", "/v1.41/containers/json?filters=%7Bbad")
