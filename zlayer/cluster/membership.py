@@ -628,9 +628,17 @@ class ClusterNode:
         if entry.node.id == local.node_id:
             raise ConflictError(f"node {node_id} is this node: remove it from another node of the cluster")
         peer = url(entry.node.advertise_addr, entry.raft_port)
+        deadline = time.monotonic() + 20.0
         for m in await client.members():
             if peer in (m.get("peerURLs") or []):
-                await client.member_remove(int(m["ID"]))
+                while True:
+                    try:
+                        await client.member_remove(int(m["ID"]))
+                        break
+                    except EtcdError as e:  # etcd changes membership only once every voter has been connected a while
+                        if "unhealthy cluster" not in e.message or time.monotonic() >= deadline:
+                            raise
+                        await asyncio.sleep(0.5)
         await client.txn([], [delete_op(ROOT + f"nodes/{node_id}"), delete_op(ROOT + f"alive/{node_id}")])
 
     # tokens -----------------------------------------------------------------------------------------------------
