@@ -187,6 +187,15 @@ def _secrets_of(request: HTTPConnection) -> Any:
     return getattr(getattr(request.app.state, "security", None), "secrets", None)
 
 
+async def _refreshed(request: HTTPConnection) -> Any:
+    """The secrets, their environments as the cluster has them now (a node's copy may be a moment behind)."""
+    secrets = _secrets_of(request)
+    if secrets is not None:
+        with contextlib.suppress(ZLayerError):
+            await secrets.refresh(max_age=0.2)
+    return secrets
+
+
 def _secret_scope(request: HTTPConnection) -> str:
     """The scope a secrets route works in, as the route itself will find it (an environment by name or id)."""
     q = request.query_params
@@ -199,6 +208,7 @@ def _secret_scope(request: HTTPConnection) -> str:
 
 
 async def _secret(request: HTTPConnection) -> str | None:
+    await _refreshed(request)
     name = request.path_params.get("name")
     if name is None and hasattr(request, "body"):  # POST /api/v1/secrets: the name is in the body
         from zlayer.limits import load_json
@@ -212,11 +222,12 @@ async def _secret(request: HTTPConnection) -> str | None:
 
 
 async def _secrets_scope(request: HTTPConnection) -> str | None:
+    await _refreshed(request)
     return f"{_secret_scope(request)}:*"
 
 
 async def _env(request: HTTPConnection) -> str | None:
-    ref, secrets = request.path_params.get("id"), _secrets_of(request)
+    ref, secrets = request.path_params.get("id"), await _refreshed(request)
     if ref is not None and secrets is not None:
         with contextlib.suppress(ZLayerError):
             return str(secrets.environment(ref, request.query_params.get("project")).id)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -18,11 +17,12 @@ from zlayer.security.store import Environment, SecretVersion, Variable, new_id, 
 router = APIRouter(tags=["Secrets"])
 
 
-def secrets_of(request: Request) -> Secrets:
+async def secrets_of(request: Request) -> Secrets:
     security = getattr(request.app.state, "security", None)
     got: Secrets | None = getattr(security, "secrets", None)
     if got is None:
         raise DaemonError("this daemon has no secrets store")
+    await got.refresh()  # in a cluster: what every node wrote, as etcd has it now
     return got
 
 
@@ -68,14 +68,14 @@ def _scope(s: Secrets, environment: str | None, scope: str | None, project: str 
 @router.get("/api/v1/secrets", summary="List secrets of a scope (names, versions, times: never values).")
 async def list_secrets(environment: str | None = None, scope: str | None = None, project: str | None = None,
                        s: Secrets = Depends(secrets_of)) -> list[dict[str, Any]]:  # fmt: skip
-    return [_meta(r) for r in s.store.list_secrets(_scope(s, environment, scope, project))]
+    return [_meta(r) for r in s.latest(_scope(s, environment, scope, project))]
 
 
 @router.post("/api/v1/secrets", status_code=201, summary="Create a secret, or store a new version of one.")
 async def create_secret(body: CreateSecretRequest, response: Response, environment: str | None = None,
                         scope: str | None = None, project: str | None = None,
                         s: Secrets = Depends(secrets_of)) -> dict[str, Any]:  # fmt: skip
-    row, before = s.put(_scope(s, environment, body.scope or scope, project), body.name, body.value)
+    row, before = await s.aput(_scope(s, environment, body.scope or scope, project), body.name, body.value)
     if before is not None:
         response.status_code = 200
     return _meta(row)
@@ -89,7 +89,7 @@ async def bulk_import(environment: str, text: str = Body(media_type="text/plain"
     created = updated = 0
     for name, value in values.items():
         try:
-            _, before = s.put(scope, name, value)
+            _, before = await s.aput(scope, name, value)
         except UsageError as e:
             errors.append(f"{name}: {e.message}")
             continue
@@ -101,7 +101,7 @@ async def bulk_import(environment: str, text: str = Body(media_type="text/plain"
 async def reveal_all(environment: str, project: str | None = None,
                      s: Secrets = Depends(secrets_of)) -> dict[str, Any]:  # fmt: skip
     scope = _scope(s, environment, None, project)
-    return {"environment": scope, "secrets": {r.name: s.reveal(r) for r in s.store.list_secrets(scope)}}
+    return {"environment": scope, "secrets": {r.name: s.reveal(r) for r in s.latest(scope)}}
 
 
 @router.get("/api/v1/secrets/{name}", summary="A secret's metadata; its value with reveal=true.")
@@ -115,7 +115,7 @@ async def get_secret(name: str, environment: str | None = None, scope: str | Non
 async def delete_secret(name: str, environment: str | None = None, scope: str | None = None,
                         project: str | None = None, s: Secrets = Depends(secrets_of)) -> Response:  # fmt: skip
     scope_id = _scope(s, environment, scope, project)
-    if not s.store.delete_secret(scope_id, name):
+    if not await s.adelete(scope_id, name):
         raise NotFoundError(f"secret {name!r} not found in scope {scope_id!r}", where=f"secrets/{name}")
     return Response(status_code=204)
 
@@ -124,7 +124,7 @@ async def delete_secret(name: str, environment: str | None = None, scope: str | 
 async def rotate_secret(name: str, body: RotateSecretRequest, environment: str | None = None,
                         scope: str | None = None, project: str | None = None,
                         s: Secrets = Depends(secrets_of)) -> dict[str, Any]:  # fmt: skip
-    row, before = await asyncio.to_thread(s.put, _scope(s, environment, scope, project), name, body.value, rotate=True)
+    row, before = await s.aput(_scope(s, environment, scope, project), name, body.value, rotate=True)
     return {"name": name, "new_version": row.version, "previous_version": before}
 
 
@@ -136,14 +136,14 @@ def _env(e: Environment) -> dict[str, Any]:
 
 @router.get("/api/v1/environments", summary="List environments (of a project, or of none).")
 async def list_environments(project: str | None = None, s: Secrets = Depends(secrets_of)) -> list[dict[str, Any]]:
-    return [_env(e) for e in s.store.list_environments() if project is None or e.project_id == project]
+    return [_env(e) for e in s.environments() if project is None or e.project_id == project]
 
 
 @router.post("/api/v1/environments", status_code=201, summary="Create an environment.")
 async def create_environment(body: EnvironmentRequest, s: Secrets = Depends(secrets_of)) -> dict[str, Any]:
     if not body.name:
         raise UsageError("an environment needs a name", where="name")
-    return _env(s.create_environment(body.name, body.project_id, body.description))
+    return _env(await s.acreate_environment(body.name, body.project_id, body.description))
 
 
 @router.get("/api/v1/environments/{id}", summary="One environment (by id, or by name).")
@@ -156,12 +156,12 @@ async def update_environment(id: str, body: EnvironmentRequest, project: str | N
                              s: Secrets = Depends(secrets_of)) -> dict[str, Any]:  # fmt: skip
     env = s.environment(id, project)
     fields = {k: v for k, v in (("name", body.name), ("description", body.description)) if v is not None}
-    return _env(s.store.update_environment(env.id, **fields) if fields else env)
+    return _env(await s.update_environment(env.id, **fields) if fields else env)
 
 
 @router.delete("/api/v1/environments/{id}", status_code=204, summary="Delete an environment and its secrets.")
 async def delete_environment(id: str, project: str | None = None, s: Secrets = Depends(secrets_of)) -> Response:
-    s.store.delete_environment(s.environment(id, project).id)
+    await s.delete_environment(s.environment(id, project).id)
     return Response(status_code=204)
 
 

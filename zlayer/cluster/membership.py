@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from pydantic import ValidationError
@@ -49,6 +49,24 @@ RAFT_PORT = 9000
 CLIENT_PORT = 2379
 FORCE_CONFIRM = "CONFIRM_FORCE_LEADER"
 LEADER_KEY = ROOT + "leader"
+
+
+class MembershipHook(Protocol):
+    """What another part of the daemon does as nodes enter and leave the cluster (the daemon plugs in the secrets'
+    side, :class:`zlayer.security.cluster.ClusterSecretsHook`; ``cluster`` does not import ``security``)."""
+
+    def join_fields(self) -> dict[str, Any]:
+        """Fields this node adds to its join request."""
+        ...
+
+    async def entered(self, client: EtcdClient, node_id: str, how: str) -> None:
+        """This node is in the cluster now: ``how`` is ``init``, ``join`` or ``start`` (a daemon start in one)."""
+
+    async def admitted(self, client: EtcdClient, node_id: str, request: Mapping[str, Any]) -> None:
+        """On the leader: node ``node_id`` was registered from ``request`` (its token checked); raising refuses it."""
+
+    async def left(self, client: EtcdClient, node_id: str, removed: bool) -> None:
+        """Node ``node_id`` is out: ``removed`` by an operator, or its join did not complete."""
 
 
 class NotLeader(ZLayerError):
@@ -192,6 +210,7 @@ class ClusterNode:
         self._revive_after = 0.0
         self._won = 0  # the revision at which this node last wrote the leader key (0: it does not lead)
         self._removed_said = False
+        self.hooks: list[MembershipHook] = []  # plugged in by the daemon before start()
 
     # local config -----------------------------------------------------------------------------------------------
 
@@ -229,7 +248,7 @@ class ClusterNode:
         if self.local is None:
             return
         await self._run_etcd(self.local)
-        await self._enter(self.local)
+        await self._enter(self.local, "start")
 
     async def _run_etcd(self, cfg: LocalConfig) -> None:
         self.etcd = EtcdProcess(self.directory, cfg.member, self.log_file)
@@ -244,8 +263,8 @@ class ClusterNode:
         self.client.endpoints += [e for e in cfg.endpoints if e not in self.client.endpoints and not cfg.force_new]
         self._member_id = int((await self.client.status()).get("header", {}).get("member_id") or 0)
 
-    async def _enter(self, cfg: LocalConfig) -> None:
-        """Move the store onto etcd (the node's SQLite state carried over once) and start the loops."""
+    async def _enter(self, cfg: LocalConfig, how: str) -> None:
+        """Move the store onto etcd (the node's SQLite state carried over once), tell the hooks, start the loops."""
         assert self.client is not None
         conf = await self._cluster_config()
         self.liveness = Liveness(float(conf.get("heartbeat", 5.0)), float(conf.get("dead_after", 30.0)))
@@ -254,6 +273,8 @@ class ClusterNode:
             copied = await self.store.switch(store, store.copy_from)
             if copied:
                 log.info("cluster: carried %d deployment(s) of this node over into etcd", copied)
+        for hook in self.hooks:
+            await hook.entered(self.client, cfg.node_id, how)
         self._tasks = [asyncio.create_task(self._heartbeat(), name="zlayer-cluster-heartbeat"),
                        asyncio.create_task(self._monitor(), name="zlayer-cluster-monitor")]  # fmt: skip
 
@@ -333,7 +354,7 @@ class ClusterNode:
                 await self.client.txn([mod_is(ROOT + "config", 0)], [
                     put_op(ROOT + "config", conf), put_op(ROOT + "next-id", "1"),
                     put_op(ROOT + "nodes/1", self._record(node, raft_port, client_port))])  # fmt: skip
-                await self._enter(cfg)
+                await self._enter(cfg, "init")
             except BaseException:
                 await self._undo_local()
                 raise
@@ -381,6 +402,8 @@ class ClusterNode:
                     "disk_total": resources.disk_bytes, "client_port": client_port, "os": _platform()[0],
                     "arch": _platform()[1],
                     "gpus": [g.model_dump() for g in resources.gpus]}  # fmt: skip
+            for hook in self.hooks:
+                body.update(hook.join_fields())
             target = (leader or claims.api_endpoint).strip()
             base = target if "://" in target else f"http://{target}"
             got = await _post(base, "/api/v1/cluster/join", body)
@@ -390,7 +413,7 @@ class ClusterNode:
             self._write_local(cfg)
             try:
                 await self._run_etcd(cfg)
-                await self._enter(cfg)
+                await self._enter(cfg, "join")
             except BaseException as e:
                 await self._undo_local()
                 with contextlib.suppress(ZLayerError):  # the leader forgets the node it admitted
@@ -444,6 +467,12 @@ class ClusterNode:
             where = ".".join(str(p) for p in first["loc"])
             raise UsageError(f"the join request's {where}: {first['msg']}", where=where) from None
         node_id = await self._register(node, used_key, raft_port, client_port, api_port)
+        try:
+            for hook in self.hooks:
+                await hook.admitted(client, node_id, req)
+        except BaseException:
+            await client.delete(ROOT + f"nodes/{node_id}")
+            raise
         deadline = time.monotonic() + 20.0
         while True:
             try:
@@ -455,6 +484,8 @@ class ClusterNode:
                     await asyncio.sleep(0.5)
                     continue
                 await client.delete(ROOT + f"nodes/{node_id}")
+                for hook in self.hooks:
+                    await hook.left(client, node_id, removed=False)
                 raise
         names = {url(e.node.advertise_addr, e.raft_port): f"node-{e.node.id}" for e in entries}
         names[peer] = f"node-{node_id}"
@@ -486,6 +517,8 @@ class ClusterNode:
                 if peer in (m.get("peerURLs") or []):
                     await client.member_remove(int(m["ID"]))
         await client.txn([], [delete_op(ROOT + f"nodes/{node_id}"), delete_op(ROOT + f"alive/{node_id}")])
+        for hook in self.hooks:
+            await hook.left(client, node_id, removed=False)
         log.warning("cluster: node %s could not start its etcd member and was taken out again", node_id)
 
     async def _register(self, node: Node, used_key: str, raft_port: int, client_port: int, api_port: int) -> str:
@@ -640,6 +673,12 @@ class ClusterNode:
                             raise
                         await asyncio.sleep(0.5)
         await client.txn([], [delete_op(ROOT + f"nodes/{node_id}"), delete_op(ROOT + f"alive/{node_id}")])
+        for hook in self.hooks:
+            try:
+                await hook.left(client, node_id, removed=True)
+            except ZLayerError as e:
+                e.add_context(f"node {node_id} left the cluster, but what it held was not taken back")
+                raise
 
     # tokens -----------------------------------------------------------------------------------------------------
 
@@ -804,6 +843,8 @@ class ClusterNode:
             assert self.client is not None
             new = EtcdStore(self.client, f"/zlayer/nodes/{local.node_id}/state/")
             await self.store.switch(new)
+            for hook in self.hooks:  # the hooks' etcd client went with the old member
+                await hook.entered(self.client, local.node_id, "start")
             entries = await self.entries()
             for e in entries:  # the others left the membership with the old cluster: dead until they join again
                 if e.node.id != local.node_id:
@@ -845,4 +886,4 @@ async def _post(base: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-__all__ = ["ClusterNode", "Liveness", "NodeEntry", "NotInCluster", "NotLeader", "target_voters"]
+__all__ = ["ClusterNode", "Liveness", "MembershipHook", "NodeEntry", "NotInCluster", "NotLeader", "target_voters"]

@@ -178,6 +178,18 @@ class Daemon:
                               cfg.paths.data_dir, split_bind(cfg.bind)[1] if cfg.bind else 3669,
                               Liveness(cfg.heartbeat_interval, cfg.dead_after))  # fmt: skip
         try:
+            from zlayer.security import SqliteSecurityStore
+            from zlayer.security.cluster import ClusterSecretsHook
+            from zlayer.security.secrets import Keyring, Secrets, SecretsKeyError
+
+            security_store = SqliteSecurityStore(cfg.paths.data_dir / "security.db")
+            secrets = Secrets(security_store, Keyring(security_store, cfg.paths.sub("secrets"), cfg.deployment_name))
+            try:
+                secrets.keyring.key()  # made now for a new node; for one with secrets, found and checked now
+            except SecretsKeyError as e:  # the daemon runs on; each use of a secret says this again
+                log.error("secrets: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
+            # in a cluster the secrets are the cluster's, sealed under its key (zlayer.security.cluster)
+            cluster.hooks.append(ClusterSecretsHook(secrets, cfg.paths.sub("secrets")))
             await cluster.start()  # a node in a cluster: its etcd member first, the store on it
             image_store = make_image_store(cfg)
             images = StoreImages(image_store)
@@ -196,15 +208,7 @@ class Daemon:
                 metrics = Metrics()
                 metrics.serve(cfg.metrics_bind)
             from zlayer.daemon.wiring import SecretsBridge, make_network, make_proxy
-            from zlayer.security import Security, SqliteSecurityStore
-            from zlayer.security.secrets import Keyring, Secrets, SecretsKeyError
-
-            security_store = SqliteSecurityStore(cfg.paths.data_dir / "security.db")
-            secrets = Secrets(security_store, Keyring(security_store, cfg.paths.sub("secrets"), cfg.deployment_name))
-            try:
-                secrets.keyring.key()  # made now for a new node; for one with secrets, found and checked now
-            except SecretsKeyError as e:  # the daemon runs on; each use of a secret says this again
-                log.error("secrets: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
+            from zlayer.security import Security
 
             proxy = make_proxy(cfg)
             network = make_network(cfg)

@@ -247,6 +247,7 @@ class SecretsBridge:
     async def check(self, spec: DeploymentSpec) -> None:
         from zlayer.errors import NotFoundError, UsageError
 
+        await self.secrets.refresh()  # in a cluster: a secret set on another node a moment ago counts
         for name, svc in spec.services.items():
             try:
                 self.secrets.resolve_env(spec.deployment, svc.env, where=f"services.{name}.env")
@@ -254,7 +255,9 @@ class SecretsBridge:
                 raise UsageError(e.message, where=e.where, hint=e.hint) from None
 
     async def resolve(self, deployment: str, service: str, env: Mapping[str, str]) -> dict[str, str]:
+        await self.secrets.refresh(max_age=1.0)  # one read of the cluster's rows serves a rollout's replicas
         return self.secrets.resolve_env(deployment, env, where=f"services.{service}.env")
 
     async def versions(self, deployment: str, env: Mapping[str, str]) -> str:
+        await self.secrets.refresh(max_age=1.0)
         return self.secrets.versions(deployment, env)

@@ -15,6 +15,7 @@ project), ``$S:project:env/name`` (an environment of a project); each may end in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -23,9 +24,13 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zlayer.errors import NotFoundError, UsageError, ZLayerError
 from zlayer.security.store import Environment, SecretVersion, SecurityStore, new_id, now
+
+if TYPE_CHECKING:
+    from zlayer.security.cluster import ClusterSecrets
 
 GLOBAL = "global"
 KEY_CHECK = "secrets_key_check"
@@ -177,16 +182,65 @@ def parse_reference(value: str) -> Reference | None:
 
 
 class Secrets:
-    """Secrets, environments and variables over a :class:`SecurityStore`, sealed with a :class:`Keyring`."""
+    """Secrets, environments and variables over a :class:`SecurityStore`, sealed with a :class:`Keyring` — or, once
+    the node is in a cluster (:attr:`cluster`), the secret rows of the cluster, sealed under its DEK
+    (:mod:`zlayer.security.cluster`). Writes go through :meth:`aput` and :meth:`adelete`; :meth:`refresh` brings a
+    cluster's rows up to date before a read."""
 
     def __init__(self, store: SecurityStore, keyring: Keyring) -> None:
         self.store = store
         self.keyring = keyring
+        self.cluster: ClusterSecrets | None = None
+
+    async def refresh(self, max_age: float = 0.0) -> None:
+        """In a cluster: read the rows again from etcd (unless read less than ``max_age`` seconds ago)."""
+        if self.cluster is not None:
+            await self.cluster.sync(max_age)
+
+    def latest(self, scope: str | None) -> list[SecretVersion]:
+        """The current version of each secret of ``scope`` (None: of every scope)."""
+        return self.cluster.latest(scope) if self.cluster is not None else self.store.list_secrets(scope)
+
+    def _row(self, scope: str, name: str, version: int | None = None) -> SecretVersion | None:
+        if self.cluster is not None:
+            return self.cluster.get(scope, name, version)
+        return self.store.get_secret(scope, name, version)
+
+    async def aput(self, scope: str, name: str, value: str, *,
+                   rotate: bool = False) -> tuple[SecretVersion, int | None]:  # fmt: skip
+        """:meth:`put`, or in a cluster the same written to etcd under the cluster's key."""
+        if self.cluster is None:
+            return await asyncio.to_thread(self.put, scope, name, value, rotate=rotate)
+        check_name(name)
+        if len(value.encode()) > 64 * 1024:
+            raise UsageError("a secret value may hold at most 64 KiB", where="value")
+        return await self.cluster.put(scope, name, value.encode(), rotate=rotate)
+
+    async def adelete(self, scope: str, name: str) -> bool:
+        """Delete a secret with every version; False when there was none."""
+        if self.cluster is None:
+            return self.store.delete_secret(scope, name)
+        return await self.cluster.delete(scope, name)
+
+    async def delete_environment(self, env_id: str) -> None:
+        """The environment and every secret of it."""
+        if self.cluster is not None:
+            await self.cluster.delete_environment(env_id)
+        else:
+            self.store.delete_environment(env_id)
+
+    def environments(self) -> list[Environment]:
+        return self.cluster.environments() if self.cluster is not None else self.store.list_environments()
+
+    async def update_environment(self, env_id: str, **fields: str) -> Environment:
+        if self.cluster is not None:
+            return await self.cluster.update_environment(env_id, **fields)
+        return self.store.update_environment(env_id, **fields)
 
     # ---------------------------------------------------------------- environments
     def environment(self, ref: str, project: str | None = None) -> Environment:
         """An environment by id, or by name within ``project`` (no project: the environments of none)."""
-        envs = self.store.list_environments()
+        envs = self.environments()
         for e in envs:
             if e.id == ref:
                 return e
@@ -200,9 +254,24 @@ class Secrets:
     def create_environment(self, name: str, project: str | None = None, description: str | None = None) -> Environment:
         if not NAME.match(name):
             raise UsageError(f"environment name {name[:80]!r}: letters, digits, _ . - (a letter first)", where="name")
+        if self.cluster is not None:
+            raise UsageError("in a cluster an environment is made through acreate_environment", where="name")
         t = now()
         env = Environment(new_id(), name, project or None, description, t, t)
         self.store.add_environment(env)
+        return env
+
+    async def acreate_environment(self, name: str, project: str | None = None,
+                                  description: str | None = None) -> Environment:  # fmt: skip
+        """:meth:`create_environment`, or in a cluster the same recorded in etcd (its id is its secrets' scope on
+        every node)."""
+        if self.cluster is None:
+            return self.create_environment(name, project, description)
+        if not NAME.match(name):
+            raise UsageError(f"environment name {name[:80]!r}: letters, digits, _ . - (a letter first)", where="name")
+        t = now()
+        env = Environment(new_id(), name, project or None, description, t, t)
+        await self.cluster.add_environment(env)
         return env
 
     def scope_of(self, env: str | None = None, project: str | None = None, scope: str | None = None) -> str:
@@ -218,6 +287,8 @@ class Secrets:
         check_name(name)
         if len(value.encode()) > 64 * 1024:
             raise UsageError("a secret value may hold at most 64 KiB", where="value")
+        if self.cluster is not None:
+            raise UsageError("in a cluster a secret is written through aput", where=f"secrets/{name}")
         before = self.store.get_secret(scope, name)
         if rotate and before is None:
             raise NotFoundError(f"secret {name!r} not found in scope {scope!r}", where=f"secrets/{name}")
@@ -226,6 +297,11 @@ class Secrets:
         return got, before.version if before else None
 
     def reveal(self, row: SecretVersion) -> str:
+        if row.generation is not None:
+            if self.cluster is None:
+                raise SecretsKeyError(f"secret {row.name!r} is a cluster's and this node is in none",
+                                      where=f"secrets/{row.name}")  # fmt: skip
+            return self.cluster.open(row).decode()
         plain = _open(self.keyring.key(), row.value, f"{row.scope}:{row.name}".encode())
         if plain is None:
             raise SecretsKeyError(f"secret {row.name!r} (scope {row.scope!r}) does not open with this node's key",
@@ -233,7 +309,7 @@ class Secrets:
         return plain.decode()
 
     def get(self, scope: str, name: str, version: int | None = None) -> SecretVersion:
-        row = self.store.get_secret(scope, name, version)
+        row = self._row(scope, name, version)
         if row is None:
             raise NotFoundError(f"secret {name!r} not found in scope {scope!r}", where=f"secrets/{name}")
         return row
@@ -253,7 +329,7 @@ class Secrets:
         except NotFoundError as e:
             raise NotFoundError(f"{ref.text}: {e.message}", where=e.where) from None
         for scope in scopes:
-            row = self.store.get_secret(scope, ref.name)
+            row = self._row(scope, ref.name)
             if row is not None:
                 return row
         raise NotFoundError(f"{ref.text}: no secret {ref.name!r} in scope {' or '.join(map(repr, scopes))}",

@@ -132,6 +132,7 @@ class SecretVersion:
     value: bytes  # nonce ‖ ciphertext ‖ tag
     created_at: str  # when this version was written
     first_created_at: str  # when version 1 was
+    generation: int | None = None  # a cluster's row: the generation of the cluster key it is sealed under
 
 
 class SecurityStore(Protocol):
