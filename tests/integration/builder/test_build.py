@@ -314,3 +314,25 @@ cmd: [cat, /who]
         assert said in env_run.stderr and f"{host} answered 404" in env_run.stderr, env_run.stderr
         assert "Traceback" not in env_run.stderr
         assert left_behind(data) == []
+
+
+def test_push_sends_the_built_image_to_the_registry(tmp_path: Path, builder_base: BuildBase) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "msg").write_text(f"pushed {tmp_path.name}\n")
+    (ctx / "Dockerfile").write_text(f'FROM {builder_base.reference}\nCOPY msg /msg\nCMD ["cat", "/msg"]\n')
+    ref = f"{builder_base.registry.host}/pushed/app:1"
+    data = tmp_path / "data"
+    with no_mounts_left(tmp_path):
+        assert zlayer_cmd(data, "build", "--push", str(ctx)).returncode != 0  # nothing to push to without -t
+        r = zlayer_cmd(data, "build", "--push", "-t", ref, str(ctx))
+        assert r.returncode == 0, r.stderr
+        digest = ImageStore(data / "images").get(ref).digest
+        assert f"pushed {ref}: {digest}" in r.stderr, r.stderr
+        raw = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert raw.returncode == 0 and json.loads(raw.stdout)["Digest"] == digest, raw.stderr
+        # another node pulls it and runs it
+        other = tmp_path / "other"
+        assert zlayer_cmd(other, "pull", ref).returncode == 0
+        assert run_image(other, ref) == f"pushed {tmp_path.name}\n"
