@@ -434,9 +434,17 @@ class StandaloneContainers:
     async def readopt(self) -> None:
         """Watch again each taken-back container that was running: one its driver still runs goes on as if no
         daemon had left; one that ended meanwhile is recorded exited at once (and restarted or removed as its
-        policy says), as the watcher sees its end."""
+        policy says), as the watcher sees its end. An exited one whose policy is ``always`` or ``unless-stopped``
+        (and that no one stopped) starts again, as Docker's containers do when their daemon starts."""
         for c in list(self.by_id.values()):
-            if not c.running or (c.watcher is not None and not c.watcher.done()):
+            if c.watcher is not None and not c.watcher.done():
+                continue
+            if not c.running:
+                if c.started.is_set() and not c.stopped_by_user and c.restart in ("always", "unless-stopped"):
+                    try:
+                        await self.start(c.id)
+                    except ZLayerError as e:
+                        log.warning("starting %s again: %s", c.id, e)
                 continue
             rep = self.replica(c)
             try:

@@ -452,6 +452,7 @@ def test_containers_survive_a_daemon_restart(shim: Shim) -> None:
                   f"echo before; exec {' '.join(HTTPD)}").strip()  # fmt: skip
     assert shim.docker("run", "--name", "done", IMAGE, "sh", "-c", "exit 4").returncode == 4
     shim.ok("run", "-d", "--name", "ends", IMAGE, "sh", "-c", "sleep 2; exit 5")
+    shim.ok("run", "-d", "--name", "phoenix", "--restart", "always", IMAGE, "sh", "-c", "sleep 2; exit 1")
     assert node.zl("container", "create", "--name", "zsolo", IMAGE, "sleep", "300").returncode == 0
     pid = json.loads(shim.ok("inspect", "kept"))[0]["State"]["Pid"]
     node.signal_and_wait(15)
@@ -460,6 +461,10 @@ def test_containers_survive_a_daemon_restart(shim: Shim) -> None:
     ps = shim.ok("ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Status}} {{.Ports}}")
     assert f"{cid[:12]} kept Up" in ps and f"0.0.0.0:{port}->8080/tcp" in ps, ps
     assert "done Exited (4)" in ps and "ends Exited (5)" in ps, ps
+    deadline = time.monotonic() + 20  # `phoenix` ended while no daemon watched: its policy starts it again
+    while json.loads(shim.ok("inspect", "phoenix"))[0]["RestartCount"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert json.loads(shim.ok("inspect", "phoenix"))[0]["RestartCount"] >= 1
     kept = json.loads(shim.ok("inspect", "kept"))[0]
     assert kept["State"]["Pid"] == pid and "kept-net" in kept["NetworkSettings"]["Networks"]  # the same process
     assert "kept-net" in shim.ok("network", "ls", "--format", "{{.Name}}").split()
@@ -472,7 +477,7 @@ def test_containers_survive_a_daemon_restart(shim: Shim) -> None:
     # and they are still managed: stopped, started, removed as before
     shim.ok("start", "done")
     assert shim.ok("wait", "done").strip() == "4"
-    shim.ok("rm", "-f", "kept", "done", "ends")
+    shim.ok("rm", "-f", "kept", "done", "ends", "phoenix")
     shim.ok("network", "rm", "kept-net")
     assert node.zl("container", "rm", "--force", "zsolo-rep-0").returncode == 0
     assert shim.ok("ps", "-aq") == "" and "zsolo" not in node.zl("ps", "-c").stdout
