@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zlayer.errors import ConflictError, NotFoundError, ZLayerError
+from zlayer.errors import ConflictError, NotFoundError, UsageError, ZLayerError
 from zlayer.security.secrets import Secrets, SecretsKeyError
 from zlayer.security.store import Environment, SecretVersion, now
 from zlayer.state.etcd import EtcdClient, EtcdError, KeyValue, delete_op, mod_is, put_op
@@ -235,16 +235,16 @@ class ClusterSecrets:
         self.error: SecretsKeyError | None = None  # why this node cannot open the cluster's secrets, if it cannot
 
     # -------------------------------------------------------------------------------------------------- set-up
-    async def create(self) -> None:
-        """The cluster's first DEK, wrapped for this node — only while etcd holds no DEK and no secret row."""
+    async def create(self) -> bool:
+        """The cluster's first DEK, wrapped for this node — only while etcd holds no DEK and no secret row (rows
+        without a key are never taken over by a new one). True when this node made it."""
         assert self.node_key is not None
+        if await self.client.range(ROWS, limit=1):
+            return False
         dek = _random.token_bytes(32)
         record = make_record(dek, 1, {self.node_id: self.node_key.public_key().public_bytes_raw()})
         ops = [put_op(DEK_KEY, record.dump()), put_op(NODES + self.node_id, self._identity())]
-        if not await self.client.txn([mod_is(DEK_KEY, 0)], ops):
-            return  # another node made it first
-        if await self.client.range(ROWS, limit=1):
-            log.warning("secrets: the cluster had secret rows but no key: they stay unreadable")
+        return await self.client.txn([mod_is(DEK_KEY, 0)], ops)
 
     def _identity(self) -> dict[str, Any]:
         return {"public_key": public_b64(self.node_key), "joined_at": now()}
@@ -253,8 +253,8 @@ class ClusterSecrets:
         """The leader's side of a join: record the node's public key and wrap the current DEK (and the retiring one)
         for it."""
         if len(public) != 32:
-            raise WrapError("the join request's secrets_pubkey is not an X25519 public key (32 bytes)",
-                            where="secrets_pubkey")  # fmt: skip
+            raise UsageError("the join request's secrets_pubkey is not an X25519 public key (32 numbers 0-255)",
+                             where="secrets_pubkey")  # fmt: skip
         for _ in range(32):
             kv = await self.client.get(DEK_KEY)
             if kv is None:
@@ -374,27 +374,35 @@ class ClusterSecrets:
     # -------------------------------------------------------------------------------------------------- writes
     async def put(self, scope: str, name: str, plain: bytes, *,
                   rotate: bool = False) -> tuple[SecretVersion, int | None]:  # fmt: skip
-        """``plain`` sealed as the next version of the secret, written to etcd; the previous version number."""
+        """``plain`` sealed as the next version of the secret, written to etcd (conditional on the DEK record it was
+        sealed under, so a rotation meanwhile makes it start again); the previous version number."""
         for _ in range(32):
-            await self.sync()
-            dek = self._dek(self.generation)
-            before = self.get(scope, name)
+            dkv = await self.client.get(DEK_KEY)
+            if dkv is None:
+                raise self.error or WrapError("the cluster has no secrets key", where=DEK_KEY)
+            record = DekRecord.parse(dkv.json())
+            dek = self._open(record)[record.generation]
+            versions = sorted((r for r in map(_parse_row, await self.client.range(_row_key(scope, name))) if r),
+                              key=lambda r: r.version)  # fmt: skip
+            before = versions[-1] if versions else None
             if rotate and before is None:
                 raise NotFoundError(f"secret {name!r} not found in scope {scope!r}", where=f"secrets/{name}")
             version = (before.version if before else 0) + 1
             key = _row_key(scope, name, version)
             t = now()
-            sealed = base64.b64encode(seal_row(dek, scope, name, version, plain)).decode()
-            doc = {"g": self.generation, "v": sealed, "t": t}
-            if await self.client.txn([mod_is(key, 0), mod_is(DEK_KEY, self._dek_rev)], [put_op(key, doc)]):
-                await self.sync()
-                got = self.get(scope, name, version)
-                if got is None:  # deleted in between: say what was written
-                    got = SecretVersion(scope, name, version, base64.b64decode(sealed), t, t, self.generation)
+            blob = seal_row(dek, scope, name, version, plain)
+            doc = {"g": record.generation, "v": base64.b64encode(blob).decode(), "t": t}
+            if await self.client.txn([mod_is(key, 0), mod_is(DEK_KEY, dkv.mod_revision)], [put_op(key, doc)]):
+                first = versions[0].created_at if versions else t
+                got = SecretVersion(scope, name, version, blob, t, first, record.generation)
+                self._rows[(scope, name)] = [SecretVersion(v.scope, v.name, v.version, v.value, v.created_at, first,
+                                                           v.generation) for v in versions] + [got]  # fmt: skip
+                self.generation, self._dek_rev = record.generation, dkv.mod_revision
                 return got, before.version if before else None
         raise ConflictError(f"secret {name!r}: too many concurrent writes", where=f"secrets/{name}")
 
     async def delete(self, scope: str, name: str) -> bool:
+        self._rows.pop((scope, name), None)
         return await self.client.delete(_row_key(scope, name), prefix=True) > 0
 
     # -------------------------------------------------------------------------------------------------- environments
@@ -547,8 +555,13 @@ class ClusterSecretsHook:
             self.secrets.cluster = cs
             return
         cs = ClusterSecrets(client, node_id, key)
+        made = False
         if how == "init":
-            await cs.create()
+            made = await cs.create()
+        elif how == "start" and await client.get(DEK_KEY) is None:
+            # a cluster made before its secrets were: the first node to start makes the key; the others hold no
+            # wrap of it and say so (they join again to get one)
+            made = await cs.create()
         try:
             await cs.sync()
         except EtcdError as e:
@@ -557,7 +570,7 @@ class ClusterSecretsHook:
             cs.error = e
         if cs.error is not None:
             log.error("secrets: %s%s", cs.error, f" (hint: {cs.error.hint})" if cs.error.hint else "")
-        if how in ("init", "join") and cs.error is None:
+        if (how == "join" or made) and cs.error is None:
             try:
                 await self._carry(cs)
             except ZLayerError as e:

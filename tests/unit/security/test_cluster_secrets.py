@@ -18,6 +18,7 @@ from zlayer.errors import ConflictError, UsageError
 from zlayer.security import SqliteSecurityStore
 from zlayer.security.cluster import (
     DEK_KEY,
+    PREFIX,
     ClusterSecrets,
     ClusterSecretsHook,
     DekRecord,
@@ -94,9 +95,10 @@ def test_rows_replicate_sealed_and_a_removal_rotates_the_key(etcd: EtcdProcess, 
     async def go() -> None:
         clients = [EtcdClient([etcd.member.client_url]) for _ in range(3)]
         try:
+            await clients[0].delete(PREFIX, prefix=True)
             n1, n2, n3 = (ClusterSecrets(c, n, keys[n]) for c, n in zip(clients, ("1", "2", "3"), strict=True))
-            await n1.create()
-            await n1.create()  # a second create changes nothing
+            assert await n1.create()
+            assert not await n1.create()  # a second create changes nothing
             await n1.sync()
             assert n1.generation == 1
             hook = ClusterSecretsHook(Secrets(SqliteSecurityStore(tmp_path / "n1.db"), Keyring(
@@ -105,7 +107,7 @@ def test_rows_replicate_sealed_and_a_removal_rotates_the_key(etcd: EtcdProcess, 
             for n in ("2", "3"):  # as the leader admits a join: ZLayer's [u8; 32]
                 await hook.admitted(clients[0], n, {"secrets_pubkey": list(_pub(keys[n]))})
             for bad in ([1, 2, 3], [300] * 32, "a string", [None] * 32):
-                with pytest.raises(WrapError, match="secrets_pubkey"):
+                with pytest.raises(UsageError, match="secrets_pubkey"):
                     await hook.admitted(clients[0], "9", {"secrets_pubkey": bad})
 
             # set on node 2, read (and resolve) on node 3
@@ -171,6 +173,42 @@ def test_rows_replicate_sealed_and_a_removal_rotates_the_key(etcd: EtcdProcess, 
         finally:
             for c in clients:
                 await c.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.peer
+def test_a_rotation_cut_short_leaves_every_row_readable_and_the_next_one_finishes_it(etcd: EtcdProcess) -> None:
+    keys = {n: X25519PrivateKey.generate() for n in ("1", "2")}
+
+    async def go() -> None:
+        client = EtcdClient([etcd.member.client_url])
+        try:
+            await client.delete(PREFIX, prefix=True)
+            n1, n2 = ClusterSecrets(client, "1", keys["1"]), ClusterSecrets(client, "2", keys["2"])
+            assert await n1.create()
+            await n1.admit("2", _pub(keys["2"]))
+            for i in range(3):
+                await n1.put("global", f"s{i}", f"value-{i}".encode())
+            await n1.sync()
+            # the rotating node died after writing generation 2 and before sealing any row again
+            dek1, dek2 = n1._deks[1], os.urandom(32)
+            cut = make_record(dek2, 2, {n: _pub(k) for n, k in keys.items()})
+            cut.retiring_generation, cut.retiring = 1, make_record(dek1, 1, {n: _pub(k) for n, k in keys.items()}).wraps
+            await client.put(DEK_KEY, cut.dump())
+            await n2.sync()
+            assert n2.error is None and all(n2.open(r) == f"value-{i}".encode() for i, r in
+                                            enumerate(n2.latest("global")))  # fmt: skip
+            fresh = ClusterSecrets(client, "1", keys["1"])  # another process: only its wraps to go by
+            assert await fresh.rotate() == 3
+            rec = DekRecord.parse((await client.get(DEK_KEY)).json())  # type: ignore[union-attr]
+            assert rec.generation == 3 and rec.retiring is None and sorted(rec.wraps) == ["1", "2"]
+            await n2.sync()
+            rows = n2.latest("global")
+            assert [r.generation for r in rows] == [3, 3, 3]
+            assert [n2.open(r) for r in rows] == [b"value-0", b"value-1", b"value-2"]
+        finally:
+            await client.close()
 
     asyncio.run(go())
 
