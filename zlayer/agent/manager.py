@@ -446,7 +446,10 @@ class ServiceManager:
     def replica_runtime(self, container_id: str) -> str:
         """The workload driver running a live replica (``linux``, ``wasm``; empty when none runs it now)."""
         rep = self.lifecycle.replicas.get(container_id)
-        return self.drivers.name_of(rep.driver) if rep is not None else ""
+        if rep is not None:
+            return self.drivers.name_of(rep.driver)
+        sa = self.standalone.by_id.get(container_id)  # a standalone container while it runs
+        return self.drivers.name_of(self.drivers.for_service(sa.spec)) if sa is not None and sa.running else ""
 
     def replica_health(self, container_id: str) -> tuple[str, int, str]:
         return HealthMonitor.status(self.lifecycle.replicas.get(container_id))

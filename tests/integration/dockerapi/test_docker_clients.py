@@ -97,7 +97,8 @@ def test_cli_run_ps_logs_exec_cp_stop_rm(shim: Shim, tmp_path: Path) -> None:
     assert shim.ok("port", "web").strip() == f"8080/tcp -> 0.0.0.0:{port}"
     # on zlayer's runtime and network: `zlayer ps -c` lists it, and the published port serves its page
     zps = shim.node.zl("ps", "-c").stdout
-    assert f"{cid[:12]}-rep-0" in zps and "docker" in zps and "running" in zps
+    [row] = [ln.split() for ln in zps.splitlines() if f"{cid[:12]}-rep-0" in ln]
+    assert row[0] == "docker" and row[-3:-1] == ["linux", "running"], zps
     inspect = json.loads(shim.ok("inspect", "web"))[0]
     gateway = inspect["NetworkSettings"]["Gateway"]  # the node's own address on its bridge
     got = shim.node.sh("curl", "-s", "--max-time", "10", f"http://{gateway}:{port}/")
