@@ -17,6 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from zlayer.dockerapi.server import DockerError, Request, Response, Router, json_lines
+from zlayer.errors import ZLayerError
+from zlayer.images.reference import parse_reference
 
 if TYPE_CHECKING:
     from zlayer.builder.service import BuildService
@@ -84,8 +86,13 @@ def register(router: Router, api: DockerApi) -> None:
         if req.q("remote"):
             raise DockerError(400, "remote: a build context from a URL is not supported by this node (zlayer); "
                                    "send the context as the request's tarball")  # fmt: skip
-        service = builds()
         tags = [t for t in req.query.get("t", []) if t]
+        for tag in tags:  # refused before the context is read, as dockerd does, not after the whole build
+            try:
+                parse_reference(tag)
+            except ZLayerError as e:
+                raise DockerError(400, f"invalid reference format: {tag!r}: {e.message}") from None
+        service = builds()
         tmp = Path(tempfile.mkdtemp(dir=service.work, prefix="docker-build-"))
         try:
             context = tmp / "context"

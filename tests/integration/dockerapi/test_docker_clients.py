@@ -513,4 +513,6 @@ def test_cli_build_then_run(shim: Shim, tmp_path: Path) -> None:
     assert status == 400 and "inside the build context" in body["message"]
     status, body = shim.raw("POST", "/v1.41/build", b"not a tarball at all")
     assert status == 400 and "not a readable tarball" in body["message"]
+    status, body = shim.raw("POST", "/v1.41/build?t=Bad%20Tag", buf.getvalue())
+    assert status == 400 and "invalid reference format" in body["message"], body
     shim.ok("rmi", "built/x")
