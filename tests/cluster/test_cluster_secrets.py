@@ -16,12 +16,35 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tests.fixtures.daemon_live import web_spec
-from tests.fixtures.netns_cluster import NetnsCluster
+from tests.fixtures.daemon_node import service_image
+from tests.fixtures.netns_cluster import NetnsCluster, wait_for
 from zlayer.security.cluster import DEK_KEY, ROWS, DekRecord, WrapError, open_record, open_row, unwrap_dek
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
 
 VALUES = ("carried-over-Q7c1", "api-token-Zx81", "prod-password-Lp30", "after-removal-Vw55")
+PORT = 8091
+APP = (  # each replica serves, at /token, the value its TOKEN reference was resolved to
+    "version: v1\ndeployment: tokens\nservices:\n  web:\n"
+    "    image: {name: 'zlayer-svc/httpd:v1', pull_policy: never}\n"
+    "    env: {TOKEN: '$S:api_token'}\n"
+    "    command: {entrypoint: ['/bin/sh', '-c'], args: ['printf %s \"$TOKEN\" > /www/token && "
+    "exec /bin/busybox httpd -f -p 8080 -h /www']}\n"
+    "    stop_grace_period: 1s\n"
+    f"    endpoints: [{{name: http, protocol: http, port: {PORT}, target_port: 8080, expose: public}}]\n"
+    "    scale: {mode: fixed, replicas: 3}\n"
+    "    health: {start_grace: 0s, interval: 1s, timeout: 1s, retries: 2, check: {type: tcp, port: 8080}}\n"
+)
+
+
+def _answers(host: Any, n: int = 9) -> list[str]:
+    """What ``n`` requests to ``host``'s proxy get back from the replicas' /token."""
+    out = []
+    for _ in range(n):
+        r = subprocess.run(["ip", "netns", "exec", host.ns, "curl", "-sS", "--max-time", "3",
+                            f"http://{host.addr}:{PORT}/token"], capture_output=True, text=True)  # fmt: skip
+        out.append(r.stdout if r.returncode == 0 else f"error: {r.stderr.strip()}")
+    return out
 
 
 def _etcd(host: Any) -> dict[str, tuple[bytes, int]]:
@@ -87,6 +110,18 @@ def test_secrets_replicate_sealed_and_a_removed_node_loses_the_key(netns_cluster
     # and resolved on node 2 for a command it runs: zlayer run takes the environment's secrets from its daemon
     out = h2.ok("run", "--env", "prod", "--", "sh", "-c", 'printf "%s|%s" "$DB_PASSWORD" "$api_token"')
     assert out == f"{prod_pw}|{token}", out
+    # a deployment made through node 2 whose replicas serve the secret they were given: each node that runs one
+    # resolves it (with its own wrap of the cluster key) when the replica starts
+    image = service_image(h2.root / "svc.tar", "x\n")
+    for h in (h1, h2, h3):
+        h.ok("import", str(image), "-t", "zlayer-svc/httpd:v1")
+    app = h2.root / "app.zlayer.yml"
+    app.write_text(APP)
+    h2.ok("deploy", str(app), timeout=180)
+    answers = wait_for(lambda: _answers(h2) if set(_answers(h2)) == {token} else None, 120,
+                       "every replica to answer with the secret")  # fmt: skip
+    assert answers == [token] * len(answers), answers
+
     # a spec naming a secret no node has is refused on node 2, naming it
     spec = h2.root / "refs.zlayer.yml"
     spec.write_text(web_spec("refs", 1, extra='    env: {TOKEN: "$S:api_token", MISSING: "$S:no_such_secret"}\n'))
