@@ -132,6 +132,8 @@ class Lifecycle:
             await driver.start(rep.cid)
         state = await driver.state(rep.cid)
         rep.record.pid = state.pid
+        if not plumb and state.ip:
+            rep.record.ip = state.ip  # a WASM HTTP replica listens on a loopback address of its own
         rep.record.state = "running"
         rep.record.exit_code = None
         rep.record.oom_killed = False

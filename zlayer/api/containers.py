@@ -138,7 +138,8 @@ async def container_stats(id: str, c: ApiContext = Depends(ctx)) -> ContainerSta
     limit = st.memory_limit_bytes or 0
     pct = (100.0 * st.memory_usage_bytes / limit) if limit else 0.0
     return ContainerStatsResponse(id=id, cpu_usage_usec=st.cpu_usage_ns // 1000, memory_bytes=st.memory_usage_bytes,
-                                  memory_limit=limit, memory_percent=round(pct, 2))  # fmt: skip
+                                  memory_limit=limit, memory_percent=round(pct, 2), calls=st.calls,
+                                  call_errors=st.call_errors, instances=st.instances)  # fmt: skip
 
 
 @router.post("/{id}/exec", response_model=ContainerExecResponse, summary="Run a command in a container.")

@@ -214,6 +214,11 @@ class ContainerStatsResponse(BaseModel):
     memory_bytes: int
     memory_limit: int
     memory_percent: float
+    calls: int | None = Field(
+        default=None, description="A WASM HTTP replica's handle calls so far (absent for other workloads)."
+    )
+    call_errors: int | None = Field(default=None, description="Of those calls, the ones that trapped or failed (500).")
+    instances: int | None = Field(default=None, description="A WASM HTTP replica's pooled instances now.")
 
 
 _IMAGE_ID = "Image ID: the digest of the image config, as Docker's (what `zlayer image ls` shows, 12 digits of it)."

@@ -80,6 +80,7 @@ class ContainerState:
     pid: int = 0
     started_at: str = ""
     finished_at: str = ""
+    ip: str = ""  # the address the workload listens on when its driver chose it (a WASM HTTP replica's loopback)
 
     @property
     def running(self) -> bool:
@@ -100,6 +101,9 @@ class ContainerStats:
     io_write_bytes: int = 0
     oom_kills: int = 0
     timestamp: float = 0.0
+    calls: int | None = None  # a WASM HTTP replica's handle calls, those that failed, its pooled instances
+    call_errors: int | None = None
+    instances: int | None = None
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ artifacts with no setting, and run by the WASM driver.
 What a user sees: the pushed artifact as other registry clients read it; a WASIp1 job's exit code, output (in
 ``zlayer logs``/the execution), arguments, environment and preopened storage; a cron of a WASM module firing; a
 long-running WASM service listed by ``ps``, adopted by a restarted daemon and stopped at once; a WASIp2 ``wasi:cli/run``
-component's exit code; and bad programs (corrupt, a missing import, an infinite loop past its deadline, a memory grab
-past its limit, a trap, an HTTP handler this node cannot serve) each ending in a clear error while the daemon and its
-other workloads go on.
+component's exit code; a ``wasi:http/incoming-handler`` component served on two replicas behind the proxy (curl
+through it, HTTP health checks against it, a trap failing its one request, per-replica call counts in its stats); and
+bad programs (corrupt, a missing import, an infinite loop past its deadline, a memory grab past its limit, a trap) each
+ending in a clear error while the daemon and its other workloads go on.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def test_wasm_jobs_cron_and_service_from_a_registry(
     data.mkdir()
     (data / "in.txt").write_text("from the host\n")
     dep = unique("wasm")
+    port = node.free_port()
     daemon_deployments.append(dep)
     node.deploy(
         f"version: v1\ndeployment: {dep}\nservices:\n"
@@ -107,10 +109,15 @@ def test_wasm_jobs_cron_and_service_from_a_registry(
         + job("missing", f"{reg}/wasm/missing:v1")
         + job("corrupt", f"{reg}/wasm/corrupt:v1")
         + job("runerr", f"{reg}/wasm/runerr:v1")
-        + job("http", f"{reg}/wasm/http:v1")
         + f"  tick:\n    rtype: cron\n    schedule: '* * * * * *'\n    image: {{name: '{reg}/wasm/hello:v1'}}\n"
         + f"  forever:\n    image: {{name: '{reg}/wasm/spin:v1'}}\n    scale: {{mode: fixed, replicas: 1}}\n"
         + "    stop_grace_period: 5s\n"
+        + f"  web:\n    service_type: wasm_http\n    image: {{name: '{reg}/wasm/http:v1'}}\n"
+        + "    scale: {mode: fixed, replicas: 2}\n"
+        + f"    endpoints: [{{name: http, protocol: http, port: {port}, target_port: 8080, expose: public}}]\n"
+        + "    health: {start_grace: 0s, interval: 1s, timeout: 1s, retries: 2,"
+        + " check: {type: http, url: 'http://localhost:8080/healthz', expect_status: 200}}\n"
+        + "    wasm: {max_instances: 2}\n"
     )
     node.expect(dep)
 
@@ -155,10 +162,38 @@ def test_wasm_jobs_cron_and_service_from_a_registry(
     assert bad["status"] == "failed" and "invalid WASM module" in bad["error"], bad
     assert "Traceback" not in json.dumps([trap, missing, bad])
 
-    # WASIp2: a wasi:cli/run component (run's err is exit 1), and an HTTP handler refused saying why
+    # WASIp2: a wasi:cli/run component (run's err is exit 1)
     assert execution(node, "runerr", dep)["exit_code"] == 1
-    http = execution(node, "http", dep)
-    assert http["status"] == "failed" and "is a wasi:http/incoming-handler component" in http["error"], http
+
+    # a wasi:http/incoming-handler component on two replicas, healthy by its HTTP check, each on an address of its own
+    webs = node.containers(dep, "web")
+    assert len(webs) == 2 and all(w["runtime"] == "wasm" and w["state"] == "running" for w in webs), webs
+    assert all(w["health"]["status"] == "healthy" for w in webs), [w["health"] for w in webs]
+    assert len({w["ipv4"] for w in webs}) == 2, webs
+    r = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{node.ns}", "curl", "-sS", "-i", f"http://127.0.0.1:{port}/hello"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0 and r.stdout.startswith("HTTP/1.1 200"), r.stdout + r.stderr
+    assert "hello from wasm /hello #" in r.stdout, r.stdout
+    for i in range(20):  # the proxy spreads them over both replicas; their instances are reused (#N counts on)
+        status, body = node.get(port, f"/n{i}")
+        assert status == 200 and body.startswith(f"hello from wasm /n{i} #"), body
+    status, body = node.get(port, "/missing")
+    assert status == 404, body
+    # a trap mid-request: a 500 for that request only; the next requests are served
+    status, body = node.get(port, "/trap")
+    assert status == 500, body
+    assert all(node.get(port, f"/after{i}")[0] == 200 for i in range(4))
+
+    def counts() -> list[dict[str, Any]]:
+        return [node.api("GET", f"/api/v1/containers/{w['id']}/stats") for w in webs]
+
+    # each replica's worker rewrites its counts every 0.5 s: both served calls, one of them failed the trap
+    node.wait_for(lambda: sum(c["call_errors"] or 0 for c in counts()) == 1, 10, "the trap in the call counts")
+    got = counts()
+    assert all(c["calls"] > 0 and c["instances"] >= 1 and c["memory_bytes"] > 0 for c in got), got
+    assert "500: trap: `unreachable`" in node.zl("logs", "web", "-d", dep).stdout
 
     # the cron fires (seconds-first, every second) and its runs complete with the module's output
     node.wait_for(

@@ -1,7 +1,9 @@
 """WasmRuntime: the Runtime protocol for WebAssembly workloads, beside the Linux one.
 
 A replica is a worker process (:mod:`zlayer.runtime.wasm.worker`, which says why a process) running one WASIp1
-command module or ``wasi:cli/run`` component from a WASM artifact in the node's image store. Layout under
+command module or ``wasi:cli/run`` component from a WASM artifact in the node's image store, or serving a
+``wasi:http/incoming-handler`` component over HTTP on a loopback address of its own (``state.json``'s ``ip``, the
+replica's address for the proxy and health checks) and the service's backend port. Layout under
 ``data_dir``: ``wasm/instances/<id>/`` holds ``config.json`` (what the worker runs: artifact, argv, env, preopens,
 limits), ``state.json`` (created/started, pid) and, once it ended, ``result.json`` (exit code and why); compiled
 programs are cached in ``wasm/compiled/`` by digest; logs go to the same ``<log_dir>/<id>.log`` CRI files as
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -28,6 +31,7 @@ import signal as _signal
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -142,7 +146,7 @@ class WasmRuntime:
         limits = _limits(spec)
         # Compile (or load from the cache) and link here, in a thread: a corrupt module or a missing import is
         # refused at create, naming the file and the import, and the worker starts from the cache.
-        await asyncio.to_thread(_prepare, artifact, digest, self.cache, bool(limits["fuel"]), spec.image.name)
+        http = await asyncio.to_thread(_prepare, artifact, digest, self.cache, bool(limits["fuel"]), spec.image.name)
         d = self._dir(name)
         d.mkdir(parents=True, exist_ok=False)
         os.chmod(d, 0o700)
@@ -151,7 +155,7 @@ class WasmRuntime:
             preopens, anonymous = _preopens(spec, self.data_dir, name)
             env = _env(spec, name)
             argv = [cid.service, *(spec.command.entrypoint or []), *(spec.command.args or [])]
-            config = {
+            config: dict[str, Any] = {
                 "artifact": str(artifact),
                 "digest": digest,
                 "cache": str(self.cache),
@@ -162,6 +166,15 @@ class WasmRuntime:
                 "log_path": str(self.log_path(name)),
                 "plugin": _plugin(spec, cid, self.data_dir, d, env),
             }
+            if http:
+                wasm = spec.wasm
+                config["listen"] = [self._free_address(name), spec.backend_port]
+                config["min_instances"] = int(wasm.min_instances) if wasm is not None else 0
+                config["max_instances"] = int(wasm.max_instances) if wasm is not None else 10
+                config["http_outgoing"] = _http_client(spec)
+                config["allowed_hosts"] = list(wasm.allowed_hosts) if wasm is not None else []
+                if limits["deadline_s"] is None:  # a request always has a deadline: the spec's default 30 s
+                    limits["deadline_s"] = float(wasm.request_timeout) if wasm is not None else 30.0
             write_atomic(d / "config.json", json.dumps(config), durable=False)  # 0600: env may hold secrets
             grace = spec.stop_grace_period
             self._write_state(
@@ -176,6 +189,7 @@ class WasmRuntime:
                     "memory_limit": limits["memory_bytes"],
                     "anonymous_volumes": anonymous,
                     "labels": dict(spec.labels),
+                    "ip": config["listen"][0] if http else "",
                 },
             )
         except BaseException:
@@ -210,6 +224,12 @@ class WasmRuntime:
         st.update(status="running", pid=proc.pid, started_at=_now())
         self._write_state(name, st)
         asyncio.get_running_loop().create_task(self._reap(name, proc), name=f"wasm reap {name}")
+        if st.get("ip"):
+            # an HTTP component: started once it listens with an instance made (or ended trying)
+            while not (d / "ready").exists() and not self._ended[name].is_set():
+                await asyncio.sleep(0.005)
+            if not self._ended[name].is_set():
+                return
         try:
             await asyncio.wait_for(self._ended[name].wait(), self.early_exit_window)
         except TimeoutError:
@@ -310,6 +330,22 @@ class WasmRuntime:
             shutil.rmtree(p, ignore_errors=True)
         self._ended.pop(name, None)
 
+    def _free_address(self, name: str) -> str:
+        """A loopback address no other WASM replica of this node listens on (127.77.0.0/16): each HTTP replica
+        serves the service's port on an address of its own, as a container does on its own interface."""
+        used = set()
+        for d in self.root.iterdir():
+            if d.name != name:
+                with contextlib.suppress(NotFoundError, RuntimeFailure):
+                    used.add(self._read(d.name, "state.json").get("ip"))
+        seed = zlib.crc32(name.encode()) % 65024
+        for i in range(65024):
+            n = (seed + i) % 65024 + 256  # 127.77.1.0 onwards: no .0 network or low addresses
+            ip = f"127.77.{n >> 8}.{n & 255}"
+            if ip not in used:
+                return ip
+        raise RuntimeFailure("no free loopback address for another WASM HTTP replica (65,024 in use)")
+
     # ------------------------------------------------------------------------------------------------ exec
 
     async def exec(
@@ -357,7 +393,9 @@ class WasmRuntime:
             yield line
 
     async def stats(self, cid: ContainerId) -> ContainerStats:
-        """The worker process's figures (its RSS holds the instance's linear memory and the compiled code)."""
+        """The worker's figures: ``memory_usage_bytes`` is its instances' linear memory in RAM (the resident part
+        of wasmtime's reservations for them), the peak its process's; an HTTP component's ``calls`` (handle calls,
+        ``call_errors`` of them trapped or failed) and ``instances`` (alive in its pool) from its stats.json."""
         name = str(cid)
         st = self._read(name, "state.json")
         pid = self._pid(name)
@@ -365,13 +403,13 @@ class WasmRuntime:
         if pid:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        rss = int(line.split()[1]) * 1024
-                    elif line.startswith("VmHWM:"):
+                    if line.startswith("VmHWM:"):
                         peak = int(line.split()[1]) * 1024
+                rss = _linear_memory(pid)
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 ticks = int(fields[11]) + int(fields[12])
                 cpu = ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+        counts = self._read(name, "stats.json") if st.get("ip") else {}
         return ContainerStats(
             cpu_usage_ns=cpu,
             memory_usage_bytes=rss,
@@ -379,6 +417,9 @@ class WasmRuntime:
             memory_max_usage_bytes=peak or None,
             pids_current=1 if pid else 0,
             timestamp=time.time(),
+            calls=counts.get("calls"),
+            call_errors=counts.get("errors"),
+            instances=counts.get("instances"),
         )
 
     async def state(self, cid: ContainerId) -> ContainerState:
@@ -391,7 +432,7 @@ class WasmRuntime:
         if st["status"] == "running":
             pid = self._pid(name)
             if pid:
-                return ContainerState("running", pid=pid, started_at=st.get("started_at", ""))
+                return ContainerState("running", pid=pid, started_at=st.get("started_at", ""), ip=st.get("ip", ""))
         res = self._read(name, "result.json") or {"exit_code": 255, "reason": "runtime_error: worker vanished"}
         return ContainerState(
             "exited",
@@ -459,13 +500,37 @@ class WasmRuntime:
 # ---------------------------------------------------------------------------------------------------- spec → worker
 
 
-def _prepare(artifact: Path, digest: str, cache: Path, fuel: bool, image: str) -> None:
-    from zlayer.runtime.wasm.engine import load_program
+def _prepare(artifact: Path, digest: str, cache: Path, fuel: bool, image: str) -> bool:
+    """Compile and link the program (refusing a bad one here); whether it is an HTTP component."""
+    from zlayer.runtime.wasm.engine import P2Http, load_program
 
     try:
-        load_program(artifact, digest, cache, fuel=fuel, where=f"image {image}")
+        return isinstance(load_program(artifact, digest, cache, fuel=fuel, where=f"image {image}"), P2Http)
     except ImageError as e:
         raise ImageError(f"image {image}: {e.message}", where=image) from None
+
+
+def _linear_memory(pid: int) -> int:
+    """The resident bytes of the worker's WASM linear memories. wasmtime reserves each memory as one anonymous
+    mapping of gigabytes and makes its accessible pages read-write from the start, so in the process's map a memory
+    is a read-write anonymous region directly followed by a no-access one of at least 1 GiB (the rest of its
+    reservation); nothing else in the process looks like that."""
+    regions: list[tuple[int, int, str, bool, int]] = []  # start, end, perms, anonymous, rss
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                lo, hi = parts[0].split("-")
+                regions.append((int(lo, 16), int(hi, 16), parts[1], len(parts) < 6, 0))
+            elif parts[0] == "Rss:" and regions:
+                start, end, perms, anon, _ = regions[-1]
+                regions[-1] = (start, end, perms, anon, int(parts[1]) * 1024)
+    total = 0
+    for cur, nxt in itertools.pairwise(regions):
+        rest = nxt[3] and nxt[0] == cur[1] and nxt[2].startswith("---") and nxt[1] - nxt[0] >= 1 << 30
+        if rest and cur[3] and cur[2].startswith("rw"):
+            total += cur[4]
+    return total
 
 
 def _limits(spec: ServiceSpec) -> dict[str, Any]:
@@ -521,6 +586,21 @@ def _plugin(spec: ServiceSpec, cid: ContainerId, data_dir: Path, d: Path, env: l
         "metrics_path": str(d / "metrics.json"),
         "allowed": allowed,
     }
+
+
+def _http_client(spec: ServiceSpec) -> bool:
+    """Whether the component's wasi:http/outgoing-handler may send: ``wasm.allow_http_outgoing`` and the
+    ``http_client`` capability (``wasm.capabilities``, else the WASM service type's default)."""
+    from zlayer.spec.rules import CAPABILITIES, WASM_TYPES
+
+    wasm = spec.wasm
+    if wasm is not None and not wasm.allow_http_outgoing:
+        return False
+    if wasm is not None and wasm.capabilities is not None:
+        return bool(wasm.capabilities.http_client)
+    if spec.service_type in WASM_TYPES:
+        return bool(WASM_TYPES[spec.service_type][1][CAPABILITIES.index("http_client")])
+    return True
 
 
 def _preopens(spec: ServiceSpec, data_dir: Path, name: str) -> tuple[list[list[Any]], list[str]]:

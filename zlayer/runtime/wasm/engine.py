@@ -30,6 +30,7 @@ from zlayer.paths import private_dir
 
 if TYPE_CHECKING:
     from zlayer.runtime.wasm.plugin import PluginContext
+    from zlayer.runtime.wasm.wasihttp import Guest
 
 EPOCH_TICK = 0.01  # seconds per epoch tick
 NO_DEADLINE = 1 << 62
@@ -294,11 +295,8 @@ def _failed(e: wasmtime.WasmtimeError, limits: Limits) -> RunResult:
 class P2Command:
     """A WASIp2 component exporting ``wasi:cli/run``: linked against wasmtime's WASIp2 once, each :meth:`run` a
     fresh store and instance calling ``run`` (``ok`` is exit 0, ``err`` exit 1, ``wasi:cli/exit`` its code).
-
-    A component of another world is refused naming what it exports; one exporting ``wasi:http/incoming-handler``
-    is refused saying why: the ``wasmtime`` package (50.x) links the ``wasi:http`` imports
-    (``Linker.add_wasi_http``) but offers no way to make the ``incoming-request`` and ``response-outparam``
-    resources a host needs to call ``handle``, and its C API has none either."""
+    A component of another world is refused naming what it exports (``wasi:http/incoming-handler`` components are
+    :class:`P2Http`'s)."""
 
     def __init__(
         self, engine: wasmtime.Engine, comp: Any, *, where: str = "", plugin: PluginContext | None = None
@@ -313,12 +311,6 @@ class P2Command:
         at = where or "component"
         run = next((e for e in exports if e.split("@")[0] == "wasi:cli/run"), None)
         if run is None:
-            if any(e.split("@")[0] == "wasi:http/incoming-handler" for e in exports):
-                raise RuntimeFailure(
-                    f"{at}: is a wasi:http/incoming-handler component, which this node cannot serve yet: the "
-                    "wasmtime Python package exposes no way to build the incoming-request/response-outparam "
-                    "resources a host calls handle with"
-                )
             raise RuntimeFailure(
                 f"{at}: exports no wasi:cli/run (world not served; it exports {', '.join(exports) or 'nothing'})"
             )
@@ -363,19 +355,190 @@ class P2Command:
         return RunResult(0 if getattr(result, "tag", "ok") == "ok" else 1)
 
 
+HTTP_HANDLER = "wasi:http/incoming-handler"
+
+
+def is_http_component(engine: wasmtime.Engine, comp: Any) -> bool:
+    return any(e.split("@")[0] == HTTP_HANDLER for e in comp.type.exports(engine))
+
+
 def load_program(
-    artifact: Path, digest: str, cache: Path, *, fuel: bool, where: str, plugin: PluginContext | None = None
-) -> P1Program | P2Command:
-    """The program a WASM replica runs: a WASIp1 command module or a ``wasi:cli/run`` component, by the file's
-    header, compiled through the cache and linked (a missing import or a world not served refused here)."""
+    artifact: Path,
+    digest: str,
+    cache: Path,
+    *,
+    fuel: bool,
+    where: str,
+    plugin: PluginContext | None = None,
+    guest: Guest | None = None,
+) -> P1Program | P2Command | P2Http:
+    """The program a WASM replica runs: a WASIp1 command module, a ``wasi:cli/run`` component or a
+    ``wasi:http/incoming-handler`` component, by the file's header and exports, compiled through the cache and
+    linked (a missing import or a world not served refused here)."""
+    from zlayer.runtime.wasm import wasihttp
     from zlayer.runtime.wasm.binary import file_kind
 
     compiled = CompileCache(cache)
     if file_kind(artifact) == "component":
         engine = make_engine(fuel=fuel, component=True)
-        return P2Command(engine, compiled.component(engine, artifact, digest, fuel=fuel), where=where, plugin=plugin)
+        comp = compiled.component(engine, artifact, digest, fuel=fuel)
+        if is_http_component(engine, comp):
+            return P2Http(engine, comp, where=where, plugin=plugin, guest=guest or wasihttp.Guest())
+        return P2Command(engine, comp, where=where, plugin=plugin)
     engine = make_engine(fuel=fuel)
     return P1Program(engine, compiled.module(engine, artifact, digest, fuel=fuel), where=where)
+
+
+@dataclass
+class HttpStats:
+    """What a :class:`P2Http` served: handle calls, those that trapped or failed, instances made and alive."""
+
+    calls: int = 0
+    errors: int = 0
+    instantiated: int = 0
+    alive: int = 0
+
+
+class _Slot:
+    """One pooled instance: its store and its ``handle``."""
+
+    def __init__(self, store: wasmtime.Store, handle: Any) -> None:
+        self.store = store
+        self.handle = handle
+
+
+class P2Http:
+    """A ``wasi:http/incoming-handler`` component linked once against :class:`~zlayer.runtime.wasm.wasihttp.HttpHost`
+    (the module says why not wasmtime's own ``wasi:http``); :meth:`call` runs one request on a pooled instance.
+
+    Pooling: an instance (a store of its own) serves request after request; at most ``max_instances`` exist, an
+    idle one is reused first, a new one is made only when all are busy. An instance whose call trapped (or ran
+    past the deadline, or over its memory) is thrown away, so that request alone gets the 500 and the next one a
+    fresh instance. Each call runs under the epoch deadline ``limits.deadline_s``."""
+
+    def __init__(
+        self, engine: wasmtime.Engine, comp: Any, *, where: str = "", plugin: PluginContext | None = None,
+        guest: Guest,
+    ) -> None:  # fmt: skip
+        from wasmtime import component
+
+        from zlayer.runtime.wasm import plugin as plugins
+        from zlayer.runtime.wasm.wasihttp import HttpHost
+
+        self.engine = engine
+        self.component = comp
+        self.where = where or "component"
+        exports = sorted(comp.type.exports(engine))
+        name = next(e for e in exports if e.split("@")[0] == HTTP_HANDLER)
+        self.host = HttpHost(guest)
+        self.linker = component.Linker(engine)
+        imports = sorted(comp.type.imports(engine))
+        left = self.host.define(self.linker, imports)
+        wanted = plugins.imported(left)
+        refused = [w for w in wanted if plugin is not None and w not in plugin.allowed]
+        if refused:  # named here: linked as traps they would fail only when called
+            raise RuntimeFailure(
+                f"{self.where}: cannot link: imports zlayer:plugin/{', zlayer:plugin/'.join(refused)}, which this "
+                "service's capabilities do not allow"
+            )
+        if wanted and plugin is not None:
+            plugins.define(self.linker, plugin, wanted)
+        # what neither serves (wasi:filesystem, wasi:sockets...) traps when called, naming itself
+        self.linker.define_unknown_imports_as_traps(comp)
+        self.handle_index = comp.get_export_index("handle", comp.get_export_index(name))
+        if self.handle_index is None:
+            raise RuntimeFailure(f"{self.where}: {name} has no handle function")
+        self.stats = HttpStats()
+        self._idle: list[_Slot] = []
+        self._lock = threading.Condition()
+        self.max_instances = 1
+        self.limits = Limits()
+
+    def configure(self, *, limits: Limits, max_instances: int) -> None:
+        self.limits = limits
+        self.max_instances = max(1, max_instances)
+
+    def _instantiate(self) -> _Slot:
+        store = wasmtime.Store(self.engine)
+        if self.limits.memory_bytes is not None:
+            store.set_limits(memory_size=self.limits.memory_bytes)
+        store.set_epoch_deadline(NO_DEADLINE)
+        try:
+            instance = self.linker.instantiate(store, self.component)
+        except wasmtime.WasmtimeError as e:
+            raise RuntimeFailure(f"{self.where}: cannot instantiate: {_short(e)}") from None
+        handle = instance.get_func(store, self.handle_index)
+        if handle is None:
+            raise RuntimeFailure(f"{self.where}: wasi:http/incoming-handler has no handle function")
+        self.stats.instantiated += 1
+        return _Slot(store, handle)
+
+    def warm(self, n: int) -> None:
+        """Make ``n`` instances ahead of the first request (the spec's ``min_instances``, at least one: a
+        component that cannot be instantiated fails at start, not at its first request)."""
+        slots = [self._instantiate() for _ in range(max(1, min(n, self.max_instances)))]
+        with self._lock:
+            self._idle.extend(slots)
+            self.stats.alive += len(slots)
+
+    def _acquire(self) -> _Slot:
+        with self._lock:
+            while True:
+                if self._idle:
+                    return self._idle.pop()
+                if self.stats.alive < self.max_instances:
+                    self.stats.alive += 1
+                    break
+                self._lock.wait()
+        try:
+            return self._instantiate()
+        except BaseException:
+            with self._lock:
+                self.stats.alive -= 1
+                self._lock.notify()
+            raise
+
+    def _release(self, slot: _Slot | None) -> None:
+        with self._lock:
+            if slot is None:
+                self.stats.alive -= 1
+            else:
+                self._idle.append(slot)
+            self._lock.notify()
+
+    def call(
+        self, method: str, path: str, scheme: str, authority: str, headers: list[tuple[str, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[str, bytes]], bytes, str]:
+        """One request: ``(status, headers, body, error)``; a trap, a deadline or a handler that set no response is
+        a 500 with ``error`` saying why (the instance is then discarded)."""
+        slot = self._acquire()
+        req, out, slot_resp = self.host.new_request(method, path, scheme, authority, headers, body)
+        reps = (req.rep, out.rep)
+        ok = False
+        try:
+            if self.limits.deadline_s is not None:
+                slot.store.set_epoch_deadline(max(1, math.ceil(self.limits.deadline_s / EPOCH_TICK)))
+            slot.handle(slot.store, req, out)
+            slot.handle.post_return(slot.store)
+            ok = True
+        except wasmtime.Trap as e:
+            why = _trapped(e, self.limits).reason
+        except wasmtime.WasmtimeError as e:
+            why = _failed(e, self.limits).reason
+        finally:
+            self.host.forget(reps)  # what the guest did not take over (a trap leaves them behind)
+            self._release(slot if ok else None)
+            with self._lock:
+                self.stats.calls += 1
+                self.stats.errors += 0 if ok else 1
+        if not ok:
+            return 500, [], b"", why
+        if not slot_resp.set:
+            return 500, [], b"", "the handler returned without setting a response"
+        if slot_resp.error is not None:
+            return 500, [], b"", f"the handler answered error {slot_resp.error}"
+        data = bytes(slot_resp.body.data) if slot_resp.body is not None else b""
+        return slot_resp.status, slot_resp.headers, data, ""
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -393,6 +556,7 @@ __all__ = [
     "Limits",
     "P1Program",
     "P2Command",
+    "P2Http",
     "RunResult",
     "digest_of_file",
     "engine_tag",

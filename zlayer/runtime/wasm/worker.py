@@ -1,6 +1,8 @@
 """One WASM replica's process: ``python -m zlayer.runtime.wasm.worker DIR`` runs the program (a WASIp1 command module
-or a ``wasi:cli/run`` component) ``DIR/config.json``
-describes and writes how it ended to ``DIR/result.json``.
+or a ``wasi:cli/run`` component) ``DIR/config.json`` describes and writes how it ended to ``DIR/result.json``; a
+``wasi:http/incoming-handler`` component is served over HTTP/1.1 on ``listen`` (the replica's own loopback address
+and the service's port) until the worker is stopped, ``DIR/ready`` written once it listens with its first instance
+made, and ``DIR/stats.json`` rewritten (at most every 0.5 s) with its call counts.
 
 Why a process per replica and not a thread of the daemon with epoch interruption: a guest can block inside a host
 call (``poll_oneoff`` sleeping, a read that never returns) where no epoch check runs, and wasmtime aborts the whole
@@ -10,7 +12,8 @@ container does. The price is the process start (~the Python import, tens of ms),
 the module comes precompiled from the digest-keyed cache and is linked against WASI once.
 
 ``config.json``: ``artifact`` (path), ``digest``, ``cache`` (dir), ``argv``, ``env`` ([[k, v]...]), ``preopens``
-([[host, guest, readonly]...]), ``limits`` ({memory_bytes, fuel, deadline_s}), ``log_path``.
+([[host, guest, readonly]...]), ``limits`` ({memory_bytes, fuel, deadline_s}), ``log_path``; for HTTP components
+``listen`` ([ip, port]), ``min_instances``, ``max_instances``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     from zlayer.errors import ZLayerError
     from zlayer.runtime.logfile import CriWriter, rfc3339_now
-    from zlayer.runtime.wasm.engine import EXIT_TRAP, EpochTicker, Limits, load_program
+    from zlayer.runtime.wasm.engine import EXIT_TRAP, EpochTicker, Limits, P2Http, load_program
+    from zlayer.runtime.wasm.wasihttp import Guest
 
     root = Path(argv[1])
     cfg = json.loads((root / "config.json").read_text())
@@ -41,7 +45,20 @@ def main(argv: list[str]) -> int:
             fuel=bool(limits.fuel),
             where=cfg["artifact"],
             plugin=context_from(cfg["plugin"], log.write) if cfg.get("plugin") else None,  # type: ignore[arg-type]
+            guest=Guest(
+                cfg["argv"],
+                [tuple(x) for x in cfg["env"]],
+                log.write,  # type: ignore[arg-type]
+                outgoing=bool(cfg.get("http_outgoing")),
+                allowed_hosts=cfg.get("allowed_hosts", []),
+            ),
         )
+        if isinstance(program, P2Http):
+            from zlayer.runtime.wasm.serve import serve
+
+            program.configure(limits=limits, max_instances=int(cfg.get("max_instances", 10)))
+            serve(program, root, tuple(cfg["listen"]), int(cfg.get("min_instances", 0)), log.write)  # type: ignore[arg-type]
+            return 0  # serve returns only when SIGTERM ended it
         ticker = EpochTicker(program.engine) if limits.deadline_s is not None else None
         result = program.run(
             argv=cfg["argv"],

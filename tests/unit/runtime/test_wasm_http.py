@@ -1,0 +1,120 @@
+"""``wasi:http/incoming-handler`` components: the host's wasi:http (zlayer/runtime/wasm/wasihttp.py) driving the
+handler built from WAT at test time (tests/fixtures/wasm.py), first in process through :class:`P2Http`, then as a
+replica of :class:`WasmRuntime` serving HTTP on its own loopback address (no root needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.wasm import WasmPrograms
+from zlayer.images import ImageStore
+from zlayer.runtime import ContainerId
+from zlayer.runtime.wasm.artifact import export_artifact
+from zlayer.runtime.wasm.binary import inspect_wasm
+from zlayer.runtime.wasm.driver import WasmRuntime
+from zlayer.runtime.wasm.engine import EpochTicker, Limits, P2Http, digest_of_file, load_program
+from zlayer.spec.models import ServiceSpec
+
+
+def test_handler_instances_are_reused_and_a_trap_fails_only_its_request(
+    wasm_programs: WasmPrograms, tmp_path: Path
+) -> None:
+    path = wasm_programs.http_handler
+    assert inspect_wasm(path).world == "wasi:http/proxy"
+    prog = load_program(path, digest_of_file(path), tmp_path / "compiled", fuel=False, where=path.name)
+    assert isinstance(prog, P2Http)
+    prog.configure(limits=Limits(deadline_s=5.0), max_instances=2)
+    ticker = EpochTicker(prog.engine)
+    try:
+        prog.warm(1)
+
+        def get(p: str) -> tuple[int, bytes, str]:
+            status, _headers, body, error = prog.call("GET", p, "http", "example", [("accept", b"*/*")], b"")
+            return status, body, error
+
+        # one instance serves request after request: its call counter goes on
+        assert get("/hello") == (200, b"hello from wasm /hello #1\n", "")
+        assert get("/a?b=c") == (200, b"hello from wasm /a?b=c #2\n", "")
+        assert get("/missing") == (404, b"hello from wasm /missing #3\n", "")
+        # a trap mid-request: that request is a 500 saying why; the instance is thrown away, the next is fresh
+        status, body, error = get("/trap")
+        assert (status, body) == (500, b"") and "unreachable" in error, error
+        assert get("/after") == (200, b"hello from wasm /after #1\n", "")
+        st = prog.stats
+        assert (st.calls, st.errors, st.instantiated, st.alive) == (5, 1, 2, 1), st
+        assert prog.host.table.objs == {}, "a request left host resources behind"
+    finally:
+        ticker.close()
+
+
+async def _serve_two_replicas(root: Path, handler: Path) -> None:
+    store = ImageStore(root / "images")
+    export_artifact(store, handler, "test/http:v1")
+
+    class Images:
+        async def pull(self, image: str, policy: str = "if_not_present") -> None:
+            return None
+
+        async def wasm_artifact(self, image: str) -> tuple[Path, str]:
+            local = store.get(image)
+            desc = local.manifest["layers"][0]
+            p = local.wasm_layer_path(desc)
+            assert p is not None
+            return p, str(desc["digest"])
+
+    rt = WasmRuntime(root, Images())
+    spec = ServiceSpec.model_validate(
+        {
+            "image": {"name": "test/http:v1"},
+            "endpoints": [{"name": "http", "protocol": "http", "port": 80, "target_port": 18181}],
+            "wasm": {"max_instances": 2, "request_timeout": "5s"},
+        }
+    )
+    cids = [ContainerId("web", 0), ContainerId("web", 1)]
+    try:
+        for cid in cids:
+            await rt.create(cid, spec)
+            await rt.start(cid)  # returns once the replica listens
+        ips = [(await rt.state(cid)).ip for cid in cids]
+        assert all(ip.startswith("127.77.") for ip in ips) and len(set(ips)) == 2, ips
+
+        def get(ip: str, p: str) -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(ip, 18181, timeout=10)
+            try:
+                conn.request("GET", p)
+                r = conn.getresponse()
+                return r.status, r.read()
+            finally:
+                conn.close()
+
+        for ip in ips:
+            assert await asyncio.to_thread(get, ip, "/x") == (200, b"hello from wasm /x #1\n")
+        status, body = await asyncio.to_thread(get, ips[0], "/trap")
+        assert status == 500 and b"unreachable" in body, body
+        assert await asyncio.to_thread(get, ips[0], "/y") == (200, b"hello from wasm /y #1\n")
+        assert await asyncio.to_thread(get, ips[1], "/y") == (200, b"hello from wasm /y #2\n")
+        log = (root / "logs" / f"{cids[0]}.log").read_text()
+        assert "GET /trap: 500: trap: `unreachable`" in log, log
+        deadline = time.monotonic() + 10
+        while True:  # the worker rewrites its counts every 0.5 s
+            st = await rt.stats(cids[0])
+            if st.calls == 3 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert (st.calls, st.call_errors, st.instances) == (3, 1, 1), st
+        assert st.memory_usage_bytes > 0, st  # the instance's linear memory, resident
+        assert json.loads((root / "wasm" / "instances" / str(cids[0]) / "ready").read_text())["listen"][1] == 18181
+    finally:
+        for cid in cids:
+            await rt.remove(cid, force=True)
+
+
+@pytest.mark.slow
+def test_replicas_serve_http_on_addresses_of_their_own(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
+    asyncio.run(_serve_two_replicas(tmp_path, wasm_programs.http_handler))
