@@ -34,7 +34,7 @@ from typing import Any
 from zlayer.errors import ConflictError, NotFoundError, UsageError, ZLayerError
 from zlayer.security.secrets import Secrets, SecretsKeyError
 from zlayer.security.store import Environment, SecretVersion, now
-from zlayer.state.etcd import EtcdClient, EtcdError, KeyValue, delete_op, mod_is, put_op
+from zlayer.state.etcd import EtcdClient, EtcdError, KeyValue, delete_op, mod_is, prefix_end, put_op
 
 log = logging.getLogger("zlayer.security")
 
@@ -232,6 +232,7 @@ class ClusterSecrets:
         self._envs: list[Environment] = []
         self._synced = 0.0
         self._dek_rev = 0  # the DEK record's revision at the last sync: a write is sealed under what it says
+        self._seen = (0, -1)  # etcd's revision and the number of keys under PREFIX when the copy was last read
         self.error: SecretsKeyError | None = None  # why this node cannot open the cluster's secrets, if it cannot
 
     # -------------------------------------------------------------------------------------------------- set-up
@@ -305,12 +306,17 @@ class ClusterSecrets:
         if max_age and time.monotonic() - self._synced < max_age:
             return
         try:
+            revision, count, changed = await self._changed()
+            if not changed:
+                self._synced = time.monotonic()
+                return
             kvs = await self.client.range(PREFIX)
         except EtcdError as e:
             if not (max_age and self._synced):
                 raise
             log.warning("secrets: the cluster's rows as last read (%s)", e)  # a replica starts with what is known
             return
+        self._seen = (revision, count)
         rows: dict[tuple[str, str], list[SecretVersion]] = {}
         record: DekRecord | None = None
         envs: list[Environment] = []
@@ -346,6 +352,23 @@ class ClusterSecrets:
         self._rows = out
         self._envs = sorted(envs, key=lambda e: (e.project_id or "", e.name))
         self._synced = time.monotonic()
+
+    async def _changed(self) -> tuple[int, int, bool]:
+        """etcd's revision, the number of keys under PREFIX, and whether any of them changed since the copy was read
+        (a key written since, or one fewer): one small transaction instead of reading every row each time."""
+        key = base64.b64encode(PREFIX.encode()).decode()
+        end = prefix_end(PREFIX)  # already base64, as the gateway wants
+        since, known = self._seen
+        got = await self.client.call("kv/txn", {"compare": [], "success": [
+            {"request_range": {"key": key, "range_end": end, "count_only": True}},
+            {"request_range": {"key": key, "range_end": end, "keys_only": True, "limit": "1",
+                               "min_mod_revision": str(since + 1)}}]})  # fmt: skip
+        try:
+            first, second = (r["response_range"] for r in got["responses"])
+            revision, count = int(got["header"]["revision"]), int(first.get("count") or 0)
+        except (KeyError, TypeError, ValueError):
+            return 0, -1, True
+        return revision, count, since == 0 or count != known or bool(second.get("kvs"))
 
     def get(self, scope: str, name: str, version: int | None = None) -> SecretVersion | None:
         versions = self._rows.get((scope, name)) or []
@@ -472,7 +495,7 @@ class ClusterSecrets:
             publics = {}
             for n in await self.client.range(NODES):
                 node_id = n.key[len(NODES) :]
-                if node_id != without:
+                if node_id != without and node_id in record.wraps:  # holders only: a key recorded is not a grant
                     publics[node_id] = base64.b64decode(n.json()["public_key"])
             new_gen = record.generation + 1
             dek = _random.token_bytes(32)

@@ -166,6 +166,17 @@ def test_rows_replicate_sealed_and_a_removal_rotates_the_key(etcd: EtcdProcess, 
                 assert open_row(before_dek, r.scope, r.name, r.version, r.value) is None
             assert n2.open(n2.get("global", "db_password") or old) == b"after-removal"
             assert await n2.delete("global", "db_password") and not await n2.delete("global", "db_password")
+            # a sync reads the rows again only when something under the prefix changed (a write, or one key fewer)
+            await n2.sync()
+            assert not (await n2._changed())[2]
+            await n1.put("global", "extra", b"x")
+            assert (await n2._changed())[2]
+            await n2.sync()
+            assert not (await n2._changed())[2] and n2.get("global", "extra") is not None
+            await n1.delete("global", "extra")
+            assert (await n2._changed())[2]
+            await n2.sync()
+            assert n2.get("global", "extra") is None
             assert n2.open(n2.get(prod.id, "API_KEY") or old) == b"prod-api-key"
             await s3.delete_environment(prod.id)
             await n2.sync()
