@@ -125,7 +125,8 @@ def test_hostile_names_on_every_route_are_clear_answers_and_touch_nothing(daemon
             quoted = urllib.parse.quote(name, safe="" if name != ".." else ".")
             path = re.sub(r"\{\w+\}", quoted, route.path)
             status, raw = request(d, route.method, path)
-            if status >= 500 or (status >= 400 and b'"code"' not in raw):
+            # (an answer to HEAD has no body to carry the error's code: its status says it)
+            if status >= 500 or (status >= 400 and route.method != "HEAD" and b'"code"' not in raw):
                 bad.append((route.method, path[:120], status, raw[:300]))
             assert d.proc.poll() is None, (route.method, path[:120], d.read_log()[-3000:])
     assert bad == [], bad
