@@ -29,9 +29,18 @@ class _Server(ThreadingHTTPServer):
     program: P2Http
     log: Callable[[str, bytes], None]
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):  # a client gone mid-request (reset, broken pipe): its business, not an error
+            return
+        self.log("stderr", f"zlayer: serving {client_address}: {type(err).__name__}: {err}\n".encode())
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: Nagle held the body for the peer's delayed ACK
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
