@@ -58,7 +58,10 @@ class HealthMonitor:
     async def watch(self, rep: Replica) -> None:
         """Check ``rep`` until it stops: every ``interval``, sooner while it starts up."""
         h = rep.spec.health
-        await asyncio.sleep(h.start_grace_seconds * self.scale)
+        unchecked = rep.driver.host_network and "health" not in rep.spec.model_fields_set
+        # a WASM replica with no check of its own is ready once its driver started it (an HTTP component: listening
+        # with an instance made): the default grace, for a container's boot, would only hold it out of the proxy
+        await asyncio.sleep(0 if unchecked else h.start_grace_seconds * self.scale)
         interval = h.interval_seconds * self.scale
         port = rep.spec.backend_port
         ever_healthy, startup_delay = False, 0.05
@@ -67,7 +70,7 @@ class HealthMonitor:
             if rep.record.state != "running":
                 await asyncio.sleep(min(interval, 1.0))
                 continue
-            if rep.driver.host_network and "health" not in rep.spec.model_fields_set:
+            if unchecked:
                 # a WASM guest with no check of its own: the spec's default (tcp 8080) assumes a container that
                 # listens; a running instance is what there is to check
                 res = ProbeResult(True, "running (WASM instance; the spec sets no health check)")
