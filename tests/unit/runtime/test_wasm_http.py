@@ -53,6 +53,24 @@ def test_handler_instances_are_reused_and_a_trap_fails_only_its_request(
         ticker.close()
 
 
+def test_a_loop_and_a_memory_grab_fail_their_request_at_the_limits(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
+    path = wasm_programs.http_handler
+    prog = load_program(path, digest_of_file(path), tmp_path / "compiled", fuel=False, where=path.name)
+    assert isinstance(prog, P2Http)
+    prog.configure(limits=Limits(deadline_s=0.2, memory_bytes=4 << 20), max_instances=1)
+    ticker = EpochTicker(prog.engine)
+    try:
+        status, _, _, error = prog.call("GET", "/spin", "http", "x", [], b"")
+        assert (status, error) == (500, "deadline: ran past its 0.2 s limit")
+        status, _, _, error = prog.call("GET", "/grab", "http", "x", [], b"")
+        assert status == 500 and "unreachable" in error, error  # memory.grow refused at 4 MiB, then its trap
+        status, _, body, _ = prog.call("GET", "/ok", "http", "x", [], b"")
+        assert (status, body) == (200, b"hello from wasm /ok #1\n")
+        assert (prog.stats.errors, prog.stats.instantiated) == (2, 3)
+    finally:
+        ticker.close()
+
+
 async def _serve_two_replicas(root: Path, handler: Path) -> None:
     store = ImageStore(root / "images")
     export_artifact(store, handler, "test/http:v1")
