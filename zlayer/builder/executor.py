@@ -284,10 +284,12 @@ class _Run:
         self.opts = opts
         self.ctx = ctx
         self.df = dockerfile
-        self.tmp = Path(tempfile.mkdtemp(dir=self.store.root / "tmp", prefix="build-"))
+        # absolute: the step's bundle names its root by this path, and the shim runs in the bundle
+        self.tmp = Path(tempfile.mkdtemp(dir=self.store.root / "tmp", prefix="build-")).absolute()
         self.id = uuid.uuid4().hex[:12]
         self.snapshots: list[Snapshot] = []
         self.views: list[Path] = []
+        self.view_layers: dict[Path, list[Path]] = {}  # a view's root → its layer dirs, lowest first
         self.done: dict[int, _StageState] = {}
         self.images: dict[str, LocalImage] = {}
         self.os, self.arch, self.variant = _platform_arch(opts.platform)
@@ -681,7 +683,17 @@ class _Run:
         if root not in self.views:
             mount_rootfs(dirs, root.parent / "upper", root.parent / "work", root, readonly=True)
             self.views.append(root)
+            self.view_layers[root] = list(dirs)
         return root
+
+    def _files_of(self, ref: str) -> str:
+        """What identifies the files of a finished stage or an image: its top layer's ChainID (the image ID for an
+        image), so that a COPY --from is keyed without reading what it copies."""
+        stage = self.df.stage(ref)
+        if stage is not None and stage.index in self.done:
+            return self.done[stage.index].chain or "no layers"
+        image = self.images.get(ref)
+        return image.id if image is not None else ref
 
     async def _prepare_copy(
         self, st: _StageState, ins: Instruction, variables: dict[str, str]
@@ -728,9 +740,9 @@ class _Run:
                         raise ins.error(f"source {src!r} not found in {from_ref}")
                     matched = [path]
                 items += [(m.name, m) for m in matched]
-                # by content, as BuildKit: a stage rebuilt with the same files there does not rebuild this step
+                # by the source's layers (ChainIDs name their content): nothing is read to key the step
                 rels = [str(m.relative_to(source_root)) for m in matched]
-                inputs.append(f"from:{src}:" + await _thread(tree_digest, source_root, rels, None))
+                inputs.append(f"from:{src}:{json.dumps(rels)}:{self._files_of(expand(from_ref, variables))}")
             elif ins.keyword == "ADD" and src.startswith(("http://", "https://")):
                 fetched = await _thread(_download, src, self.tmp, ins)
                 items.append((os.path.basename(src.split("?")[0]) or "download", fetched))
@@ -744,7 +756,10 @@ class _Run:
 
         async def action(snap: Snapshot) -> None:
             owner = _owner(snap.merged, chown, ins)
-            await _thread(self._copy_all, snap, items, dest, many, owner, mode, ins, ignore_root)
+            links = None
+            if source_root is not None:
+                links = _Links(source_root, self.view_layers.get(source_root, []), owner, mode)
+            await _thread(self._copy_all, snap, items, dest, many, owner, mode, ins, ignore_root, links)
 
         return "\0".join(inputs), action
 
@@ -758,6 +773,7 @@ class _Run:
         mode: int | None,
         ins: Instruction,
         ignore_root: Path | None,
+        links: _Links | None = None,
     ) -> None:
         """Copy ``items`` to ``dest``. Paths are resolved in the step's overlay (its symlinks, what is a directory);
         then, when nothing is to be unpacked, the overlay goes and the files are written straight into the upper
@@ -788,9 +804,9 @@ class _Run:
                 _extract(src, root / rel, ins)
             elif src.is_dir() and not src.is_symlink():
                 (root / rel).mkdir(parents=True, exist_ok=True)
-                _copy_tree(src, root / rel, owner, mode, self.ctx if ignore_root else None)
+                _copy_tree(src, root / rel, owner, mode, self.ctx if ignore_root else None, links)
             else:
-                _copy_entry(src, out, owner, mode)
+                _copy_entry(src, out, owner, mode, links)
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------
@@ -900,7 +916,50 @@ def _owner(root: Path, chown: str | None, ins: Instruction) -> tuple[int, int]:
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _copy_entry(src: Path, out: Path, owner: tuple[int, int], mode: int | None) -> None:
+class _Links:
+    """Hard links instead of copies for a COPY --from: a regular file the copy would leave exactly as it is (same
+    owner, same mode) is linked from the store's layer that holds it. Layers are never written in place (a step
+    changes a lower file by overlayfs's copy-up, a COPY over one unlinks it first), so a link is as good as a copy
+    and costs no read or write of its data."""
+
+    def __init__(self, view: Path, layers: list[Path], owner: tuple[int, int], mode: int | None) -> None:
+        self.view = str(view)
+        self.layers = [str(d) for d in reversed(layers)]  # top-most first: the first that has a path is what shows
+        self.owner, self.mode = owner, mode
+
+    def source(self, src: str, st: os.stat_result) -> str | None:
+        """The layer file behind ``src`` (a path in the view), when a link to it is what the copy would make."""
+        if (st.st_uid, st.st_gid) != self.owner or (self.mode is not None and self.mode != stat.S_IMODE(st.st_mode)):
+            return None
+        rel = os.path.relpath(src, self.view)
+        if rel.startswith(".."):
+            return None
+        for layer in self.layers:
+            path = os.path.join(layer, rel)
+            try:
+                real = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return None
+            same = stat.S_ISREG(real.st_mode) and (real.st_size, real.st_mtime_ns, real.st_mode) == (
+                st.st_size, st.st_mtime_ns, st.st_mode)  # fmt: skip
+            return path if same else None
+        return None
+
+
+def _link(real: str, out: Path) -> bool:
+    try:
+        os.link(real, out)
+    except FileExistsError:
+        _replace(out)
+        os.link(real, out)
+    except OSError:  # another filesystem, the link limit: copy it
+        return False
+    return True
+
+
+def _copy_entry(src: Path, out: Path, owner: tuple[int, int], mode: int | None, links: _Links | None = None) -> None:
     st = os.lstat(src)
     if stat.S_ISLNK(st.st_mode):
         try:
@@ -918,6 +977,10 @@ def _copy_entry(src: Path, out: Path, owner: tuple[int, int], mode: int | None) 
         return
     if not stat.S_ISREG(st.st_mode):
         return  # sockets, devices, fifos in a context are not copied
+    if links is not None:
+        real = links.source(str(src), st)
+        if real is not None and _link(real, out):
+            return
     try:
         fd = os.open(out, _CREATE, 0o600)
     except FileExistsError:
@@ -978,7 +1041,14 @@ def _make_parents(upper: Path, parents: list[tuple[Path, os.stat_result | None]]
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _copy_tree(src: Path, dst: Path, owner: tuple[int, int], mode: int | None, ctx: BuildContext | None) -> None:
+def _copy_tree(
+    src: Path,
+    dst: Path,
+    owner: tuple[int, int],
+    mode: int | None,
+    ctx: BuildContext | None,
+    links: _Links | None = None,
+) -> None:
     """Copy the contents of ``src`` into ``dst`` (Docker: a directory source copies what it holds)."""
     dirs: list[tuple[Path, Path]] = []
     for dirpath, dirnames, filenames in os.walk(src):
@@ -1000,7 +1070,7 @@ def _copy_tree(src: Path, dst: Path, owner: tuple[int, int], mode: int | None, c
             s = Path(dirpath) / f
             if ctx is not None and ctx.ignore.excluded(os.path.relpath(s, ctx.root)):
                 continue
-            _copy_entry(s, out_dir / f, owner, mode)
+            _copy_entry(s, out_dir / f, owner, mode, links)
     for s_dir, d_out in reversed(dirs):
         st = os.lstat(s_dir)
         os.chown(d_out, *owner)

@@ -336,3 +336,24 @@ def test_push_sends_the_built_image_to_the_registry(tmp_path: Path, builder_base
         other = tmp_path / "other"
         assert zlayer_cmd(other, "pull", ref).returncode == 0
         assert run_image(other, ref) == f"pushed {tmp_path.name}\n"
+
+
+def test_a_file_taken_from_another_stage_and_then_changed_leaves_that_stage_as_it_was(
+    tmp_path: Path, builder_base: BuildBase
+) -> None:
+    """COPY --from links a file from the store's layer rather than copying it: a later step that writes to it must
+    change the new stage only (overlayfs copies it up), never the layer it came from."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {builder_base.reference} AS a\nRUN echo original > /f\n"
+        f"FROM {builder_base.reference} AS b\nCOPY --from=a /f /f\nRUN echo appended >> /f\n"
+        f"FROM {builder_base.reference}\nCOPY --from=a /f /from-a\nCOPY --from=b /f /from-b\n"
+        'CMD ["cat", "/from-a", "/from-b"]\n'
+    )
+    data = tmp_path / "data"
+    with no_mounts_left(tmp_path):
+        for _ in range(2):  # the second time from the cache: the layers the first build left
+            r = zlayer_cmd(data, "build", "-t", "linked:1", str(ctx))
+            assert r.returncode == 0, r.stderr
+            assert run_image(data, "linked:1") == "original\noriginal\nappended\n"
