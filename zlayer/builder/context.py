@@ -9,13 +9,17 @@ that matches a directory excludes everything below it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from zlayer.errors import UsageError
+from zlayer.paths import write_atomic
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -107,19 +111,64 @@ class IgnoreRules:
         return any(negate for _, negate in self.rules)
 
 
+class FileHashes:
+    """The sha256 of a context's files, remembered by what ``lstat`` says of each (size, mtime, ctime, inode), so a
+    rebuild reads only the files that changed (git's index does the same). A file changed less than
+    :data:`RACY_NS` before the record was made is not remembered: a change within the timestamps' granularity could
+    leave its stat as it was."""
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.known: dict[str, list[Any]] = {}
+        self.dirty = False
+        if path is not None:
+            try:
+                loaded = json.loads(path.read_bytes())
+                if isinstance(loaded, dict):
+                    self.known = loaded
+            except (OSError, ValueError):
+                pass
+
+    def digest(self, full: str, st: os.stat_result) -> bytes:
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = self.known.get(full)
+        if entry is not None and entry[:4] == stamp:
+            return bytes.fromhex(entry[4])
+        h = hashlib.sha256()
+        with open(full, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > self.RACY_NS:
+            self.known[full] = [*stamp, h.hexdigest()]
+            self.dirty = True
+        return h.digest()
+
+    def save(self) -> None:
+        if self.path is not None and self.dirty:
+            write_atomic(self.path, json.dumps(self.known, separators=(",", ":")), durable=False)
+            self.dirty = False
+
+
 @dataclass
 class BuildContext:
-    """The context directory and its ``.dockerignore``."""
+    """The context directory, its ``.dockerignore`` and the digests of its files (:class:`FileHashes`)."""
 
     root: Path
     ignore: IgnoreRules = field(default_factory=IgnoreRules)
+    hashes: FileHashes = field(default_factory=FileHashes)
 
     @classmethod
-    def open(cls, root: Path) -> BuildContext:
+    def open(cls, root: Path, hashes_dir: Path | None = None) -> BuildContext:
+        """The context at ``root``; with ``hashes_dir``, its files' digests are remembered there between builds."""
         root = root.resolve()
         if not root.is_dir():
             raise UsageError(f"build context {root} is not a directory")
-        return cls(root, IgnoreRules.read(root / ".dockerignore"))
+        record = None
+        if hashes_dir is not None:
+            record = hashes_dir / hashlib.sha256(str(root).encode(errors="surrogateescape")).hexdigest()[:32]
+        return cls(root, IgnoreRules.read(root / ".dockerignore"), FileHashes(record))
 
     def walk(self, rel_dir: str = "") -> list[str]:
         """Every context path (files, links, directories) below ``rel_dir``, not ignored, sorted."""
@@ -164,10 +213,13 @@ class BuildContext:
         return found
 
 
-def tree_digest(root: Path, rels: list[str], ignore: IgnoreRules | None, *, below: bool = True) -> str:
-    """The sha256 of what copying ``rels`` from ``root`` takes: names, types, modes, link targets and contents (of
-    directories: what is below them, minus what ``ignore`` excludes)."""
+def tree_digest(
+    root: Path, rels: list[str], ignore: IgnoreRules | None, *, below: bool = True, hashes: FileHashes | None = None
+) -> str:
+    """The sha256 of what copying ``rels`` from ``root`` takes: names, types, modes, link targets and the digests of
+    contents (of directories: what is below them, minus what ``ignore`` excludes). ``hashes`` remembers them."""
     h = hashlib.sha256()
+    files = hashes or FileHashes()
 
     def one(rel: str, path: str) -> None:
         st = os.lstat(path)
@@ -175,11 +227,10 @@ def tree_digest(root: Path, rels: list[str], ignore: IgnoreRules | None, *, belo
         if stat.S_ISLNK(st.st_mode):
             h.update(os.readlink(path).encode(errors="surrogateescape"))
         elif stat.S_ISREG(st.st_mode):
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
+            h.update(files.digest(path, st))
         h.update(b"\n")
 
+    top = len(str(root).rstrip("/")) + 1
     for rel in rels:
         path = os.path.join(root, rel) if rel else str(root)
         one(rel, path)
@@ -187,8 +238,8 @@ def tree_digest(root: Path, rels: list[str], ignore: IgnoreRules | None, *, belo
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames.sort()
                 for name in sorted(dirnames) + sorted(filenames):
-                    full = os.path.join(dirpath, name)
-                    r = os.path.relpath(full, root)
+                    full = f"{dirpath}/{name}"
+                    r = full[top:]  # relative to root (os.path.relpath, without its cost per file)
                     if ignore is not None and ignore.excluded(r):
                         continue
                     one(r, full)

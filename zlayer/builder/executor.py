@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import copy
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -237,7 +238,7 @@ class Builder:
         """Run the build; the image in the store (None only for a ZImagefile's ``wasm:`` build with ``oci: false``,
         which makes the program's file alone)."""
         started = time.monotonic()
-        ctx = BuildContext.open(opts.context)
+        ctx = BuildContext.open(opts.context, private_dir(self.work / "hashes"))
         dockerfile = load_build_file(opts, ctx.root)
         if not isinstance(dockerfile, Dockerfile):
             from zlayer.builder.wasm import build_wasm
@@ -250,6 +251,7 @@ class Builder:
             image = await run.execute()
         finally:
             run.cleanup()
+            ctx.hashes.save()
         self.progress.done(time.monotonic() - started)
         return image
 
@@ -645,7 +647,7 @@ class _Run:
                     src = resolve_in_root(root, src_rel)
                 else:
                     rels = self.ctx.sources(src_rel, f"{ins.where}: {ins.keyword}")
-                    inputs.append(tree_digest(self.ctx.root, rels, self.ctx.ignore))
+                    inputs.append(tree_digest(self.ctx.root, rels, self.ctx.ignore, hashes=self.ctx.hashes))
                     src = self.ctx.root / rels[0] if rels[0] else self.ctx.root
                 ro = "rw" not in o and o.get("readwrite") is None
                 if not ro:
@@ -750,7 +752,8 @@ class _Run:
             else:
                 rels = self.ctx.sources(src, f"{ins.where}: {ins.keyword}")
                 items += [(Path(r).name if r else "", self.ctx.root / r if r else self.ctx.root) for r in rels]
-                inputs.append(tree_digest(self.ctx.root, rels, self.ctx.ignore))
+                digest = functools.partial(tree_digest, hashes=self.ctx.hashes)
+                inputs.append(await _thread(digest, self.ctx.root, rels, self.ctx.ignore))
         many = len(items) > 1
         ignore_root = self.ctx.root if from_ref is None else None
 
@@ -931,9 +934,9 @@ class _Links:
         """The layer file behind ``src`` (a path in the view), when a link to it is what the copy would make."""
         if (st.st_uid, st.st_gid) != self.owner or (self.mode is not None and self.mode != stat.S_IMODE(st.st_mode)):
             return None
-        rel = os.path.relpath(src, self.view)
-        if rel.startswith(".."):
+        if not src.startswith(self.view + "/"):
             return None
+        rel = src[len(self.view) + 1 :]
         for layer in self.layers:
             path = os.path.join(layer, rel)
             try:
@@ -1051,13 +1054,18 @@ def _copy_tree(
 ) -> None:
     """Copy the contents of ``src`` into ``dst`` (Docker: a directory source copies what it holds)."""
     dirs: list[tuple[Path, Path]] = []
+    top = len(str(ctx.root).rstrip("/")) + 1 if ctx is not None else 0
+
+    def ignored(path: Path) -> bool:
+        return ctx is not None and ctx.ignore.excluded(str(path)[top:])  # relative to the context's root
+
     for dirpath, dirnames, filenames in os.walk(src):
         rel_dir = os.path.relpath(dirpath, src)
         out_dir = dst if rel_dir == "." else dst / rel_dir
         keep = []
         for d in sorted(dirnames):
             s = Path(dirpath) / d
-            if ctx is not None and ctx.ignore.excluded(os.path.relpath(s, ctx.root)):
+            if ignored(s):
                 continue
             if s.is_symlink():
                 _copy_entry(s, out_dir / d, owner, mode)
@@ -1068,7 +1076,7 @@ def _copy_tree(
         dirnames[:] = keep
         for f in filenames:
             s = Path(dirpath) / f
-            if ctx is not None and ctx.ignore.excluded(os.path.relpath(s, ctx.root)):
+            if ignored(s):
                 continue
             _copy_entry(s, out_dir / f, owner, mode, links)
     for s_dir, d_out in reversed(dirs):
