@@ -357,3 +357,88 @@ def test_a_file_taken_from_another_stage_and_then_changed_leaves_that_stage_as_i
             r = zlayer_cmd(data, "build", "-t", "linked:1", str(ctx))
             assert r.returncode == 0, r.stderr
             assert run_image(data, "linked:1") == "original\noriginal\nappended\n"
+
+
+FEATURES = """\
+ARG BASE
+FROM --platform=linux/amd64 ${{BASE}} AS first
+RUN ["sh", "-c", "echo exec form > /exec"]
+SHELL ["/bin/sh", "-e", "-c"]
+RUN echo "shell $0" > /shell
+
+FROM ${{BASE}} AS tools
+ADD archive.tar.gz /unpacked/
+ADD http://127.0.0.1:{port}/remote.txt /downloaded.txt
+RUN --mount=type=bind,source=bindme,target=/b cat /b/x > /bound
+RUN --mount=type=secret,id=tok wc -c < /run/secrets/tok | tr -d ' ' > /secret-size
+RUN --mount=type=tmpfs,target=/scratch touch /scratch/gone && ls /scratch > /tmpfs-seen
+COPY --from=0 /exec /shell /
+COPY --from={base} /etc/base-only /from-image
+ONBUILD RUN echo triggered > /onbuild
+VOLUME /data
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=5s --retries=2 CMD true
+ENTRYPOINT ["sh", "-c"]
+CMD ["cat /exec /shell /unpacked/packed.txt /downloaded.txt /bound /secret-size /tmpfs-seen /from-image"]
+
+FROM ${{BASE}} AS never
+RUN exit 1
+"""
+
+
+def test_the_dockerfile_features_build_as_docker_builds_them(tmp_path: Path, builder_base: BuildBase) -> None:
+    """Exec-form RUN, SHELL, ADD of a local archive and of a URL, RUN --mount bind/secret/tmpfs, COPY --from a
+    stage index and an image, ONBUILD (run by the next build FROM the image), VOLUME, STOPSIGNAL, HEALTHCHECK,
+    ENTRYPOINT, FROM --platform and --target (the stage after it, which would fail, is not built)."""
+    import http.server
+    import tarfile
+    import threading
+    from functools import partial
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "remote.txt").write_text("downloaded\n")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ctx = tmp_path / "ctx"
+    (ctx / "bindme").mkdir(parents=True)
+    (ctx / "bindme" / "x").write_text("bound\n")
+    (tmp_path / "packed.txt").write_text("unpacked\n")
+    with tarfile.open(ctx / "archive.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "packed.txt", "packed.txt")
+    (tmp_path / "token").write_text("s3cret")
+    (ctx / "Dockerfile").write_text(FEATURES.format(port=server.server_address[1], base=builder_base.reference))
+    data = tmp_path / "data"
+    try:
+        with no_mounts_left(tmp_path):
+            secret = f"id=tok,src={tmp_path / 'token'}"
+            r = zlayer_cmd(data, "build", "-t", "feat:1", "--target", "tools", "--build-arg",
+                           f"BASE={builder_base.reference}", "--secret", secret, str(ctx))  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            assert "RUN exit 1" not in r.stderr
+            assert run_image(data, "feat:1") == ("exec form\nshell /bin/sh\nunpacked\ndownloaded\nbound\n6\ngone\n"
+                                                 "in the base image\n")  # fmt: skip
+            image = ImageStore(data / "images").get("feat:1")
+            cfg = image.config
+            assert cfg["Volumes"] == {"/data": {}} and cfg["StopSignal"] == "SIGINT"
+            assert cfg["Healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000, "Retries": 2}
+            assert cfg["Entrypoint"] == ["sh", "-c"] and cfg["OnBuild"] == ["RUN echo triggered > /onbuild"]
+            assert image.platform == "linux/amd64"
+            # the secret was there for its step only: no layer holds it
+            assert not any((d / "run" / "secrets" / "tok").exists() for d in image.layer_dirs)
+            assert not any("s3cret" in p.read_text(errors="replace") for d in image.layer_dirs for p in d.rglob("*")
+                           if p.is_file() and not p.is_symlink() and p.stat().st_size < 4096)  # fmt: skip
+
+            # ONBUILD: the next build FROM this image runs the trigger first
+            nxt = tmp_path / "next"
+            nxt.mkdir()
+            (nxt / "Dockerfile").write_text('FROM feat:1\nCMD ["cat /onbuild"]\n')
+            r2 = zlayer_cmd(data, "build", "-t", "feat:2", str(nxt))
+            assert r2.returncode == 0, r2.stderr
+            assert run_image(data, "feat:2") == "triggered\n"
+            assert "OnBuild" not in ImageStore(data / "images").get("feat:2").config
+    finally:
+        server.shutdown()
+        server.server_close()

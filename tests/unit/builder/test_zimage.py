@@ -162,3 +162,14 @@ def test_a_wasm_zimagefile_becomes_the_zlayer_wasm_build_command(tmp_path: Path)
     assert argv[3:] == ["wasm", "build", str(tmp_path), "-t", "wasip2", "-o", out, "-l", "python", "--optimize",
                         "--wit", wit, "--world", "zlayer-plugin"]  # fmt: skip
     assert parse_zimagefile("wasm:\n").target == "wasip2"  # type: ignore[union-attr]  # ZLayer's default
+
+
+def test_zlayer_runtimes_lists_zlayers_templates_and_what_selects_them() -> None:
+    from click.testing import CliRunner
+
+    from zlayer.cli.build import runtimes
+
+    out = CliRunner().invoke(runtimes, []).output
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert list(rows) == ["node20", "node22", "python312", "python313", "rust", "go", "deno", "bun"], out
+    assert "Cargo.toml" in rows["rust"] and "go.mod" in rows["go"] and "bun.lockb" in rows["bun"]
