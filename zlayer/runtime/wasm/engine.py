@@ -289,6 +289,8 @@ def _failed(e: wasmtime.WasmtimeError, limits: Limits) -> RunResult:
         return RunResult(EXIT_TRAP, f"fuel: used all {limits.fuel} units")
     if "memory" in text and limits.memory_bytes is not None:
         return RunResult(EXIT_TRAP, f"memory: the program needs more than the {limits.memory_bytes} byte limit")
+    if "Caused by:" in str(e):  # the backtrace first, what went wrong last (a realloc past its memory, ...)
+        return RunResult(EXIT_TRAP, f"trap: {cause}")
     return RunResult(EXIT_TRAP, f"trap: {text}")
 
 
