@@ -407,6 +407,7 @@ class _Slot:
     def __init__(self, store: wasmtime.Store, handle: Any) -> None:
         self.store = store
         self.handle = handle
+        self.reps: set[int] = set()  # the host resources it holds
 
 
 class P2Http:
@@ -514,21 +515,23 @@ class P2Http:
         """One request: ``(status, headers, body, error)``; a trap, a deadline or a handler that set no response is
         a 500 with ``error`` saying why (the instance is then discarded)."""
         slot = self._acquire()
-        req, out, slot_resp = self.host.new_request(method, path, scheme, authority, headers, body)
-        reps = (req.rep, out.rep)
         ok = False
         try:
-            if self.limits.deadline_s is not None:
-                slot.store.set_epoch_deadline(max(1, math.ceil(self.limits.deadline_s / EPOCH_TICK)))
-            slot.handle(slot.store, req, out)
-            slot.handle.post_return(slot.store)
+            with self.host.table.owner(slot.reps):
+                req, out, slot_resp = self.host.new_request(method, path, scheme, authority, headers, body)
+                if self.limits.deadline_s is not None:
+                    slot.store.set_epoch_deadline(max(1, math.ceil(self.limits.deadline_s / EPOCH_TICK)))
+                slot.handle(slot.store, req, out)
+                slot.handle.post_return(slot.store)
+                self.host.forget((req.rep, out.rep))  # what the guest did not take over
             ok = True
         except wasmtime.Trap as e:
             why = _trapped(e, self.limits).reason
         except wasmtime.WasmtimeError as e:
             why = _failed(e, self.limits).reason
         finally:
-            self.host.forget(reps)  # what the guest did not take over (a trap leaves them behind)
+            if not ok:  # the instance goes, and with it whatever it held
+                self.host.table.discard(slot.reps)
             self._release(slot if ok else None)
             with self._lock:
                 self.stats.calls += 1

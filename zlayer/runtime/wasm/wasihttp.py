@@ -24,6 +24,7 @@ Resources live in one table of this process keyed by their ``rep``; every instan
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import http.client
 import itertools
@@ -31,7 +32,7 @@ import os
 import secrets as _secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,28 +234,57 @@ class _Instance:
 
 
 class Table:
-    """The host's resources by rep (shared by every instance of the process; reps never repeat)."""
+    """The host's resources by rep (shared by every instance of the process; reps never repeat). While an instance
+    runs (:meth:`owner`), the reps made for it are noted in its set and leave it when dropped or taken back, so that
+    an instance thrown away after a trap takes what it still held with it (:meth:`discard`)."""
 
     def __init__(self) -> None:
         self.objs: dict[int, Any] = {}
         self._next = itertools.count(1)
+        self._owner = threading.local()
 
-    def new(self, kind: int, obj: Any) -> ResourceHost:
+    def add(self, obj: Any) -> int:
         rep = next(self._next) & 0xFFFFFFFF
         self.objs[rep] = obj
-        return ResourceHost.own(rep, kind)
+        reps = getattr(self._owner, "reps", None)
+        if reps is not None:
+            reps.add(rep)
+        return rep
+
+    def new(self, kind: int, obj: Any) -> ResourceHost:
+        return ResourceHost.own(self.add(obj), kind)
 
     def get(self, store: Any, res: ResourceAny) -> Any:
         return self.objs[res.to_host(store).rep]
 
-    def take(self, store: Any, res: ResourceAny) -> Any:
-        return self.objs.pop(res.to_host(store).rep)
+    def pop(self, rep: int) -> Any:
+        reps = getattr(self._owner, "reps", None)
+        if reps is not None:
+            reps.discard(rep)
+        return self.objs.pop(rep, None)
 
-    def rep(self, store: Any, res: ResourceAny) -> int:
-        return int(res.to_host(store).rep)
+    def take(self, store: Any, res: ResourceAny) -> Any:
+        rep = res.to_host(store).rep
+        if rep not in self.objs:
+            raise WasmtimeError(f"resource {rep} is gone")
+        return self.pop(rep)
 
     def drop(self, _store: Any, rep: int) -> None:
-        self.objs.pop(rep, None)
+        self.pop(rep)
+
+    @contextlib.contextmanager
+    def owner(self, reps: set[int]) -> Iterator[None]:
+        """Note the reps made in this thread in ``reps`` until the block ends."""
+        self._owner.reps = reps
+        try:
+            yield
+        finally:
+            self._owner.reps = None
+
+    def discard(self, reps: set[int]) -> None:
+        for rep in reps:
+            self.objs.pop(rep, None)
+        reps.clear()
 
 
 def _err(code: str, payload: Any = None) -> Variant:
@@ -320,7 +350,7 @@ class HttpHost:
 
     def forget(self, reps: Iterable[int]) -> None:
         for rep in reps:
-            self.table.objs.pop(rep, None)
+            self.table.pop(rep)
 
     # ------------------------------------------------------------------------------------------------ linking
 
@@ -611,9 +641,7 @@ class HttpHost:
         def resp_new(s: Any, h: ResourceAny) -> ResourceHost:
             fs: Fields = t.take(s, h)
             fs.immutable = True
-            rep = next(t._next) & 0xFFFFFFFF
-            t.objs[rep] = fs
-            return t.new(OUTGOING_RESPONSE, OutgoingResponse(rep))
+            return t.new(OUTGOING_RESPONSE, OutgoingResponse(t.add(fs)))
 
         def set_status(s: Any, r: ResourceAny, code: int) -> Any:
             if not 100 <= code <= 999:
@@ -641,16 +669,14 @@ class HttpHost:
                 return
             resp: OutgoingResponse = t.take(s, response)
             slot.status = resp.status
-            slot.headers = list(t.objs.pop(resp.headers).entries)
+            slot.headers = list(t.pop(resp.headers).entries)
             slot.body = resp.body
 
         # outgoing-request
         def oreq_new(s: Any, h: ResourceAny) -> ResourceHost:
             fs: Fields = t.take(s, h)
             fs.immutable = True
-            rep = next(t._next) & 0xFFFFFFFF
-            t.objs[rep] = fs
-            return t.new(OUTGOING_REQUEST, OutgoingRequest(rep))
+            return t.new(OUTGOING_REQUEST, OutgoingRequest(t.add(fs)))
 
         def setter(attr: str, conv: Callable[[Any], Any] = lambda v: v) -> Callable[..., Any]:
             def set_(s: Any, r: ResourceAny, value: Any) -> Any:
@@ -746,7 +772,7 @@ class HttpHost:
         def handle(s: Any, r: ResourceAny, options: Any) -> Any:
             req: OutgoingRequest = t.take(s, r)
             if not self.guest.outgoing or not _host_allowed(req.authority or "", self.guest.allowed_hosts):
-                t.objs.pop(req.headers, None)
+                t.pop(req.headers)
                 if options is not None:
                     t.take(s, options)
                 return Variant("HTTP-request-denied")
@@ -755,7 +781,7 @@ class HttpHost:
                 opts: RequestOptions = t.take(s, options)
                 if opts.connect or opts.first_byte:
                     timeout = max(opts.connect or 0, opts.first_byte or 0) / 1e9
-            headers = list(t.objs.pop(req.headers, Fields()).entries)
+            headers = list((t.pop(req.headers) or Fields()).entries)
             return t.new(FUTURE_INCOMING_RESPONSE, FutureResponse(req, headers, timeout))
 
         li.add_func("handle", handle)
