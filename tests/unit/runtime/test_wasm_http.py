@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import http.server
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from zlayer.runtime.wasm.artifact import export_artifact
 from zlayer.runtime.wasm.binary import inspect_wasm
 from zlayer.runtime.wasm.driver import WasmRuntime
 from zlayer.runtime.wasm.engine import EpochTicker, Limits, P2Http, digest_of_file, load_program
+from zlayer.runtime.wasm.wasihttp import Guest
 from zlayer.spec.models import ServiceSpec
 
 
@@ -69,6 +72,50 @@ def test_a_loop_and_a_memory_grab_fail_their_request_at_the_limits(wasm_programs
         assert (prog.stats.errors, prog.stats.instantiated) == (2, 3)
     finally:
         ticker.close()
+
+
+class _Upstream(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"upstream saw {self.path} host={self.headers.get('Host')}\n".encode()
+        self.send_response(203)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_outgoing_requests_as_the_spec_allows(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = upstream.server_address[1]
+    path = wasm_programs.http_client
+
+    def fetch(guest: Guest, where: str) -> tuple[int, bytes, str]:
+        prog = load_program(path, digest_of_file(path), tmp_path / "compiled", fuel=False, where="c", guest=guest)
+        assert isinstance(prog, P2Http)
+        status, _, body, error = prog.call("GET", f"/fetch/{where}", "http", "x", [], b"")
+        assert prog.host.table.objs == {}
+        return status, body, error
+
+    try:
+        # allowed: the upstream's status and body come back through the component
+        got = fetch(Guest(outgoing=True), f"127.0.0.1:{port}")
+        assert got == (203, f"fetched: upstream saw /upstream host=127.0.0.1:{port}\n".encode(), ""), got
+        assert fetch(Guest(outgoing=True, allowed_hosts=["127.0.0.1"]), f"127.0.0.1:{port}")[0] == 203
+        # refused by the spec (no http_client capability, or a host not allowed): HTTP-request-denied, its 502
+        assert fetch(Guest(outgoing=False), f"127.0.0.1:{port}")[:2] == (502, b"refused: ")
+        assert fetch(Guest(outgoing=True, allowed_hosts=["*.example.com"]), f"127.0.0.1:{port}")[:2] == (
+            502,
+            b"refused: ",
+        )
+        # allowed but nothing listens: connection-refused in the future, on which this component traps
+        status, _, error = fetch(Guest(outgoing=True), "127.0.0.1:1")
+        assert status == 500 and "unreachable" in error, error
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
 
 
 async def _serve_two_replicas(root: Path, handler: Path) -> None:
