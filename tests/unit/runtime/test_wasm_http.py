@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.wasm import WasmPrograms
+from zlayer.agent.probes import run_health_check
 from zlayer.images import ImageStore
 from zlayer.runtime import ContainerId
 from zlayer.runtime.wasm.artifact import export_artifact
@@ -22,7 +23,7 @@ from zlayer.runtime.wasm.binary import inspect_wasm
 from zlayer.runtime.wasm.driver import WasmRuntime
 from zlayer.runtime.wasm.engine import EpochTicker, Limits, P2Http, digest_of_file, load_program
 from zlayer.runtime.wasm.wasihttp import Guest
-from zlayer.spec.models import ServiceSpec
+from zlayer.spec.models import HealthSpec, ServiceSpec
 
 
 def test_handler_instances_are_reused_and_a_trap_fails_only_its_request(
@@ -118,6 +119,10 @@ def test_outgoing_requests_as_the_spec_allows(wasm_programs: WasmPrograms, tmp_p
         upstream.server_close()
 
 
+async def _no_exec(argv: list[str]) -> tuple[int, str]:
+    raise AssertionError("no command check here")
+
+
 async def _serve_two_replicas(root: Path, handler: Path) -> None:
     store = ImageStore(root / "images")
     export_artifact(store, handler, "test/http:v1")
@@ -160,10 +165,17 @@ async def _serve_two_replicas(root: Path, handler: Path) -> None:
 
         for ip in ips:
             assert await asyncio.to_thread(get, ip, "/x") == (200, b"hello from wasm /x #1\n")
+        # the agent's health checks reach a replica where the proxy does: its address and the service's port
+        for check in ({"type": "tcp", "port": 18181}, {"type": "http", "url": "http://localhost:18181/healthz"}):
+            health = HealthSpec.model_validate({"check": check, "timeout": "2s"})
+            res = await run_health_check(health, ips[1], spec.backend_port, _no_exec)
+            assert res.ok, (check, res)
+        bad = HealthSpec.model_validate({"check": {"type": "http", "url": "http://localhost:18181/missing"}})
+        assert not (await run_health_check(bad, ips[1], spec.backend_port, _no_exec)).ok  # the handler's 404
         status, body = await asyncio.to_thread(get, ips[0], "/trap")
         assert status == 500 and b"unreachable" in body, body
         assert await asyncio.to_thread(get, ips[0], "/y") == (200, b"hello from wasm /y #1\n")
-        assert await asyncio.to_thread(get, ips[1], "/y") == (200, b"hello from wasm /y #2\n")
+        assert await asyncio.to_thread(get, ips[1], "/y") == (200, b"hello from wasm /y #4\n")  # after 2 checks
         log = (root / "logs" / f"{cids[0]}.log").read_text()
         assert "GET /trap: 500: trap: `unreachable`" in log, log
         deadline = time.monotonic() + 10
