@@ -457,6 +457,7 @@ def test_containers_survive_a_daemon_restart(shim: Shim) -> None:
     assert node.zl("container", "create", "--name", "zsolo", IMAGE, "sleep", "300").returncode == 0
     pid = json.loads(shim.ok("inspect", "kept"))[0]["State"]["Pid"]
     node.signal_and_wait(15)
+    (node.data / "standalone" / "garbage-rep-0.json").write_text("{not json")  # what a next daemon must survive
     time.sleep(2.5)  # `ends` ends while no daemon watches
     node.start()
     ps = shim.ok("ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Status}} {{.Ports}}")
@@ -475,6 +476,8 @@ def test_containers_survive_a_daemon_restart(shim: Shim) -> None:
     zps = node.zl("ps", "-c").stdout
     assert f"{cid[:12]}-rep-0" in zps and "zsolo-rep-0" in zps, zps
     assert json.loads(node.zl("container", "inspect", "zsolo-rep-0").stdout)["state"] == "running"
+    assert "standalone container garbage-rep-0 not taken back" in node.log_tail(100_000)
+    assert not (node.data / "standalone" / "garbage-rep-0.json").exists()
     # and they are still managed: stopped, started, removed as before
     shim.ok("start", "done")
     assert shim.ok("wait", "done").strip() == "4"
