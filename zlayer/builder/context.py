@@ -145,6 +145,13 @@ class FileHashes:
             self.dirty = True
         return h.digest()
 
+    def remembered(self, full: str, st: os.stat_result) -> str | None:
+        """The digest (hex) of ``full`` when it is remembered for this very stat, without reading the file."""
+        entry = self.known.get(full)
+        if entry is not None and entry[:4] == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]:
+            return str(entry[4])
+        return None
+
     def save(self) -> None:
         if self.path is not None and self.dirty:
             write_atomic(self.path, json.dumps(self.known, separators=(",", ":")), durable=False)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from zlayer.builder.context import BuildContext, tree_digest
+from zlayer.builder.context import BuildContext, FileHashes, tree_digest
 from zlayer.builder.dockerfile import (
     Dockerfile,
     Instruction,
@@ -539,9 +539,11 @@ class _Run:
             try:
                 if st.workdir_pending:
                     _mkdir_p(snap.merged, st.workdir_pending)
-                await action(snap)
+                made = await action(snap)
                 layer = await _thread(snap.commit, self.store, st.chain)
                 self.wrote += 1
+                if isinstance(made, _Reuse):
+                    made.save(self.store.layer_dir(layer.chain), layer.chain)
             finally:
                 snap.discard()
                 self.snapshots.remove(snap)
@@ -757,12 +759,19 @@ class _Run:
         many = len(items) > 1
         ignore_root = self.ctx.root if from_ref is None else None
 
-        async def action(snap: Snapshot) -> None:
+        # a COPY from the context made before by this same step (same parent, same instruction) left a layer whose
+        # unchanged files can be linked rather than written again
+        reuse_record = self.b.work / "cache" / f"reuse-{_sha(st.key, ins.keyword, ins.original)}"
+
+        async def action(snap: Snapshot) -> _Reuse | None:
             owner = _owner(snap.merged, chown, ins)
-            links = None
+            links: _Links | _Reuse | None = None
             if source_root is not None:
                 links = _Links(source_root, self.view_layers.get(source_root, []), owner, mode)
+            elif ins.keyword == "COPY":
+                links = _Reuse(reuse_record, self.store, snap.upper, self.ctx.hashes, owner, mode)
             await _thread(self._copy_all, snap, items, dest, many, owner, mode, ins, ignore_root, links)
+            return links if isinstance(links, _Reuse) else None
 
         return "\0".join(inputs), action
 
@@ -776,7 +785,7 @@ class _Run:
         mode: int | None,
         ins: Instruction,
         ignore_root: Path | None,
-        links: _Links | None = None,
+        links: _Links | _Reuse | None = None,
     ) -> None:
         """Copy ``items`` to ``dest``. Paths are resolved in the step's overlay (its symlinks, what is a directory);
         then, when nothing is to be unpacked, the overlay goes and the files are written straight into the upper
@@ -930,7 +939,7 @@ class _Links:
         self.layers = [str(d) for d in reversed(layers)]  # top-most first: the first that has a path is what shows
         self.owner, self.mode = owner, mode
 
-    def source(self, src: str, st: os.stat_result) -> str | None:
+    def source(self, src: str, st: os.stat_result, out: Path) -> str | None:
         """The layer file behind ``src`` (a path in the view), when a link to it is what the copy would make."""
         if (st.st_uid, st.st_gid) != self.owner or (self.mode is not None and self.mode != stat.S_IMODE(st.st_mode)):
             return None
@@ -951,6 +960,49 @@ class _Links:
         return None
 
 
+class _Reuse:
+    """Hard links, for a COPY from the build context, to the files the same step's previous layer holds where they
+    are what this copy would write: the same content (by the context's remembered digests, recorded per file with
+    that layer), owner, mode, size and mtime. A rebuild after one file changed then writes one file, not all."""
+
+    def __init__(self, record: Path, store: ImageStore, upper: Path, hashes: FileHashes, owner: tuple[int, int],
+                 mode: int | None) -> None:  # fmt: skip
+        self.record, self.upper = record, str(upper)
+        self.hashes, self.owner, self.mode = hashes, owner, mode
+        self.files: dict[str, str] = {}  # this layer's path → the digest of what it holds
+        self.prev_dir: str | None = None
+        self.prev: dict[str, str] = {}
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(record.read_bytes())
+            if store.layer_complete(data["chain"]):
+                self.prev_dir, self.prev = str(store.layer_dir(data["chain"])), dict(data["files"])
+
+    def source(self, src: str, st: os.stat_result, out: Path) -> str | None:
+        digest = self.hashes.remembered(src, st)
+        path = str(out)
+        if digest is None or not path.startswith(self.upper + "/"):
+            return None
+        rel = path[len(self.upper) + 1 :]
+        self.files[rel] = digest
+        if self.prev_dir is None or self.prev.get(rel) != digest:
+            return None
+        old = f"{self.prev_dir}/{rel}"
+        try:
+            o = os.lstat(old)
+        except OSError:
+            return None
+        mode = self.mode if self.mode is not None else stat.S_IMODE(st.st_mode)
+        same = stat.S_ISREG(o.st_mode) and (stat.S_IMODE(o.st_mode), o.st_uid, o.st_gid, o.st_size, o.st_mtime_ns) == (
+            mode, *self.owner, st.st_size, st.st_mtime_ns)  # fmt: skip
+        return old if same else None
+
+    def save(self, layer_dir: Path, chain: str) -> None:
+        """Record what the layer just made holds, for the next build of this step."""
+        if self.files and layer_dir.is_dir():
+            write_atomic(self.record, json.dumps({"chain": chain, "files": self.files}, separators=(",", ":")),
+                         durable=False)  # fmt: skip
+
+
 def _link(real: str, out: Path) -> bool:
     try:
         os.link(real, out)
@@ -962,7 +1014,9 @@ def _link(real: str, out: Path) -> bool:
     return True
 
 
-def _copy_entry(src: Path, out: Path, owner: tuple[int, int], mode: int | None, links: _Links | None = None) -> None:
+def _copy_entry(
+    src: Path, out: Path, owner: tuple[int, int], mode: int | None, links: _Links | _Reuse | None = None
+) -> None:
     st = os.lstat(src)
     if stat.S_ISLNK(st.st_mode):
         try:
@@ -981,7 +1035,7 @@ def _copy_entry(src: Path, out: Path, owner: tuple[int, int], mode: int | None, 
     if not stat.S_ISREG(st.st_mode):
         return  # sockets, devices, fifos in a context are not copied
     if links is not None:
-        real = links.source(str(src), st)
+        real = links.source(str(src), st, out)
         if real is not None and _link(real, out):
             return
     try:
@@ -1050,7 +1104,7 @@ def _copy_tree(
     owner: tuple[int, int],
     mode: int | None,
     ctx: BuildContext | None,
-    links: _Links | None = None,
+    links: _Links | _Reuse | None = None,
 ) -> None:
     """Copy the contents of ``src`` into ``dst`` (Docker: a directory source copies what it holds)."""
     dirs: list[tuple[Path, Path]] = []

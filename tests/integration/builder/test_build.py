@@ -442,3 +442,37 @@ def test_the_dockerfile_features_build_as_docker_builds_them(tmp_path: Path, bui
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_rebuild_links_the_unchanged_files_of_a_copy_and_writes_the_changed_one(
+    tmp_path: Path, builder_base: BuildBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second build of a COPY from the context links the files the first one wrote where their content is the
+    same (by digest), and writes the one whose content changed — even with its size and mtime as they were."""
+    from zlayer.builder import Builder, BuildOptions
+    from zlayer.builder.context import FileHashes
+
+    monkeypatch.setattr(FileHashes, "RACY_NS", 0)  # the files were just written: remember them all the same
+    ctx = tmp_path / "ctx"
+    (ctx / "src").mkdir(parents=True)
+    (ctx / "src" / "same.txt").write_text("unchanged\n")
+    (ctx / "src" / "edited.txt").write_text("before\n")
+    (ctx / "Dockerfile").write_text(f'FROM {builder_base.reference}\nCOPY src/ /src/\nCMD ["cat", "/src/edited.txt"]\n')
+    data = tmp_path / "data"
+    store = ImageStore(data / "images")
+
+    def build(tag: str) -> Path:
+        asyncio.run(Builder(store, data / "builder").build(BuildOptions(context=ctx, tags=[tag])))
+        return store.get(tag).layer_dirs[-1]
+
+    with no_mounts_left(tmp_path):
+        build("reuse:1")
+        edited = ctx / "src" / "edited.txt"
+        old = os.stat(edited)
+        time.sleep(0.05)  # past the kernel's coarse clock tick: the edit gets a ctime of its own
+        edited.write_text("after!\n")  # the same size, and the mtime put back
+        os.utime(edited, ns=(old.st_atime_ns, old.st_mtime_ns))
+        layer = build("reuse:2")
+        assert run_image(data, "reuse:2") == "after!\n"
+        assert os.stat(layer / "src" / "same.txt").st_nlink > 1  # linked from the first build's layer
+        assert os.stat(layer / "src" / "edited.txt").st_nlink == 1
