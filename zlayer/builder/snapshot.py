@@ -209,10 +209,7 @@ def write_layer_tar(upper: Path, out: Any) -> int:
                 info.size = st.st_size
                 total += st.st_size
                 if st.st_size <= 1 << 20:
-                    with open(full, "rb") as f:
-                        data = f.read()
-                    if len(data) != st.st_size:
-                        raise StoreError(f"{full} changed while its layer was written")
+                    data = _read_small(full, st.st_size)
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
             info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
@@ -220,13 +217,13 @@ def write_layer_tar(upper: Path, out: Any) -> int:
             info.type = tarfile.FIFOTYPE
         else:
             continue  # sockets are not layer content
-        out.write(_header(info))
+        pad = _ZEROS[: 512 - info.size % 512] if info.size % 512 else b""
         if info.size and not data:
+            out.write(_header(info))
             _stream(full, info.size, out)
-        elif data:
-            out.write(data)
-        if info.size % 512:
-            out.write(_ZEROS[: 512 - info.size % 512])
+            out.write(pad)
+        else:  # one write per small entry: header, data and padding
+            out.write(b"".join((_header(info), data, pad)))
         if stat.S_ISDIR(mode):
             with contextlib.suppress(OSError):
                 if os.getxattr(full, "trusted.overlay.opaque", follow_symlinks=False) == b"y":
@@ -235,6 +232,17 @@ def write_layer_tar(upper: Path, out: Any) -> int:
                     out.write(_header(opq))
     out.write(_ZEROS)
     return total
+
+
+def _read_small(path: str, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size + 1)
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise StoreError(f"{path} changed while its layer was written")
+    return data
 
 
 def _stream(path: str, size: int, out: Any) -> None:
