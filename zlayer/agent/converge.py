@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from zlayer.agent.events import Events
 from zlayer.agent.externals import ExternalRoutes
 from zlayer.agent.health import HealthMonitor
-from zlayer.agent.hooks import ImageDigests, JobHook, SecretsHook
+from zlayer.agent.hooks import AssignmentHook, ImageDigests, JobHook, SecretsHook
 from zlayer.agent.lifecycle import Lifecycle, new_replica
 from zlayer.agent.publish import Publisher
 from zlayer.agent.replica import Replica
@@ -22,7 +22,7 @@ from zlayer.agent.spans import tracer
 from zlayer.agent.supervisor import Supervisor
 from zlayer.errors import RuntimeFailure, ZLayerError, from_os_error, with_context
 from zlayer.runtime.drivers import Drivers
-from zlayer.runtime.protocol import ContainerId
+from zlayer.runtime.protocol import ContainerId, Runtime
 from zlayer.state import Store
 
 if TYPE_CHECKING:
@@ -56,7 +56,9 @@ class Converger:
         images: ImageDigests | None,
         scale: float,
         secrets: SecretsHook | None = None,
+        assignments: AssignmentHook | None = None,
     ) -> None:
+        self.assignments = assignments
         self.secrets = secrets
         self.externals = externals
         self.store = store
@@ -156,6 +158,10 @@ class Converger:
         if desired is None:
             rec = await self.store.get_service(deployment, name)
             desired = rec.desired_replicas if rec else spec.initial_replicas
+        assigned = await self.assignments.replicas(deployment, name) if self.assignments is not None else None
+        if assigned is not None:
+            await self._assigned(deployment, name, spec, revision, driver, assigned, stop_timeout)
+            return
         await self.store.set_service_status(deployment, name, "deploying")
         current = await self.store.list_containers(deployment, name)
         # Watched replicas are the live ones; a record nobody watches was left half-made (a cancelled rollout)
@@ -206,6 +212,51 @@ class Converger:
             await asyncio.gather(*(self.lifecycle.stop(extra, grace, driver) for extra in extras))
         await self.publisher.publish(deployment, name, spec)
         await self.store.set_service_status(deployment, name, "running")
+
+    async def _assigned(
+        self,
+        deployment: str,
+        name: str,
+        spec: ServiceSpec,
+        revision: int,
+        driver: Runtime,
+        assigned: set[int],
+        stop_timeout: float | None,
+    ) -> None:
+        """A node of a cluster runs exactly the replicas the leader assigned to it: those it runs and no longer has
+        go (moved or scaled away), outdated ones are replaced in place, missing ones start side by side. The
+        service's status is the cluster's: an ``unschedulable`` one is left to the scheduler."""
+        current = await self.store.list_containers(deployment, name)
+        live = self.lifecycle.replicas
+        current_ok = [c for c in current if c.state != "failed" and c.id in live]
+        for bad in [c for c in current if c not in current_ok]:
+            await self.lifecycle.stop(bad, 1.0, driver)
+        want = await self.build_hash(spec, deployment)
+        grace = stop_grace(spec) if stop_timeout is None else stop_timeout
+        leaving = [c for c in current_ok if c.replica not in assigned or c.spec_hash != want]
+        await asyncio.gather(*(self.lifecycle.stop(c, grace, driver) for c in leaving))
+        have = {c.replica for c in current_ok if c not in leaving}
+        missing = sorted(assigned - have)
+        if missing:
+            await self.pull(deployment, name, spec)
+
+            async def start(index: int) -> Replica:
+                rep = new_replica(deployment, name, spec, index, revision, want, driver)
+                started = await self.lifecycle.start(rep)
+                self.supervisor.watch(started)
+                return started
+
+            results = await asyncio.gather(*(start(i) for i in missing), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            started = [r for r in results if isinstance(r, Replica)]
+            if errors:
+                await self.publisher.publish(deployment, name, spec)
+                raise errors[0] if isinstance(errors[0], ZLayerError) else RuntimeFailure(str(errors[0]))
+            await asyncio.gather(*(self.health.await_healthy(r) for r in started))
+        await self.publisher.publish(deployment, name, spec)
+        rec = await self.store.get_service(deployment, name)
+        if rec is not None and not rec.status_message.startswith("unschedulable: ") and rec.status != "running":
+            await self.store.set_service_status(deployment, name, "running")
 
     async def _numbering(self, deployment: str, service: str, used: set[int]) -> _Numbering:
         # Replica ids are ZLayer's `{service}-rep-{n}`, unique on the node: numbers another deployment's service of

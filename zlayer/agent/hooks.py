@@ -134,6 +134,31 @@ class TrafficHook(Protocol):
         ...
 
 
+class AssignmentHook(Protocol):
+    """Which replicas of a service this node runs, when it is one node of a cluster (the leader's placement)."""
+
+    async def replicas(self, deployment: str, service: str) -> set[int] | None:
+        """The replica numbers of ``deployment``/``service`` assigned to this node; None when the node is not in a
+        cluster (it runs every replica itself, numbered as it likes)."""
+        ...
+
+
+class ClusterTrafficHook(Protocol):
+    """A service's replicas on the other nodes of a cluster, for this node's proxy, and this node's for theirs."""
+
+    def exposed(self) -> bool:
+        """Whether replicas of fronted services are published on a host port for the other nodes' proxies."""
+        ...
+
+    def remote(self, deployment: str, service: str) -> list[Backend]:
+        """The healthy replicas of the service on the other nodes (their node address and host port)."""
+        ...
+
+    async def report(self, deployment: str, service: str, backends: list[Backend]) -> None:
+        """This node's healthy replicas of the service, as the other nodes reach them."""
+        ...
+
+
 class AgentMetrics(Protocol):
     def deploy_finished(self, seconds: float, ok: bool) -> None: ...
 
@@ -148,7 +173,9 @@ class AgentMetrics(Protocol):
 
 __all__ = [
     "AgentMetrics",
+    "AssignmentHook",
     "Backend",
+    "ClusterTrafficHook",
     "ImageDigests",
     "JobHook",
     "NetworkHook",

@@ -24,6 +24,8 @@ from zlayer.agent.externals import ExternalRoutes
 from zlayer.agent.health import HealthMonitor
 from zlayer.agent.hooks import (
     AgentMetrics,
+    AssignmentHook,
+    ClusterTrafficHook,
     ImageDigests,
     JobHook,
     NetworkHook,
@@ -88,6 +90,8 @@ class ServiceManager:
         ports: PortHook | None = None,
         secrets: SecretsHook | None = None,
         traffic: TrafficHook | None = None,
+        assignments: AssignmentHook | None = None,
+        cluster: ClusterTrafficHook | None = None,
         health_scale: float = 1.0,
         autoscale_interval: float = DEFAULT_INTERVAL,
         standalone_dir: Path | None = None,
@@ -99,16 +103,18 @@ class ServiceManager:
         self.metrics = metrics
         self.events = Events(store)
         replicas: dict[str, Replica] = {}
-        self.publisher = Publisher(replicas, self.events, proxy, network, traffic)
+        self.publisher = Publisher(replicas, self.events, proxy, network, traffic, cluster)
         self.lifecycle = Lifecycle(store, self.events, self.publisher, metrics, replicas, secrets)
         self.health = HealthMonitor(store, self.events, self.publisher, self.lifecycle.exec_fn, metrics, health_scale)
         self.externals = ExternalRoutes(proxy)
         self.supervisor = Supervisor(store, self.events, self.publisher, self.lifecycle, self.health, metrics,
                                      health_scale)  # fmt: skip
         self.converger = Converger(store, self.events, self.drivers, self.lifecycle, self.supervisor, self.health,
-                                   self.publisher, self.externals, jobs, images, health_scale, secrets)  # fmt: skip
+                                   self.publisher, self.externals, jobs, images, health_scale, secrets,
+                                   assignments)  # fmt: skip
         self.standalone = StandaloneContainers(store, self.events, self.drivers, self.lifecycle, standalone_dir)
         self._specs: dict[str, DeploymentSpec] = {}  # the deployed spec of every deployment, by name
+        self._revisions: dict[str, int] = {}  # the revision of each that this node converges to
         self._deploy_tasks: dict[str, asyncio.Task[None]] = {}
         self._unrecorded: dict[str, tuple[str, str]] = {}  # deployment → (status, message) the store could not take
         self._warm: asyncio.Task[None] | None = None
@@ -155,6 +161,7 @@ class ServiceManager:
             raise e.add_context(f"deployment {spec.deployment} was not stored") from None
         self._unrecorded.pop(spec.deployment, None)  # the stored "deploying" is the status now
         self._specs[spec.deployment] = spec
+        self._revisions[spec.deployment] = record.revision
         await self.events.add(spec.deployment, "deploy", f"revision {record.revision} submitted")
         self._spawn_converge(spec)
         return record
@@ -258,6 +265,65 @@ class ServiceManager:
         self._unrecorded.pop(name, None)
         await self.events.add(name, "deleted", "deployment removed")
 
+    # ---------------------------------------------------------------------------------------------- cluster
+
+    async def refresh(self, name: str) -> None:
+        """The deployment changed elsewhere (a deploy through another node of the cluster): converge this node to
+        its new revision; one stopped or gone there is taken down here."""
+        rec = await self.store.get_deployment(name)
+        if rec is None or rec.status == "stopped":
+            await self.forget(name)
+            return
+        if self._revisions.get(name) == rec.revision:
+            return
+        try:
+            spec = parse_deployable(rec.spec_yaml)
+        except ZLayerError as e:
+            log.warning("deployment %s revision %d does not parse here: %s", name, rec.revision, e)
+            return
+        self._specs[name], self._revisions[name] = spec, rec.revision
+        self._spawn_converge(spec)
+
+    async def converge_service(self, deployment: str, service: str) -> None:
+        """Bring one service to what this node is assigned now (the leader placed its replicas again)."""
+        spec = self._specs.get(deployment)
+        rec = await self.store.get_deployment(deployment)
+        if rec is None or rec.status == "stopped":
+            return
+        if spec is None or self._revisions.get(deployment) != rec.revision:
+            await self.refresh(deployment)  # converges every service of the new revision
+            return
+        svc = spec.services.get(service)
+        if svc is None:
+            return
+        await self.wait_deployed(deployment)  # a converge in progress may have read the assignments before
+        try:
+            await self.converger.service(deployment, service, svc, rec.revision)
+        except Exception as e:
+            if not isinstance(e, ZLayerError):
+                log.exception("converging %s/%s failed", deployment, service)
+            await self.events.add(deployment, "service_failed", with_context(service, e))
+
+    async def forget(self, name: str) -> None:
+        """Take down this node's replicas of a deployment the cluster removed, leaving the cluster's state alone."""
+        task = self._deploy_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        deployed = self._specs.pop(name, None)
+        self._revisions.pop(name, None)
+        services = {c.service for c in await self.store.list_containers(name)}
+        for s in sorted(services):
+            with contextlib.suppress(ZLayerError):
+                await self.converger.remove_service(name, s, deployed.services.get(s) if deployed else None)
+        if deployed is not None:
+            for s in deployed.services:
+                with contextlib.suppress(ZLayerError):
+                    await self.publisher.unpublish(name, s)
+            with contextlib.suppress(ZLayerError):
+                await self.externals.remove(name)
+
     # ---------------------------------------------------------------------------------------------- services
 
     def service_spec(self, rec: ServiceRecord) -> ServiceSpec:
@@ -357,6 +423,7 @@ class ServiceManager:
         for dep in deployments:
             try:
                 self._specs[dep.name] = parse_deployable(dep.spec_yaml)
+                self._revisions[dep.name] = dep.revision
                 services[dep.name] = dict(self._specs[dep.name].services)
             except ZLayerError as e:
                 # Its replicas still run as they were deployed: they are adopted from the stored services.

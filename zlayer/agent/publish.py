@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from zlayer.agent.events import Events
-from zlayer.agent.hooks import Backend, NetworkHook, ProxyHook, PublishedPort, TrafficHook
+from zlayer.agent.hooks import Backend, ClusterTrafficHook, NetworkHook, ProxyHook, PublishedPort, TrafficHook
 from zlayer.agent.replica import Replica
 from zlayer.errors import ZLayerError, with_context
 
@@ -26,7 +26,9 @@ class Publisher:
         proxy: ProxyHook | None,
         network: NetworkHook | None,
         traffic: TrafficHook | None = None,
+        cluster: ClusterTrafficHook | None = None,
     ) -> None:
+        self.cluster = cluster
         self.replicas = replicas
         self.events = events
         self.proxy = proxy
@@ -41,11 +43,24 @@ class Publisher:
         if self.proxy is None:
             return
         port = spec.backend_port
-        backends = [
-            Backend(r.key, self._address(r), port)
+        healthy = [
+            r
             for r in self.replicas.values()
             if r.deployment == deployment and r.service == service and r.healthy and not r.stopping
         ]
+        backends = [Backend(r.key, self._address(r), port) for r in healthy]
+        if self.cluster is not None and self.cluster.exposed() and spec.endpoints:
+            # in a cluster: this node's replicas as the other nodes reach them (a host port each), and theirs here
+            reachable = []
+            for r in healthy:
+                ports = [m.host_port for m in self.published(r.key) if m.container_port == port and m.host_port]
+                if ports or not r.record.ip:  # on the host network, the replica's own port is the node's
+                    reachable.append(Backend(r.key, "", ports[0] if ports else port))
+            try:
+                await self.cluster.report(deployment, service, reachable)
+            except ZLayerError as e:
+                await self.events.add(deployment, "proxy_error", with_context(service, e))
+            backends += self.cluster.remote(deployment, service)
         try:
             await self.proxy.update_service(deployment, service, spec, backends)
             self._in_proxy[(deployment, service)] = len(backends)
@@ -100,8 +115,15 @@ class Publisher:
         return await self.network.attach(rep.deployment, rep.service, rep.record.id, pid)
 
     async def publish_ports(self, rep: Replica) -> None:
-        if self.network is not None and rep.spec.port_mappings and rep.record.ip:
-            await self.network.publish(rep.record.id, rep.spec.port_mappings)
+        mappings = list(rep.spec.port_mappings)
+        port = rep.spec.backend_port
+        cluster = self.cluster is not None and self.cluster.exposed() and bool(rep.spec.endpoints)
+        if cluster and not any(m.container_port == port and m.protocol == "tcp" for m in mappings):
+            from zlayer.spec.models import PortMapping  # the other nodes' proxies reach it on a host port here
+
+            mappings.append(PortMapping(container_port=port))
+        if self.network is not None and mappings and rep.record.ip:
+            await self.network.publish(rep.record.id, mappings)
 
     def published(self, container: str) -> Sequence[PublishedPort]:
         return self.network.published(container) if self.network is not None else []

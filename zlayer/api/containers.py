@@ -6,6 +6,8 @@ waited for, renamed, updated, copied from and into and pruned here (the operatio
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import json
 import secrets
 from typing import Annotated, Any, Literal
@@ -37,7 +39,7 @@ from zlayer.api.models import (
     RestartContainerRequest,
     StopContainerRequest,
 )
-from zlayer.errors import ConflictError, NotFoundError, UsageError
+from zlayer.errors import ConflictError, NotFoundError, UsageError, ZLayerError
 from zlayer.runtime.protocol import ContainerId, ExecResult, PathStat
 from zlayer.spec.container import signal_name
 from zlayer.state import ContainerRecord
@@ -58,7 +60,50 @@ def exec_response(res: ExecResult) -> ContainerExecResponse:
                                  stderr=res.stderr.decode(errors="replace"), oom_killed=res.oom_killed)  # fmt: skip
 
 
-def container_info(c: ApiContext, rec: ContainerRecord) -> ContainerInfo:
+async def every_node(
+    c: ApiContext, deployment: str | None = None, service: str | None = None
+) -> list[tuple[str, ContainerRecord]]:
+    """``(node id, record)`` of the replicas on every node of the cluster; this node's alone (node ``""``) when it
+    is in none, or when the cluster's state cannot be read now."""
+    cluster = c.cluster
+    if cluster is not None and cluster.in_cluster and cluster.local is not None:
+        try:
+            every = await getattr(c.store, "all_containers")()  # noqa: B009 - the cluster's EtcdStore has it
+        except (ZLayerError, AttributeError):
+            pass
+        else:
+            me = cluster.local.node_id
+            with contextlib.suppress(ZLayerError):  # a dead node's replicas run nowhere now, whatever it last said
+                dead = {n.id for n in await cluster.nodes() if n.status == "dead"}
+                every = [(n, dataclasses.replace(r, state="lost", health="unknown") if n in dead else r)
+                         for n, r in every]  # fmt: skip
+            return [
+                (n if n != me else "", r)
+                for n, r in every
+                if deployment in (None, r.deployment) and service in (None, r.service)
+            ]
+    return [("", r) for r in await c.store.list_containers(deployment, service)]
+
+
+def node_of(c: ApiContext, node: str) -> str | None:
+    """The node id shown for a replica: another node's as it is, this node's own when it is in a cluster."""
+    if node:
+        return node
+    local = getattr(c.cluster, "local", None) if c.cluster is not None else None
+    return str(local.node_id) if local is not None and c.cluster.in_cluster else None
+
+
+def container_info(c: ApiContext, rec: ContainerRecord, node: str = "") -> ContainerInfo:
+    if node:  # another node's replica: what that node last recorded of it
+        return ContainerInfo(
+            id=rec.id, name=rec.id, image=rec.image, state=rec.state,
+            labels={"zlayer.deployment": rec.deployment, "zlayer.service": rec.service,
+                    "zlayer.replica": str(rec.replica)},
+            created_at=rec.created_at, exit_code=rec.exit_code, oom_killed=rec.oom_killed, pid=rec.pid or None,
+            ipv4=rec.ip or None, health=ContainerHealthInfo(status=rec.health, failing_streak=0),
+            restarts=rec.restarts, last_error=rec.last_error or None, deployment=rec.deployment,
+            service=rec.service, replica=rec.replica, runtime=None, node=node,
+        )  # fmt: skip
     status, streak, detail = c.manager.replica_health(rec.id)
     return ContainerInfo(
         id=rec.id,
@@ -84,6 +129,7 @@ def container_info(c: ApiContext, rec: ContainerRecord) -> ContainerInfo:
         service=rec.service,
         replica=rec.replica,
         runtime=c.manager.replica_runtime(rec.id) or None,
+        node=node_of(c, ""),
     )
 
 
@@ -96,7 +142,7 @@ async def _record(c: ApiContext, container_id: str) -> ContainerRecord:
 
 @router.get("", response_model=list[ContainerInfo], summary="List containers.")
 async def list_containers(label: str | None = None, c: ApiContext = Depends(ctx)) -> list[ContainerInfo]:
-    out = [container_info(c, r) for r in await c.store.list_containers()]
+    out = [container_info(c, r, node) for node, r in await every_node(c)]
     if label:
         key, _, value = label.partition("=")
         out = [i for i in out if key in i.labels and (not value or i.labels[key] == value)]

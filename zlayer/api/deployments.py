@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from zlayer.api.containers import every_node
 from zlayer.api.context import ApiContext, ctx, until_closing
 from zlayer.api.models import (
     SEQ_MAX,
@@ -35,7 +36,7 @@ async def details(c: ApiContext, rec: DeploymentRecord) -> DeploymentDetails:
     health = []
     for svc in await c.store.list_services(rec.name):
         spec = c.manager.service_spec(svc)
-        reps = await c.store.list_containers(rec.name, svc.name)
+        reps = [r for _, r in await every_node(c, rec.name, svc.name)]
         running = [r for r in reps if r.state == "running"]
         healthy = [r for r in running if r.health == "healthy"]
         if spec.rtype != "service":

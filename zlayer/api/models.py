@@ -178,6 +178,7 @@ class ContainerInfo(BaseModel):
     service: str | None = None
     replica: int | None = None
     runtime: str | None = Field(None, description="The workload driver running it: linux or wasm.")
+    node: str | None = Field(None, description="The cluster node that runs it (none: a node alone).")
 
 
 class ContainerExecRequest(BaseModel):

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, WebSocket
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from zlayer.api import exec_stream
-from zlayer.api.containers import container_info, exec_response
+from zlayer.api.containers import container_info, every_node, exec_response
 from zlayer.api.context import ApiContext, ctx, until_closing
 from zlayer.api.models import (
     U32_MAX,
@@ -41,7 +41,7 @@ async def _service(c: ApiContext, deployment: str, service: str) -> ServiceRecor
 
 async def _summary(c: ApiContext, svc: ServiceRecord) -> dict[str, object]:
     spec = c.manager.service_spec(svc)
-    reps = await c.store.list_containers(svc.deployment, svc.name)
+    reps = [r for _, r in await every_node(c, svc.deployment, svc.name)]
     eps = [
         ServiceEndpoint(name=e.name, protocol=e.protocol, port=e.port,
                         url=f"{'https' if e.protocol == 'https' else 'http'}://127.0.0.1:{e.port}{e.path or '/'}"

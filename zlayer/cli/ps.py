@@ -37,7 +37,11 @@ def ps(deployment: str | None, show_containers: bool, output: str) -> None:
              c["state"] + (" (OOMKilled)" if c.get("oom_killed") else ""), (c.get("health") or {}).get("status", ""))
             for c in data["containers"]
         ]  # fmt: skip
-        print_table(["DEPLOYMENT", "SERVICE", "CONTAINER", "REPLICA", "IMAGE", "RUNTIME", "STATE", "HEALTH"], rows)
+        header = ["DEPLOYMENT", "SERVICE", "CONTAINER", "REPLICA", "IMAGE", "RUNTIME", "STATE", "HEALTH"]
+        if any(c.get("node") for c in data["containers"]):  # in a cluster: which node runs each replica
+            header.append("NODE")
+            rows = [(*r, c.get("node") or "") for r, c in zip(rows, data["containers"], strict=True)]
+        print_table(header, rows)
         return
     oom: dict[tuple[str, str], int] = {}
     for c in data["containers"]:

@@ -25,7 +25,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +49,7 @@ RAFT_PORT = 9000
 CLIENT_PORT = 2379
 FORCE_CONFIRM = "CONFIRM_FORCE_LEADER"
 LEADER_KEY = ROOT + "leader"
+STATE = ROOT + "state/"  # the cluster-wide desired state (cluster_store)
 
 
 class MembershipHook(Protocol):
@@ -211,6 +212,7 @@ class ClusterNode:
         self._won = 0  # the revision at which this node last wrote the leader key (0: it does not lead)
         self._removed_said = False
         self.hooks: list[MembershipHook] = []  # plugged in by the daemon before start()
+        self.on_enter: list[Callable[[], None]] = []  # told once the node is in a cluster (at start, init, join)
 
     # local config -----------------------------------------------------------------------------------------------
 
@@ -268,15 +270,16 @@ class ClusterNode:
         assert self.client is not None
         conf = await self._cluster_config()
         self.liveness = Liveness(float(conf.get("heartbeat", 5.0)), float(conf.get("dead_after", 30.0)))
-        store = EtcdStore(self.client, f"/zlayer/nodes/{cfg.node_id}/state/")
-        if self.store.current is not store:
-            copied = await self.store.switch(store, store.copy_from)
-            if copied:
-                log.info("cluster: carried %d deployment(s) of this node over into etcd", copied)
+        store = cluster_store(self.client, cfg.node_id)
+        copied = await self.store.switch(store, store.copy_from)
+        if copied:
+            log.info("cluster: carried %d deployment(s) of this node over into etcd", copied)
         for hook in self.hooks:
             await hook.entered(self.client, cfg.node_id, how)
         self._tasks = [asyncio.create_task(self._heartbeat(), name="zlayer-cluster-heartbeat"),
                        asyncio.create_task(self._monitor(), name="zlayer-cluster-monitor")]  # fmt: skip
+        for entered in self.on_enter:
+            entered()
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -841,7 +844,7 @@ class ClusterNode:
             await client.close()
             await self._run_etcd(local)
             assert self.client is not None
-            new = EtcdStore(self.client, f"/zlayer/nodes/{local.node_id}/state/")
+            new = cluster_store(self.client, local.node_id)
             await self.store.switch(new)
             for hook in self.hooks:  # the hooks' etcd client went with the old member
                 await hook.entered(self.client, local.node_id, "start")
@@ -862,6 +865,13 @@ class ClusterNode:
                 "preserved_services": services,
                 "message": f"node {local.node_id} leads a cluster of one; the other nodes must join again",
             }
+
+
+def cluster_store(client: EtcdClient, node_id: str) -> EtcdStore:
+    """The store of a node in a cluster: the desired state (deployments, services, events) is the cluster's, under
+    ``/zlayer/cluster/state/``, so a deploy on any node is the cluster's deploy; the node's containers and job runs
+    are its own, under ``/zlayer/nodes/<id>/state/`` (its agent sees only what it runs)."""
+    return EtcdStore(client, STATE, local=f"/zlayer/nodes/{node_id}/state/")
 
 
 async def _post(base: str, path: str, body: dict[str, Any]) -> dict[str, Any]:

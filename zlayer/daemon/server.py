@@ -218,6 +218,9 @@ class Daemon:
                 metrics.registry.register(ProxyCollector(proxy.pm))  # per-route series and zlayer_service_rps
             # The agent, wired here and only here: its drivers, the node's network and proxy, jobs, image digests.
             jobs = JobManager(store, drivers, network=network)
+            from zlayer.daemon.dispatch import Dispatch
+
+            dispatch = Dispatch(cluster, store)  # a node in a cluster runs what the leader assigns it
             manager = ServiceManager(
                 store,
                 drivers,
@@ -231,7 +234,11 @@ class Daemon:
                 traffic=proxy,
                 autoscale_interval=cfg.autoscale_interval,
                 standalone_dir=cfg.paths.sub("standalone"),
+                assignments=dispatch,
+                cluster=dispatch,
             )
+            dispatch.manager = manager
+            cluster.on_enter.append(dispatch.start)
             from zlayer.tokens import load_or_create_secret, write_admin_bearer
 
             if cfg.token is not None and not cfg.token.strip():
@@ -295,6 +302,7 @@ class Daemon:
             await manager.restore()
             if docker is not None:
                 await docker.serve()  # with the Docker containers among the standalone ones the agent took back
+            dispatch.start()
             adopting = asyncio.create_task(self._adopted(manager, proxy, store), name="zlayer-proxy-adopt")
             jobs.start()
             self.context.ready = True
@@ -318,6 +326,7 @@ class Daemon:
             await asyncio.wait(serving, timeout=5.0)
             if docker is not None:
                 await docker.close()
+            await dispatch.close()
             await manager.close()
             await jobs.close()
             await proxy.close()

@@ -93,7 +93,9 @@ class ManagedProxy:
         # Bare addresses: each endpoint then sends to the replica's address at that endpoint's target_port.
         name = self._name(deployment, service)
         await self.pm.add_service(deployment, name, spec)
-        await self.pm.update_backends(name, [b.address for b in backends])
+        # A replica on another node of a cluster is reached on the host port that node published for it.
+        port = spec.backend_port
+        await self.pm.update_backends(name, [b.address if b.port == port else (b.address, b.port) for b in backends])
         self._enable_acme()
 
     async def remove_service(self, deployment: str, service: str) -> None:

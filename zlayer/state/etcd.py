@@ -291,12 +291,19 @@ class EtcdStore:
     ``s/<deployment>/<service>``, ``c/<container>``, ``j/<execution>``, ``cr/<deployment>/<cron>``, ``e/<seq>``
     (events), ``seq/<counter>``."""
 
-    def __init__(self, client: EtcdClient, prefix: str) -> None:
+    def __init__(self, client: EtcdClient, prefix: str, local: str | None = None) -> None:
         self.client = client
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        # a cluster-wide store (``local`` given): deployments, services, cron and events are the cluster's, under
+        # ``prefix``; containers and job runs are this node's, under ``local`` (every node's: ``all_containers``)
+        self.local = (local if local.endswith("/") else local + "/") if local else self.prefix
 
     def _k(self, *parts: str | int) -> str:
         return self.prefix + "/".join(f"{p:010d}" if isinstance(p, int) else p for p in parts)
+
+    def _l(self, *parts: str) -> str:
+        """A key of this node's own part (containers, job runs, the migration marker)."""
+        return self.local + "/".join(parts)
 
     async def _update(self, key: str, change: Any) -> bool:
         """Read-modify-write of one JSON value under compare-and-swap; False when ``key`` does not exist."""
@@ -390,7 +397,7 @@ class EtcdStore:
             delete_op(self._k("s", name) + "/", prefix=True),
             delete_op(self._k("cr", name) + "/", prefix=True),
         ]
-        ops += [delete_op(self._k("c", cid)) for cid in containers]  # fmt: skip
+        ops += [delete_op(self._l("c", cid)) for cid in containers]  # fmt: skip
         existed = await self.client.get(self._k("d", name)) is not None
         await self.client.txn([], ops)
         return existed
@@ -416,33 +423,43 @@ class EtcdStore:
         ts = now_rfc3339()
         record.updated_at = ts
         record.created_at = record.created_at or ts
-        await self.client.put(self._k("c", record.id), dataclasses.asdict(record))
+        await self.client.put(self._l("c", record.id), dataclasses.asdict(record))
 
     async def get_container(self, container_id: str) -> ContainerRecord | None:
-        kv = await self.client.get(self._k("c", container_id))
+        kv = await self.client.get(self._l("c", container_id))
         return _record(ContainerRecord, kv.json()) if kv else None
 
     async def list_containers(self, deployment: str | None = None, service: str | None = None) -> list[ContainerRecord]:
-        out = [_record(ContainerRecord, kv.json()) for kv in await self.client.range(self._k("c", ""))]
+        out = [_record(ContainerRecord, kv.json()) for kv in await self.client.range(self._l("c", ""))]
         out = [c for c in out if deployment in (None, c.deployment) and service in (None, c.service)]
         return sorted(out, key=lambda c: (c.deployment, c.service, c.replica))
 
     async def delete_container(self, container_id: str) -> None:
-        await self.client.delete(self._k("c", container_id))
+        await self.client.delete(self._l("c", container_id))
+
+    async def all_containers(self, nodes_root: str = "/zlayer/nodes/") -> list[tuple[str, ContainerRecord]]:
+        """``(node id, record)`` of every node's containers (a cluster-wide store: each node keeps its own under
+        ``/zlayer/nodes/<id>/state/c/``), ordered by deployment, service and replica."""
+        out = []
+        for kv in await self.client.range(nodes_root):
+            node, sep, rest = kv.key.removeprefix(nodes_root).partition("/state/c/")
+            if sep and rest and "/" not in node:
+                out.append((node, _record(ContainerRecord, kv.json())))
+        return sorted(out, key=lambda nc: (nc[1].deployment, nc[1].service, nc[1].replica, nc[0]))
 
     # jobs and cron --------------------------------------------------------------------------------------------
 
     async def put_job_execution(self, record: JobExecutionRecord) -> None:
-        await self.client.put(self._k("j", record.id), dataclasses.asdict(record))
+        await self.client.put(self._l("j", record.id), dataclasses.asdict(record))
 
     async def get_job_execution(self, execution_id: str) -> JobExecutionRecord | None:
-        kv = await self.client.get(self._k("j", execution_id))
+        kv = await self.client.get(self._l("j", execution_id))
         return _record(JobExecutionRecord, kv.json()) if kv else None
 
     async def list_job_executions(
         self, job_name: str | None = None, deployment: str | None = None, limit: int = 100
     ) -> list[JobExecutionRecord]:
-        kvs = sorted(await self.client.range(self._k("j", "")), key=lambda kv: kv.create_revision, reverse=True)
+        kvs = sorted(await self.client.range(self._l("j", "")), key=lambda kv: kv.create_revision, reverse=True)
         out = [_record(JobExecutionRecord, kv.json()) for kv in kvs]
         return [r for r in out if job_name in (None, r.job_name) and deployment in (None, r.deployment)][:limit]
 
@@ -482,7 +499,7 @@ class EtcdStore:
         deployment with its revisions, services, containers, jobs, cron jobs and events, so nothing is redeployed.
         Runs once: the marker key ``migrated`` is written last, and a copy cut short is done again whole (every write
         is a put of the same value). Returns the number of deployments copied."""
-        marker = self._k("migrated")
+        marker = self._l("migrated")
         if await self.client.get(marker) is not None:
             return 0
         ops: list[dict[str, Any]] = []
@@ -504,17 +521,18 @@ class EtcdStore:
             if last:
                 ops.append(put_op(self._k("seq", "events"), str(last)))
         for c in await source.list_containers():
-            ops.append(put_op(self._k("c", c.id), dataclasses.asdict(c)))
+            ops.append(put_op(self._l("c", c.id), dataclasses.asdict(c)))
         for j in reversed(await source.list_job_executions(limit=1_000_000)):
-            ops.append(put_op(self._k("j", j.id), dataclasses.asdict(j)))
+            ops.append(put_op(self._l("j", j.id), dataclasses.asdict(j)))
         for cr in await source.list_cron():
             ops.append(put_op(self._k("cr", cr.deployment, cr.name), dataclasses.asdict(cr)))
         # the event counter must end at the highest seq of all deployments: keep the largest put
         seqs = [int(_unb64(o["request_put"]["value"])) for o in ops if o["request_put"]["key"] == _b64(
             self._k("seq", "events"))]  # fmt: skip
         ops = [o for o in ops if o["request_put"]["key"] != _b64(self._k("seq", "events"))]
-        if seqs:
-            ops.append(put_op(self._k("seq", "events"), str(max(seqs))))
+        if seqs:  # a store that already counts further (a cluster this node joins) keeps its count
+            held = await self.client.get(self._k("seq", "events"))
+            ops.append(put_op(self._k("seq", "events"), str(max(*seqs, int(held.value or b"0") if held else 0))))
         for i in range(0, len(ops), 100):
             await self.client.txn([], ops[i : i + 100])
         await self.client.put(marker, now_rfc3339())

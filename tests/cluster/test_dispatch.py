@@ -1,0 +1,137 @@
+"""A deployment on a cluster of three hosts (network namespaces on a bridge, tests/fixtures/netns_cluster.py), as a
+user sees it: 6 replicas deployed through one node spread 2/2/2 and answer through every node's proxy; a worker
+that loses power (every process of its namespace killed) has its replicas placed again and healthy on the others;
+the leader killed, another node leads and a scale change still applies. Timings: heartbeat 0.5 s, dead after 4 s."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+
+import pytest
+
+from tests.fixtures.daemon_node import service_image
+from tests.fixtures.netns_cluster import Host, NetnsCluster, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
+
+PORT = 8090
+# each replica answers /who with its own name, so a request shows which replica (and node) served it
+SPEC = (
+    "version: v1\ndeployment: spread\nservices:\n  web:\n"
+    "    image: {name: 'zlayer-svc/httpd:v1', pull_policy: never}\n"
+    "    command: {entrypoint: ['/bin/sh', '-c'], args: ['/bin/busybox hostname > /www/who && "
+    "exec /bin/busybox httpd -f -p 8080 -h /www']}\n"
+    "    stop_grace_period: 1s\n"
+    f"    endpoints: [{{name: http, protocol: http, port: {PORT}, target_port: 8080, expose: public}}]\n"
+    "    scale: {mode: fixed, replicas: REPLICAS}\n"
+    "    health: {start_grace: 0s, interval: 1s, timeout: 1s, retries: 2, check: {type: tcp, port: 8080}}\n"
+)
+
+
+def _healthy(host: Host) -> dict[str, str]:
+    """``{container: node}`` of the deployment's running, healthy replicas, as ``zlayer ps`` on ``host`` says."""
+    cts = host.json("ps", "--deployment", "spread")["containers"]
+    rows = [
+        (c["id"], str(c.get("node")))
+        for c in cts
+        if c["state"] == "running" and (c.get("health") or {}).get("status") == "healthy"
+    ]
+    assert len(dict(rows)) == len(rows), rows  # no replica runs twice
+    return dict(rows)
+
+
+def _spread(host: Host, want: int, nodes: set[str]) -> dict[str, str] | None:
+    got = _healthy(host)
+    assert len(got) == want and set(got.values()) <= nodes, got
+    return got
+
+
+def _through(host: Host, n: int = 24) -> collections.Counter[str]:
+    """Who answered ``n`` requests sent to ``host``'s proxy from inside its namespace."""
+    seen: collections.Counter[str] = collections.Counter()
+    for _ in range(n):
+        r = subprocess.run(["ip", "netns", "exec", host.ns, "curl", "-sS", "--max-time", "3",
+                            f"http://{host.addr}:{PORT}/who"], capture_output=True, text=True)  # fmt: skip
+        seen[r.stdout.strip() if r.returncode == 0 else f"error: {r.stderr.strip()}"] += 1
+    return seen
+
+
+def _leader(host: Host) -> str | None:
+    return next((n["id"] for n in host.json("node", "ls") if n["is_leader"]), None)
+
+
+@pytest.fixture(scope="module")
+def cluster(netns_cluster: NetnsCluster) -> NetnsCluster:
+    h1, h2, h3 = netns_cluster.hosts
+    h1.ok("node", "init", "--advertise-addr", h1.addr)
+    for h in (h2, h3):
+        token = h1.ok("node", "generate-join-token", "--ttl", "1h", "-q").strip()
+        h.ok("node", "join", h1.api, "--token", token, "--advertise-addr", h.addr)
+    for h in netns_cluster.hosts:  # every node needs the image it may be given
+        h.ok("import", str(service_image(h.root / "svc.tar", "v1\n")), "-t", "zlayer-svc/httpd:v1")
+    wait_for(lambda: [n["status"] for n in h1.json("node", "ls")] == ["ready"] * 3, 30, "three ready nodes")
+    return netns_cluster
+
+
+def test_six_replicas_spread_over_three_nodes_and_answer_through_every_proxy(cluster: NetnsCluster) -> None:
+    h1, h2, h3 = cluster.hosts
+    spec = h2.root / "spread.zlayer.yml"
+    spec.write_text(SPEC.replace("REPLICAS", "6"))
+    h2.ok("deploy", str(spec), timeout=120)  # deployed through a node that does not lead
+    got = wait_for(lambda: _spread(h3, 6, {"1", "2", "3"}), 120, "6 healthy replicas seen from host 3")
+    assert sorted(collections.Counter(got.values()).values()) == [2, 2, 2], got
+    assert _healthy(h1) == got  # every node sees every node's replicas
+    table = h1.ok("ps", "-c", "--deployment", "spread")
+    assert "NODE" in table.splitlines()[0], table
+    for host in cluster.hosts:
+        seen = _through(host)
+        assert not [k for k in seen if k.startswith("error")], (host.index, seen)
+        assert set(seen) <= set(got), seen
+        # the proxy balances over every node's replicas, not only its own
+        assert {got[c] for c in seen} - {str(host.index)}, (host.index, seen, got)
+    status = h3.ok("status", "spread")
+    assert "unschedulable" not in status, status
+    # a service no node may take stays pending, and says why, on every node; nothing of it starts anywhere
+    nowhere = h1.root / "nowhere.zlayer.yml"
+    text = SPEC.replace("spread", "nowhere").replace("REPLICAS", "2").replace(f"port: {PORT},", "port: 8091,")
+    nowhere.write_text(text + "    node_selector: {labels: {zone: mars}}\n")
+    h1.ok("deploy", str(nowhere), timeout=120)
+    said = wait_for(lambda: "unschedulable" in (out := h2.ok("status", "nowhere")) and out, 60, "unschedulable")
+    assert "zone=mars" in said, said
+    assert not h3.json("ps", "--deployment", "nowhere")["containers"]
+    h3.ok("down", "nowhere", timeout=120)
+
+
+def test_a_worker_that_loses_power_has_its_replicas_placed_again(cluster: NetnsCluster) -> None:
+    h1, h2, h3 = cluster.hosts
+    h3.kill9()
+    got = wait_for(lambda: _spread(h1, 6, {"1", "2"}), 90, "6 healthy replicas on nodes 1 and 2")
+    assert sorted(collections.Counter(got.values()).values()) == [3, 3], got
+    for host in (h1, h2):
+        seen = wait_for(lambda host=host: (s := _through(host, 12)) and set(s) <= set(got) and s, 30,
+                        f"host {host.index}'s proxy sends only to live replicas")  # fmt: skip
+        assert seen
+    h3.start()  # it comes back empty-handed: what it ran is elsewhere now, nothing runs twice
+    wait_for(lambda: [n["status"] for n in h1.json("node", "ls")] == ["ready"] * 3, 60, "node 3 ready again")
+    assert wait_for(lambda: _spread(h3, 6, {"1", "2"}), 30, "host 3 sees the replicas where they run") == got
+
+
+def test_the_leader_killed_another_leads_and_a_scale_still_applies(cluster: NetnsCluster) -> None:
+    hosts = cluster.hosts
+    first = _leader(hosts[0])
+    leader = hosts[int(first or 0) - 1]
+    others = [h for h in hosts if h is not leader]
+    leader.kill9()
+    chosen = wait_for(lambda: (n := _leader(others[0])) not in (None, first) and n, 60, "a new leader")
+    assert chosen != first
+    live = {str(h.index) for h in others}
+    wait_for(lambda: _spread(others[0], 6, live), 90, "6 healthy replicas on the two nodes left")
+    r = others[1].zl("scale", "web", "4", "-d", "spread", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = wait_for(lambda: _spread(others[1], 4, live), 90, "the scale to 4 applied by the new leader")
+    assert set(got.values()) == live, got  # both nodes left still run some
+    seen = _through(others[0], 12)
+    assert set(seen) <= set(got), seen
+    leader.start()
+    wait_for(lambda: _spread(leader, 4, live), 60, "the old leader back, sees the 4 replicas and runs none")

@@ -1,0 +1,246 @@
+"""Dispatch: how a node in a cluster takes part in running the cluster's deployments.
+
+Wired by the daemon between its :class:`~zlayer.cluster.membership.ClusterNode` and its agent (which knows nothing of
+the cluster, only the hooks it is given):
+
+- **Placement** — every node runs the :class:`~zlayer.cluster.scheduler.Scheduler` loop; only the leader (its etcd
+  member leads, and it holds the fencing key) places, on every change of deployments, services or nodes and every
+  few seconds, writing the assignments under ``/zlayer/cluster/assignments/``. A node's death (the leader's monitor
+  marks it ``dead``) is such a change: its replicas are placed again on the ready nodes.
+- **Assignments** (:class:`~zlayer.agent.hooks.AssignmentHook`) — a node runs exactly the replicas assigned to it;
+  a service not placed yet keeps what it runs here; a service scaled to 0 runs nothing.
+- **Convergence** — one watch of ``/zlayer/cluster/`` converges this node on each change: a deployment's new
+  revision (deployed through any node), a service's new assignments, a deployment removed elsewhere.
+- **Traffic** (:class:`~zlayer.agent.hooks.ClusterTrafficHook`) — each node reports its healthy replicas of each
+  fronted service as ``address:host port`` under ``/zlayer/cluster/endpoints/<deployment>/<service>/<node>``; every
+  node's proxy balances over its own replicas and those of the other nodes that are alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from zlayer.agent.hooks import Backend
+from zlayer.cluster.assignments import PREFIX as ASSIGNMENTS
+from zlayer.cluster.membership import ROOT, STATE, ClusterNode
+from zlayer.cluster.placement import ServiceKey
+from zlayer.cluster.scheduler import Scheduler
+from zlayer.cluster.view import Assignment, Node
+from zlayer.errors import ZLayerError
+from zlayer.state.etcd import EtcdClient
+
+if TYPE_CHECKING:
+    from zlayer.agent import ServiceManager
+    from zlayer.state import Store
+
+log = logging.getLogger("zlayer.cluster")
+
+ENDPOINTS = ROOT + "endpoints/"
+NODES = ROOT + "nodes/"
+ALIVE = ROOT + "alive/"
+RESYNC = 5.0  # the leader places again at least this often (a change missed while leadership moved)
+
+
+class _ClusterState:
+    """The scheduler's :class:`~zlayer.cluster.scheduler.ClusterState` over this node's membership."""
+
+    def __init__(self, cluster: ClusterNode) -> None:
+        self.cluster = cluster
+
+    async def nodes(self) -> Sequence[Node]:
+        return await self.cluster.nodes()
+
+    async def assignments(self) -> Sequence[Assignment]:
+        return await self.cluster.assignments().assignments()
+
+    async def put_assignments(self, changes: Mapping[ServiceKey, Sequence[Assignment]]) -> None:
+        await self.cluster.assignments().put_assignments(changes)
+
+
+class Dispatch:
+    def __init__(self, cluster: ClusterNode, store: Store) -> None:
+        self.cluster = cluster
+        self.store = store
+        self.manager: ServiceManager | None = None
+        self.scheduler = Scheduler(store, _ClusterState(cluster), self._leads, resync=RESYNC)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._remote: dict[tuple[str, str], dict[str, list[Backend]]] = {}
+        self._reported: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._alive: set[str] = set()
+        self._kicks: dict[tuple[str, ...], asyncio.Task[None]] = {}
+        self._again: set[tuple[str, ...]] = set()
+
+    async def _leads(self) -> bool:
+        """This node places: its etcd member leads and it holds the fencing key of this term."""
+        return await self.cluster.is_leader() and await self.cluster.claim_leadership() > 0
+
+    # ------------------------------------------------------------------------------------------- AssignmentHook
+
+    async def replicas(self, deployment: str, service: str) -> set[int] | None:
+        if not self.cluster.in_cluster:
+            return None
+        local, client = self.cluster.need()
+        svc = await self.store.get_service(deployment, service)
+        if svc is not None and svc.desired_replicas == 0:
+            return set()
+        kv = await client.get(f"{ASSIGNMENTS}{deployment}/{service}")
+        if kv is None:  # not placed (yet, or nothing fits now): what runs here goes on
+            return {c.replica for c in await self.store.list_containers(deployment, service)}
+        return {int(a["replica"]) for a in kv.json() if str(a.get("node_id")) == local.node_id}
+
+    # --------------------------------------------------------------------------------------- ClusterTrafficHook
+
+    def exposed(self) -> bool:
+        return self.cluster.in_cluster
+
+    def remote(self, deployment: str, service: str) -> list[Backend]:
+        me = self.cluster.local.node_id if self.cluster.local is not None else ""
+        return [
+            b
+            for node, backends in sorted(self._remote.get((deployment, service), {}).items())
+            if node != me and node in self._alive
+            for b in backends
+        ]
+
+    async def report(self, deployment: str, service: str, backends: list[Backend]) -> None:
+        if not self.cluster.in_cluster:
+            return
+        local, client = self.cluster.need()
+        value = [{"container": b.container, "address": local.advertise, "port": b.port} for b in backends]
+        if self._reported.get((deployment, service)) == value:
+            return
+        key = f"{ENDPOINTS}{deployment}/{service}/{local.node_id}"
+        if value:
+            await client.put(key, value)
+        else:
+            await client.delete(key)
+        self._reported[(deployment, service)] = value
+
+    # ------------------------------------------------------------------------------------------------ loops
+
+    def start(self) -> None:
+        """Once the node is in a cluster (at daemon start, or when it inits or joins one) and its agent is up."""
+        if self._tasks or self.manager is None or not self.cluster.in_cluster:
+            return
+        self._tasks = [asyncio.create_task(self.scheduler.run(), name="zlayer-cluster-scheduler"),
+                       asyncio.create_task(self._watch(), name="zlayer-cluster-dispatch")]  # fmt: skip
+
+    async def close(self) -> None:
+        tasks = self._tasks + list(self._kicks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _watch(self) -> None:
+        said = False
+        while True:
+            try:
+                _, client = self.cluster.need()
+                revision = await client.revision()
+                await self._resync(client)
+                said = False
+                async for kind, kv in client.watch(ROOT, revision + 1):
+                    self._event(kind, kv.key, kv)
+                    revision = max(revision, kv.mod_revision)
+            except asyncio.CancelledError:
+                raise
+            except (ZLayerError, OSError) as e:
+                if not said:
+                    log.warning("cluster: the watch of the cluster's state broke, resuming: %s", e)
+                    said = True
+            await asyncio.sleep(1.0)
+
+    async def _resync(self, client: EtcdClient) -> None:
+        """The whole picture again (at start and after a broken watch): who is alive, every node's endpoints, and
+        a converge of every deployment and placed service."""
+        self._alive = {kv.key.removeprefix(ALIVE) for kv in await client.range(ALIVE)}
+        self._remote.clear()
+        for kv in await client.range(ENDPOINTS):
+            self._endpoints(kv.key, kv)
+        self.scheduler.changed()
+        for kv in await client.range(STATE + "d/"):
+            name = kv.key.removeprefix(STATE + "d/")
+            self._kick(("d", name), partial(self._manager().refresh, name))
+        for kv in await client.range(ASSIGNMENTS):
+            self._event("PUT", kv.key, kv)
+        for dep, svc in list(self._remote):
+            self._kick(("p", dep, svc), partial(self._republish, dep, svc))
+
+    def _manager(self) -> ServiceManager:
+        assert self.manager is not None
+        return self.manager
+
+    def _event(self, kind: str, key: str, kv: Any) -> None:
+        if key.startswith(STATE + "d/"):
+            name = key.removeprefix(STATE + "d/")
+            self.scheduler.changed()
+            self._kick(("d", name), partial(self._manager().refresh, name))
+        elif key.startswith(STATE + "s/") or key.startswith(NODES):
+            self.scheduler.changed()
+        elif key.startswith(ASSIGNMENTS):
+            dep, _, svc = key.removeprefix(ASSIGNMENTS).partition("/")
+            self._kick(("a", dep, svc), partial(self._manager().converge_service, dep, svc))
+        elif key.startswith(ALIVE):
+            node = key.removeprefix(ALIVE)
+            (self._alive.add if kind == "PUT" else self._alive.discard)(node)
+            self.scheduler.changed()
+            for dep, svc in list(self._remote):
+                if node in self._remote[(dep, svc)]:
+                    self._kick(("p", dep, svc), partial(self._republish, dep, svc))
+        elif key.startswith(ENDPOINTS):
+            got = self._endpoints(key, kv if kind == "PUT" else None)
+            if got is not None:
+                self._kick(("p", *got), partial(self._republish, *got))
+
+    def _endpoints(self, key: str, kv: Any) -> tuple[str, str] | None:
+        parts = key.removeprefix(ENDPOINTS).split("/")
+        if len(parts) != 3:
+            return None
+        dep, svc, node = parts
+        entry = self._remote.setdefault((dep, svc), {})
+        if kv is None:
+            entry.pop(node, None)
+        else:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry[node] = [Backend(str(b["container"]), str(b["address"]), int(b["port"])) for b in kv.json()]
+        return dep, svc
+
+    async def _republish(self, deployment: str, service: str) -> None:
+        """The proxy of this node gets the service's backends again (another node's changed)."""
+        rec = await self.store.get_service(deployment, service)
+        if rec is None:
+            return
+        manager = self._manager()
+        spec = manager.service_spec(rec)
+        if spec.rtype == "service":
+            await manager.publisher.publish(deployment, service, spec)
+
+    def _kick(self, key: tuple[str, ...], work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` for ``key`` now, or once more after the run in progress (a burst is at most two runs)."""
+        running = self._kicks.get(key)
+        if running is not None and not running.done():
+            self._again.add(key)
+            return
+
+        async def go() -> None:
+            while True:
+                self._again.discard(key)
+                try:
+                    await work()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # one failed converge is logged; the next change or resync retries
+                    log.warning("cluster: %s %s: %s", key[0], "/".join(key[1:]), e)
+                if key not in self._again:
+                    return
+
+        self._kicks[key] = asyncio.create_task(go(), name=f"zlayer-cluster-{'-'.join(key)}")
+
+
+__all__ = ["Dispatch"]
