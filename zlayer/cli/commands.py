@@ -57,4 +57,5 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("zlayer.cli.secret", "run_cmd", "Run a local command with secrets as environment variables"),
     "pull": ("zlayer.cli.image", "pull_cmd", "Pull an image (or every image of the spec) into the local store"),
     "wasm": ("zlayer.cli.wasm", "wasm", "WebAssembly programs (build, export, push, validate, info)"),
+    "docker": ("zlayer.cli.docker", "docker", "Docker's verbs on this node's containers and images (run, ps, ...)"),
 }

@@ -103,6 +103,15 @@ def create(image: str, command: tuple[str, ...], name: str | None, env: tuple[st
            volumes: tuple[str, ...], restart: str, memory: str | None, cpus: float | None,
            pull_policy: str | None) -> None:  # fmt: skip
     """Create and start a standalone container from IMAGE (COMMAND replaces its entrypoint)."""
+    body = create_body(image, command, name, env, ports, volumes, restart, memory, cpus, pull_policy)
+    info = _call("POST", "/api/v1/containers", body)
+    click.echo(info["id"])
+
+
+def create_body(image: str, command: tuple[str, ...], name: str | None, env: tuple[str, ...], ports: tuple[str, ...],
+                volumes: tuple[str, ...], restart: str, memory: str | None, cpus: float | None,
+                pull_policy: str | None) -> dict[str, Any]:  # fmt: skip
+    """The API's create request from ``container create``'s options (``docker run`` takes the same)."""
     body: dict[str, Any] = {"image": image, "restart_policy": {"kind": restart}}
     for key, value in (("name", name), ("pull_policy", pull_policy)):
         if value:
@@ -132,8 +141,7 @@ def create(image: str, command: tuple[str, ...], name: str | None, env: tuple[st
         body["volumes"] = mounts
     if memory or cpus:
         body["resources"] = {k: v for k, v in (("memory", memory), ("cpu", cpus)) if v}
-    info = _call("POST", "/api/v1/containers", body)
-    click.echo(info["id"])
+    return body
 
 
 def _simple(verb: str, help_text: str) -> None:

@@ -442,6 +442,28 @@ def test_zlayer_container_api_and_cli(shim: Shim, tmp_path: Path) -> None:
     assert status == 404
 
 
+def test_zlayer_docker_verbs(shim: Shim) -> None:
+    """`zlayer docker …`: Docker's verbs as zlayer's own commands over ZLayer's API (no Docker client involved)."""
+    node = shim.node
+
+    def zl(*args: str) -> str:
+        r = node.zl(*args)
+        assert r.returncode == 0, f"zlayer {' '.join(args)}: {r.stdout}{r.stderr}\n{node.log_tail()}"
+        return r.stdout
+
+    cid = zl("docker", "run", "-d", "--name", "zd", "-e", "A=x", IMAGE, "sh", "-c", "echo $A; exec sleep 300").strip()
+    assert cid == "zd-rep-0" and cid in zl("docker", "ps")
+    assert "sleep 300" in zl("docker", "top", cid) and zl("docker", "logs", cid) == "[stdout] x\n"
+    r = node.zl("docker", "run", "--rm", IMAGE, "sh", "-c", "echo out-of-run; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out-of-run\n", "err\n")
+    zl("docker", "stop", "-t", "1", cid)
+    assert zl("docker", "wait", cid).strip() == "137"
+    zl("docker", "rm", cid)
+    assert "zd-rep-0" not in zl("docker", "ps") and "zlayer-svc/httpd" in zl("docker", "images")
+    r = node.zl("docker", "run", "-d", "--rm", IMAGE, "true")
+    assert r.returncode != 0 and "--rm" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_containers_survive_a_daemon_restart(shim: Shim) -> None:
     """Containers outlive the daemon: a restarted `zlayer serve` serves the same Docker containers (running ones
     re-adopted, not restarted; exited ones still listed; one that ended meanwhile recorded exited), the networks
