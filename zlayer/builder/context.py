@@ -122,6 +122,7 @@ class FileHashes:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self.known: dict[str, list[Any]] = {}
+        self.seen: dict[str, str] = {}  # this build's digests, racy ones too (what its cache keys were made of)
         self.dirty = False
         if path is not None:
             try:
@@ -135,22 +136,21 @@ class FileHashes:
         stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         entry = self.known.get(full)
         if entry is not None and entry[:4] == stamp:
+            self.seen[full] = entry[4]
             return bytes.fromhex(entry[4])
         h = hashlib.sha256()
         with open(full, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
+        self.seen[full] = h.hexdigest()
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > self.RACY_NS:
             self.known[full] = [*stamp, h.hexdigest()]
             self.dirty = True
         return h.digest()
 
-    def remembered(self, full: str, st: os.stat_result) -> str | None:
-        """The digest (hex) of ``full`` when it is remembered for this very stat, without reading the file."""
-        entry = self.known.get(full)
-        if entry is not None and entry[:4] == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]:
-            return str(entry[4])
-        return None
+    def remembered(self, full: str) -> str | None:
+        """The digest (hex) this build took of ``full`` to key its steps, without reading the file again."""
+        return self.seen.get(full)
 
     def save(self) -> None:
         if self.path is not None and self.dirty:

@@ -978,7 +978,7 @@ class _Reuse:
                 self.prev_dir, self.prev = str(store.layer_dir(data["chain"])), dict(data["files"])
 
     def source(self, src: str, st: os.stat_result, out: Path) -> str | None:
-        digest = self.hashes.remembered(src, st)
+        digest = self.hashes.remembered(src)
         path = str(out)
         if digest is None or not path.startswith(self.upper + "/"):
             return None
