@@ -123,6 +123,18 @@ def test_a_failed_image_skips_its_dependents_and_the_rest_finish_without_fail_fa
         assert rows["fine"].split()[1] == "built"
         assert r.stderr.count("[bad] [stage-0 2/2] | broken") == 2, r.stderr  # retries: 1 ran the step again
         assert "Traceback" not in r.stderr
+        # failing fast (the default): the build still running is cancelled, cleanly
+        (root / "slow.Dockerfile").write_text(f"FROM {builder_base.reference}\nRUN echo started; sleep 1238\n")
+        (root / "fast.yaml").write_text(
+            "images:\n  slow:\n    file: slow.Dockerfile\n  bad:\n    file: bad.Dockerfile\n    depends_on: [gate]\n"
+            "  gate:\n    file: ok.Dockerfile\n"
+        )
+        ff = zlayer_cmd(data, "pipeline", "-f", str(root / "fast.yaml"))
+        rows = {line.split()[0]: line for line in ff.stdout.splitlines()[1:]}
+        assert ff.returncode == 1 and rows["slow"].split()[1] == "cancelled", ff.stdout + ff.stderr
+        assert rows["bad"].split()[1] == "failed" and rows["gate"].split()[1] == "built"
+        assert subprocess.run(["pgrep", "-f", "sleep 1238"], capture_output=True).returncode != 0
+        assert left_behind(data) == []
         # a mistake in the manifest names its line and field
         (root / "zlayer-pipeline.yaml").write_text("images:\n  a:\n    file: ok.Dockerfile\n    depends_on: [b]\n")
         bad = zlayer_cmd(data, "pipeline", "-f", str(root / "zlayer-pipeline.yaml"))
