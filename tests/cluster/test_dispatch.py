@@ -117,6 +117,25 @@ def test_a_worker_that_loses_power_has_its_replicas_placed_again(cluster: NetnsC
     assert wait_for(lambda: _spread(h3, 6, {"1", "2"}), 30, "host 3 sees the replicas where they run") == got
 
 
+def test_a_node_cut_off_never_leads_its_replicas_move_and_it_rejoins(cluster: NetnsCluster) -> None:
+    h1, h2, h3 = cluster.hosts
+    cut = next(h for h in (h2, h1) if str(h.index) != _leader(h3))  # a node that runs replicas and does not lead
+    rest = [h for h in cluster.hosts if h is not cut]
+    live = {str(h.index) for h in rest}
+    subprocess.run(["ip", "link", "set", cut.veth, "down"], check=True)
+    try:
+        got = wait_for(lambda: _spread(rest[0], 6, live), 90, "6 healthy replicas on the majority's nodes")
+        assert _leader(rest[1]) in live
+        # the minority answers reads with what it last knew, and never takes the lead
+        assert all(not n["is_leader"] or n["id"] != str(cut.index) for n in cut.json("node", "ls"))
+    finally:
+        subprocess.run(["ip", "link", "set", cut.veth, "up"], check=True)
+    wait_for(lambda: [n["status"] for n in rest[0].json("node", "ls")] == ["ready"] * 3, 60, "the cut node back")
+    # back, it learns its replicas run elsewhere now and stops its own: no replica runs twice
+    assert wait_for(lambda: _spread(cut, 6, live), 60, "the cut node's view agrees") == got
+    assert _leader(cut) in live
+
+
 def test_the_leader_killed_another_leads_and_a_scale_still_applies(cluster: NetnsCluster) -> None:
     hosts = cluster.hosts
     first = _leader(hosts[0])

@@ -128,7 +128,8 @@ class Dispatch:
         if self._tasks or self.manager is None or not self.cluster.in_cluster:
             return
         self._tasks = [asyncio.create_task(self.scheduler.run(), name="zlayer-cluster-scheduler"),
-                       asyncio.create_task(self._watch(), name="zlayer-cluster-dispatch")]  # fmt: skip
+                       asyncio.create_task(self._watch(), name="zlayer-cluster-dispatch"),
+                       asyncio.create_task(self._audit(), name="zlayer-cluster-audit")]  # fmt: skip
 
     async def close(self) -> None:
         tasks = self._tasks + list(self._kicks.values())
@@ -155,6 +156,26 @@ class Dispatch:
                     log.warning("cluster: the watch of the cluster's state broke, resuming: %s", e)
                     said = True
             await asyncio.sleep(1.0)
+
+    async def _audit(self) -> None:
+        """Every few seconds, converge each service whose replicas here are not what this node is assigned: a
+        change the watch did not bring (a node cut off from the others gets the assignments made meanwhile with the
+        link back, and stops what runs elsewhere now)."""
+        while True:
+            await asyncio.sleep(RESYNC)
+            try:
+                local, client = self.cluster.need()
+                have: dict[tuple[str, str], set[int]] = {}
+                for c in await self.store.list_containers():
+                    if c.state != "failed":
+                        have.setdefault((c.deployment, c.service), set()).add(c.replica)
+                for kv in await client.range(ASSIGNMENTS):
+                    dep, _, svc = kv.key.removeprefix(ASSIGNMENTS).partition("/")
+                    mine = {int(a["replica"]) for a in kv.json() if str(a.get("node_id")) == local.node_id}
+                    if mine != have.get((dep, svc), set()):
+                        self._kick(("a", dep, svc), partial(self._manager().converge_service, dep, svc))
+            except (ZLayerError, OSError, ValueError, KeyError, TypeError) as e:
+                log.debug("cluster: audit of this node's replicas: %s", e)
 
     async def _resync(self, client: EtcdClient) -> None:
         """The whole picture again (at start and after a broken watch): who is alive, every node's endpoints, and
