@@ -155,7 +155,7 @@ def test_auto_runtime_falls_back_to_dockerd_where_cgroups_are_missing(
     hidden.env.pop("ZLAYER_RUNTIME", None)
     try:
         hidden.setup()
-        assert hidden.api("GET", "/health/ready")["runtime_name"] == "docker"
+        assert hidden.api("GET", "/health/live")["runtime_name"] == "docker"
         assert "the native runtime cannot run here (no cgroup v2 at /sys/fs/cgroup)" in hidden.log_tail(100_000)
         r = hidden.zl("container", "create", "--name", "fb", f"{registry}/svc/httpd:v1", "sh", "-c",
                       "echo via-dockerd; exec sleep 300")  # fmt: skip
