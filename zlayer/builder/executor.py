@@ -162,7 +162,6 @@ def load_build_file(opts: BuildOptions, context: Path) -> Dockerfile | WasmBuild
     ``Dockerfile``, and last a runtime template detected from the context when it has neither."""
     from zlayer.builder import templates
     from zlayer.builder.dockerfile import parse
-    from zlayer.builder.zimage import parse_zimagefile
 
     if opts.dockerfile_text is not None:
         return parse(opts.dockerfile_text, str(opts.dockerfile or "Dockerfile"))
@@ -191,6 +190,8 @@ def load_build_file(opts: BuildOptions, context: Path) -> Dockerfile | WasmBuild
         except IsADirectoryError:
             raise UsageError(f"{path} is a directory, not a build file") from None
         if kind == "z":
+            from zlayer.builder.zimage import parse_zimagefile  # (and yaml) only for a ZImagefile
+
             return parse_zimagefile(text, _shown_path(path), templates.dockerfiles())
         return parse(text, _shown_path(path))
     found = templates.detect(context)
