@@ -156,6 +156,9 @@ def test_auto_runtime_falls_back_to_dockerd_where_cgroups_are_missing(
     try:
         hidden.setup()
         assert hidden.api("GET", "/health/live")["runtime_name"] == "docker"
+        deadline = time.monotonic() + 60
+        while hidden.request("GET", "/health/ready")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "the native runtime cannot run here (no cgroup v2 at /sys/fs/cgroup)" in hidden.log_tail(100_000)
         r = hidden.zl("container", "create", "--name", "fb", f"{registry}/svc/httpd:v1", "sh", "-c",
                       "echo via-dockerd; exec sleep 300")  # fmt: skip
