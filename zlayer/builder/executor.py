@@ -817,6 +817,8 @@ class _Run:
                 _extract(src, root / rel, ins)
             elif src.is_dir() and not src.is_symlink():
                 (root / rel).mkdir(parents=True, exist_ok=True)
+                if isinstance(links, _Links):
+                    src = links.single_layer(src) or src
                 _copy_tree(src, root / rel, owner, mode, self.ctx if ignore_root else None, links)
             else:
                 _copy_entry(src, out, owner, mode, links)
@@ -940,10 +942,27 @@ class _Links:
         self.layers = [str(d) for d in reversed(layers)]  # top-most first: the first that has a path is what shows
         self.owner, self.mode = owner, mode
 
+    def single_layer(self, src: Path) -> Path | None:
+        """The directory behind ``src`` (a directory in the view) when one layer alone holds that path: its tree is
+        then what the view shows (a whiteout or opaque mark inside hides nothing below), and can be walked there,
+        without overlayfs's lookups."""
+        path = str(src)
+        if not path.startswith(self.view + "/"):
+            return None
+        rel = path[len(self.view) + 1 :]
+        holders = [layer for layer in self.layers if os.path.lexists(os.path.join(layer, rel))]
+        if len(holders) != 1:
+            return None
+        real = Path(holders[0], rel)
+        return real if real.is_dir() and not real.is_symlink() else None
+
     def source(self, src: str, st: os.stat_result, out: Path) -> str | None:
-        """The layer file behind ``src`` (a path in the view), when a link to it is what the copy would make."""
+        """The layer file behind ``src`` (a path in the view, or in a layer), when a link to it is what the copy
+        would make."""
         if (st.st_uid, st.st_gid) != self.owner or (self.mode is not None and self.mode != stat.S_IMODE(st.st_mode)):
             return None
+        if any(src.startswith(layer + "/") for layer in self.layers):
+            return src if stat.S_ISREG(st.st_mode) else None
         if not src.startswith(self.view + "/"):
             return None
         rel = src[len(self.view) + 1 :]

@@ -346,17 +346,19 @@ def test_a_file_taken_from_another_stage_and_then_changed_leaves_that_stage_as_i
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(
-        f"FROM {builder_base.reference} AS a\nRUN echo original > /f\n"
+        f"FROM {builder_base.reference} AS a\n"
+        "RUN echo original > /f && mkdir /d && echo 1 > /d/one && echo 3 > /d/three\n"
+        "RUN echo 2 > /d/two && rm /d/one\n"  # /d in two layers, one of them with a whiteout
         f"FROM {builder_base.reference} AS b\nCOPY --from=a /f /f\nRUN echo appended >> /f\n"
-        f"FROM {builder_base.reference}\nCOPY --from=a /f /from-a\nCOPY --from=b /f /from-b\n"
-        'CMD ["cat", "/from-a", "/from-b"]\n'
+        f"FROM {builder_base.reference}\nCOPY --from=a /f /from-a\nCOPY --from=b /f /from-b\nCOPY --from=a /d /d\n"
+        'CMD ["sh", "-c", "cat /from-a /from-b; ls /d"]\n'
     )
     data = tmp_path / "data"
     with no_mounts_left(tmp_path):
         for _ in range(2):  # the second time from the cache: the layers the first build left
             r = zlayer_cmd(data, "build", "-t", "linked:1", str(ctx))
             assert r.returncode == 0, r.stderr
-            assert run_image(data, "linked:1") == "original\noriginal\nappended\n"
+            assert run_image(data, "linked:1") == "original\noriginal\nappended\nthree\ntwo\n"
 
 
 FEATURES = """\
