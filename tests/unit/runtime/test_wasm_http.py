@@ -195,3 +195,45 @@ async def _serve_two_replicas(root: Path, handler: Path) -> None:
 @pytest.mark.slow
 def test_replicas_serve_http_on_addresses_of_their_own(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
     asyncio.run(_serve_two_replicas(tmp_path, wasm_programs.http_handler))
+
+
+def test_filesystem_is_the_spec_storage_and_nothing_beyond(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
+    from tests.fixtures.wasm import FS_ERROR_CODES
+
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not for the guest\n")
+    (data / "out").symlink_to(outside)  # a symlink leading out of the preopen
+    (data / "abs").symlink_to(outside / "secret.txt")
+    path = wasm_programs.http_fs
+
+    def program(ro: bool) -> P2Http:
+        guest = Guest(preopens=[(str(data), "/data", ro)])
+        prog = load_program(path, digest_of_file(path), tmp_path / "compiled", fuel=False, where="fs", guest=guest)
+        assert isinstance(prog, P2Http)
+        return prog
+
+    def get(prog: P2Http, p: str) -> tuple[int | str, bytes]:
+        status, _, body, error = prog.call("GET", p, "http", "x", [], b"")
+        assert not error, error
+        assert prog.host.table.objs == {}, "a request left host resources (file descriptors) behind"
+        return (FS_ERROR_CODES[status - 600] if status >= 600 else status), body
+
+    rw = program(False)
+    # written through write-via-stream, read back through read-via-stream, on the host's disk in between
+    assert get(rw, "/w/note.txt") == (201, b"/w/note.txt")
+    assert (data / "note.txt").read_text() == "/w/note.txt"
+    (data / "note.txt").write_text("changed on the host\n")
+    assert get(rw, "/r/note.txt") == (200, b"changed on the host\n")
+    assert get(rw, "/r/nothing.txt") == ("no-entry", b"")
+    # no way out: .., an absolute path, a symlink to a directory or a file outside
+    for escape in ("/r/../outside/secret.txt", "/r//etc/passwd", "/r/out/secret.txt", "/w/out/new.txt"):
+        assert get(rw, escape) == ("not-permitted", b""), escape
+    assert get(rw, "/r/abs") == ("loop", b"")  # the last component is not followed (path-flags without follow)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    # a read-only preopen reads and refuses writes
+    ro = program(True)
+    assert get(ro, "/r/note.txt") == (200, b"changed on the host\n")
+    assert get(ro, "/w/note.txt") == ("read-only", b"")
+    assert (data / "note.txt").read_text() == "changed on the host\n"

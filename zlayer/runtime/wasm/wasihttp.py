@@ -10,9 +10,9 @@ cannot call ``handle`` without them. What the package does offer is host-defined
 (``LinkerInstance.add_func``). So this module defines the interfaces a ``wasi:http/proxy`` component imports itself:
 ``wasi:http/types`` and ``outgoing-handler``, ``wasi:io/{error,poll,streams}`` (their streams are the ones
 ``wasi:http`` bodies use, so they must be ours too), ``wasi:cli/{stdin,stdout,stderr,environment,exit,terminal-*}``,
-``wasi:clocks/{monotonic-clock,wall-clock}`` and ``wasi:random/*``. An import outside those (a proxy component has
-none; ``wasi:filesystem``, ``wasi:sockets`` elsewhere) links as a function that traps when called, and
-``wasi:filesystem/preopens`` answers no directories.
+``wasi:clocks/{monotonic-clock,wall-clock}``, ``wasi:random/*`` and (in :mod:`~zlayer.runtime.wasm.wasifs`)
+``wasi:filesystem/{types,preopens}`` over the spec's storage. An import outside those (a proxy component has none;
+``wasi:sockets`` elsewhere) links as a function that traps when called.
 
 Bodies are buffered: a request's body is read before ``handle`` runs and a response is sent once ``handle``
 returned (its outgoing body finished or not). ``outgoing-handler.handle`` performs the request with
@@ -63,12 +63,15 @@ class Fields:
 class InputStream:
     data: bytes = b""
     pos: int = 0
+    source: Callable[[int], bytes] | None = None  # read up to n bytes (b"": the end); else ``data`` is the stream
+    close: Callable[[], None] | None = None  # called when the stream is dropped
 
 
 @dataclass
 class OutputStream:
     sink: Callable[[bytes], None]
     closed: bool = False
+    close: Callable[[], None] | None = None  # called when the stream is dropped
 
 
 @dataclass
@@ -263,14 +266,14 @@ class Table:
             reps.discard(rep)
         return self.objs.pop(rep, None)
 
+    def drop(self, _store: Any, rep: int) -> None:
+        _release(self.pop(rep))
+
     def take(self, store: Any, res: ResourceAny) -> Any:
         rep = res.to_host(store).rep
         if rep not in self.objs:
             raise WasmtimeError(f"resource {rep} is gone")
         return self.pop(rep)
-
-    def drop(self, _store: Any, rep: int) -> None:
-        self.pop(rep)
 
     @contextlib.contextmanager
     def owner(self, reps: set[int]) -> Iterator[None]:
@@ -283,8 +286,15 @@ class Table:
 
     def discard(self, reps: set[int]) -> None:
         for rep in reps:
-            self.objs.pop(rep, None)
+            _release(self.objs.pop(rep, None))
         reps.clear()
+
+
+def _release(obj: Any) -> None:
+    """What a dropped resource held (a file descriptor) given back."""
+    close = getattr(obj, "close", None)
+    if close is not None:
+        close()
 
 
 def _err(code: str, payload: Any = None) -> Variant:
@@ -327,6 +337,7 @@ class Guest:
     output: Callable[[str, bytes], None] | None = None
     outgoing: bool = False  # wasi:http/outgoing-handler may send requests (else each is HTTP-request-denied)
     allowed_hosts: Sequence[str] = ()  # when not empty, the only hosts it may reach (a "*." prefix: any subdomain)
+    preopens: Sequence[tuple[str, str, bool]] = ()  # (host dir, guest dir, read-only): wasi:filesystem/preopens
 
 
 class HttpHost:
@@ -357,6 +368,8 @@ class HttpHost:
     def define(self, linker: Linker, imports: Iterable[str]) -> list[str]:
         """Define every import of ``imports`` (component import names) this host serves; returns those it does
         not serve (the caller links them as traps)."""
+        from zlayer.runtime.wasm import wasifs  # it builds on this module's streams and table
+
         left = []
         builders: dict[str, Callable[[Any], None]] = {
             "wasi:http/types": self._types,
@@ -381,7 +394,8 @@ class HttpHost:
             "wasi:random/insecure-seed": lambda li: li.add_func(
                 "insecure-seed", lambda s: (int.from_bytes(os.urandom(8)), int.from_bytes(os.urandom(8)))
             ),
-            "wasi:filesystem/preopens": lambda li: li.add_func("get-directories", lambda s: []),
+            "wasi:filesystem/types": lambda li: wasifs.define_types(self, li),
+            "wasi:filesystem/preopens": lambda li: wasifs.define_preopens(self, li, self.guest.preopens),
         }
         with linker.root() as root:
             for name in imports:
@@ -435,6 +449,12 @@ class HttpHost:
 
         def read(s: Any, st: ResourceAny, n: int) -> Any:
             ins: InputStream = t.get(s, st)
+            if ins.source is not None:
+                try:
+                    got = ins.source(min(n, MAX_READ)) if n else b""
+                except OSError as e:  # stream-error is untagged here: its own<error> case lowers from the resource
+                    return t.new(IO_ERROR, f"{e.strerror}")
+                return got if got or not n else None
             if ins.pos >= len(ins.data) and n:
                 return None  # err(closed): stream-error's "closed" has no payload, so it lowers from None
             chunk = ins.data[ins.pos : ins.pos + min(n, MAX_READ)]

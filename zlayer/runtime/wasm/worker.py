@@ -51,6 +51,7 @@ def main(argv: list[str]) -> int:
                 log.write,  # type: ignore[arg-type]
                 outgoing=bool(cfg.get("http_outgoing")),
                 allowed_hosts=cfg.get("allowed_hosts", []),
+                preopens=[(h, g, bool(ro)) for h, g, ro in cfg["preopens"]],
             ),
         )
         if isinstance(program, P2Http):
