@@ -239,7 +239,9 @@ class Builder:
         """Run the build; the image in the store (None only for a ZImagefile's ``wasm:`` build with ``oci: false``,
         which makes the program's file alone)."""
         started = time.monotonic()
-        ctx = BuildContext.open(opts.context, private_dir(self.work / "hashes"))
+        # an uploaded context (a temporary dir under the builder's own) is never built again: nothing to remember
+        uploaded = opts.context.resolve().is_relative_to(self.work.resolve())
+        ctx = BuildContext.open(opts.context, None if uploaded else private_dir(self.work / "hashes"))
         dockerfile = load_build_file(opts, ctx.root)
         if not isinstance(dockerfile, Dockerfile):
             from zlayer.builder.wasm import build_wasm
