@@ -16,6 +16,7 @@ import pytest
 
 from tests.fixtures.wasm import WasmPrograms
 from zlayer.agent.probes import run_health_check
+from zlayer.errors import RuntimeFailure
 from zlayer.images import ImageStore
 from zlayer.runtime import ContainerId
 from zlayer.runtime.wasm.artifact import export_artifact
@@ -237,3 +238,33 @@ def test_filesystem_is_the_spec_storage_and_nothing_beyond(wasm_programs: WasmPr
     assert get(ro, "/r/note.txt") == (200, b"changed on the host\n")
     assert get(ro, "/w/note.txt") == ("read-only", b"")
     assert (data / "note.txt").read_text() == "changed on the host\n"
+
+
+def test_http_component_calls_every_plugin_interface(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
+    import sqlite3
+
+    from zlayer.runtime.wasm.plugin import PluginContext
+
+    logged: list[tuple[str, bytes]] = []
+    ctx = PluginContext(
+        config={"GREETING": "hi there"},
+        kv_path=tmp_path / "kv" / "ns.sqlite",
+        secrets={"token": "s3cret"},
+        metrics_path=tmp_path / "metrics.json",
+        log=lambda s, d: logged.append((s, d)),
+    )
+    path = wasm_programs.http_plugin
+    digest = digest_of_file(path)
+    prog = load_program(path, digest, tmp_path / "compiled", fuel=False, where="plug", plugin=ctx)
+    assert isinstance(prog, P2Http)
+    for n in (1, 2):  # config and secrets in the body, the key-value counter in the status
+        status, _, body, error = prog.call("GET", f"/req{n}", "http", "x", [], b"")
+        assert (status, body, error) == (200 + n, b"hi there|s3cret", "")
+    assert logged == [("stderr", b"[info] /req1\n"), ("stderr", b"[info] /req2\n")]
+    assert json.loads((tmp_path / "metrics.json").read_text())["counters"] == {"requests": 2}
+    with sqlite3.connect(tmp_path / "kv" / "ns.sqlite") as db:
+        assert db.execute("SELECT value FROM kv WHERE key = 'hits'").fetchone() == (b"2",)
+    # a capability the spec withholds is refused when it links, by name
+    ctx.allowed = ("config", "logging", "metrics", "keyvalue")
+    with pytest.raises(RuntimeFailure, match=r"plug: cannot link: imports zlayer:plugin/secrets"):
+        load_program(path, digest, tmp_path / "compiled", fuel=False, where="plug", plugin=ctx)
