@@ -4,16 +4,18 @@ and stores the program as a WASM OCI artifact under the build's tag; a failing t
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import wasmtime
 
-from tests.fixtures.builder import zlayer_cmd
+from tests.fixtures.builder import BuildBase, zlayer_cmd
 from zlayer.images import ImageStore
 
-pytestmark = [pytest.mark.root]
+pytestmark = [pytest.mark.root, pytest.mark.peer]
 
 HELLO = '#include <stdio.h>\nint main(void) { printf("hello from a ZImagefile\\n"); return 0; }\n'
 
@@ -31,7 +33,9 @@ def run_wasi(module: bytes, tmp: Path) -> str:
     return (tmp / "stdout").read_text()
 
 
-def test_a_wasm_zimagefile_is_built_by_zlayer_wasm_build_into_an_artifact(tmp_path: Path) -> None:
+def test_a_wasm_zimagefile_is_built_by_zlayer_wasm_build_into_an_artifact(
+    tmp_path: Path, builder_base: BuildBase
+) -> None:
     if shutil.which("clang") is None or shutil.which("wasm-ld") is None:
         pytest.fail("clang and lld are not installed (.ci/apt-packages.txt lists them)")
     ctx = tmp_path / "ctx"
@@ -56,6 +60,17 @@ def test_a_wasm_zimagefile_is_built_by_zlayer_wasm_build_into_an_artifact(tmp_pa
     layer = store.blob_path(image.manifest["layers"][0]["digest"]).read_bytes()
     assert layer == (ctx / "out" / "hello.wasm").read_bytes()
     assert run_wasi(layer, tmp_path) == "hello from a ZImagefile\n"
+
+    # --push: the artifact in the registry, in the layout wkg and ORAS read
+    ref = f"{builder_base.registry.host}/wasm/hello:1"
+    pushed = zlayer_cmd(data, "build", "--push", "-t", ref, str(ctx))
+    assert pushed.returncode == 0, pushed.stderr
+    raw = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{ref}"], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert raw.returncode == 0, raw.stderr
+    manifest = json.loads(raw.stdout)
+    assert manifest["artifactType"].startswith("application/vnd.wasm") and manifest["layers"][0]["mediaType"] == (
+        "application/wasm")  # fmt: skip
 
     # the toolchain's own failure, with the step that ran it and its last output
     (ctx / "hello.c").write_text("int main(void) { return undefined_thing; }\n")
