@@ -58,6 +58,26 @@ def test_handler_instances_are_reused_and_a_trap_fails_only_its_request(
         ticker.close()
 
 
+def test_idle_instances_go_after_idle_timeout_down_to_min_instances(
+    wasm_programs: WasmPrograms, tmp_path: Path
+) -> None:
+    path = wasm_programs.http_handler
+    prog = load_program(path, digest_of_file(path), tmp_path / "compiled", fuel=False, where=path.name)
+    assert isinstance(prog, P2Http)
+    prog.configure(limits=Limits(), max_instances=3, min_instances=1, idle_timeout=60.0)
+    prog.warm(3)
+    assert prog.call("GET", "/a", "http", "x", [], b"")[2] == b"hello from wasm /a #1\n"
+    assert prog.shrink() == 0  # none idle for 60 s yet
+    assert prog.shrink(time.monotonic() + 61) == 2  # two went; the one used last stays (min_instances)
+    assert (prog.stats.alive, prog.stats.instantiated) == (1, 3)
+    assert prog.call("GET", "/b", "http", "x", [], b"")[2] == b"hello from wasm /b #2\n"
+    assert prog.shrink(time.monotonic() + 61) == 0
+    prog.configure(limits=Limits(), max_instances=3, min_instances=0, idle_timeout=60.0)
+    assert prog.shrink(time.monotonic() + 61) == 1 and prog.stats.alive == 0  # min_instances 0: none left
+    assert prog.call("GET", "/c", "http", "x", [], b"")[2] == b"hello from wasm /c #1\n"  # a new one when needed
+    assert prog.stats.instantiated == 4 and prog.host.table.objs == {}
+
+
 def test_a_loop_and_a_memory_grab_fail_their_request_at_the_limits(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
     path = wasm_programs.http_handler
     prog = load_program(path, digest_of_file(path), tmp_path / "compiled", fuel=False, where=path.name)
@@ -188,6 +208,8 @@ async def _serve_two_replicas(root: Path, handler: Path) -> None:
         assert (st.calls, st.call_errors, st.instances) == (3, 1, 1), st
         assert st.memory_usage_bytes > 0, st  # the instance's linear memory, resident
         assert json.loads((root / "wasm" / "instances" / str(cids[0]) / "ready").read_text())["listen"][1] == 18181
+        cfg = json.loads((root / "wasm" / "instances" / str(cids[0]) / "config.json").read_text())
+        assert (cfg["idle_timeout"], cfg["min_instances"], cfg["max_instances"]) == (300.0, 0, 2)  # the spec's
     finally:
         for cid in cids:
             await rt.remove(cid, force=True)

@@ -171,6 +171,7 @@ class WasmRuntime:
                 config["listen"] = [self._free_address(name), spec.backend_port]
                 config["min_instances"] = int(wasm.min_instances) if wasm is not None else 0
                 config["max_instances"] = int(wasm.max_instances) if wasm is not None else 10
+                config["idle_timeout"] = float(wasm.idle_timeout) if wasm is not None else 300.0
                 config["http_outgoing"] = _http_client(spec)
                 config["allowed_hosts"] = list(wasm.allowed_hosts) if wasm is not None else []
                 if limits["deadline_s"] is None:  # a request always has a deadline: the spec's default 30 s

@@ -408,6 +408,7 @@ class _Slot:
         self.store = store
         self.handle = handle
         self.reps: set[int] = set()  # the host resources it holds
+        self.idle_since = time.monotonic()
 
 
 class P2Http:
@@ -455,11 +456,37 @@ class P2Http:
         self._idle: list[_Slot] = []
         self._lock = threading.Condition()
         self.max_instances = 1
+        self.min_instances = 0
+        self.idle_timeout: float | None = None
         self.limits = Limits()
 
-    def configure(self, *, limits: Limits, max_instances: int) -> None:
+    def configure(
+        self, *, limits: Limits, max_instances: int, min_instances: int = 0, idle_timeout: float | None = None
+    ) -> None:
+        """``idle_timeout``: an instance unused that long is let go by :meth:`shrink`, down to ``min_instances``."""
         self.limits = limits
         self.max_instances = max(1, max_instances)
+        self.min_instances = max(0, min(min_instances, self.max_instances))
+        self.idle_timeout = idle_timeout
+
+    def shrink(self, now: float | None = None) -> int:
+        """Let go of the idle instances unused for ``idle_timeout`` (the longest idle first) while more than
+        ``min_instances`` exist; returns how many went. A later request makes a new one when none is idle."""
+        if self.idle_timeout is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        gone: list[_Slot] = []
+        with self._lock:
+            # the longest idle first; _acquire pops from the end, the most recently used (its memory is warm)
+            self._idle.sort(key=lambda slot: slot.idle_since)
+            while self._idle and self.stats.alive > self.min_instances:
+                if now - self._idle[0].idle_since < self.idle_timeout:
+                    break
+                gone.append(self._idle.pop(0))
+                self.stats.alive -= 1
+        for slot in gone:
+            self.host.table.discard(slot.reps)
+        return len(gone)
 
     def _instantiate(self) -> _Slot:
         store = wasmtime.Store(self.engine)
@@ -506,6 +533,7 @@ class P2Http:
             if slot is None:
                 self.stats.alive -= 1
             else:
+                slot.idle_since = time.monotonic()
                 self._idle.append(slot)
             self._lock.notify()
 

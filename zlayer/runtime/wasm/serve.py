@@ -118,6 +118,7 @@ def _write_stats(program: P2Http, root: Path) -> None:
     last: tuple[int, ...] = ()
     while True:
         st = program.stats
+        program.shrink()  # wasm.idle_timeout: instances unused that long go, down to min_instances
         now = (st.calls, st.errors, st.instantiated, st.alive)
         if now != last:
             tmp = root / "stats.json.tmp"

@@ -13,7 +13,7 @@ the module comes precompiled from the digest-keyed cache and is linked against W
 
 ``config.json``: ``artifact`` (path), ``digest``, ``cache`` (dir), ``argv``, ``env`` ([[k, v]...]), ``preopens``
 ([[host, guest, readonly]...]), ``limits`` ({memory_bytes, fuel, deadline_s}), ``log_path``; for HTTP components
-``listen`` ([ip, port]), ``min_instances``, ``max_instances``.
+``listen`` ([ip, port]), ``min_instances``, ``max_instances``, ``idle_timeout`` (seconds; null: instances stay).
 """
 
 from __future__ import annotations
@@ -57,7 +57,12 @@ def main(argv: list[str]) -> int:
         if isinstance(program, P2Http):
             from zlayer.runtime.wasm.serve import serve
 
-            program.configure(limits=limits, max_instances=int(cfg.get("max_instances", 10)))
+            program.configure(
+                limits=limits,
+                max_instances=int(cfg.get("max_instances", 10)),
+                min_instances=int(cfg.get("min_instances", 0)),
+                idle_timeout=cfg.get("idle_timeout"),
+            )
             serve(program, root, tuple(cfg["listen"]), int(cfg.get("min_instances", 0)), log.write)  # type: ignore[arg-type]
             return 0  # serve returns only when SIGTERM ended it
         ticker = EpochTicker(program.engine) if limits.deadline_s is not None else None
