@@ -693,14 +693,20 @@ class _Run:
             self.view_layers[root] = list(dirs)
         return root
 
-    def _files_of(self, ref: str) -> str:
-        """What identifies the files of a finished stage or an image: its top layer's ChainID (the image ID for an
-        image), so that a COPY --from is keyed without reading what it copies."""
+    def _files_of(self, ref: str, rels: list[str]) -> str:
+        """What identifies the files at ``rels`` of a finished stage: the DiffIDs, in order, of its layers that hold
+        anything at those paths — a layer that changed only other paths leaves the key as it was (BuildKit's cache
+        by content), and nothing is read to key a COPY --from. Of an image: its ID."""
         stage = self.df.stage(ref)
-        if stage is not None and stage.index in self.done:
-            return self.done[stage.index].chain or "no layers"
-        image = self.images.get(ref)
-        return image.id if image is not None else ref
+        if stage is None or stage.index not in self.done:
+            image = self.images.get(ref)
+            return image.id if image is not None else ref
+        layers = self.done[stage.index].layers
+        held = [
+            [layer.diff_id for layer in layers if os.path.lexists(os.path.join(self.store.layer_dir(layer.chain), rel))]
+            for rel in rels
+        ]
+        return json.dumps(held)
 
     async def _prepare_copy(
         self, st: _StageState, ins: Instruction, variables: dict[str, str]
@@ -747,9 +753,9 @@ class _Run:
                         raise ins.error(f"source {src!r} not found in {from_ref}")
                     matched = [path]
                 items += [(m.name, m) for m in matched]
-                # by the source's layers (ChainIDs name their content): nothing is read to key the step
+                # by the DiffIDs of the source's layers that hold these paths: nothing is read to key the step
                 rels = [str(m.relative_to(source_root)) for m in matched]
-                inputs.append(f"from:{src}:{json.dumps(rels)}:{self._files_of(expand(from_ref, variables))}")
+                inputs.append(f"from:{src}:{json.dumps(rels)}:{self._files_of(expand(from_ref, variables), rels)}")
             elif ins.keyword == "ADD" and src.startswith(("http://", "https://")):
                 fetched = await _thread(_download, src, self.tmp, ins)
                 items.append((os.path.basename(src.split("?")[0]) or "download", fetched))

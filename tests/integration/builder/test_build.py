@@ -476,3 +476,25 @@ def test_a_rebuild_links_the_unchanged_files_of_a_copy_and_writes_the_changed_on
         assert run_image(data, "reuse:2") == "after!\n"
         assert os.stat(layer / "src" / "same.txt").st_nlink > 1  # linked from the first build's layer
         assert os.stat(layer / "src" / "edited.txt").st_nlink == 1
+
+
+def test_a_copy_from_a_stage_stays_cached_when_that_stage_changed_other_paths(
+    tmp_path: Path, builder_base: BuildBase
+) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "changing.txt").write_text("one\n")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {builder_base.reference} AS a\nRUN mkdir /stable && echo stable > /stable/f\nCOPY changing.txt /c\n"
+        f"FROM {builder_base.reference}\nCOPY --from=a /stable /stable\nCOPY --from=a /c /c\n"
+        'CMD ["cat", "/stable/f", "/c"]\n'
+    )
+    data = tmp_path / "data"
+    with no_mounts_left(tmp_path):
+        assert zlayer_cmd(data, "build", "-t", "partial:1", str(ctx)).returncode == 0
+        (ctx / "changing.txt").write_text("two\n")
+        r = zlayer_cmd(data, "build", "-t", "partial:2", str(ctx))
+        assert r.returncode == 0, r.stderr
+        assert "COPY --from=a /stable /stable\n[stage-1 5/7] CACHED\n" in r.stderr, r.stderr
+        assert "COPY --from=a /c /c\n[stage-1 6/7] CACHED" not in r.stderr, r.stderr
+        assert run_image(data, "partial:2") == "stable\ntwo\n"
