@@ -236,7 +236,11 @@ services:
     image: {IMAGE}
     command: ["sh", "-c", "until wget -qO- http://web:8080/; do sleep 0.2; done; echo fetched; sleep 300"]
     depends_on: [web]
+  built:
+    build: ./built
 """)
+    (tmp_path / "built").mkdir()
+    (tmp_path / "built" / "Dockerfile").write_text(f'FROM {IMAGE}\nCMD ["sh", "-c", "echo from-build; sleep 300"]\n')
 
     def compose(*args: str) -> str:
         r = subprocess.run(["docker-compose", "-p", "demo", *args], env=shim.env, cwd=tmp_path, capture_output=True,
@@ -248,15 +252,17 @@ services:
     assert "demo_web_1" in up and "demo_client_1" in up
     ps = compose("ps")
     assert "demo_web_1" in ps and "demo_client_1" in ps and f"0.0.0.0:{port}->8080/tcp" in ps
-    assert ps.count(" Up ") == 2
+    assert ps.count(" Up ") == 3 and "demo_built_1" in ps  # `built` built through the shim's /build first
     deadline = time.monotonic() + 30
     while "fetched" not in (logs := compose("logs", "client")) and time.monotonic() < deadline:
         time.sleep(0.3)
     assert "client_1  | v1" in logs.replace("\x1b[36m", "").replace("\x1b[0m", "") and "fetched" in logs
+    assert "from-build" in compose("logs", "built")
     down = compose("down", "-t", "1")
     assert "Removing demo_web_1" in down and "Removing network demo_default" in down
     assert shim.ok("ps", "-aq") == ""
     assert "demo_default" not in shim.ok("network", "ls")
+    shim.ok("rmi", "demo_built")
 
 
 def test_docker_py(shim: Shim) -> None:
