@@ -255,10 +255,27 @@ def test_filesystem_is_the_spec_storage_and_nothing_beyond(wasm_programs: WasmPr
         assert get(rw, escape) == ("not-permitted", b""), escape
     assert get(rw, "/r/abs") == ("loop", b"")  # the last component is not followed (path-flags without follow)
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    # directories, stat (300 + descriptor-type's index: 303 directory, 306 regular-file; "#size"), listing, removal
+    assert get(rw, "/m/sub") == (200, b"")
+    assert get(rw, "/m/sub") == ("exist", b"")
+    assert get(rw, "/m/../sub") == ("not-permitted", b"")
+    assert get(rw, "/w/sub/f.txt") == (201, b"/w/sub/f.txt")
+    assert get(rw, "/s/sub/f.txt") == (306, b"#12\n")
+    assert get(rw, "/s/sub")[0] == 303
+    assert get(rw, "/s/out/secret.txt") == ("not-permitted", b"")
+    assert get(rw, "/l/") == (200, b"abs\nnote.txt\nout\nsub\n")
+    assert get(rw, "/x/sub") == ("not-empty", b"")
+    assert get(rw, "/d/sub/f.txt") == (200, b"")
+    assert get(rw, "/x/sub") == (200, b"")
+    assert get(rw, "/d/out") == (200, b"") and outside.is_dir()  # the link goes, not what it points at
+    assert get(rw, "/d/../outside/secret.txt") == ("not-permitted", b"")
+    assert sorted(p.name for p in data.iterdir()) == ["abs", "note.txt"]
     # a read-only preopen reads and refuses writes
     ro = program(True)
     assert get(ro, "/r/note.txt") == (200, b"changed on the host\n")
     assert get(ro, "/w/note.txt") == ("read-only", b"")
+    assert get(ro, "/m/new") == ("read-only", b"")
+    assert get(ro, "/d/note.txt") == ("read-only", b"")
     assert (data / "note.txt").read_text() == "changed on the host\n"
 
 
