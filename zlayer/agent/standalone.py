@@ -443,14 +443,14 @@ class StandaloneContainers:
                 if c.started.is_set() and not c.stopped_by_user and c.restart in ("always", "unless-stopped"):
                     try:
                         await self.start(c.id)
-                    except ZLayerError as e:
+                    except Exception as e:  # one container that cannot start must not keep the daemon from starting
                         log.warning("starting %s again: %s", c.id, e)
                 continue
             rep = self.replica(c)
             try:
                 st = await rep.driver.state(rep.cid)
                 c.pid = c.record.pid = st.pid if st.running else 0
-            except ZLayerError:
+            except (ZLayerError, OSError):
                 pass  # gone: the watcher reads its end as unknown (-1)
             c.watcher = asyncio.create_task(self._watch(c, rep), name=f"standalone {c.id}")
 
