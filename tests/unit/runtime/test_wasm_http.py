@@ -144,9 +144,10 @@ async def _no_exec(argv: list[str]) -> tuple[int, str]:
     raise AssertionError("no command check here")
 
 
-async def _serve_two_replicas(root: Path, handler: Path) -> None:
+def _runtime(root: Path, component: Path, ref: str) -> WasmRuntime:
+    """A WASM driver whose image store holds ``component`` as ``ref``."""
     store = ImageStore(root / "images")
-    export_artifact(store, handler, "test/http:v1")
+    export_artifact(store, component, ref)
 
     class Images:
         async def pull(self, image: str, policy: str = "if_not_present") -> None:
@@ -159,7 +160,21 @@ async def _serve_two_replicas(root: Path, handler: Path) -> None:
             assert p is not None
             return p, str(desc["digest"])
 
-    rt = WasmRuntime(root, Images())
+    return WasmRuntime(root, Images())
+
+
+def _get(ip: str, port: int, p: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(ip, port, timeout=10)
+    try:
+        conn.request("GET", p)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+async def _serve_two_replicas(root: Path, handler: Path) -> None:
+    rt = _runtime(root, handler, "test/http:v1")
     spec = ServiceSpec.model_validate(
         {
             "image": {"name": "test/http:v1"},
@@ -176,13 +191,7 @@ async def _serve_two_replicas(root: Path, handler: Path) -> None:
         assert all(ip.startswith("127.77.") for ip in ips) and len(set(ips)) == 2, ips
 
         def get(ip: str, p: str) -> tuple[int, bytes]:
-            conn = http.client.HTTPConnection(ip, 18181, timeout=10)
-            try:
-                conn.request("GET", p)
-                r = conn.getresponse()
-                return r.status, r.read()
-            finally:
-                conn.close()
+            return _get(ip, 18181, p)
 
         for ip in ips:
             assert await asyncio.to_thread(get, ip, "/x") == (200, b"hello from wasm /x #1\n")
@@ -307,3 +316,31 @@ def test_http_component_calls_every_plugin_interface(wasm_programs: WasmPrograms
     ctx.allowed = ("config", "logging", "metrics", "keyvalue")
     with pytest.raises(RuntimeFailure, match=r"plug: cannot link: imports zlayer:plugin/secrets"):
         load_program(path, digest, tmp_path / "compiled", fuel=False, where="plug", plugin=ctx)
+
+
+async def _serve_files(root: Path, component: Path) -> None:
+    rt = _runtime(root, component, "test/fs:v1")
+    data = root / "data"
+    data.mkdir()
+    spec = ServiceSpec.model_validate(
+        {
+            "image": {"name": "test/fs:v1"},
+            "endpoints": [{"name": "http", "protocol": "http", "port": 80, "target_port": 18182}],
+            "wasm": {"preopens": [{"source": str(data), "target": "/data"}]},
+        }
+    )
+    cid = ContainerId("files", 0)
+    try:
+        await rt.create(cid, spec)
+        await rt.start(cid)
+        ip = (await rt.state(cid)).ip
+        assert await asyncio.to_thread(_get, ip, 18182, "/w/hello.txt") == (201, b"/w/hello.txt")
+        assert (data / "hello.txt").read_text() == "/w/hello.txt"
+        assert await asyncio.to_thread(_get, ip, 18182, "/r/hello.txt") == (200, b"/w/hello.txt")
+    finally:
+        await rt.remove(cid, force=True)
+
+
+@pytest.mark.slow
+def test_a_replica_serves_files_of_the_spec_preopens(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
+    asyncio.run(_serve_files(tmp_path, wasm_programs.http_fs))
