@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from zlayer.dockerapi.app import DockerApi
 
 
+NO_BUILDKIT = ("BuildKit builds are not supported by this node (zlayer builds with its own builder through the "
+               "classic API): build with DOCKER_BUILDKIT=0")  # fmt: skip
+
+
 def _unpack(data: bytes, into: Path) -> None:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
@@ -83,6 +87,8 @@ def register(router: Router, api: DockerApi) -> None:
     async def build(req: Request) -> Response:
         from zlayer.builder.executor import BuildOptions
 
+        if req.q("version") == "2":
+            raise DockerError(400, NO_BUILDKIT)
         if req.q("remote"):
             raise DockerError(400, "remote: a build context from a URL is not supported by this node (zlayer); "
                                    "send the context as the request's tarball")  # fmt: skip

@@ -546,4 +546,6 @@ def test_cli_build_then_run(shim: Shim, tmp_path: Path) -> None:
     assert status == 400 and "not a readable tarball" in body["message"]
     status, body = shim.raw("POST", "/v1.41/build?t=Bad%20Tag", buf.getvalue())
     assert status == 400 and "invalid reference format" in body["message"], body
+    status, body = shim.raw("POST", "/v1.41/build?version=2", buf.getvalue())  # a BuildKit build request
+    assert status == 400 and "DOCKER_BUILDKIT=0" in body["message"], body
     shim.ok("rmi", "built/x")
