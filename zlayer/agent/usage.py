@@ -21,6 +21,20 @@ if TYPE_CHECKING:
 COUNTS_FRESH = 0.5  # seconds: one round's services share one read of the proxy's counters
 
 
+def cpu_percent(used_ns: int, seconds: float, cpus: int) -> float:
+    """ZLayer's CPU figure: CPU time used over ``seconds`` of wall time as a share of the whole node (all its
+    ``cpus``), in percent — a replica busy on one core of four reads 25. A counter that went back (a restarted
+    container) reads 0."""
+    return max(0.0, 100.0 * used_ns / (seconds * 1e9 * max(cpus, 1))) if seconds > 0 else 0.0
+
+
+def memory_percent(used: int, limit: int | None, node: int | None) -> float:
+    """Memory in use as a share of the replica's limit, in percent; without a limit, of the node's memory (ZLayer
+    divides by 2^64 there, which reads 0 whatever the replica holds)."""
+    total = limit or node
+    return 100.0 * used / total if total else 0.0
+
+
 class LocalUsage:
     """The :class:`~zlayer.agent.autoscale.MetricsSource` of one node."""
 
@@ -69,7 +83,7 @@ class LocalUsage:
     async def _replica(self, rep: Replica) -> tuple[float | None, float]:
         """(CPU % of the node since the last sample — None on the first —, memory % of its limit or the node)."""
         try:
-            st = await rep.driver.stats(rep.cid)
+            st = await rep.driver.usage(rep.cid)
         except ZLayerError as e:
             raise e.add_context(rep.key) from None
         now = time.monotonic()
@@ -77,10 +91,8 @@ class LocalUsage:
         self._cpu[rep.key] = (st.cpu_usage_ns, now)
         cpu = None
         if prev is not None and now > prev[1]:
-            cpu = max(0.0, 100.0 * (st.cpu_usage_ns - prev[0]) / ((now - prev[1]) * 1e9 * self.cpus))
-        limit = st.memory_limit_bytes or self.memory
-        mem = 100.0 * st.memory_usage_bytes / limit if limit else 0.0
-        return cpu, mem
+            cpu = cpu_percent(st.cpu_usage_ns - prev[0], now - prev[1], self.cpus)
+        return cpu, memory_percent(st.memory_usage_bytes, st.memory_limit_bytes, self.memory)
 
     async def _rps(self, deployment: str, service: str) -> float | None:
         if self.traffic is None:
@@ -103,4 +115,4 @@ class LocalUsage:
             return self._counts[1]
 
 
-__all__ = ["LocalUsage"]
+__all__ = ["LocalUsage", "cpu_percent", "memory_percent"]

@@ -107,6 +107,16 @@ class ContainerStats:
 
 
 @dataclass(frozen=True)
+class ContainerUsage:
+    """The part of :class:`ContainerStats` the autoscaler samples from every replica every round: CPU time so far
+    and memory in use against its limit (``None``: none)."""
+
+    cpu_usage_ns: int
+    memory_usage_bytes: int
+    memory_limit_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class ExecResult:
     """A finished exec: exit code (``128 + n`` after signal n) and its whole output. ``oom_killed``: the kernel's
     OOM killer ended a process of the container (at its memory limit) while the exec ran."""
@@ -287,6 +297,12 @@ class Runtime(Protocol):
         """Resource use now (CPU time, memory, pids, I/O)."""
         ...
 
+    async def usage(self, cid: ContainerId) -> ContainerUsage:
+        """CPU time and memory now, the same figures as :meth:`stats`, read as cheaply as the driver can (the
+        autoscaler asks for every replica every round). A container whose figures are gone (its cgroup removed)
+        raises ``RuntimeFailure`` rather than reading as idle."""
+        ...
+
     async def state(self, cid: ContainerId) -> ContainerState:
         """The container's current state."""
         ...
@@ -333,6 +349,7 @@ __all__ = [
     "ContainerInfo",
     "ContainerState",
     "ContainerStats",
+    "ContainerUsage",
     "ExecResult",
     "ExecSession",
     "FileChange",

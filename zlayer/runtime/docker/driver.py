@@ -29,6 +29,7 @@ from zlayer.runtime.protocol import (
     ContainerInfo,
     ContainerState,
     ContainerStats,
+    ContainerUsage,
     ExecResult,
     ExecSession,
     FileChange,
@@ -364,6 +365,10 @@ class DockerRuntime:
             io_read_bytes=sum(int(b.get("value", 0)) for b in blkio if str(b.get("op")).lower() == "read"),
             io_write_bytes=sum(int(b.get("value", 0)) for b in blkio if str(b.get("op")).lower() == "write"),
         )  # fmt: skip
+
+    async def usage(self, cid: ContainerId) -> ContainerUsage:
+        st = await self.stats(cid)  # dockerd has no cheaper read than its one-shot stats
+        return ContainerUsage(st.cpu_usage_ns, st.memory_usage_bytes, st.memory_limit_bytes)
 
     async def pause(self, cid: ContainerId) -> None:
         await self._call("POST", f"/containers/{self._name(cid)}/pause", what=f"container {cid}")

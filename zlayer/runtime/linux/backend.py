@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal as _signal
 import socket
@@ -39,6 +40,7 @@ from zlayer.runtime.protocol import (
     ContainerInfo,
     ContainerState,
     ContainerStats,
+    ContainerUsage,
     ExecResult,
     FileChange,
     LogLine,
@@ -137,6 +139,12 @@ def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data, separators=(",", ":")), durable=False)
 
 
+def _fd_budget() -> int:
+    """Descriptors the runtime may hold open on cgroup files: a quarter of the process's limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft // 4 if soft != resource.RLIM_INFINITY else 1 << 16
+
+
 def _to_state(st: shim.ShimState) -> ContainerState:
     if st.status == "stopped":
         if st.oom_killed:
@@ -184,6 +192,8 @@ class LinuxRuntime:
         # the cgroup) would kill the other's replica.
         self.node_tag = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:8]
         self._cgroups: dict[str, tuple[Path, ...]] = {}  # a live container's cgroup directories, for stats
+        self._usage: dict[str, cgroups.UsageFiles] = {}  # a live container's usage files, for usage()
+        self._usage_fds = 0  # descriptors those hold: at most a quarter of what the process may open
         self._consoles: dict[str, Console] = {}  # containers whose stdio this daemon holds (stdin_open)
         for d in (self.state_root, self.bundles, self.log_dir):
             private_dir(d)  # container filesystems, specs and output: nothing for other host users
@@ -216,7 +226,7 @@ class LinuxRuntime:
 
     async def create(self, cid: ContainerId, service: ServiceSpec, *, dns: Sequence[str] = ()) -> None:
         name = str(cid)
-        self._cgroups.pop(name, None)
+        self._forget_cgroups(name)
         spec = service
         image = spec.image.name
         with contextlib.suppress(NotFoundError):
@@ -417,7 +427,7 @@ class LinuxRuntime:
 
     async def remove(self, cid: ContainerId, *, force: bool = False) -> None:
         name = str(cid)
-        self._cgroups.pop(name, None)
+        self._forget_cgroups(name)
         meta = self._meta(name)
         if not force:
             with contextlib.suppress(NotFoundError, RuntimeFailure):
@@ -495,20 +505,55 @@ class LinuxRuntime:
         async for line in logfile.stream(base, tail=tail, follow=follow, since=since, ended=ended):
             yield line
 
-    async def stats(self, cid: ContainerId) -> ContainerStats:
-        name = str(cid)
+    async def _cgroup_paths(self, name: str) -> tuple[Path, ...]:
+        """The container's cgroup directories, read from the shim's state once while it lives."""
         paths = self._cgroups.get(name)
-        if paths is None:  # read once per container: the autoscaler samples every replica every round
+        if paths is None:
             st = await self._shim_state(name)
             paths = st.cgroup_paths
             if st.status in ("created", "running", "paused"):
                 self._cgroups[name] = paths
+        return paths
+
+    def _forget_cgroups(self, name: str) -> None:
+        self._cgroups.pop(name, None)
+        files = self._usage.pop(name, None)
+        if files is not None:
+            self._usage_fds -= len([fd for fd in files.fds or () if fd >= 0])
+            files.close()
+
+    def _gone(self, name: str, paths: Sequence[Path]) -> RuntimeFailure:
+        # Figures read as zero from a cgroup that is gone would pass for an idle container.
+        self._forget_cgroups(name)
+        shown = ", ".join(str(p) for p in paths)
+        return RuntimeFailure(f"the cgroup of container {name} is gone ({shown})", where=name)
+
+    async def stats(self, cid: ContainerId) -> ContainerStats:
+        name = str(cid)
+        paths = await self._cgroup_paths(name)
         if paths and not any(p.is_dir() for p in paths):
-            # Figures read as zero from a cgroup that is gone would pass for an idle container.
-            self._cgroups.pop(name, None)
-            shown = ", ".join(str(p) for p in paths)
-            raise RuntimeFailure(f"the cgroup of container {cid} is gone ({shown})", where=name)
+            raise self._gone(name, paths)
         return cgroups.read_stats(paths)
+
+    async def usage(self, cid: ContainerId) -> ContainerUsage:
+        """From descriptors held open on the container's cgroup files while it lives (a quarter of the process's
+        descriptor limit at most; past that each sample opens the files it reads)."""
+        name = str(cid)
+        files = self._usage.get(name)
+        if files is None:
+            paths = await self._cgroup_paths(name)
+            if paths and not any(p.is_dir() for p in paths):
+                raise self._gone(name, paths)
+            files = cgroups.UsageFiles(paths)
+            if name in self._cgroups:  # alive: keep its files open for the next sample
+                self._usage[name] = files
+                if self._usage_fds + len(files.files) <= _fd_budget():
+                    with contextlib.suppress(OSError):  # gone already: the read below says so
+                        self._usage_fds += files.hold()
+        try:
+            return files.read()
+        except OSError:
+            raise self._gone(name, files.paths) from None
 
     async def state(self, cid: ContainerId) -> ContainerState:
         return _to_state(await self._shim_state(str(cid)))

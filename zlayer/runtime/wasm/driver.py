@@ -44,6 +44,7 @@ from zlayer.runtime.protocol import (
     ContainerInfo,
     ContainerState,
     ContainerStats,
+    ContainerUsage,
     ExecResult,
     ExecSession,
     FileChange,
@@ -422,6 +423,10 @@ class WasmRuntime:
             call_errors=counts.get("errors"),
             instances=counts.get("instances"),
         )
+
+    async def usage(self, cid: ContainerId) -> ContainerUsage:
+        st = await self.stats(cid)  # two small /proc reads already
+        return ContainerUsage(st.cpu_usage_ns, st.memory_usage_bytes, st.memory_limit_bytes)
 
     async def state(self, cid: ContainerId) -> ContainerState:
         return self._state(str(cid))
