@@ -173,25 +173,29 @@ cdef class Proxy:
         self._check()
         return l7_set_health(self._p, group.encode(), host.encode(), port, 1 if healthy else 0) == 0
 
-    def stats(self):
+    cdef size_t _read_stats(self, char (**keys)[128], l7_route_stats_t **st) except? 0:
+        """Every route's counters in one call (buffers the caller frees); returns how many."""
         cdef size_t cap = 64
         cdef size_t n
-        cdef char (*keys)[128]
-        cdef l7_route_stats_t *st
         self._check()
         while True:
-            keys = <char (*)[128]>calloc(cap, 128)
-            st = <l7_route_stats_t *>calloc(cap, sizeof(l7_route_stats_t))
-            if keys is NULL or st is NULL:
-                free(keys)
-                free(st)
+            keys[0] = <char (*)[128]>calloc(cap, 128)
+            st[0] = <l7_route_stats_t *>calloc(cap, sizeof(l7_route_stats_t))
+            if keys[0] is NULL or st[0] is NULL:
+                free(keys[0])
+                free(st[0])
                 raise MemoryError()
-            n = l7_stats(self._p, keys, st, cap)
+            n = l7_stats(self._p, keys[0], st[0], cap)
             if n <= cap:
-                break
-            free(keys)
-            free(st)
+                return n
+            free(keys[0])
+            free(st[0])
             cap = n + 16
+
+    def stats(self):
+        cdef char (*keys)[128]
+        cdef l7_route_stats_t *st
+        cdef size_t n = self._read_stats(&keys, &st)
         out = {}
         try:
             for i in range(n):
@@ -205,6 +209,19 @@ cdef class Proxy:
                     "buckets": [s.buckets[k] for k in range(L7_NBUCKETS + 1)],
                     "latency_sum": s.latency_ns / 1e9,
                 }
+        finally:
+            free(keys)
+            free(st)
+        return out
+
+    def requests(self):
+        cdef char (*keys)[128]
+        cdef l7_route_stats_t *st
+        cdef size_t n = self._read_stats(&keys, &st)
+        out = {}
+        try:
+            for i in range(n):
+                out[(<bytes>keys[i]).decode(errors="replace")] = st[i].requests
         finally:
             free(keys)
             free(st)

@@ -80,6 +80,9 @@ class CL7Plane:
     def route_stats(self) -> dict[str, RouteStats]:
         return stats_from(self.proxy.stats(), self.proxy.backend_active())
 
+    def route_requests(self) -> dict[str, int]:
+        return self.proxy.requests()
+
     def set_challenge(self, token: str, key_authorization: str) -> None:
         self.proxy.set_challenge(token, key_authorization)
 

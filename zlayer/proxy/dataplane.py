@@ -268,6 +268,8 @@ class DataPlane:
             return True
         if op == "l7_stats":
             return {"stats": self.l7.proxy.stats(), "active": self.l7.proxy.backend_active()}
+        if op == "l7_requests":
+            return self.l7.route_requests()
         if op == "l7_challenge":
             if req.get("value") is None:
                 self.l7.remove_challenge(req["token"])

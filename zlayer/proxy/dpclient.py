@@ -353,6 +353,10 @@ class RemoteL7Plane:
         got = self.client.call("l7_stats")
         return stats_from(got["stats"], got["active"])
 
+    def route_requests(self) -> dict[str, int]:
+        got: dict[str, int] = self.client.call("l7_requests")
+        return got
+
     def set_challenge(self, token: str, key_authorization: str) -> None:
         self.challenges[token] = key_authorization
         self.client.call("l7_challenge", token=token, value=key_authorization)

@@ -97,6 +97,10 @@ def compile_table(
 
 def stats_from(raw: Mapping[str, Mapping[str, Any]], active: Mapping[str, int]) -> dict[str, RouteStats]:
     """RouteStats from the C plane's counters (``Proxy.stats()`` and ``Proxy.backend_active()``)."""
+    by_route: dict[str, dict[str, int]] = {}
+    for k, v in active.items():  # "route|ip:port" -> in flight
+        route, _, backend = k.partition("|")
+        by_route.setdefault(route, {})[backend] = v
     out: dict[str, RouteStats] = {}
     for key, s in raw.items():
         cumulative: list[int] = []
@@ -112,7 +116,7 @@ def stats_from(raw: Mapping[str, Mapping[str, Any]], active: Mapping[str, int]) 
             active_connections=s["active"],
             latency_buckets=cumulative,
             latency_sum=s["latency_sum"],
-            backend_active={k.split("|", 1)[1]: v for k, v in active.items() if k.split("|", 1)[0] == key},
+            backend_active=by_route.get(key, {}),
         )
     return out
 
@@ -128,6 +132,10 @@ class L7Plane(Protocol):
     def set_health(self, group: str, host: str, port: int, healthy: bool) -> None: ...
 
     def route_stats(self) -> dict[str, RouteStats]: ...
+
+    def route_requests(self) -> dict[str, int]:
+        """Each route's request count so far (what a request rate needs; :meth:`route_stats` builds everything)."""
+        ...
 
     def set_challenge(self, token: str, key_authorization: str) -> None: ...
 

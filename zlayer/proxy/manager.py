@@ -292,10 +292,10 @@ class ProxyManager:
         counters and one of each L4 listener's."""
         wanted = [n for n in (self._services if names is None else names) if n in self._services]
         svcs = [self._services[n] for n in wanted]
-        stats = self.l7.route_stats() if any(svc.routes for svc in svcs) else {}
+        counts = self.l7.route_requests() if any(svc.routes for svc in svcs) else {}
         out: dict[str, int] = {}
         for svc in svcs:
-            total = sum(stats[r.key].requests for r in svc.routes if r.key in stats)
+            total = sum(counts.get(r.key, 0) for r in svc.routes)
             for s in svc.streams:
                 entry = self._streams.get((s.bind, s.port, s.protocol))
                 if entry is not None:

@@ -54,6 +54,7 @@ def test_tcp_endpoint_forwards_to_replicas_and_follows_backend_updates(proxy_l4_
             await m.update_backends("db", [("127.0.0.1", b.port)])
             assert await asyncio.to_thread(tcp_roundtrip, port, b"two") == b"two"
             assert (a.accepted, b.accepted) == (1, 1)
+            assert m.requests_totals() == {"db": 2}  # each connection is one of the service's requests (autoscaler)
             streams = streams_response(m)
             assert streams.total == 1 and streams.tcp_count == 1
             assert streams.streams[0].backends[0].address == f"127.0.0.1:{b.port}"

@@ -45,6 +45,7 @@ def test_add_service_with_http_endpoint_serves_through_the_c_plane(proxy_l7_ngin
             stats = m.l7.route_stats()["web#site"]
             assert stats.requests == 6 and stats.status == {"2xx": 6}
             assert stats.latency_buckets[-1] == 6  # cumulative, +Inf last
+            assert m.l7.route_requests() == {"web#site": 6}  # the autoscaler's read: the counts alone
             assert m.service_requests_total("web") >= 6
             proxy_l7_nginx.stop()  # replicas gone: the health checker ejects them, then 503 at once
 
