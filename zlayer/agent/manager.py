@@ -446,10 +446,13 @@ class ServiceManager:
         """Adaptive services the autoscaler watches: of deployments not being removed, not stopped (0 replicas);
         those being deployed or converging are measured but not moved."""
         out: list[ScalableService] = []
-        for dep in await self.store.list_deployments():
-            spec = self._specs.get(dep.name)
-            status = self.status_of(dep)[0]
-            if spec is None or status == "stopped":
+        for name, spec in list(self._specs.items()):
+            # Only deployments with an adaptive service are read from the store (a round runs every interval).
+            if not any(s.rtype == "service" and s.scale_mode == "adaptive" for s in spec.services.values()):
+                continue
+            dep = await self.store.get_deployment(name)
+            status = self.status_of(dep)[0] if dep is not None else "stopped"
+            if dep is None or status == "stopped":
                 continue
             for rec in await self.store.list_services(dep.name):
                 svc = spec.services.get(rec.name)
