@@ -14,9 +14,11 @@ scale (the spec's, else 30 s); bounded by ``min``/``max``; an adaptive block wit
 Where zlayer differs: averages are fed on every evaluation, cooldown included (ZLayer skips sampling while cooling
 down, so the first average after it still carries the load from before the last step and steps again); a replica
 measured for the first time is left out of the mean instead of counted as 0 % CPU; requests per second are real
-(ZLayer's proxy counts nothing); memory of a replica without a limit is a share of the node's memory (ZLayer divides
-by 2^64). A metric that cannot be read (a replica's cgroup gone) stops decisions for the service, with the reason
-shown, until it can be read again: the service keeps its replicas.
+(ZLayer's proxy counts nothing); memory in use is the cgroup's less its inactive page cache (what ``docker stats``
+shows; ZLayer takes ``memory.current`` whole, so a replica that reads files climbs toward its limit on cache alone);
+memory of a replica without a limit is a share of the node's memory (ZLayer divides by 2^64). A metric that cannot
+be read (a replica's cgroup gone) stops decisions for the service, with the reason shown, until it can be read
+again: the service keeps its replicas.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ One daemon for the module. A CPU-bound CGI handler under load scales up to max a
 a requests-per-second target scales on request rate alone; replicas that hold memory scale on a memory target; no
 two steps closer than the cooldown; no request sent through the proxy fails while replicas come and go; the API,
 ``zlayer status`` and the events say what the autoscaler did and why; ``zlayer scale`` of an adaptive service stays
-within its bounds; targets that can never be met are refused at deploy; a replica whose cgroup is gone stops the
-decisions with the reason shown, and the service keeps its replicas.
+within its bounds, and a fixed-mode service under the same load keeps its count; targets that can never be met
+are refused at deploy; a replica whose cgroup is gone stops the decisions with the reason shown, and the service
+keeps its replicas.
 """
 
 from __future__ import annotations
@@ -179,14 +180,28 @@ def test_cpu_load_scales_up_to_max_and_back_to_min_with_no_failed_request(node: 
     assert "adaptive 1-3" in status.stdout and "last scale 2 -> 1" in status.stdout, status.stdout
 
 
+def fixed_service(port: int) -> str:
+    """A second service of the deployment, in fixed mode: its count is the spec's whatever its load."""
+    return f"""  still:
+    image: {{name: "zlayer-svc/httpd:v1", pull_policy: never}}
+    command: {{entrypoint: ["/bin/sh", "-c"], args: [{json.dumps(HTTPD)}]}}
+    endpoints: [{{name: http, protocol: http, port: {port}, target_port: 8080, expose: public}}]
+    scale: {{mode: fixed, replicas: 1}}
+"""
+
+
 def test_request_rate_alone_scales_and_manual_scale_stays_within_bounds(node: LiveNode, names: list[str]) -> None:
-    name, port = unique("asrps"), node.free_port()
+    name, port, fixed_port = unique("asrps"), node.free_port(), node.free_port()
     names.append(name)
-    node.deploy(spec(name, port, "{rps: 8}"))
+    node.deploy(spec(name, port, "{rps: 8}", extra=fixed_service(fixed_port)))
     node.expect(name)
-    with load(node, port, "/", clients=2, rate=10) as traffic:
+    with load(node, port, "/", clients=2, rate=10) as traffic, load(node, fixed_port, "/", clients=2, rate=10):
         up = wait_desired(node, name, 3, 60)
     assert traffic.failures == [], traffic.failures[:5]
+    still = node.api("GET", f"/api/v1/deployments/{name}/services/still")
+    assert (still["scale_mode"], still["desired_replicas"], still["replicas"]) == ("fixed", 1, 1), still
+    assert still["autoscale"] is None
+    assert not [e for e in scale_events(node, name) if e["data"]["service"] == "still"]
     assert up["autoscale"]["targets"] == {"rps": 8.0} and up["metrics"]["rps"] > 8
     events = scale_events(node, name)
     assert events[0]["data"]["metric"] == "rps" and events[0]["data"]["value"] >= 8, events
