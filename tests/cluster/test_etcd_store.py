@@ -43,6 +43,8 @@ def test_deployments_services_containers_jobs_and_events_as_the_sqlite_store(etc
         await st.set_service_desired("app", "nosuch", 5)  # a missing row: nothing, as SQLite's UPDATE
         assert (await st.get_service("app", "web")).desired_replicas == 5  # type: ignore[union-attr]
         await st.set_deployment_status("app", "running", "all healthy")
+        assert await st.scale_view("app") == ("running", {"web": 5})  # the autoscaler's read
+        assert await st.scale_view("nosuch") is None
         assert (await st.get_deployment("app")).status_message == "all healthy"  # type: ignore[union-attr]
 
         await st.put_container(ContainerRecord("web-rep-2", "app", "web", 2, state="running"))

@@ -447,19 +447,21 @@ class ServiceManager:
         those being deployed or converging are measured but not moved."""
         out: list[ScalableService] = []
         for name, spec in list(self._specs.items()):
-            # Only deployments with an adaptive service are read from the store (a round runs every interval).
-            if not any(s.rtype == "service" and s.scale_mode == "adaptive" for s in spec.services.values()):
+            # A round runs every interval: only deployments with an adaptive service are read, and of them only
+            # their status and counts (a spec decoded for each service each round was most of a round's cost).
+            adaptive = {n: s for n, s in spec.services.items() if s.rtype == "service" and s.scale_mode == "adaptive"}
+            view = await self.store.scale_view(name) if adaptive else None
+            if view is None:
                 continue
-            dep = await self.store.get_deployment(name)
-            status = self.status_of(dep)[0] if dep is not None else "stopped"
-            if dep is None or status == "stopped":
+            status = self._unrecorded.get(name, (view[0], ""))[0]  # status_of, without the record
+            if status == "stopped":
                 continue
-            for rec in await self.store.list_services(dep.name):
-                svc = spec.services.get(rec.name)
-                if svc is None or svc.rtype != "service" or svc.scale_mode != "adaptive" or rec.desired_replicas == 0:
+            for svc_name, desired in view[1].items():
+                svc = adaptive.get(svc_name)
+                if svc is None or desired == 0:
                     continue
-                busy = status == "deploying" or self.converger.lock(dep.name, rec.name).locked()
-                out.append(ScalableService(dep.name, rec.name, svc, rec.desired_replicas, busy))
+                busy = status == "deploying" or self.converger.lock(name, svc_name).locked()
+                out.append(ScalableService(name, svc_name, svc, desired, busy))
         return out
 
     async def _autoscale(self, svc: ScalableService, d: Decision) -> None:

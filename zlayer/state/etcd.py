@@ -407,6 +407,13 @@ class EtcdStore:
     async def list_services(self, deployment: str) -> list[ServiceRecord]:
         return [_record(ServiceRecord, kv.json()) for kv in await self.client.range(self._k("s", deployment) + "/")]
 
+    async def scale_view(self, deployment: str) -> tuple[str, dict[str, int]] | None:
+        kv = await self.client.get(self._k("d", deployment))
+        if kv is None:
+            return None
+        services = [s.json() for s in await self.client.range(self._k("s", deployment) + "/")]
+        return kv.json()["status"], {s["name"]: int(s.get("desired_replicas", 1)) for s in services}
+
     async def get_service(self, deployment: str, name: str) -> ServiceRecord | None:
         kv = await self.client.get(self._k("s", deployment, name))
         return _record(ServiceRecord, kv.json()) if kv else None

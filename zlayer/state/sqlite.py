@@ -237,6 +237,13 @@ class SqliteStore:
             for r in self._all("SELECT * FROM services WHERE deployment = ? ORDER BY name", (deployment,))
         ]
 
+    async def scale_view(self, deployment: str) -> tuple[str, dict[str, int]] | None:
+        row = self._one("SELECT status FROM deployments WHERE name = ?", (deployment,))
+        if row is None:
+            return None
+        rows = self._all("SELECT name, desired_replicas FROM services WHERE deployment = ?", (deployment,))
+        return row["status"], {r["name"]: r["desired_replicas"] for r in rows}
+
     async def get_service(self, deployment: str, name: str) -> ServiceRecord | None:
         r = self._one("SELECT * FROM services WHERE deployment = ? AND name = ?", (deployment, name))
         return self._service(r) if r else None

@@ -30,6 +30,9 @@ def test_redeploy_adds_a_revision_and_replaces_services(tmp_path: Path) -> None:
         assert [r[0] for r in await st.list_revisions("app")] == [1, 2]
         services = await st.list_services("app")
         assert [(s.name, s.desired_replicas, s.spec) for s in services] == [("web", 3, {"x": 1})]
+        await st.set_service_desired("app", "web", 4)
+        assert await st.scale_view("app") == ("pending", {"web": 4})  # the autoscaler's read: no spec decoded
+        assert await st.scale_view("nosuch") is None
         await st.close()
 
     run(go())
