@@ -55,6 +55,10 @@ def test_lifecycle_exec_logs_stats_stop_remove_leaves_nothing(runtime_linux: Lin
         assert [str(x) async for x in rt.logs(cid, tail=1)] in (["[stdout] started"], ["[stderr] oops"])
         stats = await rt.stats(cid)
         assert stats.memory_limit_bytes == 64 << 20 and stats.pids_current >= 1 and stats.cpu_usage_ns > 0
+        fds = len(os.listdir("/proc/self/fd"))
+        use = await rt.usage(cid)  # the autoscaler's read: the same figures from the files it holds open
+        assert use.memory_limit_bytes == 64 << 20 and use.cpu_usage_ns >= stats.cpu_usage_ns > 0
+        assert (await rt.usage(cid)).memory_usage_bytes > 0
         top = await rt.top(cid)
         assert [p.cmd for p in top] == ["sleep 300"] and top[0].pid == st.pid
         info = await rt.inspect(cid)
@@ -62,6 +66,7 @@ def test_lifecycle_exec_logs_stats_stop_remove_leaves_nothing(runtime_linux: Lin
         final = await rt.stop(cid, timeout=0.5)  # sleep as pid 1 ignores SIGTERM: SIGKILL after the grace period
         assert (final.status, final.exit_code, final.signal) == ("exited", 137, 9)
         await rt.remove(cid)
+        assert len(os.listdir("/proc/self/fd")) <= fds  # the usage files are closed with the container
         bundle = runtime_linux.data_dir / "bundles" / str(cid)
         assert not bundle.exists() and not mounted(bundle) and not anon.exists()
         assert not any(Path(p).exists() for p in info.cgroup_paths)
