@@ -288,6 +288,14 @@ def test_filesystem_is_the_spec_storage_and_nothing_beyond(wasm_programs: WasmPr
     assert (data / "note.txt").read_text() == "changed on the host\n"
 
 
+def test_sockets_are_not_hosted_for_http_components(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
+    path = wasm_programs.http_sockets
+    prog = load_program(path, digest_of_file(path), tmp_path / "compiled", fuel=False, where="net")
+    assert isinstance(prog, P2Http)
+    status, _, _, error = prog.call("GET", "/", "http", "x", [], b"")  # it links; the call traps, named
+    assert status == 500 and "wasi:sockets/instance-network@0.2.0" in error and "instance-network" in error, error
+
+
 def test_http_component_calls_every_plugin_interface(wasm_programs: WasmPrograms, tmp_path: Path) -> None:
     import sqlite3
 
