@@ -172,6 +172,7 @@ class Daemon:
         lock_fd = _lock_data_dir(cfg)
         sockets: list[socket.socket] = []
         security_store = None
+        overlay: Any = None
         # SQLite until the node starts or joins a cluster; then etcd (zlayer.cluster), without a restart
         store = SwitchingStore(SqliteStore(cfg.state_db))
         cluster = ClusterNode(cfg.paths.data_dir / "cluster", cfg.paths.log_dir / "etcd.log", store,
@@ -190,6 +191,11 @@ class Daemon:
                 log.error("secrets: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
             # in a cluster the secrets are the cluster's, sealed under its key (zlayer.security.cluster)
             cluster.hooks.append(ClusterSecretsHook(secrets, cfg.paths.sub("secrets")))
+            from zlayer.daemon.wiring import make_overlay
+
+            overlay = make_overlay(cfg)  # in a cluster: this node's WireGuard interface and slice
+            if overlay is not None:
+                cluster.hooks.append(overlay)
             await cluster.start()  # a node in a cluster: its etcd member first, the store on it
             image_store = make_image_store(cfg)
             images = StoreImages(image_store)
@@ -211,7 +217,7 @@ class Daemon:
             from zlayer.security import Security
 
             proxy = make_proxy(cfg)
-            network = make_network(cfg)
+            network = make_network(cfg, overlay)
             if metrics is not None:
                 from zlayer.proxy.metrics import ProxyCollector
 
@@ -333,6 +339,8 @@ class Daemon:
             if network is not None:
                 await network.close()
         finally:
+            if overlay is not None:
+                await overlay.close()
             await cluster.close()
             for sock in sockets:
                 sock.close()

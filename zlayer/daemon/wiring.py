@@ -22,6 +22,7 @@ from zlayer.proxy import ProxyManager
 from zlayer.proxy.dpclient import DataPlaneClient
 
 if TYPE_CHECKING:
+    from zlayer.overlay.cluster import OverlayNode
     from zlayer.security.secrets import Secrets
     from zlayer.spec.models import DeploymentSpec, ExternalSpec, PortMapping, ServiceSpec
 
@@ -165,13 +166,14 @@ def make_proxy(cfg: DaemonConfig) -> ManagedProxy:
 class DaemonNetwork:
     """NodeNetwork plus the DNS server answering on the bridge gateway."""
 
-    def __init__(self, cfg: DaemonConfig) -> None:
+    def __init__(self, cfg: DaemonConfig, overlay: OverlayNode | None = None) -> None:
         from zlayer.net import NodeNetwork
         from zlayer.net.node import choose_subnet
 
         subnet = cfg.node_subnet or choose_subnet(cfg.paths.data_dir)
         self.net = NodeNetwork(cfg.paths.data_dir, subnet)
         self.dns: Any = None
+        self.overlay = overlay  # in a cluster: each container also gets an address of the node's overlay slice
 
     async def _ensure(self) -> None:
         if self.dns is None:
@@ -195,10 +197,26 @@ class DaemonNetwork:
         if _same_netns(pid):
             return ""  # the container shares the host network: nothing to plumb
         await self._ensure()
-        return await self.net.attach(deployment, service, container, pid)
+        ip = await self.net.attach(deployment, service, container, pid)
+        ov = self.overlay
+        if ov is not None and ov.up:
+            from zlayer.overlay.addressing import CLUSTER_CIDR
+
+            self.net.overlay_in = (ov.ifname, str(ov.slice))
+            address = ov.allocate(container)
+            try:
+                await self.net.add_overlay(pid, address, CLUSTER_CIDR)
+            except Exception as e:  # the replica runs on its node address; it says why it has no overlay one
+                ov.release(container)
+                log.error("overlay: no overlay address for %s: %s", container, e)
+        return ip
 
     async def detach(self, deployment: str, service: str, container: str) -> None:
         await self.net.detach(deployment, service, container)
+        ov = self.overlay
+        if ov is not None and container in ov.leases:
+            await self.net.remove_overlay(ov.leases[container])
+            ov.release(container)
 
     async def publish(self, container: str, mappings: Sequence[PortMapping]) -> None:
         from zlayer.net import port_mappings
@@ -233,10 +251,20 @@ def _resolvers() -> list[str]:
     return out
 
 
-def make_network(cfg: DaemonConfig) -> DaemonNetwork | None:
+def make_overlay(cfg: DaemonConfig) -> OverlayNode | None:
+    """The node's overlay (up once the node is in a cluster); none without root or the node network."""
     if os.geteuid() != 0 or cfg.host_network or os.environ.get("ZLAYER_NODE_NETWORK", "on") == "off":
         return None
-    return DaemonNetwork(cfg)
+    from zlayer.overlay.cluster import WG_PORT, OverlayNode
+
+    port = int(os.environ.get("ZLAYER_OVERLAY_PORT", WG_PORT))
+    return OverlayNode(cfg.paths.sub("overlay"), port=port)
+
+
+def make_network(cfg: DaemonConfig, overlay: OverlayNode | None = None) -> DaemonNetwork | None:
+    if os.geteuid() != 0 or cfg.host_network or os.environ.get("ZLAYER_NODE_NETWORK", "on") == "off":
+        return None
+    return DaemonNetwork(cfg, overlay)
 
 
 class SecretsBridge:

@@ -244,6 +244,8 @@ class NodeNetwork:
         self._rule_changes = self._rules_written = 0
         self._held: dict[PortClaim, socket.socket] = {}  # the fixed host ports mapped, held open (see _hold)
         self._ready = False
+        # the cluster overlay's interface and this node's slice: packets from it to the slice enter the bridge
+        self.overlay_in: tuple[str, str] | None = None
 
     def _load_state(self) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError, TypeError, KeyError):
@@ -359,6 +361,8 @@ class NodeNetwork:
                 f"fib daddr type local {match}{pm.protocol} dport {pm.host_port} dnat to {ip}:{pm.container_port}"
             )
             published.append(f"ct status dnat ip daddr {ip} {pm.protocol} dport {pm.container_port} accept")
+        if self.overlay_in is not None:  # replicas on other nodes reach this node's by overlay address
+            published.append(f'iifname "{self.overlay_in[0]}" ip daddr {self.overlay_in[1]} accept')
         post = []
         if self.nat:
             post.append(f"ip saddr {self.subnet} oifname != {br} masquerade")
@@ -464,6 +468,32 @@ class NodeNetwork:
             with contextlib.suppress(NetlinkError):
                 ns.link("set", ifname="lo", state="up")
             ns.route("add", dst="default", gateway=self.gateway)
+
+    async def add_overlay(self, pid: int, address: str, cluster_cidr: str) -> None:
+        """Give the container whose init is ``pid`` its overlay ``address`` too: a second address on its ``eth0``,
+        the cluster CIDR routed through the gateway from that address, and a host route to it on the bridge."""
+        await self._sync_rules()
+        await asyncio.to_thread(self._add_overlay, pid, address, cluster_cidr)
+
+    def _add_overlay(self, pid: int, address: str, cluster_cidr: str) -> None:
+        net = ipaddress.ip_network(cluster_cidr)
+        with _in_netns(f"/proc/{pid}/ns/net") as ns:
+            idx = ns.link("get", ifname="eth0")[0]["index"]
+            ns.addr("replace", index=idx, address=address, prefixlen=32)
+            ns.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, gateway=self.gateway,
+                     prefsrc=address)  # fmt: skip
+        with self._ipr() as ipr:
+            bidx = ipr.link("get", ifname=self.bridge)[0]["index"]
+            ipr.route("replace", dst=address, dst_len=32, oif=bidx)
+
+    async def remove_overlay(self, address: str) -> None:
+        def go() -> None:
+            from pyroute2 import NetlinkError
+
+            with self._ipr() as ipr, contextlib.suppress(NetlinkError):
+                ipr.route("del", dst=address, dst_len=32)
+
+        await asyncio.to_thread(go)
 
     async def detach(self, deployment: str, service: str, container: str) -> None:
         await asyncio.to_thread(self._detach, container)

@@ -4,7 +4,8 @@
 ChaCha20-Poly1305, replay window, batching and offloads, worker threads with the GIL released) plus the handshake
 (noise.py: Noise_IKpsk2, mac1/mac2, cookie replies), the protocol's timers, and the UAPI socket (uapi.py) that
 ``wg show`` / ``wg set`` drive. ``python -m zlayer.overlay IFNAME`` runs one in the foreground.
-addressing.py cuts the cluster CIDR into a slice per node behind a ``SliceBook`` the cluster store can implement.
+addressing.py cuts the cluster CIDR into a slice per node behind a ``SliceBook`` the cluster store can implement;
+cluster.py holds the slices and every node's key and endpoint in etcd and runs the node's interface in a cluster.
 """
 
 from zlayer.overlay.addressing import AddressPool, FileSliceBook, SliceAllocator, SliceBook

@@ -1,0 +1,142 @@
+"""The cluster's encrypted overlay on two namespace hosts (tests/fixtures/netns_cluster.py): each node claims a slice
+of 10.200.0.0/16 in etcd and brings up its userspace WireGuard interface with the other as a peer; a container on
+node 1 reaches a container on node 2 by its overlay address, and on the wire between the hosts that exchange is
+WireGuard UDP only — its plaintext appears in no captured packet."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.fixtures.daemon_node import service_image
+from tests.fixtures.netns_cluster import Host, NetnsCluster, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
+
+CONTROL_PORTS = {2379, 9000, 3669}  # etcd's client and peer ports, the daemon's API: the cluster's own traffic
+CAPTURE = """
+import socket, struct, signal, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("eth0", 0))
+s.settimeout(0.2)
+stop = []
+signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+out = open(sys.argv[1], "wb")
+print("ready", flush=True)
+while not stop:
+    try:
+        f = s.recv(65535)
+    except (TimeoutError, InterruptedError):
+        continue
+    out.write(struct.pack("!I", len(f)) + f)
+out.close()
+"""
+MARKER = "overlay-" + uuid.uuid4().hex
+IDS: dict[int, str] = {}
+
+
+def _overlay(host: Host) -> dict[str, object]:
+    return json.loads((host.data / "overlay" / "leases.json").read_text())
+
+
+def _frames(raw: bytes) -> list[tuple[str, str, str, int, int]]:
+    """(source, destination, protocol, source port, destination port) of every IPv4 frame captured."""
+    out, at = [], 0
+    while at < len(raw):
+        (n,) = struct.unpack_from("!I", raw, at)
+        f = raw[at + 4 : at + 4 + n]
+        at += 4 + n
+        if len(f) < 34 or f[12:14] != b"\x08\x00":
+            continue
+        ihl = (f[14] & 0x0F) * 4
+        proto = {6: "tcp", 17: "udp"}.get(f[23], str(f[23]))
+        sport, dport = struct.unpack_from("!HH", f, 14 + ihl) if proto in ("tcp", "udp") else (0, 0)
+        out.append((socket.inet_ntoa(f[26:30]), socket.inet_ntoa(f[30:34]), proto, sport, dport))
+    return out
+
+
+def _wg_show(host: Host) -> str:
+    """What the node's interface says through its UAPI socket (``wg show``'s source)."""
+    out = []
+    for sock in (host.data / "overlay" / "uapi").glob("*.sock"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(sock))
+            s.sendall(b"get=1\n\n")
+            out.append(s.recv(65536).decode())
+    return f"host {host.index}: " + "".join(out)
+
+
+def _pid(host: Host, name: str) -> int:
+    doc = json.loads(host.ok("container", "inspect", name))
+    return int(doc.get("pid") or doc["state"]["pid"])
+
+
+@pytest.fixture(scope="module")
+def pair(netns_cluster: NetnsCluster) -> tuple[Host, Host]:
+    h1, h2, _ = netns_cluster.hosts
+    h1.ok("node", "init", "--advertise-addr", h1.addr)
+    token = h1.ok("node", "generate-join-token", "--ttl", "1h", "-q").strip()
+    h2.ok("node", "join", h1.api, "--token", token, "--advertise-addr", h2.addr)
+    for i, h in enumerate((h1, h2), 1):
+        h.ok("import", str(service_image(h.root / "svc.tar", f"{MARKER}-{i}\n")), "-t", "zlayer-svc/httpd:v1")
+        out = h.ok("container", "create", "--name", f"ov{i}", "--pull", "never", "zlayer-svc/httpd:v1",
+                   "/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www")  # fmt: skip
+        IDS[i] = out.split()[-1]
+    return h1, h2
+
+
+def test_slices_are_distinct_and_each_node_peers_with_the_other(pair: tuple[Host, Host]) -> None:
+    h1, h2 = pair
+    s1, s2 = (ipaddress.ip_network(str(_overlay(h)["slice"])) for h in pair)
+    assert s1 != s2 and s1.subnet_of(ipaddress.ip_network("10.200.0.0/16")) and s1.prefixlen == 28
+    for h, mine in ((h1, s1), (h2, s2)):
+        (addr,) = _overlay(h)["leases"].values()  # type: ignore[attr-defined]
+        assert ipaddress.ip_address(addr) in mine
+        link = subprocess.run(["ip", "-n", h.ns, "-o", "link", "show", "type", "tun"], capture_output=True, text=True)
+        assert " mtu 1420 " in link.stdout, link.stdout
+
+
+def test_a_container_reaches_one_on_another_node_by_overlay_address_and_the_wire_carries_only_wireguard(
+    pair: tuple[Host, Host],
+) -> None:
+    h1, h2 = pair
+    (target,) = _overlay(h2)["leases"].values()  # type: ignore[attr-defined]
+    pcap = h2.root / "wire.frames"
+    # every frame on node 2's link to the other hosts, read from an AF_PACKET socket in its namespace
+    dump = subprocess.Popen(["ip", "netns", "exec", h2.ns, sys.executable, "-c", CAPTURE, str(pcap)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert dump.stdout is not None and dump.stdout.readline() == b"ready\n"
+        pid = _pid(h1, IDS[1])
+
+        def fetch() -> str:
+            r = subprocess.run(["nsenter", "-t", str(pid), "-n", "curl", "-sS", "--max-time", "3",
+                                f"http://{target}:8080/"], capture_output=True, text=True)  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            return r.stdout.strip()
+
+        try:
+            got = wait_for(fetch, 30, "node 2's container over the overlay")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n" + "\n".join(_wg_show(h) for h in pair)) from None
+        assert got == f"{MARKER}-2"
+        time.sleep(0.5)
+    finally:
+        dump.send_signal(signal.SIGINT)
+        _, err = dump.communicate(timeout=10)
+    assert pcap.exists(), err.decode(errors="replace")
+    raw = pcap.read_bytes()
+    assert MARKER.encode() not in raw and b"GET / HTTP" not in raw
+    between = [p for p in _frames(raw) if {p[0], p[1]} == {h1.addr, h2.addr}]
+    overlay = [p for p in between if p[2] == "udp" and 51820 in (p[3], p[4])]
+    other = [p for p in between if p not in overlay and not (p[2] == "tcp" and {p[3], p[4]} & CONTROL_PORTS)]
+    assert overlay and not other, (len(overlay), other[:10])
