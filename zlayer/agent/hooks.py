@@ -142,6 +142,16 @@ class AssignmentHook(Protocol):
         cluster (it runs every replica itself, numbered as it likes)."""
         ...
 
+    def clustered(self) -> bool:
+        """Whether the node is in a cluster now (else the hook changes nothing)."""
+        ...
+
+    async def settled(self, spec: DeploymentSpec) -> list[str]:
+        """Wait (bounded) until every service of a deployment just deployed through this node runs its replicas
+        healthy on the nodes it was placed on, or cannot; returns the failures (``service: why``). Returns at once
+        when the node is not in a cluster."""
+        ...
+
 
 class ClusterTrafficHook(Protocol):
     """A service's replicas on the other nodes of a cluster, for this node's proxy, and this node's for theirs."""

@@ -112,10 +112,12 @@ class ServiceManager:
         self.converger = Converger(store, self.events, self.drivers, self.lifecycle, self.supervisor, self.health,
                                    self.publisher, self.externals, jobs, images, health_scale, secrets,
                                    assignments)  # fmt: skip
+        self.assignments = assignments
         self.standalone = StandaloneContainers(store, self.events, self.drivers, self.lifecycle, standalone_dir)
         self._specs: dict[str, DeploymentSpec] = {}  # the deployed spec of every deployment, by name
         self._revisions: dict[str, int] = {}  # the revision of each that this node converges to
         self._deploy_tasks: dict[str, asyncio.Task[None]] = {}
+        self._settling: dict[str, asyncio.Task[None]] = {}  # a cluster deploy waiting for the other nodes' shares
         self._unrecorded: dict[str, tuple[str, str]] = {}  # deployment → (status, message) the store could not take
         self._warm: asyncio.Task[None] | None = None
         self.autoscaler = Autoscaler(
@@ -163,14 +165,16 @@ class ServiceManager:
         self._specs[spec.deployment] = spec
         self._revisions[spec.deployment] = record.revision
         await self.events.add(spec.deployment, "deploy", f"revision {record.revision} submitted")
-        self._spawn_converge(spec)
+        self._spawn_converge(spec, "deploy")
         return record
 
-    def _spawn_converge(self, spec: DeploymentSpec) -> None:
-        prev = self._deploy_tasks.get(spec.deployment)
-        if prev is not None and not prev.done():
-            prev.cancel()
-        self._deploy_tasks[spec.deployment] = asyncio.create_task(self._converge(spec))
+    def _spawn_converge(self, spec: DeploymentSpec, how: str = "restore") -> None:
+        """``how``: ``deploy`` (this node took it: in a cluster, done once every node's share is), ``restore``, or
+        ``share`` (this node's share of a deploy another node took: only a failure is said, that node says done)."""
+        for prev in (self._deploy_tasks.get(spec.deployment), self._settling.pop(spec.deployment, None)):
+            if prev is not None and not prev.done():
+                prev.cancel()
+        self._deploy_tasks[spec.deployment] = asyncio.create_task(self._converge(spec, how))
 
     async def wait_deployed(self, name: str) -> None:
         task = self._deploy_tasks.get(name)
@@ -178,11 +182,11 @@ class ServiceManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
 
-    async def _converge(self, spec: DeploymentSpec) -> None:
+    async def _converge(self, spec: DeploymentSpec, how: str = "restore") -> None:
         with tracer.start_as_current_span("deploy", attributes={"zlayer.deployment": spec.deployment}):
-            await self._converge_now(spec)
+            await self._converge_now(spec, how)
 
-    async def _converge_now(self, spec: DeploymentSpec) -> None:
+    async def _converge_now(self, spec: DeploymentSpec, how: str = "restore") -> None:
         name = spec.deployment
         started = time.monotonic()
         failures: list[str] = []
@@ -190,10 +194,15 @@ class ServiceManager:
             record = await self.store.get_deployment(name)
             revision = record.revision if record else 1
             failures = await self.converger.deployment(spec, revision)
+            if how == "deploy" and not failures and self.assignments is not None and self.assignments.clustered():
+                # in a cluster, done once the other nodes' shares are: waited for apart, so that this node's own
+                # converges of the deployment (its share, placed a moment later) need not wait for it
+                self._settling[name] = asyncio.create_task(self._settle(spec, revision))
+                return
             if failures:
                 await self._set_status(name, "failed", "; ".join(failures))
                 await self.events.add(name, "deploy_failed", "; ".join(failures))
-            else:
+            elif how != "share":  # this node's share of a deploy another node took: that node says it done
                 await self._set_status(name, "running")
                 await self.events.add(name, "deploy_done", f"revision {revision} running")
         except asyncio.CancelledError:
@@ -210,6 +219,22 @@ class ServiceManager:
         finally:
             if self.metrics is not None:
                 self.metrics.deploy_finished(time.monotonic() - started, not failures)
+
+    async def _settle(self, spec: DeploymentSpec, revision: int) -> None:
+        assert self.assignments is not None
+        name = spec.deployment
+        try:
+            failures = await self.assignments.settled(spec)
+            if failures:
+                await self._set_status(name, "failed", "; ".join(failures))
+                await self.events.add(name, "deploy_failed", "; ".join(failures))
+            else:
+                await self._set_status(name, "running")
+                await self.events.add(name, "deploy_done", f"revision {revision} running")
+        except ZLayerError as e:
+            log.error("deploy of %s: %s", name, e)
+            await self._set_status(name, "failed", str(e))
+            await self.events.add(name, "deploy_failed", str(e))
 
     async def _set_status(self, name: str, status: str, message: str = "") -> None:
         """Record how a deploy ended. A status the store cannot take (a full disk) is kept here and answered by
@@ -231,6 +256,9 @@ class ServiceManager:
         record = await self.store.get_deployment(name)
         if record is None:
             raise NotFoundError(f"deployment {name!r} not found")
+        settling = self._settling.pop(name, None)
+        if settling is not None:
+            settling.cancel()
         task = self._deploy_tasks.pop(name, None)
         if task is not None:
             task.cancel()
@@ -282,7 +310,7 @@ class ServiceManager:
             log.warning("deployment %s revision %d does not parse here: %s", name, rec.revision, e)
             return
         self._specs[name], self._revisions[name] = spec, rec.revision
-        self._spawn_converge(spec)
+        self._spawn_converge(spec, "share")
 
     async def converge_service(self, deployment: str, service: str) -> None:
         """Bring one service to what this node is assigned now (the leader placed its replicas again)."""
@@ -306,6 +334,9 @@ class ServiceManager:
 
     async def forget(self, name: str) -> None:
         """Take down this node's replicas of a deployment the cluster removed, leaving the cluster's state alone."""
+        settling = self._settling.pop(name, None)
+        if settling is not None:
+            settling.cancel()
         task = self._deploy_tasks.pop(name, None)
         if task is not None:
             task.cancel()
@@ -498,7 +529,7 @@ class ServiceManager:
         """Stop watching (containers keep running, the next daemon re-adopts them)."""
         await self.standalone.close()
         await self.autoscaler.close()
-        tasks = [t for t in self._deploy_tasks.values() if not t.done()]
+        tasks = [t for t in [*self._deploy_tasks.values(), *self._settling.values()] if not t.done()]
         for rep in self.lifecycle.replicas.values():
             tasks.extend(rep.tasks)
         for t in tasks:

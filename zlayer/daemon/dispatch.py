@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ from zlayer.state.etcd import EtcdClient
 
 if TYPE_CHECKING:
     from zlayer.agent import ServiceManager
+    from zlayer.spec.models import DeploymentSpec
     from zlayer.state import Store
 
 log = logging.getLogger("zlayer.cluster")
@@ -43,6 +45,7 @@ log = logging.getLogger("zlayer.cluster")
 ENDPOINTS = ROOT + "endpoints/"
 NODES = ROOT + "nodes/"
 ALIVE = ROOT + "alive/"
+SETTLE_TIMEOUT = 300.0  # a deploy through this node waits this long at most for the other nodes' replicas
 RESYNC = 5.0  # the leader places again at least this often (a change missed while leadership moved)
 
 
@@ -92,6 +95,41 @@ class Dispatch:
         if kv is None:  # not placed (yet, or nothing fits now): what runs here goes on
             return {c.replica for c in await self.store.list_containers(deployment, service)}
         return {int(a["replica"]) for a in kv.json() if str(a.get("node_id")) == local.node_id}
+
+    def clustered(self) -> bool:
+        return self.cluster.in_cluster
+
+    async def settled(self, spec: DeploymentSpec) -> list[str]:
+        if not self.cluster.in_cluster:
+            return []
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        waiting = {name for name, svc in spec.services.items() if svc.rtype == "service"}
+        failures: list[str] = []
+        seen = [e.seq for e in await self.store.list_events(spec.deployment, limit=1_000_000)]
+        after = max(seen, default=0)
+        while waiting and time.monotonic() < deadline:
+            try:
+                for e in await self.store.list_events(spec.deployment, after):
+                    after = max(after, e.seq)
+                    if e.kind in ("service_failed", "deploy_failed"):  # another node's share failed: said as is
+                        failures.append(e.message)
+                if failures:
+                    return sorted(set(failures))
+                dead = {n.id for n in await self.cluster.nodes() if n.status == "dead"}
+                every = await getattr(self.store, "all_containers")()  # noqa: B009 - the cluster's EtcdStore
+                for name in sorted(waiting):
+                    rec = await self.store.get_service(spec.deployment, name)
+                    if rec is None or rec.desired_replicas == 0 or rec.status_message.startswith("unschedulable: "):
+                        waiting.discard(name)  # nothing to wait for, or `status` says why it waits
+                    elif sum(1 for node, c in every if c.deployment == spec.deployment and c.service == name
+                             and node not in dead and c.state == "running" and c.health == "healthy"
+                             ) >= rec.desired_replicas:  # fmt: skip
+                        waiting.discard(name)
+            except (ZLayerError, AttributeError) as e:
+                log.debug("cluster: waiting for %s: %s", spec.deployment, e)
+            if waiting:
+                await asyncio.sleep(0.25)
+        return sorted(failures)
 
     # --------------------------------------------------------------------------------------- ClusterTrafficHook
 
