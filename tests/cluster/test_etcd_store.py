@@ -114,6 +114,35 @@ def test_a_nodes_sqlite_state_carries_over_whole_and_once(etcd: EtcdProcess, tmp
     asyncio.run(go())
 
 
+def test_a_joining_nodes_state_goes_beside_the_clusters_and_its_containers_stay_its_own(
+    etcd: EtcdProcess, tmp_path: Path
+) -> None:
+    async def go() -> None:
+        client = EtcdClient([etcd.member.client_url])
+        one = EtcdStore(client, "/j/state/", local="/j/nodes/1/state/")
+        await one.put_deployment("a", "v: 1", {}, [ServiceRecord("a", "web", {}, 1)])
+        await one.add_event("a", "deploy", "a1")
+        await one.add_event("a", "deploy", "a2")
+        await one.put_container(ContainerRecord("web-rep-1", "a", "web", 1, state="running"))
+        sqlite = SqliteStore(tmp_path / "joiner.db")
+        await sqlite.put_deployment("b", "v: 1", {}, [ServiceRecord("b", "api", {}, 1)])
+        await sqlite.add_event("b", "deploy", "b1")
+        await sqlite.put_container(ContainerRecord("api-rep-1", "b", "api", 1, state="running"))
+        two = EtcdStore(client, "/j/state/", local="/j/nodes/2/state/")
+        assert await two.copy_from(sqlite) == 1
+        assert [d.name for d in await one.list_deployments()] == ["a", "b"]  # the cluster's desired state
+        assert [e.message for e in await one.list_events("a")] == ["a1", "a2"]  # the cluster's events kept
+        assert [(e.seq, e.message) for e in await two.list_events("b")] == [(3, "b1")]  # the joiner's after them
+        assert [c.id for c in await one.list_containers()] == ["web-rep-1"]  # each node sees its own
+        assert [c.id for c in await two.list_containers()] == ["api-rep-1"]
+        every = [(n, c.id) for n, c in await two.all_containers("/j/nodes/")]
+        assert every == [("1", "web-rep-1"), ("2", "api-rep-1")]
+        await sqlite.close()
+        await client.close()
+
+    asyncio.run(go())
+
+
 def test_a_watch_sees_each_change_with_its_revision(etcd: EtcdProcess) -> None:
     async def go() -> None:
         st = _store(etcd, "watch")

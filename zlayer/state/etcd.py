@@ -510,6 +510,9 @@ class EtcdStore:
         if await self.client.get(marker) is not None:
             return 0
         ops: list[dict[str, Any]] = []
+        # events already there (a cluster this node joins): the node's own go after them, renumbered
+        held = await self.client.get(self._k("seq", "events"))
+        offset = int(held.value or b"0") if held else 0
         deployments = await source.list_deployments()
         for d in deployments:
             ops.append(put_op(self._k("d", d.name), {"name": d.name, "revision": d.revision, "status": d.status,
@@ -523,6 +526,7 @@ class EtcdStore:
                 ops.append(put_op(self._k("s", d.name, s.name), dataclasses.asdict(s)))
             last = 0
             for e in await source.list_events(d.name, limit=1_000_000):
+                e.seq += offset
                 ops.append(put_op(self._k("e", e.seq), dataclasses.asdict(e)))
                 last = max(last, e.seq)
             if last:
@@ -537,9 +541,8 @@ class EtcdStore:
         seqs = [int(_unb64(o["request_put"]["value"])) for o in ops if o["request_put"]["key"] == _b64(
             self._k("seq", "events"))]  # fmt: skip
         ops = [o for o in ops if o["request_put"]["key"] != _b64(self._k("seq", "events"))]
-        if seqs:  # a store that already counts further (a cluster this node joins) keeps its count
-            held = await self.client.get(self._k("seq", "events"))
-            ops.append(put_op(self._k("seq", "events"), str(max(*seqs, int(held.value or b"0") if held else 0))))
+        if seqs:
+            ops.append(put_op(self._k("seq", "events"), str(max(seqs))))
         for i in range(0, len(ops), 100):
             await self.client.txn([], ops[i : i + 100])
         await self.client.put(marker, now_rfc3339())
