@@ -388,10 +388,17 @@ int wg_peer_install_session(wg_dev_t *d, int peer, uint32_t local_index, uint32_
     }
     drop_session(d, &p->retired);
     if (initiator) {
-        /* the responder's unconfirmed session (if any) loses: this one is confirmed by the response */
-        drop_session(d, &p->next);
         drop_session(d, &p->previous);
-        p->previous = p->current;
+        if (p->next) {
+            /* both sides initiated at once: the peer made this session current when our response reached it and
+               sends under it, so it stays (as previous) to receive on, as the kernel's WireGuard keeps it; the
+               old current goes */
+            p->previous = p->next;
+            p->next = NULL;
+            drop_session(d, &p->current);
+        } else {
+            p->previous = p->current;
+        }
         p->current = s;
     } else {
         /* until the initiator sends under it, the old current session keeps carrying data */
