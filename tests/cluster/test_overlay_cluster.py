@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -44,8 +45,10 @@ MARKER = "overlay-" + uuid.uuid4().hex
 IDS: dict[int, str] = {}
 
 
-def _overlay(host: Host) -> dict[str, object]:
-    return json.loads((host.data / "overlay" / "leases.json").read_text())
+def _overlay(host: Host) -> dict[str, Any]:
+    """``zlayer network inspect``: the node's overlay, its peers and its addresses."""
+    doc: dict[str, Any] = json.loads(host.ok("network", "inspect"))
+    return doc
 
 
 def _frames(raw: bytes) -> list[tuple[str, str, str, int, int]]:
@@ -96,11 +99,16 @@ def pair(netns_cluster: NetnsCluster) -> tuple[Host, Host]:
 
 def test_slices_are_distinct_and_each_node_peers_with_the_other(pair: tuple[Host, Host]) -> None:
     h1, h2 = pair
-    s1, s2 = (ipaddress.ip_network(str(_overlay(h)["slice"])) for h in pair)
+    s1, s2 = (ipaddress.ip_network(_overlay(h)["slice_cidr"]) for h in pair)
     assert s1 != s2 and s1.subnet_of(ipaddress.ip_network("10.200.0.0/16")) and s1.prefixlen == 28
-    for h, mine in ((h1, s1), (h2, s2)):
-        (addr,) = _overlay(h)["leases"].values()  # type: ignore[attr-defined]
-        assert ipaddress.ip_address(addr) in mine
+    for h, mine, other, theirs in ((h1, s1, h2, s2), (h2, s2, h1, s1)):
+        ov = _overlay(h)
+        assert ov["node_ip"] == str(next(mine.hosts())) and ov["mtu"] == 1420
+        (addr,) = ov["ip_alloc"]["containers"].values()
+        assert ipaddress.ip_address(addr) in mine and addr in ov["ip_alloc"]["allocated_ips"]
+        (peer,) = ov["peers"]
+        assert peer["node"] == str(other.index) and peer["endpoint"] == f"{other.addr}:51820"
+        assert peer["allowed_ips"] == [str(theirs)]
         link = subprocess.run(["ip", "-n", h.ns, "-o", "link", "show", "type", "tun"], capture_output=True, text=True)
         assert " mtu 1420 " in link.stdout, link.stdout
 
@@ -109,7 +117,7 @@ def test_a_container_reaches_one_on_another_node_by_overlay_address_and_the_wire
     pair: tuple[Host, Host],
 ) -> None:
     h1, h2 = pair
-    (target,) = _overlay(h2)["leases"].values()  # type: ignore[attr-defined]
+    (target,) = _overlay(h2)["ip_alloc"]["containers"].values()
     pcap = h2.root / "wire.frames"
     # every frame on node 2's link to the other hosts, read from an AF_PACKET socket in its namespace
     dump = subprocess.Popen(["ip", "netns", "exec", h2.ns, sys.executable, "-c", CAPTURE, str(pcap)],
@@ -140,3 +148,20 @@ def test_a_container_reaches_one_on_another_node_by_overlay_address_and_the_wire
     overlay = [p for p in between if p[2] == "udp" and 51820 in (p[3], p[4])]
     other = [p for p in between if p not in overlay and not (p[2] == "tcp" and {p[3], p[4]} & CONTROL_PORTS)]
     assert overlay and not other, (len(overlay), other[:10])
+
+
+def test_network_peers_shows_a_fresh_handshake_and_health_and_a_node_outside_a_cluster_says_it_has_no_overlay(
+    pair: tuple[Host, Host], netns_cluster: NetnsCluster
+) -> None:
+    h1, h2 = pair
+    (peer,) = h1.json("network", "peers")["peers"]  # after the exchange above, a handshake was made
+    assert peer["healthy"] is True and 0 <= peer["last_handshake_secs"] < 120 and peer["rx_bytes"] > 0
+    table = h1.ok("network", "peers").splitlines()
+    assert table[0].split()[:4] == ["NODE", "ENDPOINT", "ALLOWED", "IPS"]
+    assert table[1].split()[:2] == ["2", f"{h2.addr}:51820"] and " yes " in table[1]
+    status = h2.ok("network", "status")
+    assert "peers:       1/1 healthy" in status and "mtu:         1420" in status
+    assert [n["name"] for n in h2.json("network", "ls")] == ["overlay"]
+    outside = netns_cluster.hosts[2].zl("network", "status")
+    assert outside.returncode != 0 and "overlay network is not initialized" in outside.stderr
+    assert "Traceback" not in outside.stderr

@@ -84,6 +84,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
         identity,
         images,
         jobs,
+        overlay,
         proxy,
         secrets,
         services,
@@ -101,7 +102,20 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     app.openapi = lambda: declare_bearer(generate())  # type: ignore[method-assign]
     app.state.ctx = context
     app.state.security = getattr(context, "security", None)
-    for mod in (health, deployments, services, containers, images, jobs, proxy, identity, cluster, secrets, builds):
+    for mod in (
+        health,
+        deployments,
+        services,
+        containers,
+        images,
+        jobs,
+        proxy,
+        identity,
+        cluster,
+        secrets,
+        builds,
+        overlay,
+    ):
         app.include_router(mod.router)
     app.include_router(images.system)
 

@@ -35,6 +35,7 @@ class ApiContext:
     security: Security | None = None  # accounts, grants, audit, secrets (None: tokens' roles alone decide)
     token: str = ""
     cluster: Any = None  # the node's zlayer.cluster.membership.ClusterNode (None: a daemon without cluster support)
+    overlay: Any = None  # the node's zlayer.overlay.cluster.OverlayNode (None: no overlay on this node)
     builds: Any = None  # the node's zlayer.builder.service.BuildService, made on the first build request
     ready: bool = False
     started: float = field(default_factory=time.monotonic)

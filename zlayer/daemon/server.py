@@ -270,6 +270,7 @@ class Daemon:
                 token=token,
                 security=security,
                 cluster=cluster,
+                overlay=overlay,
             )
             app = create_app(self.context, swagger=cfg.swagger)
             servers = []

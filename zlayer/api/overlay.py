@@ -1,0 +1,100 @@
+"""/api/v1/overlay/status|peers|ip-alloc: this node's part of the cluster overlay (ZLayer's Overlay routes), read
+from its :class:`zlayer.overlay.cluster.OverlayNode`. A node without an overlay (not in a cluster, no root, the
+node network off) answers 409 naming why, as the cluster routes do on a node that is in none (ZLayer's 503 would
+read as the daemon failing)."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from zlayer.api.context import ApiContext, ctx
+from zlayer.errors import ZLayerError
+
+router = APIRouter(prefix="/api/v1/overlay", tags=["Overlay"])
+
+
+class OverlayUnavailable(ZLayerError):
+    code = "no_overlay"
+    http_status = 409
+
+
+def _status(c: ApiContext) -> dict[str, Any]:
+    ov = c.overlay
+    if ov is None or not ov.up:
+        why = getattr(ov, "error", "") if ov is not None else ""
+        raise OverlayUnavailable(
+            "the overlay network is not initialized on this node",
+            where="/api/v1/overlay",
+            hint=why or "it comes up once the node is in a cluster (zlayer node init|join)",
+        )
+    st: dict[str, Any] = ov.status()
+    return st
+
+
+@router.get("/status", summary="Get overlay network status.")
+async def overlay_status(c: ApiContext = Depends(ctx)) -> dict[str, Any]:
+    st = _status(c)
+    healthy = sum(1 for p in st["peers"] if p["healthy"])
+    leader = False
+    if c.cluster is not None and getattr(c.cluster, "in_cluster", False):
+        leader = bool(await c.cluster.is_leader())
+    return {
+        "interface": st["interface"],
+        "is_leader": leader,
+        "node_ip": st["node_ip"],
+        "cidr": st["overlay_cidr"],
+        "slice_cidr": st["slice_cidr"],
+        "port": st["listen_port"],
+        "mtu": st["mtu"],
+        "public_key": st["public_key"],
+        "total_peers": len(st["peers"]),
+        "healthy_peers": healthy,
+        "unhealthy_peers": len(st["peers"]) - healthy,
+        "last_check": int(time.time()),
+    }
+
+
+@router.get("/peers", summary="Get list of overlay peers.")
+async def overlay_peers(c: ApiContext = Depends(ctx)) -> dict[str, Any]:
+    st = _status(c)
+    now = int(time.time())
+    peers = []
+    for p in st["peers"]:
+        nets = p["allowed_ips"]
+        peers.append({
+            "public_key": p["public_key"],
+            "node": p["node"],
+            "endpoint": p["endpoint"],
+            "overlay_ip": str(next(ipaddress.ip_network(nets[0]).hosts())) if nets else None,
+            "allowed_ips": nets,
+            "healthy": p["healthy"],
+            "last_handshake_secs": None if p["handshake_age_s"] is None else int(p["handshake_age_s"]),
+            "last_handshake_unix_secs": p["last_handshake_unix_secs"],
+            "rx_bytes": p["rx_bytes"],
+            "tx_bytes": p["tx_bytes"],
+            "last_ping_ms": None,
+            "failure_count": 0 if p["healthy"] else 1,
+            "last_check": now,
+        })  # fmt: skip
+    return {"total": len(peers), "healthy": sum(1 for p in peers if p["healthy"]), "peers": peers}
+
+
+@router.get("/ip-alloc", summary="Get IP allocation status.")
+async def overlay_ip_alloc(c: ApiContext = Depends(ctx)) -> dict[str, Any]:
+    st = _status(c)
+    net = ipaddress.ip_network(st["slice_cidr"])
+    total = net.num_addresses - 2 if net.version == 4 else net.num_addresses - 1
+    used = sorted({st["node_ip"], *st["containers"].values()}, key=ipaddress.ip_address)
+    return {
+        "cidr": st["slice_cidr"],
+        "total_ips": total,
+        "allocated_count": len(used),
+        "available_count": total - len(used),
+        "utilization_percent": round(100.0 * len(used) / total, 2) if total else 100.0,
+        "allocated_ips": used,
+        "containers": st["containers"],
+    }
