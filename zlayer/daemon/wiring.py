@@ -174,6 +174,37 @@ class DaemonNetwork:
         self.net = NodeNetwork(cfg.paths.data_dir, subnet)
         self.dns: Any = None
         self.overlay = overlay  # in a cluster: each container also gets an address of the node's overlay slice
+        self._local: Any = None
+        self.overlay_dns: list[Any] = []  # ZLayer's port 15353, on 127.0.0.1 and the node's overlay address
+
+    def _lookup(self, asker: str, qname: str) -> list[str]:
+        """In a cluster, the overlay addresses of the asker's deployment's replicas on every node; else (or for a
+        name the cluster does not know) the replicas of this node."""
+        ov = self.overlay
+        if ov is not None and ov.up:
+            me = next((c for c, ip in self.net.ipam.leases.items() if ip == asker), None)
+            if me is not None and me in self.net.members:
+                got: list[str] | None = ov.answer(self.net.members[me][0], qname)
+            else:
+                got = ov.lookup(asker, qname)
+            if got:
+                return got
+        return list(self._local(asker, qname)) if self._local is not None else []
+
+    async def _overlay_dns(self) -> None:
+        from zlayer.net import DnsServer
+
+        ov = self.overlay
+        if self.overlay_dns or ov is None or not ov.up:
+            return
+        for host in ("127.0.0.1", ov.address):
+            server = DnsServer(self._lookup, _resolvers())
+            try:
+                await server.start(host, 15353)
+            except OSError as e:
+                log.warning("service DNS not available on %s:15353: %s", host, e)
+                continue
+            self.overlay_dns.append(server)
 
     async def _ensure(self) -> None:
         if self.dns is None:
@@ -181,7 +212,8 @@ class DaemonNetwork:
 
             await self.net.setup()
             upstreams = _resolvers()
-            self.dns = DnsServer(service_records(self.net.members, self.net.ipam.leases), upstreams)
+            self._local = service_records(self.net.members, self.net.ipam.leases)
+            self.dns = DnsServer(self._lookup, upstreams)
             try:
                 await self.dns.start(self.net.gateway, 53)
             except OSError as e:
@@ -209,12 +241,16 @@ class DaemonNetwork:
             except Exception as e:  # the replica runs on its node address; it says why it has no overlay one
                 ov.release(container)
                 log.error("overlay: no overlay address for %s: %s", container, e)
+            else:
+                await ov.register(container, deployment, service)
+                await self._overlay_dns()
         return ip
 
     async def detach(self, deployment: str, service: str, container: str) -> None:
         await self.net.detach(deployment, service, container)
         ov = self.overlay
         if ov is not None and container in ov.leases:
+            await ov.unregister(container)
             await self.net.remove_overlay(ov.leases[container])
             ov.release(container)
 
@@ -232,6 +268,8 @@ class DaemonNetwork:
     async def close(self) -> None:
         if self.dns is not None:
             self.dns.close()
+        for server in self.overlay_dns:
+            server.close()
 
 
 def _same_netns(pid: int) -> bool:

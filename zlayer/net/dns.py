@@ -3,6 +3,9 @@
 Names (as ZLayer registers them): ``{service}``, ``{service}.service.local`` (every replica, one A record each) and
 ``{replica}.{service}.service.local``. The asker is identified by its source address, so a container only sees the
 services of its own deployment. Anything else is forwarded to the node's resolvers; with none it is NXDOMAIN.
+In a cluster the daemon's lookup (zlayer.daemon.wiring) answers with the overlay addresses of the deployment's
+replicas on every node (zlayer.overlay.cluster), also on ZLayer's port 15353 of 127.0.0.1 and the node's overlay
+address.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ etcd, under ``/zlayer/cluster/overlay/``:
   while the key does not exist, so two nodes never get the same one (:class:`EtcdSliceBook`).
 - ``nodes/<id>`` = ``{"public_key" (base64), "endpoint" ("addr:port"), "slice", "address"}``: a node's peer entry,
   written when it enters the cluster.
+- ``addresses/<node>/<container>`` = ``{"deployment", "service", "address"}``: each container's overlay address, what
+  every node's DNS answers service names with (:attr:`OverlayNode.records`).
 
 Each node's interface carries the first address of its slice; the whole cluster CIDR is routed into it, and each
 peer's allowed-ips is that peer's slice, so a packet for an address of another node's slice goes to that node,
@@ -37,6 +39,7 @@ log = logging.getLogger("zlayer.overlay")
 ROOT = "/zlayer/cluster/overlay/"
 SLICES = ROOT + "slices/"
 NODES = ROOT + "nodes/"
+ADDRESSES = ROOT + "addresses/"
 WG_PORT = 51820
 KEEPALIVE = 25  # ZLayer's persistent keepalive
 
@@ -120,6 +123,8 @@ class OverlayNode:
         self.pool: AddressPool | None = None
         self.leases: dict[str, str] = {}  # container -> overlay address
         self.peers: dict[str, dict[str, Any]] = {}  # node id -> its entry
+        self.records: dict[str, tuple[str, str, str]] = {}  # container (any node) -> (deployment, service, address)
+        self.client: EtcdClient | None = None
         self._watch: asyncio.Task[None] | None = None
         self.error = ""
 
@@ -135,6 +140,7 @@ class OverlayNode:
         with contextlib.suppress(EtcdError):
             await EtcdSliceBook(client).release(node_id)
             await client.delete(NODES + node_id)
+            await client.delete(f"{ADDRESSES}{node_id}/", prefix=True)
 
     async def entered(self, client: EtcdClient, node_id: str, how: str) -> None:
         """Claim the slice, publish the peer entry, bring the interface up and follow the other nodes. A node
@@ -149,6 +155,7 @@ class OverlayNode:
         from zlayer.overlay import noise
 
         self.node_id = node_id
+        self.client = client
         self.slice = await claim_slice(EtcdSliceBook(client), node_id)
         hosts = self.slice.hosts()
         self.address = str(next(iter(hosts)))
@@ -209,12 +216,35 @@ class OverlayNode:
             self._peer(node, entry)
         for node in [n for n in self.peers if n not in entries]:
             self._drop(node)
+        records = {}
+        for kv in await client.range(ADDRESSES):
+            got = self._record(kv.key, kv.json())
+            if got is not None:
+                records[got[0]] = got[1]
+        self.records = records
+
+    @staticmethod
+    def _record(key: str, doc: Any) -> tuple[str, tuple[str, str, str]] | None:
+        try:
+            return key.rsplit("/", 1)[-1], (str(doc["deployment"]), str(doc["service"]), str(doc["address"]))
+        except (KeyError, TypeError):
+            return None
 
     async def _follow(self, client: EtcdClient, start: int) -> None:
         while True:
             try:
-                async for kind, kv in client.watch(NODES, start):
+                async for kind, kv in client.watch(ROOT, start):
                     start = max(start, kv.mod_revision + 1)
+                    if kv.key.startswith(ADDRESSES):
+                        container = kv.key.rsplit("/", 1)[-1]
+                        got = None if kind == "DELETE" else self._record(kv.key, kv.json())
+                        if got is None:
+                            self.records.pop(container, None)
+                        else:
+                            self.records[container] = got[1]
+                        continue
+                    if not kv.key.startswith(NODES):
+                        continue
                     node = kv.key[len(NODES) :]
                     if kind == "DELETE":
                         self._drop(node)
@@ -291,6 +321,41 @@ class OverlayNode:
         if ip is not None and self.pool is not None:
             self.pool.release(ip)
             self._save_leases()
+
+    async def register(self, container: str, deployment: str, service: str) -> None:
+        """Tell every node the container's overlay address (their DNS answers its names with it)."""
+        if self.client is None or container not in self.leases:
+            return
+        self.records[container] = (deployment, service, self.leases[container])
+        doc = {"deployment": deployment, "service": service, "address": self.leases[container]}
+        try:
+            await self.client.put(f"{ADDRESSES}{self.node_id}/{container}", doc)
+        except EtcdError as e:  # the replica runs; other nodes do not resolve it until it is registered again
+            log.warning("overlay: cannot register %s's address in the cluster: %s", container, e)
+
+    async def unregister(self, container: str) -> None:
+        self.records.pop(container, None)
+        if self.client is not None:
+            with contextlib.suppress(EtcdError):
+                await self.client.delete(f"{ADDRESSES}{self.node_id}/{container}")
+
+    def lookup(self, asker: str, qname: str) -> list[str] | None:
+        """Overlay addresses for ``qname`` among the replicas of the asker's deployment on every node; None when
+        the asker is no container this overlay knows (its own node's lookup decides then)."""
+        mine = next((r for c, r in self.records.items() if r[2] == asker), None)
+        return None if mine is None else self.answer(mine[0], qname)
+
+    def answer(self, deployment: str, qname: str) -> list[str]:
+        out = []
+        for c, (dep, svc, address) in sorted(self.records.items()):
+            if dep != deployment:
+                continue
+            replica = c.rsplit("-", 1)[-1]
+            if qname in (svc, f"{svc}.service.local") or (
+                qname == f"{replica}.{svc}.service.local" and c.endswith(f"-{replica}")
+            ):
+                out.append(address)
+        return out
 
     # reading ---------------------------------------------------------------------------------------------------
 
