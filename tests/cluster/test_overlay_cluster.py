@@ -1,7 +1,8 @@
 """The cluster's encrypted overlay on two namespace hosts (tests/fixtures/netns_cluster.py): each node claims a slice
 of 10.200.0.0/16 in etcd and brings up its userspace WireGuard interface with the other as a peer; a container on
 node 1 reaches a container on node 2 by its overlay address, and on the wire between the hosts that exchange is
-WireGuard UDP only — its plaintext appears in no captured packet."""
+WireGuard UDP only — its plaintext appears in no captured packet; service names resolve, on every node, to the
+overlay addresses of the replicas on all nodes; ``zlayer network`` shows the peers with their handshake age."""
 
 from __future__ import annotations
 
@@ -213,3 +214,43 @@ def test_service_names_resolve_to_overlay_addresses_of_replicas_on_every_node(pa
     assert _ask(p2, node1, 15353, "ov2.service.local") == [a2]
     assert _ask(p2, node1, 15353, "ov1.service.local") == [a1]
     assert _ask(p2, node1, 15353, "nothing-here.service.local") == ["rcode 3"]
+
+
+SPEC = (
+    "version: v1\ndeployment: ovdep\nservices:\n  web:\n"
+    "    image: {name: 'zlayer-svc/httpd:v1', pull_policy: never}\n"
+    "    command: {entrypoint: ['/bin/sh', '-c'], args: ['/bin/busybox hostname > /www/who && "
+    "exec /bin/busybox httpd -f -p 8080 -h /www']}\n"
+    "    stop_grace_period: 1s\n"
+    "    endpoints: [{name: http, protocol: http, port: 8095, target_port: 8080}]\n"
+    "    scale: {mode: fixed, replicas: 2}\n"
+    "    health: {start_grace: 0s, interval: 1s, timeout: 1s, retries: 2, check: {type: tcp, port: 8080}}\n"
+)
+
+
+def test_a_deployments_replicas_on_two_nodes_find_and_reach_each_other_by_name_over_the_overlay(
+    pair: tuple[Host, Host],
+) -> None:
+    h1 = pair[0]
+    spec = h1.root / "ovdep.zlayer.yml"
+    spec.write_text(SPEC)
+    h1.ok("deploy", str(spec), timeout=180)
+    reps = {c["id"]: str(c.get("node")) for c in h1.json("ps", "--deployment", "ovdep")["containers"]}
+    assert sorted(reps.values()) == ["1", "2"], reps  # one replica per node
+    mine = next(c for c, n in reps.items() if n == "1")
+    pid = _pid(h1, mine)
+    gw = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "route", "show", "default"],
+                        capture_output=True, text=True).stdout.split()[2]  # fmt: skip
+    addrs = wait_for(lambda: len(a := _ask(pid, gw, 53, "web.service.local")) == 2 and a, 15, "both replicas")
+    slices = [ipaddress.ip_network(_overlay(h)["slice_cidr"]) for h in pair]
+    assert sorted(any(ipaddress.ip_address(a) in s for a in addrs) for s in slices) == [True, True], addrs
+    assert _ask(pid, gw, 53, "web.service.local") == _ask(pid, gw, 53, "web")
+    assert _ask(pid, gw, 53, "web.service.local") != _ask(pid, gw, 53, "ov2.service.local")  # not the standalone's
+    who = set()
+    for a in addrs:
+        r = subprocess.run(["nsenter", "-t", str(pid), "-n", "curl", "-sS", "--max-time", "3",
+                            f"http://{a}:8080/who"], capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, (a, r.stderr)
+        who.add(r.stdout.strip())
+    assert len(who) == 2, who  # two different replicas answered, one of them on the other node
+    h1.ok("down", "ovdep", timeout=120)
