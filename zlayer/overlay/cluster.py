@@ -147,9 +147,10 @@ class OverlayNode:
         where this fails (no TUN, no root) runs on without an overlay and says why."""
         try:
             await self._enter(client, node_id)
-        except (OverlayError, EtcdError, OSError) as e:
-            self.error = str(e)
-            log.error("overlay: not up on node %s: %s", node_id, e)
+        except Exception as e:  # the cluster is joined all the same: the overlay is what is missing, and says so
+            self.error = str(e) or type(e).__name__
+            log.error("overlay: not up on node %s: %s", node_id, self.error)
+            await self.close()
 
     async def _enter(self, client: EtcdClient, node_id: str) -> None:
         from zlayer.overlay import noise
@@ -401,3 +402,4 @@ class OverlayNode:
         if self.iface is not None:
             await asyncio.to_thread(self.iface.close)
             self.iface = None
+        self.uapi = None
