@@ -166,6 +166,7 @@ def test_network_peers_shows_a_fresh_handshake_and_health_and_a_node_outside_a_c
     outside = netns_cluster.hosts[2].zl("network", "status")
     assert outside.returncode != 0 and "overlay network is not initialized" in outside.stderr
     assert "Traceback" not in outside.stderr
+    assert netns_cluster.hosts[2].json("network", "dns")["enabled"] is False
 
 
 QUERY = """
@@ -214,6 +215,10 @@ def test_service_names_resolve_to_overlay_addresses_of_replicas_on_every_node(pa
     assert _ask(p2, node1, 15353, "ov2.service.local") == [a2]
     assert _ask(p2, node1, 15353, "ov1.service.local") == [a1]
     assert _ask(p2, node1, 15353, "nothing-here.service.local") == ["rcode 3"]
+    dns = h1.json("network", "dns")
+    assert dns["enabled"] and dns["port"] == 15353 and dns["bind_addrs"] == ["127.0.0.1", node1]
+    assert {"ov1.service.local", "ov2.service.local", "ov2"} <= set(dns["services"])
+    assert "ov2.service.local" in h2.ok("network", "dns")
 
 
 SPEC = (

@@ -15,6 +15,7 @@ from zlayer.api.context import ApiContext, ctx
 from zlayer.errors import ZLayerError
 
 router = APIRouter(prefix="/api/v1/overlay", tags=["Overlay"])
+DNS_PORT = 15353  # ZLayer's (zlayer.overlay.cluster.DNS_PORT; the API does not import the overlay)
 
 
 class OverlayUnavailable(ZLayerError):
@@ -97,4 +98,23 @@ async def overlay_ip_alloc(c: ApiContext = Depends(ctx)) -> dict[str, Any]:
         "utilization_percent": round(100.0 * len(used) / total, 2) if total else 100.0,
         "allocated_ips": used,
         "containers": st["containers"],
+    }
+
+
+@router.get("/dns", summary="Get DNS service status.")
+async def overlay_dns(c: ApiContext = Depends(ctx)) -> dict[str, Any]:
+    """The cluster's service DNS on this node; a node without one says ``enabled: false`` (not an error)."""
+    ov = c.overlay
+    binds: list[str] = list(getattr(ov, "dns_binds", []) or [])
+    names: set[str] = set()
+    for c_id, (_, svc, _) in ov.records.items() if ov is not None and binds else []:
+        names.update({svc, f"{svc}.service.local", f"{c_id.rsplit('-', 1)[-1]}.{svc}.service.local"})
+    return {
+        "enabled": bool(binds),
+        "bind_addr": binds[-1] if binds else None,
+        "bind_addrs": binds,
+        "port": DNS_PORT if binds else None,
+        "zone": "service.local" if binds else None,
+        "service_count": len({r[1] for r in ov.records.values()}) if ov is not None and binds else 0,
+        "services": sorted(names),
     }

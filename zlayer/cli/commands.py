@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Cluster nodes: init, join, generate-join-token, ls, status, label, drain...",
     ),
     "join": ("zlayer.cli.node", "join", "Join this node to the cluster a join token names"),
-    "network": ("zlayer.cli.network", "network", "The cluster overlay on this node (ls, inspect, status, peers)"),
+    "network": ("zlayer.cli.network", "network", "The cluster overlay on this node (ls, inspect, status, peers, dns)"),
     "secret": (
         "zlayer.cli.secret",
         "secret",

@@ -1,4 +1,4 @@
-"""``zlayer network ls|inspect|status|peers``: the node's networks and its part of the cluster overlay (its
+"""``zlayer network ls|inspect|status|peers|dns``: the node's networks and its part of the cluster overlay (its
 WireGuard interface, slice and peers with their handshake age and health), over the daemon's
 ``/api/v1/overlay`` routes."""
 
@@ -81,3 +81,19 @@ def network_peers(output: str) -> None:
         [[p["node"], p["endpoint"], ",".join(p["allowed_ips"]), _age(p), "yes" if p["healthy"] else "no",
           p["rx_bytes"], p["tx_bytes"], p["public_key"]] for p in got["peers"]],
     )  # fmt: skip
+
+
+@network.command("dns")
+@output_option()
+def network_dns(output: str) -> None:
+    """The cluster's service DNS on this node: where it listens and the names it answers."""
+    got = run(lambda c: c.request("GET", "/api/v1/overlay/dns"))
+    if output != "table":
+        print_data(got, output)
+        return
+    if not got["enabled"]:
+        click.echo("service DNS: not enabled on this node (it starts with the overlay, in a cluster)")
+        return
+    port = got["port"]
+    click.echo("listening:  " + ", ".join(f"{a}:{port}" for a in got["bind_addrs"]))
+    print_table(["NAME"], [[n] for n in got["services"]])

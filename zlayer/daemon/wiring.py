@@ -197,14 +197,17 @@ class DaemonNetwork:
         ov = self.overlay
         if self.overlay_dns or ov is None or not ov.up:
             return
+        from zlayer.overlay.cluster import DNS_PORT
+
         for host in ("127.0.0.1", ov.address):
             server = DnsServer(self._lookup, _resolvers())
             try:
-                await server.start(host, 15353)
+                await server.start(host, DNS_PORT)
             except OSError as e:
-                log.warning("service DNS not available on %s:15353: %s", host, e)
+                log.warning("service DNS not available on %s:%d: %s", host, DNS_PORT, e)
                 continue
             self.overlay_dns.append(server)
+            ov.dns_binds.append(host)
 
     async def _ensure(self) -> None:
         if self.dns is None:

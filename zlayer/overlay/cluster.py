@@ -42,6 +42,7 @@ NODES = ROOT + "nodes/"
 ADDRESSES = ROOT + "addresses/"
 WG_PORT = 51820
 KEEPALIVE = 25  # ZLayer's persistent keepalive
+DNS_PORT = 15353  # ZLayer's service DNS port
 
 
 def _slice_key(cidr: str) -> str:
@@ -125,6 +126,7 @@ class OverlayNode:
         self.peers: dict[str, dict[str, Any]] = {}  # node id -> its entry
         self.records: dict[str, tuple[str, str, str]] = {}  # container (any node) -> (deployment, service, address)
         self.client: EtcdClient | None = None
+        self.dns_binds: list[str] = []  # where the node's DNS answers on port DNS_PORT (set by the daemon)
         self._watch: asyncio.Task[None] | None = None
         self.error = ""
 
