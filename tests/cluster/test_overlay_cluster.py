@@ -259,3 +259,20 @@ def test_a_deployments_replicas_on_two_nodes_find_and_reach_each_other_by_name_o
         who.add(r.stdout.strip())
     assert len(who) == 2, who  # two different replicas answered, one of them on the other node
     h1.ok("down", "ovdep", timeout=120)
+
+
+def test_a_restarted_daemon_brings_the_overlay_back_for_the_replicas_it_re_adopts(pair: tuple[Host, Host]) -> None:
+    h1, h2 = pair
+    target = _overlay(h2)["ip_alloc"]["containers"][IDS[2]]
+    h2.stop()
+    h2.start()
+    assert _overlay(h2)["ip_alloc"]["containers"][IDS[2]] == target
+    pid = _pid(h1, IDS[1])
+
+    def fetch() -> str:
+        r = subprocess.run(["nsenter", "-t", str(pid), "-n", "curl", "-sS", "--max-time", "3",
+                            f"http://{target}:8080/"], capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert wait_for(fetch, 30, "node 2's re-adopted container over the overlay") == f"{MARKER}-2"

@@ -225,8 +225,12 @@ class DaemonNetwork:
     async def restore(self) -> None:
         """At start-up, with replicas left from the daemon before: their rules (isolation, port mappings) and
         their DNS server are back before the daemon re-adopts them, whatever happened to the tables meanwhile."""
+        ov = self.overlay
+        if ov is not None and ov.up:  # re-adopted replicas keep their overlay addresses (the leases file)
+            self.net.overlay_in = (ov.ifname, str(ov.slice))
         if self.net.members:
             await self._ensure()
+            await self._overlay_dns()
 
     async def attach(self, deployment: str, service: str, container: str, pid: int) -> str:
         if _same_netns(pid):
