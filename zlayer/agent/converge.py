@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from zlayer.agent.events import Events
@@ -197,21 +197,34 @@ class Converger:
             next_index.free(old.replica)
         # Scale up in parallel, scale down from the highest replica number.
         if len(fresh) < desired:
-            await self.pull(deployment, name, spec)
-            idxs = [next_index() for _ in range(desired - len(fresh))]
-            results = await asyncio.gather(*(start(i) for i in idxs), return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            started = [r for r in results if isinstance(r, Replica)]
-            if errors:
-                await self.publisher.publish(deployment, name, spec)
-                raise errors[0] if isinstance(errors[0], ZLayerError) else RuntimeFailure(str(errors[0]))
-            await asyncio.gather(*(self.health.await_healthy(r) for r in started))
+            await self._start_side_by_side(
+                deployment, name, spec, start, [next_index() for _ in range(desired - len(fresh))]
+            )
         elif len(fresh) > desired:
             extras = sorted(fresh, key=lambda c: c.replica, reverse=True)[: len(fresh) - desired]
             grace = stop_grace(spec) if stop_timeout is None else stop_timeout
             await asyncio.gather(*(self.lifecycle.stop(extra, grace, driver) for extra in extras))
         await self.publisher.publish(deployment, name, spec)
         await self.store.set_service_status(deployment, name, "running")
+
+    async def _start_side_by_side(
+        self,
+        deployment: str,
+        name: str,
+        spec: ServiceSpec,
+        start: Callable[[int], Awaitable[Replica]],
+        indices: list[int],
+    ) -> None:
+        """Start the replicas numbered ``indices`` in parallel and wait for them healthy. On a failure the proxy is
+        given the ones that did start before the first error is raised."""
+        await self.pull(deployment, name, spec)
+        results = await asyncio.gather(*(start(i) for i in indices), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        started = [r for r in results if isinstance(r, Replica)]
+        if errors:
+            await self.publisher.publish(deployment, name, spec)
+            raise errors[0] if isinstance(errors[0], ZLayerError) else RuntimeFailure(str(errors[0]))
+        await asyncio.gather(*(self.health.await_healthy(r) for r in started))
 
     async def _assigned(
         self,
@@ -238,7 +251,6 @@ class Converger:
         have = {c.replica for c in current_ok if c not in leaving}
         missing = sorted(assigned - have)
         if missing:
-            await self.pull(deployment, name, spec)
 
             async def start(index: int) -> Replica:
                 rep = new_replica(deployment, name, spec, index, revision, want, driver)
@@ -246,13 +258,7 @@ class Converger:
                 self.supervisor.watch(started)
                 return started
 
-            results = await asyncio.gather(*(start(i) for i in missing), return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            started = [r for r in results if isinstance(r, Replica)]
-            if errors:
-                await self.publisher.publish(deployment, name, spec)
-                raise errors[0] if isinstance(errors[0], ZLayerError) else RuntimeFailure(str(errors[0]))
-            await asyncio.gather(*(self.health.await_healthy(r) for r in started))
+            await self._start_side_by_side(deployment, name, spec, start, missing)
         await self.publisher.publish(deployment, name, spec)
         rec = await self.store.get_service(deployment, name)
         if rec is not None and not rec.status_message.startswith("unschedulable: ") and rec.status != "running":
