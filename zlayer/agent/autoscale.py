@@ -19,6 +19,11 @@ shows; ZLayer takes ``memory.current`` whole, so a replica that reads files clim
 memory of a replica without a limit is a share of the node's memory (ZLayer divides by 2^64). A metric that cannot
 be read (a replica's cgroup gone) stops decisions for the service, with the reason shown, until it can be read
 again: the service keeps its replicas.
+
+In a cluster (a :class:`ClusterMetrics` hook that says so) every node measures its own share of each adaptive
+service — its replicas' CPU and memory, its proxy's requests — and publishes it (:class:`NodeSample`); only the
+leader adds the other nodes' shares to its own (:func:`aggregate`) and decides. Followers measure, publish and
+leave the count alone.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ DEFAULT_COOLDOWN = 30.0
 EMA_ALPHA = 0.3
 DOWN_FRACTION = 0.5  # scale down only when every metric is at most this share of its target
 METRICS = ("cpu", "memory", "rps")
+FOLLOWER = "decided by the cluster's leader (this node measures and shares its figures)"
 UNITS = {"cpu": "%", "memory": "%", "rps": " req/s per replica"}
 
 
@@ -71,6 +77,34 @@ class Decision:
     reason: str
     metric: str | None = None
     value: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeSample:
+    """One node's share of a service's measurements: the sums and counts of its measured replicas' CPU and memory
+    percentages (so that a mean over the cluster is a mean over replicas, not over nodes), its proxy's requests per
+    second (None: not measured yet) and what could not be read there (None: nothing)."""
+
+    cpu_sum: float = 0.0
+    cpu_n: int = 0
+    memory_sum: float = 0.0
+    memory_n: int = 0
+    rps: float | None = None
+    problem: str | None = None
+
+
+def aggregate(parts: Iterable[NodeSample]) -> Sample:
+    """A service's sample from every node's share: CPU and memory averaged over all measured replicas wherever they
+    run, requests per second summed over the nodes' proxies (each request enters the cluster through one)."""
+    parts = list(parts)
+    cpu_n = sum(p.cpu_n for p in parts)
+    memory_n = sum(p.memory_n for p in parts)
+    rps = [p.rps for p in parts if p.rps is not None]
+    return Sample(
+        cpu=sum(p.cpu_sum for p in parts) / cpu_n if cpu_n else None,
+        memory=sum(p.memory_sum for p in parts) / memory_n if memory_n else None,
+        rps=sum(rps) if rps else None,
+    )
 
 
 def targets_of(scale: AdaptiveScale) -> dict[str, float]:
@@ -141,8 +175,25 @@ def _fmt(metric: str, value: float, named: bool = True) -> str:
 
 
 class MetricsSource(Protocol):
-    async def sample(self, deployment: str, service: str, spec: ServiceSpec, metrics: Iterable[str]) -> Sample:
-        """Measure ``metrics`` of the service now; raises ZLayerError naming what could not be read."""
+    async def measure(self, deployment: str, service: str, spec: ServiceSpec, metrics: Iterable[str]) -> NodeSample:
+        """Measure ``metrics`` of the service's replicas and requests on this node now; raises ZLayerError naming
+        what could not be read."""
+        ...
+
+
+class ClusterMetrics(Protocol):
+    """How the autoscaler of a node in a cluster shares its measurements and learns whether it decides."""
+
+    def clustered(self) -> bool:
+        """Whether the node is in a cluster now (else the autoscaler decides alone, on this node's figures)."""
+        ...
+
+    async def share(
+        self, samples: Mapping[tuple[str, str], NodeSample], max_age: float
+    ) -> Mapping[tuple[str, str], list[NodeSample]] | None:
+        """Publish this node's ``samples`` (by deployment and service; none: nothing is left published) and, when
+        this node leads the cluster, return the other live nodes' samples published within ``max_age`` seconds;
+        None when another node decides."""
         ...
 
 
@@ -194,8 +245,10 @@ class Autoscaler:
         scale: ScaleFn,
         events: Callable[[str, str, str], Awaitable[None]],
         interval: float = DEFAULT_INTERVAL,
+        cluster: ClusterMetrics | None = None,
     ) -> None:
         self.services = services
+        self.cluster = cluster
         self.source = source
         self.scale = scale
         self.events = events
@@ -240,33 +293,89 @@ class Autoscaler:
             await asyncio.sleep(due - now)
 
     async def evaluate(self) -> None:
-        """One round: every adaptive service sampled side by side, then decided."""
+        """One round: every adaptive service measured side by side, then decided (in a cluster, by its leader only,
+        on every node's figures)."""
         services = await self.services()
-        keys = {(s.deployment, s.name) for s in services}
-        for gone in [k for k in self.state if k not in keys]:
+        keys = [(s.deployment, s.name) for s in services]
+        for gone in [k for k in self.state if k not in set(keys)]:
             del self.state[gone]
-        results = await asyncio.gather(*(self._one(s) for s in services), return_exceptions=True)
+        measured = await asyncio.gather(*(self._measure(s) for s in services), return_exceptions=True)
+        got: dict[tuple[str, str], NodeSample | BaseException | None] = dict(zip(keys, measured, strict=True))
+        samples: dict[tuple[str, str], Sample | BaseException | None]
+        if self.cluster is not None and self.cluster.clustered():
+            shared = await self._share(got)
+            if shared is None:
+                for key in keys:
+                    st = self.state.setdefault(key, ServiceScaling())
+                    st.averages.clear()  # a node that comes to lead starts from its own first figures
+                    st.problem, st.reason = None, FOLLOWER
+                return
+            samples = shared
+        else:
+            samples = {k: aggregate([v]) if isinstance(v, NodeSample) else v for k, v in got.items()}
+        results = await asyncio.gather(*(self._one(s, samples[k]) for s, k in zip(services, keys, strict=True)),
+                                       return_exceptions=True)  # fmt: skip
         for svc, r in zip(services, results, strict=True):
             if isinstance(r, Exception):  # one service's trouble is not the others'
                 log.error("autoscaler: %s/%s: %s", svc.deployment, svc.name, r, exc_info=r)
 
-    async def _one(self, svc: ScalableService) -> None:
+    async def _measure(self, svc: ScalableService) -> NodeSample | None:
+        """This node's share of the service now (None: nothing to measure: no targets, or no replica)."""
+        wanted = list(targets_of(self._scale(svc)))
+        if not wanted or svc.replicas <= 0:
+            return None
+        return await self.source.measure(svc.deployment, svc.name, svc.spec, wanted)
+
+    async def _share(
+        self, got: Mapping[tuple[str, str], NodeSample | BaseException | None]
+    ) -> dict[tuple[str, str], Sample | BaseException | None] | None:
+        """This node's shares published; on the leader, each service's sample over every node (a share that could
+        not be read on any node holds the service, as on one node); None on a follower."""
+        assert self.cluster is not None
+        mine: dict[tuple[str, str], NodeSample] = {}
+        for key, v in got.items():
+            if isinstance(v, ZLayerError):
+                mine[key] = NodeSample(problem=str(v))
+            elif isinstance(v, BaseException):
+                log.error("autoscaler: %s/%s: %s", *key, v, exc_info=v)
+                mine[key] = NodeSample(problem=f"internal error: {v}")
+            elif v is not None:
+                mine[key] = v
+        try:
+            others = await self.cluster.share(mine, max(3 * self.interval, 5.0))
+        except (ZLayerError, OSError) as e:  # the cluster's store out of reach: nobody here decides this round
+            log.warning("autoscaler: cannot share this node's figures with the cluster: %s", e)
+            return None
+        if others is None:
+            return None
+        out: dict[tuple[str, str], Sample | BaseException | None] = {k: None for k in got}
+        for key, own in mine.items():
+            parts = [own, *others.get(key, [])]
+            problems = [p.problem for p in parts if p.problem]
+            out[key] = ZLayerError(problems[0]) if problems else aggregate(parts)
+        return out
+
+    @staticmethod
+    def _scale(svc: ScalableService) -> AdaptiveScale:
         from zlayer.spec.models import AdaptiveScale
 
         scale = svc.spec.scale
         assert isinstance(scale, AdaptiveScale)
+        return scale
+
+    async def _one(self, svc: ScalableService, sample: Sample | BaseException | None) -> None:
+        scale = self._scale(svc)
         key = (svc.deployment, svc.name)
         st = self.state.setdefault(key, ServiceScaling())
-        wanted = list(targets_of(scale))
-        if wanted and svc.replicas > 0:
-            try:
-                sample = await self.source.sample(svc.deployment, svc.name, svc.spec, wanted)
-            except ZLayerError as e:
-                problem = f"metrics unavailable, keeping {svc.replicas} replicas: {e}"
-                if st.problem != problem:
-                    await self.events(svc.deployment, "autoscale_blocked", f"{svc.name}: {problem}")
-                st.problem = problem
-                return
+        if isinstance(sample, ZLayerError):
+            problem = f"metrics unavailable, keeping {svc.replicas} replicas: {sample}"
+            if st.problem != problem:
+                await self.events(svc.deployment, "autoscale_blocked", f"{svc.name}: {problem}")
+            st.problem = problem
+            return
+        if isinstance(sample, BaseException):
+            raise sample
+        if sample is not None:
             if st.problem is not None:
                 st.problem = None
                 await self.events(svc.deployment, "autoscale_resumed", f"{svc.name}: metrics readable again")
@@ -281,7 +390,7 @@ class Autoscaler:
             return
         st.last_scale, st.last_scale_at = time.monotonic(), time.time()
         st.last_step = f"{svc.replicas} -> {d.target} ({d.reason})"
-        task = asyncio.create_task(self._scale(svc, d), name=f"zlayer-autoscale {svc.deployment}/{svc.name}")
+        task = asyncio.create_task(self._scale_to(svc, d), name=f"zlayer-autoscale {svc.deployment}/{svc.name}")
         self._busy[key] = task
         task.add_done_callback(lambda t: self._done(key, t))
 
@@ -289,7 +398,7 @@ class Autoscaler:
         if self._busy.get(key) is task:
             del self._busy[key]
 
-    async def _scale(self, svc: ScalableService, d: Decision) -> None:
+    async def _scale_to(self, svc: ScalableService, d: Decision) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             try:
                 await self.scale(svc, d)
@@ -316,11 +425,14 @@ __all__ = [
     "DEFAULT_COOLDOWN",
     "DEFAULT_INTERVAL",
     "Autoscaler",
+    "ClusterMetrics",
     "Decision",
     "MetricsSource",
+    "NodeSample",
     "Sample",
     "ScalableService",
     "ServiceScaling",
+    "aggregate",
     "cooldown_of",
     "decide",
     "node_cpus",

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zlayer.agent.autoscale import DEFAULT_INTERVAL, Autoscaler, Decision, ScalableService
+from zlayer.agent.autoscale import DEFAULT_INTERVAL, Autoscaler, ClusterMetrics, Decision, ScalableService
 from zlayer.agent.converge import Converger
 from zlayer.agent.events import Events
 from zlayer.agent.externals import ExternalRoutes
@@ -92,6 +92,7 @@ class ServiceManager:
         traffic: TrafficHook | None = None,
         assignments: AssignmentHook | None = None,
         cluster: ClusterTrafficHook | None = None,
+        cluster_metrics: ClusterMetrics | None = None,
         health_scale: float = 1.0,
         autoscale_interval: float = DEFAULT_INTERVAL,
         standalone_dir: Path | None = None,
@@ -121,7 +122,12 @@ class ServiceManager:
         self._unrecorded: dict[str, tuple[str, str]] = {}  # deployment → (status, message) the store could not take
         self._warm: asyncio.Task[None] | None = None
         self.autoscaler = Autoscaler(
-            self._scalable, LocalUsage(replicas, traffic), self._autoscale, self.events.add, autoscale_interval
+            self._scalable,
+            LocalUsage(replicas, traffic),
+            self._autoscale,
+            self.events.add,
+            autoscale_interval,
+            cluster_metrics,
         )
 
     @property

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from zlayer.agent.autoscale import Sample, node_cpus, node_memory
+from zlayer.agent.autoscale import NodeSample, node_cpus, node_memory
 from zlayer.agent.hooks import TrafficHook
 from zlayer.agent.replica import Replica
 from zlayer.errors import ZLayerError
@@ -49,7 +49,7 @@ class LocalUsage:
         self._counting: asyncio.Lock = asyncio.Lock()
         self._index: tuple[float, dict[tuple[str, str], list[Replica]]] | None = None
 
-    async def sample(self, deployment: str, service: str, spec: ServiceSpec, metrics: Iterable[str]) -> Sample:
+    async def measure(self, deployment: str, service: str, spec: ServiceSpec, metrics: Iterable[str]) -> NodeSample:
         wanted = set(metrics)
         reps = [r for r in self._by_service().get((deployment, service), []) if not r.stopping]
         cpu: list[float] = []
@@ -61,9 +61,11 @@ class LocalUsage:
                     cpu.append(c)
                 mem.append(m)
         rps = await self._rps(deployment, service) if "rps" in wanted else None
-        return Sample(
-            cpu=sum(cpu) / len(cpu) if cpu and "cpu" in wanted else None,
-            memory=sum(mem) / len(mem) if mem and "memory" in wanted else None,
+        return NodeSample(
+            cpu_sum=sum(cpu) if "cpu" in wanted else 0.0,
+            cpu_n=len(cpu) if "cpu" in wanted else 0,
+            memory_sum=sum(mem) if "memory" in wanted else 0.0,
+            memory_n=len(mem) if "memory" in wanted else 0,
             rps=rps,
         )
 

@@ -14,6 +14,10 @@ the cluster, only the hooks it is given):
 - **Traffic** (:class:`~zlayer.agent.hooks.ClusterTrafficHook`) — each node reports its healthy replicas of each
   fronted service as ``address:host port`` under ``/zlayer/cluster/endpoints/<deployment>/<service>/<node>``; every
   node's proxy balances over its own replicas and those of the other nodes that are alive.
+- **Autoscaling** (:class:`~zlayer.agent.autoscale.ClusterMetrics`) — each node's autoscaler publishes its share of
+  every adaptive service's figures (its replicas' CPU and memory, its proxy's requests per second) in one key,
+  ``/zlayer/autoscale/<node>``, each round (deleted when it has none); only the leader reads the live nodes' fresh
+  shares, decides and writes the new count to the cluster's state, which the scheduler then places.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from zlayer.agent.autoscale import NodeSample
 from zlayer.agent.hooks import Backend
 from zlayer.cluster.assignments import PREFIX as ASSIGNMENTS
 from zlayer.cluster.membership import ROOT, STATE, ClusterNode
@@ -45,6 +51,8 @@ log = logging.getLogger("zlayer.cluster")
 ENDPOINTS = ROOT + "endpoints/"
 NODES = ROOT + "nodes/"
 ALIVE = ROOT + "alive/"
+# Outside ROOT: the nodes' watch of ROOT would otherwise wake every node for every node's autoscaler round.
+METRICS = "/zlayer/autoscale/"
 SETTLE_TIMEOUT = 300.0  # a deploy through this node waits this long at most for the other nodes' replicas
 RESYNC = 5.0  # the leader places again at least this often (a change missed while leadership moved)
 
@@ -77,6 +85,7 @@ class Dispatch:
         self._alive: set[str] = set()
         self._kicks: dict[tuple[str, ...], asyncio.Task[None]] = {}
         self._again: set[tuple[str, ...]] = set()
+        self._shared = False  # this node's autoscaling figures are published
 
     async def _leads(self) -> bool:
         """This node places: its etcd member leads and it holds the fencing key of this term."""
@@ -130,6 +139,37 @@ class Dispatch:
             if waiting:
                 await asyncio.sleep(0.25)
         return sorted(failures)
+
+    # ------------------------------------------------------------------------------------------- ClusterMetrics
+
+    async def share(
+        self, samples: Mapping[tuple[str, str], NodeSample], max_age: float
+    ) -> dict[tuple[str, str], list[NodeSample]] | None:
+        local, client = self.cluster.need()
+        key = METRICS + local.node_id
+        if samples:
+            value = {"at": time.time(), "services": {f"{d}/{s}": asdict(v) for (d, s), v in samples.items()}}
+            await client.put(key, value)
+        elif self._shared:
+            await client.delete(key)
+        self._shared = bool(samples)
+        if not samples or not await self._leads():
+            return None
+        out: dict[tuple[str, str], list[NodeSample]] = {}
+        for kv in await client.range(METRICS):
+            node = kv.key.removeprefix(METRICS)
+            if node == local.node_id or node not in self._alive:
+                continue
+            try:
+                data = kv.json()
+                if time.time() - float(data["at"]) > max_age:
+                    continue  # a node that stopped measuring (its daemon hung, its clock far off)
+                for name, v in data["services"].items():
+                    dep, _, svc = str(name).partition("/")
+                    out.setdefault((dep, svc), []).append(NodeSample(**v))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                log.warning("cluster: node %s's autoscaling figures do not read: %s", node, e)
+        return out
 
     # --------------------------------------------------------------------------------------- ClusterTrafficHook
 

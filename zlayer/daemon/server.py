@@ -242,6 +242,7 @@ class Daemon:
                 standalone_dir=cfg.paths.sub("standalone"),
                 assignments=dispatch,
                 cluster=dispatch,
+                cluster_metrics=dispatch,
             )
             dispatch.manager = manager
             cluster.on_enter.append(dispatch.start)
