@@ -219,6 +219,8 @@ class ServiceScaling:
     reason: str = "not evaluated yet"
     problem: str | None = None  # a metric that could not be read
     last_step: str | None = None  # the last scale: "1 -> 2 (cpu 83.0% >= target 50.0%)"
+    seen: int | None = None  # in a cluster, on the leader: the desired count of the last round
+    stepped_to: int | None = None  # the count this loop last set
 
     def view(self, scale: AdaptiveScale) -> dict[str, object]:
         return {
@@ -303,14 +305,24 @@ class Autoscaler:
         got: dict[tuple[str, str], NodeSample | BaseException | None] = dict(zip(keys, measured, strict=True))
         samples: dict[tuple[str, str], Sample | BaseException | None]
         if self.cluster is not None and self.cluster.clustered():
-            shared = await self._share(got)
+            try:
+                shared, reason = await self._share(got), FOLLOWER
+            except (ZLayerError, OSError) as e:  # the cluster's store out of reach: nobody here decides this round
+                log.warning("autoscaler: cannot share this node's figures with the cluster: %s", e)
+                shared, reason = None, f"holding: the cluster's state is out of reach ({e})"
             if shared is None:
                 for key in keys:
                     st = self.state.setdefault(key, ServiceScaling())
                     st.averages.clear()  # a node that comes to lead starts from its own first figures
-                    st.problem, st.reason = None, FOLLOWER
+                    st.problem, st.reason, st.seen = None, reason, None
                 return
             samples = shared
+            for svc, key in zip(services, keys, strict=True):
+                st = self.state.setdefault(key, ServiceScaling())
+                if st.seen is not None and svc.replicas not in (st.seen, st.stepped_to):
+                    # set through another node (`zlayer scale` there): the cooldown starts again, as it would here
+                    self.scaled(svc.deployment, svc.name, svc.replicas)
+                st.seen = svc.replicas
         else:
             samples = {k: aggregate([v]) if isinstance(v, NodeSample) else v for k, v in got.items()}
         results = await asyncio.gather(*(self._one(s, samples[k]) for s, k in zip(services, keys, strict=True)),
@@ -341,11 +353,7 @@ class Autoscaler:
                 mine[key] = NodeSample(problem=f"internal error: {v}")
             elif v is not None:
                 mine[key] = v
-        try:
-            others = await self.cluster.share(mine, max(3 * self.interval, 5.0))
-        except (ZLayerError, OSError) as e:  # the cluster's store out of reach: nobody here decides this round
-            log.warning("autoscaler: cannot share this node's figures with the cluster: %s", e)
-            return None
+        others = await self.cluster.share(mine, max(3 * self.interval, 5.0))
         if others is None:
             return None
         out: dict[tuple[str, str], Sample | BaseException | None] = {k: None for k in got}
@@ -390,6 +398,7 @@ class Autoscaler:
             return
         st.last_scale, st.last_scale_at = time.monotonic(), time.time()
         st.last_step = f"{svc.replicas} -> {d.target} ({d.reason})"
+        st.stepped_to = d.target
         task = asyncio.create_task(self._scale_to(svc, d), name=f"zlayer-autoscale {svc.deployment}/{svc.name}")
         self._busy[key] = task
         task.add_done_callback(lambda t: self._done(key, t))

@@ -48,10 +48,11 @@ class Node:
     def __init__(self, board: Board, name: str, rps: float) -> None:
         self.board, self.name, self.rps = board, name, rps
         self.scaled: list[Decision] = []
+        self.replicas = 1
         self.autoscaler = Autoscaler(self._services, self, self._scale, self._event, 1.0, self)
 
     async def _services(self) -> list[ScalableService]:
-        return [ScalableService("d", "web", SPEC, 1)]
+        return [ScalableService("d", "web", SPEC, self.replicas)]
 
     async def measure(self, deployment: str, service: str, spec: ServiceSpec, metrics: Iterable[str]) -> NodeSample:
         return NodeSample(rps=self.rps)
@@ -93,5 +94,21 @@ def test_only_the_leader_decides_on_every_nodes_requests() -> None:
         await b.autoscaler.evaluate()
         await asyncio.sleep(0)
         assert [d.target for d in a.scaled] == [2] and [d.target for d in b.scaled] == [2]
+
+    asyncio.run(go())
+
+
+def test_a_count_set_through_another_node_restarts_the_leaders_cooldown() -> None:
+    async def go() -> None:
+        board = Board()
+        a = Node(board, "a", 18.0)  # over the target at 1 replica (1 -> 2), within it at 2 and 3
+        await a.autoscaler.evaluate()
+        await asyncio.sleep(0)
+        a.replicas = 2  # its own step: nothing said
+        await a.autoscaler.evaluate()
+        assert (a.autoscaler.state[("d", "web")].last_step or "").startswith("1 -> 2 (rps 18.0")
+        a.replicas = 3  # `zlayer scale web 3` through another node
+        await a.autoscaler.evaluate()
+        assert a.autoscaler.state[("d", "web")].last_step == "-> 3 (set by hand)"
 
     asyncio.run(go())
