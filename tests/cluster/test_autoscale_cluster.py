@@ -104,4 +104,3 @@ def test_load_through_one_node_scales_across_the_cluster_and_back_to_min(cluster
     wait_for(lambda: len(_placed(h2)) == 1, 40, "back to 1 replica once the load stopped")
     assert "last scale 2 -> 1 (every metric at most half its target (rps " in lead.ok("status", "elastic")
     assert counts[0] > 0 and counts[1] == 0, counts  # no request through the proxy failed while it scaled
-    h1.ok("down", "elastic", timeout=120)
