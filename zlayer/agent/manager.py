@@ -257,11 +257,8 @@ class ServiceManager:
         """(status, message) of a deployment as it is: the stored one, or a newer one the store could not take."""
         return self._unrecorded.get(rec.name, (rec.status, rec.status_message))
 
-    async def delete(self, name: str) -> None:
-        """Stop and remove every replica of the deployment, close its listeners, forget it."""
-        record = await self.store.get_deployment(name)
-        if record is None:
-            raise NotFoundError(f"deployment {name!r} not found")
+    async def _cancel_work(self, name: str) -> None:
+        """Cancel the deployment's settling watch and its deploy task still running, and wait for the task to end."""
         settling = self._settling.pop(name, None)
         if settling is not None:
             settling.cancel()
@@ -270,6 +267,13 @@ class ServiceManager:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    async def delete(self, name: str) -> None:
+        """Stop and remove every replica of the deployment, close its listeners, forget it."""
+        record = await self.store.get_deployment(name)
+        if record is None:
+            raise NotFoundError(f"deployment {name!r} not found")
+        await self._cancel_work(name)
         try:
             await self.store.set_deployment_status(name, "stopped")
         except ZLayerError as e:  # the state cannot be written (a full disk): touch nothing, so it stays true
@@ -340,14 +344,7 @@ class ServiceManager:
 
     async def forget(self, name: str) -> None:
         """Take down this node's replicas of a deployment the cluster removed, leaving the cluster's state alone."""
-        settling = self._settling.pop(name, None)
-        if settling is not None:
-            settling.cancel()
-        task = self._deploy_tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._cancel_work(name)
         deployed = self._specs.pop(name, None)
         self._revisions.pop(name, None)
         services = {c.service for c in await self.store.list_containers(name)}
