@@ -48,10 +48,13 @@ def _answers(host: Any, n: int = 9) -> list[str]:
 
 
 def _etcd(host: Any) -> dict[str, tuple[bytes, int]]:
-    """Every key etcd holds, read through its API inside the host's namespace: key -> (value, mod revision)."""
+    """Every key etcd holds, read through its API inside the host's namespace with the node's certificate (as root
+    reads it): key -> (value, mod revision)."""
     body = json.dumps({"key": "AA==", "range_end": "AA=="})  # "\0" to "\0": every key
-    out = subprocess.run(["ip", "netns", "exec", host.ns, "curl", "-sf", "-X", "POST",
-                          "http://127.0.0.1:2379/v3/kv/range", "-d", body],
+    tls = host.data / "cluster" / "tls"
+    out = subprocess.run(["ip", "netns", "exec", host.ns, "curl", "-sf", "-X", "POST", "--cacert", tls / "ca.crt",
+                          "--cert", tls / "node.crt", "--key", tls / "node.key",
+                          "https://127.0.0.1:2379/v3/kv/range", "-d", body],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode == 0, out.stderr
     return {base64.b64decode(kv["key"]).decode(): (base64.b64decode(kv.get("value", "")), int(kv["mod_revision"]))

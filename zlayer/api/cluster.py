@@ -45,7 +45,8 @@ class ConnectRequest(BaseModel):
 
 class ClusterJoinRequest(BaseModel):
     """ZLayer's ClusterJoinRequest (overlay and secrets fields accepted, unused until those land) with the
-    joiner's etcd client port beside its raft (etcd peer) port."""
+    joiner's etcd client port beside its raft (etcd peer) port, and its certificate request for the cluster's
+    mutual TLS (``csr``)."""
 
     token: str
     advertise_addr: str
@@ -64,6 +65,7 @@ class ClusterJoinRequest(BaseModel):
     arch: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     secrets_pubkey: list[int] | None = None
+    csr: str = Field(default="", max_length=16384)  # the joiner's etcd certificate request (PEM): it keeps its key
 
 
 class UpdateLabelsRequest(BaseModel):

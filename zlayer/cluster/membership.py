@@ -23,6 +23,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,9 +33,10 @@ from typing import Any, Protocol
 import aiohttp
 from pydantic import ValidationError
 
+from zlayer.cluster import pki
 from zlayer.cluster.assignments import EtcdAssignments
 from zlayer.cluster.etcd import EtcdMember, EtcdProcess, last_line, url
-from zlayer.cluster.tokens import SigningKey, parse_ttl, read_token, token_hash
+from zlayer.cluster.tokens import SigningKey, parse_ttl, read_token, token_ca_pin, token_hash
 from zlayer.cluster.view import NODE_MODES, Node, NodeResources
 from zlayer.errors import AuthError, ConflictError, DaemonError, NotFoundError, UsageError, ZLayerError
 from zlayer.paths import private_dir, write_atomic
@@ -49,6 +51,8 @@ RAFT_PORT = 9000
 CLIENT_PORT = 2379
 FORCE_CONFIRM = "CONFIRM_FORCE_LEADER"
 LEADER_KEY = ROOT + "leader"
+CA_KEY = ROOT + "ca"  # the cluster CA: {"cert", "key"} (PEM), and the serials its revocation list holds
+CRL_KEY = ROOT + "crl"  # the CA's revocation list (PEM): the certificates of removed nodes
 STATE = ROOT + "state/"  # the cluster-wide desired state (cluster_store)
 
 
@@ -119,10 +123,11 @@ class LocalConfig:
     state: str = "new"
     force_new: bool = False  # a force-leader under way: the next start of etcd forces a cluster of one
     endpoints: list[str] = dataclasses.field(default_factory=list)  # the voters' client URLs, last known
+    tls: bool = False  # etcd with mutual TLS (DATA/cluster/tls); False only in a config an older zlayer wrote
 
-    @property
-    def member(self) -> EtcdMember:
-        return EtcdMember(f"node-{self.node_id}", self.advertise, self.raft_port, self.client_port)
+    def member(self, directory: Path) -> EtcdMember:
+        return EtcdMember(f"node-{self.node_id}", self.advertise, self.raft_port, self.client_port,
+                          pki.NodeTLS(directory / "tls"))  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +140,7 @@ class NodeEntry:
     registered_at: int
     last_heartbeat: int
     is_leader: bool
+    cert_serial: int = 0  # its etcd certificate's serial (0: none recorded)
 
     def summary(self) -> dict[str, Any]:
         """ZLayer's ClusterNodeSummary, with the node's labels and GPUs beside it."""
@@ -234,6 +240,10 @@ class ClusterNode:
         self.local = cfg
 
     @property
+    def tls(self) -> pki.NodeTLS:
+        return pki.NodeTLS(self.directory / "tls")
+
+    @property
     def in_cluster(self) -> bool:
         return self.local is not None and self.client is not None
 
@@ -249,11 +259,20 @@ class ClusterNode:
         """At daemon start: a node that is in a cluster starts its etcd member and moves its store onto it."""
         if self.local is None:
             return
+        if not self.local.tls:
+            raise DaemonError(
+                "this node's cluster config predates TLS: its etcd would serve the cluster's whole state, and take "
+                "writes, in plain HTTP from anyone who reaches its address; it is not started so",
+                where=str(self.config_file),
+                hint=f"make the cluster again with this zlayer: on each node stop the daemon and move {self.directory} "
+                "away (the node starts alone on the state it had before it joined), then `zlayer node init` on one "
+                "and `zlayer node join` on the others",
+            )  # fmt: skip
         await self._run_etcd(self.local)
         await self._enter(self.local, "start")
 
     async def _run_etcd(self, cfg: LocalConfig) -> None:
-        self.etcd = EtcdProcess(self.directory, cfg.member, self.log_file)
+        self.etcd = EtcdProcess(self.directory, cfg.member(self.directory), self.log_file)
         if cfg.force_new:  # a force-leader cut short: do it again, then run as usual
             client = await self.etcd.start(cfg.initial_cluster, cfg.state, cfg.cluster_token, force_new=True)
             await client.close()
@@ -342,7 +361,13 @@ class ClusterNode:
 
             cluster_id = uuid.uuid4().hex
             cfg = LocalConfig("1", advertise, self.api_port, raft_port, client_port,
-                              f"node-1={url(advertise, raft_port)}", f"zlayer-{cluster_id[:12]}")  # fmt: skip
+                              f"node-1={url(advertise, raft_port)}", f"zlayer-{cluster_id[:12]}",
+                              tls=True)  # fmt: skip
+            ca_cert, ca_key = await asyncio.to_thread(pki.make_ca, cluster_id)
+            node_key = pki.new_key()
+            node_cert = pki.sign_node(ca_cert, ca_key, node_key.public_key(), [advertise, "127.0.0.1"])
+            crl = pki.make_crl(ca_cert, ca_key, [])
+            self.tls.write(pki.cert_pem(ca_cert), pki.cert_pem(node_cert), pki.key_pem(node_key), crl)
             self._write_local(cfg)
             try:
                 await self._run_etcd(cfg)
@@ -354,9 +379,12 @@ class ClusterNode:
                             arch=node_arch)  # fmt: skip
                 conf = {"cluster_id": cluster_id, "created_at": _ms(), "heartbeat": live.heartbeat,
                         "dead_after": live.dead_after, "signing_key": key.seed_b64()}  # fmt: skip
+                ca = {"cert": pki.cert_pem(ca_cert).decode(), "key": pki.key_pem(ca_key).decode(), "revoked": []}
                 await self.client.txn([mod_is(ROOT + "config", 0)], [
-                    put_op(ROOT + "config", conf), put_op(ROOT + "next-id", "1"),
-                    put_op(ROOT + "nodes/1", self._record(node, raft_port, client_port))])  # fmt: skip
+                    put_op(ROOT + "config", conf), put_op(ROOT + "next-id", "1"), put_op(CA_KEY, ca),
+                    put_op(CRL_KEY, crl),
+                    put_op(ROOT + "nodes/1", self._record(node, raft_port, client_port,
+                                                          serial=node_cert.serial_number))])  # fmt: skip
                 await self._enter(cfg, "init")
             except BaseException:
                 await self._undo_local()
@@ -374,15 +402,18 @@ class ClusterNode:
         self.etcd, self.client, self.local = None, None, None
         with contextlib.suppress(FileNotFoundError):
             self.config_file.unlink()
+        shutil.rmtree(self.tls.directory, ignore_errors=True)
 
     def _resources(self) -> NodeResources:
         from zlayer.cluster.resources import detect_resources
 
         return detect_resources(self.data_dir)
 
-    def _record(self, node: Node, raft_port: int, client_port: int, api_port: int | None = None) -> dict[str, Any]:
+    def _record(self, node: Node, raft_port: int, client_port: int, api_port: int | None = None,
+                serial: int = 0) -> dict[str, Any]:  # fmt: skip
+        """A node's record; ``cert_serial``: its etcd certificate's, revoked when the node is removed."""
         return {"node": node.model_dump(mode="json"), "api_port": api_port or self.api_port, "raft_port": raft_port,
-                "client_port": client_port, "registered_at": _ms()}  # fmt: skip
+                "client_port": client_port, "registered_at": _ms(), "cert_serial": str(serial)}  # fmt: skip
 
     async def join(self, leader: str | None, token: str, advertise: str, mode: str = "full",
                    labels: Mapping[str, str] | None = None, raft_port: int = RAFT_PORT,
@@ -405,6 +436,12 @@ class ClusterNode:
                     "disk_total": resources.disk_bytes, "client_port": client_port, "os": _platform()[0],
                     "arch": _platform()[1],
                     "gpus": [g.model_dump() for g in resources.gpus]}  # fmt: skip
+            pin = token_ca_pin(token)
+            if not pin:
+                log.warning("cluster: the join token pins no CA (one ZLayer made?): trusting the CA the admitting "
+                            "node sends")  # fmt: skip
+            node_key = pki.new_key()  # its private half never leaves this node: the leader signs a request for it
+            body["csr"] = pki.make_csr(node_key, f"zlayer node {advertise}").decode()
             for hook in self.hooks:
                 body.update(hook.join_fields())
             target = (leader or claims.api_endpoint).strip()
@@ -412,9 +449,12 @@ class ClusterNode:
             got = await _post(base, "/api/v1/cluster/join", body)
             cfg = LocalConfig(str(got["node_id"]), advertise, self.api_port, raft_port, client_port,
                               str(got["initial_cluster"]), str(got["cluster_token"]), state="existing",
-                              endpoints=[str(e) for e in got.get("endpoints") or []])  # fmt: skip
-            self._write_local(cfg)
+                              endpoints=[str(e) for e in got.get("endpoints") or []], tls=True)  # fmt: skip
             try:
+                pki.check_issued(str(got.get("ca_cert") or ""), str(got.get("cert") or ""), node_key, pin)
+                self.tls.write(str(got["ca_cert"]).encode(), str(got["cert"]).encode(), pki.key_pem(node_key),
+                               str(got.get("crl") or "").encode())  # fmt: skip
+                self._write_local(cfg)
                 await self._run_etcd(cfg)
                 await self._enter(cfg, "join")
             except BaseException as e:
@@ -457,6 +497,14 @@ class ClusterNode:
                     hint="remove that node first (zlayer node remove), or join with another address",
                 )
         peer = url(advertise, raft_port)
+        csr = pki.load_csr(str(req.get("csr") or ""), "csr") if req.get("csr") else None
+        if csr is None:
+            raise UsageError(
+                "the join request carries no certificate request: the joining zlayer predates the cluster's TLS",
+                where="csr",
+                hint="join with the same zlayer version as the cluster's",
+            )
+        ca_cert, ca_key = await self._ca()
         members = await client.members()
         await self._free_learner_slot(members, entries, joining_full=mode == "full")
         resources = {"cpu_cores": float(req.get("cpu_total") or 0), "memory_bytes": int(req.get("memory_total") or 0),
@@ -469,7 +517,10 @@ class ClusterNode:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise UsageError(f"the join request's {where}: {first['msg']}", where=where) from None
-        node_id = await self._register(node, used_key, raft_port, client_port, api_port)
+        public = csr.public_key()
+        assert isinstance(public, pki.ec.EllipticCurvePublicKey)  # load_csr refuses any other key
+        cert = pki.sign_node(ca_cert, ca_key, public, [advertise, "127.0.0.1"])
+        node_id = await self._register(node, used_key, raft_port, client_port, api_port, cert.serial_number)
         try:
             for hook in self.hooks:
                 await hook.admitted(client, node_id, req)
@@ -501,8 +552,9 @@ class ClusterNode:
         log.info("cluster: node %s (%s, %s) joined as a learner", node_id, advertise, mode)
         return {"node_id": node_id, "raft_node_id": int(node_id), "overlay_ip": "", "slice_cidr": "", "peers": peers,
                 "role": "learner", "initial_cluster": initial, "cluster_token": local.cluster_token,
-                "endpoints": endpoints, "heartbeat": conf.get("heartbeat"),
-                "dead_after": conf.get("dead_after")}  # fmt: skip
+                "endpoints": endpoints, "heartbeat": conf.get("heartbeat"), "dead_after": conf.get("dead_after"),
+                "ca_cert": pki.cert_pem(ca_cert).decode(), "cert": pki.cert_pem(cert).decode(),
+                "crl": (crl.value.decode() if (crl := await client.get(CRL_KEY)) else "")}  # fmt: skip
 
     async def abort(self, token: str, node_id: str) -> None:
         """A node the leader admitted could not start its member: it goes again (the member, the record), so
@@ -519,18 +571,55 @@ class ClusterNode:
             for m in await client.members():
                 if peer in (m.get("peerURLs") or []):
                     await client.member_remove(int(m["ID"]))
+            await self._revoke_cert(entry.cert_serial)
         await client.txn([], [delete_op(ROOT + f"nodes/{node_id}"), delete_op(ROOT + f"alive/{node_id}")])
         for hook in self.hooks:
             await hook.left(client, node_id, removed=False)
         log.warning("cluster: node %s could not start its etcd member and was taken out again", node_id)
 
-    async def _register(self, node: Node, used_key: str, raft_port: int, client_port: int, api_port: int) -> str:
+    async def _ca(self) -> tuple[pki.x509.Certificate, pki.ec.EllipticCurvePrivateKey]:
+        """The cluster CA, from etcd (where any leader finds it)."""
+        _, client = self.need()
+        kv = await client.get(CA_KEY)
+        if kv is None:
+            raise DaemonError("this cluster has no CA in its state (made by a zlayer that predates TLS)",
+                              hint="make the cluster again: zlayer node init")  # fmt: skip
+        rec = kv.json()
+        key = pki.serialization.load_pem_private_key(rec["key"].encode(), None)
+        assert isinstance(key, pki.ec.EllipticCurvePrivateKey)
+        return pki.x509.load_pem_x509_certificate(rec["cert"].encode()), key
+
+    async def _revoke_cert(self, serial: int) -> None:
+        """A removed node's certificate goes on the CA's revocation list (each node's etcd then refuses it)."""
+        if not serial:
+            return
+        _, client = self.need()
+        ca_cert, ca_key = await self._ca()
+        for _ in range(32):
+            kv = await client.get(CA_KEY)
+            assert kv is not None
+            rec = kv.json()
+            revoked = sorted({*map(int, rec.get("revoked") or []), serial})
+            rec["revoked"] = [str(r) for r in revoked]
+            crl = pki.make_crl(ca_cert, ca_key, revoked)
+            if await client.txn([mod_is(CA_KEY, kv.mod_revision)], [put_op(CA_KEY, rec), put_op(CRL_KEY, crl)]):
+                self.tls.write_crl(crl)
+                return
+        raise EtcdError(f"{CA_KEY}: too many concurrent changes")
+
+    async def _sync_crl(self, client: EtcdClient) -> None:
+        kv = await client.get(CRL_KEY)
+        if kv is not None and kv.value and self.tls.write_crl(kv.value):
+            log.info("cluster: the cluster's certificate revocation list changed; this node's etcd refuses it now")
+
+    async def _register(self, node: Node, used_key: str, raft_port: int, client_port: int, api_port: int,
+                        serial: int) -> str:  # fmt: skip
         """The next node id, the node's record and the token's use, in one transaction."""
         _, client = self.need()
         for _ in range(32):
             counter = await client.get(ROOT + "next-id")
             n = int(counter.value or b"0") + 1 if counter else 1
-            rec = self._record(node.model_copy(update={"id": str(n)}), raft_port, client_port, api_port)
+            rec = self._record(node.model_copy(update={"id": str(n)}), raft_port, client_port, api_port, serial)
             compare = [mod_is(ROOT + "next-id", counter.mod_revision if counter else 0), mod_is(used_key, 0)]
             ok = await client.txn(compare, [put_op(ROOT + "next-id", str(n)), put_op(ROOT + f"nodes/{n}", rec),
                                             put_op(used_key, str(n))])  # fmt: skip
@@ -604,7 +693,7 @@ class ClusterNode:
             last = leases.get(node.id)
             out.append(NodeEntry(node.model_copy(update={"role": role}), int(rec["api_port"]), int(rec["raft_port"]),
                                  int(rec.get("registered_at") or 0), last if isinstance(last, int) else 0,
-                                 role == "leader"))  # fmt: skip
+                                 role == "leader", int(rec.get("cert_serial") or 0)))  # fmt: skip
         return sorted(out, key=lambda e: int(e.node.id) if e.node.id.isdigit() else 0)
 
     async def _last_renewal(self, lease: int) -> int:
@@ -675,6 +764,7 @@ class ClusterNode:
                         if "unhealthy cluster" not in e.message or time.monotonic() >= deadline:
                             raise
                         await asyncio.sleep(0.5)
+        await self._revoke_cert(entry.cert_serial)
         await client.txn([], [delete_op(ROOT + f"nodes/{node_id}"), delete_op(ROOT + f"alive/{node_id}")])
         for hook in self.hooks:
             try:
@@ -690,8 +780,9 @@ class ClusterNode:
         seconds = parse_ttl(ttl)
         conf = await self._cluster_config()
         key = SigningKey.from_b64(conf["signing_key"])
+        ca_cert, _ = await self._ca()
         token, claims = key.issue(f"{local.advertise}:{local.api_port}", f"{local.advertise}:{local.raft_port}",
-                                  f"node-{local.node_id}", seconds)  # fmt: skip
+                                  f"node-{local.node_id}", seconds, ca_pin=pki.ca_hash(ca_cert))  # fmt: skip
         return {"token": token, "expires_at": int(claims.expires.timestamp()), "leader_endpoint": claims.api_endpoint,
                 "leader_public_key": key.kid, "overlay_cidr": "", "allocated_ip": ""}  # fmt: skip
 
@@ -713,6 +804,7 @@ class ClusterNode:
             try:
                 if beats % 20 == 0:
                     await self._refresh_endpoints(local, client)
+                await self._sync_crl(client)
                 beats += 1
                 if lease == 0 or await client.lease_keepalive(lease) <= 0:
                     lease = await client.lease_grant(max(2, round(self.liveness.dead_after)))

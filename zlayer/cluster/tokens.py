@@ -4,7 +4,11 @@ A token is base64url (no padding) of the JSON ``{"v": 1, "kid", "claims", "sig"}
 order, ``api_endpoint`` (where the joiner sends its request), ``raft_endpoint``, ``leader_wg_pubkey`` and
 ``overlay_cidr`` (empty until the overlay lands), ``exp`` and ``iat`` (RFC 3339), ``iss`` (the issuing node) and
 ``jti`` (a random id, what single use is kept by); ``sig`` is Ed25519 over the compact JSON of the claims, ``kid`` the
-first 8 hex digits of SHA-256 of the public key. The cluster's signing key lives in its replicated state, so any node
+first 8 hex digits of SHA-256 of the public key. Our tokens add ``ca`` to the envelope: the cluster CA's pin
+(``sha256:<hex>`` of its public key, as kubeadm's discovery hash), which the joiner checks the CA it is sent against;
+the claims stay ZLayer's, so the pin is not under the signature — it is as trusted as the token text itself, which the
+joiner cannot verify anyway (it has no key to) and which the operator carries to it.
+The cluster's signing key lives in its replicated state, so any node
 that leads later checks the tokens the first leader issued; a used token's ``jti`` and a revoked token's hash are
 kept there too (ZLayer keeps both in one leader's memory: a leader change forgot them).
 """
@@ -110,13 +114,17 @@ class SigningKey:
         return base64.b64encode(self.seed).decode()
 
     def issue(
-        self, api_endpoint: str, raft_endpoint: str, issuer: str, ttl: int = DEFAULT_TTL
+        self, api_endpoint: str, raft_endpoint: str, issuer: str, ttl: int = DEFAULT_TTL, ca_pin: str = ""
     ) -> tuple[str, JoinClaims]:
+        """A signed token; ``ca_pin`` (:func:`zlayer.cluster.pki.ca_hash`) rides in the envelope beside the claims,
+        whose fields and order are ZLayer's."""
         now = datetime.now(UTC)
         claims = JoinClaims(api_endpoint, raft_endpoint, _rfc3339(now + timedelta(seconds=ttl)), _rfc3339(now),
                             issuer, uuid.uuid4().hex)  # fmt: skip
         body = claims.signed_json()
         envelope = {"v": 1, "kid": self.kid, "claims": json.loads(body), "sig": _b64url(self._key.sign(body))}
+        if ca_pin:
+            envelope["ca"] = ca_pin
         return _b64url(json.dumps(envelope, separators=(",", ":")).encode()), claims
 
     def verify(self, token: str, now: datetime | None = None, check_expiry: bool = True) -> JoinClaims:
@@ -133,6 +141,20 @@ class SigningKey:
             raise AuthError(f"the join token expired at {claims.exp}",
                             hint="generate a fresh one: zlayer node generate-join-token")  # fmt: skip
         return claims
+
+
+def token_ca_pin(token: str) -> str:
+    """The cluster CA a token pins (``sha256:<hex>``), or "" for a token without one (one ZLayer made)."""
+    with_pin = ""
+    try:
+        env = json.loads(_unb64(token))
+        if isinstance(env, dict) and isinstance(env.get("ca"), str):
+            with_pin = env["ca"]
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        return ""
+    if with_pin and not re.fullmatch(r"sha256:[0-9a-f]{64}", with_pin):
+        raise AuthError(f"the join token's CA pin {with_pin[:80]!r} is not sha256:<64 hex digits>")
+    return with_pin
 
 
 def read_token(token: str) -> tuple[JoinClaims, str, bytes]:
@@ -153,4 +175,4 @@ def read_token(token: str) -> tuple[JoinClaims, str, bytes]:
     return claims, kid, sig
 
 
-__all__ = ["DEFAULT_TTL", "JoinClaims", "SigningKey", "parse_ttl", "read_token", "token_hash"]
+__all__ = ["DEFAULT_TTL", "JoinClaims", "SigningKey", "parse_ttl", "read_token", "token_ca_pin", "token_hash"]

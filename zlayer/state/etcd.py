@@ -19,6 +19,7 @@ import base64
 import dataclasses
 import json
 import logging
+import ssl as ssl_
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -115,7 +116,8 @@ def mod_is(key: str, revision: int) -> dict[str, Any]:
 class EtcdClient:
     """etcd's v3 API over its JSON gateway, with fail-over between the given client URLs."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0, stale_reads: bool = True) -> None:
+    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0, stale_reads: bool = True,
+                 ssl: ssl_.SSLContext | None = None) -> None:  # fmt: skip
         if not endpoints:
             raise EtcdError("no etcd endpoint to talk to")
         self.endpoints = [e.rstrip("/") for e in endpoints]
@@ -124,10 +126,14 @@ class EtcdClient:
         self.stale_reads = stale_reads
         self._stale_until = 0.0
         self._session: aiohttp.ClientSession | None = None
+        self.ssl = ssl  # a cluster's etcd: the node's certificate, and only the cluster's CA trusted
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0),
+                connector=aiohttp.TCPConnector(ssl=self.ssl) if self.ssl is not None else None,
+            )
         return self._session
 
     async def close(self) -> None:
