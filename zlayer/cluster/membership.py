@@ -189,6 +189,8 @@ def ports_free(addr: str, ports: Sequence[tuple[int, str]]) -> None:
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     for port, flag in ports:
         with socket.socket(family, socket.SOCK_STREAM) as s:
+            # as etcd (Go) binds: connections of a member that just went, in TIME_WAIT, do not hold the port
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((addr, port))
             except OSError as e:
@@ -825,10 +827,12 @@ class ClusterNode:
         self._revive_after = time.monotonic() + 5.0
         code = etcd.proc.returncode if etcd.proc is not None else None
         tail = last_line(etcd.log_file)
-        if "removed" in tail:
+        # etcd exits 0 on its own only when the cluster removed its member (a signal or a crash is not 0); with TLS
+        # it logs errors only (see zlayer.cluster.etcd), so its log may not say so
+        if "removed" in tail or code == 0:
             if not self._removed_said:
-                log.error("cluster: this node's etcd member was removed from the cluster (%s); join it again with "
-                          "`zlayer node join` after removing %s", tail, self.directory)  # fmt: skip
+                log.error("cluster: this node's etcd member was removed from the cluster (exit %s: %s); join it "
+                          "again with `zlayer node join` after removing %s", code, tail, self.directory)  # fmt: skip
                 self._removed_said = True
             return
         log.warning("cluster: this node's etcd member exited (code %s); starting it again", code)
