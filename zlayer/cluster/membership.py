@@ -539,6 +539,11 @@ class ClusterNode:
                 if "unhealthy cluster" in e.message and time.monotonic() < deadline:
                     await asyncio.sleep(0.5)
                     continue
+                # etcd 3.4 derives a new member's id from its peer URL and the second: the same address added again
+                # within the second one was removed in (a join undone and tried again) gets the removed id back
+                if "member not found" in e.message and time.monotonic() < deadline:
+                    await asyncio.sleep(1.0)
+                    continue
                 await client.delete(ROOT + f"nodes/{node_id}")
                 for hook in self.hooks:
                     await hook.left(client, node_id, removed=False)
