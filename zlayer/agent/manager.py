@@ -38,7 +38,7 @@ from zlayer.agent.hooks import (
 from zlayer.agent.lifecycle import Lifecycle
 from zlayer.agent.publish import Publisher
 from zlayer.agent.readopt import readopt
-from zlayer.agent.replica import Replica, tail
+from zlayer.agent.replica import Replica
 from zlayer.agent.spans import tracer
 from zlayer.agent.standalone import StandaloneContainers
 from zlayer.agent.supervisor import Supervisor
@@ -559,16 +559,6 @@ class ServiceManager:
 
     def replica_health(self, container_id: str) -> tuple[str, int, str]:
         return HealthMonitor.status(self.lifecycle.replicas.get(container_id))
-
-    async def service_logs(self, deployment: str, service: str, lines: int, instance: str | None) -> list[str]:
-        svc = await self.store.get_service(deployment, service)
-        driver = self.drivers.for_service(self.service_spec(svc)) if svc is not None else self.drivers.default
-        out: list[str] = []
-        for rec in await self.store.list_containers(deployment, service):
-            if instance and not (instance == str(rec.replica) or instance in rec.id):
-                continue
-            out.extend(await tail(driver, ContainerId.parse(rec.id), lines))
-        return out
 
 
 __all__ = ["Replica", "ServiceManager"]

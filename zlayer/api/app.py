@@ -85,6 +85,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
         images,
         jobs,
         overlay,
+        peer,
         proxy,
         secrets,
         services,
@@ -102,6 +103,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
     app.openapi = lambda: declare_bearer(generate())  # type: ignore[method-assign]
     app.state.ctx = context
     app.state.security = getattr(context, "security", None)
+    app.state.peer = getattr(context, "peer", None)  # checks other nodes' calls (zlayer.cluster.peer.PeerAuth)
     for mod in (
         health,
         deployments,
@@ -115,6 +117,7 @@ def create_app(context: ApiContext, *, swagger: bool = True) -> FastAPI:
         secrets,
         builds,
         overlay,
+        peer,
     ):
         app.include_router(mod.router)
     app.include_router(images.system)
@@ -349,7 +352,9 @@ class TokenAuth:
                     await _send_error(send, 403, {"code": "csrf", "message": "missing or wrong X-CSRF-Token header",
                                                   "where": "X-CSRF-Token"})  # fmt: skip
                     return
-        if header or token:
+        if rule.need == "peer":  # another node's call: its credential, not a user's token, says who it is
+            actor, message = await self._peer(scope, method, headers)
+        elif header or token:
             try:
                 claims = verify_token(self.secret, token)
                 actor = self._actor(claims)
@@ -363,7 +368,7 @@ class TokenAuth:
                 return
             await _unauthorized(send, message)
             return
-        if scope["type"] == "websocket" and rule.need not in ("public", "authenticated"):
+        if scope["type"] == "websocket" and rule.need not in ("public", "authenticated", "peer"):
             rid = params.get(rule.id) if rule.id else None
             sec = self.security
             have = sec.level(actor, rule.kind, rid) if sec is not None else level_of(actor, None, rule.kind, rid)
@@ -397,6 +402,24 @@ class TokenAuth:
             self._audit(who, {"POST": "create", "DELETE": "delete"}.get(method, "update"), kind,
                         note.get("rid") or params.get("name") or params.get("id"), scope,
                         {"method": method, "path": scope["path"], "status": status})  # fmt: skip
+
+    async def _peer(self, scope: Scope, method: str, headers: dict[bytes, bytes]) -> tuple[Actor, str]:
+        """The actor of a call from another node (``via="peer"``, no rights of its own beyond the peer routes),
+        or anonymous and why not, from its ``X-ZLayer-Peer`` credential (:mod:`zlayer.cluster.peer`)."""
+        peers = getattr(getattr(self.app, "state", None), "peer", None)
+        credential = headers.get(b"x-zlayer-peer", b"").decode("latin-1")
+        if peers is None or not credential:
+            return ANONYMOUS, "missing peer credential: only the nodes of the cluster call this route"
+        raw = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string") or b""
+        target = raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+        try:
+            claims = await peers.verify(credential, method, target)
+        except AuthError as e:
+            log.warning("refused a call to %s as another node's: %s", target[:200], e.message)
+            return ANONYMOUS, f"peer credential refused: {e.message}"
+        who = f"{claims.actor} via node {claims.issuer}" if claims.actor else f"node {claims.issuer}"
+        return Actor(who, Level.NONE, via="peer"), ""
 
     def _audit(self, actor: Actor, action: str, kind: str, rid: str | None, scope: Scope,
                details: dict[str, Any] | None = None) -> None:  # fmt: skip

@@ -1,6 +1,7 @@
 """Who may do what on the API: one route table (:data:`RULES`) says, for every (method, route), the resource kind,
 where its id comes from and the level needed (none < read < execute < write, ``admin`` above all; ``public`` and
-``authenticated`` for the sign-in routes); :func:`authorize`, the app's one dependency, decides from the actor
+``authenticated`` for the sign-in routes; ``peer`` for what another node of the cluster asks, with a credential signed
+by that node, :mod:`zlayer.cluster.peer`); :func:`authorize`, the app's one dependency, decides from the actor
 (:mod:`zlayer.security`) and that rule. A route the table does not name is decided by its method (a write unless
 declared :data:`READ_ONLY`) on the node, and the suite fails for it (tests/unit/api/test_route_rules.py), so a new
 route gets a rule when it is added.
@@ -37,13 +38,13 @@ CLAIMS = "zlayer.claims"  # a verified token's claims
 
 @dataclass(frozen=True)
 class Rule:
-    need: str  # public | authenticated | read | execute | write | admin
+    need: str  # public | authenticated | read | execute | write | admin | peer (another node of the cluster)
     kind: str = "node"
     id: str | None = None  # the path parameter naming the resource, or "@resolver" (RESOLVERS) for other places
     reveal: str | None = None  # a query flag that, when true, asks for values: then execute is needed
 
 
-P, A, ADM = Rule("public"), Rule("authenticated"), Rule("admin")
+P, A, ADM, PEER = Rule("public"), Rule("authenticated"), Rule("admin"), Rule("peer")
 
 
 def _r(need: str, kind: str = "node", rid: str | None = None, reveal: str | None = None) -> Rule:
@@ -118,6 +119,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("PUT", "/api/v1/cluster/nodes/{node_id}/mode"): ADM, ("DELETE", "/api/v1/cluster/nodes/{node_id}"): ADM,
     ("POST", "/api/v1/cluster/force-leader"): ADM, ("POST", "/api/v1/cluster/revoke-token"): ADM,
     ("POST", "/api/v1/nodes/join-token"): ADM,
+    # another node of the cluster, for a replica this node runs: a peer credential, nothing else (zlayer.api.peer)
+    ("GET", "/api/v1/cluster/peer/containers/{id}/logs"): PEER,
+    ("POST", "/api/v1/cluster/peer/containers/{id}/exec"): PEER,
+    ("WEBSOCKET", "/api/v1/cluster/peer/containers/{id}/exec"): PEER,
     # a secret's id is SCOPE:NAME (SCOPE: an environment's id, @service, a deployment, or global); a grant on its
     # environment counts for it, and SCOPE:* stands for the scope's every secret
     ("GET", "/api/v1/secrets"): _r("read", "secret", "@secrets"),
@@ -279,6 +284,15 @@ async def authorize(request: HTTPConnection) -> None:
     rule = rule_for(method, path, getattr(route, "openapi_extra", None))
     actor = actor_of(request)
     note = request.scope.get(AUDIT)
+    if rule.need == "peer" or actor.via == "peer":  # a node's credential opens the peer routes, and nothing else
+        if rule.need == "peer" and actor.via == "peer":
+            return
+        raise ForbiddenError(
+            f"{method} {path} is for the nodes of the cluster only"
+            if rule.need == "peer"
+            else f"{method} {path} is not open to another node's call",
+            where=f"{method} {path}",
+        )
     if rule.need == "public":
         return
     if not actor.authenticated:

@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response, WebSocket
 from fastapi.responses import PlainTextResponse
 
 from zlayer.agent.standalone import Standalone, container_spec
-from zlayer.api import exec_stream
+from zlayer.api import exec_stream, forward
+from zlayer.api.auth import actor_of
 from zlayer.api.context import ApiContext, ctx
 from zlayer.api.models import (
     U32_MAX,
@@ -133,6 +134,17 @@ def container_info(c: ApiContext, rec: ContainerRecord, node: str = "") -> Conta
     )
 
 
+async def locate(c: ApiContext, container_id: str) -> tuple[str, ContainerRecord]:
+    """``(node, record)`` of a replica this node runs (node ``""``) or, in a cluster, another node runs."""
+    rec = await c.store.get_container(container_id)
+    if rec is not None:
+        return "", rec
+    for node, other in await every_node(c):
+        if other.id == container_id and node:
+            return node, other
+    raise NotFoundError(f"container {container_id!r} not found", where=f"containers/{container_id}")
+
+
 async def _record(c: ApiContext, container_id: str) -> ContainerRecord:
     rec = await c.store.get_container(container_id)
     if rec is None:
@@ -168,9 +180,12 @@ async def port_container(id: str, c: ApiContext = Depends(ctx)) -> dict[str, Any
 
 @router.get("/{id}/logs", response_class=PlainTextResponse, summary="A container's output.")
 async def container_logs(
-    id: str, tail: Annotated[int | None, Query(ge=0, le=U32_MAX)] = None, c: ApiContext = Depends(ctx)
-) -> PlainTextResponse:
-    await _record(c, id)
+    request: Request, id: str, tail: Annotated[int | None, Query(ge=0, le=U32_MAX)] = None,
+    c: ApiContext = Depends(ctx),
+) -> PlainTextResponse:  # fmt: skip
+    node, rec = await locate(c, id)
+    if node:
+        return PlainTextResponse("".join(f"{ln}\n" for ln in await forward.logs(c, node, rec, tail, actor_of(request))))
     lines = [
         f"[{ln.stream}] {ln.message}\n" async for ln in (await c.driver(id)).logs(ContainerId.parse(id), tail=tail)
     ]
@@ -189,15 +204,19 @@ async def container_stats(id: str, c: ApiContext = Depends(ctx)) -> ContainerSta
 
 
 @router.post("/{id}/exec", response_model=ContainerExecResponse, summary="Run a command in a container.")
-async def container_exec(id: str, body: ContainerExecRequest, c: ApiContext = Depends(ctx)) -> ContainerExecResponse:
-    res = await c.manager.exec(await _record(c, id), body.command)
-    return exec_response(res)
+async def container_exec(
+    request: Request, id: str, body: ContainerExecRequest, c: ApiContext = Depends(ctx)
+) -> ContainerExecResponse:
+    node, rec = await locate(c, id)
+    if node:
+        return ContainerExecResponse.model_validate(await forward.exec_(c, node, rec, body.command, actor_of(request)))
+    return exec_response(await c.manager.exec(rec, body.command))
 
 
 @router.websocket("/{id}/exec")
 async def container_exec_attached(ws: WebSocket, id: str, c: ApiContext = Depends(ctx)) -> None:
-    """The exec with stdio attached (see :mod:`zlayer.api.exec_stream`)."""
-    await exec_stream.serve(ws, c, lambda _: _record(c, id))
+    """The exec with stdio attached (see :mod:`zlayer.api.exec_stream`), on whichever node runs the container."""
+    await exec_stream.serve(ws, c, lambda _: locate(c, id))
 
 
 @router.delete("/{id}", status_code=204, summary="Stop and remove a container (its service will replace it).")

@@ -36,6 +36,7 @@ class ApiContext:
     token: str = ""
     cluster: Any = None  # the node's zlayer.cluster.membership.ClusterNode (None: a daemon without cluster support)
     overlay: Any = None  # the node's zlayer.overlay.cluster.OverlayNode (None: no overlay on this node)
+    peer: Any = None  # the node's zlayer.cluster.peer.PeerAuth: its calls to other nodes, and theirs to it
     builds: Any = None  # the node's zlayer.builder.service.BuildService, made on the first build request
     ready: bool = False
     started: float = field(default_factory=time.monotonic)

@@ -7,7 +7,9 @@ Frames. The client's first is text, JSON ``{"command": [...], "stdin": bool, "tt
 (``\\x00`` alone ends it) and text ``{"resize": [rows, cols]}`` resizes the terminal. The daemon sends binary
 ``\\x01`` + bytes (stdout) and ``\\x02`` + bytes (stderr), then text ``{"exit_code": N, "oom_killed": bool}``, and
 closes. A refusal is one text frame with the API's error body (``{"error", "code", "message", ...}``), then the
-close. A client that goes away hangs the command up (SIGHUP, then SIGTERM), as a terminal does."""
+close. A client that goes away hangs the command up (SIGHUP, then SIGTERM), as a terminal does. A replica of another
+node of the cluster: the frames go through this node to that node's API and back as they are
+(:func:`zlayer.api.forward.relay_exec`)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
+from zlayer.api import forward
 from zlayer.api.app import error_body
+from zlayer.api.auth import actor_of
 from zlayer.api.context import ApiContext
 from zlayer.api.models import ExecStreamRequest
 from zlayer.errors import InternalError, UsageError, ZLayerError
@@ -30,7 +34,7 @@ from zlayer.state import ContainerRecord
 
 log = logging.getLogger("zlayer.api")
 STDIN, STDOUT, STDERR = b"\x00", b"\x01", b"\x02"
-Target = Callable[[ExecStreamRequest], Awaitable[ContainerRecord]]
+Target = Callable[[ExecStreamRequest], Awaitable[tuple[str, ContainerRecord]]]  # (node: "" for this one, replica)
 _GONE = (WebSocketDisconnect, OSError, RuntimeError)  # what sending to a client that left raises
 
 
@@ -38,8 +42,12 @@ async def serve(ws: WebSocket, c: ApiContext, target: Target) -> None:
     """Run one exec for ``ws``: ``target`` picks the replica from the request (raising the API's errors)."""
     await ws.accept()
     try:
-        req = ExecStreamRequest.model_validate_json(_within_limits(await ws.receive_text()))
-        rec = await target(req)
+        first = _within_limits(await ws.receive_text())
+        req = ExecStreamRequest.model_validate_json(first)
+        node, rec = await target(req)
+        if node:
+            await forward.relay_exec(ws, c, node, rec, first, actor_of(ws))
+            return
         size = (req.rows, req.cols) if req.rows and req.cols else None
         driver = await c.driver(rec.id)
         session = await driver.exec_session(ContainerId.parse(rec.id), req.command, stdin=req.stdin, tty=req.tty,

@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, WebSocket
+from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from zlayer.api import exec_stream
+from zlayer.agent.replica import tail
+from zlayer.api import exec_stream, forward
+from zlayer.api.auth import actor_of
 from zlayer.api.containers import container_info, every_node, exec_response
 from zlayer.api.context import ApiContext, ctx, until_closing
 from zlayer.api.models import (
@@ -105,6 +107,7 @@ async def scale_service(
 
 @router.get("/{service}/logs", summary="Get service logs.", response_class=PlainTextResponse, response_model=None)
 async def get_service_logs(
+    request: Request,
     deployment: str,
     service: str,
     lines: Annotated[int, Query(ge=0, le=U32_MAX)] = 100,
@@ -112,10 +115,30 @@ async def get_service_logs(
     instance: str | None = None,
     c: ApiContext = Depends(ctx),
 ) -> PlainTextResponse | StreamingResponse:
-    await _service(c, deployment, service)
-    first = await c.manager.service_logs(deployment, service, lines, instance)
+    """Every replica's last ``lines`` lines, in replica order, whichever node of the cluster runs it (another
+    node's are asked of it, :mod:`zlayer.api.forward`); with ``instance``, that replica's alone. A replica whose
+    node the cluster has marked dead is left out, unless it alone is the one asked for (the answer then says so)."""
+    svc = await _service(c, deployment, service)
+    actor = actor_of(request)
+    targets = [(n, r) for n, r in await every_node(c, deployment, service)
+               if not instance or instance == str(r.replica) or instance in r.id]  # fmt: skip
+    if not instance or any(r.state != "lost" for _, r in targets):  # a dead node's, unless it alone is asked for
+        targets = [(n, r) for n, r in targets if not (n and r.state == "lost")]
+    local = [r for n, r in targets if not n]
     if not follow:
-        return PlainTextResponse("".join(f"{line}\n" for line in first))
+        got = await asyncio.gather(*(
+            _tail(c, svc, r, lines) if not n else forward.logs(c, n, r, lines, actor) for n, r in targets))  # fmt: skip
+        return PlainTextResponse("".join(f"{line}\n" for chunk in got for line in chunk))
+    remote: list[forward.LogStream] = []
+    try:
+        for n, r in targets:  # opened before the answer starts: a node that cannot be reached is the answer
+            if n:
+                remote.append(await forward.follow(c, n, r, lines, actor))
+        first = [ln for r in local for ln in await _tail(c, svc, r, lines)]
+    except BaseException:
+        for s in remote:
+            await s.close()
+        raise
 
     async def stream() -> AsyncIterator[bytes]:
         async for chunk in until_closing(following(), c.closing):
@@ -124,15 +147,18 @@ async def get_service_logs(
     async def following() -> AsyncIterator[bytes]:
         for line in first:
             yield f"data: {line}\n\n".encode()
-        seen = {rec.id: 0 for rec in await c.store.list_containers(deployment, service)}
-        # Follow each replica's log from its end, emitting new lines as they are written.
+        # Follow each local replica's log from its end, and the other nodes' streams, emitting lines as they come.
         queue: asyncio.Queue[str] = asyncio.Queue(1024)
 
         async def tail(cid: str) -> None:
             async for ln in (await c.driver(cid)).logs(ContainerId.parse(cid), tail=0, follow=True):
                 await queue.put(f"[{ln.stream}] {ln.message}")
 
-        tasks = [asyncio.create_task(tail(cid)) for cid in seen]
+        async def relay(s: forward.LogStream) -> None:
+            async for ln in s.lines():
+                await queue.put(ln)
+
+        tasks = [asyncio.create_task(tail(r.id)) for r in local] + [asyncio.create_task(relay(s)) for s in remote]
         try:
             while True:
                 try:
@@ -144,8 +170,15 @@ async def get_service_logs(
         finally:
             for t in tasks:
                 t.cancel()
+            for s in remote:
+                await s.close()
 
     return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+async def _tail(c: ApiContext, svc: ServiceRecord, rec: ContainerRecord, lines: int) -> list[str]:
+    """The last ``lines`` lines of a replica this node runs (none when its driver has no log of it)."""
+    return await tail(c.manager.drivers.for_service(c.manager.service_spec(svc)), ContainerId.parse(rec.id), lines)
 
 
 @router.get("/{service}/containers", response_model=list[ContainerInfo], summary="List a service's containers.")
@@ -156,9 +189,13 @@ async def list_service_containers(deployment: str, service: str, c: ApiContext =
 
 @router.post("/{service}/exec", response_model=ContainerExecResponse, summary="Run a command in a replica.")
 async def exec_in_service(
-    deployment: str, service: str, body: ContainerExecRequest, c: ApiContext = Depends(ctx)
+    request: Request, deployment: str, service: str, body: ContainerExecRequest, c: ApiContext = Depends(ctx)
 ) -> ContainerExecResponse:
-    target = await _exec_target(c, deployment, service, body.replica)
+    node, target = await _exec_target(c, deployment, service, body.replica)
+    if node:
+        return ContainerExecResponse.model_validate(
+            await forward.exec_(c, node, target, body.command, actor_of(request))
+        )
     return exec_response(await c.manager.exec(target, body.command))
 
 
@@ -168,15 +205,17 @@ async def exec_in_service_attached(ws: WebSocket, deployment: str, service: str,
     await exec_stream.serve(ws, c, lambda req: _exec_target(c, deployment, service, req.replica))
 
 
-async def _exec_target(c: ApiContext, deployment: str, service: str, replica: int | None) -> ContainerRecord:
-    """The replica an exec runs in: ``replica`` when given, else the first healthy running one."""
+async def _exec_target(
+    c: ApiContext, deployment: str, service: str, replica: int | None
+) -> tuple[str, ContainerRecord]:
+    """``(node, replica)`` an exec runs in: ``replica`` when given, else the first healthy running one (this node's
+    first) — on whichever node of the cluster runs it (node ``""``: this one)."""
     await _service(c, deployment, service)
-    reps = [r for r in await c.store.list_containers(deployment, service) if r.state == "running"]
+    reps = [(n, r) for n, r in await every_node(c, deployment, service) if r.state == "running"]
     if replica is not None:
-        reps = [r for r in reps if r.replica == replica]
+        reps = [(n, r) for n, r in reps if r.replica == replica]
         if not reps:
             raise NotFoundError(f"replica {replica} of {service!r} is not running", where="replica")
     if not reps:
         raise ConflictError(f"service {service!r} has no running replica")
-    healthy = [r for r in reps if r.health == "healthy"]
-    return (healthy or reps)[0]
+    return min(reps, key=lambda nr: (nr[1].health != "healthy", nr[0] != "", nr[1].replica))

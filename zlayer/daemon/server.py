@@ -196,6 +196,14 @@ class Daemon:
             overlay = make_overlay(cfg)  # in a cluster: this node's WireGuard interface and slice
             if overlay is not None:
                 cluster.hooks.append(overlay)
+            from zlayer.cluster.peer import PeerAuth
+
+            # this node's key for its calls to other nodes' APIs, published after the overlay has its address
+            wildcard = cfg.bind is not None and split_bind(cfg.bind)[0] in ("0.0.0.0", "::")
+            peer = PeerAuth(cfg.paths.data_dir / "cluster", wildcard=wildcard, overlay=overlay,
+                            tls_cert=Path(cfg.api_tls_cert) if cfg.api_tls_cert else None)  # fmt: skip
+            peer.cluster = cluster
+            cluster.hooks.append(peer)
             await cluster.start()  # a node in a cluster: its etcd member first, the store on it
             image_store = make_image_store(cfg)
             images = StoreImages(image_store)
@@ -272,6 +280,7 @@ class Daemon:
                 security=security,
                 cluster=cluster,
                 overlay=overlay,
+                peer=peer,
             )
             app = create_app(self.context, swagger=cfg.swagger)
             servers = []

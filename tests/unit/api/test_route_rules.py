@@ -15,7 +15,7 @@ def test_every_route_of_the_app_has_a_rule_and_every_rule_a_route() -> None:
     stale = sorted(set(RULES) - routes)
     assert not stale, f"rules for routes the app does not have: {stale}"
     for (method, path), rule in RULES.items():
-        assert rule.need in ("public", "authenticated", "read", "execute", "write", "admin"), (method, path)
+        assert rule.need in ("public", "authenticated", "read", "execute", "write", "admin", "peer"), (method, path)
         assert rule.kind in KINDS, (method, path, rule.kind)
         assert rule.id is None or rule.id.startswith("@") or "{" + rule.id + "}" in path, (method, path, rule.id)
         if method in ("POST", "PUT", "PATCH", "DELETE", "WEBSOCKET"):
