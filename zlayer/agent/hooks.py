@@ -57,6 +57,10 @@ class NetworkHook(Protocol):
         """The container's open port mappings."""
         ...
 
+    async def withdraw(self, container: str) -> None:
+        """Close the container's port mappings before it stops: a new connection to them is refused at once."""
+        ...
+
     def dns_servers(self) -> list[str]:
         """The node's service DNS servers, put first in every container's resolv.conf."""
         ...

@@ -229,6 +229,7 @@ class Lifecycle:
                 rep.healthy = False
                 await self.publisher.drain(rep, timeout)
                 await self.publisher.publish(rep.deployment, rep.service, rep.spec)
+            await self.publisher.withdraw(rep)
         async with self._stop_slots:
             errors = await self._teardown(rec, cid, timeout, driver)
         if rep is not None:

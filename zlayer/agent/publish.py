@@ -125,6 +125,13 @@ class Publisher:
         if self.network is not None and mappings and rep.record.ip:
             await self.network.publish(rep.record.id, mappings)
 
+    async def withdraw(self, rep: Replica) -> None:
+        if self.network is not None and self.network.published(rep.record.id):
+            try:
+                await self.network.withdraw(rep.record.id)
+            except ZLayerError as e:
+                await self.events.add(rep.deployment, "network_error", with_context(rep.key, e))
+
     def published(self, container: str) -> Sequence[PublishedPort]:
         return self.network.published(container) if self.network is not None else []
 

@@ -269,6 +269,9 @@ class DaemonNetwork:
     def published(self, container: str) -> list[Any]:
         return list(self.net.published(container))
 
+    async def withdraw(self, container: str) -> None:
+        await self.net.withdraw(container)
+
     def dns_servers(self) -> list[str]:
         return [self.net.gateway]
 

@@ -550,6 +550,17 @@ class NodeNetwork:
         for key in wanted - set(self._held):
             self._held[key] = hold(key, self.node_netns)
 
+    async def withdraw(self, container: str) -> None:
+        """A replica about to stop: its port mappings go first. A new connection to them is then refused at once (the
+        proxy of another node, which has not yet heard the replica left, tries another backend) instead of being
+        sent on to an address that vanishes when the container exits; established connections run on."""
+        async with self._lock:
+            if not self.ports.pop(container, None):
+                return
+            self._hold()
+            self._save_state()
+        await self._sync_rules()
+
     def published(self, container: str) -> list[PortMapping]:
         """The container's port mappings as published (ephemeral host ports resolved)."""
         return [m for _, m in self.ports.get(container, [])]

@@ -277,3 +277,42 @@ def test_a_mapped_host_port_is_held_against_other_programs(node_netns: str, tmp_
     finally:
         asyncio.run(net.teardown())
         box.kill()
+
+
+def test_a_replica_about_to_stop_refuses_new_connections_to_its_mapping(node_netns: str, tmp_path: Path) -> None:
+    """Withdrawn before its container stops, a port mapping answers a new connection with a refusal (a proxy on
+    another node tries its next backend) rather than sending it on to an address about to vanish, where it hangs."""
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("still here\n")
+    web = Box([BUSYBOX, "httpd", "-f", "-p", "8080", "-h", str(www)])
+    net = NodeNetwork(tmp_path / "data", "10.241.11.0/24", node_netns=node_netns)
+
+    def connect(port: int) -> str:
+        probe = (f"import socket;s=socket.socket();s.settimeout(2)\ntry:\n s.connect(({net.gateway!r},{port}));"
+                 "print('connected')\nexcept OSError as e:\n print(type(e).__name__)")  # fmt: skip
+        r = subprocess.run(["ip", "netns", "exec", node_netns, sys.executable, "-c", probe], capture_output=True,
+                           text=True, timeout=10)  # fmt: skip
+        return r.stdout.strip()
+
+    async def go() -> None:
+        ip = await net.attach("shop", "web", "web-rep-1", web.pid)
+        await net.publish("web-rep-1", [PortMapping(18097, 8080), PortMapping(0, 8080)])
+        ephemeral = next(m.host_port for m in net.published("web-rep-1") if m.host_port != 18097)
+        assert await asyncio.to_thread(connect, 18097) == "connected"
+        assert await asyncio.to_thread(connect, ephemeral) == "connected"
+        await net.withdraw("web-rep-1")
+        assert net.published("web-rep-1") == []
+        assert await asyncio.to_thread(connect, 18097) == "ConnectionRefusedError"
+        assert await asyncio.to_thread(connect, ephemeral) == "ConnectionRefusedError"
+        # the replica itself still serves what reaches it directly (its in-flight requests finish)
+        direct = subprocess.run(["ip", "netns", "exec", node_netns, *fetch(f"http://{ip}:8080/")],
+                                capture_output=True, text=True, timeout=10)  # fmt: skip
+        assert direct.stdout == "still here\n", direct.stderr
+        await net.withdraw("web-rep-1")  # twice is harmless (a stop retried)
+
+    try:
+        asyncio.run(go())
+    finally:
+        asyncio.run(net.teardown())
+        web.kill()
