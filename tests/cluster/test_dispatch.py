@@ -6,12 +6,14 @@ the leader killed, another node leads and a scale change still applies. Timings:
 from __future__ import annotations
 
 import collections
+import json
 import subprocess
 
 import pytest
 
 from tests.fixtures.daemon_node import service_image
 from tests.fixtures.netns_cluster import Host, NetnsCluster, wait_for
+from zlayer.paths import Paths
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
 
@@ -55,6 +57,15 @@ def _through(host: Host, n: int = 24) -> collections.Counter[str]:
                             f"http://{host.addr}:{PORT}/who"], capture_output=True, text=True)  # fmt: skip
         seen[r.stdout.strip() if r.returncode == 0 else f"error: {r.stderr.strip()}"] += 1
     return seen
+
+
+def _backends(host: Host) -> int:
+    """How many backends ``host``'s proxy holds for the service (its own replicas and the other nodes')."""
+    sock = Paths.resolve(host.data).socket
+    r = subprocess.run(["curl", "-sf", "--unix-socket", str(sock), "http://zlayer/api/v1/proxy/backends"],
+                       capture_output=True, text=True)  # fmt: skip
+    groups = json.loads(r.stdout or "{}").get("groups", [])
+    return sum(g["total_count"] for g in groups if g["service"].startswith("web"))
 
 
 def _leader(host: Host) -> str | None:
@@ -151,6 +162,8 @@ def test_the_leader_killed_another_leads_and_a_scale_still_applies(cluster: Netn
     assert r.returncode == 0, r.stdout + r.stderr
     got = wait_for(lambda: _spread(others[1], 4, live), 90, "the scale to 4 applied by the new leader")
     assert set(got.values()) == live, got  # both nodes left still run some
+    # the other node's proxy hears of the change through the cluster's watch: once it holds the 4, all answer
+    wait_for(lambda: _backends(others[0]) == 4, 30, "the proxy of the other node with the 4 replicas")
     seen = _through(others[0], 12)
     assert set(seen) <= set(got), seen
     leader.start()
