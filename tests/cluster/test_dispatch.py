@@ -6,70 +6,16 @@ the leader killed, another node leads and a scale change still applies. Timings:
 from __future__ import annotations
 
 import collections
-import json
 import subprocess
 
 import pytest
 
 from tests.fixtures.daemon_node import service_image
-from tests.fixtures.netns_cluster import Host, NetnsCluster, wait_for
-from zlayer.paths import Paths
+from tests.fixtures.netns_cluster import NetnsCluster, answers, backends, healthy, leader_of, placed, wait_for, who_spec
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
 
 PORT = 8090
-# each replica answers /who with its own name, so a request shows which replica (and node) served it
-SPEC = (
-    "version: v1\ndeployment: spread\nservices:\n  web:\n"
-    "    image: {name: 'zlayer-svc/httpd:v1', pull_policy: never}\n"
-    "    command: {entrypoint: ['/bin/sh', '-c'], args: ['/bin/busybox hostname > /www/who && "
-    "exec /bin/busybox httpd -f -p 8080 -h /www']}\n"
-    "    stop_grace_period: 1s\n"
-    f"    endpoints: [{{name: http, protocol: http, port: {PORT}, target_port: 8080, expose: public}}]\n"
-    "    scale: {mode: fixed, replicas: REPLICAS}\n"
-    "    health: {start_grace: 0s, interval: 1s, timeout: 1s, retries: 2, check: {type: tcp, port: 8080}}\n"
-)
-
-
-def _healthy(host: Host) -> dict[str, str]:
-    """``{container: node}`` of the deployment's running, healthy replicas, as ``zlayer ps`` on ``host`` says."""
-    cts = host.json("ps", "--deployment", "spread")["containers"]
-    rows = [
-        (c["id"], str(c.get("node")))
-        for c in cts
-        if c["state"] == "running" and (c.get("health") or {}).get("status") == "healthy"
-    ]
-    assert len(dict(rows)) == len(rows), rows  # no replica runs twice
-    return dict(rows)
-
-
-def _spread(host: Host, want: int, nodes: set[str]) -> dict[str, str] | None:
-    got = _healthy(host)
-    assert len(got) == want and set(got.values()) <= nodes, got
-    return got
-
-
-def _through(host: Host, n: int = 24) -> collections.Counter[str]:
-    """Who answered ``n`` requests sent to ``host``'s proxy from inside its namespace."""
-    seen: collections.Counter[str] = collections.Counter()
-    for _ in range(n):
-        r = subprocess.run(["ip", "netns", "exec", host.ns, "curl", "-sS", "--max-time", "3",
-                            f"http://{host.addr}:{PORT}/who"], capture_output=True, text=True)  # fmt: skip
-        seen[r.stdout.strip() if r.returncode == 0 else f"error: {r.stderr.strip()}"] += 1
-    return seen
-
-
-def _backends(host: Host) -> int:
-    """How many backends ``host``'s proxy holds for the service (its own replicas and the other nodes')."""
-    sock = Paths.resolve(host.data).socket
-    r = subprocess.run(["curl", "-sf", "--unix-socket", str(sock), "http://zlayer/api/v1/proxy/backends"],
-                       capture_output=True, text=True)  # fmt: skip
-    groups = json.loads(r.stdout or "{}").get("groups", [])
-    return sum(g["total_count"] for g in groups if g["service"].startswith("web"))
-
-
-def _leader(host: Host) -> str | None:
-    return next((n["id"] for n in host.json("node", "ls") if n["is_leader"]), None)
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +34,16 @@ def cluster(netns_cluster: NetnsCluster) -> NetnsCluster:
 def test_six_replicas_spread_over_three_nodes_and_answer_through_every_proxy(cluster: NetnsCluster) -> None:
     h1, h2, h3 = cluster.hosts
     spec = h2.root / "spread.zlayer.yml"
-    spec.write_text(SPEC.replace("REPLICAS", "6"))
+    spec.write_text(who_spec("spread", 6, PORT))
     out = h2.ok("deploy", str(spec), timeout=180)  # deployed through a node that does not lead
     assert "6/6" in out, out  # it says done once every node's share is healthy
-    got = _spread(h3, 6, {"1", "2", "3"})
+    got = placed(h3, "spread", 6, {"1", "2", "3"})
     assert sorted(collections.Counter(got.values()).values()) == [2, 2, 2], got
-    assert _healthy(h1) == got  # every node sees every node's replicas
+    assert healthy(h1, "spread") == got  # every node sees every node's replicas
     table = h1.ok("ps", "-c", "--deployment", "spread")
     assert "NODE" in table.splitlines()[0], table
     for host in cluster.hosts:
-        seen = _through(host)
+        seen = answers(host, PORT)
         assert not [k for k in seen if k.startswith("error")], (host.index, seen)
         assert set(seen) <= set(got), seen
         # the proxy balances over every node's replicas, not only its own
@@ -106,7 +52,7 @@ def test_six_replicas_spread_over_three_nodes_and_answer_through_every_proxy(clu
     assert "unschedulable" not in status, status
     # a service no node may take stays pending, and says why, on every node; nothing of it starts anywhere
     nowhere = h1.root / "nowhere.zlayer.yml"
-    text = SPEC.replace("spread", "nowhere").replace("REPLICAS", "2").replace(f"port: {PORT},", "port: 8091,")
+    text = who_spec("nowhere", 2, 8091)
     nowhere.write_text(text + "    node_selector: {labels: {zone: mars}}\n")
     h1.ok("deploy", str(nowhere), timeout=120)
     said = wait_for(lambda: "unschedulable" in (out := h2.ok("status", "nowhere")) and out, 60, "unschedulable")
@@ -118,53 +64,53 @@ def test_six_replicas_spread_over_three_nodes_and_answer_through_every_proxy(clu
 def test_a_worker_that_loses_power_has_its_replicas_placed_again(cluster: NetnsCluster) -> None:
     h1, h2, h3 = cluster.hosts
     h3.kill9()
-    got = wait_for(lambda: _spread(h1, 6, {"1", "2"}), 90, "6 healthy replicas on nodes 1 and 2")
+    got = wait_for(lambda: placed(h1, "spread", 6, {"1", "2"}), 90, "6 healthy replicas on nodes 1 and 2")
     assert sorted(collections.Counter(got.values()).values()) == [3, 3], got
     for host in (h1, h2):
-        seen = wait_for(lambda host=host: (s := _through(host, 12)) and set(s) <= set(got) and s, 30,
+        seen = wait_for(lambda host=host: (s := answers(host, PORT, 12)) and set(s) <= set(got) and s, 30,
                         f"host {host.index}'s proxy sends only to live replicas")  # fmt: skip
         assert seen
     h3.start()  # it comes back empty-handed: what it ran is elsewhere now, nothing runs twice
     wait_for(lambda: [n["status"] for n in h1.json("node", "ls")] == ["ready"] * 3, 60, "node 3 ready again")
-    assert wait_for(lambda: _spread(h3, 6, {"1", "2"}), 30, "host 3 sees the replicas where they run") == got
+    assert wait_for(lambda: placed(h3, "spread", 6, {"1", "2"}), 30, "host 3 sees the replicas where they run") == got
 
 
 def test_a_node_cut_off_never_leads_its_replicas_move_and_it_rejoins(cluster: NetnsCluster) -> None:
     h1, h2, h3 = cluster.hosts
-    cut = next(h for h in (h2, h1) if str(h.index) != _leader(h3))  # a node that runs replicas and does not lead
+    cut = next(h for h in (h2, h1) if str(h.index) != leader_of(h3))  # a node that runs replicas and does not lead
     rest = [h for h in cluster.hosts if h is not cut]
     live = {str(h.index) for h in rest}
     subprocess.run(["ip", "link", "set", cut.veth, "down"], check=True)
     try:
-        got = wait_for(lambda: _spread(rest[0], 6, live), 90, "6 healthy replicas on the majority's nodes")
-        assert _leader(rest[1]) in live
+        got = wait_for(lambda: placed(rest[0], "spread", 6, live), 90, "6 healthy replicas on the majority's nodes")
+        assert leader_of(rest[1]) in live
         # the minority answers reads with what it last knew, and never takes the lead
         assert all(not n["is_leader"] or n["id"] != str(cut.index) for n in cut.json("node", "ls"))
     finally:
         subprocess.run(["ip", "link", "set", cut.veth, "up"], check=True)
     wait_for(lambda: [n["status"] for n in rest[0].json("node", "ls")] == ["ready"] * 3, 60, "the cut node back")
     # back, it learns its replicas run elsewhere now and stops its own: no replica runs twice
-    assert wait_for(lambda: _spread(cut, 6, live), 60, "the cut node's view agrees") == got
-    assert _leader(cut) in live
+    assert wait_for(lambda: placed(cut, "spread", 6, live), 60, "the cut node's view agrees") == got
+    assert leader_of(cut) in live
 
 
 def test_the_leader_killed_another_leads_and_a_scale_still_applies(cluster: NetnsCluster) -> None:
     hosts = cluster.hosts
-    first = _leader(hosts[0])
+    first = leader_of(hosts[0])
     leader = hosts[int(first or 0) - 1]
     others = [h for h in hosts if h is not leader]
     leader.kill9()
-    chosen = wait_for(lambda: (n := _leader(others[0])) not in (None, first) and n, 60, "a new leader")
+    chosen = wait_for(lambda: (n := leader_of(others[0])) not in (None, first) and n, 60, "a new leader")
     assert chosen != first
     live = {str(h.index) for h in others}
-    wait_for(lambda: _spread(others[0], 6, live), 90, "6 healthy replicas on the two nodes left")
+    wait_for(lambda: placed(others[0], "spread", 6, live), 90, "6 healthy replicas on the two nodes left")
     r = others[1].zl("scale", "web", "4", "-d", "spread", timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    got = wait_for(lambda: _spread(others[1], 4, live), 90, "the scale to 4 applied by the new leader")
+    got = wait_for(lambda: placed(others[1], "spread", 4, live), 90, "the scale to 4 applied by the new leader")
     assert set(got.values()) == live, got  # both nodes left still run some
     # the other node's proxy hears of the change through the cluster's watch: once it holds the 4, all answer
-    wait_for(lambda: _backends(others[0]) == 4, 30, "the proxy of the other node with the 4 replicas")
-    seen = _through(others[0], 12)
+    wait_for(lambda: backends(others[0]) == 4, 30, "the proxy of the other node with the 4 replicas")
+    seen = answers(others[0], PORT, 12)
     assert set(seen) <= set(got), seen
     leader.start()
-    wait_for(lambda: _spread(leader, 4, live), 60, "the old leader back, sees the 4 replicas and runs none")
+    wait_for(lambda: placed(leader, "spread", 4, live), 60, "the old leader back, sees the 4 replicas and runs none")
