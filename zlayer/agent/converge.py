@@ -23,7 +23,7 @@ from zlayer.agent.supervisor import Supervisor
 from zlayer.errors import RuntimeFailure, ZLayerError, from_os_error, with_context
 from zlayer.runtime.drivers import Drivers
 from zlayer.runtime.protocol import ContainerId, Runtime
-from zlayer.state import Store
+from zlayer.state import ContainerRecord, Store
 
 if TYPE_CHECKING:
     from zlayer.spec.models import DeploymentSpec, ServiceSpec
@@ -110,11 +110,16 @@ class Converger:
     async def remove_service(self, deployment: str, service: str, spec: ServiceSpec | None) -> None:
         """Stop every replica of the service (side by side) and close its listeners."""
         async with self.lock(deployment, service):
-            grace = stop_grace(spec) if spec is not None else SCALE_DOWN_STOP_TIMEOUT
             driver = self.drivers.for_service(spec) if spec is not None else self.drivers.default
             recs = await self.store.list_containers(deployment, service)
+
+            def grace(rec: ContainerRecord) -> float:  # without the spec: the one the live replica was started from
+                live = self.lifecycle.replicas.get(rec.id)
+                known = spec if spec is not None else live.spec if live is not None else None
+                return stop_grace(known) if known is not None else SCALE_DOWN_STOP_TIMEOUT
+
             results = await asyncio.gather(
-                *(self.lifecycle.stop(rec, grace, driver) for rec in recs), return_exceptions=True
+                *(self.lifecycle.stop(rec, grace(rec), driver) for rec in recs), return_exceptions=True
             )
             await self.publisher.unpublish(deployment, service)
             for r in results:

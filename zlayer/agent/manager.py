@@ -270,6 +270,9 @@ class ServiceManager:
 
     async def delete(self, name: str) -> None:
         """Stop and remove every replica of the deployment, close its listeners, forget it."""
+        # Read before anything is awaited: in a cluster this node's own watch hears of the stop below and forgets the
+        # spec meanwhile, and each replica must still get its service's stop_grace_period, not the 30 s default.
+        deployed = self._specs.get(name)
         record = await self.store.get_deployment(name)
         if record is None:
             raise NotFoundError(f"deployment {name!r} not found")
@@ -282,7 +285,6 @@ class ServiceManager:
         # one per replica. A service that fails to go keeps the deployment (status failed) so a retry finds it.
         services = {s.name for s in await self.store.list_services(name)}
         services |= {c.service for c in await self.store.list_containers(name)}
-        deployed = self._specs.get(name)
         results = await asyncio.gather(
             *(
                 self.converger.remove_service(name, s, deployed.services.get(s) if deployed else None)
