@@ -360,6 +360,21 @@ class ServiceManager:
             with contextlib.suppress(ZLayerError):
                 await self.externals.remove(name)
 
+    async def republish(self, deployment: str, service: str) -> None:
+        """The proxy of this node gets the service's backends again (another node's changed) — unless the deployment
+        is being removed: a republish that raced its removal takes back the route it put in again."""
+        dep = await self.store.get_deployment(deployment)
+        rec = await self.store.get_service(deployment, service)
+        if dep is None or dep.status == "stopped" or rec is None:
+            return
+        spec = self.service_spec(rec)
+        if spec.rtype != "service":
+            return
+        await self.publisher.publish(deployment, service, spec)
+        dep = await self.store.get_deployment(deployment)
+        if dep is None or dep.status == "stopped":  # removed meanwhile, its route maybe already taken away
+            await self.publisher.unpublish(deployment, service)
+
     # ---------------------------------------------------------------------------------------------- services
 
     def service_spec(self, rec: ServiceRecord) -> ServiceSpec:

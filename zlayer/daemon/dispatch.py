@@ -312,13 +312,7 @@ class Dispatch:
 
     async def _republish(self, deployment: str, service: str) -> None:
         """The proxy of this node gets the service's backends again (another node's changed)."""
-        rec = await self.store.get_service(deployment, service)
-        if rec is None:
-            return
-        manager = self._manager()
-        spec = manager.service_spec(rec)
-        if spec.rtype == "service":
-            await manager.publisher.publish(deployment, service, spec)
+        await self._manager().republish(deployment, service)
 
     def _kick(self, key: tuple[str, ...], work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` for ``key`` now, or once more after the run in progress (a burst is at most two runs)."""
