@@ -1,7 +1,9 @@
 """A deployment on a cluster of three hosts (network namespaces on a bridge, tests/fixtures/netns_cluster.py), as a
 user sees it: 6 replicas deployed through one node spread 2/2/2 and answer through every node's proxy; a worker
 that loses power (every process of its namespace killed) has its replicas placed again and healthy on the others;
-the leader killed, another node leads and a scale change still applies. Timings: heartbeat 0.5 s, dead after 4 s."""
+a deployment taken down through a node that runs none of it is gone from every node, and from every node's proxy,
+once ``zlayer down`` returns; the leader killed, another node leads and a scale change still applies. Timings:
+heartbeat 0.5 s, dead after 4 s."""
 
 from __future__ import annotations
 
@@ -11,7 +13,17 @@ import subprocess
 import pytest
 
 from tests.fixtures.daemon_node import service_image
-from tests.fixtures.netns_cluster import NetnsCluster, answers, backends, healthy, leader_of, placed, wait_for, who_spec
+from tests.fixtures.netns_cluster import (
+    Host,
+    NetnsCluster,
+    answers,
+    backends,
+    healthy,
+    leader_of,
+    placed,
+    wait_for,
+    who_spec,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
 
@@ -59,6 +71,44 @@ def test_six_replicas_spread_over_three_nodes_and_answer_through_every_proxy(clu
     assert "zone=mars" in said, said
     assert not h3.json("ps", "--deployment", "nowhere")["containers"]
     h3.ok("down", "nowhere", timeout=120)
+
+
+def _listening(host: Host, port: int) -> bool:
+    """Whether anything in ``host``'s namespace listens on TCP ``port`` (its proxy's listener of an endpoint)."""
+    r = subprocess.run(["ip", "netns", "exec", host.ns, "ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                       text=True, check=True)  # fmt: skip
+    return bool(r.stdout.strip())
+
+
+def test_down_through_a_node_without_replicas_returns_once_every_node_stopped_its_share(
+    cluster: NetnsCluster,
+) -> None:
+    hosts = cluster.hosts
+    port = 8092
+    spec = hosts[0].root / "gone.zlayer.yml"
+    # 2 replicas on 3 nodes: one node runs none; busybox httpd as PID 1 ignores SIGTERM, so each replica stops only
+    # at the end of its 2 s grace period
+    text = who_spec("gone", 2, port).replace("  web:\n", "  site:\n")
+    spec.write_text(text.replace("stop_grace_period: 1s", "stop_grace_period: 2s"))
+    hosts[0].ok("deploy", str(spec), timeout=180)
+    nodes = {str(c["node"]) for c in hosts[0].json("ps", "--deployment", "gone")["containers"]}
+    idle = next(h for h in hosts if str(h.index) not in nodes)
+    for host in hosts:  # every node's proxy fronts the service, wherever its replicas run
+        seen = answers(host, port, 4)
+        assert not [k for k in seen if k.startswith("error")], (host.index, seen)
+
+    out = idle.ok("down", "gone", timeout=120)  # its own share is nothing: it waits for the other nodes'
+    assert "removed" in out, out
+    for host in hosts:
+        left = [c["id"] for c in host.json("ps")["containers"] if c.get("deployment") == "gone"]
+        assert not left, (host.index, left)
+        r = host.zl("status", "gone")
+        assert r.returncode != 0 and "not found" in (r.stdout + r.stderr), r.stdout + r.stderr
+        assert not _listening(host, port), f"host {host.index}'s proxy still listens on {port}"
+        seen = answers(host, port, 2)
+        assert all(k.startswith("error") for k in seen), (host.index, seen)
+    # the other deployment runs on as it was
+    assert len(healthy(hosts[0], "spread")) == 6
 
 
 def test_a_worker_that_loses_power_has_its_replicas_placed_again(cluster: NetnsCluster) -> None:

@@ -156,6 +156,21 @@ class AssignmentHook(Protocol):
         when the node is not in a cluster."""
         ...
 
+    async def down_begins(self, deployment: str) -> None:
+        """A removal of ``deployment`` through this node starts: what the nodes said of an earlier one is forgotten."""
+        ...
+
+    async def share_down(self, deployment: str, error: str) -> None:
+        """This node's share of a deployment being removed (status ``stopped``) is down: its replicas stopped and its
+        proxy routes gone; ``error``: what could not be removed, if anything. Told to the node removing it."""
+        ...
+
+    async def shares_down(self, deployment: str, timeout: float) -> tuple[list[str], list[str]]:
+        """Wait (at most ``timeout`` s) until every other live node's share of the deployment being removed through
+        this node is down; returns ``(failures, notes)``: ``node N (address): why`` for each node whose share did not
+        go down, and what a dead node still holds (removed when it returns)."""
+        ...
+
 
 class ClusterTrafficHook(Protocol):
     """A service's replicas on the other nodes of a cluster, for this node's proxy, and this node's for theirs."""

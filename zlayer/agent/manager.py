@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zlayer.agent.autoscale import DEFAULT_INTERVAL, Autoscaler, ClusterMetrics, Decision, ScalableService
-from zlayer.agent.converge import Converger
+from zlayer.agent.converge import SCALE_DOWN_STOP_TIMEOUT, Converger, stop_grace
 from zlayer.agent.events import Events
 from zlayer.agent.externals import ExternalRoutes
 from zlayer.agent.health import HealthMonitor
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("zlayer.agent")
 
 REMOVE_STOP_TIMEOUT = 10.0  # a container removed through the API: the runtime's default grace
+SHARES_DOWN_MARGIN = 30.0  # a cluster down waits this long beyond the longest grace period for the other nodes
 _WARM_SPEC = "version: v1\ndeployment: warm-up\nservices:\n  web:\n    image: {name: warm/up}\n"
 
 
@@ -277,33 +278,52 @@ class ServiceManager:
         if record is None:
             raise NotFoundError(f"deployment {name!r} not found")
         await self._cancel_work(name)
+        clustered = self.assignments is not None and self.assignments.clustered()
         try:
+            if clustered:
+                assert self.assignments is not None
+                await self.assignments.down_begins(name)
+            # in a cluster, the other nodes take their share down on hearing of this
             await self.store.set_deployment_status(name, "stopped")
         except ZLayerError as e:  # the state cannot be written (a full disk): touch nothing, so it stays true
             raise e.add_context(f"deployment {name} was not removed") from None
         # Services go down side by side (each one's replicas in parallel too): a down costs one grace period, not
         # one per replica. A service that fails to go keeps the deployment (status failed) so a retry finds it.
-        services = {s.name for s in await self.store.list_services(name)}
-        services |= {c.service for c in await self.store.list_containers(name)}
+        stored = await self.store.list_services(name)
+        services = {s.name for s in stored} | {c.service for c in await self.store.list_containers(name)}
+        specs: dict[str, ServiceSpec] = {}
+        for s in stored:
+            with contextlib.suppress(ValueError):  # a stored form that no longer reads: its replicas' own specs
+                specs[s.name] = self.service_spec(s)
+        if deployed is not None:
+            specs.update(deployed.services)
         results = await asyncio.gather(
-            *(
-                self.converger.remove_service(name, s, deployed.services.get(s) if deployed else None)
-                for s in sorted(services)
-            ),
-            return_exceptions=True,
+            *(self.converger.remove_service(name, s, specs.get(s)) for s in sorted(services)), return_exceptions=True
         )
         errors = [r for r in results if isinstance(r, BaseException)]
+        notes: list[str] = []
+        if clustered:  # done once every other node's share is down too, or said why not
+            assert self.assignments is not None
+            grace = max((stop_grace(s) for s in specs.values()), default=SCALE_DOWN_STOP_TIMEOUT)
+            failures, notes = await self.assignments.shares_down(name, grace + SHARES_DOWN_MARGIN)
+            errors += [RuntimeFailure(f) for f in failures]
         if errors:
             msg = "; ".join(str(e) for e in errors)
-            await self.store.set_deployment_status(name, "failed", f"teardown incomplete: {msg}")
+            # in a cluster it stays stopped: another node would run a failed deployment again
+            await self.store.set_deployment_status(name, "stopped" if clustered else "failed",
+                                                   f"teardown incomplete: {msg}")  # fmt: skip
             await self.events.add(name, "delete_failed", msg)
             err = errors[0]
             raise err if isinstance(err, ZLayerError) else RuntimeFailure(f"removing {name}: {err}")
         await self.externals.remove(name)
         await self.store.delete_deployment(name)
+        if clustered:
+            assert self.assignments is not None
+            with contextlib.suppress(ZLayerError):
+                await self.assignments.down_begins(name)  # what the nodes said goes with it
         self._specs.pop(name, None)
         self._unrecorded.pop(name, None)
-        await self.events.add(name, "deleted", "deployment removed")
+        await self.events.add(name, "deleted", "; ".join(["deployment removed", *notes]))
 
     # ---------------------------------------------------------------------------------------------- cluster
 
@@ -312,7 +332,9 @@ class ServiceManager:
         its new revision; one stopped or gone there is taken down here."""
         rec = await self.store.get_deployment(name)
         if rec is None or rec.status == "stopped":
-            await self.forget(name)
+            errors = await self.forget(name)
+            if rec is not None and self.assignments is not None:  # the node removing it waits to hear this
+                await self.assignments.share_down(name, "; ".join(errors))
             return
         if self._revisions.get(name) == rec.revision:
             return
@@ -344,21 +366,29 @@ class ServiceManager:
                 log.exception("converging %s/%s failed", deployment, service)
             await self.events.add(deployment, "service_failed", with_context(service, e))
 
-    async def forget(self, name: str) -> None:
-        """Take down this node's replicas of a deployment the cluster removed, leaving the cluster's state alone."""
+    async def forget(self, name: str) -> list[str]:
+        """Take down this node's replicas of a deployment the cluster removed, leaving the cluster's state alone;
+        returns what could not be removed (``service: why``)."""
         await self._cancel_work(name)
         deployed = self._specs.pop(name, None)
         self._revisions.pop(name, None)
         services = {c.service for c in await self.store.list_containers(name)}
-        for s in sorted(services):
-            with contextlib.suppress(ZLayerError):
+        errors: list[str] = []
+
+        async def remove(s: str) -> None:  # side by side, as a down on this node: one grace period in all
+            try:
                 await self.converger.remove_service(name, s, deployed.services.get(s) if deployed else None)
+            except ZLayerError as e:
+                errors.append(with_context(s, e))
+
+        await asyncio.gather(*(remove(s) for s in sorted(services)))
         if deployed is not None:
             for s in deployed.services:
                 with contextlib.suppress(ZLayerError):
                     await self.publisher.unpublish(name, s)
             with contextlib.suppress(ZLayerError):
                 await self.externals.remove(name)
+        return sorted(errors)
 
     async def republish(self, deployment: str, service: str) -> None:
         """The proxy of this node gets the service's backends again (another node's changed) — unless the deployment

@@ -11,6 +11,8 @@ the cluster, only the hooks it is given):
   a service not placed yet keeps what it runs here; a service scaled to 0 runs nothing.
 - **Convergence** — one watch of ``/zlayer/cluster/`` converges this node on each change: a deployment's new
   revision (deployed through any node), a service's new assignments, a deployment removed elsewhere.
+- **Down** — a deployment removed through this node is gone once every other live node said its share is down
+  (``/zlayer/cluster/down/<deployment>/<node>``, with what could not be removed); each node says so for its own.
 - **Traffic** (:class:`~zlayer.agent.hooks.ClusterTrafficHook`) — each node reports its healthy replicas of each
   fronted service as ``address:host port`` under ``/zlayer/cluster/endpoints/<deployment>/<service>/<node>``; every
   node's proxy balances over its own replicas and those of the other nodes that are alive.
@@ -39,7 +41,7 @@ from zlayer.cluster.placement import ServiceKey
 from zlayer.cluster.scheduler import Scheduler
 from zlayer.cluster.view import Assignment, Node
 from zlayer.errors import ZLayerError
-from zlayer.state.etcd import EtcdClient
+from zlayer.state.etcd import EtcdClient, exists, put_op
 
 if TYPE_CHECKING:
     from zlayer.agent import ServiceManager
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("zlayer.cluster")
 
 ENDPOINTS = ROOT + "endpoints/"
+DOWN = ROOT + "down/"  # <deployment>/<node>: that node's share of the deployment being removed is down (or why not)
 NODES = ROOT + "nodes/"
 ALIVE = ROOT + "alive/"
 # Outside ROOT: the nodes' watch of ROOT would otherwise wake every node for every node's autoscaler round.
@@ -139,6 +142,48 @@ class Dispatch:
             if waiting:
                 await asyncio.sleep(0.25)
         return sorted(failures)
+
+    async def down_begins(self, deployment: str) -> None:
+        if self.cluster.in_cluster:
+            _, client = self.cluster.need()
+            await client.delete(f"{DOWN}{deployment}/", prefix=True)
+
+    async def share_down(self, deployment: str, error: str) -> None:
+        if not self.cluster.in_cluster:
+            return
+        local, client = self.cluster.need()
+        # only while the deployment is still there: an answer after its removal would outlive it
+        await client.txn([exists(f"{STATE}d/{deployment}")],
+                         [put_op(f"{DOWN}{deployment}/{local.node_id}", {"error": error})])  # fmt: skip
+
+    async def shares_down(self, deployment: str, timeout: float) -> tuple[list[str], list[str]]:
+        if not self.cluster.in_cluster:
+            return [], []
+        local, client = self.cluster.need()
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = {n.id: n for n in await self.cluster.nodes()}
+            alive = {kv.key.removeprefix(ALIVE) for kv in await client.range(ALIVE)} & set(nodes)
+            said = {kv.key.rsplit("/", 1)[1]: kv.json() for kv in await client.range(f"{DOWN}{deployment}/")}
+            waiting = sorted(n for n in alive if n != local.node_id and n not in said)
+            if not waiting or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        held: dict[str, list[str]] = {}
+        for node, c in await getattr(self.store, "all_containers")():  # noqa: B009 - the cluster's EtcdStore
+            if c.deployment == deployment and node != local.node_id:
+                held.setdefault(node, []).append(c.id)
+
+        def name(node: str) -> str:
+            return f"node {node} ({nodes[node].advertise_addr})" if node in nodes else f"node {node}"
+
+        failures = [f"{name(n)}: {said[n]['error']}" for n in sorted(said) if n != local.node_id
+                    and isinstance(said[n], dict) and said[n].get("error")]  # fmt: skip
+        failures += [f"{name(n)} did not stop its share within {timeout:g}s"
+                     + (f" (it still runs {', '.join(held[n])})" if held.get(n) else "") for n in waiting]  # fmt: skip
+        notes = [f"{name(n)} is dead: its replicas {', '.join(held[n])} are removed when it returns"
+                 for n in sorted(held) if n not in alive]  # fmt: skip
+        return failures, notes
 
     # ------------------------------------------------------------------------------------------- ClusterMetrics
 

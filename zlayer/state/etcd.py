@@ -113,6 +113,11 @@ def mod_is(key: str, revision: int) -> dict[str, Any]:
     return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
 
 
+def exists(key: str) -> dict[str, Any]:
+    """Compare: ``key`` exists."""
+    return {"key": _b64(key), "target": "VERSION", "result": "GREATER", "version": "0"}
+
+
 class EtcdClient:
     """etcd's v3 API over its JSON gateway, with fail-over between the given client URLs."""
 
@@ -558,4 +563,4 @@ class EtcdStore:
         await self.client.close()
 
 
-__all__ = ["EtcdClient", "EtcdError", "EtcdStore", "KeyValue", "delete_op", "mod_is", "prefix_end", "put_op"]
+__all__ = ["EtcdClient", "EtcdError", "EtcdStore", "KeyValue", "delete_op", "exists", "mod_is", "prefix_end", "put_op"]
