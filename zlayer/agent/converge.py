@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("zlayer.agent")
 
 SCALE_DOWN_STOP_TIMEOUT = 30.0
+HANDOVER_TIMEOUT = 120.0  # a replica moved to another node stops at the latest this long after its move
+HANDOVER_POLL = 0.5  # seconds between two looks at whether its replacement runs healthy
 
 
 def stop_grace(spec: ServiceSpec) -> float:
@@ -251,23 +253,55 @@ class Converger:
             await self.lifecycle.stop(bad, 1.0, driver)
         want = await self.build_hash(spec, deployment)
         grace = stop_grace(spec) if stop_timeout is None else stop_timeout
-        leaving = [c for c in current_ok if c.replica not in assigned or c.spec_hash != want]
-        await asyncio.gather(*(self.lifecycle.stop(c, grace, driver) for c in leaving))
-        have = {c.replica for c in current_ok if c not in leaving}
+        moved = [c for c in current_ok if c.replica not in assigned]
+        outdated = [c for c in current_ok if c.replica in assigned and c.spec_hash != want]
+        await asyncio.gather(*(self.lifecycle.stop(c, grace, driver) for c in outdated))
+        have = {c.replica for c in current_ok if c not in moved and c not in outdated}
         missing = sorted(assigned - have)
-        if missing:
 
-            async def start(index: int) -> Replica:
-                rep = new_replica(deployment, name, spec, index, revision, want, driver)
-                started = await self.lifecycle.start(rep)
-                self.supervisor.watch(started)
-                return started
+        async def start(index: int) -> Replica:
+            rep = new_replica(deployment, name, spec, index, revision, want, driver)
+            started = await self.lifecycle.start(rep)
+            self.supervisor.watch(started)
+            return started
 
-            await self._start_side_by_side(deployment, name, spec, start, missing)
+        # what moved away is handed over while what moved here starts: neither waits for the other
+        results = await asyncio.gather(
+            self._hand_over(deployment, name, moved, grace, driver),
+            self._start_side_by_side(deployment, name, spec, start, missing) if missing else asyncio.sleep(0),
+            return_exceptions=True,
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
         await self.publisher.publish(deployment, name, spec)
         rec = await self.store.get_service(deployment, name)
         if rec is not None and not rec.status_message.startswith("unschedulable: ") and rec.status != "running":
             await self.store.set_service_status(deployment, name, "running")
+
+    async def _hand_over(
+        self, deployment: str, name: str, moved: list[ContainerRecord], grace: float, driver: Runtime
+    ) -> None:
+        """Stop the replicas assigned to another node now, each once its replacement runs healthy there (a drain
+        leaves the service answering), at once when it is assigned nowhere (scaled away, or no node may take it),
+        and at the latest after ``HANDOVER_TIMEOUT``. One assigned back here meanwhile goes on."""
+        assert self.assignments is not None
+        left = {c.replica: c for c in moved}
+        deadline = time.monotonic() + HANDOVER_TIMEOUT
+        while left:
+            if time.monotonic() >= deadline:
+                log.warning("%s/%s: replicas %s moved away; their replacements are not healthy after %gs, stopped "
+                            "anyway", deployment, name, sorted(left), HANDOVER_TIMEOUT)  # fmt: skip
+                ready = set(left)
+            else:
+                back = await self.assignments.replicas(deployment, name) or set()
+                for r in back & set(left):
+                    del left[r]
+                ready = await self.assignments.handed_over(deployment, name, set(left)) if left else set()
+            going = [left.pop(r) for r in sorted(ready)]
+            await asyncio.gather(*(self.lifecycle.stop(c, grace, driver) for c in going))
+            if left:
+                await asyncio.sleep(HANDOVER_POLL)
 
     async def _numbering(self, deployment: str, service: str, used: set[int]) -> _Numbering:
         # Replica ids are ZLayer's `{service}-rep-{n}`, unique on the node: numbers another deployment's service of

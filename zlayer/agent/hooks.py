@@ -150,6 +150,11 @@ class AssignmentHook(Protocol):
         """Whether the node is in a cluster now (else the hook changes nothing)."""
         ...
 
+    async def handed_over(self, deployment: str, service: str, replicas: set[int]) -> set[int]:
+        """Of ``replicas`` (running here, assigned here no more), those this node may stop now: assigned to no node
+        (scaled away, or no node can take them), or running healthy on the node they are assigned to now."""
+        ...
+
     async def settled(self, spec: DeploymentSpec) -> list[str]:
         """Wait (bounded) until every service of a deployment just deployed through this node runs its replicas
         healthy on the nodes it was placed on, or cannot; returns the failures (``service: why``). Returns at once

@@ -148,12 +148,28 @@ async def labels(node_id: str, req: UpdateLabelsRequest, c: ApiContext = Depends
 
 @router.put("/api/v1/cluster/nodes/{node_id}/drain")
 async def drain(node_id: str, c: ApiContext = Depends(ctx)) -> dict[str, Any]:
-    node = await _cluster(c).set_status(node_id, "draining")
-    return {"id": node.id, "status": node.status}
+    """The node gets ``draining`` and its replicas move to ready nodes (it stops each once its replacement runs
+    healthy). Answers once the leader placed them: ``moved`` (to which node), ``pending`` (no node may take them:
+    why, as ``zlayer status`` says it) and ``unmoved`` (not placed yet when the wait ran out)."""
+    node, moves = await _cluster(c).drain(node_id)
+    moved: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    unmoved: list[dict[str, Any]] = []
+    for a, to in moves:
+        item: dict[str, Any] = {"deployment": a.deployment, "service": a.service, "replica": a.replica}
+        if to is None:
+            svc = await c.store.get_service(a.deployment, a.service)
+            pending.append({**item, "reason": svc.status_message if svc is not None else "removed"})
+        elif to == node_id:
+            unmoved.append(item)
+        else:
+            moved.append({**item, "to": to})
+    return {"id": node.id, "status": node.status, "moved": moved, "pending": pending, "unmoved": unmoved}
 
 
 @router.put("/api/v1/cluster/nodes/{node_id}/undrain")
 async def undrain(node_id: str, c: ApiContext = Depends(ctx)) -> dict[str, Any]:
+    """The node is ready again: new replicas may go there; those that moved away during the drain stay put."""
     node = await _cluster(c).set_status(node_id, "ready")
     return {"id": node.id, "status": node.status}
 

@@ -202,11 +202,36 @@ def set_mode(node_id: str, mode: str) -> None:
 
 @node.command("drain")
 @click.argument("node_id")
-@click.option("--undo", is_flag=True, help="Make the node ready again.")
-def drain(node_id: str, undo: bool) -> None:
-    """Give a node no new replicas (it keeps what it runs); --undo makes it ready again."""
+@click.option("--undo", is_flag=True, help="Make the node ready again (what moved away is not moved back).")
+@output_option()
+def drain(node_id: str, undo: bool, output: str) -> None:
+    """Move a node's replicas to the ready nodes and give it no new ones, as kubectl drain does.
+
+    The leader places each replica elsewhere and the node stops its own once the replacement runs healthy there,
+    so the service keeps answering. A replica no other node may take (its node_selector matches only this node,
+    say) stops and waits, pending: `zlayer status` says why. --undo makes the node ready again: new replicas may
+    be placed there, but those that moved away stay where they run now."""
     got = run(lambda c: c.request("PUT", f"/api/v1/cluster/nodes/{node_id}/{'undrain' if undo else 'drain'}"))
-    click.echo(f"node {node_id}: {got['status']}")
+    if output != "table":
+        print_data(got, output)
+        return
+    if undo:
+        click.echo(f"node {node_id}: {got['status']} (new replicas may go there; none is moved back)")
+        return
+    moved, pending, unmoved = got.get("moved", []), got.get("pending", []), got.get("unmoved", [])
+    if not (moved or pending or unmoved):
+        click.echo(f"node {node_id}: {got['status']} (it ran no replicas)")
+        return
+    click.echo(f"node {node_id}: {got['status']}, {len(moved)} replicas moved, {len(pending)} pending"
+               + (f", {len(unmoved)} not placed yet" if unmoved else ""))  # fmt: skip
+    for m in moved:
+        click.echo(f"  moved   {m['deployment']}/{m['service']} replica {m['replica']} to node {m['to']}")
+    for m in pending:
+        click.echo(f"  pending {m['deployment']}/{m['service']} replica {m['replica']}: {m['reason']}")
+    for m in unmoved:
+        click.echo(f"  waiting {m['deployment']}/{m['service']} replica {m['replica']}: the leader has not placed it")
+    if moved:
+        click.echo(f"node {node_id} stops each moved replica once its replacement runs healthy (see zlayer ps)")
 
 
 @node.command("remove")

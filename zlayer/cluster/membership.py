@@ -12,7 +12,8 @@ State, all in etcd under ``/zlayer/cluster/``: ``config`` (cluster id, timings, 
   wants another voter. ``replicate`` nodes stay learners.
 - **Liveness**: each node holds a lease of ``dead_after`` seconds and renews it every ``heartbeat`` seconds; its
   ``alive`` key goes with the lease. The leader marks a node without one ``dead`` (once it has been registered that
-  long) and ``ready`` again when it comes back; ``draining`` is the operator's and survives both.
+  long) and ``ready`` again when it comes back; ``draining`` is the operator's and survives both (``zlayer node
+  drain``: the node's replicas move to ready nodes; ``--undo`` makes it ready, nothing moves back).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from zlayer.cluster import pki
 from zlayer.cluster.assignments import EtcdAssignments
 from zlayer.cluster.etcd import EtcdMember, EtcdProcess, last_line, url
 from zlayer.cluster.tokens import SigningKey, parse_ttl, read_token, token_ca_pin, token_hash
-from zlayer.cluster.view import NODE_MODES, Node, NodeResources
+from zlayer.cluster.view import NODE_MODES, Assignment, Node, NodeResources
 from zlayer.errors import AuthError, ConflictError, DaemonError, NotFoundError, UsageError, ZLayerError
 from zlayer.paths import private_dir, write_atomic
 from zlayer.state.etcd import EtcdClient, EtcdError, EtcdStore, delete_op, mod_is, put_op
@@ -54,6 +55,7 @@ LEADER_KEY = ROOT + "leader"
 CA_KEY = ROOT + "ca"  # the cluster CA: {"cert", "key"} (PEM), and the serials its revocation list holds
 CRL_KEY = ROOT + "crl"  # the CA's revocation list (PEM): the certificates of removed nodes
 STATE = ROOT + "state/"  # the cluster-wide desired state (cluster_store)
+DRAIN_WAIT = 20.0  # a drain waits this long at most for the leader to place the node's replicas elsewhere
 
 
 class MembershipHook(Protocol):
@@ -741,8 +743,27 @@ class ClusterNode:
         return dict((await self._change(node_id, labels=merged)).labels)
 
     async def set_status(self, node_id: str, status: str) -> Node:
-        """``drain`` (draining) or ``undrain`` (ready): placement gives a draining node no new replicas."""
+        """``undrain`` (ready): the node may be given replicas again (those that moved away stay where they run).
+        A drain is :meth:`drain`."""
         return await self._change(node_id, status=status)
+
+    async def drain(self, node_id: str, wait: float = DRAIN_WAIT) -> tuple[Node, list[tuple[Assignment, str | None]]]:
+        """Mark the node ``draining`` — the leader's placement moves its replicas to ready nodes, and the node stops
+        each once its replacement runs healthy there — and wait (``wait`` seconds at most) until the leader has
+        placed them. Returns the node and each replica it was assigned with the node it is assigned to now: None
+        when no node may take it (it waits, pending), the drained node itself when the wait ran out first."""
+        where = self.assignments()
+        before = {a.key: a for a in await where.assignments() if a.node_id == node_id}
+        node = await self._change(node_id, status="draining")
+        deadline = time.monotonic() + wait
+        while True:
+            now = await where.assignments()
+            before.update((a.key, a) for a in now if a.node_id == node_id and a.key not in before)
+            if all(a.node_id != node_id for a in now) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.2)
+        to = {a.key: a.node_id for a in now}
+        return node, [(a, to.get(k)) for k, a in sorted(before.items())]
 
     async def set_mode(self, node_id: str, mode: str) -> Node:
         if mode not in NODE_MODES:

@@ -7,8 +7,10 @@ ruled out how many nodes). The same input gives the same answer (ties go to the 
 what it answered changes nothing.
 
 The rules (ZLayer's ``placement.rs``, with its gaps closed):
-- only ``ready`` nodes get new replicas; a ``draining`` node keeps what it runs, a ``dead`` node's replicas move;
-- an existing assignment stays where it is while its node is alive and still meets the service's constraints
+- only ``ready`` nodes run replicas: a ``draining`` node's replicas move to ready nodes as a ``dead`` node's do
+  (ZLayer's drain only stops new ones: its draining node kept what it ran; here it empties, as Kubernetes' and
+  Nomad's drains do);
+- an existing assignment stays where it is while its node is ready and still meets the service's constraints
   (minimal movement); replicas past the wanted count go, the highest numbers first, as the agent scales down;
 - hard constraints: ``node_selector.labels`` (all equal), ``platform`` (os/arch where the node reports them),
   ``affinity: {pin: "id=N" | "key=value"}``, GPUs (``gpu.count`` free GPUs of ``gpu.vendor``, ``gpu.model`` a
@@ -217,11 +219,10 @@ def _free_gpus(slot: _Slot, need: _Need) -> list[_Gpu]:
     return [g for g in slot.gpus if _gpu_usable(g, need)]
 
 
-def _static_blocker(slot: _Slot, need: _Need, keeping: bool = False) -> str | None:
-    """Why ``slot`` can never take the service as the cluster stands (None: it could); ``keeping``: a replica that
-    runs there already, which a draining node keeps."""
+def _static_blocker(slot: _Slot, need: _Need) -> str | None:
+    """Why ``slot`` can never take the service as the cluster stands (None: it could)."""
     node = slot.node
-    if node.status != "ready" and not (keeping and node.status == "draining"):
+    if node.status != "ready":
         return node.status
     if (
         need.platform is not None
@@ -467,7 +468,7 @@ def place(
         slot = by_id.get(a.node_id)
         if need is None or slot is None or a.replica > need.desired or a.replica in placed[need.key]:
             continue
-        if _static_blocker(slot, need, keeping=True) is not None or _blocker(slot, need) is not None:
+        if _static_blocker(slot, need) is not None or _blocker(slot, need) is not None:
             continue
         if need.gpu_count:
             kept = {g.index for g in _free_gpus(slot, need)} & set(a.gpus)

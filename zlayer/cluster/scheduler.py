@@ -4,7 +4,8 @@ It reads the deployments and their wanted replica counts from the :class:`~zlaye
 current assignments from the cluster's state (:class:`ClusterState`: etcd in a cluster), calls the pure
 :func:`~zlayer.cluster.placement.place`, and writes back only the services whose assignments changed, in one call.
 A service that cannot be placed whole stays ``pending`` with ``unschedulable: <why>`` as its status message (shown
-by ``zlayer status``) and one ``unschedulable`` event per new reason; the message goes once it fits again.
+by ``zlayer status``) and one ``unschedulable`` event per new reason; the message goes once it fits again. It is
+written before the assignments change, so a node that finds a service placed nowhere knows why.
 
 Changes arrive through :meth:`Scheduler.changed` (the cluster's watches call it); a burst of them is one pass, and a
 pass also runs every ``resync`` seconds in case a change was missed. Only the leader places: on a follower the
@@ -132,10 +133,8 @@ class Scheduler:
         changes = {
             k: after.get(k, []) for k in sorted(set(before) | set(after)) if before.get(k, []) != after.get(k, [])
         }
-        if changes:
-            await self.cluster.put_assignments(changes)
-            log.info("placement: %d services changed", len(changes))
-
+        # why a service waits is said before its assignments change: a node that finds a service it runs placed
+        # nowhere any more reads there that no node may take it (it stops its replicas) rather than "not placed yet"
         problems = {(u.deployment, u.service): u for u in result.unschedulable}
         for dname in specs:
             for svc in await self.store.list_services(dname):
@@ -148,6 +147,9 @@ class Scheduler:
                 elif svc.status_message.startswith(UNSCHEDULABLE):
                     await self.store.set_service_status(dname, svc.name, svc.status, "")
                     await self.store.add_event(dname, "scheduled", f"{svc.name}: every replica has a node")
+        if changes:
+            await self.cluster.put_assignments(changes)
+            log.info("placement: %d services changed", len(changes))
         self.last = result
         return result
 

@@ -16,7 +16,7 @@ GpuVendor: TypeAlias = Literal["nvidia", "amd", "intel", "unknown"]
 NodeMode: TypeAlias = Literal["full", "replicate"]
 """``full``: a voter when the voter rule wants one; ``replicate``: always a learner. Both run replicas."""
 NodeStatus: TypeAlias = Literal["ready", "draining", "dead"]
-"""Only ``ready`` nodes get new replicas; a draining node keeps what it runs, a dead one's replicas move."""
+"""Only ``ready`` nodes run replicas: a draining node's replicas move to ready ones, as a dead one's do."""
 NodeRole: TypeAlias = Literal["leader", "voter", "learner"]
 
 NODE_MODES: tuple[NodeMode, ...] = ("full", "replicate")
@@ -62,7 +62,7 @@ class Node(_Frozen):
 
     @property
     def schedulable(self) -> bool:
-        """Whether placement may put a new replica here (only a ``ready`` node)."""
+        """Whether placement may put a replica here (only a ``ready`` node)."""
         return self.status == "ready"
 
 

@@ -8,7 +8,9 @@ the cluster, only the hooks it is given):
   few seconds, writing the assignments under ``/zlayer/cluster/assignments/``. A node's death (the leader's monitor
   marks it ``dead``) is such a change: its replicas are placed again on the ready nodes.
 - **Assignments** (:class:`~zlayer.agent.hooks.AssignmentHook`) — a node runs exactly the replicas assigned to it;
-  a service not placed yet keeps what it runs here; a service scaled to 0 runs nothing.
+  a service not placed yet keeps what it runs here; a service scaled to 0, or that no node may take any more (it
+  says ``unschedulable``), runs nothing. A replica moved to another node (its node drained, its labels changed)
+  stops here once its replacement runs healthy there, so the service keeps answering while it moves.
 - **Convergence** — one watch of ``/zlayer/cluster/`` converges this node on each change: a deployment's new
   revision (deployed through any node), a service's new assignments, a deployment removed elsewhere.
 - **Down** — a deployment removed through this node is gone once every other live node said its share is down
@@ -38,7 +40,7 @@ from zlayer.agent.hooks import Backend
 from zlayer.cluster.assignments import PREFIX as ASSIGNMENTS
 from zlayer.cluster.membership import ROOT, STATE, ClusterNode
 from zlayer.cluster.placement import ServiceKey
-from zlayer.cluster.scheduler import Scheduler
+from zlayer.cluster.scheduler import UNSCHEDULABLE, Scheduler
 from zlayer.cluster.view import Assignment, Node
 from zlayer.errors import ZLayerError
 from zlayer.state.etcd import EtcdClient, exists, put_op
@@ -104,12 +106,36 @@ class Dispatch:
         if svc is not None and svc.desired_replicas == 0:
             return set()
         kv = await client.get(f"{ASSIGNMENTS}{deployment}/{service}")
-        if kv is None:  # not placed (yet, or nothing fits now): what runs here goes on
-            return {c.replica for c in await self.store.list_containers(deployment, service)}
+        if kv is None:
+            if svc is not None and svc.status_message.startswith(UNSCHEDULABLE):
+                return set()  # placed before, now no node may take it (the scheduler said so before it unassigned)
+            return {c.replica for c in await self.store.list_containers(deployment, service)}  # not placed yet
         return {int(a["replica"]) for a in kv.json() if str(a.get("node_id")) == local.node_id}
 
     def clustered(self) -> bool:
         return self.cluster.in_cluster
+
+    async def handed_over(self, deployment: str, service: str, replicas: set[int]) -> set[int]:
+        if not self.cluster.in_cluster:
+            return set(replicas)
+        local, client = self.cluster.need()
+        kv = await client.get(f"{ASSIGNMENTS}{deployment}/{service}")
+        where = {int(a["replica"]): str(a.get("node_id")) for a in kv.json()} if kv is not None else {}
+        elsewhere = {r: where[r] for r in replicas if r in where and where[r] != local.node_id}
+        out = {r for r in replicas if r not in where}
+        if elsewhere:
+            # a fronted service's replacement also counts once its node reports it to the proxies (they learn of it
+            # as this node does, through the watch of endpoints/): then the one here may leave theirs
+            reported = self._remote.get((deployment, service))
+            every = await getattr(self.store, "all_containers")()  # noqa: B009 - the cluster's EtcdStore
+            out |= {
+                c.replica
+                for node, c in every
+                if c.deployment == deployment and c.service == service and elsewhere.get(c.replica) == node
+                and c.state == "running" and c.health == "healthy"
+                and (not reported or any(b.container == c.id for b in reported.get(node, ())))
+            }  # fmt: skip
+        return out
 
     async def settled(self, spec: DeploymentSpec) -> list[str]:
         if not self.cluster.in_cluster:
@@ -131,7 +157,7 @@ class Dispatch:
                 every = await getattr(self.store, "all_containers")()  # noqa: B009 - the cluster's EtcdStore
                 for name in sorted(waiting):
                     rec = await self.store.get_service(spec.deployment, name)
-                    if rec is None or rec.desired_replicas == 0 or rec.status_message.startswith("unschedulable: "):
+                    if rec is None or rec.desired_replicas == 0 or rec.status_message.startswith(UNSCHEDULABLE):
                         waiting.discard(name)  # nothing to wait for, or `status` says why it waits
                     elif sum(1 for node, c in every if c.deployment == spec.deployment and c.service == name
                              and node not in dead and c.state == "running" and c.health == "healthy"

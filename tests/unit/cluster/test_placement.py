@@ -196,7 +196,7 @@ def test_gang_places_all_or_none() -> None:
     assert u is not None and u.missing == 3 and "gpu scheduling gang: none of them was placed" in u.reason
 
 
-def test_dead_nodes_lose_their_replicas_and_draining_nodes_keep_theirs() -> None:
+def test_dead_and_draining_nodes_lose_their_replicas_to_ready_ones() -> None:
     old = tuple(
         Assignment(deployment="demo", service="web", replica=i, node_id=n) for i, n in ((1, "a"), (2, "b"), (3, "c"))
     )
@@ -205,8 +205,9 @@ def test_dead_nodes_lose_their_replicas_and_draining_nodes_keep_theirs() -> None
     )
     p = place(view, deployment(web=svc(4)))
     got = {a.replica: a.node_id for a in p.of("demo", "web")}
-    assert got[1] == "a" and got[2] == "b"  # kept where they run
-    assert got[3] in ("a", "d") and got[4] in ("a", "d") and got[3] != got[4]  # c is dead; b takes nothing new
+    assert got[1] == "a"  # kept where it runs
+    assert sorted(got.values()) == ["a", "a", "d", "d"]  # b drains and c is dead: theirs go to the ready nodes
+    assert place(view.with_assignments(p.assignments), deployment(web=svc(4))).assignments == p.assignments
     p = place(view, deployment(web=svc(4, node_selector={"labels": {"zone": "x"}})))
     assert p.of("demo", "web") == []
     u = p.reason("demo", "web")
@@ -340,9 +341,7 @@ def check_invariants(
     for a in p.assignments:
         spec = specs[a.deployment].services[a.service]
         n = nodes[a.node_id]
-        assert n.status != "dead"
-        if n.status == "draining":
-            assert old.get(a.key) == a.node_id, "a draining node got a new replica"
+        assert n.status == "ready", f"a {n.status} node runs a replica"
         sel = spec.node_selector
         if sel is not None:
             assert all(n.labels.get(k) == v for k, v in sel.labels.items()), "selector broken"
@@ -386,13 +385,13 @@ def test_properties(case: tuple[ClusterView, dict[str, DeploymentSpec], dict[tup
     # idempotent: placing again what it answered changes nothing
     again = place(view.with_assignments(p.assignments), specs, desired, started)
     assert again == p
-    # minimal movement: what ran on a node that is not dead (all of them met their service before) stays there,
-    # unless the wanted count dropped below its number
+    # minimal movement: what ran on a ready node (all of them met their service before) stays there, unless the
+    # wanted count dropped below its number
     now = {a.key: a for a in p.assignments}
     status = {n.id: n.status for n in view.nodes}
     for a in view.assignments:
         want = desired.get((a.deployment, a.service), specs["demo"].services[a.service].initial_replicas)
-        if status[a.node_id] != "dead" and a.replica <= want:
+        if status[a.node_id] == "ready" and a.replica <= want:
             assert now[a.key] == a, f"{a.key} moved from {a.node_id}"
     # deterministic whatever the order of nodes
     assert place(view.model_copy(update={"nodes": tuple(reversed(view.nodes))}), specs, desired, started) == p
