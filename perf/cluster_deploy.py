@@ -118,14 +118,8 @@ def run_cluster(tmp: Path) -> dict[str, Any]:
     cluster = nc.NetnsCluster(tmp / "cluster", 3)
     try:
         cluster.setup()
-        h1, h2, h3 = cluster.hosts
-        h1.ok("node", "init", "--advertise-addr", h1.addr)
-        for h in (h2, h3):
-            token = h1.ok("node", "generate-join-token", "--ttl", "1h", "-q").strip()
-            h.ok("node", "join", h1.api, "--token", token, "--advertise-addr", h.addr)
-        for h in cluster.hosts:
-            h.ok("import", str(service_image(h.root / "svc.tar", "v1\n")), "-t", "zlayer-svc/httpd:v1")
-        nc.wait_for(lambda: [n["status"] for n in h1.json("node", "ls")] == ["ready"] * 3, 60, "three ready nodes")
+        cluster.form(within=60)
+        h1 = cluster.hosts[0]
         time.sleep(REST)
         idle = {str(h.index): processes(h) for h in cluster.hosts}
         took, spread = deploy_to_healthy(h1)

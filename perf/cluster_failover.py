@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tests.fixtures.netns_cluster as nc  # noqa: E402
-from tests.fixtures.daemon_node import service_image  # noqa: E402
 
 SPEC = (
     "version: v1\ndeployment: failover\nservices:\n  web:\n"
@@ -71,13 +70,8 @@ def main() -> None:
         cluster = nc.NetnsCluster(Path(tmp), 3)
         try:
             cluster.setup()
-            h1, h2, h3 = cluster.hosts
-            h1.ok("node", "init", "--advertise-addr", h1.addr)
-            for h in (h2, h3):
-                token = h1.ok("node", "generate-join-token", "--ttl", "1h", "-q").strip()
-                h.ok("node", "join", h1.api, "--token", token, "--advertise-addr", h.addr)
-            for h in cluster.hosts:
-                h.ok("import", str(service_image(h.root / "svc.tar", "v1\n")), "-t", "zlayer-svc/httpd:v1")
+            h1 = cluster.hosts[0]
+            cluster.form(within=60)
             spec = h1.root / "failover.zlayer.yml"
             spec.write_text(SPEC)
             h1.ok("deploy", str(spec), timeout=120)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.daemon_node import _enter_netns, service_image
+from tests.fixtures.daemon_node import _enter_netns
 from tests.fixtures.netns_cluster import Host, NetnsCluster, netns_hosts, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
@@ -34,14 +34,7 @@ services:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
     with netns_hosts(tmp_path_factory, ("--autoscale-interval", "1")) as c:
-        h1, h2, h3 = c.hosts
-        h1.ok("node", "init", "--advertise-addr", h1.addr)
-        for h in (h2, h3):
-            token = h1.ok("node", "generate-join-token", "--ttl", "1h", "-q").strip()
-            h.ok("node", "join", h1.api, "--token", token, "--advertise-addr", h.addr)
-        for h in c.hosts:
-            h.ok("import", str(service_image(h.root / "svc.tar", "hi\n")), "-t", "zlayer-svc/httpd:v1")
-        wait_for(lambda: [n["status"] for n in c.hosts[0].json("node", "ls")] == ["ready"] * 3, 30, "ready nodes")
+        c.form("hi\n")
         yield c
 
 

@@ -12,7 +12,6 @@ import subprocess
 
 import pytest
 
-from tests.fixtures.daemon_node import service_image
 from tests.fixtures.netns_cluster import (
     Host,
     NetnsCluster,
@@ -32,14 +31,7 @@ PORT = 8090
 
 @pytest.fixture(scope="module")
 def cluster(netns_cluster: NetnsCluster) -> NetnsCluster:
-    h1, h2, h3 = netns_cluster.hosts
-    h1.ok("node", "init", "--advertise-addr", h1.addr)
-    for h in (h2, h3):
-        token = h1.ok("node", "generate-join-token", "--ttl", "1h", "-q").strip()
-        h.ok("node", "join", h1.api, "--token", token, "--advertise-addr", h.addr)
-    for h in netns_cluster.hosts:  # every node needs the image it may be given
-        h.ok("import", str(service_image(h.root / "svc.tar", "v1\n")), "-t", "zlayer-svc/httpd:v1")
-    wait_for(lambda: [n["status"] for n in h1.json("node", "ls")] == ["ready"] * 3, 30, "three ready nodes")
+    netns_cluster.form()
     return netns_cluster
 
 

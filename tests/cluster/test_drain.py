@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.daemon_node import service_image
 from tests.fixtures.netns_cluster import (
     Host,
     NetnsCluster,
@@ -36,14 +35,7 @@ SOLO = 8092  # the port of a service with one replica
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
     with netns_hosts(tmp_path_factory) as c:
-        h1, h2, h3 = c.hosts
-        h1.ok("node", "init", "--advertise-addr", h1.addr)
-        for h in (h2, h3):
-            token = h1.ok("node", "generate-join-token", "--ttl", "1h", "-q").strip()
-            h.ok("node", "join", h1.api, "--token", token, "--advertise-addr", h.addr)
-        for h in c.hosts:  # every node needs the image it may be given
-            h.ok("import", str(service_image(h.root / "svc.tar", "v1\n")), "-t", "zlayer-svc/httpd:v1")
-        wait_for(lambda: [n["status"] for n in h1.json("node", "ls")] == ["ready"] * 3, 30, "three ready nodes")
+        c.form()
         yield c
 
 
