@@ -32,7 +32,7 @@ from typing import Any
 from zlayer.errors import OverlayError
 from zlayer.overlay.addressing import CLUSTER_CIDR, MTU, SLICE_PREFIX, AddressPool, fnv1a64
 from zlayer.paths import write_atomic
-from zlayer.state.etcd import EtcdClient, EtcdError, delete_op, put_op
+from zlayer.state.etcd import EtcdClient, EtcdError, delete_op, mod_is, put_op
 
 log = logging.getLogger("zlayer.overlay")
 
@@ -63,9 +63,7 @@ class EtcdSliceBook:
 
     async def claim(self, cidr: str, node: str) -> bool:
         key = _slice_key(cidr)
-        absent = {"key": base64.b64encode(key.encode()).decode(), "target": "VERSION", "result": "EQUAL",
-                  "version": "0"}  # fmt: skip
-        if await self.client.txn([absent], [put_op(key, node)]):
+        if await self.client.txn([mod_is(key, 0)], [put_op(key, node)]):
             return True
         kv = await self.client.get(key)
         return kv is not None and kv.value.decode() == node
