@@ -2,8 +2,9 @@
 user sees it: 6 replicas deployed through one node spread 2/2/2 and answer through every node's proxy; a worker
 that loses power (every process of its namespace killed) has its replicas placed again and healthy on the others;
 a deployment taken down through a node that runs none of it is gone from every node, and from every node's proxy,
-once ``zlayer down`` returns; the leader killed, another node leads and a scale change still applies. Timings:
-heartbeat 0.5 s, dead after 4 s."""
+once ``zlayer down`` returns; two deployments whose services share a name each run all their replicas, under ids
+distinct in the cluster, and one taken down leaves the other's running; the leader killed, another node leads and a
+scale change still applies. Timings: heartbeat 0.5 s, dead after 4 s."""
 
 from __future__ import annotations
 
@@ -101,6 +102,33 @@ def test_down_through_a_node_without_replicas_returns_once_every_node_stopped_it
         assert all(k.startswith("error") for k in seen), (host.index, seen)
     # the other deployment runs on as it was
     assert len(healthy(hosts[0], "spread")) == 6
+
+
+def test_two_deployments_with_a_service_of_the_same_name_each_run_all_their_replicas(cluster: NetnsCluster) -> None:
+    # a replica's id is `{service}-rep-{n}` whatever its deployment; "spread" already runs a `web` of 6 replicas
+    hosts = cluster.hosts
+    ports = {"blue": 8093, "green": 8094}
+    for i, (name, port) in enumerate(ports.items()):
+        spec = hosts[i].root / f"{name}.zlayer.yml"
+        spec.write_text(who_spec(name, 3, port))
+        out = hosts[i].ok("deploy", str(spec), timeout=180)
+        assert "3/3" in out, out
+    every = {"1", "2", "3"}
+    got = {name: placed(hosts[2], name, want, every) for name, want in (("blue", 3), ("green", 3), ("spread", 6))}
+    ids = [c["id"] for c in hosts[2].json("ps")["containers"]]
+    assert len(ids) == len(set(ids)) == 12, ids  # one id per replica in the whole cluster
+    for name, port in ports.items():  # each answers on its own port, from its own replicas, through every proxy
+        for host in hosts:
+            seen = answers(host, port, 9)
+            assert seen and set(seen) <= set(got[name]), (name, host.index, seen, got[name])
+    hosts[1].ok("down", "blue", timeout=120)
+    # the other two run on as they were: nothing of theirs stopped with it
+    assert placed(hosts[0], "green", 3, every) == got["green"]
+    assert placed(hosts[0], "spread", 6, every) == got["spread"]
+    for host in hosts:
+        seen = answers(host, ports["green"], 6)
+        assert seen and set(seen) <= set(got["green"]), (host.index, seen)
+    hosts[0].ok("down", "green", timeout=120)
 
 
 def test_a_worker_that_loses_power_has_its_replicas_placed_again(cluster: NetnsCluster) -> None:

@@ -12,6 +12,10 @@ The rules (ZLayer's ``placement.rs``, with its gaps closed):
   Nomad's drains do);
 - an existing assignment stays where it is while its node is ready and still meets the service's constraints
   (minimal movement); replicas past the wanted count go, the highest numbers first, as the agent scales down;
+- replica numbers are unique per service *name* in the whole cluster: a replica's id is ZLayer's
+  ``{service}-rep-{n}``, without its deployment, so a new replica takes the lowest number no deployment's service of
+  that name holds (on one node the agent skips them the same way), and of two that clash (placed before this rule)
+  the replica of the deployment first by name keeps it, the other is placed again under a free number;
 - hard constraints: ``node_selector.labels`` (all equal), ``platform`` (os/arch where the node reports them),
   ``affinity: {pin: "id=N" | "key=value"}``, GPUs (``gpu.count`` free GPUs of ``gpu.vendor``, ``gpu.model`` a
   case-insensitive part of the node's model; ``sharing: mps`` lets 8 replicas share a GPU, ``time-slice`` 4);
@@ -436,6 +440,17 @@ def _explain(slots: list[_Slot], need: _Need, missing: int, cache: dict[object, 
     return f"{missing} of {need.desired} replicas of {name} fit no node{gang}; of {len(slots)} nodes: {parts}"
 
 
+def _free_numbers(held: Mapping[int, str], count: int) -> list[int]:
+    """The ``count`` lowest replica numbers (from 1) that no service of the name holds, in any deployment."""
+    out: list[int] = []
+    n = 0
+    while len(out) < count:
+        n += 1
+        if n not in held:
+            out.append(n)
+    return out
+
+
 def place(
     view: ClusterView,
     deployments: Mapping[str, DeploymentSpec],
@@ -463,11 +478,22 @@ def place(
 
     # 1. keep what runs where it may stay
     placed: dict[ServiceKey, dict[int, Assignment]] = {k: {} for k in needs}
+    # A replica's id is `{service}-rep-{n}`, without its deployment: a number is held by one deployment's service of
+    # that name in the whole cluster (replicas move between nodes), so same-named services never share an id.
+    holders: dict[str, dict[int, str]] = {}
+    counted: dict[ServiceKey, set[int]] = {}
     for a in sorted(view.assignments, key=lambda a: (a.deployment, a.service, a.replica)):
         need = needs.get((a.deployment, a.service))
-        slot = by_id.get(a.node_id)
-        if need is None or slot is None or a.replica > need.desired or a.replica in placed[need.key]:
+        if need is None:
             continue
+        owners = holders.setdefault(a.service, {})
+        if owners.get(a.replica, a.deployment) != a.deployment:
+            continue  # an earlier deployment's same-named service holds the number: placed again under a free one
+        numbers = counted.setdefault(need.key, set())
+        numbers.add(a.replica)
+        slot = by_id.get(a.node_id)
+        if slot is None or len(numbers) > need.desired or a.replica in placed[need.key]:
+            continue  # its node is gone, or it is scaled away (the highest numbers go)
         if _static_blocker(slot, need) is not None or _blocker(slot, need) is not None:
             continue
         if need.gpu_count:
@@ -478,6 +504,7 @@ def place(
         else:
             _take(slot, need)
         placed[need.key][a.replica] = a
+        owners[a.replica] = a.deployment
 
     # 2. place the rest, the hardest to fit first (isolation modes, GPUs, the largest requests)
     index = _Index(slots)
@@ -485,7 +512,7 @@ def place(
     def place_need(need: _Need) -> tuple[list[Assignment], int]:
         """Place the service's missing replicas; (the new assignments, how many found no node)."""
         have = placed[need.key]
-        missing = [r for r in range(1, need.desired + 1) if r not in have]
+        missing = _free_numbers(holders.setdefault(need.key[1], {}), need.desired - len(have))
         if not missing:
             return [], 0
         new: list[Assignment] = []
@@ -517,7 +544,13 @@ def place(
             new = []
         for a in new:
             have[a.replica] = a
+            holders[sname][a.replica] = dname
         return new, len(missing) - len(new)
+
+    def unplace(need: _Need, a: Assignment) -> None:
+        _release(by_id[a.node_id], need, a.gpus)
+        del placed[need.key][a.replica]
+        del holders[a.service][a.replica]
 
     def place_whole(group: list[_Need]) -> dict[ServiceKey, tuple[int, str]]:
         """Place a deployment's services all or none; what found no node, and why (empty: all placed)."""
@@ -530,8 +563,7 @@ def place(
                 short[need.key] = (missing, _explain(slots, need, missing, {}))
         if short:
             for need, a in new:
-                _release(by_id[a.node_id], need, a.gpus)
-                del placed[need.key][a.replica]
+                unplace(need, a)
         return short
 
     # What ran before places what fits. A deployment that never ran starts whole or not at all: all of them are
@@ -554,8 +586,7 @@ def place(
                 held.add(d)
     for d in sorted(held):
         for need, a in new_of.get(d, []):
-            _release(by_id[a.node_id], need, a.gpus)
-            del placed[need.key][a.replica]
+            unplace(need, a)
     fresh = {d: [n for n in order if n.key[0] == d] for d in sorted(held)}
     waiting: dict[str, dict[ServiceKey, tuple[int, str]]] = {d: {} for d in sorted(held)}
     while waiting:

@@ -67,8 +67,9 @@ class Node(_Frozen):
 
 
 class Assignment(_Frozen):
-    """Replica ``replica`` (numbered from 1, as the agent numbers them) of ``deployment``/``service`` runs on
-    ``node_id``, with the node's GPUs ``gpus`` (their ``Gpu.index``, all of one vendor) when it asks for some."""
+    """Replica ``replica`` (numbered from 1, as the agent numbers them; unique per service name in the cluster, as
+    its container id ``{service}-rep-{replica}`` must be) of ``deployment``/``service`` runs on ``node_id``, with the
+    node's GPUs ``gpus`` (their ``Gpu.index``, all of one vendor) when it asks for some."""
 
     deployment: str
     service: str

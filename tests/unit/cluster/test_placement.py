@@ -67,6 +67,36 @@ def test_replicas_spread_over_nodes() -> None:
     assert not p.unschedulable
 
 
+def test_same_named_services_of_two_deployments_never_share_a_replica_number() -> None:
+    # a replica's id is `{service}-rep-{n}` whatever its deployment: two `web`s must not both run web-rep-1
+    view = ClusterView(nodes=(node("a"), node("b"), node("c")))
+    specs = {**deployment("shop", web=svc(3)), **deployment("blog", web=svc(3))}
+    p = place(view, specs)
+    blog, shop = ([a.replica for a in p.of(d, "web")] for d in ("blog", "shop"))
+    assert (blog, shop) == ([1, 2, 3], [4, 5, 6])
+    assert place(view.with_assignments(p.assignments), specs) == p
+    # a scale-up takes numbers neither holds; a scale-down drops the service's highest, whatever they are
+    up = place(view.with_assignments(p.assignments), specs, {("blog", "web"): 5})
+    assert [a.replica for a in up.of("blog", "web")] == [1, 2, 3, 7, 8]
+    down = place(view.with_assignments(up.assignments), specs, {("blog", "web"): 2, ("shop", "web"): 1})
+    assert [a.replica for a in down.of("blog", "web")] == [1, 2] and [a.replica for a in down.of("shop", "web")] == [4]
+    # numbers a removed deployment held are free again
+    assert [a.replica for a in place(view.with_assignments(p.assignments), deployment("shop", web=svc(3))).of(
+        "shop", "web")] == [4, 5, 6]  # fmt: skip
+    assert [a.replica for a in place(view, deployment("shop", web=svc(3))).of("shop", "web")] == [1, 2, 3]
+    # a clash placed before this rule: the deployment first by name keeps the number, the other's replica moves to
+    # a free one (the rest stay where they run)
+    clash = tuple(
+        Assignment(deployment=d, service="web", replica=i, node_id=n)
+        for d in ("blog", "shop")
+        for i, n in ((1, "a"), (2, "b"), (3, "c"))
+    )
+    healed = place(view.with_assignments(clash), specs)
+    assert {a.replica: a.node_id for a in healed.of("blog", "web")} == {1: "a", 2: "b", 3: "c"}
+    assert [a.replica for a in healed.of("shop", "web")] == [4, 5, 6]
+    assert place(view.with_assignments(healed.assignments), specs) == healed
+
+
 def test_shared_bin_packs_by_requested_cpu_and_memory_and_never_overcommits() -> None:
     view = ClusterView(
         nodes=(node("a", cpu=4), node("b", cpu=4)),
