@@ -8,40 +8,21 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import signal
 import socket
-import struct
 import subprocess
 import sys
-import time
 import uuid
 from typing import Any
 
 import pytest
 
 from tests.fixtures.daemon_node import service_image
-from tests.fixtures.netns_cluster import Host, NetnsCluster, wait_for
+from tests.fixtures.netns_cluster import Host, NetnsCluster, capture, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
 
 CONTROL_PORTS = {2379, 9000, 3669}  # etcd's client and peer ports, the daemon's API: the cluster's own traffic
-CAPTURE = """
-import socket, struct, signal, sys
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-s.bind(("eth0", 0))
-s.settimeout(0.2)
-stop = []
-signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-out = open(sys.argv[1], "wb")
-print("ready", flush=True)
-while not stop:
-    try:
-        f = s.recv(65535)
-    except (TimeoutError, InterruptedError):
-        continue
-    out.write(struct.pack("!I", len(f)) + f)
-out.close()
-"""
+WG_PORT = 51820
 MARKER = "overlay-" + uuid.uuid4().hex
 IDS: dict[int, str] = {}
 
@@ -50,22 +31,6 @@ def _overlay(host: Host) -> dict[str, Any]:
     """``zlayer network inspect``: the node's overlay, its peers and its addresses."""
     doc: dict[str, Any] = json.loads(host.ok("network", "inspect"))
     return doc
-
-
-def _frames(raw: bytes) -> list[tuple[str, str, str, int, int]]:
-    """(source, destination, protocol, source port, destination port) of every IPv4 frame captured."""
-    out, at = [], 0
-    while at < len(raw):
-        (n,) = struct.unpack_from("!I", raw, at)
-        f = raw[at + 4 : at + 4 + n]
-        at += 4 + n
-        if len(f) < 34 or f[12:14] != b"\x08\x00":
-            continue
-        ihl = (f[14] & 0x0F) * 4
-        proto = {6: "tcp", 17: "udp"}.get(f[23], str(f[23]))
-        sport, dport = struct.unpack_from("!HH", f, 14 + ihl) if proto in ("tcp", "udp") else (0, 0)
-        out.append((socket.inet_ntoa(f[26:30]), socket.inet_ntoa(f[30:34]), proto, sport, dport))
-    return out
 
 
 def _wg_show(host: Host) -> str:
@@ -108,7 +73,7 @@ def test_slices_are_distinct_and_each_node_peers_with_the_other(pair: tuple[Host
         (addr,) = ov["ip_alloc"]["containers"].values()
         assert ipaddress.ip_address(addr) in mine and addr in ov["ip_alloc"]["allocated_ips"]
         (peer,) = ov["peers"]
-        assert peer["node"] == str(other.index) and peer["endpoint"] == f"{other.addr}:51820"
+        assert peer["node"] == str(other.index) and peer["endpoint"] == f"{other.addr}:{WG_PORT}"
         assert peer["allowed_ips"] == [str(theirs)]
         link = subprocess.run(["ip", "-n", h.ns, "-o", "link", "show", "type", "tun"], capture_output=True, text=True)
         assert " mtu 1420 " in link.stdout, link.stdout
@@ -119,12 +84,7 @@ def test_a_container_reaches_one_on_another_node_by_overlay_address_and_the_wire
 ) -> None:
     h1, h2 = pair
     (target,) = _overlay(h2)["ip_alloc"]["containers"].values()
-    pcap = h2.root / "wire.frames"
-    # every frame on node 2's link to the other hosts, read from an AF_PACKET socket in its namespace
-    dump = subprocess.Popen(["ip", "netns", "exec", h2.ns, sys.executable, "-c", CAPTURE, str(pcap)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        assert dump.stdout is not None and dump.stdout.readline() == b"ready\n"
+    with capture(h2) as wire:  # every frame on node 2's link to the other hosts
         pid = _pid(h1, IDS[1])
 
         def fetch() -> str:
@@ -138,15 +98,9 @@ def test_a_container_reaches_one_on_another_node_by_overlay_address_and_the_wire
         except AssertionError as e:
             raise AssertionError(f"{e}\n" + "\n".join(_wg_show(h) for h in pair)) from None
         assert got == f"{MARKER}-2"
-        time.sleep(0.5)
-    finally:
-        dump.send_signal(signal.SIGINT)
-        _, err = dump.communicate(timeout=10)
-    assert pcap.exists(), err.decode(errors="replace")
-    raw = pcap.read_bytes()
-    assert MARKER.encode() not in raw and b"GET / HTTP" not in raw
-    between = [p for p in _frames(raw) if {p[0], p[1]} == {h1.addr, h2.addr}]
-    overlay = [p for p in between if p[2] == "udp" and 51820 in (p[3], p[4])]
+    assert MARKER.encode() not in wire.raw and b"GET / HTTP" not in wire.raw
+    between = [p for p in wire.frames() if {p[0], p[1]} == {h1.addr, h2.addr}]
+    overlay = [p for p in between if p[2] == "udp" and WG_PORT in (p[3], p[4])]
     other = [p for p in between if p not in overlay and not (p[2] == "tcp" and {p[3], p[4]} & CONTROL_PORTS)]
     assert overlay and not other, (len(overlay), other[:10])
 
@@ -159,7 +113,7 @@ def test_network_peers_shows_a_fresh_handshake_and_health_and_a_node_outside_a_c
     assert peer["healthy"] is True and 0 <= peer["last_handshake_secs"] < 120 and peer["rx_bytes"] > 0
     table = h1.ok("network", "peers").splitlines()
     assert table[0].split()[:4] == ["NODE", "ENDPOINT", "ALLOWED", "IPS"]
-    assert table[1].split()[:2] == ["2", f"{h2.addr}:51820"] and " yes " in table[1]
+    assert table[1].split()[:2] == ["2", f"{h2.addr}:{WG_PORT}"] and " yes " in table[1]
     status = h2.ok("network", "status")
     assert "peers:       1/1 healthy" in status and "mtu:         1420" in status
     assert [n["name"] for n in h2.json("network", "ls")] == ["overlay"]

@@ -185,11 +185,13 @@ class ClusterTrafficHook(Protocol):
         ...
 
     def remote(self, deployment: str, service: str) -> list[Backend]:
-        """The healthy replicas of the service on the other nodes (their node address and host port)."""
+        """The healthy replicas of the service on the other nodes (their overlay address and port, or their node
+        address and host port)."""
         ...
 
-    async def report(self, deployment: str, service: str, backends: list[Backend]) -> None:
-        """This node's healthy replicas of the service, as the other nodes reach them."""
+    async def report(self, deployment: str, service: str, backends: list[Backend], port: int) -> None:
+        """This node's healthy replicas of the service, as the other nodes reach them: ``backends`` by node address
+        and host port, or by overlay address and ``port`` (the one they listen on)."""
         ...
 
 

@@ -57,7 +57,7 @@ class Publisher:
                 if ports or not r.record.ip:  # on the host network, the replica's own port is the node's
                     reachable.append(Backend(r.key, "", ports[0] if ports else port))
             try:
-                await self.cluster.report(deployment, service, reachable)
+                await self.cluster.report(deployment, service, reachable, port)
             except ZLayerError as e:
                 await self.events.add(deployment, "proxy_error", with_context(service, e))
             backends += self.cluster.remote(deployment, service)

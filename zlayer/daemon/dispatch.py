@@ -16,8 +16,10 @@ the cluster, only the hooks it is given):
 - **Down** — a deployment removed through this node is gone once every other live node said its share is down
   (``/zlayer/cluster/down/<deployment>/<node>``, with what could not be removed); each node says so for its own.
 - **Traffic** (:class:`~zlayer.agent.hooks.ClusterTrafficHook`) — each node reports its healthy replicas of each
-  fronted service as ``address:host port`` under ``/zlayer/cluster/endpoints/<deployment>/<service>/<node>``; every
-  node's proxy balances over its own replicas and those of the other nodes that are alive.
+  fronted service under ``/zlayer/cluster/endpoints/<deployment>/<service>/<node>``: its node address and the host
+  port, and the replica's overlay address and its own port. Every node's proxy balances over its own replicas and
+  those of the other nodes that are alive, reaching those by overlay address (inside WireGuard: between machines
+  only the WireGuard port need be open) when both nodes have the overlay, else by node address and host port.
 - **Autoscaling** (:class:`~zlayer.agent.autoscale.ClusterMetrics`) — each node's autoscaler publishes its share of
   every adaptive service's figures (its replicas' CPU and memory, its proxy's requests per second) in one key,
   ``/zlayer/autoscale/<node>``, each round (deleted when it has none); only the leader reads the live nodes' fresh
@@ -31,7 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,7 @@ from zlayer.state.etcd import EtcdClient, exists, put_op
 
 if TYPE_CHECKING:
     from zlayer.agent import ServiceManager
+    from zlayer.overlay.cluster import OverlayNode
     from zlayer.spec.models import DeploymentSpec
     from zlayer.state import Store
 
@@ -78,14 +81,34 @@ class _ClusterState:
         await self.cluster.assignments().put_assignments(changes)
 
 
+@dataclass(frozen=True)
+class _Endpoint:
+    """A replica on another node as that node reported it: its node address and host port, and its overlay
+    ``address:port`` ('' when it has none)."""
+
+    container: str
+    address: str
+    port: int
+    overlay: str
+
+    def backend(self, over_overlay: bool) -> Backend:
+        if over_overlay and self.overlay:
+            host, _, port = self.overlay.rpartition(":")
+            return Backend(self.container, host, int(port))
+        return Backend(self.container, self.address, self.port)
+
+
 class Dispatch:
-    def __init__(self, cluster: ClusterNode, store: Store) -> None:
+    def __init__(self, cluster: ClusterNode, store: Store, overlay: OverlayNode | None = None) -> None:
         self.cluster = cluster
         self.store = store
+        self.overlay = overlay  # this node's WireGuard overlay: other nodes' replicas are reached through it
+        if overlay is not None:
+            overlay.listeners.append(self._overlay_changed)
         self.manager: ServiceManager | None = None
         self.scheduler = Scheduler(store, _ClusterState(cluster), self._leads, resync=RESYNC)
         self._tasks: list[asyncio.Task[None]] = []
-        self._remote: dict[tuple[str, str], dict[str, list[Backend]]] = {}
+        self._remote: dict[tuple[str, str], dict[str, list[_Endpoint]]] = {}
         self._reported: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._alive: set[str] = set()
         self._kicks: dict[tuple[str, ...], asyncio.Task[None]] = {}
@@ -249,18 +272,25 @@ class Dispatch:
 
     def remote(self, deployment: str, service: str) -> list[Backend]:
         me = self.cluster.local.node_id if self.cluster.local is not None else ""
-        return [
-            b
-            for node, backends in sorted(self._remote.get((deployment, service), {}).items())
-            if node != me and node in self._alive
-            for b in backends
-        ]
+        out = []
+        for node, endpoints in sorted(self._remote.get((deployment, service), {}).items()):
+            if node == me or node not in self._alive:
+                continue
+            via = self.overlay.reachable(node) if self.overlay is not None else None
+            out += [e.backend(via is True) for e in endpoints]
+        return out
 
-    async def report(self, deployment: str, service: str, backends: list[Backend]) -> None:
+    async def report(self, deployment: str, service: str, backends: list[Backend], port: int) -> None:
         if not self.cluster.in_cluster:
             return
         local, client = self.cluster.need()
-        value = [{"container": b.container, "address": local.advertise, "port": b.port} for b in backends]
+        ov = self.overlay
+        leases = ov.leases if ov is not None and ov.up else {}
+        value = [
+            {"container": b.container, "address": local.advertise, "port": b.port,
+             "overlay": f"{leases[b.container]}:{port}" if b.container in leases else ""}
+            for b in backends
+        ]  # fmt: skip
         if self._reported.get((deployment, service)) == value:
             return
         key = f"{ENDPOINTS}{deployment}/{service}/{local.node_id}"
@@ -378,8 +408,15 @@ class Dispatch:
             entry.pop(node, None)
         else:
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                entry[node] = [Backend(str(b["container"]), str(b["address"]), int(b["port"])) for b in kv.json()]
+                entry[node] = [_Endpoint(str(b["container"]), str(b["address"]), int(b["port"]),
+                                         str(b.get("overlay") or "")) for b in kv.json()]  # fmt: skip
         return dep, svc
+
+    def _overlay_changed(self, node: str) -> None:
+        """The overlay to ``node`` came or went: the proxy reaches its replicas another way now."""
+        for dep, svc in list(self._remote):
+            if node in self._remote[(dep, svc)]:
+                self._kick(("p", dep, svc), partial(self._republish, dep, svc))
 
     async def _republish(self, deployment: str, service: str) -> None:
         """The proxy of this node gets the service's backends again (another node's changed)."""

@@ -234,7 +234,7 @@ class Daemon:
             jobs = JobManager(store, drivers, network=network)
             from zlayer.daemon.dispatch import Dispatch
 
-            dispatch = Dispatch(cluster, store)  # a node in a cluster runs what the leader assigns it
+            dispatch = Dispatch(cluster, store, overlay)  # a node in a cluster runs what the leader assigns it
             manager = ServiceManager(
                 store,
                 drivers,

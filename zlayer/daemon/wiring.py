@@ -271,6 +271,9 @@ class DaemonNetwork:
 
     async def withdraw(self, container: str) -> None:
         await self.net.withdraw(container)
+        ov = self.overlay
+        if ov is not None and container in ov.leases:  # other nodes' proxies reach it by overlay address too
+            await self.net.refuse_overlay(ov.leases[container])
 
     def dns_servers(self) -> list[str]:
         return [self.net.gateway]

@@ -246,6 +246,7 @@ class NodeNetwork:
         self._ready = False
         # the cluster overlay's interface and this node's slice: packets from it to the slice enter the bridge
         self.overlay_in: tuple[str, str] | None = None
+        self.overlay_refused: set[str] = set()  # overlay addresses of replicas about to stop (see refuse_overlay)
 
     def _load_state(self) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError, TypeError, KeyError):
@@ -362,6 +363,10 @@ class NodeNetwork:
             )
             published.append(f"ct status dnat ip daddr {ip} {pm.protocol} dport {pm.container_port} accept")
         if self.overlay_in is not None:  # replicas on other nodes reach this node's by overlay address
+            if self.overlay_refused:
+                ov, stopping = f'iifname "{self.overlay_in[0]}"', ", ".join(sorted(self.overlay_refused))
+                published.append(f"{ov} ip daddr {{ {stopping} }} meta l4proto tcp reject with tcp reset")
+                published.append(f"{ov} ip daddr {{ {stopping} }} reject")
             published.append(f'iifname "{self.overlay_in[0]}" ip daddr {self.overlay_in[1]} accept')
         post = []
         if self.nat:
@@ -494,6 +499,16 @@ class NodeNetwork:
                 ipr.route("del", dst=address, dst_len=32)
 
         await asyncio.to_thread(go)
+        if address in self.overlay_refused:
+            self.overlay_refused.discard(address)
+            await self._sync_rules()
+
+    async def refuse_overlay(self, address: str) -> None:
+        """A replica about to stop: a new connection to its overlay ``address`` from another node is refused at once,
+        as one to its withdrawn port mappings is (see :meth:`withdraw`); established ones run on."""
+        if address not in self.overlay_refused:
+            self.overlay_refused.add(address)
+            await self._sync_rules()
 
     async def detach(self, deployment: str, service: str, container: str) -> None:
         await asyncio.to_thread(self._detach, container)

@@ -25,7 +25,7 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,8 @@ class OverlayNode:
         self.dns_binds: list[str] = []  # where the node's DNS answers on port DNS_PORT (set by the daemon)
         self._watch: asyncio.Task[None] | None = None
         self.error = ""
+        # told the id of a node whose reachability over the overlay changed (see :meth:`reachable`)
+        self.listeners: list[Callable[[str], None]] = []
 
     # membership hook -------------------------------------------------------------------------------------------
 
@@ -279,12 +281,29 @@ class OverlayNode:
         self.iface.set_persistent_keepalive(peer, KEEPALIVE)
         self.peers[node] = entry
         log.info("overlay: peer %s at %s for %s", node, entry["endpoint"], entry["slice"])
+        self._tell(node)
 
     def _drop(self, node: str) -> None:
         gone = self.peers.pop(node, None)
         if gone and self.iface is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.iface.remove_peer(base64.b64decode(gone["public_key"]))
+        if gone:
+            self._tell(node)
+
+    def _tell(self, node: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(node)
+            except Exception as e:  # one listener's failure is its own
+                log.warning("overlay: telling of node %s's change failed: %s", node, e)
+
+    def reachable(self, node: str) -> bool | None:
+        """How this node reaches ``node``'s replicas: True over the overlay (their overlay addresses, through
+        WireGuard); None when this node or that one has no overlay (their node address and host port)."""
+        if not self.up or node not in self.peers:
+            return None
+        return True
 
     # containers ------------------------------------------------------------------------------------------------
 
