@@ -34,6 +34,7 @@ class DaemonConfig:
     docker_socket: str | None = None  # the Docker Engine API shim's socket (`serve --docker-socket`); None: off
     heartbeat_interval: float = 5.0  # cluster liveness (ZLayer's timings): renew the node's lease every 5 s,
     dead_after: float = 30.0  # and it is dead 30 s after the last renewal; `node init` writes them cluster-wide
+    wg_port: int = 51420  # the overlay's WireGuard UDP port in a cluster (ZLayer's `serve --wg-port`, 51420)
     autoscale_interval: float = 10.0  # seconds between the autoscaler's evaluations (ZLayer's 10 s); 0: off
     api_tls_cert: str | None = None  # the TCP API over TLS (`serve --api-tls-cert/--api-tls-key`): PEM files
     api_tls_key: str | None = None
@@ -71,6 +72,8 @@ class DaemonConfig:
         if not self.swagger:
             argv.append("--no-swagger")
         argv += ["--heartbeat-interval", f"{self.heartbeat_interval:g}", "--dead-after", f"{self.dead_after:g}"]
+        if self.wg_port != 51420:
+            argv += ["--wg-port", str(self.wg_port)]
         if self.autoscale_interval != 10.0:
             argv += ["--autoscale-interval", f"{self.autoscale_interval:g}"]
         for flag, value in (
@@ -115,7 +118,7 @@ SERVE_FILE = "serve.json"
 _REMEMBERED: dict[str, type | tuple[type, ...]] = {
     "bind": str, "metrics_bind": str, "swagger": bool, "deployment_name": str, "host_network": bool, "dns_port": int,
     "acme_email": str, "acme_directory": str, "max_layer_size": str, "max_image_size": str,
-    "heartbeat_interval": (int, float), "dead_after": (int, float),
+    "heartbeat_interval": (int, float), "dead_after": (int, float), "wg_port": int,
     "autoscale_interval": (int, float), "api_tls_cert": str, "api_tls_key": str,
 }  # fmt: skip
 

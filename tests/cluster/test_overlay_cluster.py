@@ -22,7 +22,7 @@ from tests.fixtures.netns_cluster import Host, NetnsCluster, capture, wait_for
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
 
 CONTROL_PORTS = {2379, 9000, 3669}  # etcd's client and peer ports, the daemon's API: the cluster's own traffic
-WG_PORT = 51820
+WG_PORT = 51420  # `serve --wg-port`, ZLayer's default
 MARKER = "overlay-" + uuid.uuid4().hex
 IDS: dict[int, str] = {}
 

@@ -28,7 +28,7 @@ from tests.fixtures.netns_cluster import (
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
 
 PORT = 8096
-WG_PORT = 51820
+WG_PORT = 51420  # `serve --wg-port`, ZLayer's default
 CONTROL_PORTS = {2379, 9000, 3669}  # etcd's client and peer ports, the daemon's API
 CLUSTER_CIDR = ipaddress.ip_network("10.200.0.0/16")
 

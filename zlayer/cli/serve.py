@@ -44,6 +44,9 @@ from zlayer.paths import API_PORT
 @click.option("--dead-after", envvar="ZLAYER_DEAD_AFTER", type=float, default=30.0, show_default=True,
               help="In a cluster: seconds without a renewal before a node is dead (what `node init` makes the "
               "cluster's, unless it is given its own).")  # fmt: skip
+@click.option("--wg-port", envvar="ZLAYER_WG_PORT", type=click.IntRange(1, 65535), default=51420, show_default=True,
+              help="In a cluster: the UDP port of this node's WireGuard overlay (the one port other machines need "
+              "open to reach its replicas).")  # fmt: skip
 @click.option("--autoscale-interval", envvar="ZLAYER_AUTOSCALE_INTERVAL", type=click.FloatRange(min=0), default=10.0,
               show_default=True, metavar="SECONDS",
               help="How often the autoscaler evaluates adaptive services (0: never).")  # fmt: skip
@@ -69,6 +72,7 @@ def serve(
     docker_socket_path: str | None,
     heartbeat_interval: float,
     dead_after: float,
+    wg_port: int,
     autoscale_interval: float,
     api_tls_cert: str | None,
     api_tls_key: str | None,
@@ -116,6 +120,7 @@ def serve(
         docker_socket=(docker_socket_path or "/var/run/docker.sock") if docker_socket or docker_socket_path else None,
         heartbeat_interval=heartbeat_interval,
         dead_after=dead_after,
+        wg_port=wg_port,
         autoscale_interval=autoscale_interval,
         api_tls_cert=api_tls_cert,
         api_tls_key=api_tls_key,

@@ -306,10 +306,9 @@ def make_overlay(cfg: DaemonConfig) -> OverlayNode | None:
     """The node's overlay (up once the node is in a cluster); none without root or the node network."""
     if os.geteuid() != 0 or cfg.host_network or os.environ.get("ZLAYER_NODE_NETWORK", "on") == "off":
         return None
-    from zlayer.overlay.cluster import WG_PORT, OverlayNode
+    from zlayer.overlay.cluster import OverlayNode
 
-    port = int(os.environ.get("ZLAYER_OVERLAY_PORT", WG_PORT))
-    return OverlayNode(cfg.paths.sub("overlay"), port=port)
+    return OverlayNode(cfg.paths.sub("overlay"), port=cfg.wg_port)
 
 
 def make_network(cfg: DaemonConfig, overlay: OverlayNode | None = None) -> DaemonNetwork | None:

@@ -40,7 +40,7 @@ ROOT = "/zlayer/cluster/overlay/"
 SLICES = ROOT + "slices/"
 NODES = ROOT + "nodes/"
 ADDRESSES = ROOT + "addresses/"
-WG_PORT = 51820
+WG_PORT = 51420  # ZLayer's `serve --wg-port` default (its library's 51820 is not what its daemon uses)
 KEEPALIVE = 25  # ZLayer's persistent keepalive
 DNS_PORT = 15353  # ZLayer's service DNS port
 
