@@ -35,6 +35,7 @@ class DaemonConfig:
     heartbeat_interval: float = 5.0  # cluster liveness (ZLayer's timings): renew the node's lease every 5 s,
     dead_after: float = 30.0  # and it is dead 30 s after the last renewal; `node init` writes them cluster-wide
     wg_port: int = 51420  # the overlay's WireGuard UDP port in a cluster (ZLayer's `serve --wg-port`, 51420)
+    overlay_peer_timeout: float = 180.0  # an overlay peer without a handshake this long is unhealthy (ZLayer's 180 s)
     autoscale_interval: float = 10.0  # seconds between the autoscaler's evaluations (ZLayer's 10 s); 0: off
     api_tls_cert: str | None = None  # the TCP API over TLS (`serve --api-tls-cert/--api-tls-key`): PEM files
     api_tls_key: str | None = None
@@ -74,6 +75,8 @@ class DaemonConfig:
         argv += ["--heartbeat-interval", f"{self.heartbeat_interval:g}", "--dead-after", f"{self.dead_after:g}"]
         if self.wg_port != 51420:
             argv += ["--wg-port", str(self.wg_port)]
+        if self.overlay_peer_timeout != 180.0:
+            argv += ["--overlay-peer-timeout", f"{self.overlay_peer_timeout:g}"]
         if self.autoscale_interval != 10.0:
             argv += ["--autoscale-interval", f"{self.autoscale_interval:g}"]
         for flag, value in (
@@ -119,6 +122,7 @@ _REMEMBERED: dict[str, type | tuple[type, ...]] = {
     "bind": str, "metrics_bind": str, "swagger": bool, "deployment_name": str, "host_network": bool, "dns_port": int,
     "acme_email": str, "acme_directory": str, "max_layer_size": str, "max_image_size": str,
     "heartbeat_interval": (int, float), "dead_after": (int, float), "wg_port": int,
+    "overlay_peer_timeout": (int, float),
     "autoscale_interval": (int, float), "api_tls_cert": str, "api_tls_key": str,
 }  # fmt: skip
 

@@ -10,14 +10,13 @@ import ipaddress
 import json
 import socket
 import subprocess
-import sys
 import uuid
 from typing import Any
 
 import pytest
 
 from tests.fixtures.daemon_node import service_image
-from tests.fixtures.netns_cluster import Host, NetnsCluster, capture, wait_for
+from tests.fixtures.netns_cluster import Host, NetnsCluster, ask, capture, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
 
@@ -123,37 +122,6 @@ def test_network_peers_shows_a_fresh_handshake_and_health_and_a_node_outside_a_c
     assert netns_cluster.hosts[2].json("network", "dns")["enabled"] is False
 
 
-QUERY = """
-import random, socket, struct, sys
-host, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-qid = random.randrange(65536)
-q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0" + struct.pack("!HH", 1, 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
-s.sendto(q, (host, port))
-r = s.recv(4096)
-an = struct.unpack_from("!H", r, 6)[0]
-print("rcode", r[3] & 15)
-# answers follow the question; each A record ends with its 4-byte address
-at = len(q)
-for _ in range(an):
-    at += 2 + 8
-    n = struct.unpack_from("!H", r, at)[0]
-    at += 2
-    print(socket.inet_ntoa(r[at : at + n]))
-    at += n
-"""
-
-
-def _ask(pid: int, server: str, port: int, name: str) -> list[str]:
-    r = subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", QUERY, server, str(port), name],
-                       capture_output=True, text=True, timeout=20)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.split()
-    return sorted(lines[2:]) if lines[1] == "0" else [f"rcode {lines[1]}"]
-
-
 def test_service_names_resolve_to_overlay_addresses_of_replicas_on_every_node(pair: tuple[Host, Host]) -> None:
     h1, h2 = pair
     a1 = _overlay(h1)["ip_alloc"]["containers"][IDS[1]]
@@ -162,13 +130,13 @@ def test_service_names_resolve_to_overlay_addresses_of_replicas_on_every_node(pa
     gw = subprocess.run(["nsenter", "-t", str(p1), "-n", "ip", "route", "show", "default"],
                         capture_output=True, text=True).stdout.split()[2]  # fmt: skip
     # node 1's DNS (the container's resolver, on its gateway) answers for a replica on node 2 by overlay address
-    assert wait_for(lambda: _ask(p1, gw, 53, "ov2.service.local") == [a2], 10, "ov2 in node 1's DNS")
-    assert _ask(p1, gw, 53, "ov2") == [a2] and _ask(p1, gw, 53, "ov1") == [a1]
+    assert wait_for(lambda: ask(p1, gw, 53, "ov2.service.local") == [a2], 10, "ov2 in node 1's DNS")
+    assert ask(p1, gw, 53, "ov2") == [a2] and ask(p1, gw, 53, "ov1") == [a1]
     # ZLayer's port 15353 on the node's overlay address, asked across the overlay from node 2's container
     node1 = _overlay(h1)["node_ip"]
-    assert _ask(p2, node1, 15353, "ov2.service.local") == [a2]
-    assert _ask(p2, node1, 15353, "ov1.service.local") == [a1]
-    assert _ask(p2, node1, 15353, "nothing-here.service.local") == ["rcode 3"]
+    assert ask(p2, node1, 15353, "ov2.service.local") == [a2]
+    assert ask(p2, node1, 15353, "ov1.service.local") == [a1]
+    assert ask(p2, node1, 15353, "nothing-here.service.local") == ["rcode 3"]
     dns = h1.json("network", "dns")
     assert dns["enabled"] and dns["port"] == 15353 and dns["bind_addrs"] == ["127.0.0.1", node1]
     assert {"ov1.service.local", "ov2.service.local", "ov2"} <= set(dns["services"])
@@ -200,11 +168,11 @@ def test_a_deployments_replicas_on_two_nodes_find_and_reach_each_other_by_name_o
     pid = _pid(h1, mine)
     gw = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "route", "show", "default"],
                         capture_output=True, text=True).stdout.split()[2]  # fmt: skip
-    addrs = wait_for(lambda: len(a := _ask(pid, gw, 53, "web.service.local")) == 2 and a, 15, "both replicas")
+    addrs = wait_for(lambda: len(a := ask(pid, gw, 53, "web.service.local")) == 2 and a, 15, "both replicas")
     slices = [ipaddress.ip_network(_overlay(h)["slice_cidr"]) for h in pair]
     assert sorted(any(ipaddress.ip_address(a) in s for a in addrs) for s in slices) == [True, True], addrs
-    assert _ask(pid, gw, 53, "web.service.local") == _ask(pid, gw, 53, "web")
-    assert _ask(pid, gw, 53, "web.service.local") != _ask(pid, gw, 53, "ov2.service.local")  # not the standalone's
+    assert ask(pid, gw, 53, "web.service.local") == ask(pid, gw, 53, "web")
+    assert ask(pid, gw, 53, "web.service.local") != ask(pid, gw, 53, "ov2.service.local")  # not the standalone's
     who = set()
     for a in addrs:
         r = subprocess.run(["nsenter", "-t", str(pid), "-n", "curl", "-sS", "--max-time", "3",

@@ -17,6 +17,7 @@ from tests.fixtures.netns_cluster import (
     Host,
     NetnsCluster,
     answers,
+    ask,
     backend_addresses,
     capture,
     netns_hosts,
@@ -30,6 +31,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
 PORT = 8096
 WG_PORT = 51420  # `serve --wg-port`, ZLayer's default
 CONTROL_PORTS = {2379, 9000, 3669}  # etcd's client and peer ports, the daemon's API
+PEER_TIMEOUT = 6  # seconds without a handshake before a peer is unhealthy (`serve --overlay-peer-timeout`)
 CLUSTER_CIDR = ipaddress.ip_network("10.200.0.0/16")
 
 
@@ -49,7 +51,7 @@ def _firewall(host: Host, subnet: str) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
     """Three hosts behind their firewalls, in one cluster, each with the image the deployment runs."""
-    with netns_hosts(tmp_path_factory) as c:
+    with netns_hosts(tmp_path_factory, serve_args=("--overlay-peer-timeout", str(PEER_TIMEOUT))) as c:
         for h in c.hosts:
             _firewall(h, f"{c.subnet}.0/24")
         c.form()
@@ -108,3 +110,75 @@ def test_every_proxy_reaches_the_replicas_of_every_node_with_only_wireguard_open
     overlay = [p for p in between if p[2] == "udp" and WG_PORT in (p[3], p[4])]
     other = [p for p in between if p not in overlay and not (p[2] == "tcp" and {p[3], p[4]} & CONTROL_PORTS)]
     assert overlay and not other, (len(overlay), other[:10])
+
+
+def _cut(host: Host) -> None:
+    """``host``'s WireGuard traffic dropped both ways; etcd and the API pass as before."""
+    rules = (
+        "table inet zltestcut {\n"
+        f" chain pre {{ type filter hook prerouting priority -160; udp dport {WG_PORT} drop; }}\n"
+        f" chain out {{ type filter hook output priority 0; udp dport {WG_PORT} drop; }}\n}}\n"
+    )
+    subprocess.run(["ip", "netns", "exec", host.ns, "nft", "-f", "-"], input=rules, text=True, check=True)
+
+
+def _mend(host: Host) -> None:
+    subprocess.run(["ip", "netns", "exec", host.ns, "nft", "delete", "table", "inet", "zltestcut"], check=True)
+
+
+def _health(host: Host) -> dict[str, tuple[bool, list[str]]]:
+    """``zlayer network peers`` on ``host``: each peer node's health and allowed-ips."""
+    return {p["node"]: (p["healthy"], p["allowed_ips"]) for p in host.json("network", "peers")["peers"]}
+
+
+def test_a_node_cut_off_from_the_overlay_is_withdrawn_from_the_other_proxies_and_dns_and_returns_by_itself(
+    cluster: NetnsCluster,
+) -> None:
+    h1, h2, h3 = cluster.hosts
+    got = placed(h1, "ovp", 6, {"1", "2", "3"})
+    assert got is not None
+    slice3 = ipaddress.ip_network(json.loads(h3.ok("network", "inspect"))["slice_cidr"])
+    mine = next(c for c, n in got.items() if n == "1")
+    doc = json.loads(h1.ok("container", "inspect", mine))
+    pid = int(doc.get("pid") or doc["state"]["pid"])
+    gw = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "route", "show", "default"],
+                        capture_output=True, text=True).stdout.split()[2]  # fmt: skip
+    everywhere = wait_for(lambda: len(a := ask(pid, gw, 53, "web.service.local")) == 6 and a, 15, "6 replicas in DNS")
+    assert _health(h1) == {"2": (True, [json.loads(h2.ok("network", "inspect"))["slice_cidr"]]),
+                           "3": (True, [str(slice3)])}  # fmt: skip
+
+    _cut(h3)
+    try:
+        wait_for(lambda: _health(h1)["3"] == (False, []), 4 * PEER_TIMEOUT, "node 3 unhealthy on node 1")
+        assert _health(h1)["2"][0] is True
+        row = next(r for r in h1.ok("network", "peers").splitlines() if r.split()[0] == "3")
+        assert " no " in row, row
+        wait_for(lambda: _health(h3) == {"1": (False, []), "2": (False, [])}, 4 * PEER_TIMEOUT,
+                 "both peers unhealthy on node 3")  # fmt: skip
+        # node 3 is still a live member of the cluster: only its overlay is gone
+        assert {n["id"]: n["status"] for n in h1.json("node", "ls")}["3"] == "ready"
+        ones_and_twos = {c for c, n in got.items() if n in ("1", "2")}
+        for host in (h1, h2):
+
+            def withdrawn(host: Host = host) -> bool:
+                held = backend_addresses(host)
+                return len(held) == 4 and not [a for a in held if ipaddress.ip_address(a.rsplit(":", 1)[0]) in slice3]
+
+            wait_for(withdrawn, 15, f"node 3's replicas out of host {host.index}'s proxy")
+            seen = answers(host, PORT, 12)
+            assert set(seen) == ones_and_twos, (host.index, seen)  # no request failed, none went to node 3
+        # node 3's own proxy has only its own replicas left, and answers with them
+        wait_for(lambda: len(backend_addresses(h3)) == 2, 15, "host 3's proxy holding its own 2 replicas")
+        assert set(answers(h3, PORT, 6)) == {c for c, n in got.items() if n == "3"}
+        # service DNS on node 1 answers with the replicas it can reach
+        dns = ask(pid, gw, 53, "web.service.local")
+        assert len(dns) == 4 and not [a for a in dns if ipaddress.ip_address(a) in slice3], dns
+    finally:
+        _mend(h3)
+    wait_for(lambda: {h: ok for h, (ok, _) in _health(h1).items()} == {"2": True, "3": True}, 4 * PEER_TIMEOUT,
+             "node 3 healthy again on node 1")  # fmt: skip
+    assert _health(h1)["3"] == (True, [str(slice3)])
+    for host in cluster.hosts:
+        wait_for(lambda host=host: len(backend_addresses(host)) == 6, 15, f"host {host.index}'s proxy holding all 6")
+        wait_for(lambda host=host: set(answers(host, PORT, 12)) == set(got), 15, f"all 6 through host {host.index}")
+    assert ask(pid, gw, 53, "web.service.local") == everywhere

@@ -47,6 +47,10 @@ from zlayer.paths import API_PORT
 @click.option("--wg-port", envvar="ZLAYER_WG_PORT", type=click.IntRange(1, 65535), default=51420, show_default=True,
               help="In a cluster: the UDP port of this node's WireGuard overlay (the one port other machines need "
               "open to reach its replicas).")  # fmt: skip
+@click.option("--overlay-peer-timeout", envvar="ZLAYER_OVERLAY_PEER_TIMEOUT", type=click.FloatRange(min=1),
+              default=180.0, show_default=True, metavar="SECONDS",
+              help="In a cluster: seconds without a WireGuard handshake before an overlay peer is unhealthy (its "
+              "replicas leave this node's proxy and DNS until it answers again).")  # fmt: skip
 @click.option("--autoscale-interval", envvar="ZLAYER_AUTOSCALE_INTERVAL", type=click.FloatRange(min=0), default=10.0,
               show_default=True, metavar="SECONDS",
               help="How often the autoscaler evaluates adaptive services (0: never).")  # fmt: skip
@@ -73,6 +77,7 @@ def serve(
     heartbeat_interval: float,
     dead_after: float,
     wg_port: int,
+    overlay_peer_timeout: float,
     autoscale_interval: float,
     api_tls_cert: str | None,
     api_tls_key: str | None,
@@ -121,6 +126,7 @@ def serve(
         heartbeat_interval=heartbeat_interval,
         dead_after=dead_after,
         wg_port=wg_port,
+        overlay_peer_timeout=overlay_peer_timeout,
         autoscale_interval=autoscale_interval,
         api_tls_cert=api_tls_cert,
         api_tls_key=api_tls_key,

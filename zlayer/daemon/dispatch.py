@@ -19,7 +19,9 @@ the cluster, only the hooks it is given):
   fronted service under ``/zlayer/cluster/endpoints/<deployment>/<service>/<node>``: its node address and the host
   port, and the replica's overlay address and its own port. Every node's proxy balances over its own replicas and
   those of the other nodes that are alive, reaching those by overlay address (inside WireGuard: between machines
-  only the WireGuard port need be open) when both nodes have the overlay, else by node address and host port.
+  only the WireGuard port need be open) when both nodes have the overlay, else by node address and host port; a
+  node whose overlay peer is unhealthy (no handshake for ``serve --overlay-peer-timeout`` s) gets nothing until it
+  handshakes again.
 - **Autoscaling** (:class:`~zlayer.agent.autoscale.ClusterMetrics`) — each node's autoscaler publishes its share of
   every adaptive service's figures (its replicas' CPU and memory, its proxy's requests per second) in one key,
   ``/zlayer/autoscale/<node>``, each round (deleted when it has none); only the leader reads the live nodes' fresh
@@ -277,6 +279,8 @@ class Dispatch:
             if node == me or node not in self._alive:
                 continue
             via = self.overlay.reachable(node) if self.overlay is not None else None
+            if via is False:
+                continue  # its overlay peer is unhealthy: nothing sent to its replicas until it handshakes again
             out += [e.backend(via is True) for e in endpoints]
         return out
 

@@ -308,7 +308,7 @@ def make_overlay(cfg: DaemonConfig) -> OverlayNode | None:
         return None
     from zlayer.overlay.cluster import OverlayNode
 
-    return OverlayNode(cfg.paths.sub("overlay"), port=cfg.wg_port)
+    return OverlayNode(cfg.paths.sub("overlay"), port=cfg.wg_port, unhealthy_after=cfg.overlay_peer_timeout)
 
 
 def make_network(cfg: DaemonConfig, overlay: OverlayNode | None = None) -> DaemonNetwork | None:

@@ -13,6 +13,11 @@ etcd, under ``/zlayer/cluster/overlay/``:
 Each node's interface carries the first address of its slice; the whole cluster CIDR is routed into it, and each
 peer's allowed-ips is that peer's slice, so a packet for an address of another node's slice goes to that node,
 encrypted. Containers get the other addresses of the node's slice (:meth:`OverlayNode.allocate`).
+
+A peer is healthy while its last handshake is at most ``unhealthy_after`` seconds old (ZLayer's 180; ``serve
+--overlay-peer-timeout``); each peer whose handshake is half that old is offered a new one, so a live peer stays
+healthy however idle the link. An unhealthy peer loses its allowed-ips, and its replicas leave this node's proxy
+(:meth:`OverlayNode.reachable`) and DNS answers until a handshake succeeds again.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 from zlayer.errors import OverlayError
 from zlayer.overlay.addressing import CLUSTER_CIDR, MTU, SLICE_PREFIX, AddressPool, fnv1a64
+from zlayer.overlay.interface import HEALTHY_HANDSHAKE_AGE
 from zlayer.paths import write_atomic
 from zlayer.state.etcd import EtcdClient, EtcdError, delete_op, mod_is, put_op
 
@@ -109,9 +115,17 @@ class OverlayNode:
     """This node's part of the overlay; a membership hook (``entered``/``left``) the daemon plugs into its
     ClusterNode, and the source of containers' overlay addresses."""
 
-    def __init__(self, directory: Path, advertise: str | None = None, port: int = WG_PORT) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        advertise: str | None = None,
+        port: int = WG_PORT,
+        unhealthy_after: float = HEALTHY_HANDSHAKE_AGE,
+    ) -> None:
         self.directory = directory
         self.port = port
+        self.unhealthy_after = unhealthy_after  # seconds without a handshake before a peer is unhealthy
+        self.healthy: dict[str, bool] = {}  # node id -> whether its peer is healthy, as last judged
         self.ifname = interface_name(directory)
         self.advertise = advertise
         self.iface: Any = None
@@ -123,9 +137,11 @@ class OverlayNode:
         self.leases: dict[str, str] = {}  # container -> overlay address
         self.peers: dict[str, dict[str, Any]] = {}  # node id -> its entry
         self.records: dict[str, tuple[str, str, str]] = {}  # container (any node) -> (deployment, service, address)
+        self.homes: dict[str, str] = {}  # container (any node) -> the node it runs on
         self.client: EtcdClient | None = None
         self.dns_binds: list[str] = []  # where the node's DNS answers on port DNS_PORT (set by the daemon)
         self._watch: asyncio.Task[None] | None = None
+        self._health: asyncio.Task[None] | None = None
         self.error = ""
         # told the id of a node whose reachability over the overlay changed (see :meth:`reachable`)
         self.listeners: list[Callable[[str], None]] = []
@@ -175,6 +191,7 @@ class OverlayNode:
         rev = await client.revision()
         await self._sync(client)
         self._watch = asyncio.create_task(self._follow(client, rev + 1), name="zlayer-overlay-watch")
+        self._health = asyncio.create_task(self._judge(), name="zlayer-overlay-health")
 
     async def _advertise(self, client: EtcdClient, node_id: str) -> str:
         kv = await client.get("/zlayer/cluster/nodes/" + node_id)
@@ -219,12 +236,13 @@ class OverlayNode:
             self._peer(node, entry)
         for node in [n for n in self.peers if n not in entries]:
             self._drop(node)
-        records = {}
+        records, homes = {}, {}
         for kv in await client.range(ADDRESSES):
             got = self._record(kv.key, kv.json())
             if got is not None:
                 records[got[0]] = got[1]
-        self.records = records
+                homes[got[0]] = self._home(kv.key)
+        self.records, self.homes = records, homes
 
     @staticmethod
     def _record(key: str, doc: Any) -> tuple[str, tuple[str, str, str]] | None:
@@ -232,6 +250,10 @@ class OverlayNode:
             return key.rsplit("/", 1)[-1], (str(doc["deployment"]), str(doc["service"]), str(doc["address"]))
         except (KeyError, TypeError):
             return None
+
+    @staticmethod
+    def _home(key: str) -> str:
+        return key[len(ADDRESSES) :].partition("/")[0]
 
     async def _follow(self, client: EtcdClient, start: int) -> None:
         while True:
@@ -243,8 +265,10 @@ class OverlayNode:
                         got = None if kind == "DELETE" else self._record(kv.key, kv.json())
                         if got is None:
                             self.records.pop(container, None)
+                            self.homes.pop(container, None)
                         else:
                             self.records[container] = got[1]
+                            self.homes[container] = self._home(kv.key)
                         continue
                     if not kv.key.startswith(NODES):
                         continue
@@ -277,7 +301,7 @@ class OverlayNode:
             self._drop(node)
         peer = self.iface.peer(public)
         self.iface.set_endpoint(peer, (host, int(port)))
-        self.iface.set_allowed_ips(peer, nets, replace=True)
+        self.iface.set_allowed_ips(peer, nets if self.healthy.get(node) else [], replace=True)
         self.iface.set_persistent_keepalive(peer, KEEPALIVE)
         self.peers[node] = entry
         log.info("overlay: peer %s at %s for %s", node, entry["endpoint"], entry["slice"])
@@ -285,6 +309,7 @@ class OverlayNode:
 
     def _drop(self, node: str) -> None:
         gone = self.peers.pop(node, None)
+        self.healthy.pop(node, None)
         if gone and self.iface is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.iface.remove_peer(base64.b64decode(gone["public_key"]))
@@ -300,10 +325,48 @@ class OverlayNode:
 
     def reachable(self, node: str) -> bool | None:
         """How this node reaches ``node``'s replicas: True over the overlay (their overlay addresses, through
-        WireGuard); None when this node or that one has no overlay (their node address and host port)."""
+        WireGuard); False not at all (its peer is unhealthy: no handshake for ``unhealthy_after`` s, or none yet);
+        None when this node or that one has no overlay (their node address and host port)."""
         if not self.up or node not in self.peers:
             return None
-        return True
+        return self.healthy.get(node, False)
+
+    async def _judge(self) -> None:
+        """Every second (or a quarter of the threshold): each peer's health from its handshake age, a handshake
+        offered to each whose last one is half the threshold old (or that has none), and a change of health
+        applied (allowed-ips, then the listeners: the proxy and DNS follow)."""
+        every = min(1.0, self.unhealthy_after / 4)
+        while self.iface is not None:
+            with contextlib.suppress(Exception):  # a peer that changed meanwhile is judged on the next round
+                self.judge()
+            await asyncio.sleep(every)
+
+    def judge(self) -> None:
+        iface = self.iface
+        if iface is None:
+            return
+        for node, entry in list(self.peers.items()):
+            peer = iface.peer(base64.b64decode(entry["public_key"]), create=False)
+            if peer is None:
+                continue
+            status = iface.peer_status(peer)
+            age = status.last_handshake_age
+            if age is None or age >= self.unhealthy_after / 2:
+                iface.initiate(peer)  # at most one in flight per REKEY_TIMEOUT (5 s)
+            ok = age is not None and age <= self.unhealthy_after
+            if self.healthy.get(node) == ok:
+                continue
+            self.healthy[node] = ok
+            nets = [ipaddress.ip_network(entry["slice"])] if ok else []
+            iface.set_allowed_ips(peer, nets, replace=True)
+            if ok:
+                log.info("overlay: peer %s is healthy%s", node, " again" if status.handshakes > 1 else "")
+            elif age is None:
+                log.info("overlay: peer %s: no handshake yet", node)
+            else:
+                log.warning("overlay: peer %s is unhealthy: no handshake for %.0fs; its allowed-ips, its replicas in "
+                            "this node's proxy and DNS are withdrawn until it answers", node, age)  # fmt: skip
+            self._tell(node)
 
     # containers ------------------------------------------------------------------------------------------------
 
@@ -347,6 +410,7 @@ class OverlayNode:
         if self.client is None or container not in self.leases:
             return
         self.records[container] = (deployment, service, self.leases[container])
+        self.homes[container] = self.node_id
         doc = {"deployment": deployment, "service": service, "address": self.leases[container]}
         try:
             await self.client.put(f"{ADDRESSES}{self.node_id}/{container}", doc)
@@ -355,6 +419,7 @@ class OverlayNode:
 
     async def unregister(self, container: str) -> None:
         self.records.pop(container, None)
+        self.homes.pop(container, None)
         if self.client is not None:
             with contextlib.suppress(EtcdError):
                 await self.client.delete(f"{ADDRESSES}{self.node_id}/{container}")
@@ -366,9 +431,11 @@ class OverlayNode:
         return None if mine is None else self.answer(mine[0], qname)
 
     def answer(self, deployment: str, qname: str) -> list[str]:
+        """Overlay addresses of the deployment's replicas named ``qname``, on this node and the nodes whose peer is
+        healthy."""
         out = []
         for c, (dep, svc, address) in sorted(self.records.items()):
-            if dep != deployment:
+            if dep != deployment or self.reachable(self.homes.get(c, "")) is False:
                 continue
             replica = c.rsplit("-", 1)[-1]
             if qname in (svc, f"{svc}.service.local") or (
@@ -392,7 +459,7 @@ class OverlayNode:
                     "allowed_ips": [str(n) for n in st.allowed_ips],
                     "last_handshake_unix_secs": st.last_handshake_ns // 1_000_000_000,
                     "handshake_age_s": None if st.last_handshake_age is None else round(st.last_handshake_age, 1),
-                    "healthy": st.healthy,
+                    "healthy": self.healthy.get(by_key.get(key, ""), False),
                     "rx_bytes": st.rx_bytes,
                     "tx_bytes": st.tx_bytes,
                 })  # fmt: skip
@@ -406,16 +473,18 @@ class OverlayNode:
             "slice_cidr": str(self.slice) if self.slice else None,
             "mtu": MTU,
             "peer_count": len(peers),
+            "unhealthy_after_s": self.unhealthy_after,
             "peers": peers,
             "containers": dict(self.leases),
             "error": self.error or None,
         }
 
     async def close(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch
+        for task in (self._watch, self._health):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.uapi is not None:
             self.uapi.close()
         if self.iface is not None:

@@ -1,4 +1,5 @@
-"""The overlay's WireGuard port is ZLayer's: ``serve --wg-port`` (env ``ZLAYER_WG_PORT``), 51420 by default; a port
+"""The overlay's settings are ZLayer's: its WireGuard port ``serve --wg-port`` (env ``ZLAYER_WG_PORT``), 51420 by
+default, and a peer unhealthy after ``--overlay-peer-timeout`` seconds without a handshake (180 by default); a value
 that is none is refused before the daemon starts, and a daemon a client command starts later uses the one chosen."""
 
 from __future__ import annotations
@@ -38,3 +39,13 @@ def test_the_chosen_port_is_what_a_daemon_started_later_is_given(tmp_path: Path)
     DaemonConfig(paths=paths, wg_port=51999).remember()
     argv = DaemonConfig.remembered(paths).serve_argv()
     assert argv[argv.index("--wg-port") + 1] == "51999"
+
+
+def test_the_overlay_peer_timeout_is_zlayers_180_s_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    assert DaemonConfig(paths=Paths.resolve(tmp_path)).overlay_peer_timeout == 180.0
+    for value in ("0", "soon"):
+        r = zl("--data-dir", str(tmp_path), "serve", "--bind", "none", "--overlay-peer-timeout", value)
+        assert r.returncode == 2 and "--overlay-peer-timeout" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    DaemonConfig(paths=Paths.resolve(tmp_path), overlay_peer_timeout=6).remember()
+    argv = DaemonConfig.remembered(Paths.resolve(tmp_path)).serve_argv()
+    assert argv[argv.index("--overlay-peer-timeout") + 1] == "6"
