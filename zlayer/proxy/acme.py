@@ -141,10 +141,14 @@ class AcmeClient:
             connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True),
             timeout=aiohttp.ClientTimeout(total=30),
         )
-        async with self._session.get(self.directory_url) as resp:
-            if resp.status != 200:
-                raise ProxyError(f"ACME directory answered {resp.status}", where=self.directory_url)
-            self._dir = await resp.json(content_type=None)
+        try:
+            async with self._session.get(self.directory_url) as resp:
+                if resp.status != 200:
+                    raise ProxyError(f"ACME directory answered {resp.status}", where=self.directory_url)
+                self._dir = await resp.json(content_type=None)
+        except BaseException:  # no __aexit__ follows a failed __aenter__: the session closes here
+            await self._session.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
