@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class DaemonConfig:
     autoscale_interval: float = 10.0  # seconds between the autoscaler's evaluations (ZLayer's 10 s); 0: off
     api_tls_cert: str | None = None  # the TCP API over TLS (`serve --api-tls-cert/--api-tls-key`): PEM files
     api_tls_key: str | None = None
+    api_tls_acme: str | None = None  # `serve --api-tls-acme DOMAIN`: the TCP API's certificate by ACME, renewed
     chosen: bool = False  # the operator started it (not a client's auto-start): once it listens, remember() it
 
     @property
@@ -87,6 +89,7 @@ class DaemonConfig:
             ("--docker-socket-path", self.docker_socket),
             ("--api-tls-cert", self.api_tls_cert),
             ("--api-tls-key", self.api_tls_key),
+            ("--api-tls-acme", self.api_tls_acme),
         ):
             if value:
                 argv += [flag, value]
@@ -124,6 +127,7 @@ _REMEMBERED: dict[str, type | tuple[type, ...]] = {
     "heartbeat_interval": (int, float), "dead_after": (int, float), "wg_port": int,
     "overlay_peer_timeout": (int, float),
     "autoscale_interval": (int, float), "api_tls_cert": str, "api_tls_key": str,
+    "api_tls_acme": str,
 }  # fmt: skip
 
 
@@ -153,6 +157,21 @@ def check_tls_pair(cert: str | None, key: str | None) -> None:
     except (ssl.SSLError, OSError) as e:
         raise UsageError(f"{cert} with {key}: not a PEM certificate chain and its private key ({e})",
                          where="--api-tls-cert") from None  # fmt: skip
+
+
+_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
+
+
+def check_acme_domain(domain: str) -> str:
+    """``--api-tls-acme``'s DOMAIN: a DNS name (lower-cased), which HTTP-01 can prove; else a usage error."""
+    name = domain.strip().lower().rstrip(".")
+    if "*" in name:
+        raise UsageError(f"--api-tls-acme {domain!r}: HTTP-01 cannot prove a wildcard name; name the API's host",
+                         where="--api-tls-acme")  # fmt: skip
+    if not _NAME.fullmatch(name):
+        raise UsageError(f"--api-tls-acme {domain!r}: expected the DNS name clients reach the API by, "
+                         "e.g. api.example.com", where="--api-tls-acme")  # fmt: skip
+    return name
 
 
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:

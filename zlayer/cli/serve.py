@@ -57,6 +57,9 @@ from zlayer.paths import API_PORT
 @click.option("--api-tls-cert", envvar="ZLAYER_API_TLS_CERT", metavar="PEM",
               help="Serve the TCP API over TLS with this certificate chain (with --api-tls-key).")  # fmt: skip
 @click.option("--api-tls-key", envvar="ZLAYER_API_TLS_KEY", metavar="PEM", help="The certificate's private key.")
+@click.option("--api-tls-acme", envvar="ZLAYER_API_TLS_ACME", metavar="DOMAIN",
+              help="Serve the TCP API over TLS with a certificate for DOMAIN by ACME HTTP-01 (answered on "
+              "port 80; --acme-directory, --acme-email), renewed 30 days before expiry; never in plain.")  # fmt: skip
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -81,12 +84,13 @@ def serve(
     autoscale_interval: float,
     api_tls_cert: str | None,
     api_tls_key: str | None,
+    api_tls_acme: str | None,
 ) -> None:
     """Run the zlayer daemon on this node (foreground unless --daemon)."""
     from dataclasses import replace
 
     from zlayer.cli.common import warn_if_secret_in_argv
-    from zlayer.config import DaemonConfig, check_tls_pair, split_bind
+    from zlayer.config import DaemonConfig, check_acme_domain, check_tls_pair, split_bind
 
     if jwt_secret:
         warn_if_secret_in_argv("jwt_secret", "ZLAYER_JWT_SECRET")
@@ -100,6 +104,15 @@ def serve(
     check_tls_pair(api_tls_cert, api_tls_key)
     if api_tls_cert and api_tls_key:
         api_tls_cert, api_tls_key = os.path.abspath(api_tls_cert), os.path.abspath(api_tls_key)
+    if api_tls_acme is not None:
+        from zlayer.errors import UsageError
+
+        if api_tls_cert:
+            raise UsageError("--api-tls-acme or --api-tls-cert/--api-tls-key: one or the other",
+                             where="--api-tls-acme")  # fmt: skip
+        if not tcp:
+            raise UsageError("--api-tls-acme serves the TCP API: it needs --bind HOST:PORT", where="--api-tls-acme")
+        api_tls_acme = check_acme_domain(api_tls_acme)
     from zlayer.images.unpack import UnpackLimits
 
     UnpackLimits.from_env(max_layer_size, max_image_size)  # a bad size is refused here, not at the first pull
@@ -130,6 +143,7 @@ def serve(
         autoscale_interval=autoscale_interval,
         api_tls_cert=api_tls_cert,
         api_tls_key=api_tls_key,
+        api_tls_acme=api_tls_acme,
         chosen=not os.environ.get("ZLAYER_SPAWNER_PID"),  # ZLayer's mark of a daemon a client started
     )
     if background:

@@ -67,7 +67,9 @@ def unix_listener(path: Path) -> socket.socket:
     return sock
 
 
-def tcp_listener(bind: str, what: str = "--bind") -> socket.socket:
+def tcp_listener(bind: str, what: str = "--bind", listen: bool = True) -> socket.socket:
+    """The TCP API's socket; ``listen=False``: bound only (the port is ours, a client is refused until the server
+    that takes it listens)."""
     host, port = split_bind(bind, what)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -77,7 +79,8 @@ def tcp_listener(bind: str, what: str = "--bind") -> socket.socket:
     except OSError as e:
         sock.close()
         raise DaemonError(f"cannot listen on {bind}: {e.strerror}", where=what) from e
-    sock.listen(1024)
+    if listen:
+        sock.listen(1024)
     sock.setblocking(False)
     return sock
 
@@ -171,6 +174,7 @@ class Daemon:
         cfg.paths.make_private()
         lock_fd = _lock_data_dir(cfg)
         sockets: list[socket.socket] = []
+        extra_sockets: list[socket.socket] = []
         security_store = None
         overlay: Any = None
         # SQLite until the node starts or joins a cluster; then etcd (zlayer.cluster), without a restart
@@ -200,8 +204,15 @@ class Daemon:
 
             # this node's key for its calls to other nodes' APIs, published after the overlay has its address
             wildcard = cfg.bind is not None and split_bind(cfg.bind)[0] in ("0.0.0.0", "::")
-            peer = PeerAuth(cfg.paths.data_dir / "cluster", wildcard=wildcard, overlay=overlay,
-                            tls_cert=Path(cfg.api_tls_cert) if cfg.api_tls_cert else None)  # fmt: skip
+            api_cert = None
+            tls_cert = Path(cfg.api_tls_cert) if cfg.api_tls_cert else None
+            if cfg.api_tls_acme and cfg.bind:
+                from zlayer.daemon.api_acme import ApiCertificate
+
+                api_cert = ApiCertificate(cfg.api_tls_acme, cfg.paths.sub("api-tls"), directory_url=cfg.acme_directory,
+                                          email=cfg.acme_email)  # fmt: skip
+                tls_cert = api_cert.store.paths(cfg.api_tls_acme)[0]
+            peer = PeerAuth(cfg.paths.data_dir / "cluster", wildcard=wildcard, overlay=overlay, tls_cert=tls_cert)
             peer.cluster = cluster
             cluster.hooks.append(peer)
             await cluster.start()  # a node in a cluster: its etcd member first, the store on it
@@ -286,9 +297,14 @@ class Daemon:
             servers = []
             sockets.append(unix_listener(cfg.paths.socket))
             servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, secret, local=True))))
-            if cfg.bind:
+            acme_socket = None
+            if cfg.bind and api_cert is None:
                 sockets.append(tcp_listener(cfg.bind))
                 servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, secret), tls=True)))
+            elif cfg.bind:  # bound now (the port is ours), served once the ACME certificate is here
+                acme_socket = tcp_listener(cfg.bind, listen=False)
+                extra_sockets.append(acme_socket)
+                api_cert.proxy_l7 = proxy.pm.l7  # type: ignore[union-attr]
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -327,11 +343,17 @@ class Daemon:
             log.info("zlayer daemon ready on %s%s", cfg.paths.socket, f" and {cfg.bind}" if cfg.bind else "")
             notify("READY=1", f"STATUS=serving on {cfg.paths.socket}", f"MAINPID={os.getpid()}")
             renew = asyncio.create_task(self._renew_bearer(secret))
+            api_tls = None
+            if api_cert is not None and acme_socket is not None:
+                api_tls = asyncio.create_task(self._serve_acme(api_cert, acme_socket, TokenAuth(app, secret), servers,
+                                                               serving, peer), name="zlayer-api-acme")  # fmt: skip
             interval = watchdog_interval()
             pinging = asyncio.create_task(watchdog(interval)) if interval else None
             await self._stop.wait()
             notify("STOPPING=1", "STATUS=stopping")
             renew.cancel()
+            if api_tls is not None:
+                api_tls.cancel()
             if pinging is not None:
                 pinging.cancel()
             if not adopting.done():
@@ -353,7 +375,7 @@ class Daemon:
             if overlay is not None:
                 await overlay.close()
             await cluster.close()
-            for sock in sockets:
+            for sock in sockets + extra_sockets:
                 sock.close()
             with contextlib.suppress(FileNotFoundError):
                 if sockets:
@@ -378,12 +400,37 @@ class Daemon:
         except ZLayerError as e:
             log.error("proxy: %s", e)
 
-    def _uv_config(self, app: Any, tls: bool = False) -> Any:
+    async def _serve_acme(self, api_cert: Any, sock: socket.socket, app: Any, servers: list[Any],
+                          serving: list[asyncio.Task[None]], peer: Any) -> None:  # fmt: skip
+        """``--api-tls-acme``: the TCP API listens once its certificate is here (never in plain), and the
+        certificate is renewed in place; other nodes learn the new one's fingerprint."""
+        import uvicorn
+
+        info = await api_cert.obtain(self._stop)
+        if info is None:
+            return
+        config = self._uv_config(app, pair=(str(info.cert_file), str(info.key_file)))
+        config.load()
+        api_cert.context = config.ssl
+        srv = uvicorn.Server(config)
+        servers.append(srv)
+        serving.append(asyncio.create_task(srv.serve(sockets=[sock])))
+        log.info("API over TLS on %s with the ACME certificate of %s (valid until %s)", self.cfg.bind,
+                 api_cert.domain, info.not_after.isoformat())  # fmt: skip
+
+        async def republish() -> None:
+            if peer.node_id and peer.client is not None:
+                await peer.entered(peer.client, peer.node_id, "tls")
+
+        await republish()
+        await api_cert.renew(republish)
+
+    def _uv_config(self, app: Any, tls: bool = False, pair: tuple[str, str] | None = None) -> Any:
         import uvicorn
 
         from zlayer.config import check_tls_pair
 
-        cert, key = (self.cfg.api_tls_cert, self.cfg.api_tls_key) if tls else (None, None)
+        cert, key = pair or ((self.cfg.api_tls_cert, self.cfg.api_tls_key) if tls else (None, None))
         if cert is not None:
             check_tls_pair(cert, key)  # read again at each start: a renewed pair is picked up by a restart
         return uvicorn.Config(

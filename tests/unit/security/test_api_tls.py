@@ -85,3 +85,24 @@ def test_the_api_over_tls(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "zlayer", "--data-dir", str(tmp_path / "e"), "serve", "--api-tls-cert",
                         str(crt)], env=d.env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode != 0 and "--api-tls-cert and --api-tls-key go together" in r.stderr, r.stderr
+
+
+def test_api_tls_acme_is_refused_with_a_clear_line_when_it_cannot_be_served(tmp_path: Path) -> None:
+    """`--api-tls-acme DOMAIN` (the certificate by ACME, tests/integration/daemon/test_api_acme_live.py): with a
+    certificate of the operator's, without a TCP listener or with a name HTTP-01 cannot prove, the daemon does not
+    start and says why."""
+    crt, pem = self_signed(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    for args, said in (
+        (["--api-tls-acme", "api.example.com", "--api-tls-cert", str(crt), "--api-tls-key", str(pem)],
+         "--api-tls-acme or --api-tls-cert/--api-tls-key: one or the other"),
+        (["--bind", "none", "--api-tls-acme", "api.example.com"], "--api-tls-acme serves the TCP API"),
+        (["--api-tls-acme", "*.example.com"], "HTTP-01 cannot prove a wildcard name"),
+        (["--api-tls-acme", "10.0.0.1"], "expected the DNS name clients reach the API by"),
+    ):  # fmt: skip
+        r = subprocess.run([sys.executable, "-m", "zlayer", "--data-dir", str(tmp_path / "e"), "serve", *args],
+                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "zlayer", "serve", "--help"], env=env, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert "--api-tls-acme DOMAIN" in r.stdout
