@@ -194,7 +194,9 @@ class Daemon:
             except SecretsKeyError as e:  # the daemon runs on; each use of a secret says this again
                 log.error("secrets: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
             # in a cluster the secrets are the cluster's, sealed under its key (zlayer.security.cluster)
-            cluster.hooks.append(ClusterSecretsHook(secrets, cfg.paths.sub("secrets")))
+            from zlayer.daemon.wiring import cluster_placements
+
+            cluster.hooks.append(ClusterSecretsHook(secrets, cfg.paths.sub("secrets"), cluster_placements))
             from zlayer.daemon.wiring import make_overlay
 
             overlay = make_overlay(cfg)  # in a cluster: this node's WireGuard interface and slice

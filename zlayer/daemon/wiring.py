@@ -321,6 +321,8 @@ class SecretsBridge:
     """The agent's SecretsHook over :class:`zlayer.security.secrets.Secrets` (the agent does not import security):
     references checked at deploy, resolved when a replica is created, their versions part of what it is built from."""
 
+    GRANT_WAIT = 20.0
+
     def __init__(self, secrets: Secrets) -> None:
         self.secrets = secrets
 
@@ -330,14 +332,55 @@ class SecretsBridge:
         await self.secrets.refresh()  # in a cluster: a secret set on another node a moment ago counts
         for name, svc in spec.services.items():
             try:
-                self.secrets.resolve_env(spec.deployment, svc.env, where=f"services.{name}.env")
+                self.secrets.check_env(spec.deployment, svc.env, where=f"services.{name}.env")
             except NotFoundError as e:  # a spec naming what is not there: the spec is refused (400), not a 404
                 raise UsageError(e.message, where=e.where, hint=e.hint) from None
 
     async def resolve(self, deployment: str, service: str, env: Mapping[str, str]) -> dict[str, str]:
+        """In a cluster a replica just assigned here may need a secret a keeper has not sealed for this node yet
+        (it does within a second or so): wait for it up to ``GRANT_WAIT`` seconds, then fail naming it."""
+        from zlayer.errors import NotFoundError
+        from zlayer.security.secrets import NotGranted
+
         await self.secrets.refresh(max_age=1.0)  # one read of the cluster's rows serves a rollout's replicas
-        return self.secrets.resolve_env(deployment, env, where=f"services.{service}.env")
+        deadline, said, fresh = time.monotonic() + self.GRANT_WAIT, False, False
+        while True:
+            try:
+                return self.secrets.resolve_env(deployment, env, where=f"services.{service}.env")
+            except NotFoundError:
+                if fresh:
+                    raise
+                await self.secrets.refresh()  # set a moment ago on another node: the copy may be a second old
+                fresh = True
+            except NotGranted as e:
+                if time.monotonic() >= deadline:
+                    raise
+                if not said:
+                    log.info("secrets: a replica of %s/%s waits: %s yet", deployment, service, e.message)
+                    said = True
+                await asyncio.sleep(0.25)
+                await self.secrets.refresh()
 
     async def versions(self, deployment: str, env: Mapping[str, str]) -> str:
         await self.secrets.refresh(max_age=1.0)
         return self.secrets.versions(deployment, env)
+
+
+async def cluster_placements(client: Any) -> list[tuple[str, str, Mapping[str, str]]]:
+    """``(node, deployment, env)`` for every replica the cluster's scheduler assigned: what the secrets' keepers seal
+    for each node (``zlayer.security.cluster.ClusterSecretsHook``)."""
+    from zlayer.cluster.assignments import EtcdAssignments
+    from zlayer.cluster.membership import STATE
+    from zlayer.state.etcd import EtcdStore
+
+    assigned = await EtcdAssignments(client).assignments()
+    if not assigned:
+        return []
+    specs = {d.name: d.spec for d in await EtcdStore(client, STATE).list_deployments()}
+    out: list[tuple[str, str, Mapping[str, str]]] = []
+    for a in assigned:
+        svc = ((specs.get(a.deployment) or {}).get("services") or {}).get(a.service) or {}
+        env = svc.get("env") if isinstance(svc, dict) else None
+        if isinstance(env, dict) and env:
+            out.append((a.node_id, a.deployment, {str(k): str(v) for k, v in env.items()}))
+    return out

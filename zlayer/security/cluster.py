@@ -1,38 +1,43 @@
-"""Secrets in a cluster: one data-encryption key (DEK) for the cluster's secret rows, wrapped for each node.
+"""Secrets in a cluster: one data-encryption key (DEK) for the cluster's secret rows, wrapped for the keepers; every
+other node opens only the versions sealed for it because a replica assigned to it uses them.
 
 - **Node key**: each node has its own X25519 key, ``DATA/secrets/node_secrets.key`` (32 raw bytes, 0600), made when
   the node inits or joins a cluster; its public half goes with the join and the leader records it in etcd
   (``/zlayer/secrets/nodes/<id>``). A node in a cluster whose key file is missing or is not the key etcd knows for it
   says so and opens nothing; it never makes a new key in its place.
-- **DEK**: 32 random bytes, never on disk in the clear. etcd holds it only wrapped per node in ``/zlayer/secrets/dek``
-  (``{generation, wraps: {node: wrap}, retiring?}``): a wrap is an ephemeral X25519 key agreement with the node's
-  public key, HKDF-SHA256 and ChaCha20-Poly1305 (:func:`wrap_dek`); the node id and the generation are bound in as
-  associated data, so a wrap moved to another node or generation does not open.
-- **Rows**: ``/zlayer/secrets/rows/<scope>/<name>/<version>``, each value sealed with AES-256-GCM under the DEK of
-  the generation it names, with ``scope``, ``name`` and ``version`` as associated data.
-- **Who gets the key**: the node that inits the cluster makes the DEK (only while no DEK and no row exist); the
-  leader wraps it for a node it admits (after checking its join token). Removing a node rotates: a new DEK of the
-  next generation is wrapped for the remaining nodes only, every row is sealed again under it, and the removed
-  node's wrap is gone — its old key opens nothing written after. While the rows are sealed again the previous
-  DEK stays wrapped (``retiring``, for the remaining nodes only), so no row is unreadable half-way.
+- **DEK**: 32 random bytes (an X25519 private key), never on disk in the clear. etcd holds it only wrapped per keeper
+  in ``/zlayer/secrets/dek`` (``{generation, public, wraps: {node: wrap}, retiring?}``): a wrap is an ephemeral X25519
+  key agreement with the node's public key, HKDF-SHA256 and ChaCha20-Poly1305 (:func:`wrap_dek`); the node id and the
+  generation are bound in as associated data, so a wrap moved to another node or generation does not open.
+- **Rows**: ``/zlayer/secrets/rows/<scope>/<name>/<version>``, each value sealed the same way to the DEK's public
+  half (``public``), with ``scope``, ``name`` and ``version`` as associated data: any node writes, keepers open.
+- **Grants**: ``/zlayer/secrets/grants/<node>/<scope>/<name>/<version>``, one version sealed for one node. A keeper's
+  pass (:meth:`ClusterSecrets.seal_for_nodes`, run by :class:`ClusterSecretsHook`) seals for each node the current
+  version of what its assigned replicas refer to and deletes every other grant.
+- **Who holds what**: the node that inits the cluster makes the DEK (only while no DEK and no row exist) and is its
+  keeper; a node the leader admits gets no wrap, only grants. Removing a node deletes its key record and grants;
+  removing a keeper also rotates: a new DEK of the next generation wrapped for the remaining keepers, every row sealed
+  again under it. While the rows are sealed again the previous DEK stays wrapped (``retiring``, for the remaining
+  keepers only), so no row is unreadable half-way.
 
 Reads come from a copy of the rows held in memory (:meth:`ClusterSecrets.sync` reads them again from etcd; the API
 and the agent call it before they look), writes go to etcd first."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets as _random
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zlayer.errors import ConflictError, NotFoundError, UsageError, ZLayerError
-from zlayer.security.secrets import Secrets, SecretsKeyError
+from zlayer.security.secrets import NotGranted, Secrets, SecretsKeyError
 from zlayer.security.store import Environment, SecretVersion, now
 from zlayer.state.etcd import EtcdClient, EtcdError, KeyValue, delete_op, mod_is, prefix_end, put_op
 
@@ -43,6 +48,7 @@ DEK_KEY = PREFIX + "dek"
 NODES = PREFIX + "nodes/"
 ROWS = PREFIX + "rows/"
 ENVS = PREFIX + "envs/"  # environments (not secret): their ids are the scopes of their secrets on every node
+GRANTS = PREFIX + "grants/"  # <node>/<scope>/<name>/<version>: one version sealed for one node that needs it
 ENV_NAMES = PREFIX + "env-names/"  # <project>/<name> -> id: one environment of a name per project
 KEY_FILE = "node_secrets.key"
 _WRAP_INFO = b"zlayer dek wrap v1"
@@ -95,64 +101,99 @@ def _wrap_key(shared: bytes, eph_pub: bytes, node_pub: bytes, aad: bytes) -> byt
     return HKDF(SHA256(), 32, salt=eph_pub + node_pub, info=aad).derive(shared)
 
 
-def wrap_dek(dek: bytes, node_public: bytes, node_id: str, generation: int) -> bytes:
-    """``dek`` sealed for the node whose X25519 public key is ``node_public``:
-    ``ephemeral public key ‖ nonce ‖ ChaCha20-Poly1305(dek)``."""
+def _seal_to(plain: bytes, node_public: bytes, aad: bytes) -> bytes:
+    """``plain`` sealed for the holder of the X25519 key whose public half is ``node_public``:
+    ``ephemeral public key ‖ nonce ‖ ChaCha20-Poly1305(plain)`` (HKDF-SHA256 over the agreement, ``aad`` bound in)."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-    if len(dek) != 32:
-        raise ValueError("a DEK is 32 bytes")
-    if len(node_public) != 32:
-        raise WrapError(f"node {node_id}'s public key is {len(node_public)} bytes, not 32", where=f"node {node_id}")
     eph = X25519PrivateKey.generate()
     eph_pub = eph.public_key().public_bytes_raw()
-    aad = _aad(node_id, generation)
     key = _wrap_key(eph.exchange(X25519PublicKey.from_public_bytes(node_public)), eph_pub, node_public, aad)
     nonce = _random.token_bytes(12)
-    return eph_pub + nonce + ChaCha20Poly1305(key).encrypt(nonce, dek, aad)
+    return eph_pub + nonce + ChaCha20Poly1305(key).encrypt(nonce, plain, aad)
 
 
-def unwrap_dek(wrapped: bytes, node_key: Any, node_id: str, generation: int) -> bytes:
-    """The DEK in ``wrapped``, opened with this node's private key; :class:`WrapError` when it does not open."""
+def _open_sealed(blob: bytes, node_key: Any, aad: bytes) -> bytes | None:
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-    where = f"{DEK_KEY} generation {generation}"
-    if len(wrapped) != _WRAP_LEN:
-        raise WrapError(f"the wrapped key of node {node_id} is {len(wrapped)} bytes, not {_WRAP_LEN}", where=where)
-    eph_pub, nonce, sealed = wrapped[:32], wrapped[32:44], wrapped[44:]
-    aad = _aad(node_id, generation)
+    if len(blob) < 32 + 12 + 16:
+        return None
+    eph_pub, nonce, sealed = blob[:32], blob[32:44], blob[44:]
     try:
         shared = node_key.exchange(X25519PublicKey.from_public_bytes(eph_pub))
         key = _wrap_key(shared, eph_pub, node_key.public_key().public_bytes_raw(), aad)
         return ChaCha20Poly1305(key).decrypt(nonce, sealed, aad)
     except (InvalidTag, ValueError):
+        return None
+
+
+def wrap_dek(dek: bytes, node_public: bytes, node_id: str, generation: int) -> bytes:
+    """``dek`` sealed for the node whose X25519 public key is ``node_public`` (:func:`_seal_to`)."""
+    if len(dek) != 32:
+        raise ValueError("a DEK is 32 bytes")
+    if len(node_public) != 32:
+        raise WrapError(f"node {node_id}'s public key is {len(node_public)} bytes, not 32", where=f"node {node_id}")
+    return _seal_to(dek, node_public, _aad(node_id, generation))
+
+
+def unwrap_dek(wrapped: bytes, node_key: Any, node_id: str, generation: int) -> bytes:
+    """The DEK in ``wrapped``, opened with this node's private key; :class:`WrapError` when it does not open."""
+    where = f"{DEK_KEY} generation {generation}"
+    if len(wrapped) != _WRAP_LEN:
+        raise WrapError(f"the wrapped key of node {node_id} is {len(wrapped)} bytes, not {_WRAP_LEN}", where=where)
+    dek = _open_sealed(wrapped, node_key, _aad(node_id, generation))
+    if dek is None:
         raise WrapError(f"the cluster key of generation {generation} does not open with node {node_id}'s key",
                         where=where, hint="this node's key file is not the one it joined with, or the "
-                        "node was removed from the cluster") from None  # fmt: skip
+                        "node was removed from the cluster")  # fmt: skip
+    return dek
+
+
+# ---------------------------------------------------------------------------------------------------- grants
+def _grant_aad(node_id: str, scope: str, name: str, version: int) -> bytes:
+    return f"zlayer secret grant v1\0{node_id}\0{scope}\0{name}\0{version}".encode()
+
+
+def grant_key(node_id: str, scope: str | None = None, name: str = "", version: int = 0) -> str:
+    """``/zlayer/secrets/grants/<node>/<scope>/<name>/<version>`` (no scope: every grant of the node)."""
+    base = f"{GRANTS}{node_id}/"
+    return base if scope is None else f"{base}{urllib.parse.quote(scope, safe='')}/{name}/{version:010d}"
+
+
+def seal_grant(plain: bytes, node_public: bytes, node_id: str, scope: str, name: str, version: int) -> bytes:
+    """One version of a secret sealed for one node (its key, this node, scope, name and version bound in)."""
+    return _seal_to(plain, node_public, _grant_aad(node_id, scope, name, version))
+
+
+def open_grant(blob: bytes, node_key: Any, node_id: str, scope: str, name: str, version: int) -> bytes | None:
+    """A grant's value with ``node_key``; None when it does not open (another node's, version's, or damaged)."""
+    return _open_sealed(blob, node_key, _grant_aad(node_id, scope, name, version))
 
 
 def _row_aad(scope: str, name: str, version: int) -> bytes:
     return f"zlayer secret v1\0{scope}\0{name}\0{version}".encode()
 
 
-def seal_row(dek: bytes, scope: str, name: str, version: int, plain: bytes) -> bytes:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+def dek_public(dek: bytes) -> bytes:
+    """The public half of a DEK (an X25519 private key): what any node seals a row to, so that only the keepers,
+    who hold the DEK, open it."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    nonce = _random.token_bytes(12)
-    return nonce + AESGCM(dek).encrypt(nonce, plain, _row_aad(scope, name, version))
+    return X25519PrivateKey.from_private_bytes(dek).public_key().public_bytes_raw()
+
+
+def seal_row(public: bytes, scope: str, name: str, version: int, plain: bytes) -> bytes:
+    """A row's value sealed to the DEK's public half (:func:`dek_public`, :func:`_seal_to`)."""
+    return _seal_to(plain, public, _row_aad(scope, name, version))
 
 
 def open_row(dek: bytes, scope: str, name: str, version: int, blob: bytes) -> bytes | None:
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    try:
-        return AESGCM(dek).decrypt(blob[:12], blob[12:], _row_aad(scope, name, version))
-    except (InvalidTag, ValueError):
-        return None
+    return _open_sealed(blob, X25519PrivateKey.from_private_bytes(dek), _row_aad(scope, name, version))
 
 
 # ---------------------------------------------------------------------------------------------------- the DEK record
@@ -164,6 +205,7 @@ class DekRecord:
     wraps: dict[str, str]
     retiring_generation: int = 0
     retiring: dict[str, str] | None = None
+    public: str = ""  # the current DEK's public half (base64): any node seals a row to it, keepers open it
 
     @classmethod
     def parse(cls, raw: Any) -> DekRecord:
@@ -171,12 +213,15 @@ class DekRecord:
             ret = raw.get("retiring") or None
             return cls(int(raw["generation"]), {str(k): str(v) for k, v in raw["wraps"].items()},
                        int(ret["generation"]) if ret else 0,
-                       {str(k): str(v) for k, v in ret["wraps"].items()} if ret else None)  # fmt: skip
+                       {str(k): str(v) for k, v in ret["wraps"].items()} if ret else None,
+                       str(raw.get("public") or ""))  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise SecretsKeyError(f"{DEK_KEY} is not a DEK record ({type(e).__name__}: {e})", where=DEK_KEY) from None
 
     def dump(self) -> dict[str, Any]:
         out: dict[str, Any] = {"generation": self.generation, "wraps": self.wraps}
+        if self.public:
+            out["public"] = self.public
         if self.retiring is not None:
             out["retiring"] = {"generation": self.retiring_generation, "wraps": self.retiring}
         return out
@@ -184,7 +229,8 @@ class DekRecord:
 
 def make_record(dek: bytes, generation: int, publics: Mapping[str, bytes]) -> DekRecord:
     return DekRecord(generation, {n: base64.b64encode(wrap_dek(dek, pub, n, generation)).decode()
-                                  for n, pub in publics.items()})  # fmt: skip
+                                  for n, pub in publics.items()},
+                     public=base64.b64encode(dek_public(dek)).decode())  # fmt: skip
 
 
 def open_record(record: DekRecord, node_key: Any, node_id: str) -> dict[int, bytes]:
@@ -230,6 +276,9 @@ class ClusterSecrets:
         self._deks: dict[int, bytes] = {}
         self._rows: dict[tuple[str, str], list[SecretVersion]] = {}
         self._envs: list[Environment] = []
+        self._grants: dict[tuple[str, str, int], bytes] = {}  # this node's grants (a non-keeper opens only these)
+        self._opened: dict[tuple[str, str, int, int], bytes] = {}  # rows and grants opened (generation -1: a grant)
+        self.keepers: list[str] = []  # the nodes holding a wrap of the DEK, as last read
         self._synced = 0.0
         self._dek_rev = 0  # the DEK record's revision at the last sync: a write is sealed under what it says
         self._seen = (0, -1)  # etcd's revision and the number of keys under PREFIX when the copy was last read
@@ -247,12 +296,17 @@ class ClusterSecrets:
         ops = [put_op(DEK_KEY, record.dump()), put_op(NODES + self.node_id, self._identity())]
         return await self.client.txn([mod_is(DEK_KEY, 0)], ops)
 
+    @property
+    def keeper(self) -> bool:
+        """Whether this node holds the cluster's DEK (it opens every secret and seals them for the others)."""
+        return self.node_id in self.keepers
+
     def _identity(self) -> dict[str, Any]:
         return {"public_key": public_b64(self.node_key), "joined_at": now()}
 
-    async def admit(self, node_id: str, public: bytes) -> None:
-        """The leader's side of a join: record the node's public key and wrap the current DEK (and the retiring one)
-        for it."""
+    async def admit(self, node_id: str, public: bytes, *, keeper: bool = False) -> None:
+        """The leader's side of a join: record the node's public key (and, for a ``keeper``, wrap the current DEK and
+        the retiring one for it). A joining node is no keeper: it opens only the grants sealed for it."""
         if len(public) != 32:
             raise UsageError("the join request's secrets_pubkey is not an X25519 public key (32 numbers 0-255)",
                              where="secrets_pubkey")  # fmt: skip
@@ -261,13 +315,22 @@ class ClusterSecrets:
             if kv is None:
                 raise WrapError("the cluster has no secrets key yet", where=DEK_KEY)
             record = DekRecord.parse(kv.json())
+            ident = {"public_key": base64.b64encode(public).decode(), "joined_at": now()}
+            if not keeper:
+                record.wraps.pop(node_id, None)  # a node id used again: its old wrap is no grant
+                if record.retiring is not None:
+                    record.retiring.pop(node_id, None)
+                if await self.client.txn([mod_is(DEK_KEY, kv.mod_revision)],
+                                         [put_op(DEK_KEY, record.dump()), put_op(NODES + node_id, ident),
+                                          delete_op(grant_key(node_id), prefix=True)]):  # fmt: skip
+                    return
+                continue
             deks = self._open(record)
             record.wraps[node_id] = base64.b64encode(wrap_dek(deks[record.generation], public, node_id,
                                                               record.generation)).decode()  # fmt: skip
             if record.retiring is not None and record.retiring_generation in deks:
                 record.retiring[node_id] = base64.b64encode(wrap_dek(deks[record.retiring_generation], public, node_id,
                                                                      record.retiring_generation)).decode()  # fmt: skip
-            ident = {"public_key": base64.b64encode(public).decode(), "joined_at": now()}
             if await self.client.txn([mod_is(DEK_KEY, kv.mod_revision)],
                                      [put_op(DEK_KEY, record.dump()), put_op(NODES + node_id, ident)]):  # fmt: skip
                 return
@@ -277,7 +340,7 @@ class ClusterSecrets:
         """A join that did not complete: the node's wrap and public key go (nothing was sealed for it alone)."""
         for _ in range(32):
             kv = await self.client.get(DEK_KEY)
-            ops = [delete_op(NODES + node_id)]
+            ops = [delete_op(NODES + node_id), delete_op(grant_key(node_id), prefix=True)]
             if kv is None:
                 await self.client.txn([], ops)
                 return
@@ -320,6 +383,8 @@ class ClusterSecrets:
         rows: dict[tuple[str, str], list[SecretVersion]] = {}
         record: DekRecord | None = None
         envs: list[Environment] = []
+        grants: dict[tuple[str, str, int], bytes] = {}
+        mine = grant_key(self.node_id)
         for kv in kvs:
             if kv.key.startswith(ENVS):
                 try:
@@ -332,14 +397,24 @@ class ClusterSecrets:
                 got = _parse_row(kv)
                 if got is not None:
                     rows.setdefault((got.scope, got.name), []).append(got)
+            elif kv.key.startswith(mine):
+                try:
+                    scope, name, version = kv.key[len(mine) :].split("/")
+                    grants[(urllib.parse.unquote(scope), name, int(version))] = base64.b64decode(kv.json()["v"])
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    log.warning("secrets: ignoring %s: not a grant", kv.key)
         if self.node_key is None:
             pass  # the key file is missing: the error load_node_key gave stays
         elif record is None:
             self.error = SecretsKeyError("the cluster has no secrets key (it is made when the cluster is created)",
                                          where=DEK_KEY)  # fmt: skip
         else:
+            self.keepers = sorted(record.wraps, key=lambda n: (len(n), n))
             try:
-                self._open(record)
+                if self.node_id in record.wraps:
+                    self._open(record)
+                else:
+                    self._deks = {}
                 self.generation, self.error = record.generation, None
             except SecretsKeyError as e:
                 self.error = e
@@ -350,6 +425,8 @@ class ClusterSecrets:
             out[key] = [SecretVersion(v.scope, v.name, v.version, v.value, v.created_at, first, v.generation)
                         for v in versions]  # fmt: skip
         self._rows = out
+        self._grants = grants
+        self._opened = {}
         self._envs = sorted(envs, key=lambda e: (e.project_id or "", e.name))
         self._synced = time.monotonic()
 
@@ -388,7 +465,27 @@ class ClusterSecrets:
         return dek
 
     def open(self, row: SecretVersion) -> bytes:
-        plain = open_row(self._dek(row.generation or 0), row.scope, row.name, row.version, row.value)
+        if self.error is None and not self.keeper:
+            gkey = (row.scope, row.name, row.version, -1)
+            plain = self._opened.get(gkey)
+            blob = self._grants.get((row.scope, row.name, row.version))
+            if plain is None and blob is not None:
+                plain = open_grant(blob, self.node_key, self.node_id, row.scope, row.name, row.version)
+                if plain is not None:
+                    self._opened[gkey] = plain
+            if plain is None:
+                raise NotGranted(f"secret {row.name!r} (scope {row.scope!r}, version {row.version}) is not sealed for "
+                                 f"node {self.node_id}", where=f"secrets/{row.name}",
+                                 hint="a node opens only the secrets of the replicas assigned to it (a keeper node "
+                                 f"seals them for it within a second or two); read it on a keeper node: "
+                                 f"{', '.join(self.keepers) or 'none'}")  # fmt: skip
+            return plain
+        key = (row.scope, row.name, row.version, row.generation or 0)
+        plain = self._opened.get(key)
+        if plain is None:
+            plain = open_row(self._dek(row.generation or 0), row.scope, row.name, row.version, row.value)
+            if plain is not None:
+                self._opened[key] = plain
         if plain is None:
             raise SecretsKeyError(f"secret {row.name!r} (scope {row.scope!r}) does not open with the cluster's key",
                                   where=f"secrets/{row.name}")  # fmt: skip
@@ -404,7 +501,16 @@ class ClusterSecrets:
             if dkv is None:
                 raise self.error or WrapError("the cluster has no secrets key", where=DEK_KEY)
             record = DekRecord.parse(dkv.json())
-            dek = self._open(record)[record.generation]
+            if self.node_key is None:
+                raise self.error or WrapError("this node has no secrets key", where=DEK_KEY)
+            if self.node_id in record.wraps:
+                public = dek_public(self._open(record)[record.generation])
+            elif record.public:
+                public = base64.b64decode(record.public)  # a node that opens nothing may still write
+            else:
+                raise NotGranted(f"node {self.node_id} holds no key of the cluster's secrets, so it writes none",
+                                 where=f"secrets/{name}", hint="write secrets on a keeper node: "
+                                 + ", ".join(sorted(record.wraps, key=lambda n: (len(n), n))))  # fmt: skip
             versions = sorted((r for r in map(_parse_row, await self.client.range(_row_key(scope, name))) if r),
                               key=lambda r: r.version)  # fmt: skip
             before = versions[-1] if versions else None
@@ -413,7 +519,7 @@ class ClusterSecrets:
             version = (before.version if before else 0) + 1
             key = _row_key(scope, name, version)
             t = now()
-            blob = seal_row(dek, scope, name, version, plain)
+            blob = seal_row(public, scope, name, version, plain)
             doc = {"g": record.generation, "v": base64.b64encode(blob).decode(), "t": t}
             if await self.client.txn([mod_is(key, 0), mod_is(DEK_KEY, dkv.mod_revision)], [put_op(key, doc)]):
                 first = versions[0].created_at if versions else t
@@ -423,6 +529,36 @@ class ClusterSecrets:
                 self.generation, self._dek_rev = record.generation, dkv.mod_revision
                 return got, before.version if before else None
         raise ConflictError(f"secret {name!r}: too many concurrent writes", where=f"secrets/{name}")
+
+    async def seal_for_nodes(self, needs: Iterable[tuple[str, str, str]]) -> tuple[int, int]:
+        """A keeper's pass: each ``(node, scope, name)`` that a replica assigned to ``node`` refers to gets the
+        secret's current version sealed for that node (a grant); every other grant goes (an older version, a replica
+        moved away, a node gone). Keepers get none: they hold the DEK. Returns (grants written, grants dropped)."""
+        if not self.keeper:
+            return 0, 0
+        publics: dict[str, bytes] = {}
+        for kv in await self.client.range(NODES):
+            try:
+                publics[kv.key[len(NODES) :]] = base64.b64decode(kv.json()["public_key"])
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+        want: dict[str, SecretVersion] = {}
+        for node, scope, name in needs:
+            row = self.get(scope, name)
+            if row is not None and node in publics and node not in self.keepers:
+                want[grant_key(node, scope, name, row.version)] = row
+        have = {kv.key for kv in await self.client.range(GRANTS)}
+        ops: list[dict[str, Any]] = []
+        for key, row in sorted(want.items()):
+            if key not in have:
+                node = key[len(GRANTS) :].split("/", 1)[0]
+                blob = seal_grant(self.open(row), publics[node], node, row.scope, row.name, row.version)
+                ops.append(put_op(key, {"v": base64.b64encode(blob).decode()}))
+        written = len(ops)
+        ops += [delete_op(k) for k in sorted(have - want.keys())]
+        for i in range(0, len(ops), _TXN_ROWS * 2):
+            await self.client.txn([], ops[i : i + _TXN_ROWS * 2])
+        return written, len(ops) - written
 
     async def delete(self, scope: str, name: str) -> bool:
         self._rows.pop((scope, name), None)
@@ -505,7 +641,7 @@ class ClusterSecrets:
                             for n, pub in publics.items()}  # fmt: skip
             ops = [put_op(DEK_KEY, new.dump())]
             if without is not None:
-                ops.append(delete_op(NODES + without))
+                ops += [delete_op(NODES + without), delete_op(grant_key(without), prefix=True)]
             if await self.client.txn([mod_is(DEK_KEY, kv.mod_revision)], ops):
                 self._deks = {new_gen: dek, record.generation: old}
                 await self._reseal(new)
@@ -516,6 +652,7 @@ class ClusterSecrets:
         """Every row of an older generation sealed again under ``record``'s, then the retiring wraps dropped."""
         deks = self._open(record)
         dek = deks[record.generation]
+        public = dek_public(dek)
         for _ in range(8):
             stale = []
             for kv in await self.client.range(ROWS):
@@ -533,7 +670,7 @@ class ClusterSecrets:
                         log.error("secrets: %s (generation %s) does not open with any key this node holds; left as is",
                                   kv.key, row.generation)  # fmt: skip
                         continue
-                    sealed = base64.b64encode(seal_row(dek, row.scope, row.name, row.version, plain)).decode()
+                    sealed = base64.b64encode(seal_row(public, row.scope, row.name, row.version, plain)).decode()
                     doc = {**kv.json(), "g": record.generation, "v": sealed}
                     compare.append(mod_is(kv.key, kv.mod_revision))
                     ops.append(put_op(kv.key, doc))
@@ -552,14 +689,21 @@ class ClusterSecrets:
                 return
 
 
+Placements = Callable[[EtcdClient], Awaitable[list[tuple[str, str, Mapping[str, str]]]]]
+"""What each node runs, as the secrets need it: ``(node, deployment, env)`` for every replica assigned (the daemon
+reads the cluster's assignments and specs; ``security`` does not import ``cluster``)."""
+
+
 class ClusterSecretsHook:
     """The cluster's membership hook for secrets (the daemon hands it to ``cluster.membership.ClusterNode``): the node
     key goes with a join, the leader wraps the DEK for a node it admits, a node that enters the cluster reads its
     secrets from etcd from then on, and a node's removal rotates the DEK."""
 
-    def __init__(self, secrets: Secrets, directory: Path) -> None:
+    def __init__(self, secrets: Secrets, directory: Path, placements: Placements | None = None) -> None:
         self.secrets = secrets
         self.key_path = directory / KEY_FILE
+        self.placements = placements
+        self._task: asyncio.Task[None] | None = None
 
     def join_fields(self) -> dict[str, Any]:
         """ZLayer's ``secrets_pubkey``: the node's X25519 public key as 32 numbers."""
@@ -599,6 +743,42 @@ class ClusterSecretsHook:
             except ZLayerError as e:
                 log.warning("secrets: this node's secrets were not all carried into the cluster: %s", e)
         self.secrets.cluster = cs
+        if self._task is not None:
+            self._task.cancel()
+        if self.placements is not None and cs.error is None:
+            self._task = asyncio.get_running_loop().create_task(self._seal_loop(cs, self.placements))
+
+    async def _seal_loop(self, cs: ClusterSecrets, placements: Placements, every: float = 0.5) -> None:
+        """On a keeper: seal for each node what its replicas refer to, and drop what they no longer do, as
+        assignments and secrets change (every ``every`` seconds; a pass writes only the difference)."""
+        from zlayer.security.secrets import parse_reference
+
+        failing = ""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if not cs.keeper or self.secrets.cluster is not cs:
+                    continue  # (whether it is one: as the last read said)
+                await cs.sync(max_age=every)
+                needs: set[tuple[str, str, str]] = set()
+                for node, deployment, env in await placements(cs.client):
+                    for value in env.values():
+                        try:
+                            ref = parse_reference(value)
+                            if ref is not None:
+                                row = self.secrets.lookup(ref, deployment)
+                                needs.add((node, row.scope, row.name))
+                        except (NotFoundError, UsageError):
+                            continue  # the replica says what is missing when it starts
+                written, dropped = await cs.seal_for_nodes(needs)
+                if written or dropped:
+                    log.info("secrets: sealed %d secret version(s) for the nodes that run them, dropped %d",
+                             written, dropped)  # fmt: skip
+                failing = ""
+            except (ZLayerError, OSError) as e:
+                if str(e) != failing:
+                    log.warning("secrets: sealing the secrets for the nodes that need them: %s", e)
+                failing = str(e)
 
     async def _carry(self, cs: ClusterSecrets) -> None:
         known = {e.id for e in cs.environments()}
@@ -643,13 +823,18 @@ class ClusterSecretsHook:
         await self._cs().admit(node_id, public)
 
     async def left(self, client: EtcdClient, node_id: str, removed: bool) -> None:
-        if not removed:
-            await self._cs().forget(node_id)
+        cs = self._cs()
+        await cs.sync()  # who holds the DEK now
+        if not removed or node_id not in cs.keepers:
+            await cs.forget(node_id)  # its grants go; it held no DEK, so there is nothing to rotate
+            if removed:
+                log.info("secrets: node %s removed: the secrets sealed for it are gone", node_id)
             return
-        generation = await self._cs().rotate(without=node_id)
+        generation = await cs.rotate(without=node_id)
         log.info("secrets: node %s removed: the cluster key rotated to generation %d, every secret sealed again",
                  node_id, generation)  # fmt: skip
 
 
-__all__ = ["KEY_FILE", "ClusterSecrets", "ClusterSecretsHook", "DekRecord", "WrapError", "load_node_key",
-           "make_record", "open_record", "public_b64", "unwrap_dek", "wrap_dek"]  # fmt: skip
+__all__ = ["KEY_FILE", "ClusterSecrets", "ClusterSecretsHook", "DekRecord", "NotGranted", "WrapError", "grant_key",
+           "load_node_key", "make_record", "open_grant", "open_record", "public_b64", "seal_grant", "unwrap_dek",
+           "wrap_dek"]  # fmt: skip

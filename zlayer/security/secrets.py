@@ -45,6 +45,11 @@ class SecretsKeyError(ZLayerError):
     http_status = 503
 
 
+class NotGranted(SecretsKeyError):
+    """In a cluster: a secret this node may not open — it holds no key of the cluster's secrets, and no replica
+    assigned to it refers to the secret (or a keeper has not sealed this version for it yet)."""
+
+
 def check_name(name: str, where: str = "name") -> str:
     if not NAME.match(name):
         raise UsageError(f"secret name {name[:80]!r}: a letter or _ first, then letters, digits, _ . - (at most 128)",
@@ -360,6 +365,19 @@ class Secrets:
                 raise type(e)(f"{where}.{key}: {e.message}", where=f"{where}.{key}", hint=e.hint) from None
         return out
 
+    def check_env(self, deployment: str, env: Mapping[str, str], *, where: str = "env") -> None:
+        """:meth:`resolve_env`'s errors, without the values: every reference names a secret that exists (and a JSON
+        field it has, where this node can open it — a node of a cluster opens only what its replicas use)."""
+        for key, value in env.items():
+            try:
+                ref = parse_reference(value)
+                if ref is not None:
+                    self.value_of(ref, deployment)
+            except NotGranted:
+                continue  # it exists (lookup found it); the node that runs the replica gets it sealed
+            except (NotFoundError, UsageError) as e:
+                raise type(e)(f"{where}.{key}: {e.message}", where=f"{where}.{key}", hint=e.hint) from None
+
     def versions(self, deployment: str, env: Mapping[str, str]) -> str:
         """Which version of each referenced secret ``env`` would get: a replica built from other versions is
         replaced by the next rollout."""
@@ -396,4 +414,5 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[str]]:
     return values, errors
 
 
-__all__ = ["GLOBAL", "Keyring", "Reference", "Secrets", "SecretsKeyError", "parse_dotenv", "parse_reference"]
+__all__ = ["GLOBAL", "Keyring", "NotGranted", "Reference", "Secrets", "SecretsKeyError", "parse_dotenv",
+           "parse_reference"]  # fmt: skip
