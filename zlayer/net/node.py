@@ -489,6 +489,9 @@ class NodeNetwork:
                      prefsrc=address)  # fmt: skip
         with self._ipr() as ipr:
             bidx = ipr.link("get", ifname=self.bridge)[0]["index"]
+            # as in _attach: the address may have been a removed replica's, whose MAC the node would keep using
+            with contextlib.suppress(Exception):
+                ipr.neigh("del", dst=address, ifindex=bidx)
             ipr.route("replace", dst=address, dst_len=32, oif=bidx)
 
     async def remove_overlay(self, address: str) -> None:
