@@ -180,7 +180,29 @@ def test_a_deployments_replicas_on_two_nodes_find_and_reach_each_other_by_name_o
         assert r.returncode == 0, (a, r.stderr)
         who.add(r.stdout.strip())
     assert len(who) == 2, who  # two different replicas answered, one of them on the other node
+    # where the service's overlay ends on each of the two nodes: its WireGuard interface, slice and address
+    code, doc = _api(h1, "/api/v1/overlay/services/web")
+    assert code == 200 and doc["mode"] == "shared", doc
+    ovs = {str(h.index): _overlay(h) for h in pair}
+    want = {n: {"node_id": n, "name": o["interface"], "subnet": o["slice_cidr"], "gateway": o["node_ip"]}
+            for n, o in ovs.items()}  # fmt: skip
+    assert doc["bridges_by_node"] == want, doc
+    assert _api(pair[1], "/api/v1/overlay/services/web/bridges/1") == (200, want["1"])
+    code, doc = _api(h1, "/api/v1/overlay/services/nothing-here")
+    assert code == 404 and "nothing-here" in json.dumps(doc), doc
     h1.ok("down", "ovdep", timeout=120)
+    assert _api(h1, "/api/v1/overlay/services/web/bridges/2")[0] == 404  # no replica left: no bridge
+
+
+def _api(host: Host, path: str) -> tuple[int, Any]:
+    """``GET path`` on ``host``'s API through its local socket: the status code and the JSON body."""
+    from zlayer.paths import Paths
+
+    sock = str(Paths.resolve(host.data).socket)
+    r = subprocess.run(["curl", "-sS", "--unix-socket", sock, "-w", "\\n%{http_code}", f"http://zlayer{path}"],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    body, _, code = r.stdout.rpartition("\n")
+    return int(code), json.loads(body)
 
 
 def test_a_restarted_daemon_brings_the_overlay_back_for_the_replicas_it_re_adopts(pair: tuple[Host, Host]) -> None:

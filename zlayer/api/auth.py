@@ -98,6 +98,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/proxy/streams"): _r("read"), ("GET", "/api/v1/proxy/tls"): _r("read"),
     ("GET", "/api/v1/overlay/status"): _r("read"), ("GET", "/api/v1/overlay/peers"): _r("read"),
     ("GET", "/api/v1/overlay/ip-alloc"): _r("read"), ("GET", "/api/v1/overlay/dns"): _r("read"),
+    ("GET", "/api/v1/overlay/services/{name}"): _r("read"),
+    ("GET", "/api/v1/overlay/services/{name}/bridges/{node_id}"): _r("read"),
     ("GET", "/api/v1/users"): ADM, ("POST", "/api/v1/users"): ADM, ("GET", "/api/v1/users/{id}"): ADM,
     ("PATCH", "/api/v1/users/{id}"): ADM, ("DELETE", "/api/v1/users/{id}"): ADM,
     ("POST", "/api/v1/users/{id}/password"): A,  # one's own (with the current password), or any as admin

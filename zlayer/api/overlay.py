@@ -1,7 +1,8 @@
-"""/api/v1/overlay/status|peers|ip-alloc: this node's part of the cluster overlay (ZLayer's Overlay routes), read
-from its :class:`zlayer.overlay.cluster.OverlayNode`. A node without an overlay (not in a cluster, no root, the
-node network off) answers 409 naming why, as the cluster routes do on a node that is in none (ZLayer's 503 would
-read as the daemon failing)."""
+"""/api/v1/overlay/status|peers|ip-alloc|dns|services: this node's part of the cluster overlay (ZLayer's Overlay
+routes), read from its :class:`zlayer.overlay.cluster.OverlayNode`. A node without an overlay (not in a cluster, no
+root, the node network off) answers 409 naming why, as the cluster routes do on a node that is in none (ZLayer's 503
+would read as the daemon failing). ``services/{name}`` answers where the service's overlay ends on each node that runs
+a replica of it, where ZLayer's is a stub that answers an empty map; 404 when no node runs one."""
 
 from __future__ import annotations
 
@@ -118,3 +119,28 @@ async def overlay_dns(c: ApiContext = Depends(ctx)) -> dict[str, Any]:
         "service_count": len({r[1] for r in ov.records.values()}) if ov is not None and binds else 0,
         "services": sorted(names),
     }
+
+
+class NoBridge(ZLayerError):
+    code = "not_found"
+    http_status = 404
+
+
+@router.get("/services/{name}", summary="Get the overlay status for a single service.")
+async def overlay_service(name: str, c: ApiContext = Depends(ctx)) -> dict[str, Any]:
+    """Where ``name``'s overlay ends on each node that runs a replica of it (ZLayer answers an empty map, a stub)."""
+    _status(c)
+    bridges: dict[str, Any] = c.overlay.bridges(name)  # _status checked it
+    if not bridges:
+        raise NoBridge(f"no node runs a replica of service {name!r} on the overlay", where=f"service {name}")
+    return {"service": name, "mode": "shared", "bridges_by_node": bridges}
+
+
+@router.get("/services/{name}/bridges/{node_id}", summary="Get the bridge attachment for a service on a specific node.")
+async def overlay_service_bridge(name: str, node_id: str, c: ApiContext = Depends(ctx)) -> dict[str, Any]:
+    _status(c)
+    got: dict[str, Any] | None = c.overlay.bridges(name).get(node_id)
+    if got is None:
+        raise NoBridge(f"node {node_id} runs no replica of service {name!r} on the overlay",
+                       where=f"service {name}, node {node_id}")  # fmt: skip
+    return got

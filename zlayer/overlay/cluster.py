@@ -5,8 +5,8 @@ etcd, under ``/zlayer/cluster/overlay/``:
 
 - ``slices/<a.b.c.d>_<prefix>`` = node id: who holds a slice. A slice is taken in one transaction that holds only
   while the key does not exist, so two nodes never get the same one (:class:`EtcdSliceBook`).
-- ``nodes/<id>`` = ``{"public_key" (base64), "endpoint" ("addr:port"), "slice", "address"}``: a node's peer entry,
-  written when it enters the cluster.
+- ``nodes/<id>`` = ``{"public_key" (base64), "endpoint" ("addr:port"), "slice", "address", "interface"}``: a node's
+  peer entry, written when it enters the cluster.
 - ``addresses/<node>/<container>`` = ``{"deployment", "service", "address"}``: each container's overlay address, what
   every node's DNS answers service names with (:attr:`OverlayNode.records`).
 
@@ -184,7 +184,7 @@ class OverlayNode:
         advertise = self.advertise or await self._advertise(client, node_id)
         await asyncio.to_thread(self._up, private)
         entry = {"public_key": base64.b64encode(public).decode(), "endpoint": f"{advertise}:{self.iface.listen_port}",
-                 "slice": str(self.slice), "address": self.address}  # fmt: skip
+                 "slice": str(self.slice), "address": self.address, "interface": self.ifname}  # fmt: skip
         await client.put(NODES + node_id, entry)
         log.info("overlay: %s up, %s in slice %s, endpoint %s", self.ifname, self.address, self.slice,
                  entry["endpoint"])  # fmt: skip
@@ -445,6 +445,22 @@ class OverlayNode:
         return out
 
     # reading ---------------------------------------------------------------------------------------------------
+
+    def bridges(self, service: str) -> dict[str, dict[str, str]]:
+        """Where the overlay of ``service`` ends on each node that runs a replica of it (any deployment), by node
+        id: the node's WireGuard interface, its slice and the slice's first address (the interface's own, through
+        which the node's replicas are reached). Every service shares its node's slice: ZLayer's ``shared`` mode,
+        the one there is."""
+        own = {"slice": str(self.slice), "address": self.address, "interface": self.ifname}
+        out: dict[str, dict[str, str]] = {}
+        for container, (_, svc, _) in self.records.items():
+            node = self.homes.get(container, "")
+            entry = own if node == self.node_id else self.peers.get(node)
+            if svc != service or not entry or node in out:
+                continue
+            out[node] = {"node_id": node, "name": str(entry.get("interface") or ""), "subnet": str(entry["slice"]),
+                         "gateway": str(entry["address"])}  # fmt: skip
+        return dict(sorted(out.items()))
 
     def status(self) -> dict[str, Any]:
         peers = []
