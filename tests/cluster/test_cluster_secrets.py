@@ -21,6 +21,7 @@ from tests.fixtures.daemon_live import web_spec
 from tests.fixtures.daemon_node import service_image
 from tests.fixtures.netns_cluster import NetnsCluster, healthy, wait_for
 from tests.fixtures.secrets_view import opened_by
+from zlayer.paths import Paths
 from zlayer.security.cluster import DEK_KEY, GRANTS, NODES, ROWS, DekRecord
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.peer]
@@ -162,6 +163,51 @@ def test_secrets_replicate_sealed_and_each_node_opens_what_its_replicas_use(netn
                 assert not any(p.encode() in data for p in (carried, token, prod_pw)), f"a value in the clear in {f}"
     h2.ok("down", "tokens", timeout=120)
     wait_for(lambda: not any(k.startswith(GRANTS) for k in _etcd(h1)), 30, "the grants to go with the replicas")
+
+
+ROLLED = (
+    APP.replace("deployment: tokens", "deployment: rolled")
+    .replace("$S:api_token", "$S::prod/roll_key")
+    .replace(f"port: {PORT},", f"port: {PORT + 2},")
+)  # three replicas, one on each node, each serving the roll_key of environment prod it was given at /token
+
+
+def _api(host: Any, path: str, body: dict[str, Any]) -> str:
+    """A POST to ``host``'s daemon on its unix socket, as a script would send it (no CLI start-up in between)."""
+    sock = Paths.resolve(host.data).socket
+    r = subprocess.run(["curl", "-sS", "--fail-with-body", "--unix-socket", str(sock), "-X", "POST", "-H",
+                        "content-type: application/json", f"http://zlayer{path}", "-d", json.dumps(body)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_a_rollout_after_a_rotation_gives_every_replica_the_new_value(netns_cluster: NetnsCluster) -> None:
+    h1, h2, h3 = netns_cluster.hosts
+    h2.ok("secret", "set", "roll_key", "--env", "prod", "--value", "roll-key-v1-Ue4")
+    spec = h2.root / "rolled.zlayer.yml"
+    spec.write_text(ROLLED)
+    h2.ok("deploy", str(spec), timeout=180)
+
+    def served(value: str) -> list[str] | None:
+        got = _answers(h1, 9, PORT + 2)
+        return got if set(got) == {value} else None
+
+    wait_for(lambda: served("roll-key-v1-Ue4"), 120, "every replica to serve roll_key")
+    assert set(healthy(h1, "rolled").values()) == {"1", "2", "3"}  # the keeper's and two others'
+    # rotated on the keeper, then the same spec deployed again through node 2 (ZLayer's rollout): every replica is
+    # replaced by one given the new version; until then each keeps the value it started with
+    h1.ok("secret", "rotate", "roll_key", "--env", "prod", "--value", "roll-key-v2-Bq9")
+    assert served("roll-key-v1-Ue4")
+    h2.ok("deploy", str(spec), timeout=180)
+    wait_for(lambda: served("roll-key-v2-Bq9"), 120, "every replica to serve the rotated roll_key")
+    # a script that rotates on node 3 and deploys there at once: each node's rollout counts the new version (a
+    # node that had read the secrets a moment before kept its replica with the old value)
+    _api(h3, "/api/v1/secrets/roll_key/rotate?environment=prod", {"value": "roll-key-v3-Wd5"})
+    _api(h3, "/api/v1/deployments", {"spec": ROLLED})
+    wait_for(lambda: served("roll-key-v3-Wd5"), 120, "every replica to serve the roll_key rotated on node 3")
+    assert set(healthy(h1, "rolled").values()) == {"1", "2", "3"}
+    h2.ok("down", "rolled", timeout=120)
 
 
 VAULT = (  # one replica, only on nodes labelled pool=work, node 2 preferred; it serves its DB value at /token

@@ -362,7 +362,11 @@ class SecretsBridge:
                 await self.secrets.refresh()
 
     async def versions(self, deployment: str, env: Mapping[str, str]) -> str:
-        await self.secrets.refresh(max_age=1.0)
+        """Read now, never from a copy up to a second old: a rollout decides here, once, whether a replica is
+        replaced, and a rotation written just before the deploy (by any node) must count — a keeper's copy is always
+        that fresh (its sealing pass reads it twice a second), so a copy-aged check kept the old replica there for
+        good. Unchanged, the read is one small transaction per service."""
+        await self.secrets.refresh()
         return self.secrets.versions(deployment, env)
 
 

@@ -365,3 +365,35 @@ def test_a_keeper_seals_for_a_node_what_its_replicas_refer_to_and_drops_it_after
             store.close()
 
     asyncio.run(go())
+
+
+@pytest.mark.peer
+def test_a_rollout_just_after_a_rotation_on_another_node_counts_the_new_version(etcd: EtcdProcess,
+                                                                                tmp_path: Path) -> None:  # fmt: skip
+    """What a rollout compares a replica with (``SecretsBridge.versions``, part of ``Converger.build_hash``) is read
+    when the rollout runs: a copy read a moment before the rotation made the redeploy keep the old replica."""
+    from zlayer.daemon.wiring import SecretsBridge
+
+    key2 = X25519PrivateKey.generate()
+
+    async def go() -> None:
+        client = EtcdClient([etcd.member.client_url])
+        store = SqliteSecurityStore(tmp_path / "security.db")
+        secrets = Secrets(store, Keyring(store, tmp_path / "secrets", "zlayer", {}))
+        hook = ClusterSecretsHook(secrets, tmp_path / "secrets")
+        bridge = SecretsBridge(secrets)
+        env = {"DB": "$S:db_pass", "X": "plain"}
+        try:
+            await client.delete(PREFIX, prefix=True)
+            await hook.entered(client, "1", "init")
+            await hook.admitted(client, "2", {"secrets_pubkey": list(_pub(key2))})
+            await secrets.aput("global", "db_pass", "v1")
+            assert await bridge.versions("shop", env) == "DB=global:db_pass:1"  # node 1's copy: read just now
+            await ClusterSecrets(client, "2", key2).put("global", "db_pass", b"v2", rotate=True)  # on node 2
+            assert await bridge.versions("shop", env) == "DB=global:db_pass:2"
+            assert (await bridge.resolve("shop", "web", env))["DB"] == "v2"  # what the new replica is given
+        finally:
+            await client.close()
+            store.close()
+
+    asyncio.run(go())
