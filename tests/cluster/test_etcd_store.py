@@ -5,6 +5,7 @@ watches, and etcd's death and return seen as a clear error, not a traceback."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,14 @@ def _store(etcd: EtcdProcess, name: str) -> EtcdStore:
 def test_the_data_dir_is_the_daemons_alone(etcd: EtcdProcess) -> None:
     assert etcd.data_dir.stat().st_mode & 0o777 == 0o700
     assert etcd.has_data()
+
+
+def test_the_member_runs_with_a_bounded_raft_log_and_a_tighter_go_heap(etcd: EtcdProcess) -> None:
+    assert etcd.proc is not None
+    argv = Path(f"/proc/{etcd.proc.pid}/cmdline").read_bytes().decode().split("\0")
+    env = Path(f"/proc/{etcd.proc.pid}/environ").read_bytes().decode().split("\0")
+    assert argv[argv.index("--snapshot-count") + 1] == "10000"
+    assert f"GOGC={os.environ.get('GOGC', '50')}" in env  # the operator's own GOGC wins
 
 
 def test_deployments_services_containers_jobs_and_events_as_the_sqlite_store(etcd: EtcdProcess) -> None:

@@ -31,6 +31,16 @@ from zlayer.state.etcd import EtcdClient, EtcdError
 log = logging.getLogger("zlayer.cluster.etcd")
 
 ETCD_BINARY = os.environ.get("ZLAYER_ETCD", "etcd")
+# etcd keeps the raft entries since its last snapshot in memory and snapshots every --snapshot-count entries: 100000
+# by default, so a long-lived cluster (each deploy, placement and status change is an entry; a node at rest writes
+# none) could hold a log of that many in every member. 10000 bounds it (etcd 3.6's default); a follower that falls
+# further behind is sent a snapshot instead of entries, as one past the default already was.
+SNAPSHOT_COUNT = 10000
+# Go collects when the heap has grown GOGC% over what survived the last collection (100: it doubles); 50 holds a member
+# at rest about 10 MiB smaller (perf/cluster_deploy.py), for a little more collection on a store that is mostly idle.
+# No GOMEMLIMIT: a fixed cap below a large cluster's live heap would make Go collect without end. The operator's own
+# GOGC (or GOMEMLIMIT) in the daemon's environment wins.
+GO_ENV = {"GOGC": "50"}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -110,7 +120,8 @@ class EtcdProcess:
                 "--initial-cluster", initial_cluster, "--initial-cluster-state", state,
                 "--initial-cluster-token", token, "--max-txn-ops", "1024", "--max-request-bytes", str(8 << 20),
                 "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
-                "--heartbeat-interval", "100", "--election-timeout", "1000", "--logger", "zap",
+                "--heartbeat-interval", "100", "--election-timeout", "1000", "--snapshot-count", str(SNAPSHOT_COUNT),
+                "--logger", "zap",
                 "--log-level", "warn" if m.tls is None else "error"]  # fmt: skip
         # error with TLS: etcd 3.4 warns on every request through its JSON gateway that the gateway's certificate
         # (the member's own) has a common name it ignores — one log line per request of the daemon
@@ -157,7 +168,7 @@ class EtcdProcess:
         try:
             # forked from the loop's thread (not a worker thread): PR_SET_PDEATHSIG follows the forking thread
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, close_fds=True,
-                                         preexec_fn=_die_with_parent)  # fmt: skip
+                                         env={**GO_ENV, **os.environ}, preexec_fn=_die_with_parent)  # fmt: skip
         finally:
             os.close(fd)
         self.pid_file.write_text(str(self.proc.pid))
