@@ -95,6 +95,33 @@ def test_concurrent_writers_lose_no_change(etcd: EtcdProcess) -> None:
     asyncio.run(go())
 
 
+def test_events_added_at_once_on_two_nodes_are_each_numbered_once_in_the_order_each_node_added_them(
+    etcd: EtcdProcess,
+) -> None:
+    """Thirty events at once on each of two nodes (a deploy's replicas starting everywhere): sixty events numbered 1
+    to 60 with no gap and no number twice, each add answered with its own number, each node's in its order, and a
+    follower reading from the middle gets the rest."""
+
+    async def go() -> None:
+        client = EtcdClient([etcd.member.client_url])
+        one = EtcdStore(client, "/ev/state/", local="/ev/nodes/1/state/")
+        two = EtcdStore(client, "/ev/state/", local="/ev/nodes/2/state/")
+        got = await asyncio.gather(*(st.add_event("app", "replica_started", f"{n}:{i}")
+                                     for i in range(30) for n, st in (("one", one), ("two", two))))  # fmt: skip
+        events = await one.list_events("app")
+        assert [e.seq for e in events] == list(range(1, 61)) and sorted(got) == list(range(1, 61))
+        assert {e.seq: e.message for e in events} == dict(
+            zip(got, [f"{n}:{i}" for i in range(30) for n in ("one", "two")], strict=True)
+        )
+        for node in ("one", "two"):
+            assert [e.message for e in events if e.message.startswith(node)] == [f"{node}:{i}" for i in range(30)]
+        assert [e.seq for e in await two.list_events("app", after=45)] == list(range(46, 61))
+        assert await two.add_event("app", "deploy_done", "after") == 61
+        await client.close()
+
+    asyncio.run(go())
+
+
 def test_a_nodes_sqlite_state_carries_over_whole_and_once(etcd: EtcdProcess, tmp_path: Path) -> None:
     async def go() -> None:
         sqlite = SqliteStore(tmp_path / "state.db")
