@@ -64,6 +64,8 @@ ALIVE = ROOT + "alive/"
 # Outside ROOT: the nodes' watch of ROOT would otherwise wake every node for every node's autoscaler round.
 METRICS = "/zlayer/autoscale/"
 SETTLE_TIMEOUT = 300.0  # a deploy through this node waits this long at most for the other nodes' replicas
+SETTLE_POLL = 2.0  # ... looking again at least this often (a change its watches missed)
+CONTAINERS = "/zlayer/nodes/"  # every node's own state: its containers' records under <id>/state/c/
 RESYNC = 5.0  # the leader places again at least this often (a change missed while leadership moved)
 
 
@@ -116,6 +118,7 @@ class Dispatch:
         self._kicks: dict[tuple[str, ...], asyncio.Task[None]] = {}
         self._again: set[tuple[str, ...]] = set()
         self._shared = False  # this node's autoscaling figures are published
+        self._settling: set[asyncio.Event] = set()  # each deploy waiting in settled(): woken by a change it awaits
 
     async def _leads(self) -> bool:
         """This node places: its etcd member leads and it holds the fencing key of this term."""
@@ -163,36 +166,76 @@ class Dispatch:
         return out
 
     async def settled(self, spec: DeploymentSpec) -> list[str]:
+        """Wait until every service of ``spec`` runs its desired replicas healthy over the live nodes, or one node's
+        share failed (its failures). Looks again on each change of the nodes' containers (a watch of their records
+        for as long as it waits), of the services, the nodes and the events (this node's watch of the cluster), and
+        at least every ``SETTLE_POLL`` s; it polled every 0.25 s, each time reading every node and every event of
+        the cluster, so the last replica's health reached ``zlayer deploy`` up to a poll and a slow read late."""
         if not self.cluster.in_cluster:
             return []
+        _, client = self.cluster.need()
         deadline = time.monotonic() + SETTLE_TIMEOUT
         waiting = {name for name, svc in spec.services.items() if svc.rtype == "service"}
         failures: list[str] = []
+        revision = await client.revision()  # the watch starts here: no change after the first look is missed
         seen = [e.seq for e in await self.store.list_events(spec.deployment, limit=1_000_000)]
         after = max(seen, default=0)
-        while waiting and time.monotonic() < deadline:
-            try:
-                for e in await self.store.list_events(spec.deployment, after):
-                    after = max(after, e.seq)
-                    if e.kind in ("service_failed", "deploy_failed"):  # another node's share failed: said as is
-                        failures.append(e.message)
-                if failures:
-                    return sorted(set(failures))
-                dead = {n.id for n in await self.cluster.nodes() if n.status == "dead"}
-                every = await getattr(self.store, "all_containers")()  # noqa: B009 - the cluster's EtcdStore
-                for name in sorted(waiting):
-                    rec = await self.store.get_service(spec.deployment, name)
-                    if rec is None or rec.desired_replicas == 0 or rec.status_message.startswith(UNSCHEDULABLE):
-                        waiting.discard(name)  # nothing to wait for, or `status` says why it waits
-                    elif sum(1 for node, c in every if c.deployment == spec.deployment and c.service == name
-                             and node not in dead and c.state == "running" and c.health == "healthy"
-                             ) >= rec.desired_replicas:  # fmt: skip
-                        waiting.discard(name)
-            except (ZLayerError, AttributeError) as e:
-                log.debug("cluster: waiting for %s: %s", spec.deployment, e)
-            if waiting:
-                await asyncio.sleep(0.25)
+        wake = asyncio.Event()
+        self._settling.add(wake)
+        watch = asyncio.create_task(self._wake_on_containers(client, revision + 1, wake), name="zlayer-cluster-settle")
+        try:
+            while waiting and time.monotonic() < deadline:
+                wake.clear()
+                try:
+                    names = sorted(waiting)
+                    events, dead, every, *services = await asyncio.gather(
+                        self.store.list_events(spec.deployment, after), self._dead(client),
+                        getattr(self.store, "all_containers")(),  # noqa: B009 - the cluster's EtcdStore
+                        *(self.store.get_service(spec.deployment, name) for name in names),
+                    )  # fmt: skip
+                    for e in events:
+                        after = max(after, e.seq)
+                        if e.kind in ("service_failed", "deploy_failed"):  # another node's share failed: said as is
+                            failures.append(e.message)
+                    if failures:
+                        return sorted(set(failures))
+                    for name, rec in zip(names, services, strict=True):
+                        if rec is None or rec.desired_replicas == 0 or rec.status_message.startswith(UNSCHEDULABLE):
+                            waiting.discard(name)  # nothing to wait for, or `status` says why it waits
+                        elif sum(1 for node, c in every if c.deployment == spec.deployment and c.service == name
+                                 and node not in dead and c.state == "running" and c.health == "healthy"
+                                 ) >= rec.desired_replicas:  # fmt: skip
+                            waiting.discard(name)
+                except (ZLayerError, AttributeError) as e:
+                    log.debug("cluster: waiting for %s: %s", spec.deployment, e)
+                if waiting:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), min(SETTLE_POLL, max(0.0, deadline - time.monotonic())))
+        finally:
+            self._settling.discard(wake)
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         return sorted(failures)
+
+    async def _wake_on_containers(self, client: EtcdClient, revision: int, wake: asyncio.Event) -> None:
+        """Set ``wake`` on every change of any node's containers from ``revision`` on (their records are outside
+        this node's watch of the cluster's own keys); a broken watch leaves the waiter to its slow poll."""
+        try:
+            async for _, kv in client.watch(CONTAINERS, revision):
+                if "/state/c/" in kv.key:
+                    wake.set()
+        except (ZLayerError, OSError) as e:
+            log.debug("cluster: the watch of the nodes' containers broke: %s", e)
+
+    async def _dead(self, client: EtcdClient) -> set[str]:
+        """The nodes the leader's monitor marked dead (their replicas do not count): their records alone, one read
+        (:meth:`ClusterNode.nodes` also asks etcd for its members, its leader and every node's lease)."""
+        out = set()
+        for kv in await client.range(NODES):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if (kv.json().get("node") or {}).get("status") == "dead":
+                    out.add(kv.key.removeprefix(NODES))
+        return out
 
     async def down_begins(self, deployment: str) -> None:
         if self.cluster.in_cluster:
@@ -381,6 +424,9 @@ class Dispatch:
         return self.manager
 
     def _event(self, kind: str, key: str, kv: Any) -> None:
+        if self._settling and (key.startswith((STATE + "e/", STATE + "s/", NODES))):
+            for wake in self._settling:  # a deploy waiting for its replicas: an event, a service or a node changed
+                wake.set()
         if key.startswith(STATE + "d/"):
             name = key.removeprefix(STATE + "d/")
             self.scheduler.changed()
