@@ -680,13 +680,18 @@ class ClusterNode:
         """Every node, with its role (leader/voter/learner) from etcd's membership and its status as the monitor
         last wrote it; ``last_heartbeat`` from the node's lease (when it last renewed it)."""
         _, client = self.need()
-        records = await client.range(ROOT + "nodes/")
-        alive = {kv.key.rsplit("/", 1)[1]: kv.lease for kv in await client.range(ROOT + "alive/")}
-        try:
-            members = await client.members()
-            leader = await self.leader_id()
-        except EtcdError:
-            members, leader = [], 0
+
+        async def membership() -> tuple[list[dict[str, Any]], int]:
+            try:
+                return await client.members(), await self.leader_id()
+            except EtcdError:
+                return [], 0
+
+        # side by side: the scheduler reads this on every placement pass, and a deploy waits for that pass
+        records, live, (members, leader) = await asyncio.gather(
+            client.range(ROOT + "nodes/"), client.range(ROOT + "alive/"), membership()
+        )
+        alive = {kv.key.rsplit("/", 1)[1]: kv.lease for kv in live}
         role_of: dict[str, str] = {}
         for m in members:
             role = "leader" if int(m["ID"]) == leader else "learner" if m.get("isLearner") else "voter"

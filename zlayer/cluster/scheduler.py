@@ -118,9 +118,11 @@ class Scheduler:
 
     async def reconcile(self) -> Placement:
         """One pass: place, write the services whose assignments changed, and say which cannot be placed."""
-        specs, desired, unreadable, started = await self._deployments()
-        nodes = await self.cluster.nodes()
-        current = [a for a in await self.cluster.assignments() if a.deployment not in unreadable]
+        # side by side: a deploy waits for this pass, and each read is a round trip to etcd's quorum
+        (specs, desired, unreadable, started), nodes, assigned = await asyncio.gather(
+            self._deployments(), self.cluster.nodes(), self.cluster.assignments()
+        )
+        current = [a for a in assigned if a.deployment not in unreadable]
         started |= {a.deployment for a in current}
         result = place(ClusterView(nodes=tuple(nodes), assignments=tuple(current)), specs, desired, started)
 
