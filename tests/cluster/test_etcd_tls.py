@@ -189,7 +189,7 @@ def test_a_removed_nodes_certificate_is_refused_and_a_token_pinning_another_ca_i
     env["ca"] = "sha256:" + "0" * 64
     other = base64.urlsafe_b64encode(json.dumps(env).encode()).decode().rstrip("=")
     r = h3.zl("node", "join", h1.api, "--token", other, "--advertise-addr", h3.addr)
-    assert r.returncode != 0 and "not the one the join token pins" in r.stderr, r.stdout + r.stderr
+    assert r.returncode != 0 and "not signed by the cluster CA the token pins" in r.stderr, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     assert not (Path(h3.data) / "cluster" / "node.json").exists()
     assert not (Path(h3.data) / "cluster" / "tls").exists()

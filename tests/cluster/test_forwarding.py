@@ -92,8 +92,14 @@ def _hostname(host: Host, replica: int) -> str:
 
 def _curl(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
     """curl from inside ``host``'s namespace; the HTTP status is the last line of stdout."""
-    return subprocess.run(["ip", "netns", "exec", host.ns, "curl", "-sS", "--max-time", "20",
-                           "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=30)  # fmt: skip
+    return subprocess.run(["ip", "netns", "exec", host.ns, "curl", "-sS", "--max-time", "20", "--cacert",
+                           str(_ca(host)), "-w", "\n%{http_code}", *args], capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+
+
+def _ca(host: Host) -> Path:
+    """The cluster CA, which signed the certificate every node's API serves once it is in the cluster."""
+    return host.data / "cluster" / "tls" / "ca.crt"
 
 
 def _bearer(host: Host) -> str:
@@ -113,7 +119,7 @@ def test_logs_through_node_1_merge_the_replicas_of_both_nodes(cluster: NetnsClus
     one = h1.ok("logs", "-d", "xnode", "web", "-i", str(r2))
     assert one.splitlines() == [f"[stdout] hello from {name2}"], one
     assert h1.ok("logs", "-d", "xnode", "web", "-i", cid2).splitlines() == [f"[stdout] hello from {name2}"]
-    r = _curl(h1, "-H", f"Authorization: Bearer {_bearer(h1)}", f"http://{h1.api}/api/v1/containers/{cid2}/logs")
+    r = _curl(h1, "-H", f"Authorization: Bearer {_bearer(h1)}", f"https://{h1.api}/api/v1/containers/{cid2}/logs")
     assert r.stdout.splitlines()[-1] == "200", r
     assert f"[stdout] hello from {name2}" in r.stdout, r
 
@@ -175,14 +181,14 @@ def test_exec_through_node_1_runs_in_node_2s_replica(cluster: NetnsCluster) -> N
     body = json.dumps({"command": ["/bin/sh", "-c", "hostname; exit 5"], "replica": r2})
     auth = f"Authorization: Bearer {_bearer(h1)}"
     r = _curl(h1, "-X", "POST", "-H", auth, "-H", "Content-Type: application/json", "-d", body,
-              f"http://{h1.api}/api/v1/deployments/xnode/services/web/exec")  # fmt: skip
+              f"https://{h1.api}/api/v1/deployments/xnode/services/web/exec")  # fmt: skip
     *text, status = r.stdout.splitlines()
     assert status == "200", r
     res = json.loads("\n".join(text))
     assert (res["exit_code"], res["stdout"].strip()) == (5, name2), res
     body = json.dumps({"command": ["/bin/busybox", "hostname"]})
     r = _curl(h1, "-X", "POST", "-H", auth, "-H", "Content-Type: application/json", "-d", body,
-              f"http://{h1.api}/api/v1/containers/{cid2}/exec")  # fmt: skip
+              f"https://{h1.api}/api/v1/containers/{cid2}/exec")  # fmt: skip
     *text, status = r.stdout.splitlines()
     assert status == "200" and json.loads("\n".join(text))["stdout"].strip() == name2, r
     # a replica that runs nowhere: 404 as before
@@ -194,7 +200,7 @@ def test_node_2s_peer_routes_refuse_anyone_but_a_member(cluster: NetnsCluster, t
     h1, h2 = cluster.hosts
     _, cid2 = _on(h1, "web", "2")
     path = f"/api/v1/cluster/peer/containers/{cid2}/logs"
-    url = f"http://{h2.api}{path}"
+    url = f"https://{h2.api}{path}"
     # no credential
     r = _curl(h1, url)
     assert r.stdout.splitlines()[-1] == "401", r
@@ -214,7 +220,8 @@ def test_node_2s_peer_routes_refuse_anyone_but_a_member(cluster: NetnsCluster, t
     # the exec WebSocket: refused too, the close saying why; nothing runs
     probe = (
         "import sys\nfrom websockets.sync.client import connect\nfrom websockets.exceptions import ConnectionClosed\n"
-        "with connect(sys.argv[1], additional_headers={'X-ZLayer-Peer': sys.argv[2]}) as ws:\n"
+        "import ssl\nctx = ssl.create_default_context(cafile=sys.argv[4])\n"
+        "with connect(sys.argv[1], additional_headers={'X-ZLayer-Peer': sys.argv[2]}, ssl=ctx) as ws:\n"
         "    try:\n"
         "        ws.send(sys.argv[3])\n"
         "        print('got', ws.recv(timeout=10))\n"
@@ -223,8 +230,8 @@ def test_node_2s_peer_routes_refuse_anyone_but_a_member(cluster: NetnsCluster, t
     )
     ws_path = f"/api/v1/cluster/peer/containers/{cid2}/exec"
     forged = json.dumps({"command": ["/bin/busybox", "touch", "/www/forged"]})
-    argv = ["ip", "netns", "exec", h1.ns, sys.executable, "-c", probe, f"ws://{h2.api}{ws_path}",
-            forger.sign("2", "WEBSOCKET", ws_path, "mallory"), forged]  # fmt: skip
+    argv = ["ip", "netns", "exec", h1.ns, sys.executable, "-c", probe, f"wss://{h2.api}{ws_path}",
+            forger.sign("2", "WEBSOCKET", ws_path, "mallory"), forged, str(_ca(h1))]  # fmt: skip
     r = subprocess.run(argv, env=h1.env, capture_output=True, text=True, timeout=30)
     assert r.stdout.startswith("closed 1008") and "signature" in r.stdout, r
     got = h2.zl("exec", "--deployment", "xnode", "web", "-r", str(_on(h1, "web", "2")[0]), "--", "/bin/busybox",

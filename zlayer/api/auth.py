@@ -111,7 +111,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/audit"): ADM,
     ("GET", "/api/v1/api-keys"): ADM, ("POST", "/api/v1/api-keys"): ADM, ("DELETE", "/api/v1/api-keys/{id}"): ADM,
     # the cluster: a join (and its abort) carries its own proof, the join token; the rest is the node's
-    ("POST", "/api/v1/cluster/join"): P, ("POST", "/api/v1/cluster/join/abort"): P,
+    ("POST", "/api/v1/cluster/join"): P, ("GET", "/api/v1/cluster/ca"): P, ("POST", "/api/v1/cluster/join/abort"): P,
     ("POST", "/api/v1/cluster/init"): ADM, ("POST", "/api/v1/cluster/connect"): ADM,
     ("GET", "/api/v1/cluster/self"): _r("read"), ("GET", "/api/v1/cluster/nodes"): _r("read"),
     ("GET", "/api/v1/cluster/nodes/{node_id}"): _r("read"), ("GET", "/api/v1/nodes"): _r("read"),

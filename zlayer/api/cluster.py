@@ -2,7 +2,9 @@
 force-leader, join tokens), and this node's own ``init`` and ``connect`` (what ``zlayer node init``/``join`` ask).
 
 ``POST /api/v1/cluster/join`` is the one route a TCP client reaches without a bearer token: the join token it
-carries is its authentication, checked by the leader before anything is written."""
+carries is its authentication, checked by the leader before anything is written. ``GET /api/v1/cluster/ca`` is
+public too: the cluster CA and its revocation list (nothing secret), which a joiner checks against its token's pin
+before it sends the token on a connection verified by that CA."""
 
 from __future__ import annotations
 
@@ -115,6 +117,12 @@ async def join(req: ClusterJoinRequest, c: ApiContext = Depends(ctx)) -> dict[st
 class AbortRequest(BaseModel):
     token: str
     node_id: str
+
+
+@router.get("/api/v1/cluster/ca")
+async def cluster_ca(c: ApiContext = Depends(ctx)) -> dict[str, str]:
+    """The cluster CA this node's API certificate chains to, and its revocation list (PEM)."""
+    return await _cluster(c).ca_bundle()
 
 
 @router.post("/api/v1/cluster/join/abort", status_code=204)

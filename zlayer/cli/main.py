@@ -60,7 +60,9 @@ class LazyGroup(click.Group):
     help="Container runtime to use (" + ", ".join(RUNTIMES) + " here; the others are refused).",
 )
 @click.option("--socket", "socket_path", envvar="ZLAYER_SOCKET", help="Daemon unix socket [env ZLAYER_SOCKET].")
-@click.option("--host", envvar="ZLAYER_API_URL", help="Daemon API URL, e.g. http://node:3669 [env ZLAYER_API_URL].")
+@click.option("--host", envvar="ZLAYER_API_URL",
+              help="Daemon API URL, e.g. http://node:3669; a cluster node's is https, its CA in ZLAYER_API_CA "
+                   "[env ZLAYER_API_URL].")  # fmt: skip
 @click.option("--token", envvar="ZLAYER_API_TOKEN", help="Bearer token for a TCP daemon [env ZLAYER_API_TOKEN].")
 @click.option("-v", "--verbose", count=True, help="More output: -v info, -vv debug, -vvv trace.")
 @click.option("-b", "--background", is_flag=True, help="Deploy and return once the deployment is running.")

@@ -151,12 +151,28 @@ class Client:
         import aiohttp
 
         if self._session is None:
+            tls = self._tls() if self.host and self.host.startswith("https") else True
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(),
+                connector=aiohttp.TCPConnector(ssl=tls),
                 headers=self._headers(),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
             )
         return self._session
+
+    def _tls(self) -> Any:
+        """The host's CAs, and the CAs a cluster node's API may present: ``ZLAYER_API_CA`` (a PEM file) and, on a
+        node of the cluster, its CA (``DATA/cluster/tls/ca.crt``, when this user may read it) — a cluster node's API
+        serves a certificate of the cluster CA (its advertise address and 127.0.0.1), which no public CA signed."""
+        import ssl
+
+        ctx = ssl.create_default_context()
+        for ca in (os.environ.get("ZLAYER_API_CA"), self.paths.data_dir / "cluster" / "tls" / "ca.crt"):
+            if ca and os.access(ca, os.R_OK):
+                try:
+                    ctx.load_verify_locations(cafile=str(ca))
+                except (ssl.SSLError, OSError) as e:
+                    raise UsageError(f"{ca}: not a PEM CA certificate ({e})", where="ZLAYER_API_CA") from None
+        return ctx
 
     def _url(self, path: str) -> str:
         return f"{self.host or 'http://localhost'}{path}"
@@ -356,7 +372,8 @@ class Client:
         path = f"/api/v1/deployments/{quote(deployment)}/services/{quote(service)}/exec"
         if self.host:
             url = "ws" + self.host.removeprefix("http") + path  # http:// -> ws://, https:// -> wss://
-            conn = connect(url, additional_headers=self._headers(), max_size=None)
+            tls = {"ssl": self._tls()} if url.startswith("wss") else {}
+            conn = connect(url, additional_headers=self._headers(), max_size=None, **tls)
         else:
             await self._unix_http()  # starts the daemon when asked to
             conn = unix_connect(str(self.socket_path), "ws://localhost" + path, max_size=None)

@@ -26,6 +26,7 @@ import json
 import logging
 import shutil
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -449,8 +450,8 @@ class ClusterNode:
             for hook in self.hooks:
                 body.update(hook.join_fields())
             target = (leader or claims.api_endpoint).strip()
-            base = target if "://" in target else f"http://{target}"
-            got = await _post(base, "/api/v1/cluster/join", body)
+            base, tls = await _leader_base(target, pin)
+            got = await _post(base, "/api/v1/cluster/join", body, tls, pin)
             cfg = LocalConfig(str(got["node_id"]), advertise, self.api_port, raft_port, client_port,
                               str(got["initial_cluster"]), str(got["cluster_token"]), state="existing",
                               endpoints=[str(e) for e in got.get("endpoints") or []], tls=True)  # fmt: skip
@@ -464,11 +465,19 @@ class ClusterNode:
             except BaseException as e:
                 await self._undo_local()
                 with contextlib.suppress(ZLayerError):  # the leader forgets the node it admitted
-                    await _post(base, "/api/v1/cluster/join/abort", {"token": token, "node_id": cfg.node_id})
+                    await _post(base, "/api/v1/cluster/join/abort", {"token": token, "node_id": cfg.node_id}, tls, pin)
                 if isinstance(e, ZLayerError):
                     e.add_context(f"node {cfg.node_id} could not start its etcd member, so it left again")
                 raise
             return {"node_id": cfg.node_id, "role": got.get("role", "learner"), "leader": target}
+
+    async def ca_bundle(self) -> dict[str, str]:
+        """This node's copy of the cluster CA and its revocation list (``GET /api/v1/cluster/ca``)."""
+        self.need()
+        try:
+            return {"ca_cert": self.tls.ca.read_text(), "crl": self.tls.crl.read_text()}
+        except OSError as e:
+            raise DaemonError(f"this node's cluster CA cannot be read: {e}", where=str(self.tls.directory)) from e
 
     async def admit(self, req: Mapping[str, Any]) -> dict[str, Any]:
         """The leader's side of a join (``POST /api/v1/cluster/join``): check the token, the address and the
@@ -1001,13 +1010,43 @@ def cluster_store(client: EtcdClient, node_id: str) -> EtcdStore:
     return EtcdStore(client, STATE, local=f"/zlayer/nodes/{node_id}/state/")
 
 
-async def _post(base: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A join request to the leader; its refusal comes back as the leader said it."""
+async def _leader_base(target: str, pin: str) -> tuple[str, ssl.SSLContext | None]:
+    """Where to send a join and the TLS context that must verify its answerer. With a CA pin: ``https``, the CA the
+    leader's API sends checked against the pin first (nothing secret is sent for that), then that CA alone trusted
+    — so the token goes only to a holder of a certificate the pinned CA signed. Without a pin (a token ZLayer made)
+    the address as given, ``http`` when it names no scheme, as ZLayer does."""
+    if not pin:
+        return (target if "://" in target else f"http://{target}"), None
+    base = "https://" + target.split("://", 1)[-1].rstrip("/")
+    where = base.removeprefix("https://")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30, sock_connect=5)) as http, \
+                http.get(base + "/api/v1/cluster/ca", ssl=False) as resp:  # fmt: skip
+            data = await resp.json(content_type=None)
+    except aiohttp.ClientSSLError as e:
+        raise DaemonError(f"the API at {where} does not answer over TLS ({e.__class__.__name__}): the join token is "
+                          "not sent in plain", where=where,
+                          hint="its node predates the cluster API's TLS, or another program listens there",
+                          ) from e  # fmt: skip
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        raise DaemonError(f"cannot reach the leader at {base}: {e or type(e).__name__}", where=base) from e
+    ca_pem = str(data.get("ca_cert") or "") if isinstance(data, dict) else ""
+    pki.check_pinned(ca_pem, pin, where)
+    return base, pki.pinned_context(ca_pem, str(data.get("crl") or "") if isinstance(data, dict) else "")
+
+
+async def _post(base: str, path: str, body: dict[str, Any], tls: ssl.SSLContext | None = None,
+                pin: str = "") -> dict[str, Any]:  # fmt: skip
+    """A join request to the leader (over ``tls``: its certificate verified by the CA ``pin`` names before anything
+    is sent); its refusal comes back as the leader said it."""
+    verify: ssl.SSLContext | bool = tls if tls is not None else True
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, sock_connect=5)) as http, \
-                http.post(base.rstrip("/") + path, json=body) as resp:  # fmt: skip
+                http.post(base.rstrip("/") + path, json=body, ssl=verify) as resp:  # fmt: skip
             data = await resp.json(content_type=None)
             status = resp.status
+    except aiohttp.ClientConnectorCertificateError as e:
+        raise pki.not_pinned(base.split("://", 1)[-1], pin) from e
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         raise DaemonError(f"cannot reach the leader at {base}: {e or type(e).__name__}", where=base) from e
     if status >= 400 or not isinstance(data, dict):

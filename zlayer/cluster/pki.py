@@ -5,18 +5,24 @@ key, sends a certificate request with its join request, and gets back a certific
 CA certificate — its key never leaves the node. A node's certificate names its advertise address and 127.0.0.1 (IP
 SANs) and serves for both ends of TLS (server and client auth): its etcd member presents it to clients and peers, and
 its daemon presents it to etcd. The files live in ``DATA/cluster/tls`` (0700): ``ca.crt``, ``node.crt``, ``node.key``
-and ``crl.pem`` (the certificates of removed nodes, which etcd refuses), every one 0600.
+and ``crl.pem`` (the certificates of removed nodes, which etcd refuses), every one 0600. The same certificate, with
+the CA behind it in ``api.crt``, is what the node's TCP API serves once the node is in a cluster (unless the operator
+gave the API a certificate of their own), so a joiner and the other nodes reach it over TLS, never in plain.
 
 A token pins the CA the way kubeadm's ``--discovery-token-ca-cert-hash`` does: ``sha256:`` and the hex SHA-256 of the
-CA's SubjectPublicKeyInfo (:func:`ca_hash`).
+CA's SubjectPublicKeyInfo (:func:`ca_hash`). A joiner fetches the CA from the API it was pointed at (no secret
+sent), keeps it only when it matches the pin, and then sends its token on a connection whose server certificate that CA
+signed (:func:`pinned_context`): whoever sits on the path without the CA's key gets nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +145,48 @@ def ca_hash(ca: x509.Certificate | bytes | str) -> str:
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
+def not_pinned(where: str, pin: str, got: str = "") -> AuthError:
+    """The refusal of an API that is not the pinned cluster's: its certificate is not signed by the pinned CA."""
+    seen = f" (it sends the CA {got})" if got else ""
+    return AuthError(f"the API at {where} presents a certificate not signed by the cluster CA the token pins "
+                     f"({pin}){seen}: the join token was not sent",
+                     hint="check the address; if it is right, something on the path answers in the cluster's "
+                          "place")  # fmt: skip
+
+
+def check_pinned(ca_pem: str, pin: str, where: str) -> x509.Certificate:
+    """The CA an API sent, when it is the one ``pin`` names; else :func:`not_pinned`."""
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem.encode())
+    except ValueError:
+        raise not_pinned(where, pin, "nothing that parses as a certificate") from None
+    if ca_hash(ca) != pin:
+        raise not_pinned(where, pin, ca_hash(ca))
+    return ca
+
+
+def pinned_context(ca_pem: str, crl_pem: str = "") -> ssl.SSLContext:
+    """A client context that trusts the cluster CA alone (none of the host's CAs) and refuses a certificate on its
+    revocation list. The name is not checked: any certificate this CA signed is a node's, and a joiner may name the
+    leader by an address its certificate does not carry (a NAT's, a DNS name)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_pem)
+    ctx.check_hostname = False
+    if crl_pem.strip():
+        try:
+            crl = x509.load_pem_x509_crl(crl_pem.encode())
+            signed = crl.is_signature_valid(x509.load_pem_x509_certificate(ca_pem.encode()).public_key())  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            signed = False
+        if not signed:  # not the CA's: a removed node's certificate could then pass
+            raise AuthError("the cluster API sent a revocation list its CA did not sign: the join token was not sent")
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as f:  # ssl reads a CRL from a file only
+            f.write(crl_pem)
+            f.flush()
+            ctx.load_verify_locations(cafile=f.name)
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return ctx
+
+
 def check_issued(ca_pem: str, cert_pem_text: str, key: ec.EllipticCurvePrivateKey, pin: str | None) -> None:
     """On the joiner: the CA is the one its token pins (when it pins one), and the certificate it got is for its own
     key and signed by that CA; else AuthError saying which."""
@@ -182,6 +230,20 @@ class NodeTLS:
     def crl(self) -> Path:
         return self.directory / "crl.pem"
 
+    @property
+    def chain(self) -> Path:
+        return self.directory / "api.crt"
+
+    def api_pair(self) -> tuple[str, str]:
+        """(certificate chain, key) the node's TCP API serves: its certificate and the CA (a client that holds only
+        the CA's pin learns the CA from the chain's issuer), written again when either changed."""
+        chain = self.cert.read_bytes().rstrip(b"\n") + b"\n" + self.ca.read_bytes()
+        with contextlib.suppress(OSError):
+            if self.chain.read_bytes() == chain:
+                return str(self.chain), str(self.key)
+        write_atomic(self.chain, chain, mode=0o600)
+        return str(self.chain), str(self.key)
+
     def exists(self) -> bool:
         return self.ca.is_file() and self.cert.is_file() and self.key.is_file() and self.crl.is_file()
 
@@ -212,5 +274,5 @@ class NodeTLS:
         return ctx
 
 
-__all__ = ["NodeTLS", "ca_hash", "cert_pem", "check_issued", "key_pem", "load_csr", "make_ca", "make_crl",
-           "make_csr", "new_key", "sign_node"]  # fmt: skip
+__all__ = ["NodeTLS", "ca_hash", "cert_pem", "check_issued", "check_pinned", "key_pem", "load_csr", "make_ca",
+           "make_crl", "make_csr", "new_key", "not_pinned", "pinned_context", "sign_node"]  # fmt: skip

@@ -151,6 +151,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.context: Any = None
+        self._tcp_app: Any = None  # the TCP API's app (behind its token check), for a server made again in TLS
 
     def stop(self) -> None:
         self._stop.set()
@@ -214,6 +215,13 @@ class Daemon:
                 api_cert = ApiCertificate(cfg.api_tls_acme, cfg.paths.sub("api-tls"), directory_url=cfg.acme_directory,
                                           email=cfg.acme_email)  # fmt: skip
                 tls_cert = api_cert.store.paths(cfg.api_tls_acme)[0]
+            api_tls = None
+            if cfg.bind and tls_cert is None:  # no certificate of the operator's: the cluster's, once in one
+                from zlayer.daemon.api_tls import ClusterApiTLS
+
+                api_tls = ClusterApiTLS(cluster.tls, cfg.bind, tcp_listener, self._tcp_config)
+                cluster.hooks.append(api_tls)  # before the peer key: its published fingerprint is then served
+                tls_cert = cluster.tls.cert
             peer = PeerAuth(cfg.paths.data_dir / "cluster", wildcard=wildcard, overlay=overlay, tls_cert=tls_cert)
             peer.cluster = cluster
             cluster.hooks.append(peer)
@@ -300,9 +308,11 @@ class Daemon:
             sockets.append(unix_listener(cfg.paths.socket))
             servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, secret, local=True))))
             acme_socket = None
+            self._tcp_app = TokenAuth(app, secret)
             if cfg.bind and api_cert is None:
                 sockets.append(tcp_listener(cfg.bind))
-                servers.append(uvicorn.Server(self._uv_config(TokenAuth(app, secret), tls=True)))
+                pair = api_tls.pair() if api_tls is not None else None
+                servers.append(uvicorn.Server(self._uv_config(self._tcp_app, tls=True, pair=pair)))
             elif cfg.bind:  # bound now (the port is ours), served once the ACME certificate is here
                 acme_socket = tcp_listener(cfg.bind, listen=False)
                 extra_sockets.append(acme_socket)
@@ -315,6 +325,8 @@ class Daemon:
             serving = [
                 asyncio.create_task(srv.serve(sockets=[sock])) for srv, sock in zip(servers, sockets, strict=True)
             ]
+            if api_tls is not None:
+                api_tls.attach(servers, serving, sockets, len(servers) - 1)
             for srv in servers:
                 while not srv.started and not any(t.done() for t in serving):
                     await asyncio.sleep(0.01)
@@ -345,17 +357,17 @@ class Daemon:
             log.info("zlayer daemon ready on %s%s", cfg.paths.socket, f" and {cfg.bind}" if cfg.bind else "")
             notify("READY=1", f"STATUS=serving on {cfg.paths.socket}", f"MAINPID={os.getpid()}")
             renew = asyncio.create_task(self._renew_bearer(secret))
-            api_tls = None
+            acme_task = None
             if api_cert is not None and acme_socket is not None:
-                api_tls = asyncio.create_task(self._serve_acme(api_cert, acme_socket, TokenAuth(app, secret), servers,
+                acme_task = asyncio.create_task(self._serve_acme(api_cert, acme_socket, TokenAuth(app, secret), servers,
                                                                serving, peer), name="zlayer-api-acme")  # fmt: skip
             interval = watchdog_interval()
             pinging = asyncio.create_task(watchdog(interval)) if interval else None
             await self._stop.wait()
             notify("STOPPING=1", "STATUS=stopping")
             renew.cancel()
-            if api_tls is not None:
-                api_tls.cancel()
+            if acme_task is not None:
+                acme_task.cancel()
             if pinging is not None:
                 pinging.cancel()
             if not adopting.done():
@@ -426,6 +438,10 @@ class Daemon:
 
         await republish()
         await api_cert.renew(republish)
+
+    def _tcp_config(self, pair: tuple[str, str] | None) -> Any:
+        """The TCP API's server configuration with the certificate ``pair`` (the cluster's, :mod:`api_tls`)."""
+        return self._uv_config(self._tcp_app, tls=pair is not None, pair=pair)
 
     def _uv_config(self, app: Any, tls: bool = False, pair: tuple[str, str] | None = None) -> Any:
         import uvicorn
