@@ -1046,7 +1046,11 @@ async def _post(base: str, path: str, body: dict[str, Any], tls: ssl.SSLContext 
             data = await resp.json(content_type=None)
             status = resp.status
     except aiohttp.ClientConnectorCertificateError as e:
-        raise pki.not_pinned(base.split("://", 1)[-1], pin) from e
+        where = base.split("://", 1)[-1]
+        if "revoked" in str(getattr(e.certificate_error, "verify_message", "")):
+            raise AuthError(f"the API at {where} presents a certificate the cluster CA revoked (a removed node's): "
+                            "the join token was not sent", where=where) from e  # fmt: skip
+        raise pki.not_pinned(where, pin) from e
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         raise DaemonError(f"cannot reach the leader at {base}: {e or type(e).__name__}", where=base) from e
     if status >= 400 or not isinstance(data, dict):

@@ -124,3 +124,23 @@ def test_the_api_the_pinned_ca_signed_gets_the_token_over_tls(tmp_path: Path) ->
 
     token = asyncio.run(run())
     assert [s["token"] for s in seen] == [token]
+
+
+def test_a_removed_nodes_certificate_never_gets_the_token(tmp_path: Path) -> None:
+    ca, ca_key = pki.make_ca("cluster")
+    removed_key = pki.new_key()
+    removed = pki.sign_node(ca, ca_key, removed_key.public_key(), ["127.0.0.1"])  # the CA's, then revoked
+    tls = pki.NodeTLS(tmp_path / "removed")
+    crl = pki.make_crl(ca, ca_key, [removed.serial_number])
+    tls.write(pki.cert_pem(ca), pki.cert_pem(removed), pki.key_pem(removed_key), crl)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(*tls.api_pair())
+    seen: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        async with _api(pki.cert_pem(ca).decode(), server, seen, crl.decode()) as api:
+            with pytest.raises(AuthError, match=f"the API at {api} presents a certificate the cluster CA revoked"):
+                await _join(tmp_path, api, pki.ca_hash(ca))[2]
+
+    asyncio.run(run())
+    assert seen == []
