@@ -13,16 +13,18 @@ import tarfile
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from zlayer.api.context import ApiContext, ctx, until_closing
-from zlayer.builder import BuildOptions
-from zlayer.builder.service import BuildService
 from zlayer.errors import UsageError
+
+if TYPE_CHECKING:  # the builder (its executor, Dockerfile parser, ...) is imported by the first build, not at rest
+    from zlayer.builder import BuildOptions
+    from zlayer.builder.service import BuildService
 
 router = APIRouter(prefix="/api/v1", tags=["Build"])
 MAX_UPLOAD = 1 << 30  # a build context sent in the request: 1 GiB at most
@@ -66,12 +68,16 @@ def builds(c: ApiContext = Depends(ctx)) -> BuildService:
     if c.builds is None:
         if c.images is None:
             raise UsageError("this daemon has no image store to build into")
+        from zlayer.builder.service import BuildService
+
         c.builds = BuildService(c.images, c.images.root.parent / "builder")
     service: BuildService = c.builds
     return service
 
 
 def _options(req: BuildRequest, context: Path) -> BuildOptions:
+    from zlayer.builder import BuildOptions
+
     return BuildOptions(context=context, runtime=req.runtime, build_args=dict(req.build_args), target=req.target,
                         tags=list(req.tags), no_cache=req.no_cache, push=req.push)  # fmt: skip
 
