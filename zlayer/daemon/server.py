@@ -26,6 +26,8 @@ from zlayer.daemon.sdnotify import notify, watchdog, watchdog_interval
 from zlayer.errors import DaemonError, ZLayerError
 from zlayer.paths import bind_unix
 
+_M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+
 if TYPE_CHECKING:
     from zlayer.agent import ServiceManager
     from zlayer.daemon.images import StoreImages
@@ -505,6 +507,7 @@ def serve_foreground(cfg: DaemonConfig) -> None:
     # Whatever the daemon writes (state, bundles with the containers' env, tokens, keys, logs) is its own: a file
     # written without an explicit mode is still closed to other users. Containers get 022 from the shim.
     os.umask(0o077)
+    _fewer_malloc_arenas()
     from zlayer.observability.daemonlog import setup_daemon_logging
 
     cfg.paths.make_private()
@@ -523,6 +526,17 @@ def serve_foreground(cfg: DaemonConfig) -> None:
     os.register_at_fork(after_in_child=_drop_signal_wakeup_fd)
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(Daemon(cfg).run())
+
+
+def _fewer_malloc_arenas() -> None:
+    """At most two glibc malloc arenas, set before the daemon's threads start. glibc gives each thread that allocates
+    an arena of its own (up to 8 per core), and each keeps its free memory apart from the others': the daemon's dozen
+    threads (executor workers, the overlay's, the data-plane watch) each held a little of it, for no speed that
+    matters here since Python's allocations are made under the GIL anyway. A libc without mallopt is left alone."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
 
 
 def _drop_signal_wakeup_fd() -> None:
