@@ -555,8 +555,9 @@ class NodeNetwork:
                 self.ports[container] = before  # (closes what was held for the refused mappings)
                 self._hold()
                 raise
-            self._save_state()
-        await self._sync_rules()
+        # written off the event loop, once for the mappings published meanwhile (in a cluster every replica of a
+        # fronted service publishes its port: each wrote and fsynced the state on the loop, under the lock)
+        await asyncio.gather(self._persist(), self._sync_rules())
 
     def _hold(self) -> None:
         """Hold a socket on every fixed host port the node maps, and none other, as Docker does: the DNAT rule
@@ -576,8 +577,7 @@ class NodeNetwork:
             if not self.ports.pop(container, None):
                 return
             self._hold()
-            self._save_state()
-        await self._sync_rules()
+        await asyncio.gather(self._persist(), self._sync_rules())
 
     def published(self, container: str) -> list[PortMapping]:
         """The container's port mappings as published (ephemeral host ports resolved)."""
