@@ -77,6 +77,15 @@ class DataPlaneClient:
                 return
             self._kill_stale()
 
+    def ensure_started(self) -> None:
+        """Start the data-plane process now when none runs. The daemon calls this off its event loop before its
+        first table: a start waits for a new Python process to answer (a few hundred ms on a busy machine), and
+        made by the first request it stalled the loop that long — in a cluster every node at once, just as the
+        leader's placement of a new deployment reached them."""
+        with self._lock:
+            if self._sock is None and not self._closed:
+                self._recover()
+
     def _try_connect(self) -> tuple[socket.socket, dict[str, Any]] | None:
         path = dp.socket_path(self.run_dir)
         st = None
@@ -330,6 +339,10 @@ class RemoteL7Plane:
     @property
     def serving(self) -> bool:
         return not self._closed
+
+    def prepare(self) -> None:
+        """Blocking: the process is running once this returns (see :meth:`DataPlaneClient.ensure_started`)."""
+        self.client.ensure_started()
 
     def apply(
         self,

@@ -138,6 +138,9 @@ class ProxyManager:
         routes, streams = build(deployment, service_name, service_spec, self.internal_address)
         if self.internal_address is None and "internal" in {e.expose for e in routes} | {e.expose for e in streams}:
             log.warning("service %s: no overlay address on this node, internal endpoints bind 127.0.0.1", service_name)
+        prepare = getattr(self.l7, "prepare", None)  # a plane in a process of its own: started off the loop
+        if prepare is not None:
+            await asyncio.to_thread(prepare)
         async with self._lock:
             self._check_conflicts(service_name, routes, streams)
             old = self._services.get(service_name)
