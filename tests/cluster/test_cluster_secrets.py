@@ -51,6 +51,12 @@ def _answers(host: Any, n: int = 9, port: int = PORT) -> list[str]:
     return out
 
 
+def _served(host: Any, n: int, port: int, value: str) -> list[str] | None:
+    """:func:`_answers` when every one of them is ``value`` (a wait_for condition), else None."""
+    got = _answers(host, n, port)
+    return got if set(got) == {value} else None
+
+
 def _etcd(host: Any) -> dict[str, tuple[bytes, int]]:
     """Every key etcd holds, read through its API inside the host's namespace with the node's certificate (as root
     reads it): key -> (value, mod revision)."""
@@ -190,8 +196,7 @@ def test_a_rollout_after_a_rotation_gives_every_replica_the_new_value(netns_clus
     h2.ok("deploy", str(spec), timeout=180)
 
     def served(value: str) -> list[str] | None:
-        got = _answers(h1, 9, PORT + 2)
-        return got if set(got) == {value} else None
+        return _served(h1, 9, PORT + 2, value)
 
     wait_for(lambda: served("roll-key-v1-Ue4"), 120, "every replica to serve roll_key")
     assert set(healthy(h1, "rolled").values()) == {"1", "2", "3"}  # the keeper's and two others'
@@ -237,8 +242,7 @@ def test_a_secret_is_sealed_only_for_the_node_that_runs_it_and_follows_its_repli
     h1.ok("deploy", str(spec), timeout=180)
 
     def served(value: str) -> list[str] | None:
-        got = _answers(h1, 3, PORT + 1)
-        return got if set(got) == {value} else None
+        return _served(h1, 3, PORT + 1, value)
 
     def db_pass(node: str) -> dict[int, bytes]:
         """The versions of db_pass that what etcd holds opens with ``node``'s key."""
