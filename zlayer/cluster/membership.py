@@ -719,6 +719,17 @@ class ClusterNode:
                                  role == "leader", int(rec.get("cert_serial") or 0)))  # fmt: skip
         return sorted(out, key=lambda e: int(e.node.id) if e.node.id.isdigit() else 0)
 
+    async def dead(self) -> set[str]:
+        """The ids of the nodes the leader's monitor marked dead, from their records alone: one read, where
+        :meth:`entries` also asks etcd for its members, its leader and every node's lease (a deploy waiting for its
+        replicas asks on each change)."""
+        out = set()
+        for kv in await self.need()[1].range(ROOT + "nodes/"):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if (kv.json().get("node") or {}).get("status") == "dead":
+                    out.add(kv.key.rsplit("/", 1)[1])
+        return out
+
     async def _last_renewal(self, lease: int) -> int:
         left, granted = await self.need()[1].lease_ttl(lease)
         return _ms() - max(0, granted - left) * 1000 if left >= 0 else 0

@@ -189,7 +189,7 @@ class Dispatch:
                 try:
                     names = sorted(waiting)
                     events, dead, every, *services = await asyncio.gather(
-                        self.store.list_events(spec.deployment, after), self._dead(client),
+                        self.store.list_events(spec.deployment, after), self.cluster.dead(),
                         getattr(self.store, "all_containers")(),  # noqa: B009 - the cluster's EtcdStore
                         *(self.store.get_service(spec.deployment, name) for name in names),
                     )  # fmt: skip
@@ -226,16 +226,6 @@ class Dispatch:
                     wake.set()
         except (ZLayerError, OSError) as e:
             log.debug("cluster: the watch of the nodes' containers broke: %s", e)
-
-    async def _dead(self, client: EtcdClient) -> set[str]:
-        """The nodes the leader's monitor marked dead (their replicas do not count): their records alone, one read
-        (:meth:`ClusterNode.nodes` also asks etcd for its members, its leader and every node's lease)."""
-        out = set()
-        for kv in await client.range(NODES):
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                if (kv.json().get("node") or {}).get("status") == "dead":
-                    out.add(kv.key.removeprefix(NODES))
-        return out
 
     async def down_begins(self, deployment: str) -> None:
         if self.cluster.in_cluster:
